@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine:
+#   make lab    installs everything, then runs the main job (the lab, quick by default here)
+#   make test   installs everything, then lints and runs the test suite
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+STAMP = .setup-done
+
+.PHONY: setup lab lab-full test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	# torch is pinned to the local CPU build of 2.13.0 for this machine; the package declares a range.
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[lab,triton,test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lab: $(STAMP)
+	$(PYTHON) -m sharenorm lab --quick $(ARGS)
+
+lab-full: $(STAMP)
+	$(PYTHON) -m sharenorm lab $(ARGS)
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check src tests benchmarks
+
+test: $(STAMP) lint
+	$(PYTHON) -m pytest $(ARGS)
+
+bench: $(STAMP)
+	$(PYTHON) benchmarks/bench_norms.py
+
+clean:
+	rm -rf $(STAMP) build dist src/*.egg-info .pytest_cache lab-results

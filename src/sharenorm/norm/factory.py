@@ -1,0 +1,248 @@
+"""Build a norm layer from a string, and swap every norm layer of a model for another kind.
+
+``make_norm("gn", 64)`` is how experiments plug a norm into a model, and
+``convert_norm(model, "group")`` is "try GroupNorm instead of BatchNorm on my ResNet"
+in one line.
+
+Example:
+    >>> import torch.nn as nn, sharenorm as sn
+    >>> net = nn.Sequential(nn.Conv2d(3, 32, 3), nn.BatchNorm2d(32), nn.ReLU())
+    >>> report = sn.convert_norm(net, "group", num_groups=8)
+    >>> type(net[1]).__name__, net[1].num_groups, len(report)
+    ('GroupNorm', 8, 1)
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from sharenorm.norm.activation import apply_activation, check_activation
+from sharenorm.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from sharenorm.norm.groupnorm import GroupNorm
+from sharenorm.norm.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, _InstanceNorm
+
+__all__ = ["make_norm", "convert_norm", "ConversionReport", "Activation", "NORM_KINDS"]
+
+# alias -> canonical kind
+_KINDS = {
+    "batch": "batch", "bn": "batch", "batchnorm": "batch",
+    "instance": "instance", "in": "instance", "instancenorm": "instance",
+    "group": "group", "gn": "group", "groupnorm": "group",
+    "layer": "layer", "ln": "layer", "layernorm": "layer",
+    "none": "none", "identity": "none",
+}
+NORM_KINDS = ("batch", "instance", "group", "layer", "none")
+_BATCH = {1: BatchNorm1d, 2: BatchNorm2d, 3: BatchNorm3d}
+_INSTANCE = {1: InstanceNorm1d, 2: InstanceNorm2d, 3: InstanceNorm3d}
+# The torch.nn layers convert_norm recognises (channel-first norms; nn.LayerNorm
+# normalizes trailing dims and is left alone).
+_TORCH_BATCH = (nn.modules.batchnorm._BatchNorm,)
+_TORCH_INSTANCE = (nn.modules.instancenorm._InstanceNorm,)
+
+
+class Activation(nn.Module):
+    """The activation alone, what ``make_norm("none", C, act=...)`` returns."""
+
+    def __init__(self, act: str | None, act_param: float | None = None) -> None:
+        super().__init__()
+        self.act = check_activation(act, act_param)
+        self.act_param = act_param
+
+    def forward(self, input: Tensor) -> Tensor:
+        return apply_activation(input, self.act, self.act_param)
+
+    def extra_repr(self) -> str:
+        return f"act={self.act!r}" + (f", act_param={self.act_param}" if self.act_param else "")
+
+
+def canonical_kind(kind: str) -> str:
+    """"bn" → "batch", … ; unknown names get a ValueError with close matches."""
+    key = str(kind).lower().replace("_", "").replace("-", "")
+    if key not in _KINDS:
+        close = difflib.get_close_matches(key, list(_KINDS), n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ValueError(
+            f"unknown norm kind {kind!r}; choose one of 'batch'|'bn', 'instance'|'in', "
+            f"'group'|'gn', 'layer'|'ln', 'none'.{hint}"
+        )
+    return _KINDS[key]
+
+
+def default_num_groups(num_channels: int, target: int = 32) -> int:
+    """The GN paper's G = 32, or the largest divisor of C below it when 32 does not divide C."""
+    return max(g for g in range(1, min(target, num_channels) + 1) if num_channels % g == 0)
+
+
+def make_norm(kind: str, num_channels: int, *, dim: int = 2, **kw) -> nn.Module:
+    """A norm layer for ``num_channels`` channels from a name.
+
+    Args:
+        kind: "batch"|"bn", "instance"|"in", "group"|"gn", "layer"|"ln" (GroupNorm
+            with one group: statistics over (C, *) per sample), or "none".
+        num_channels: C.
+        dim: spatial dims of the input (1, 2 or 3) for batch/instance kinds; 0 means
+            ``(N, C)`` features (BatchNorm1d).
+        **kw: passed to the layer (eps, momentum, affine, num_groups, group_size, act, ...).
+            For "group" without ``num_groups``/``group_size``, G = 32 or the largest
+            divisor of C below 32.
+
+    Example:
+        >>> import sharenorm as sn
+        >>> sn.make_norm("gn", 48)
+        GroupNorm(24, 48, eps=1e-05, affine=True)
+    """
+    kind = canonical_kind(kind)
+    if dim not in (0, 1, 2, 3):
+        raise ValueError(f"dim must be 0, 1, 2 or 3 spatial dims, got {dim!r}")
+    if kind == "none":
+        act, act_param = kw.pop("act", None), kw.pop("act_param", None)
+        return nn.Identity() if act is None else Activation(act, act_param)
+    if kind == "batch":
+        return _BATCH[max(dim, 1)](num_channels, **kw)
+    if kind == "instance":
+        if dim == 0:
+            raise ValueError("instance norm needs spatial dims (dim 1, 2 or 3); got dim=0")
+        return _INSTANCE[dim](num_channels, **kw)
+    if kind == "layer":
+        if kw.get("num_groups", 1) != 1 or "group_size" in kw:
+            raise ValueError("kind='layer' is GroupNorm with one group; use kind='group' for G > 1")
+        kw.pop("num_groups", None)
+        return GroupNorm(1, num_channels, **kw)
+    if "num_groups" not in kw and "group_size" not in kw:
+        kw["num_groups"] = default_num_groups(num_channels)
+    return GroupNorm(num_channels=num_channels, **kw)
+
+
+@dataclass
+class Change:
+    """One swapped layer: its qualified name, the old and new layer descriptions, and
+    what was carried over."""
+
+    name: str
+    old: str
+    new: str
+    kept: tuple[str, ...]
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert_norm` changed. ``model`` is the converted model (the same
+    object, unless the model itself was a norm layer)."""
+
+    model: nn.Module
+    changes: list[Change] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __iter__(self):
+        return iter(self.changes)
+
+    def __str__(self) -> str:
+        if not self.changes:
+            return "convert_norm: no norm layer found"
+        lines = [f"convert_norm: {len(self.changes)} layer(s) changed"]
+        for c in self.changes:
+            kept = ", ".join(c.kept) if c.kept else "nothing"
+            lines.append(f"  {c.name or '<model>'}: {c.old} -> {c.new} (kept {kept})")
+        return "\n".join(lines)
+
+
+def _is_norm(m: nn.Module) -> bool:
+    return isinstance(m, (_BatchNorm, _InstanceNorm, GroupNorm, nn.GroupNorm)) or isinstance(
+        m, _TORCH_BATCH + _TORCH_INSTANCE
+    )
+
+
+def _spatial_dims(m: nn.Module, default: int) -> int:
+    name = type(m).__name__
+    for d in (1, 2, 3):
+        if name.endswith(f"{d}d"):
+            return d
+    return default
+
+
+def _convert_one(old: nn.Module, kind: str, dim: int, kw: dict) -> tuple[nn.Module, tuple[str, ...]]:
+    channels = getattr(old, "num_features", None) or old.num_channels
+    params = {}
+    for attr in ("eps", "affine", "act", "act_param"):
+        if hasattr(old, attr) and attr not in kw:
+            params[attr] = getattr(old, attr)
+    if kind in ("batch", "instance") and hasattr(old, "momentum") and "momentum" not in kw:
+        params["momentum"] = old.momentum
+    if kind == "none":
+        params = {k: v for k, v in params.items() if k in ("act", "act_param")}
+    params.update(kw)
+    ref = old.weight if getattr(old, "weight", None) is not None else getattr(old, "running_mean", None)
+    new = make_norm(kind, channels, dim=_spatial_dims(old, dim), **params)
+    if ref is not None:
+        new = new.to(device=ref.device, dtype=ref.dtype)
+    new.train(old.training)
+    kept: list[str] = []
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            src, dst = getattr(old, name, None), getattr(new, name, None)
+            if isinstance(src, Tensor) and isinstance(dst, Tensor) and src.shape == dst.shape:
+                dst.copy_(src)
+                dst.requires_grad_(src.requires_grad)
+                kept.append(name)
+        # Running statistics mean the same thing only between layers of one kind.
+        same_kind = (kind == "batch" and isinstance(old, _TORCH_BATCH + (_BatchNorm,))) or (
+            kind == "instance" and isinstance(old, _TORCH_INSTANCE + (_InstanceNorm,))
+        )
+        if same_kind:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                src, dst = getattr(old, name, None), getattr(new, name, None)
+                if isinstance(src, Tensor) and isinstance(dst, Tensor):
+                    dst.copy_(src)
+                    kept.append(name)
+    return new, tuple(kept)
+
+
+def _describe(m: nn.Module) -> str:
+    return f"{type(m).__name__}({m.extra_repr()})" if m.extra_repr() else type(m).__name__
+
+
+def convert_norm(model: nn.Module, kind: str, *, dim: int = 2, **kw) -> ConversionReport:
+    """Swap every channel-first norm layer in ``model`` (torch.nn or sharenorm BatchNorm,
+    InstanceNorm, GroupNorm; nested anywhere, in Sequential/ModuleList/ModuleDict) for
+    ``kind``, in place.
+
+    γ/β are copied when the new layer has them with the same shape; running statistics
+    are kept between layers of the same kind (BN→BN, IN→IN). ``eps``, ``affine``,
+    ``momentum`` and ``act`` carry over unless given in ``kw``. The new layer is placed
+    on the old one's device and dtype and in its train/eval mode. ``nn.LayerNorm``
+    (trailing-dims norm) is not touched.
+
+    Returns a :class:`ConversionReport`; ``report.model`` is the converted model (a new
+    object only when ``model`` itself is a norm layer).
+
+    Example:
+        >>> import torch.nn as nn, sharenorm as sn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+        >>> print(sn.convert_norm(net, "bn"))  # torch BN -> sharenorm BN, stats kept
+        convert_norm: 1 layer(s) changed
+          1: BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True) -> BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True) (kept weight, bias, running_mean, running_var, num_batches_tracked)
+    """
+    kind = canonical_kind(kind)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert_norm expects an nn.Module, got {type(model).__name__}")
+    report = ConversionReport(model)
+    if _is_norm(model):
+        new, kept = _convert_one(model, kind, dim, dict(kw))
+        report.model = new
+        report.changes.append(Change("", _describe(model), _describe(new), kept))
+        return report
+    # Collect first, then replace, so the walk never sees a half-converted tree.
+    targets = [(name, m) for name, m in model.named_modules() if name and _is_norm(m)]
+    for name, old in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        new, kept = _convert_one(old, kind, dim, dict(kw))
+        setattr(parent, child, new)  # Sequential/ModuleList/ModuleDict accept setattr by key
+        report.changes.append(Change(name, _describe(old), _describe(new), kept))
+    return report

@@ -1,0 +1,350 @@
+"""Functional Batch, Instance and Group Normalization with ``torch.nn.functional``'s
+signatures, clear input checks, an optional fused activation (``act=``), and running
+statistics that a non-finite batch cannot poison.
+
+All three compute ``y = act(γ · (x − μ) / √(σ² + ε) + β)``; they differ in the set of
+elements μ and σ² are taken over (see :mod:`sharenorm.norm.reference`). On the CPU
+the work goes to ATen's fused kernels, so a plain norm costs what torch's costs.
+
+Example:
+    >>> import torch
+    >>> import sharenorm.functional as SF
+    >>> x = torch.randn(8, 6, 4, 4)
+    >>> y = SF.group_norm(x, 3, act="silu")
+    >>> y.shape
+    torch.Size([8, 6, 4, 4])
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+from sharenorm.norm.activation import apply_activation, check_activation
+
+__all__ = ["batch_norm", "instance_norm", "group_norm"]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_input(input: Tensor, op: str, min_dim: int = 2) -> None:
+    """Raise a clear error for non-tensors, integer/complex tensors and too few dims."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{op}: input must be a torch.Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(
+            f"{op}: input has dtype {input.dtype}; normalization needs a real floating "
+            "dtype (float16, bfloat16, float32 or float64): convert it with input.float()"
+        )
+    if input.dim() < min_dim:
+        raise ValueError(
+            f"{op}: expected an input of shape (N, C, *) with at least {min_dim} dims, "
+            f"got shape {tuple(input.shape)}"
+        )
+
+
+def check_eps(eps: float) -> None:
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0 (it keeps √(σ² + ε) away from 0), got {eps!r}")
+
+
+def check_momentum(momentum: float | None, allow_none: bool = True) -> None:
+    if momentum is None and allow_none:
+        return
+    if not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
+        hint = " or None for a cumulative average" if allow_none else ""
+        raise ValueError(f"momentum must be a number in [0, 1]{hint}, got {momentum!r}")
+
+
+def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor) -> None:
+    """γ, β and running statistics hold one value per channel: shape (C,)."""
+    if t is None:
+        return
+    if t.shape != (channels,):
+        raise ValueError(
+            f"{name} must have shape ({channels},), one value per channel of the input of "
+            f"shape {tuple(input.shape)}; got {tuple(t.shape)}"
+        )
+    if not t.is_floating_point():
+        raise TypeError(f"{name} has dtype {t.dtype}; it must be a floating dtype")
+
+
+def _commit_running_stats(
+    running_mean: Tensor, running_var: Tensor, new_mean: Tensor, new_var: Tensor, op: str
+) -> bool:
+    """Copy the updated statistics in only if they are finite; warn and keep the old
+    ones otherwise. torch updates in place, so one NaN batch poisons the running
+    statistics for good; here that batch is simply not counted."""
+    # One reduction over both small vectors; it is a host sync on GPUs, cheap on CPU.
+    ok = bool(torch.isfinite(torch.cat((new_mean.reshape(-1), new_var.reshape(-1)))).all())
+    if ok:
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
+    else:
+        warnings.warn(
+            f"{op}: this batch's statistics are not finite (NaN or Inf in the input, or an "
+            "overflow); running statistics were NOT updated by it and num_batches_tracked "
+            "was not incremented. Look for NaN/Inf in the input or lower the learning rate.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return ok
+
+
+def _cudnn_enabled() -> bool:
+    return torch.backends.cudnn.enabled
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+
+def batch_norm_impl(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    act: str | None,
+    act_param: float | None,
+) -> tuple[Tensor, bool]:
+    """Batch norm (+ activation) returning ``(output, running_stats_updated)``; the
+    modules use the flag to count only batches that reached the running statistics."""
+    updating = training and running_mean is not None and running_var is not None
+    if training and input.shape[0] * math.prod(input.shape[2:]) == 1:
+        # Exactly one value per channel: σ² = 0 and x̂ = 0 for every element.
+        raise ValueError(
+            f"batch_norm in training needs more than one value per channel, got input of "
+            f"shape {tuple(input.shape)} (a batch of one with no spatial extent). Use a "
+            "larger batch, switch the layer to eval mode (model.eval()) to use running "
+            "statistics, or use a batch-independent norm: GroupNorm or InstanceNorm "
+            "(sharenorm.convert_norm(model, 'group'))."
+        )
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(
+            "batch_norm with training=False normalizes with running statistics, but "
+            "running_mean/running_var is None; pass them, or training=True to use the "
+            "batch's own statistics"
+        )
+    if updating:
+        new_mean, new_var = running_mean.clone(), running_var.clone()
+        out = torch.batch_norm(
+            input, weight, bias, new_mean, new_var, True, momentum, eps, _cudnn_enabled()
+        )
+        updated = _commit_running_stats(running_mean, running_var, new_mean, new_var, "batch_norm")
+    else:
+        out = torch.batch_norm(
+            input, weight, bias, running_mean, running_var, training, momentum, eps,
+            _cudnn_enabled(),
+        )
+        updated = False
+    return apply_activation(out, act, act_param, fresh=True), updated
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    act: str | None = None,
+    act_param: float | None = None,
+) -> Tensor:
+    r"""Batch Normalization over ``(N, C, *)``: one μ_c, σ²_c per channel, taken over the
+    batch and every spatial position, then ``act(γ_c · x̂ + β_c)``.
+
+    In training the batch statistics normalize (biased σ²) and, when running statistics
+    are passed, update them in place: ``r ← (1 − momentum)·r + momentum·batch`` with the
+    unbiased σ² for ``running_var``. A batch whose statistics are not finite leaves them
+    untouched (with a warning). In eval (``training=False``) the running statistics
+    normalize.
+
+    Args:
+        input: ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``, any
+            memory format (channels-last in gives channels-last out).
+        running_mean, running_var: ``(C,)`` or None.
+        weight, bias: γ, β of shape ``(C,)`` or None.
+        training: use batch statistics (and update running ones).
+        momentum: weight of the new batch in the running-statistics update.
+        eps: added to σ² for numerical stability.
+        act: None, "relu", "leaky_relu", "elu", "silu", "gelu", "tanh" or "sigmoid".
+        act_param: negative slope for leaky_relu, α for elu.
+
+    Example:
+        >>> import torch
+        >>> import sharenorm.functional as SF
+        >>> x = torch.randn(16, 3, 8, 8)
+        >>> rm, rv = torch.zeros(3), torch.ones(3)
+        >>> y = SF.batch_norm(x, rm, rv, training=True, act="relu")
+        >>> bool((y >= 0).all())
+        True
+    """
+    check_input(input, "batch_norm")
+    c = input.shape[1]
+    for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
+                    (weight, "weight"), (bias, "bias")):
+        check_per_channel(t, name, c, input)
+    check_eps(eps)
+    check_momentum(momentum, allow_none=False)
+    act = check_activation(act, act_param)
+    return batch_norm_impl(
+        input, running_mean, running_var, weight, bias, training, momentum, eps, act, act_param
+    )[0]
+
+
+# ----------------------------------------------------------------------------- instance norm
+
+
+def instance_norm_impl(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    use_input_stats: bool,
+    momentum: float,
+    eps: float,
+    act: str | None,
+    act_param: float | None,
+) -> tuple[Tensor, bool]:
+    """Instance norm (+ activation) returning ``(output, running_stats_updated)``."""
+    if use_input_stats and input.dim() > 2 and math.prod(input.shape[2:]) == 1:
+        raise ValueError(
+            f"instance_norm needs more than one spatial element per channel to compute "
+            f"statistics, got input of shape {tuple(input.shape)}. Use BatchNorm or "
+            "GroupNorm for inputs without spatial extent."
+        )
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise ValueError(
+            "instance_norm with use_input_stats=False normalizes with running statistics, "
+            "but running_mean/running_var is None; pass them or use_input_stats=True"
+        )
+    updating = use_input_stats and running_mean is not None and running_var is not None
+    if updating:
+        new_mean, new_var = running_mean.clone(), running_var.clone()
+        out = torch.instance_norm(
+            input, weight, bias, new_mean, new_var, True, momentum, eps, _cudnn_enabled()
+        )
+        updated = _commit_running_stats(
+            running_mean, running_var, new_mean, new_var, "instance_norm"
+        )
+    else:
+        out = torch.instance_norm(
+            input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps,
+            _cudnn_enabled(),
+        )
+        updated = False
+    return apply_activation(out, act, act_param, fresh=True), updated
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    act: str | None = None,
+    act_param: float | None = None,
+) -> Tensor:
+    r"""Instance Normalization over ``(N, C, *)``: one μ_{n,c}, σ²_{n,c} per sample and
+    channel, taken over the spatial positions, then ``act(γ_c · x̂ + β_c)``.
+
+    When running statistics are passed and ``use_input_stats`` is True, they are updated
+    with the batch average of the per-instance statistics (unbiased σ²), as in torch; a
+    non-finite batch leaves them untouched.
+
+    Example:
+        >>> import torch
+        >>> import sharenorm.functional as SF
+        >>> y = SF.instance_norm(torch.randn(2, 3, 10) * 5 + 7)
+        >>> round(float(y[0, 0].mean()), 4) == 0.0
+        True
+    """
+    check_input(input, "instance_norm", min_dim=3)
+    c = input.shape[1]
+    for t, name in ((running_mean, "running_mean"), (running_var, "running_var"),
+                    (weight, "weight"), (bias, "bias")):
+        check_per_channel(t, name, c, input)
+    check_eps(eps)
+    check_momentum(momentum, allow_none=False)
+    act = check_activation(act, act_param)
+    return instance_norm_impl(
+        input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, act,
+        act_param,
+    )[0]
+
+
+# ----------------------------------------------------------------------------- group norm
+
+
+def check_groups(num_channels: int, num_groups: int) -> None:
+    """GroupNorm needs C divisible by G; the error lists the valid G nearest the one asked."""
+    if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1:
+        raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
+    if num_channels % num_groups:
+        divisors = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
+        near = sorted(divisors, key=lambda g: (abs(g - num_groups), g))[:4]
+        raise ValueError(
+            f"num_channels={num_channels} is not divisible by num_groups={num_groups}; "
+            f"valid group counts near {num_groups}: {', '.join(map(str, sorted(near)))} "
+            f"(or pass group_size= with a divisor of {num_channels})"
+        )
+
+
+def group_norm(
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    act: str | None = None,
+    act_param: float | None = None,
+) -> Tensor:
+    r"""Group Normalization over ``(N, C, *)``: the C channels form ``num_groups`` groups of
+    C/G consecutive channels; one μ_{n,g}, σ²_{n,g} per sample and group (over its
+    channels and every spatial position), then ``act(γ_c · x̂ + β_c)``. Independent of the
+    batch; ``num_groups=1`` is LayerNorm over (C, *), ``num_groups=C`` is InstanceNorm.
+
+    Example:
+        >>> import torch
+        >>> import sharenorm.functional as SF
+        >>> SF.group_norm(torch.randn(1, 4, 3, 3), 2, act="relu").shape
+        torch.Size([1, 4, 3, 3])
+    """
+    check_input(input, "group_norm")
+    c = input.shape[1]
+    check_groups(c, num_groups)
+    check_per_channel(weight, "weight", c, input)
+    check_per_channel(bias, "bias", c, input)
+    check_eps(eps)
+    act = check_activation(act, act_param)
+    return group_norm_impl(input, num_groups, weight, bias, eps, act, act_param)
+
+
+def group_norm_impl(
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    act: str | None,
+    act_param: float | None,
+) -> Tensor:
+    """Group norm (+ activation) after the checks."""
+    out = torch.group_norm(input, num_groups, weight, bias, eps, _cudnn_enabled())
+    return apply_activation(out, act, act_param, fresh=True)
