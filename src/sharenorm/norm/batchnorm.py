@@ -21,7 +21,9 @@ __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 def check_num_features(num_features: int, name: str = "num_features") -> None:
     if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
-        raise ValueError(f"{name} must be a positive int (the channel count C), got {num_features!r}")
+        raise ValueError(
+            f"{name} must be a positive int (the channel count C), got {num_features!r}"
+        )
 
 
 class _NormBase(nn.Module):
@@ -72,7 +74,9 @@ class _NormBase(nn.Module):
             self.register_buffer("running_var", torch.ones(num_features, **factory))
             self.register_buffer(
                 "num_batches_tracked",
-                torch.tensor(0, dtype=torch.long, **{k: v for k, v in factory.items() if k != "dtype"}),
+                torch.tensor(
+                    0, dtype=torch.long, **{k: v for k, v in factory.items() if k != "dtype"}
+                ),
             )
             self.running_mean: Tensor | None
             self.running_var: Tensor | None
@@ -158,7 +162,9 @@ class _BatchNorm(_NormBase):
         # statistics exist; running ones are passed in eval, and in training when tracked.
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         pass_running = not self.training or self.track_running_stats
-        counting = self.training and self.track_running_stats and self.num_batches_tracked is not None
+        counting = (
+            self.training and self.track_running_stats and self.num_batches_tracked is not None
+        )
         momentum = self._momentum_for_this_batch() if counting else (self.momentum or 0.0)
         out, updated = SF.batch_norm_impl(
             input,
@@ -218,8 +224,11 @@ _BN_DOC = r"""Batch Normalization over a {rank} input, as ``torch.nn.{name}``, p
 
 class BatchNorm1d(_BatchNorm):
     __doc__ = _BN_DOC.format(
-        rank="2-d or 3-d", name="BatchNorm1d", over="(for 3-d input) the length L",
-        shape="(N, C) or (N, C, L)", example="8, 4, 10",
+        rank="2-d or 3-d",
+        name="BatchNorm1d",
+        over="(for 3-d input) the length L",
+        shape="(N, C) or (N, C, L)",
+        example="8, 4, 10",
     )
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -232,8 +241,11 @@ class BatchNorm1d(_BatchNorm):
 
 class BatchNorm2d(_BatchNorm):
     __doc__ = _BN_DOC.format(
-        rank="4-d", name="BatchNorm2d", over="every position (H, W)",
-        shape="(N, C, H, W)", example="8, 4, 5, 5",
+        rank="4-d",
+        name="BatchNorm2d",
+        over="every position (H, W)",
+        shape="(N, C, H, W)",
+        example="8, 4, 5, 5",
     )
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -247,8 +259,11 @@ class BatchNorm2d(_BatchNorm):
 
 class BatchNorm3d(_BatchNorm):
     __doc__ = _BN_DOC.format(
-        rank="5-d", name="BatchNorm3d", over="every position (D, H, W)",
-        shape="(N, C, D, H, W)", example="2, 4, 3, 3, 3",
+        rank="5-d",
+        name="BatchNorm3d",
+        over="every position (D, H, W)",
+        shape="(N, C, D, H, W)",
+        example="2, 4, 3, 3, 3",
     )
 
     def _check_input_dim(self, input: Tensor) -> None:

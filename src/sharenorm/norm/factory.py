@@ -23,17 +23,31 @@ from torch import Tensor, nn
 from sharenorm.norm.activation import apply_activation, check_activation
 from sharenorm.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 from sharenorm.norm.groupnorm import GroupNorm
-from sharenorm.norm.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, _InstanceNorm
+from sharenorm.norm.instancenorm import (
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    _InstanceNorm,
+)
 
 __all__ = ["make_norm", "convert_norm", "ConversionReport", "Activation", "NORM_KINDS"]
 
 # alias -> canonical kind
 _KINDS = {
-    "batch": "batch", "bn": "batch", "batchnorm": "batch",
-    "instance": "instance", "in": "instance", "instancenorm": "instance",
-    "group": "group", "gn": "group", "groupnorm": "group",
-    "layer": "layer", "ln": "layer", "layernorm": "layer",
-    "none": "none", "identity": "none",
+    "batch": "batch",
+    "bn": "batch",
+    "batchnorm": "batch",
+    "instance": "instance",
+    "in": "instance",
+    "instancenorm": "instance",
+    "group": "group",
+    "gn": "group",
+    "groupnorm": "group",
+    "layer": "layer",
+    "ln": "layer",
+    "layernorm": "layer",
+    "none": "none",
+    "identity": "none",
 }
 NORM_KINDS = ("batch", "instance", "group", "layer", "none")
 _BATCH = {1: BatchNorm1d, 2: BatchNorm2d, 3: BatchNorm3d}
@@ -60,7 +74,7 @@ class Activation(nn.Module):
 
 
 def canonical_kind(kind: str) -> str:
-    """"bn" → "batch", … ; unknown names get a ValueError with close matches."""
+    """ "bn" → "batch", … ; unknown names get a ValueError with close matches."""
     key = str(kind).lower().replace("_", "").replace("-", "")
     if key not in _KINDS:
         close = difflib.get_close_matches(key, list(_KINDS), n=3)
@@ -166,7 +180,9 @@ def _spatial_dims(m: nn.Module, default: int) -> int:
     return default
 
 
-def _convert_one(old: nn.Module, kind: str, dim: int, kw: dict) -> tuple[nn.Module, tuple[str, ...]]:
+def _convert_one(
+    old: nn.Module, kind: str, dim: int, kw: dict
+) -> tuple[nn.Module, tuple[str, ...]]:
     channels = getattr(old, "num_features", None) or old.num_channels
     params = {}
     for attr in ("eps", "affine", "act", "act_param"):
@@ -177,7 +193,11 @@ def _convert_one(old: nn.Module, kind: str, dim: int, kw: dict) -> tuple[nn.Modu
     if kind == "none":
         params = {k: v for k, v in params.items() if k in ("act", "act_param")}
     params.update(kw)
-    ref = old.weight if getattr(old, "weight", None) is not None else getattr(old, "running_mean", None)
+    ref = (
+        old.weight
+        if getattr(old, "weight", None) is not None
+        else getattr(old, "running_mean", None)
+    )
     new = make_norm(kind, channels, dim=_spatial_dims(old, dim), **params)
     if ref is not None:
         new = new.to(device=ref.device, dtype=ref.dtype)

@@ -30,8 +30,16 @@ class _InstanceNorm(_NormBase):
         act_param: float | None = None,
     ) -> None:
         super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, device, dtype,
-            bias=bias, act=act, act_param=act_param,
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            bias=bias,
+            act=act,
+            act_param=act_param,
         )
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -118,7 +126,10 @@ _IN_DOC = r"""Instance Normalization over a {rank} input, as ``torch.nn.{name}``
 
 class InstanceNorm1d(_InstanceNorm):
     __doc__ = _IN_DOC.format(
-        rank="3-d", name="InstanceNorm1d", over="the length L", shape="(N, C, L) or (C, L)",
+        rank="3-d",
+        name="InstanceNorm1d",
+        over="the length L",
+        shape="(N, C, L) or (C, L)",
         example="4, 3, 10",
     )
     _spatial_dims = 1
@@ -126,7 +137,10 @@ class InstanceNorm1d(_InstanceNorm):
 
 class InstanceNorm2d(_InstanceNorm):
     __doc__ = _IN_DOC.format(
-        rank="4-d", name="InstanceNorm2d", over="(H, W)", shape="(N, C, H, W) or (C, H, W)",
+        rank="4-d",
+        name="InstanceNorm2d",
+        over="(H, W)",
+        shape="(N, C, H, W) or (C, H, W)",
         example="4, 3, 6, 6",
     )
     _spatial_dims = 2
@@ -134,7 +148,10 @@ class InstanceNorm2d(_InstanceNorm):
 
 class InstanceNorm3d(_InstanceNorm):
     __doc__ = _IN_DOC.format(
-        rank="5-d", name="InstanceNorm3d", over="(D, H, W)",
-        shape="(N, C, D, H, W) or (C, D, H, W)", example="2, 3, 4, 4, 4",
+        rank="5-d",
+        name="InstanceNorm3d",
+        over="(D, H, W)",
+        shape="(N, C, D, H, W) or (C, D, H, W)",
+        example="2, 3, 4, 4, 4",
     )
     _spatial_dims = 3

@@ -1,0 +1,144 @@
+"""Every bad input gets a clear error that names the argument and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sharenorm as sn
+import sharenorm.functional as SF
+
+
+@pytest.mark.parametrize(
+    "module,shape,match",
+    [
+        (
+            sn.BatchNorm2d(4),
+            (2, 4, 3),
+            r"4-d input \(N, C, H, W\), got shape \(2, 4, 3\); use BatchNorm1d",
+        ),
+        (sn.BatchNorm2d(4), (2, 4, 3, 3, 3), "use BatchNorm3d"),
+        (sn.BatchNorm1d(4), (2, 4, 3, 3), r"2-d \(N, C\) or 3-d \(N, C, L\)"),
+        (sn.BatchNorm3d(4), (2, 4, 3, 3), "5-d input"),
+        (sn.InstanceNorm2d(4), (2, 4, 3, 3, 3), r"4-d input \(N, C, H, W\) or a 3-d one"),
+        (
+            sn.BatchNorm2d(4),
+            (2, 5, 3, 3),
+            r"expected an input with 4 channels .* got shape \(2, 5, 3, 3\)",
+        ),
+        (sn.InstanceNorm2d(4, affine=True), (2, 5, 3, 3), "4 channels"),
+        (sn.GroupNorm(2, 4), (2, 6, 3), r"expected an input \(N, 4, \*\), got shape \(2, 6, 3\)"),
+        (sn.GroupNorm(2, 4), (4,), r"at least 2 dims, got shape \(4,\)"),
+    ],
+)
+def test_wrong_rank_or_channels(module, shape, match):
+    with pytest.raises(ValueError, match=match):
+        module(torch.randn(shape))
+
+
+def test_groupnorm_indivisible_lists_valid_group_counts():
+    with pytest.raises(
+        ValueError,
+        match=r"num_channels=30 is not divisible by num_groups=4; "
+        r"valid group counts near 4: 2, 3, 5, 6",
+    ):
+        sn.GroupNorm(4, 30)
+    with pytest.raises(ValueError, match="not divisible by group_size=7"):
+        sn.GroupNorm(num_channels=30, group_size=7)
+    with pytest.raises(ValueError, match="disagree"):
+        sn.GroupNorm(3, 12, group_size=3)
+    with pytest.raises(ValueError, match="num_groups or group_size"):
+        sn.GroupNorm(num_channels=12)
+    with pytest.raises(ValueError, match="not divisible"):
+        SF.group_norm(torch.randn(2, 6, 3), 4)
+
+
+@pytest.mark.parametrize("shape", [(1, 4), (1, 4, 1), (1, 4, 1, 1), (1, 4, 1, 1, 1)])
+def test_batchnorm_one_value_per_channel_names_alternatives(shape):
+    cls = {2: sn.BatchNorm1d, 3: sn.BatchNorm1d, 4: sn.BatchNorm2d, 5: sn.BatchNorm3d}[len(shape)]
+    m = cls(4)
+    with pytest.raises(
+        ValueError, match="more than one value per channel.*eval.*GroupNorm or InstanceNorm"
+    ):
+        m(torch.randn(shape))
+    m.eval()
+    assert m(torch.randn(shape)).shape == shape  # eval mode is the documented way out
+
+
+def test_instance_norm_one_spatial_element():
+    with pytest.raises(ValueError, match="more than one spatial element"):
+        sn.InstanceNorm2d(3)(torch.randn(2, 3, 1, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.complex64])
+def test_integer_or_complex_input(dtype):
+    x = torch.ones(2, 3, 4, 4).to(dtype)
+    for m in (sn.BatchNorm2d(3), sn.InstanceNorm2d(3), sn.GroupNorm(1, 3)):
+        with pytest.raises(TypeError, match=r"real floating dtype .* input.float\(\)"):
+            m(x)
+
+
+def test_non_tensor_input():
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        sn.BatchNorm1d(3)([[1.0, 2.0, 3.0]])
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (
+            lambda x: SF.batch_norm(x, torch.zeros(3), torch.ones(3), torch.ones(4)),
+            r"weight must have shape \(3,\)",
+        ),
+        (
+            lambda x: SF.batch_norm(x, torch.zeros(3), torch.ones(3), None, torch.ones(3, 1)),
+            r"bias must have shape \(3,\)",
+        ),
+        (
+            lambda x: SF.batch_norm(x, torch.zeros(2), torch.ones(3)),
+            r"running_mean must have shape \(3,\)",
+        ),
+        (lambda x: SF.group_norm(x, 3, torch.ones(2)), r"weight must have shape \(3,\)"),
+        (lambda x: SF.instance_norm(x, weight=torch.ones(5)), r"weight must have shape \(3,\)"),
+        (lambda x: SF.batch_norm(x, None, None), "running_mean/running_var is None"),
+        (lambda x: SF.instance_norm(x, use_input_stats=False), "use_input_stats=True"),
+    ],
+)
+def test_mismatched_weight_bias_and_stats(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(torch.randn(2, 3, 4))
+
+
+@pytest.mark.parametrize("eps", [0, -1e-5, float("nan"), float("inf"), "1e-5"])
+def test_bad_eps(eps):
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        sn.BatchNorm2d(3, eps=eps)
+    with pytest.raises(ValueError, match="eps"):
+        sn.GroupNorm(1, 3, eps=eps)
+    with pytest.raises(ValueError, match="eps"):
+        SF.group_norm(torch.randn(2, 3, 4), 1, eps=eps)
+
+
+@pytest.mark.parametrize("momentum", [-0.1, 1.5, float("nan"), "0.1"])
+def test_bad_momentum(momentum):
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\] or None"):
+        sn.BatchNorm2d(3, momentum=momentum)
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\]"):
+        SF.batch_norm(
+            torch.randn(4, 3), torch.zeros(3), torch.ones(3), training=True, momentum=momentum
+        )
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_bad_num_features(n):
+    with pytest.raises(ValueError, match="num_features must be a positive int"):
+        sn.BatchNorm2d(n)
+
+
+def test_unknown_activation_suggests():
+    with pytest.raises(ValueError, match="Did you mean 'silu'"):
+        sn.GroupNorm(1, 3, act="slu")
+    with pytest.raises(ValueError, match="takes no parameter"):
+        sn.BatchNorm2d(3, act="relu", act_param=0.1)
+    with pytest.raises(ValueError, match="act is None"):
+        SF.group_norm(torch.randn(2, 3, 4), 1, act_param=0.1)

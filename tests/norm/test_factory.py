@@ -1,0 +1,163 @@
+"""make_norm builds the right layer from a string; convert_norm swaps every norm in a
+model and reports what it changed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from norm_testing import make_input, randomize_affine
+from torch import nn
+
+import sharenorm as sn
+from sharenorm.norm import reference
+
+
+@pytest.mark.parametrize(
+    "kind,dim,cls,attrs",
+    [
+        ("batch", 2, sn.BatchNorm2d, {}),
+        ("BN", 1, sn.BatchNorm1d, {}),
+        ("bn", 0, sn.BatchNorm1d, {}),
+        ("bn", 3, sn.BatchNorm3d, {}),
+        ("instance", 2, sn.InstanceNorm2d, {"affine": False}),
+        ("in", 1, sn.InstanceNorm1d, {}),
+        ("group", 2, sn.GroupNorm, {"num_groups": 32}),
+        ("gn", 2, sn.GroupNorm, {"num_groups": 32}),
+        ("layer", 2, sn.GroupNorm, {"num_groups": 1}),
+        ("ln", 3, sn.GroupNorm, {"num_groups": 1}),
+        ("none", 2, nn.Identity, {}),
+    ],
+)
+def test_make_norm_kinds(kind, dim, cls, attrs):
+    m = sn.make_norm(kind, 64, dim=dim)
+    assert type(m) is cls
+    for k, v in attrs.items():
+        assert getattr(m, k) == v
+
+
+def test_make_norm_layer_is_layernorm_over_channels_and_space():
+    m = sn.make_norm("layer", 6).double()
+    randomize_affine(m)
+    x = make_input((3, 6, 4, 5), torch.float64)
+    torch.testing.assert_close(m(x), reference.layer_norm(x, m.weight, m.bias))
+
+
+def test_make_norm_default_groups_and_kwargs():
+    assert sn.make_norm("gn", 48).num_groups == 24  # largest divisor of 48 below 32
+    assert sn.make_norm("gn", 48, num_groups=4).num_groups == 4
+    assert sn.make_norm("gn", 48, group_size=16).num_groups == 3
+    assert sn.make_norm("bn", 8, momentum=None, act="relu").act == "relu"
+    act_only = sn.make_norm("none", 8, act="relu")
+    assert torch.equal(act_only(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2.0]))
+
+
+def test_make_norm_errors():
+    with pytest.raises(ValueError, match="Did you mean 'group'"):
+        sn.make_norm("grup", 8)
+    with pytest.raises(ValueError, match="dim must be"):
+        sn.make_norm("bn", 8, dim=4)
+    with pytest.raises(ValueError, match="needs spatial dims"):
+        sn.make_norm("in", 8, dim=0)
+    with pytest.raises(ValueError, match="one group"):
+        sn.make_norm("ln", 8, num_groups=2)
+
+
+class Block(nn.Module):
+    """A residual block with a norm inside nested containers."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.convs = nn.ModuleList([nn.Conv2d(c, c, 3, padding=1, bias=False)])
+        self.norms = nn.ModuleDict({"bn2": nn.BatchNorm2d(c)})
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.norms["bn2"](self.convs[0](y)))
+
+
+def small_resnet():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        Block(8),
+        Block(8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+        nn.LayerNorm(4),  # trailing-dims norm: must not be touched
+    )
+
+
+def _train_a_little(net, steps=2):
+    net.train()
+    for _ in range(steps):
+        net(torch.randn(8, 3, 8, 8)).sum().backward()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                randomize_affine(m)
+
+
+def test_convert_bn_to_bn_keeps_eval_output():
+    torch.manual_seed(0)
+    net = small_resnet()
+    _train_a_little(net)
+    net.eval()
+    x = torch.randn(4, 3, 8, 8)
+    before = net(x)
+    report = sn.convert_norm(net, "bn")
+    assert len(report) == 5
+    assert all(type(m) is not nn.BatchNorm2d for m in net.modules())
+    assert sum(isinstance(m, sn.BatchNorm2d) for m in net.modules()) == 5
+    assert isinstance(net[-1], nn.LayerNorm)
+    assert not net.training and not net[1].training  # mode preserved
+    torch.testing.assert_close(net(x), before)
+    text = str(report)
+    assert "3.norms.bn2" in text and "running_mean" in text
+
+
+def test_convert_bn_to_gn_trains():
+    torch.manual_seed(0)
+    net = small_resnet()
+    _train_a_little(net)
+    gamma = net[1].weight.detach().clone()
+    report = sn.convert_norm(net, "group", num_groups=4)
+    assert [c.kept for c in report][0] == ("weight", "bias")
+    assert isinstance(net[3].norms["bn2"], sn.GroupNorm) and net[3].norms["bn2"].num_groups == 4
+    torch.testing.assert_close(net[1].weight.detach(), gamma)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.train()
+    losses = []
+    for _ in range(40):
+        loss = nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]  # the LayerNorm on the logits caps how low it goes
+    # batch-independent now: one sample's output does not depend on the others
+    net.train()
+    a = net(x)[:1]
+    b = net(torch.cat([x[:1], torch.randn(15, 3, 8, 8)]))[:1]
+    torch.testing.assert_close(a, b)
+
+
+def test_convert_keeps_dtype_device_and_act_and_handles_root_norm():
+    net = nn.Sequential(nn.Conv1d(2, 6, 3), sn.BatchNorm1d(6, act="silu")).double()
+    sn.convert_norm(net, "gn", num_groups=3)
+    assert net[1].weight.dtype == torch.float64 and net[1].act == "silu"
+    report = sn.convert_norm(nn.BatchNorm2d(4), "in")
+    assert isinstance(report.model, sn.InstanceNorm2d) and report.model.affine  # affine kept
+    assert str(sn.convert_norm(nn.Linear(2, 2), "gn")) == "convert_norm: no norm layer found"
+    with pytest.raises(TypeError, match="nn.Module"):
+        sn.convert_norm("model", "gn")
+
+
+def test_convert_to_none_removes_norms():
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.GroupNorm(2, 4))
+    report = sn.convert_norm(net, "none")
+    assert len(report) == 2 and isinstance(net[1], nn.Identity) and isinstance(net[2], nn.Identity)

@@ -1,0 +1,270 @@
+"""Module semantics that make sharenorm a drop-in replacement: signatures, state_dict
+keys and round trips with torch.nn, modes, the non-finite guard, repr."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import warnings
+
+import pytest
+import torch
+from norm_testing import make_input, randomize_affine
+from torch import nn
+
+import sharenorm as sn
+
+PAIRS = [
+    (sn.BatchNorm1d, nn.BatchNorm1d, (4, 3, 5)),
+    (sn.BatchNorm2d, nn.BatchNorm2d, (4, 3, 5, 5)),
+    (sn.BatchNorm3d, nn.BatchNorm3d, (2, 3, 2, 3, 3)),
+    (sn.InstanceNorm1d, nn.InstanceNorm1d, (4, 3, 5)),
+    (sn.InstanceNorm2d, nn.InstanceNorm2d, (4, 3, 5, 5)),
+    (sn.InstanceNorm3d, nn.InstanceNorm3d, (2, 3, 2, 3, 3)),
+]
+
+
+@pytest.mark.parametrize(
+    "ours,theirs", [(p[0], p[1]) for p in PAIRS] + [(sn.GroupNorm, nn.GroupNorm)]
+)
+def test_positional_signature_and_defaults_match_torch(ours, theirs):
+    """Every torch.nn parameter exists with the same position and default; extras are
+    keyword-only."""
+    sig_o = inspect.signature(ours.__init__).parameters
+    sig_t = inspect.signature(theirs.__init__).parameters
+    positional_t = [n for n, p in sig_t.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    positional_o = [n for n, p in sig_o.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional_o == positional_t
+    for name, p in sig_t.items():
+        assert name in sig_o, name
+        if ours is sn.GroupNorm and name in ("num_groups", "num_channels"):
+            continue  # optional here because group_size= can replace num_groups
+        assert sig_o[name].default == p.default, name
+    extras = set(sig_o) - set(sig_t)
+    assert all(sig_o[n].kind is inspect.Parameter.KEYWORD_ONLY for n in extras)
+
+
+@pytest.mark.parametrize("ours,theirs,shape", PAIRS)
+@pytest.mark.parametrize("affine,track", [(True, True), (False, True), (True, False)])
+def test_state_dict_round_trip_both_ways(ours, theirs, shape, affine, track):
+    t = theirs(3, affine=affine, track_running_stats=track)
+    t.train()
+    for _ in range(2):
+        t(make_input(shape))
+    if affine:
+        randomize_affine(t)
+    o = ours(3, affine=affine, track_running_stats=track)
+    assert list(o.state_dict()) == list(t.state_dict())
+    o.load_state_dict(t.state_dict())  # torch.nn -> sharenorm, strict
+    back = theirs(3, affine=affine, track_running_stats=track)
+    back.load_state_dict(o.state_dict())  # sharenorm -> torch.nn, strict
+    for k, v in t.state_dict().items():
+        torch.testing.assert_close(o.state_dict()[k], v)
+        torch.testing.assert_close(back.state_dict()[k], v)
+    o.eval(), t.eval()
+    x = make_input(shape)
+    torch.testing.assert_close(o(x), t(x))
+
+
+def test_groupnorm_state_dict_round_trip():
+    t = nn.GroupNorm(2, 6)
+    randomize_affine(t)
+    o = sn.GroupNorm(2, 6)
+    o.load_state_dict(t.state_dict())
+    nn.GroupNorm(2, 6).load_state_dict(o.state_dict())
+    x = make_input((3, 6, 4))
+    torch.testing.assert_close(o(x), t(x))
+
+
+def test_old_checkpoint_without_num_batches_tracked_loads():
+    """Version-1 checkpoints (before num_batches_tracked) load with the counter at 0."""
+    bn = sn.BatchNorm2d(3)
+    sd = bn.state_dict()
+    del sd["num_batches_tracked"]
+    sd._metadata[""]["version"] = 1
+    bn2 = sn.BatchNorm2d(3)
+    bn2.num_batches_tracked.fill_(5)
+    bn2.load_state_dict(sd)
+    assert int(bn2.num_batches_tracked) == 5  # kept its own value, as torch.nn does
+    fresh = sn.BatchNorm2d(3)
+    fresh.load_state_dict(sd)
+    assert int(fresh.num_batches_tracked) == 0
+
+
+def test_bias_false_creates_no_parameter():
+    for m in (
+        sn.BatchNorm2d(4, bias=False),
+        sn.GroupNorm(2, 4, bias=False),
+        sn.InstanceNorm2d(4, affine=True, bias=False),
+    ):
+        assert m.bias is None
+        assert [n for n, _ in m.named_parameters()] == ["weight"]
+        m(make_input((2, 4, 3, 3)))
+
+
+def test_affine_false_has_no_parameters():
+    for m in (
+        sn.BatchNorm2d(4, affine=False),
+        sn.GroupNorm(2, 4, affine=False),
+        sn.InstanceNorm2d(4),
+    ):
+        assert list(m.parameters()) == []
+
+
+def test_track_running_stats_false_uses_batch_stats_in_eval():
+    ours = sn.BatchNorm2d(3, track_running_stats=False).eval()
+    theirs = nn.BatchNorm2d(3, track_running_stats=False).eval()
+    x = make_input((4, 3, 5, 5))
+    torch.testing.assert_close(ours(x), theirs(x))
+    assert ours.running_mean is None and ours.num_batches_tracked is None
+
+
+def test_buffers_kept_but_tracking_switched_off_matches_torch():
+    """A common trick: set track_running_stats=False on a trained layer. torch.nn then
+    uses the running stats in eval and batch stats (without updating) in training."""
+    ours, theirs = sn.BatchNorm2d(3), nn.BatchNorm2d(3)
+    x0 = make_input((4, 3, 5, 5))
+    for m in (ours, theirs):
+        m(x0)
+        m.track_running_stats = False
+    x = make_input((4, 3, 5, 5), shift=-2.0)
+    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 1
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_nonfinite_batch_does_not_poison_running_stats():
+    bn, ref = sn.BatchNorm2d(3), nn.BatchNorm2d(3)
+    x = make_input((4, 3, 5, 5))
+    bn(x), ref(x)
+    before = (bn.running_mean.clone(), bn.running_var.clone())
+    bad = x.clone()
+    bad[1, 2, 3, 4] = float("nan")
+    with pytest.warns(RuntimeWarning, match="NOT updated"):
+        y = bn(bad)
+    assert torch.isnan(y[:, 2]).all()  # the output shows the NaN: nothing is hidden
+    torch.testing.assert_close(bn.running_mean, before[0])
+    torch.testing.assert_close(bn.running_var, before[1])
+    assert int(bn.num_batches_tracked) == 1
+    ref(bad)
+    assert torch.isnan(ref.running_mean).any()  # torch.nn: poisoned for good
+    bad[1, 2, 3, 4] = float("inf")
+    with pytest.warns(RuntimeWarning):
+        bn(bad)
+    assert torch.isfinite(bn.running_var).all()
+    # a later good batch updates normally
+    bn(x)
+    assert int(bn.num_batches_tracked) == 2
+
+
+def test_nonfinite_batch_instance_norm_guard():
+    m = sn.InstanceNorm2d(3, track_running_stats=True)
+    bad = make_input((2, 3, 4, 4))
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="NOT updated"):
+        m(bad)
+    assert torch.equal(m.running_mean, torch.zeros(3))
+    assert int(m.num_batches_tracked) == 0
+
+
+def test_finite_batch_gives_no_warning():
+    bn = sn.BatchNorm2d(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bn(make_input((4, 3, 2, 2)))
+
+
+@pytest.mark.parametrize(
+    "cls,shape",
+    [
+        (sn.InstanceNorm1d, (3, 7)),
+        (sn.InstanceNorm2d, (3, 4, 5)),
+        (sn.InstanceNorm3d, (3, 2, 3, 4)),
+    ],
+)
+def test_instance_norm_accepts_unbatched_input(cls, shape):
+    ours = cls(3, affine=True)
+    theirs = getattr(nn, cls.__name__)(3, affine=True)
+    randomize_affine(ours, theirs)
+    x = make_input(shape)
+    torch.testing.assert_close(ours(x), theirs(x))
+    assert ours(x).shape == x.shape
+
+
+def test_instance_norm_channel_mismatch_warns_like_torch_when_unused():
+    m = sn.InstanceNorm2d(5)  # affine=False, no running stats: num_features unused
+    with pytest.warns(UserWarning, match="num_features"):
+        m(make_input((2, 3, 4, 4)))
+
+
+def test_repr_shows_configuration():
+    assert repr(sn.BatchNorm2d(8)) == repr(nn.BatchNorm2d(8))
+    assert repr(sn.GroupNorm(4, 8)) == repr(nn.GroupNorm(4, 8))
+    assert repr(sn.InstanceNorm2d(8)) == repr(nn.InstanceNorm2d(8))
+    assert "act='leaky_relu', act_param=0.2" in repr(
+        sn.BatchNorm2d(8, act="leaky_relu", act_param=0.2)
+    )
+    assert "act='silu'" in repr(sn.GroupNorm(4, 8, act="silu"))
+
+
+def test_groupnorm_group_size():
+    gn = sn.GroupNorm(num_channels=12, group_size=4)
+    assert gn.num_groups == 3 and gn.group_size == 4
+    assert sn.GroupNorm(3, 12, group_size=4).num_groups == 3
+
+
+def test_deepcopy_pickle_and_dtype_moves():
+    bn = sn.BatchNorm2d(3, act="relu")
+    bn(make_input((4, 3, 3, 3)))
+    clone = copy.deepcopy(bn)
+    buf = io.BytesIO()
+    torch.save(bn, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    x = make_input((2, 3, 3, 3))
+    for m in (clone, loaded):
+        m.eval()
+    bn.eval()
+    torch.testing.assert_close(clone(x), bn(x))
+    torch.testing.assert_close(loaded(x), bn(x))
+    half = copy.deepcopy(bn).to(torch.bfloat16)
+    assert half.running_mean.dtype == torch.bfloat16
+    assert half.num_batches_tracked.dtype == torch.long
+
+
+def test_meta_device_then_to_empty():
+    with torch.device("meta"):
+        bn = sn.BatchNorm2d(3)
+    bn = bn.to_empty(device="cpu")
+    bn.reset_parameters()
+    assert torch.equal(bn.running_var, torch.ones(3)) and int(bn.num_batches_tracked) == 0
+
+
+def test_module_in_a_model_trains():
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        sn.BatchNorm2d(4, act="relu"),
+        nn.Flatten(),
+        nn.Linear(4 * 16, 2),
+    )
+    x, y = torch.randn(32, 1, 4, 4), torch.randint(0, 2, (32,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    first = None
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(net(x), y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first * 0.7
+
+
+def test_torch_compile_matches_eager():
+    m = sn.GroupNorm(2, 4, act="silu")
+    x = make_input((2, 4, 3, 3))
+    compiled = torch.compile(m, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), m(x))
