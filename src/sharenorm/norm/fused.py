@@ -1,0 +1,442 @@
+"""Norm + activation as one autograd node that keeps ONE full-size tensor for backward.
+
+Eager ``act(norm(x))`` keeps two full-size tensors alive until backward: the norm's
+input ``x`` (its backward needs x̂ = (x − μ)·r) and the activation's input or output.
+The functions here compute the same forward with ATen's own kernels (so outputs and
+running statistics are those of the plain path) but save only one of them:
+
+* **invert** (identity, leaky_relu with slope > 0, elu with α > 0): save the output
+  ``y``; in backward, ``act'`` is read off ``y``, the pre-activation is recovered as
+  ``z = act⁻¹(y)`` and the centered input as ``x − μ = (z − β) / (γ·r)``
+  (InPlace-ABN's idea). In a conv → norm → act → conv chain ``y`` is also the next
+  layer's saved input, so the norm block then adds no full-size tensor at all.
+* **recompute** (relu, silu, gelu, tanh, sigmoid, and every case where inverting is
+  unsafe): save the input ``x``; in backward, ``z = γ·r·(x − μ) + β`` is recomputed
+  (one extra pass) and ``act'(z)`` taken from it.
+
+Both then hand ``(dz, x − μ or x, μ, r)`` to ATen's fused norm backward
+(``native_batch_norm_backward`` / ``native_group_norm_backward``), the kernel eager
+autograd itself uses.
+
+When inverting is unsafe, and what is done instead. Recovering x − μ divides by γ:
+
+* ``γ_c = 0`` (e.g. zero-init residual BN) destroys the information; a tiny γ_c
+  (below the dtype's smallest normal number) leaves it in subnormals;
+* ``|β_c| ≫ |γ_c|`` makes ``z`` mostly β, so the rounding of ``y`` (relative to |z|)
+  becomes an error of ``u·|β/γ|`` in x̂;
+* elu saturates: ``log1p(y/α)`` loses ``-z/ln 2`` bits of z as y → −α.
+
+So the output is inverted only when, for every channel, ``|γ_c| ≥ finfo.tiny`` and
+``|β_c| ≤ 16·|γ_c|`` (at most ~4 bits lost to the affine inverse), a leaky_relu slope
+is at least the dtype's ``eps``, and for elu every pre-activation is ≥ −4 (checked with
+one min-reduction over ``y`` in forward). Otherwise the input is saved and the
+pre-activation recomputed: gradients stay exact, the saved memory is still one tensor,
+only the inversion's network-level sharing with the next layer is lost. The forward is
+never changed (InPlace-ABN instead replaces γ by |γ| + ε, which changes the model).
+The γ/β check reads C values (a host sync on GPUs).
+
+Example:
+    >>> import torch
+    >>> from sharenorm.norm import fused
+    >>> x = torch.randn(4, 6, 5, 5, requires_grad=True)
+    >>> y, nbytes = fused.saved_tensor_bytes(lambda: fused.group_norm_act(x, 3, None, None,
+    ...                                                                   1e-5, "silu", None))
+    >>> nbytes == x.numel() * 4 + 2 * 4 * 3 * 4   # x, plus μ and r per (sample, group)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from sharenorm.norm.activation import default_param
+
+__all__ = [
+    "batch_norm_act",
+    "instance_norm_act",
+    "group_norm_act",
+    "act_is_invertible",
+    "saved_tensor_bytes",
+]
+
+_ATEN = torch.ops.aten
+# |β_c| ≤ _MAX_BETA_OVER_GAMMA·|γ_c|: inverting the affine step then loses ≤ log2(17) bits.
+_MAX_BETA_OVER_GAMMA = 16.0
+# elu is inverted only where z ≥ −4: there log1p(y/α) has lost < 6 bits of z.
+_ELU_MIN_PREACT = -4.0
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+def act_is_invertible(act: str | None, act_param: float | None, dtype: torch.dtype) -> bool:
+    """Whether ``act`` is injective with a well-conditioned inverse in ``dtype``:
+    identity always; leaky_relu for a slope ≥ the dtype's eps; elu for α > 0."""
+    p = default_param(act, act_param)
+    if act is None or act == "identity":
+        return True
+    if act == "leaky_relu":
+        return p >= torch.finfo(dtype).eps
+    if act == "elu":
+        return p > 0
+    return False
+
+
+def _act_(y: Tensor, act: str | None, p: float | None) -> Tensor:
+    """``act(y)`` in place: ``y`` is a fresh tensor and no backward needs it unchanged."""
+    if act is None or act == "identity":
+        return y
+    if act == "relu":
+        return y.relu_()
+    if act == "leaky_relu":
+        return F.leaky_relu_(y, p)
+    if act == "elu":
+        return F.elu_(y, p)
+    if act == "silu":
+        return F.silu(y, inplace=True)
+    if act == "gelu":
+        return _ATEN.gelu_(y)
+    if act == "tanh":
+        return y.tanh_()
+    if act == "sigmoid":
+        return y.sigmoid_()
+    raise AssertionError(act)  # check_activation ran before
+
+
+def _act_grad_from_input(dy: Tensor, z: Tensor, act: str | None, p: float | None) -> Tensor:
+    """dL/dz from dL/dy and the pre-activation ``z`` (``z`` is a scratch tensor)."""
+    if act is None or act == "identity":
+        return dy
+    if act == "relu":
+        return _ATEN.threshold_backward(dy, z, 0)
+    if act == "leaky_relu":
+        return _ATEN.leaky_relu_backward(dy, z, p, False)
+    if act == "elu":
+        return _ATEN.elu_backward(dy, p, 1, 1, False, z)
+    if act == "silu":
+        return _ATEN.silu_backward(dy, z)
+    if act == "gelu":
+        return _ATEN.gelu_backward(dy, z)
+    if act == "tanh":
+        return _ATEN.tanh_backward(dy, z.tanh_())
+    if act == "sigmoid":
+        return _ATEN.sigmoid_backward(dy, z.sigmoid_())
+    raise AssertionError(act)
+
+
+def _act_grad_from_output(dy: Tensor, y: Tensor, act: str | None, p: float | None) -> Tensor:
+    """dL/dz from dL/dy and the output ``y`` of an invertible activation."""
+    if act is None or act == "identity":
+        return dy
+    if act == "leaky_relu":  # z > 0 ⇔ y > 0 for a positive slope
+        return _ATEN.leaky_relu_backward(dy, y, p, True)
+    if act == "elu":  # elu'(z) = y + α for z ≤ 0
+        return _ATEN.elu_backward(dy, p, 1, 1, True, y)
+    raise AssertionError(act)
+
+
+def _act_inverse(y: Tensor, act: str | None, p: float | None) -> Tensor:
+    """``z = act⁻¹(y)``, a new tensor (or ``y`` itself for identity)."""
+    if act is None or act == "identity":
+        return y
+    if act == "leaky_relu":
+        return torch.where(y >= 0, y, y / p)
+    if act == "elu":
+        return torch.where(y > 0, y, torch.log1p(y / p))
+    raise AssertionError(act)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    """The layout ATen keeps for ``x``: channels-last (2-d/3-d) or contiguous."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _affine_invertible(weight: Tensor | None, bias: Tensor | None, dtype: torch.dtype) -> bool:
+    """Every γ_c a normal number of ``dtype`` and every |β_c| ≤ 16·|γ_c| (see module doc)."""
+    if weight is None and bias is None:
+        return True
+    acc = _acc_dtype(dtype)
+    g = torch.ones((), dtype=acc) if weight is None else weight.detach().to(acc).abs()
+    ok = g >= torch.finfo(dtype).tiny
+    if bias is not None:
+        ok = ok & (bias.detach().to(acc).abs() <= _MAX_BETA_OVER_GAMMA * g)
+    return bool(ok.all())
+
+
+def _elu_unsaturated(y: Tensor, alpha: float) -> bool:
+    """min z ≥ −4, read off the output: y ≥ α·(e⁻⁴ − 1)."""
+    return y.numel() == 0 or bool(y.amin() >= alpha * math.expm1(_ELU_MIN_PREACT))
+
+
+def _choose_inversion(
+    act: str | None, p: float | None, weight: Tensor | None, bias: Tensor | None, dtype
+) -> bool:
+    return act_is_invertible(act, p, dtype) and _affine_invertible(weight, bias, dtype)
+
+
+def _per_channel(v: Tensor, x: Tensor) -> Tensor:
+    """(C,) or (N, C) → broadcastable against x of shape (N, C, *), in x's dtype."""
+    lead = (1, -1) if v.dim() == 1 else tuple(v.shape)
+    return v.reshape(*lead, *([1] * (x.dim() - 2))).to(x.dtype)
+
+
+def saved_tensor_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """Run ``fn()`` and return ``(result, bytes)``: the bytes of the unique storages autograd
+    saved for backward while it ran (views of one storage count once).
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(100, requires_grad=True)
+        >>> saved_tensor_bytes(lambda: (x * 2).sin())[1]   # sin saves its input, 400 bytes
+        400
+    """
+    storages: dict[tuple[str, int], int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        st = t.untyped_storage()
+        storages[(str(t.device), st.data_ptr())] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(storages.values())
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+
+class _BatchNormAct(torch.autograd.Function):
+    """``act(batch_norm(x))`` with one saved full-size tensor (``y`` or ``x``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps,
+                act, p):
+        y, mean, invstd = torch.native_batch_norm(
+            x, weight, bias, running_mean, running_var, training, momentum, eps
+        )
+        if not training:  # eval: the running statistics normalize; keep copies (C values)
+            acc = _acc_dtype(x.dtype)
+            mean = running_mean.detach().to(acc, copy=True)
+            invstd = torch.rsqrt(running_var.detach().to(acc) + eps)
+            ctx.running_var = running_var.detach().clone()
+        invert = _choose_inversion(act, p, weight, bias, x.dtype)
+        y = _act_(y, act, p)
+        if invert and act == "elu":
+            invert = _elu_unsaturated(y, p)
+        ctx.save_for_backward(y if invert else x, weight, bias, mean, invstd)
+        ctx.invert, ctx.training, ctx.eps, ctx.act, ctx.p = invert, training, eps, act, p
+        ctx.fmt = _memory_format(x)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        saved, weight, bias, mean, invstd = ctx.saved_tensors
+        act, p = ctx.act, ctx.p
+        dy = dy.contiguous(memory_format=ctx.fmt)
+        gamma = torch.ones_like(invstd) if weight is None else weight.to(invstd.dtype)
+        beta = torch.zeros_like(invstd) if bias is None else bias.to(invstd.dtype)
+        if ctx.invert:
+            dz = _act_grad_from_output(dy, saved, act, p)
+            z = _act_inverse(saved, act, p)
+            s = 1.0 / (gamma * invstd)  # x − μ = (z − β) / (γ·r)
+            xin = torch.addcmul(_per_channel(-beta * s, z), z, _per_channel(s, z))
+            center = torch.zeros_like(mean)
+        else:
+            a = gamma * invstd  # z = γ·r·(x − μ) + β = a·x + b
+            if act is None:
+                dz = dy
+            else:
+                z = torch.addcmul(_per_channel(beta - mean * a, saved), saved, _per_channel(a, saved))
+                dz = _act_grad_from_input(dy, z, act, p)
+            xin, center = saved, mean
+        dz = dz.contiguous(memory_format=ctx.fmt)
+        mask = list(ctx.needs_input_grad[:3])
+        if ctx.training:
+            dx, dw, db = _ATEN.native_batch_norm_backward(
+                dz, xin, weight, None, None, center, invstd, True, ctx.eps, mask
+            )
+        else:
+            dx, dw, db = _ATEN.native_batch_norm_backward(
+                dz, xin, weight, center, ctx.running_var, None, None, False, ctx.eps, mask
+            )
+        return dx, dw, db, None, None, None, None, None, None, None
+
+
+def batch_norm_act(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    act: str | None,
+    act_param: float | None,
+) -> Tensor:
+    """Memory-efficient ``act(batch_norm(x))``, inputs already checked.
+
+    In training the running statistics passed are updated in place exactly as by
+    ``torch.batch_norm`` (the caller passes copies and commits them only if finite).
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(8, 3, 4, 4, requires_grad=True)
+        >>> y = batch_norm_act(x, None, None, None, None, True, 0.1, 1e-5, "leaky_relu", None)
+        >>> y.sum().backward(); x.grad.shape
+        torch.Size([8, 3, 4, 4])
+    """
+    p = default_param(act, act_param)
+    return _BatchNormAct.apply(
+        input, weight, bias, running_mean, running_var, training, momentum, eps, act, p
+    )
+
+
+# ----------------------------------------------------------------------------- group norm
+
+
+class _GroupNormAct(torch.autograd.Function):
+    """``act(group_norm(x))`` with one saved full-size tensor (``y`` or ``x``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps, act, p):
+        fmt = _memory_format(x)
+        x = x.contiguous(memory_format=fmt)
+        n, c = x.shape[:2]
+        hw = math.prod(x.shape[2:])
+        y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, hw, num_groups, eps)
+        invert = _choose_inversion(act, p, weight, bias, x.dtype)
+        y = _act_(y, act, p)
+        if invert and act == "elu":
+            invert = _elu_unsaturated(y, p)
+        ctx.save_for_backward(y if invert else x, weight, bias, mean, rstd)
+        ctx.invert, ctx.act, ctx.p, ctx.fmt = invert, act, p, fmt
+        ctx.sizes = (n, c, hw, num_groups)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        saved, weight, bias, mean, rstd = ctx.saved_tensors
+        act, p = ctx.act, ctx.p
+        n, c, hw, g = ctx.sizes
+        dy = dy.contiguous(memory_format=ctx.fmt)
+        acc = rstd.dtype
+        gamma = rstd.new_ones(c) if weight is None else weight.to(acc)
+        beta = rstd.new_zeros(c) if bias is None else bias.to(acc)
+        # Per (sample, channel) r and μ: each group's value repeated over its C/G channels.
+        r_nc = rstd.repeat_interleave(c // g, dim=1)
+        if ctx.invert:
+            dz = _act_grad_from_output(dy, saved, act, p)
+            z = _act_inverse(saved, act, p)
+            s = 1.0 / (gamma * r_nc)  # x − μ = (z − β) / (γ·r)
+            xin = torch.addcmul(_per_channel(-beta * s, z), z, _per_channel(s, z))
+            center = torch.zeros_like(mean)
+        else:
+            if act is None:
+                dz = dy
+            else:
+                a = gamma * r_nc
+                b = beta - mean.repeat_interleave(c // g, dim=1) * a
+                z = torch.addcmul(_per_channel(b, saved), saved, _per_channel(a, saved))
+                dz = _act_grad_from_input(dy, z, act, p)
+            xin, center = saved, mean
+        dz = dz.contiguous(memory_format=ctx.fmt)
+        xin = xin.contiguous(memory_format=ctx.fmt)
+        dx, dw, db = _ATEN.native_group_norm_backward(
+            dz, xin, center, rstd, weight, n, c, hw, g, list(ctx.needs_input_grad[:3])
+        )
+        return dx, dw, db, None, None, None, None
+
+
+def group_norm_act(
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    act: str | None,
+    act_param: float | None,
+) -> Tensor:
+    """Memory-efficient ``act(group_norm(x))``, inputs already checked; channels-last in
+    gives channels-last out.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(2, 8, 5, 5, requires_grad=True)
+        >>> group_norm_act(x, 4, None, None, 1e-5, "gelu", None).shape
+        torch.Size([2, 8, 5, 5])
+    """
+    p = default_param(act, act_param)
+    return _GroupNormAct.apply(input, weight, bias, num_groups, eps, act, p)
+
+
+# ----------------------------------------------------------------------------- instance norm
+
+
+def instance_norm_act(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    use_input_stats: bool,
+    momentum: float,
+    eps: float,
+    act: str | None,
+    act_param: float | None,
+) -> Tensor:
+    """Memory-efficient ``act(instance_norm(x))``, routed as the plain path routes it.
+
+    * running statistics normalize (``use_input_stats=False``): per-channel, i.e.
+      BatchNorm in eval;
+    * instance statistics, nothing to update: GroupNorm with one channel per group
+      (channels-last stays channels-last);
+    * instance statistics updating running ones: BatchNorm over the ``(1, N·C, *)`` view
+      with γ, β and the running statistics repeated N times, as ``torch.instance_norm``
+      does, then the running statistics averaged over the batch (written in place into
+      the ``running_*`` passed; the caller commits them).
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(2, 3, 6, requires_grad=True)
+        >>> instance_norm_act(x, None, None, None, None, True, 0.1, 1e-5, "relu", None).shape
+        torch.Size([2, 3, 6])
+    """
+    if not use_input_stats:
+        return batch_norm_act(
+            input, running_mean, running_var, weight, bias, False, 0.0, eps, act, act_param
+        )
+    n, c = input.shape[:2]
+    if running_mean is None or running_var is None:
+        return group_norm_act(input, c, weight, bias, eps, act, act_param)
+    fmt = _memory_format(input)
+    shape = (1, n * c, *input.shape[2:])
+    rm, rv = running_mean.repeat(n), running_var.repeat(n)
+    out = batch_norm_act(
+        input.contiguous().view(shape), rm, rv,
+        None if weight is None else weight.repeat(n), None if bias is None else bias.repeat(n),
+        True, momentum, eps, act, act_param,
+    ).view(input.shape)
+    running_mean.copy_(rm.view(n, c).mean(0))
+    running_var.copy_(rv.view(n, c).mean(0))
+    return out.contiguous(memory_format=fmt)

@@ -1,0 +1,55 @@
+"""Triton GPU kernels for norm + activation (optional: ``pip install sharenorm[triton]``).
+
+Importing this package never fails: without Triton, ``HAS_TRITON`` is False and
+:func:`available` says no, so callers fall back to the torch path. The kernels and
+their launchers live in :mod:`.norm_act`, the ``torch.library`` custom ops that wrap
+them (so ``torch.compile`` sees one opaque op instead of a graph break) in :mod:`.ops`;
+both are imported only when Triton is.
+
+Example:
+    >>> import torch
+    >>> from sharenorm.norm import kernels
+    >>> kernels.available(torch.device("cpu")) in (True, False)
+    True
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["HAS_TRITON", "TRITON_DTYPES", "available", "interpreting", "load_ops"]
+
+try:
+    import triton  # noqa: F401
+except ImportError:  # Triton is an optional extra
+    HAS_TRITON = False
+else:
+    HAS_TRITON = True
+
+# The dtypes the kernels are written and tested for (fp32 statistics for all of them).
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available(device: torch.device) -> bool:
+    """Whether the Triton kernels can run on ``device``: Triton is installed and the
+    device is CUDA, or the interpreter is on (then CPU tensors work, slowly)."""
+    return HAS_TRITON and (device.type == "cuda" or interpreting())
+
+
+def load_ops():
+    """The module holding the custom ops (registers them on first call)."""
+    if not HAS_TRITON:
+        raise ImportError(
+            "the Triton kernels need Triton: pip install 'sharenorm[triton]' (or pass "
+            "backend='torch')"
+        )
+    from sharenorm.norm.kernels import ops
+
+    return ops

@@ -1,0 +1,420 @@
+"""Triton kernels for Batch/Instance/Group Normalization + activation, and their launchers.
+
+One set of kernels serves every norm, by viewing the input ``x`` of shape ``(N, C, *)``
+as ``(N, C, S)`` (``S`` = product of the spatial sizes) with its real strides, so NCHW and
+NHWC (channels-last) are read in place, never copied:
+
+=========  ========================  ===================  =====================
+norm       one statistic per         axis A (len, stride)  axis B (len, stride)
+=========  ========================  ===================  =====================
+group      (n, g): P = N·G           channel in group      spatial position
+instance   group with C/G = 1        (C/G, stride_c)       (S, stride_s)
+batch      channel c: P = C          sample (N, stride_n)  spatial (S, stride_s)
+=========  ========================  ===================  =====================
+
+A statistic's elements form an A × B grid cut into ``BLOCK_A × BLOCK_B`` tiles. The
+tiles of one statistic are shared by ``SPLIT`` programs (grid ``(P, SPLIT)``), so a small
+``N·G`` (a diffusion UNet at batch 1-2) still fills the GPU; the partial results are
+combined afterwards over the ``SPLIT`` axis, deterministically (no atomics).
+
+Statistics are fp32 whatever the input dtype, accumulated tile by tile with Chan's
+parallel update (each tile: its own mean, then Σ(x − mean_tile)²; tiles merged with the
+mean difference), i.e. Welford by blocks — never E[x²] − E[x]² on raw values.
+
+Kernels:
+    _stats_kernel     x → per (statistic, split) partial (count, mean, M2)
+    _forward_kernel   x, μ, r, γ, β → y = act(γ·r·(x − μ) + β)
+    _bwd_sums_kernel  x, dy → per (statistic, B-tile, a): Σ dz and Σ dz·x̂ (z recomputed)
+    _bwd_dx_kernel    x, dy, sums → dx = r·(γ·dz − c1 − x̂·c2)
+
+The launchers allocate outputs, pick tiles and the split, and combine partials; they do
+no autograd (see :mod:`sharenorm.norm.fused`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["ACT_CODES", "norm_act_forward", "norm_act_backward", "layout"]
+
+# The activation as a compile-time code (one specialization per activation).
+ACT_CODES = {
+    None: 0, "identity": 0, "relu": 1, "leaky_relu": 2, "elu": 3,
+    "silu": 4, "gelu": 5, "tanh": 6, "sigmoid": 7,
+}
+
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+# ----------------------------------------------------------------------------- device code
+
+
+@triton.jit
+def _act(z, ACT: tl.constexpr, param):
+    """act(z) for fp32 z."""
+    if ACT == 1:
+        y = tl.maximum(z, 0.0)
+    elif ACT == 2:
+        y = tl.where(z > 0, z, z * param)
+    elif ACT == 3:
+        y = tl.where(z > 0, z, param * (tl.exp(tl.minimum(z, 0.0)) - 1.0))
+    elif ACT == 4:
+        y = z / (1.0 + tl.exp(-z))
+    elif ACT == 5:
+        y = 0.5 * z * (1.0 + tl.math.erf(z * _SQRT1_2))
+    elif ACT == 6:
+        # tanh(z) = sign(z)·(1 − e^{−2|z|}) / (1 + e^{−2|z|}): no overflow for any z.
+        e = tl.exp(-2.0 * tl.abs(z))
+        t = (1.0 - e) / (1.0 + e)
+        y = tl.where(z < 0, -t, t)
+    elif ACT == 7:
+        y = 1.0 / (1.0 + tl.exp(-z))
+    else:
+        y = z
+    return y
+
+
+@triton.jit
+def _act_grad(z, ACT: tl.constexpr, param):
+    """act'(z) for fp32 z (the same one-sided choices as torch at the kinks)."""
+    if ACT == 1:
+        d = tl.where(z > 0, 1.0, 0.0)
+    elif ACT == 2:
+        d = tl.where(z > 0, 1.0, param)
+    elif ACT == 3:
+        d = tl.where(z > 0, 1.0, param * tl.exp(tl.minimum(z, 0.0)))
+    elif ACT == 4:
+        s = 1.0 / (1.0 + tl.exp(-z))
+        d = s * (1.0 + z * (1.0 - s))
+    elif ACT == 5:
+        d = 0.5 * (1.0 + tl.math.erf(z * _SQRT1_2)) + z * _INV_SQRT_2PI * tl.exp(-0.5 * z * z)
+    elif ACT == 6:
+        e = tl.exp(-2.0 * tl.abs(z))
+        t = (1.0 - e) / (1.0 + e)
+        d = 1.0 - t * t
+    elif ACT == 7:
+        s = 1.0 / (1.0 + tl.exp(-z))
+        d = s * (1.0 - s)
+    else:
+        d = tl.full(z.shape, 1.0, tl.float32)
+    return d
+
+
+@triton.jit
+def _tile(p, t, TB, A, B, P_LO, s_hi, s_lo, sA, sB, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Offsets, mask and A/B indices of tile ``t`` of statistic ``p`` (int64 offsets)."""
+    ta = t // TB
+    tb = t % TB
+    a = ta * BLOCK_A + tl.arange(0, BLOCK_A)
+    b = tb * BLOCK_B + tl.arange(0, BLOCK_B)
+    base = (p // P_LO).to(tl.int64) * s_hi + (p % P_LO).to(tl.int64) * s_lo
+    offs = base + a.to(tl.int64)[:, None] * sA + b.to(tl.int64)[None, :] * sB
+    mask = (a[:, None] < A) & (b[None, :] < B)
+    return offs, mask, a, tb
+
+
+@triton.jit
+def _affine_coefs(W, Bi, p, a, A, P_LO, CH_P, CH_A, mean, rstd,
+                  HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    """Per-row (axis A) γ, scale = γ·r and shift = β − μ·γ·r, fp32."""
+    ch = (p % P_LO) * CH_P + a * CH_A
+    if HAS_W:
+        w = tl.load(W + ch, mask=a < A, other=1.0).to(tl.float32)
+    else:
+        w = tl.full(a.shape, 1.0, tl.float32)
+    if HAS_B:
+        bb = tl.load(Bi + ch, mask=a < A, other=0.0).to(tl.float32)
+    else:
+        bb = tl.full(a.shape, 0.0, tl.float32)
+    scale = w * rstd
+    return w, scale, bb - mean * scale
+
+
+@triton.jit
+def _stats_kernel(
+    X,      # (N, C, S) input, any strides
+    PART,   # (P, SPLIT, 3) fp32 out: count, mean, M2 of each program's tiles
+    A, B, P_LO, s_hi, s_lo, sA, sB, TB, T, TPP, SPLIT,
+    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    p = tl.program_id(0)
+    k = tl.program_id(1)
+    cnt = tl.zeros((), dtype=tl.float32)
+    mean = tl.zeros((), dtype=tl.float32)
+    m2 = tl.zeros((), dtype=tl.float32)
+    t1 = tl.minimum(k * TPP + TPP, T)
+    for t in range(k * TPP, t1):
+        offs, mask, a, tb = _tile(p, t, TB, A, B, P_LO, s_hi, s_lo, sA, sB, BLOCK_A, BLOCK_B)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        n_t = tl.sum(mask.to(tl.int32)).to(tl.float32)
+        m_t = tl.sum(x) / n_t
+        d = tl.where(mask, x - m_t, 0.0)
+        m2_t = tl.sum(d * d)
+        tot = cnt + n_t
+        delta = m_t - mean
+        mean += delta * (n_t / tot)
+        m2 += m2_t + delta * delta * (cnt * (n_t / tot))
+        cnt = tot
+    out = PART + (p * SPLIT + k) * 3
+    tl.store(out, cnt)
+    tl.store(out + 1, mean)
+    tl.store(out + 2, m2)
+
+
+@triton.jit
+def _forward_kernel(
+    X,      # (N, C, S) input
+    Y,      # (N, C, S) output, same strides as X
+    W, Bi,  # (C,) γ, β (or dummies when HAS_W / HAS_B is False)
+    MEAN, RSTD,  # (P,) fp32 μ and 1/√(σ² + ε) of each statistic
+    A, B, P_LO, s_hi, s_lo, sA, sB, CH_P, CH_A, TB, T, TPP, param,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    p = tl.program_id(0)
+    k = tl.program_id(1)
+    mean = tl.load(MEAN + p)
+    rstd = tl.load(RSTD + p)
+    t1 = tl.minimum(k * TPP + TPP, T)
+    for t in range(k * TPP, t1):
+        offs, mask, a, tb = _tile(p, t, TB, A, B, P_LO, s_hi, s_lo, sA, sB, BLOCK_A, BLOCK_B)
+        _, scale, shift = _affine_coefs(W, Bi, p, a, A, P_LO, CH_P, CH_A, mean, rstd, HAS_W, HAS_B)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        y = _act(x * scale[:, None] + shift[:, None], ACT, param)
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bwd_sums_kernel(
+    X, DY,          # (N, C, S) input and output grad, same strides
+    W, Bi,          # (C,) γ, β
+    MEAN, RSTD,     # (P,) fp32
+    SUM_DZ, SUM_DZX,  # (P, TB, A) fp32 out: Σ_b dz and Σ_b dz·x̂ of each (tile row, b-tile)
+    A, B, P_LO, s_hi, s_lo, sA, sB, CH_P, CH_A, TB, T, TPP, param,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    p = tl.program_id(0)
+    k = tl.program_id(1)
+    mean = tl.load(MEAN + p)
+    rstd = tl.load(RSTD + p)
+    t1 = tl.minimum(k * TPP + TPP, T)
+    for t in range(k * TPP, t1):
+        offs, mask, a, tb = _tile(p, t, TB, A, B, P_LO, s_hi, s_lo, sA, sB, BLOCK_A, BLOCK_B)
+        _, scale, shift = _affine_coefs(W, Bi, p, a, A, P_LO, CH_P, CH_A, mean, rstd, HAS_W, HAS_B)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        z = x * scale[:, None] + shift[:, None]
+        dz = tl.where(mask, dy * _act_grad(z, ACT, param), 0.0)
+        xh = (x - mean) * rstd
+        out = (p * TB + tb).to(tl.int64) * A + a
+        tl.store(SUM_DZ + out, tl.sum(dz, axis=1), mask=a < A)
+        tl.store(SUM_DZX + out, tl.sum(dz * xh, axis=1), mask=a < A)
+
+
+@triton.jit
+def _bwd_dx_kernel(
+    X, DY, DX,      # (N, C, S), same strides
+    W, Bi,          # (C,) γ, β
+    MEAN, RSTD,     # (P,) fp32
+    C1, C2,         # (P,) fp32: mean over the statistic's elements of γ·dz and γ·dz·x̂
+    A, B, P_LO, s_hi, s_lo, sA, sB, CH_P, CH_A, TB, T, TPP, param,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    p = tl.program_id(0)
+    k = tl.program_id(1)
+    mean = tl.load(MEAN + p)
+    rstd = tl.load(RSTD + p)
+    c1 = tl.load(C1 + p)
+    c2 = tl.load(C2 + p)
+    t1 = tl.minimum(k * TPP + TPP, T)
+    for t in range(k * TPP, t1):
+        offs, mask, a, tb = _tile(p, t, TB, A, B, P_LO, s_hi, s_lo, sA, sB, BLOCK_A, BLOCK_B)
+        w, scale, shift = _affine_coefs(W, Bi, p, a, A, P_LO, CH_P, CH_A, mean, rstd, HAS_W, HAS_B)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        z = x * scale[:, None] + shift[:, None]
+        dz = dy * _act_grad(z, ACT, param)
+        xh = (x - mean) * rstd
+        dx = rstd * (w[:, None] * dz - c1 - xh * c2)
+        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def layout(x: Tensor) -> torch.memory_format:
+    """The dense layout a kernel reads ``x`` in: channels-last (4-d/5-d) or contiguous."""
+    for fmt, rank in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if x.dim() == rank and x.is_contiguous(memory_format=fmt) and not x.is_contiguous():
+            return fmt
+    return torch.contiguous_format
+
+
+class _Geometry:
+    """Where the elements of each statistic lie and how the tiles and split are cut."""
+
+    def __init__(self, x: Tensor, groups: int, batch: bool, tile: int | None,
+                 split: int | None):
+        n, c = x.shape[:2]
+        s = math.prod(x.shape[2:])
+        s_n, s_c = x.stride(0), x.stride(1)
+        s_s = x.stride(-1) if x.dim() > 2 else 1
+        if batch:  # statistic = channel; A = samples, B = positions
+            self.P, self.P_LO, self.s_hi, self.s_lo = c, c, 0, s_c
+            self.A, self.B, self.sA, self.sB = n, s, s_n, s_s
+            self.CH_P, self.CH_A = 1, 0
+        else:  # statistic = (sample, group); A = channels of the group, B = positions
+            cg = c // groups
+            self.P, self.P_LO, self.s_hi, self.s_lo = n * groups, groups, s_n, cg * s_c
+            self.A, self.B, self.sA, self.sB = cg, s, s_c, s_s
+            self.CH_P, self.CH_A = cg, 1
+        # Tiles of ≤ `tile` elements; the contiguous axis gets the long side (coalescing).
+        tile = tile or 2048
+        a_inner = self.sA == 1 and self.A > 1
+        inner, outer = (self.A, self.B) if a_inner else (self.B, self.A)
+        b_in = min(triton.next_power_of_2(max(inner, 1)), tile)
+        b_out = max(1, min(triton.next_power_of_2(max(outer, 1)), tile // b_in))
+        self.BLOCK_A, self.BLOCK_B = (b_in, b_out) if a_inner else (b_out, b_in)
+        self.TB = triton.cdiv(self.B, self.BLOCK_B)
+        self.T = triton.cdiv(self.A, self.BLOCK_A) * self.TB
+        if split is None:
+            # Aim at ~1024 programs (8 per SM on a 132-SM H100), each with ≥ 4 tiles.
+            split = max(1, min(triton.cdiv(1024, self.P), self.T // 4))
+        self.SPLIT = max(1, min(split, self.T))
+        self.TPP = triton.cdiv(self.T, self.SPLIT)
+        self.count = self.A * self.B
+
+    def args(self):
+        return (self.A, self.B, self.P_LO, self.s_hi, self.s_lo, self.sA, self.sB)
+
+    def blocks(self):
+        return {"BLOCK_A": self.BLOCK_A, "BLOCK_B": self.BLOCK_B}
+
+
+def _stats(x: Tensor, geo: _Geometry) -> tuple[Tensor, Tensor]:
+    """Per-statistic fp32 (μ, biased σ²): kernel partials merged with Chan's formula."""
+    part = torch.empty((geo.P, geo.SPLIT, 3), device=x.device, dtype=torch.float32)
+    _stats_kernel[(geo.P, geo.SPLIT)](
+        x, part, *geo.args(), geo.TB, geo.T, geo.TPP, geo.SPLIT, **geo.blocks()
+    )
+    cnt, mean_k, m2_k = part.unbind(-1)
+    total = cnt.sum(1)
+    mean = (cnt * mean_k).sum(1) / total
+    m2 = m2_k.sum(1) + (cnt * (mean_k - mean[:, None]) ** 2).sum(1)
+    return mean, m2 / total
+
+
+def norm_act_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    groups: int,
+    eps: float,
+    act: str | None,
+    act_param: float,
+    batch: bool,
+    mean: Tensor | None = None,
+    var: Tensor | None = None,
+    *,
+    tile: int | None = None,
+    split: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``y = act(γ·(x − μ)/√(σ² + ε) + β)``; returns ``(y, μ, σ²)`` (fp32, biased σ²).
+
+    ``batch=True``: BatchNorm statistics (one per channel), else GroupNorm with
+    ``groups`` groups (InstanceNorm: ``groups = C``). Passing ``mean``/``var`` (one per
+    statistic) normalizes with them instead (BatchNorm eval). ``tile`` and ``split``
+    override the tile size and the number of programs per statistic (tests use them to
+    exercise multi-tile and split paths on tiny inputs). ``y`` has ``x``'s layout.
+    """
+    x = x.contiguous(memory_format=layout(x))
+    geo = _Geometry(x, groups, batch, tile, split)
+    if mean is None:
+        mean, var = _stats(x, geo)
+    else:
+        mean, var = mean.float().contiguous(), var.float().contiguous()
+    rstd = torch.rsqrt(var + eps)
+    y = torch.empty_like(x)
+    dummy = mean
+    _forward_kernel[(geo.P, geo.SPLIT)](
+        x, y, dummy if weight is None else weight, dummy if bias is None else bias,
+        mean, rstd, *geo.args(), geo.CH_P, geo.CH_A, geo.TB, geo.T, geo.TPP,
+        float(act_param), HAS_W=weight is not None, HAS_B=bias is not None,
+        ACT=ACT_CODES[act], **geo.blocks(),
+    )
+    return y, mean, var
+
+
+def norm_act_backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    mean: Tensor,
+    var: Tensor,
+    groups: int,
+    eps: float,
+    act: str | None,
+    act_param: float,
+    batch: bool,
+    training: bool = True,
+    *,
+    tile: int | None = None,
+    split: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients ``(dx, dγ, dβ)`` of :func:`norm_act_forward` (z recomputed from x).
+
+    With x̂ = (x − μ)·r, z = γ·x̂ + β, dz = dy·act'(z), g = γ·dz and means over one
+    statistic's M elements: ``dx = r·(g − mean(g) − x̂·mean(g·x̂))`` when the statistics
+    came from the batch (``training``), ``dx = r·g`` when they were given (eval);
+    ``dγ = Σ dz·x̂``, ``dβ = Σ dz`` per channel. ``dγ``/``dβ`` are fp32 of shape (C,).
+    """
+    fmt = layout(x)
+    x = x.contiguous(memory_format=fmt)
+    dy = dy.contiguous(memory_format=fmt)
+    if dy.stride() != x.stride():  # size-1 dims can make equal layouts differ in strides
+        dy = torch.empty_like(x).copy_(dy)
+    geo = _Geometry(x, groups, batch, tile, split)
+    mean = mean.float().contiguous()
+    rstd = torch.rsqrt(var.float() + eps).contiguous()
+    n, c = x.shape[:2]
+    sum_dz = torch.empty((geo.P, geo.TB, geo.A), device=x.device, dtype=torch.float32)
+    sum_dzx = torch.empty_like(sum_dz)
+    common = (*geo.args(), geo.CH_P, geo.CH_A, geo.TB, geo.T, geo.TPP, float(act_param))
+    flags = {"HAS_W": weight is not None, "HAS_B": bias is not None, "ACT": ACT_CODES[act]}
+    dummy = mean
+    w_arg = dummy if weight is None else weight
+    b_arg = dummy if bias is None else bias
+    _bwd_sums_kernel[(geo.P, geo.SPLIT)](
+        x, dy, w_arg, b_arg, mean, rstd, sum_dz, sum_dzx, *common, **flags, **geo.blocks()
+    )
+    s_dz, s_dzx = sum_dz.sum(1), sum_dzx.sum(1)  # (P, A)
+    gamma = (torch.ones(c, device=x.device) if weight is None else weight.float())
+    if batch:  # P = channels, A = samples
+        db, dw = s_dz.sum(1), s_dzx.sum(1)
+        g_dz, g_dzx = gamma * db, gamma * dw
+    else:  # P = (sample, group), A = channels of the group
+        cg = c // groups
+        db = s_dz.view(n, groups, cg).sum(0).reshape(c)
+        dw = s_dzx.view(n, groups, cg).sum(0).reshape(c)
+        gam = gamma.view(1, groups, cg)
+        g_dz = (s_dz.view(n, groups, cg) * gam).sum(-1).reshape(-1)
+        g_dzx = (s_dzx.view(n, groups, cg) * gam).sum(-1).reshape(-1)
+    if training:
+        c1, c2 = g_dz / geo.count, g_dzx / geo.count
+    else:
+        c1 = c2 = torch.zeros_like(mean)
+    dx = torch.empty_like(x)
+    _bwd_dx_kernel[(geo.P, geo.SPLIT)](
+        x, dy, dx, w_arg, b_arg, mean, rstd, c1.contiguous(), c2.contiguous(), *common,
+        **flags, **geo.blocks(),
+    )
+    return dx, dw, db
