@@ -75,41 +75,55 @@ def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor)
         raise TypeError(f"{name} has dtype {t.dtype}; it must be a floating dtype")
 
 
-def _commit_running_stats(
-    running_mean: Tensor, running_var: Tensor, new_mean: Tensor, new_var: Tensor, op: str
+def backup_running_stats(running_mean: Tensor, running_var: Tensor) -> Tensor:
+    """A copy of both running statistics (one small op) to restore them from if the
+    batch about to update them in place turns out not to be finite."""
+    return torch.stack((running_mean, running_var))
+
+
+def keep_finite_running_stats(
+    running_mean: Tensor, running_var: Tensor, backup: Tensor, op: str
 ) -> bool:
-    """Copy the updated statistics in only if they are finite; warn and keep the old
-    ones otherwise. torch updates in place, so one NaN batch poisons the running
-    statistics for good; here that batch is simply not counted."""
-    # One reduction over both small vectors; it is a host sync on GPUs, cheap on CPU.
-    ok = bool(torch.isfinite(torch.cat((new_mean.reshape(-1), new_var.reshape(-1)))).all())
-    if ok:
-        running_mean.copy_(new_mean)
-        running_var.copy_(new_var)
-    else:
-        warnings.warn(
-            f"{op}: this batch's statistics are not finite (NaN or Inf in the input, or an "
-            "overflow); running statistics were NOT updated by it and num_batches_tracked "
-            "was not incremented. Look for NaN/Inf in the input or lower the learning rate.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-    return ok
+    """After an in-place update: if the new statistics are not finite, restore them from
+    ``backup`` and warn. torch.nn leaves them poisoned for good by one NaN batch; here
+    that batch is simply not counted. Returns whether the update was kept."""
+    # The variance alone tells: a NaN/Inf input or a non-finite batch mean makes
+    # (x − μ)² and so σ² NaN, and an overflow makes it Inf. Its sum is finite exactly when
+    # every entry is (finite variances summing past 1e38 do not occur): one cheap
+    # reduction, a host sync on GPUs.
+    if math.isfinite(float(running_var.sum())):
+        return True
+    running_mean.copy_(backup[0])
+    running_var.copy_(backup[1])
+    warnings.warn(
+        f"{op}: this batch's statistics are not finite (NaN or Inf in the input, or an "
+        "overflow); running statistics were NOT updated by it and num_batches_tracked "
+        "was not incremented. Look for NaN/Inf in the input or lower the learning rate.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return False
 
 
 def _cudnn_enabled() -> bool:
     return torch.backends.cudnn.enabled
 
 
+# Below this many elements, channels-last InstanceNorm runs channels-first between two
+# layout copies (measured on a 2-core CPU, torch 2.13: benchmarks/bench_norms.py).
+_CL_INSTANCE_NATIVE_MIN_NUMEL = 1 << 22
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
+
+
 def _same_memory_format(out: Tensor, like: Tensor) -> Tensor:
     """Channels-last in gives channels-last out, for kernels that do not keep it."""
-    for fmt, rank in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
-        if (
-            like.dim() == rank
-            and like.is_contiguous(memory_format=fmt)
-            and not like.is_contiguous()
-        ):
-            return out.contiguous(memory_format=fmt)
+    if _is_channels_last(like):
+        fmt = torch.channels_last if like.dim() == 4 else torch.channels_last_3d
+        return out.contiguous(memory_format=fmt)
     return out
 
 
@@ -147,11 +161,11 @@ def batch_norm_impl(
             "batch's own statistics"
         )
     if updating:
-        new_mean, new_var = running_mean.clone(), running_var.clone()
+        backup = backup_running_stats(running_mean, running_var)
         out = torch.batch_norm(
-            input, weight, bias, new_mean, new_var, True, momentum, eps, _cudnn_enabled()
+            input, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn_enabled()
         )
-        updated = _commit_running_stats(running_mean, running_var, new_mean, new_var, "batch_norm")
+        updated = keep_finite_running_stats(running_mean, running_var, backup, "batch_norm")
     else:
         out = torch.batch_norm(
             input,
@@ -266,16 +280,22 @@ def instance_norm_impl(
         # GroupNorm kernel computes them several times faster on the CPU than
         # torch.instance_norm (which reshapes to a (1, N·C, *) BatchNorm) and keeps
         # channels-last inputs channels-last.
-        out = torch.group_norm(input, input.shape[1], weight, bias, eps, _cudnn_enabled())
+        if _is_channels_last(input) and input.numel() < _CL_INSTANCE_NATIVE_MIN_NUMEL:
+            # ATen's channels-last GroupNorm is slow with one channel per group on small
+            # tensors; a channels-first pass between two layout copies is ~2x faster there.
+            out = torch.group_norm(
+                input.contiguous(), input.shape[1], weight, bias, eps, _cudnn_enabled()
+            )
+            out = _same_memory_format(out, input)
+        else:
+            out = torch.group_norm(input, input.shape[1], weight, bias, eps, _cudnn_enabled())
     else:
-        new_mean, new_var = running_mean.clone(), running_var.clone()
+        backup = backup_running_stats(running_mean, running_var)
         out = torch.instance_norm(
-            input, weight, bias, new_mean, new_var, True, momentum, eps, _cudnn_enabled()
+            input, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn_enabled()
         )
         out = _same_memory_format(out, input)
-        updated = _commit_running_stats(
-            running_mean, running_var, new_mean, new_var, "instance_norm"
-        )
+        updated = keep_finite_running_stats(running_mean, running_var, backup, "instance_norm")
     return apply_activation(out, act, act_param, fresh=True), updated
 
 
