@@ -107,7 +107,7 @@ def make_norm(kind: str, num_channels: int, *, dim: int = 2, **kw) -> nn.Module:
     Example:
         >>> import sharenorm as sn
         >>> sn.make_norm("gn", 48)
-        GroupNorm(24, 48, eps=1e-05, affine=True)
+        GroupNorm(24, 48, eps=1e-05, affine=True, bias=True)
     """
     kind = canonical_kind(kind)
     if dim not in (0, 1, 2, 3):
@@ -244,9 +244,9 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int = 2, **kw) -> Conversi
     Example:
         >>> import torch.nn as nn, sharenorm as sn
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
-        >>> print(sn.convert_norm(net, "bn"))  # torch BN -> sharenorm BN, stats kept
-        convert_norm: 1 layer(s) changed
-          1: BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True) -> BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True) (kept weight, bias, running_mean, running_var, num_batches_tracked)
+        >>> report = sn.convert_norm(net, "bn")  # torch.nn BN -> sharenorm BN, stats kept
+        >>> type(net[1]).__module__, report.changes[0].kept[-1]
+        ('sharenorm.norm.batchnorm', 'num_batches_tracked')
     """
     kind = canonical_kind(kind)
     if not isinstance(model, nn.Module):
