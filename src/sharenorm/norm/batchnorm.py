@@ -47,6 +47,8 @@ class _NormBase(nn.Module):
         bias: bool = True,
         act: str | None = None,
         act_param: float | None = None,
+        memory_efficient: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         check_num_features(num_features)
@@ -60,6 +62,9 @@ class _NormBase(nn.Module):
         self.track_running_stats = track_running_stats
         self.act = check_activation(act, act_param)
         self.act_param = act_param
+        SF.check_backend(backend, memory_efficient)
+        self.memory_efficient = memory_efficient
+        self.backend = backend
         if affine:
             self.weight = nn.Parameter(torch.empty(num_features, **factory))
             if bias:
@@ -132,6 +137,10 @@ class _NormBase(nn.Module):
             s += f", act={self.act!r}"
             if self.act_param is not None:
                 s += f", act_param={self.act_param}"
+        if self.memory_efficient:
+            s += ", memory_efficient=True"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
         return s
 
     def _load_from_state_dict(
@@ -177,6 +186,8 @@ class _BatchNorm(_NormBase):
             self.eps,
             self.act,
             self.act_param,
+            self.memory_efficient,
+            self.backend,
         )
         if counting:
             self._count_batch(updated)
@@ -207,6 +218,12 @@ _BN_DOC = r"""Batch Normalization over a {rank} input, as ``torch.nn.{name}``, p
         act: activation applied after the norm: None, "relu", "leaky_relu", "elu",
             "silu", "gelu", "tanh", "sigmoid". Default: None.
         act_param: the slope of leaky_relu (0.01) or α of elu (1.0).
+        memory_efficient: keep one full-size tensor for backward instead of two (the
+            output for identity/leaky_relu/elu, else the input; see
+            :mod:`sharenorm.norm.fused`). Same outputs, gradients, running statistics.
+            Default: False.
+        backend: "auto" (Triton kernels for CUDA tensors when Triton is installed),
+            "torch" or "triton". Default: "auto".
 
     Shape:
         - Input: {shape}

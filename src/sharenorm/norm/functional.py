@@ -109,6 +109,68 @@ def _cudnn_enabled() -> bool:
     return torch.backends.cudnn.enabled
 
 
+BACKENDS = ("auto", "torch", "triton")
+
+
+def check_backend(backend: str, memory_efficient: bool = False) -> None:
+    """``backend`` is one of :data:`BACKENDS`; ``memory_efficient`` is a bool."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(
+            f"backend must be 'auto' (Triton kernels for CUDA tensors when Triton is "
+            f"installed, torch otherwise), 'torch' or 'triton'; got {backend!r}"
+        )
+    if not isinstance(memory_efficient, bool):
+        raise TypeError(f"memory_efficient must be True or False, got {memory_efficient!r}")
+
+
+def _route(input: Tensor, weight: Tensor | None, bias: Tensor | None,
+           memory_efficient: bool, backend: str) -> str:
+    """Which implementation runs: "torch" (ATen, the plain path), "memory_efficient"
+    (:mod:`sharenorm.norm.fused`, one saved tensor) or "triton" (GPU kernels)."""
+    if backend == "torch" or (backend == "auto" and not input.is_cuda):
+        pass  # the CPU default: no import, no check
+    else:
+        from sharenorm.norm import kernels
+
+        supported = input.dtype in kernels.TRITON_DTYPES
+        if backend == "triton":
+            if not kernels.HAS_TRITON:
+                raise ValueError(
+                    "backend='triton' needs Triton: pip install 'sharenorm[triton]', or "
+                    "pass backend='auto'/'torch'"
+                )
+            if not kernels.available(input.device):
+                raise ValueError(
+                    f"backend='triton' runs on CUDA tensors, got one on {input.device}; move "
+                    "it with .cuda(), pass backend='auto'/'torch', or set TRITON_INTERPRET=1 "
+                    "to run the kernels in Triton's (slow) CPU interpreter"
+                )
+            if not supported:
+                raise TypeError(
+                    f"backend='triton' supports float32, float16 and bfloat16 inputs, got "
+                    f"{input.dtype}; pass backend='torch' (or 'auto') for it"
+                )
+            return "triton"
+        if kernels.HAS_TRITON and supported:
+            return "triton"
+    if (
+        memory_efficient
+        and torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in (input, weight, bias))
+    ):
+        return "memory_efficient"
+    return "torch"
+
+
+def _fused_path(impl, input, running_mean, running_var, updating: bool, op: str, *args):
+    """Run a fused/Triton implementation that updates the running statistics in place,
+    under the same non-finite guard as the plain path; ``(output, updated)``."""
+    backup = backup_running_stats(running_mean, running_var) if updating else None
+    out = impl(input, running_mean, running_var, *args)
+    updated = updating and keep_finite_running_stats(running_mean, running_var, backup, op)
+    return out, updated
+
+
 # Below this many elements, channels-last InstanceNorm runs channels-first between two
 # layout copies (measured on a 2-core CPU, torch 2.13: benchmarks/bench_norms.py).
 _CL_INSTANCE_NATIVE_MIN_NUMEL = 1 << 22
@@ -141,6 +203,8 @@ def batch_norm_impl(
     eps: float,
     act: str | None,
     act_param: float | None,
+    memory_efficient: bool = False,
+    backend: str = "auto",
 ) -> tuple[Tensor, bool]:
     """Batch norm (+ activation) returning ``(output, running_stats_updated)``; the
     modules use the flag to count only batches that reached the running statistics."""
@@ -159,6 +223,15 @@ def batch_norm_impl(
             "batch_norm with training=False normalizes with running statistics, but "
             "running_mean/running_var is None; pass them, or training=True to use the "
             "batch's own statistics"
+        )
+    path = _route(input, weight, bias, memory_efficient, backend)
+    if path != "torch":
+        from sharenorm.norm import fused
+
+        impl = fused.triton_batch_norm_act if path == "triton" else fused.batch_norm_act
+        return _fused_path(
+            impl, input, running_mean, running_var, updating, "batch_norm", weight, bias,
+            training, momentum, eps, act, act_param,
         )
     if updating:
         backup = backup_running_stats(running_mean, running_var)
@@ -194,6 +267,8 @@ def batch_norm(
     *,
     act: str | None = None,
     act_param: float | None = None,
+    memory_efficient: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Batch Normalization over ``(N, C, *)``: one μ_c, σ²_c per channel, taken over the
     batch and every spatial position, then ``act(γ_c · x̂ + β_c)``.
@@ -214,6 +289,10 @@ def batch_norm(
         eps: added to σ² for numerical stability.
         act: None, "relu", "leaky_relu", "elu", "silu", "gelu", "tanh" or "sigmoid".
         act_param: negative slope for leaky_relu, α for elu.
+        memory_efficient: keep one full-size tensor for backward instead of two
+            (:mod:`sharenorm.norm.fused`); same outputs, gradients and running statistics.
+        backend: "auto" (Triton kernels for CUDA float32/16-bit tensors when Triton is
+            installed, ATen otherwise), "torch" or "triton".
 
     Example:
         >>> import torch
@@ -236,8 +315,10 @@ def batch_norm(
     check_eps(eps)
     check_momentum(momentum, allow_none=False)
     act = check_activation(act, act_param)
+    check_backend(backend, memory_efficient)
     return batch_norm_impl(
-        input, running_mean, running_var, weight, bias, training, momentum, eps, act, act_param
+        input, running_mean, running_var, weight, bias, training, momentum, eps, act, act_param,
+        memory_efficient, backend,
     )[0]
 
 
@@ -255,6 +336,8 @@ def instance_norm_impl(
     eps: float,
     act: str | None,
     act_param: float | None,
+    memory_efficient: bool = False,
+    backend: str = "auto",
 ) -> tuple[Tensor, bool]:
     """Instance norm (+ activation) returning ``(output, running_stats_updated)``."""
     if use_input_stats and input.dim() > 2 and math.prod(input.shape[2:]) == 1:
@@ -269,6 +352,15 @@ def instance_norm_impl(
             "but running_mean/running_var is None; pass them or use_input_stats=True"
         )
     updating = use_input_stats and running_mean is not None and running_var is not None
+    path = _route(input, weight, bias, memory_efficient, backend)
+    if path != "torch":
+        from sharenorm.norm import fused
+
+        impl = fused.triton_instance_norm_act if path == "triton" else fused.instance_norm_act
+        return _fused_path(
+            impl, input, running_mean, running_var, updating, "instance_norm", weight, bias,
+            use_input_stats, momentum, eps, act, act_param,
+        )
     updated = False
     if not use_input_stats:
         # Normalizing with running statistics is per-channel, exactly BatchNorm in eval.
@@ -311,13 +403,16 @@ def instance_norm(
     *,
     act: str | None = None,
     act_param: float | None = None,
+    memory_efficient: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Instance Normalization over ``(N, C, *)``: one μ_{n,c}, σ²_{n,c} per sample and
     channel, taken over the spatial positions, then ``act(γ_c · x̂ + β_c)``.
 
     When running statistics are passed and ``use_input_stats`` is True, they are updated
     with the batch average of the per-instance statistics (unbiased σ²), as in torch; a
-    non-finite batch leaves them untouched.
+    non-finite batch leaves them untouched. ``memory_efficient`` and ``backend``: see
+    :func:`batch_norm`.
 
     Example:
         >>> import torch
@@ -338,6 +433,7 @@ def instance_norm(
     check_eps(eps)
     check_momentum(momentum, allow_none=False)
     act = check_activation(act, act_param)
+    check_backend(backend, memory_efficient)
     return instance_norm_impl(
         input,
         running_mean,
@@ -349,6 +445,8 @@ def instance_norm(
         eps,
         act,
         act_param,
+        memory_efficient,
+        backend,
     )[0]
 
 
@@ -378,11 +476,14 @@ def group_norm(
     *,
     act: str | None = None,
     act_param: float | None = None,
+    memory_efficient: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     r"""Group Normalization over ``(N, C, *)``: the C channels form ``num_groups`` groups of
     C/G consecutive channels; one μ_{n,g}, σ²_{n,g} per sample and group (over its
     channels and every spatial position), then ``act(γ_c · x̂ + β_c)``. Independent of the
     batch; ``num_groups=1`` is LayerNorm over (C, *), ``num_groups=C`` is InstanceNorm.
+    ``memory_efficient`` and ``backend``: see :func:`batch_norm`.
 
     Example:
         >>> import torch
@@ -397,7 +498,10 @@ def group_norm(
     check_per_channel(bias, "bias", c, input)
     check_eps(eps)
     act = check_activation(act, act_param)
-    return group_norm_impl(input, num_groups, weight, bias, eps, act, act_param)
+    check_backend(backend, memory_efficient)
+    return group_norm_impl(
+        input, num_groups, weight, bias, eps, act, act_param, memory_efficient, backend
+    )
 
 
 def group_norm_impl(
@@ -408,7 +512,15 @@ def group_norm_impl(
     eps: float,
     act: str | None,
     act_param: float | None,
+    memory_efficient: bool = False,
+    backend: str = "auto",
 ) -> Tensor:
     """Group norm (+ activation) after the checks."""
+    path = _route(input, weight, bias, memory_efficient, backend)
+    if path != "torch":
+        from sharenorm.norm import fused
+
+        impl = fused.triton_group_norm_act if path == "triton" else fused.group_norm_act
+        return impl(input, num_groups, weight, bias, eps, act, act_param)
     out = torch.group_norm(input, num_groups, weight, bias, eps, _cudnn_enabled())
     return apply_activation(out, act, act_param, fresh=True)

@@ -33,6 +33,7 @@ class GroupNorm(nn.Module):
         bias: with ``affine``, whether β is learned. Default: True.
         group_size: channels per group, instead of ``num_groups`` (G = C / group_size).
         act, act_param: activation after the norm (see :class:`BatchNorm2d`).
+        memory_efficient, backend: see :class:`BatchNorm2d`.
 
     Shape:
         - Input: ``(N, C, *)``
@@ -61,6 +62,8 @@ class GroupNorm(nn.Module):
         group_size: int | None = None,
         act: str | None = None,
         act_param: float | None = None,
+        memory_efficient: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if num_channels is None:
@@ -74,6 +77,9 @@ class GroupNorm(nn.Module):
         self.affine = affine
         self.act = check_activation(act, act_param)
         self.act_param = act_param
+        SF.check_backend(backend, memory_efficient)
+        self.memory_efficient = memory_efficient
+        self.backend = backend
         factory = {"device": device, "dtype": dtype}
         if affine:
             self.weight = nn.Parameter(torch.empty(num_channels, **factory))
@@ -104,7 +110,8 @@ class GroupNorm(nn.Module):
                 f"(N, {self.num_channels}, *), got shape {tuple(input.shape)}"
             )
         return SF.group_norm_impl(
-            input, self.num_groups, self.weight, self.bias, self.eps, self.act, self.act_param
+            input, self.num_groups, self.weight, self.bias, self.eps, self.act, self.act_param,
+            self.memory_efficient, self.backend,
         )
 
     def extra_repr(self) -> str:
@@ -116,6 +123,10 @@ class GroupNorm(nn.Module):
             s += f", act={self.act!r}"
             if self.act_param is not None:
                 s += f", act_param={self.act_param}"
+        if self.memory_efficient:
+            s += ", memory_efficient=True"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
         return s
 
 

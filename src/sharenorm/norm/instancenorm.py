@@ -28,6 +28,8 @@ class _InstanceNorm(_NormBase):
         bias: bool = True,
         act: str | None = None,
         act_param: float | None = None,
+        memory_efficient: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__(
             num_features,
@@ -40,6 +42,8 @@ class _InstanceNorm(_NormBase):
             bias=bias,
             act=act,
             act_param=act_param,
+            memory_efficient=memory_efficient,
+            backend=backend,
         )
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -85,6 +89,8 @@ class _InstanceNorm(_NormBase):
             self.eps,
             self.act,
             self.act_param,
+            self.memory_efficient,
+            self.backend,
         )
         if counting:
             self._count_batch(updated)
@@ -110,6 +116,7 @@ _IN_DOC = r"""Instance Normalization over a {rank} input, as ``torch.nn.{name}``
         affine: learnable per-channel γ, β. Default: False.
         track_running_stats: keep running statistics for eval. Default: False.
         act, act_param: activation after the norm (see :class:`BatchNorm2d`).
+        memory_efficient, backend: see :class:`BatchNorm2d`.
 
     Shape:
         - Input: {shape}
