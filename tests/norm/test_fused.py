@@ -1,0 +1,428 @@
+"""Memory-efficient norm + activation (``memory_efficient=True``, sharenorm.norm.fused):
+outputs and gradients against the float64 reference for every norm × activation ×
+layout, running statistics against the plain path, which tensor is kept for backward
+(inverted output or recomputed input, and the fall-backs for γ = 0, |β| ≫ |γ|, a
+saturated elu, a non-positive slope), the saved-for-backward bytes, and the errors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from norm_testing import assert_close, make_input
+from torch import nn
+
+import sharenorm as sn
+import sharenorm.functional as SF
+from sharenorm.norm import fused, reference
+from sharenorm.norm.activation import apply_activation, default_param
+
+ACTS = [None, "relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid"]
+
+# norm kind -> (functional call with memory_efficient=me, float64 reference); both take
+# (x, w, b, rm, rv) where rm/rv are running statistics (used in eval, updated in training).
+NORMS = {
+    "bn_train": (
+        lambda x, w, b, rm, rv, me, act, p: SF.batch_norm(
+            x, rm, rv, w, b, True, 0.1, 1e-5, act=act, act_param=p, memory_efficient=me),
+        lambda x, w, b, rm, rv: reference.batch_norm(x, w, b)[0],
+    ),
+    "bn_eval": (
+        lambda x, w, b, rm, rv, me, act, p: SF.batch_norm(
+            x, rm, rv, w, b, False, 0.1, 1e-5, act=act, act_param=p, memory_efficient=me),
+        lambda x, w, b, rm, rv: reference.batch_norm_eval(x, rm, rv, w, b),
+    ),
+    "in": (  # instance statistics, nothing tracked: GroupNorm with C groups
+        lambda x, w, b, rm, rv, me, act, p: SF.instance_norm(
+            x, None, None, w, b, True, act=act, act_param=p, memory_efficient=me),
+        lambda x, w, b, rm, rv: reference.instance_norm(x, w, b)[0],
+    ),
+    "in_track": (  # instance statistics updating running ones: the (1, N·C, *) BatchNorm
+        lambda x, w, b, rm, rv, me, act, p: SF.instance_norm(
+            x, rm, rv, w, b, True, act=act, act_param=p, memory_efficient=me),
+        lambda x, w, b, rm, rv: reference.instance_norm(x, w, b)[0],
+    ),
+    "in_eval": (  # running statistics normalize
+        lambda x, w, b, rm, rv, me, act, p: SF.instance_norm(
+            x, rm, rv, w, b, False, act=act, act_param=p, memory_efficient=me),
+        lambda x, w, b, rm, rv: reference.batch_norm_eval(x, rm, rv, w, b),
+    ),
+    "gn": (  # 3 groups of 2 channels
+        lambda x, w, b, rm, rv, me, act, p: SF.group_norm(
+            x, 3, w, b, act=act, act_param=p, memory_efficient=me),
+        lambda x, w, b, rm, rv: reference.group_norm(x, 3, w, b),
+    ),
+    "gn_one_group": (  # LayerNorm over (C, *)
+        lambda x, w, b, rm, rv, me, act, p: SF.group_norm(
+            x, 1, w, b, act=act, act_param=p, memory_efficient=me),
+        lambda x, w, b, rm, rv: reference.group_norm(x, 1, w, b),
+    ),
+}
+
+
+def _params(c, dtype=torch.float64, gamma=None, beta=None):
+    w = torch.rand(c, dtype=torch.float64) + 0.5 if gamma is None else gamma.double()
+    b = torch.randn(c, dtype=torch.float64) * 0.5 if beta is None else beta.double()
+    rm = torch.randn(c, dtype=torch.float64)
+    rv = torch.rand(c, dtype=torch.float64) + 0.5
+    return w.to(dtype), b.to(dtype), rm.to(dtype), rv.to(dtype)
+
+
+def _run(kind, x, w, b, rm, rv, act, p, me=True):
+    """Output and (dx, dγ, dβ) of sharenorm (``me``) on copies of the inputs."""
+    fn = NORMS[kind][0]
+    x = x.detach().clone().requires_grad_(True)
+    w = w.detach().clone().requires_grad_(True)
+    b = b.detach().clone().requires_grad_(True)
+    y = fn(x, w, b, rm.clone(), rv.clone(), me, act, p)
+    g = torch.linspace(-1.0, 1.0, y.numel(), dtype=torch.float64).reshape(y.shape)
+    y.backward(g.to(y.dtype))
+    return y.detach(), (x.grad, w.grad, b.grad)
+
+
+def _reference(kind, x, w, b, rm, rv, act, p):
+    x = x.detach().double().requires_grad_(True)
+    w = w.detach().double().requires_grad_(True)
+    b = b.detach().double().requires_grad_(True)
+    y = reference.ACTIVATIONS[act](NORMS[kind][1](x, w, b, rm, rv), default_param(act, p))
+    y.backward(torch.linspace(-1.0, 1.0, y.numel(), dtype=torch.float64).reshape(y.shape))
+    return y.detach(), (x.grad, w.grad, b.grad)
+
+
+def _check(kind, x, w, b, rm, rv, act, p, atol, rtol):
+    y, grads = _run(kind, x, w, b, rm, rv, act, p)
+    y_ref, grads_ref = _reference(kind, x, w, b, rm, rv, act, p)
+    assert_close(y, y_ref, atol, rtol, f"{kind}/{act} output")
+    for name, got, want in zip(("dx", "dγ", "dβ"), grads, grads_ref, strict=True):
+        assert_close(got, want, atol, rtol, f"{kind}/{act} {name}")
+    return y
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("kind", list(NORMS))
+def test_matches_float64_reference(kind, act, channels_last):
+    # Odd sizes (3 × 6 × 5 × 7); channels-last in must give channels-last out.
+    x = make_input((3, 6, 5, 7), torch.float64, channels_last)
+    w, b, rm, rv = _params(6)
+    y = _check(kind, x, w, b, rm, rv, act, None, 1e-10, 1e-10)
+    assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+SHAPES = [
+    # (kind, shape, channels_last)
+    ("bn_train", (7, 6), False),  # BatchNorm1d (N, C): no spatial extent
+    ("bn_train", (2, 6, 9), False),  # (N, C, L)
+    ("bn_train", (2, 6, 1, 1), False),  # 1×1 spatial
+    ("bn_train", (2, 6, 3, 4, 5), True),  # 3-d channels-last
+    ("in", (1, 6, 11), False),  # batch of one
+    ("in_track", (2, 6, 3, 4, 5), True),  # 3-d channels-last, running stats
+    ("gn", (1, 6, 1, 1), False),  # HW = 1: statistics over the group's channels only
+    ("gn", (2, 6), False),  # (N, C)
+    ("gn", (2, 6, 3, 4, 5), True),  # 3-d channels-last
+    ("gn_one_group", (2, 6, 13), False),  # LayerNorm over (C, L)
+]
+
+
+@pytest.mark.parametrize("act", ["leaky_relu", "silu"])  # one inverted, one recomputed
+@pytest.mark.parametrize(("kind", "shape", "channels_last"), SHAPES)
+def test_shapes_match_float64_reference(kind, shape, channels_last, act):
+    x = make_input(shape, torch.float64, channels_last)
+    w, b, rm, rv = _params(6)
+    _check(kind, x, w, b, rm, rv, act, None, 1e-10, 1e-10)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("kind", ["bn_train", "in_track", "gn"])
+def test_float32_matches_float64_reference(kind, act):
+    # float32 arithmetic against the float64 oracle on the float32-rounded input.
+    x = make_input((4, 6, 6, 5), torch.float32, channels_last=True)
+    w, b, rm, rv = _params(6, torch.float32)
+    _check(kind, x, w, b, rm, rv, act, None, 1e-4, 1e-4)
+
+
+@pytest.mark.parametrize("act", ["leaky_relu", "silu"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["bn_train", "gn"])
+def test_16bit_matches_eager(kind, dtype, act):
+    # 16-bit: memory-efficient against eager 16-bit (same dtype, same rounding of y and
+    # the same fp32 statistics), where the float64 oracle would mostly measure rounding.
+    x = make_input((4, 6, 6, 5), dtype)
+    w, b, rm, rv = _params(6, torch.float32)
+    y, grads = _run(kind, x, w, b, rm, rv, act, None, me=True)
+    y0, grads0 = _run(kind, x, w, b, rm, rv, act, None, me=False)
+    torch.testing.assert_close(y, y0, atol=0, rtol=0)
+    for got, want in zip(grads, grads0, strict=True):
+        torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("act", ["leaky_relu", "elu"])
+def test_act_param_is_used(act):
+    x = make_input((3, 6, 4, 4), torch.float64)
+    w, b, rm, rv = _params(6)
+    _check("gn", x, w, b, rm, rv, act, 0.3, 1e-10, 1e-10)
+
+
+# ----------------------------------------------------------------------------- saved tensor
+
+
+def _saved_storages(fn, *tensors):
+    """Run fn under a saved-tensors hook; for each given tensor, whether its storage was
+    saved for backward."""
+    ptrs = set()
+
+    def pack(t):
+        ptrs.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, ptrs
+
+
+def _kept(kind, x, w, b, act, p=None):
+    """'output' or 'input': which full-size tensor the memory-efficient path keeps."""
+    x = x.detach().clone().requires_grad_(True)
+    w = w.detach().clone().requires_grad_(True)
+    b = b.detach().clone().requires_grad_(True)
+    rm, rv = torch.zeros(6, dtype=x.dtype), torch.ones(6, dtype=x.dtype)
+    y, ptrs = _saved_storages(lambda: NORMS[kind][0](x, w, b, rm, rv, True, act, p))
+    kept = {"output": y.untyped_storage().data_ptr() in ptrs,
+            "input": x.untyped_storage().data_ptr() in ptrs}
+    assert sum(kept.values()) == 1, kept  # exactly one full-size tensor
+    return "output" if kept["output"] else "input"
+
+
+@pytest.mark.parametrize("kind", ["bn_train", "bn_eval", "gn", "in"])
+@pytest.mark.parametrize(("act", "p", "kept"), [
+    (None, None, "output"),  # identity: y is the pre-activation
+    ("leaky_relu", None, "output"),
+    ("elu", None, "output"),
+    ("relu", None, "input"),  # not invertible: recompute
+    ("silu", None, "input"),
+    ("gelu", None, "input"),
+    ("tanh", None, "input"),  # invertible in theory, ill-conditioned where it saturates
+    ("sigmoid", None, "input"),
+    ("leaky_relu", 0.0, "input"),  # slope 0 is relu
+    ("leaky_relu", -0.5, "input"),  # negative slope: not injective
+    ("elu", 0.0, "input"),  # α = 0 is relu
+])
+def test_which_tensor_is_kept(kind, act, p, kept):
+    # γ ≈ 1, β ≈ 0: pre-activations stay above elu's −4 limit (an unsaturated elu)
+    x = make_input((4, 6, 5, 5), torch.float64, scale=1.0, shift=0.0)
+    w, b = torch.rand(6, dtype=torch.float64) * 0.2 + 0.9, torch.randn(6).double() * 0.1
+    assert _kept(kind, x, w, b, act, p) == kept
+    if p is not None:  # the fall-back still gives exact gradients
+        _check("gn", x, w, b, *_params(6)[2:], act, p, 1e-10, 1e-10)
+
+
+GAMMA_CASES = [
+    # (why, γ, β): each makes inverting the affine step unsafe, so the input is kept
+    # (β ≠ 0 there keeps z off leaky_relu's kink at 0, where the oracle's one-sided
+    # derivative is 1 and torch's is the slope)
+    ("a zero gamma (zero-init residual BN)", [1, 0, 1, 1, 1, 1], [0, 0.3, 0, 0, 0, 0]),
+    ("a subnormal gamma", [1.0, 1e-310, 1.0, 1.0, 1.0, 1.0], None),
+    ("beta 100x gamma", [1.0, 0.01, 1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]),
+    ("a negative gamma with large beta", [-0.1, 1, 1, 1, 1, 1], [5.0, 0, 0, 0, 0, 0]),
+]
+
+
+@pytest.mark.parametrize("kind", ["bn_train", "gn"])
+@pytest.mark.parametrize(("why", "gamma", "beta"), GAMMA_CASES, ids=[c[0] for c in GAMMA_CASES])
+def test_unsafe_affine_keeps_input_and_stays_exact(kind, why, gamma, beta):
+    x = make_input((4, 6, 5, 5), torch.float64)
+    gamma = torch.tensor(gamma, dtype=torch.float64)
+    beta = torch.zeros(6, dtype=torch.float64) if beta is None else torch.tensor(beta).double()
+    w, b, rm, rv = _params(6, gamma=gamma, beta=beta)
+    assert _kept(kind, x, w, b, "leaky_relu") == "input", why
+    _check(kind, x, w, b, rm, rv, "leaky_relu", None, 1e-10, 1e-10)
+    # a negative γ with β within 16·|γ| is fine to invert
+    w2 = torch.tensor([-0.5, 1, 1, 1, 1, 1], dtype=torch.float64)
+    assert _kept(kind, x, w2, torch.zeros(6, dtype=torch.float64), "leaky_relu") == "output"
+
+
+def test_saturated_elu_keeps_input():
+    # β = −8·γ puts pre-activations near −8, where log1p(y/α) would have lost ~12 bits.
+    x = make_input((4, 6, 5, 5), torch.float32, scale=1.0, shift=0.0)
+    w = torch.ones(6)
+    assert _kept("gn", x, w, torch.zeros(6), "elu") == "output"
+    assert _kept("gn", x, w, torch.full((6,), -8.0), "elu") == "input"
+    _check("gn", x, w, torch.full((6,), -8.0), torch.zeros(6), torch.ones(6), "elu", None,
+           1e-4, 1e-4)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("kind", ["bn_train", "in", "in_track", "gn"])
+def test_saved_bytes_half_of_eager(kind, act):
+    # Eager act(norm(x)) keeps x and z (or y): two full-size tensors; memory_efficient keeps
+    # one. Identity: eager keeps x only, memory_efficient keeps y: one each.
+    x = make_input((8, 16, 16, 16), torch.float32).requires_grad_(True)
+    w = torch.ones(16, requires_grad=True)
+    b = torch.zeros(16, requires_grad=True)
+    rm, rv = torch.zeros(16), torch.ones(16)
+    eager = {
+        "bn_train": lambda: F.batch_norm(x, rm, rv, w, b, True),
+        "in": lambda: F.instance_norm(x, None, None, w, b),
+        "in_track": lambda: F.instance_norm(x, rm, rv, w, b, True),
+        "gn": lambda: F.group_norm(x, 4, w, b),
+    }[kind]
+    lean = {
+        "bn_train": lambda: SF.batch_norm(x, rm, rv, w, b, True, act=act, memory_efficient=True),
+        "in": lambda: SF.instance_norm(x, None, None, w, b, act=act, memory_efficient=True),
+        "in_track": lambda: SF.instance_norm(x, rm, rv, w, b, act=act, memory_efficient=True),
+        "gn": lambda: SF.group_norm(x, 4, w, b, act=act, memory_efficient=True),
+    }[kind]
+    _, eager_bytes = fused.saved_tensor_bytes(lambda: apply_activation(eager(), act))
+    _, me_bytes = fused.saved_tensor_bytes(lean)
+    full = x.numel() * x.element_size()
+    # γ, β (also repeated N times for in_track) and μ, r per channel or per (n, c)
+    small = 2 * 16 * 4 + 4 * 8 * 16 * 4
+    assert full <= me_bytes <= full + small  # exactly one full-size tensor
+    if act is None:
+        assert eager_bytes >= full
+    else:
+        assert eager_bytes >= 2 * full
+        assert me_bytes / eager_bytes <= 0.5 + small / eager_bytes
+
+
+# ----------------------------------------------------------------------------- modules, stats
+
+
+@pytest.mark.parametrize(("cls", "shape", "kw"), [
+    (sn.BatchNorm2d, (4, 6, 5, 5), {}),
+    (sn.BatchNorm2d, (4, 6, 5, 5), {"momentum": None}),  # cumulative average
+    (sn.BatchNorm1d, (9, 6), {}),
+    (sn.InstanceNorm2d, (4, 6, 5, 5), {"track_running_stats": True, "affine": True}),
+    (sn.InstanceNorm1d, (4, 6, 7), {"track_running_stats": True, "momentum": None}),
+])
+def test_running_stats_exactly_as_plain_path(cls, shape, kw):
+    # Three steps, the second with a NaN in the batch: the plain path's guard keeps the
+    # statistics and does not count the batch; memory_efficient must do exactly the same.
+    plain = cls(6, act="silu", **kw)
+    lean = cls(6, act="silu", memory_efficient=True, **kw)
+    lean.load_state_dict(plain.state_dict())
+    for step in range(3):
+        x = make_input(shape, torch.float32) + step
+        if step == 1:
+            x[0, 0, ...] = float("nan")
+        outs = []
+        for m in (plain, lean):
+            xi = x.clone().requires_grad_(True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                y = m(xi)
+            assert any("not finite" in str(w.message) for w in caught) == (step == 1)
+            if step != 1 or m is lean:
+                # (the plain path's backward after a restored NaN batch is not compared:
+                # torch.batch_norm saved the running statistics the guard then restored)
+                y.sum().backward()
+            outs.append((y.detach(), xi.grad))
+        if step != 1:
+            torch.testing.assert_close(outs[1][0], outs[0][0], atol=0, rtol=0)
+            torch.testing.assert_close(outs[1][1], outs[0][1], atol=1e-5, rtol=1e-5)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(lean, name), getattr(plain, name), atol=0, rtol=0)
+    assert int(lean.num_batches_tracked) == 2
+
+
+def test_groupnorm_module_and_repr():
+    gn = sn.GroupNorm(2, 6, act="gelu", memory_efficient=True)
+    ref = nn.GroupNorm(2, 6)
+    x = make_input((3, 6, 4, 4), torch.float32, channels_last=True).requires_grad_(True)
+    y = gn(x)
+    y_ref = F.gelu(ref(x))
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, gn.weight), g)
+    gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, ref.weight), g)
+    torch.testing.assert_close(gx, gx_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gw, gw_ref, atol=1e-4, rtol=1e-5)
+    assert "memory_efficient=True" in repr(gn)
+    assert "backend='torch'" in repr(sn.BatchNorm2d(3, backend="torch"))
+    assert "memory_efficient" not in repr(sn.InstanceNorm2d(3))
+
+
+def test_no_grad_uses_plain_path():
+    # Nothing to save without autograd: the plain path runs and gives the same output.
+    x = make_input((2, 6, 4, 4), torch.float32)
+    m = sn.BatchNorm2d(6, act="silu", memory_efficient=True).eval()
+    with torch.no_grad():
+        y = m(x)
+    assert y.grad_fn is None
+    torch.testing.assert_close(y, sn.BatchNorm2d(6, act="silu").eval()(x), atol=0, rtol=0)
+
+
+def _small_resnet(me: bool, act: str) -> nn.Module:
+    def block(c):
+        return nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1, bias=False),
+            sn.BatchNorm2d(c, act=act, memory_efficient=me),
+            nn.Conv2d(c, c, 3, padding=1, bias=False),
+            sn.GroupNorm(2, c, act=act, memory_efficient=me),
+        )
+
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), block(8), block(8)).double()
+
+
+@pytest.mark.parametrize("act", ["leaky_relu", "silu"])
+def test_conv_net_same_gradients_less_memory(act):
+    torch.manual_seed(0)
+    eager, lean = _small_resnet(False, act), _small_resnet(True, act)
+    lean.load_state_dict(eager.state_dict())
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    (ye, be), (yl, bl) = (fused.saved_tensor_bytes(lambda m=m: m(x)) for m in (eager, lean))
+    ye.square().sum().backward()
+    yl.square().sum().backward()
+    torch.testing.assert_close(yl, ye, atol=1e-12, rtol=1e-12)
+    for (name, pe), pl in zip(eager.named_parameters(), lean.parameters(), strict=True):
+        torch.testing.assert_close(pl.grad, pe.grad, atol=1e-10, rtol=1e-10, msg=name)
+    # One full-size tensor fewer per norm layer (4 layers). leaky_relu: the plain path
+    # keeps x and y (in-place activation), the lean one y only, which the next conv keeps
+    # anyway; silu: the plain path keeps x, z and y, the lean one x and y.
+    full = x.shape[0] * 8 * 8 * 8 * x.element_size()
+    assert 4 * full - 2048 <= be - bl <= 4 * full + 2048
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_bad_backend_and_flag_errors(monkeypatch):
+    x = torch.randn(2, 4, 3, 3)
+    with pytest.raises(ValueError, match="backend must be 'auto'"):
+        SF.group_norm(x, 2, backend="cuda")
+    with pytest.raises(ValueError, match="backend must be 'auto'"):
+        sn.GroupNorm(2, 4, backend="Triton")
+    with pytest.raises(TypeError, match="memory_efficient must be True or False"):
+        sn.BatchNorm2d(4, memory_efficient="yes")
+    with pytest.raises(TypeError, match="memory_efficient must be True or False"):
+        SF.batch_norm(x, None, None, training=True, memory_efficient=1)
+    from sharenorm.norm import kernels
+
+    if kernels.HAS_TRITON:
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(ValueError, match="runs on CUDA tensors.*TRITON_INTERPRET=1"):
+            SF.instance_norm(x, backend="triton")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        with pytest.raises(TypeError, match="float32, float16 and bfloat16.*backend='torch'"):
+            SF.group_norm(x.double(), 2, backend="triton")
+    else:
+        with pytest.raises(ValueError, match="needs Triton: pip install"):
+            SF.group_norm(x, 2, backend="triton")
+
+
+def test_act_is_invertible_table():
+    f32 = torch.float32
+    assert fused.act_is_invertible(None, None, f32)
+    assert fused.act_is_invertible("leaky_relu", None, f32)
+    assert not fused.act_is_invertible("leaky_relu", 1e-9, f32)  # below float32 eps
+    assert fused.act_is_invertible("leaky_relu", 1e-3, f32)
+    assert not fused.act_is_invertible("leaky_relu", 1e-3, torch.bfloat16)  # below its eps
+    assert fused.act_is_invertible("elu", 0.5, f32)
+    assert not any(fused.act_is_invertible(a, None, f32) for a in ("relu", "silu", "gelu"))
+    assert math.isclose(fused._ELU_MIN_PREACT, -4.0)
