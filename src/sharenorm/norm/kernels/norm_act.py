@@ -19,10 +19,11 @@ combined afterwards over the ``SPLIT`` axis, deterministically (no atomics).
 
 Statistics are fp32 whatever the input dtype, accumulated tile by tile with Chan's
 parallel update (each tile: its own mean, then Σ(x − mean_tile)²; tiles merged with the
-mean difference), i.e. Welford by blocks — never E[x²] − E[x]² on raw values.
+mean difference), i.e. Welford by blocks — never E[x²] − E[x]² on raw values — on data
+shifted by the statistic's first element K, so a mean large against σ loses nothing.
 
 Kernels:
-    _stats_kernel     x → per (statistic, split) partial (count, mean, M2)
+    _stats_kernel     x → per (statistic, split) partial (count, mean, M2) of x − K
     _forward_kernel   x, μ, r, γ, β → y = act(γ·r·(x − μ) + β)
     _bwd_sums_kernel  x, dy → per (statistic, B-tile, a): Σ dz and Σ dz·x̂ (z recomputed)
     _bwd_dx_kernel    x, dy, sums → dx = r·(γ·dz − c1 − x̂·c2)
@@ -139,19 +140,23 @@ def _affine_coefs(W, Bi, p, a, A, P_LO, CH_P, CH_A, mean, rstd,
 @triton.jit
 def _stats_kernel(
     X,      # (N, C, S) input, any strides
-    PART,   # (P, SPLIT, 3) fp32 out: count, mean, M2 of each program's tiles
+    PART,   # (P, SPLIT, 4) fp32 out: count, mean − K, M2 of each program's tiles, and K
     A, B, P_LO, s_hi, s_lo, sA, sB, TB, T, TPP, SPLIT,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     p = tl.program_id(0)
     k = tl.program_id(1)
+    # Shift by K = the statistic's first element (the same K in every program of p):
+    # x − K is exact near K and small, so a large mean (1e4 ± 1e-2) costs no digits of σ².
+    pivot = tl.load(X + (p // P_LO).to(tl.int64) * s_hi + (p % P_LO).to(tl.int64) * s_lo)
+    pivot = pivot.to(tl.float32)
     cnt = tl.zeros((), dtype=tl.float32)
     mean = tl.zeros((), dtype=tl.float32)
     m2 = tl.zeros((), dtype=tl.float32)
     t1 = tl.minimum(k * TPP + TPP, T)
     for t in range(k * TPP, t1):
         offs, mask, a, tb = _tile(p, t, TB, A, B, P_LO, s_hi, s_lo, sA, sB, BLOCK_A, BLOCK_B)
-        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        x = tl.where(mask, tl.load(X + offs, mask=mask, other=0.0).to(tl.float32) - pivot, 0.0)
         n_t = tl.sum(mask.to(tl.int32)).to(tl.float32)
         m_t = tl.sum(x) / n_t
         d = tl.where(mask, x - m_t, 0.0)
@@ -161,10 +166,11 @@ def _stats_kernel(
         mean += delta * (n_t / tot)
         m2 += m2_t + delta * delta * (cnt * (n_t / tot))
         cnt = tot
-    out = PART + (p * SPLIT + k) * 3
+    out = PART + (p * SPLIT + k) * 4
     tl.store(out, cnt)
     tl.store(out + 1, mean)
     tl.store(out + 2, m2)
+    tl.store(out + 3, pivot)
 
 
 @triton.jit
@@ -276,8 +282,13 @@ class _Geometry:
             self.P, self.P_LO, self.s_hi, self.s_lo = n * groups, groups, s_n, cg * s_c
             self.A, self.B, self.sA, self.sB = cg, s, s_c, s_s
             self.CH_P, self.CH_A = cg, 1
-        # Tiles of ≤ `tile` elements; the contiguous axis gets the long side (coalescing).
-        tile = tile or 2048
+        # Tiles of ≤ `tile` elements (2048; down to 512 when the whole tensor has fewer
+        # than ~4096 tiles, so a small N·G still splits into ~1024 programs of a few
+        # tiles); the contiguous axis gets the long side of the tile (coalesced loads).
+        if tile is None:
+            tile = 2048
+            while tile > 512 and self.P * triton.cdiv(self.A * self.B, tile) < 4096:
+                tile //= 2
         a_inner = self.sA == 1 and self.A > 1
         inner, outer = (self.A, self.B) if a_inner else (self.B, self.A)
         b_in = min(triton.next_power_of_2(max(inner, 1)), tile)
@@ -286,10 +297,10 @@ class _Geometry:
         self.TB = triton.cdiv(self.B, self.BLOCK_B)
         self.T = triton.cdiv(self.A, self.BLOCK_A) * self.TB
         if split is None:
-            # Aim at ~1024 programs (8 per SM on a 132-SM H100), each with ≥ 4 tiles.
-            split = max(1, min(triton.cdiv(1024, self.P), self.T // 4))
-        self.SPLIT = max(1, min(split, self.T))
-        self.TPP = triton.cdiv(self.T, self.SPLIT)
+            # Aim at ~1024 programs (8 per SM on a 132-SM H100) when P alone is fewer.
+            split = triton.cdiv(1024, self.P)
+        self.TPP = triton.cdiv(self.T, max(1, min(split, self.T)))  # tiles per program
+        self.SPLIT = triton.cdiv(self.T, self.TPP)  # no program without a tile
         self.count = self.A * self.B
 
     def args(self):
@@ -301,15 +312,15 @@ class _Geometry:
 
 def _stats(x: Tensor, geo: _Geometry) -> tuple[Tensor, Tensor]:
     """Per-statistic fp32 (μ, biased σ²): kernel partials merged with Chan's formula."""
-    part = torch.empty((geo.P, geo.SPLIT, 3), device=x.device, dtype=torch.float32)
+    part = torch.empty((geo.P, geo.SPLIT, 4), device=x.device, dtype=torch.float32)
     _stats_kernel[(geo.P, geo.SPLIT)](
         x, part, *geo.args(), geo.TB, geo.T, geo.TPP, geo.SPLIT, **geo.blocks()
     )
-    cnt, mean_k, m2_k = part.unbind(-1)
+    cnt, mean_k, m2_k, pivot = part.unbind(-1)
     total = cnt.sum(1)
-    mean = (cnt * mean_k).sum(1) / total
+    mean = (cnt * mean_k).sum(1) / total  # of x − K
     m2 = m2_k.sum(1) + (cnt * (mean_k - mean[:, None]) ** 2).sum(1)
-    return mean, m2 / total
+    return mean + pivot[:, 0], m2 / total
 
 
 def norm_act_forward(

@@ -1,0 +1,262 @@
+"""Triton kernels (sharenorm.norm.kernels) on the CPU through Triton's interpreter
+(``TRITON_INTERPRET=1``): forward and backward against the float64 reference for
+GroupNorm / InstanceNorm / BatchNorm (training and eval) × activation × NCHW / NHWC ×
+every dtype the kernels claim, the multi-tile and split-reduction paths, the
+numerical stability of the statistics, the modules' ``backend="triton"`` route (running
+statistics, non-finite guard), and the ``torch.library`` registration (opcheck,
+``torch.compile(fullgraph=True)``). Shapes are tiny: the interpreter is slow."""
+
+from __future__ import annotations
+
+import os
+
+# The interpreter must be chosen before Triton decorates the kernels.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("triton", reason="Triton is not installed (pip install 'sharenorm[triton]')")
+
+import sharenorm as sn  # noqa: E402
+import sharenorm.functional as SF  # noqa: E402
+from sharenorm.norm import fused, kernels, reference  # noqa: E402
+from sharenorm.norm.kernels import norm_act  # noqa: E402
+
+if type(norm_act._forward_kernel).__name__ != "InterpretedFunction" or not kernels.interpreting():
+    pytest.skip(
+        "the Triton kernels were compiled for a GPU before TRITON_INTERPRET=1 was set; run "
+        "this file on its own or with TRITON_INTERPRET=1 in the environment",
+        allow_module_level=True,
+    )
+
+ACTS = [None, "relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid"]
+# (dtype, atol, rtol) against the float64 reference on the dtype-rounded input.
+DTYPES = {
+    torch.float32: (2e-5, 1e-4),
+    torch.float16: (1e-2, 5e-3),
+    torch.bfloat16: (6e-2, 2e-2),
+}
+
+
+def _input(shape, dtype=torch.float32, channels_last=False):
+    x = (torch.randn(shape, dtype=torch.float64) * 2.0 + 1.0).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    return x
+
+
+def _reference(x, w, b, kind, groups, act, p, rm=None, rv=None):
+    """float64 ``act(norm(x))`` and its gradients (dx, dγ, dβ) for ``dy``."""
+    xd = x.detach().double().requires_grad_(True)
+    wd = w.detach().double().requires_grad_(True)
+    bd = b.detach().double().requires_grad_(True)
+    if kind == "bn":
+        z = reference.batch_norm(xd, wd, bd)[0]
+    elif kind == "bn_eval":
+        z = reference.batch_norm_eval(xd, rm, rv, wd, bd)
+    else:
+        z = reference.group_norm(xd, groups, wd, bd)
+    y = reference.ACTIVATIONS[act](z, p)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    return y.detach(), dy, (xd.grad, wd.grad, bd.grad)
+
+
+def _close(got, want, atol, rtol, what):
+    torch.testing.assert_close(got.double(), want.double(), atol=atol, rtol=rtol,
+                               msg=lambda m: f"{what}: {m}")
+
+
+def _check_launchers(shape, kind, groups, act, dtype=torch.float32, channels_last=False,
+                     tile=None, split=None, p=None):
+    atol, rtol = DTYPES[dtype]
+    c = shape[1]
+    x = _input(shape, dtype, channels_last)
+    w, b = torch.rand(c) + 0.5, torch.randn(c) * 0.5
+    rm, rv = torch.randn(c), torch.rand(c) + 0.5
+    pp = {"leaky_relu": 0.01, "elu": 1.0}.get(act, 0.0) if p is None else p
+    batch = kind != "gn"
+    mean_in, var_in = (rm, rv) if kind == "bn_eval" else (None, None)
+    y, mean, var = norm_act.norm_act_forward(x, w, b, groups, 1e-5, act, pp, batch, mean_in,
+                                             var_in, tile=tile, split=split)
+    y_ref, dy, grads_ref = _reference(x, w, b, kind, groups, act, pp, rm, rv)
+    assert y.dtype == dtype and y.stride() == x.stride()  # NHWC in, NHWC out, no copy
+    _close(y, y_ref, atol, rtol, "y")
+    dx, dw, db = norm_act.norm_act_backward(
+        dy.to(dtype), x, w, b, mean, var, groups, 1e-5, act, pp, batch, kind != "bn_eval",
+        tile=tile, split=split,
+    )
+    assert dx.stride() == x.stride()
+    # γ/β grads sum over many elements: scale the tolerance with the count
+    for name, got, want, scale in (("dx", dx, grads_ref[0], 1), ("dγ", dw, grads_ref[1], 4),
+                                   ("dβ", db, grads_ref[2], 4)):
+        _close(got, want, atol * scale, rtol * scale, name)
+
+
+SHAPES = [
+    # (kind, shape, groups, channels_last, tile, split)
+    ("gn", (2, 6, 5, 3), 3, False, None, None),  # NCHW, odd spatial
+    ("gn", (2, 6, 5, 3), 3, True, None, None),  # NHWC
+    ("gn", (2, 6, 5, 3), 3, True, 8, 3),  # NHWC, several tiles per program, split 3
+    ("gn", (3, 4, 7, 5), 1, False, 16, 4),  # one group (LayerNorm), split reduction
+    ("gn", (2, 5, 4, 3), 5, True, None, None),  # group == channel (InstanceNorm), odd C
+    ("gn", (3, 6, 1, 1), 2, False, None, None),  # HW = 1
+    ("gn", (4, 6), 3, False, None, None),  # (N, C)
+    ("gn", (1, 4, 3, 2, 3), 2, True, 8, 2),  # 3-d channels-last, batch of one
+    ("bn", (7, 5), 1, False, None, None),  # BatchNorm1d (N, C)
+    ("bn", (3, 4, 5, 3), 1, False, 8, 3),  # NCHW, split over samples and positions
+    ("bn", (3, 4, 5, 3), 1, True, 8, 3),  # NHWC
+    ("bn_eval", (3, 4, 5, 3), 1, True, None, None),  # running statistics normalize
+]
+
+
+@pytest.mark.parametrize(("kind", "shape", "groups", "channels_last", "tile", "split"), SHAPES)
+def test_shapes_match_reference(kind, shape, groups, channels_last, tile, split):
+    _check_launchers(shape, kind, groups, "silu", channels_last=channels_last, tile=tile,
+                     split=split)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_activations_match_reference(act):
+    _check_launchers((2, 6, 4, 3), "gn", 3, act, channels_last=True, tile=16, split=2)
+
+
+@pytest.mark.parametrize("act", ["leaky_relu", "elu"])
+def test_activation_parameter(act):
+    _check_launchers((2, 4, 3, 3), "bn", 1, act, p=0.3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("kind", "channels_last"), [("gn", True), ("bn", False)])
+def test_16bit_inputs(kind, channels_last, dtype):
+    # fp32 statistics and arithmetic, 16-bit loads and stores.
+    _check_launchers((2, 6, 5, 3), kind, 3 if kind == "gn" else 1, "gelu", dtype,
+                     channels_last)
+
+
+def test_statistics_are_stable_for_a_large_mean():
+    # mean 1e4, std 1e-2: E[x²] − E[x]² in fp32 would lose every digit of σ² = 1e-4
+    # (ulp(1e8) = 8); chunked Welford/Chan keeps it.
+    x = (1e4 + 1e-2 * torch.randn(2, 4, 16, 16, dtype=torch.float64)).float()
+    _, mean, var = norm_act.norm_act_forward(x, None, None, 2, 1e-5, None, 0.0, False,
+                                             tile=64, split=3)
+    xd = x.double().reshape(2 * 2, -1)
+    torch.testing.assert_close(mean.double(), xd.mean(1), atol=1e-3, rtol=0)
+    torch.testing.assert_close(var.double(), xd.var(1, correction=0), atol=0, rtol=1e-3)
+
+
+def test_split_heuristic_fills_a_gpu_for_small_batches():
+    # A diffusion-UNet block, N·G = 2·32 = 64 statistics of 10·4096 elements: one
+    # program per statistic would leave most of an H100's 132 SMs idle.
+    for shape, groups, cl in [((2, 320, 64, 64), 32, False), ((2, 320, 64, 64), 32, True),
+                              ((1, 512, 64, 64), 32, False), ((1, 512, 64, 64), 512, True)]:
+        x = torch.empty(shape)
+        if cl:
+            x = x.to(memory_format=torch.channels_last)
+        geo = norm_act._Geometry(x, groups, False, None, None)
+        assert geo.P * geo.SPLIT >= 1024, shape
+        assert (geo.SPLIT - 1) * geo.TPP < geo.T  # every program has a tile
+    # many statistics already fill the GPU: no split
+    geo = norm_act._Geometry(torch.empty(32, 128, 56, 56), 128, False, None, None)
+    assert geo.SPLIT == 1
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def test_groupnorm_module_triton_backend_matches_torch():
+    x = _input((2, 6, 4, 3), channels_last=True).requires_grad_(True)
+    tri = sn.GroupNorm(3, 6, act="silu", backend="triton")
+    ref = sn.GroupNorm(3, 6, act="silu", backend="torch")
+    with torch.no_grad():
+        for m in (tri, ref):
+            m.weight.copy_(torch.linspace(0.5, 1.5, 6))
+            m.bias.copy_(torch.linspace(-1, 1, 6))
+    y = tri(x)
+    assert "norm_act_fwd" in y.grad_fn.name() or "NormActFwd" in type(y.grad_fn).__name__
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y_ref = ref(x)
+    torch.testing.assert_close(y, y_ref, atol=2e-5, rtol=1e-4)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, tri.weight, tri.bias), g)
+    want = torch.autograd.grad(y_ref, (x, ref.weight, ref.bias), g)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("cls", "shape", "kw"), [
+    (sn.BatchNorm2d, (3, 4, 3, 3), {}),
+    (sn.BatchNorm1d, (6, 4), {"momentum": None}),
+    (sn.InstanceNorm2d, (3, 4, 3, 3), {"track_running_stats": True, "affine": True}),
+])
+def test_running_stats_and_guard_match_torch_backend(cls, shape, kw):
+    tri = cls(4, act="relu", backend="triton", **kw)
+    ref = cls(4, act="relu", backend="torch", **kw)
+    for step in range(3):
+        x = _input(shape) + step
+        if step == 1:
+            x[0, 0] = float("nan")
+        ys = []
+        for m in (tri, ref):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ys.append(m(x))
+            assert any("not finite" in str(w.message) for w in caught) == (step == 1)
+        if step != 1:
+            torch.testing.assert_close(ys[0], ys[1], atol=2e-5, rtol=1e-4)
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(tri, name), getattr(ref, name), atol=1e-5, rtol=1e-5)
+    assert int(tri.num_batches_tracked) == int(ref.num_batches_tracked) == 2
+    tri.eval()
+    ref.eval()
+    x = _input(shape)
+    torch.testing.assert_close(tri(x), ref(x), atol=2e-5, rtol=1e-4)
+
+
+def test_auto_backend_keeps_cpu_tensors_on_torch():
+    # Even with the interpreter on, "auto" never sends CPU tensors to Triton.
+    x = _input((2, 4, 3, 3)).requires_grad_(True)
+    y = SF.group_norm(x, 2, act="silu")
+    assert "norm_act" not in type(y.grad_fn).__name__.lower()
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def _op_args(act="silu"):
+    x = _input((2, 4, 3, 3), channels_last=True)
+    w, b = torch.rand(4) + 0.5, torch.randn(4)
+    return x, w, b, act
+
+
+def test_custom_ops_pass_opcheck():
+    ops = fused._triton_ops()
+    x, w, b, act = _op_args()
+    fwd_args = (x.requires_grad_(True), w.requires_grad_(True), b, None, None, 2, 1e-5, act,
+                0.0, False)
+    torch.library.opcheck(ops.norm_act_fwd.default, fwd_args)
+    y, mean, var = ops.norm_act_fwd(*fwd_args)
+    bwd_args = (torch.randn_like(y), x.detach(), w.detach(), b, mean.detach(), var.detach(),
+                2, 1e-5, act, 0.0, False, True)
+    torch.library.opcheck(ops.norm_act_bwd.default, bwd_args)
+
+
+def test_compiles_without_graph_break():
+    # fullgraph=True raises on any graph break; aot_eager runs the fake implementations
+    # and the registered autograd, without needing a C++ compiler or a GPU.
+    x, w, b, _ = _op_args()
+
+    def f(x, w, b):
+        return SF.group_norm(x, 2, w, b, act="gelu", backend="triton").square().sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    xs = [x.detach().clone().requires_grad_(True) for _ in range(2)]
+    out_c = compiled(xs[0], w, b)
+    out_e = f(xs[1], w, b)
+    torch.testing.assert_close(out_c, out_e)
+    out_c.backward()
+    out_e.backward()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad)
