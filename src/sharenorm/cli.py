@@ -1,16 +1,81 @@
-"""The ``sharenorm`` command. Until the lab lands, ``sharenorm demo`` shows the norms."""
+"""The ``sharenorm`` command.
+
+    sharenorm lab [IDS...] [--list] [--quick] [--seeds K] [--jobs J] [--data PATH] [--out DIR]
+                  [--lang hi]
+    sharenorm report DIR [--lang hi]
+    sharenorm demo
+
+``lab`` runs (or resumes) the experiments that measure the claims of the two seed documents
+and writes ``DIR/report.md`` + ``DIR/report.html``; ``report`` rebuilds the report from
+``DIR/results.jsonl`` alone. Exit codes: 0 success, 2 bad arguments or data, 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sharenorm", description=__doc__)
+def _positive_int(name: str):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be ≥ 1, got {v}")
+        return v
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sharenorm", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="a short demonstration of the norm layers")
-    args = parser.parse_args(argv)
+    lab = sub.add_parser("lab", help="measure the documents' claims and write a report")
+    lab.add_argument("ids", nargs="*", metavar="ID",
+                     help="claims (N1..N8, S1..S4, T1..T3) or experiment names; default: all")
+    lab.add_argument("--list", action="store_true", help="list claims and experiments, then exit")
+    lab.add_argument("--quick", action="store_true",
+                     help="a small version of everything (about a minute on 2 cores)")
+    lab.add_argument("--seeds", type=_positive_int("--seeds"), default=3,
+                     help="seeds per configuration (default 3)")
+    lab.add_argument("--jobs", type=_positive_int("--jobs"), default=min(os.cpu_count() or 1, 2),
+                     help="parallel training processes (default: min(CPU cores, 2))")
+    lab.add_argument("--data", metavar="PATH", help="your dataset instead of the embedded one "
+                     "(IDX folder, CIFAR batches, .npz with x/y, or image folder per class)")
+    lab.add_argument("--out", metavar="DIR", default="lab-results",
+                     help="output folder (default lab-results/)")
+    lab.add_argument("--lang", choices=("en", "hi"), default="en",
+                     help="report language (hi: Hindi with English technical terms)")
+    lab.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rep = sub.add_parser("report", help="rebuild the report from DIR/results.jsonl")
+    rep.add_argument("dir", metavar="DIR")
+    rep.add_argument("--lang", choices=("en", "hi"), default="en")
+    return parser
+
+
+def _list() -> None:
+    from sharenorm.lab.claims import CLAIMS
+    from sharenorm.lab.experiments import all_experiments
+
+    exps = all_experiments()
+    print("Claims (criterion fixed before the run):")
+    for c in CLAIMS.values():
+        by = [e.id for e in exps.values() if c.id in e.claims]
+        print(f"  {c.id:3s} {c.statement_en}  [experiment: {', '.join(by)}]")
+        print(f"      criterion: {c.criterion('en')}")
+    print("\nExperiments:")
+    for e in exps.values():
+        miss = e.missing()
+        note = f"  (unavailable: sharenorm lacks {', '.join(miss)})" if miss else ""
+        print(f"  {e.id:18s} {'/'.join(e.claims):7s} {e.title('en')}"
+              f"{'  [uses --data]' if e.uses_data else ''}{note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "demo":
         import torch
 
@@ -20,7 +85,33 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("batch", "instance", "group", "layer"):
             y = sn.make_norm(kind, 8).train()(x)
             print(f"{kind:9s} mean={y.mean():+.4f} std={y.std():.4f}")
-    return 0
+        return 0
+
+    from sharenorm.data import DataError
+    from sharenorm.lab.store import LabError
+
+    try:
+        if args.command == "report":
+            from sharenorm.lab.report import write_report
+
+            path = write_report(args.dir, lang=args.lang)
+            print(f"report: {path} and {path.with_suffix('.html')}")
+            return 0
+        if args.list:
+            _list()
+            return 0
+        from sharenorm.lab.runner import run_lab
+
+        run_lab(args.ids, quick=args.quick, seeds=args.seeds, jobs=args.jobs, data=args.data,
+                out=args.out, lang=args.lang, progress=not args.no_progress)
+        return 0
+    except KeyboardInterrupt:
+        print("sharenorm: interrupted; finished runs are saved, run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (LabError, DataError) as e:
+        print(f"sharenorm: error: {e}", file=sys.stderr)
+        return 130 if str(e).startswith("interrupted") else 2
 
 
 if __name__ == "__main__":

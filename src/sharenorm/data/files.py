@@ -1,0 +1,320 @@
+"""Loaders for datasets users have on disk, and :func:`load_path`, which picks one.
+
+Accepted (see :data:`ACCEPTED_FORMATS`):
+
+- a folder with MNIST/Fashion-MNIST IDX files ``train-images-idx3-ubyte``,
+  ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``
+  (each optionally ``.gz``);
+- a folder with CIFAR-10 python batches (``data_batch_1`` … ``data_batch_5``, ``test_batch``)
+  or CIFAR-100 (``train``, ``test``);
+- a ``.npz`` file with arrays ``x`` and ``y`` (and optionally ``x_test``, ``y_test``);
+- a folder of images with one sub-folder per class (optionally inside ``train/`` and ``test/``).
+
+Inputs are scaled to [0, 1] when they are 8-bit and then standardized per channel with the
+training split's statistics. Corrupt files raise :class:`DataError` naming the file and the
+problem.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from sharenorm.data.dataset import DataError, Dataset, split_train_test, to_dataset
+
+__all__ = ["ACCEPTED_FORMATS", "load_path", "read_idx", "load_idx_pair", "load_cifar",
+           "load_npz", "load_image_folder"]
+
+ACCEPTED_FORMATS = (
+    "a folder of MNIST/Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], "
+    "train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz])",
+    "a folder of CIFAR-10 python batches (data_batch_1..5, test_batch) or CIFAR-100 (train, test)",
+    "a .npz file with arrays x and y (optional x_test, y_test)",
+    "a folder of images with one sub-folder per class (optionally under train/ and test/)",
+)
+_IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/ format description)
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_NAMES = {
+    "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "y_train": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    "x_test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+}
+
+
+def _formats_hint() -> str:
+    return "Accepted formats: " + "; ".join(ACCEPTED_FORMATS) + "."
+
+
+# ----------------------------------------------------------------------------------- IDX
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (gzipped or not) into a numpy array of its stored type and shape.
+
+    Layout: two zero bytes, a type byte, the number of dims ``d``, then ``d`` big-endian uint32
+    sizes, then the data in C order.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot read IDX file ({e})") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: not an IDX file (the first two bytes must be zero)")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        raise DataError(f"{path}: unknown IDX data type byte 0x{code:02x}")
+    if ndim == 0 or len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: IDX header is truncated or declares {ndim} dimensions")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[code])
+    need = int(np.prod(shape)) * dtype.itemsize
+    have = len(raw) - 4 - 4 * ndim
+    if have != need:
+        raise DataError(f"{path}: IDX header says shape {shape} ({need} data bytes) but the file "
+                        f"holds {have} data bytes (truncated or corrupt)")
+    return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape).astype(
+        dtype.newbyteorder("="))
+
+
+def _find_idx(folder: Path, key: str) -> Path | None:
+    for stem in _IDX_NAMES[key]:
+        for name in (stem, stem + ".gz"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def load_idx_pair(folder: str | os.PathLike) -> Dataset:
+    """MNIST or Fashion-MNIST from the four IDX files in ``folder`` as ``(N, 1, 28, 28)``."""
+    folder = Path(folder)
+    paths = {k: _find_idx(folder, k) for k in _IDX_NAMES}
+    missing = [_IDX_NAMES[k][0] for k, p in paths.items() if p is None]
+    if missing:
+        raise DataError(f"{folder}: IDX files missing: {', '.join(missing)} (.gz or not)")
+    arr = {k: read_idx(p) for k, p in paths.items()}
+    for split in ("train", "test"):
+        x, y = arr[f"x_{split}"], arr[f"y_{split}"]
+        if x.ndim != 3:
+            raise DataError(f"{paths[f'x_{split}']}: images must be 3-d (N, H, W), got {x.shape}")
+        if y.ndim != 1:
+            raise DataError(f"{paths[f'y_{split}']}: labels must be 1-d (N,), got {y.shape}")
+        if len(x) != len(y):
+            raise DataError(f"{paths[f'x_{split}']} has {len(x)} images but "
+                            f"{paths[f'y_{split}']} has {len(y)} labels")
+    ds = to_dataset(folder.name or "idx", _scale(arr["x_train"])[:, None],
+                    arr["y_train"], _scale(arr["x_test"])[:, None], arr["y_test"],
+                    source=str(folder))
+    return _standardize(ds)
+
+
+# --------------------------------------------------------------------------------- CIFAR
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickle plain containers and numpy arrays only: a data file must not run code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            d = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt batch
+        raise DataError(f"{path}: not a readable CIFAR python batch ({type(e).__name__}: {e})") from e
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: a CIFAR batch must hold a dict, found {type(d).__name__}")
+    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    if "data" not in d:
+        raise DataError(f"{path}: CIFAR batch has no 'data' entry (keys: {sorted(d)})")
+    label_key = next((k for k in ("labels", "fine_labels") if k in d), None)
+    if label_key is None:
+        raise DataError(f"{path}: CIFAR batch has no 'labels' or 'fine_labels' entry")
+    x, y = np.asarray(d["data"]), np.asarray(d[label_key], dtype=np.int64)
+    if x.ndim != 2 or x.shape[1] != 3072:
+        raise DataError(f"{path}: CIFAR 'data' must be (N, 3072) = 3×32×32 bytes, got {x.shape}")
+    if len(x) != len(y):
+        raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
+    return x.reshape(-1, 3, 32, 32), y
+
+
+def load_cifar(folder: str | os.PathLike) -> Dataset:
+    """CIFAR-10 (``data_batch_*`` + ``test_batch``) or CIFAR-100 (``train`` + ``test``)."""
+    folder = Path(folder)
+    train = sorted(folder.glob("data_batch_*"))
+    test = [folder / "test_batch"]
+    if not train:
+        train, test = [folder / "train"], [folder / "test"]
+    for p in train + test:
+        if not p.is_file():
+            raise DataError(f"{folder}: CIFAR file {p.name} is missing")
+    tr = [_read_cifar_batch(p) for p in train]
+    te = [_read_cifar_batch(p) for p in test]
+    x = np.concatenate([a for a, _ in tr])
+    y = np.concatenate([b for _, b in tr])
+    xt = np.concatenate([a for a, _ in te])
+    yt = np.concatenate([b for _, b in te])
+    return _standardize(to_dataset(folder.name or "cifar", _scale(x), y, _scale(xt), yt,
+                                   source=str(folder)))
+
+
+# ----------------------------------------------------------------------------------- npz
+def load_npz(path: str | os.PathLike) -> Dataset:
+    """A ``.npz`` with ``x`` ``(N, *)`` and ``y`` ``(N,)``, optionally ``x_test``/``y_test``.
+
+    ``x`` of shape ``(N, L)`` becomes ``(N, 1, L)``; ``(N, H, W)`` becomes ``(N, 1, H, W)``;
+    ``(N, C, L)`` and ``(N, C, H, W)`` are kept. Without a test split, 20% is held out.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - zip/np errors all mean "not a readable npz"
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    for k in ("x", "y"):
+        if k not in arrays:
+            raise DataError(f"{path}: .npz must contain arrays 'x' and 'y' (found {sorted(arrays)})")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{path}: give both 'x_test' and 'y_test' or neither")
+
+    def shaped(x: np.ndarray, key: str) -> np.ndarray:
+        if x.ndim == 2 or x.ndim == 3 and key and x.shape[1] > 4:
+            return x[:, None]  # (N, L) or (N, H, W): add the channel dim
+        if x.ndim in (3, 4):
+            return x
+        raise DataError(f"{path}: '{key}' must be (N, L), (N, C, L), (N, H, W) or (N, C, H, W), "
+                        f"got {x.shape}")
+
+    x, y = shaped(_scale(arrays["x"]), "x"), arrays["y"]
+    xt = arrays.get("x_test")
+    xt = shaped(_scale(xt), "x_test") if xt is not None else None
+    for a, b, kx in ((x, y, "x"), (xt, arrays.get("y_test"), "x_test")):
+        if a is not None and (b.ndim != 1 or len(a) != len(b)):
+            raise DataError(f"{path}: '{kx}' has {len(a)} samples but its labels have shape {b.shape}")
+    return _standardize(to_dataset(path.stem, x, y, xt, arrays.get("y_test"), source=str(path)))
+
+
+# -------------------------------------------------------------------------- image folder
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_in(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.suffix.lower() in _IMAGE_EXT and p.is_file())
+
+
+def _read_images(root: Path, classes: list[str], size: tuple[int, int] | None):
+    from PIL import Image, UnidentifiedImageError
+
+    xs, ys = [], []
+    for label, cls in enumerate(classes):
+        for p in _images_in(root / cls):
+            try:
+                with Image.open(p) as im:
+                    im = im.convert("RGB")
+                    if size is None:
+                        size = im.size
+                    if im.size != size:
+                        im = im.resize(size, Image.BILINEAR)
+                    xs.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                raise DataError(f"{p}: not a readable image ({e})") from e
+            ys.append(label)
+    return xs, ys, size
+
+
+def load_image_folder(root: str | os.PathLike, *, size: tuple[int, int] | None = None,
+                      test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """Images in ``root/<class>/*.png`` (or ``root/train/<class>``, ``root/test/<class>``).
+
+    Every image is converted to RGB and resized to ``size`` (width, height), by default the
+    size of the first image read. Without ``train/``/``test/`` a seeded 20% test split is used.
+    """
+    root = Path(root)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        classes = [p.name for p in _class_dirs(root / "train")]
+        x, y, size = _read_images(root / "train", classes, size)
+        test_classes = [p.name for p in _class_dirs(root / "test")]
+        if set(test_classes) - set(classes):
+            raise DataError(f"{root / 'test'}: classes {sorted(set(test_classes) - set(classes))} "
+                            "have no training folder")
+        xt, yt, _ = _read_images(root / "test", classes, size)
+    else:
+        classes = [p.name for p in _class_dirs(root)]
+        x, y, size = _read_images(root, classes, size)
+        xt = yt = None
+    if len(classes) < 2 or not x:
+        raise DataError(f"{root}: an image folder needs ≥ 2 class sub-folders holding images "
+                        f"({', '.join(sorted(_IMAGE_EXT))}); found {len(classes)} with {len(x)} images")
+    x, y = np.stack(x), np.asarray(y)
+    if xt is None:
+        x, y, xt, yt = split_train_test(x, y, test_fraction, seed)
+    else:
+        xt, yt = (np.stack(xt), np.asarray(yt)) if xt else (x[:0], y[:0])
+    ds = to_dataset(root.name, _scale(x), y, _scale(xt), yt, source=str(root))
+    ds.info["classes"] = classes
+    return _standardize(ds)
+
+
+# ------------------------------------------------------------------------------ dispatch
+def load_path(path: str | os.PathLike) -> Dataset:
+    """Load a dataset from a file or folder, choosing the loader from what it holds.
+
+    Raises:
+        DataError: the path does not exist, its format is not one of :data:`ACCEPTED_FORMATS`,
+            or a file is corrupt (the message names the file and the problem).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"--data path {str(path)!r} does not exist. {_formats_hint()}")
+    if p.is_file():
+        if p.suffix.lower() == ".npz":
+            return load_npz(p)
+        raise DataError(f"{p}: unknown data format {p.suffix or '(no extension)'!r}. "
+                        f"{_formats_hint()}")
+    if any(_find_idx(p, k) for k in _IDX_NAMES):
+        return load_idx_pair(p)
+    if any(p.glob("data_batch_*")) or (p / "test_batch").is_file() or (
+            (p / "train").is_file() and (p / "test").is_file()):
+        return load_cifar(p)
+    for sub in ("cifar-10-batches-py", "cifar-100-python"):
+        if (p / sub).is_dir():
+            return load_cifar(p / sub)
+    if _class_dirs(p):
+        return load_image_folder(p)
+    raise DataError(f"{p}: no dataset recognised in this folder. {_formats_hint()}")
+
+
+# ------------------------------------------------------------------------------- helpers
+def _scale(x: np.ndarray) -> np.ndarray:
+    """8-bit data to [0, 1] float32; other data to float32 unchanged."""
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"inputs must be numeric, got dtype {x.dtype}")
+    return x.astype(np.float32)
+
+
+def _standardize(ds: Dataset) -> Dataset:
+    """Per-channel standardization with the training split's statistics."""
+    if not np.isfinite(ds.x_train.numpy()).all() or not np.isfinite(ds.x_test.numpy()).all():
+        raise DataError(f"{ds.source}: inputs contain NaN or infinity")
+    dims = [0] + list(range(2, ds.x_train.dim()))
+    m = ds.x_train.mean(dims, keepdim=True)
+    s = ds.x_train.std(dims, keepdim=True).clamp_min(1e-8)
+    ds.x_train = ((ds.x_train - m) / s)
+    ds.x_test = ((ds.x_test - m) / s)
+    return ds

@@ -1,0 +1,105 @@
+"""N5: BN depends on the batch, IN and GN do not — measured exactly, no training needed."""
+
+from __future__ import annotations
+
+import torch
+
+from sharenorm.lab.common import dataset, figure, save_figure
+from sharenorm.lab.spec import (
+    NOT_SUPPORTED,
+    SUPPORTED,
+    ClaimResult,
+    Experiment,
+    Table,
+    Text,
+    group_runs,
+)
+from sharenorm.lab.stats import mean_ci
+from sharenorm.lab.train import seed_everything
+from sharenorm.models import ConvNet
+
+NORMS = ["batch", "instance", "group", "layer", "none"]
+BATCH = 16
+THRESH_DEP, THRESH_INDEP = 1e-3, 1e-6
+
+
+def configs(quick: bool) -> list[dict]:
+    return [{"norm": n, "batch": BATCH} for n in NORMS]
+
+
+@torch.no_grad()
+def run(cfg, seed, ctx):
+    ds = dataset(ctx)
+    gen = seed_everything(seed)
+    model = ConvNet(ds.sample_shape, ds.num_classes, norm=cfg["norm"],
+                    num_groups=8 if cfg["norm"] == "group" else None)
+    perm = torch.randperm(len(ds.x_train), generator=gen)
+    b = cfg["batch"]
+    s0 = ds.x_train[perm[:1]]
+    batch_a = torch.cat([s0, ds.x_train[perm[1:b]]])
+    batch_b = torch.cat([s0, ds.x_train[perm[b:2 * b - 1]]])
+    out = {}
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        ya, yb = model(batch_a)[0], model(batch_b)[0]
+        out[f"delta_{mode}"] = ((ya - yb).abs().max() / ya.abs().max()).item()
+    return out, {}
+
+
+def analyze(runs, figdir, lang):
+    if not runs:
+        return []
+    g = group_runs(runs, "norm")
+    rows, means = [], {}
+    for (norm,), ms in g.items():
+        dt = [m["delta_train"] for m in ms]
+        de = [m["delta_eval"] for m in ms]
+        means[norm] = mean_ci(dt)[0]
+        rows.append([norm, f"{max(dt):.3e}", f"{max(de):.3e}", "yes" if max(dt) > THRESH_DEP
+                     else "no" if max(dt) <= THRESH_INDEP else "unclear"])
+    table = Table(["norm", "max relative Δ, training mode", "max relative Δ, eval mode",
+                   "depends on the batch?"], rows)
+    fig, ax = figure()
+    names = list(means)
+    ax.bar(names, [max(means[n], 1e-12) for n in names])
+    ax.set_yscale("log")
+    ax.axhline(THRESH_DEP, color="red", ls=":", lw=1, label="dependence threshold 1e-3")
+    ax.axhline(THRESH_INDEP, color="green", ls=":", lw=1, label="independence threshold 1e-6")
+    ax.set_ylabel("relative change of sample 0's output (0 drawn at 1e-12)")
+    ax.set_title("N5: replacing the other samples of the batch (training mode)")
+    ax.legend()
+    fp = save_figure(fig, figdir, "n5_batch_dependence")
+    mx = {n: max(m["delta_train"] for m in ms) for (n,), ms in g.items()}
+    ok = mx.get("batch", 0) > THRESH_DEP and all(mx.get(n, 1) <= THRESH_INDEP
+                                                 for n in ("instance", "group", "layer"))
+    cells = {}
+    for col, norm, dependent in (("batch", "batch", True), ("instance", "instance", False),
+                                 ("group", "group", False)):
+        if norm in mx:
+            good = mx[norm] > THRESH_DEP if dependent else mx[norm] <= THRESH_INDEP
+            cells[("norm", "depend", col)] = (f"Δ = {mx[norm]:.1e}",
+                                              SUPPORTED if good else NOT_SUPPORTED)
+    return [ClaimResult(
+        "N5", SUPPORTED if ok else NOT_SUPPORTED,
+        "max relative Δ in training mode: " + ", ".join(f"{n} {v:.1e}" for n, v in mx.items()),
+        [table], [fp], cells=cells,
+        notes=Text("In eval mode BN uses its running statistics, so it no longer depends on the "
+                   "batch: the dependence is a training-time property (and the root of N6).",
+                   "Eval mode में BN running statistics इस्तेमाल करता है, इसलिए तब batch पर निर्भर "
+                   "नहीं रहता: यह निर्भरता training के समय की property है (और N6 की जड़)।"))]
+
+
+EXPERIMENT = Experiment(
+    id="batch_dependence",
+    claims=("N5",),
+    title=Text("Does one sample's output depend on the rest of its batch?",
+               "क्या एक sample का output उसके batch के बाकी samples पर निर्भर है?"),
+    protocol=Text(
+        f"The N1 ConvNet (random initialisation per seed) on mnist1d (or --data). Two batches of "
+        f"{BATCH} share sample 0; the other {BATCH - 1} samples differ. Measured: max |y_A[0] − "
+        "y_B[0]| / max |y_A[0]| of the logits, in training mode and in eval mode (fresh running "
+        "statistics).",
+        f"N1 वाला ConvNet (हर seed पर random initialisation), mnist1d (या --data) पर। {BATCH} के दो "
+        f"batches में sample 0 समान है; बाकी {BATCH - 1} samples अलग। Measured: logits का max |y_A[0] − "
+        "y_B[0]| / max |y_A[0]|, training mode और eval mode में।"),
+    configs=configs, run=run, analyze=analyze, uses_data=True)

@@ -1,0 +1,108 @@
+"""N2: BN stabilises gradient descent — the range of learning rates that train, with and without BN."""
+
+from __future__ import annotations
+
+import math
+
+from sharenorm.lab.common import ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.spec import (
+    MIXED,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    ClaimResult,
+    Experiment,
+    Table,
+    Text,
+    group_runs,
+)
+from sharenorm.lab.train import TrainConfig, train_classifier
+from sharenorm.models import ConvNet
+
+FULL_LRS = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+QUICK_LRS = [0.01, 0.3, 10.0]
+STABLE_ACC = 0.5
+
+
+def configs(quick: bool) -> list[dict]:
+    lrs, steps = (QUICK_LRS, 100) if quick else (FULL_LRS, 500)
+    return [{"norm": n, "lr": lr, "steps": steps, "batch_size": 32}
+            for n in ("batch", "none") for lr in lrs]
+
+
+def run(cfg, seed, ctx):
+    import torch
+
+    ds = dataset(ctx)
+    torch.manual_seed(seed)
+    model = ConvNet(ds.sample_shape, ds.num_classes, norm=cfg["norm"])
+    return train_classifier(model, ds, TrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"],
+                                                   lr=cfg["lr"]), seed)
+
+
+def _stable(ms) -> bool:
+    return all(not m["diverged"] and (m["test_acc"] or 0) >= STABLE_ACC for m in ms)
+
+
+def analyze(runs, figdir, lang):
+    if not runs:
+        return []
+    g = group_runs(runs, "norm", "lr")
+    lrs = sorted({lr for _, lr in g})
+    stable = {n: [lr for lr in lrs if (n, lr) in g and _stable(g[(n, lr)])] for n in ("batch", "none")}
+    rows = []
+    for lr in lrs:
+        row = [f"{lr:g}"]
+        for n in ("batch", "none"):
+            ms = g.get((n, lr), [])
+            accs = [0.0 if m["diverged"] else m["test_acc"] for m in ms]
+            row += [pct(accs), f"{sum(m['diverged'] for m in ms)}/{len(ms)}",
+                    "yes" if ms and _stable(ms) else "no"]
+        rows.append(row)
+    table = Table(["lr", "BN test acc %", "BN diverged", "BN stable", "none test acc %",
+                   "none diverged", "none stable"], rows)
+    fig, ax = figure()
+    for n in ("batch", "none"):
+        by = {lr: [0.0 if m["diverged"] else m["test_acc"] for m in g[(n, lr)]]
+              for lr in lrs if (n, lr) in g}
+        xs, mu, lo, hi = ci_band(by, 100)
+        ax.plot(xs, mu, marker="o", label="BN" if n == "batch" else "no norm")
+        ax.fill_between(xs, lo, hi, alpha=0.2)
+    ax.axhline(STABLE_ACC * 100, color="grey", ls=":", lw=1, label="stability threshold")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (SGD, momentum 0.9)")
+    ax.set_ylabel("test accuracy % (diverged = 0)")
+    ax.set_title("N2: learning-rate sweep")
+    ax.legend()
+    fp = save_figure(fig, figdir, "n2_lr_sweep")
+
+    def span(v):
+        return f"[{v[0]:g}, {v[-1]:g}] ({len(v)} grid points)" if v else "none"
+
+    b, n = set(stable["batch"]), set(stable["none"])
+    if b >= n and len(b) > len(n):
+        v = SUPPORTED
+    elif len(b) >= len(n) and b:
+        v = MIXED
+    else:
+        v = NOT_SUPPORTED
+    decades = {k: math.log10(max(x) / min(x)) if x else float("nan") for k, x in stable.items()}
+    return [ClaimResult("N2", v, f"stable lr range: BN {span(stable['batch'])}, none "
+                        f"{span(stable['none'])}; width BN {decades['batch']:.2f} vs none "
+                        f"{decades['none']:.2f} decades", [table], [fp])]
+
+
+EXPERIMENT = Experiment(
+    id="lr_sweep",
+    claims=("N2",),
+    title=Text("Learning-rate sweep with and without BN", "BN के साथ और बिना learning-rate sweep"),
+    protocol=Text(
+        "mnist1d (or --data), the N1 ConvNet with BN or without a norm, SGD momentum 0.9, batch "
+        "32, 500 steps (quick: 100), learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS) +
+        " (quick: " + ", ".join(f"{x:g}" for x in QUICK_LRS) + "). A run diverges when its loss "
+        f"is non-finite or > 1e4; a learning rate is stable when all seeds reach ≥ {STABLE_ACC:.0%} "
+        "test accuracy without diverging.",
+        "mnist1d (या --data), N1 वाला ConvNet BN के साथ या बिना norm, SGD momentum 0.9, batch 32, "
+        "500 steps (quick: 100), learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS) +
+        "। Run diverge माना जाता है जब loss non-finite या > 1e4 हो; learning rate stable है जब सभी "
+        f"seeds बिना diverge हुए ≥ {STABLE_ACC:.0%} test accuracy पाएँ।"),
+    configs=configs, run=run, analyze=analyze, uses_data=True)

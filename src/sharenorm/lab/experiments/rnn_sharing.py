@@ -1,0 +1,101 @@
+"""S4: RNN weights shared across time steps versus separate weights per step."""
+
+from __future__ import annotations
+
+import torch
+
+from sharenorm.data import MNIST1D_PUBLISHED
+from sharenorm.lab.common import ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.spec import (
+    MIXED,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    ClaimResult,
+    Experiment,
+    Table,
+    Text,
+    group_runs,
+)
+from sharenorm.lab.stats import fmt_ci, mean_ci, overlap
+from sharenorm.lab.train import TrainConfig, train_classifier
+from sharenorm.models import RNNClassifier
+
+HIDDEN, LR = 64, 2e-3
+
+
+def configs(quick: bool) -> list[dict]:
+    steps, every = (100, 50) if quick else (1500, 100)
+    return [{"shared": s, "hidden": HIDDEN, "steps": steps, "eval_every": every}
+            for s in (True, False)]
+
+
+def run(cfg, seed, ctx):
+    import sharenorm as sn
+
+    ds = dataset(ctx, allow_user=False)
+    torch.manual_seed(seed)
+    model = RNNClassifier(ds.sample_shape, ds.num_classes, hidden=cfg["hidden"],
+                          shared=cfg["shared"])
+    metrics, timing = train_classifier(model, ds, TrainConfig(
+        steps=cfg["steps"], batch_size=32, lr=LR, optimizer="adam",
+        eval_every=cfg["eval_every"]), seed)
+    metrics["params"] = sn.count_parameters(model)
+    metrics["recurrent_params"] = sn.count_parameters(model.rnn)
+    return metrics, timing
+
+
+def analyze(runs, figdir, lang):
+    if not runs:
+        return []
+    g = group_runs(runs, "shared")
+    rows = []
+    fig, ax = figure()
+    for (shared,), ms in g.items():
+        name = "shared in time" if shared else "separate per step"
+        rows.append([name, f"{ms[0]['params']:,}", f"{ms[0]['recurrent_params']:,}",
+                     pct([m["test_acc"] for m in ms]), pct([m["train_acc"] for m in ms]),
+                     pct([m["gap"] for m in ms]),
+                     fmt_ci([m["_time"]["s_per_step"] for m in ms], 1e3, 2)])
+        by: dict = {}
+        for m in ms:
+            for s, a in m["curve"]:
+                by.setdefault(s, []).append(a)
+        xs, mu, lo, hi = ci_band(by, 100)
+        ax.plot(xs, mu, label=name)
+        ax.fill_between(xs, lo, hi, alpha=0.2)
+    ax.set_xlabel("Adam steps")
+    ax.set_ylabel("test accuracy %")
+    ax.set_title("S4: tanh RNN on mnist1d, weights shared across time or not")
+    ax.legend()
+    fp = save_figure(fig, figdir, "s4_rnn")
+    table = Table(["RNN", "parameters", "recurrent parameters", "test acc %", "train acc %",
+                   "gap (points)", "ms/step"], rows)
+    if (True,) not in g or (False,) not in g:
+        return []
+    sh, un = g[(True,)], g[(False,)]
+    ratio = un[0]["params"] / sh[0]["params"]
+    a_sh, a_un = [m["test_acc"] for m in sh], [m["test_acc"] for m in un]
+    acc_ok = mean_ci(a_sh)[0] >= mean_ci(a_un)[0] or overlap(a_sh, a_un)
+    v = SUPPORTED if ratio >= 5 and acc_ok else MIXED if ratio >= 5 else NOT_SUPPORTED
+    pub = [["MNIST-1D paper", "GRU test accuracy (ours: plain tanh RNN)",
+            f"{MNIST1D_PUBLISHED['gru']:.0%}", pct(a_sh) + " %"]]
+    return [ClaimResult("S4", v, f"parameters separate/shared {ratio:.1f}×; test acc shared "
+                        f"{pct(a_sh)} % vs separate {pct(a_un)} %", [table], [fp], pub)]
+
+
+EXPERIMENT = Experiment(
+    id="rnn_sharing",
+    claims=("S4",),
+    title=Text("RNN weights shared across time vs separate per step",
+               "RNN weights time पर shared बनाम हर step के अलग"),
+    protocol=Text(
+        f"mnist1d read one position per time step (40 steps, 1 input feature) by a tanh Elman RNN "
+        f"with {HIDDEN} hidden units (sharenorm.SharedRNN) or the same recurrence with separate "
+        "weights per step (sharenorm.UnsharedRNN), linear head on the last hidden state. Adam lr "
+        f"{LR}, batch 32, 1500 steps (quick: 100). --data is not used (needs sequences).",
+        f"mnist1d को एक position प्रति time step पढ़ा गया (40 steps, 1 input feature), {HIDDEN} hidden "
+        "units वाले tanh Elman RNN से (sharenorm.SharedRNN) या हर step के अलग weights वाली उसी "
+        "recurrence से (sharenorm.UnsharedRNN), आख़िरी hidden state पर linear head। Adam lr "
+        f"{LR}, batch 32, 1500 steps (quick: 100)। --data इस्तेमाल नहीं होता।"),
+    configs=configs, run=run, analyze=analyze,
+    requires=("SharedRNN", "UnsharedRNN", "count_parameters"))

@@ -1,0 +1,279 @@
+"""Write ``report.md``, a self-contained ``report.html`` and ``figures/*.png`` from results alone.
+
+The report is built as a list of blocks (heading, paragraph, quote, table, image) rendered
+twice, to Markdown and to HTML with every figure embedded as base64, so both say the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import traceback
+from pathlib import Path
+
+from sharenorm.lab.claims import CLAIMS, DOC_TABLES
+from sharenorm.lab.experiments import all_experiments
+from sharenorm.lab.spec import NOT_RUN, ClaimResult, Text
+from sharenorm.lab.store import ResultsStore
+
+__all__ = ["write_report", "build_blocks", "VERDICT_WORDS"]
+
+VERDICT_WORDS = {
+    "supported": Text("supported", "समर्थित (supported)"),
+    "not supported": Text("not supported", "समर्थित नहीं (not supported)"),
+    "mixed": Text("mixed", "मिश्रित (mixed)"),
+    "not run": Text("not run", "नहीं चलाया गया (not run)"),
+}
+_MARK = {"supported": "✅", "not supported": "❌", "mixed": "➖", "not run": "⏸"}
+
+L = {
+    "title": Text("sharenorm lab report", "sharenorm lab report"),
+    "intro": Text(
+        "Every claim of the two documents was turned into an experiment on real data with the "
+        "criterion for *supported* fixed in the code before the run. Numbers are means over "
+        "seeds with 95% confidence intervals (Student t over seeds).",
+        "दोनों documents के हर claim को real data पर एक experiment में बदला गया; *supported* होने की "
+        "criterion run से पहले code में तय की गई। Numbers seeds पर mean हैं, 95% confidence "
+        "intervals (seeds पर Student t) के साथ।"),
+    "glance": Text("Verdicts at a glance", "एक नज़र में verdicts"),
+    "doc_tables": Text("The documents' comparison tables, measured",
+                       "Documents की comparison tables, measured"),
+    "doc_says": Text("document says", "document कहता है"),
+    "criteria_used": Text("Criteria behind the cells", "Cells के पीछे की criteria"),
+    "claim": Text("claim", "claim"), "statement": Text("statement", "कथन (statement)"),
+    "verdict": Text("verdict", "verdict"), "measured": Text("measured", "measured"),
+    "doc_statement": Text("What the document says", "Document क्या कहता है"),
+    "criterion": Text("Criterion (fixed before the run)", "Criterion (run से पहले तय)"),
+    "protocol": Text("Protocol", "Protocol"),
+    "results": Text("Results (mean ± 95% CI over seeds)", "Results (seeds पर mean ± 95% CI)"),
+    "published": Text("Published numbers beside ours", "Published numbers हमारे numbers के साथ"),
+    "why": Text("Why", "क्यों"),
+    "env": Text("Environment and time", "Environment और समय"),
+    "not_run": Text("This claim has no finished runs in this folder (run `sharenorm lab {ids}`).",
+                    "इस folder में इस claim के कोई finished runs नहीं हैं (`sharenorm lab {ids}` चलाएँ)।"),
+    "failed": Text("The analysis failed: {err}", "Analysis fail हुआ: {err}"),
+    "translation": Text("English translation", "English translation"),
+    "experiment": Text("Experiment", "Experiment"),
+    "profile": Text("Profile", "Profile"), "seeds": Text("Seeds", "Seeds"),
+    "data": Text("Data", "Data"),
+    "total": Text("Total lab time (wall clock, all sessions)", "कुल lab समय (wall clock, सभी sessions)"),
+    "cpu_time": Text("Sum of run times (one core each)", "Run times का योग (हर run एक core पर)"),
+    "feature": Text("feature", "विशेषता"),
+    "source": Text("source", "source"), "setting": Text("setting", "setting"),
+    "theirs": Text("published", "published"), "ours": Text("ours", "हमारा"),
+}
+
+
+def _t(key: str, lang: str, **kw) -> str:
+    s = L[key](lang)
+    return s.format(**kw) if kw else s
+
+
+def _verdict(v: str, lang: str) -> str:
+    return f"{_MARK.get(v, '')} {VERDICT_WORDS.get(v, Text(v))(lang)}".strip()
+
+
+def _analyze_all(store: ResultsStore, figdir: Path, lang: str) -> tuple[dict, dict]:
+    """``({claim: ClaimResult}, {experiment id: Experiment})`` from the stored runs."""
+    results: dict[str, ClaimResult] = {}
+    exps = all_experiments()
+    for e in exps.values():
+        runs = store.runs_of(e.id)
+        if not runs:
+            continue
+        try:
+            for r in e.analyze(runs, figdir, lang):
+                results[r.claim] = r
+        except Exception as err:  # noqa: BLE001 - one broken analysis must not hide the rest
+            tb = traceback.format_exception_only(type(err), err)[-1].strip()
+            for c in e.claims:
+                results[c] = ClaimResult(c, NOT_RUN, _t("failed", lang, err=tb))
+    return results, exps
+
+
+def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tuple]:
+    """The report as blocks: ("h", level, text) ("p", text) ("quote", text)
+    ("table", headers, rows) ("img", relpath, caption)."""
+    figdir = folder / "figures"
+    results, exps = _analyze_all(store, figdir, lang)
+    claim_exp = {c: e for e in exps.values() for c in e.claims}
+    hdr = store.header or {}
+    seeds = sorted({r["seed"] for r in store.runs.values()})
+    B: list[tuple] = [("h", 1, _t("title", lang)), ("p", _t("intro", lang)),
+                      ("p", f"{_t('profile', lang)}: **{hdr.get('profile', '?')}** · "
+                            f"{_t('seeds', lang)}: {len(seeds)} · {_t('data', lang)}: "
+                            f"{hdr.get('data', '?')} · lab version {hdr.get('lab_version', '?')}")]
+
+    # -------- the two comparison tables at the top
+    B.append(("h", 2, _t("doc_tables", lang)))
+    for table_id, title, cols, rows in DOC_TABLES:
+        B.append(("h", 3, title(lang)))
+        trows, used = [], []
+        for row_id, label, doc_cells, claim in rows:
+            col_claims = claim if isinstance(claim, list) else [claim] * len(cols)
+            cells = [label]
+            for col, doc, cl in zip(cols, doc_cells, col_claims, strict=False):
+                found = next((r.cells[(table_id, row_id, col)] for r in results.values()
+                              if (table_id, row_id, col) in r.cells), None)
+                if found is None:
+                    res = results.get(cl)
+                    found = (res.measured if res and res.verdict != NOT_RUN else "—",
+                             res.verdict if res else NOT_RUN)
+                    if len(found[0]) > 90:
+                        found = (f"see {cl}", found[1])
+                cells.append(f"{doc} — {found[0]} ({_verdict(found[1], lang)})")
+            owners = sorted(set(col_claims) | {r.claim for r in results.values()
+                                               if any(k[:2] == (table_id, row_id) for k in r.cells)})
+            cells.append(", ".join(owners))
+            used += [o for o in owners if o not in used]
+            trows.append(cells)
+        B.append(("table", [_t("feature", lang)] + [f"{c} ({_t('doc_says', lang)} — "
+                                                      f"{_t('measured', lang)})" for c in cols]
+                  + [_t("claim", lang)], trows))
+        B.append(("p", f"**{_t('criteria_used', lang)}:** " + " ".join(
+            f"**{c}**: {CLAIMS[c].criterion(lang)}" for c in used if c in CLAIMS)))
+
+    # -------- verdicts at a glance
+    B.append(("h", 2, _t("glance", lang)))
+    glance = []
+    for cid, claim in CLAIMS.items():
+        r = results.get(cid)
+        glance.append([cid, claim.statement_hi if lang == "hi" else claim.statement_en,
+                       _verdict(r.verdict if r else NOT_RUN, lang), r.measured if r else "—"])
+    B.append(("table", [_t("claim", lang), _t("statement", lang), _t("verdict", lang),
+                        _t("measured", lang)], glance))
+
+    # -------- one section per claim
+    for cid, claim in CLAIMS.items():
+        r = results.get(cid)
+        e = claim_exp.get(cid)
+        B.append(("h", 2, f"{cid} — {claim.statement_hi if lang == 'hi' else claim.statement_en}"))
+        B.append(("p", f"**{_t('doc_statement', lang)}** ({claim.doc}):"))
+        B.append(("quote", claim.statement_hi + (f"\n({_t('translation', lang)}: "
+                                                  f"{claim.statement_en})")))
+        B.append(("p", f"**{_t('criterion', lang)}:** {claim.criterion(lang)}"))
+        if e is not None:
+            B.append(("p", f"**{_t('protocol', lang)}** ({_t('experiment', lang)} `{e.id}`): "
+                           f"{e.protocol(lang)}"))
+        if r is None or (r.verdict == NOT_RUN and not r.tables):
+            B.append(("p", f"**{_t('verdict', lang)}: {_verdict(NOT_RUN, lang)}.** " +
+                      (r.measured if r else _t("not_run", lang, ids=cid))))
+            continue
+        for f in r.figures:
+            B.append(("img", f, f"{cid}: {Path(f).stem}"))
+        if r.tables:
+            B.append(("h", 3, _t("results", lang)))
+            for t in r.tables:
+                B.append(("table", t.headers, t.rows))
+        if r.published:
+            B.append(("h", 3, _t("published", lang)))
+            B.append(("table", [_t("source", lang), _t("setting", lang), _t("theirs", lang),
+                                _t("ours", lang)], r.published))
+        B.append(("p", f"**{_t('verdict', lang)}: {_verdict(r.verdict, lang)}** — {r.measured}"))
+        if r.notes:
+            B.append(("p", f"**{_t('why', lang)}:** {r.notes(lang)}"))
+
+    # -------- environment and time
+    B.append(("h", 2, _t("env", lang)))
+    total = sum(s.get("wall_s", 0) for s in store.sessions)
+    run_s = sum(r.get("time", {}).get("run_s", 0) for r in store.runs.values())
+    env = store.sessions[-1].get("env", {}) if store.sessions else {}
+    rows = [[k, str(v)] for k, v in env.items()]
+    rows += [[_t("total", lang), f"{total:.1f} s ({len(store.sessions)} session(s), jobs "
+              f"{', '.join(str(s.get('jobs')) for s in store.sessions)})"],
+             [_t("cpu_time", lang), f"{run_s:.1f} s over {len(store.runs)} runs"]]
+    B.append(("table", ["", ""], rows))
+    return B
+
+
+# --------------------------------------------------------------------------- rendering
+def _md_cell(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for b in blocks:
+        if b[0] == "h":
+            out.append("#" * b[1] + " " + b[2])
+        elif b[0] == "p":
+            out.append(b[1])
+        elif b[0] == "quote":
+            out.append("\n".join("> " + ln for ln in b[1].split("\n")))
+        elif b[0] == "table":
+            out.append("| " + " | ".join(map(_md_cell, b[1])) + " |")
+            out[-1] += "\n|" + "---|" * len(b[1])
+            for row in b[2]:
+                out[-1] += "\n| " + " | ".join(map(_md_cell, row)) + " |"
+        elif b[0] == "img":
+            out.append(f"![{b[2]}]({b[1]})")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline(s: str) -> str:
+    """Escape, then render **bold**, *italic* and `code` (the only inline marks we emit)."""
+    import re
+
+    s = html.escape(s)
+    s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+    s = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", s)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+
+_CSS = """body{font-family:system-ui,'Noto Sans Devanagari',sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;line-height:1.5;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}th{background:#f3f3f3}
+blockquote{border-left:4px solid #999;margin:1em 0;padding:.2em 1em;background:#fafafa}
+img{max-width:100%;border:1px solid #eee}code{background:#f3f3f3;padding:0 .2em}"""
+
+
+def to_html(blocks: list[tuple], folder: Path, lang: str) -> str:
+    out = [f"<!DOCTYPE html><html lang='{lang}'><head><meta charset='utf-8'>"
+           f"<title>sharenorm lab report</title><style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        if b[0] == "h":
+            out.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")
+        elif b[0] == "p":
+            out.append(f"<p>{_inline(b[1])}</p>")
+        elif b[0] == "quote":
+            out.append("<blockquote>" + "<br>".join(_inline(x) for x in b[1].split("\n"))
+                       + "</blockquote>")
+        elif b[0] == "table":
+            rows = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>"
+                           for r in b[2])
+            head = "".join(f"<th>{_inline(str(h))}</th>" for h in b[1])
+            out.append(f"<table><tr>{head}</tr>{rows}</table>")
+        elif b[0] == "img":
+            p = folder / b[1]
+            if p.is_file():
+                data = base64.b64encode(p.read_bytes()).decode()
+                out.append(f"<p><img alt='{html.escape(b[2])}' "
+                           f"src='data:image/png;base64,{data}'></p>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(folder, lang: str = "en") -> Path:
+    """Rebuild ``report.md``, ``report.html`` and ``figures/`` in ``folder`` from its results.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    folder = Path(folder)
+    store = ResultsStore.read(folder)
+    blocks = build_blocks(store, folder, lang)
+    md = folder / "report.md"
+    _atomic_write(md, to_markdown(blocks))
+    _atomic_write(folder / "report.html", to_html(blocks, folder, lang))
+    return md
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)

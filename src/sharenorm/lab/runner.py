@@ -1,0 +1,238 @@
+"""Plan the runs, execute the missing ones (in parallel processes), store each as it finishes.
+
+Every run executes with ``torch.set_num_threads(1)``: the small models of the lab gain little
+from intra-op threads, results then do not depend on ``--jobs`` (the same line for the same
+seed whatever the parallelism), and ``--jobs J`` uses J cores with J processes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from sharenorm.lab.experiments import get_experiment, resolve
+from sharenorm.lab.spec import Experiment, RunContext
+from sharenorm.lab.store import LAB_VERSION, LabError, ResultsStore, run_key
+
+__all__ = ["Task", "plan", "run_lab", "execute", "environment"]
+
+
+@dataclass(frozen=True)
+class Task:
+    experiment: str
+    config: dict
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return run_key(self.experiment, self.config, self.seed)
+
+
+def plan(experiments: list[Experiment], quick: bool, seeds: int) -> list[Task]:
+    """All runs of ``experiments``: each config × seeds ``0..seeds-1`` (one seed if unseeded)."""
+    tasks = []
+    for e in experiments:
+        for cfg in e.configs(quick):
+            for s in range(seeds if e.seeded else 1):
+                tasks.append(Task(e.id, cfg, s))
+    return tasks
+
+
+def execute(experiment: str, config: dict, seed: int, quick: bool,
+            data_path: str | None) -> tuple[dict, dict]:
+    """Do one run (in this process or a worker): single-threaded, seeded, returns
+    ``(metrics, timing)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exp = get_experiment(experiment)
+        t0 = time.perf_counter()
+        metrics, timing = exp.run(config, seed, RunContext(quick=quick, data_path=data_path))
+        timing = dict(timing, run_s=round(time.perf_counter() - t0, 4))
+        return metrics, timing
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _init_worker() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def environment() -> dict:
+    """Versions, CPU/GPU and threads: printed in the report."""
+    import numpy
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    env = {
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "torch": torch.__version__, "numpy": numpy.__version__, "cpu": cpu,
+        "cpu_count": os.cpu_count(), "gpu": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available() else "none (CPU only)", "threads_per_run": 1,
+    }
+    for mod in ("sklearn", "mnist1d", "matplotlib", "scipy"):
+        try:
+            env[mod] = getattr(__import__(mod), "__version__", "installed")
+        except ImportError:
+            env[mod] = "missing"
+    import sharenorm
+
+    env["sharenorm"] = sharenorm.__version__
+    return env
+
+
+def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int = 1,
+            data: str | None = None, out: str | os.PathLike = "lab-results", lang: str = "en",
+            progress: bool = True, report: bool = True, echo=print) -> Path | None:
+    """Run (or resume) the lab and write the report; returns the report's path.
+
+    Raises:
+        LabError: bad arguments or an output folder holding another lab's results.
+    """
+    if seeds < 1:
+        raise LabError(f"--seeds must be ≥ 1 (got {seeds}); 3 gives 95% intervals over 3 seeds")
+    if jobs < 1:
+        raise LabError(f"--jobs must be ≥ 1 (got {jobs}); use the number of CPU cores, "
+                       f"here {os.cpu_count()}")
+    if lang not in ("en", "hi"):
+        raise LabError(f"--lang must be 'en' or 'hi', got {lang!r}")
+    exps = resolve(names)
+    data_id = "embedded"
+    if data is not None:
+        from sharenorm.data import load_path
+
+        ds = load_path(data)  # fail now, with the file and the problem, not inside a worker
+        data_id = f"{Path(data).resolve()} ({ds.name}, {tuple(ds.x_train.shape)})"
+        if not any(e.uses_data for e in exps):
+            echo("note: none of the chosen experiments uses --data; they run on their defaults")
+    header = {"lab_version": LAB_VERSION, "profile": "quick" if quick else "full",
+              "data": data_id}
+    store = ResultsStore.open(out, header)
+    if store.repaired:
+        echo(f"note: {store.path} ended in a truncated line ({store.repaired} bytes, from an "
+             "interrupted run); it was removed and that run is redone")
+    runnable = []
+    for e in exps:
+        miss = e.missing()
+        if miss:
+            echo(f"skip {e.id} ({'/'.join(e.claims)}): sharenorm lacks {', '.join(miss)}")
+        else:
+            runnable.append(e)
+    tasks = plan(runnable, quick, seeds)
+    todo = [t for t in tasks if not store.done(t.key)]
+    if len(todo) < len(tasks):
+        echo(f"resuming {store.path}: {len(tasks) - len(todo)} of {len(tasks)} runs already done")
+    remaining = Counter(t.experiment for t in todo)
+    t_start = time.perf_counter()
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    exp_t0: dict[str, float] = {}
+    bar = _progress(len(todo), progress)
+    figdir = Path(out) / "figures"
+
+    def finished(task: Task, metrics: dict, timing: dict) -> None:
+        store.add_run({"experiment": task.experiment, "config": task.config, "seed": task.seed,
+                       "metrics": metrics, "time": timing})
+        bar.update(1)
+        remaining[task.experiment] -= 1
+        if remaining[task.experiment] == 0:
+            _summary(get_experiment(task.experiment), store, figdir, lang,
+                     time.perf_counter() - exp_t0.get(task.experiment, t_start), bar.write)
+
+    data_arg = str(data) if data is not None else None
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            for t in todo:
+                exp_t0.setdefault(t.experiment, time.perf_counter())
+                finished(t, *execute(t.experiment, t.config, t.seed, quick, data_arg))
+        else:
+            _run_parallel(todo, jobs, quick, data_arg, finished, exp_t0)
+    except KeyboardInterrupt:
+        bar.close()
+        raise LabError(f"interrupted: {len(store.runs)} finished runs are saved in {store.path}; "
+                       "run the same command again to resume") from None
+    finally:
+        bar.close()
+    for e in runnable:  # experiments that had nothing left to run still get their line
+        if e.id not in remaining:
+            _summary(e, store, figdir, lang, 0.0, echo)
+    wall = time.perf_counter() - t_start
+    store.add_session({"started": started, "wall_s": round(wall, 2), "jobs": jobs,
+                       "seeds": seeds, "names": list(names), "runs_done": len(todo),
+                       "env": environment()})
+    echo(f"lab: {len(todo)} runs in {wall:.1f} s (jobs={jobs}); results in {store.path}")
+    if not report:
+        return None
+    from sharenorm.lab.report import write_report
+
+    path = write_report(out, lang=lang)
+    echo(f"report: {path} and {path.with_suffix('.html')}")
+    return path
+
+
+def _run_parallel(todo, jobs, quick, data_arg, finished, exp_t0) -> None:
+    import multiprocessing as mp
+
+    # spawn, not fork: forking a process that already ran torch ops can deadlock in OpenMP
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                             initializer=_init_worker) as pool:
+        pending = {}
+        queue = list(todo)
+        try:
+            # keep the pool fed but bounded, so Ctrl-C does not leave hundreds queued
+            while queue or pending:
+                while queue and len(pending) < 2 * jobs:
+                    t = queue.pop(0)
+                    exp_t0.setdefault(t.experiment, time.perf_counter())
+                    pending[pool.submit(execute, t.experiment, t.config, t.seed, quick,
+                                        data_arg)] = t
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    t = pending.pop(fut)
+                    finished(t, *fut.result())
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+
+
+def _summary(exp: Experiment, store: ResultsStore, figdir: Path, lang: str, seconds: float,
+             write) -> None:
+    try:
+        results = exp.analyze(store.runs_of(exp.id), figdir, lang)
+        verdicts = "; ".join(f"{r.claim} {r.verdict}: {r.measured}" for r in results)
+    except Exception as e:  # noqa: BLE001 - a summary must never lose the results
+        verdicts = f"(analysis failed: {type(e).__name__}: {e})"
+    write(f"[{'/'.join(exp.claims)}] {exp.id} done in {seconds:.1f} s — {verdicts}")
+
+
+class _NoBar:
+    def update(self, n): pass
+    def close(self): pass
+    def write(self, s): print(s)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or total == 0:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="run", desc="lab", dynamic_ncols=True, file=sys.stderr)

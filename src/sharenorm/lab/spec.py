@@ -1,0 +1,120 @@
+"""What an experiment is: a small declarative spec the runner and the report understand.
+
+An experiment lists its runs (configs × seeds), knows how to do one run, and turns all its
+finished runs into :class:`ClaimResult` s — one per claim it serves — with a verdict decided
+by a criterion that is written down in the spec, i.e. fixed before anything runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Experiment", "RunContext", "ClaimResult", "Text", "Table", "SUPPORTED",
+           "NOT_SUPPORTED", "MIXED", "NOT_RUN", "group_runs"]
+
+SUPPORTED, NOT_SUPPORTED, MIXED, NOT_RUN = "supported", "not supported", "mixed", "not run"
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text in English and Hindi (Hindi with English technical terms, like the seeds)."""
+
+    en: str
+    hi: str = ""
+
+    def __call__(self, lang: str) -> str:
+        return self.hi if lang == "hi" and self.hi else self.en
+
+
+@dataclass
+class Table:
+    """A result table: headers and rows of already formatted cells."""
+
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class ClaimResult:
+    """What the report shows for one claim.
+
+    Args:
+        claim: claim id ("N6").
+        verdict: SUPPORTED, NOT_SUPPORTED, MIXED or NOT_RUN.
+        measured: one line with the decisive measured numbers.
+        tables: result tables (mean ± 95% CI over seeds).
+        figures: PNG paths (relative to the report folder).
+        published: rows ``[source, setting, theirs, ours]`` where published numbers exist.
+        notes: extra explanation (why it holds or not), per language.
+        cells: measured values for the documents' comparison tables:
+            ``{(table_id, row_id, column): text}``.
+    """
+
+    claim: str
+    verdict: str
+    measured: str
+    tables: list[Table] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    published: list[list[str]] = field(default_factory=list)
+    notes: Text | None = None
+    cells: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """What a run may use: the profile, the user's data path, and a cache of loaded data."""
+
+    quick: bool
+    data_path: str | None = None
+
+
+@dataclass
+class Experiment:
+    """A declarative experiment.
+
+    Args:
+        id: short name used on the command line ("batch_size").
+        claims: the claim ids it measures (("N6",)).
+        title: one line.
+        protocol: the protocol as printed in the report (model, data, steps, lr rule, ...).
+        configs: ``configs(quick) -> list[dict]`` (JSON-serialisable, small).
+        run: ``run(config, seed, ctx) -> (metrics, timing)``; metrics must be deterministic.
+        analyze: ``analyze(runs, figdir, lang) -> list[ClaimResult]``; ``runs`` are the
+            finished records of this experiment.
+        seeded: False when a run does not depend on the seed (one run is enough).
+        uses_data: True when ``--data`` replaces its default dataset.
+        requires: names that must exist in ``sharenorm`` (else the experiment is skipped).
+    """
+
+    id: str
+    claims: tuple[str, ...]
+    title: Text
+    protocol: Text
+    configs: Callable[[bool], list[dict]]
+    run: Callable[[dict, int, RunContext], tuple[dict, dict]]
+    analyze: Callable[[list[dict], Path, str], list[ClaimResult]]
+    seeded: bool = True
+    uses_data: bool = False
+    requires: tuple[str, ...] = ()
+
+    def missing(self) -> list[str]:
+        """The required ``sharenorm`` names this build lacks."""
+        import sharenorm as sn
+
+        return [n for n in self.requires if not hasattr(sn, n)]
+
+
+def group_runs(runs: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    """Group run records by config values: ``{(v1, v2): [metrics, ...]}`` in first-seen order."""
+    out: dict[tuple, list[dict]] = {}
+    for r in runs:
+        k = tuple(r["config"].get(key) for key in keys)
+        out.setdefault(k, []).append(r["metrics"] | {"_time": r.get("time", {})})
+    return out
+
+
+def finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]

@@ -1,0 +1,53 @@
+"""Means and 95% confidence intervals over seeds (Student t), and their formatting."""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["mean_ci", "fmt_ci", "overlap"]
+
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
+    r"""Mean and half-width of the two-sided t confidence interval.
+
+    .. math::
+        \bar x \pm t_{(1+\text{level})/2,\; n-1}\; s/\sqrt n, \qquad s^2 = \tfrac{1}{n-1}\sum (x_i-\bar x)^2
+
+    None/NaN values are dropped. With one value the half-width is NaN (no interval), with
+    none the mean is NaN too.
+
+    Example:
+        >>> m, h, n = mean_ci([1.0, 2.0, 3.0])
+        >>> round(m, 3), round(h, 3), n
+        (2.0, 2.484, 3)
+    """
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(xs)
+    if n == 0:
+        return math.nan, math.nan, 0
+    m = sum(xs) / n
+    if n == 1:
+        return m, math.nan, 1
+    from scipy.stats import t
+
+    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    return m, float(t.ppf((1 + level) / 2, n - 1)) * s / math.sqrt(n), n
+
+
+def fmt_ci(values, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
+    """``"93.4 ± 0.8"`` (× ``scale``); ``"93.4 (n=1)"`` for one value; ``"—"`` for none."""
+    m, h, n = mean_ci(values)
+    if n == 0:
+        return "—"
+    if n == 1:
+        return f"{m * scale:.{digits}f}{unit} (n=1)"
+    return f"{m * scale:.{digits}f} ± {h * scale:.{digits}f}{unit}"
+
+
+def overlap(a, b) -> bool:
+    """Whether the 95% intervals of two samples overlap (True when either has no interval)."""
+    ma, ha, na = mean_ci(a)
+    mb, hb, nb = mean_ci(b)
+    if na < 2 or nb < 2:
+        return True
+    return not (ma - ha > mb + hb or mb - hb > ma + ha)

@@ -1,0 +1,91 @@
+"""A plain conv net for signals (1-d) or images (2-d), and its locally connected twin."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+import sharenorm as sn
+
+__all__ = ["ConvNet", "LocallyConnectedNet", "conv_out_len"]
+
+
+def conv_out_len(n: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a convolution along one dim: ⌊(n + 2p − k)/s⌋ + 1."""
+    return (n + 2 * padding - kernel) // stride + 1
+
+
+class ConvNet(nn.Module):
+    """``depth`` blocks of conv → norm → activation, then flatten → linear.
+
+    The first ``downsample`` blocks use stride 2 (the MNIST-1D paper's CNN: three stride-2
+    convolutions, then a linear layer on the flattened features); later blocks keep the size,
+    so ``depth`` can grow without the signal vanishing. Norms come from
+    :func:`sharenorm.make_norm` with the activation fused in.
+
+    Args:
+        in_shape: ``(C, L)`` or ``(C, H, W)`` of one sample.
+        num_classes: outputs.
+        width: channels of every block. Default 32.
+        depth: number of conv blocks. Default 3.
+        norm: norm kind for :func:`sharenorm.make_norm`. Default "batch".
+        act: activation name. Default "relu".
+        kernel: kernel size (odd). Default 5 for signals, 3 for images.
+        downsample: how many leading blocks use stride 2. Default 3 (fewer if the input is small).
+        num_groups: G for ``norm="group"`` (default: make_norm's rule, 32 or a divisor).
+
+    Shape:
+        Input ``(N, *in_shape)``, output ``(N, num_classes)``.
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], num_classes: int, *, width: int = 32,
+                 depth: int = 3, norm: str = "batch", act: str = "relu", kernel: int | None = None,
+                 downsample: int | None = None, num_groups: int | None = None) -> None:
+        super().__init__()
+        if len(in_shape) not in (2, 3):
+            raise ValueError(f"in_shape must be (C, L) or (C, H, W), got {in_shape!r}")
+        if depth < 1 or width < 1:
+            raise ValueError(f"depth and width must be ≥ 1, got depth={depth}, width={width}")
+        self.dim = len(in_shape) - 1
+        kernel = kernel or (5 if self.dim == 1 else 3)
+        size = list(in_shape[1:])
+        if downsample is None:
+            downsample = 3
+            while downsample and min(size) // 2 ** downsample < 2:
+                downsample -= 1  # 8×8 digits: stop before the maps shrink below 2
+        self.in_shape, self.norm_kind = tuple(in_shape), norm
+        conv = nn.Conv1d if self.dim == 1 else nn.Conv2d
+        kw = {"num_groups": num_groups} if norm in ("group", "gn") and num_groups else {}
+        layers: list[nn.Module] = []
+        c = in_shape[0]
+        for i in range(depth):
+            stride = 2 if i < downsample else 1
+            # bias is redundant before a norm that subtracts a mean; keep it without one
+            layers.append(self._layer(conv, c, width, kernel, stride, size, bias=norm == "none"))
+            layers.append(sn.make_norm(norm, width, dim=self.dim, act=act, **kw))
+            size = [conv_out_len(s, kernel, stride, kernel // 2) for s in size]
+            c = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width * math.prod(size), num_classes)
+
+    def _layer(self, conv, c_in, c_out, kernel, stride, size, bias):
+        return conv(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+class LocallyConnectedNet(ConvNet):
+    """:class:`ConvNet` with every convolution replaced by a locally connected layer.
+
+    Same connectivity (kernel, stride, padding) and the same activations, but every output
+    position has its own filter: the network without weight sharing across positions, for the
+    sharing experiments (S1–S3). Uses :class:`sharenorm.LocallyConnected1d` / ``2d``.
+    """
+
+    def _layer(self, conv, c_in, c_out, kernel, stride, size, bias):
+        cls = sn.LocallyConnected1d if self.dim == 1 else sn.LocallyConnected2d
+        in_size = size[0] if self.dim == 1 else tuple(size)
+        return cls(c_in, c_out, in_size, kernel, stride=stride, padding=kernel // 2, bias=bias)

@@ -1,0 +1,51 @@
+"""A multilayer perceptron with a pluggable norm after every hidden linear layer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+import sharenorm as sn
+
+__all__ = ["MLP"]
+
+
+class MLP(nn.Module):
+    """``depth`` hidden blocks of linear → norm → activation, then a linear head.
+
+    The input is flattened. ``norm`` goes through :func:`sharenorm.make_norm` with ``dim=0``
+    (features ``(N, C)``): "batch" is BatchNorm1d over the batch, "layer" normalizes each
+    sample over its C features; "instance" is not defined for features without positions.
+
+    Args:
+        in_shape: shape of one sample (flattened to ``prod(in_shape)`` features).
+        num_classes: outputs.
+        hidden: width of every hidden layer (default 100, the MNIST-1D paper's MLP), or a
+            sequence of widths, one per hidden layer (then ``depth`` is ignored).
+        depth: hidden layers. Default 2.
+        norm, act: as in :class:`~sharenorm.models.ConvNet`.
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], num_classes: int, *,
+                 hidden: int | Sequence[int] = 100, depth: int = 2, norm: str = "none",
+                 act: str = "relu") -> None:
+        super().__init__()
+        widths = [hidden] * depth if isinstance(hidden, int) else list(hidden)
+        if not widths or min(widths) < 1:
+            raise ValueError(f"need ≥ 1 hidden layer of width ≥ 1, got hidden={hidden}, "
+                             f"depth={depth}")
+        dims = [math.prod(in_shape)] + widths
+        # bias is redundant before a norm that subtracts a mean
+        self.linears = nn.ModuleList(
+            nn.Linear(a, b, bias=norm == "none") for a, b in zip(dims[:-1], dims[1:], strict=False))
+        self.norms = nn.ModuleList(sn.make_norm(norm, w, dim=0, act=act) for w in widths)
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.flatten(x, 1)
+        for lin, norm in zip(self.linears, self.norms, strict=False):
+            h = norm(lin(h))
+        return self.head(h)
