@@ -1,0 +1,198 @@
+"""Counting parameters the way memory sees them: every stored tensor once.
+
+``sum(p.numel() for p in model.parameters())`` counts a tensor twice when two ``nn.Parameter``
+objects share memory, and counts nothing of a tie's second use; ``count_parameters`` counts
+*stored* elements (each storage region once), and ``parameter_report`` puts that next to the
+"total" count a model without sharing would have, with bytes and optimizer-state bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from sharenorm.sharing.tie import _LINKS
+
+__all__ = ["count_parameters", "parameter_report", "ParameterReport", "ModuleRow"]
+
+
+def _unique_numel_bytes(tensors: Iterable[Tensor]) -> tuple[int, int]:
+    """(elements, bytes) stored by ``tensors``, each memory region counted once.
+
+    Tensors are grouped by storage; within a storage the byte ranges they cover are merged, so
+    identical tensors, views and transposes are counted once and disjoint slices each count.
+    Meta tensors have no storage: they are deduplicated by identity.
+    """
+    by_storage: dict[object, list[tuple[int, int, int]]] = {}
+    for t in tensors:
+        if t.numel() == 0:
+            continue
+        es = t.element_size()
+        if t.device.type == "meta":
+            key: object = ("id", id(t))
+            start, stop = 0, t.numel() * es
+        else:
+            key = (str(t.device), t.untyped_storage().data_ptr())
+            extent = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride(), strict=True))
+            start = t.storage_offset() * es
+            stop = start + extent * es
+        by_storage.setdefault(key, []).append((start, stop, es))
+    numel = nbytes = 0
+    for spans in by_storage.values():
+        spans.sort()
+        cur_start, cur_stop, es = spans[0]
+        for start, stop, e in spans[1:]:
+            if start < cur_stop:
+                cur_stop = max(cur_stop, stop)
+            else:
+                nbytes += cur_stop - cur_start
+                numel += (cur_stop - cur_start) // es
+                cur_start, cur_stop, es = start, stop, e
+        nbytes += cur_stop - cur_start
+        numel += (cur_stop - cur_start) // es
+    return numel, nbytes
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """The number of parameter elements ``model`` stores, each stored tensor counted once.
+
+    Tied targets (:func:`sharenorm.tie`) are computed, not stored, so they add nothing; one
+    ``nn.Parameter`` under two names, or two parameters over the same memory, count once.
+
+    Args:
+        model: any module.
+        trainable_only: count only parameters with ``requires_grad=True``.
+
+    Example:
+        >>> import sharenorm as sn
+        >>> sn.count_parameters(sn.TiedAutoencoder([784, 64], tied=True))  # 784·64 + 64 + 784
+        51024
+    """
+    params = [
+        p
+        for _, p in model.named_parameters(remove_duplicate=False)
+        if p.requires_grad or not trainable_only
+    ]
+    return _unique_numel_bytes(params)[0]
+
+
+def _total(module: nn.Module) -> tuple[int, int]:
+    """(elements, bytes) as if every use of a parameter were stored separately."""
+    numel = nbytes = 0
+    for m in module.modules():  # each module once; a module reused twice counts once
+        for p in m._parameters.values():
+            if p is not None:
+                numel += p.numel()
+                nbytes += p.numel() * p.element_size()
+        for link in (m.__dict__.get(_LINKS) or {}).values():
+            t = link.source()
+            if isinstance(t, nn.Parameter):
+                numel += t.numel()
+                nbytes += t.numel() * t.element_size()
+    return numel, nbytes
+
+
+@dataclass(frozen=True)
+class ModuleRow:
+    """One module's subtree: stored (unique) and as-if-unshared (total) parameters."""
+
+    name: str
+    type: str
+    unique: int
+    total: int
+    unique_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    """Parameters, bytes and optimizer-state bytes, stored vs as-if-unshared.
+
+    ``unique*`` count what is stored (each tensor once); ``total*`` count every use of a
+    parameter as if it had its own tensor (a model without sharing/tying). Optimizer state is
+    what torch keeps per stored trainable parameter: SGD with momentum one buffer
+    (``momentum_buffer``, 1× the parameter bytes), Adam/AdamW two (``exp_avg``, ``exp_avg_sq``,
+    2×); Adam's per-tensor scalar ``step`` is left out.
+    """
+
+    unique: int
+    total: int
+    trainable: int
+    unique_bytes: int
+    total_bytes: int
+    sgd_momentum_state_bytes: int
+    adam_state_bytes: int
+    sgd_momentum_state_bytes_unshared: int
+    adam_state_bytes_unshared: int
+    rows: tuple[ModuleRow, ...] = field(default=())
+
+    @property
+    def saved_fraction(self) -> float:
+        """1 − unique/total: the share of parameters that sharing saves."""
+        return 0.0 if self.total == 0 else 1.0 - self.unique / self.total
+
+    def format(self, max_depth: int = 2) -> str:
+        """A plain-text table of the rows up to ``max_depth`` dots deep, then the totals."""
+        lines = [f"{'module':<40} {'type':<18} {'unique':>12} {'total':>12} {'unique MB':>10}"]
+        for r in self.rows:
+            if r.name.count(".") + (1 if r.name else 0) > max_depth:
+                continue
+            lines.append(
+                f"{r.name or '(model)':<40} {r.type[:18]:<18} {r.unique:>12,} {r.total:>12,} "
+                f"{r.unique_bytes / 2**20:>10.3f}"
+            )
+        lines.append(
+            f"parameters: {self.unique:,} stored / {self.total:,} without sharing "
+            f"(saves {self.saved_fraction:.1%}); {self.unique_bytes:,} B stored; optimizer state: "
+            f"SGD-momentum {self.sgd_momentum_state_bytes:,} B, Adam {self.adam_state_bytes:,} B "
+            f"(without sharing {self.adam_state_bytes_unshared:,} B)"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def parameter_report(model: nn.Module) -> ParameterReport:
+    """Per-module unique/total parameters and bytes, and optimizer-state bytes.
+
+    Example:
+        >>> import sharenorm as sn
+        >>> r = sn.parameter_report(sn.TiedAutoencoder([784, 64], tied=True))
+        >>> r.unique, r.total, r.adam_state_bytes == 2 * r.unique_bytes
+        (51024, 101200, True)
+    """
+    rows = []
+    for name, m in model.named_modules():
+        unique, unique_bytes = _unique_numel_bytes(
+            p for _, p in m.named_parameters(remove_duplicate=False)
+        )
+        total, total_bytes = _total(m)
+        rows.append(ModuleRow(name, type(m).__name__, unique, total, unique_bytes, total_bytes))
+    params = [p for _, p in model.named_parameters(remove_duplicate=False)]
+    trainable, trainable_bytes = _unique_numel_bytes(p for p in params if p.requires_grad)
+    # As-if-unshared optimizer state counts every trainable use.
+    train_total_bytes = 0
+    for m in model.modules():
+        uses = [p for p in m._parameters.values() if p is not None]
+        uses += [link.source() for link in (m.__dict__.get(_LINKS) or {}).values()]
+        train_total_bytes += sum(
+            t.numel() * t.element_size()
+            for t in uses
+            if isinstance(t, nn.Parameter) and t.requires_grad
+        )
+    top = rows[0]
+    return ParameterReport(
+        unique=top.unique,
+        total=top.total,
+        trainable=trainable,
+        unique_bytes=top.unique_bytes,
+        total_bytes=top.total_bytes,
+        sgd_momentum_state_bytes=trainable_bytes,
+        adam_state_bytes=2 * trainable_bytes,
+        sgd_momentum_state_bytes_unshared=train_total_bytes,
+        adam_state_bytes_unshared=2 * train_total_bytes,
+        rows=tuple(rows),
+    )

@@ -1,0 +1,90 @@
+"""Cross-layer sharing (ALBERT-style): one block's weights used ``depth`` times."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from sharenorm.sharing.tie import tie
+
+__all__ = ["SharedStack"]
+
+
+class SharedStack(nn.Module):
+    r"""Apply one block ``depth`` times with the same weights: ``x ↦ f_θ(f_θ(…f_θ(x)))``.
+
+    The stack holds ``depth`` copies of ``block`` in ``blocks`` (so names, hooks and
+    ``state_dict`` look like an ordinary stack of layers), and every parameter and buffer of
+    copies ``1…depth-1`` is :func:`sharenorm.tie`\ d to copy 0. Names listed in ``unshared``
+    (a submodule such as ``"norm"``, or a single tensor such as ``"norm.weight"``) are left out
+    of the ties: each repetition gets its own copy, initialised from ``block``. Parameters scale
+    with 1 (plus the unshared part times ``depth``), not with ``depth``.
+
+    With ``unshared=()`` this computes exactly ``for _ in range(depth): x = block(x)``,
+    buffers included (a shared BatchNorm updates one set of running statistics ``depth`` times).
+
+    Args:
+        block: the module to repeat; it becomes ``blocks[0]``.
+        depth: number of repetitions (>= 1).
+        unshared: names inside ``block`` whose tensors each repetition owns.
+
+    Shape:
+        Whatever ``block`` maps; its output must be a valid input. Extra positional/keyword
+        arguments of ``forward`` are passed to every repetition.
+
+    Example:
+        >>> import torch, sharenorm as sn
+        >>> block = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+        >>> stack = sn.SharedStack(block, depth=12, unshared=("1",))
+        >>> sn.count_parameters(stack)             # 72 shared + 12 × 16 LayerNorm
+        264
+        >>> stack(torch.randn(2, 8)).shape
+        torch.Size([2, 8])
+    """
+
+    def __init__(self, block: nn.Module, depth: int, unshared: Iterable[str] = ()) -> None:
+        super().__init__()
+        if not isinstance(block, nn.Module):
+            raise TypeError(f"block must be an nn.Module, got {type(block).__name__}")
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"depth must be a positive int, got {depth!r}")
+        if isinstance(unshared, str):
+            unshared = (unshared,)
+        self.depth = depth
+        self.unshared = tuple(unshared)
+        tensors = [n for n, _ in block.named_parameters(remove_duplicate=False)]
+        tensors += [n for n, _ in block.named_buffers(remove_duplicate=False)]
+        known = set(tensors) | {n for n, _ in block.named_modules() if n}
+        for name in self.unshared:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
+                hint = (
+                    f"; did you mean {', '.join(map(repr, close))}?"
+                    if close
+                    else f"; choose from {sorted(known)}"
+                )
+                raise ValueError(
+                    f"unshared name {name!r} is not a submodule, parameter or buffer of the "
+                    f"block{hint}"
+                )
+        self.blocks = nn.ModuleList([block] + [copy.deepcopy(block) for _ in range(depth - 1)])
+        shared = [n for n in dict.fromkeys(tensors) if not self.is_unshared(n)]
+        for i in range(1, depth):
+            for name in shared:
+                tie(self, f"blocks.{i}.{name}", f"blocks.0.{name}")
+
+    def is_unshared(self, name: str) -> bool:
+        """Whether the block's tensor ``name`` is owned by each repetition."""
+        return any(name == u or name.startswith(u + ".") for u in self.unshared)
+
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        for block in self.blocks:
+            x = block(x, *args, **kwargs)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"depth={self.depth}, unshared={self.unshared}"

@@ -1,0 +1,726 @@
+"""Hard parameter tying: ``tie`` / ``untie`` / ``ties`` / ``verify_ties``.
+
+After ``tie(model, "decoder.weight", "encoder.weight", transform="transpose")`` the decoder's
+weight is *computed from* the encoder's on every access (``encoder.weight.T``): one stored
+tensor, gradients of both uses accumulate into it, ``parameters()`` yields it once and an
+optimizer steps it once.
+
+How it works, and why this mechanism
+------------------------------------
+The target parameter is removed from its module's ``_parameters`` and the module's class is
+swapped for a small subclass (``TiedLinear`` for an ``nn.Linear``) with a ``property`` of that
+name. The property reads the *source module's* attribute at access time and applies the
+transform. The tie is described by a ``_Link(source_module, source_name, transform)`` kept in the
+target module's ``__dict__``; the source module is referenced as a plain attribute, not as a
+submodule, so it is not visited twice by ``.to()``/``named_modules()`` and no module cycle forms.
+
+Because the target is resolved from the source *module* on every access, the tie survives every
+operation that replaces or converts the source tensor in its own module:
+
+* ``.to(dtype/device)``, ``.half()``, ``to_empty()`` (which replaces meta parameters by new
+  objects), ``load_state_dict(..., assign=True)``: the source module gets a new tensor, the target
+  reads it.
+* ``copy.deepcopy`` and ``pickle``/``torch.save`` of the whole model: the link is ordinary state;
+  the memo of deepcopy/pickle maps the source module to its copy. The swapped class is rebuilt by
+  ``__reduce_ex__`` from (base class, tied names), so no dynamically created class needs to be
+  importable.
+* ``torch.compile``: the property is plain Python that dynamo inlines.
+
+Alternatives considered: assigning the same ``nn.Parameter`` to two modules (torch's identity
+tie) cannot express a transpose and breaks under ``to_empty()`` and ``assign=True``;
+``torch.nn.utils.parametrize`` keeps an extra ``original`` tensor and refuses ``torch.save`` of
+the whole model; a forward pre-hook leaves a stale tensor outside ``forward``.
+
+state_dict convention
+---------------------
+Like torch's identity-tied weights (e.g. tied LM heads), **both keys appear** in ``state_dict()``:
+the target key holds ``T(source)`` (a view, no copy). So the state_dict of a tied model loads
+into the same architecture built without ties. Loading a state_dict into a tied model
+(``strict``/``assign`` as usual): the target key is checked against ``T(source)`` from the same
+state_dict and dropped; if the values differ the load fails with a message naming the tie (a
+tie never silently picks one of two different values); if only the target key is present the
+source is set to ``T⁻¹(value)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["TieError", "TieGroup", "tie", "untie", "ties", "verify_ties", "TRANSFORMS"]
+
+#: Tie transforms: ``None`` (identity) and ``"transpose"`` (swap the first two dimensions; ``W.T``
+#: for a matrix). Both are involutions, so each is its own inverse.
+TRANSFORMS: tuple[str | None, ...] = (None, "transpose")
+
+_LINKS = "_sharenorm_links"  # in a target module's __dict__: {attr name: _Link}
+_DECLARED = "_sharenorm_declared"  # in the module tie() was called on: {target: _Record}
+_ROOT_HOOK = "_sharenorm_root_hook"  # marker: the load_state_dict pre-hook is registered
+
+
+class TieError(RuntimeError):
+    """A declared tie no longer holds (raised by :func:`verify_ties`)."""
+
+
+def check_transform(transform: Any) -> str | None:
+    if transform not in TRANSFORMS:
+        raise ValueError(
+            f"transform must be None (identity) or 'transpose', got {transform!r}"
+        )
+    return transform
+
+
+def apply_transform(t: Tensor, transform: str | None) -> Tensor:
+    """``T(t)``: ``t`` itself for identity, ``t.transpose(0, 1)`` (a view) for transpose."""
+    if transform is None:
+        return t
+    return t.transpose(0, 1)
+
+
+def transformed_shape(shape: tuple[int, ...], transform: str | None) -> tuple[int, ...]:
+    shape = tuple(shape)
+    if transform is None:
+        return shape
+    return (shape[1], shape[0], *shape[2:])
+
+
+def compose(first: str | None, then: str | None) -> str | None:
+    """The transform equal to applying ``first`` and then ``then``."""
+    flips = (first == "transpose") + (then == "transpose")
+    return "transpose" if flips % 2 else None
+
+
+class _Link:
+    """``target = transform(getattr(module, name))``, resolved at every access."""
+
+    def __init__(self, module: nn.Module, name: str, transform: str | None, hint: str) -> None:
+        self.module = module
+        self.name = name
+        self.transform = transform
+        self.hint = hint  # the source's name when the tie was made (for messages only)
+
+    def source(self) -> Tensor:
+        return getattr(self.module, self.name)
+
+    def value(self) -> Tensor:
+        return apply_transform(getattr(self.module, self.name), self.transform)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What ``tie`` declared, kept on the model it was called on, for :func:`verify_ties`."""
+
+    source: str
+    transform: str | None
+    shape: tuple[int, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# The swapped class of a module that has tied attributes.
+
+_TIED_CLASSES: dict[tuple[type, tuple[str, ...]], type] = {}
+
+
+def _base_class(module: nn.Module) -> type:
+    return getattr(type(module), "_sharenorm_base", type(module))
+
+
+def _rebuild_tied(base: type, names: tuple[str, ...]) -> nn.Module:
+    """Unpickling/deepcopy entry point: an empty instance of the tied class."""
+    cls = _tied_class(base, names)
+    return cls.__new__(cls)
+
+
+def _tied_reduce_ex(self: nn.Module, protocol: int) -> Any:
+    cls = type(self)
+    return (_rebuild_tied, (cls._sharenorm_base, cls._sharenorm_names), self.__getstate__())
+
+
+def _tied_setattr(self: nn.Module, name: str, value: Any) -> None:
+    links = self.__dict__.get(_LINKS)
+    if links is not None and name in links:
+        raise AttributeError(
+            f"'{name}' of this {self._sharenorm_base.__name__} is tied to {links[name].hint} "
+            f"and is computed from it; change the source, or call "
+            f"sharenorm.untie(model, '...{name}') first to give it its own tensor"
+        )
+    self._sharenorm_base.__setattr__(self, name, value)
+
+
+def _tied_delattr(self: nn.Module, name: str) -> None:
+    links = self.__dict__.get(_LINKS)
+    if links is not None and name in links:
+        raise AttributeError(
+            f"'{name}' is tied to {links[name].hint}; call sharenorm.untie(model, '...{name}')"
+        )
+    self._sharenorm_base.__delattr__(self, name)
+
+
+def _tied_save_to_state_dict(
+    self: nn.Module, destination: dict, prefix: str, keep_vars: bool
+) -> None:
+    self._sharenorm_base._save_to_state_dict(self, destination, prefix, keep_vars)
+    # Both keys appear, as for torch's identity-tied weights: the target holds T(source).
+    for name, link in self.__dict__[_LINKS].items():
+        value = link.value()
+        destination[prefix + name] = value if keep_vars else value.detach()
+
+
+def _tied_load_from_state_dict(
+    self: nn.Module,
+    state_dict: dict,
+    prefix: str,
+    local_metadata: dict,
+    strict: bool,
+    missing_keys: list,
+    unexpected_keys: list,
+    error_msgs: list,
+) -> None:
+    # The model-level pre-hook has already compared target keys with source keys of the same
+    # state_dict. What is left (e.g. loading this module alone) is checked against the source's
+    # current value, then dropped so that it is not an "unexpected key".
+    for name, link in self.__dict__[_LINKS].items():
+        key = prefix + name
+        if key in state_dict:
+            value = state_dict.pop(key)
+            problem = _mismatch(value, link.value())
+            if problem:
+                error_msgs.append(
+                    f"'{key}' is tied to {link.hint} (transform={link.transform!r}) but the "
+                    f"state_dict value differs from it ({problem}); drop the key to keep the "
+                    f"source's value, or sharenorm.untie the target before loading"
+                )
+    self._sharenorm_base._load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    )
+
+
+def _tied_extra_repr(self: nn.Module) -> str:
+    base = self._sharenorm_base.extra_repr(self)
+    links = self.__dict__.get(_LINKS, {})
+    desc = ", ".join(
+        f"{n}=tied({link.hint}{'ᵀ' if link.transform == 'transpose' else ''})"
+        for n, link in links.items()
+    )
+    return f"{base}, {desc}" if base else desc
+
+
+def _tied_property(name: str) -> property:
+    def fget(self: nn.Module) -> Tensor:
+        return self.__dict__[_LINKS][name].value()
+
+    return property(fget, doc=f"'{name}', computed from its tie source (sharenorm.tie)")
+
+
+def _tied_class(base: type, names: tuple[str, ...]) -> type:
+    key = (base, names)
+    cls = _TIED_CLASSES.get(key)
+    if cls is None:
+        namespace: dict[str, Any] = {name: _tied_property(name) for name in names}
+        namespace.update(
+            _sharenorm_base=base,
+            _sharenorm_names=names,
+            __reduce_ex__=_tied_reduce_ex,
+            __setattr__=_tied_setattr,
+            __delattr__=_tied_delattr,
+            _save_to_state_dict=_tied_save_to_state_dict,
+            _load_from_state_dict=_tied_load_from_state_dict,
+            extra_repr=_tied_extra_repr,
+            __module__=base.__module__,
+        )
+        cls = type(f"Tied{base.__name__}", (base,), namespace)
+        _TIED_CLASSES[key] = cls
+    return cls
+
+
+def _set_class(module: nn.Module) -> None:
+    """Swap ``module``'s class to match its current links (the base class when none)."""
+    base = _base_class(module)
+    links = module.__dict__.get(_LINKS) or {}
+    if links:
+        module.__class__ = _tied_class(base, tuple(sorted(links)))
+    else:
+        module.__dict__.pop(_LINKS, None)
+        module.__class__ = base
+
+
+# ---------------------------------------------------------------------------------------------
+# The model-level load_state_dict pre-hook (registered once on the model tie() is called on).
+
+
+def _mismatch(value: Any, expected: Tensor) -> str:
+    """'' when ``value`` equals ``expected`` exactly, else what differs."""
+    if not isinstance(value, Tensor):
+        return f"got a {type(value).__name__}, not a tensor"
+    if tuple(value.shape) != tuple(expected.shape):
+        return f"shape {tuple(value.shape)} vs expected {tuple(expected.shape)}"
+    if value.device.type == "meta" or expected.device.type == "meta":
+        return ""
+    other = value.detach().to(device=expected.device, dtype=expected.dtype)
+    if torch.equal(other, expected.detach()):
+        return ""
+    diff = (other.double() - expected.detach().double()).abs().max().item()
+    return f"max |difference| = {diff:.3g}"
+
+
+def _root_load_pre_hook(
+    module: nn.Module,
+    state_dict: dict,
+    prefix: str,
+    local_metadata: dict,
+    strict: bool,
+    missing_keys: list,
+    unexpected_keys: list,
+    error_msgs: list,
+) -> None:
+    paths = _module_paths(module)
+    for mpath, m in module.named_modules():
+        for name, link in (m.__dict__.get(_LINKS) or {}).items():
+            spath = paths.get(id(link.module))
+            if spath is None:  # the source lives outside this model: the module-level check runs
+                continue
+            tkey = prefix + _join(mpath, name)
+            skey = prefix + _join(spath, link.name)
+            if tkey not in state_dict:
+                continue
+            value = state_dict.pop(tkey)
+            if skey in state_dict:
+                problem = _mismatch(value, apply_transform(state_dict[skey], link.transform))
+                if problem:
+                    error_msgs.append(
+                        f"'{tkey}' is tied to '{skey}' (transform={link.transform!r}) but the "
+                        f"state_dict holds different values for them ({problem}); load it into "
+                        f"an untied model, drop '{tkey}' to keep '{skey}', or sharenorm.untie first"
+                    )
+            elif isinstance(value, Tensor):
+                # Only the target was stored (e.g. a file written with the other name of a
+                # shared pair): the source is T⁻¹(value); both transforms are involutions.
+                state_dict[skey] = apply_transform(value, link.transform).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Name resolution with helpful errors.
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _module_paths(model: nn.Module) -> dict[int, str]:
+    """id(module) -> its first path in ``model`` ('' for the model itself)."""
+    paths: dict[int, str] = {}
+    for path, m in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(m), path)
+    return paths
+
+
+def tensor_names(model: nn.Module) -> list[str]:
+    """Every name a tie can refer to: parameters, buffers and tied (computed) attributes."""
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    names += [n for n, _ in model.named_buffers(remove_duplicate=False)]
+    for mpath, m in model.named_modules(remove_duplicate=False):
+        names += [_join(mpath, n) for n in m.__dict__.get(_LINKS) or {}]
+    return names
+
+
+def _unknown_name(model: nn.Module, name: str, role: str) -> ValueError:
+    names = tensor_names(model)
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    if not close:
+        shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+        hint = f"; the model has {shown or 'no parameters'}"
+    return ValueError(f"{role} {name!r} is not a parameter or buffer of the model{hint}")
+
+
+def resolve(model: nn.Module, name: str, role: str = "name") -> tuple[nn.Module, str]:
+    """The (module, attribute) that the dotted ``name`` refers to, with a helpful error."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{role} must be a dotted name such as 'decoder.weight', got {name!r}")
+    mpath, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(mpath) if mpath else model
+    except AttributeError:
+        raise _unknown_name(model, name, role) from None
+    if attr in module._parameters and module._parameters[attr] is not None:
+        return module, attr
+    if attr in module._buffers and module._buffers[attr] is not None:
+        return module, attr
+    if attr in (module.__dict__.get(_LINKS) or {}):
+        return module, attr
+    if attr in module._modules:
+        raise ValueError(
+            f"{role} {name!r} is a module, not a tensor; name one of its parameters, e.g. "
+            f"'{name}.weight'"
+        )
+    raise _unknown_name(model, name, role)
+
+
+def _kind(module: nn.Module, attr: str) -> str:
+    if attr in module._parameters:
+        return "parameter"
+    if attr in module._buffers:
+        return "buffer"
+    link = module.__dict__[_LINKS][attr]
+    return _kind(link.module, link.name)
+
+
+def _full_name(model: nn.Module, module: nn.Module, attr: str) -> str | None:
+    path = _module_paths(model).get(id(module))
+    return None if path is None else _join(path, attr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API.
+
+
+def tie(
+    model: nn.Module, target: str, source: str, transform: str | None = None
+) -> nn.Module:
+    r"""Make ``target`` computed from ``source``: ``target = T(source)``, one stored tensor.
+
+    ``T`` is the identity (``transform=None``) or ``"transpose"`` (``W.T`` for a matrix; swaps the
+    first two dimensions otherwise). After the call ``model.<target>`` is ``T(model.<source>)``
+    at every access, gradients of both uses accumulate into the source, ``parameters()`` yields
+    the tensor once, so an optimizer steps it once. The target takes the source's values (its
+    own are discarded). Create optimizers *after* tying.
+
+    Ties survive ``.to()``, ``deepcopy``, ``state_dict``/``load_state_dict`` (also
+    ``assign=True``), ``torch.save`` of the whole model, ``to_empty()``, ``torch.compile`` and
+    :func:`sharenorm.save`/:func:`sharenorm.load`; see the module docstring for how.
+
+    Args:
+        model: the module both names are relative to.
+        target: dotted name of the parameter (or buffer) that becomes computed, e.g.
+            ``"decoder.weight"``.
+        source: dotted name of the tensor it is computed from. If ``source`` is itself tied,
+            ``target`` is tied to that tie's source with the composed transform.
+        transform: ``None`` or ``"transpose"``.
+
+    Returns:
+        ``model`` (for chaining).
+
+    Raises:
+        ValueError: unknown names (with close names suggested), a tensor tied to itself, a cycle,
+            a target that is already tied, shapes/dtypes/devices that do not match (both shapes
+            shown), a parameter tied to a buffer.
+
+    Example:
+        >>> import torch, sharenorm as sn
+        >>> ae = torch.nn.ModuleDict({"enc": torch.nn.Linear(6, 2), "dec": torch.nn.Linear(2, 6)})
+        >>> _ = sn.tie(ae, "dec.weight", "enc.weight", transform="transpose")
+        >>> torch.equal(ae.dec.weight, ae.enc.weight.T), sn.count_parameters(ae)
+        (True, 20)
+    """
+    check_transform(transform)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if target == source:
+        raise ValueError(f"cannot tie {target!r} to itself; name two different tensors")
+    tmod, tattr = resolve(model, target, "target")
+    smod, sattr = resolve(model, source, "source")
+    tlinks = tmod.__dict__.get(_LINKS) or {}
+    if tattr in tlinks:
+        raise ValueError(
+            f"target {target!r} is already tied to {tlinks[tattr].hint}; call "
+            f"sharenorm.untie(model, {target!r}) first to re-tie it"
+        )
+    # Follow a tied source to the tensor that is actually stored (ties stay one level deep).
+    root_mod, root_attr, root_transform, root_hint = smod, sattr, transform, source
+    slinks = smod.__dict__.get(_LINKS) or {}
+    if sattr in slinks:
+        link = slinks[sattr]
+        root_mod, root_attr = link.module, link.name
+        root_transform = compose(link.transform, transform)
+        root_hint = _full_name(model, link.module, link.name) or link.hint
+    if root_mod is tmod and root_attr == tattr:
+        raise ValueError(
+            f"tying {target!r} to {source!r} would make a cycle: {source!r} is itself computed "
+            f"from {target!r}; untie one of them first"
+        )
+    tkind, skind = _kind(tmod, tattr), _kind(root_mod, root_attr)
+    if tkind != skind:
+        raise ValueError(
+            f"cannot tie {tkind} {target!r} to {skind} {source!r}; tie parameters to parameters "
+            f"and buffers to buffers"
+        )
+    old = getattr(tmod, tattr)
+    src = getattr(root_mod, root_attr)
+    if transform == "transpose" and src.dim() < 2:
+        raise ValueError(
+            f"transform='transpose' needs a source with at least 2 dimensions, {source!r} has "
+            f"shape {tuple(src.shape)}; use transform=None"
+        )
+    expected = transformed_shape(tuple(src.shape), root_transform)
+    if tuple(old.shape) != expected:
+        what = f"{source}ᵀ" if transform == "transpose" else source
+        raise ValueError(
+            f"cannot tie {target!r} (shape {tuple(old.shape)}) to {what!r} (shape {expected}"
+            + (f", the transpose of {tuple(src.shape)}" if transform == "transpose" else "")
+            + "); the shapes must be equal"
+            + ("" if transform else " (use transform='transpose' for a transposed tie)"
+               if transformed_shape(tuple(old.shape), "transpose") == expected and old.dim() >= 2
+               else "")
+        )
+    if old.dtype != src.dtype:
+        raise ValueError(
+            f"cannot tie {target!r} (dtype {old.dtype}) to {source!r} (dtype {src.dtype}); "
+            f"convert one of them first, e.g. model.to({src.dtype})"
+        )
+    if old.device != src.device:
+        raise ValueError(
+            f"cannot tie {target!r} (device {old.device}) to {source!r} (device {src.device}); "
+            f"move the model to one device first"
+        )
+
+    # Other ties that read the target (it was a source) now read the target's new source.
+    for m in model.modules():
+        for link in (m.__dict__.get(_LINKS) or {}).values():
+            if link.module is tmod and link.name == tattr:
+                link.module, link.name = root_mod, root_attr
+                link.transform = compose(root_transform, link.transform)
+                link.hint = root_hint
+
+    # Replace the stored target by the computed attribute.
+    if tattr in tmod._parameters:
+        del tmod._parameters[tattr]
+    else:
+        del tmod._buffers[tattr]
+        tmod._non_persistent_buffers_set.discard(tattr)
+    links = dict(tlinks)
+    links[tattr] = _Link(root_mod, root_attr, root_transform, root_hint)
+    tmod.__dict__[_LINKS] = links
+    _set_class(tmod)
+
+    # Remember what was declared (verify_ties) and make load_state_dict tie-aware.
+    declared = dict(model.__dict__.get(_DECLARED) or {})
+    declared[target] = _Record(root_hint, root_transform, tuple(old.shape))
+    model.__dict__[_DECLARED] = declared
+    if not model.__dict__.get(_ROOT_HOOK):
+        model.register_load_state_dict_pre_hook(_root_load_pre_hook)
+        model.__dict__[_ROOT_HOOK] = True
+    return model
+
+
+def untie(model: nn.Module, target: str) -> nn.Module:
+    """Give ``target`` its own tensor again, equal to its current (tied) value.
+
+    Works for ties made by :func:`tie` and for plain sharing (one ``nn.Parameter`` assigned to
+    two modules). The new tensor is a contiguous copy with the source's ``requires_grad``.
+
+    Raises:
+        ValueError: ``target`` does not exist (close names suggested) or is not tied/shared.
+
+    Example:
+        >>> import torch, sharenorm as sn
+        >>> m = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 3), "b": torch.nn.Linear(3, 3)})
+        >>> _ = sn.untie(sn.tie(m, "b.weight", "a.weight"), "b.weight")
+        >>> sn.count_parameters(m)
+        24
+    """
+    tmod, tattr = resolve(model, target, "target")
+    links = tmod.__dict__.get(_LINKS) or {}
+    if tattr in links:
+        link = links[tattr]
+        src = link.source()
+        value = link.value().detach().clone(memory_format=torch.contiguous_format)
+        links = {k: v for k, v in links.items() if k != tattr}
+        tmod.__dict__[_LINKS] = links
+        _set_class(tmod)
+        if isinstance(src, nn.Parameter):
+            tmod.register_parameter(tattr, nn.Parameter(value, requires_grad=src.requires_grad))
+        else:
+            tmod.register_buffer(tattr, value)
+        # Forget the declaration, wherever in the model it was made.
+        for mpath, m in model.named_modules():
+            declared = m.__dict__.get(_DECLARED)
+            if not declared:
+                continue
+            if not mpath:
+                rel = target
+            elif target.startswith(mpath + "."):
+                rel = target[len(mpath) + 1 :]
+            else:
+                continue
+            if rel in declared:
+                m.__dict__[_DECLARED] = {k: v for k, v in declared.items() if k != rel}
+        return model
+    current = getattr(tmod, tattr)
+    shared = [
+        n
+        for n, t in list(model.named_parameters(remove_duplicate=False))
+        + list(model.named_buffers(remove_duplicate=False))
+        if n != target and _same_storage(t, current)
+    ]
+    if not shared:
+        raise ValueError(
+            f"{target!r} is not tied or shared; sharenorm.ties(model) lists the tie groups"
+        )
+    copy = current.detach().clone(memory_format=torch.contiguous_format)
+    if tattr in tmod._parameters:
+        tmod._parameters[tattr] = nn.Parameter(copy, requires_grad=current.requires_grad)
+    else:
+        tmod._buffers[tattr] = copy
+    return model
+
+
+@dataclass(frozen=True)
+class TieGroup:
+    """Names that hold one stored tensor.
+
+    Attributes:
+        source: the name the tensor is stored under (the one ``named_parameters()`` yields).
+        members: ``(name, transform, how)`` for every other name; ``how`` is ``"tie"``
+            (declared with :func:`tie`), ``"identity"`` (the same ``nn.Parameter`` object under two
+            names) or ``"storage"`` (different tensor objects over the same memory).
+    """
+
+    source: str
+    members: tuple[tuple[str, str | None, str], ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.source, *(m[0] for m in self.members))
+
+    def transform_of(self, name: str) -> str | None:
+        for n, t, _ in self.members:
+            if n == name:
+                return t
+        if name == self.source:
+            return None
+        raise KeyError(name)
+
+
+def _same_storage(a: Tensor, b: Tensor) -> bool:
+    if a is b:
+        return True
+    if a.device != b.device or a.device.type == "meta" or a.numel() == 0 or b.numel() == 0:
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _view_transform(base: Tensor, other: Tensor) -> str | None | bool:
+    """How ``other`` relates to ``base`` over the same storage: None, 'transpose', or False."""
+    if base.storage_offset() != other.storage_offset() or base.dtype != other.dtype:
+        return False
+    if base.shape == other.shape and base.stride() == other.stride():
+        return None
+    if base.dim() >= 2 and tuple(other.shape) == transformed_shape(tuple(base.shape), "transpose"):
+        if other.stride() == transformed_shape(base.stride(), "transpose"):
+            return "transpose"
+    return False
+
+
+def ties(model: nn.Module) -> list[TieGroup]:
+    """The tie groups of ``model``: names that hold one tensor, each with its transform.
+
+    Found from declared ties (:func:`tie`), by identity (one ``nn.Parameter`` under several
+    names, torch's usual sharing) and by shared storage (different tensor objects over the same
+    memory, e.g. ``nn.Parameter(a.weight.data)``). Storage views that are neither equal nor the
+    transpose are not reported (they are not ties). Parameters and buffers are both covered.
+
+    Example:
+        >>> import torch, sharenorm as sn
+        >>> m = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 3), "b": torch.nn.Linear(3, 3)})
+        >>> m.b.weight = m.a.weight            # plain torch sharing
+        >>> sn.ties(m)
+        [TieGroup(source='a.weight', members=(('b.weight', None, 'identity'),))]
+    """
+    named: list[tuple[str, Tensor]] = list(model.named_parameters(remove_duplicate=False))
+    named += list(model.named_buffers(remove_duplicate=False))
+    groups: list[tuple[str, Tensor, list[tuple[str, str | None, str]]]] = []
+    for name, t in named:
+        for _, base, members in groups:
+            if t is base:
+                members.append((name, None, "identity"))
+                break
+            if _same_storage(t, base):
+                how = _view_transform(base, t)
+                if how is not False:
+                    members.append((name, how, "storage"))
+                    break
+        else:
+            groups.append((name, t, []))
+    by_tensor = {id(base): members for _, base, members in groups}
+    paths = _module_paths(model)
+    for mpath, m in model.named_modules(remove_duplicate=False):
+        for attr, link in (m.__dict__.get(_LINKS) or {}).items():
+            src = link.source()
+            members = by_tensor.get(id(src))
+            if members is None or paths.get(id(link.module)) is None:
+                continue
+            entry = (_join(mpath, attr), link.transform, "tie")
+            if entry not in members:
+                members.append(entry)
+    return [TieGroup(g, tuple(members)) for g, _, members in groups if members]
+
+
+def verify_ties(model: nn.Module) -> None:
+    """Raise :class:`TieError` if a tie declared with :func:`tie` has silently broken.
+
+    Checks, for every declared tie in ``model`` (also ties declared on submodules): the target
+    is still computed (its module was not replaced, nor given its own tensor), it still follows
+    the module that sits at the source's name (that module was not replaced or copied away), with
+    the declared transform, and the shapes still agree.
+
+    Example:
+        >>> import torch, sharenorm as sn
+        >>> m = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 3), "b": torch.nn.Linear(3, 3)})
+        >>> _ = sn.tie(m, "b.weight", "a.weight")
+        >>> sn.verify_ties(m)                       # fine
+        >>> m["b"] = torch.nn.Linear(3, 3)          # replaces the tied module
+        >>> sn.verify_ties(m)
+        Traceback (most recent call last):
+        ...
+        sharenorm.sharing.tie.TieError: 1 declared tie(s) broken: 'b.weight' (tied to 'a.weight') is no longer tied: ...
+    """
+    problems = []
+    count = 0
+    for mpath, m in model.named_modules():
+        for rel_target, rec in (m.__dict__.get(_DECLARED) or {}).items():
+            count += 1
+            target, source = _join(mpath, rel_target), _join(mpath, rec.source)
+            what = f"{target!r} (tied to {source!r})"
+            tpath, _, tattr = target.rpartition(".")
+            spath, _, sattr = source.rpartition(".")
+            try:
+                tmod = model.get_submodule(tpath)
+            except AttributeError:
+                problems.append(f"{what}: module {tpath!r} no longer exists")
+                continue
+            link = (tmod.__dict__.get(_LINKS) or {}).get(tattr)
+            if link is None:
+                stored = tattr in tmod._parameters or tattr in tmod._buffers
+                own = "holds its own tensor" if stored else "is missing"
+                problems.append(
+                    f"{what} is no longer tied: it {own} (module {tpath or 'model'!r} was "
+                    f"replaced, or the tensor was re-assigned); re-tie with sharenorm.tie"
+                )
+                continue
+            try:
+                smod = model.get_submodule(spath)
+            except AttributeError:
+                problems.append(f"{what}: source module {spath!r} no longer exists")
+                continue
+            if link.module is not smod or link.name != sattr:
+                problems.append(
+                    f"{what} follows a module that is no longer model.{source} (the source "
+                    f"module was replaced, or the target module was copied alone)"
+                )
+                continue
+            if link.transform != rec.transform:
+                problems.append(f"{what}: transform is {link.transform!r}, declared {rec.transform!r}")
+                continue
+            src = getattr(smod, sattr, None)
+            if not isinstance(src, Tensor):
+                problems.append(f"{what}: the source {source!r} is no longer a tensor")
+                continue
+            shape = transformed_shape(tuple(src.shape), rec.transform)
+            if shape != rec.shape:
+                problems.append(f"{what}: shape is now {shape}, was {rec.shape} when tied")
+    if problems:
+        raise TieError(f"{len(problems)} declared tie(s) broken: " + "; ".join(problems))

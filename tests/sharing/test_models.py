@@ -1,0 +1,207 @@
+"""TiedAutoencoder, SharedStack, SoftTie and count_parameters/parameter_report against plain
+torch references and formulas."""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+import sharenorm as sn
+
+# ------------------------------------------------------------------------ TiedAutoencoder
+
+
+@pytest.mark.parametrize("sizes", [[6, 3], [10, 7, 4], [9, 8, 5, 2]])
+def test_tied_autoencoder_equals_plain_mlp_with_transposed_weights(sizes):
+    torch.manual_seed(0)
+    ae = sn.TiedAutoencoder(sizes, tied=True, out_activation="sigmoid").double()
+    enc = [(layer.weight, layer.bias) for layer in ae.encoder]
+    x = torch.randn(4, sizes[0], dtype=torch.float64)
+    # Reference: the seed's formula written out, W_dec = W_enc^T.
+    h = x
+    for i, (w, b) in enumerate(enc):
+        h = h @ w.T + b
+        h = torch.relu(h) if i < len(enc) - 1 else h
+    for j, layer in enumerate(ae.decoder):
+        w_enc = enc[len(enc) - 1 - j][0]
+        h = h @ w_enc + layer.bias  # (W_enc^T)^T = W_enc
+        h = torch.relu(h) if j < len(enc) - 1 else torch.sigmoid(h)
+    torch.testing.assert_close(ae(x), h, rtol=1e-12, atol=1e-12)
+    # Gradient of a tied weight = gradient of its encoder use + of its decoder use.
+    untied = sn.TiedAutoencoder(sizes, tied=False, out_activation="sigmoid").double()
+    untied.load_state_dict(ae.state_dict())  # the tied model's state_dict loads into the plain one
+    torch.testing.assert_close(untied(x), ae(x), rtol=1e-12, atol=1e-12)
+    ae(x).pow(2).sum().backward()
+    untied(x).pow(2).sum().backward()
+    k = len(sizes) - 1
+    for i in range(k):
+        expected = untied.encoder[i].weight.grad + untied.decoder[k - 1 - i].weight.grad.T
+        torch.testing.assert_close(ae.encoder[i].weight.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_tied_autoencoder_halves_weight_parameters():
+    sizes = [784, 128, 32]
+    weights = 784 * 128 + 128 * 32
+    biases_enc, biases_dec = 128 + 32, 128 + 784
+    tied = sn.TiedAutoencoder(sizes, tied=True)
+    untied = sn.TiedAutoencoder(sizes, tied=False)
+    assert sn.count_parameters(tied) == weights + biases_enc + biases_dec
+    assert sn.count_parameters(untied) == 2 * weights + biases_enc + biases_dec
+    assert len(list(tied.parameters())) == 2 + 2 + 2  # enc W,b ×2 and dec b ×2
+    assert sorted(tied.state_dict()) == sorted(untied.state_dict())
+
+
+def test_tied_autoencoder_errors():
+    with pytest.raises(ValueError, match="at least two positive ints"):
+        sn.TiedAutoencoder([5])
+    with pytest.raises(ValueError, match="unknown act"):
+        sn.TiedAutoencoder([5, 2], activation="relux")
+
+
+# ------------------------------------------------------------------------------ SharedStack
+
+
+def test_shared_stack_equals_calling_block_depth_times():
+    torch.manual_seed(1)
+    block = nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6), nn.Tanh())
+    ref = copy.deepcopy(block)
+    stack = sn.SharedStack(block, depth=4)
+    x = torch.randn(5, 6)
+    y_ref = x
+    for _ in range(4):
+        y_ref = ref(y_ref)
+    torch.testing.assert_close(stack(x), y_ref)
+    # The shared BatchNorm updated one set of running stats 4 times, like the plain loop.
+    torch.testing.assert_close(stack.blocks[3][1].running_mean, ref[1].running_mean)
+    assert stack.blocks[2][1].num_batches_tracked.item() == 4
+    # Gradients of all 4 uses accumulate into the one stored weight.
+    stack(x).sum().backward()
+    y = x
+    for _ in range(4):
+        y = ref(y)
+    y.sum().backward()
+    torch.testing.assert_close(stack.blocks[0][0].weight.grad, ref[0].weight.grad)
+    assert sn.count_parameters(stack) == sn.count_parameters(ref)
+
+
+def test_shared_stack_unshared_norms_scale_with_depth():
+    block = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+    per_block = 8 * 8 + 8
+    stack = sn.SharedStack(block, depth=12, unshared=("1",))
+    assert sn.count_parameters(stack) == per_block + 12 * 16
+    # Each repetition owns its LayerNorm: changing one changes nothing else.
+    with torch.no_grad():
+        stack.blocks[5][1].weight.fill_(2.0)
+    assert stack.blocks[4][1].weight.eq(1).all()
+    assert stack.blocks[5][0].weight is stack.blocks[0][0].weight
+    # A single tensor name works too.
+    s2 = sn.SharedStack(nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8)), 3, unshared="1.bias")
+    assert sn.count_parameters(s2) == per_block + 8 + 3 * 8
+
+
+def test_shared_stack_errors():
+    block = nn.Sequential(OrderedDict(lin=nn.Linear(2, 2), norm=nn.LayerNorm(2)))
+    with pytest.raises(ValueError, match="did you mean 'norm'"):
+        sn.SharedStack(block, 2, unshared=("nrom",))
+    with pytest.raises(ValueError, match=r"choose from \['lin'"):
+        sn.SharedStack(block, 2, unshared=("x",))
+    with pytest.raises(ValueError, match="depth"):
+        sn.SharedStack(nn.Linear(2, 2), 0)
+
+
+# --------------------------------------------------------------------------------- SoftTie
+
+
+def test_soft_tie_penalty_and_gradient_match_formula():
+    torch.manual_seed(2)
+    ae = sn.TiedAutoencoder([5, 3], tied=False).double()
+    pairs = [("decoder.0.weight", "encoder.0.weight", "transpose"), ("decoder.0.bias", "encoder.0.bias")]
+    with pytest.raises(ValueError, match=r"shape \(5,\)"):
+        sn.SoftTie(ae, pairs, 0.1)  # biases have shapes 5 and 3
+    soft = sn.SoftTie(ae, pairs[:1], strength=0.3)
+    wa, wb = ae.decoder[0].weight, ae.encoder[0].weight
+    expected = 0.3 * ((wa - wb.T) ** 2).sum()
+    torch.testing.assert_close(soft.penalty(), expected, rtol=1e-12, atol=0)
+    ga, gb = torch.autograd.grad(soft.penalty(), (wa, wb))
+    torch.testing.assert_close(ga, 2 * 0.3 * (wa - wb.T))
+    torch.testing.assert_close(gb, -2 * 0.3 * (wa - wb.T).T)
+    soft.strength = 0.0
+    assert soft.penalty().item() == 0.0  # strength 0 is untied training
+
+
+def test_soft_tie_large_strength_approaches_hard_tie():
+    torch.manual_seed(3)
+    ae = sn.TiedAutoencoder([6, 3], tied=False)
+    soft = sn.SoftTie(ae, [("decoder.0.weight", "encoder.0.weight", "transpose")], strength=10.0)
+    opt = torch.optim.SGD(ae.parameters(), lr=0.01)
+    before = soft.distances()[0].item()
+    for _ in range(100):
+        opt.zero_grad()
+        ((ae(torch.randn(8, 6)) ** 2).mean() + soft.penalty()).backward()
+        opt.step()
+    assert soft.distances()[0].item() < 1e-3 * before
+
+
+def test_soft_tie_errors():
+    m = nn.ModuleDict({"a": nn.Linear(3, 3), "b": nn.Linear(3, 3)})
+    with pytest.raises(ValueError, match="did you mean 'a.weight'"):
+        sn.SoftTie(m, [("a.wieght", "b.weight")])
+    with pytest.raises(ValueError, match="itself"):
+        sn.SoftTie(m, [("a.weight", "a.weight")])
+    with pytest.raises(ValueError, match="strength"):
+        sn.SoftTie(m, [("a.weight", "b.weight")], strength=-1)
+    with pytest.raises(ValueError, match="transform"):
+        sn.SoftTie(m, [("a.weight", "b.weight", "flip")])
+    with pytest.raises(ValueError, match="empty"):
+        sn.SoftTie(m, [])
+
+
+# ------------------------------------------------------------------------------- counting
+
+
+def test_count_parameters_counts_each_storage_once():
+    m = nn.ModuleDict({"a": nn.Linear(4, 3), "b": nn.Linear(4, 3), "c": nn.Linear(3, 4)})
+    plain = sum(p.numel() for p in m.parameters())
+    assert sn.count_parameters(m) == plain == 15 + 15 + 16
+    m.b.weight = m.a.weight  # identity sharing (torch's way)
+    assert sn.count_parameters(m) == 46 - 12
+    m.c.weight = nn.Parameter(m.a.weight.data.T)  # another Parameter over the same memory
+    assert sum(p.numel() for p in m.parameters()) == 46 - 12  # torch's idiom counts it twice
+    assert sn.count_parameters(m) == 46 - 24
+    m.c.bias.requires_grad_(False)
+    assert sn.count_parameters(m, trainable_only=True) == 46 - 24 - 4
+    # Disjoint slices of one storage are two parameters, not one.
+    big = torch.zeros(10)
+    m.a.bias = nn.Parameter(big[:3])
+    m.b.bias = nn.Parameter(big[5:8])
+    assert sn.count_parameters(m) == 46 - 24
+
+
+def test_parameter_report_matches_real_optimizer_state():
+    torch.manual_seed(4)
+    model = sn.TiedAutoencoder([20, 8, 4], tied=True)
+    rep = sn.parameter_report(model)
+    assert rep.unique == sn.count_parameters(model)
+    assert rep.total == sn.count_parameters(sn.TiedAutoencoder([20, 8, 4], tied=False))
+    assert rep.unique_bytes == 4 * rep.unique
+    for opt_cls, kwargs, field in [
+        (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, "sgd_momentum_state_bytes"),
+        (torch.optim.Adam, {"lr": 0.1}, "adam_state_bytes"),
+    ]:
+        opt = opt_cls(model.parameters(), **kwargs)
+        model(torch.randn(3, 20)).sum().backward()
+        opt.step()
+        state_bytes = sum(
+            v.numel() * v.element_size()
+            for s in opt.state.values()
+            for k, v in s.items()
+            if k != "step"  # Adam's scalar step counter is not counted
+        )
+        assert getattr(rep, field) == state_bytes
+    rows = {r.name: r for r in rep.rows}
+    assert rows["decoder.0"].unique == 20 - 12 and rows["decoder.0"].total == 8 * 4 + 8
+    assert "saves" in str(rep)
