@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from sharenorm.norm.activation import apply_activation, check_activation
 from sharenorm.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from sharenorm.norm.batchrenorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
 from sharenorm.norm.groupnorm import GroupNorm
 from sharenorm.norm.instancenorm import (
     InstanceNorm1d,
@@ -48,9 +49,18 @@ _KINDS = {
     "layernorm": "layer",
     "none": "none",
     "identity": "none",
+    # BatchNorm variants (issue 6); not in NORM_KINDS, which lists the seed's norms.
+    "sync": "sync",
+    "syncbn": "sync",
+    "syncbatch": "sync",
+    "syncbatchnorm": "sync",
+    "renorm": "renorm",
+    "brn": "renorm",
+    "batchrenorm": "renorm",
 }
 NORM_KINDS = ("batch", "instance", "group", "layer", "none")
 _BATCH = {1: BatchNorm1d, 2: BatchNorm2d, 3: BatchNorm3d}
+_RENORM = {1: BatchRenorm1d, 2: BatchRenorm2d, 3: BatchRenorm3d}
 _INSTANCE = {1: InstanceNorm1d, 2: InstanceNorm2d, 3: InstanceNorm3d}
 # The torch.nn layers convert_norm recognises (channel-first norms; nn.LayerNorm
 # normalizes trailing dims and is left alone).
@@ -81,7 +91,8 @@ def canonical_kind(kind: str) -> str:
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(
             f"unknown norm kind {kind!r}; choose one of 'batch'|'bn', 'instance'|'in', "
-            f"'group'|'gn', 'layer'|'ln', 'none'.{hint}"
+            f"'group'|'gn', 'layer'|'ln', 'none', 'sync'|'syncbn' (SyncBatchNorm), "
+            f"'renorm'|'brn' (BatchRenorm).{hint}"
         )
     return _KINDS[key]
 
@@ -96,7 +107,9 @@ def make_norm(kind: str, num_channels: int, *, dim: int = 2, **kw) -> nn.Module:
 
     Args:
         kind: "batch"|"bn", "instance"|"in", "group"|"gn", "layer"|"ln" (GroupNorm
-            with one group: statistics over (C, *) per sample), or "none".
+            with one group: statistics over (C, *) per sample), "none"; and the
+            BatchNorm variants "sync"|"syncbn" (SyncBatchNorm) and "renorm"|"brn"
+            (BatchRenorm1d/2d/3d).
         num_channels: C.
         dim: spatial dims of the input (1, 2 or 3) for batch/instance kinds; 0 means
             ``(N, C)`` features (BatchNorm1d).
@@ -117,6 +130,12 @@ def make_norm(kind: str, num_channels: int, *, dim: int = 2, **kw) -> nn.Module:
         return nn.Identity() if act is None else Activation(act, act_param)
     if kind == "batch":
         return _BATCH[max(dim, 1)](num_channels, **kw)
+    if kind == "sync":
+        from sharenorm.norm.syncbatchnorm import SyncBatchNorm
+
+        return SyncBatchNorm(num_channels, **kw)
+    if kind == "renorm":
+        return _RENORM[max(dim, 1)](num_channels, **kw)
     if kind == "instance":
         if dim == 0:
             raise ValueError("instance norm needs spatial dims (dim 1, 2 or 3); got dim=0")
@@ -188,7 +207,11 @@ def _convert_one(
     for attr in ("eps", "affine", "act", "act_param"):
         if hasattr(old, attr) and attr not in kw:
             params[attr] = getattr(old, attr)
-    if kind in ("batch", "instance") and hasattr(old, "momentum") and "momentum" not in kw:
+    if (
+        kind in ("batch", "instance", "sync", "renorm")
+        and hasattr(old, "momentum")
+        and "momentum" not in kw
+    ):
         params["momentum"] = old.momentum
     if kind == "none":
         params = {k: v for k, v in params.items() if k in ("act", "act_param")}
@@ -211,7 +234,9 @@ def _convert_one(
                 dst.requires_grad_(src.requires_grad)
                 kept.append(name)
         # Running statistics mean the same thing only between layers of one kind.
-        same_kind = (kind == "batch" and isinstance(old, _TORCH_BATCH + (_BatchNorm,))) or (
+        same_kind = (
+            kind in ("batch", "sync", "renorm") and isinstance(old, _TORCH_BATCH + (_BatchNorm,))
+        ) or (
             kind == "instance" and isinstance(old, _TORCH_INSTANCE + (_InstanceNorm,))
         )
         if same_kind:

@@ -1,0 +1,296 @@
+"""Small helpers for ``torch.distributed`` on one machine: launch a function on several
+gloo processes with timeouts that turn a failure into a clear error instead of a hang,
+ask whether a process group is active, and wrap a model in DDP with the flags sharenorm's
+tied and shared models need.
+
+:func:`launch` is what the tests and the lab use to run SyncBatchNorm and DDP across
+processes on a laptop: every process joins one gloo group on ``127.0.0.1`` (a free
+port), runs ``fn(rank, world_size, *args)``, and sends back what ``fn`` returns. If one
+rank raises, the others (blocked in a collective) are stopped at once and the error
+names the rank and carries its traceback; if the whole run takes longer than
+``timeout`` seconds, every process is stopped and a :class:`TimeoutError` says which
+ranks did not finish.
+
+Example:
+    >>> import sharenorm.distributed as snd
+    >>> snd.world_size(), snd.is_distributed()   # no process group in this process
+    (1, False)
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "DistributedError",
+    "launch",
+    "free_port",
+    "is_initialized",
+    "world_size",
+    "is_distributed",
+    "require_initialized",
+    "ddp",
+]
+
+
+class DistributedError(RuntimeError):
+    """A rank of a :func:`launch` run raised, or exited without a result."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def is_initialized() -> bool:
+    """Whether this process has a default ``torch.distributed`` process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size(group: Any = None) -> int:
+    """The number of processes in ``group`` (the default group for None); 1 when no
+    process group is initialised."""
+    if not is_initialized():
+        return 1
+    return dist.get_world_size(group)
+
+
+def is_distributed(group: Any = None) -> bool:
+    """True when a process group is initialised and has more than one process."""
+    return world_size(group) > 1
+
+
+def require_initialized(what: str) -> None:
+    """Raise a clear error when ``what`` needs a process group and none exists."""
+    if not is_initialized():
+        raise RuntimeError(
+            f"{what} needs an initialised torch.distributed process group, and this process "
+            "has none. Call torch.distributed.init_process_group('gloo' or 'nccl', ...) first "
+            "(torchrun sets the environment for init_method='env://'), or run the function on "
+            "several local processes with sharenorm.distributed.launch(fn, world_size)."
+        )
+
+
+def ddp(model: nn.Module, **kwargs: Any) -> nn.Module:
+    """Wrap ``model`` in :class:`~torch.nn.parallel.DistributedDataParallel` with the
+    defaults sharenorm's tied and shared models need.
+
+    DDP reduces the gradient of each *unique* parameter once per backward, so a tied
+    parameter (one ``nn.Parameter`` reached through several names, or one block's
+    weights reused ``depth`` times in a :class:`~sharenorm.SharedStack`) is safe with
+    plain DDP: autograd sums its uses' gradients before DDP's hook fires. What is set
+    here, and why:
+
+    - ``static_graph=True`` unless given: a parameter reused several times in one
+      forward is fine either way, but with activation checkpointing (recomputing a
+      shared block in backward) DDP's hooks fire more than once per parameter, which
+      plain DDP rejects ("Expected to mark a variable ready only once"); a static graph
+      lets DDP handle it. sharenorm's models always use every parameter in every
+      forward, which is what ``static_graph`` assumes.
+    - ``broadcast_buffers=True`` (DDP's default) keeps BN running statistics equal on
+      every rank; with :class:`~sharenorm.SyncBatchNorm` they are equal anyway.
+
+    Ties must be made *before* wrapping (DDP registers the parameters it sees at
+    construction) and on every rank the same way.
+
+    Args:
+        model: the module, on this rank's device.
+        **kwargs: passed to DistributedDataParallel (override the defaults above).
+
+    Raises:
+        RuntimeError: when no process group is initialised.
+    """
+    require_initialized("sharenorm.distributed.ddp")
+    kwargs.setdefault("static_graph", True)
+    return nn.parallel.DistributedDataParallel(model, **kwargs)
+
+
+# ----------------------------------------------------------------------------- launch
+
+
+def _to_bytes(obj: Any) -> bytes:
+    # torch.save pickles tensors by value: nothing shared between processes that could
+    # vanish when the sender exits.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _from_bytes(data: bytes) -> Any:
+    return torch.load(io.BytesIO(data), weights_only=False)
+
+
+def _entry(
+    rank: int,
+    world: int,
+    port: int,
+    backend: str,
+    timeout: float,
+    fn: Callable[..., Any],
+    args: tuple,
+    results: Any,
+) -> None:
+    """One process of :func:`launch`: join the group, run ``fn``, report, leave."""
+
+    def report(message: tuple) -> None:
+        # Flush the report *before* leaving the group: the other ranks fail as soon as
+        # this one disconnects, and the root cause must reach the parent first.
+        results.put(message)
+        results.close()
+        results.join_thread()
+
+    try:
+        # One thread per process: the processes share the machine's cores.
+        torch.set_num_threads(1)
+        dist.init_process_group(
+            backend,
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world,
+            timeout=datetime.timedelta(seconds=timeout),
+        )
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the parent
+        report((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        return
+    try:
+        report((rank, "ok", _to_bytes(fn(rank, world, *args))))
+    except BaseException as exc:  # noqa: BLE001
+        report((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(
+    fn: Callable[..., Any],
+    world_size: int,
+    *args: Any,
+    backend: str = "gloo",
+    timeout: float = 60.0,
+) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` fresh local processes that
+    share one gloo process group, and return what each rank returned, by rank.
+
+    ``fn`` must be importable by name (a module-level function), as
+    ``multiprocessing``'s spawn start method requires; its return value is sent back
+    with ``torch.save`` (tensors, numbers, dicts, lists). Each process runs with one
+    thread.
+
+    Args:
+        fn: the per-rank function.
+        world_size: number of processes (≥ 1).
+        *args: extra arguments for ``fn`` (picklable).
+        backend: the process-group backend; "gloo" for CPU tensors.
+        timeout: seconds for the whole run; also the process group's collective
+            timeout, so a rank stuck in a collective errors out instead of hanging.
+
+    Raises:
+        DistributedError: a rank raised (its exception and traceback are in the
+            message) or died without a result; the other ranks are stopped.
+        TimeoutError: not every rank finished within ``timeout`` seconds.
+
+    Example:
+        >>> import sharenorm.distributed as snd
+        >>> snd.launch(snd._example_rank, 2)  # doctest: +SKIP
+        [0, 1]
+    """
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(
+            target=_entry,
+            args=(rank, world_size, port, backend, timeout, fn, args, results),
+            daemon=True,
+        )
+        for rank in range(world_size)
+    ]
+    # The child processes inherit the environment; the spawn method re-imports the
+    # parent's __main__ and sys.path, so ``fn`` from a test module is found.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for p in procs:
+        p.start()
+    out: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < world_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = sorted(set(range(world_size)) - set(out))
+                raise TimeoutError(
+                    f"launch: rank(s) {missing} of {world_size} did not finish within "
+                    f"{timeout} s (a rank waiting in a collective that another rank never "
+                    "joined, or a slow function); every process was stopped"
+                )
+            try:
+                rank, status, payload = results.get(timeout=min(left, 0.5))
+            except queue_mod.Empty:
+                dead = [
+                    r for r, p in enumerate(procs)
+                    if r not in out and p.exitcode is not None and p.exitcode != 0
+                ]
+                if dead:
+                    # Give a result that is still in the pipe a last chance.
+                    try:
+                        rank, status, payload = results.get(timeout=1.0)
+                    except queue_mod.Empty:
+                        raise DistributedError(
+                            f"launch: rank {dead[0]} of {world_size} exited with code "
+                            f"{procs[dead[0]].exitcode} without a result (killed, or crashed "
+                            "in native code)"
+                        ) from None
+                else:
+                    continue
+            if status == "error":
+                # The first report is the root cause; others that follow within a moment
+                # are usually its echo (a peer that disconnected), named in one line each.
+                echoes = []
+                try:
+                    while True:
+                        r2, s2, p2 = results.get(timeout=1.0)
+                        if s2 == "error":
+                            echoes.append(f"rank {r2}: {p2.splitlines()[0][:200]}")
+                except queue_mod.Empty:
+                    pass
+                also = "".join(f"\n(then {e})" for e in echoes)
+                raise DistributedError(
+                    f"launch: rank {rank} of {world_size} raised {payload}{also}"
+                )
+            out[rank] = _from_bytes(payload)
+    finally:
+        for p in procs:
+            p.join(timeout=5.0 if len(out) == world_size else 0.1)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5.0)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+        results.close()
+    return [out[r] for r in range(world_size)]
+
+
+def _example_rank(rank: int, world: int) -> int:
+    """The function of :func:`launch`'s example: every rank returns its rank."""
+    t = torch.tensor([float(rank)])
+    dist.all_reduce(t)
+    assert t.item() == world * (world - 1) / 2
+    return rank

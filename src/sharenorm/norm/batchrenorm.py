@@ -1,0 +1,234 @@
+r"""Batch Renormalization (Ioffe, 2017): BatchNorm whose training output is corrected
+towards the running statistics, so small or non-i.i.d. batches train a network that
+behaves the same in eval.
+
+Per channel, with batch statistics μ_B, σ_B = √(σ²_B + ε) (biased σ²_B) and running
+ones μ, σ = √(running_var + ε):
+
+.. math::
+    r = \mathrm{sg}\Big(\mathrm{clip}_{[1/r_{max},\, r_{max}]}\big(\sigma_B / \sigma\big)\Big),\qquad
+    d = \mathrm{sg}\Big(\mathrm{clip}_{[-d_{max},\, d_{max}]}\big((\mu_B - \mu) / \sigma\big)\Big)
+
+.. math::
+    y = \gamma\Big(\frac{x - \mu_B}{\sigma_B}\, r + d\Big) + \beta
+
+where sg is stop-gradient: r and d are constants for backpropagation, while μ_B and σ_B
+are differentiated as in BatchNorm. Without clipping, y = γ(x − μ)/σ + β, the eval-mode
+output; with r_max = 1, d_max = 0 it is exactly BatchNorm. In eval the running
+statistics normalize, as in BatchNorm.
+
+Implementation: y = (x − μ_B)/σ_B · (γ r) + (γ d + β) is BatchNorm with weight γ·r and
+bias γ·d + β, so the training forward is one ``var_mean`` (for r, d, without grad) and
+then sharenorm's BatchNorm kernel — its backward, its running-statistics update and its
+non-finite guard. The gradients of γ and β flow through γ·r and γ·d + β:
+∂L/∂γ = Σ dy·(r x̂ + d), ∂L/∂β = Σ dy, as the paper's formulas give.
+
+Running statistics: ``running_mean`` and ``running_var`` are updated exactly as in
+BatchNorm (momentum rule, unbiased σ²), so a BatchRenorm checkpoint *is* a BatchNorm
+checkpoint and eval is BatchNorm's. (The paper averages σ itself; averaging σ² as
+torch.nn does changes σ by a second-order amount and keeps the state_dict compatible.)
+
+Warm-up. At the start the running statistics are the initial (0, 1) and r, d would
+correct towards nonsense, so the clips start at r_max = 1, d_max = 0 (plain BN) and are
+relaxed linearly with the number of training batches seen (``num_batches_tracked``):
+r_max from 1 to ``r_max`` between the steps ``r_warmup = (start, end)``, d_max from 0 to
+``d_max`` over ``d_warmup``. The defaults are the paper's ImageNet schedule: r_max 1 → 3
+over steps 5k → 40k, d_max 0 → 5 over 5k → 25k. Short runs want shorter warm-ups, e.g.
+``r_warmup=(100, 500), d_warmup=(100, 300)``; ``(0, 0)`` applies the full clips from the
+first batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sharenorm.norm import functional as SF
+from sharenorm.norm.batchnorm import _BatchNorm
+
+__all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d"]
+
+
+def _check_warmup(warmup: Any, name: str) -> tuple[int, int]:
+    ok = (
+        isinstance(warmup, (tuple, list))
+        and len(warmup) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in warmup)
+        and warmup[0] <= warmup[1]
+    )
+    if not ok:
+        raise ValueError(
+            f"{name} must be a pair of steps (start, end) with 0 <= start <= end, over which "
+            f"the clip is relaxed linearly; got {warmup!r}"
+        )
+    return int(warmup[0]), int(warmup[1])
+
+
+def _ramp(step: int, warmup: tuple[int, int], start_value: float, end_value: float) -> float:
+    start, end = warmup
+    if step <= start:
+        return start_value if end > start else (end_value if step >= end else start_value)
+    if step >= end:
+        return end_value
+    return start_value + (end_value - start_value) * (step - start) / (end - start)
+
+
+class _BatchRenorm(_BatchNorm):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        r_max: float = 3.0,
+        d_max: float = 5.0,
+        r_warmup: tuple[int, int] = (5000, 40000),
+        d_warmup: tuple[int, int] = (5000, 25000),
+        **kwargs: Any,
+    ) -> None:
+        if not track_running_stats:
+            raise ValueError(
+                f"{type(self).__name__} corrects batch statistics towards the running ones, so "
+                "it needs track_running_stats=True; without running statistics use BatchNorm"
+            )
+        if not (isinstance(r_max, (int, float)) and math.isfinite(r_max) and r_max >= 1.0):
+            raise ValueError(f"r_max must be a finite number >= 1 (1 means no r correction), got {r_max!r}")
+        if not (isinstance(d_max, (int, float)) and math.isfinite(d_max) and d_max >= 0.0):
+            raise ValueError(f"d_max must be a finite number >= 0 (0 means no d correction), got {d_max!r}")
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs
+        )
+        self.r_max = float(r_max)
+        self.d_max = float(d_max)
+        self.r_warmup = _check_warmup(r_warmup, "r_warmup")
+        self.d_warmup = _check_warmup(d_warmup, "d_warmup")
+        # False: train as plain BatchNorm (recalibrate_norm_stats sets it while it runs).
+        self.renorm = True
+
+    def clips(self, step: int | None = None) -> tuple[float, float]:
+        """``(r_max, d_max)`` in force at training batch ``step`` (default: the next
+        batch, ``num_batches_tracked``), after the warm-up schedule."""
+        if step is None:
+            step = int(self.num_batches_tracked)
+        return (
+            _ramp(step, self.r_warmup, 1.0, self.r_max),
+            _ramp(step, self.d_warmup, 0.0, self.d_max),
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not self.training or not self.renorm:
+            return super().forward(input)
+        r_max, d_max = self.clips()
+        if r_max == 1.0 and d_max == 0.0:
+            return super().forward(input)  # r = 1, d = 0: BatchNorm itself
+        SF.check_input(input, type(self).__name__)
+        self._check_input_dim(input)
+        self._check_channels(input)
+        rm, rv = self.running_mean, self.running_var
+        with torch.no_grad():
+            dims = (0,) + tuple(range(2, input.dim()))
+            x = input if input.dtype in (torch.float32, torch.float64) else input.float()
+            var_b, mean_b = torch.var_mean(x, dim=dims, correction=0)
+            sigma = torch.sqrt(rv.to(var_b.dtype) + self.eps)
+            r = (torch.sqrt(var_b + self.eps) / sigma).clamp_(1.0 / r_max, r_max)
+            d = ((mean_b - rm.to(mean_b.dtype)) / sigma).clamp_(-d_max, d_max)
+            r, d = r.to(rm.dtype), d.to(rm.dtype)
+        # BatchNorm with weight γ·r and bias γ·d + β (r, d constants) is the renormalized
+        # output; its backward differentiates μ_B, σ_B and γ, β as the paper says.
+        gamma = self.weight if self.weight is not None else torch.ones_like(r)
+        weight = gamma * r
+        bias = gamma * d if self.bias is None else torch.addcmul(self.bias, gamma, d)
+        out, updated = SF.batch_norm_impl(
+            input, rm, rv, weight, bias, True, self._momentum_for_this_batch(), self.eps,
+            self.act, self.act_param, self.memory_efficient, self.backend,
+        )
+        self._count_batch(updated)
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", r_max={self.r_max}, d_max={self.d_max}, r_warmup={self.r_warmup}, "
+            f"d_warmup={self.d_warmup}"
+        )
+
+
+_BRN_DOC = r"""Batch Renormalization (Ioffe, 2017) over a {rank} input; BatchNorm's arguments
+    plus ``r_max``, ``d_max`` and their warm-up.
+
+    .. math::
+        y = \gamma\Big(\frac{{x - \mu_B}}{{\sigma_B}}\, r + d\Big) + \beta,\quad
+        r = \mathrm{{clip}}_{{[1/r_{{max}}, r_{{max}}]}}\Big(\frac{{\sigma_B}}{{\sigma}}\Big),\quad
+        d = \mathrm{{clip}}_{{[-d_{{max}}, d_{{max}}]}}\Big(\frac{{\mu_B - \mu}}{{\sigma}}\Big)
+
+    with r, d treated as constants in backward, σ_B = √(σ²_B + ε) and σ = √(running_var + ε).
+    Equal to BatchNorm when r_max = 1 and d_max = 0 (and during the warm-up's first
+    phase); eval mode and the running statistics are BatchNorm's. See
+    :mod:`sharenorm.norm.batchrenorm` for the warm-up schedule.
+
+    Args:
+        num_features, eps, momentum, affine, bias, act, act_param: as BatchNorm.
+        track_running_stats: must be True (the correction needs running statistics).
+        r_max: the final clip of r (≥ 1). Default: 3.0.
+        d_max: the final clip of d (≥ 0). Default: 5.0.
+        r_warmup: (start, end) training steps over which r's clip grows linearly from 1
+            to ``r_max``. Default: (5000, 40000), the paper's.
+        d_warmup: (start, end) for d's clip, from 0 to ``d_max``. Default: (5000, 25000).
+
+    Shape:
+        - Input: {shape}
+        - Output: same shape as the input.
+
+    Examples::
+
+        >>> import torch, sharenorm as sn
+        >>> m = sn.{name}(4, r_max=2.0, d_max=1.0, r_warmup=(0, 0), d_warmup=(0, 0))
+        >>> y = m(torch.randn({example}))
+        >>> m.clips()
+        (2.0, 1.0)
+    """
+
+
+class BatchRenorm1d(_BatchRenorm):
+    __doc__ = _BRN_DOC.format(
+        rank="2-d or 3-d", name="BatchRenorm1d", shape="(N, C) or (N, C, L)", example="8, 4, 10"
+    )
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() not in (2, 3):
+            raise ValueError(
+                f"BatchRenorm1d expects a 2-d (N, C) or 3-d (N, C, L) input, got shape "
+                f"{tuple(input.shape)}; use BatchRenorm2d for (N, C, H, W)"
+            )
+
+
+class BatchRenorm2d(_BatchRenorm):
+    __doc__ = _BRN_DOC.format(
+        rank="4-d", name="BatchRenorm2d", shape="(N, C, H, W)", example="8, 4, 5, 5"
+    )
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 4:
+            raise ValueError(
+                f"BatchRenorm2d expects a 4-d input (N, C, H, W), got shape {tuple(input.shape)}"
+            )
+
+
+class BatchRenorm3d(_BatchRenorm):
+    __doc__ = _BRN_DOC.format(
+        rank="5-d", name="BatchRenorm3d", shape="(N, C, D, H, W)", example="2, 4, 3, 3, 3"
+    )
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 5:
+            raise ValueError(
+                f"BatchRenorm3d expects a 5-d input (N, C, D, H, W), got shape "
+                f"{tuple(input.shape)}"
+            )

@@ -1,0 +1,357 @@
+r"""SyncBatchNorm: Batch Normalization whose statistics are taken over the batches of
+every process of a ``torch.distributed`` group, on CPU (gloo) and GPU (NCCL).
+
+With a few images per GPU, per-process BatchNorm estimates μ and σ² from a handful of
+samples; SyncBatchNorm computes them over the *global* batch, so training on k
+processes with batch b normalizes like one process with batch k·b.
+
+How the statistics are merged. Each rank r computes, per channel, its element count
+n_r, mean μ_r and sum of squared deviations M2_r = Σ (x − μ_r)² (ATen's stable
+``var_mean``). One ``all_gather`` of the ``(n_r, μ_r, M2_r)`` vectors (float64), then
+the count-weighted Chan/Welford merge:
+
+.. math::
+    n = \sum_r n_r,\quad \mu = \frac{1}{n}\sum_r n_r \mu_r,\quad
+    M2 = \sum_r \big(M2_r + n_r (\mu_r - \mu)^2\big),\quad \sigma^2 = M2 / n
+
+No rank subtracts a large mean from a large sum (the cancellation a Σx, Σx² reduction
+suffers), ranks may hold different batch sizes, and a rank with an **empty** batch
+(n_r = 0) simply contributes nothing. σ² is the biased variance that normalizes; the
+running statistics get the global *unbiased* σ²·n/(n − 1), with BatchNorm's momentum
+rule and its non-finite guard (a NaN anywhere skips the update on every rank alike).
+
+Backward needs two global sums per channel, Σ dy and Σ dy·x̂ (one ``all_reduce``):
+
+.. math::
+    \frac{\partial L}{\partial x} = \frac{\gamma}{\sqrt{\sigma^2+\epsilon}}\Big(dy
+        - \frac{1}{n}\sum dy - \hat x\,\frac{1}{n}\sum dy\,\hat x\Big)
+
+while ∂L/∂γ = Σ_local dy·x̂ and ∂L/∂β = Σ_local dy stay per rank, to be averaged by
+DDP like every other parameter gradient (as torch's SyncBatchNorm does).
+
+Every rank of the group must call forward and backward of every SyncBatchNorm layer the
+same number of times (they meet in collectives) — also a rank with an empty batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from sharenorm import distributed as snd
+from sharenorm.norm import functional as SF
+from sharenorm.norm.activation import apply_activation
+from sharenorm.norm.batchnorm import _BatchNorm
+
+__all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "sync_batch_norm_stats"]
+
+
+def _reduce_dims(x: Tensor) -> tuple[int, ...]:
+    return (0,) + tuple(range(2, x.dim()))
+
+
+def _stat_dtype(x: Tensor) -> torch.dtype:
+    """Reductions run in float32 for 16-bit inputs, in the input's dtype otherwise."""
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def sync_batch_norm_stats(input: Tensor, group: Any = None) -> tuple[Tensor, Tensor, int]:
+    """Global per-channel ``(mean, biased variance, count)`` of ``input`` (N, C, *) over
+    every rank of ``group`` (the default group for None), by the Chan/Welford merge of
+    the ranks' ``(count, mean, M2)``. Mean and variance are float64 tensors of shape
+    (C,); ``count`` is the global number of elements per channel. Without a
+    multi-process group, these are the local statistics.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([[1.0], [2.0], [6.0]], dtype=torch.float64)
+        >>> mean, var, n = sync_batch_norm_stats(x)
+        >>> mean.tolist(), var.tolist(), n
+        ([3.0], [4.666666666666667], 3)
+    """
+    c = input.shape[1]
+    n_local = input.numel() // c if c else 0
+    if n_local > 0:
+        var, mean = torch.var_mean(
+            input.to(_stat_dtype(input)), dim=_reduce_dims(input), correction=0
+        )
+        local = torch.cat((
+            torch.tensor([float(n_local)], dtype=torch.float64, device=input.device),
+            mean.to(torch.float64),
+            var.to(torch.float64) * n_local,  # M2 = n·σ²
+        ))
+    else:
+        # An empty batch: count 0, and zeros that the merge weights by 0.
+        local = torch.zeros(2 * c + 1, dtype=torch.float64, device=input.device)
+    world = snd.world_size(group)
+    if world == 1:
+        gathered = local.unsqueeze(0)
+    else:
+        parts = [torch.empty_like(local) for _ in range(world)]
+        dist.all_gather(parts, local, group=group)
+        gathered = torch.stack(parts)  # (world, 2C + 1)
+    return merge_stats(gathered)
+
+
+def merge_stats(gathered: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Chan/Welford merge of per-rank rows ``(n_r, μ_r[C], M2_r[C])`` (shape
+    (ranks, 2C + 1), float64) into the global ``(mean, biased variance, count)``. Rows
+    with n_r = 0 contribute nothing; all-empty gives NaN statistics and count 0."""
+    c = (gathered.shape[1] - 1) // 2
+    counts = gathered[:, :1]  # (ranks, 1)
+    means, m2s = gathered[:, 1 : c + 1], gathered[:, c + 1 :]
+    n = float(counts.sum())
+    if n == 0:
+        nan = torch.full((c,), math.nan, dtype=torch.float64, device=gathered.device)
+        return nan, nan.clone(), 0
+    mean = (counts * means).sum(0) / n
+    m2 = m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)
+    return mean, m2 / n, int(round(n))
+
+
+class _SyncBatchNormFunction(torch.autograd.Function):
+    """y = γ·(x − μ)/√(σ² + ε) + β with global μ, σ² given; backward all-reduces
+    Σ dy and Σ dy·x̂ over ``group`` (skipped when ``world == 1``)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, mean, var, count, eps, group, world):
+        # ATen's eval-mode kernel is exactly "normalize with these statistics" and keeps
+        # the memory format; mean/var are passed in the dtype the kernel wants.
+        out = torch.batch_norm(
+            input, weight, bias, mean, var, False, 0.0, eps, torch.backends.cudnn.enabled
+        )
+        ctx.save_for_backward(input, weight, mean, var)
+        ctx.count, ctx.eps, ctx.group, ctx.world = count, eps, group, world
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        input, weight, mean, var = ctx.saved_tensors
+        c = input.shape[1]
+        if input.numel() > 0:
+            # One fused pass for the two local sums: Σ dy·x̂ (γ's grad) and Σ dy (β's).
+            _, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+                grad_out, input, weight, mean, var, None, None, False, ctx.eps,
+                [False, True, True],
+            )
+        else:
+            # ATen's kernel crashes on an empty input; an empty batch adds zeros.
+            sum_dy_xhat = torch.zeros(c, dtype=mean.dtype, device=input.device)
+            sum_dy = torch.zeros_like(sum_dy_xhat)
+        local = torch.cat((sum_dy.reshape(-1), sum_dy_xhat.reshape(-1))).to(torch.float64)
+        # Every rank all-reduces, whatever its own needs_input_grad says, so that the
+        # ranks always meet in the same collectives.
+        total = local.clone()
+        if ctx.world > 1:
+            dist.all_reduce(total, group=ctx.group)
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            n = float(ctx.count)
+            invstd = torch.rsqrt(var.to(torch.float64) + ctx.eps)
+            gamma = (
+                weight.to(torch.float64) if weight is not None
+                else torch.ones_like(invstd)
+            )
+            k = gamma * invstd  # dy's factor
+            mean_dy = total[:c] / n
+            mean_dy_xhat = total[c:] / n
+            shape = (1, c) + (1,) * (input.dim() - 2)
+            cd = torch.float64 if input.dtype == torch.float64 else torch.float32
+            # dx = k·(dy − mean(dy) − x̂·mean(dy·x̂)), x̂ = (x − μ)·invstd; written on
+            # (x − μ) rather than on x so that a large mean does not cancel.
+            xmu = input.to(cd) - mean.to(cd).reshape(shape)
+            grad = grad_out.to(cd) * k.to(cd).reshape(shape)
+            grad.addcmul_(xmu, (-k * invstd * mean_dy_xhat).to(cd).reshape(shape))
+            grad.sub_((k * mean_dy).to(cd).reshape(shape))
+            grad_input = grad.to(input.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weight = sum_dy_xhat.to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = sum_dy.to(mean.dtype)
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def sync_batch_norm_train(
+    module: _BatchNorm, input: Tensor, group: Any, world: int
+) -> Tensor:
+    """The synchronised training forward of ``module`` (its γ, β, ε, momentum, running
+    statistics and activation): global statistics, running-statistics update, output."""
+    with torch.no_grad():  # the Function's backward differentiates μ, σ² itself
+        mean64, var64, n = sync_batch_norm_stats(input, group if world > 1 else None)
+    if n == 0:
+        # Every rank's batch is empty: nothing to normalize, no statistics to record.
+        return apply_activation(input * 1.0, module.act, module.act_param)
+    if n == 1:
+        raise ValueError(
+            f"{type(module).__name__} in training needs more than one value per channel over "
+            f"the whole process group, got one (input of shape {tuple(input.shape)} on this "
+            "rank). Use larger batches, eval mode, or GroupNorm."
+        )
+    if module.training and module.track_running_stats and module.running_mean is not None:
+        m = module._momentum_for_this_batch()
+        with torch.no_grad():
+            rm, rv = module.running_mean, module.running_var
+            new_mean = (1.0 - m) * rm.to(torch.float64) + m * mean64
+            new_var = (1.0 - m) * rv.to(torch.float64) + m * var64 * (n / (n - 1))
+            backup = SF.backup_running_stats(rm, rv)
+            rm.copy_(new_mean)
+            rv.copy_(new_var)
+            # Global statistics are equal on every rank, so every rank keeps or skips alike.
+            updated = SF.keep_finite_running_stats(rm, rv, backup, type(module).__name__)
+        module._count_batch(updated)
+    # Statistics (and γ, β) in float32 for 16-bit inputs: ATen's mixed-dtype kernels
+    # take float32 parameters, and a mean rounded to 16 bits would shift every output.
+    pd = _stat_dtype(input)
+    w, b = module.weight, module.bias
+    w = w.to(pd) if w is not None else None
+    b = b.to(pd) if b is not None else None
+    out = _SyncBatchNormFunction.apply(
+        input, w, b, mean64.to(pd), var64.to(pd), n, module.eps, group, world
+    )
+    return apply_activation(out, module.act, module.act_param, fresh=True)
+
+
+class SyncBatchNorm(_BatchNorm):
+    r"""Batch Normalization with statistics over every process of a ``torch.distributed``
+    group, for (N, C), (N, C, L), (N, C, H, W) and (N, C, D, H, W) inputs, on CPU (gloo)
+    and GPU (NCCL); ``torch.nn.SyncBatchNorm``'s arguments plus ``act=``.
+
+    .. math::
+        y = \mathrm{act}\Big(\gamma \cdot \frac{x - \mathrm{E}[x]}{\sqrt{\mathrm{Var}[x] + \epsilon}} + \beta\Big)
+
+    In training, E[x] and Var[x] (biased) are taken over the batches of *all* ranks,
+    merged count-weighted (Chan/Welford), so ranks may have unequal or empty batches;
+    the running statistics get the global unbiased variance (same on every rank). The
+    backward pass all-reduces Σ dy and Σ dy·x̂. In eval, or without an initialised
+    process group, or with a group of one process, the layer *is* BatchNorm (the same
+    code path). The module-level notes explain the algorithm.
+
+    Args:
+        num_features: C.
+        eps, momentum, affine, track_running_stats: as BatchNorm.
+        process_group: the group to synchronise over; None means the default (world)
+            group. Passing a group when ``torch.distributed`` is not initialised is an
+            error at forward.
+        bias, act, act_param, memory_efficient, backend: as BatchNorm; the last two
+            apply to the local (unsynchronised) path.
+
+    Shape:
+        - Input: (N, C, *); N may differ between ranks and may be 0 on some.
+        - Output: same shape as the input.
+
+    Every rank must run forward and backward through the layer in step (collectives);
+    a rank with an empty batch too, including backward (e.g. ``loss = out.sum() * 0 +
+    ...`` keeps it in the graph).
+
+    Example:
+        >>> import torch, sharenorm as sn
+        >>> m = sn.SyncBatchNorm(4)        # no process group here: plain BatchNorm
+        >>> bn = sn.BatchNorm2d(4)
+        >>> x = torch.randn(8, 4, 5, 5)
+        >>> torch.equal(m(x), bn(x))
+        True
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        process_group: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs
+        )
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(
+                f"SyncBatchNorm expects an input of shape (N, C, *) with at least 2 dims, got "
+                f"shape {tuple(input.shape)}"
+            )
+
+    def _sync_world(self) -> int:
+        """The group size to synchronise over; 1 means behave as plain BatchNorm."""
+        if not snd.is_initialized():
+            if self.process_group is not None:
+                snd.require_initialized(
+                    f"SyncBatchNorm with process_group={self.process_group!r}"
+                )
+            return 1
+        return dist.get_world_size(self.process_group)
+
+    def forward(self, input: Tensor) -> Tensor:
+        # As torch.nn.SyncBatchNorm: only training synchronises (eval uses running
+        # statistics, or the local batch when there are none).
+        world = self._sync_world() if self.training else 1
+        if world == 1:
+            return super().forward(input)
+        SF.check_input(input, type(self).__name__)
+        self._check_input_dim(input)
+        self._check_channels(input)
+        return sync_batch_norm_train(self, input, self.process_group, world)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
+        """Same as :func:`convert_sync_batchnorm` (torch.nn.SyncBatchNorm's spelling)."""
+        return convert_sync_batchnorm(module, process_group)
+
+
+def _is_convertible(m: nn.Module) -> bool:
+    from sharenorm.norm.batchrenorm import _BatchRenorm
+
+    if isinstance(m, (SyncBatchNorm, _BatchRenorm)):
+        return False
+    return isinstance(m, (_BatchNorm, nn.modules.batchnorm._BatchNorm))
+
+
+def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> nn.Module:
+    """Replace every BatchNorm layer of ``model`` (torch.nn's BatchNorm1d/2d/3d and
+    SyncBatchNorm, sharenorm's BatchNorm1d/2d/3d) by :class:`SyncBatchNorm`, in place,
+    keeping γ, β (and their ``requires_grad``), running statistics, ``num_batches_tracked``,
+    eps, momentum, affine, ``act``, device, dtype and train/eval mode. Returns the model
+    (a new module only when ``model`` itself is a BatchNorm layer). BatchRenorm and
+    layers that are already SyncBatchNorm are left alone.
+
+    Args:
+        model: any module.
+        process_group: the group the new layers synchronise over (None: the default).
+
+    Example:
+        >>> import torch.nn as nn, sharenorm as sn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        >>> net = sn.convert_sync_batchnorm(net)
+        >>> type(net[1]).__name__
+        'SyncBatchNorm'
+    """
+    from sharenorm.norm.factory import _convert_one
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert_sync_batchnorm expects an nn.Module, got {type(model).__name__}")
+    def convert(old: nn.Module) -> nn.Module:
+        kw = {
+            "process_group": process_group,
+            "track_running_stats": old.track_running_stats,
+            "bias": not old.affine or old.bias is not None,
+        }
+        return _convert_one(old, "sync", 2, kw)[0]
+
+    if _is_convertible(model):
+        return convert(model)
+    # Collect first, then replace, so the walk never sees a half-converted tree.
+    targets = [(name, m) for name, m in model.named_modules() if name and _is_convertible(m)]
+    for name, old in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, convert(old))
+    return model
