@@ -477,13 +477,26 @@ def tie(
             f"move the model to one device first"
         )
 
-    # Other ties that read the target (it was a source) now read the target's new source.
+    # Other ties that read the target (it was a source) now read the target's new source,
+    # and their declarations say so.
     for m in model.modules():
         for link in (m.__dict__.get(_LINKS) or {}).values():
             if link.module is tmod and link.name == tattr:
                 link.module, link.name = root_mod, root_attr
                 link.transform = compose(root_transform, link.transform)
                 link.hint = root_hint
+    for mpath, m in model.named_modules():
+        declared = m.__dict__.get(_DECLARED)
+        if not declared:
+            continue
+        updated = {}
+        for rel, rec in declared.items():
+            if _join(mpath, rec.source) == target:
+                if not mpath or root_hint.startswith(mpath + "."):
+                    new_source = root_hint[len(mpath) + 1 :] if mpath else root_hint
+                    rec = _Record(new_source, compose(root_transform, rec.transform), rec.shape)
+            updated[rel] = rec
+        m.__dict__[_DECLARED] = updated
 
     # Replace the stored target by the computed attribute.
     if tattr in tmod._parameters:

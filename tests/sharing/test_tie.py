@@ -1,0 +1,335 @@
+"""tie/untie/ties/verify_ties: the tie holds through everything users do to a model."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import sharenorm as sn
+
+
+def pair_model(transform="transpose"):
+    """enc: Linear(6→3); dec: Linear(3→6) (transposed tie) or Linear(6→3) (identity tie)."""
+    torch.manual_seed(0)
+    dec = nn.Linear(3, 6) if transform == "transpose" else nn.Linear(6, 3)
+    model = nn.Sequential()
+    model.add_module("enc", nn.Linear(6, 3))
+    model.add_module("dec", dec)
+    return sn.tie(model, "dec.weight", "enc.weight", transform=transform)
+
+
+def expected_weight(model, transform):
+    w = model.enc.weight
+    return w.T if transform == "transpose" else w
+
+
+def assert_tied(model, transform="transpose"):
+    """One stored tensor, the target computed from it, and verify_ties agrees."""
+    w_dec, w_enc = model.dec.weight, model.enc.weight
+    assert torch.equal(w_dec, expected_weight(model, transform))
+    assert w_dec.untyped_storage().data_ptr() == w_enc.untyped_storage().data_ptr()
+    names = [n for n, _ in model.named_parameters()]
+    assert "dec.weight" not in names and names.count("enc.weight") == 1
+    sn.verify_ties(model)
+
+
+TRANSFORMS = [None, "transpose"]
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_tie_basics_and_gradient_accumulation(transform):
+    model = pair_model(transform)
+    assert_tied(model, transform)
+    assert len(list(model.parameters())) == 3  # enc.weight, enc.bias, dec.bias
+    # Gradient of the stored weight = sum of the gradients of both uses (reference: two
+    # independent leaves with the same values).
+    x = torch.randn(5, 6)
+    w = model.enc.weight.detach().clone().requires_grad_()
+    w2 = expected_weight(model, transform).detach().clone().requires_grad_()
+    h = x @ w.T + model.enc.bias
+    if transform == "transpose":
+        ref = h @ w2.T + model.dec.bias
+        model(x).pow(2).sum().backward()
+    else:  # identity tie: enc and dec both map 6 -> 3, apply them to the same x
+        ref = h + (x @ w2.T + model.dec.bias)
+        (model.enc(x) + model.dec(x)).pow(2).sum().backward()
+    ref.pow(2).sum().backward()
+    other = w2.grad.T if transform == "transpose" else w2.grad
+    torch.testing.assert_close(model.enc.weight.grad, w.grad + other)
+    if transform is None:
+        assert model.dec.weight is model.enc.weight  # identity: the very same Parameter
+    else:
+        assert not model.dec.weight.is_leaf  # a view computed from the stored weight
+
+
+def test_training_keeps_exact_tie_and_matches_functional_reference():
+    """Adam on the tied autoencoder == Adam on (W, biases) with W used twice, step for step."""
+    torch.manual_seed(1)
+    ae = sn.TiedAutoencoder([8, 5], tied=True).double()
+    W = ae.encoder[0].weight.detach().clone().requires_grad_()
+    b1 = ae.encoder[0].bias.detach().clone().requires_grad_()
+    b2 = ae.decoder[0].bias.detach().clone().requires_grad_()
+    opt = torch.optim.Adam(ae.parameters(), lr=1e-2)
+    opt_ref = torch.optim.Adam([W, b1, b2], lr=1e-2)
+    assert len(opt.param_groups[0]["params"]) == 3  # the optimizer sees the tied weight once
+    for _ in range(150):
+        x = torch.randn(16, 8, dtype=torch.float64)
+        opt.zero_grad()
+        ((ae(x) - x) ** 2).mean().backward()
+        opt.step()
+        opt_ref.zero_grad()
+        # The seed's formula: code = W x + b1 (no activation on the code), x̂ = Wᵀ code + b2.
+        (((x @ W.T + b1) @ W + b2 - x) ** 2).mean().backward()
+        opt_ref.step()
+    assert torch.equal(ae.decoder[0].weight, ae.encoder[0].weight.T)  # exactly transposed
+    torch.testing.assert_close(ae.encoder[0].weight, W, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_survives_dtype_and_device_moves(transform):
+    model = pair_model(transform)
+    model.to(torch.float64)
+    assert model.dec.weight.dtype == torch.float64
+    assert_tied(model, transform)
+    model.half()
+    assert_tied(model, transform)
+    if torch.cuda.is_available():
+        model.cuda()
+        assert model.dec.weight.is_cuda
+        assert_tied(model, transform)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_survives_deepcopy_and_pickle(transform):
+    model = pair_model(transform)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert_tied(clone, transform)
+        assert clone.enc.weight.data_ptr() != model.enc.weight.data_ptr()
+        with torch.no_grad():
+            clone.enc.weight.add_(1.0)  # the copy's target follows the copy's source only
+        assert torch.equal(clone.dec.weight, expected_weight(clone, transform))
+        assert not torch.equal(model.dec.weight, expected_weight(clone, transform))
+        assert type(clone.dec).__name__ == "TiedLinear" and isinstance(clone.dec, nn.Linear)
+
+
+def test_survives_torch_save_load_of_whole_model():
+    model = sn.TiedAutoencoder([7, 4, 2], tied=True)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    x = torch.randn(3, 7)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    sn.verify_ties(loaded)
+    assert sn.count_parameters(loaded) == sn.count_parameters(model)
+    assert torch.equal(loaded.decoder[1].weight, loaded.encoder[0].weight.T)
+
+
+def test_state_dict_has_both_keys_and_loads_into_plain_and_tied_models():
+    tied = sn.TiedAutoencoder([7, 4], tied=True)
+    plain = sn.TiedAutoencoder([7, 4], tied=False)
+    sd = tied.state_dict()
+    assert set(sd) == set(plain.state_dict())  # both keys, as torch's identity-tied weights
+    assert torch.equal(sd["decoder.0.weight"], sd["encoder.0.weight"].T)
+    plain.load_state_dict(sd)  # tied -> plain
+    fresh = sn.TiedAutoencoder([7, 4], tied=True)
+    fresh.load_state_dict(plain.state_dict())  # consistent plain -> tied
+    assert torch.equal(fresh.encoder[0].weight, tied.encoder[0].weight)
+    assert_ae_tied(fresh)
+    # Inconsistent values: refused with a message that names the tie.
+    with torch.no_grad():
+        plain.decoder[0].weight.add_(0.5)
+    with pytest.raises(RuntimeError, match=r"'decoder.0.weight' is tied to 'encoder.0.weight'"):
+        fresh.load_state_dict(plain.state_dict())
+    # Only the target key given: the source is derived from it.
+    sd_only_target = {k: v for k, v in plain.state_dict().items() if k != "encoder.0.weight"}
+    fresh.load_state_dict(sd_only_target)
+    assert torch.equal(fresh.encoder[0].weight, plain.decoder[0].weight.T)
+    assert_ae_tied(fresh)
+
+
+def assert_ae_tied(ae):
+    for j, layer in enumerate(ae.decoder):
+        assert torch.equal(layer.weight, ae.encoder[len(ae.encoder) - 1 - j].weight.T)
+    sn.verify_ties(ae)
+
+
+def test_load_state_dict_assign_keeps_tie():
+    src = sn.TiedAutoencoder([7, 4, 3], tied=True)
+    with torch.device("meta"):
+        model = sn.TiedAutoencoder([7, 4, 3], tied=True)
+    model.load_state_dict(src.state_dict(), assign=True)
+    assert_ae_tied(model)
+    assert model.encoder[0].weight.device.type == "cpu"
+    torch.testing.assert_close(model(torch.ones(2, 7)), src(torch.ones(2, 7)))
+    # Loading a submodule alone checks the target against the current source.
+    model.decoder.load_state_dict(src.decoder.state_dict())
+    bad = src.decoder.state_dict()
+    bad["0.weight"] = bad["0.weight"] + 1
+    with pytest.raises(RuntimeError, match="'0.weight' is tied to encoder.1.weight"):
+        model.decoder.load_state_dict(bad)
+
+
+def test_meta_to_empty_then_reinit():
+    with torch.device("meta"):
+        model = sn.SharedStack(nn.Sequential(nn.Linear(5, 5), nn.LayerNorm(5)), 3, unshared=("1",))
+        ae = sn.TiedAutoencoder([6, 3], tied=True)
+    for m in (model, ae):
+        m.to_empty(device="cpu")
+        torch.manual_seed(0)
+        for sub in m.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()  # re-init through the target writes into the source
+        sn.verify_ties(m)
+    assert model.blocks[2][0].weight is model.blocks[0][0].weight
+    assert model.blocks[2][1].weight is not model.blocks[0][1].weight
+    assert_ae_tied(ae)
+    assert ae.encoder[0].weight.abs().sum() > 0
+
+
+def test_torch_compile_forward_and_backward_equal_eager():
+    # aot_eager runs dynamo + AOTAutograd (the tracing that must see through the tie) without
+    # inductor's C++ compile, which takes ~45 s on 2 cores; fullgraph=True: no graph breaks.
+    torch.manual_seed(2)
+    model = sn.TiedAutoencoder([12, 6, 3], tied=True)
+    x = torch.randn(4, 12)
+    y_eager = model(x)
+    y_eager.pow(2).sum().backward()
+    g_eager = model.encoder[0].weight.grad.clone()
+    model.zero_grad()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    y_comp = compiled(x)
+    y_comp.pow(2).sum().backward()
+    torch.testing.assert_close(y_comp, y_eager)
+    torch.testing.assert_close(model.encoder[0].weight.grad, g_eager)
+
+
+def test_language_model_embedding_and_conv_ties():
+    lm = nn.ModuleDict({"embed": nn.Embedding(11, 4), "head": nn.Linear(4, 11, bias=False)})
+    sn.tie(lm, "head.weight", "embed.weight")
+    assert lm.head.weight is lm.embed.weight
+    assert sn.count_parameters(lm) == 44
+    conv = nn.ModuleDict({"down": nn.Conv2d(3, 8, 3), "up": nn.ConvTranspose2d(8, 3, 3)})
+    sn.tie(conv, "up.weight", "down.weight")  # both (8, 3, 3, 3): the adjoint pair
+    x = torch.randn(1, 3, 6, 6)
+    torch.testing.assert_close(
+        conv.up(conv.down(x)),
+        nn.functional.conv_transpose2d(conv.down(x), conv.down.weight, conv.up.bias),
+    )
+
+
+def test_chains_and_repointing():
+    m = nn.ModuleDict({k: nn.Linear(4, 4) for k in "abcx"})
+    sn.tie(m, "b.weight", "a.weight", "transpose")
+    sn.tie(m, "c.weight", "b.weight", "transpose")  # c = (aᵀ)ᵀ = a
+    assert m.c.weight is m.a.weight
+    sn.tie(m, "a.weight", "x.weight")  # a becomes computed: b and c now follow x
+    assert torch.equal(m.b.weight, m.x.weight.T) and m.c.weight is m.x.weight
+    groups = sn.ties(m)
+    assert len(groups) == 1 and groups[0].source == "x.weight"
+    assert set(groups[0].members) == {
+        ("a.weight", None, "tie"),
+        ("b.weight", "transpose", "tie"),
+        ("c.weight", None, "tie"),
+    }
+    assert sn.count_parameters(m) == 16 + 4 * 4
+    sn.verify_ties(m)
+
+
+def test_ties_finds_identity_and_storage_sharing():
+    m = nn.ModuleDict({k: nn.Linear(3, 3) for k in "abcd"})
+    m.b.weight = m.a.weight
+    m.c.weight = nn.Parameter(m.a.weight.data.T)
+    sn.tie(m, "d.weight", "a.weight", "transpose")
+    (group,) = sn.ties(m)
+    assert group.source == "a.weight"
+    assert group.transform_of("b.weight") is None
+    assert dict((n, (t, h)) for n, t, h in group.members) == {
+        "b.weight": (None, "identity"),
+        "c.weight": ("transpose", "storage"),
+        "d.weight": ("transpose", "tie"),
+    }
+    assert sn.ties(nn.Linear(2, 2)) == []
+
+
+def test_untie_restores_own_copy():
+    model = pair_model("transpose")
+    value = model.dec.weight.detach().clone()
+    sn.untie(model, "dec.weight")
+    assert isinstance(model.dec.weight, nn.Parameter) and type(model.dec) is nn.Linear
+    assert torch.equal(model.dec.weight, value) and model.dec.weight.is_contiguous()
+    with torch.no_grad():
+        model.enc.weight.add_(1)
+    assert torch.equal(model.dec.weight, value)  # independent now
+    assert sn.ties(model) == []
+    sn.verify_ties(model)  # the declaration is gone too
+    # Plain torch sharing can be untied as well.
+    m = nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.Linear(2, 2)})
+    m.b.weight = m.a.weight
+    sn.untie(m, "b.weight")
+    assert m.b.weight is not m.a.weight and torch.equal(m.b.weight, m.a.weight)
+
+
+def test_verify_ties_reports_what_broke():
+    model = pair_model("transpose")
+    model.dec = nn.Linear(3, 6)  # the tied module replaced by a plain one
+    with pytest.raises(sn.TieError, match=r"'dec.weight' \(tied to 'enc.weight'\) is no longer"):
+        sn.verify_ties(model)
+    model = pair_model("transpose")
+    model.enc = nn.Linear(6, 3)  # the source module replaced: the target follows the old one
+    with pytest.raises(sn.TieError, match="no longer model.enc.weight"):
+        sn.verify_ties(model)
+    model = pair_model("transpose")
+    model.enc.weight = nn.Parameter(torch.zeros(4, 6))  # source reshaped behind the tie's back
+    with pytest.raises(sn.TieError, match=r"shape is now \(6, 4\), was \(6, 3\)"):
+        sn.verify_ties(model)
+    # The naive torch idiom has nothing to verify; a declared tie inside a submodule is found.
+    outer = nn.Sequential(pair_model("transpose"))
+    sn.verify_ties(outer)
+    outer[0].dec = nn.Linear(3, 6)
+    with pytest.raises(sn.TieError, match="'0.dec.weight'"):
+        sn.verify_ties(outer)
+
+
+def test_tie_errors():
+    m = nn.ModuleDict(
+        {"a": nn.Linear(4, 3), "b": nn.Linear(4, 3), "c": nn.Linear(3, 4), "bn": nn.BatchNorm1d(3)}
+    )
+    with pytest.raises(ValueError, match=r"did you mean 'a.weight'"):
+        sn.tie(m, "b.weight", "a.wieght")
+    with pytest.raises(ValueError, match="itself"):
+        sn.tie(m, "a.weight", "a.weight")
+    with pytest.raises(ValueError, match=r"\(shape \(4, 3\)\) to 'a.weight' \(shape \(3, 4\).*"
+                       r"transform='transpose'"):
+        sn.tie(m, "c.weight", "a.weight")
+    with pytest.raises(ValueError, match=r"\(shape \(3, 4\)\) to 'a.weightᵀ' \(shape \(4, 3\), "
+                       r"the transpose of \(3, 4\)\)"):
+        sn.tie(m, "b.weight", "a.weight", "transpose")
+    with pytest.raises(ValueError, match="transform must be"):
+        sn.tie(m, "b.weight", "a.weight", "T")
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        sn.tie(m, "b.bias", "a.bias", "transpose")
+    with pytest.raises(ValueError, match="is a module"):
+        sn.tie(m, "b", "a")
+    with pytest.raises(ValueError, match="parameter 'bn.bias' to buffer"):
+        sn.tie(m, "bn.bias", "bn.running_mean")
+    m.b.double()
+    with pytest.raises(ValueError, match="dtype torch.float64"):
+        sn.tie(m, "b.weight", "a.weight")
+    m.b.float()
+    sn.tie(m, "b.weight", "a.weight")
+    with pytest.raises(ValueError, match="already tied to a.weight; call sharenorm.untie"):
+        sn.tie(m, "b.weight", "a.weight")
+    with pytest.raises(ValueError, match="cycle"):
+        sn.tie(m, "a.weight", "b.weight")
+    with pytest.raises(AttributeError, match="untie"):
+        m.b.weight = nn.Parameter(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="not tied or shared"):
+        sn.untie(m, "c.weight")
+    with pytest.raises(ValueError, match="did you mean"):
+        sn.untie(m, "c.wieght")
