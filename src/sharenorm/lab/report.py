@@ -117,11 +117,10 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
                 found = next((r.cells[(table_id, row_id, col)] for r in results.values()
                               if (table_id, row_id, col) in r.cells), None)
                 if found is None:
+                    # no cell-level measurement: point to the claim's section and verdict
                     res = results.get(cl)
-                    found = (res.measured if res and res.verdict != NOT_RUN else "—",
+                    found = (f"see {cl}" if res and res.verdict != NOT_RUN else "—",
                              res.verdict if res else NOT_RUN)
-                    if len(found[0]) > 90:
-                        found = (f"see {cl}", found[1])
                 cells.append(f"{doc} — {found[0]} ({_verdict(found[1], lang)})")
             owners = sorted(set(col_claims) | {r.claim for r in results.values()
                                                if any(k[:2] == (table_id, row_id) for k in r.cells)})

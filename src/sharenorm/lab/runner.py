@@ -145,7 +145,7 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     exp_t0: dict[str, float] = {}
-    bar = _progress(len(todo), progress)
+    bar = _progress(len(todo), progress, echo)
     figdir = Path(out) / "figures"
 
     def finished(task: Task, metrics: dict, timing: dict) -> None:
@@ -225,14 +225,19 @@ def _summary(exp: Experiment, store: ResultsStore, figdir: Path, lang: str, seco
 
 
 class _NoBar:
-    def update(self, n): pass
-    def close(self): pass
-    def write(self, s): print(s)
+    def __init__(self, echo):
+        self.write = echo
+
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, echo):
     if not enabled or total == 0:
-        return _NoBar()
+        return _NoBar(echo)
     from tqdm import tqdm
 
     return tqdm(total=total, unit="run", desc="lab", dynamic_ncols=True, file=sys.stderr)

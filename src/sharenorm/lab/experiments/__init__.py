@@ -28,8 +28,8 @@ EXPERIMENT_MODULES = [
     "sharing_cost",      # S1
     "sharing_training",  # S2, S3
     "rnn_sharing",       # S4
-    # "tying_cost",        # T1, T3
-    # "tying_reg",         # T2
+    "tying_cost",        # T1, T3
+    "tying_reg",         # T2
 ]
 
 

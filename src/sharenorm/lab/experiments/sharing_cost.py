@@ -34,24 +34,27 @@ def build(model: str, ds) -> nn.Module:
     raise ValueError(f"model must be one of {MODELS}, got {model!r}")
 
 
-def memory(model: nn.Module, ds) -> dict:
-    """Unique parameters and the bytes of parameters, gradients and optimizer state, measured
-    by taking one real step of each optimizer and summing the tensors it keeps."""
+def memory(model: nn.Module, x, loss_fn) -> dict:
+    """Unique parameters and the bytes of parameters and optimizer state, measured by taking
+    one real step of each optimizer on ``loss_fn(model(x))`` and summing the tensors it keeps."""
     import sharenorm as sn
 
-    params = sn.count_parameters(model)
-    pbytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
-    out = {"params": params, "param_bytes": pbytes}
-    x, y = ds.x_train[:8], ds.y_train[:8]
+    rep = sn.parameter_report(model)
+    out = {"params": sn.count_parameters(model), "param_bytes": rep.unique_bytes}
     for name, opt in (("sgd_momentum", torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)),
                       ("adam", torch.optim.Adam(model.parameters(), lr=0.0))):
         opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        loss_fn(model(x)).backward()
         opt.step()
         out[f"{name}_state_bytes"] = sum(t.numel() * t.element_size() for st in opt.state.values()
-                                         for t in st.values() if torch.is_tensor(t))
-    out["param_plus_adam_bytes"] = pbytes + out["adam_state_bytes"]
+                                         for t in st.values() if torch.is_tensor(t) and t.dim())
+    out["param_plus_adam_bytes"] = out["param_bytes"] + out["adam_state_bytes"]
     return out
+
+
+def classifier_memory(model: nn.Module, ds) -> dict:
+    x, y = ds.x_train[:8], ds.y_train[:8]
+    return memory(model, x, lambda out: nn.functional.cross_entropy(out, y))
 
 
 def configs(quick: bool) -> list[dict]:
@@ -61,7 +64,7 @@ def configs(quick: bool) -> list[dict]:
 def run(cfg, seed, ctx):
     ds = dataset(ctx)
     torch.manual_seed(seed)
-    return memory(build(cfg["model"], ds), ds), {}
+    return classifier_memory(build(cfg["model"], ds), ds), {}
 
 
 def analyze(runs, figdir, lang):

@@ -1,0 +1,158 @@
+"""T2: tying regularizes (small training sets), and soft tying interpolates between the two."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from sharenorm.lab.common import ci_band, dataset, figure, save_figure
+from sharenorm.lab.spec import (
+    MIXED,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    ClaimResult,
+    Experiment,
+    Table,
+    Text,
+    group_runs,
+)
+from sharenorm.lab.stats import fmt_ci, mean_ci, overlap
+from sharenorm.lab.train import batches, seed_everything
+from sharenorm.models import Autoencoder
+
+AE_HIDDEN = (48, 16)
+FULL_N, QUICK_N = [50, 200, 1348], [50]
+FULL_STRENGTHS, QUICK_STRENGTHS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0], [1e-2]
+LR = 3e-3
+
+
+def configs(quick: bool) -> list[dict]:
+    ns, strengths, steps = (QUICK_N, QUICK_STRENGTHS, 150) if quick else (
+        FULL_N, FULL_STRENGTHS, 1500)
+    cfgs = [{"n": n, "mode": m, "strength": 0.0, "steps": steps} for n in ns
+            for m in ("untied", "tied")]
+    cfgs += [{"n": ns[0], "mode": "soft", "strength": s, "steps": steps} for s in strengths]
+    return cfgs
+
+
+def run(cfg, seed, ctx):
+    import sharenorm as sn
+
+    ds = dataset(ctx, "digits", allow_user=False).subset_train(cfg["n"], seed)
+    gen = seed_everything(seed)
+    model = Autoencoder(ds.sample_shape, AE_HIDDEN, tied=cfg["mode"] == "tied")
+    soft = sn.SoftTie(model, model.soft_tie_pairs(), cfg["strength"]) \
+        if cfg["mode"] == "soft" else None
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    x = ds.x_train
+    it = batches(len(x), min(32, len(x)), gen)
+    t0 = time.perf_counter()
+    for _ in range(cfg["steps"]):
+        xb = x[next(it)]
+        loss = nn.functional.mse_loss(model(xb), xb)
+        if soft is not None:
+            loss = loss + soft.penalty()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    train_s = time.perf_counter() - t0
+    with torch.no_grad():
+        tr = nn.functional.mse_loss(model(x), x).item()
+        te = nn.functional.mse_loss(model(ds.x_test), ds.x_test).item()
+    return ({"train_mse": tr, "test_mse": te, "gap": te - tr,
+             "tie_distance": model.tie_distance(), "params": sn.count_parameters(model)},
+            {"train_s": train_s})
+
+
+def analyze(runs, figdir, lang):
+    if not runs:
+        return []
+    g = group_runs(runs, "mode", "n", "strength")
+    ns = sorted({n for (m, n, _) in g if m in ("untied", "tied")})
+    rows = []
+    for (mode, n, s), ms in g.items():
+        rows.append([mode if mode != "soft" else f"soft λ={s:g}", str(n),
+                     f"{ms[0]['params']:,}", fmt_ci([m["train_mse"] for m in ms], digits=4),
+                     fmt_ci([m["test_mse"] for m in ms], digits=4),
+                     fmt_ci([m["gap"] for m in ms], digits=4),
+                     fmt_ci([m["tie_distance"] for m in ms], digits=3)])
+    table = Table(["model", "train size", "parameters", "train MSE", "test MSE",
+                   "gap (test − train)", "‖W_dec − W_encᵀ‖"], rows)
+    fig, (a1, a2) = figure(1, 2, (11, 4))
+    for mode in ("untied", "tied"):
+        xs, mu, lo, hi = ci_band({n: [m["test_mse"] for m in g[(mode, n, 0.0)]] for n in ns
+                                  if (mode, n, 0.0) in g})
+        a1.plot(xs, mu, marker="o", label=f"{mode} (test)")
+        a1.fill_between(xs, lo, hi, alpha=0.2)
+        xs, mu, _, _ = ci_band({n: [m["train_mse"] for m in g[(mode, n, 0.0)]] for n in ns
+                                if (mode, n, 0.0) in g})
+        a1.plot(xs, mu, ls="--", marker=".", label=f"{mode} (train)")
+    a1.set_xscale("log")
+    a1.set_xlabel("training images")
+    a1.set_ylabel("reconstruction MSE")
+    a1.set_title("T2: tied vs untied autoencoder")
+    a1.legend()
+    n0 = min(ns) if ns else None
+    soft = sorted((s, ms) for (m, n, s), ms in g.items() if m == "soft" and n == n0)
+    if soft:
+        xs = [s for s, _ in soft]
+        a2.plot(xs, [mean_ci([m["test_mse"] for m in ms])[0] for _, ms in soft], marker="o",
+                label="soft tie: test MSE")
+        for mode, ls in (("untied", ":"), ("tied", "--")):
+            if (mode, n0, 0.0) in g:
+                a2.axhline(mean_ci([m["test_mse"] for m in g[(mode, n0, 0.0)]])[0], ls=ls,
+                           color="grey", label=f"{mode}: test MSE")
+        a2b = a2.twinx()
+        a2b.plot(xs, [mean_ci([m["tie_distance"] for m in ms])[0] for _, ms in soft],
+                 color="C3", marker="s", label="‖W_dec − W_encᵀ‖")
+        a2b.set_ylabel("‖W_dec − W_encᵀ‖", color="C3")
+        a2.set_xscale("log")
+        a2.set_xlabel("soft-tie strength λ")
+        a2.set_ylabel("test MSE")
+        a2.set_title(f"T2: soft tying at {n0} training images")
+        a2.legend(loc="upper left", fontsize=8)
+    fp = save_figure(fig, figdir, "t2_tying_regularization")
+    if ("untied", n0, 0.0) not in g or ("tied", n0, 0.0) not in g:
+        return []
+    tu, tt = g[("untied", n0, 0.0)], g[("tied", n0, 0.0)]
+    eu, et = [m["test_mse"] for m in tu], [m["test_mse"] for m in tt]
+    better = mean_ci(et)[0] < mean_ci(eu)[0] and not overlap(et, eu)
+    gap_ok = mean_ci([m["gap"] for m in tt])[0] < mean_ci([m["gap"] for m in tu])[0]
+    v = SUPPORTED if better and gap_ok else MIXED if better or gap_ok else NOT_SUPPORTED
+    measured = (f"{n0} images: test MSE tied {fmt_ci(et, digits=4)} vs untied "
+                f"{fmt_ci(eu, digits=4)}; gap tied {mean_ci([m['gap'] for m in tt])[0]:.4f} vs "
+                f"untied {mean_ci([m['gap'] for m in tu])[0]:.4f}")
+    if len(soft) >= 2:
+        dists = [mean_ci([m["tie_distance"] for m in ms])[0] for _, ms in soft]
+        mono = all(b <= a for a, b in zip(dists, dists[1:], strict=False))
+        last = mean_ci([m["test_mse"] for m in soft[-1][1]])[0]
+        closer = abs(last - mean_ci(et)[0]) < abs(last - mean_ci(eu)[0])
+        measured += (f"; soft tying: distance falls monotonically {mono}, strongest λ closer to "
+                     f"tied {closer}")
+    return [ClaimResult("T2", v, measured, [table], [fp],
+                        cells={("share", "reg", "tying"): (
+                            f"test MSE tied {mean_ci(et)[0]:.3f} vs untied {mean_ci(eu)[0]:.3f}",
+                            v)})]
+
+
+EXPERIMENT = Experiment(
+    id="tying_reg",
+    claims=("T2",),
+    title=Text("Does tying regularize? Tied, untied and softly tied autoencoders",
+               "क्या tying regularize करता है? Tied, untied और softly tied autoencoders"),
+    protocol=Text(
+        f"sharenorm.TiedAutoencoder 64 → {' → '.join(map(str, AE_HIDDEN))} (tanh) on 8×8 digits "
+        "(standardized), trained on random subsets of " + ", ".join(map(str, FULL_N)) +
+        " images (quick: " + ", ".join(map(str, QUICK_N)) + f"); Adam lr {LR}, batch 32, 1500 "
+        "steps (quick: 150), MSE reconstruction; test MSE on the 449 held-out images. Soft "
+        "tying: the untied model plus sharenorm.SoftTie(W_dec, W_encᵀ) with λ in " +
+        ", ".join(f"{s:g}" for s in FULL_STRENGTHS) + " at the smallest training set.",
+        f"sharenorm.TiedAutoencoder 64 → {' → '.join(map(str, AE_HIDDEN))} (tanh), 8×8 digits "
+        "(standardized) पर, " + ", ".join(map(str, FULL_N)) + f" images के random subsets पर train; "
+        f"Adam lr {LR}, batch 32, 1500 steps (quick: 150), MSE reconstruction; 449 held-out images "
+        "पर test MSE। Soft tying: untied model + sharenorm.SoftTie(W_dec, W_encᵀ), λ = " +
+        ", ".join(f"{s:g}" for s in FULL_STRENGTHS) + ", सबसे छोटे training set पर।"),
+    configs=configs, run=run, analyze=analyze,
+    requires=("TiedAutoencoder", "SoftTie", "count_parameters"))

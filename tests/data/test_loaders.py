@@ -1,0 +1,256 @@
+"""Every data loader on tiny files written here, and every corrupt input's error."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from sharenorm.data import (
+    DataError,
+    load_cifar,
+    load_digits,
+    load_idx_pair,
+    load_image_folder,
+    load_mnist1d,
+    load_npz,
+    load_path,
+    read_idx,
+)
+
+
+# ----------------------------------------------------------------------------- writers
+def write_idx(path, arr: np.ndarray, gz: bool = False) -> None:
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
+    header = bytes([0, 0, codes[arr.dtype], arr.ndim]) + b"".join(
+        struct.pack(">I", d) for d in arr.shape)
+    raw = header + arr.tobytes()
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+def make_idx_folder(root, gz: bool, n=(6, 4), hw=(5, 7)):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, count in zip(("train", "t10k"), n, strict=True):
+        x = rng.integers(0, 256, (count, *hw), dtype=np.uint8)
+        y = (np.arange(count) % 3).astype(np.uint8)
+        suffix = ".gz" if gz else ""
+        write_idx(root / f"{split}-images-idx3-ubyte{suffix}", x, gz)
+        write_idx(root / f"{split}-labels-idx1-ubyte{suffix}", y, gz)
+        arrays[split] = (x, y)
+    return arrays
+
+
+def make_cifar_folder(root, hundred: bool = False):
+    rng = np.random.default_rng(1)
+    key = b"fine_labels" if hundred else b"labels"
+    names = (["train"], "test") if hundred else (["data_batch_1", "data_batch_2"], "test_batch")
+    for name in names[0] + [names[1]]:
+        d = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+             key: [0, 1, 2, 1]}
+        (root / name).write_bytes(pickle.dumps(d))
+
+
+# --------------------------------------------------------------------------- embedded
+def test_mnist1d_default_sizes_and_determinism():
+    state = np.random.get_state()
+    a, b = load_mnist1d(), load_mnist1d()
+    assert np.array_equal(np.random.get_state()[1], state[1])  # global numpy RNG untouched
+    assert tuple(a.x_train.shape) == (4000, 1, 40) and tuple(a.x_test.shape) == (1000, 1, 40)
+    assert a.num_classes == 10 and a.x_train.dtype == torch.float32
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert "url" not in a.source  # generated, never downloaded
+
+
+def test_mnist1d_shuffled_is_one_permutation_of_positions():
+    a, s = load_mnist1d(), load_mnist1d(shuffle_seq=True)
+    assert torch.equal(a.y_train, s.y_train)
+    # the same fixed permutation for every sample: sorted values per sample agree
+    assert torch.allclose(a.x_train[:50].sort(-1).values, s.x_train[:50].sort(-1).values,
+                          atol=1e-5)
+    assert not torch.allclose(a.x_train[:50], s.x_train[:50])
+
+
+def test_digits():
+    ds = load_digits()
+    assert ds.sample_shape == (1, 8, 8) and ds.num_classes == 10
+    assert len(ds.x_train) + len(ds.x_test) == 1797
+    assert abs(ds.x_train.mean().item()) < 1e-5  # standardized with training statistics
+
+
+# ------------------------------------------------------------------------------- files
+@pytest.mark.parametrize("gz", [False, True])  # plain and gzipped IDX
+def test_idx_folder(tmp_path, gz):
+    arrays = make_idx_folder(tmp_path, gz)
+    ds = load_path(tmp_path)
+    assert tuple(ds.x_train.shape) == (6, 1, 5, 7) and tuple(ds.x_test.shape) == (4, 1, 5, 7)
+    assert ds.y_train.tolist() == arrays["train"][1].tolist()
+    # standardized: the ordering of pixel values is preserved
+    x = arrays["train"][0].astype(np.float32).ravel()
+    got = ds.x_train.numpy().ravel()
+    assert np.array_equal(np.argsort(x, kind="stable"), np.argsort(got, kind="stable"))
+
+
+def test_read_idx_values_and_dtypes(tmp_path):
+    arr = np.arange(12, dtype=">i4").reshape(3, 4)
+    write_idx(tmp_path / "a", arr)
+    assert np.array_equal(read_idx(tmp_path / "a"), arr)
+    f = np.linspace(0, 1, 6, dtype=">f4").reshape(2, 3)
+    write_idx(tmp_path / "f.gz", f, gz=True)
+    assert np.array_equal(read_idx(tmp_path / "f.gz"), f)
+
+
+@pytest.mark.parametrize("hundred", [False, True])  # CIFAR-10 and CIFAR-100 layouts
+def test_cifar_folder(tmp_path, hundred):
+    make_cifar_folder(tmp_path, hundred)
+    ds = load_path(tmp_path)
+    assert ds.sample_shape == (3, 32, 32)
+    assert len(ds.x_train) == (4 if hundred else 8) and len(ds.x_test) == 4
+    assert ds.num_classes == 3
+
+
+def test_npz_with_and_without_test_split(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", x=rng.normal(size=(20, 12)), y=np.arange(20) % 4)
+    ds = load_path(tmp_path / "a.npz")
+    assert ds.sample_shape == (1, 12) and len(ds.x_test) == 4 and len(ds.x_train) == 16
+    np.savez(tmp_path / "b.npz", x=rng.normal(size=(10, 2, 9)), y=np.arange(10) % 2,
+             x_test=rng.normal(size=(3, 2, 9)), y_test=np.array([0, 1, 1]))
+    ds = load_npz(tmp_path / "b.npz")
+    assert ds.sample_shape == (2, 9) and len(ds.x_test) == 3
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            arr = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / cls / f"{i}.png")
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(tmp_path / "dog" / "big_gray.png")
+    ds = load_path(tmp_path)
+    assert ds.sample_shape == (3, 6, 8)  # RGB, resized to the first image's size
+    assert len(ds.x_train) + len(ds.x_test) == 11 and ds.info["classes"] == ["cat", "dog"]
+
+
+def test_image_folder_train_test(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(np.full((4, 4, 3), 200 if cls == "a" else 10, np.uint8)).save(
+                tmp_path / split / cls / "0.png")
+    ds = load_image_folder(tmp_path)
+    assert len(ds.x_train) == 2 and len(ds.x_test) == 2
+
+
+# ------------------------------------------------------------------------------ errors
+def test_missing_path_lists_formats(tmp_path):
+    with pytest.raises(DataError, match="does not exist.*Accepted formats.*IDX.*CIFAR.*npz"):
+        load_path(tmp_path / "nope")
+
+
+def test_unknown_file_format(tmp_path):
+    (tmp_path / "data.csv").write_text("1,2\n")
+    with pytest.raises(DataError, match=r"data.csv.*unknown data format '.csv'.*Accepted"):
+        load_path(tmp_path / "data.csv")
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="no dataset recognised.*Accepted formats"):
+        load_path(tmp_path)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda b: b[:-5], "truncated or corrupt"),            # data cut short
+    (lambda b: b"\x01\x02" + b[2:], "not an IDX file"),      # bad magic
+    (lambda b: b[:2] + b"\x07" + b[3:], "unknown IDX data type"),
+    (lambda b: b[:6], "header is truncated"),
+])
+def test_corrupt_idx_names_the_file(tmp_path, damage, match):
+    make_idx_folder(tmp_path, gz=False)
+    p = tmp_path / "train-images-idx3-ubyte"
+    p.write_bytes(damage(p.read_bytes()))
+    with pytest.raises(DataError, match=match) as e:
+        load_path(tmp_path)
+    assert "train-images-idx3-ubyte" in str(e.value)
+
+
+def test_bad_gzip_idx(tmp_path):
+    make_idx_folder(tmp_path, gz=True)
+    p = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:12])
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: cannot read"):
+        load_idx_pair(tmp_path)
+
+
+def test_idx_count_mismatch(tmp_path):
+    make_idx_folder(tmp_path, gz=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(5, np.uint8))
+    with pytest.raises(DataError, match="6 images but .* 5 labels"):
+        load_path(tmp_path)
+
+
+def test_idx_missing_file(tmp_path):
+    make_idx_folder(tmp_path, gz=False)
+    (tmp_path / "t10k-images-idx3-ubyte").unlink()
+    with pytest.raises(DataError, match="IDX files missing: t10k-images-idx3-ubyte"):
+        load_path(tmp_path)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"garbage bytes", "test_batch: not a readable CIFAR python batch"),
+    (pickle.dumps({b"labels": [1]}), "test_batch: CIFAR batch has no 'data'"),
+    (pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}), "3072"),
+    (pickle.dumps([1, 2]), "must hold a dict"),
+])
+def test_corrupt_cifar_names_the_file(tmp_path, content, match):
+    make_cifar_folder(tmp_path)
+    (tmp_path / "test_batch").write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        load_cifar(tmp_path)
+
+
+def test_cifar_refuses_code_in_pickle(tmp_path):
+    make_cifar_folder(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(DataError, match="refusing to load builtins.print"):
+        load_cifar(tmp_path)
+
+
+def test_npz_errors(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.zeros((4, 3)))
+    with pytest.raises(DataError, match="a.npz: .npz must contain arrays 'x' and 'y'"):
+        load_path(tmp_path / "a.npz")
+    (tmp_path / "b.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="b.npz: not a readable .npz"):
+        load_path(tmp_path / "b.npz")
+    np.savez(tmp_path / "c.npz", x=np.zeros((4, 3)), y=np.zeros(3))
+    with pytest.raises(DataError, match="4 samples"):
+        load_path(tmp_path / "c.npz")
+    np.savez(tmp_path / "d.npz", x=np.full((4, 3), np.nan), y=np.arange(4))
+    with pytest.raises(DataError, match="NaN"):
+        load_path(tmp_path / "d.npz")
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / cls / "ok.png")
+    (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="broken.png: not a readable image"):
+        load_path(tmp_path)

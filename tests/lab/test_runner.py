@@ -1,0 +1,106 @@
+"""The runner: determinism, resume after a kill, interrupted runs kept, parallel == serial."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sharenorm.lab import runner
+from sharenorm.lab.experiments import EXPERIMENT_MODULES, all_experiments, resolve
+from sharenorm.lab.store import LabError
+
+
+def _lines(out):
+    return [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _runs(out):
+    return [r for r in _lines(out) if r["kind"] == "run"]
+
+
+def test_registry_ids_match_modules_and_cover_every_claim():
+    from sharenorm.lab.claims import CLAIMS
+
+    exps = all_experiments()
+    assert list(exps) == EXPERIMENT_MODULES
+    covered = {c for e in exps.values() for c in e.claims}
+    assert covered == set(CLAIMS)
+
+
+def test_resolve_claims_and_names():
+    assert [e.id for e in resolve(["N6"])] == ["batch_size"]
+    assert [e.id for e in resolve(["n4", "norm_training"])] == ["norm_training"]
+    with pytest.raises(LabError, match="unknown experiment or claim 'N66'.*Did you mean N6"):
+        resolve(["N66"])
+    with pytest.raises(LabError, match="Did you mean batch_size"):
+        resolve(["batch_sise"])
+
+
+def test_training_run_is_deterministic():
+    cfg = {"norm": "batch", "lr": 0.1, "steps": 15, "batch_size": 16}
+    a = runner.execute("lr_sweep", cfg, 3, True, None)[0]
+    b = runner.execute("lr_sweep", cfg, 3, True, None)[0]
+    c = runner.execute("lr_sweep", cfg, 4, True, None)[0]
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert a != c
+
+
+def test_resume_skips_done_runs_and_redoes_a_truncated_one(tmp_path):
+    kw = dict(quick=True, seeds=2, jobs=1, out=tmp_path, progress=False, report=False,
+              echo=lambda s: None)
+    runner.run_lab(["N5"], **kw)
+    first = _runs(tmp_path)
+    assert len(first) == 10  # 5 norms × 2 seeds
+    p = tmp_path / "results.jsonl"
+    lines = p.read_bytes().splitlines(keepends=True)
+    assert b'"session"' in lines[-1]
+    # a process killed while writing its last run leaves half a line
+    p.write_bytes(b"".join(lines[:-2]) + lines[-2][:-20])
+    msgs = []
+    runner.run_lab(["N5"], **{**kw, "echo": msgs.append})
+    assert any("truncated line" in m for m in msgs)
+    assert any("9 of 10 runs already done" in m for m in msgs)
+    again = _runs(tmp_path)
+    assert len(again) == 10
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in first]  # redone identically
+    n_lines = len(_lines(tmp_path))
+    runner.run_lab(["N5"], **kw)  # nothing left to do: only a session line is added
+    assert len(_runs(tmp_path)) == 10 and len(_lines(tmp_path)) == n_lines + 1
+
+
+def test_interrupt_keeps_finished_runs(tmp_path, monkeypatch):
+    real = runner.execute
+    calls = []
+
+    def flaky(*a):
+        calls.append(a)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(runner, "execute", flaky)
+    with pytest.raises(LabError, match="interrupted: 3 finished runs are saved"):
+        runner.run_lab(["N5"], quick=True, seeds=1, jobs=1, out=tmp_path, progress=False,
+                       report=False, echo=lambda s: None)
+    assert len(_runs(tmp_path)) == 3
+
+
+def test_parallel_gives_the_same_lines_as_serial(tmp_path):
+    kw = dict(quick=True, seeds=2, progress=False, report=False, echo=lambda s: None)
+    runner.run_lab(["N5"], jobs=1, out=tmp_path / "a", **kw)
+    runner.run_lab(["N5"], jobs=2, out=tmp_path / "b", **kw)
+
+    def by_key(out):
+        return {r["key"]: r["metrics"] for r in _runs(out)}
+
+    assert by_key(tmp_path / "a") == by_key(tmp_path / "b")
+
+
+@pytest.mark.parametrize("kw, match", [({"seeds": 0}, "--seeds must be ≥ 1"),
+                                       ({"jobs": 0}, "--jobs must be ≥ 1"),
+                                       ({"lang": "fr"}, "--lang must be")])
+def test_bad_arguments(tmp_path, kw, match):
+    with pytest.raises(LabError, match=match):
+        runner.run_lab(["N5"], out=tmp_path, progress=False, **kw)
+    assert not (tmp_path / "results.jsonl").exists()
