@@ -47,7 +47,9 @@ from sharenorm.sharing import (
     TieGroup,
     UnsharedRNN,
     count_parameters,
+    load,
     parameter_report,
+    save,
     tie,
     ties,
     untie,
@@ -97,4 +99,6 @@ __all__ = [
     "SharedRNN",
     "UnsharedRNN",
     "TiedAutoencoder",
+    "save",
+    "load",
 ]

@@ -91,7 +91,9 @@ def test_lc1d_matches_conv1d_and_loop(case):
     torch.testing.assert_close(lc(x), conv(x), rtol=1e-5, atol=1e-6)
     # Different filters per position: the 2-D loop with height 1 is the reference.
     nn.init.normal_(lc.weight)
-    ref = lc2d_loop(x[:, :, None], lc.weight, lc.bias, (1, k), (1, s), (0, p), (1, d), (1, lc.output_size[0]))
+    ref = lc2d_loop(
+        x[:, :, None], lc.weight, lc.bias, (1, k), (1, s), (0, p), (1, d), (1, lc.output_size[0])
+    )
     torch.testing.assert_close(lc(x).double(), ref[:, :, 0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lc(x[1]), lc(x)[1])
     assert lc.output_size == conv(x).shape[2:]

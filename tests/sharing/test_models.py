@@ -119,7 +119,10 @@ def test_shared_stack_errors():
 def test_soft_tie_penalty_and_gradient_match_formula():
     torch.manual_seed(2)
     ae = sn.TiedAutoencoder([5, 3], tied=False).double()
-    pairs = [("decoder.0.weight", "encoder.0.weight", "transpose"), ("decoder.0.bias", "encoder.0.bias")]
+    pairs = [
+        ("decoder.0.weight", "encoder.0.weight", "transpose"),
+        ("decoder.0.bias", "encoder.0.bias"),
+    ]
     with pytest.raises(ValueError, match=r"shape \(5,\)"):
         sn.SoftTie(ae, pairs, 0.1)  # biases have shapes 5 and 3
     soft = sn.SoftTie(ae, pairs[:1], strength=0.3)

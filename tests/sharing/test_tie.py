@@ -304,11 +304,17 @@ def test_tie_errors():
         sn.tie(m, "b.weight", "a.wieght")
     with pytest.raises(ValueError, match="itself"):
         sn.tie(m, "a.weight", "a.weight")
-    with pytest.raises(ValueError, match=r"\(shape \(4, 3\)\) to 'a.weight' \(shape \(3, 4\).*"
-                       r"transform='transpose'"):
+    with pytest.raises(
+        ValueError,
+        match=r"\(shape \(4, 3\)\) to 'a.weight' \(shape \(3, 4\).*"
+        r"transform='transpose'",
+    ):
         sn.tie(m, "c.weight", "a.weight")
-    with pytest.raises(ValueError, match=r"\(shape \(3, 4\)\) to 'a.weightᵀ' \(shape \(4, 3\), "
-                       r"the transpose of \(3, 4\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"\(shape \(3, 4\)\) to 'a.weightᵀ' \(shape \(4, 3\), "
+        r"the transpose of \(3, 4\)\)",
+    ):
         sn.tie(m, "b.weight", "a.weight", "transpose")
     with pytest.raises(ValueError, match="transform must be"):
         sn.tie(m, "b.weight", "a.weight", "T")

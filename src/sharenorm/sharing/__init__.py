@@ -8,10 +8,12 @@
   ``SharedRNN`` / ``UnsharedRNN`` (sharing across time steps or not).
 * :mod:`~sharenorm.sharing.autoencoder`: ``TiedAutoencoder`` (``W_dec = W_encᵀ``).
 * :mod:`~sharenorm.sharing.count`: ``count_parameters``, ``parameter_report``.
+* :mod:`~sharenorm.sharing.io`: ``save`` / ``load`` (safetensors + tie manifest, atomic writes).
 """
 
 from sharenorm.sharing.autoencoder import TiedAutoencoder
 from sharenorm.sharing.count import ModuleRow, ParameterReport, count_parameters, parameter_report
+from sharenorm.sharing.io import load, save
 from sharenorm.sharing.layers import LocallyConnected1d, LocallyConnected2d, SharedRNN, UnsharedRNN
 from sharenorm.sharing.soft import SoftTie
 from sharenorm.sharing.stack import SharedStack
@@ -24,6 +26,8 @@ __all__ = [
     "verify_ties",
     "TieGroup",
     "TieError",
+    "save",
+    "load",
     "SoftTie",
     "SharedStack",
     "LocallyConnected1d",

@@ -84,7 +84,9 @@ class _LocallyConnectedNd(nn.Module):
         )
         out = tuple(
             _out_size(n, k, s, p, d)
-            for n, k, s, p, d in zip(input_size, kernel_size, stride, padding, dilation, strict=True)
+            for n, k, s, p, d in zip(
+                input_size, kernel_size, stride, padding, dilation, strict=True
+            )
         )
         if min(out) < 1:
             raise ValueError(
@@ -171,9 +173,9 @@ class _LocallyConnectedNd(nn.Module):
                 f"{type(self).__name__} expects a {rank - 1}-D (unbatched) or {rank}-D input "
                 f"(N, C, {'H, W' if self._ndim == 2 else 'L'}), got shape {tuple(x.shape)}"
             )
-        if x.shape[-self._ndim - 1] != self.in_channels or tuple(
-            x.shape[-self._ndim :]
-        ) != tuple(self.input_size):
+        if x.shape[-self._ndim - 1] != self.in_channels or tuple(x.shape[-self._ndim :]) != tuple(
+            self.input_size
+        ):
             raise ValueError(
                 f"{type(self).__name__} was built for inputs (N, {self.in_channels}, "
                 f"{', '.join(map(str, self.input_size))}), got shape {tuple(x.shape)}; "
@@ -403,7 +405,11 @@ class _RNNBase(nn.Module):
                 f"shape {tuple(input.shape)}"
             )
         unbatched = input.dim() == 2
-        x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+        x = (
+            input.unsqueeze(1)
+            if unbatched
+            else (input.transpose(0, 1) if self.batch_first else input)
+        )
         steps, batch = x.shape[0], x.shape[1]
         if hx is None:
             h = x.new_zeros(batch, self.hidden_size)

@@ -54,9 +54,7 @@ class SoftTie:
         checked = []
         for pair in pairs:
             if not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3):
-                raise ValueError(
-                    f"each pair must be (a, b) or (a, b, transform), got {pair!r}"
-                )
+                raise ValueError(f"each pair must be (a, b) or (a, b, transform), got {pair!r}")
             a, b = pair[0], pair[1]
             transform = check_transform(pair[2] if len(pair) == 3 else None)
             if a == b:

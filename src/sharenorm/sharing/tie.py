@@ -68,9 +68,7 @@ class TieError(RuntimeError):
 
 def check_transform(transform: Any) -> str | None:
     if transform not in TRANSFORMS:
-        raise ValueError(
-            f"transform must be None (identity) or 'transpose', got {transform!r}"
-        )
+        raise ValueError(f"transform must be None (identity) or 'transpose', got {transform!r}")
     return transform
 
 
@@ -378,9 +376,7 @@ def _full_name(model: nn.Module, module: nn.Module, attr: str) -> str | None:
 # Public API.
 
 
-def tie(
-    model: nn.Module, target: str, source: str, transform: str | None = None
-) -> nn.Module:
+def tie(model: nn.Module, target: str, source: str, transform: str | None = None) -> nn.Module:
     r"""Make ``target`` computed from ``source``: ``target = T(source)``, one stored tensor.
 
     ``T`` is the identity (``transform=None``) or ``"transpose"`` (``W.T`` for a matrix; swaps the
@@ -462,9 +458,13 @@ def tie(
             f"cannot tie {target!r} (shape {tuple(old.shape)}) to {what!r} (shape {expected}"
             + (f", the transpose of {tuple(src.shape)}" if transform == "transpose" else "")
             + "); the shapes must be equal"
-            + ("" if transform else " (use transform='transpose' for a transposed tie)"
-               if transformed_shape(tuple(old.shape), "transpose") == expected and old.dim() >= 2
-               else "")
+            + (
+                ""
+                if transform
+                else " (use transform='transpose' for a transposed tie)"
+                if transformed_shape(tuple(old.shape), "transpose") == expected and old.dim() >= 2
+                else ""
+            )
         )
     if old.dtype != src.dtype:
         raise ValueError(
@@ -726,7 +726,9 @@ def verify_ties(model: nn.Module) -> None:
                 )
                 continue
             if link.transform != rec.transform:
-                problems.append(f"{what}: transform is {link.transform!r}, declared {rec.transform!r}")
+                problems.append(
+                    f"{what}: transform is {link.transform!r}, declared {rec.transform!r}"
+                )
                 continue
             src = getattr(smod, sattr, None)
             if not isinstance(src, Tensor):

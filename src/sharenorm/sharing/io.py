@@ -1,0 +1,366 @@
+"""``save`` / ``load``: safetensors checkpoints that store each tensor once and remember ties.
+
+File layout: a standard safetensors file (readable by any safetensors reader). Each stored
+tensor appears once, under the name ``named_parameters()`` gives it; the metadata holds
+
+* ``format``: ``"pt"`` (as ``safetensors.torch.save_model`` writes),
+* ``sharenorm.ties``: a JSON list of ``{"target", "source", "transform", "how"}``, one entry per
+  name that is *not* stored because it is ``transform(source)`` (``how``: ``"tie"`` for
+  :func:`sharenorm.tie`, ``"identity"``/``"storage"`` for plain torch sharing),
+* ``sharenorm.sha256``: a digest of every stored tensor's name, dtype, shape and bytes, so a
+  file damaged where safetensors cannot see it (inside the data) is refused too.
+
+So a tied model's checkpoint costs exactly its unique tensors plus a small header.
+``load`` re-creates the manifest's ties in the model (also in a freshly built, untied one) before
+loading the values. Files written by ``safetensors.torch.save_model`` (which drops all but one
+name of each shared group and has no manifest) load too: the missing names are filled from the
+model's own tie groups.
+
+Writes are atomic: the file is written to a temporary file in the same directory, flushed to disk
+and moved over ``path`` with ``os.replace``, so a crash mid-save leaves the previous checkpoint
+intact.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from sharenorm.sharing.tie import (
+    _LINKS,
+    TRANSFORMS,
+    _join,
+    _module_paths,
+    _same_storage,
+    _view_transform,
+    apply_transform,
+    resolve,
+    tie,
+    ties,
+    transformed_shape,
+)
+
+__all__ = ["save", "load"]
+
+MANIFEST_KEY = "sharenorm.ties"
+DIGEST_KEY = "sharenorm.sha256"
+FORMAT_KEY = "sharenorm.format"
+FORMAT_VERSION = "1"
+_HOWS = ("tie", "identity", "storage")
+
+
+def _digest(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        h.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _stored_and_manifest(model: nn.Module) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    """The tensors to store (each storage once) and the manifest of names derived from them."""
+    state = model.state_dict()
+    manifest: list[dict[str, Any]] = []
+    derived: set[str] = set()
+    # 1. Declared ties: the target key is T(source), never stored.
+    paths = _module_paths(model)
+    for mpath, m in model.named_modules():
+        for attr, link in (m.__dict__.get(_LINKS) or {}).items():
+            spath = paths.get(id(link.module))
+            target = _join(mpath, attr)
+            if spath is None or target not in state:
+                continue
+            source = _join(spath, link.name)
+            manifest.append(
+                {"target": target, "source": source, "transform": link.transform, "how": "tie"}
+            )
+            derived.add(target)
+    # 2. Plain sharing among what is left: the same tensor or its transpose is stored once;
+    #    another overlapping view is stored as its own copy (safetensors refuses shared memory).
+    stored: dict[str, Tensor] = {}
+    for key, t in state.items():
+        if key in derived:
+            continue
+        if t.device.type == "meta":
+            raise ValueError(
+                f"cannot save {key!r}: it is on the meta device (no values); materialise the "
+                f"model first, e.g. model.to_empty(device='cpu') and re-initialise or load it"
+            )
+        for skey, s in stored.items():
+            if _same_storage(t, s):
+                how = _view_transform(s, t)
+                if how is not False:
+                    manifest.append(
+                        {"target": key, "source": skey, "transform": how, "how": "storage"}
+                    )
+                    break
+        else:
+            stored[key] = t
+    for key, t in stored.items():
+        # Contiguous, and a private copy if it still overlaps another stored tensor.
+        overlaps = any(_same_storage(t, s) for k, s in stored.items() if k != key)
+        stored[key] = t.detach().clone() if overlaps else t.detach().contiguous()
+    # Name the sharing kind precisely where torch's identity sharing is the cause.
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for entry in manifest:
+        a, b = params.get(entry["target"]), params.get(entry["source"])
+        if entry["how"] == "storage" and a is not None and a is b:
+            entry["how"] = "identity"
+    return stored, manifest
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write ``model``'s tensors (each stored tensor once) and its tie manifest to ``path``.
+
+    Args:
+        model: the module to save.
+        path: the ``.safetensors`` file to write (replaced atomically if it exists).
+        metadata: extra ``str → str`` entries for the file's metadata.
+
+    Raises:
+        ValueError: a meta tensor (nothing to save), or non-string metadata.
+
+    Example:
+        >>> import os, tempfile, sharenorm as sn
+        >>> ae = sn.TiedAutoencoder([784, 64])
+        >>> path = os.path.join(tempfile.mkdtemp(), "ae.safetensors")
+        >>> sn.save(ae, path)
+        >>> fresh = sn.TiedAutoencoder([784, 64], tied=False)   # untied: load re-creates the tie
+        >>> _ = sn.load(fresh, path)
+        >>> sn.ties(fresh)[0].members
+        (('decoder.0.weight', 'transpose', 'tie'),)
+    """
+    stored, manifest = _stored_and_manifest(model)
+    meta = {"format": "pt"}
+    if metadata:
+        bad = {
+            k: v for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)
+        }
+        if bad:
+            raise ValueError(f"metadata keys and values must be str, got {bad!r}")
+        meta.update(metadata)
+    meta[FORMAT_KEY] = FORMAT_VERSION
+    meta[MANIFEST_KEY] = json.dumps(manifest)
+    meta[DIGEST_KEY] = _digest(stored)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(stored, tmp, metadata=meta)
+        # mkstemp creates the file 0600; give it the mode a plain open() would.
+        if os.path.exists(path):
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _read(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises SafetensorError / OSError on damaged files
+        raise ValueError(
+            f"{path!r} is not a readable safetensors file (corrupted or truncated?): {e}"
+        ) from e
+    return tensors, metadata
+
+
+def _parse_manifest(path: str, metadata: dict[str, str], tensors: dict[str, Tensor]) -> list[dict]:
+    raw = metadata.get(MANIFEST_KEY)
+    if raw is None:
+        return []
+    try:
+        manifest = json.loads(raw)
+        if not isinstance(manifest, list):
+            raise TypeError("not a list")
+        for e in manifest:
+            if (
+                not isinstance(e, dict)
+                or not isinstance(e.get("target"), str)
+                or not isinstance(e.get("source"), str)
+                or e.get("transform") not in TRANSFORMS
+                or e.get("how") not in _HOWS
+            ):
+                raise TypeError(f"bad entry {e!r}")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path!r} has a corrupted tie manifest ({MANIFEST_KEY}): {err}") from None
+    for e in manifest:
+        if e["source"] not in tensors:
+            raise ValueError(
+                f"{path!r}: the tie manifest derives {e['target']!r} from {e['source']!r}, which "
+                f"the file does not contain (corrupted or hand-edited file)"
+            )
+    return manifest
+
+
+def _suggest(key: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    return f" (model has {close[0]!r})" if close else ""
+
+
+def load(
+    model: nn.Module, path: str | os.PathLike, strict: bool = True, assign: bool = False
+) -> Any:
+    """Load a checkpoint written by :func:`save` (or ``safetensors.torch.save_model``).
+
+    The ties of the file's manifest are re-created in ``model`` first (with :func:`sharenorm.tie`;
+    a model that already has them is left as is), then the values are loaded with
+    ``model.load_state_dict``. Names the file leaves out because they share a stored tensor are
+    filled from it.
+
+    Args:
+        model: a module of the checkpoint's architecture (tied or not).
+        path: the file.
+        strict: refuse missing and unexpected names (shapes are always checked).
+        assign: passed to ``load_state_dict`` (use it for a model built on the meta device).
+
+    Returns:
+        ``load_state_dict``'s ``(missing_keys, unexpected_keys)``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: a corrupted or truncated file (unreadable header, checksum mismatch, bad
+            manifest); a model of another architecture (missing/unexpected names, other shapes);
+            a manifest tie that the model contradicts (tied differently, or shapes that cannot
+            tie).
+
+    Example:
+        See :func:`save`.
+    """
+    path = os.fspath(path)
+    tensors, metadata = _read(path)
+    digest = metadata.get(DIGEST_KEY)
+    if digest is not None and digest != _digest(tensors):
+        raise ValueError(
+            f"{path!r} is corrupted: its tensors do not match the checksum stored in the file"
+        )
+    manifest = _parse_manifest(path, metadata, tensors)
+
+    # 1. Check the manifest against the model before changing anything.
+    names = list(model.state_dict().keys())
+    errors: list[str] = []
+    to_tie = []
+    for e in manifest:
+        target, source, transform = e["target"], e["source"], e["transform"]
+        if target not in names or source not in names:
+            missing = target if target not in names else source
+            errors.append(
+                f"the file ties {target!r} to {source!r}, but the model has no "
+                f"{missing!r}{_suggest(missing, names)}"
+            )
+            continue
+        tmod, tattr = resolve(model, target, "target")
+        link = (tmod.__dict__.get(_LINKS) or {}).get(tattr)
+        if link is not None:
+            smod, sattr = resolve(model, source, "source")
+            if not (link.module is smod and link.name == sattr and link.transform == transform):
+                errors.append(
+                    f"the file ties {target!r} = {transform or 'identity'}({source!r}), but the "
+                    f"model ties it to {link.hint} (transform={link.transform!r}); build the "
+                    f"model the checkpoint came from, or sharenorm.untie({target!r}) first"
+                )
+            continue
+        current = getattr(tmod, tattr)
+        if _same_storage(current, getattr(*resolve(model, source, "source"))) and transform is None:
+            continue  # already plain-shared in the model
+        want = transformed_shape(tuple(tensors[source].shape), transform)
+        if tuple(current.shape) != want:
+            errors.append(
+                f"the file ties {target!r} (model shape {tuple(current.shape)}) to "
+                f"{transform or 'identity'}({source!r}) (file shape {want})"
+            )
+            continue
+        to_tie.append((target, source, transform))
+
+    # 2. The full set of values: stored tensors plus every derived name.
+    full = dict(tensors)
+    for e in manifest:
+        full.setdefault(e["target"], apply_transform(full[e["source"]], e["transform"]))
+    for group in ties(model):  # e.g. a save_model file: one name of each shared group kept
+        present = [n for n in group.names if n in full]
+        if present:
+            first = present[0]
+            base = apply_transform(full[first], group.transform_of(first))  # the source's value
+            for n in group.names:
+                full.setdefault(n, apply_transform(base, group.transform_of(n)))
+
+    # 3. Architecture: names and shapes.
+    expected = model.state_dict()  # a tie keeps the target's key, so these names stay valid
+    missing = [k for k in expected if k not in full]
+    unexpected = [k for k in full if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(full[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in full and tuple(full[k].shape) != tuple(expected[k].shape)
+    ]
+    if shapes:
+        errors.append(
+            "shapes differ: " + "; ".join(shapes[:8]) + (" ..." if len(shapes) > 8 else "")
+        )
+    if strict and (missing or unexpected):
+        if missing:
+            errors.append(
+                f"missing from the file: {missing[:8]}" + (" ..." if len(missing) > 8 else "")
+            )
+        if unexpected:
+            errors.append(
+                "not in the model: "
+                + ", ".join(repr(k) + _suggest(k, list(expected)) for k in unexpected[:8])
+                + (" ..." if len(unexpected) > 8 else "")
+            )
+    if errors:
+        raise ValueError(
+            f"checkpoint {path!r} does not match the model ({type(model).__name__}); is it a "
+            f"checkpoint of another architecture? " + " | ".join(errors)
+        )
+
+    # 4. Re-create the ties, then load.
+    for target, source, transform in to_tie:
+        tie(model, target, source, transform)
+    if not strict:
+        full = {k: v for k, v in full.items() if k in expected}
+    return model.load_state_dict(full, strict=strict, assign=assign)
+
+
+def file_bytes(path: str | os.PathLike) -> int:
+    """Size of a checkpoint on disk (for reports and benchmarks)."""
+    return Path(path).stat().st_size

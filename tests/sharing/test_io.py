@@ -1,0 +1,221 @@
+"""save/load: one copy per stored tensor, tie manifest, save_model interop, atomic writes and
+clear errors for wrong architectures and damaged files."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import pytest
+import safetensors.torch
+import torch
+from safetensors import safe_open
+from torch import nn
+
+import sharenorm as sn
+from sharenorm.sharing import io as sio
+
+
+def header_bytes(path):
+    with open(path, "rb") as f:
+        return 8 + struct.unpack("<Q", f.read(8))[0]
+
+
+def unique_bytes(model):
+    return sn.parameter_report(model).unique_bytes + sum(
+        b.numel() * b.element_size() for b in model.buffers()
+    )
+
+
+def test_roundtrip_stores_each_tensor_once_and_recreates_ties(tmp_path):
+    torch.manual_seed(0)
+    ae = sn.TiedAutoencoder([20, 8, 4], tied=True)
+    path = tmp_path / "ae.safetensors"
+    sn.save(ae, path)
+    with safe_open(path, "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert keys == {
+        "encoder.0.weight",
+        "encoder.0.bias",
+        "encoder.1.weight",
+        "encoder.1.bias",
+        "decoder.0.bias",
+        "decoder.1.bias",
+    }
+    manifest = json.loads(meta["sharenorm.ties"])
+    assert {
+        "target": "decoder.1.weight",
+        "source": "encoder.0.weight",
+        "transform": "transpose",
+        "how": "tie",
+    } in manifest
+    # Checkpoint bytes = unique tensor bytes + the header, exactly.
+    assert os.path.getsize(path) == unique_bytes(ae) + header_bytes(path)
+    x = torch.randn(3, 20)
+    for tied in (True, False):  # into a tied model and into a freshly built untied one
+        fresh = sn.TiedAutoencoder([20, 8, 4], tied=tied)
+        sn.load(fresh, path)
+        torch.testing.assert_close(fresh(x), ae(x), rtol=0, atol=0)
+        assert sn.count_parameters(fresh) == sn.count_parameters(ae)
+        sn.verify_ties(fresh)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_roundtrip_shared_stack_and_plain_torch_sharing(tmp_path):
+    torch.manual_seed(1)
+    stack = sn.SharedStack(nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6)), 5, unshared=("1",))
+    stack(torch.randn(4, 6))  # non-trivial running stats
+    sn.save(stack, tmp_path / "s.safetensors")
+    assert os.path.getsize(tmp_path / "s.safetensors") == unique_bytes(stack) + header_bytes(
+        tmp_path / "s.safetensors"
+    )
+    fresh = sn.SharedStack(nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6)), 5, unshared=("1",))
+    sn.load(fresh, tmp_path / "s.safetensors")
+    stack.eval(), fresh.eval()
+    x = torch.randn(2, 6)
+    torch.testing.assert_close(fresh(x), stack(x), rtol=0, atol=0)
+    # Plain torch sharing (one Parameter in two modules) is stored once and re-created as a tie.
+    lm = nn.ModuleDict({"embed": nn.Embedding(10, 4), "head": nn.Linear(4, 10, bias=False)})
+    lm.head.weight = lm.embed.weight
+    sn.save(lm, tmp_path / "lm.safetensors")
+    with safe_open(tmp_path / "lm.safetensors", "pt") as f:
+        assert set(f.keys()) == {"embed.weight"}
+    fresh_lm = nn.ModuleDict({"embed": nn.Embedding(10, 4), "head": nn.Linear(4, 10, bias=False)})
+    sn.load(fresh_lm, tmp_path / "lm.safetensors")
+    assert fresh_lm.head.weight is fresh_lm.embed.weight
+    assert torch.equal(fresh_lm.embed.weight, lm.embed.weight)
+
+
+def test_loads_files_written_by_safetensors_save_model(tmp_path):
+    torch.manual_seed(2)
+    # A plain-torch tied LM: save_model keeps one name of the shared pair.
+    lm = nn.ModuleDict({"embed": nn.Embedding(10, 4), "head": nn.Linear(4, 10)})
+    lm.head.weight = lm.embed.weight
+    safetensors.torch.save_model(lm, tmp_path / "lm.safetensors")
+    for build_tied in ("torch", "sharenorm"):
+        fresh = nn.ModuleDict({"embed": nn.Embedding(10, 4), "head": nn.Linear(4, 10)})
+        if build_tied == "torch":
+            fresh.head.weight = fresh.embed.weight
+        else:
+            sn.tie(fresh, "head.weight", "embed.weight")
+        sn.load(fresh, tmp_path / "lm.safetensors")
+        assert torch.equal(fresh.head.weight, lm.head.weight)
+        assert torch.equal(fresh.head.bias, lm.head.bias)
+    # save_model of a plain model holding tied values (both names stored) into a tied model;
+    # save_model itself cannot write a transposed tie (it cannot handle non-contiguous views).
+    ae = sn.TiedAutoencoder([9, 4], tied=True)
+    plain = sn.TiedAutoencoder([9, 4], tied=False)
+    plain.load_state_dict(ae.state_dict())
+    safetensors.torch.save_model(plain, tmp_path / "ae.safetensors")
+    fresh_ae = sn.TiedAutoencoder([9, 4], tied=True)
+    sn.load(fresh_ae, tmp_path / "ae.safetensors")
+    x = torch.randn(2, 9)
+    torch.testing.assert_close(fresh_ae(x), ae(x), rtol=0, atol=0)
+    # ... and values that contradict the tie are refused, naming it.
+    with torch.no_grad():
+        plain.decoder[0].weight.mul_(2)
+    safetensors.torch.save_model(plain, tmp_path / "bad.safetensors")
+    with pytest.raises(RuntimeError, match="'decoder.0.weight' is tied to 'encoder.0.weight'"):
+        sn.load(fresh_ae, tmp_path / "bad.safetensors")
+
+
+def test_architecture_and_manifest_mismatch_errors(tmp_path):
+    path = tmp_path / "ae.safetensors"
+    sn.save(sn.TiedAutoencoder([20, 8, 4]), path)
+    with pytest.raises(
+        ValueError,
+        match=r"shapes differ: encoder.0.weight: file \(8, 20\), model "
+        r"\(8, 21\)",
+    ):
+        sn.load(sn.TiedAutoencoder([21, 8, 4]), path)
+    with pytest.raises(ValueError, match="another architecture.*model has no 'encoder.1.weight'"):
+        sn.load(sn.TiedAutoencoder([20, 8]), path)
+    with pytest.raises(ValueError, match="not in the model"):
+        sn.load(nn.Linear(20, 8), path)
+    # The model ties decoder.1.weight differently from the file.
+    m = sn.TiedAutoencoder([20, 8, 4], tied=False)
+    m.decoder[1] = nn.Linear(8, 20)
+    m.extra = nn.Linear(8, 20)
+    sn.tie(m, "decoder.1.weight", "extra.weight")
+    with pytest.raises(ValueError, match=r"but the model ties it to extra.weight"):
+        sn.load(m, path)
+    # Nothing was changed by a refused load.
+    fresh = sn.TiedAutoencoder([21, 8, 4], tied=False)
+    with pytest.raises(ValueError):
+        sn.load(fresh, path)
+    assert sn.ties(fresh) == []
+
+
+def test_corrupted_truncated_and_missing_files(tmp_path):
+    path = tmp_path / "ae.safetensors"
+    ae = sn.TiedAutoencoder([20, 8])
+    sn.save(ae, path)
+    data = path.read_bytes()
+    cases = {
+        "truncated": data[: len(data) - 7],
+        "header": data[:8] + b"#" + data[9:],  # broken JSON header
+        "tiny": data[:5],
+    }
+    for name, blob in cases.items():
+        bad = tmp_path / f"{name}.safetensors"
+        bad.write_bytes(blob)
+        with pytest.raises(ValueError, match="corrupted or truncated"):
+            sn.load(sn.TiedAutoencoder([20, 8]), bad)
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF  # inside the tensor data: safetensors cannot see it, the checksum can
+    (tmp_path / "flip.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="checksum"):
+        sn.load(sn.TiedAutoencoder([20, 8]), tmp_path / "flip.safetensors")
+    with pytest.raises(FileNotFoundError):
+        sn.load(ae, tmp_path / "nope.safetensors")
+    # A hand-edited manifest that points at a tensor the file lacks.
+    tensors = {k: v.contiguous() for k, v in ae.state_dict().items() if k.startswith("encoder")}
+    man = json.dumps(
+        [{"target": "decoder.0.weight", "source": "x", "transform": None, "how": "tie"}]
+    )
+    safetensors.torch.save_file(tensors, tmp_path / "m.safetensors", {"sharenorm.ties": man})
+    with pytest.raises(ValueError, match="does not contain"):
+        sn.load(sn.TiedAutoencoder([20, 8]), tmp_path / "m.safetensors")
+    safetensors.torch.save_file(tensors, tmp_path / "j.safetensors", {"sharenorm.ties": "[{"})
+    with pytest.raises(ValueError, match="corrupted tie manifest"):
+        sn.load(sn.TiedAutoencoder([20, 8]), tmp_path / "j.safetensors")
+
+
+def test_atomic_write_keeps_previous_checkpoint_on_crash(tmp_path, monkeypatch):
+    path = tmp_path / "ae.safetensors"
+    good = sn.TiedAutoencoder([20, 8])
+    sn.save(good, path)
+    before = path.read_bytes()
+
+    def crash_mid_write(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")  # half a file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sio, "save_file", crash_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        sn.save(sn.TiedAutoencoder([20, 8]), path)
+    monkeypatch.undo()
+
+    def crash_on_rename(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sio.os, "replace", crash_on_rename)
+    with pytest.raises(OSError, match="disk full"):
+        sn.save(sn.TiedAutoencoder([20, 8]), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ae.safetensors"]  # no temp files left
+    sn.load(sn.TiedAutoencoder([20, 8]), path)
+    # Permissions as for a normally created file (mkstemp's 0600 is not kept).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_save_refuses_meta_tensors(tmp_path):
+    with torch.device("meta"):
+        ae = sn.TiedAutoencoder([5, 2])
+    with pytest.raises(ValueError, match="meta device"):
+        sn.save(ae, tmp_path / "x.safetensors")
