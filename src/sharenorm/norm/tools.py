@@ -391,19 +391,23 @@ def _fuse_fx(model: nn.Module, report: FuseReport, reasons: dict[str, str]) -> n
             continue
         bn = modules[node.target]
         src = node.args[0] if node.args else None
+        # A reason found by the Sequential pass (shared, training, ...) stays; the graph
+        # only replaces "not found next to a conv".
+        generic = reasons[node.target].startswith(("not found", "follows"))
         if not (isinstance(src, fx.Node) and src.op == "call_module"):
-            reasons[node.target] = "its input does not come straight from a module (torch.fx)"
+            if generic:
+                reasons[node.target] = "its input does not come straight from a module (torch.fx)"
+            continue
+        why = _why_not(modules[src.target], bn, refs)
+        if why is None and (
+            len(src.users) != 1 or calls.get(src.target, 0) != 1 or calls.get(node.target, 0) != 1
+        ):
+            why = f"{src.target}'s output is also used elsewhere, or a layer is called twice"
+        if why is not None:
+            if generic or not why.startswith("follows"):
+                reasons[node.target] = why
             continue
         prev = modules[src.target]
-        if len(src.users) != 1 or calls.get(src.target, 0) != 1 or calls.get(node.target, 0) != 1:
-            reasons[node.target] = (
-                f"{src.target}'s output is also used elsewhere, or a layer is called twice"
-            )
-            continue
-        why = _why_not(prev, bn, refs)
-        if why is not None:
-            reasons[node.target] = why
-            continue
         fused, after = _fold(prev, bn)
         _set_submodule(gm, src.target, fused)
         if isinstance(after, nn.Identity):

@@ -1,0 +1,313 @@
+"""freeze/unfreeze_norm_stats, recalibrate_norm_stats, fuse_conv_bn: each against the
+behaviour it promises (eval-mode output, unchanged statistics, the direct average of
+per-batch statistics, the unfused model's output)."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+
+import sharenorm as sn
+
+
+def _norm_zoo() -> nn.Sequential:
+    """One of every norm with running statistics, torch and sharenorm, plus GN."""
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),  # torch
+        sn.BatchNorm2d(4, act="relu"),  # sharenorm
+        sn.SyncBatchNorm(4),  # no group: BN
+        sn.BatchRenorm2d(4, r_warmup=(0, 0), d_warmup=(0, 0)),
+        nn.InstanceNorm2d(4, track_running_stats=True, affine=True),
+        sn.InstanceNorm2d(4, track_running_stats=True),
+        nn.GroupNorm(2, 4),  # no running statistics: nothing to freeze
+        nn.BatchNorm2d(4, track_running_stats=False),  # idem
+    )
+
+
+def _stats(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_b" in k}
+
+
+# ----------------------------------------------------------------------------- freeze
+
+
+def test_freeze_survives_train_and_uses_running_stats():
+    net = _norm_zoo()
+    net.train()
+    for _ in range(2):  # move the running statistics away from (0, 1)
+        net(torch.randn(4, 2, 5, 5) * 2 + 1)
+    frozen = sn.freeze_norm_stats(net)
+    assert frozen == ["1", "2", "3", "4", "5", "6"]
+    assert sn.freeze_norm_stats(net) == frozen  # idempotent: still one hook each
+    assert len(net[1]._forward_pre_hooks) == 1
+    before = _stats(net)
+    evaluated = copy.deepcopy(net)
+    sn.unfreeze_norm_stats(evaluated)
+    evaluated.eval()
+    for m in (evaluated[7], evaluated[8]):
+        m.train()  # unfrozen layers keep training behaviour in `net`
+    net.train()  # the fine-tuning bug: this must not unfreeze
+    x = torch.randn(3, 2, 5, 5) * 2 + 1
+    y = net(x)
+    assert torch.equal(y, evaluated(x))  # eval behaviour: running statistics normalize
+    for k, v in _stats(net).items():
+        assert torch.equal(v, before[k]), k  # and they did not move
+    assert all(m.training for m in net.modules())  # the mode flag reads as set
+    # γ/β still learn unless asked otherwise.
+    y.sum().backward()
+    assert net[1].weight.grad is not None and net[1].weight.requires_grad
+
+
+def test_freeze_deepcopy_pickle_unfreeze_and_affine():
+    net = _norm_zoo()
+    sn.freeze_norm_stats(net, affine=True)
+    assert not net[1].weight.requires_grad and not net[2].bias.requires_grad
+    clone = copy.deepcopy(net)
+    buf = io.BytesIO()
+    torch.save(net, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    for model in (clone, loaded):
+        assert sn.is_norm_stats_frozen(model[1])
+        before = _stats(model)
+        model.train()(torch.randn(4, 2, 3, 3) + 3)
+        assert all(torch.equal(v, before[k]) for k, v in _stats(model).items())
+    # Unfreezing the copy leaves the original frozen (the hooks are per module).
+    assert sn.unfreeze_norm_stats(clone, affine=True) == ["1", "2", "3", "4", "5", "6"]
+    assert sn.is_norm_stats_frozen(net[1]) and not sn.is_norm_stats_frozen(clone[1])
+    assert clone[1].weight.requires_grad
+    assert len(clone[1]._forward_pre_hooks) == len(clone[1]._forward_hooks) == 0
+    clone.train()(torch.randn(4, 2, 3, 3) + 3)
+    assert clone[1].num_batches_tracked.item() == 1  # moving again
+    net.train()(torch.randn(4, 2, 3, 3) + 3)
+    assert net[1].num_batches_tracked.item() == 0
+    with pytest.raises(TypeError, match="nn.Module"):
+        sn.freeze_norm_stats([net])
+    with pytest.raises(TypeError, match="nn.Module"):
+        sn.unfreeze_norm_stats(None)
+
+
+# ----------------------------------------------------------------------------- recalibrate
+
+
+class _Net(nn.Module):
+    """Conv → Dropout → BN → ReLU → Conv → BN: the second BN's input depends on the first."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 3, 3)
+        self.drop = nn.Dropout(0.5)
+        self.bn1 = sn.BatchNorm2d(3, momentum=0.1)
+        self.conv2 = nn.Conv2d(3, 4, 1)
+        self.bn2 = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.drop(self.conv1(x))))))
+
+
+def _direct_average(model, batches):
+    """Per BN layer: the plain average over batches of the mean and unbiased variance of
+    its input, computed from hooks in a pass where only the norm layers use batch
+    statistics (dropout off)."""
+    seen = {"bn1": [], "bn2": []}
+    hooks = []
+    for name in seen:
+        def hook(m, args, name=name):
+            x = args[0].double()
+            seen[name].append((x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=True)))
+        hooks.append(getattr(model, name).register_forward_pre_hook(hook))
+    model.eval()
+    model.bn1.train(), model.bn2.train()
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    for h in hooks:
+        h.remove()
+    return {
+        name: (torch.stack([s[0] for s in v]).mean(0), torch.stack([s[1] for s in v]).mean(0))
+        for name, v in seen.items()
+    }
+
+
+def test_recalibrate_equals_direct_average_of_batch_statistics():
+    torch.manual_seed(1)
+    model = _Net()
+    # Unequal batch sizes: the average is over batches, unweighted (precise-BN).
+    batches = [torch.randn(n, 2, 6, 6) * 3 + 2 for n in (5, 2, 7, 3)]
+    expected = _direct_average(copy.deepcopy(model), batches)
+    model.train()
+    model(torch.randn(4, 2, 6, 6))  # stale statistics to be replaced
+    sn.freeze_norm_stats(model.bn2)
+    n = sn.recalibrate_norm_stats(model, [(b, torch.zeros(len(b))) for b in batches])
+    assert n == 4
+    for name, (mean, var) in expected.items():
+        bn = getattr(model, name)
+        torch.testing.assert_close(bn.running_mean.double(), mean, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(bn.running_var.double(), var, atol=1e-6, rtol=1e-6)
+        assert bn.num_batches_tracked.item() == 4
+    # Everything else is as it was: momentum, modes, frozen state.
+    assert model.bn1.momentum == 0.1 and model.bn2.momentum == 0.1
+    assert model.training and model.drop.training and model.bn1.training
+    assert sn.is_norm_stats_frozen(model.bn2)
+
+
+def test_recalibrate_batchrenorm_runs_as_bn_and_restores():
+    m = nn.Sequential(sn.BatchRenorm1d(3, r_warmup=(0, 0), d_warmup=(0, 0)), sn.BatchNorm1d(3))
+    m.eval()
+    batches = [torch.randn(8, 3) * 2 + 1 for _ in range(3)]
+    sn.recalibrate_norm_stats(m, batches, forward=lambda model, b: model(b))
+    # The second layer saw BN-normalized inputs (r = 1, d = 0) while recalibrating.
+    normalized = [(b - b.mean(0)) / torch.sqrt(b.var(0, unbiased=False) + 1e-5) for b in batches]
+    mean = torch.stack([z.mean(0) for z in normalized]).mean(0)
+    torch.testing.assert_close(m[1].running_mean, mean, atol=1e-6, rtol=0)
+    assert m[0].renorm and not m.training
+
+
+def test_recalibrate_failures_restore_statistics():
+    model = _Net()
+    before = _stats(model)
+    with pytest.raises(ValueError, match="no batch"):
+        sn.recalibrate_norm_stats(model, iter([]))
+    assert all(torch.equal(v, before[k]) for k, v in _stats(model).items())
+
+    def bad_batches():
+        yield torch.randn(4, 2, 6, 6)
+        raise KeyError("loader broke")
+
+    with pytest.raises(KeyError, match="loader broke"):
+        sn.recalibrate_norm_stats(model, bad_batches())
+    assert all(torch.equal(v, before[k]) for k, v in _stats(model).items())
+    assert model.bn1.momentum == 0.1
+    with pytest.raises(TypeError, match="forward="):
+        sn.recalibrate_norm_stats(model, [{"x": torch.randn(2, 2, 6, 6)}])
+    with pytest.raises(ValueError, match="no norm layer with running statistics"):
+        sn.recalibrate_norm_stats(nn.Sequential(nn.Linear(2, 2), nn.GroupNorm(1, 2)), [])
+
+
+# ----------------------------------------------------------------------------- fuse
+
+
+def _randomize_bn(model):
+    """Non-trivial running statistics and γ/β, so a wrong fold shows."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, sn.BatchNorm1d, sn.BatchNorm2d,
+                              sn.BatchNorm3d)) and m.running_mean is not None:
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c))
+                m.running_var.copy_(torch.rand(c) + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(c) + 0.5)
+                    m.bias.copy_(torch.randn(c))
+    return model
+
+
+# (layers, input shape)
+FUSE_CASES = [
+    ([nn.Conv1d(3, 4, 3), nn.BatchNorm1d(4)], (2, 3, 9)),
+    ([nn.Conv2d(4, 6, 3, groups=2, bias=False), sn.BatchNorm2d(6)], (2, 4, 7, 7)),  # groups
+    ([nn.Conv3d(2, 3, 2), nn.BatchNorm3d(3, affine=False)], (2, 2, 4, 4, 4)),  # no γ/β
+    ([nn.Linear(5, 4), sn.BatchNorm1d(4, act="relu")], (6, 5)),  # Linear, act kept
+    ([nn.ConvTranspose2d(4, 6, 3, groups=2), nn.BatchNorm2d(6)], (2, 4, 5, 5)),  # transposed
+    ([nn.Conv2d(3, 4, 3), nn.SyncBatchNorm(4)], (2, 3, 6, 6)),  # torch's SyncBN in eval
+]
+
+
+@pytest.mark.parametrize(
+    "layers,shape", FUSE_CASES, ids=[f"{type(c[0][0]).__name__}-{type(c[0][1]).__name__}"
+                                     for c in FUSE_CASES]
+)
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_fuse_sequential_equals_unfused(layers, shape, dtype, atol):
+    net = _randomize_bn(nn.Sequential(*copy.deepcopy(layers), nn.Tanh())).to(dtype).eval()
+    x = torch.randn(shape, dtype=dtype)
+    report = sn.fuse_conv_bn(net)
+    assert report.fused == [("0", "1")] and report.skipped == []
+    fused = report.model
+    assert fused is not net and type(net[1]) is type(layers[1])  # original untouched
+    act = getattr(layers[1], "act", None)
+    assert type(fused[1]).__name__ == ("Activation" if act else "Identity")
+    torch.testing.assert_close(fused(x), net(x), atol=atol, rtol=atol)
+    assert fused[0].weight.dtype == dtype
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 3, 1)
+        self.bn2 = nn.BatchNorm2d(3)  # its conv's output is also used by the residual
+
+    def forward(self, x):
+        y = self.bn(self.conv(x)) + x
+        z = self.conv2(y)
+        return self.bn2(z) + z
+
+
+class _Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            return self.bn(self.conv(x))
+        return x
+
+
+def test_fuse_fx_and_what_cannot_be_fused():
+    net = _randomize_bn(_Residual()).eval()
+    x = torch.randn(2, 3, 5, 5)
+    report = sn.fuse_conv_bn(net)
+    assert report.fused == [("conv", "bn")]
+    assert report.skipped[0][0] == "bn2" and "also used elsewhere" in report.skipped[0][1]
+    assert isinstance(report.model, torch.fx.GraphModule)
+    torch.testing.assert_close(report.model(x), net(x), atol=1e-5, rtol=1e-5)
+    assert sn.fuse_conv_bn(net, method="sequential").fused == []
+
+    report = sn.fuse_conv_bn(_Branchy().eval())
+    assert report.fused == [] and "torch.fx could not trace" in report.skipped[0][1]
+
+    shared = nn.Conv2d(3, 3, 1)
+    weight_normed = parametrizations.weight_norm(nn.Conv2d(3, 3, 1))
+    net = _randomize_bn(nn.Sequential(
+        shared, nn.BatchNorm2d(3), shared, nn.BatchNorm2d(3),  # one conv, two places
+        weight_normed, nn.BatchNorm2d(3),  # parametrized weight
+        nn.ReLU(), nn.BatchNorm2d(3),  # not after a conv
+        nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3, track_running_stats=False),  # batch stats
+        nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3).train(),  # training mode
+    )).eval()
+    net[11].train()
+    report = sn.fuse_conv_bn(net)
+    reasons = dict(report.skipped)
+    assert report.fused == []
+    assert "shared" in reasons["1"] and "shared" in reasons["3"]
+    assert "parametrized" in reasons["5"]
+    assert "follows a ReLU" in reasons["7"]
+    assert "no running statistics" in reasons["9"]
+    assert "training mode" in reasons["11"]
+    assert "NOT folded 11" in str(report)
+    # A frozen BN in a training model behaves as in eval: it can be folded.
+    sn.freeze_norm_stats(net[11])
+    assert ("10", "11") in sn.fuse_conv_bn(net).fused
+    with pytest.raises(ValueError, match="method"):
+        sn.fuse_conv_bn(net, method="graph")
+    with pytest.raises(TypeError, match="nn.Module"):
+        sn.fuse_conv_bn(lambda x: x)
+
+
+def test_fuse_inplace():
+    net = _randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))).eval()
+    x = torch.randn(2, 3, 5, 5)
+    expected = net(x)
+    report = sn.fuse_conv_bn(net, inplace=True)
+    assert report.model is net and isinstance(net[1], nn.Identity)
+    torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
