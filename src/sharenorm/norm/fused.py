@@ -111,23 +111,24 @@ def _act_(y: Tensor, act: str | None, p: float | None) -> Tensor:
 
 
 def _act_grad_from_input(dy: Tensor, z: Tensor, act: str | None, p: float | None) -> Tensor:
-    """dL/dz from dL/dy and the pre-activation ``z`` (``z`` is a scratch tensor)."""
+    """dL/dz from dL/dy and the pre-activation ``z``, written over ``z`` (a scratch
+    tensor): one allocation fewer, as many as eager's activation backward makes."""
     if act is None or act == "identity":
         return dy
     if act == "relu":
-        return _ATEN.threshold_backward(dy, z, 0)
+        return _ATEN.threshold_backward.grad_input(dy, z, 0, grad_input=z)
     if act == "leaky_relu":
-        return _ATEN.leaky_relu_backward(dy, z, p, False)
+        return _ATEN.leaky_relu_backward.grad_input(dy, z, p, False, grad_input=z)
     if act == "elu":
-        return _ATEN.elu_backward(dy, p, 1, 1, False, z)
+        return _ATEN.elu_backward.grad_input(dy, p, 1, 1, False, z, grad_input=z)
     if act == "silu":
-        return _ATEN.silu_backward(dy, z)
+        return _ATEN.silu_backward.grad_input(dy, z, grad_input=z)
     if act == "gelu":
-        return _ATEN.gelu_backward(dy, z)
+        return _ATEN.gelu_backward.grad_input(dy, z, grad_input=z)
     if act == "tanh":
-        return _ATEN.tanh_backward(dy, z.tanh_())
+        return _ATEN.tanh_backward.grad_input(dy, z.tanh_(), grad_input=z)
     if act == "sigmoid":
-        return _ATEN.sigmoid_backward(dy, z.sigmoid_())
+        return _ATEN.sigmoid_backward.grad_input(dy, z.sigmoid_(), grad_input=z)
     raise AssertionError(act)
 
 
@@ -146,10 +147,11 @@ def _act_inverse(y: Tensor, act: str | None, p: float | None) -> Tensor:
     """``z = act⁻¹(y)``, a new tensor (or ``y`` itself for identity)."""
     if act is None or act == "identity":
         return y
-    if act == "leaky_relu":
-        return torch.where(y >= 0, y, y / p)
+    if act == "leaky_relu":  # the inverse of slope p is slope 1/p: one fused pass
+        return F.leaky_relu(y, 1.0 / p)
     if act == "elu":
-        return torch.where(y > 0, y, torch.log1p(y / p))
+        z = torch.log1p(y / p)
+        return torch.where(y > 0, y, z, out=z)
     raise AssertionError(act)
 
 
@@ -196,6 +198,13 @@ def _per_channel(v: Tensor, x: Tensor) -> Tensor:
     """(C,) or (N, C) → broadcastable against x of shape (N, C, *), in x's dtype."""
     lead = (1, -1) if v.dim() == 1 else tuple(v.shape)
     return v.reshape(*lead, *([1] * (x.dim() - 2))).to(x.dtype)
+
+
+def _scale_shift(z: Tensor, scale: Tensor, shift: Tensor, in_place: bool) -> Tensor:
+    """``z·scale + shift`` with per-channel (C,) or per-(sample, channel) (N, C) factors,
+    in one pass; over ``z`` itself when it is a scratch tensor."""
+    s, t = _per_channel(scale, z), _per_channel(shift, z)
+    return torch.addcmul(t, z, s, out=z) if in_place else torch.addcmul(t, z, s)
 
 
 def saved_tensor_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
@@ -254,22 +263,34 @@ class _BatchNormAct(torch.autograd.Function):
         dy = dy.contiguous(memory_format=ctx.fmt)
         gamma = torch.ones_like(invstd) if weight is None else weight.to(invstd.dtype)
         beta = torch.zeros_like(invstd) if bias is None else bias.to(invstd.dtype)
+        mask = list(ctx.needs_input_grad[:3])
+        if ctx.invert and ctx.training:
+            # x̂ = (z − β)/γ: ATen's backward takes x̂ = (input − save_mean)·save_invstd, so
+            # z goes in as the input with save_mean := β, save_invstd := 1/γ, and the
+            # weight := γ²·r so that its weight·save_invstd is the true γ·r. No extra
+            # pass over the data beyond act⁻¹ (none for identity).
+            dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
+            z = _act_inverse(saved, act, p).contiguous(memory_format=ctx.fmt)
+            w_arg = (gamma * gamma * invstd).to(invstd.dtype if weight is None else weight.dtype)
+            dx, dw, db = _ATEN.native_batch_norm_backward(
+                dz, z, w_arg, None, None, beta, 1.0 / gamma, True, ctx.eps, mask
+            )
+            return dx, dw, db, None, None, None, None, None, None, None
         if ctx.invert:
             dz = _act_grad_from_output(dy, saved, act, p)
             z = _act_inverse(saved, act, p)
             s = 1.0 / (gamma * invstd)  # x − μ = (z − β) / (γ·r)
-            xin = torch.addcmul(_per_channel(-beta * s, z), z, _per_channel(s, z))
+            xin = _scale_shift(z, s, -beta * s, in_place=z is not saved)
             center = torch.zeros_like(mean)
         else:
             a = gamma * invstd  # z = γ·r·(x − μ) + β = a·x + b
             if act is None:
                 dz = dy
             else:
-                z = torch.addcmul(_per_channel(beta - mean * a, saved), saved, _per_channel(a, saved))
+                z = _scale_shift(saved, a, beta - mean * a, in_place=False)
                 dz = _act_grad_from_input(dy, z, act, p)
             xin, center = saved, mean
         dz = dz.contiguous(memory_format=ctx.fmt)
-        mask = list(ctx.needs_input_grad[:3])
         if ctx.training:
             dx, dw, db = _ATEN.native_batch_norm_backward(
                 dz, xin, weight, None, None, center, invstd, True, ctx.eps, mask
@@ -349,7 +370,7 @@ class _GroupNormAct(torch.autograd.Function):
             dz = _act_grad_from_output(dy, saved, act, p)
             z = _act_inverse(saved, act, p)
             s = 1.0 / (gamma * r_nc)  # x − μ = (z − β) / (γ·r)
-            xin = torch.addcmul(_per_channel(-beta * s, z), z, _per_channel(s, z))
+            xin = _scale_shift(z, s, -beta * s, in_place=z is not saved)
             center = torch.zeros_like(mean)
         else:
             if act is None:
@@ -357,7 +378,7 @@ class _GroupNormAct(torch.autograd.Function):
             else:
                 a = gamma * r_nc
                 b = beta - mean.repeat_interleave(c // g, dim=1) * a
-                z = torch.addcmul(_per_channel(b, saved), saved, _per_channel(a, saved))
+                z = _scale_shift(saved, a, b, in_place=False)
                 dz = _act_grad_from_input(dy, z, act, p)
             xin, center = saved, mean
         dz = dz.contiguous(memory_format=ctx.fmt)
