@@ -96,12 +96,14 @@ def ddp(model: nn.Module, **kwargs: Any) -> nn.Module:
     plain DDP: autograd sums its uses' gradients before DDP's hook fires. What is set
     here, and why:
 
-    - ``static_graph=True`` unless given: a parameter reused several times in one
-      forward is fine either way, but with activation checkpointing (recomputing a
-      shared block in backward) DDP's hooks fire more than once per parameter, which
-      plain DDP rejects ("Expected to mark a variable ready only once"); a static graph
-      lets DDP handle it. sharenorm's models always use every parameter in every
-      forward, which is what ``static_graph`` assumes.
+    - ``static_graph=True`` unless given. A parameter reused several times in one
+      forward is fine with plain DDP, but with (reentrant) activation checkpointing of a
+      shared block the shared weights' gradient hooks fire once per recomputed
+      repetition, and plain DDP then reduces a *partial* gradient without any error —
+      the parameters silently drift from single-process training
+      (``tests/sharing/test_ddp.py`` shows it on torch 2.13). With a static graph DDP
+      waits for all of a parameter's gradient. It assumes every forward uses the same
+      parameters, as sharenorm's models do.
     - ``broadcast_buffers=True`` (DDP's default) keeps BN running statistics equal on
       every rank; with :class:`~sharenorm.SyncBatchNorm` they are equal anyway.
 
