@@ -87,8 +87,13 @@ def _ddp_rank(rank: int, world: int) -> dict:
     out["plain_autoencoder"] = _state(plain)
     # … but a checkpointed shared block needs static_graph: without it DDP refuses.
     try:
-        m = _train(_models()["checkpointed"], data["checkpointed"],
-                   nn.parallel.DistributedDataParallel, rank, world)
+        m = _train(
+            _models()["checkpointed"],
+            data["checkpointed"],
+            nn.parallel.DistributedDataParallel,
+            rank,
+            world,
+        )
         out["plain_checkpointed"] = _state(m)
     except RuntimeError as exc:
         out["plain_checkpointed"] = str(exc)
@@ -107,11 +112,13 @@ def test_ddp_equals_single_process_on_concatenated_batch(ranks, name):
     for r in ranks:
         assert r[name].keys() == expected.keys()
         for k, v in expected.items():
-            torch.testing.assert_close(r[name][k], v, atol=1e-10, rtol=1e-10,
-                                       msg=lambda e, k=k: f"{name} {k}: {e}")
+            torch.testing.assert_close(
+                r[name][k], v, atol=1e-10, rtol=1e-10, msg=lambda e, k=k: f"{name} {k}: {e}"
+            )
     # The parameters really moved (the test would pass trivially otherwise).
-    assert not torch.equal(expected[next(iter(expected))], _state(_models()[name])[
-        next(iter(expected))])
+    assert not torch.equal(
+        expected[next(iter(expected))], _state(_models()[name])[next(iter(expected))]
+    )
 
 
 def test_ties_intact_after_ddp_training(ranks):

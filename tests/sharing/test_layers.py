@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import sharenorm as sn
@@ -191,3 +193,28 @@ def test_rnn_errors():
         sn.SharedRNN(3, 4)(torch.randn(5, 2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="one-layer"):
         sn.SharedRNN.from_torch(nn.RNN(3, 4, num_layers=2))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    c=st.integers(1, 3),
+    o=st.integers(1, 3),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    s=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    p=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    d=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+)
+def test_lc2d_from_conv_equals_conv_for_any_geometry(c, o, h, w, k, s, p, d):
+    # Only geometries whose output is non-empty (as for Conv2d); others must raise ValueError.
+    out_h = (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    out_w = (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    conv = nn.Conv2d(c, o, k, s, p, d).double()
+    if out_h < 1 or out_w < 1:
+        with pytest.raises(ValueError, match="empty"):
+            sn.LocallyConnected2d.from_conv(conv, (h, w))
+        return
+    lc = sn.LocallyConnected2d.from_conv(conv, (h, w))
+    x = torch.randn(2, c, h, w, dtype=torch.float64)
+    torch.testing.assert_close(lc(x), conv(x), rtol=1e-10, atol=1e-12)

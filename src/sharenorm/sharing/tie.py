@@ -26,6 +26,11 @@ operation that replaces or converts the source tensor in its own module:
   importable.
 * ``torch.compile``: the property is plain Python that dynamo inlines.
 
+Re-initialising: a tied module's ``reset_parameters()`` re-initialises only what the module
+stores; its tied attributes read a scratch tensor meanwhile. So ``to_empty()`` followed by
+``reset_parameters()`` of every module (in module order, with the same seed) rebuilds exactly the
+model that construction + ``tie`` gave: the source keeps its own module's init.
+
 Alternatives considered: assigning the same ``nn.Parameter`` to two modules (torch's identity
 tie) cannot express a transpose and breaks under ``to_empty()`` and ``assign=True``;
 ``torch.nn.utils.parametrize`` keeps an extra ``original`` tensor and refuses ``torch.save`` of
@@ -38,8 +43,13 @@ the target key holds ``T(source)`` (a view, no copy). So the state_dict of a tie
 into the same architecture built without ties. Loading a state_dict into a tied model
 (``strict``/``assign`` as usual): the target key is checked against ``T(source)`` from the same
 state_dict and dropped; if the values differ the load fails with a message naming the tie (a
-tie never silently picks one of two different values); if only the target key is present the
-source is set to ``T⁻¹(value)``.
+tie never silently picks one of two different values; this holds for ``strict=False`` too); if
+only the target key is present the source is set to ``T⁻¹(value)``.
+
+Limits: a module whose attribute is tied gets a subclass (``type(m) is nn.Linear`` is False,
+``isinstance`` still holds). ``safetensors.torch.save_model`` cannot write a transposed tie's
+state_dict (it rejects non-contiguous views); use :func:`sharenorm.save`. Optimizers built
+before ``tie`` still hold the target's old tensor: build them after tying.
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ TRANSFORMS: tuple[str | None, ...] = (None, "transpose")
 _LINKS = "_sharenorm_links"  # in a target module's __dict__: {attr name: _Link}
 _DECLARED = "_sharenorm_declared"  # in the module tie() was called on: {target: _Record}
 _ROOT_HOOK = "_sharenorm_root_hook"  # marker: the load_state_dict pre-hook is registered
+_SCRATCH = "_sharenorm_scratch"  # set only while a tied module runs reset_parameters()
 
 
 class TieError(RuntimeError):
@@ -207,8 +218,26 @@ def _tied_extra_repr(self: nn.Module) -> str:
     return f"{base}, {desc}" if base else desc
 
 
+def _tied_reset_parameters(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    # A module re-initialises only what it stores: tied attributes read a scratch tensor
+    # meanwhile, so re-initialising every module (e.g. after to_empty()) gives the source the
+    # source module's own init, exactly as when the model was built and then tied.
+    links = self.__dict__[_LINKS]
+    self.__dict__[_SCRATCH] = {
+        n: torch.empty_like(link.value(), memory_format=torch.contiguous_format)
+        for n, link in links.items()
+    }
+    try:
+        return self._sharenorm_base.reset_parameters(self, *args, **kwargs)
+    finally:
+        del self.__dict__[_SCRATCH]
+
+
 def _tied_property(name: str) -> property:
     def fget(self: nn.Module) -> Tensor:
+        scratch = self.__dict__.get(_SCRATCH)
+        if scratch is not None:
+            return scratch[name]
         return self.__dict__[_LINKS][name].value()
 
     return property(fget, doc=f"'{name}', computed from its tie source (sharenorm.tie)")
@@ -230,6 +259,8 @@ def _tied_class(base: type, names: tuple[str, ...]) -> type:
             extra_repr=_tied_extra_repr,
             __module__=base.__module__,
         )
+        if callable(getattr(base, "reset_parameters", None)):
+            namespace["reset_parameters"] = _tied_reset_parameters
         cls = type(f"Tied{base.__name__}", (base,), namespace)
         _TIED_CLASSES[key] = cls
     return cls
