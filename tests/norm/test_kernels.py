@@ -151,17 +151,95 @@ def test_statistics_are_stable_for_a_large_mean():
 def test_split_heuristic_fills_a_gpu_for_small_batches():
     # A diffusion-UNet block, N·G = 2·32 = 64 statistics of 10·4096 elements: one
     # program per statistic would leave most of an H100's 132 SMs idle.
-    for shape, groups, cl in [((2, 320, 64, 64), 32, False), ((2, 320, 64, 64), 32, True),
-                              ((1, 512, 64, 64), 32, False), ((1, 512, 64, 64), 512, True)]:
-        x = torch.empty(shape)
-        if cl:
-            x = x.to(memory_format=torch.channels_last)
-        geo = norm_act._Geometry(x, groups, False, None, None)
+    for shape, groups in [((2, 320, 64, 64), 32), ((1, 512, 64, 64), 32)]:
+        geo = norm_act._Geometry(torch.empty(shape), groups, False, None, None)
         assert geo.P * geo.SPLIT >= 1024, shape
         assert (geo.SPLIT - 1) * geo.TPP < geo.T  # every program has a tile
     # many statistics already fill the GPU: no split
     geo = norm_act._Geometry(torch.empty(32, 128, 56, 56), 128, False, None, None)
     assert geo.SPLIT == 1
+    # channels-last: programs = segments × channel blocks × split
+    for shape, groups, batch in [((2, 320, 64, 64), 32, False), ((1, 512, 64, 64), 512, False),
+                                 ((32, 128, 56, 56), 1, True)]:
+        x = torch.empty(shape).to(memory_format=torch.channels_last)
+        rows = norm_act._Rows(x, groups, batch, None, None)
+        # ~1024 asked; whole tiles per program round it down a little
+        assert rows.NSEG * rows.NCB * rows.SPLIT >= 768, shape
+        assert (rows.SPLIT - 1) * rows.TPP < rows.T
+
+
+@pytest.mark.parametrize(("shape", "channels_last", "rows"), [
+    ((2, 6, 5, 3), True, True),  # NHWC: rows × channels kernels (coalesced over C)
+    ((2, 6, 3, 4, 5), True, True),  # NDHWC
+    ((7, 5), False, True),  # (N, C): channels already innermost
+    ((2, 6, 5, 3), False, False),  # NCHW: per-statistic kernels
+    ((2, 6, 9), False, False),  # (N, C, L)
+])
+def test_layout_picks_the_coalesced_kernels(shape, channels_last, rows):
+    assert norm_act._channels_innermost(_input(shape, channels_last=channels_last)) == rows
+
+
+_COMPILE_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from sharenorm.norm.kernels import norm_act as K
+I, F, D = "i32", "fp32", "*bf16"
+geo = dict(A=I, B=I, P_LO=I, s_hi=I, s_lo=I, sA=I, sB=I)
+rows = dict(C=I, R_SEG=I, NCB=I, TPP=I, T=I)
+kernels = [
+    (K._stats_kernel, dict(X=D, PART="*fp32", **geo, TB=I, T=I, TPP=I, SPLIT=I), {}),
+    (K._cl_stats_kernel, dict(X=D, PART="*fp32", **rows, CG=I, SPLIT=I), {}),
+]
+for act in range(8):
+    co = dict(HAS_W=True, HAS_B=True, ACT=act)
+    tail = dict(CH_P=I, CH_A=I, TB=I, T=I, TPP=I, param=F)
+    kernels += [
+        (K._forward_kernel, dict(X=D, Y=D, W="*fp32", Bi="*fp32", MEAN="*fp32",
+                                 RSTD="*fp32", **geo, **tail), co),
+        (K._bwd_dx_kernel, dict(X=D, DY=D, DX=D, W="*fp32", Bi="*fp32", MEAN="*fp32",
+                                RSTD="*fp32", C1="*fp32", C2="*fp32", **geo, **tail), co),
+        (K._cl_forward_kernel, dict(X=D, Y=D, COEF="*fp32", **rows, param=F), dict(ACT=act)),
+        (K._cl_bwd_dx_kernel, dict(X=D, DY=D, DX=D, COEF="*fp32", **rows, param=F),
+         dict(ACT=act)),
+    ]
+kernels += [
+    (K._bwd_sums_kernel, dict(X=D, DY=D, W="*fp32", Bi="*fp32", MEAN="*fp32", RSTD="*fp32",
+                              SUM_DZ="*fp32", SUM_DZX="*fp32", **geo, CH_P=I, CH_A=I, TB=I,
+                              T=I, TPP=I, param=F), dict(HAS_W=True, HAS_B=False, ACT=4)),
+    (K._cl_bwd_sums_kernel, dict(X=D, DY=D, COEF="*fp32", SUM_DZ="*fp32", SUM_DZX="*fp32",
+                                 **rows, SPLIT=I, param=F), dict(ACT=4)),
+]
+for fn, sig, const in kernels:
+    const = dict(const)
+    if "BLOCK_A" in fn.arg_names:
+        const.update(BLOCK_A=16, BLOCK_B=64)
+    else:
+        const.update(BLOCK_R=16, BLOCK_C=128)
+    sig = dict(sig, **{k: "constexpr" for k in const})
+    src = ASTSource(fn=fn, signature=sig,
+                    constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+    assert triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["cubin"]
+print("compiled", len(kernels))
+"""
+
+
+def test_kernels_compile_for_h100():
+    # The interpreter runs Python; the real compiler (Triton → PTX → ptxas cubin for
+    # sm_90) is stricter. No GPU needed, only Triton's bundled NVIDIA toolchain.
+    import subprocess
+    import sys
+
+    import triton.backends
+
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this Triton build has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "compiled 36" in out.stdout
 
 
 # ----------------------------------------------------------------------------- modules

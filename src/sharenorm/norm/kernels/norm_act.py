@@ -49,8 +49,8 @@ ACT_CODES = {
     "silu": 4, "gelu": 5, "tanh": 6, "sigmoid": 7,
 }
 
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+_SQRT1_2 = tl.constexpr(0.7071067811865476)
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 # ----------------------------------------------------------------------------- device code
@@ -253,6 +253,149 @@ def _bwd_dx_kernel(
         tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
 
 
+# ----------------------------------------------------------------------------- channels-last
+# With the channels innermost (NHWC / NDHWC, and (N, C) matrices), x is a row-major matrix
+# X[r, c] with r = n·S + s. A program takes BLOCK_C consecutive channels (one coalesced
+# segment per row) × a chunk of rows of one *segment* (all N·S rows for BatchNorm, the S
+# rows of one sample for Group/InstanceNorm) and keeps one accumulator per channel, so
+# even C/G = 1 reads full cache lines. Per-(segment, channel) partials are merged into
+# per-statistic values (channels of a group × row chunks) on the host side, with Chan's
+# formula. COEF holds per-(segment, channel) fp32 rows: 0 scale = γ·r, 1 shift = β − μ·γ·r,
+# 2 r, 3 μ·r, 4 r·c1, 5 r·c2.
+
+
+@triton.jit
+def _cl_tile(seg, cb, t, C, R_SEG, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    r = t * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows = seg.to(tl.int64) * R_SEG + r.to(tl.int64)
+    offs = rows[:, None] * C + c[None, :]
+    mask = (r[:, None] < R_SEG) & (c[None, :] < C)
+    return offs, mask, r, c
+
+
+@triton.jit
+def _cl_stats_kernel(
+    X,      # (N·S, C) rows × channels, dense
+    PART,   # (NSEG, SPLIT, 4, C) fp32 out: rows counted, mean − K, M2, K per channel
+    C, R_SEG, NCB, TPP, T, CG, SPLIT,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    seg = tl.program_id(0) // NCB
+    cb = tl.program_id(0) % NCB
+    k = tl.program_id(1)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    # K = the statistic's first element (first row of the segment, first channel of the
+    # group), shared by all channels of a group so their partials merge exactly.
+    pivot = tl.load(X + seg.to(tl.int64) * R_SEG * C + (c // CG) * CG, mask=cmask, other=0.0)
+    pivot = pivot.to(tl.float32)
+    cnt = tl.zeros((), dtype=tl.float32)
+    mean = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for t in range(k * TPP, tl.minimum(k * TPP + TPP, T)):
+        offs, mask, r, _ = _cl_tile(seg, cb, t, C, R_SEG, BLOCK_R, BLOCK_C)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32) - pivot[None, :]
+        x = tl.where(mask, x, 0.0)
+        n_t = tl.sum((r < R_SEG).to(tl.int32)).to(tl.float32)
+        m_t = tl.sum(x, axis=0) / n_t
+        d = tl.where(mask, x - m_t[None, :], 0.0)
+        m2_t = tl.sum(d * d, axis=0)
+        tot = cnt + n_t
+        delta = m_t - mean
+        mean += delta * (n_t / tot)
+        m2 += m2_t + delta * delta * (cnt * (n_t / tot))
+        cnt = tot
+    out = PART + ((seg * SPLIT + k) * 4).to(tl.int64) * C + c
+    tl.store(out, tl.zeros((BLOCK_C,), dtype=tl.float32) + cnt, mask=cmask)
+    tl.store(out + C, mean, mask=cmask)
+    tl.store(out + 2 * C, m2, mask=cmask)
+    tl.store(out + 3 * C, pivot, mask=cmask)
+
+
+@triton.jit
+def _cl_forward_kernel(
+    X, Y,   # (N·S, C) input and output, dense rows × channels
+    COEF,   # (NSEG, 6, C) fp32 per-(segment, channel) coefficients (rows 0, 1 used)
+    C, R_SEG, NCB, TPP, T, param,
+    ACT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    seg = tl.program_id(0) // NCB
+    cb = tl.program_id(0) % NCB
+    k = tl.program_id(1)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    coef = COEF + seg.to(tl.int64) * 6 * C + c
+    scale = tl.load(coef, mask=c < C, other=0.0)
+    shift = tl.load(coef + C, mask=c < C, other=0.0)
+    for t in range(k * TPP, tl.minimum(k * TPP + TPP, T)):
+        offs, mask, _, _ = _cl_tile(seg, cb, t, C, R_SEG, BLOCK_R, BLOCK_C)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        y = _act(x * scale[None, :] + shift[None, :], ACT, param)
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _cl_bwd_sums_kernel(
+    X, DY,            # (N·S, C) input and output grad
+    COEF,             # (NSEG, 6, C) fp32 (rows 0-3 used)
+    SUM_DZ, SUM_DZX,  # (NSEG, SPLIT, C) fp32 out: Σ dz, Σ dz·x̂ over the program's rows
+    C, R_SEG, NCB, TPP, T, SPLIT, param,
+    ACT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    seg = tl.program_id(0) // NCB
+    cb = tl.program_id(0) % NCB
+    k = tl.program_id(1)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    coef = COEF + seg.to(tl.int64) * 6 * C + c
+    scale = tl.load(coef, mask=cmask, other=0.0)
+    shift = tl.load(coef + C, mask=cmask, other=0.0)
+    rstd = tl.load(coef + 2 * C, mask=cmask, other=0.0)
+    mean_r = tl.load(coef + 3 * C, mask=cmask, other=0.0)
+    s_dz = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    s_dzx = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for t in range(k * TPP, tl.minimum(k * TPP + TPP, T)):
+        offs, mask, _, _ = _cl_tile(seg, cb, t, C, R_SEG, BLOCK_R, BLOCK_C)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        dz = tl.where(mask, dy * _act_grad(x * scale[None, :] + shift[None, :], ACT, param), 0.0)
+        xh = x * rstd[None, :] - mean_r[None, :]
+        s_dz += tl.sum(dz, axis=0)
+        s_dzx += tl.sum(dz * xh, axis=0)
+    out = (seg * SPLIT + k).to(tl.int64) * C + c
+    tl.store(SUM_DZ + out, s_dz, mask=cmask)
+    tl.store(SUM_DZX + out, s_dzx, mask=cmask)
+
+
+@triton.jit
+def _cl_bwd_dx_kernel(
+    X, DY, DX,  # (N·S, C)
+    COEF,       # (NSEG, 6, C) fp32 (all rows used)
+    C, R_SEG, NCB, TPP, T, param,
+    ACT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    seg = tl.program_id(0) // NCB
+    cb = tl.program_id(0) % NCB
+    k = tl.program_id(1)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    coef = COEF + seg.to(tl.int64) * 6 * C + c
+    scale = tl.load(coef, mask=cmask, other=0.0)
+    shift = tl.load(coef + C, mask=cmask, other=0.0)
+    rstd = tl.load(coef + 2 * C, mask=cmask, other=0.0)
+    mean_r = tl.load(coef + 3 * C, mask=cmask, other=0.0)
+    c1r = tl.load(coef + 4 * C, mask=cmask, other=0.0)
+    c2r = tl.load(coef + 5 * C, mask=cmask, other=0.0)
+    for t in range(k * TPP, tl.minimum(k * TPP + TPP, T)):
+        offs, mask, _, _ = _cl_tile(seg, cb, t, C, R_SEG, BLOCK_R, BLOCK_C)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        dz = dy * _act_grad(x * scale[None, :] + shift[None, :], ACT, param)
+        xh = x * rstd[None, :] - mean_r[None, :]
+        dx = scale[None, :] * dz - c1r[None, :] - xh * c2r[None, :]
+        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------- launchers
 
 
@@ -323,6 +466,74 @@ def _stats(x: Tensor, geo: _Geometry) -> tuple[Tensor, Tensor]:
     return mean + pivot[:, 0], m2 / total
 
 
+def _channels_innermost(x: Tensor) -> bool:
+    """Dense with the channels innermost (channels-last, or an (N, C) matrix): the
+    rows × channels kernels apply. (Call after ``x.contiguous(memory_format=layout(x))``.)"""
+    return x.shape[1] > 1 and (x.dim() == 2 or layout(x) != torch.contiguous_format)
+
+
+class _Rows:
+    """Tiles and split of the rows × channels kernels: segments of R_SEG rows (all N·S
+    rows for BatchNorm, the S rows of one sample otherwise), BLOCK_C channels per program."""
+
+    def __init__(self, x: Tensor, groups: int, batch: bool, tile: int | None,
+                 split: int | None):
+        n, c = x.shape[:2]
+        s = math.prod(x.shape[2:])
+        self.C = c
+        if batch:
+            self.NSEG, self.R_SEG, self.G, self.CG = 1, n * s, c, 1
+        else:
+            self.NSEG, self.R_SEG, self.G, self.CG = n, s, groups, c // groups
+        if tile is None:  # as _Geometry: smaller tiles when the tensor is small
+            tile = 2048
+            while tile > 512 and triton.cdiv(n * c * s, tile) < 4096:
+                tile //= 2
+        self.BLOCK_C = min(triton.next_power_of_2(c), 128, tile)
+        self.BLOCK_R = max(1, min(triton.next_power_of_2(self.R_SEG), tile // self.BLOCK_C))
+        self.NCB = triton.cdiv(c, self.BLOCK_C)
+        self.T = triton.cdiv(self.R_SEG, self.BLOCK_R)
+        if split is None:
+            split = triton.cdiv(1024, self.NSEG * self.NCB)
+        self.TPP = triton.cdiv(self.T, max(1, min(split, self.T)))
+        self.SPLIT = triton.cdiv(self.T, self.TPP)
+        self.grid = (self.NSEG * self.NCB, self.SPLIT)
+        self.count = self.R_SEG * self.CG  # elements per statistic
+
+    def blocks(self):
+        return {"BLOCK_R": self.BLOCK_R, "BLOCK_C": self.BLOCK_C}
+
+    def per_channel(self, v: Tensor) -> Tensor:
+        """A per-statistic vector (NSEG·G,) as per-(segment, channel) (NSEG, C)."""
+        return v.view(self.NSEG, self.G).repeat_interleave(self.CG, dim=1)
+
+
+def _cl_stats(x: Tensor, geo: _Rows) -> tuple[Tensor, Tensor]:
+    part = torch.empty((geo.NSEG, geo.SPLIT, 4, geo.C), device=x.device, dtype=torch.float32)
+    _cl_stats_kernel[geo.grid](
+        x, part, geo.C, geo.R_SEG, geo.NCB, geo.TPP, geo.T, geo.CG, geo.SPLIT, **geo.blocks()
+    )
+    shape = (geo.NSEG, geo.SPLIT, geo.G, geo.CG)
+    cnt, mean_k, m2_k, pivot = (t.reshape(shape) for t in part.unbind(2))
+    total = cnt.sum((1, 3))
+    mean = (cnt * mean_k).sum((1, 3)) / total  # of x − K, per (segment, group)
+    m2 = m2_k.sum((1, 3)) + (cnt * (mean_k - mean[:, None, :, None]) ** 2).sum((1, 3))
+    return (mean + pivot[:, 0, :, 0]).reshape(-1), (m2 / total).reshape(-1)
+
+
+def _cl_coefs(geo: _Rows, weight, bias, mean, rstd, device) -> Tensor:
+    """(NSEG, 6, C) fp32: scale = γ·r, shift = β − μ·γ·r, r, μ·r (rows 4, 5 left 0)."""
+    coef = torch.zeros((geo.NSEG, 6, geo.C), device=device, dtype=torch.float32)
+    r_c, m_c = geo.per_channel(rstd), geo.per_channel(mean)
+    gamma = torch.ones(geo.C, device=device) if weight is None else weight.float()
+    beta = torch.zeros(geo.C, device=device) if bias is None else bias.float()
+    coef[:, 0] = gamma * r_c
+    coef[:, 1] = beta - m_c * coef[:, 0]
+    coef[:, 2] = r_c
+    coef[:, 3] = m_c * r_c
+    return coef
+
+
 def norm_act_forward(
     x: Tensor,
     weight: Tensor | None,
@@ -347,6 +558,19 @@ def norm_act_forward(
     exercise multi-tile and split paths on tiny inputs). ``y`` has ``x``'s layout.
     """
     x = x.contiguous(memory_format=layout(x))
+    if _channels_innermost(x):
+        rows = _Rows(x, groups, batch, tile, split)
+        if mean is None:
+            mean, var = _cl_stats(x, rows)
+        else:
+            mean, var = mean.float().contiguous(), var.float().contiguous()
+        coef = _cl_coefs(rows, weight, bias, mean, torch.rsqrt(var + eps), x.device)
+        y = torch.empty_like(x)
+        _cl_forward_kernel[rows.grid](
+            x, y, coef, rows.C, rows.R_SEG, rows.NCB, rows.TPP, rows.T, float(act_param),
+            ACT=ACT_CODES[act], **rows.blocks(),
+        )
+        return y, mean, var
     geo = _Geometry(x, groups, batch, tile, split)
     if mean is None:
         mean, var = _stats(x, geo)
@@ -393,10 +617,14 @@ def norm_act_backward(
     dy = dy.contiguous(memory_format=fmt)
     if dy.stride() != x.stride():  # size-1 dims can make equal layouts differ in strides
         dy = torch.empty_like(x).copy_(dy)
-    geo = _Geometry(x, groups, batch, tile, split)
     mean = mean.float().contiguous()
     rstd = torch.rsqrt(var.float() + eps).contiguous()
     n, c = x.shape[:2]
+    gamma = (torch.ones(c, device=x.device) if weight is None else weight.float())
+    if _channels_innermost(x):
+        return _cl_backward(dy, x, weight, bias, gamma, mean, rstd, groups, act, act_param,
+                            batch, training, tile, split)
+    geo = _Geometry(x, groups, batch, tile, split)
     sum_dz = torch.empty((geo.P, geo.TB, geo.A), device=x.device, dtype=torch.float32)
     sum_dzx = torch.empty_like(sum_dz)
     common = (*geo.args(), geo.CH_P, geo.CH_A, geo.TB, geo.T, geo.TPP, float(act_param))
@@ -408,7 +636,6 @@ def norm_act_backward(
         x, dy, w_arg, b_arg, mean, rstd, sum_dz, sum_dzx, *common, **flags, **geo.blocks()
     )
     s_dz, s_dzx = sum_dz.sum(1), sum_dzx.sum(1)  # (P, A)
-    gamma = (torch.ones(c, device=x.device) if weight is None else weight.float())
     if batch:  # P = channels, A = samples
         db, dw = s_dz.sum(1), s_dzx.sum(1)
         g_dz, g_dzx = gamma * db, gamma * dw
@@ -427,5 +654,31 @@ def norm_act_backward(
     _bwd_dx_kernel[(geo.P, geo.SPLIT)](
         x, dy, dx, w_arg, b_arg, mean, rstd, c1.contiguous(), c2.contiguous(), *common,
         **flags, **geo.blocks(),
+    )
+    return dx, dw, db
+
+
+def _cl_backward(dy, x, weight, bias, gamma, mean, rstd, groups, act, act_param, batch,
+                 training, tile, split):
+    """:func:`norm_act_backward` on the rows × channels kernels."""
+    rows = _Rows(x, groups, batch, tile, split)
+    coef = _cl_coefs(rows, weight, bias, mean, rstd, x.device)
+    sums = torch.empty((2, rows.NSEG, rows.SPLIT, rows.C), device=x.device, dtype=torch.float32)
+    _cl_bwd_sums_kernel[rows.grid](
+        x, dy, coef, sums[0], sums[1], rows.C, rows.R_SEG, rows.NCB, rows.TPP, rows.T,
+        rows.SPLIT, float(act_param), ACT=ACT_CODES[act], **rows.blocks(),
+    )
+    s_dz, s_dzx = sums.sum(2)  # (NSEG, C) each
+    db, dw = s_dz.sum(0), s_dzx.sum(0)
+    if training:
+        grouped = (rows.NSEG, rows.G, rows.CG)
+        c1 = (s_dz * gamma).view(grouped).sum(-1).reshape(-1) / rows.count
+        c2 = (s_dzx * gamma).view(grouped).sum(-1).reshape(-1) / rows.count
+        coef[:, 4] = rows.per_channel(rstd * c1)
+        coef[:, 5] = rows.per_channel(rstd * c2)
+    dx = torch.empty_like(x)
+    _cl_bwd_dx_kernel[rows.grid](
+        x, dy, dx, coef, rows.C, rows.R_SEG, rows.NCB, rows.TPP, rows.T, float(act_param),
+        ACT=ACT_CODES[act], **rows.blocks(),
     )
     return dx, dw, db
