@@ -247,6 +247,21 @@ def test_unsafe_affine_keeps_input_and_stays_exact(kind, why, gamma, beta):
     assert _kept(kind, x, w2, torch.zeros(6, dtype=torch.float64), "leaky_relu") == "output"
 
 
+@pytest.mark.parametrize("gamma", [1e-30, 1e25])  # γ²·r underflows / overflows in float32
+def test_extreme_gamma_float32_batchnorm_inversion(gamma):
+    # Inverting is safe (γ normal, β = 0), but ATen's backward would get γ²·r = 0 or inf
+    # as its weight: the backward must take the reconstruction path instead.
+    x = make_input((4, 6, 5, 5), torch.float32)
+    w = torch.tensor([gamma, 1, 1, 1, 1, 1], dtype=torch.float32)
+    b = torch.zeros(6)
+    assert _kept("bn_train", x, w, b, "leaky_relu") == "output"
+    _, grads = _run("bn_train", x, w, b, torch.zeros(6), torch.ones(6), "leaky_relu", None)
+    _, grads_ref = _reference("bn_train", x, w, b, None, None, "leaky_relu", None)
+    for name, got, want in zip(("dx", "dγ", "dβ"), grads, grads_ref, strict=True):
+        assert torch.isfinite(got).all(), name
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4, msg=name)
+
+
 def test_saturated_elu_keeps_input():
     # β = −8·γ puts pre-activations near −8, where log1p(y/α) would have lost ~12 bits.
     x = make_input((4, 6, 5, 5), torch.float32, scale=1.0, shift=0.0)

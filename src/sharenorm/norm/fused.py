@@ -14,9 +14,13 @@ running statistics are those of the plain path) but save only one of them:
   unsafe): save the input ``x``; in backward, ``z = γ·r·(x − μ) + β`` is recomputed
   (one extra pass) and ``act'(z)`` taken from it.
 
-Both then hand ``(dz, x − μ or x, μ, r)`` to ATen's fused norm backward
-(``native_batch_norm_backward`` / ``native_group_norm_backward``), the kernel eager
-autograd itself uses.
+Both then hand the data to ATen's fused norm backward (``native_batch_norm_backward`` /
+``native_group_norm_backward``), the kernel eager autograd itself uses: the input ``x``
+with μ and r, or the reconstructed ``x − μ`` with 0 and r. For BatchNorm in training the
+reconstruction pass is skipped: ``z`` goes in directly with μ := β, r := 1/γ and the
+weight γ²·r, which gives ATen's kernel the same x̂ = (z − β)/γ and the same γ·r.
+Activation gradients are written over scratch tensors, so the backward allocates no more
+than eager's.
 
 When inverting is unsafe, and what is done instead. Recovering x − μ divides by γ:
 
@@ -194,6 +198,13 @@ def _choose_inversion(
     return act_is_invertible(act, p, dtype) and _affine_invertible(weight, bias, dtype)
 
 
+def _representable(v: Tensor, dtype: torch.dtype) -> bool:
+    """Every |v| a normal finite number of ``dtype``."""
+    a = v.abs()
+    fi = torch.finfo(dtype)
+    return bool(((a >= fi.tiny) & (a <= fi.max)).all())
+
+
 def _per_channel(v: Tensor, x: Tensor) -> Tensor:
     """(C,) or (N, C) → broadcastable against x of shape (N, C, *), in x's dtype."""
     lead = (1, -1) if v.dim() == 1 else tuple(v.shape)
@@ -264,14 +275,16 @@ class _BatchNormAct(torch.autograd.Function):
         gamma = torch.ones_like(invstd) if weight is None else weight.to(invstd.dtype)
         beta = torch.zeros_like(invstd) if bias is None else bias.to(invstd.dtype)
         mask = list(ctx.needs_input_grad[:3])
-        if ctx.invert and ctx.training:
+        w_dtype = invstd.dtype if weight is None else weight.dtype
+        if ctx.invert and ctx.training and _representable((gamma.double() ** 2) * invstd, w_dtype):
             # x̂ = (z − β)/γ: ATen's backward takes x̂ = (input − save_mean)·save_invstd, so
             # z goes in as the input with save_mean := β, save_invstd := 1/γ, and the
             # weight := γ²·r so that its weight·save_invstd is the true γ·r. No extra
-            # pass over the data beyond act⁻¹ (none for identity).
+            # pass over the data beyond act⁻¹ (none for identity). (γ²·r must neither
+            # underflow nor overflow in the weight's dtype; otherwise the path below.)
             dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
             z = _act_inverse(saved, act, p).contiguous(memory_format=ctx.fmt)
-            w_arg = (gamma * gamma * invstd).to(invstd.dtype if weight is None else weight.dtype)
+            w_arg = (gamma.double() ** 2 * invstd).to(w_dtype)
             dx, dw, db = _ATEN.native_batch_norm_backward(
                 dz, z, w_arg, None, None, beta, 1.0 / gamma, True, ctx.eps, mask
             )
@@ -317,7 +330,7 @@ def batch_norm_act(
     """Memory-efficient ``act(batch_norm(x))``, inputs already checked.
 
     In training the running statistics passed are updated in place exactly as by
-    ``torch.batch_norm`` (the caller passes copies and commits them only if finite).
+    ``torch.batch_norm`` (the caller guards them against a non-finite batch).
 
     Example:
         >>> import torch
@@ -435,7 +448,7 @@ def instance_norm_act(
     * instance statistics updating running ones: BatchNorm over the ``(1, N·C, *)`` view
       with γ, β and the running statistics repeated N times, as ``torch.instance_norm``
       does, then the running statistics averaged over the batch (written in place into
-      the ``running_*`` passed; the caller commits them).
+      the ``running_*`` passed; the caller guards them against a non-finite batch).
 
     Example:
         >>> import torch
