@@ -89,6 +89,9 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+CLOCK = time.perf_counter
+
+
 def time_all(fns, x, w, b, dy, backward: bool, repeats: int, device) -> dict[str, float]:
     """Median seconds per contender, run round-robin in a rotating order."""
     names = list(fns)
@@ -107,10 +110,10 @@ def time_all(fns, x, w, b, dy, backward: bool, repeats: int, device) -> dict[str
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
             _sync(device)
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             step(fns[name])
             _sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(CLOCK() - t0)
     return {n: statistics.median(v) for n, v in times.items()}
 
 
@@ -268,7 +271,12 @@ def main() -> None:
     ap.add_argument("--dtypes", default=None, help="default: float32 (CPU), +bf16/fp16 (CUDA)")
     ap.add_argument("--shapes", default=None, help="e.g. 32x128x56x56,2x320x64x64")
     ap.add_argument("--resnet", action="store_true", help="ResNet-like training memory")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: process CPU time (all threads), steadier on a shared CPU")
     args = ap.parse_args()
+    global CLOCK
+    if args.clock == "cpu":
+        CLOCK = time.process_time
 
     device = torch.device(args.device)
     shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
@@ -278,8 +286,8 @@ def main() -> None:
     repeats = args.repeats or (5 if device.type == "cpu" else 30)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"# device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"repeats {repeats}, GN groups {GROUPS}; times in ms (median), ratios are time "
-          "ratios (< 1 = faster)")
+          f"repeats {repeats}, GN groups {GROUPS}, clock {args.clock}; times in ms (median), "
+          "ratios are time ratios (< 1 = faster)")
     rows = []
     print_header()
     for shape in shapes:
