@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="claims (N1..N8, S1..S4, T1..T3) or experiment names; default: all")
     lab.add_argument("--list", action="store_true", help="list claims and experiments, then exit")
     lab.add_argument("--quick", action="store_true",
-                     help="a small version of everything (about a minute on 2 cores)")
-    lab.add_argument("--seeds", type=_positive_int("--seeds"), default=3,
-                     help="seeds per configuration (default 3)")
+                     help="a small version of everything, 2 seeds unless --seeds is given "
+                          "(about a minute on 2 cores)")
+    lab.add_argument("--seeds", type=_positive_int("--seeds"), default=None,
+                     help="seeds per configuration (default 3; 2 with --quick)")
     lab.add_argument("--jobs", type=_positive_int("--jobs"), default=min(os.cpu_count() or 1, 2),
                      help="parallel training processes (default: min(CPU cores, 2))")
     lab.add_argument("--data", metavar="PATH", help="your dataset instead of the embedded one "
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from sharenorm.lab.runner import run_lab
 
-        run_lab(args.ids, quick=args.quick, seeds=args.seeds, jobs=args.jobs, data=args.data,
+        seeds = args.seeds if args.seeds is not None else (2 if args.quick else 3)
+        run_lab(args.ids, quick=args.quick, seeds=seeds, jobs=args.jobs, data=args.data,
                 out=args.out, lang=args.lang, progress=not args.no_progress)
         return 0
     except KeyboardInterrupt:

@@ -34,7 +34,7 @@ def lr_for(bs: int) -> float:
 
 
 def configs(quick: bool) -> list[dict]:
-    bss, epochs = (QUICK_BS, 0.25) if quick else (FULL_BS, 3)
+    bss, epochs = (QUICK_BS, 0.125) if quick else (FULL_BS, 3)
     return [{"norm": n, "batch_size": b, "epochs": epochs, "lr": lr_for(b)}
             for n in NORMS for b in bss]
 
@@ -62,7 +62,7 @@ def analyze(runs, figdir, lang):
     bss = sorted({b for _, b in g})
     norms = [n for n in NORMS if any(k[0] == n for k in g)]
     rows = [[n] + [pct(_acc(g[(n, b)])) if (n, b) in g else "—" for b in bss] for n in norms]
-    table = Table(["norm \\ batch"] + [str(b) for b in bss], rows)
+    table = Table(["test acc %: norm \\ batch"] + [str(b) for b in bss], rows)
     fig, ax = figure()
     for n in norms:
         xs, mu, lo, hi = ci_band({b: [100 * (1 - a) for a in _acc(g[(n, b)])]
@@ -129,11 +129,11 @@ EXPERIMENT = Experiment(
     protocol=Text(
         "mnist1d (or --data), the N1 ConvNet (GN with G=8 groups of 4 channels), batch sizes "
         + ", ".join(map(str, FULL_BS)) + " (quick: " + ", ".join(map(str, QUICK_BS)) + "), the "
-        "same number of epochs at every batch size: 3 (quick: 0.25), so smaller batches take more "
+        "same number of epochs at every batch size: 3 (quick: 0.125), so smaller batches take more "
         f"steps; SGD momentum 0.9 with the linear scaling rule lr = {BASE_LR}·batch/{BASE_BS} (no "
         "floor); the last short batch of an epoch is dropped. Test accuracy in eval mode.",
         "mnist1d (या --data), N1 वाला ConvNet (GN: 4 channels के G=8 groups), batch sizes "
-        + ", ".join(map(str, FULL_BS)) + "; हर batch size पर उतने ही epochs: 3 (quick: 0.25), इसलिए "
+        + ", ".join(map(str, FULL_BS)) + "; हर batch size पर उतने ही epochs: 3 (quick: 0.125), इसलिए "
         f"छोटे batches ज़्यादा steps लेते हैं; SGD momentum 0.9, linear scaling rule lr = {BASE_LR}·"
         f"batch/{BASE_BS} (कोई floor नहीं); epoch का आख़िरी छोटा batch छोड़ दिया जाता है। Test "
         "accuracy eval mode में।"),

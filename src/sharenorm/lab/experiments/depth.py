@@ -20,12 +20,12 @@ from sharenorm.lab.train import TrainConfig, train_classifier
 from sharenorm.models import ConvNet
 
 NORMS = ["batch", "group", "none"]
-FULL_DEPTHS, QUICK_DEPTHS = [2, 4, 8, 16], [2, 8]
+FULL_DEPTHS, QUICK_DEPTHS = [2, 4, 8, 16], [2, 6]
 BATCH, WIDTH = 4, 16
 
 
 def configs(quick: bool) -> list[dict]:
-    depths, epochs = (QUICK_DEPTHS, 0.25) if quick else (FULL_DEPTHS, 2)
+    depths, epochs = (QUICK_DEPTHS, 0.1) if quick else (FULL_DEPTHS, 1)
     return [{"norm": n, "depth": d, "batch_size": BATCH, "epochs": epochs,
              "lr": 0.05 * BATCH / 32} for n in NORMS for d in depths]
 
@@ -52,7 +52,7 @@ def analyze(runs, figdir, lang):
     g = group_runs(runs, "norm", "depth")
     depths = sorted({d for _, d in g})
     norms = [n for n in NORMS if any(k[0] == n for k in g)]
-    table = Table(["norm \\ depth"] + [str(d) for d in depths],
+    table = Table(["test acc %: norm \\ depth"] + [str(d) for d in depths],
                   [[n] + [pct(_acc(g[(n, d)])) if (n, d) in g else "—" for d in depths]
                    for n in norms])
     fig, ax = figure()
@@ -91,10 +91,10 @@ EXPERIMENT = Experiment(
         f"mnist1d (or --data), plain ConvNet (no residual connections) of width {WIDTH} with "
         "depth " + ", ".join(map(str, FULL_DEPTHS)) + " conv blocks (quick: " +
         ", ".join(map(str, QUICK_DEPTHS)) + "; the first 3 downsample), BN, GN (G=4) or no norm; "
-        f"batch {BATCH}, SGD momentum 0.9, lr 0.05·{BATCH}/32, 2 epochs (quick: 0.25). Test "
+        f"batch {BATCH}, SGD momentum 0.9, lr 0.05·{BATCH}/32, 1 epoch (quick: 0.1). Test "
         "accuracy in eval mode.",
         f"mnist1d (या --data), width {WIDTH} का plain ConvNet (residual connections नहीं), depth "
         + ", ".join(map(str, FULL_DEPTHS)) + " conv blocks (पहले 3 downsample), BN, GN (G=4) या "
-        f"बिना norm; batch {BATCH}, SGD momentum 0.9, lr 0.05·{BATCH}/32, 2 epochs (quick: 0.25)। "
+        f"बिना norm; batch {BATCH}, SGD momentum 0.9, lr 0.05·{BATCH}/32, 1 epoch (quick: 0.1)। "
         "Test accuracy eval mode में।"),
     configs=configs, run=run, analyze=analyze, uses_data=True)

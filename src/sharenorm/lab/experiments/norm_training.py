@@ -22,7 +22,7 @@ NORMS = ["batch", "group", "instance", "layer", "none"]
 
 
 def configs(quick: bool) -> list[dict]:
-    steps, every, target = (150, 30, 0.6) if quick else (1500, 50, 0.85)
+    steps, every, target = (100, 25, 0.6) if quick else (1500, 50, 0.85)
     return [{"norm": n, "steps": steps, "batch_size": 32, "lr": 0.05, "eval_every": every,
              "target": target} for n in NORMS]
 
@@ -123,10 +123,10 @@ EXPERIMENT = Experiment(
     protocol=Text(
         "mnist1d (4000 train / 1000 test; or --data). ConvNet: 3 blocks conv(k=5, stride 2) → norm "
         "→ ReLU, width 32, then linear. Norms from sharenorm.make_norm: batch, group (G=8), "
-        "instance, layer, none. SGD momentum 0.9, lr 0.05, batch 32, 1500 steps (quick: 150), "
-        "test accuracy every 50 steps (quick: 30) in eval mode; target accuracy 85% (quick 60%).",
+        "instance, layer, none. SGD momentum 0.9, lr 0.05, batch 32, 1500 steps (quick: 100), "
+        "test accuracy every 50 steps (quick: 25) in eval mode; target accuracy 85% (quick 60%).",
         "mnist1d (4000 train / 1000 test; या --data)। ConvNet: 3 blocks conv(k=5, stride 2) → norm "
         "→ ReLU, width 32, फिर linear। Norms sharenorm.make_norm से: batch, group (G=8), instance, "
-        "layer, none। SGD momentum 0.9, lr 0.05, batch 32, 1500 steps (quick: 150), हर 50 steps "
-        "(quick: 30) पर eval mode में test accuracy; target accuracy 85% (quick 60%)।"),
+        "layer, none। SGD momentum 0.9, lr 0.05, batch 32, 1500 steps (quick: 100), हर 50 steps "
+        "(quick: 25) पर eval mode में test accuracy; target accuracy 85% (quick 60%)।"),
     configs=configs, run=run, analyze=analyze, uses_data=True)

@@ -24,7 +24,7 @@ HIDDEN, LR = 64, 2e-3
 
 
 def configs(quick: bool) -> list[dict]:
-    steps, every = (100, 50) if quick else (1500, 100)
+    steps, every = (50, 25) if quick else (1500, 100)
     return [{"shared": s, "hidden": HIDDEN, "steps": steps, "eval_every": every}
             for s in (True, False)]
 
@@ -92,10 +92,10 @@ EXPERIMENT = Experiment(
         f"mnist1d read one position per time step (40 steps, 1 input feature) by a tanh Elman RNN "
         f"with {HIDDEN} hidden units (sharenorm.SharedRNN) or the same recurrence with separate "
         "weights per step (sharenorm.UnsharedRNN), linear head on the last hidden state. Adam lr "
-        f"{LR}, batch 32, 1500 steps (quick: 100). --data is not used (needs sequences).",
+        f"{LR}, batch 32, 1500 steps (quick: 50). --data is not used (needs sequences).",
         f"mnist1d को एक position प्रति time step पढ़ा गया (40 steps, 1 input feature), {HIDDEN} hidden "
         "units वाले tanh Elman RNN से (sharenorm.SharedRNN) या हर step के अलग weights वाली उसी "
         "recurrence से (sharenorm.UnsharedRNN), आख़िरी hidden state पर linear head। Adam lr "
-        f"{LR}, batch 32, 1500 steps (quick: 100)। --data इस्तेमाल नहीं होता।"),
+        f"{LR}, batch 32, 1500 steps (quick: 50)। --data इस्तेमाल नहीं होता।"),
     configs=configs, run=run, analyze=analyze,
     requires=("SharedRNN", "UnsharedRNN", "count_parameters"))

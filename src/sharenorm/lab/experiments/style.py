@@ -33,7 +33,7 @@ INVARIANT, SENSITIVE = 1e-2, 0.1  # ε = 1e-5 leaves a residual ~ ε/σ² for IN
 
 def configs(quick: bool) -> list[dict]:
     return [{"part": "invariance", "norm": n} for n in NORMS] + [
-        {"part": "adain", "steps": 30 if quick else 250, "size": SIZE}]
+        {"part": "adain", "steps": 20 if quick else 250, "size": SIZE}]
 
 
 def _photos(size: int) -> torch.Tensor:
@@ -197,7 +197,7 @@ EXPERIMENT = Experiment(
         "G=8) → "
         f"ReLU; image 0's contrast ×{CONTRAST} and brightness +{BRIGHTNESS}; measured "
         "‖f(x') − f(x)‖/‖f(x)‖ for each norm (BN in training mode on the two-photo batch). "
-        "(b) AdaIN: a conv autoencoder without norms trained 250 Adam steps (quick: 30) on random "
+        "(b) AdaIN: a conv autoencoder without norms trained 250 Adam steps (quick: 20) on random "
         "crops of the two photos; output = decoder(AdaIN(enc(content), enc(style))); measured the "
         "distance of the output's per-channel feature mean/std to the style's and to the "
         "content's. --data is not used.",
@@ -205,7 +205,7 @@ EXPERIMENT = Experiment(
         "(a) Invariance: random initialised 3×3 conv (32 channels, reflect padding) → norm → ReLU; "
         f"image 0 का contrast ×{CONTRAST} और brightness +{BRIGHTNESS}; हर norm के लिए ‖f(x') − f(x)‖"
         "/‖f(x)‖ measure किया (BN दो photos के batch पर training mode में)। (b) AdaIN: बिना norm का "
-        "conv autoencoder, दोनों photos के random crops पर 250 Adam steps (quick: 30) train; output = "
+        "conv autoencoder, दोनों photos के random crops पर 250 Adam steps (quick: 20) train; output = "
         "decoder(AdaIN(enc(content), enc(style))); output की per-channel feature mean/std की style "
         "और content से दूरी measure की। --data इस्तेमाल नहीं होता।"),
     configs=configs, run=run, analyze=analyze)

@@ -41,8 +41,19 @@ def analyze(runs, figdir, lang):
     b_ratio = m["ae_tied"]["param_plus_adam_bytes"] / m["ae_untied"]["param_plus_adam_bytes"]
     worst = max(p_ratio, b_ratio)
     v1 = SUPPORTED if worst <= 0.55 else MIXED if worst < 1 else NOT_SUPPORTED
+    fig, ax = figure()
+    names = [k for k in ("ae_untied", "ae_tied") if k in m]
+    for i, key in enumerate(("param_bytes", "adam_state_bytes")):
+        ax.bar([j + 0.4 * i for j in range(len(names))], [m[k][key] / 1024 for k in names],
+               width=0.4, label={"param_bytes": "parameters", "adam_state_bytes": "Adam state"}[key])
+    ax.set_xticks([j + 0.2 for j in range(len(names))], ["untied", "tied (W_dec = W_encᵀ)"])
+    ax.set_yscale("log")
+    ax.set_ylabel("KiB (log scale)")
+    ax.set_title("T1: autoencoder memory, tied vs untied")
+    ax.legend()
+    fp1 = save_figure(fig, figdir, "t1_autoencoder_memory")
     out = [ClaimResult("T1", v1, f"tied / untied autoencoder: {p_ratio:.3f}× parameters, "
-                       f"{b_ratio:.3f}× param+Adam bytes", [table],
+                       f"{b_ratio:.3f}× param+Adam bytes", [table], [fp1],
                        cells={("share", "example", "tying"): (
                            f"{m['ae_tied']['params']:,} vs {m['ae_untied']['params']:,} params",
                            v1)})]

@@ -30,7 +30,7 @@ LR = 3e-3
 
 def configs(quick: bool) -> list[dict]:
     ns, strengths, steps = (QUICK_N, QUICK_STRENGTHS, 150) if quick else (
-        FULL_N, FULL_STRENGTHS, 1500)
+        FULL_N, FULL_STRENGTHS, 1000)
     cfgs = [{"n": n, "mode": m, "strength": 0.0, "steps": steps} for n in ns
             for m in ("untied", "tied")]
     cfgs += [{"n": ns[0], "mode": "soft", "strength": s, "steps": steps} for s in strengths]
@@ -145,13 +145,13 @@ EXPERIMENT = Experiment(
     protocol=Text(
         f"sharenorm.TiedAutoencoder 64 → {' → '.join(map(str, AE_HIDDEN))} (tanh) on 8×8 digits "
         "(standardized), trained on random subsets of " + ", ".join(map(str, FULL_N)) +
-        " images (quick: " + ", ".join(map(str, QUICK_N)) + f"); Adam lr {LR}, batch 32, 1500 "
+        " images (quick: " + ", ".join(map(str, QUICK_N)) + f"); Adam lr {LR}, batch 32, 1000 "
         "steps (quick: 150), MSE reconstruction; test MSE on the 449 held-out images. Soft "
         "tying: the untied model plus sharenorm.SoftTie(W_dec, W_encᵀ) with λ in " +
         ", ".join(f"{s:g}" for s in FULL_STRENGTHS) + " at the smallest training set.",
         f"sharenorm.TiedAutoencoder 64 → {' → '.join(map(str, AE_HIDDEN))} (tanh), 8×8 digits "
         "(standardized) पर, " + ", ".join(map(str, FULL_N)) + f" images के random subsets पर train; "
-        f"Adam lr {LR}, batch 32, 1500 steps (quick: 150), MSE reconstruction; 449 held-out images "
+        f"Adam lr {LR}, batch 32, 1000 steps (quick: 150), MSE reconstruction; 449 held-out images "
         "पर test MSE। Soft tying: untied model + sharenorm.SoftTie(W_dec, W_encᵀ), λ = " +
         ", ".join(f"{s:g}" for s in FULL_STRENGTHS) + ", सबसे छोटे training set पर।"),
     configs=configs, run=run, analyze=analyze,

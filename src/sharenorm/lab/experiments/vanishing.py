@@ -24,7 +24,7 @@ DEPTH, WIDTH, PROBE = 20, 64, 256
 
 
 def configs(quick: bool) -> list[dict]:
-    return [{"act": a, "norm": n, "depth": DEPTH, "steps": 100 if quick else 400}
+    return [{"act": a, "norm": n, "depth": DEPTH, "steps": 50 if quick else 400}
             for a in ("sigmoid", "tanh") for n in ("batch", "none")]
 
 
@@ -100,11 +100,11 @@ EXPERIMENT = Experiment(
         f"mnist1d (or --data) flattened into an MLP of {DEPTH} hidden layers of width {WIDTH} with "
         "sigmoid or tanh, with BatchNorm1d before every activation or without a norm (PyTorch's "
         f"default Linear initialisation). Gradient norms ‖∂L/∂W_l‖ on a fixed batch of {PROBE} "
-        "training samples at initialisation (training mode); then 400 SGD steps (quick: 100), lr "
+        "training samples at initialisation (training mode); then 400 SGD steps (quick: 50), lr "
         "0.05, batch 32, for the test accuracy.",
         f"mnist1d (या --data) को flatten करके {DEPTH} hidden layers (width {WIDTH}) का MLP, sigmoid या "
         "tanh के साथ, हर activation से पहले BatchNorm1d या बिना norm (PyTorch का default Linear "
         f"initialisation)। Initialisation पर {PROBE} training samples के fixed batch पर gradient "
-        "norms ‖∂L/∂W_l‖ (training mode); फिर test accuracy के लिए 400 SGD steps (quick: 100), "
+        "norms ‖∂L/∂W_l‖ (training mode); फिर test accuracy के लिए 400 SGD steps (quick: 50), "
         "lr 0.05, batch 32।"),
     configs=configs, run=run, analyze=analyze, uses_data=True)

@@ -1,0 +1,116 @@
+"""The lab's models and training loop against torch references."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import sharenorm as sn
+from sharenorm.data import Dataset
+from sharenorm.lab.train import TrainConfig, train_classifier
+from sharenorm.models import MLP, Autoencoder, ConvNet, LocallyConnectedNet, RNNClassifier, adain
+from sharenorm.models.style import StyleEncoder, channel_stats
+
+
+@pytest.mark.parametrize("in_shape", [(1, 40), (3, 8, 8), (2, 13)])  # signal, image, odd length
+@pytest.mark.parametrize("norm", ["batch", "group", "instance", "layer", "none"])
+def test_convnet_shapes_and_norms(in_shape, norm):
+    net = ConvNet(in_shape, 7, norm=norm, width=8, num_groups=2 if norm == "group" else None)
+    assert net(torch.randn(3, *in_shape)).shape == (3, 7)
+    kinds = {type(m).__name__ for m in net.modules()}
+    expected = {"batch": "BatchNorm", "group": "GroupNorm", "instance": "InstanceNorm",
+                "layer": "GroupNorm", "none": None}[norm]
+    if expected:
+        assert any(k.startswith(expected) for k in kinds)
+        assert all(type(m).__module__.startswith("sharenorm") for m in net.modules()
+                   if "Norm" in type(m).__name__)  # every norm comes from sharenorm.make_norm
+
+
+@pytest.mark.parametrize("in_shape", [(1, 40), (1, 8, 8)])
+def test_locally_connected_net_equals_convnet_with_copied_filters(in_shape):
+    torch.manual_seed(0)
+    conv = ConvNet(in_shape, 5, norm="none", width=6)
+    lc = LocallyConnectedNet(in_shape, 5, norm="none", width=6)
+    with torch.no_grad():
+        for cm, lm in zip(conv.features, lc.features, strict=True):
+            if isinstance(cm, (nn.Conv1d, nn.Conv2d)):
+                ref = type(lm).from_conv(cm, lm.input_size if len(in_shape) == 3
+                                         else lm.input_size[0])
+                lm.load_state_dict(ref.state_dict())
+        lc.head.load_state_dict(conv.head.state_dict())
+    x = torch.randn(4, *in_shape)
+    torch.testing.assert_close(lc(x), conv(x), atol=1e-5, rtol=1e-5)
+    assert sn.count_parameters(lc) > 3 * sn.count_parameters(conv)
+
+
+def test_mlp_widths_and_batchnorm():
+    m = MLP((1, 10), 3, hidden=[7, 5], norm="batch")
+    assert [lin.out_features for lin in m.linears] == [7, 5]
+    assert all(lin.bias is None for lin in m.linears)  # redundant before BN
+    assert m(torch.randn(4, 1, 10)).shape == (4, 3)
+
+
+def test_rnn_classifier_shared_vs_unshared():
+    s, u = RNNClassifier((1, 12), 4, hidden=8), RNNClassifier((1, 12), 4, hidden=8, shared=False)
+    x = torch.randn(3, 1, 12)
+    assert s(x).shape == u(x).shape == (3, 4)
+    assert sn.count_parameters(u.rnn) == 12 * sn.count_parameters(s.rnn)
+
+
+def test_autoencoder_tied_and_soft_pairs():
+    tied, untied = Autoencoder((1, 8, 8), (16, 4)), Autoencoder((1, 8, 8), (16, 4), tied=False)
+    assert tied.tie_distance() == 0.0 and untied.tie_distance() > 0
+    soft = sn.SoftTie(untied, untied.soft_tie_pairs(), 1.0)
+    assert soft.penalty().item() == pytest.approx(untied.tie_distance() ** 2, rel=1e-5)
+
+
+def test_adain_gives_style_statistics():
+    c, s = torch.randn(2, 5, 9, 7), 3 * torch.randn(2, 5, 4, 6) + 2
+    m, sd = channel_stats(adain(c, s))
+    ms, ss = channel_stats(s)
+    torch.testing.assert_close(m, ms, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sd, ss, atol=1e-3, rtol=1e-3)
+
+
+def test_instance_norm_encoder_is_invariant_to_contrast_and_brightness():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 16, 20)
+    for norm, invariant in (("instance", True), ("none", False)):
+        enc = StyleEncoder(norm, width=8)
+        f, f2 = enc.first(x), enc.first(3 * x + 0.5)
+        rel = ((f2 - f).norm() / f.norm()).item()
+        assert (rel < 1e-3) == invariant, (norm, rel)
+
+
+def _tiny_ds():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 12, generator=g)
+    y = (x.sum((1, 2)) > 0).long()
+    return Dataset("tiny", x[:48], y[:48], x[48:], y[48:], 2)
+
+
+def test_training_learns_and_is_json_clean():
+    ds = _tiny_ds()
+    torch.manual_seed(0)
+    m, t = train_classifier(MLP((1, 12), 2, hidden=16), ds,
+                            TrainConfig(steps=60, batch_size=8, lr=0.1, eval_every=20,
+                                        target_acc=0.7), 0)
+    assert m["train_acc"] > 0.8 and not m["diverged"] and len(m["curve"]) == 3
+    json.dumps(m, allow_nan=False)
+
+
+def test_divergence_is_detected():
+    ds = _tiny_ds()
+    torch.manual_seed(0)
+    m, _ = train_classifier(MLP((1, 12), 2, hidden=16), ds,
+                            TrainConfig(steps=50, batch_size=8, lr=1e4), 0)
+    assert m["diverged"] and m["test_acc"] is None and m["steps_done"] < 50
+    json.dumps(m, allow_nan=False)  # NaN/inf never reach the results file
+
+
+def test_batch_larger_than_dataset_is_an_error():
+    with pytest.raises(ValueError, match="batch_size 100 exceeds the 48 training samples"):
+        train_classifier(MLP((1, 12), 2), _tiny_ds(), TrainConfig(steps=1, batch_size=100), 0)
