@@ -1,8 +1,10 @@
 """Triton kernels for Batch/Instance/Group Normalization + activation, and their launchers.
 
-One set of kernels serves every norm, by viewing the input ``x`` of shape ``(N, C, *)``
-as ``(N, C, S)`` (``S`` = product of the spatial sizes) with its real strides, so NCHW and
-NHWC (channels-last) are read in place, never copied:
+Two families read the input in place, whatever its layout (no layout copies;
+channels-last in gives channels-last out):
+
+**Per-statistic kernels** (NCHW, (N, C, L), NCDHW). ``x`` of shape ``(N, C, *)`` is seen
+as ``(N, C, S)`` with its real strides, and one statistic's elements as an A × B grid:
 
 =========  ========================  ===================  =====================
 norm       one statistic per         axis A (len, stride)  axis B (len, stride)
@@ -12,24 +14,33 @@ instance   group with C/G = 1        (C/G, stride_c)       (S, stride_s)
 batch      channel c: P = C          sample (N, stride_n)  spatial (S, stride_s)
 =========  ========================  ===================  =====================
 
-A statistic's elements form an A × B grid cut into ``BLOCK_A × BLOCK_B`` tiles. The
-tiles of one statistic are shared by ``SPLIT`` programs (grid ``(P, SPLIT)``), so a small
-``N·G`` (a diffusion UNet at batch 1-2) still fills the GPU; the partial results are
-combined afterwards over the ``SPLIT`` axis, deterministically (no atomics).
+The grid is cut into ``BLOCK_A × BLOCK_B`` tiles (the contiguous axis gets the long
+side), shared by ``SPLIT`` programs per statistic (grid ``(P, SPLIT)``), so a small N·G
+(a diffusion UNet at batch 1-2) still gives ~1024 programs; partials are merged
+afterwards, deterministically (no atomics).
 
-Statistics are fp32 whatever the input dtype, accumulated tile by tile with Chan's
-parallel update (each tile: its own mean, then Σ(x − mean_tile)²; tiles merged with the
-mean difference), i.e. Welford by blocks — never E[x²] − E[x]² on raw values — on data
-shifted by the statistic's first element K, so a mean large against σ loses nothing.
+**Rows × channels kernels** (NHWC, NDHWC, (N, C)). With the channels innermost, a
+statistic's elements are strided by C, so a program instead takes ``BLOCK_C``
+consecutive channels × a chunk of rows and keeps one accumulator per channel: every row
+is one coalesced segment, also for InstanceNorm (C/G = 1) and BatchNorm.
+
+Statistics are fp32 whatever the input dtype: each tile's own mean, then Σ(x − mean)²
+over the tile, tiles merged with Chan's parallel formula (Welford by blocks), on data
+shifted by the statistic's first element K, so a mean large against σ loses nothing;
+never E[x²] − E[x]² on raw values. The backward recomputes z = γ·x̂ + β from x (nothing
+but x, μ and r is kept) and needs per-statistic Σ dz and Σ dz·x̂ (one pass), then dx
+(a second pass).
 
 Kernels:
-    _stats_kernel     x → per (statistic, split) partial (count, mean, M2) of x − K
-    _forward_kernel   x, μ, r, γ, β → y = act(γ·r·(x − μ) + β)
-    _bwd_sums_kernel  x, dy → per (statistic, B-tile, a): Σ dz and Σ dz·x̂ (z recomputed)
-    _bwd_dx_kernel    x, dy, sums → dx = r·(γ·dz − c1 − x̂·c2)
+    _stats_kernel / _cl_stats_kernel            partial (count, mean, M2) of x − K
+    _forward_kernel / _cl_forward_kernel        y = act(γ·r·(x − μ) + β)
+    _bwd_sums_kernel / _cl_bwd_sums_kernel      partial Σ dz, Σ dz·x̂ (dz = dy·act'(z))
+    _bwd_dx_kernel / _cl_bwd_dx_kernel          dx = r·(γ·dz − c1 − x̂·c2)
 
-The launchers allocate outputs, pick tiles and the split, and combine partials; they do
-no autograd (see :mod:`sharenorm.norm.fused`).
+The launchers allocate outputs, pick tiles and the split, and merge partials; they do
+no autograd (see :mod:`sharenorm.norm.fused`). Correctness is tested with
+``TRITON_INTERPRET=1`` and by compiling every kernel for sm_90; speed is untested here
+(no GPU was available when they were written).
 """
 
 from __future__ import annotations
