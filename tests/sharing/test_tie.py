@@ -115,6 +115,13 @@ def test_survives_deepcopy_and_pickle(transform):
         assert torch.equal(clone.dec.weight, expected_weight(clone, transform))
         assert not torch.equal(model.dec.weight, expected_weight(clone, transform))
         assert type(clone.dec).__name__ == "TiedLinear" and isinstance(clone.dec, nn.Linear)
+        # The copy's load_state_dict is tie-aware too (its hook acts on the copy).
+        clone.load_state_dict(model.state_dict())
+        assert torch.equal(clone.enc.weight, model.enc.weight)
+        bad = model.state_dict()
+        bad["dec.weight"] = bad["dec.weight"] + 1
+        with pytest.raises(RuntimeError, match="'dec.weight' is tied to 'enc.weight'"):
+            clone.load_state_dict(bad)
 
 
 def test_survives_torch_save_load_of_whole_model():
@@ -340,6 +347,9 @@ def test_tie_errors():
         sn.tie(m, "a.weight", "b.weight")
     with pytest.raises(AttributeError, match="untie"):
         m.b.weight = nn.Parameter(torch.zeros(3, 4))
+    rnns = nn.ModuleDict({"a": nn.GRU(3, 3), "b": nn.GRU(3, 3)})
+    with pytest.raises(ValueError, match="_flat_weights"):
+        sn.tie(rnns, "b.weight_hh_l0", "a.weight_hh_l0")
     with pytest.raises(ValueError, match="not tied or shared"):
         sn.untie(m, "c.weight")
     with pytest.raises(ValueError, match="did you mean"):

@@ -469,6 +469,12 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
             f"tying {target!r} to {source!r} would make a cycle: {source!r} is itself computed "
             f"from {target!r}; untie one of them first"
         )
+    if isinstance(tmod, nn.RNNBase):
+        raise ValueError(
+            f"cannot make {target!r} computed: torch's {type(tmod).__name__} keeps its own list of "
+            f"weight references (_flat_weights) that a tie cannot keep current; use it as the "
+            f"source of the tie instead, or sharenorm.SharedRNN"
+        )
     tkind, skind = _kind(tmod, tattr), _kind(root_mod, root_attr)
     if tkind != skind:
         raise ValueError(
