@@ -64,7 +64,12 @@ def execute(experiment: str, config: dict, seed: int, quick: bool,
 
 
 def _init_worker() -> None:
+    import signal
     import warnings
+
+    # Ctrl-C reaches the whole process group: let the main process handle it (it stores what
+    # finished and terminates the workers) instead of every worker printing a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     warnings.filterwarnings("ignore")
     import torch
@@ -192,26 +197,32 @@ def _run_parallel(todo, jobs, quick, data_arg, finished, exp_t0) -> None:
     import multiprocessing as mp
 
     # spawn, not fork: forking a process that already ran torch ops can deadlock in OpenMP
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker) as pool:
-        pending = {}
-        queue = list(todo)
-        try:
-            # keep the pool fed but bounded, so Ctrl-C does not leave hundreds queued
-            while queue or pending:
-                while queue and len(pending) < 2 * jobs:
-                    t = queue.pop(0)
-                    exp_t0.setdefault(t.experiment, time.perf_counter())
-                    pending[pool.submit(execute, t.experiment, t.config, t.seed, quick,
-                                        data_arg)] = t
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    t = pending.pop(fut)
-                    finished(t, *fut.result())
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker)
+    pending = {}
+    queue = list(todo)
+    try:
+        # keep the pool fed but bounded, so an interrupt has little queued work to drop
+        while queue or pending:
+            while queue and len(pending) < 2 * jobs:
+                t = queue.pop(0)
+                exp_t0.setdefault(t.experiment, time.perf_counter())
+                pending[pool.submit(execute, t.experiment, t.config, t.seed, quick,
+                                    data_arg)] = t
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                t = pending.pop(fut)
+                finished(t, *fut.result())
+    except BaseException:
+        # Ctrl-C or a failed run: stop at once. Finished runs are already stored; the runs in
+        # flight are lost and redone on resume.
+        for fut in pending:
+            fut.cancel()
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _summary(exp: Experiment, store: ResultsStore, figdir: Path, lang: str, seconds: float,

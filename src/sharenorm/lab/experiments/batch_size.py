@@ -111,12 +111,27 @@ def analyze(runs, figdir, lang):
                 ", ".join(f"{n} {-drop(n):+.1f}" for n in norms) +
                 f" points; GN−BN at batch {small}: "
                 f"{100 * (mean_ci(gn_s)[0] - mean_ci(bn_s)[0]):+.1f} points")
+    if a:
+        why_en = (f"BN lost {drop('batch'):.1f} points from batch {big} to {small}: its running "
+                  "statistics, estimated from tiny batches, no longer match the batch statistics "
+                  "it trained with. ")
+        why_hi = (f"BN ने batch {big} से {small} तक {drop('batch'):.1f} points खोए: छोटे batches से "
+                  "estimate हुई running statistics, training की batch statistics से मेल नहीं खातीं। ")
+    else:
+        why_en = (f"BN's accuracy changed by {-drop('batch'):+.1f} points from batch {big} to "
+                  f"{small} here (a loss < 5): with "
+                  "the same epochs, small batches take many more (noisier) steps, which helps this "
+                  "small model as much as the noisy BN statistics hurt it. ")
+        why_hi = (f"यहाँ batch {big} से {small} तक BN की accuracy {-drop('batch'):+.1f} points बदली "
+                  "(< 5 की गिरावट): उतने ही "
+                  "epochs में छोटे batches कहीं ज़्यादा (noisy) steps लेते हैं, जो इस छोटे model की उतनी "
+                  "ही मदद करते हैं जितना noisy BN statistics नुकसान। ")
     return [ClaimResult("N6", v, measured, [table], [fp], pub, cells=cells, notes=Text(
-        "Evaluation uses eval mode, so BN predicts with running statistics accumulated from "
+        why_en + "Evaluation uses eval mode, so BN predicts with running statistics accumulated from "
         "batches of the training size; that is where small-batch BN loses (as in the GN paper). "
         "Our network is far smaller than ResNet-50 and our data is mnist1d, so compare the "
         "direction and size of the changes, not the absolute errors.",
-        "Evaluation eval mode में है, इसलिए BN training batch size के batches से जमा हुई running "
+        why_hi + "Evaluation eval mode में है, इसलिए BN training batch size के batches से जमा हुई running "
         "statistics से predict करता है; small-batch BN वहीं हारता है (GN paper की तरह)। हमारा network "
         "ResNet-50 से बहुत छोटा है और data mnist1d है, इसलिए absolute errors नहीं, बदलाव की दिशा "
         "और आकार की तुलना करें।"))]
