@@ -354,3 +354,21 @@ def test_tie_errors():
         sn.untie(m, "c.weight")
     with pytest.raises(ValueError, match="did you mean"):
         sn.untie(m, "c.wieght")
+
+
+def test_buffer_ties_follow_in_place_updates_and_keep_persistence():
+    class Stats(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(3))
+            self.register_buffer("scratch", torch.zeros(3), persistent=False)
+
+    m = nn.ModuleDict({"x": Stats(), "y": Stats()})
+    sn.tie(m, "y.mean", "x.mean")
+    sn.tie(m, "y.scratch", "x.scratch")
+    m.y.mean.add_(2.0)  # in-place updates through the target land in the one stored buffer
+    assert m.x.mean.eq(2).all()
+    assert list(m.state_dict()) == ["x.mean", "y.mean"]  # non-persistent stays out
+    assert [n for n, _ in m.named_buffers()] == ["x.mean", "x.scratch"]
+    sn.untie(m, "y.scratch")
+    assert "scratch" in m.y._non_persistent_buffers_set and "y.scratch" not in m.state_dict()

@@ -106,11 +106,19 @@ def compose(first: str | None, then: str | None) -> str | None:
 class _Link:
     """``target = transform(getattr(module, name))``, resolved at every access."""
 
-    def __init__(self, module: nn.Module, name: str, transform: str | None, hint: str) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        name: str,
+        transform: str | None,
+        hint: str,
+        persistent: bool = True,
+    ) -> None:
         self.module = module
         self.name = name
         self.transform = transform
         self.hint = hint  # the source's name when the tie was made (for messages only)
+        self.persistent = persistent  # False for a tied non-persistent buffer: not in state_dict
 
     def source(self) -> Tensor:
         return getattr(self.module, self.name)
@@ -175,8 +183,9 @@ def _tied_save_to_state_dict(
     self._sharenorm_base._save_to_state_dict(self, destination, prefix, keep_vars)
     # Both keys appear, as for torch's identity-tied weights: the target holds T(source).
     for name, link in self.__dict__[_LINKS].items():
-        value = link.value()
-        destination[prefix + name] = value if keep_vars else value.detach()
+        if link.persistent:
+            value = link.value()
+            destination[prefix + name] = value if keep_vars else value.detach()
 
 
 def _tied_load_from_state_dict(
@@ -490,18 +499,14 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
         )
     expected = transformed_shape(tuple(src.shape), root_transform)
     if tuple(old.shape) != expected:
-        what = f"{source}ᵀ" if transform == "transpose" else source
+        what, detail, hint = source, "", ""
+        if transform == "transpose":
+            what, detail = f"{source}ᵀ", f", the transpose of {tuple(src.shape)}"
+        elif old.dim() >= 2 and transformed_shape(tuple(old.shape), "transpose") == expected:
+            hint = " (use transform='transpose' for a transposed tie)"
         raise ValueError(
             f"cannot tie {target!r} (shape {tuple(old.shape)}) to {what!r} (shape {expected}"
-            + (f", the transpose of {tuple(src.shape)}" if transform == "transpose" else "")
-            + "); the shapes must be equal"
-            + (
-                ""
-                if transform
-                else " (use transform='transpose' for a transposed tie)"
-                if transformed_shape(tuple(old.shape), "transpose") == expected and old.dim() >= 2
-                else ""
-            )
+            f"{detail}); the shapes must be equal{hint}"
         )
     if old.dtype != src.dtype:
         raise ValueError(
@@ -536,13 +541,14 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
         m.__dict__[_DECLARED] = updated
 
     # Replace the stored target by the computed attribute.
+    persistent = tattr not in tmod._non_persistent_buffers_set
     if tattr in tmod._parameters:
         del tmod._parameters[tattr]
     else:
         del tmod._buffers[tattr]
         tmod._non_persistent_buffers_set.discard(tattr)
     links = dict(tlinks)
-    links[tattr] = _Link(root_mod, root_attr, root_transform, root_hint)
+    links[tattr] = _Link(root_mod, root_attr, root_transform, root_hint, persistent)
     tmod.__dict__[_LINKS] = links
     _set_class(tmod)
 
@@ -584,7 +590,7 @@ def untie(model: nn.Module, target: str) -> nn.Module:
         if isinstance(src, nn.Parameter):
             tmod.register_parameter(tattr, nn.Parameter(value, requires_grad=src.requires_grad))
         else:
-            tmod.register_buffer(tattr, value)
+            tmod.register_buffer(tattr, value, persistent=link.persistent)
         # Forget the declaration, wherever in the model it was made.
         for mpath, m in model.named_modules():
             declared = m.__dict__.get(_DECLARED)
