@@ -219,3 +219,24 @@ def test_save_refuses_meta_tensors(tmp_path):
         ae = sn.TiedAutoencoder([5, 2])
     with pytest.raises(ValueError, match="meta device"):
         sn.save(ae, tmp_path / "x.safetensors")
+
+
+def test_load_into_meta_model_with_assign_and_save_a_submodule(tmp_path):
+    torch.manual_seed(3)
+    ae = sn.TiedAutoencoder([10, 4], tied=True)
+    sn.save(ae, tmp_path / "ae.safetensors")
+    with torch.device("meta"):
+        fresh = sn.TiedAutoencoder([10, 4], tied=False)  # untied and without storage
+    sn.load(fresh, tmp_path / "ae.safetensors", assign=True)
+    x = torch.randn(2, 10)
+    torch.testing.assert_close(fresh(x), ae(x), rtol=0, atol=0)
+    sn.verify_ties(fresh)
+    # A submodule whose tie source lies outside it: its computed weight is stored as a copy.
+    sn.save(ae.decoder, tmp_path / "dec.safetensors")
+    dec = nn.ModuleList([nn.Linear(4, 10)])
+    sn.load(dec, tmp_path / "dec.safetensors")
+    assert torch.equal(dec[0].weight, ae.encoder[0].weight.T)
+    # strict=False tolerates names the model lacks (shapes are still checked).
+    sn.load(
+        nn.ModuleList([nn.Linear(4, 10, bias=False)]), tmp_path / "dec.safetensors", strict=False
+    )

@@ -262,6 +262,8 @@ def load(
             manifest); a model of another architecture (missing/unexpected names, other shapes);
             a manifest tie that the model contradicts (tied differently, or shapes that cannot
             tie).
+        RuntimeError: from ``load_state_dict``, when the file stores two names the model ties
+            with values that differ (e.g. a checkpoint of an untied model), naming the tie.
 
     Example:
         See :func:`save`.
