@@ -58,12 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
-    from sharenorm.lab.claims import CLAIMS
-    from sharenorm.lab.experiments import all_experiments
+    from sharenorm.lab.experiments import all_claims, all_experiments
 
     exps = all_experiments()
     print("Claims (criterion fixed before the run):")
-    for c in CLAIMS.values():
+    for c in all_claims().values():
         by = [e.id for e in exps.values() if c.id in e.claims]
         print(f"  {c.id:3s} {c.statement_en}  [experiment: {', '.join(by)}]")
         print(f"      criterion: {c.criterion('en')}")

@@ -104,3 +104,36 @@ def test_bad_arguments(tmp_path, kw, match):
     with pytest.raises(LabError, match=match):
         runner.run_lab(["N5"], out=tmp_path, progress=False, **kw)
     assert not (tmp_path / "results.jsonl").exists()
+
+
+PLUGIN = '''
+from sharenorm.lab.claims import Claim
+from sharenorm.lab.spec import SUPPORTED, ClaimResult, Experiment, Text
+
+def run(cfg, seed, ctx):
+    return {"value": cfg["x"] * 10 + seed}, {}
+
+def analyze(runs, figdir, lang):
+    vals = sorted(r["metrics"]["value"] for r in runs)
+    return [ClaimResult("X1", SUPPORTED, f"values {vals}")]
+
+EXPERIMENT = Experiment(
+    id="plugin_exp", claims=("X1",), title=Text("a plug-in"), protocol=Text("adds numbers"),
+    configs=lambda quick: [{"x": 1}, {"x": 2}], run=run, analyze=analyze,
+    new_claims=(Claim("X1", "elsewhere", "कथन", "a statement", Text("always")),))
+'''
+
+
+def test_an_experiment_is_one_file_plus_one_line(tmp_path, monkeypatch):
+    from sharenorm.lab import experiments
+
+    (tmp_path / "labplugins").mkdir()
+    (tmp_path / "labplugins" / "plugin_exp.py").write_text(PLUGIN)  # the one file
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # the one line (a module outside the package is registered by its dotted path)
+    monkeypatch.setattr(experiments, "EXPERIMENT_MODULES",
+                        [*experiments.EXPERIMENT_MODULES, "labplugins.plugin_exp"])
+    runner.run_lab(["X1"], quick=True, seeds=2, jobs=1, out=tmp_path / "out", progress=False,
+                   echo=lambda s: None)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## X1 — a statement" in md and "values [10, 11, 20, 21]" in md

@@ -12,8 +12,8 @@ import math
 import traceback
 from pathlib import Path
 
-from sharenorm.lab.claims import CLAIMS, DOC_TABLES
-from sharenorm.lab.experiments import all_experiments
+from sharenorm.lab.claims import DOC_TABLES
+from sharenorm.lab.experiments import all_claims, all_experiments
 from sharenorm.lab.spec import NOT_RUN, ClaimResult, Text
 from sharenorm.lab.store import ResultsStore
 
@@ -100,6 +100,7 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
     claim_exp = {c: e for e in exps.values() for c in e.claims}
     hdr = store.header or {}
     seeds = sorted({r["seed"] for r in store.runs.values()})
+    claims = all_claims()
     B: list[tuple] = [("h", 1, _t("title", lang)), ("p", _t("intro", lang)),
                       ("p", f"{_t('profile', lang)}: **{hdr.get('profile', '?')}** · "
                             f"{_t('seeds', lang)}: {len(seeds)} · {_t('data', lang)}: "
@@ -131,12 +132,12 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
                                                       f"{_t('measured', lang)})" for c in cols]
                   + [_t("claim", lang)], trows))
         B.append(("p", f"**{_t('criteria_used', lang)}:** " + " ".join(
-            f"**{c}**: {CLAIMS[c].criterion(lang)}" for c in used if c in CLAIMS)))
+            f"**{c}**: {claims[c].criterion(lang)}" for c in used if c in claims)))
 
     # -------- verdicts at a glance
     B.append(("h", 2, _t("glance", lang)))
     glance = []
-    for cid, claim in CLAIMS.items():
+    for cid, claim in claims.items():
         r = results.get(cid)
         glance.append([cid, claim.statement_hi if lang == "hi" else claim.statement_en,
                        _verdict(r.verdict if r else NOT_RUN, lang), r.measured if r else "—"])
@@ -144,7 +145,7 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
                         _t("measured", lang)], glance))
 
     # -------- one section per claim
-    for cid, claim in CLAIMS.items():
+    for cid, claim in claims.items():
         r = results.get(cid)
         e = claim_exp.get(cid)
         B.append(("h", 2, f"{cid} — {claim.statement_hi if lang == 'hi' else claim.statement_en}"))

@@ -87,6 +87,8 @@ class Experiment:
         seeded: False when a run does not depend on the seed (one run is enough).
         uses_data: True when ``--data`` replaces its default dataset.
         requires: names that must exist in ``sharenorm`` (else the experiment is skipped).
+        new_claims: :class:`~sharenorm.lab.claims.Claim` s this experiment adds to the
+            documents' list (statement and criterion), for experiments beyond the two documents.
     """
 
     id: str
@@ -99,6 +101,7 @@ class Experiment:
     seeded: bool = True
     uses_data: bool = False
     requires: tuple[str, ...] = ()
+    new_claims: tuple = ()
 
     def missing(self) -> list[str]:
         """The required ``sharenorm`` names this build lacks."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sharenorm.lab.claims import NORM_DOC, Claim
 from sharenorm.lab.common import dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
     MIXED,
@@ -146,6 +147,22 @@ def analyze(runs, figdir, lang):
         "सुधारता है; GN batch को देखता ही नहीं, इसलिए उसे synchronisation की ज़रूरत नहीं।"))]
 
 
+# The document's use case for GN, measured against the field's other answers to small
+# per-process batches (SyncBN, BatchRenorm).
+N9 = Claim(
+    "N9", NORM_DOC, "Group Normalization: जब Small Batch Size के साथ Training करनी हो।",
+    "Group Normalization: for when training has to use small batches.",
+    Text(
+        "W processes with b = 2 samples each (DDP): supported if (a) SyncBN's test accuracy is "
+        "within 1 point of one process with BN on the whole W·b batch and ≥ 2 points above "
+        "per-process BN, and (b) per-process GN is within 2 points of that large-batch BN "
+        "(mean over seeds); mixed if one of (a), (b) holds; not supported if neither.",
+        "W processes, हर एक में b = 2 samples (DDP): supported अगर (a) SyncBN की test accuracy पूरे "
+        "W·b batch पर BN वाले एक process से 1 point के भीतर हो और per-process BN से ≥ 2 points "
+        "ज़्यादा हो, और (b) per-process GN उस large-batch BN से 2 points के भीतर हो (seeds का "
+        "mean); (a), (b) में से एक हो तो mixed; कोई नहीं तो not supported।"),
+)
+
 EXPERIMENT = Experiment(
     id="distributed_bn",
     claims=("N9",),
@@ -165,4 +182,4 @@ EXPERIMENT = Experiment(
         "steps के 10% से 50%/30% तक। Reference: पूरे global batch पर BN वाला एक process। Test "
         "accuracy eval mode में (rank 0)।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
-    requires=("SyncBatchNorm", "BatchRenorm1d", "convert_sync_batchnorm"))
+    requires=("SyncBatchNorm", "BatchRenorm1d", "convert_sync_batchnorm"), new_claims=(N9,))
