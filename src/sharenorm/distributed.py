@@ -256,8 +256,10 @@ def launch(
                     except queue_mod.Empty:
                         raise DistributedError(
                             f"launch: rank {dead[0]} of {world_size} exited with code "
-                            f"{procs[dead[0]].exitcode} without a result (killed, or crashed "
-                            "in native code)"
+                            f"{procs[dead[0]].exitcode} without a result: killed, crashed in "
+                            "native code, or could not start (the spawn start method re-imports "
+                            "the main script: run from a file or `python -m`, not from stdin, "
+                            "and keep the launching code under `if __name__ == '__main__':`)"
                         ) from None
                 else:
                     continue
