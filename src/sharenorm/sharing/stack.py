@@ -71,8 +71,14 @@ class SharedStack(nn.Module):
                     f"unshared name {name!r} is not a submodule, parameter or buffer of the "
                     f"block{hint}"
                 )
-        self.blocks = nn.ModuleList([block] + [copy.deepcopy(block) for _ in range(depth - 1)])
         shared = [n for n in dict.fromkeys(tensors) if not self.is_unshared(n)]
+        # Copies reuse the shared tensors themselves (deepcopy memo), so building the stack never
+        # allocates depth × the block; tie() then turns that plain sharing into declared ties.
+        lookup = dict(block.named_parameters(remove_duplicate=False))
+        lookup.update(block.named_buffers(remove_duplicate=False))
+        keep = {id(lookup[n]): lookup[n] for n in shared}
+        copies = [copy.deepcopy(block, memo=dict(keep)) for _ in range(depth - 1)]
+        self.blocks = nn.ModuleList([block, *copies])
         for i in range(1, depth):
             for name in shared:
                 tie(self, f"blocks.{i}.{name}", f"blocks.0.{name}")

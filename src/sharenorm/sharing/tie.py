@@ -124,7 +124,11 @@ class _Link:
         return getattr(self.module, self.name)
 
     def value(self) -> Tensor:
-        return apply_transform(getattr(self.module, self.name), self.transform)
+        # Fast path for the common case (a parameter): skips nn.Module.__getattr__.
+        t = self.module._parameters.get(self.name)
+        if t is None:
+            t = getattr(self.module, self.name)
+        return t if self.transform is None else t.transpose(0, 1)
 
 
 @dataclass(frozen=True)
