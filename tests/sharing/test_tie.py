@@ -98,6 +98,16 @@ def test_survives_dtype_and_device_moves(transform):
     assert_tied(model, transform)
     model.half()
     assert_tied(model, transform)
+    # torch's alternative conversion paths replace (or swap) the parameter objects.
+    for future in ("overwrite_module_params_on_conversion", "swap_module_params_on_conversion"):
+        setter = getattr(torch.__future__, f"set_{future}")
+        setter(True)
+        try:
+            model.float()
+        finally:
+            setter(False)
+        assert model.dec.weight.dtype == torch.float32
+        assert_tied(model, transform)
     if torch.cuda.is_available():
         model.cuda()
         assert model.dec.weight.is_cuda
@@ -372,3 +382,12 @@ def test_buffer_ties_follow_in_place_updates_and_keep_persistence():
     assert [n for n, _ in m.named_buffers()] == ["x.mean", "x.scratch"]
     sn.untie(m, "y.scratch")
     assert "scratch" in m.y._non_persistent_buffers_set and "y.scratch" not in m.state_dict()
+
+
+def test_functional_call_follows_the_tie_through_the_source():
+    ae = sn.TiedAutoencoder([6, 3], tied=True).double()
+    x = torch.randn(2, 6, dtype=torch.float64)
+    W = torch.randn(3, 6, dtype=torch.float64)
+    y = torch.func.functional_call(ae, {"encoder.0.weight": W}, (x,))
+    ref = (x @ W.T + ae.encoder[0].bias) @ W + ae.decoder[0].bias
+    torch.testing.assert_close(y, ref)

@@ -50,6 +50,9 @@ Limits: a module whose attribute is tied gets a subclass (``type(m) is nn.Linear
 ``isinstance`` still holds). ``safetensors.torch.save_model`` cannot write a transposed tie's
 state_dict (it rejects non-contiguous views); use :func:`sharenorm.save`. Optimizers built
 before ``tie`` still hold the target's old tensor: build them after tying.
+``torch.func.functional_call`` follows ties when given the *source* name (passing the target
+name raises, as assigning to it does). TorchScript (``torch.jit.script``) is not supported;
+``torch.compile`` is.
 """
 
 from __future__ import annotations
