@@ -144,11 +144,12 @@ def train_classifier(model: nn.Module, ds, cfg: TrainConfig, seed: int,
 
 
 def _clean(d):
-    """Round floats (stable JSON) and map NaN/inf to None so every line is valid JSON."""
+    """Round floats to 8 significant digits (short, stable JSON; tiny values such as vanishing
+    gradients keep their magnitude) and map NaN/inf to None so every line is valid JSON."""
     if isinstance(d, dict):
         return {k: _clean(v) for k, v in d.items()}
     if isinstance(d, (list, tuple)):
         return [_clean(v) for v in d]
     if isinstance(d, float):
-        return round(d, 8) if math.isfinite(d) else None
+        return float(f"{d:.8g}") if math.isfinite(d) else None
     return d

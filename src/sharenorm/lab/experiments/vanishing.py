@@ -47,7 +47,8 @@ def run(cfg, seed, ctx):
     metrics, timing = train_classifier(model, ds, TrainConfig(steps=cfg["steps"], batch_size=32,
                                                               lr=0.05), seed)
     g1 = grad_norms(model, x, y) if not metrics["diverged"] else []
-    metrics.update(grad_init=[round(v, 10) for v in g0], grad_trained=[round(v, 10) for v in g1],
+    metrics.update(grad_init=[float(f"{v:.6g}") for v in g0],
+                   grad_trained=[float(f"{v:.6g}") for v in g1],
                    ratio_init=g0[0] / g0[-1] if g0[-1] else None)
     metrics.pop("curve", None)
     return metrics, timing
