@@ -210,7 +210,8 @@ class _Block(nn.Module):
 
     def forward(self, x):
         y = self.bn2(self.conv2(self.bn1(self.conv1(x))))
-        return apply_activation(y + self.short(x), self.act)
+        # in place where safe (relu, leaky_relu), as torchvision's ReLU(inplace=True)
+        return apply_activation(y + self.short(x), self.act, fresh=True)
 
 
 def resnet_like(act: str, me: bool, width: int = 64) -> nn.Module:
