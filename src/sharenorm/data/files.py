@@ -176,7 +176,8 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     """A ``.npz`` with ``x`` ``(N, *)`` and ``y`` ``(N,)``, optionally ``x_test``/``y_test``.
 
     ``x`` of shape ``(N, L)`` becomes ``(N, 1, L)``; ``(N, H, W)`` becomes ``(N, 1, H, W)``;
-    ``(N, C, L)`` and ``(N, C, H, W)`` are kept. Without a test split, 20% is held out.
+    ``(N, C, L)`` with C ≤ 4 and ``(N, C, H, W)`` are kept. Without a test split, 20% is held
+    out (seeded).
     """
     path = Path(path)
     try:
@@ -191,7 +192,9 @@ def load_npz(path: str | os.PathLike) -> Dataset:
         raise DataError(f"{path}: give both 'x_test' and 'y_test' or neither")
 
     def shaped(x: np.ndarray, key: str) -> np.ndarray:
-        if x.ndim == 2 or x.ndim == 3 and key and x.shape[1] > 4:
+        # A 3-d array is (N, C, L) when its second dim looks like channels (≤ 4: gray, RGB,
+        # RGBA), else (N, H, W) images that get a channel dim.
+        if x.ndim == 2 or (x.ndim == 3 and x.shape[1] > 4):
             return x[:, None]  # (N, L) or (N, H, W): add the channel dim
         if x.ndim in (3, 4):
             return x
