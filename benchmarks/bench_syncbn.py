@@ -9,7 +9,8 @@ its own batch, a training step (forward + backward) of
 
 alternately (so drift in the machine's load hits both alike), and the table shows the
 median times of rank 0 and the ratio SyncBN / local BN, plus the time of SyncBN's two
-collectives alone (so the compute overhead can be told from the communication latency).
+collectives alone and of its synchronised code path without communication (so the compute
+overhead can be told from the communication latency).
 torch.nn.SyncBatchNorm cannot be compared: it raises on CPU tensors.
 
     python benchmarks/bench_syncbn.py            # the default shapes
@@ -27,6 +28,7 @@ import torch.distributed as dist
 
 import sharenorm as sn
 from sharenorm import distributed as snd
+from sharenorm.norm.syncbatchnorm import sync_batch_norm_train
 
 # Per-process input shapes (N, C, H, W): a small-batch detection-like layer, a mid one,
 # and a tiny one where the communication latency dominates.
@@ -53,10 +55,15 @@ def _measure(shape: tuple, world: int, repeats: int) -> tuple:
         dist.all_gather(parts, row)
         dist.all_reduce(sums)
 
+    def sync_compute():
+        # The synchronised path with a group of one: SyncBN's own compute, no collective.
+        sync_batch_norm_train(sync, x, None, 1).backward(grad)
+
     steps = {
         "local": lambda: _step(local, x, grad),
         "sync": lambda: _step(sync, x, grad),
         "comm": comm,
+        "compute": sync_compute,
     }
     for fn in steps.values():  # warm-up
         fn()
@@ -89,15 +96,15 @@ def main() -> None:
     print(f"SyncBatchNorm vs local BatchNorm2d, forward+backward, {args.world} gloo processes "
           f"x 1 thread, torch {torch.__version__}, median of {repeats}")
     print(f"{'shape per process':>22} | {'local BN ms':>11} | {'SyncBN ms':>9} | {'ratio':>5} | "
-          f"{'2 collectives ms':>16} | {'(SyncBN - comm) / local':>23}")
-    print("-" * 102)
-    for shape, t_local, t_sync, t_comm in results[0]:
+          f"{'2 collectives ms':>16} | {'SyncBN compute ms':>17} | {'compute ratio':>13}")
+    print("-" * 112)
+    for shape, t_local, t_sync, t_comm, t_compute in results[0]:
         print(f"{str(tuple(shape)):>22} | {t_local * 1e3:11.3f} | {t_sync * 1e3:9.3f} | "
-              f"{t_sync / t_local:5.2f} | {t_comm * 1e3:16.3f} | "
-              f"{(t_sync - t_comm) / t_local:23.2f}")
-    print("ratio = SyncBN / local BN. '2 collectives' = SyncBN's all_gather (2C+1 float64) and "
-          "all_reduce (2C float64) alone;\nthe last column is SyncBN's compute overhead "
-          "without them.")
+              f"{t_sync / t_local:5.2f} | {t_comm * 1e3:16.3f} | {t_compute * 1e3:17.3f} | "
+              f"{t_compute / t_local:13.2f}")
+    print("ratio = SyncBN / local BN (rank 0). '2 collectives' = SyncBN's all_gather (2C+1 "
+          "float64) and all_reduce (2C float64)\nalone; 'SyncBN compute' = its synchronised "
+          "code path with a group of one (no communication).")
 
 
 if __name__ == "__main__":

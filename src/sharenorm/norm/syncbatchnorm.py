@@ -149,37 +149,30 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             # ATen's kernel crashes on an empty input; an empty batch adds zeros.
             sum_dy_xhat = torch.zeros(c, dtype=mean.dtype, device=input.device)
             sum_dy = torch.zeros_like(sum_dy_xhat)
-        local = torch.cat((sum_dy.reshape(-1), sum_dy_xhat.reshape(-1))).to(torch.float64)
+        # A fresh (2C,) buffer: all-reduced in place, the local sums stay for γ and β.
+        total = torch.cat((sum_dy.reshape(-1), sum_dy_xhat.reshape(-1)))
         # Every rank all-reduces, whatever its own needs_input_grad says, so that the
         # ranks always meet in the same collectives.
-        total = local.clone()
         if ctx.world > 1:
             dist.all_reduce(total, group=ctx.group)
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            n = float(ctx.count)
-            invstd = torch.rsqrt(var.to(torch.float64) + ctx.eps)
-            gamma = (
-                weight.to(torch.float64) if weight is not None
-                else torch.ones_like(invstd)
-            )
-            k = gamma * invstd  # dy's factor
-            mean_dy = total[:c] / n
-            mean_dy_xhat = total[c:] / n
-            shape = (1, c) + (1,) * (input.dim() - 2)
-            pd = mean.dtype
-            # dx = k·(dy − mean(dy) − x̂·mean(dy·x̂)) with x̂ = (x − μ)·invstd
+            # dx = k·(dy − mean(dy) − x̂·mean(dy·x̂)) with x̂ = (x − μ)·invstd, k = γ·invstd
             #    = (x − μ)·a + b + k·dy.
             # ATen's eval-mode BN kernel computes (x − μ)·a + b in one pass (unit variance,
             # ε = 0) in x's memory format, subtracting μ before scaling so that a large
-            # mean does not cancel; then one fused multiply-add for k·dy.
-            a = -k * invstd * mean_dy_xhat
-            b = -k * mean_dy
+            # mean does not cancel; then one fused multiply-add for k·dy. The per-channel
+            # coefficients are few ops on (C,) vectors in the statistics' dtype.
+            means = total / float(ctx.count)  # (mean dy, mean dy·x̂)
+            invstd = torch.rsqrt(var + ctx.eps)
+            k = invstd if weight is None else invstd * weight
+            a = (k * invstd).mul_(means[c:]).neg_()
+            b = (k * means[:c]).neg_()
             grad_input = torch.batch_norm(
-                input, a.to(pd), b.to(pd), mean, torch.ones_like(mean), False, 0.0, 0.0,
+                input, a, b, mean, torch.ones_like(mean), False, 0.0, 0.0,
                 torch.backends.cudnn.enabled,
             )
-            grad_input.addcmul_(grad_out, k.to(pd).reshape(shape))
+            grad_input.addcmul_(grad_out, k.reshape((1, c) + (1,) * (input.dim() - 2)))
         if ctx.needs_input_grad[1]:
             grad_weight = sum_dy_xhat.to(weight.dtype)
         if ctx.needs_input_grad[2]:
@@ -207,11 +200,10 @@ def sync_batch_norm_train(
         m = module._momentum_for_this_batch()
         with torch.no_grad():
             rm, rv = module.running_mean, module.running_var
-            new_mean = (1.0 - m) * rm.to(torch.float64) + m * mean64
-            new_var = (1.0 - m) * rv.to(torch.float64) + m * var64 * (n / (n - 1))
             backup = SF.backup_running_stats(rm, rv)
-            rm.copy_(new_mean)
-            rv.copy_(new_var)
+            # running ← running + m·(batch − running), the unbiased σ² for the variance.
+            rm.lerp_(mean64.to(rm.dtype), m)
+            rv.lerp_((var64 * (n / (n - 1))).to(rv.dtype), m)
             # Global statistics are equal on every rank, so every rank keeps or skips alike.
             updated = SF.keep_finite_running_stats(rm, rv, backup, type(module).__name__)
         module._count_batch(updated)
