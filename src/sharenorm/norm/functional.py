@@ -224,7 +224,10 @@ def batch_norm_impl(
             "running_mean/running_var is None; pass them, or training=True to use the "
             "batch's own statistics"
         )
-    path = _route(input, weight, bias, memory_efficient, backend)
+    # The CPU default (plain, "auto") skips the routing call altogether.
+    path = "torch"
+    if memory_efficient or backend != "auto" or input.is_cuda:
+        path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
 
@@ -352,7 +355,10 @@ def instance_norm_impl(
             "but running_mean/running_var is None; pass them or use_input_stats=True"
         )
     updating = use_input_stats and running_mean is not None and running_var is not None
-    path = _route(input, weight, bias, memory_efficient, backend)
+    # The CPU default (plain, "auto") skips the routing call altogether.
+    path = "torch"
+    if memory_efficient or backend != "auto" or input.is_cuda:
+        path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
 
@@ -516,7 +522,10 @@ def group_norm_impl(
     backend: str = "auto",
 ) -> Tensor:
     """Group norm (+ activation) after the checks."""
-    path = _route(input, weight, bias, memory_efficient, backend)
+    # The CPU default (plain, "auto") skips the routing call altogether.
+    path = "torch"
+    if memory_efficient or backend != "auto" or input.is_cuda:
+        path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
 
