@@ -37,6 +37,16 @@ L = {
         "criterion run से पहले code में तय की गई। Numbers seeds पर mean हैं, 95% confidence "
         "intervals (seeds पर Student t) के साथ।"),
     "glance": Text("Verdicts at a glance", "एक नज़र में verdicts"),
+    "quick": Text("**Quick profile**: a smoke test with few steps and seeds; its numbers and "
+                  "verdicts are not conclusions. Run `sharenorm lab` (the default size) for the "
+                  "measurements.",
+                  "**Quick profile**: कम steps और seeds वाला smoke test; इसके numbers और verdicts "
+                  "निष्कर्ष नहीं हैं। Measurements के लिए `sharenorm lab` (default size) चलाएँ।"),
+    "load": Text("System load average (1 min) at start → end of each session; other processes "
+                 "shared the CPU, so wall-clock timings are inflated by roughly that factor / "
+                 "cores.",
+                 "हर session की शुरुआत → अंत पर system load average (1 min); CPU दूसरे processes के "
+                 "साथ shared था, इसलिए wall-clock timings लगभग load / cores के factor से बढ़ी हुई हैं।"),
     "doc_tables": Text("The documents' comparison tables, measured",
                        "Documents की comparison tables, measured"),
     "doc_says": Text("document says", "document कहता है"),
@@ -105,6 +115,8 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
                       ("p", f"{_t('profile', lang)}: **{hdr.get('profile', '?')}** · "
                             f"{_t('seeds', lang)}: {len(seeds)} · {_t('data', lang)}: "
                             f"{hdr.get('data', '?')} · lab version {hdr.get('lab_version', '?')}")]
+    if hdr.get("profile") == "quick":
+        B.append(("p", _t("quick", lang)))
 
     # -------- the two comparison tables at the top
     B.append(("h", 2, _t("doc_tables", lang)))
@@ -183,6 +195,9 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
     rows += [[_t("total", lang), f"{total:.1f} s ({len(store.sessions)} session(s), jobs "
               f"{', '.join(str(s.get('jobs')) for s in store.sessions)})"],
              [_t("cpu_time", lang), f"{run_s:.1f} s over {len(store.runs)} runs"]]
+    loads = [s.get("load") for s in store.sessions if s.get("load")]
+    if loads:
+        rows.append([_t("load", lang), "; ".join(f"{a:.1f} → {b:.1f}" for a, b in loads)])
     B.append(("table", ["", ""], rows))
     return B
 

@@ -147,6 +147,7 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
     if len(todo) < len(tasks):
         echo(f"resuming {store.path}: {len(tasks) - len(todo)} of {len(tasks)} runs already done")
     remaining = Counter(t.experiment for t in todo)
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     exp_t0: dict[str, float] = {}
@@ -182,7 +183,8 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
     wall = time.perf_counter() - t_start
     store.add_session({"started": started, "wall_s": round(wall, 2), "jobs": jobs,
                        "seeds": seeds, "names": list(names), "runs_done": len(todo),
-                       "env": environment()})
+                       "load": [round(load0, 2), round(os.getloadavg()[0], 2)]
+                       if load0 is not None else None, "env": environment()})
     echo(f"lab: {len(todo)} runs in {wall:.1f} s (jobs={jobs}); results in {store.path}")
     if not report:
         return None
