@@ -68,7 +68,9 @@ L = {
     "profile": Text("Profile", "Profile"), "seeds": Text("Seeds", "Seeds"),
     "data": Text("Data", "Data"),
     "total": Text("Total lab time (wall clock, all sessions)", "कुल lab समय (wall clock, सभी sessions)"),
-    "cpu_time": Text("Sum of run times (one core each)", "Run times का योग (हर run एक core पर)"),
+    "cpu_time": Text("Sum of run wall times (one core each)",
+                     "Run wall times का योग (हर run एक core पर)"),
+    "cpu_sum": Text("Sum of run CPU times", "Run CPU times का योग"),
     "feature": Text("feature", "विशेषता"),
     "source": Text("source", "source"), "setting": Text("setting", "setting"),
     "theirs": Text("published", "published"), "ours": Text("ours", "हमारा"),
@@ -190,11 +192,16 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
     B.append(("h", 2, _t("env", lang)))
     total = sum(s.get("wall_s", 0) for s in store.sessions)
     run_s = sum(r.get("time", {}).get("run_s", 0) for r in store.runs.values())
+    cpu_s = sum(r.get("time", {}).get("cpu_s", 0) for r in store.runs.values())
     env = store.sessions[-1].get("env", {}) if store.sessions else {}
     rows = [[k, str(v)] for k, v in env.items()]
     rows += [[_t("total", lang), f"{total:.1f} s ({len(store.sessions)} session(s), jobs "
               f"{', '.join(str(s.get('jobs')) for s in store.sessions)})"],
              [_t("cpu_time", lang), f"{run_s:.1f} s over {len(store.runs)} runs"]]
+    if cpu_s:
+        rows.append([_t("cpu_sum", lang), f"{cpu_s:.1f} s (÷ {env.get('cpu_count', '?')} cores "
+                     f"≈ {cpu_s / max(env.get('cpu_count') or 1, 1):.0f} s wall on an idle "
+                     "machine, plus start-up and report)"])
     loads = [s.get("load") for s in store.sessions if s.get("load")]
     if loads:
         rows.append([_t("load", lang), "; ".join(f"{a:.1f} → {b:.1f}" for a, b in loads)])
