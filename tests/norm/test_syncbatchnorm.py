@@ -163,6 +163,15 @@ def test_merge_stats_unequal_empty_and_large_mean():
     assert n == 0 and mean.isnan().all()
 
 
+def test_every_rank_empty_gives_empty_output_and_no_update():
+    m = sn.SyncBatchNorm(3, act="relu")
+    x = torch.randn(0, 3, 4, requires_grad=True)
+    y = sync_batch_norm_train(m, x, None, 1)
+    y.sum().backward()
+    assert y.shape == (0, 3, 4) and x.grad.shape == (0, 3, 4)
+    assert m.num_batches_tracked.item() == 0 and torch.equal(m.running_var, torch.ones(3))
+
+
 def test_nonfinite_batch_does_not_poison_running_stats():
     m = sn.SyncBatchNorm(2)
     x = torch.randn(4, 2)
