@@ -144,8 +144,10 @@ def test_nonfinite_batch_does_not_poison_running_stats():
     bad = x.clone()
     bad[1, 2, 3, 4] = float("nan")
     with pytest.warns(RuntimeWarning, match="NOT updated"):
-        y = bn(bad)
+        y = bn(bad.requires_grad_())
     assert torch.isnan(y[:, 2]).all()  # the output shows the NaN: nothing is hidden
+    y.sum().backward()  # and backward still runs (the restore is invisible to autograd)
+    bad = bad.detach()
     torch.testing.assert_close(bn.running_mean, before[0])
     torch.testing.assert_close(bn.running_var, before[1])
     assert int(bn.num_batches_tracked) == 1

@@ -93,8 +93,10 @@ def keep_finite_running_stats(
     # reduction, a host sync on GPUs.
     if math.isfinite(float(running_var.sum())):
         return True
-    running_mean.copy_(backup[0])
-    running_var.copy_(backup[1])
+    # Through .data: ATen's batch norm saved these buffers for backward (it reads them
+    # only in eval), and a tracked in-place restore would make that backward refuse to run.
+    running_mean.data.copy_(backup[0])
+    running_var.data.copy_(backup[1])
     warnings.warn(
         f"{op}: this batch's statistics are not finite (NaN or Inf in the input, or an "
         "overflow); running statistics were NOT updated by it and num_batches_tracked "
