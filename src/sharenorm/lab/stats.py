@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["mean_ci", "fmt_ci", "overlap"]
+__all__ = ["mean_ci", "fmt_ci", "overlap", "mean_or_inf"]
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
@@ -51,3 +51,16 @@ def overlap(a, b) -> bool:
     if na < 2 or nb < 2:
         return True
     return not (ma - ha > mb + hb or mb - hb > ma + ha)
+
+
+def mean_or_inf(values) -> float:
+    """Mean of times-to-target where ``None`` means "never reached": infinite if any is None.
+
+    Example:
+        >>> mean_or_inf([1.0, 3.0]), mean_or_inf([1.0, None])
+        (2.0, inf)
+    """
+    vals = list(values)
+    if not vals or any(v is None for v in vals):
+        return math.inf
+    return sum(vals) / len(vals)

@@ -25,7 +25,7 @@ from pathlib import Path
 __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 
 # Bump when an experiment's protocol or metrics change: old results then no longer mix in.
-LAB_VERSION = "1"
+LAB_VERSION = "2"
 
 
 class LabError(RuntimeError):

@@ -10,25 +10,39 @@ __all__ = ["RNNClassifier"]
 
 
 class RNNClassifier(nn.Module):
-    """Read a ``(N, C, T)`` signal one time step at a time, classify from the last hidden state.
+    """Read a ``(N, C, L)`` signal in chunks of ``chunk`` positions per time step, classify from
+    the last hidden state.
 
-    ``shared=True`` uses :class:`sharenorm.SharedRNN` (one cell's weights at every step, the
-    usual RNN); ``shared=False`` uses :class:`sharenorm.UnsharedRNN` (a separate cell per step,
-    parameters × T). Everything else is identical, so the comparison isolates sharing.
+    Step t sees positions ``t·chunk … t·chunk + chunk − 1`` of every channel (C·chunk inputs),
+    so there are ``T = L / chunk`` steps. ``shared=True`` uses :class:`sharenorm.SharedRNN` (one
+    cell's weights at every step, the usual RNN); ``shared=False`` uses
+    :class:`sharenorm.UnsharedRNN` (separate weights per step, parameters × T). Everything else
+    is identical, so the comparison isolates sharing.
 
     Args:
-        in_shape: ``(C, T)`` of one sample.
+        in_shape: ``(C, L)`` of one sample.
         num_classes: outputs.
         hidden: hidden size. Default 64.
         shared: share the cell across time. Default True.
+        chunk: positions per time step (must divide L). Default 1.
+
+    Example:
+        >>> import torch
+        >>> net = RNNClassifier((1, 40), 10, hidden=8, chunk=4)
+        >>> net(torch.randn(2, 1, 40)).shape
+        torch.Size([2, 10])
     """
 
     def __init__(self, in_shape: tuple[int, int], num_classes: int, *, hidden: int = 64,
-                 shared: bool = True) -> None:
+                 shared: bool = True, chunk: int = 1) -> None:
         super().__init__()
         if len(in_shape) != 2:
-            raise ValueError(f"in_shape must be (C, T) for a sequence, got {in_shape!r}")
-        c, t = in_shape
+            raise ValueError(f"in_shape must be (C, L) for a sequence, got {in_shape!r}")
+        c, length = in_shape
+        if chunk < 1 or length % chunk:
+            raise ValueError(f"chunk must be ≥ 1 and divide the length {length}, got {chunk}")
+        self.chunk = chunk
+        c, t = c * chunk, length // chunk
         name = "SharedRNN" if shared else "UnsharedRNN"
         cls = getattr(sn, name, None)
         if cls is None:
@@ -38,5 +52,8 @@ class RNNClassifier(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        _, h_n = self.rnn(x.transpose(1, 2))  # (N, T, C): one time step per position
+        n, c, length = x.shape
+        # (N, C, L) -> (N, T, chunk, C) -> (N, T, chunk·C): one time step per chunk
+        seq = x.transpose(1, 2).reshape(n, length // self.chunk, self.chunk * c)
+        _, h_n = self.rnn(seq)
         return self.head(h_n[0])

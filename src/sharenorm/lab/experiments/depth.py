@@ -80,7 +80,17 @@ def analyze(runs, figdir, lang):
     v = SUPPORTED if a and b else MIXED if a or b else NOT_SUPPORTED
     return [ClaimResult("N8", v, f"depth {hi_d}: GN {pct(gn)} % vs BN {pct(bn)} %; accuracy "
                         f"lost from depth {lo_d} to {hi_d}: GN {100 * loss('group'):.1f}, BN "
-                        f"{100 * loss('batch'):.1f} points", [table], [fp])]
+                        f"{100 * loss('batch'):.1f} points", [table], [fp], notes=Text(
+                            "Plain (non-residual) networks at batch 4 with the linearly scaled "
+                            f"learning rate 0.05·{BATCH}/32 for a fixed budget: a deep network "
+                            "that stays near 10% (chance) has not started to learn within the "
+                            "budget. The claim is about stability at depth, so the comparison is "
+                            "between norms at the same depth, budget and learning rate.",
+                            "Batch 4 पर plain (non-residual) networks, linearly scaled learning "
+                            f"rate 0.05·{BATCH}/32, fixed budget: जो deep network लगभग 10% (chance) "
+                            "पर रहता है वह budget में सीखना शुरू नहीं कर पाया। Claim depth पर "
+                            "stability का है, इसलिए तुलना एक ही depth, budget और learning rate पर "
+                            "norms के बीच है।"))]
 
 
 EXPERIMENT = Experiment(

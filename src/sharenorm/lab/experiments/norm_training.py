@@ -14,7 +14,7 @@ from sharenorm.lab.spec import (
     Text,
     group_runs,
 )
-from sharenorm.lab.stats import fmt_ci, mean_ci, overlap
+from sharenorm.lab.stats import fmt_ci, mean_ci, mean_or_inf, overlap
 from sharenorm.lab.train import TrainConfig, train_classifier
 from sharenorm.models import ConvNet
 
@@ -84,8 +84,8 @@ def analyze(runs, figdir, lang):
     if bn and none:
         sb, sn_ = steps_hit(bn), steps_hit(none)
         mb, mn = mean_ci(sb)[0], mean_ci(sn_)[0]
-        tb = mean_ci([m["_time"].get("s_to_target") or float("inf") for m in bn])[0]
-        tn = mean_ci([m["_time"].get("s_to_target") or float("inf") for m in none])[0]
+        tb = mean_or_inf([m["_time"].get("s_to_target") for m in bn])
+        tn = mean_or_inf([m["_time"].get("s_to_target") for m in none])
         ratio = mb / mn if mn else float("nan")
         if ratio <= 2 / 3 and not overlap(sb, sn_) and tb <= tn:
             v = SUPPORTED
