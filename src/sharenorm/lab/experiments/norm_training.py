@@ -95,7 +95,7 @@ def analyze(runs, figdir, lang):
             v = NOT_SUPPORTED
         out.append(ClaimResult(
             "N1", v, f"steps to {cfg['target']:.0%}: BN {mb:.0f} vs none {mn:.0f} "
-            f"(ratio {ratio:.2f}); ms/step BN {1e3 * mean_ci([m['_time']['s_per_step'] for m in bn])[0]:.2f}"
+            f"(ratio {ratio:.2f}); seconds BN {tb:.2f} vs none {tn:.2f}; ms/step BN {1e3 * mean_ci([m['_time']['s_per_step'] for m in bn])[0]:.2f}"
             f" vs none {1e3 * mean_ci([m['_time']['s_per_step'] for m in none])[0]:.2f}",
             [table], [fig_path],
             notes=Text("One learning rate (0.05, SGD momentum 0.9) for every norm; N2 shows how "
