@@ -125,8 +125,9 @@ def check_backend(backend: str, memory_efficient: bool = False) -> None:
         raise TypeError(f"memory_efficient must be True or False, got {memory_efficient!r}")
 
 
-def _route(input: Tensor, weight: Tensor | None, bias: Tensor | None,
-           memory_efficient: bool, backend: str) -> str:
+def _route(
+    input: Tensor, weight: Tensor | None, bias: Tensor | None, memory_efficient: bool, backend: str
+) -> str:
     """Which implementation runs: "torch" (ATen, the plain path), "memory_efficient"
     (:mod:`sharenorm.norm.fused`, one saved tensor) or "triton" (GPU kernels)."""
     if backend == "torch" or (backend == "auto" and not input.is_cuda):
@@ -173,9 +174,16 @@ def _fused_path(impl, input, running_mean, running_var, updating: bool, op: str,
     return out, updated
 
 
-# Below this many elements, channels-last InstanceNorm runs channels-first between two
-# layout copies (measured on a 2-core CPU, torch 2.13: benchmarks/bench_norms.py).
-_CL_INSTANCE_NATIVE_MIN_NUMEL = 1 << 22
+# ATen's channels-last GroupNorm kernel, with one channel per group, is 3-10x slower than a
+# channels-first pass between two layout copies when each channel has few positions
+# (8x64x28x28, 8x256x14x14), and 10x faster in forward when it has many (2x320x64x64,
+# 1x512x64x64) but then ~1.7x slower in backward. So it runs only for inference on
+# channels with many positions (measured on a 2-core CPU, torch 2.13).
+_CL_INSTANCE_NATIVE_MIN_POSITIONS = 1024
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _is_channels_last(x: Tensor) -> bool:
@@ -235,8 +243,19 @@ def batch_norm_impl(
 
         impl = fused.triton_batch_norm_act if path == "triton" else fused.batch_norm_act
         return _fused_path(
-            impl, input, running_mean, running_var, updating, "batch_norm", weight, bias,
-            training, momentum, eps, act, act_param,
+            impl,
+            input,
+            running_mean,
+            running_var,
+            updating,
+            "batch_norm",
+            weight,
+            bias,
+            training,
+            momentum,
+            eps,
+            act,
+            act_param,
         )
     if updating:
         backup = backup_running_stats(running_mean, running_var)
@@ -322,8 +341,18 @@ def batch_norm(
     act = check_activation(act, act_param)
     check_backend(backend, memory_efficient)
     return batch_norm_impl(
-        input, running_mean, running_var, weight, bias, training, momentum, eps, act, act_param,
-        memory_efficient, backend,
+        input,
+        running_mean,
+        running_var,
+        weight,
+        bias,
+        training,
+        momentum,
+        eps,
+        act,
+        act_param,
+        memory_efficient,
+        backend,
     )[0]
 
 
@@ -366,8 +395,19 @@ def instance_norm_impl(
 
         impl = fused.triton_instance_norm_act if path == "triton" else fused.instance_norm_act
         return _fused_path(
-            impl, input, running_mean, running_var, updating, "instance_norm", weight, bias,
-            use_input_stats, momentum, eps, act, act_param,
+            impl,
+            input,
+            running_mean,
+            running_var,
+            updating,
+            "instance_norm",
+            weight,
+            bias,
+            use_input_stats,
+            momentum,
+            eps,
+            act,
+            act_param,
         )
     updated = False
     if not use_input_stats:
@@ -380,9 +420,11 @@ def instance_norm_impl(
         # GroupNorm kernel computes them several times faster on the CPU than
         # torch.instance_norm (which reshapes to a (1, N·C, *) BatchNorm) and keeps
         # channels-last inputs channels-last.
-        if _is_channels_last(input) and input.numel() < _CL_INSTANCE_NATIVE_MIN_NUMEL:
-            # ATen's channels-last GroupNorm is slow with one channel per group on small
-            # tensors; a channels-first pass between two layout copies is ~2x faster there.
+        if _is_channels_last(input) and (
+            math.prod(input.shape[2:]) < _CL_INSTANCE_NATIVE_MIN_POSITIONS
+            or _needs_grad(input, weight, bias)
+        ):
+            # see _CL_INSTANCE_NATIVE_MIN_POSITIONS
             out = torch.group_norm(
                 input.contiguous(), input.shape[1], weight, bias, eps, _cudnn_enabled()
             )
