@@ -71,3 +71,8 @@ def ci_band(values_by_x: dict, scale: float = 1.0):
         lo.append((m - h) * scale)
         hi.append((m + h) * scale)
     return xs, ms, lo, hi
+
+
+def accuracies(metrics) -> list[float]:
+    """Test accuracy of each run, a diverged run counting as 0 (not dropped: that would flatter it)."""
+    return [0.0 if m["diverged"] else m["test_acc"] for m in metrics]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sharenorm.lab.common import ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.common import accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
     MIXED,
     NOT_SUPPORTED,
@@ -51,21 +51,17 @@ def run(cfg, seed, ctx):
     return metrics, timing
 
 
-def _acc(ms):
-    return [0.0 if m["diverged"] else m["test_acc"] for m in ms]
-
-
 def analyze(runs, figdir, lang):
     if not runs:
         return []
     g = group_runs(runs, "norm", "batch_size")
     bss = sorted({b for _, b in g})
     norms = [n for n in NORMS if any(k[0] == n for k in g)]
-    rows = [[n] + [pct(_acc(g[(n, b)])) if (n, b) in g else "—" for b in bss] for n in norms]
+    rows = [[n] + [pct(accuracies(g[(n, b)])) if (n, b) in g else "—" for b in bss] for n in norms]
     table = Table(["test acc %: norm \\ batch"] + [str(b) for b in bss], rows)
     fig, ax = figure()
     for n in norms:
-        xs, mu, lo, hi = ci_band({b: [100 * (1 - a) for a in _acc(g[(n, b)])]
+        xs, mu, lo, hi = ci_band({b: [100 * (1 - a) for a in accuracies(g[(n, b)])]
                                   for b in bss if (n, b) in g})
         ax.plot(xs, mu, marker="o", label={"batch": "BN", "group": "GN", "instance": "IN",
                                            "layer": "LN", "none": "no norm"}[n])
@@ -83,18 +79,18 @@ def analyze(runs, figdir, lang):
     def drop(n):
         if (n, small) not in g or (n, big) not in g:
             return float("nan")
-        return 100 * (mean_ci(_acc(g[(n, big)]))[0] - mean_ci(_acc(g[(n, small)]))[0])
+        return 100 * (mean_ci(accuracies(g[(n, big)]))[0] - mean_ci(accuracies(g[(n, small)]))[0])
 
     a = drop("batch") >= 5
-    gn_s, bn_s = _acc(g.get(("group", small), [])), _acc(g.get(("batch", small), []))
+    gn_s, bn_s = accuracies(g.get(("group", small), [])), accuracies(g.get(("batch", small), []))
     b = bool(gn_s and bn_s) and 100 * (mean_ci(gn_s)[0] - mean_ci(bn_s)[0]) >= 5 and \
         not overlap(gn_s, bn_s)
     v = SUPPORTED if a and b else MIXED if a or b else NOT_SUPPORTED
     pub = []
     for n, label in (("batch", "BN"), ("group", "GN")):
         if (n, small) in g and (n, big) in g and small == 2 and big == 32:
-            e32 = 100 - 100 * mean_ci(_acc(g[(n, 32)]))[0]
-            e2 = 100 - 100 * mean_ci(_acc(g[(n, 2)]))[0]
+            e32 = 100 - 100 * mean_ci(accuracies(g[(n, 32)]))[0]
+            e2 = 100 - 100 * mean_ci(accuracies(g[(n, 2)]))[0]
             pub.append(["Wu & He 2018, ResNet-50 ImageNet", f"{label} top-1 error, batch 32 → 2",
                         f"{GN_PAPER[n][32]} → {GN_PAPER[n][2]} % "
                         f"(+{GN_PAPER[n][2] - GN_PAPER[n][32]:.1f})",

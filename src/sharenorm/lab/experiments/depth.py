@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sharenorm.lab.common import ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.common import accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
     MIXED,
     NOT_SUPPORTED,
@@ -42,10 +42,6 @@ def run(cfg, seed, ctx):
     return metrics, timing
 
 
-def _acc(ms):
-    return [0.0 if m["diverged"] else m["test_acc"] for m in ms]
-
-
 def analyze(runs, figdir, lang):
     if not runs:
         return []
@@ -53,11 +49,11 @@ def analyze(runs, figdir, lang):
     depths = sorted({d for _, d in g})
     norms = [n for n in NORMS if any(k[0] == n for k in g)]
     table = Table(["test acc %: norm \\ depth"] + [str(d) for d in depths],
-                  [[n] + [pct(_acc(g[(n, d)])) if (n, d) in g else "—" for d in depths]
+                  [[n] + [pct(accuracies(g[(n, d)])) if (n, d) in g else "—" for d in depths]
                    for n in norms])
     fig, ax = figure()
     for n in norms:
-        xs, mu, lo, hi = ci_band({d: _acc(g[(n, d)]) for d in depths if (n, d) in g}, 100)
+        xs, mu, lo, hi = ci_band({d: accuracies(g[(n, d)]) for d in depths if (n, d) in g}, 100)
         ax.plot(xs, mu, marker="o", label={"batch": "BN", "group": "GN", "none": "no norm"}[n])
         ax.fill_between(xs, lo, hi, alpha=0.15)
     ax.set_xscale("log", base=2)
@@ -68,13 +64,13 @@ def analyze(runs, figdir, lang):
     ax.legend()
     fp = save_figure(fig, figdir, "n8_depth")
     lo_d, hi_d = min(depths), max(depths)
-    gn, bn = _acc(g.get(("group", hi_d), [])), _acc(g.get(("batch", hi_d), []))
+    gn, bn = accuracies(g.get(("group", hi_d), [])), accuracies(g.get(("batch", hi_d), []))
     if not gn or not bn:
         return []
     a = 100 * (mean_ci(gn)[0] - mean_ci(bn)[0]) >= 2 and not overlap(gn, bn)
 
     def loss(n):
-        return mean_ci(_acc(g[(n, lo_d)]))[0] - mean_ci(_acc(g[(n, hi_d)]))[0]
+        return mean_ci(accuracies(g[(n, lo_d)]))[0] - mean_ci(accuracies(g[(n, hi_d)]))[0]
 
     b = loss("group") < loss("batch")
     v = SUPPORTED if a and b else MIXED if a or b else NOT_SUPPORTED

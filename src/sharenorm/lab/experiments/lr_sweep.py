@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from sharenorm.lab.common import ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.common import accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
     MIXED,
     NOT_SUPPORTED,
@@ -54,7 +54,7 @@ def analyze(runs, figdir, lang):
         row = [f"{lr:g}"]
         for n in ("batch", "none"):
             ms = g.get((n, lr), [])
-            accs = [0.0 if m["diverged"] else m["test_acc"] for m in ms]
+            accs = accuracies(ms)
             row += [pct(accs), f"{sum(m['diverged'] for m in ms)}/{len(ms)}",
                     "yes" if ms and _stable(ms) else "no"]
         rows.append(row)
@@ -62,7 +62,7 @@ def analyze(runs, figdir, lang):
                    "none diverged", "none stable"], rows)
     fig, ax = figure()
     for n in ("batch", "none"):
-        by = {lr: [0.0 if m["diverged"] else m["test_acc"] for m in g[(n, lr)]]
+        by = {lr: accuracies(g[(n, lr)])
               for lr in lrs if (n, lr) in g}
         xs, mu, lo, hi = ci_band(by, 100)
         ax.plot(xs, mu, marker="o", label="BN" if n == "batch" else "no norm")
