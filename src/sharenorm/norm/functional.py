@@ -130,6 +130,8 @@ def _route(
 ) -> str:
     """Which implementation runs: "torch" (ATen, the plain path), "memory_efficient"
     (:mod:`sharenorm.norm.fused`, one saved tensor) or "triton" (GPU kernels)."""
+    if not memory_efficient and backend == "auto" and not input.is_cuda:
+        return "torch"  # the CPU default, benchmarked against torch: decided in one test
     if backend == "torch" or (backend == "auto" and not input.is_cuda):
         pass  # the CPU default: no import, no check
     else:
@@ -230,10 +232,7 @@ def batch_norm_impl(
             "running_mean/running_var is None; pass them, or training=True to use the "
             "batch's own statistics"
         )
-    # The CPU default (plain, "auto") skips the routing call altogether.
-    path = "torch"
-    if memory_efficient or backend != "auto" or input.is_cuda:
-        path = _route(input, weight, bias, memory_efficient, backend)
+    path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
 
@@ -382,10 +381,7 @@ def instance_norm_impl(
             "but running_mean/running_var is None; pass them or use_input_stats=True"
         )
     updating = use_input_stats and running_mean is not None and running_var is not None
-    # The CPU default (plain, "auto") skips the routing call altogether.
-    path = "torch"
-    if memory_efficient or backend != "auto" or input.is_cuda:
-        path = _route(input, weight, bias, memory_efficient, backend)
+    path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
 
@@ -562,10 +558,7 @@ def group_norm_impl(
     backend: str = "auto",
 ) -> Tensor:
     """Group norm (+ activation) after the checks."""
-    # The CPU default (plain, "auto") skips the routing call altogether.
-    path = "torch"
-    if memory_efficient or backend != "auto" or input.is_cuda:
-        path = _route(input, weight, bias, memory_efficient, backend)
+    path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
 
