@@ -17,7 +17,9 @@ torch.autograd.graph.saved_tensors_hooks).
 
 ``--resnet`` also reports, for a small ResNet-like net at batch 32, the bytes saved for
 backward by the whole forward (what dominates peak training memory) with and without
-memory_efficient, and on CUDA the measured peak (torch.cuda.max_memory_allocated).
+memory_efficient, and the measured peak of one training step: on CUDA
+torch.cuda.max_memory_allocated, on the CPU the rise of a fresh process's resident-set
+high-water mark over the step.
 
     python benchmarks/bench_fused.py                       # the issue's shapes
     python benchmarks/bench_fused.py --quick --no-compile  # small shapes, quick
@@ -43,7 +45,7 @@ from sharenorm.norm.fused import saved_tensor_bytes
 
 SHAPES = [(32, 128, 56, 56), (2, 320, 64, 64), (1, 512, 64, 64)]
 QUICK_SHAPES = [(8, 64, 28, 28), (2, 160, 32, 32), (1, 256, 32, 32)]
-ACTS = ["none", "relu", "leaky_relu", "silu", "gelu"]
+ACTS = ["none", "relu", "leaky_relu", "elu", "silu", "gelu"]
 ALL_ACTS = ["none", "relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid"]
 GROUPS = 32
 
@@ -92,8 +94,13 @@ def _sync(device) -> None:
 CLOCK = time.perf_counter
 
 
-def time_all(fns, x, w, b, dy, backward: bool, repeats: int, device) -> dict[str, float]:
-    """Median seconds per contender, run round-robin in a rotating order."""
+def time_all(fns, x, w, b, dy, backward: bool, repeats: int, device,
+             block_s: float = 0.02) -> dict[str, float]:
+    """Median seconds per call of each contender, run round-robin in a rotating order.
+
+    Each sample times a block of back-to-back calls lasting about ``block_s`` (one call
+    at a time swings by ±30% on a 2-core CPU with the allocator's state left by the
+    previous contender; a block amortizes that)."""
     names = list(fns)
 
     def step(fn):
@@ -103,17 +110,23 @@ def time_all(fns, x, w, b, dy, backward: bool, repeats: int, device) -> dict[str
             with torch.no_grad():
                 fn(x, w, b)
 
-    for name in names:  # warm-up (and compilation)
+    calls = {}
+    for name in names:  # warm-up (and compilation), then the block length
         step(fns[name])
+        _sync(device)
+        t0 = CLOCK()
         step(fns[name])
+        _sync(device)
+        calls[name] = max(1, round(block_s / max(CLOCK() - t0, 1e-6)))
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
             _sync(device)
             t0 = CLOCK()
-            step(fns[name])
+            for _ in range(calls[name]):
+                step(fns[name])
             _sync(device)
-            times[name].append(CLOCK() - t0)
+            times[name].append((CLOCK() - t0) / calls[name])
     return {n: statistics.median(v) for n, v in times.items()}
 
 
@@ -226,9 +239,28 @@ def resnet_like(act: str, me: bool, width: int = 64) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+def _cpu_step_peak(act: str, me: bool, batch: int) -> int:
+    """Peak bytes one training step (forward, loss, backward) adds to the process, in a
+    fresh process: the rise of its resident-set high-water mark (ru_maxrss) over the
+    step, the net and its input already built (so: activations, gradients, scratch)."""
+    import gc
+    import resource
+
+    torch.manual_seed(0)
+    net = resnet_like(act, me)
+    x = torch.randn(batch, 3, 32, 32)
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    net(x).square().mean().backward()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # KiB on Linux
+
+
 def resnet_memory(device, batch: int = 32) -> list[dict]:
+    import multiprocessing as mp
+
     rows = []
     x = torch.randn(batch, 3, 32, 32, device=device)
+    pool = mp.get_context("spawn").Pool(1, maxtasksperchild=1) if device.type == "cpu" else None
     for act in ("relu", "leaky_relu", "silu"):
         res = {}
         for me in (False, True):
@@ -240,7 +272,10 @@ def resnet_memory(device, batch: int = 32) -> list[dict]:
                 base = torch.cuda.memory_allocated()
             out, saved = saved_tensor_bytes(lambda net=net: net(x))
             out.square().mean().backward()
-            peak = (torch.cuda.max_memory_allocated() - base) if device.type == "cuda" else None
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated() - base
+            else:
+                peak = pool.apply(_cpu_step_peak, (act, me, batch))
             # params + their grads + the saved activations: the peak of a plain SGD step
             res[me] = {"saved": saved, "est_peak": 2 * params + saved, "peak": peak}
         rows.append({
@@ -250,9 +285,12 @@ def resnet_memory(device, batch: int = 32) -> list[dict]:
             "saved_lean/plain": res[True]["saved"] / res[False]["saved"],
             "est_peak_plain_MB": res[False]["est_peak"] / 2**20,
             "est_peak_lean_MB": res[True]["est_peak"] / 2**20,
-            "cuda_peak_plain_MB": (res[False]["peak"] or 0) / 2**20,
-            "cuda_peak_lean_MB": (res[True]["peak"] or 0) / 2**20,
+            f"{device.type}_step_peak_plain_MB": res[False]["peak"] / 2**20,
+            f"{device.type}_step_peak_lean_MB": res[True]["peak"] / 2**20,
+            "step_peak_lean/plain": res[True]["peak"] / res[False]["peak"],
         })
+    if pool is not None:
+        pool.close()
     return rows
 
 
@@ -284,7 +322,7 @@ def main() -> None:
               if args.shapes else QUICK_SHAPES if args.quick else SHAPES)
     dtypes = args.dtypes or ("float32" if device.type == "cpu" else "float32,bfloat16,float16")
     dtypes = [getattr(torch, d) for d in dtypes.split(",")]
-    repeats = args.repeats or (5 if device.type == "cpu" else 30)
+    repeats = args.repeats or (7 if device.type == "cpu" else 30)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"# device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"repeats {repeats}, GN groups {GROUPS}, clock {args.clock}; times in ms (median), "

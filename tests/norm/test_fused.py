@@ -247,19 +247,62 @@ def test_unsafe_affine_keeps_input_and_stays_exact(kind, why, gamma, beta):
     assert _kept(kind, x, w2, torch.zeros(6, dtype=torch.float64), "leaky_relu") == "output"
 
 
+@pytest.mark.parametrize("kind", ["bn_train", "in", "gn"])
 @pytest.mark.parametrize("gamma", [1e-30, 1e25])  # γ²·r underflows / overflows in float32
-def test_extreme_gamma_float32_batchnorm_inversion(gamma):
-    # Inverting is safe (γ normal, β = 0), but ATen's backward would get γ²·r = 0 or inf
-    # as its weight: the backward must take the reconstruction path instead.
+def test_extreme_gamma_float32_inversion(kind, gamma):
+    # Inverting is safe (γ normal, β = 0), but BatchNorm's backward fed the pre-activation
+    # (BN, and IN through its (1, N·C, *) view) would get γ²·r = 0 or inf as its weight:
+    # the backward must take another path. GN: its coefficients stay finite.
     x = make_input((4, 6, 5, 5), torch.float32)
     w = torch.tensor([gamma, 1, 1, 1, 1, 1], dtype=torch.float32)
     b = torch.zeros(6)
-    assert _kept("bn_train", x, w, b, "leaky_relu") == "output"
-    _, grads = _run("bn_train", x, w, b, torch.zeros(6), torch.ones(6), "leaky_relu", None)
-    _, grads_ref = _reference("bn_train", x, w, b, None, None, "leaky_relu", None)
+    assert _kept(kind, x, w, b, "leaky_relu") == "output"
+    _, grads = _run(kind, x, w, b, torch.zeros(6), torch.ones(6), "leaky_relu", None)
+    _, grads_ref = _reference(kind, x, w, b, None, None, "leaky_relu", None)
     for name, got, want in zip(("dx", "dγ", "dβ"), grads, grads_ref, strict=True):
         assert torch.isfinite(got).all(), name
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("per_sample", [False, True], ids=["per_channel", "per_sample"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_scale_shift_is_z_times_scale_plus_shift(dtype, per_sample, channels_last, in_place):
+    # The eval-mode BatchNorm kernel (on the (1, N·C, *) view for per-sample factors)
+    # against the broadcast formula in float64; the layout is kept.
+    z = make_input((3, 5, 4, 7), dtype, channels_last)
+    stats = torch.float64 if dtype == torch.float64 else torch.float32
+    lead = (3, 5) if per_sample else (5,)
+    scale, shift = torch.randn(lead, dtype=stats), torch.randn(lead, dtype=stats)
+    want = (z.double() * fused._per_channel(scale.double(), z.double())
+            + fused._per_channel(shift.double(), z.double()))
+    z0 = z.clone()
+    out = fused._scale_shift(z, scale, shift, out=z if in_place else None)
+    assert (out.data_ptr() == z.data_ptr()) == in_place
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    tol = {torch.float64: 1e-14, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+    torch.testing.assert_close(out.double(), want, atol=tol * 10, rtol=tol)
+    if not in_place:
+        assert torch.equal(z, z0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_channel_sums(channels_last):
+    dz = make_input((3, 5, 4, 7), torch.float64, channels_last)
+    z = make_input((3, 5, 4, 7), torch.float64, channels_last)
+    s1, s2 = fused._channel_sums(dz, z, torch.float64)
+    torch.testing.assert_close(s1, dz.sum((2, 3)), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(s2, (dz * z).sum((2, 3)), atol=1e-12, rtol=1e-12)
+
+
+def test_group_norm_backward_from_preact_refuses_non_finite_coefficients():
+    # r·B/γ overflows float32: the helper says so (the caller then reconstructs x − μ).
+    z, dz = make_input((2, 4, 3, 3), torch.float32), make_input((2, 4, 3, 3), torch.float32)
+    gamma = torch.tensor([2e-38, 1.0, 1.0, 1.0])
+    rstd = torch.full((2, 2), 1e30)
+    assert fused._group_norm_backward_from_preact(
+        dz, z, gamma, torch.zeros(4), rstd, 2, None) is None
 
 
 def test_saturated_elu_keeps_input():

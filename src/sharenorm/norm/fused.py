@@ -211,11 +211,121 @@ def _per_channel(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(*lead, *([1] * (x.dim() - 2))).to(x.dtype)
 
 
-def _scale_shift(z: Tensor, scale: Tensor, shift: Tensor, in_place: bool) -> Tensor:
-    """``z·scale + shift`` with per-channel (C,) or per-(sample, channel) (N, C) factors,
-    in one pass; over ``z`` itself when it is a scratch tensor."""
-    s, t = _per_channel(scale, z), _per_channel(shift, z)
-    return torch.addcmul(t, z, s, out=z) if in_place else torch.addcmul(t, z, s)
+def _scale_shift(z: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
+    """``z·scale + shift`` in one pass, with per-channel ``(C,)`` or per-(sample, channel)
+    ``(N, C)`` factors in the statistics dtype, written into ``out`` (``z`` itself is
+    fine: the pass is elementwise) or into a new tensor of z's layout.
+
+    On the CPU this runs ATen's eval-mode BatchNorm kernel with μ = 0, σ² = 1, ε = 0, whose
+    loop is exactly ``z·scale + shift`` per channel; per-(n, c) factors use it on the
+    ``(1, N·C, *)`` view of a contiguous ``z``. Measured on 2×320×64×64 float32, one
+    thread: 0.45 ms written in place, against 1.4 ms for a broadcasting ``addcmul`` (whose
+    NCHW loop is not vectorized over the spatial positions). Channels-last per-(n, c)
+    factors vary along the innermost dimension, where ``addcmul`` is already as fast.
+    """
+    if out is None:
+        out = torch.empty_like(z)
+    per_sample = scale.dim() == 2
+    if z.device.type == "cpu" and z.numel() and not (per_sample and not z.is_contiguous()):
+        if per_sample:  # one BatchNorm "channel" per (n, c)
+            z, dst = z.view(1, scale.numel(), -1), out.view(1, scale.numel(), -1)
+            scale, shift = scale.reshape(-1), shift.reshape(-1)
+        else:
+            dst = out
+        empty = scale.new_empty(0)
+        _ATEN.native_batch_norm.out(
+            z, scale, shift, torch.zeros_like(scale), torch.ones_like(scale), False, 0.0, 0.0,
+            out=dst, save_mean=empty, save_invstd=empty,
+        )
+        return out
+    return torch.addcmul(_per_channel(shift, z), z, _per_channel(scale, z), out=out)
+
+
+def _gamma_beta(weight, bias, stats: Tensor, channels: int | None = None):
+    """γ and β in the statistics' dtype, ones and zeros where the norm has none."""
+    c = stats.shape[-1] if channels is None else channels
+    gamma = stats.new_ones(c) if weight is None else weight.to(stats.dtype)
+    beta = stats.new_zeros(c) if bias is None else bias.to(stats.dtype)
+    return gamma, beta
+
+
+def _bn_backward_from_preact(dz, z, gamma, beta, invstd, mask):
+    """``(dx, dγ, dβ)`` of a training-mode BatchNorm from its pre-activation ``z`` alone,
+    with no pass that reconstructs x: ATen's backward takes x̂ = (input − save_mean) ·
+    save_invstd, and x̂ = (z − β)/γ, so z goes in as the input with save_mean := β,
+    save_invstd := 1/γ and the weight := γ²·r, which makes its weight·save_invstd the
+    true γ·r. None when γ²·r underflows or overflows the statistics dtype (the caller
+    then reconstructs x − μ instead)."""
+    w_arg = gamma.double() ** 2 * invstd.double()
+    if not _representable(w_arg, invstd.dtype):
+        return None
+    dx, dw, db = _ATEN.native_batch_norm_backward(
+        dz, z, w_arg.to(invstd.dtype), None, None, beta, 1.0 / gamma, True, 0.0, mask
+    )
+    return dx, dw if mask[1] else None, db if mask[2] else None
+
+
+def _channel_sums(dz: Tensor, z: Tensor, stats_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(Σ dz, Σ dz·z)`` over the positions of each (sample, channel), shape (N, C), in
+    one read of both tensors and no full-size temporary: ATen's eval-mode BatchNorm
+    backward with μ = 0, σ² = 1, ε = 0 returns exactly these as dβ and dγ (accumulated in
+    double on the CPU). It runs on the (1, N·C, *) view of contiguous tensors, per sample
+    on channels-last ones (whose (n, c) pairs do not form one dimension)."""
+    n, c = dz.shape[:2]
+
+    def sums(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        k = a.shape[1]
+        zeros, ones = torch.zeros(k, dtype=stats_dtype), torch.ones(k, dtype=stats_dtype)
+        _, s2, s1 = _ATEN.native_batch_norm_backward(
+            a, b, None, zeros, ones, None, None, False, 0.0, [False, True, True]
+        )
+        return s1, s2
+
+    if dz.is_contiguous() and z.is_contiguous():
+        s1, s2 = sums(dz.view(1, n * c, -1), z.view(1, n * c, -1))
+        return s1.view(n, c), s2.view(n, c)
+    per_sample = [sums(dz[i : i + 1], z[i : i + 1]) for i in range(n)]
+    return torch.stack([s[0] for s in per_sample]), torch.stack([s[1] for s in per_sample])
+
+
+def _group_norm_backward_from_preact(dz, z, gamma, beta, rstd, groups, out):
+    """``(dx, dγ, dβ)`` of GroupNorm from its pre-activation ``z = γ·x̂ + β`` and ``dz``,
+    or None when a coefficient is not finite. No pass reconstructs x − μ (which ATen's
+    GroupNorm backward would need as its input, one more full-size tensor): with
+    x̂ = (z − β)/γ,
+
+        per (n, c):  S1 = Σ dz,  S2 = Σ dz·z,  P = Σ dz·x̂ = (S2 − β·S1)/γ
+        per (n, g):  A = Σ_{c∈g} γ·S1 / M,  B = Σ_{c∈g} γ·P / M   (M = C/G · positions)
+        dγ = Σ_n P,  dβ = Σ_n S1,
+        dx = r·(γ·dz − A − B·x̂) = c2·z + c3 + c1·dz
+             with c1 = r·γ,  c2 = −r·B/γ,  c3 = r·(B·β/γ − A).
+
+    Three passes, the last two in place: the sums (reading dz and z), ``c2·z + c3`` into
+    ``out`` (z itself when it is a scratch tensor), then ``+ c1·dz``.
+    """
+    n, c = z.shape[:2]
+    count = (c // groups) * (z.numel() // (n * c))
+    s1, s2 = _channel_sums(dz, z, rstd.dtype)
+    p = torch.addcmul(s2, s1, beta, value=-1.0).div_(gamma)
+    # A and B side by side: (2, N, G, 1)
+    ab = (torch.stack((s1, p)) * gamma).view(2, n, groups, -1).sum(-1, keepdim=True) / count
+    gam, bet, r = gamma.view(groups, -1), beta.view(groups, -1), rstd.view(n, groups, 1)
+    rb = r * ab[1] / gam  # r·B/γ, (N, G, C/G)
+    coef = torch.stack((r * gam, -rb, rb * bet - r * ab[0]))  # c1, c2, c3
+    if not bool(torch.isfinite(coef).all()):
+        return None
+    c1, c2, c3 = coef.view(3, n, c)
+    dx = _scale_shift(z, c2, c3, out=out)
+    dx.addcmul_(dz, _per_channel(c1, dz))
+    return dx, p.sum(0), s1.sum(0)
+
+
+def _param_dtypes(grads, weight, bias):
+    """(dx, dγ, dβ) with dγ, dβ cast from the statistics dtype to the parameters' own."""
+    dx, dw, db = grads
+    dw = None if weight is None or dw is None else dw.to(weight.dtype)
+    db = None if bias is None or db is None else db.to(bias.dtype)
+    return dx, dw, db
 
 
 def saved_tensor_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
@@ -272,35 +382,24 @@ class _BatchNormAct(torch.autograd.Function):
         saved, weight, bias, mean, invstd = ctx.saved_tensors
         act, p = ctx.act, ctx.p
         dy = dy.contiguous(memory_format=ctx.fmt)
-        gamma = torch.ones_like(invstd) if weight is None else weight.to(invstd.dtype)
-        beta = torch.zeros_like(invstd) if bias is None else bias.to(invstd.dtype)
+        gamma, beta = _gamma_beta(weight, bias, invstd)
         mask = list(ctx.needs_input_grad[:3])
-        w_dtype = invstd.dtype if weight is None else weight.dtype
-        if ctx.invert and ctx.training and _representable((gamma.double() ** 2) * invstd, w_dtype):
-            # x̂ = (z − β)/γ: ATen's backward takes x̂ = (input − save_mean)·save_invstd, so
-            # z goes in as the input with save_mean := β, save_invstd := 1/γ, and the
-            # weight := γ²·r so that its weight·save_invstd is the true γ·r. No extra
-            # pass over the data beyond act⁻¹ (none for identity). (γ²·r must neither
-            # underflow nor overflow in the weight's dtype; otherwise the path below.)
+        if ctx.invert:
             dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
             z = _act_inverse(saved, act, p).contiguous(memory_format=ctx.fmt)
-            w_arg = (gamma.double() ** 2 * invstd).to(w_dtype)
-            dx, dw, db = _ATEN.native_batch_norm_backward(
-                dz, z, w_arg, None, None, beta, 1.0 / gamma, True, ctx.eps, mask
-            )
-            return dx, dw, db, None, None, None, None, None, None, None
-        if ctx.invert:
-            dz = _act_grad_from_output(dy, saved, act, p)
-            z = _act_inverse(saved, act, p)
+            if ctx.training:
+                grads = _bn_backward_from_preact(dz, z, gamma, beta, invstd, mask)
+                if grads is not None:
+                    return (*_param_dtypes(grads, weight, bias), *([None] * 7))
             s = 1.0 / (gamma * invstd)  # x − μ = (z − β) / (γ·r)
-            xin = _scale_shift(z, s, -beta * s, in_place=z is not saved)
+            xin = _scale_shift(z, s, -beta * s, out=None if z is saved else z)
             center = torch.zeros_like(mean)
         else:
             a = gamma * invstd  # z = γ·r·(x − μ) + β = a·x + b
             if act is None:
                 dz = dy
             else:
-                z = _scale_shift(saved, a, beta - mean * a, in_place=False)
+                z = _scale_shift(saved, a, beta - mean * a)
                 dz = _act_grad_from_input(dy, z, act, p)
             xin, center = saved, mean
         dz = dz.contiguous(memory_format=ctx.fmt)
@@ -374,16 +473,36 @@ class _GroupNormAct(torch.autograd.Function):
         act, p = ctx.act, ctx.p
         n, c, hw, g = ctx.sizes
         dy = dy.contiguous(memory_format=ctx.fmt)
-        acc = rstd.dtype
-        gamma = rstd.new_ones(c) if weight is None else weight.to(acc)
-        beta = rstd.new_zeros(c) if bias is None else bias.to(acc)
-        # Per (sample, channel) r and μ: each group's value repeated over its C/G channels.
-        r_nc = rstd.repeat_interleave(c // g, dim=1)
+        gamma, beta = _gamma_beta(weight, bias, rstd, c)
+        mask = list(ctx.needs_input_grad[:3])
+        # Per (sample, channel) r: each group's value repeated over its C/G channels.
+        r_nc = rstd.repeat_interleave(c // g, dim=1) if g != c else rstd
         if ctx.invert:
-            dz = _act_grad_from_output(dy, saved, act, p)
-            z = _act_inverse(saved, act, p)
+            dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
+            z = _act_inverse(saved, act, p).contiguous(memory_format=ctx.fmt)
+            if g == c and z.is_contiguous():
+                # InstanceNorm: per (n, c) statistics are BatchNorm's on the (1, N·C, *)
+                # view, whose backward takes z directly (see _bn_backward_from_preact).
+                view = (1, n * c, -1)
+                grads = _bn_backward_from_preact(
+                    dz.view(view), z.view(view), gamma.repeat(n), beta.repeat(n),
+                    rstd.reshape(-1), mask,
+                )
+                if grads is not None:
+                    dx, dw, db = grads
+                    dw = None if dw is None else dw.view(n, c).sum(0)
+                    db = None if db is None else db.view(n, c).sum(0)
+                    return (*_param_dtypes((dx.view(dz.shape), dw, db), weight, bias),
+                            None, None, None, None)
+            if z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64):
+                # On the CPU (measured faster there; 16-bit would round its coefficients)
+                grads = _group_norm_backward_from_preact(
+                    dz, z, gamma, beta, rstd, g, None if z is saved else z
+                )
+                if grads is not None:
+                    return (*_param_dtypes(grads, weight, bias), None, None, None, None)
             s = 1.0 / (gamma * r_nc)  # x − μ = (z − β) / (γ·r)
-            xin = _scale_shift(z, s, -beta * s, in_place=z is not saved)
+            xin = _scale_shift(z, s, -beta * s, out=None if z is saved else z)
             center = torch.zeros_like(mean)
         else:
             if act is None:
@@ -391,13 +510,13 @@ class _GroupNormAct(torch.autograd.Function):
             else:
                 a = gamma * r_nc
                 b = beta - mean.repeat_interleave(c // g, dim=1) * a
-                z = _scale_shift(saved, a, b, in_place=False)
+                z = _scale_shift(saved, a, b)
                 dz = _act_grad_from_input(dy, z, act, p)
             xin, center = saved, mean
         dz = dz.contiguous(memory_format=ctx.fmt)
         xin = xin.contiguous(memory_format=ctx.fmt)
         dx, dw, db = _ATEN.native_group_norm_backward(
-            dz, xin, center, rstd, weight, n, c, hw, g, list(ctx.needs_input_grad[:3])
+            dz, xin, center, rstd, weight, n, c, hw, g, mask
         )
         return dx, dw, db, None, None, None, None
 
