@@ -17,9 +17,9 @@ torch.autograd.graph.saved_tensors_hooks).
 
 ``--resnet`` also reports, for a small ResNet-like net at batch 32, the bytes saved for
 backward by the whole forward (what dominates peak training memory) with and without
-memory_efficient, and the measured peak of one training step: on CUDA
-torch.cuda.max_memory_allocated, on the CPU the rise of a fresh process's resident-set
-high-water mark over the step.
+memory_efficient, and the measured peak of one training step (gradients set to None
+before it, as ``zero_grad`` does): on CUDA torch.cuda.max_memory_allocated, on the CPU
+the peak of the bytes held by the tensors the step creates (:class:`LiveBytes`).
 
     python benchmarks/bench_fused.py                       # the issue's shapes
     python benchmarks/bench_fused.py --quick --no-compile  # small shapes, quick
@@ -33,10 +33,13 @@ import csv
 import re
 import statistics
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import sharenorm as sn
 import sharenorm.functional as SF
@@ -82,6 +85,9 @@ def contenders(norm: str, act: str | None, c: int, dtype, device, compile_: bool
         "lean": lambda x, w, b: ours(x, w, b, True),
     }
     if compile_:
+        # One fresh cache per configuration: the closures share a code object, and after
+        # recompile_limit configurations Dynamo would silently run them eagerly.
+        torch._dynamo.reset()
         fns["compile"] = torch.compile(eager, dynamic=False)
     return fns
 
@@ -239,43 +245,57 @@ def resnet_like(act: str, me: bool, width: int = 64) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _cpu_step_peak(act: str, me: bool, batch: int) -> int:
-    """Peak bytes one training step (forward, loss, backward) adds to the process, in a
-    fresh process: the rise of its resident-set high-water mark (ru_maxrss) over the
-    step, the net and its input already built (so: activations, gradients, scratch)."""
-    import gc
-    import resource
+class LiveBytes(TorchDispatchMode):
+    """The peak of the bytes held by the tensor storages that ops create while it is
+    active (activations, gradients, scratch; not what existed before): what a caching
+    allocator would need, independent of how malloc reuses or returns memory."""
 
-    torch.manual_seed(0)
-    net = resnet_like(act, me)
-    x = torch.randn(batch, 3, 32, 32)
-    gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    net(x).square().mean().backward()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # KiB on Linux
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.seen: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.seen.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()  # one Python object per storage while it lives
+            key, nbytes = st.data_ptr(), st.nbytes()
+            if nbytes and key not in self.seen:
+                self.seen.add(key)
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(st, self._free, key, nbytes)
+        return out
 
 
 def resnet_memory(device, batch: int = 32) -> list[dict]:
-    import multiprocessing as mp
-
     rows = []
     x = torch.randn(batch, 3, 32, 32, device=device)
-    pool = mp.get_context("spawn").Pool(1, maxtasksperchild=1) if device.type == "cpu" else None
     for act in ("relu", "leaky_relu", "silu"):
         res = {}
         for me in (False, True):
             torch.manual_seed(0)
             net = resnet_like(act, me).to(device)
             params = sum(p.numel() * p.element_size() for p in net.parameters())
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
             out, saved = saved_tensor_bytes(lambda net=net: net(x))
             out.square().mean().backward()
+            net.zero_grad(set_to_none=True)
             if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                net(x).square().mean().backward()
                 peak = torch.cuda.max_memory_allocated() - base
             else:
-                peak = pool.apply(_cpu_step_peak, (act, me, batch))
+                with LiveBytes() as live:
+                    net(x).square().mean().backward()
+                peak = live.peak
             # params + their grads + the saved activations: the peak of a plain SGD step
             res[me] = {"saved": saved, "est_peak": 2 * params + saved, "peak": peak}
         rows.append({
@@ -285,12 +305,10 @@ def resnet_memory(device, batch: int = 32) -> list[dict]:
             "saved_lean/plain": res[True]["saved"] / res[False]["saved"],
             "est_peak_plain_MB": res[False]["est_peak"] / 2**20,
             "est_peak_lean_MB": res[True]["est_peak"] / 2**20,
-            f"{device.type}_step_peak_plain_MB": res[False]["peak"] / 2**20,
-            f"{device.type}_step_peak_lean_MB": res[True]["peak"] / 2**20,
+            "step_peak_plain_MB": res[False]["peak"] / 2**20,
+            "step_peak_lean_MB": res[True]["peak"] / 2**20,
             "step_peak_lean/plain": res[True]["peak"] / res[False]["peak"],
         })
-    if pool is not None:
-        pool.close()
     return rows
 
 
@@ -345,7 +363,8 @@ def main() -> None:
             wr.writerows(rows)
     if args.resnet:
         print("\n# ResNet-like net (stem + 6 BasicBlocks, width 64, 32x32 input), batch 32: "
-              "bytes saved for backward by the forward; est. peak = 2 x params + saved")
+              "bytes saved for backward by the forward; est. peak = 2 x params + saved; "
+              "step peak = measured peak of one training step beyond the params")
         for r in resnet_memory(device):
             print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                             for k, v in r.items()))

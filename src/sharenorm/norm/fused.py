@@ -14,13 +14,24 @@ running statistics are those of the plain path) but save only one of them:
   unsafe): save the input ``x``; in backward, ``z = γ·r·(x − μ) + β`` is recomputed
   (one extra pass) and ``act'(z)`` taken from it.
 
-Both then hand the data to ATen's fused norm backward (``native_batch_norm_backward`` /
-``native_group_norm_backward``), the kernel eager autograd itself uses: the input ``x``
-with μ and r, or the reconstructed ``x − μ`` with 0 and r. For BatchNorm in training the
-reconstruction pass is skipped: ``z`` goes in directly with μ := β, r := 1/γ and the
-weight γ²·r, which gives ATen's kernel the same x̂ = (z − β)/γ and the same γ·r.
-Activation gradients are written over scratch tensors, so the backward allocates no more
-than eager's.
+The backward of the recompute path hands ``x`` with μ and r to ATen's fused norm
+backward (``native_batch_norm_backward`` / ``native_group_norm_backward``), the kernel
+eager autograd itself uses. The invert path never rebuilds ``x − μ`` as a tensor where
+it can avoid it (that would be one more full-size pass and allocation):
+
+* BatchNorm in training, and InstanceNorm on a contiguous input (BatchNorm of the
+  ``(1, N·C, *)`` view): ``z`` goes into ATen's BatchNorm backward directly with
+  μ := β, r := 1/γ and the weight γ²·r, which gives its kernel the same x̂ = (z − β)/γ
+  and the same γ·r (:func:`_bn_backward_from_preact`);
+* GroupNorm on the CPU: per-(n, c) sums of dz and dz·z, then dx = c2·z + c3 + c1·dz in
+  two in-place passes (:func:`_group_norm_backward_from_preact`);
+* otherwise (BatchNorm in eval, 16-bit or CUDA GroupNorm, a coefficient that would not
+  be finite): ``x − μ = (z − β)/(γ·r)`` is rebuilt over z and given to ATen with μ := 0.
+
+Per-channel affine passes run on ATen's eval-mode BatchNorm kernel (:func:`_scale_shift`)
+and activation gradients are written over scratch tensors, so the backward allocates as
+many full-size tensors as eager's: one more only where BatchNorm (or the rebuilding
+fall-back) inverts leaky_relu or elu, which needs z beside dz.
 
 When inverting is unsafe, and what is done instead. Recovering x − μ divides by γ:
 
