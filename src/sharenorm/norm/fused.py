@@ -331,6 +331,12 @@ def _group_norm_backward_from_preact(dz, z, gamma, beta, rstd, groups, out):
     return dx, p.sum(0), s1.sum(0)
 
 
+def _per_sample_channel(per_group: Tensor, channels: int) -> Tensor:
+    """(N, G) → (N, C): each group's value repeated over its C/G channels."""
+    g = per_group.shape[1]
+    return per_group if g == channels else per_group.repeat_interleave(channels // g, dim=1)
+
+
 def _param_dtypes(grads, weight, bias):
     """(dx, dγ, dβ) with dγ, dβ cast from the statistics dtype to the parameters' own."""
     dx, dw, db = grads
@@ -486,8 +492,6 @@ class _GroupNormAct(torch.autograd.Function):
         dy = dy.contiguous(memory_format=ctx.fmt)
         gamma, beta = _gamma_beta(weight, bias, rstd, c)
         mask = list(ctx.needs_input_grad[:3])
-        # Per (sample, channel) r: each group's value repeated over its C/G channels.
-        r_nc = rstd.repeat_interleave(c // g, dim=1) if g != c else rstd
         if ctx.invert:
             dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
             z = _act_inverse(saved, act, p).contiguous(memory_format=ctx.fmt)
@@ -512,15 +516,15 @@ class _GroupNormAct(torch.autograd.Function):
                 )
                 if grads is not None:
                     return (*_param_dtypes(grads, weight, bias), None, None, None, None)
-            s = 1.0 / (gamma * r_nc)  # x − μ = (z − β) / (γ·r)
+            s = 1.0 / (gamma * _per_sample_channel(rstd, c))  # x − μ = (z − β) / (γ·r)
             xin = _scale_shift(z, s, -beta * s, out=None if z is saved else z)
             center = torch.zeros_like(mean)
         else:
             if act is None:
                 dz = dy
             else:
-                a = gamma * r_nc
-                b = beta - mean.repeat_interleave(c // g, dim=1) * a
+                a = gamma * _per_sample_channel(rstd, c)
+                b = beta - _per_sample_channel(mean, c) * a
                 z = _scale_shift(saved, a, b)
                 dz = _act_grad_from_input(dy, z, act, p)
             xin, center = saved, mean
