@@ -162,6 +162,40 @@ def test_16bit_matches_eager(kind, dtype, act):
         torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("affine", ["none", "weight_only"])
+@pytest.mark.parametrize("kind", ["bn_train", "in", "gn"])
+def test_without_affine_parameters_matches_float64_reference(kind, affine, channels_last):
+    # γ and/or β absent (affine=False, bias=False): the inverted backward paths take
+    # γ = 1, β = 0 and return no gradient for the missing parameter.
+    x = make_input((3, 6, 5, 7), torch.float64, channels_last).requires_grad_(True)
+    w = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_(True)
+    w = w if affine == "weight_only" else None
+    call = {
+        "bn_train": lambda t, ww, me: SF.batch_norm(t, None, None, ww, None, True,
+                                                    act="leaky_relu", memory_efficient=me),
+        "in": lambda t, ww, me: SF.instance_norm(t, None, None, ww, None, act="leaky_relu",
+                                                 memory_efficient=me),
+        "gn": lambda t, ww, me: SF.group_norm(t, 3, ww, None, act="leaky_relu",
+                                              memory_efficient=me),
+    }[kind]
+    ref = {
+        "bn_train": lambda t, ww: reference.batch_norm(t, ww, None)[0],
+        "in": lambda t, ww: reference.instance_norm(t, ww, None)[0],
+        "gn": lambda t, ww: reference.group_norm(t, 3, ww, None),
+    }[kind]
+    y, ptrs = _saved_storages(lambda: call(x, w, True))
+    assert y.untyped_storage().data_ptr() in ptrs  # inverted: the output is what is kept
+    inputs = (x,) if w is None else (x, w)
+    g = torch.linspace(-1.0, 1.0, y.numel(), dtype=torch.float64).reshape(y.shape)
+    got = torch.autograd.grad(y, inputs, g)
+    y_ref = F.leaky_relu(ref(x, w), 0.01)
+    want = torch.autograd.grad(y_ref, inputs, g)
+    assert_close(y, y_ref, 1e-10, 1e-10, f"{kind} output")
+    for name, a, b in zip(("dx", "dγ")[: len(got)], got, want, strict=True):
+        assert_close(a, b, 1e-10, 1e-10, f"{kind}/{affine} {name}")
+
+
 @pytest.mark.parametrize("act", ["leaky_relu", "elu"])
 def test_act_param_is_used(act):
     x = make_input((3, 6, 4, 4), torch.float64)

@@ -286,7 +286,8 @@ def _channel_sums(dz: Tensor, z: Tensor, stats_dtype: torch.dtype) -> tuple[Tens
 
     def sums(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         k = a.shape[1]
-        zeros, ones = torch.zeros(k, dtype=stats_dtype), torch.ones(k, dtype=stats_dtype)
+        zeros = torch.zeros(k, dtype=stats_dtype, device=a.device)
+        ones = torch.ones_like(zeros)
         _, s2, s1 = _ATEN.native_batch_norm_backward(
             a, b, None, zeros, ones, None, None, False, 0.0, [False, True, True]
         )
