@@ -164,12 +164,15 @@ def bench_row(norm, act_name, layout, dtype, shape, device, repeats, compile_):
         "fwd_eager_ms": fwd["eager"] * 1e3, "fwd_sn_ms": fwd["sn"] * 1e3,
         "fwd_compile_ms": fwd.get("compile", float("nan")) * 1e3,
         "fwd_sn/eager": fwd["sn"] / fwd["eager"],
+        "fwd_sn/compile": fwd["sn"] / fwd["compile"] if "compile" in fwd else float("nan"),
         "fwd_sn_GBps": 2 * nbytes / fwd["sn"] / 1e9,
         "fb_eager_ms": fb["eager"] * 1e3, "fb_compile_ms": fb.get("compile", float("nan")) * 1e3,
         "fb_sn_ms": fb["sn"] * 1e3, "fb_lean_ms": fb["lean"] * 1e3,
         "fb_sn/eager": fb["sn"] / fb["eager"], "fb_lean/eager": fb["lean"] / fb["eager"],
         "fb_lean/compile": fb["lean"] / fb["compile"] if "compile" in fb else float("nan"),
         "fb_lean_GBps": 5 * nbytes / fb["lean"] / 1e9,
+        # the backward alone ≈ (forward + backward) − forward: reads x, dy, writes dx
+        "bwd_sn_GBps": 3 * nbytes / max(fb["sn"] - fwd["sn"], 1e-9) / 1e9,
         "saved_eager_MB": saved["eager"] / 2**20, "saved_lean_MB": saved["lean"] / 2**20,
         "saved_lean/eager": saved["lean"] / saved["eager"],
     }
@@ -183,7 +186,7 @@ COLUMNS = [
     ("fwd_sn/eager", "{:>6.2f}"), ("fwd_sn_GBps", "{:>6.1f}"),
     ("fb_eager_ms", "{:>8.2f}"), ("fb_compile_ms", "{:>8.2f}"), ("fb_sn_ms", "{:>8.2f}"),
     ("fb_lean_ms", "{:>8.2f}"), ("fb_sn/eager", "{:>6.2f}"), ("fb_lean/eager", "{:>6.2f}"),
-    ("fb_lean/compile", "{:>6.2f}"), ("fb_lean_GBps", "{:>6.1f}"),
+    ("fb_lean/compile", "{:>6.2f}"), ("fb_lean_GBps", "{:>6.1f}"), ("bwd_sn_GBps", "{:>7.1f}"),
     ("saved_eager_MB", "{:>8.2f}"), ("saved_lean_MB", "{:>8.2f}"), ("saved_lean/eager", "{:>6.4f}"),
 ]
 HEADERS = {
@@ -191,7 +194,8 @@ HEADERS = {
     "fwd_sn/eager": "sn/eag", "fwd_sn_GBps": "GB/s", "fb_eager_ms": "f+b eag",
     "fb_compile_ms": "f+b cmp", "fb_sn_ms": "f+b sn", "fb_lean_ms": "f+b lean",
     "fb_sn/eager": "sn/eag", "fb_lean/eager": "ln/eag", "fb_lean/compile": "ln/cmp",
-    "fb_lean_GBps": "GB/s", "saved_eager_MB": "sav eag", "saved_lean_MB": "sav lean",
+    "fb_lean_GBps": "GB/s", "bwd_sn_GBps": "bwdGB/s", "saved_eager_MB": "sav eag",
+    "saved_lean_MB": "sav lean",
     "saved_lean/eager": "ln/eag",
 }
 
@@ -206,6 +210,34 @@ def print_header() -> None:
         align, width = re.search(r"([<>])(\d+)", fmt).groups()
         cells.append(f"{HEADERS.get(k, k):{align}{width}}")
     print(" ".join(cells))
+
+
+# Datasheet HBM bandwidth (GB/s) of common GPUs, by a substring of the device name; the
+# issue's targets are fractions of it. Longest match first ("H100 PCIe" before "H100").
+HBM_PEAK_GBPS = {"H200": 4800, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039,
+                 "A100": 1555, "L40S": 864, "L4": 300, "A10G": 600, "RTX 4090": 1008}
+
+
+def hbm_peak(name: str) -> float | None:
+    for key in sorted(HBM_PEAK_GBPS, key=len, reverse=True):
+        if key in name:
+            return HBM_PEAK_GBPS[key]
+    return None
+
+
+def copy_bandwidth(device, nbytes: int = 2**29, repeats: int = 20) -> float:
+    """GB/s of ``dst.copy_(src)`` (read + write) on ``nbytes``: the practical ceiling the
+    kernels' GB/s compare with."""
+    src = torch.empty(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * nbytes / statistics.median(times) / 1e9
 
 
 # ----------------------------------------------------------------------------- ResNet-like
@@ -345,6 +377,9 @@ def main() -> None:
     print(f"# device: {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"repeats {repeats}, GN groups {GROUPS}, clock {args.clock}; times in ms (median), "
           "ratios are time ratios (< 1 = faster)")
+    peak = hbm_peak(name) if device.type == "cuda" else None
+    print(f"# memory bandwidth: copy_ {copy_bandwidth(device):.0f} GB/s measured"
+          + (f", datasheet HBM peak {peak} GB/s" if peak else ""))
     rows = []
     print_header()
     for shape in shapes:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 
-# The interpreter must be chosen before Triton decorates the kernels.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# Where the kernels run: on the CPU under Triton's interpreter (the default, CI), or
+# compiled on a GPU with SHARENORM_TEST_DEVICE=cuda (run this file on its own then).
+DEVICE = os.environ.get("SHARENORM_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":  # the interpreter must be chosen before Triton decorates the kernels
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -26,12 +29,25 @@ import sharenorm.functional as SF  # noqa: E402
 from sharenorm.norm import fused, kernels, reference  # noqa: E402
 from sharenorm.norm.kernels import norm_act  # noqa: E402
 
-if type(norm_act._forward_kernel).__name__ != "InterpretedFunction" or not kernels.interpreting():
+if DEVICE != "cpu":
+    if not torch.cuda.is_available() or kernels.interpreting():
+        pytest.skip(f"SHARENORM_TEST_DEVICE={DEVICE} needs a GPU and TRITON_INTERPRET unset",
+                    allow_module_level=True)
+elif type(norm_act._forward_kernel).__name__ != "InterpretedFunction" or not kernels.interpreting():
     pytest.skip(
         "the Triton kernels were compiled for a GPU before TRITON_INTERPRET=1 was set; run "
         "this file on its own or with TRITON_INTERPRET=1 in the environment",
         allow_module_level=True,
     )
+
+
+@pytest.fixture(autouse=True)
+def _on_test_device():
+    """Every tensor and module a test creates lives on DEVICE (restored afterwards)."""
+    before = torch.get_default_device()
+    torch.set_default_device(DEVICE)
+    yield
+    torch.set_default_device(before)
 
 ACTS = [None, "relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid"]
 # (dtype, atol, rtol) against the float64 reference on the dtype-rounded input.
@@ -301,7 +317,7 @@ def test_running_stats_and_guard_match_torch_backend(cls, shape, kw):
 
 def test_auto_backend_keeps_cpu_tensors_on_torch():
     # Even with the interpreter on, "auto" never sends CPU tensors to Triton.
-    x = _input((2, 4, 3, 3)).requires_grad_(True)
+    x = _input((2, 4, 3, 3)).cpu().requires_grad_(True)
     y = SF.group_norm(x, 2, act="silu")
     assert "norm_act" not in type(y.grad_fn).__name__.lower()
 
