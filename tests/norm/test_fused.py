@@ -515,3 +515,34 @@ def test_act_is_invertible_table():
     assert fused.act_is_invertible("elu", 0.5, f32)
     assert not any(fused.act_is_invertible(a, None, f32) for a in ("relu", "silu", "gelu"))
     assert math.isclose(fused._ELU_MIN_PREACT, -4.0)
+
+
+# ----------------------------------------------------------------------------- requires_grad
+
+
+GRAD_COMBOS = [  # which of (x, γ, β) require grad; at least one, or nothing is recorded
+    (True, True, True), (True, True, False), (True, False, True), (True, False, False),
+    (False, True, True), (False, True, False), (False, False, True),
+]
+
+
+@pytest.mark.parametrize("needs", GRAD_COMBOS, ids=lambda n: "".join("xwb"[i] for i in range(3) if n[i]))
+@pytest.mark.parametrize("act", ["leaky_relu", "silu"])  # one inverted, one recomputed
+@pytest.mark.parametrize("kind", list(NORMS))
+def test_every_requires_grad_combination_matches_plain_path(kind, act, needs):
+    # A frozen input (the first layer of a network) or frozen γ/β: the backward returns
+    # exactly the gradients asked for, those of the plain path.
+    x0 = make_input((3, 6, 5, 4), torch.float64)
+    w0, b0, rm, rv = _params(6)
+    results = []
+    for me in (False, True):
+        x, w, b = (t.detach().clone().requires_grad_(r) for t, r in zip((x0, w0, b0), needs,
+                                                                          strict=True))
+        y = NORMS[kind][0](x, w, b, rm.clone(), rv.clone(), me, act, None)
+        y.square().sum().backward()
+        results.append((y.detach(), x.grad, w.grad, b.grad))
+    for name, got, want in zip(("y", "dx", "dγ", "dβ"), results[1], results[0], strict=True):
+        if want is None:
+            assert got is None, name
+        else:
+            assert_close(got, want, 1e-10, 1e-10, f"{kind}/{act} {name}")

@@ -505,11 +505,11 @@ class _GroupNormAct(torch.autograd.Function):
                     rstd.reshape(-1), mask,
                 )
                 if grads is not None:
-                    dx, dw, db = grads
+                    dx, dw, db = grads  # each None where its input needs no gradient
+                    dx = None if dx is None else dx.view(dz.shape)
                     dw = None if dw is None else dw.view(n, c).sum(0)
                     db = None if db is None else db.view(n, c).sum(0)
-                    return (*_param_dtypes((dx.view(dz.shape), dw, db), weight, bias),
-                            None, None, None, None)
+                    return (*_param_dtypes((dx, dw, db), weight, bias), None, None, None, None)
             if z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64):
                 # On the CPU (measured faster there; 16-bit would round its coefficients)
                 grads = _group_norm_backward_from_preact(
