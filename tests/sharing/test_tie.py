@@ -391,3 +391,27 @@ def test_functional_call_follows_the_tie_through_the_source():
     y = torch.func.functional_call(ae, {"encoder.0.weight": W}, (x,))
     ref = (x @ W.T + ae.encoder[0].bias) @ W + ae.decoder[0].bias
     torch.testing.assert_close(y, ref)
+
+
+@pytest.mark.parametrize("bn", [nn.BatchNorm1d, sn.BatchNorm1d])
+def test_tied_batchnorm_loads_from_a_plain_dict(bn, tmp_path):
+    # A plain dict has no _metadata, so BatchNorm sees version None and back-fills
+    # num_batches_tracked; for a tied one that key must not come back as unexpected.
+    def build():
+        return sn.SharedStack(nn.Sequential(nn.Linear(4, 4), bn(4)), 2)
+
+    torch.manual_seed(0)
+    a, b = build(), build()
+    a(torch.randn(5, 4))
+    b.load_state_dict(dict(a.state_dict()))
+    assert torch.equal(b.blocks[1][1].running_mean, a.blocks[0][1].running_mean)
+    assert torch.equal(b.blocks[1][1].num_batches_tracked, a.blocks[0][1].num_batches_tracked)
+    sn.verify_ties(b)
+    sn.save(a, tmp_path / "s.safetensors")
+    c = build()
+    sn.load(c, tmp_path / "s.safetensors")
+    assert torch.equal(c.blocks[0][1].running_var, a.blocks[0][1].running_var)
+    # An untied num_batches_tracked missing from an old checkpoint is still back-filled.
+    d = sn.SharedStack(nn.Sequential(nn.Linear(4, 4), bn(4)), 2, unshared=("1",))
+    sd = {k: v for k, v in d.state_dict().items() if not k.endswith("num_batches_tracked")}
+    d.load_state_dict(sd)

@@ -222,6 +222,15 @@ def _tied_load_from_state_dict(
     self._sharenorm_base._load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     )
+    # A base class may back-fill a key that old checkpoints lack (BatchNorm adds
+    # num_batches_tracked when the state_dict has no version, e.g. a plain dict). For a tied
+    # name (popped above) that value is the source's business: forget it, do not report it.
+    for name in self.__dict__[_LINKS]:
+        key = prefix + name
+        if key in state_dict:
+            del state_dict[key]
+            while key in unexpected_keys:
+                unexpected_keys.remove(key)
 
 
 def _tied_extra_repr(self: nn.Module) -> str:
