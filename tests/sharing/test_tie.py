@@ -415,3 +415,56 @@ def test_tied_batchnorm_loads_from_a_plain_dict(bn, tmp_path):
     d = sn.SharedStack(nn.Sequential(nn.Linear(4, 4), bn(4)), 2, unshared=("1",))
     sd = {k: v for k, v in d.state_dict().items() if not k.endswith("num_batches_tracked")}
     d.load_state_dict(sd)
+
+
+class TwoMatrices(nn.Module):
+    """A tie between two parameters of the same module (the model itself)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(3, 4))
+        self.w2 = nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, x):
+        return x @ self.w1 @ self.w2
+
+
+class DecBeforeEnc(nn.Module):
+    """The target's module is registered before the source's."""
+
+    def __init__(self):
+        super().__init__()
+        self.dec = nn.Linear(3, 4)
+        self.enc = nn.Linear(4, 3)
+
+
+def test_load_own_state_dict_when_the_tie_is_on_the_root_or_declared_above():
+    a = sn.tie(TwoMatrices(), "w2", "w1", "transpose")
+    b = sn.tie(TwoMatrices(), "w2", "w1", "transpose")
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.w1, a.w1) and torch.equal(b.w2, a.w1.T)
+    bad = a.state_dict()
+    bad["w2"] = bad["w2"] + 1
+    with pytest.raises(RuntimeError, match="'w2' is tied to 'w1'"):
+        b.load_state_dict(bad)
+    # The tie is declared on the outer model; a submodule is loaded on its own.
+    def build():
+        return sn.tie(nn.Sequential(DecBeforeEnc()), "0.dec.weight", "0.enc.weight", "transpose")
+
+    src, dst = build(), build()
+    dst[0].load_state_dict(src[0].state_dict())
+    assert torch.equal(dst[0].enc.weight, src[0].enc.weight)
+    assert torch.equal(dst[0].dec.weight, src[0].enc.weight.T)
+    dst.load_state_dict(build().state_dict())
+    sn.verify_ties(dst)
+    # Deepcopy, pickle and torch.save keep the hooks working.
+    for clone in (copy.deepcopy(dst), pickle.loads(pickle.dumps(dst))):
+        clone[0].load_state_dict(src[0].state_dict())
+        assert torch.equal(clone[0].dec.weight, src[0].enc.weight.T)
+        sn.verify_ties(clone)
+    buf = io.BytesIO()
+    torch.save(b, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    loaded.load_state_dict(a.state_dict())
+    assert torch.equal(loaded.w2, a.w1.T)

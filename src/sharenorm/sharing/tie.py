@@ -205,9 +205,17 @@ def _tied_load_from_state_dict(
     unexpected_keys: list,
     error_msgs: list,
 ) -> None:
-    # The model-level pre-hook has already compared target keys with source keys of the same
-    # state_dict. What is left (e.g. loading this module alone) is checked against the source's
-    # current value, then dropped so that it is not an "unexpected key".
+    # torch runs load pre-hooks inside the base _load_from_state_dict, i.e. after this override:
+    # when this module carries the model-level hook (a tie among its own tensors), run it first
+    # (it is idempotent: keys it has handled are gone). The model-level hook has then compared
+    # target keys with source keys of the same state_dict. What is left (the source lies outside
+    # the module being loaded) is checked against the source's current value, then dropped so
+    # that it is not an "unexpected key".
+    if self.__dict__.get(_ROOT_HOOK):
+        _root_load_pre_hook(
+            self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+            error_msgs,
+        )
     for name, link in self.__dict__[_LINKS].items():
         key = prefix + name
         if key in state_dict:
@@ -572,10 +580,29 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     declared = dict(model.__dict__.get(_DECLARED) or {})
     declared[target] = _Record(root_hint, root_transform, tuple(old.shape))
     model.__dict__[_DECLARED] = declared
-    if not model.__dict__.get(_ROOT_HOOK):
-        model.register_load_state_dict_pre_hook(_root_load_pre_hook)
-        model.__dict__[_ROOT_HOOK] = True
+    # Every module from model down to the lowest common ancestor of the two modules gets the
+    # hook, so a load rooted anywhere there sees both keys (below it, the source is outside the
+    # load and the target is checked against the source's current value).
+    paths = _module_paths(model)
+    for m in _path_to_common_ancestor(model, paths[id(tmod)], paths[id(root_mod)]):
+        if not m.__dict__.get(_ROOT_HOOK):
+            m.register_load_state_dict_pre_hook(_root_load_pre_hook)
+            m.__dict__[_ROOT_HOOK] = True
     return model
+
+
+def _path_to_common_ancestor(model: nn.Module, a: str, b: str) -> list[nn.Module]:
+    """``model`` and each module below it down to the common ancestor of paths ``a``, ``b``."""
+    common: list[str] = []
+    for x, y in zip(a.split(".") if a else [], b.split(".") if b else [], strict=False):
+        if x != y:
+            break
+        common.append(x)
+    modules, m = [model], model
+    for part in common:
+        m = m.get_submodule(part)
+        modules.append(m)
+    return modules
 
 
 def untie(model: nn.Module, target: str) -> nn.Module:
