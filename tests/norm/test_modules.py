@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from norm_testing import make_input, randomize_affine
 from torch import nn
 
@@ -270,3 +271,81 @@ def test_torch_compile_matches_eager():
     x = make_input((2, 4, 3, 3))
     compiled = torch.compile(m, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), m(x))
+
+
+NEGATIVE_SLOPE_NORMS = [  # (name, constructor taking act kwargs, input shape)
+    ("bn", lambda **kw: sn.BatchNorm2d(3, **kw), (4, 3, 2, 3)),
+    ("bn_eval", lambda **kw: sn.BatchNorm2d(3, **kw).eval(), (4, 3, 2, 3)),
+    ("in", lambda **kw: sn.InstanceNorm1d(3, affine=True, **kw), (4, 3, 5)),
+    ("in_track", lambda **kw: sn.InstanceNorm2d(3, track_running_stats=True, **kw), (2, 3, 3, 3)),
+    ("gn", lambda **kw: sn.GroupNorm(3, 6, **kw), (2, 6, 3)),
+    ("renorm", lambda **kw: sn.BatchRenorm2d(3, **kw), (4, 3, 2, 3)),
+    ("sync", lambda **kw: sn.SyncBatchNorm(3, **kw), (4, 3, 2, 3)),
+]
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["plain", "lean"])
+@pytest.mark.parametrize("slope", [-0.3, 0.0])
+@pytest.mark.parametrize(("name", "make", "shape"), NEGATIVE_SLOPE_NORMS,
+                         ids=[c[0] for c in NEGATIVE_SLOPE_NORMS])
+def test_leaky_relu_non_positive_slope_equals_norm_then_leaky_relu(
+    name, make, shape, slope, memory_efficient
+):
+    # torch refuses an in-place leaky_relu backward for a negative slope: the fused
+    # activation must not run in place then, and still equal F.leaky_relu(norm(x), slope).
+    fused_act = make(act="leaky_relu", act_param=slope, memory_efficient=memory_efficient)
+    plain = make()
+    plain.load_state_dict(fused_act.state_dict())
+    if getattr(plain, "weight", None) is not None:
+        randomize_affine(fused_act, plain)
+    x = make_input(shape, torch.float64).float()
+    g = torch.randn(shape)
+    grads = []
+    for m, post in ((fused_act, lambda t: t), (plain, lambda t: F.leaky_relu(t, slope))):
+        xi = x.clone().requires_grad_(True)
+        y = post(m(xi))
+        y.backward(g)
+        params = [p.grad for p in m.parameters()]
+        grads.append((y.detach(), xi.grad, *params))
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["plain", "lean"])
+def test_functional_leaky_relu_negative_slope(memory_efficient):
+    import sharenorm.functional as SF
+
+    x = make_input((4, 6, 3), torch.float64)
+    w = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_(True)
+    calls = [
+        (lambda t, **kw: SF.batch_norm(t, None, None, w, None, True, **kw),
+         lambda t: F.batch_norm(t, None, None, w, None, True)),
+        (lambda t, **kw: SF.instance_norm(t, None, None, w, None, **kw),
+         lambda t: F.instance_norm(t, None, None, w, None)),
+        (lambda t, **kw: SF.group_norm(t, 2, w, None, **kw),
+         lambda t: F.group_norm(t, 2, w, None)),
+    ]
+    for ours, theirs in calls:
+        xi, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        y = ours(xi, act="leaky_relu", act_param=-0.3, memory_efficient=memory_efficient)
+        y_ref = F.leaky_relu(theirs(xr), -0.3)
+        got = torch.autograd.grad(y.square().sum(), (xi, w))
+        want = torch.autograd.grad(y_ref.square().sum(), (xr, w))
+        torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_sync_path_leaky_relu_negative_slope():
+    from sharenorm.norm.syncbatchnorm import sync_batch_norm_train
+
+    m = sn.SyncBatchNorm(3, act="leaky_relu", act_param=-0.3)
+    ref = sn.BatchNorm2d(3)
+    x = make_input((4, 3, 2, 3))
+    xs, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y = sync_batch_norm_train(m, xs, None, 1)  # the synchronised path, a group of one
+    y_ref = F.leaky_relu(ref(xr), -0.3)
+    y.sum().backward()
+    y_ref.sum().backward()
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(xs.grad, xr.grad, atol=1e-5, rtol=1e-5)

@@ -35,8 +35,16 @@ ACTIVATION_NAMES = tuple(_ACTIVATIONS)
 
 # Activations whose backward needs only their output, so running them in place on a
 # norm's fresh output is safe for autograd (the norm's backward keeps its input, not its
-# output). The others would overwrite a value their own backward needs.
+# output). The others would overwrite a value their own backward needs. leaky_relu only
+# for a slope ≥ 0: with a negative one the output's sign no longer tells the input's,
+# and torch refuses the in-place backward (see _runs_in_place).
 _INPLACE_SAFE = frozenset({"relu", "leaky_relu"})
+
+
+def _runs_in_place(act: str, param: float | None) -> bool:
+    """Whether ``act`` with ``param`` may overwrite a fresh input (ATen's leaky_relu
+    backward from its output requires ``negative_slope >= 0``)."""
+    return act in _INPLACE_SAFE and not (act == "leaky_relu" and param < 0)
 
 
 def check_activation(act: str | None, act_param: float | None = None) -> str | None:
@@ -68,9 +76,10 @@ def apply_activation(
     x: Tensor, act: str | None, act_param: float | None = None, *, fresh: bool = False
 ) -> Tensor:
     """``act(x)``; ``fresh=True`` says ``x`` is a new tensor nobody else holds, so an
-    activation that is safe to run in place (relu, leaky_relu) overwrites it and saves
-    a full-size allocation."""
+    activation that is safe to run in place (relu, leaky_relu with a slope ≥ 0)
+    overwrites it and saves a full-size allocation."""
     if act is None or act == "identity":
         return x
     fn, default = _ACTIVATIONS[act]
-    return fn(x, default if act_param is None else act_param, fresh and act in _INPLACE_SAFE)
+    p = default if act_param is None else act_param
+    return fn(x, p, fresh and _runs_in_place(act, p))
