@@ -546,3 +546,33 @@ def test_every_requires_grad_combination_matches_plain_path(kind, act, needs):
             assert got is None, name
         else:
             assert_close(got, want, 1e-10, 1e-10, f"{kind}/{act} {name}")
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cls", [sn.BatchNorm2d, sn.InstanceNorm2d])
+def test_16bit_module_in_eval_matches_plain_path(cls, dtype, act):
+    # A 16-bit module (γ, β and running statistics in 16 bits too) in eval: running
+    # statistics normalize (InstanceNorm: use_input_stats=False), and the backward runs
+    # in the module's dtype as the plain path's does.
+    kw = {"track_running_stats": True, "affine": True} if cls is sn.InstanceNorm2d else {}
+    plain, lean = (cls(6, act=act, memory_efficient=me, **kw) for me in (False, True))
+    with torch.no_grad():
+        plain.running_mean.copy_(torch.randn(6))
+        plain.running_var.copy_(torch.rand(6) + 0.5)
+        plain.weight.copy_(torch.rand(6) + 0.5)
+        plain.bias.copy_(torch.randn(6) * 0.5)
+    lean.load_state_dict(plain.state_dict())
+    x = make_input((3, 6, 4, 5), dtype, scale=1.0, shift=0.0)
+    g = torch.randn(x.shape).to(dtype)
+    results = []
+    for m in (plain, lean):
+        m.to(dtype).eval()
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        y.backward(g)
+        results.append((y.detach(), xi.grad, m.weight.grad, m.bias.grad))
+    for name, got, want in zip(("y", "dx", "dγ", "dβ"), results[1], results[0], strict=True):
+        assert got.dtype == want.dtype == dtype, name
+        torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2,
+                                   msg=lambda m, name=name: f"{name}: {m}")

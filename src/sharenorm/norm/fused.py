@@ -426,6 +426,9 @@ class _BatchNormAct(torch.autograd.Function):
                 dz, xin, weight, None, None, center, invstd, True, ctx.eps, mask
             )
         else:
+            # ATen's eval backward wants the mean in the running statistics' dtype
+            # (16-bit for a .half() module), not the float32 kept for the forward passes.
+            center = center.to(ctx.running_var.dtype)
             dx, dw, db = _ATEN.native_batch_norm_backward(
                 dz, xin, weight, center, ctx.running_var, None, None, False, ctx.eps, mask
             )
