@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.nn.utils import prune
 
 import sharenorm as sn
 from sharenorm.sharing import io as sio
@@ -240,3 +241,86 @@ def test_load_into_meta_model_with_assign_and_save_a_submodule(tmp_path):
     sn.load(
         nn.ModuleList([nn.Linear(4, 10, bias=False)]), tmp_path / "dec.safetensors", strict=False
     )
+
+
+class EncDec(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(4, 3)
+        self.dec = nn.Linear(3, 4)
+        self.register_buffer("scale", torch.linspace(0, 1, 12).view(3, 4), persistent=False)
+        self.register_buffer("scale_t", torch.rand(4, 3))
+
+    def forward(self, x):
+        return self.dec(torch.tanh(self.enc(x))) + (x @ self.scale_t).sum()
+
+
+P = nn.utils.parametrizations
+
+
+def parametrized_pair(kind):
+    """EncDec with dec.weight = enc.weightᵀ, enc.weight not a state_dict key."""
+    m = EncDec()
+    if kind == "weight_norm first":  # the source is a parametrized attribute when tied
+        P.weight_norm(m.enc)
+    sn.tie(m, "dec.weight", "enc.weight", "transpose")
+    if kind == "weight_norm":
+        P.weight_norm(m.enc)
+    elif kind == "spectral_norm":
+        P.spectral_norm(m.enc)
+    elif kind == "old weight_norm":
+        nn.utils.weight_norm(m.enc)
+    elif kind == "prune":
+        prune.l1_unstructured(m.enc, "weight", amount=0.5)
+    elif kind == "non-persistent source":
+        sn.tie(m, "scale_t", "scale", "transpose")
+    return m
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.nn.utils.weight_norm.*:FutureWarning")
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "weight_norm",
+        "weight_norm first",
+        "spectral_norm",
+        "old weight_norm",
+        "prune",
+        "non-persistent source",
+    ],
+)
+def test_source_that_is_not_a_state_dict_key_roundtrips(kind, tmp_path):
+    torch.manual_seed(0)
+    m = parametrized_pair(kind)
+    with torch.no_grad():  # values the fresh model does not have
+        for p in m.parameters():
+            p.add_(torch.randn_like(p))
+    m.eval()
+    x = torch.randn(2, 4)
+    ref = m(x)
+    assert [g.names for g in sn.ties(m) if "dec.weight" in g.names] == [
+        ("enc.weight", "dec.weight")
+    ]
+    for load in ("load_state_dict", "sn.load"):
+        torch.manual_seed(1)
+        fresh = parametrized_pair(kind).eval()
+        if load == "load_state_dict":
+            fresh.load_state_dict(m.state_dict())
+        else:
+            sn.save(m, tmp_path / "p.safetensors")
+            sn.load(fresh, tmp_path / "p.safetensors")
+        torch.testing.assert_close(fresh(x), ref, rtol=0, atol=0)
+        assert torch.equal(fresh.dec.weight, fresh.enc.weight.T)
+        sn.verify_ties(fresh)
+
+
+def test_parametrized_attribute_can_be_a_source_but_not_a_target():
+    m = EncDec()
+    P.weight_norm(m.dec)
+    with pytest.raises(ValueError, match="parametrized.*remove_parametrizations"):
+        sn.tie(m, "dec.weight", "enc.weight", "transpose")
+    sn.SoftTie(m, [("dec.weight", "enc.weight", "transpose")]).penalty().backward()
+    sn.tie(m, "enc.weight", "dec.weight", "transpose")
+    assert torch.equal(m.enc.weight, m.dec.weight.T)
+    m(torch.randn(2, 4)).sum().backward()
+    assert m.dec.parametrizations.weight.original1.grad is not None

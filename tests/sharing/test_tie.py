@@ -447,6 +447,7 @@ def test_load_own_state_dict_when_the_tie_is_on_the_root_or_declared_above():
     bad["w2"] = bad["w2"] + 1
     with pytest.raises(RuntimeError, match="'w2' is tied to 'w1'"):
         b.load_state_dict(bad)
+
     # The tie is declared on the outer model; a submodule is loaded on its own.
     def build():
         return sn.tie(nn.Sequential(DecBeforeEnc()), "0.dec.weight", "0.enc.weight", "transpose")

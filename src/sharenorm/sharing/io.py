@@ -6,7 +6,9 @@ tensor appears once, under the name ``named_parameters()`` gives it; the metadat
 * ``format``: ``"pt"`` (as ``safetensors.torch.save_model`` writes),
 * ``sharenorm.ties``: a JSON list of ``{"target", "source", "transform", "how"}``, one entry per
   name that is *not* stored because it is ``transform(source)`` (``how``: ``"tie"`` for
-  :func:`sharenorm.tie`, ``"identity"``/``"storage"`` for plain torch sharing),
+  :func:`sharenorm.tie`, ``"identity"``/``"storage"`` for plain torch sharing); a tie whose
+  source is not a state_dict key (parametrized, pruned, non-persistent) has no entry: its target
+  is stored as a value, which a model built with the tie ignores on load,
 * ``sharenorm.sha256``: a digest of every stored tensor's name, dtype, shape and bytes, so a
   file damaged where safetensors cannot see it (inside the data) is refused too.
 
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 from sharenorm.sharing.tie import (
     _LINKS,
     TRANSFORMS,
+    _in_state_dict,
     _join,
     _module_paths,
     _same_storage,
@@ -80,7 +83,10 @@ def _stored_and_manifest(model: nn.Module) -> tuple[dict[str, Tensor], list[dict
         for attr, link in (m.__dict__.get(_LINKS) or {}).items():
             spath = paths.get(id(link.module))
             target = _join(mpath, attr)
-            if spath is None or target not in state:
+            if spath is None or target not in state or not _in_state_dict(link.module, link.name):
+                # A source outside the model, or derived state (parametrized, pruned,
+                # non-persistent): the target is stored as its value; a model built with the
+                # tie ignores it on load (the source's module loads what it is computed from).
                 continue
             source = _join(spath, link.name)
             manifest.append(
@@ -323,7 +329,8 @@ def load(
             first = present[0]
             base = apply_transform(full[first], group.transform_of(first))  # the source's value
             for n in group.names:
-                full.setdefault(n, apply_transform(base, group.transform_of(n)))
+                if n in names:  # not a derived source (e.g. a parametrized weight)
+                    full.setdefault(n, apply_transform(base, group.transform_of(n)))
 
     # 3. Architecture: names and shapes.
     expected = model.state_dict()  # a tie keeps the target's key, so these names stay valid

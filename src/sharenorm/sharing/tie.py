@@ -44,7 +44,10 @@ into the same architecture built without ties. Loading a state_dict into a tied 
 (``strict``/``assign`` as usual): the target key is checked against ``T(source)`` from the same
 state_dict and dropped; if the values differ the load fails with a message naming the tie (a
 tie never silently picks one of two different values; this holds for ``strict=False`` too); if
-only the target key is present the source is set to ``T⁻¹(value)``.
+only the target key is present the source is set to ``T⁻¹(value)``. A source that is not a
+state_dict entry of its own (parametrized by ``weight_norm``/``spectral_norm``, pruned, or a
+non-persistent buffer) is derived from state its module loads itself: the target key is then
+ignored on load. A parametrized attribute can be a tie's source, not its target.
 
 Limits: a module whose attribute is tied gets a subclass (``type(m) is nn.Linear`` is False,
 ``isinstance`` still holds). ``safetensors.torch.save_model`` cannot write a transposed tie's
@@ -63,6 +66,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 __all__ = ["TieError", "TieGroup", "tie", "untie", "ties", "verify_ties", "TRANSFORMS"]
 
@@ -212,10 +216,8 @@ def _tied_load_from_state_dict(
     # the module being loaded) is checked against the source's current value, then dropped so
     # that it is not an "unexpected key".
     if self.__dict__.get(_ROOT_HOOK):
-        _root_load_pre_hook(
-            self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-            error_msgs,
-        )
+        args = (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        _root_load_pre_hook(self, state_dict, prefix, *args)
     for name, link in self.__dict__[_LINKS].items():
         key = prefix + name
         if key in state_dict:
@@ -350,6 +352,10 @@ def _root_load_pre_hook(
             if tkey not in state_dict:
                 continue
             value = state_dict.pop(tkey)
+            if not _in_state_dict(link.module, link.name):
+                # The source is derived state (a parametrization's originals, a pruning mask,
+                # or a non-persistent buffer): its module loads what it is computed from.
+                continue
             if skey in state_dict:
                 problem = _mismatch(value, apply_transform(state_dict[skey], link.transform))
                 if problem:
@@ -362,6 +368,13 @@ def _root_load_pre_hook(
                 # Only the target was stored (e.g. a file written with the other name of a
                 # shared pair): the source is T⁻¹(value); both transforms are involutions.
                 state_dict[skey] = apply_transform(value, link.transform).contiguous()
+
+
+def _in_state_dict(module: nn.Module, name: str) -> bool:
+    """Whether ``module``'s tensor ``name`` is a state_dict entry of its own (not derived)."""
+    if module._parameters.get(name) is not None:
+        return True
+    return module._buffers.get(name) is not None and name not in module._non_persistent_buffers_set
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,6 +427,14 @@ def resolve(model: nn.Module, name: str, role: str = "name") -> tuple[nn.Module,
         return module, attr
     if attr in (module.__dict__.get(_LINKS) or {}):
         return module, attr
+    if parametrize.is_parametrized(module, attr):
+        if role == "target":
+            raise ValueError(
+                f"target {name!r} is parametrized ({type(module).__name__}, e.g. by weight_norm) "
+                f"and is computed by its parametrization; tie it as the source instead, or call "
+                f"torch.nn.utils.parametrize.remove_parametrizations(module, {attr!r}) first"
+            )
+        return module, attr
     if attr in module._modules:
         raise ValueError(
             f"{role} {name!r} is a module, not a tensor; name one of its parameters, e.g. "
@@ -427,6 +448,8 @@ def _kind(module: nn.Module, attr: str) -> str:
         return "parameter"
     if attr in module._buffers:
         return "buffer"
+    if parametrize.is_parametrized(module, attr):  # what its originals are
+        return "parameter" if module.parametrizations[attr]._parameters else "buffer"
     link = module.__dict__[_LINKS][attr]
     return _kind(link.module, link.name)
 
@@ -748,9 +771,18 @@ def ties(model: nn.Module) -> list[TieGroup]:
     paths = _module_paths(model)
     for mpath, m in model.named_modules(remove_duplicate=False):
         for attr, link in (m.__dict__.get(_LINKS) or {}).items():
+            spath = paths.get(id(link.module))
+            if spath is None:
+                continue
             src = link.source()
             members = by_tensor.get(id(src))
-            if members is None or paths.get(id(link.module)) is None:
+            if members is None and not _in_state_dict(link.module, link.name):
+                # A derived source (parametrized, pruned, ...): its computed tensor is new at
+                # every access, so the group is named after the source attribute.
+                members = []
+                groups.append((_join(spath, link.name), src, members))
+                by_tensor[id(src)] = members
+            if members is None:
                 continue
             entry = (_join(mpath, attr), link.transform, "tie")
             if entry not in members:
