@@ -324,3 +324,21 @@ def test_parametrized_attribute_can_be_a_source_but_not_a_target():
     assert torch.equal(m.enc.weight, m.dec.weight.T)
     m(torch.randn(2, 4)).sum().backward()
     assert m.dec.parametrizations.weight.original1.grad is not None
+
+
+def test_non_strict_load_skips_ties_the_model_lacks(tmp_path):
+    torch.manual_seed(4)
+    ae = sn.TiedAutoencoder([6, 4, 2])
+    sn.save(ae, tmp_path / "ae.safetensors")
+    enc = nn.Module()
+    enc.encoder = nn.ModuleList([nn.Linear(6, 4), nn.Linear(4, 2)])
+    sn.load(enc, tmp_path / "ae.safetensors", strict=False)
+    assert torch.equal(enc.encoder[1].weight, ae.encoder[1].weight)
+    # Only the targets: their values are still derived from the file's sources.
+    dec = nn.Module()
+    dec.decoder = nn.ModuleList([nn.Linear(2, 4), nn.Linear(4, 6)])
+    sn.load(dec, tmp_path / "ae.safetensors", strict=False)
+    assert torch.equal(dec.decoder[1].weight, ae.encoder[0].weight.T)
+    assert sn.ties(dec) == []
+    with pytest.raises(ValueError, match="model has no 'decoder.0.weight'"):
+        sn.load(enc, tmp_path / "ae.safetensors")

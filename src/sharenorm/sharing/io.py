@@ -256,7 +256,9 @@ def load(
     Args:
         model: a module of the checkpoint's architecture (tied or not).
         path: the file.
-        strict: refuse missing and unexpected names (shapes are always checked).
+        strict: refuse missing and unexpected names (shapes are always checked). With
+            ``strict=False`` a manifest tie whose target or source the model lacks is skipped
+            (a present target still gets ``T(source)`` from the file), as for a partial load.
         assign: passed to ``load_state_dict`` (use it for a model built on the meta device).
 
     Returns:
@@ -290,6 +292,8 @@ def load(
     for e in manifest:
         target, source, transform = e["target"], e["source"], e["transform"]
         if target not in names or source not in names:
+            if not strict:  # a partial load: step 2 still derives a present target's value
+                continue
             missing = target if target not in names else source
             errors.append(
                 f"the file ties {target!r} to {source!r}, but the model has no "
