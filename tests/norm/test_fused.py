@@ -576,3 +576,57 @@ def test_16bit_module_in_eval_matches_plain_path(cls, dtype, act):
         assert got.dtype == want.dtype == dtype, name
         torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2,
                                    msg=lambda m, name=name: f"{name}: {m}")
+
+
+# ----------------------------------------------------------------------------- empty batch
+
+
+EMPTY_CASES = [  # (name, sharenorm constructor, torch.nn constructor, shape)
+    ("bn", lambda **kw: sn.BatchNorm2d(3, **kw), lambda: nn.BatchNorm2d(3), (0, 3, 2, 2)),
+    ("bn1d", lambda **kw: sn.BatchNorm1d(3, **kw), lambda: nn.BatchNorm1d(3), (0, 3)),
+    ("bn_cumulative", lambda **kw: sn.BatchNorm2d(3, momentum=None, **kw),
+     lambda: nn.BatchNorm2d(3, momentum=None), (0, 3, 2, 2)),
+    # torch.nn's InstanceNorm with affine=True raises IndexError at N = 0 (its spatial
+    # size check reads the first sample): the reference there has no γ, β.
+    ("in", lambda **kw: sn.InstanceNorm2d(3, affine=True, **kw),
+     lambda: nn.InstanceNorm2d(3), (0, 3, 2, 2)),
+    ("in_track", lambda **kw: sn.InstanceNorm2d(3, affine=True, track_running_stats=True, **kw),
+     lambda: nn.InstanceNorm2d(3, track_running_stats=True), (0, 3, 2, 2)),
+    ("gn", lambda **kw: sn.GroupNorm(3, 3, **kw), lambda: nn.GroupNorm(3, 3), (0, 3, 2, 2)),
+    ("gn_two_groups", lambda **kw: sn.GroupNorm(2, 4, **kw), lambda: nn.GroupNorm(2, 4),
+     (0, 4, 3)),
+]
+
+
+@pytest.mark.parametrize("act", [None, "leaky_relu", "silu"])
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["plain", "lean"])
+@pytest.mark.parametrize(("name", "ours", "theirs", "shape"), EMPTY_CASES,
+                         ids=[c[0] for c in EMPTY_CASES])
+def test_empty_batch_as_torch_nn(name, ours, theirs, shape, memory_efficient, act):
+    # N = 0 (a detection head with no box, the last shard of a dataset): an empty output
+    # and zero parameter gradients as torch.nn gives, BatchNorm counting the batch as
+    # torch does; the running statistics stay. torch.nn's InstanceNorm writes NaN into
+    # them (the mean of nothing); sharenorm's guard keeps them and counts nothing.
+    m, ref = ours(act=act, memory_efficient=memory_efficient), theirs()
+    x, xr = torch.randn(shape, requires_grad=True), torch.randn(shape, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty batch is not a non-finite one
+        y = m(x)
+    y_ref = ref(xr)
+    assert y.shape == y_ref.shape == shape
+    y.sum().backward()
+    y_ref.sum().backward()
+    assert x.grad.shape == shape
+    for p in m.parameters():  # nothing flowed into γ, β
+        assert torch.equal(p.grad, torch.zeros_like(p))
+    for p, q in zip(m.parameters(), ref.parameters(), strict=False):
+        torch.testing.assert_close(p.grad, q.grad)
+    if getattr(ref, "running_mean", None) is not None:
+        assert torch.equal(m.running_mean, torch.zeros(shape[1]))
+        assert torch.equal(m.running_var, torch.ones(shape[1]))
+        if isinstance(ref, nn.modules.batchnorm._BatchNorm):
+            torch.testing.assert_close(m.running_mean, ref.running_mean)
+            torch.testing.assert_close(m.running_var, ref.running_var)
+            assert int(m.num_batches_tracked) == int(ref.num_batches_tracked) == 1
+        else:
+            assert int(m.num_batches_tracked) == int(ref.num_batches_tracked) == 0

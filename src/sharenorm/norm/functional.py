@@ -132,6 +132,7 @@ def _route(
     (:mod:`sharenorm.norm.fused`, one saved tensor) or "triton" (GPU kernels)."""
     if not memory_efficient and backend == "auto" and not input.is_cuda:
         return "torch"  # the CPU default, benchmarked against torch: decided in one test
+    use_triton = False
     if backend == "torch" or (backend == "auto" and not input.is_cuda):
         pass  # the CPU default: no import, no check
     else:
@@ -155,9 +156,13 @@ def _route(
                     f"backend='triton' supports float32, float16 and bfloat16 inputs, got "
                     f"{input.dtype}; pass backend='torch' (or 'auto') for it"
                 )
-            return "triton"
-        if kernels.HAS_TRITON and supported:
-            return "triton"
+        use_triton = backend == "triton" or (kernels.HAS_TRITON and supported)
+    if input.numel() == 0:
+        # An empty batch (N = 0): nothing to save or to launch a kernel on, and the fused
+        # paths' reshapes and reductions need elements; ATen handles it as torch.nn does.
+        return "torch"
+    if use_triton:
+        return "triton"
     if (
         memory_efficient
         and torch.is_grad_enabled()
@@ -380,7 +385,14 @@ def instance_norm_impl(
             "instance_norm with use_input_stats=False normalizes with running statistics, "
             "but running_mean/running_var is None; pass them or use_input_stats=True"
         )
-    updating = use_input_stats and running_mean is not None and running_var is not None
+    # An empty batch has no instance statistics to average into the running ones (torch
+    # writes the NaN mean of nothing there): it leaves them as they are and is not counted.
+    updating = (
+        use_input_stats
+        and running_mean is not None
+        and running_var is not None
+        and input.numel() > 0
+    )
     path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
