@@ -157,6 +157,39 @@ def test_recalibrate_equals_direct_average_of_batch_statistics():
     assert sn.is_norm_stats_frozen(model.bn2)
 
 
+def _batch_stats(x, instance):
+    """A batch's statistics as a norm layer averages them into its running ones: BN's
+    mean and unbiased variance over (N, H, W); IN's per-instance ones over (H, W),
+    averaged over the batch."""
+    x = x.double()
+    if instance:
+        return x.mean((2, 3)).mean(0), x.var((2, 3), unbiased=True).mean(0)
+    return x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=True)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize(("make", "instance"), [
+    (lambda m: nn.BatchNorm2d(3, momentum=m), False),
+    (lambda m: sn.BatchNorm2d(3, momentum=m), False),
+    # torch.nn's InstanceNorm turns momentum=None into 0.0 (no update at all), so the
+    # cumulative average must be done with a per-batch momentum 1/(k + 1)
+    (lambda m: nn.InstanceNorm2d(3, momentum=m, track_running_stats=True), True),
+    (lambda m: sn.InstanceNorm2d(3, momentum=m, track_running_stats=True), True),
+], ids=["torch_bn", "sn_bn", "torch_in", "sn_in"])
+def test_recalibrate_each_layer_kind_equals_average_of_batch_statistics(make, instance,
+                                                                        momentum):
+    layer = make(momentum)
+    batches = [torch.randn(n, 3, 5, 5) * (k + 1) + 2 * k for k, n in enumerate((4, 2, 6))]
+    assert sn.recalibrate_norm_stats(layer, batches) == 3
+    stats = [_batch_stats(b, instance) for b in batches]
+    mean = torch.stack([s[0] for s in stats]).mean(0)
+    var = torch.stack([s[1] for s in stats]).mean(0)
+    torch.testing.assert_close(layer.running_mean.double(), mean, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(layer.running_var.double(), var, atol=1e-6, rtol=1e-6)
+    assert layer.momentum == momentum
+    assert not layer._forward_pre_hooks  # no hook left behind
+
+
 def test_recalibrate_batchrenorm_runs_as_bn_and_restores():
     m = nn.Sequential(sn.BatchRenorm1d(3, r_warmup=(0, 0), d_warmup=(0, 0)), sn.BatchNorm1d(3))
     m.eval()

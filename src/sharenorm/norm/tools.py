@@ -53,6 +53,10 @@ _BN_TYPES = (_BatchNorm, nn.modules.batchnorm._BatchNorm)
 _STAT_TYPES = _BN_TYPES + (_InstanceNorm, nn.modules.instancenorm._InstanceNorm)
 _FROZEN = "_sharenorm_stats_frozen"
 _WAS_TRAINING = "_sharenorm_was_training"
+_RECALIBRATE_CALLS = "_sharenorm_recalibrate_calls"
+# Layers whose momentum=None does not average cumulatively (torch.nn's InstanceNorm
+# passes 0.0 then, and never counts num_batches_tracked).
+_NO_CUMULATIVE_AVERAGE = (nn.modules.instancenorm._InstanceNorm,)
 
 
 def _has_running_stats(m: nn.Module) -> bool:
@@ -164,6 +168,15 @@ def unfreeze_norm_stats(model: nn.Module, *, affine: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------- recalibrate
 
 
+def _cumulative_momentum_hook(module: nn.Module, args: Any) -> None:
+    """Before each call of a layer whose ``momentum=None`` is not a cumulative average
+    (torch.nn's InstanceNorm turns it into 0.0, no update): momentum 1/(k + 1) for its
+    k-th call since the reset, which makes the running statistics the plain average."""
+    calls = module.__dict__.get(_RECALIBRATE_CALLS, 0) + 1
+    module.__dict__[_RECALIBRATE_CALLS] = calls
+    module.momentum = 1.0 / calls
+
+
 def _default_forward(model: nn.Module, batch: Any) -> Any:
     if isinstance(batch, Tensor):
         return model(batch)
@@ -189,7 +202,8 @@ def recalibrate_norm_stats(
     .. math::
         \mu = \frac{1}{K}\sum_{k=1}^{K} \mu_k,\qquad \sigma^2 = \frac{1}{K}\sum_{k=1}^{K} s^2_k
 
-    computed as the cumulative average (``momentum=None``) from reset statistics, with
+    computed as the cumulative average from reset statistics (``momentum=None``; for
+    torch.nn's InstanceNorm, where None means no update, momentum 1/k at its k-th call), with
     the model in eval mode except the norm layers (so dropout is off and each layer sees
     the inputs the eval model produces upstream, normalized with batch statistics as in
     training). Frozen layers are recalibrated too; BatchRenorm runs as plain BN meanwhile.
@@ -233,11 +247,14 @@ def recalibrate_norm_stats(
     ]
     ok = False
     count = 0
+    handles = []
     try:
         model.eval()
         for m in layers:
             m.train()
             m.momentum = None  # cumulative average
+            if isinstance(m, _NO_CUMULATIVE_AVERAGE):  # ... done by hand for these
+                handles.append(m.register_forward_pre_hook(_cumulative_momentum_hook))
             m.__dict__[_FROZEN] = False
             if hasattr(m, "renorm"):
                 m.renorm = False
@@ -249,7 +266,10 @@ def recalibrate_norm_stats(
             raise ValueError("recalibrate_norm_stats: `batches` yielded no batch")
         ok = True
     finally:
+        for h in handles:
+            h.remove()
         for m, momentum, frozen, renorm, stats in saved:
+            m.__dict__.pop(_RECALIBRATE_CALLS, None)
             m.momentum = momentum
             if frozen:
                 m.__dict__[_FROZEN] = True
