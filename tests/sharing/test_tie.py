@@ -469,3 +469,20 @@ def test_load_own_state_dict_when_the_tie_is_on_the_root_or_declared_above():
     loaded = torch.load(buf, weights_only=False)
     loaded.load_state_dict(a.state_dict())
     assert torch.equal(loaded.w2, a.w1.T)
+
+
+def test_state_dict_key_order_is_torchs_and_untie_restores_parameter_order():
+    def build():
+        return nn.ModuleDict({"enc": nn.Linear(4, 3), "dec": nn.Linear(3, 4)})
+
+    plain = build()
+    order = list(plain.state_dict())  # ['enc.weight', 'enc.bias', 'dec.weight', 'dec.bias']
+    m = sn.tie(build(), "dec.weight", "enc.weight", "transpose")
+    assert list(m.state_dict()) == order
+    # Buffers too (BatchNorm: running_mean before running_var before num_batches_tracked).
+    stack = sn.SharedStack(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), 2)
+    keys = [k for k in stack.state_dict() if k.startswith("blocks.1.")]
+    assert keys == ["blocks.1." + k for k in stack.blocks[0].state_dict()]
+    sn.untie(m, "dec.weight")
+    assert list(m.state_dict()) == order
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in plain.named_parameters()]

@@ -78,6 +78,7 @@ _LINKS = "_sharenorm_links"  # in a target module's __dict__: {attr name: _Link}
 _DECLARED = "_sharenorm_declared"  # in the module tie() was called on: {target: _Record}
 _ROOT_HOOK = "_sharenorm_root_hook"  # marker: the load_state_dict pre-hook is registered
 _SCRATCH = "_sharenorm_scratch"  # set only while a tied module runs reset_parameters()
+_ORDER = "_sharenorm_order"  # in a target module's __dict__: its tensor names before tying
 
 
 class TieError(RuntimeError):
@@ -191,12 +192,19 @@ def _tied_delattr(self: nn.Module, name: str) -> None:
 def _tied_save_to_state_dict(
     self: nn.Module, destination: dict, prefix: str, keep_vars: bool
 ) -> None:
-    self._sharenorm_base._save_to_state_dict(self, destination, prefix, keep_vars)
-    # Both keys appear, as for torch's identity-tied weights: the target holds T(source).
-    for name, link in self.__dict__[_LINKS].items():
-        if link.persistent:
-            value = link.value()
-            destination[prefix + name] = value if keep_vars else value.detach()
+    own: dict[str, Any] = {}
+    self._sharenorm_base._save_to_state_dict(self, own, prefix, keep_vars)
+    # Both keys appear, as for torch's identity-tied weights: the target holds T(source), at
+    # the place the target had before it was tied (torch's key order).
+    links = self.__dict__[_LINKS]
+    for name in (*self.__dict__.get(_ORDER, ()), *links):
+        key = prefix + name
+        if key in own:
+            destination[key] = own.pop(key)
+        elif name in links and links[name].persistent and key not in destination:
+            value = links[name].value()
+            destination[key] = value if keep_vars else value.detach()
+    destination.update(own)  # what was registered after tying, and the extra state
 
 
 def _tied_load_from_state_dict(
@@ -299,6 +307,17 @@ def _tied_class(base: type, names: tuple[str, ...]) -> type:
         cls = type(f"Tied{base.__name__}", (base,), namespace)
         _TIED_CLASSES[key] = cls
     return cls
+
+
+def _restore_order(module: nn.Module) -> None:
+    """Put ``module``'s parameters and buffers back in their order from before tying."""
+    rank = {name: i for i, name in enumerate(module.__dict__.get(_ORDER, ()))}
+    for d in (module._parameters, module._buffers):
+        items = sorted(d.items(), key=lambda kv: rank.get(kv[0], len(rank)))
+        d.clear()
+        d.update(items)
+    if not module.__dict__.get(_LINKS):
+        module.__dict__.pop(_ORDER, None)
 
 
 def _set_class(module: nn.Module) -> None:
@@ -588,6 +607,7 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
         m.__dict__[_DECLARED] = updated
 
     # Replace the stored target by the computed attribute.
+    tmod.__dict__.setdefault(_ORDER, (*tmod._parameters, *tmod._buffers))
     persistent = tattr not in tmod._non_persistent_buffers_set
     if tattr in tmod._parameters:
         del tmod._parameters[tattr]
@@ -657,6 +677,7 @@ def untie(model: nn.Module, target: str) -> nn.Module:
             tmod.register_parameter(tattr, nn.Parameter(value, requires_grad=src.requires_grad))
         else:
             tmod.register_buffer(tattr, value, persistent=link.persistent)
+        _restore_order(tmod)
         # Forget the declaration, wherever in the model it was made.
         for mpath, m in model.named_modules():
             declared = m.__dict__.get(_DECLARED)
