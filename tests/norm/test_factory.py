@@ -3,6 +3,8 @@ model and reports what it changed."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from norm_testing import make_input, randomize_affine
@@ -161,3 +163,60 @@ def test_convert_to_none_removes_norms():
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.GroupNorm(2, 4))
     report = sn.convert_norm(net, "none")
     assert len(report) == 2 and isinstance(net[1], nn.Identity) and isinstance(net[2], nn.Identity)
+
+
+@pytest.mark.parametrize("old", [
+    nn.BatchNorm2d(4, track_running_stats=False),
+    sn.BatchNorm2d(4, track_running_stats=False),
+], ids=["torch", "sharenorm"])
+@pytest.mark.parametrize("kind", ["bn", "sync"])
+def test_convert_keeps_track_running_stats_false(old, kind):
+    # Without running statistics BN uses batch statistics in eval too: the converted
+    # layer must do the same, not normalize with fresh (0, 1) running statistics.
+    net = nn.Sequential(copy.deepcopy(old)).eval()
+    x = torch.randn(8, 4, 3, 3) * 3 + 2
+    before = net(x)
+    sn.convert_norm(net, kind)
+    assert net[0].track_running_stats is False and net[0].running_mean is None
+    torch.testing.assert_close(net(x), before)
+
+
+@pytest.mark.parametrize("old", [
+    nn.InstanceNorm2d(4, track_running_stats=True, affine=True),
+    sn.InstanceNorm2d(4, track_running_stats=True, affine=True),
+], ids=["torch", "sharenorm"])
+def test_convert_instance_to_instance_keeps_running_stats(old):
+    net = nn.Sequential(copy.deepcopy(old))
+    with torch.no_grad():
+        net[0].running_mean.copy_(torch.randn(4))
+        net[0].running_var.copy_(torch.rand(4) + 0.5)
+    net.eval()
+    x = torch.randn(2, 4, 5, 5)
+    before = net(x)
+    report = sn.convert_norm(net, "in")
+    assert net[0].track_running_stats is True
+    assert {"running_mean", "running_var"} <= set(report.changes[0].kept)
+    torch.testing.assert_close(net(x), before)
+
+
+@pytest.mark.parametrize("kind", ["bn", "in", "gn", "sync", "renorm"])
+@pytest.mark.parametrize("old", [
+    nn.BatchNorm2d(4, bias=False),
+    sn.BatchNorm2d(4, bias=False),
+    nn.GroupNorm(2, 4, bias=False),
+], ids=["torch_bn", "sn_bn", "torch_gn"])
+def test_convert_keeps_a_missing_bias(old, kind):
+    layer = sn.convert_norm(copy.deepcopy(old), kind, **({"num_groups": 2} if kind == "gn"
+                                                          else {})).model
+    assert layer.weight is not None and layer.bias is None
+    assert not any(k.endswith("bias") for k in layer.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["bn", "in", "gn", "ln", "sync", "renorm"])
+def test_convert_keeps_memory_efficient_and_backend(kind):
+    old = sn.BatchNorm2d(4, act="leaky_relu", memory_efficient=True, backend="torch")
+    new = sn.convert_norm(old, kind).model
+    assert new.memory_efficient is True and new.backend == "torch"
+    assert sn.convert_norm(old, kind, memory_efficient=False).model.memory_efficient is False
+    assert not sn.convert_norm(sn.GroupNorm(2, 4), kind).model.memory_efficient
+    assert isinstance(sn.convert_norm(old, "none").model, nn.Module)  # takes neither

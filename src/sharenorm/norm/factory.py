@@ -199,20 +199,31 @@ def _spatial_dims(m: nn.Module, default: int) -> int:
     return default
 
 
+def _same_kind(old: nn.Module, kind: str) -> bool:
+    """Whether ``old`` and a new layer of ``kind`` are the same norm (BN and its variants,
+    or IN), so running statistics and their tracking carry over."""
+    return (
+        kind in ("batch", "sync", "renorm") and isinstance(old, _TORCH_BATCH + (_BatchNorm,))
+    ) or (kind == "instance" and isinstance(old, _TORCH_INSTANCE + (_InstanceNorm,)))
+
+
 def _convert_one(
     old: nn.Module, kind: str, dim: int, kw: dict
 ) -> tuple[nn.Module, tuple[str, ...]]:
     channels = getattr(old, "num_features", None) or old.num_channels
     params = {}
-    for attr in ("eps", "affine", "act", "act_param"):
-        if hasattr(old, attr) and attr not in kw:
+    # act, memory_efficient and backend exist on sharenorm layers only.
+    for attr in ("eps", "affine", "act", "act_param", "memory_efficient", "backend"):
+        if hasattr(old, attr):
             params[attr] = getattr(old, attr)
-    if (
-        kind in ("batch", "instance", "sync", "renorm")
-        and hasattr(old, "momentum")
-        and "momentum" not in kw
-    ):
+    if getattr(old, "affine", False) and getattr(old, "bias", None) is None:
+        params["bias"] = False  # γ without β (bias=False): no β parameter appears
+    if kind in ("batch", "instance", "sync", "renorm") and hasattr(old, "momentum"):
         params["momentum"] = old.momentum
+    # Tracking running statistics means the same between layers of one kind (BN→BN,
+    # IN→IN). BatchRenorm always tracks (it corrects towards the running statistics).
+    if _same_kind(old, kind) and kind != "renorm" and hasattr(old, "track_running_stats"):
+        params["track_running_stats"] = old.track_running_stats
     if kind == "none":
         params = {k: v for k, v in params.items() if k in ("act", "act_param")}
     params.update(kw)
@@ -234,12 +245,7 @@ def _convert_one(
                 dst.requires_grad_(src.requires_grad)
                 kept.append(name)
         # Running statistics mean the same thing only between layers of one kind.
-        same_kind = (
-            kind in ("batch", "sync", "renorm") and isinstance(old, _TORCH_BATCH + (_BatchNorm,))
-        ) or (
-            kind == "instance" and isinstance(old, _TORCH_INSTANCE + (_InstanceNorm,))
-        )
-        if same_kind:
+        if _same_kind(old, kind):
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 src, dst = getattr(old, name, None), getattr(new, name, None)
                 if isinstance(src, Tensor) and isinstance(dst, Tensor):
@@ -257,11 +263,13 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int = 2, **kw) -> Conversi
     InstanceNorm, GroupNorm; nested anywhere, in Sequential/ModuleList/ModuleDict) for
     ``kind``, in place.
 
-    γ/β are copied when the new layer has them with the same shape; running statistics
-    are kept between layers of the same kind (BN→BN, IN→IN). ``eps``, ``affine``,
-    ``momentum`` and ``act`` carry over unless given in ``kw``. The new layer is placed
-    on the old one's device and dtype and in its train/eval mode. ``nn.LayerNorm``
-    (trailing-dims norm) is not touched.
+    γ/β are copied when the new layer has them with the same shape (a layer without β,
+    ``bias=False``, gives one without β); running statistics and
+    ``track_running_stats`` are kept between layers of the same kind (BN→BN, IN→IN;
+    BatchRenorm always tracks them). ``eps``, ``affine``, ``momentum``, ``act``,
+    ``memory_efficient`` and ``backend`` carry over unless given in ``kw``. The new
+    layer is placed on the old one's device and dtype and in its train/eval mode.
+    ``nn.LayerNorm`` (trailing-dims norm) is not touched.
 
     Returns a :class:`ConversionReport`; ``report.model`` is the converted model (a new
     object only when ``model`` itself is a norm layer).
