@@ -83,6 +83,7 @@ def test_zero_seeds_or_jobs(tmp_path, capsys, flag):
 
 def test_other_lab_config_in_out_dir_is_refused_and_kept(tmp_path, capsys):
     assert _lab(tmp_path, "N5", "--quick", "--seeds", "1") == 0
+    assert "--seeds 1 gives no 95% confidence intervals" in capsys.readouterr().out
     before = (tmp_path / "results.jsonl").read_bytes()
     assert _lab(tmp_path, "N5", "--seeds", "1") == 2  # full profile into a quick folder
     assert "different lab configuration" in capsys.readouterr().err

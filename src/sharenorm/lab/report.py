@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sharenorm.lab.claims import DOC_TABLES
 from sharenorm.lab.experiments import all_claims, all_experiments
-from sharenorm.lab.spec import NOT_RUN, ClaimResult, Text
+from sharenorm.lab.spec import NOT_RUN, UNDECIDABLE, ClaimResult, Text
 from sharenorm.lab.store import ResultsStore
 
 __all__ = ["write_report", "build_blocks", "VERDICT_WORDS"]
@@ -24,8 +24,10 @@ VERDICT_WORDS = {
     "not supported": Text("not supported", "समर्थित नहीं (not supported)"),
     "mixed": Text("mixed", "मिश्रित (mixed)"),
     "not run": Text("not run", "नहीं चलाया गया (not run)"),
+    "not decidable": Text("not decidable (n=1)", "तय नहीं हो सकता (not decidable, n=1)"),
 }
-_MARK = {"supported": "✅", "not supported": "❌", "mixed": "➖", "not run": "⏸"}
+_MARK = {"supported": "✅", "not supported": "❌", "mixed": "➖", "not run": "⏸",
+         "not decidable": "❔"}
 
 L = {
     "title": Text("sharenorm lab report", "sharenorm lab report"),
@@ -63,6 +65,11 @@ L = {
     "not_run": Text("This claim has no finished runs in this folder (run `sharenorm lab {ids}`).",
                     "इस folder में इस claim के कोई finished runs नहीं हैं (`sharenorm lab {ids}` चलाएँ)।"),
     "failed": Text("The analysis failed: {err}", "Analysis fail हुआ: {err}"),
+    "undecidable": Text(
+        "The criterion compares 95% confidence intervals, and a sample of one seed has none, so "
+        "the result cannot decide it. Run with `--seeds 2` or more (3 is the default).",
+        "Criterion 95% confidence intervals की तुलना करती है, और एक seed के sample का कोई interval "
+        "नहीं होता, इसलिए यह result फ़ैसला नहीं कर सकता। `--seeds 2` या ज़्यादा के साथ चलाएँ (default 3)।"),
     "translation": Text("English translation", "English translation"),
     "experiment": Text("Experiment", "Experiment"),
     "profile": Text("Profile", "Profile"), "seeds": Text("Seeds", "Seeds"),
@@ -185,6 +192,8 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
             B.append(("table", [_t("source", lang), _t("setting", lang), _t("theirs", lang),
                                 _t("ours", lang)], r.published))
         B.append(("p", f"**{_t('verdict', lang)}: {_verdict(r.verdict, lang)}** — {r.measured}"))
+        if r.verdict == UNDECIDABLE:
+            B.append(("p", _t("undecidable", lang)))
         if r.notes:
             B.append(("p", f"**{_t('why', lang)}:** {r.notes(lang)}"))
 

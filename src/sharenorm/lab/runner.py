@@ -124,6 +124,10 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
     if lang not in ("en", "hi"):
         raise LabError(f"--lang must be 'en' or 'hi', got {lang!r}")
     exps = resolve(names)
+    if seeds == 1:
+        echo("warning: --seeds 1 gives no 95% confidence intervals; every criterion that "
+             "compares intervals (N1, N4, N6, N8, S3, S4, T2) is reported 'not decidable "
+             "(n=1)'. Use --seeds 2 or more for verdicts.")
     data_id = "embedded"
     if data is not None:
         from sharenorm.data import load_path

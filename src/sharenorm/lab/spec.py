@@ -13,9 +13,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Experiment", "RunContext", "ClaimResult", "Text", "Table", "SUPPORTED",
-           "NOT_SUPPORTED", "MIXED", "NOT_RUN", "group_runs"]
+           "NOT_SUPPORTED", "MIXED", "NOT_RUN", "UNDECIDABLE", "group_runs", "all3", "any3",
+           "decide"]
 
 SUPPORTED, NOT_SUPPORTED, MIXED, NOT_RUN = "supported", "not supported", "mixed", "not run"
+# A criterion that compares 95% intervals cannot be decided with one seed (no interval): the
+# verdict then says so instead of defaulting to "the intervals overlap".
+UNDECIDABLE = "not decidable"
+
+
+def all3(*conds: bool | None) -> bool | None:
+    """Three-valued AND: False if any is False, else None if any is None (unknown), else True."""
+    if any(c is False for c in conds):
+        return False
+    return None if any(c is None for c in conds) else True
+
+
+def any3(*conds: bool | None) -> bool | None:
+    """Three-valued OR: True if any is True, else None if any is None (unknown), else False."""
+    if any(c is True for c in conds):
+        return True
+    return None if any(c is None for c in conds) else False
+
+
+def decide(full: bool | None, partial: bool | None = False) -> str:
+    """The verdict of a criterion "supported if ``full``; mixed if ``partial``; else not".
+
+    A condition that is None could not be decided (a 95% interval from one seed); the verdict
+    is then :data:`UNDECIDABLE` whenever the unknown could change it.
+
+    Example:
+        >>> decide(True), decide(False, True), decide(None, True), decide(False, False)
+        ('supported', 'mixed', 'not decidable', 'not supported')
+    """
+    if full is True:
+        return SUPPORTED
+    if full is None:
+        return UNDECIDABLE
+    if partial is True:
+        return MIXED
+    return UNDECIDABLE if partial is None else NOT_SUPPORTED
 
 
 @dataclass(frozen=True)
@@ -43,7 +80,7 @@ class ClaimResult:
 
     Args:
         claim: claim id ("N6").
-        verdict: SUPPORTED, NOT_SUPPORTED, MIXED or NOT_RUN.
+        verdict: SUPPORTED, NOT_SUPPORTED, MIXED, UNDECIDABLE or NOT_RUN.
         measured: one line with the decisive measured numbers.
         tables: result tables (mean ± 95% CI over seeds).
         figures: PNG paths (relative to the report folder).

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from sharenorm.lab.common import accuracies, ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
-    MIXED,
     NOT_SUPPORTED,
     SUPPORTED,
     ClaimResult,
     Experiment,
     Table,
     Text,
+    all3,
+    any3,
+    decide,
     group_runs,
 )
-from sharenorm.lab.stats import mean_ci, overlap
+from sharenorm.lab.stats import mean_ci, separated
 from sharenorm.lab.train import TrainConfig, train_classifier
 from sharenorm.models import ConvNet
 
@@ -62,7 +64,7 @@ def analyze(runs, figdir, lang):
     fig, ax = figure()
     for n in norms:
         xs, mu, lo, hi = ci_band({b: [100 * (1 - a) for a in accuracies(g[(n, b)])]
-                                  for b in bss if (n, b) in g})
+                                  for b in bss if (n, b) in g}, bounds=PCT_BOUNDS)
         ax.plot(xs, mu, marker="o", label={"batch": "BN", "group": "GN", "instance": "IN",
                                            "layer": "LN", "none": "no norm"}[n])
         ax.fill_between(xs, lo, hi, alpha=0.15)
@@ -83,9 +85,9 @@ def analyze(runs, figdir, lang):
 
     a = drop("batch") >= 5
     gn_s, bn_s = accuracies(g.get(("group", small), [])), accuracies(g.get(("batch", small), []))
-    b = bool(gn_s and bn_s) and 100 * (mean_ci(gn_s)[0] - mean_ci(bn_s)[0]) >= 5 and \
-        not overlap(gn_s, bn_s)
-    v = SUPPORTED if a and b else MIXED if a or b else NOT_SUPPORTED
+    b = all3(bool(gn_s and bn_s), 100 * (mean_ci(gn_s)[0] - mean_ci(bn_s)[0]) >= 5,
+             separated(gn_s, bn_s))
+    v = decide(all3(a, b), any3(a, b))
     pub = []
     for n, label in (("batch", "BN"), ("group", "GN")):
         if (n, small) in g and (n, big) in g and small == 2 and big == 32:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from sharenorm.lab.common import accuracies, ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
-    MIXED,
-    NOT_SUPPORTED,
-    SUPPORTED,
     ClaimResult,
     Experiment,
     Table,
     Text,
+    all3,
+    any3,
+    decide,
     group_runs,
 )
-from sharenorm.lab.stats import mean_ci, overlap
+from sharenorm.lab.stats import mean_ci, separated
 from sharenorm.lab.train import TrainConfig, train_classifier
 from sharenorm.models import ConvNet
 
@@ -53,7 +53,8 @@ def analyze(runs, figdir, lang):
                    for n in norms])
     fig, ax = figure()
     for n in norms:
-        xs, mu, lo, hi = ci_band({d: accuracies(g[(n, d)]) for d in depths if (n, d) in g}, 100)
+        xs, mu, lo, hi = ci_band({d: accuracies(g[(n, d)]) for d in depths if (n, d) in g}, 100,
+                                 PCT_BOUNDS)
         ax.plot(xs, mu, marker="o", label={"batch": "BN", "group": "GN", "none": "no norm"}[n])
         ax.fill_between(xs, lo, hi, alpha=0.15)
     ax.set_xscale("log", base=2)
@@ -67,13 +68,13 @@ def analyze(runs, figdir, lang):
     gn, bn = accuracies(g.get(("group", hi_d), [])), accuracies(g.get(("batch", hi_d), []))
     if not gn or not bn:
         return []
-    a = 100 * (mean_ci(gn)[0] - mean_ci(bn)[0]) >= 2 and not overlap(gn, bn)
+    a = all3(100 * (mean_ci(gn)[0] - mean_ci(bn)[0]) >= 2, separated(gn, bn))
 
     def loss(n):
         return mean_ci(accuracies(g[(n, lo_d)]))[0] - mean_ci(accuracies(g[(n, hi_d)]))[0]
 
     b = loss("group") < loss("batch")
-    v = SUPPORTED if a and b else MIXED if a or b else NOT_SUPPORTED
+    v = decide(all3(a, b), any3(a, b))
     return [ClaimResult("N8", v, f"depth {hi_d}: GN {pct(gn)} % vs BN {pct(bn)} %; accuracy "
                         f"lost from depth {lo_d} to {hi_d}: GN {100 * loss('group'):.1f}, BN "
                         f"{100 * loss('batch'):.1f} points", [table], [fp], notes=Text(

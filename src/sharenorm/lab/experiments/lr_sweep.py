@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from sharenorm.lab.common import accuracies, ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
     MIXED,
     NOT_SUPPORTED,
@@ -64,7 +64,7 @@ def analyze(runs, figdir, lang):
     for n in ("batch", "none"):
         by = {lr: accuracies(g[(n, lr)])
               for lr in lrs if (n, lr) in g}
-        xs, mu, lo, hi = ci_band(by, 100)
+        xs, mu, lo, hi = ci_band(by, 100, PCT_BOUNDS)
         ax.plot(xs, mu, marker="o", label="BN" if n == "batch" else "no norm")
         ax.fill_between(xs, lo, hi, alpha=0.2)
     ax.axhline(STABLE_ACC * 100, color="grey", ls=":", lw=1, label="stability threshold")
@@ -76,12 +76,18 @@ def analyze(runs, figdir, lang):
     fp = save_figure(fig, figdir, "n2_lr_sweep")
 
     def span(v):
-        return f"[{v[0]:g}, {v[-1]:g}] ({len(v)} grid points)" if v else "none"
+        return f"[{v[0]:g}, {v[-1]:g}] ({width(v)} grid steps wide)" if v else "none"
 
-    b, n = set(stable["batch"]), set(stable["none"])
-    if b >= n and len(b) > len(n):
+    def width(v):  # the range [min, max] of stable lrs in grid steps (a hole inside counts)
+        return lrs.index(v[-1]) - lrs.index(v[0]) + 1 if v else 0
+
+    b, n = stable["batch"], stable["none"]
+    contains = bool(b) and (not n or (b[0] <= n[0] and b[-1] >= n[-1]))
+    if not b:  # BN has no stable learning rate at all: it stabilises nothing here
+        v = NOT_SUPPORTED
+    elif width(b) >= width(n) + 1 and contains:
         v = SUPPORTED
-    elif len(b) >= len(n) and b:
+    elif width(b) >= width(n):  # wider but not containing, or equal
         v = MIXED
     else:
         v = NOT_SUPPORTED

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from sharenorm.data import MNIST1D_PUBLISHED
-from sharenorm.lab.common import ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
-    MIXED,
-    NOT_SUPPORTED,
-    SUPPORTED,
     ClaimResult,
     Experiment,
     Table,
     Text,
+    all3,
+    any3,
+    decide,
     group_runs,
 )
-from sharenorm.lab.stats import fmt_ci, mean_ci, mean_or_inf, overlap
+from sharenorm.lab.stats import fmt_ci, mean_ci, mean_or_inf, separated
 from sharenorm.lab.train import TrainConfig, train_classifier
 from sharenorm.models import ConvNet
 
@@ -55,10 +55,12 @@ def analyze(runs, figdir, lang):
         rows.append([norm, fmt_ci(steps_hit(ms), digits=0),
                      f"{sum(m['steps_to_target'] is not None for m in ms)}/{len(ms)}",
                      fmt_ci(secs, digits=2), fmt_ci([m["_time"]["s_per_step"] for m in ms], 1e3, 2),
-                     pct([m["test_acc"] for m in ms]), pct([m["train_acc"] for m in ms]),
-                     pct([m["gap"] for m in ms])])
+                     f"{sum(bool(m['diverged']) for m in ms)}/{len(ms)}",
+                     pct(accuracies(ms)), pct(accuracies(ms, "train_acc")),
+                     fmt_ci([m["gap"] for m in ms], 100)])
     table = Table(["norm", f"steps to {cfg['target']:.0%}", "reached", "seconds to target",
-                   "ms/step", "test acc %", "train acc %", "gap (points)"], rows)
+                   "ms/step", "diverged", "test acc % (diverged = 0)",
+                   "train acc % (diverged = 0)", "gap (points, runs that trained)"], rows)
 
     fig, (a1, a2) = figure(1, 2, (10, 4))
     for (norm,), ms in g.items():
@@ -66,7 +68,7 @@ def analyze(runs, figdir, lang):
         for m in ms:
             for s, acc in m["curve"]:
                 by_step.setdefault(s, []).append(acc)
-        xs, mu, lo, hi = ci_band(by_step, 100)
+        xs, mu, lo, hi = ci_band(by_step, 100, PCT_BOUNDS)
         a1.plot(xs, mu, label=norm)
         a1.fill_between(xs, lo, hi, alpha=0.2)
         sps = mean_ci([m["_time"]["s_per_step"] for m in ms])[0]
@@ -87,12 +89,7 @@ def analyze(runs, figdir, lang):
         tb = mean_or_inf([m["_time"].get("s_to_target") for m in bn])
         tn = mean_or_inf([m["_time"].get("s_to_target") for m in none])
         ratio = mb / mn if mn else float("nan")
-        if ratio <= 2 / 3 and not overlap(sb, sn_) and tb <= tn:
-            v = SUPPORTED
-        elif ratio < 1:
-            v = MIXED
-        else:
-            v = NOT_SUPPORTED
+        v = decide(all3(ratio <= 2 / 3, separated(sb, sn_), tb <= tn), ratio < 1)
         out.append(ClaimResult(
             "N1", v, f"steps to {cfg['target']:.0%}: BN {mb:.0f} vs none {mn:.0f} "
             f"(ratio {ratio:.2f}); seconds BN {tb:.2f} vs none {tn:.2f}; ms/step BN {1e3 * mean_ci([m['_time']['s_per_step'] for m in bn])[0]:.2f}"
@@ -102,15 +99,17 @@ def analyze(runs, figdir, lang):
                        "the answer depends on it. Seconds include the norm's own cost per step.",
                        "हर norm के लिए एक ही learning rate (0.05, SGD momentum 0.9); N2 दिखाता है कि "
                        "जवाब उस पर कैसे निर्भर है। Seconds में norm की अपनी per-step cost शामिल है।")))
-        ab, an = [m["test_acc"] for m in bn], [m["test_acc"] for m in none]
+        ab, an = accuracies(bn), accuracies(none)  # a diverged run counts as 0, never dropped
         gb, gn = mean_ci([m["gap"] for m in bn])[0], mean_ci([m["gap"] for m in none])[0]
-        better = mean_ci(ab)[0] - mean_ci(an)[0] >= 0.01 and not overlap(ab, an)
-        gap_ok = gb <= gn
-        v4 = SUPPORTED if better and gap_ok else MIXED if better or gap_ok else NOT_SUPPORTED
+        better = all3(mean_ci(ab)[0] - mean_ci(an)[0] >= 0.01, separated(ab, an))
+        gap_ok = gb <= gn  # NaN (every run diverged) compares False: not "not larger"
+        v4 = decide(all3(better, gap_ok), any3(better, gap_ok))
         pub = [["MNIST-1D paper (Greydanus & Kobak)", "mnist1d, CNN without norm, test accuracy",
                 f"{MNIST1D_PUBLISHED['cnn']:.0%}", pct(an) + " % (none), " + pct(ab) + " % (BN)"]]
         out.append(ClaimResult(
-            "N4", v4, f"test acc BN {pct(ab)} % vs none {pct(an)} %; gap BN {100 * gb:.1f} vs "
+            "N4", v4, f"test acc BN {pct(ab)} % vs none {pct(an)} % (diverged runs count as 0: "
+            f"BN {sum(bool(m['diverged']) for m in bn)}/{len(bn)}, none "
+            f"{sum(bool(m['diverged']) for m in none)}/{len(none)}); gap BN {100 * gb:.1f} vs "
             f"none {100 * gn:.1f} points", [table], [fig_path], pub))
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sharenorm.data import MNIST1D_PUBLISHED, Dataset
-from sharenorm.lab.common import ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.experiments.sharing_cost import MODELS, build
 from sharenorm.lab.spec import (
     MIXED,
@@ -15,9 +15,11 @@ from sharenorm.lab.spec import (
     Experiment,
     Table,
     Text,
+    all3,
+    decide,
     group_runs,
 )
-from sharenorm.lab.stats import fmt_ci, mean_ci, mean_or_inf, overlap
+from sharenorm.lab.stats import fmt_ci, mean_ci, mean_or_inf, separated
 from sharenorm.lab.train import TrainConfig, train_classifier
 
 LR = 2e-3
@@ -52,9 +54,11 @@ def run(cfg, seed, ctx):
         ds = shuffle_positions(ds)
     torch.manual_seed(seed)
     model = build(cfg["model"], ds)
-    return train_classifier(model, ds, TrainConfig(
+    metrics, timing = train_classifier(model, ds, TrainConfig(
         steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], optimizer="adam",
         eval_every=cfg["eval_every"], target_acc=cfg["target"]), seed)
+    metrics["n_train"] = len(ds.x_train)  # the epoch of "s / epoch" (4000 for mnist1d)
+    return metrics, timing
 
 
 def analyze(runs, figdir, lang):
@@ -62,20 +66,23 @@ def analyze(runs, figdir, lang):
         return []
     g = group_runs(runs, "model", "shuffled")
     cfg = runs[0]["config"]
-    steps_per_epoch = None
+    n_train = runs[0]["metrics"].get("n_train")
+    steps_per_epoch = n_train / cfg["batch_size"] if n_train else None
     rows = []
     for (model, shuf), ms in g.items():
         sps = [m["_time"]["s_per_step"] for m in ms]
-        steps_per_epoch = steps_per_epoch or 4000 // cfg["batch_size"]
         rows.append([model, "shuffled" if shuf else "ordered",
-                     fmt_ci([s * steps_per_epoch for s in sps], digits=2),
+                     fmt_ci([s * steps_per_epoch for s in sps], digits=2)
+                     if steps_per_epoch else "—",
                      fmt_ci([m["_time"].get("s_to_target") for m in ms], digits=2),
                      f"{sum(m['steps_to_target'] is not None for m in ms)}/{len(ms)}",
-                     pct([m["test_acc"] for m in ms]), pct([m["train_acc"] for m in ms]),
-                     pct([m["gap"] for m in ms])])
-    table = Table(["model", "positions", "s / epoch (4000 samples)",
-                   f"s to {cfg['target']:.0%}", "reached", "test acc %", "train acc %",
-                   "gap (points)"], rows)
+                     f"{sum(bool(m['diverged']) for m in ms)}/{len(ms)}",
+                     pct(accuracies(ms)), pct(accuracies(ms, "train_acc")),
+                     fmt_ci([m["gap"] for m in ms], 100)])
+    table = Table(["model", "positions", f"s / epoch ({n_train or '?'} samples)",
+                   f"s to {cfg['target']:.0%}", "reached", "diverged",
+                   "test acc % (diverged = 0)", "train acc % (diverged = 0)",
+                   "gap (points, runs that trained)"], rows)
     fig, axes = figure(1, 2, (11, 4))
     for ax, shuf in zip(axes, (False, True), strict=False):
         for model in MODELS:
@@ -86,7 +93,7 @@ def analyze(runs, figdir, lang):
             for m in ms:
                 for s, a in m["curve"]:
                     by.setdefault(s, []).append(a)
-            xs, mu, lo, hi = ci_band(by, 100)
+            xs, mu, lo, hi = ci_band(by, 100, PCT_BOUNDS)
             ax.plot(xs, mu, label=model)
             ax.fill_between(xs, lo, hi, alpha=0.2)
         ax.set_title(f"S3: mnist1d, {'shuffled' if shuf else 'ordered'} positions")
@@ -98,8 +105,8 @@ def analyze(runs, figdir, lang):
     if not need <= set(g):
         return []
 
-    def acc(model, shuf):
-        return [m["test_acc"] for m in g[(model, shuf)]]
+    def acc(model, shuf):  # a diverged run counts as 0, never dropped
+        return accuracies(g[(model, shuf)])
 
     def sec(model):
         return mean_or_inf([m["_time"].get("s_to_target") for m in g[(model, False)]])
@@ -122,11 +129,12 @@ def analyze(runs, figdir, lang):
                          "केवल इसी table के भीतर तुलना करें। 'inf' = कभी नहीं पहुँचा।"))
     # S3
     c, lc, mlp = acc("cnn", False), acc("locally_connected", False), acc("mlp", False)
-    first = all(100 * (mean_ci(c)[0] - mean_ci(o)[0]) >= 3 and not overlap(c, o) for o in (lc, mlp))
+    first = all3(*(all3(100 * (mean_ci(c)[0] - mean_ci(o)[0]) >= 3, separated(c, o))
+                   for o in (lc, mlp)))
     lead_o = mean_ci(c)[0] - mean_ci(mlp)[0]
     lead_s = mean_ci(acc("cnn", True))[0] - mean_ci(acc("mlp", True))[0]
     second = lead_s < lead_o
-    v3 = SUPPORTED if first and second else MIXED if first else NOT_SUPPORTED
+    v3 = decide(all3(first, second), first)
     pub = [["MNIST-1D paper", "CNN test accuracy, ordered", f"{MNIST1D_PUBLISHED['cnn']:.0%}",
             pct(c) + " %"],
            ["MNIST-1D paper", "MLP test accuracy, ordered", f"{MNIST1D_PUBLISHED['mlp']:.0%}",

@@ -9,16 +9,16 @@ from torch import nn
 
 from sharenorm.lab.common import ci_band, dataset, figure, save_figure
 from sharenorm.lab.spec import (
-    MIXED,
-    NOT_SUPPORTED,
-    SUPPORTED,
     ClaimResult,
     Experiment,
     Table,
     Text,
+    all3,
+    any3,
+    decide,
     group_runs,
 )
-from sharenorm.lab.stats import fmt_ci, mean_ci, overlap
+from sharenorm.lab.stats import fmt_ci, mean_ci, separated
 from sharenorm.lab.train import batches, seed_everything
 from sharenorm.models import Autoencoder
 
@@ -83,7 +83,7 @@ def analyze(runs, figdir, lang):
     fig, (a1, a2) = figure(1, 2, (11, 4))
     for mode in ("untied", "tied"):
         xs, mu, lo, hi = ci_band({n: [m["test_mse"] for m in g[(mode, n, 0.0)]] for n in ns
-                                  if (mode, n, 0.0) in g})
+                                  if (mode, n, 0.0) in g}, bounds=(0.0, float("inf")))
         a1.plot(xs, mu, marker="o", label=f"{mode} (test)")
         a1.fill_between(xs, lo, hi, alpha=0.2)
         xs, mu, _, _ = ci_band({n: [m["train_mse"] for m in g[(mode, n, 0.0)]] for n in ns
@@ -118,9 +118,9 @@ def analyze(runs, figdir, lang):
         return []
     tu, tt = g[("untied", n0, 0.0)], g[("tied", n0, 0.0)]
     eu, et = [m["test_mse"] for m in tu], [m["test_mse"] for m in tt]
-    better = mean_ci(et)[0] < mean_ci(eu)[0] and not overlap(et, eu)
+    better = all3(mean_ci(et)[0] < mean_ci(eu)[0], separated(et, eu))
     gap_ok = mean_ci([m["gap"] for m in tt])[0] < mean_ci([m["gap"] for m in tu])[0]
-    v = SUPPORTED if better and gap_ok else MIXED if better or gap_ok else NOT_SUPPORTED
+    v = decide(all3(better, gap_ok), any3(better, gap_ok))
     measured = (f"{n0} images: test MSE tied {fmt_ci(et, digits=4)} vs untied "
                 f"{fmt_ci(eu, digits=4)}; gap tied {mean_ci([m['gap'] for m in tt])[0]:.4f} vs "
                 f"untied {mean_ci([m['gap'] for m in tu])[0]:.4f}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sharenorm.lab.common import dataset, figure, pct, save_figure
+from sharenorm.lab.common import accuracies, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
     MIXED,
     NOT_SUPPORTED,
@@ -71,7 +71,7 @@ def analyze(runs, figdir, lang):
             rows.append([act, norm, fmt_ci([m["grad_init"][0] for m in ms], digits=6),
                          fmt_ci([m["grad_init"][-1] for m in ms], digits=6),
                          fmt_ci([m["ratio_init"] for m in ms], digits=5),
-                         pct([m["test_acc"] for m in ms])])
+                         pct(accuracies(ms))])
         ax.set_yscale("log")
         ax.set_xlabel("hidden layer (1 = nearest the input)")
         ax.set_ylabel("‖∂L/∂W‖ at initialisation")
@@ -79,7 +79,7 @@ def analyze(runs, figdir, lang):
         ax.legend()
     fp = save_figure(fig, figdir, "n3_gradient_norms")
     table = Table(["activation", "norm", "‖grad‖ layer 1", f"‖grad‖ layer {DEPTH}",
-                   "ratio first/last", "test acc % after training"], rows)
+                   "ratio first/last", "test acc % after training (diverged = 0)"], rows)
     bn, none = g.get(("sigmoid", "batch"), []), g.get(("sigmoid", "none"), [])
     if not (bn and none):
         return []

@@ -1,0 +1,192 @@
+"""Verdicts from made-up run records: diverged runs, one seed, clipped intervals, N2, N7."""
+
+from __future__ import annotations
+
+import pytest
+
+from sharenorm.lab.experiments import (
+    batch_size,
+    depth,
+    lr_sweep,
+    norm_training,
+    rnn_sharing,
+    sharing_training,
+    style,
+    tying_reg,
+)
+from sharenorm.lab.spec import MIXED, NOT_SUPPORTED, SUPPORTED, UNDECIDABLE, decide
+from sharenorm.lab.stats import fmt_ci, separated
+
+
+def _train_metrics(acc, steps_hit=None):
+    """What train_classifier records; ``acc=None`` is a diverged run."""
+    if acc is None:
+        return {"train_acc": None, "test_acc": None, "gap": None, "diverged": True,
+                "steps_to_target": None, "curve": [[25, 0.1]]}
+    return {"train_acc": acc + 0.02, "test_acc": acc, "gap": 0.02, "diverged": False,
+            "steps_to_target": steps_hit, "curve": [[25, acc - 0.2], [50, acc]]}
+
+
+def _run(exp, cfg, seed, metrics, time=None):
+    return {"experiment": exp, "config": cfg, "seed": seed, "metrics": metrics,
+            "time": time or {"s_per_step": 0.001, "s_to_target": None, "run_s": 1.0}}
+
+
+def _norm_training_runs(accs):
+    runs = []
+    for norm, vals in accs.items():
+        cfg = {"norm": norm, "steps": 100, "batch_size": 32, "lr": 0.05, "eval_every": 25,
+               "target": 0.6}
+        runs += [_run("norm_training", cfg, s, _train_metrics(a, 50 if a and a >= 0.6 else None))
+                 for s, a in enumerate(vals)]
+    return runs
+
+
+def _claim(results, cid):
+    return next(r for r in results if r.claim == cid)
+
+
+def test_a_diverged_run_is_not_dropped_from_n4(tmp_path):
+    # BN 0.90, 0.91 and one diverged run vs no norm 0.80, 0.81, 0.80: dropping the diverged
+    # run would give BN 90.5 % and "supported"; it counts as 0, so BN's mean is 60.3 %
+    runs = _norm_training_runs({"batch": [0.90, 0.91, None], "none": [0.80, 0.81, 0.80]})
+    n4 = _claim(norm_training.analyze(runs, tmp_path, "en"), "N4")
+    assert n4.verdict != SUPPORTED
+    assert "60.3" in n4.measured and "BN 1/3" in n4.measured
+    table = "\n".join(" ".join(r) for r in n4.tables[0].rows)
+    assert "1/3" in table and "n=2 of 3" in table  # diverged shown; the gap has 2 of 3 values
+
+
+def test_a_diverged_run_counts_in_s3_and_s4(tmp_path):
+    runs = []
+    for shuf in (False, True):
+        for model, vals in {"cnn": [0.9, 0.91, None], "locally_connected": [0.8, 0.81, 0.8],
+                            "mlp": [0.7, 0.71, 0.7]}.items():
+            cfg = {"model": model, "shuffled": shuf, "steps": 100, "eval_every": 50,
+                   "target": 0.4, "batch_size": 32, "lr": 2e-3}
+            runs += [_run("sharing_training", cfg, s, _train_metrics(a) | {"n_train": 4000})
+                     for s, a in enumerate(vals)]
+    s3 = _claim(sharing_training.analyze(runs, tmp_path, "en"), "S3")
+    assert s3.verdict == NOT_SUPPORTED and "CNN 60.3" in s3.measured
+
+    rnn = []
+    for shared, vals in ((True, [0.9, 0.9, None]), (False, [0.9, 0.91, 0.9])):
+        cfg = {"shared": shared, "hidden": 64, "chunk": 4, "steps": 50, "eval_every": 25}
+        params = 1000 if shared else 10000
+        rnn += [_run("rnn_sharing", cfg, s, _train_metrics(a) | {"params": params,
+                                                                  "recurrent_params": params})
+                for s, a in enumerate(vals)]
+    s4 = _claim(rnn_sharing.analyze(rnn, tmp_path, "en"), "S4")
+    assert "shared 60.0" in s4.measured  # not 90.0: the diverged run counts as 0
+    assert s4.tables[0].rows[0][3] == "1/3"  # and the table says it diverged
+
+
+def test_separated_and_decide_with_one_seed():
+    assert separated([0.9], [0.1, 0.11]) is None
+    assert separated([0.9, 0.91], [0.1, 0.11]) is True
+    assert separated([0.9, 0.1], [0.5, 0.55]) is False
+    assert decide(None, True) == UNDECIDABLE and decide(False, None) == UNDECIDABLE
+    assert decide(False, False) == NOT_SUPPORTED and decide(True, None) == SUPPORTED
+
+
+def test_one_seed_gives_not_decidable_not_supported(tmp_path):
+    # S4: shared 10 % vs separate 90 % with one seed each used to pass as "supported"
+    rnn = []
+    for shared, a in ((True, 0.1), (False, 0.9)):
+        cfg = {"shared": shared, "hidden": 64, "chunk": 4, "steps": 50, "eval_every": 25}
+        p = 1000 if shared else 10000
+        rnn.append(_run("rnn_sharing", cfg, 0, _train_metrics(a) | {"params": p,
+                                                                     "recurrent_params": p}))
+    assert _claim(rnn_sharing.analyze(rnn, tmp_path, "en"), "S4").verdict == UNDECIDABLE
+    # N4 with one seed: BN clearly better in the mean, but no interval to compare
+    runs = _norm_training_runs({"batch": [0.95], "none": [0.5]})
+    res = norm_training.analyze(runs, tmp_path, "en")
+    assert _claim(res, "N4").verdict == UNDECIDABLE
+    assert _claim(res, "N1").verdict == UNDECIDABLE  # BN hit the target at 50, none never
+
+
+def test_one_seed_n6_n8_t2(tmp_path):
+    runs = []
+    for norm, accs in {"batch": {2: 0.3, 32: 0.9}, "group": {2: 0.9, 32: 0.9}}.items():
+        for bs, a in accs.items():
+            cfg = {"norm": norm, "batch_size": bs, "epochs": 1, "lr": 0.05 * bs / 32}
+            runs.append(_run("batch_size", cfg, 0, _train_metrics(a)))
+    # (a) holds from the means; (b) needs intervals: "mixed" or "supported" -> not decidable
+    assert batch_size.analyze(runs, tmp_path, "en")[0].verdict == UNDECIDABLE
+    runs = []
+    for norm, accs in {"batch": {2: 0.9, 6: 0.2}, "group": {2: 0.9, 6: 0.8}}.items():
+        for d, a in accs.items():
+            cfg = {"norm": norm, "depth": d, "batch_size": 4, "epochs": 0.1, "lr": 0.00625}
+            runs.append(_run("depth", cfg, 0, _train_metrics(a)))
+    assert depth.analyze(runs, tmp_path, "en")[0].verdict == UNDECIDABLE
+    runs = []
+    for mode, mse in (("untied", 0.5), ("tied", 0.3)):
+        cfg = {"n": 50, "mode": mode, "strength": 0.0, "steps": 150}
+        runs.append(_run("tying_reg", cfg, 0, {"train_mse": mse - 0.1, "test_mse": mse,
+                                               "gap": 0.1 if mode == "tied" else 0.2,
+                                               "tie_distance": 0.0 if mode == "tied" else 3.0,
+                                               "params": 100}, {"train_s": 1.0}))
+    assert tying_reg.analyze(runs, tmp_path, "en")[0].verdict == UNDECIDABLE
+
+
+def test_clipped_intervals():
+    assert fmt_ci([0.0, 0.3], 100, bounds=(0, 1)).startswith("15.0 [0.0, ")
+    assert fmt_ci([0.5, 0.52], 100, bounds=(0, 1)) == "51.0 ± 12.7"
+    from sharenorm.lab.common import ci_band
+
+    _, _, lo, hi = ci_band({1: [0.0, 0.3], 2: [0.99, 1.0]}, 100, (0, 100))
+    assert min(lo) >= 0 and max(hi) <= 100
+
+
+def _lr_runs(stable):
+    runs = []
+    for norm, accs in stable.items():
+        for lr, a in accs.items():
+            cfg = {"norm": norm, "lr": lr, "steps": 100, "batch_size": 32}
+            runs += [_run("lr_sweep", cfg, s, _train_metrics(a)) for s in range(2)]
+    return runs
+
+
+@pytest.mark.parametrize("bn, none, verdict", [
+    # neither has a stable learning rate: BN stabilises nothing here
+    ([None, 0.2, None], [None, 0.2, None], NOT_SUPPORTED),
+    # the same range: "equal" is mixed
+    ([0.9, 0.9, None], [0.9, 0.9, None], MIXED),
+    # BN's range [0.01, 10] is wider than none's [0.01] even with a hole at 0.3 (range, not count)
+    ([0.9, 0.2, 0.9], [0.9, None, None], SUPPORTED),
+    # as many stable grid points, but BN's range [0.01, 10] contains none's [0.01, 0.3] and is
+    # one grid step wider
+    ([0.9, 0.2, 0.9], [0.9, 0.9, None], SUPPORTED),
+    # wider but not containing
+    ([None, 0.9, 0.9], [0.9, None, None], MIXED),
+    ([0.9, None, None], [0.9, 0.9, None], NOT_SUPPORTED),
+])
+def test_n2_uses_range_width(tmp_path, bn, none, verdict):
+    lrs = [0.01, 0.3, 10.0]
+    runs = _lr_runs({"batch": dict(zip(lrs, bn, strict=True)),
+                     "none": dict(zip(lrs, none, strict=True))})
+    assert lr_sweep.analyze(runs, tmp_path, "en")[0].verdict == verdict
+
+
+def test_n7_a_contradicting_cell_is_not_supported(tmp_path):
+    # BN invariant (contradicts "Style Transfer: No"? no: BN "No" is supported when BN is NOT
+    # invariant); here IN is not invariant, which contradicts the document's "Yes"
+    runs = [_run("style", {"part": "invariance", "norm": n}, 0, {"rel_change": v}, {})
+            for n, v in (("instance", 0.5), ("batch", 0.5), ("group", 1e-4), ("none", 0.5))]
+    cells = _claim(style.analyze(runs, tmp_path, "en"), "N7").cells
+    assert cells[("norm", "style", "instance")][1] == NOT_SUPPORTED
+    assert cells[("norm", "style", "group")][1] == NOT_SUPPORTED
+    assert cells[("norm", "style", "batch")][1] == SUPPORTED
+
+
+def test_s2_seconds_per_epoch_use_the_real_training_set_size(tmp_path):
+    runs = []
+    for shuf in (False, True):
+        for model in ("cnn", "locally_connected", "mlp"):
+            cfg = {"model": model, "shuffled": shuf, "steps": 100, "eval_every": 50,
+                   "target": 0.4, "batch_size": 32, "lr": 2e-3}
+            runs += [_run("sharing_training", cfg, s, _train_metrics(0.5) | {"n_train": 640},
+                          {"s_per_step": 0.01, "s_to_target": 0.5}) for s in range(2)]
+    s2 = _claim(sharing_training.analyze(runs, tmp_path, "en"), "S2")
+    assert "s / epoch (640 samples)" in s2.tables[0].headers
+    assert s2.tables[0].rows[0][2] == "0.20 ± 0.00"  # 640 / 32 = 20 steps of 0.01 s
