@@ -162,8 +162,9 @@ def analyze(runs, figdir, lang):
                          ("group", "group", False)):
         if n in mx:
             inv_ok = mx[n] <= INVARIANT
+            # a result that contradicts the document's cell is "not supported", as in N5, N6
             cells[("norm", "style", col)] = (f"Δf = {mx[n]:.1e}",
-                                             SUPPORTED if inv_ok == want else MIXED)
+                                             SUPPORTED if inv_ok == want else NOT_SUPPORTED)
     return [ClaimResult(
         "N7", v, "relative feature change: " + ", ".join(f"{n} {x:.1e}" for n, x in mx.items())
         + ("" if b_ok is None else f"; AdaIN output closer to the style statistics: {b_ok}"),
