@@ -296,6 +296,45 @@ class _Branchy(nn.Module):
         return x
 
 
+class _ConvNormNet(nn.Module):
+    """Not a Sequential: the pairs are only found in the torch.fx graph, which must see
+    sharenorm norms as leaves (as it sees torch.nn's) to trace the model at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1 = sn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 1)
+        self.bn2 = sn.BatchNorm2d(4, act="relu")
+        self.gn = sn.GroupNorm(2, 4, act="silu")  # no running statistics: stays
+
+    def forward(self, x):
+        return self.gn(self.bn2(self.conv2(self.bn1(self.conv1(x)))) + 1.0)
+
+
+def test_fuse_fx_folds_sharenorm_batchnorm_outside_sequential():
+    net = _randomize_bn(_ConvNormNet()).eval()
+    x = torch.randn(2, 3, 5, 5)
+    report = sn.fuse_conv_bn(net)
+    assert report.fused == [("conv1", "bn1"), ("conv2", "bn2")] and report.skipped == []
+    assert isinstance(report.model, torch.fx.GraphModule)
+    assert type(report.model.bn2).__name__ == "Activation"  # bn2's relu stays
+    torch.testing.assert_close(report.model(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+def test_norm_tracer_keeps_sharenorm_norms_as_leaves():
+    from sharenorm.norm.tools import NormTracer
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), sn.BatchNorm2d(4), sn.InstanceNorm2d(4),
+                        sn.GroupNorm(2, 4), sn.BatchRenorm2d(4), sn.SyncBatchNorm(4)).eval()
+    graph = NormTracer().trace(net)
+    targets = [n.target for n in graph.nodes if n.op == "call_module"]
+    assert targets == ["0", "1", "2", "3", "4", "5"]
+    gm = torch.fx.GraphModule(net, graph)
+    x = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(gm(x), net(x))
+
+
 def test_fuse_fx_and_what_cannot_be_fused():
     net = _randomize_bn(_Residual()).eval()
     x = torch.randn(2, 3, 5, 5)

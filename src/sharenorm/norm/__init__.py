@@ -8,6 +8,7 @@ from sharenorm.norm.instancenorm import InstanceNorm1d, InstanceNorm2d, Instance
 from sharenorm.norm.syncbatchnorm import SyncBatchNorm, convert_sync_batchnorm
 from sharenorm.norm.tools import (
     FuseReport,
+    NormTracer,
     freeze_norm_stats,
     fuse_conv_bn,
     is_norm_stats_frozen,
@@ -38,4 +39,5 @@ __all__ = [
     "recalibrate_norm_stats",
     "fuse_conv_bn",
     "FuseReport",
+    "NormTracer",
 ]

@@ -15,6 +15,8 @@ SyncBatchNorm, BatchRenorm; InstanceNorm with running statistics for the first t
 - :func:`fuse_conv_bn`: for inference, fold an eval-mode BN into the Conv/Linear that
   feeds it: ``W' = W·s``, ``b' = (b − μ)·s + β`` with ``s = γ / √(σ² + ε)`` per output
   channel; reports every BN layer it could not fold and why.
+- :class:`NormTracer`: the ``torch.fx`` tracer ``fuse_conv_bn`` uses, which keeps
+  sharenorm norms as leaf modules (``fx.symbolic_trace`` cannot trace into them).
 
 Example:
     >>> import torch, torch.nn as nn, sharenorm as sn
@@ -34,10 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from sharenorm.norm.batchnorm import _BatchNorm
+from sharenorm.norm.batchnorm import _BatchNorm, _NormBase
+from sharenorm.norm.groupnorm import GroupNorm
 from sharenorm.norm.instancenorm import _InstanceNorm
 
 __all__ = [
@@ -47,6 +51,7 @@ __all__ = [
     "recalibrate_norm_stats",
     "fuse_conv_bn",
     "FuseReport",
+    "NormTracer",
 ]
 
 _BN_TYPES = (_BatchNorm, nn.modules.batchnorm._BatchNorm)
@@ -388,11 +393,36 @@ def _fuse_sequential(model: nn.Module, report: FuseReport, reasons: dict[str, st
             reasons.pop(bn_name, None)
 
 
-def _fuse_fx(model: nn.Module, report: FuseReport, reasons: dict[str, str]) -> nn.Module:
-    import torch.fx as fx
+class NormTracer(fx.Tracer):
+    """A ``torch.fx`` tracer that keeps sharenorm's norm layers (BatchNorm, InstanceNorm,
+    GroupNorm, BatchRenorm, SyncBatchNorm) as leaves, one ``call_module`` node each, as
+    ``fx.Tracer`` keeps torch.nn's. ``fx.symbolic_trace`` cannot trace them otherwise:
+    their input checks and data-dependent routing need a real tensor, not a Proxy.
 
+    Example:
+        >>> import torch, torch.fx as fx, torch.nn as nn, sharenorm as sn
+        >>> from sharenorm.norm.tools import NormTracer
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), sn.BatchNorm2d(4, act="relu"))
+        >>> gm = fx.GraphModule(net, NormTracer().trace(net))
+        >>> [n.target for n in gm.graph.nodes if n.op == "call_module"]
+        ['0', '1']
+    """
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, (_NormBase, GroupNorm)) or super().is_leaf_module(
+            m, module_qualified_name
+        )
+
+
+def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    """``fx.symbolic_trace`` with sharenorm norms as leaves (:class:`NormTracer`)."""
+    graph = NormTracer().trace(model)
+    return fx.GraphModule(model, graph, model.__class__.__name__)
+
+
+def _fuse_fx(model: nn.Module, report: FuseReport, reasons: dict[str, str]) -> nn.Module:
     try:
-        gm = fx.symbolic_trace(model)
+        gm = _symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means "not with fx"
         msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         for name in reasons:
@@ -466,7 +496,8 @@ def fuse_conv_bn(model: nn.Module, *, inplace: bool = False, method: str = "auto
     ``nn.Identity`` (or the activation of a sharenorm BN with ``act=``). Pairs are found
     in two ways: consecutive children of an ``nn.Sequential`` (the model keeps its type);
     then, for BN layers left over (``method="auto"``), in the ``torch.fx`` graph of the
-    model (the result is then a ``torch.fx.GraphModule``), when the model can be traced.
+    model traced with :class:`NormTracer` (the result is then a ``torch.fx.GraphModule``),
+    when the model can be traced.
 
     Not folded, and reported with the reason: BN in training mode (unless frozen), BN
     without running statistics, a preceding layer that is not Conv/Linear, that is
