@@ -486,3 +486,65 @@ def test_state_dict_key_order_is_torchs_and_untie_restores_parameter_order():
     sn.untie(m, "dec.weight")
     assert list(m.state_dict()) == order
     assert [n for n, _ in m.named_parameters()] == [n for n, _ in plain.named_parameters()]
+
+
+def nested_pair():
+    """model.pair.{enc, dec} with dec.weight = enc.weightᵀ, and model.other beside them."""
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.pair = nn.ModuleDict({"enc": nn.Linear(4, 3), "dec": nn.Linear(3, 4)})
+    model.other = nn.Linear(2, 2)
+    return sn.tie(model, "pair.dec.weight", "pair.enc.weight", "transpose")
+
+
+def test_deepcopy_keeps_a_tie_inside_the_copy_and_owns_one_that_is_not():
+    model = nested_pair()
+    # The whole model and the subtree holding both ends (the common ancestor): tie kept.
+    for clone, pair in ((c := copy.deepcopy(model), c.pair), (p := copy.deepcopy(model.pair), p)):
+        assert torch.equal(pair.dec.weight, pair.enc.weight.T)
+        assert pair.dec.__dict__["_sharenorm_links"]["weight"].module is pair.enc
+        assert [n for n, _ in pair.dec.named_parameters()] == ["bias"]
+        with torch.no_grad():
+            pair.enc.weight.add_(1)
+        assert torch.equal(pair.dec.weight, pair.enc.weight.T)
+        assert not torch.equal(pair.enc.weight, model.pair.enc.weight)
+        sn.verify_ties(clone)
+    # The target module alone: it owns its weight (as a copy of torch's identity tie does).
+    dec = copy.deepcopy(model.pair.dec)
+    assert type(dec) is nn.Linear
+    assert [n for n, _ in dec.named_parameters()] == ["weight", "bias"]
+    assert torch.equal(dec.weight, model.pair.enc.weight.T) and dec.weight.is_contiguous()
+    assert dec.weight.requires_grad
+    before = dec.weight.detach().clone()
+    opt = torch.optim.SGD(dec.parameters(), lr=0.1)
+    dec(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    assert not torch.equal(dec.weight, before)
+    assert torch.equal(model.pair.dec.weight, model.pair.enc.weight.T)  # original untouched
+    assert dec.to(torch.float64)(torch.randn(2, 3, dtype=torch.float64)).dtype == torch.float64
+    # A subtree holding the target but not the source.
+    sub = nn.Sequential(model.pair.dec, model.other)
+    clone = copy.deepcopy(sub)
+    assert [n for n, _ in clone.named_parameters()] == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+    ]
+    # Two modules of a shared stack copied without their source keep sharing one weight, as
+    # torch's identity ties do under one deepcopy.
+    stack = sn.SharedStack(nn.Linear(3, 3), 3)
+    pair = copy.deepcopy(nn.Sequential(stack.blocks[1], stack.blocks[2]))
+    assert pair[0].weight is pair[1].weight and isinstance(pair[0].weight, nn.Parameter)
+    # After pickling the whole model, the copies behave the same.
+    loaded = pickle.loads(pickle.dumps(model))
+    assert type(copy.deepcopy(loaded.pair.dec)) is nn.Linear
+    assert copy.deepcopy(loaded.pair).dec.__dict__["_sharenorm_links"]["weight"].module
+
+
+def test_verify_ties_flags_a_target_pickled_without_its_source():
+    model = nested_pair()
+    sn.verify_ties(model.pair.dec)  # a view of the model: its source is still the model's
+    lone = pickle.loads(pickle.dumps(model.pair.dec))
+    with pytest.raises(sn.TieError, match="copied or unpickled without its tie source"):
+        sn.verify_ties(lone)

@@ -23,7 +23,10 @@ operation that replaces or converts the source tensor in its own module:
 * ``copy.deepcopy`` and ``pickle``/``torch.save`` of the whole model: the link is ordinary state;
   the memo of deepcopy/pickle maps the source module to its copy. The swapped class is rebuilt by
   ``__reduce_ex__`` from (base class, tied names), so no dynamically created class needs to be
-  importable.
+  importable. ``deepcopy`` of a part of the model keeps a tie when it copies the lowest common
+  ancestor of the target's and the source's modules (recorded, weakly, at tie time); a target
+  module copied without its source owns its tensor in the copy (a contiguous copy of
+  ``T(source)``, as a copy of torch's identity-tied weight does), and the source is not copied.
 * ``torch.compile``: the property is plain Python that dynamo inlines.
 
 Re-initialising: a tied module's ``reset_parameters()`` re-initialises only what the module
@@ -53,6 +56,9 @@ Limits: a module whose attribute is tied gets a subclass (``type(m) is nn.Linear
 ``isinstance`` still holds). ``safetensors.torch.save_model`` cannot write a transposed tie's
 state_dict (it rejects non-contiguous views); use :func:`sharenorm.save`. Optimizers built
 before ``tie`` still hold the target's old tensor: build them after tying.
+``pickle``/``torch.save`` of a tied target module *alone* cannot see the model around it: the
+unpickled module follows a private copy of its source that no model or optimizer holds
+(:func:`verify_ties` says so); deepcopy it instead, or ``untie`` it first.
 ``torch.func.functional_call`` follows ties when given the *source* name (passing the target
 name raises, as assigning to it does). TorchScript (``torch.jit.script``) is not supported;
 ``torch.compile`` is.
@@ -60,7 +66,9 @@ name raises, as assigning to it does). TorchScript (``torch.jit.script``) is not
 
 from __future__ import annotations
 
+import copy
 import difflib
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +87,7 @@ _DECLARED = "_sharenorm_declared"  # in the module tie() was called on: {target:
 _ROOT_HOOK = "_sharenorm_root_hook"  # marker: the load_state_dict pre-hook is registered
 _SCRATCH = "_sharenorm_scratch"  # set only while a tied module runs reset_parameters()
 _ORDER = "_sharenorm_order"  # in a target module's __dict__: its tensor names before tying
+_TARGETS = "_sharenorm_targets"  # in a tie's common ancestor's __dict__: a _TieTargets
 
 
 class TieError(RuntimeError):
@@ -114,6 +123,8 @@ def compose(first: str | None, then: str | None) -> str | None:
 class _Link:
     """``target = transform(getattr(module, name))``, resolved at every access."""
 
+    lca: weakref.ref | None = None  # (links pickled before this attribute existed)
+
     def __init__(
         self,
         module: nn.Module,
@@ -121,12 +132,24 @@ class _Link:
         transform: str | None,
         hint: str,
         persistent: bool = True,
+        lca: nn.Module | None = None,
     ) -> None:
         self.module = module
         self.name = name
         self.transform = transform
         self.hint = hint  # the source's name when the tie was made (for messages only)
         self.persistent = persistent  # False for a tied non-persistent buffer: not in state_dict
+        # The lowest common ancestor of the target's and the source's modules, weakly (no
+        # reference cycle): deepcopy keeps the tie only when it copies this module too. None
+        # when unknown (e.g. the target module was pickled without it).
+        self.lca = None if lca is None else weakref.ref(lca)
+
+    def ancestor(self) -> nn.Module | None:
+        return None if self.lca is None else self.lca()
+
+    def __getstate__(self) -> dict:
+        # A weakref cannot be pickled; the ancestor's _TieTargets re-attaches it on loading.
+        return {**self.__dict__, "lca": None}
 
     def source(self) -> Tensor:
         return getattr(self.module, self.name)
@@ -137,6 +160,52 @@ class _Link:
         if t is None:
             t = getattr(self.module, self.name)
         return t if self.transform is None else t.transpose(0, 1)
+
+
+class _TieTargets:
+    """On a tie's common ancestor: the ``(target module, name)`` pairs it is the ancestor of.
+
+    Pickled with the ancestor, it gives the unpickled links their ``lca`` back (a weakref is not
+    picklable), so a deepcopy after ``torch.load`` still knows which ties it copies whole.
+    """
+
+    def __init__(self, owner: nn.Module, entries: Any = ()) -> None:
+        self.owner = weakref.ref(owner)
+        self.entries: dict[tuple[int, str], weakref.ref] = {}
+        for module, name in entries:
+            self.add(module, name)
+
+    def live(self) -> list[tuple[nn.Module, str]]:
+        pairs = [(ref(), name) for (_, name), ref in self.entries.items()]
+        return [(m, name) for m, name in pairs if m is not None]
+
+    def add(self, module: nn.Module, name: str) -> None:
+        self.entries[(id(module), name)] = weakref.ref(module)
+
+    def remove(self, module: nn.Module, name: str) -> None:
+        ref = self.entries.get((id(module), name))
+        if ref is not None and ref() is module:
+            del self.entries[(id(module), name)]
+
+    def __reduce__(self) -> Any:
+        return (_restore_tie_targets, (self.owner(), self.live()))
+
+
+def _restore_tie_targets(owner: nn.Module, entries: list) -> _TieTargets:
+    for module, name in entries:  # a module not built yet (pickled before its ancestor) is skipped
+        link = (module.__dict__.get(_LINKS) or {}).get(name)
+        if link is not None and link.lca is None:
+            link.lca = weakref.ref(owner)
+    return _TieTargets(owner, entries)
+
+
+def _set_ancestor(link: _Link, lca: nn.Module, module: nn.Module, name: str) -> None:
+    """Make ``lca`` the recorded common ancestor of the tie ``module.name`` (``link``)."""
+    old = link.ancestor()
+    if old is not None and _TARGETS in old.__dict__:
+        old.__dict__[_TARGETS].remove(module, name)
+    link.lca = weakref.ref(lca)
+    lca.__dict__.setdefault(_TARGETS, _TieTargets(lca)).add(module, name)
 
 
 @dataclass(frozen=True)
@@ -251,6 +320,77 @@ def _tied_load_from_state_dict(
                 unexpected_keys.remove(key)
 
 
+def _tied_deepcopy(self: nn.Module, memo: dict) -> nn.Module:
+    # A tie is copied as a tie when its source is copied too: when the common ancestor of the
+    # two modules is this module or is being copied (copy puts an object in memo before copying
+    # its state, so the ancestors of this module that are being copied are there), or the source
+    # module was already copied. Otherwise the copy owns the target, as a copy of torch's
+    # identity-tied weight does: a contiguous copy of T(source), the source's requires_grad;
+    # the source module is not copied at all.
+    links = self.__dict__[_LINKS]
+    inside, outside = {}, {}
+    for name, link in links.items():
+        lca = link.ancestor()
+        known = link.lca is not None
+        if (
+            not known
+            or lca is self
+            or id(link.module) in memo
+            or (lca is not None and id(lca) in memo)
+        ):
+            inside[name] = link
+        else:
+            outside[name] = link
+    base = self._sharenorm_base
+    cls = _tied_class(base, tuple(sorted(inside))) if inside else base
+    y = cls.__new__(cls)
+    memo[id(self)] = y
+    state = {k: v for k, v in self.__getstate__().items() if k != _LINKS}
+    y.__setstate__(copy.deepcopy(state, memo))
+    if inside:
+        new_links = {}
+        for name, link in inside.items():
+            lca = link.ancestor()
+            new = _Link(
+                copy.deepcopy(link.module, memo),
+                link.name,
+                link.transform,
+                link.hint,
+                link.persistent,
+            )
+            if lca is self:
+                new.lca = weakref.ref(y)
+            elif lca is not None and id(lca) in memo:
+                new.lca = weakref.ref(memo[id(lca)])
+            new_links[name] = new
+        y.__dict__[_LINKS] = new_links
+    for name, link in outside.items():
+        src = link.source()
+        parameter = _kind(link.module, link.name) == "parameter"
+        stored = _in_state_dict(link.module, link.name)
+        # One copy per source tensor in this deepcopy, so targets copied together without their
+        # source still share it (and so would the source module, copied later in the same call).
+        own = memo.get(id(src)) if stored else None
+        if own is None:
+            own = src.detach().clone(memory_format=torch.contiguous_format)
+            if parameter:
+                own = nn.Parameter(own, requires_grad=src.requires_grad)
+            if stored:
+                memo[id(src)] = own
+                memo.setdefault(id(memo), []).append(src)  # as copy._keep_alive: ids stay unique
+        if link.transform is not None:
+            value = apply_transform(own.detach(), link.transform).contiguous()
+            own = nn.Parameter(value, requires_grad=own.requires_grad) if parameter else value
+        if parameter:
+            y._parameters[name] = own
+        else:
+            y._buffers[name] = own
+            if not link.persistent:
+                y._non_persistent_buffers_set.add(name)
+    _restore_order(y)
+    return y
+
+
 def _tied_extra_repr(self: nn.Module) -> str:
     base = self._sharenorm_base.extra_repr(self)
     links = self.__dict__.get(_LINKS, {})
@@ -295,6 +435,7 @@ def _tied_class(base: type, names: tuple[str, ...]) -> type:
             _sharenorm_base=base,
             _sharenorm_names=names,
             __reduce_ex__=_tied_reduce_ex,
+            __deepcopy__=_tied_deepcopy,
             __setattr__=_tied_setattr,
             __delattr__=_tied_delattr,
             _save_to_state_dict=_tied_save_to_state_dict,
@@ -587,12 +728,16 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
 
     # Other ties that read the target (it was a source) now read the target's new source,
     # and their declarations say so.
-    for m in model.modules():
-        for link in (m.__dict__.get(_LINKS) or {}).values():
+    paths = _module_paths(model)
+    for mpath, m in model.named_modules():
+        for name, link in (m.__dict__.get(_LINKS) or {}).items():
             if link.module is tmod and link.name == tattr:
                 link.module, link.name = root_mod, root_attr
                 link.transform = compose(root_transform, link.transform)
                 link.hint = root_hint
+                chain = _path_to_common_ancestor(model, mpath, paths[id(root_mod)])
+                _register_root_hooks(chain)
+                _set_ancestor(link, chain[-1], m, name)
     for mpath, m in model.named_modules():
         declared = m.__dict__.get(_DECLARED)
         if not declared:
@@ -614,8 +759,10 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     else:
         del tmod._buffers[tattr]
         tmod._non_persistent_buffers_set.discard(tattr)
+    chain = _path_to_common_ancestor(model, paths[id(tmod)], paths[id(root_mod)])
     links = dict(tlinks)
-    links[tattr] = _Link(root_mod, root_attr, root_transform, root_hint, persistent)
+    links[tattr] = link = _Link(root_mod, root_attr, root_transform, root_hint, persistent)
+    _set_ancestor(link, chain[-1], tmod, tattr)
     tmod.__dict__[_LINKS] = links
     _set_class(tmod)
 
@@ -623,15 +770,18 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     declared = dict(model.__dict__.get(_DECLARED) or {})
     declared[target] = _Record(root_hint, root_transform, tuple(old.shape))
     model.__dict__[_DECLARED] = declared
+    _register_root_hooks(chain)
+    return model
+
+
+def _register_root_hooks(chain: list[nn.Module]) -> None:
     # Every module from model down to the lowest common ancestor of the two modules gets the
     # hook, so a load rooted anywhere there sees both keys (below it, the source is outside the
     # load and the target is checked against the source's current value).
-    paths = _module_paths(model)
-    for m in _path_to_common_ancestor(model, paths[id(tmod)], paths[id(root_mod)]):
+    for m in chain:
         if not m.__dict__.get(_ROOT_HOOK):
             m.register_load_state_dict_pre_hook(_root_load_pre_hook)
             m.__dict__[_ROOT_HOOK] = True
-    return model
 
 
 def _path_to_common_ancestor(model: nn.Module, a: str, b: str) -> list[nn.Module]:
@@ -670,6 +820,9 @@ def untie(model: nn.Module, target: str) -> nn.Module:
         link = links[tattr]
         src = link.source()
         value = link.value().detach().clone(memory_format=torch.contiguous_format)
+        lca = link.ancestor()
+        if lca is not None and _TARGETS in lca.__dict__:
+            lca.__dict__[_TARGETS].remove(tmod, tattr)
         links = {k: v for k, v in links.items() if k != tattr}
         tmod.__dict__[_LINKS] = links
         _set_class(tmod)
@@ -703,11 +856,11 @@ def untie(model: nn.Module, target: str) -> nn.Module:
         raise ValueError(
             f"{target!r} is not tied or shared; sharenorm.ties(model) lists the tie groups"
         )
-    copy = current.detach().clone(memory_format=torch.contiguous_format)
+    own = current.detach().clone(memory_format=torch.contiguous_format)
     if tattr in tmod._parameters:
-        tmod._parameters[tattr] = nn.Parameter(copy, requires_grad=current.requires_grad)
+        tmod._parameters[tattr] = nn.Parameter(own, requires_grad=current.requires_grad)
     else:
-        tmod._buffers[tattr] = copy
+        tmod._buffers[tattr] = own
     return model
 
 
@@ -832,6 +985,16 @@ def verify_ties(model: nn.Module) -> None:
     """
     problems = []
     count = 0
+    paths = _module_paths(model)
+    for mpath, m in model.named_modules():
+        for name, link in (m.__dict__.get(_LINKS) or {}).items():
+            if id(link.module) not in paths and link.ancestor() is None:
+                target = _join(mpath, name)
+                problems.append(
+                    f"{target!r} is computed from a copy of {link.hint} that no model holds (its "
+                    f"module was copied or unpickled without its tie source); "
+                    f"sharenorm.untie(model, {target!r}) gives it its own tensor"
+                )
     for mpath, m in model.named_modules():
         for rel_target, rec in (m.__dict__.get(_DECLARED) or {}).items():
             count += 1
