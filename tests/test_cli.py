@@ -93,3 +93,26 @@ def test_other_lab_config_in_out_dir_is_refused_and_kept(tmp_path, capsys):
 def test_report_of_missing_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind, message", [("file", "is a file, not a folder"),
+                                           ("file/sub", "cannot be created"),
+                                           ("/proc/xyz", "cannot be created")])
+def test_unusable_out_folder_is_exit_2_with_the_fix(tmp_path, capsys, kind, message):
+    (tmp_path / "file").write_text("x")
+    out = kind if kind.startswith("/") else str(tmp_path / kind)
+    assert main(["lab", "N5", "--quick", "--out", out, "--jobs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Choose another --out folder" in err and "Traceback" not in err
+
+
+def test_report_into_an_unwritable_folder_is_exit_2(tmp_path, capsys, monkeypatch):
+    assert _lab(tmp_path, "S1", "--quick", "--seeds", "2") == 0
+    import tempfile
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "cannot write the report" in capsys.readouterr().err

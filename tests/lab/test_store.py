@@ -80,3 +80,87 @@ def test_file_without_header_is_refused(tmp_path):
 def test_read_missing_folder(tmp_path):
     with pytest.raises(LabError, match="does not exist: run `sharenorm lab"):
         ResultsStore.read(tmp_path / "none")
+
+
+LOCK_HOLDER = """
+import sys, time
+from sharenorm.lab.store import ResultsStore
+ResultsStore.open(sys.argv[1], {"lab_version": "1", "profile": "quick", "data": "embedded"})
+print("locked", flush=True)
+sys.stdin.read()  # hold the lock until the test closes our stdin
+"""
+
+
+def test_a_second_process_on_the_same_folder_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(LabError, match=rf"another sharenorm lab is writing to .*pid {p.pid}"):
+            ResultsStore.open(tmp_path, HEADER)
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)
+    s = ResultsStore.open(tmp_path, HEADER)  # the other process ended: the lock is free
+    s.add_run(_run(1))
+    s.close()
+
+
+def test_the_lock_is_released_by_close(tmp_path):
+    import fcntl
+
+    s = ResultsStore.open(tmp_path, HEADER)
+    s.close()
+    with open(tmp_path / "results.lock", "rb+") as f:  # nobody holds it any more
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: (p.write_text("x"), p)[1], "is a file, not a folder"),
+    (lambda p: (p.write_text("x"), p / "sub")[1], "cannot be created"),
+    (lambda p: __import__("pathlib").Path("/proc/no-such-dir/x"), "cannot be created"),
+])
+def test_unusable_folder_is_a_lab_error(tmp_path, make, match):
+    out = make(tmp_path / "afile")
+    with pytest.raises(LabError, match=match + ".*Choose another --out folder"):
+        ResultsStore.open(out, HEADER)
+
+
+def test_unwritable_folder_is_found_before_any_run(tmp_path, monkeypatch):
+    import pathlib
+
+    real = pathlib.Path.write_bytes
+
+    def refuse(self, data):
+        if self.name.startswith(".sharenorm-write-test"):
+            raise PermissionError(13, "Permission denied")
+        return real(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", refuse)
+    with pytest.raises(LabError, match="is not writable: Permission denied"):
+        ResultsStore.open(tmp_path, HEADER)
+
+
+def test_read_only_results_file_is_found_at_open(tmp_path):
+    import os
+
+    ResultsStore.open(tmp_path, HEADER).close()
+    (tmp_path / "results.jsonl").chmod(0o444)
+    if os.access(tmp_path / "results.jsonl", os.W_OK):
+        pytest.skip("running as root: permissions are not enforced")
+    with pytest.raises(LabError, match="cannot use .*results.jsonl"):
+        ResultsStore.open(tmp_path, HEADER)
+
+
+@pytest.mark.parametrize("cut", [5, 40])
+def test_a_truncated_header_starts_afresh(tmp_path, cut):
+    s = ResultsStore.open(tmp_path, HEADER)
+    s.close()
+    p = tmp_path / "results.jsonl"
+    p.write_bytes(p.read_bytes()[:cut])  # killed while writing the header line
+    again = ResultsStore.open(tmp_path, HEADER)
+    assert again.header == HEADER and again.repaired == 0
+    assert json.loads(p.read_text().splitlines()[0])["kind"] == "header"

@@ -15,7 +15,7 @@ from pathlib import Path
 from sharenorm.lab.claims import DOC_TABLES
 from sharenorm.lab.experiments import all_claims, all_experiments
 from sharenorm.lab.spec import NOT_RUN, UNDECIDABLE, ClaimResult, Text
-from sharenorm.lab.store import ResultsStore
+from sharenorm.lab.store import LabError, ResultsStore
 
 __all__ = ["write_report", "build_blocks", "VERDICT_WORDS"]
 
@@ -290,20 +290,44 @@ def write_report(folder, lang: str = "en") -> Path:
 
     Returns:
         The path of ``report.md``.
+
+    Raises:
+        LabError: no results in ``folder``, or the report cannot be written there (the message
+            names the fix).
     """
+    import tempfile
+
     folder = Path(folder)
     store = ResultsStore.read(folder)
-    blocks = build_blocks(store, folder, lang)
-    md = folder / "report.md"
-    _atomic_write(md, to_markdown(blocks))
-    _atomic_write(folder / "report.html", to_html(blocks, folder, lang))
+    try:
+        tempfile.TemporaryFile(dir=folder).close()  # writable? (before figures are drawn)
+        blocks = build_blocks(store, folder, lang)
+        md = folder / "report.md"
+        _atomic_write(md, to_markdown(blocks))
+        _atomic_write(folder / "report.html", to_html(blocks, folder, lang))
+    except OSError as e:
+        raise LabError(
+            f"cannot write the report in {folder}: {e.strerror or e} ({e.filename or folder}). "
+            f"Make the folder writable, or copy it and report there: cp -r {folder} /tmp/lab "
+            "&& sharenorm report /tmp/lab") from None
     return md
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Write ``text`` to a temporary file of a unique name beside ``path``, then rename it over
+    ``path``: a reader never sees half a report, and two writers never share a temp file."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _finite(x) -> bool:

@@ -11,14 +11,22 @@ Line kinds:
   wall time (the report's "total time").
 
 A killed process can leave a truncated last line; :meth:`ResultsStore.open` detects it, cuts it
-off (only those bytes) and the run is redone. Each line is written with one ``write`` call and
-flushed + fsynced, so a finished run is never lost.
+off (only those bytes) and the run is redone (a file that holds only a truncated header is
+started afresh). Each line is written with one ``write`` call and flushed + fsynced, so a
+finished run is never lost.
+
+One process at a time appends to a folder: :meth:`ResultsStore.open` takes an exclusive
+``fcntl.flock`` on ``DIR/results.lock`` (released by :meth:`ResultsStore.close` or when the
+process ends, however it ends) and a second ``sharenorm lab`` on the same ``--out`` is refused
+with the other process's pid. The folder is checked up front: an ``--out`` that is a file, cannot
+be created or is not writable is a :class:`LabError` that names the fix, before any training.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -29,7 +37,48 @@ LAB_VERSION = "2"
 
 
 class LabError(RuntimeError):
-    """A user-facing lab error (bad arguments, an output folder that cannot be used)."""
+    """A user-facing lab error (bad arguments, an output folder that cannot be used).
+
+    ``exit_code`` is what the ``sharenorm`` command exits with: 2 (bad input), 130
+    (interrupted by Ctrl-C), 143 (terminated by SIGTERM).
+    """
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# folders this process holds the lock of: {resolved path: [fd, open stores]}; a second store
+# of the same folder in the same process shares the lock (the lock is against other processes)
+_LOCKS: dict[str, list[int]] = {}
+
+
+_FIX = "Choose another --out folder (one you can write to), e.g. --out ./lab-results"
+
+
+def prepare_folder(folder: str | os.PathLike, what: str = "--out") -> Path:
+    """Make sure ``folder`` is (or can be created as) a directory this process can write to.
+
+    Raises:
+        LabError: it is a file, cannot be created (missing parent that cannot be made, a file
+            in the path, no permission) or is not writable; the message names the fix.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise LabError(f"{what} {folder} is a file, not a folder. {_FIX}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LabError(f"{what} {folder} cannot be created: {e.strerror or e}. "
+                       f"{_FIX}") from None
+    probe = folder / f".sharenorm-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise LabError(f"{what} {folder} is not writable: {e.strerror or e}. "
+                       f"{_FIX}") from None
+    return folder
 
 
 def run_key(experiment: str, config: dict, seed: int) -> str:
@@ -50,6 +99,7 @@ class ResultsStore:
         self.sessions: list[dict] = []
         self.repaired = 0  # bytes cut from a truncated last line
         self.skipped_lines: list[int] = []
+        self._lock_key: str | None = None
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -58,7 +108,10 @@ class ResultsStore:
         store = cls(folder)
         if not store.path.is_file():
             raise LabError(f"{store.path} does not exist: run `sharenorm lab --out {folder}` first")
-        store._load(repair=False)
+        try:
+            store._load(repair=False)
+        except OSError as e:
+            raise LabError(f"cannot read {store.path}: {e.strerror or e}") from None
         return store
 
     @classmethod
@@ -66,11 +119,33 @@ class ResultsStore:
         """Open (or create) the store for appending under ``header``.
 
         Raises:
-            LabError: the folder holds results of another lab version or configuration.
+            LabError: the folder holds results of another lab version or configuration, is
+                not a writable folder, or another process is writing to it.
         """
-        store = cls(folder)
+        store = cls(prepare_folder(folder))
+        store._lock()
+        try:
+            store._open(header)
+        except OSError as e:
+            store.close()
+            raise LabError(f"cannot use {store.path}: {e.strerror or e}. "
+                           f"{_FIX}") from None
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def _open(self, header: dict) -> None:
+        store = self
         if store.path.is_file() and store.path.stat().st_size > 0:
             store._load(repair=True)
+            if (store.header is None and store.repaired and not store.runs
+                    and not store.sessions and store.path.stat().st_size == 0):
+                # only a header cut short by a killed process: nothing was lost, start afresh
+                store.repaired = 0
+                store.header = dict(header)
+                store._append({"kind": "header", **header})
+                return
             if store.header is None:
                 raise LabError(f"{store.path} has no header line; it was not written by "
                                "`sharenorm lab`. Choose another --out folder.")
@@ -81,11 +156,56 @@ class ResultsStore:
                 raise LabError(
                     f"{store.path} holds results from a different lab configuration ({diff}). "
                     "Results are never mixed: use another --out folder, or delete that one.")
+            with open(store.path, "ab"):  # fail here (not after a training) if not writable
+                pass
         else:
-            store.folder.mkdir(parents=True, exist_ok=True)
             store.header = dict(header)
             store._append({"kind": "header", **header})
-        return store
+
+    # ------------------------------------------------------------------ locking
+    def _lock(self) -> None:
+        import fcntl
+
+        key = str(self.folder.resolve())
+        if key in _LOCKS:
+            _LOCKS[key][1] += 1
+            self._lock_key = key
+            return
+        path = self.folder / "results.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise LabError(f"cannot create {path}: {e.strerror or e}. {_FIX}") \
+                from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                other = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            finally:
+                os.close(fd)
+            raise LabError(
+                f"another sharenorm lab is writing to {self.folder} (pid {other}). Wait for it "
+                "to finish (or stop it), or use another --out folder; two runs into one folder "
+                "would do every run twice.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} ({' '.join(sys.argv)[:150]})\n".encode())
+        _LOCKS[key] = [fd, 1]
+        self._lock_key = key
+
+    def close(self) -> None:
+        """Release this store's hold on the folder lock (the last store of the folder in this
+        process unlocks it). Reading stays possible; appending needs :meth:`open` again."""
+        key, self._lock_key = self._lock_key, None
+        if key is None or key not in _LOCKS:
+            return
+        _LOCKS[key][1] -= 1
+        if _LOCKS[key][1] <= 0:
+            import fcntl
+
+            fd = _LOCKS.pop(key)[0]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     def _load(self, repair: bool) -> None:
         pieces = self.path.read_bytes().splitlines(keepends=True)
@@ -125,10 +245,15 @@ class ResultsStore:
     # ------------------------------------------------------------------ writing
     def _append(self, rec: dict) -> None:
         line = json.dumps(rec, sort_keys=True, allow_nan=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise LabError(f"cannot write {self.path}: {e.strerror or e} (finished runs before "
+                           "this one are saved; free space or fix permissions and rerun to "
+                           "resume)") from None
 
     def add_run(self, rec: dict) -> None:
         """Append one finished run (``kind``/``key`` are filled in)."""
