@@ -208,3 +208,20 @@ def test_parameter_report_matches_real_optimizer_state():
     rows = {r.name: r for r in rep.rows}
     assert rows["decoder.0"].unique == 20 - 12 and rows["decoder.0"].total == 8 * 4 + 8
     assert "saves" in str(rep)
+
+
+def test_soft_tie_penalty_of_a_half_model_does_not_overflow():
+    torch.manual_seed(5)
+    ae = sn.TiedAutoencoder([784, 64], tied=False)
+    with torch.no_grad():
+        ae.decoder[0].weight.normal_()
+        ae.encoder[0].weight.normal_()
+    soft = sn.SoftTie(ae, [("decoder.0.weight", "encoder.0.weight", "transpose")], 1e-3)
+    ref = soft.penalty()  # ~ 100: a sum of 50k squares ~ 2 each, past float16's max 65504
+    ae.half()
+    half = soft.penalty()
+    assert half.dtype == torch.float16 and torch.isfinite(half)
+    torch.testing.assert_close(half.float(), ref, rtol=2e-3, atol=0)
+    assert soft.distances()[0].dtype == torch.float32
+    half.backward()
+    assert ae.decoder[0].weight.grad.dtype == torch.float16

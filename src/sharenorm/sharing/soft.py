@@ -95,17 +95,21 @@ class SoftTie:
         return getattr(module, attr)
 
     def distances(self) -> list[Tensor]:
-        """``‖w_A − T(w_B)‖²`` for each pair (without λ), differentiable."""
+        """``‖w_A − T(w_B)‖²`` for each pair (without λ), differentiable.
+
+        Accumulated in at least float32: for float16/bfloat16 weights the sum of squares easily
+        passes float16's maximum (65504) although λ times it does not.
+        """
         out = []
         for a, b, transform in self.pairs:
             diff = self._get(a, "a") - apply_transform(self._get(b, "b"), transform)
-            out.append(diff.pow(2).sum())
+            out.append(diff.to(torch.promote_types(diff.dtype, torch.float32)).pow(2).sum())
         return out
 
     def penalty(self) -> Tensor:
-        """``strength · Σ ‖w_A − T(w_B)‖²``: add it to the loss."""
-        total = torch.stack(self.distances()).sum()
-        return total * self._strength
+        """``strength · Σ ‖w_A − T(w_B)‖²``: add it to the loss (in the weights' dtype)."""
+        total = torch.stack(self.distances()).sum() * self._strength
+        return total.to(self._get(self.pairs[0][0], "a").dtype)
 
     __call__ = penalty
 
