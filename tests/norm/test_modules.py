@@ -273,6 +273,60 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(compiled(x), m(x))
 
 
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("make", [
+    lambda: sn.BatchNorm2d(3),  # the default configuration, in training
+    lambda: sn.InstanceNorm2d(3, affine=True, track_running_stats=True),
+], ids=["bn", "in_track"])
+def test_torch_compile_fullgraph_training_keeps_the_non_finite_guard(make, backend):
+    # The guard's restore is branch-free while compiling (no host sync): a NaN batch
+    # leaves the running statistics and num_batches_tracked as eager's guard does.
+    torch._dynamo.reset()
+    eager = make()
+    compiled_module = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_module, backend=backend, fullgraph=True)
+    for step in range(3):
+        x = make_input((4, 3, 3, 3)) + step
+        if step == 1:
+            x[0, 0, 0, 0] = float("nan")
+        results = []
+        for f in (eager, compiled):
+            xi = x.clone().requires_grad_(True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                y = f(xi)
+            if f is eager:
+                assert any("not finite" in str(w.message) for w in caught) == (step == 1)
+            y.square().sum().backward()
+            results.append((y.detach(), xi.grad))
+        for got, want in zip(results[1], results[0], strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, equal_nan=True)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(compiled_module, name), getattr(eager, name),
+                                       atol=1e-6, rtol=1e-6)
+    assert int(compiled_module.num_batches_tracked) == 2
+    for p, q in zip(compiled_module.parameters(), eager.parameters(), strict=True):
+        # accumulated over the steps, the NaN one included (channel 0's grads are NaN)
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+def test_torch_compile_memory_efficient_with_graph_breaks():
+    # The memory-efficient path reads a few values on the host (which backward to take):
+    # compiled without fullgraph it breaks the graph there and matches eager.
+    torch._dynamo.reset()
+    eager = sn.BatchNorm2d(3, act="leaky_relu", memory_efficient=True)
+    compiled_module = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_module, backend="eager")
+    x = make_input((4, 3, 3, 3))
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    ys = [eager(xs[0]), compiled(xs[1])]
+    for y in ys:
+        y.square().sum().backward()
+    torch.testing.assert_close(ys[1], ys[0])
+    torch.testing.assert_close(xs[1].grad, xs[0].grad)
+    torch.testing.assert_close(compiled_module.running_var, eager.running_var)
+
+
 NEGATIVE_SLOPE_NORMS = [  # (name, constructor taking act kwargs, input shape)
     ("bn", lambda **kw: sn.BatchNorm2d(3, **kw), (4, 3, 2, 3)),
     ("bn_eval", lambda **kw: sn.BatchNorm2d(3, **kw).eval(), (4, 3, 2, 3)),

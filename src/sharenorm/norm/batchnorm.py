@@ -123,8 +123,12 @@ class _NormBase(nn.Module):
             return self.momentum
         return 1.0 / (float(self.num_batches_tracked) + 1.0)
 
-    def _count_batch(self, updated: bool) -> None:
-        if updated:
+    def _count_batch(self, updated: bool | Tensor) -> None:
+        """Count a batch that reached the running statistics; ``updated`` is a 0-d bool
+        tensor under torch.compile (see :func:`~sharenorm.norm.functional.keep_finite_running_stats`)."""
+        if isinstance(updated, Tensor):
+            self.num_batches_tracked.add_(updated.to(self.num_batches_tracked.dtype))
+        elif updated:
             self.num_batches_tracked.add_(1)
 
     def extra_repr(self) -> str:

@@ -83,10 +83,19 @@ def backup_running_stats(running_mean: Tensor, running_var: Tensor) -> Tensor:
 
 def keep_finite_running_stats(
     running_mean: Tensor, running_var: Tensor, backup: Tensor, op: str
-) -> bool:
+) -> bool | Tensor:
     """After an in-place update: if the new statistics are not finite, restore them from
     ``backup`` and warn. torch.nn leaves them poisoned for good by one NaN batch; here
-    that batch is simply not counted. Returns whether the update was kept."""
+    that batch is simply not counted. Returns whether the update was kept.
+
+    While ``torch.compile`` traces, the same restore runs branch-free (``torch.where``,
+    no host sync, so ``fullgraph=True`` works), without the warning, and the flag is
+    returned as a 0-d bool tensor for :meth:`_NormBase._count_batch` to add."""
+    if torch.compiler.is_compiling():
+        ok = torch.isfinite(running_var).all()
+        running_mean.data.copy_(torch.where(ok, running_mean, backup[0]))
+        running_var.data.copy_(torch.where(ok, running_var, backup[1]))
+        return ok
     # The variance alone tells: a NaN/Inf input or a non-finite batch mean makes
     # (x − μ)² and so σ² NaN, and an overflow makes it Inf. Its sum is finite exactly when
     # every entry is (finite variances summing past 1e38 do not occur): one cheap
