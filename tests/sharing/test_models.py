@@ -225,3 +225,20 @@ def test_soft_tie_penalty_of_a_half_model_does_not_overflow():
     assert soft.distances()[0].dtype == torch.float32
     half.backward()
     assert ae.decoder[0].weight.grad.dtype == torch.float16
+
+
+def test_parameter_report_counts_every_use_of_a_reused_module():
+    lin = nn.Linear(4, 4)
+    model = nn.Sequential(lin, nn.ReLU(), lin)
+    rep = sn.parameter_report(model)
+    assert (rep.unique, rep.total) == (20, 40) and rep.saved_fraction == 0.5
+    assert rep.adam_state_bytes_unshared == 2 * 40 * 4
+    # The same count as torch's identity sharing of two separate modules.
+    other = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    other[2].weight, other[2].bias = other[0].weight, other[0].bias
+    assert sn.parameter_report(other).total == 40
+    # And as a declared tie inside a reused module.
+    pair = sn.tie(
+        nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 4)}), "b.weight", "a.weight"
+    )
+    assert sn.parameter_report(nn.Sequential(pair, pair)).total == 2 * 40

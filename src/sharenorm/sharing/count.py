@@ -81,7 +81,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def _total(module: nn.Module) -> tuple[int, int]:
     """(elements, bytes) as if every use of a parameter were stored separately."""
     numel = nbytes = 0
-    for m in module.modules():  # each module once; a module reused twice counts once
+    # Every use: a module reused in two places counts twice (as two separate copies would).
+    for _, m in module.named_modules(remove_duplicate=False):
         for p in m._parameters.values():
             if p is not None:
                 numel += p.numel()
@@ -175,7 +176,7 @@ def parameter_report(model: nn.Module) -> ParameterReport:
     trainable, trainable_bytes = _unique_numel_bytes(p for p in params if p.requires_grad)
     # As-if-unshared optimizer state counts every trainable use.
     train_total_bytes = 0
-    for m in model.modules():
+    for _, m in model.named_modules(remove_duplicate=False):
         uses = [p for p in m._parameters.values() if p is not None]
         uses += [link.source() for link in (m.__dict__.get(_LINKS) or {}).values()]
         train_total_bytes += sum(
