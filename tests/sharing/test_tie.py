@@ -548,3 +548,12 @@ def test_verify_ties_flags_a_target_pickled_without_its_source():
     lone = pickle.loads(pickle.dumps(model.pair.dec))
     with pytest.raises(sn.TieError, match="copied or unpickled without its tie source"):
         sn.verify_ties(lone)
+
+
+def test_messages_for_untie_of_a_source_and_a_module_used_twice():
+    m = pair_model("transpose")
+    with pytest.raises(ValueError, match=r"'enc.weight' is the source of the tie of 'dec.weight'"):
+        sn.untie(m, "enc.weight")
+    lin = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="already the same tensor"):
+        sn.tie(nn.Sequential(lin, lin), "1.weight", "0.weight")

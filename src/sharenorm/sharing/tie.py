@@ -54,8 +54,11 @@ ignored on load. A parametrized attribute can be a tie's source, not its target.
 
 Limits: a module whose attribute is tied gets a subclass (``type(m) is nn.Linear`` is False,
 ``isinstance`` still holds). ``safetensors.torch.save_model`` cannot write a transposed tie's
-state_dict (it rejects non-contiguous views); use :func:`sharenorm.save`. Optimizers built
-before ``tie`` still hold the target's old tensor: build them after tying.
+state_dict (it rejects non-contiguous views), and ``safetensors.torch.load_model`` into a model
+with a transposed tie fails inside safetensors with "view size is not compatible with input
+tensor's size and stride" (it cannot handle the non-contiguous view either); use
+:func:`sharenorm.save` and :func:`sharenorm.load`. Optimizers built before ``tie`` still hold
+the target's old tensor: build them after tying.
 ``pickle``/``torch.save`` of a tied target module *alone* cannot see the model around it: the
 unpickled module follows a private copy of its source that no model or optimizer holds
 (:func:`verify_ties` says so); deepcopy it instead, or ``untie`` it first.
@@ -666,6 +669,11 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
         raise ValueError(f"cannot tie {target!r} to itself; name two different tensors")
     tmod, tattr = resolve(model, target, "target")
     smod, sattr = resolve(model, source, "source")
+    if tmod is smod and tattr == sattr:
+        raise ValueError(
+            f"{target!r} and {source!r} are already the same tensor (one module used in two "
+            f"places); there is nothing to tie"
+        )
     tlinks = tmod.__dict__.get(_LINKS) or {}
     if tattr in tlinks:
         raise ValueError(
@@ -853,6 +861,18 @@ def untie(model: nn.Module, target: str) -> nn.Module:
         if n != target and _same_storage(t, current)
     ]
     if not shared:
+        targets = [
+            _join(mpath, name)
+            for mpath, m in model.named_modules()
+            for name, link in (m.__dict__.get(_LINKS) or {}).items()
+            if link.module is tmod and link.name == tattr
+        ]
+        if targets:
+            raise ValueError(
+                f"{target!r} is the source of the tie of {', '.join(map(repr, targets))}: it "
+                f"holds the tensor itself; untie the target instead, e.g. "
+                f"sharenorm.untie(model, {targets[0]!r})"
+            )
         raise ValueError(
             f"{target!r} is not tied or shared; sharenorm.ties(model) lists the tie groups"
         )
