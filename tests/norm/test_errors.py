@@ -142,3 +142,22 @@ def test_unknown_activation_suggests():
         sn.BatchNorm2d(3, act="relu", act_param=0.1)
     with pytest.raises(ValueError, match="act is None"):
         SF.group_norm(torch.randn(2, 3, 4), 1, act_param=0.1)
+
+
+def test_numpy_and_index_integers_are_counts_as_in_torch():
+    # torch.nn accepts any integer type (operator.index): numpy ints from a config or an
+    # np.arange of widths; the layer stores a plain int.
+    np = pytest.importorskip("numpy")
+    bn = sn.BatchNorm2d(np.int64(3))
+    assert bn.num_features == 3 and type(bn.num_features) is int
+    assert tuple(bn.running_mean.shape) == (3,)
+    gn = sn.GroupNorm(np.int64(3), np.int32(6))
+    assert (gn.num_groups, gn.num_channels) == (3, 6)
+    assert type(gn.num_groups) is int and type(gn.num_channels) is int
+    assert sn.GroupNorm(num_channels=6, group_size=np.int64(2)).num_groups == 3
+    assert sn.InstanceNorm1d(np.int16(2), affine=True).weight.shape == (2,)
+    assert SF.group_norm(torch.randn(2, 6, 3), np.int64(2)).shape == (2, 6, 3)
+    with pytest.raises(ValueError, match="num_groups must be a positive int"):
+        sn.GroupNorm(np.int64(0), 6)
+    with pytest.raises(ValueError, match="num_features must be a positive int"):
+        sn.BatchNorm2d(np.float64(3.0))

@@ -19,11 +19,9 @@ from sharenorm.norm.activation import check_activation
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 
-def check_num_features(num_features: int, name: str = "num_features") -> None:
-    if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
-        raise ValueError(
-            f"{name} must be a positive int (the channel count C), got {num_features!r}"
-        )
+def check_num_features(num_features: int, name: str = "num_features") -> int:
+    """The channel count C as a plain int (numpy ints accepted, as torch.nn does)."""
+    return SF.as_count(num_features, name, " (the channel count C)")
 
 
 class _NormBase(nn.Module):
@@ -51,7 +49,7 @@ class _NormBase(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        check_num_features(num_features)
+        num_features = check_num_features(num_features)
         SF.check_eps(eps)
         SF.check_momentum(momentum)
         factory = {"device": device, "dtype": dtype}

@@ -18,7 +18,9 @@ Example:
 from __future__ import annotations
 
 import math
+import operator
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,6 +47,19 @@ def check_input(input: Tensor, op: str, min_dim: int = 2) -> None:
             f"{op}: expected an input of shape (N, C, *) with at least {min_dim} dims, "
             f"got shape {tuple(input.shape)}"
         )
+
+
+def as_count(value: Any, name: str, what: str) -> int:
+    """``value`` as a plain positive ``int``: any integer type torch accepts
+    (``operator.index``: numpy ints too), never a bool or a float; else a ValueError
+    that says what the number is (``what``)."""
+    try:
+        n = operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or isinstance(value, bool) or n < 1:
+        raise ValueError(f"{name} must be a positive int{what}, got {value!r}")
+    return n
 
 
 def check_eps(eps: float) -> None:
@@ -516,10 +531,10 @@ def instance_norm(
 # ----------------------------------------------------------------------------- group norm
 
 
-def check_groups(num_channels: int, num_groups: int) -> None:
-    """GroupNorm needs C divisible by G; the error lists the valid G nearest the one asked."""
-    if not isinstance(num_groups, int) or isinstance(num_groups, bool) or num_groups < 1:
-        raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
+def check_groups(num_channels: int, num_groups: int) -> int:
+    """GroupNorm needs C divisible by G; the error lists the valid G nearest the one asked.
+    Returns G as a plain int."""
+    num_groups = as_count(num_groups, "num_groups", "")
     if num_channels % num_groups:
         divisors = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
         near = sorted(divisors, key=lambda g: (abs(g - num_groups), g))[:4]
@@ -528,6 +543,7 @@ def check_groups(num_channels: int, num_groups: int) -> None:
             f"valid group counts near {num_groups}: {', '.join(map(str, sorted(near)))} "
             f"(or pass group_size= with a divisor of {num_channels})"
         )
+    return num_groups
 
 
 def group_norm(
@@ -556,7 +572,7 @@ def group_norm(
     """
     check_input(input, "group_norm")
     c = input.shape[1]
-    check_groups(c, num_groups)
+    num_groups = check_groups(c, num_groups)
     check_per_channel(weight, "weight", c, input)
     check_per_channel(bias, "bias", c, input)
     check_eps(eps)

@@ -68,7 +68,7 @@ class GroupNorm(nn.Module):
         super().__init__()
         if num_channels is None:
             raise ValueError("GroupNorm needs num_channels (C), e.g. GroupNorm(32, 64)")
-        check_num_features(num_channels, "num_channels")
+        num_channels = check_num_features(num_channels, "num_channels")
         num_groups = _resolve_groups(num_groups, num_channels, group_size)
         SF.check_eps(eps)
         self.num_groups = num_groups
@@ -133,8 +133,7 @@ class GroupNorm(nn.Module):
 def _resolve_groups(num_groups: int | None, num_channels: int, group_size: int | None) -> int:
     """G from ``num_groups`` or ``group_size`` (channels per group), checked against C."""
     if group_size is not None:
-        if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1:
-            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+        group_size = SF.as_count(group_size, "group_size", "")
         if num_channels % group_size:
             divisors = [d for d in range(1, num_channels + 1) if num_channels % d == 0]
             raise ValueError(
@@ -150,5 +149,4 @@ def _resolve_groups(num_groups: int | None, num_channels: int, group_size: int |
         return from_size
     if num_groups is None:
         raise ValueError("GroupNorm needs num_groups or group_size, e.g. GroupNorm(32, 64)")
-    SF.check_groups(num_channels, num_groups)
-    return num_groups
+    return SF.check_groups(num_channels, num_groups)
