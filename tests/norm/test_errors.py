@@ -161,3 +161,16 @@ def test_numpy_and_index_integers_are_counts_as_in_torch():
         sn.GroupNorm(np.int64(0), 6)
     with pytest.raises(ValueError, match="num_features must be a positive int"):
         sn.BatchNorm2d(np.float64(3.0))
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+@pytest.mark.parametrize("given", ["running_mean", "running_var"])
+@pytest.mark.parametrize("op", ["batch_norm", "instance_norm"])
+def test_one_running_statistic_without_the_other(op, given, memory_efficient):
+    # torch raises for this; a silently ignored running_mean would never be updated.
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    stats = {"running_mean": torch.zeros(3), "running_var": torch.ones(3)}
+    rm, rv = (stats[k] if k == given else None for k in ("running_mean", "running_var"))
+    fn = getattr(SF, op)
+    with pytest.raises(ValueError, match="running_mean and running_var must both be given"):
+        fn(x, rm, rv, None, None, True, memory_efficient=memory_efficient)

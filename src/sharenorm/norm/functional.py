@@ -90,6 +90,16 @@ def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor)
         raise TypeError(f"{name} has dtype {t.dtype}; it must be a floating dtype")
 
 
+def check_running_pair(running_mean: Tensor | None, running_var: Tensor | None, op: str) -> None:
+    """Both running statistics or neither: one alone would be silently ignored."""
+    if (running_mean is None) != (running_var is None):
+        missing = "running_var" if running_var is None else "running_mean"
+        raise ValueError(
+            f"{op}: running_mean and running_var must both be given or both be None, got "
+            f"no {missing}; pass both to use (and update) running statistics, or neither"
+        )
+
+
 def backup_running_stats(running_mean: Tensor, running_var: Tensor) -> Tensor:
     """A copy of both running statistics (one small op) to restore them from if the
     batch about to update them in place turns out not to be finite."""
@@ -360,6 +370,7 @@ def batch_norm(
         (bias, "bias"),
     ):
         check_per_channel(t, name, c, input)
+    check_running_pair(running_mean, running_var, "batch_norm")
     check_eps(eps)
     check_momentum(momentum, allow_none=False)
     act = check_activation(act, act_param)
@@ -508,6 +519,7 @@ def instance_norm(
         (bias, "bias"),
     ):
         check_per_channel(t, name, c, input)
+    check_running_pair(running_mean, running_var, "instance_norm")
     check_eps(eps)
     check_momentum(momentum, allow_none=False)
     act = check_activation(act, act_param)
