@@ -220,3 +220,10 @@ def test_convert_keeps_memory_efficient_and_backend(kind):
     assert sn.convert_norm(old, kind, memory_efficient=False).model.memory_efficient is False
     assert not sn.convert_norm(sn.GroupNorm(2, 4), kind).model.memory_efficient
     assert isinstance(sn.convert_norm(old, "none").model, nn.Module)  # takes neither
+
+
+def test_activation_repr_shows_a_zero_parameter():
+    assert repr(sn.make_norm("none", 4, act="leaky_relu", act_param=0.0)) == (
+        "Activation(act='leaky_relu', act_param=0.0)"
+    )
+    assert repr(sn.make_norm("none", 4, act="relu")) == "Activation(act='relu')"

@@ -383,3 +383,20 @@ def test_fuse_inplace():
     report = sn.fuse_conv_bn(net, inplace=True)
     assert report.model is net and isinstance(net[1], nn.Identity)
     torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_layer_keeps_its_mode_when_forward_raises():
+    # The hook that runs a frozen layer in eval behaviour restores `training` even when
+    # the call raises (a wrong input), so the layer does not stay in eval for good.
+    bn = sn.BatchNorm2d(3)
+    sn.freeze_norm_stats(bn)
+    bn.train()
+    with pytest.raises(ValueError, match="expected an input with 3 channels"):
+        bn(torch.randn(2, 5, 2, 2))
+    assert bn.training
+    restored = copy.deepcopy(bn)  # the hook survives a copy, and unfreezing removes it
+    with pytest.raises(ValueError):
+        restored(torch.randn(2, 5, 2, 2))
+    assert restored.training
+    sn.unfreeze_norm_stats(restored)
+    assert not restored._forward_hooks and not restored._forward_pre_hooks

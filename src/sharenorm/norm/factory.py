@@ -80,7 +80,8 @@ class Activation(nn.Module):
         return apply_activation(input, self.act, self.act_param)
 
     def extra_repr(self) -> str:
-        return f"act={self.act!r}" + (f", act_param={self.act_param}" if self.act_param else "")
+        param = "" if self.act_param is None else f", act_param={self.act_param}"
+        return f"act={self.act!r}{param}"
 
 
 def canonical_kind(kind: str) -> str:

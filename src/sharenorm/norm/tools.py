@@ -83,7 +83,7 @@ def _frozen_pre_hook(module: nn.Module, args: Any) -> None:
         module.training = False
 
 
-def _frozen_post_hook(module: nn.Module, args: Any, output: Any) -> None:
+def _frozen_post_hook(module: nn.Module, args: Any, output: Any = None) -> None:
     if module.__dict__.pop(_WAS_TRAINING, False):
         module.training = True
 
@@ -94,6 +94,7 @@ def _remove_freeze_hooks(m: nn.Module) -> None:
     for hooks, fn in ((m._forward_pre_hooks, _frozen_pre_hook), (m._forward_hooks, _frozen_post_hook)):
         for key in [k for k, h in hooks.items() if h is fn]:
             del hooks[key]
+            m._forward_hooks_always_called.pop(key, None)
 
 
 def is_norm_stats_frozen(module: nn.Module) -> bool:
@@ -107,7 +108,7 @@ def freeze_norm_stats(model: nn.Module, *, affine: bool = False) -> list[str]:
     survives later ``model.train()`` calls.
 
     Done with a forward pre-hook that runs the layer in eval behaviour for each call (and
-    a post-hook that restores ``training``), so it works for torch.nn layers too, keeps
+    a post-hook that restores ``training``, also when the call raises), so it works for torch.nn layers too, keeps
     the state_dict unchanged, and survives ``deepcopy`` and pickling. Layers without
     running statistics (``track_running_stats=False``, GroupNorm) have nothing to freeze
     to and are left alone. A frozen SyncBatchNorm does no communication.
@@ -135,7 +136,8 @@ def freeze_norm_stats(model: nn.Module, *, affine: bool = False) -> list[str]:
         if not is_norm_stats_frozen(m):
             _remove_freeze_hooks(m)
             m.register_forward_pre_hook(_frozen_pre_hook)
-            m.register_forward_hook(_frozen_post_hook)
+            # always_call: `training` is restored also when the forward raises
+            m.register_forward_hook(_frozen_post_hook, always_call=True)
             m.__dict__[_FROZEN] = True
         if affine:
             for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
