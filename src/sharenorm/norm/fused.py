@@ -50,6 +50,19 @@ only the inversion's network-level sharing with the next layer is lost. The forw
 never changed (InPlace-ABN instead replaces γ by |γ| + ε, which changes the model).
 The γ/β check reads C values (a host sync on GPUs).
 
+Limits of this mode (use the plain path where they matter):
+
+* the backward is ``once_differentiable``: no double backward (``create_graph=True``,
+  gradient penalties);
+* where the output is the saved tensor (the invert path), modifying it in place later
+  (``y.add_(1)``, an in-place op of the next layer) makes backward raise autograd's
+  "modified by an inplace operation" error;
+* under ``torch.compile`` the choice of backward reads values on the host (``bool()``
+  in :func:`_affine_invertible` and :func:`_elu_unsaturated`), so on the CPU path
+  ``memory_efficient=True`` breaks the graph there and ``fullgraph=True`` fails (the
+  plain path compiles to one graph);
+* ``torch.jit.script`` does not compile it (nor sharenorm's plain layers).
+
 Example:
     >>> import torch
     >>> from sharenorm.norm import fused
