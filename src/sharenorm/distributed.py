@@ -43,6 +43,7 @@ __all__ = [
     "is_distributed",
     "require_initialized",
     "ddp",
+    "die_with_parent",
 ]
 
 
@@ -125,6 +126,46 @@ def ddp(model: nn.Module, **kwargs: Any) -> nn.Module:
 # ----------------------------------------------------------------------------- launch
 
 
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Make this (child) process end when its parent process dies, however the parent dies.
+
+    A parent killed by SIGKILL or SIGTERM runs no clean-up, so without this its children
+    (the lab's pool workers, :func:`launch`'s ranks) would run on, orphaned, forever. On Linux
+    the kernel sends this process SIGTERM when the parent dies (``prctl(PR_SET_PDEATHSIG)``);
+    elsewhere a daemon thread checks ``os.getppid()`` every second and exits.
+
+    Args:
+        parent_pid: the pid of the parent to watch; default: the multiprocessing parent, else
+            ``os.getppid()``. If it is already gone, this process exits at once.
+    """
+    import signal
+    import sys
+    import threading
+
+    if parent_pid is None:
+        parent = mp.parent_process()
+        parent_pid = parent.pid if parent is not None and parent.pid else os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+                if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def _to_bytes(obj: Any) -> bytes:
     # torch.save pickles tensors by value: nothing shared between processes that could
     # vanish when the sender exits.
@@ -157,6 +198,9 @@ def _entry(
         results.join_thread()
 
     try:
+        # A rank must not outlive the process that launched it (killed by a signal, that
+        # process runs no clean-up): it would block in a collective, orphaned, forever.
+        die_with_parent()
         # One thread per process: the processes share the machine's cores.
         torch.set_num_threads(1)
         dist.init_process_group(

@@ -3,6 +3,12 @@
 Every run executes with ``torch.set_num_threads(1)``: the small models of the lab gain little
 from intra-op threads, results then do not depend on ``--jobs`` (the same line for the same
 seed whatever the parallelism), and ``--jobs J`` uses J cores with J processes.
+
+Stopping: Ctrl-C (SIGINT) and SIGTERM to the main process both stop the lab cleanly — the
+finished runs are kept, the runs in flight are dropped (redone on resume), the session is
+recorded as interrupted, and :class:`LabError` carries exit code 130 (Ctrl-C) or 143 (SIGTERM).
+The pool workers, and the processes they launch (N9's gloo ranks), end when their parent
+dies, even when it is killed without any clean-up (:func:`sharenorm.distributed.die_with_parent`).
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -55,20 +63,37 @@ def execute(experiment: str, config: dict, seed: int, quick: bool,
     torch.set_num_threads(1)
     try:
         exp = get_experiment(experiment)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
         metrics, timing = exp.run(config, seed, RunContext(quick=quick, data_path=data_path))
         # wall time and this process's CPU time: on a CPU shared with other work the wall time
-        # grows with the load, the CPU time (one thread) much less
+        # grows with the load, the CPU time (one thread) much less. Processes the run started
+        # and waited for (N9's gloo ranks) are counted separately.
         timing = dict(timing, run_s=round(time.perf_counter() - t0, 4),
-                      cpu_s=round(time.process_time() - c0, 4))
+                      cpu_s=round(time.process_time() - c0, 4),
+                      cpu_children_s=round(_children_cpu() - k0, 4))
         return metrics, timing
     finally:
         torch.set_num_threads(threads)
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished, waited-for child processes."""
+    try:
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+    except (ImportError, OSError):
+        return 0.0
+
+
 def _init_worker() -> None:
-    import signal
     import warnings
+
+    from sharenorm.distributed import die_with_parent
+
+    # a worker must not outlive the lab: a main process killed by a signal runs no clean-up
+    die_with_parent()
 
     # Ctrl-C reaches the whole process group: let the main process handle it (it stores what
     # finished and terminates the workers) instead of every worker printing a traceback.
@@ -97,21 +122,58 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(), "gpu": torch.cuda.get_device_name(0)
         if torch.cuda.is_available() else "none (CPU only)", "threads_per_run": 1,
     }
-    for mod in ("sklearn", "mnist1d", "matplotlib", "scipy"):
+    from importlib import metadata
+
+    for mod, dist in (("sklearn", "scikit-learn"), ("mnist1d", "mnist1d"),
+                      ("matplotlib", "matplotlib"), ("scipy", "scipy")):
         try:
-            env[mod] = getattr(__import__(mod), "__version__", "installed")
-        except ImportError:
-            env[mod] = "missing"
+            env[mod] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            try:
+                env[mod] = getattr(__import__(mod), "__version__", "installed")
+            except ImportError:
+                env[mod] = "missing"
     import sharenorm
 
     env["sharenorm"] = sharenorm.__version__
+    env["git_commit"] = git_commit()
     return env
+
+
+def git_commit() -> str | None:
+    """The git commit of the sharenorm source that runs (``+dirty`` with uncommitted changes),
+    or None when it is not a git checkout (an installed wheel) or git is missing."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "-uno", "--",
+                                str(here.parent)], capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same clean stop as Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
 
 
 def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int = 1,
             data: str | None = None, out: str | os.PathLike = "lab-results", lang: str = "en",
-            progress: bool = True, report: bool = True, echo=print) -> Path | None:
+            progress: bool = True, report: bool = True, echo=print,
+            command: str | None = None) -> Path | None:
     """Run (or resume) the lab and write the report; returns the report's path.
+
+    ``command`` (the command line, recorded in the session for the report) defaults to
+    ``run_lab(...)`` with the arguments.
 
     Raises:
         LabError: bad arguments or an output folder holding another lab's results.
@@ -138,7 +200,20 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
             echo("note: none of the chosen experiments uses --data; they run on their defaults")
     header = {"lab_version": LAB_VERSION, "profile": "quick" if quick else "full",
               "data": data_id}
+    if command is None:
+        command = (f"run_lab({list(names)!r}, quick={quick}, seeds={seeds}, jobs={jobs}, "
+                   f"data={data!r}, out={str(out)!r}, lang={lang!r})")
     store = ResultsStore.open(out, header)
+    try:
+        return _run_opened(store, names, exps, quick=quick, seeds=seeds, jobs=jobs, data=data,
+                           out=out, lang=lang, progress=progress, report=report, echo=echo,
+                           command=command)
+    finally:
+        store.close()
+
+
+def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, progress, report,
+                echo, command) -> Path | None:
     if store.repaired:
         echo(f"note: {store.path} ended in a truncated line ({store.repaired} bytes, from an "
              "interrupted run); it was removed and that run is redone")
@@ -171,6 +246,22 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
                      time.perf_counter() - exp_t0.get(task.experiment, t_start), bar.write)
 
     data_arg = str(data) if data is not None else None
+    n_before = len(store.runs)
+
+    def session(status: str) -> dict:
+        # provenance: what ran, how, with which versions; one line per invocation, also for
+        # an interrupted one, so results from different versions are visible in the report
+        return {"started": started, "finished": _now(), "status": status,
+                "wall_s": round(time.perf_counter() - t_start, 2), "jobs": jobs,
+                "seeds": seeds, "names": list(names), "runs_done": len(store.runs) - n_before,
+                "command": command,
+                "flags": {"quick": quick, "seeds": seeds, "jobs": jobs, "data": data_arg,
+                          "lang": lang, "names": list(names)},
+                "load": [round(load0, 2), round(os.getloadavg()[0], 2)]
+                if load0 is not None else None, "env": environment()}
+
+    on_main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     try:
         if jobs == 1 or len(todo) <= 1:
             for t in todo:
@@ -178,20 +269,28 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
                 finished(t, *execute(t.experiment, t.config, t.seed, quick, data_arg))
         else:
             _run_parallel(todo, jobs, quick, data_arg, finished, exp_t0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         bar.close()
-        raise LabError(f"interrupted: {len(store.runs)} finished runs are saved in {store.path}; "
-                       "run the same command again to resume") from None
+        term = isinstance(e, _Terminated)
+        if on_main:  # a second signal now would cut the session line short: ignore it
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            store.add_session(session("terminated (SIGTERM)" if term else "interrupted (Ctrl-C)"))
+        except LabError:
+            pass
+        raise LabError(f"{'terminated (SIGTERM)' if term else 'interrupted'}: "
+                       f"{len(store.runs)} finished runs are saved in {store.path}; "
+                       "run the same command again to resume",
+                       exit_code=143 if term else 130) from None
     finally:
         bar.close()
+        if on_main:
+            signal.signal(signal.SIGTERM, old_term if old_term is not None else signal.SIG_DFL)
     for e in runnable:  # experiments that had nothing left to run still get their line
         if e.id not in remaining:
             _summary(e, store, figdir, lang, 0.0, echo)
     wall = time.perf_counter() - t_start
-    store.add_session({"started": started, "wall_s": round(wall, 2), "jobs": jobs,
-                       "seeds": seeds, "names": list(names), "runs_done": len(todo),
-                       "load": [round(load0, 2), round(os.getloadavg()[0], 2)]
-                       if load0 is not None else None, "env": environment()})
+    store.add_session(session("complete"))
     echo(f"lab: {len(todo)} runs in {wall:.1f} s (jobs={jobs}); results in {store.path}")
     if not report:
         return None
@@ -200,6 +299,10 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
     path = write_report(out, lang=lang)
     echo(f"report: {path} and {path.with_suffix('.html')}")
     return path
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 _ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

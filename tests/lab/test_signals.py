@@ -1,0 +1,109 @@
+"""Stopping the lab with SIGTERM or Ctrl-C: a clean exit code, results kept, no orphans.
+
+A real ``sharenorm lab`` process with a slow plug-in experiment whose runs start a
+:func:`sharenorm.distributed.launch` rank (like N9), stopped while its runs are in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="checks processes in /proc")
+
+SLOW = '''
+import os, time
+from pathlib import Path
+from sharenorm.lab.spec import SUPPORTED, ClaimResult, Experiment, Text
+
+MARKS = Path(os.environ["SLOWEXP_MARKS"])
+
+
+def _rank(rank, world, seed):
+    (MARKS / f"rank-{seed}-{os.getpid()}").write_text("")
+    time.sleep(600)
+
+
+def run(cfg, seed, ctx):
+    from sharenorm import distributed as snd
+
+    if cfg["x"] == 0:
+        return {"v": 0}, {}  # one quick run that finishes before the signal
+    (MARKS / f"worker-{seed}-{os.getpid()}").write_text("")
+    snd.launch(_rank, 1, seed, timeout=600)
+    return {"v": 1}, {}
+
+
+EXPERIMENT = Experiment(
+    id="slowexp", claims=("X9",), title=Text("slow"), protocol=Text("sleeps"),
+    configs=lambda quick: [{"x": 0}, {"x": 1}, {"x": 2}], run=run,
+    analyze=lambda runs, figdir, lang: [ClaimResult("X9", SUPPORTED, "ok")], seeded=False)
+'''
+
+SCRIPT = '''
+import sys
+sys.path.insert(0, {here!r})
+from sharenorm.lab import experiments
+experiments.EXPERIMENT_MODULES.append("labslow.slowexp")  # also in spawned children
+if __name__ == "__main__":
+    from sharenorm.cli import main
+    sys.exit(main(["lab", "slowexp", "--quick", "--no-progress", "--jobs", sys.argv[1],
+                   "--out", sys.argv[2]]))
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait(cond, timeout):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return cond()
+
+
+@pytest.mark.parametrize("sig, jobs, code, word", [
+    (signal.SIGTERM, "2", 143, "terminated (SIGTERM)"),  # pool workers + their ranks
+    (signal.SIGINT, "1", 130, "interrupted"),            # the rank of a run in the main process
+])
+def test_signal_stops_cleanly_and_leaves_no_process(tmp_path, sig, jobs, code, word):
+    (tmp_path / "labslow").mkdir()
+    (tmp_path / "labslow" / "slowexp.py").write_text(SLOW)
+    (tmp_path / "script.py").write_text(SCRIPT.format(here=str(tmp_path)))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    out = tmp_path / "out"
+    env = dict(os.environ, SLOWEXP_MARKS=str(marks))
+    p = subprocess.Popen([sys.executable, str(tmp_path / "script.py"), jobs, str(out)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait(lambda: any(m.name.startswith("rank-") for m in marks.iterdir()), 120), \
+            "the slow run never started its rank"
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == code, err
+    assert word in err and "finished runs are saved" in err and "Traceback" not in err
+    pids = [int(m.name.rsplit("-", 1)[1]) for m in marks.iterdir()]
+    pids = [q for q in pids if q != p.pid]
+    assert _wait(lambda: not any(_alive(q) for q in pids), 20), \
+        f"orphaned processes still alive: {[q for q in pids if _alive(q)]}"
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["config"] for r in lines if r["kind"] == "run"] == [{"x": 0}]  # kept
+    assert lines[-1]["kind"] == "session" and lines[-1]["status"].startswith(word.split()[0])
