@@ -17,6 +17,16 @@ def _lab(tmp_path, *extra):
     return main(["lab", "--out", str(tmp_path), "--jobs", "1", "--no-progress", *extra])
 
 
+def test_help_lists_every_claim_and_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["lab", "--help"])
+    out = capsys.readouterr().out
+    assert "N1..N9" in out and "143" in out and "130" in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+
+
 def test_list(capsys):
     assert main(["lab", "--list"]) == 0
     out = capsys.readouterr().out
@@ -35,6 +45,9 @@ def test_end_to_end_subset_then_report(tmp_path, capsys):
     assert "[N5] batch_dependence done" in out and "[S1] sharing_cost done" in out
     md = (tmp_path / "report.md").read_text()
     assert "## N5" in md and "## S1" in md and "✅ supported" in md
+    # provenance: the command line, its status, versions per session
+    assert "`sharenorm lab --out " in md and "| complete |" in md
+    assert "| mnist1d | installed |" not in md
     before = (tmp_path / "results.jsonl").read_bytes()
     (tmp_path / "report.md").unlink()
     assert main(["report", str(tmp_path), "--lang", "hi"]) == 0

@@ -7,14 +7,25 @@
 
 ``lab`` runs (or resumes) the experiments that measure the claims of the two seed documents
 and writes ``DIR/report.md`` + ``DIR/report.html``; ``report`` rebuilds the report from
-``DIR/results.jsonl`` alone. Exit codes: 0 success, 2 bad arguments or data, 130 interrupted.
+``DIR/results.jsonl`` alone. Exit codes: see ``EXIT_CODES``. ``--seeds 1`` runs but warns:
+criteria that compare 95% intervals are then reported "not decidable (n=1)".
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+
+DESCRIPTION = ("sharenorm: normalization layers, parameter sharing/tying, and a lab that\n"
+               "measures the claims of two documents about them.")
+EXIT_CODES = """exit codes:
+  0    success
+  1    an unexpected error (a bug: please report the traceback)
+  2    bad arguments or data, or an --out / report folder that cannot be used
+  130  interrupted by Ctrl-C (finished runs are saved; rerun the same command to resume)
+  143  terminated by SIGTERM (finished runs are saved; rerun the same command to resume)"""
 
 
 def _positive_int(name: str):
@@ -30,18 +41,23 @@ def _positive_int(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sharenorm", description=__doc__.split("\n\n")[0])
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="sharenorm", description=DESCRIPTION,
+                                     epilog=EXIT_CODES, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="a short demonstration of the norm layers")
-    lab = sub.add_parser("lab", help="measure the documents' claims and write a report")
+    lab = sub.add_parser("lab", help="measure the documents' claims and write a report",
+                         description="Run (or resume) the lab and write DIR/report.md and "
+                                     "DIR/report.html.", epilog=EXIT_CODES, formatter_class=fmt)
     lab.add_argument("ids", nargs="*", metavar="ID",
-                     help="claims (N1..N8, S1..S4, T1..T3) or experiment names; default: all")
+                     help=f"claims ({_claim_ids()}) or experiment names; default: all")
     lab.add_argument("--list", action="store_true", help="list claims and experiments, then exit")
     lab.add_argument("--quick", action="store_true",
                      help="a small version of everything, 2 seeds unless --seeds is given "
                           "(about a minute on 2 cores)")
     lab.add_argument("--seeds", type=_positive_int("--seeds"), default=None,
-                     help="seeds per configuration (default 3; 2 with --quick)")
+                     help="seeds per configuration (default 3; 2 with --quick); 1 runs but "
+                          "criteria comparing 95%% intervals are then 'not decidable'")
     lab.add_argument("--jobs", type=_positive_int("--jobs"), default=min(os.cpu_count() or 1, 2),
                      help="parallel training processes (default: min(CPU cores, 2))")
     lab.add_argument("--data", metavar="PATH", help="your dataset instead of the embedded one "
@@ -51,10 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--lang", choices=("en", "hi"), default="en",
                      help="report language (hi: Hindi with English technical terms)")
     lab.add_argument("--no-progress", action="store_true", help="no progress bar")
-    rep = sub.add_parser("report", help="rebuild the report from DIR/results.jsonl")
+    rep = sub.add_parser("report", help="rebuild the report from DIR/results.jsonl",
+                         epilog=EXIT_CODES, formatter_class=fmt)
     rep.add_argument("dir", metavar="DIR")
     rep.add_argument("--lang", choices=("en", "hi"), default="en")
     return parser
+
+
+def _claim_ids() -> str:
+    """The claim ids of the registry, grouped: "N1..N9, S1..S4, T1..T3" (plus any others)."""
+    try:
+        from sharenorm.lab.experiments import all_claims
+
+        ids = list(all_claims())
+    except Exception:  # noqa: BLE001 - --help must work even if an experiment cannot import
+        return "N1.., S1.., T1.."
+    groups: dict[str, list[int]] = {}
+    other = []
+    for c in ids:
+        if c[:1].isalpha() and c[1:].isdigit():
+            groups.setdefault(c[0], []).append(int(c[1:]))
+        else:
+            other.append(c)
+    parts = [f"{k}{min(v)}..{k}{max(v)}" if len(v) > 1 else f"{k}{v[0]}"
+             for k, v in groups.items()]
+    return ", ".join(parts + other)
 
 
 def _list() -> None:
@@ -75,6 +112,7 @@ def _list() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    command = shlex.join(["sharenorm", *(sys.argv[1:] if argv is None else argv)])
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         import torch
@@ -104,15 +142,16 @@ def main(argv: list[str] | None = None) -> int:
 
         seeds = args.seeds if args.seeds is not None else (2 if args.quick else 3)
         run_lab(args.ids, quick=args.quick, seeds=seeds, jobs=args.jobs, data=args.data,
-                out=args.out, lang=args.lang, progress=not args.no_progress)
+                out=args.out, lang=args.lang, progress=not args.no_progress, command=command)
         return 0
     except KeyboardInterrupt:
         print("sharenorm: interrupted; finished runs are saved, run the same command to resume",
               file=sys.stderr)
         return 130
     except (LabError, DataError) as e:
-        print(f"sharenorm: error: {e}", file=sys.stderr)
-        return 130 if str(e).startswith("interrupted") else 2
+        code = getattr(e, "exit_code", 2)
+        print(f"sharenorm: {'error: ' if code == 2 else ''}{e}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

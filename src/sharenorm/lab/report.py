@@ -77,7 +77,17 @@ L = {
     "total": Text("Total lab time (wall clock, all sessions)", "कुल lab समय (wall clock, सभी sessions)"),
     "cpu_time": Text("Sum of run wall times (one core each)",
                      "Run wall times का योग (हर run एक core पर)"),
-    "cpu_sum": Text("Sum of run CPU times", "Run CPU times का योग"),
+    "cpu_sum": Text("Sum of run CPU times (the run's own process)",
+                    "Run CPU times का योग (run का अपना process)"),
+    "cpu_children": Text("CPU time of processes the runs started (N9's gloo ranks)",
+                         "Runs के शुरू किए processes का CPU time (N9 के gloo ranks)"),
+    "sessions": Text("Sessions (one per `sharenorm lab` invocation)",
+                     "Sessions (हर `sharenorm lab` invocation का एक)"),
+    "mixed_versions": Text(
+        "**Note:** the results in this folder come from sessions with different versions "
+        "({what}); numbers of different versions may not be comparable.",
+        "**ध्यान दें:** इस folder के results अलग versions वाले sessions से हैं ({what}); अलग versions "
+        "के numbers तुलनीय न भी हों।"),
     "feature": Text("feature", "विशेषता"),
     "source": Text("source", "source"), "setting": Text("setting", "setting"),
     "theirs": Text("published", "published"), "ours": Text("ours", "हमारा"),
@@ -202,7 +212,24 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
     total = sum(s.get("wall_s", 0) for s in store.sessions)
     run_s = sum(r.get("time", {}).get("run_s", 0) for r in store.runs.values())
     cpu_s = sum(r.get("time", {}).get("cpu_s", 0) for r in store.runs.values())
+    kids_s = sum(r.get("time", {}).get("cpu_children_s", 0) for r in store.runs.values())
     env = store.sessions[-1].get("env", {}) if store.sessions else {}
+    if store.sessions:
+        B.append(("p", f"**{_t('sessions', lang)}**"))
+        srows = []
+        for i, s in enumerate(store.sessions, 1):
+            e = s.get("env", {})
+            srows.append([str(i), str(s.get("started", "?")), str(s.get("status", "complete")),
+                          f"`{s['command']}`" if s.get("command") else "—",
+                          str(e.get("git_commit") or "—"), str(e.get("sharenorm", "?")),
+                          str(e.get("torch", "?")), str(e.get("python", "?")),
+                          str(s.get("runs_done", "?")), f"{s.get('wall_s', 0):.1f} s"])
+        B.append(("table", ["#", "started (UTC)", "status", "command", "git commit", "sharenorm",
+                            "torch", "python", "runs done", "wall"], srows))
+        differ = [k for k in ("sharenorm", "torch", "python", "git_commit")
+                  if len({str(s.get("env", {}).get(k)) for s in store.sessions}) > 1]
+        if differ:
+            B.append(("p", _t("mixed_versions", lang, what=", ".join(differ))))
     rows = [[k, str(v)] for k, v in env.items()]
     rows += [[_t("total", lang), f"{total:.1f} s ({len(store.sessions)} session(s), jobs "
               f"{', '.join(str(s.get('jobs')) for s in store.sessions)})"],
@@ -211,6 +238,8 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
         rows.append([_t("cpu_sum", lang), f"{cpu_s:.1f} s (÷ {env.get('cpu_count', '?')} cores "
                      f"≈ {cpu_s / max(env.get('cpu_count') or 1, 1):.0f} s wall on an idle "
                      "machine, plus start-up and report)"])
+    if kids_s:
+        rows.append([_t("cpu_children", lang), f"{kids_s:.1f} s (not in the sum above)"])
     loads = [s.get("load") for s in store.sessions if s.get("load")]
     if loads:
         rows.append([_t("load", lang), "; ".join(f"{a:.1f} → {b:.1f}" for a, b in loads)])
