@@ -254,3 +254,16 @@ def test_corrupt_image_names_the_file(tmp_path):
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match="broken.png: not a readable image"):
         load_path(tmp_path)
+
+
+def test_mnist1d_is_standardized_with_training_statistics_only():
+    from sharenorm.data import load_mnist1d
+
+    ds = load_mnist1d()
+    assert abs(ds.x_train.mean().item()) < 1e-5 and abs(ds.x_train.std().item() - 1) < 1e-3
+    # the test split uses the train split's scalars: not itself centred exactly
+    from sharenorm.data.embedded import _mnist1d_arrays
+
+    x, _, xt, _, _ = _mnist1d_arrays(False, 42, 5000)
+    expected = (xt - x.mean()) / x.std()
+    assert abs(ds.x_test - torch.as_tensor(expected, dtype=ds.x_test.dtype)[:, None]).max() < 1e-5

@@ -33,7 +33,7 @@ from pathlib import Path
 __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 
 # Bump when an experiment's protocol or metrics change: old results then no longer mix in.
-LAB_VERSION = "2"
+LAB_VERSION = "3"  # 3: mnist1d standardized with train statistics; S2 records n_train
 
 
 class LabError(RuntimeError):
