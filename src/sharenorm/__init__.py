@@ -23,6 +23,7 @@ from sharenorm.norm import (
     InstanceNorm1d,
     InstanceNorm2d,
     InstanceNorm3d,
+    NormTracer,
     SyncBatchNorm,
     convert_norm,
     convert_sync_batchnorm,
@@ -82,6 +83,7 @@ __all__ = [
     "recalibrate_norm_stats",
     "fuse_conv_bn",
     "FuseReport",
+    "NormTracer",
     # sharing and tying
     "tie",
     "untie",
