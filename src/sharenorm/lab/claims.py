@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sharenorm.lab.spec import Text
 
-__all__ = ["Claim", "CLAIMS", "DOC_TABLES"]
+__all__ = ["Claim", "CLAIMS", "DOC_TABLES", "QUOTES", "NOT_MEASURED"]
 
 NORM_DOC = "002_55d750c0bea196b9.txt (Batch/Instance/Group Normalization)"
 SHARE_DOC = "000_78c0d9a83b2a75cc.txt (Parameter Sharing and Tying)"
@@ -22,9 +22,15 @@ SHARE_DOC = "000_78c0d9a83b2a75cc.txt (Parameter Sharing and Tying)"
 class Claim:
     id: str
     doc: str
-    statement_hi: str  # the document's words
+    statement_hi: str  # the document's words (short label; a table row in its own words)
     statement_en: str  # translation
     criterion: Text
+
+    @property
+    def quote(self) -> tuple[str, ...]:
+        """The document's sentences or table rows, verbatim, that the claim stands for (what
+        the report quotes under "What the document says")."""
+        return QUOTES.get(self.id, (self.statement_hi,))
 
 
 def _c(id, doc, hi, en, crit_en, crit_hi):
@@ -71,7 +77,11 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
        "Dependence on the batch: BN yes, IN no, GN no.",
        "In training mode, change of one sample's output when the other samples of its batch are "
        "replaced (max |Δ| relative to max |y|): supported if BN's is > 1e-3 and IN's, GN's and "
-       "LN's are ≤ 1e-6 in every seed; not supported otherwise.",
+       "LN's are ≤ 1e-6 in every seed; not supported otherwise. The row \"Normalization किस पर "
+       "लागू होता है?\": one element of the norm layer's input is changed; a cell is supported if "
+       "what changes with it is what the cell names, in every seed: other samples for Batch; "
+       "nothing else for Single Instance; exactly the other channels of its group for Group of "
+       "Channels.",
        "Training mode में, batch के बाकी samples बदलने पर एक sample के output का बदलाव (max |Δ| / "
        "max |y|): supported अगर BN का > 1e-3 और IN, GN, LN का हर seed में ≤ 1e-6 हो; वरना not "
        "supported।"),
@@ -80,12 +90,15 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
        "Same epochs at every batch size, linearly scaled learning rate. Supported if (a) BN loses "
        "≥ 5 points of test accuracy from batch 32 to batch 2 and (b) GN at batch 2 beats BN at "
        "batch 2 by ≥ 5 points with non-overlapping 95% intervals; mixed if one of (a), (b) "
-       "holds; not supported if neither. IN and GN \"stay high\" if they lose ≤ 2 points from 32 "
-       "to 2.",
+       "holds; not supported if neither. IN and GN \"stay high\" (the table's cells) if they lose "
+       "≤ 2 points from 32 to 2 and reach ≥ 50% test accuracy at batch 2 (5× chance on mnist1d's "
+       "10 classes: a norm that learned nothing at either size must not count as high).",
        "हर batch size पर उतने ही epochs, learning rate linearly scaled। Supported अगर (a) BN की test "
        "accuracy batch 32 से batch 2 तक ≥ 5 points गिरे और (b) batch 2 पर GN, BN से ≥ 5 points आगे "
        "हो और 95% intervals overlap न करें; mixed अगर (a), (b) में से एक हो; दोनों न हों तो not "
-       "supported। IN और GN \"high रहते हैं\" अगर 32 से 2 तक ≤ 2 points गिरें।"),
+       "supported। IN और GN \"high रहते हैं\" (table के cells) अगर 32 से 2 तक ≤ 2 points गिरें और "
+       "batch 2 पर ≥ 50% test accuracy हो (mnist1d की 10 classes पर chance का 5×: जो norm किसी भी "
+       "size पर कुछ न सीखे वह high नहीं गिना जाए)।"),
     _c("N7", NORM_DOC, "Style Transfer में उपयोगी होता है। (Style Transfer में उपयोग: BN No, IN Yes, GN No)",
        "IN is useful for style transfer (used for style transfer: BN no, IN yes, GN no).",
        "Supported if (a) IN features change by ≤ 1e-2 (relative; ε = 1e-5 leaves a residual) when an image's contrast is "
@@ -129,8 +142,10 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
        "ज़्यादा हो (95% intervals overlap न करें), और spatially shuffled mnist1d पर CNN की MLP पर "
        "बढ़त घटे (फ़ायदा translation structure से आता है); केवल पहला भाग हो तो mixed; वरना not "
        "supported।"),
-    _c("S4", SHARE_DOC, "RNNs में Weights को Time Steps पर Share किया जाता है (CNN और RNNs में उपयोग)।",
-       "RNN weights shared across time steps (sharing is used in CNNs and RNNs).",
+    _c("S4", SHARE_DOC, "ये तकनीकें विशेष रूप से Convolutional Neural Networks (CNNs) और Recurrent "
+       "Neural Networks (RNNs) में उपयोग की जाती हैं।",
+       "These techniques are used especially in CNNs and RNNs (in an RNN, sharing means one set "
+       "of weights at every time step: the lab's reading; the document does not spell it out).",
        "Supported if the RNN with weights shared across time has ≥ 5× fewer parameters than "
        "the one with separate weights per step and a test accuracy at least as high (mean "
        "higher, or the 95% intervals overlap); mixed if only the parameter part holds.",
@@ -149,11 +164,17 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
        "model's test reconstruction error is lower than the untied one's with non-overlapping "
        "95% intervals and its train–test gap is smaller; mixed if one holds. Soft tying "
        "interpolates if the distance ‖W_dec − W_encᵀ‖ falls monotonically with the strength "
-       "and the strongest setting's test error is closer to tied than to untied.",
+       "and the strongest setting's test error is closer to tied than to untied. The table cells "
+       "\"Model की Symmetry को बनाए रखता है\" and \"Weights को समान मान रखने के लिए बाध्य करना\" are "
+       "judged by symmetry itself: supported if after training ‖W_dec − W_encᵀ‖ is exactly 0 for "
+       "the tied model in every seed and > 0 for the untied one.",
        "छोटे training sets पर autoencoders। Supported अगर सबसे छोटे training set पर tied model की "
        "test reconstruction error untied से कम हो (95% intervals overlap न करें) और train–test gap "
        "छोटा हो; एक शर्त हो तो mixed। Soft tying interpolate करता है अगर ‖W_dec − W_encᵀ‖ strength "
-       "के साथ लगातार घटे और सबसे strong setting की test error untied की तुलना में tied के ज़्यादा करीब हो।"),
+       "के साथ लगातार घटे और सबसे strong setting की test error untied की तुलना में tied के ज़्यादा करीब हो। "
+       "Table cells \"Model की Symmetry को बनाए रखता है\" और \"Weights को समान मान रखने के लिए बाध्य "
+       "करना\" symmetry से ही जाँचे जाते हैं: supported अगर training के बाद tied model का ‖W_dec − "
+       "W_encᵀ‖ हर seed में ठीक 0 हो और untied का > 0।"),
     _c("T3", SHARE_DOC, "Memory Utilization: Parameter Sharing — High Efficiency, Parameter Tying "
        "— Medium Efficiency", "Memory utilization: sharing high efficiency, tying medium.",
        "Supported if the measured parameter+Adam memory reduction factor of sharing (locally "
@@ -163,6 +184,49 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
        "factor, tying (untied → tied autoencoder) के factor से बड़ा हो; वरना not supported।"),
 ]}
 
+# The document's own words behind each claim, verbatim (sentences, or table rows as written),
+# quoted by the report; tests check each against the seed texts.
+QUOTES: dict[str, tuple[str, ...]] = {
+    "N5": ("Batch Size पर निर्भरता | Yes | No | No", "Batch Size पर निर्भर नहीं करता।"),
+    "N6": ("Small Batch Sizes पर कार्यक्षमता | कम | उच्च | उच्च",
+           "Small Batch Size के लिए बेहतर कार्य करता है।"),
+    "N7": ("Style Transfer में उपयोगी होता है।", "Style Transfer में उपयोग | No | Yes | No"),
+    "N8": ("Deep Neural Networks के लिए अधिक स्थिर।",),
+    "S1": ("Model की Complexity कम होती है।", "Memory Efficient होता है।"),
+    "S3": ("Generalization क्षमता बढ़ती है।",
+           "Regularization Effect | Overfitting को कम करता है | Model की Symmetry को बनाए रखता है"),
+    "S4": ("ये तकनीकें विशेष रूप से Convolutional Neural Networks (CNNs) और Recurrent Neural "
+           "Networks (RNNs) में उपयोग की जाती हैं।",
+           "CNNs, RNNs और Autoencoders जैसे Models में इनका व्यापक उपयोग किया जाता है।"),
+    "T1": ("Model के Parameters कम हो जाते हैं।", "Memory Usage कम होती है।"),
+    "T3": ("Memory Utilization | High Efficiency | Medium Efficiency",),
+}
+
+# Claims of the documents that no experiment measures, with the reason: the report lists them
+# so that silence is never read as support. (doc, the document's words, English, reason)
+NOT_MEASURED = [
+    (NORM_DOC, "Feature-wise Normalization करता है।", "IN normalizes feature-wise.",
+     Text("A definition rather than an effect; the N5 scope probe (row \"Normalization किस पर लागू "
+          "होता है?\") shows IN's statistics are per sample and per channel.",
+          "यह effect नहीं, definition है; N5 का scope probe (row \"Normalization किस पर लागू होता है?\") "
+          "दिखाता है कि IN की statistics हर sample और हर channel की अपनी हैं।")),
+    (NORM_DOC, "ये सभी Techniques Model की Training को स्थिर बनाने, Convergence को तेज़ करने और "
+     "Generalization में सुधार लाने के लिए उपयोग की जाती हैं।",
+     "All of them (BN, IN, GN) make training stable, converge faster and generalize better.",
+     Text("Only BN has a criterion (N1, N2, N4); the N1/N4 tables show IN, GN and LN beside it "
+          "with the same protocol, but no verdict is drawn for them.",
+          "केवल BN की criterion है (N1, N2, N4); N1/N4 tables में उसी protocol से IN, GN और LN के "
+          "numbers हैं, पर उन पर verdict नहीं दिया गया।")),
+    (NORM_DOC, "Deep Learning Model में उपयोग | CNNs, RNNs | Style Transfer | Small Batch Size "
+     "Training", "BN is used in CNNs and RNNs.",
+     Text("The RNN half is not measured: no experiment trains an RNN with BN (N1 is a CNN).",
+          "RNN वाला हिस्सा measure नहीं हुआ: कोई experiment BN के साथ RNN train नहीं करता (N1 CNN है)।")),
+    (SHARE_DOC, "Parameter Sharing: जब Model को Large Scale पर Train करना हो, जैसे CNN और RNNs।",
+     "Use sharing when a model is trained at large scale.",
+     Text("The lab trains small models on a CPU; large-scale training is out of its reach.",
+          "Lab CPU पर छोटे models train करता है; large scale training उसकी पहुँच से बाहर है।")),
+]
+
 # The comparison tables at the end of the two documents: (table id, title, columns, rows);
 # each row is (row id, the document's row label, the document's cells, the claim backing the
 # row or one claim per column).
@@ -170,7 +234,9 @@ DOC_TABLES = [
     ("norm", Text("Batch vs Instance vs Group Normalization (document 002, section 5)",
                   "Batch vs Instance vs Group Normalization की तुलना (document 002, section 5)"),
      ["batch", "instance", "group"],
-     [("depend", "Batch Size पर निर्भरता", ["Yes", "No", "No"], "N5"),
+     [("applies", "Normalization किस पर लागू होता है?", ["Batch", "Single Instance",
+                                                          "Group of Channels"], "N5"),
+      ("depend", "Batch Size पर निर्भरता", ["Yes", "No", "No"], "N5"),
       ("style", "Style Transfer में उपयोग", ["No", "Yes", "No"], "N7"),
       ("small", "Small Batch Sizes पर कार्यक्षमता", ["कम", "उच्च", "उच्च"], "N6"),
       ("use", "Deep Learning Model में उपयोग", ["CNNs, RNNs", "Style Transfer",
@@ -178,7 +244,9 @@ DOC_TABLES = [
     ("share", Text("Parameter Sharing vs Parameter Tying (document 000, section 3)",
                    "Parameter Sharing vs Parameter Tying की तुलना (document 000, section 3)"),
      ["sharing", "tying"],
-     [("example", "उदाहरण", ["CNN में Filters", "Autoencoders में Symmetric Weights"], "S1"),
+     [("purpose", "उद्देश्य", ["Weights को Multiple Locations पर साझा करना",
+                            "Weights को समान मान रखने के लिए बाध्य करना"], ["S1", "T2"]),
+      ("example", "उदाहरण", ["CNN में Filters", "Autoencoders में Symmetric Weights"], "S1"),
       ("memory", "Memory Utilization", ["High Efficiency", "Medium Efficiency"], "T3"),
       ("reg", "Regularization Effect", ["Overfitting को कम करता है",
                                         "Model की Symmetry को बनाए रखता है"], ["S3", "T2"])]),

@@ -12,7 +12,7 @@ import math
 import traceback
 from pathlib import Path
 
-from sharenorm.lab.claims import DOC_TABLES
+from sharenorm.lab.claims import DOC_TABLES, NOT_MEASURED
 from sharenorm.lab.experiments import all_claims, all_experiments
 from sharenorm.lab.spec import NOT_RUN, UNDECIDABLE, ClaimResult, Text
 from sharenorm.lab.store import LabError, ResultsStore
@@ -61,6 +61,8 @@ L = {
     "results": Text("Results (mean ± 95% CI over seeds)", "Results (seeds पर mean ± 95% CI)"),
     "published": Text("Published numbers beside ours", "Published numbers हमारे numbers के साथ"),
     "why": Text("Why", "क्यों"),
+    "not_measured": Text("Claims of the documents that are not measured",
+                         "Documents के claims जो measure नहीं हुए"),
     "env": Text("Environment and time", "Environment और समय"),
     "not_run": Text("This claim has no finished runs in this folder (run `sharenorm lab {ids}`).",
                     "इस folder में इस claim के कोई finished runs नहीं हैं (`sharenorm lab {ids}` चलाएँ)।"),
@@ -181,8 +183,8 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
         e = claim_exp.get(cid)
         B.append(("h", 2, f"{cid} — {claim.statement_hi if lang == 'hi' else claim.statement_en}"))
         B.append(("p", f"**{_t('doc_statement', lang)}** ({claim.doc}):"))
-        B.append(("quote", claim.statement_hi + (f"\n({_t('translation', lang)}: "
-                                                  f"{claim.statement_en})")))
+        B.append(("quote", "\n".join(claim.quote) + (f"\n({_t('translation', lang)}: "
+                                                     f"{claim.statement_en})")))
         B.append(("p", f"**{_t('criterion', lang)}:** {claim.criterion(lang)}"))
         if e is not None:
             B.append(("p", f"**{_t('protocol', lang)}** ({_t('experiment', lang)} `{e.id}`): "
@@ -206,6 +208,11 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
             B.append(("p", _t("undecidable", lang)))
         if r.notes:
             B.append(("p", f"**{_t('why', lang)}:** {r.notes(lang)}"))
+
+    # -------- claims no experiment measures: listed, so silence is not read as support
+    B.append(("h", 2, _t("not_measured", lang)))
+    B.append(("table", [_t("doc_statement", lang), _t("translation", lang), _t("why", lang)],
+              [[f"{q} ({doc.split(' ')[0]})", en, why(lang)] for doc, q, en, why in NOT_MEASURED]))
 
     # -------- environment and time
     B.append(("h", 2, _t("env", lang)))

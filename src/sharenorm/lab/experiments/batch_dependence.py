@@ -21,6 +21,26 @@ from sharenorm.models import ConvNet
 NORMS = ["batch", "instance", "group", "layer", "none"]
 BATCH = 16
 THRESH_DEP, THRESH_INDEP = 1e-3, 1e-6
+SCOPE_C, SCOPE_G = 8, 2  # the scope probe: 8 channels, GN with 2 groups of 4
+# what the document's row "Normalization किस पर लागू होता है?" expects each norm's statistics
+# to span: (other samples change?, other channels of the same sample that change)
+SCOPE_DOC = {"batch": (True, 0), "instance": (False, 0), "group": (False, SCOPE_C // SCOPE_G - 1)}
+
+
+@torch.no_grad()
+def scope(norm: str, gen: torch.Generator) -> dict:
+    """Which outputs share statistics with one element: perturb sample 0, channel 0 of a
+    (4, 8, 16) input of the norm layer alone (training mode) and count what else changes."""
+    import sharenorm as sn
+
+    kw = {"num_groups": SCOPE_G} if norm == "group" else {}
+    layer = sn.make_norm(norm, SCOPE_C, dim=1, **kw).train()
+    x = torch.randn(4, SCOPE_C, 16, generator=gen)
+    x2 = x.clone()
+    x2[0, 0] = 3 * x2[0, 0] + 1
+    d = (layer(x2) - layer(x)).abs().flatten(2).amax(-1)  # (sample, channel)
+    return {"scope_other_samples": bool((d[1:] > 1e-6).any()),
+            "scope_other_channels": int((d[0, 1:] > 1e-6).sum())}
 
 
 def configs(quick: bool) -> list[dict]:
@@ -43,6 +63,8 @@ def run(cfg, seed, ctx):
         model.train(mode == "train")
         ya, yb = model(batch_a)[0], model(batch_b)[0]
         out[f"delta_{mode}"] = ((ya - yb).abs().max() / ya.abs().max()).item()
+    if cfg["norm"] != "none":
+        out.update(scope(cfg["norm"], gen))
     return out, {}
 
 
@@ -79,6 +101,14 @@ def analyze(runs, figdir, lang):
             good = mx[norm] > THRESH_DEP if dependent else mx[norm] <= THRESH_INDEP
             cells[("norm", "depend", col)] = (f"Δ = {mx[norm]:.1e}",
                                               SUPPORTED if good else NOT_SUPPORTED)
+        ms = g.get((norm,), [])
+        if ms and all("scope_other_samples" in m for m in ms):
+            seen = {(m["scope_other_samples"], m["scope_other_channels"]) for m in ms}
+            other, chans = next(iter(seen))
+            cells[("norm", "applies", col)] = (
+                f"one element changed: other samples {'change' if other else 'unchanged'}, "
+                f"{chans} of {SCOPE_C - 1} other channels of its sample change",
+                SUPPORTED if seen == {SCOPE_DOC[norm]} else NOT_SUPPORTED)
     return [ClaimResult(
         "N5", SUPPORTED if ok else NOT_SUPPORTED,
         "max relative Δ in training mode: " + ", ".join(f"{n} {v:.1e}" for n, v in mx.items()),
@@ -98,8 +128,12 @@ EXPERIMENT = Experiment(
         f"The N1 ConvNet (random initialisation per seed) on mnist1d (or --data). Two batches of "
         f"{BATCH} share sample 0; the other {BATCH - 1} samples differ. Measured: max |y_A[0] − "
         "y_B[0]| / max |y_A[0]| of the logits, in training mode and in eval mode (fresh running "
-        "statistics).",
+        f"statistics). Scope: the norm layer alone on a (4, {SCOPE_C}, 16) input in training "
+        f"mode (GN: {SCOPE_G} groups); one sample's channel 0 is rescaled and shifted; which "
+        "other samples and which other channels of that sample change.",
         f"N1 वाला ConvNet (हर seed पर random initialisation), mnist1d (या --data) पर। {BATCH} के दो "
         f"batches में sample 0 समान है; बाकी {BATCH - 1} samples अलग। Measured: logits का max |y_A[0] − "
-        "y_B[0]| / max |y_A[0]|, training mode और eval mode में।"),
+        "y_B[0]| / max |y_A[0]|, training mode और eval mode में। Scope: केवल norm layer, "
+        f"(4, {SCOPE_C}, 16) input, training mode (GN: {SCOPE_G} groups); एक sample का channel 0 "
+        "scale और shift किया; कौन से दूसरे samples और उसी sample के कौन से channels बदलते हैं।"),
     configs=configs, run=run, analyze=analyze, uses_data=True)

@@ -95,6 +95,7 @@ def analyze(runs, figdir, lang):
             f"(ratio {ratio:.2f}); seconds BN {tb:.2f} vs none {tn:.2f}; ms/step BN {1e3 * mean_ci([m['_time']['s_per_step'] for m in bn])[0]:.2f}"
             f" vs none {1e3 * mean_ci([m['_time']['s_per_step'] for m in none])[0]:.2f}",
             [table], [fig_path],
+            cells={("norm", "use", "batch"): ("CNNs: see N1; RNNs: not measured", v)},
             notes=Text("One learning rate (0.05, SGD momentum 0.9) for every norm; N2 shows how "
                        "the answer depends on it. Seconds include the norm's own cost per step.",
                        "हर norm के लिए एक ही learning rate (0.05, SGD momentum 0.9); N2 दिखाता है कि "

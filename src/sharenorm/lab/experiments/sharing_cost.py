@@ -95,7 +95,10 @@ def analyze(runs, figdir, lang):
     v = SUPPORTED if worst >= 5 else MIXED if worst >= 1.5 else NOT_SUPPORTED
     cells = {("share", "example", "sharing"): (
         f"CNN {m['cnn']['params']:,} vs locally connected {m['locally_connected']['params']:,} "
-        f"params", v)}
+        f"params", v),
+        ("share", "purpose", "sharing"): (
+        f"one filter per layer serves every position: {p_lc:.1f}× fewer parameters than a "
+        "filter per position", v)}
     return [ClaimResult("S1", v, f"locally connected / CNN: {p_lc:.1f}× parameters, {f_lc:.1f}× "
                         f"param+Adam bytes; MLP / CNN: {p_mlp:.1f}×, {f_mlp:.1f}×", [table], [fp],
                         cells=cells, notes=Text(
