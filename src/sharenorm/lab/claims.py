@@ -144,8 +144,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in [
        "supported।"),
     _c("S4", SHARE_DOC, "ये तकनीकें विशेष रूप से Convolutional Neural Networks (CNNs) और Recurrent "
        "Neural Networks (RNNs) में उपयोग की जाती हैं।",
-       "These techniques are used especially in CNNs and RNNs (in an RNN, sharing means one set "
-       "of weights at every time step: the lab's reading; the document does not spell it out).",
+       "Sharing is used in CNNs and RNNs (read as: an RNN's weights shared across time steps).",
        "Supported if the RNN with weights shared across time has ≥ 5× fewer parameters than "
        "the one with separate weights per step and a test accuracy at least as high (mean "
        "higher, or the 95% intervals overlap); mixed if only the parameter part holds.",

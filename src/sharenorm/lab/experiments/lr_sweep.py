@@ -76,7 +76,7 @@ def analyze(runs, figdir, lang):
     fp = save_figure(fig, figdir, "n2_lr_sweep")
 
     def span(v):
-        return f"[{v[0]:g}, {v[-1]:g}] ({width(v)} grid steps wide)" if v else "none"
+        return f"[{v[0]:g}, {v[-1]:g}] ({width(v)} grid point{'s' if width(v) > 1 else ''} wide)" if v else "none"
 
     def width(v):  # the range [min, max] of stable lrs in grid steps (a hole inside counts)
         return lrs.index(v[-1]) - lrs.index(v[0]) + 1 if v else 0
