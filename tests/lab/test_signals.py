@@ -93,6 +93,11 @@ def test_signal_stops_cleanly_and_leaves_no_process(tmp_path, sig, jobs, code, w
     try:
         assert _wait(lambda: any(m.name.startswith("rank-") for m in marks.iterdir()), 120), \
             "the slow run never started its rank"
+        # The quick run's result can still be on its way from a worker (a loaded machine):
+        # signal only once it is on disk, so what "kept" means below is not a race.
+        results = out / "results.jsonl"
+        assert _wait(lambda: results.exists() and '"kind": "run"' in results.read_text(), 60), \
+            "the quick run was never recorded"
         p.send_signal(sig)
         _, err = p.communicate(timeout=60)
     finally:
