@@ -242,3 +242,15 @@ def test_parameter_report_counts_every_use_of_a_reused_module():
         nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 4)}), "b.weight", "a.weight"
     )
     assert sn.parameter_report(nn.Sequential(pair, pair)).total == 2 * 40
+
+
+def test_parameter_report_counts_a_tie_to_a_parametrized_source():
+    # weight_norm stores g (3×1) and v (3×4) for enc.weight; dec.weight = enc.weightᵀ is one
+    # more use of 12 parameters, which the tie saves.
+    m = nn.ModuleDict({"enc": nn.Linear(4, 3), "dec": nn.Linear(3, 4)})
+    torch.nn.utils.parametrizations.weight_norm(m.enc)
+    sn.tie(m, "dec.weight", "enc.weight", "transpose")
+    rep = sn.parameter_report(m)
+    assert rep.unique == 3 + 12 + 3 + 4  # g, v, enc.bias, dec.bias
+    assert rep.total == rep.unique + 12
+    assert rep.adam_state_bytes_unshared == 2 * 4 * rep.total

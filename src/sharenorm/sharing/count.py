@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from sharenorm.sharing.tie import _LINKS
+from sharenorm.sharing.tie import _LINKS, _kind
 
 __all__ = ["count_parameters", "parameter_report", "ParameterReport", "ModuleRow"]
 
@@ -78,20 +78,24 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return _unique_numel_bytes(params)[0]
 
 
+def _parameter_uses(m: nn.Module) -> list[Tensor]:
+    """The parameters ``m`` uses itself: its own and its tied ones (whose source is a
+    parameter, or a parametrization of parameters, which computes a plain tensor)."""
+    uses = [p for p in m._parameters.values() if p is not None]
+    for link in (m.__dict__.get(_LINKS) or {}).values():
+        if _kind(link.module, link.name) == "parameter":
+            uses.append(link.source())
+    return uses
+
+
 def _total(module: nn.Module) -> tuple[int, int]:
     """(elements, bytes) as if every use of a parameter were stored separately."""
     numel = nbytes = 0
     # Every use: a module reused in two places counts twice (as two separate copies would).
     for _, m in module.named_modules(remove_duplicate=False):
-        for p in m._parameters.values():
-            if p is not None:
-                numel += p.numel()
-                nbytes += p.numel() * p.element_size()
-        for link in (m.__dict__.get(_LINKS) or {}).values():
-            t = link.source()
-            if isinstance(t, nn.Parameter):
-                numel += t.numel()
-                nbytes += t.numel() * t.element_size()
+        for t in _parameter_uses(m):
+            numel += t.numel()
+            nbytes += t.numel() * t.element_size()
     return numel, nbytes
 
 
@@ -177,12 +181,8 @@ def parameter_report(model: nn.Module) -> ParameterReport:
     # As-if-unshared optimizer state counts every trainable use.
     train_total_bytes = 0
     for _, m in model.named_modules(remove_duplicate=False):
-        uses = [p for p in m._parameters.values() if p is not None]
-        uses += [link.source() for link in (m.__dict__.get(_LINKS) or {}).values()]
         train_total_bytes += sum(
-            t.numel() * t.element_size()
-            for t in uses
-            if isinstance(t, nn.Parameter) and t.requires_grad
+            t.numel() * t.element_size() for t in _parameter_uses(m) if t.requires_grad
         )
     top = rows[0]
     return ParameterReport(

@@ -23,10 +23,10 @@ operation that replaces or converts the source tensor in its own module:
 * ``copy.deepcopy`` and ``pickle``/``torch.save`` of the whole model: the link is ordinary state;
   the memo of deepcopy/pickle maps the source module to its copy. The swapped class is rebuilt by
   ``__reduce_ex__`` from (base class, tied names), so no dynamically created class needs to be
-  importable. ``deepcopy`` of a part of the model keeps a tie when it copies the lowest common
-  ancestor of the target's and the source's modules (recorded, weakly, at tie time); a target
-  module copied without its source owns its tensor in the copy (a contiguous copy of
-  ``T(source)``, as a copy of torch's identity-tied weight does), and the source is not copied.
+  importable. ``deepcopy`` of a part of the model (a submodule, a list of modules) keeps a tie
+  when the object copied holds the source module too, in any order; a target module copied
+  without its source owns its tensor in the copy (a contiguous copy of ``T(source)``, as a copy
+  of torch's identity-tied weight does), and the source is not copied.
 * ``torch.compile``: the property is plain Python that dynamo inlines.
 
 Re-initialising: a tied module's ``reset_parameters()`` re-initialises only what the module
@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-import weakref
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +90,7 @@ _DECLARED = "_sharenorm_declared"  # in the module tie() was called on: {target:
 _ROOT_HOOK = "_sharenorm_root_hook"  # marker: the load_state_dict pre-hook is registered
 _SCRATCH = "_sharenorm_scratch"  # set only while a tied module runs reset_parameters()
 _ORDER = "_sharenorm_order"  # in a target module's __dict__: its tensor names before tying
-_TARGETS = "_sharenorm_targets"  # in a tie's common ancestor's __dict__: a _TieTargets
+_COPY_REACH = "_sharenorm_copy_reach"  # in a deepcopy memo: ids of the modules the copy holds
 
 
 class TieError(RuntimeError):
@@ -126,7 +126,9 @@ def compose(first: str | None, then: str | None) -> str | None:
 class _Link:
     """``target = transform(getattr(module, name))``, resolved at every access."""
 
-    lca: weakref.ref | None = None  # (links pickled before this attribute existed)
+    # True for a link rebuilt by unpickling: if the module it was pickled with did not hold its
+    # source, it follows a private copy of it (verify_ties reports that).
+    unpickled = False
 
     def __init__(
         self,
@@ -135,24 +137,16 @@ class _Link:
         transform: str | None,
         hint: str,
         persistent: bool = True,
-        lca: nn.Module | None = None,
     ) -> None:
         self.module = module
         self.name = name
         self.transform = transform
         self.hint = hint  # the source's name when the tie was made (for messages only)
         self.persistent = persistent  # False for a tied non-persistent buffer: not in state_dict
-        # The lowest common ancestor of the target's and the source's modules, weakly (no
-        # reference cycle): deepcopy keeps the tie only when it copies this module too. None
-        # when unknown (e.g. the target module was pickled without it).
-        self.lca = None if lca is None else weakref.ref(lca)
 
-    def ancestor(self) -> nn.Module | None:
-        return None if self.lca is None else self.lca()
-
-    def __getstate__(self) -> dict:
-        # A weakref cannot be pickled; the ancestor's _TieTargets re-attaches it on loading.
-        return {**self.__dict__, "lca": None}
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.unpickled = True
 
     def source(self) -> Tensor:
         return getattr(self.module, self.name)
@@ -163,52 +157,6 @@ class _Link:
         if t is None:
             t = getattr(self.module, self.name)
         return t if self.transform is None else t.transpose(0, 1)
-
-
-class _TieTargets:
-    """On a tie's common ancestor: the ``(target module, name)`` pairs it is the ancestor of.
-
-    Pickled with the ancestor, it gives the unpickled links their ``lca`` back (a weakref is not
-    picklable), so a deepcopy after ``torch.load`` still knows which ties it copies whole.
-    """
-
-    def __init__(self, owner: nn.Module, entries: Any = ()) -> None:
-        self.owner = weakref.ref(owner)
-        self.entries: dict[tuple[int, str], weakref.ref] = {}
-        for module, name in entries:
-            self.add(module, name)
-
-    def live(self) -> list[tuple[nn.Module, str]]:
-        pairs = [(ref(), name) for (_, name), ref in self.entries.items()]
-        return [(m, name) for m, name in pairs if m is not None]
-
-    def add(self, module: nn.Module, name: str) -> None:
-        self.entries[(id(module), name)] = weakref.ref(module)
-
-    def remove(self, module: nn.Module, name: str) -> None:
-        ref = self.entries.get((id(module), name))
-        if ref is not None and ref() is module:
-            del self.entries[(id(module), name)]
-
-    def __reduce__(self) -> Any:
-        return (_restore_tie_targets, (self.owner(), self.live()))
-
-
-def _restore_tie_targets(owner: nn.Module, entries: list) -> _TieTargets:
-    for module, name in entries:  # a module not built yet (pickled before its ancestor) is skipped
-        link = (module.__dict__.get(_LINKS) or {}).get(name)
-        if link is not None and link.lca is None:
-            link.lca = weakref.ref(owner)
-    return _TieTargets(owner, entries)
-
-
-def _set_ancestor(link: _Link, lca: nn.Module, module: nn.Module, name: str) -> None:
-    """Make ``lca`` the recorded common ancestor of the tie ``module.name`` (``link``)."""
-    old = link.ancestor()
-    if old is not None and _TARGETS in old.__dict__:
-        old.__dict__[_TARGETS].remove(module, name)
-    link.lca = weakref.ref(lca)
-    lca.__dict__.setdefault(_TARGETS, _TieTargets(lca)).add(module, name)
 
 
 @dataclass(frozen=True)
@@ -323,27 +271,52 @@ def _tied_load_from_state_dict(
                 unexpected_keys.remove(key)
 
 
+def _modules_in_copy(memo: dict) -> set[int] | None:
+    """The ids of the modules that the running ``copy.deepcopy`` will copy: those reachable
+    through submodules (and plain containers or attributes) from the object it was called
+    on, which is the ``x`` of the outermost ``copy.deepcopy`` frame sharing ``memo``. None
+    when no such frame exists (``__deepcopy__`` called by hand). Found once per copy."""
+    reach = memo.get(_COPY_REACH)
+    if reach is not None:
+        return reach
+    root, found = None, False
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is copy.deepcopy.__code__ and frame.f_locals.get("memo") is memo:
+            root, found = frame.f_locals.get("x"), True  # keep going: the outermost one wins
+        frame = frame.f_back
+    if not found:
+        return None
+    reach, seen, todo = set(), set(), [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (Tensor, str, bytes, int, float)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            reach.update(id(m) for m in obj.modules())  # links are not submodules
+        elif isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            todo.extend(obj)
+        elif hasattr(obj, "__dict__"):
+            todo.extend(vars(obj).values())
+    memo[_COPY_REACH] = reach  # a str key: never an id()
+    return reach
+
+
 def _tied_deepcopy(self: nn.Module, memo: dict) -> nn.Module:
-    # A tie is copied as a tie when its source is copied too: when the common ancestor of the
-    # two modules is this module or is being copied (copy puts an object in memo before copying
-    # its state, so the ancestors of this module that are being copied are there), or the source
-    # module was already copied. Otherwise the copy owns the target, as a copy of torch's
-    # identity-tied weight does: a contiguous copy of T(source), the source's requires_grad;
-    # the source module is not copied at all.
+    # A tie is copied as a tie when its source module is copied too, i.e. when the object
+    # deepcopy was called on holds it (whatever the order the copy visits the two in).
+    # Otherwise the copy owns the target, as a copy of torch's identity-tied weight does: a
+    # contiguous copy of T(source) with the source's requires_grad, and the source module is
+    # not copied at all (a hidden copy of it would be a weight no optimizer or .to() sees).
     links = self.__dict__[_LINKS]
+    reach = _modules_in_copy(memo)
     inside, outside = {}, {}
     for name, link in links.items():
-        lca = link.ancestor()
-        known = link.lca is not None
-        if (
-            not known
-            or lca is self
-            or id(link.module) in memo
-            or (lca is not None and id(lca) in memo)
-        ):
-            inside[name] = link
-        else:
-            outside[name] = link
+        copied = reach is None or id(link.module) in reach or id(link.module) in memo
+        (inside if copied else outside)[name] = link
     base = self._sharenorm_base
     cls = _tied_class(base, tuple(sorted(inside))) if inside else base
     y = cls.__new__(cls)
@@ -351,22 +324,11 @@ def _tied_deepcopy(self: nn.Module, memo: dict) -> nn.Module:
     state = {k: v for k, v in self.__getstate__().items() if k != _LINKS}
     y.__setstate__(copy.deepcopy(state, memo))
     if inside:
-        new_links = {}
-        for name, link in inside.items():
-            lca = link.ancestor()
-            new = _Link(
-                copy.deepcopy(link.module, memo),
-                link.name,
-                link.transform,
-                link.hint,
-                link.persistent,
-            )
-            if lca is self:
-                new.lca = weakref.ref(y)
-            elif lca is not None and id(lca) in memo:
-                new.lca = weakref.ref(memo[id(lca)])
-            new_links[name] = new
-        y.__dict__[_LINKS] = new_links
+        y.__dict__[_LINKS] = {
+            name: _Link(copy.deepcopy(link.module, memo), link.name, link.transform, link.hint,
+                        link.persistent)
+            for name, link in inside.items()
+        }
     for name, link in outside.items():
         src = link.source()
         parameter = _kind(link.module, link.name) == "parameter"
@@ -738,14 +700,12 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     # and their declarations say so.
     paths = _module_paths(model)
     for mpath, m in model.named_modules():
-        for name, link in (m.__dict__.get(_LINKS) or {}).items():
+        for link in (m.__dict__.get(_LINKS) or {}).values():
             if link.module is tmod and link.name == tattr:
                 link.module, link.name = root_mod, root_attr
                 link.transform = compose(root_transform, link.transform)
                 link.hint = root_hint
-                chain = _path_to_common_ancestor(model, mpath, paths[id(root_mod)])
-                _register_root_hooks(chain)
-                _set_ancestor(link, chain[-1], m, name)
+                _register_root_hooks(_path_to_common_ancestor(model, mpath, paths[id(root_mod)]))
     for mpath, m in model.named_modules():
         declared = m.__dict__.get(_DECLARED)
         if not declared:
@@ -769,8 +729,7 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
         tmod._non_persistent_buffers_set.discard(tattr)
     chain = _path_to_common_ancestor(model, paths[id(tmod)], paths[id(root_mod)])
     links = dict(tlinks)
-    links[tattr] = link = _Link(root_mod, root_attr, root_transform, root_hint, persistent)
-    _set_ancestor(link, chain[-1], tmod, tattr)
+    links[tattr] = _Link(root_mod, root_attr, root_transform, root_hint, persistent)
     tmod.__dict__[_LINKS] = links
     _set_class(tmod)
 
@@ -828,9 +787,6 @@ def untie(model: nn.Module, target: str) -> nn.Module:
         link = links[tattr]
         src = link.source()
         value = link.value().detach().clone(memory_format=torch.contiguous_format)
-        lca = link.ancestor()
-        if lca is not None and _TARGETS in lca.__dict__:
-            lca.__dict__[_TARGETS].remove(tmod, tattr)
         links = {k: v for k, v in links.items() if k != tattr}
         tmod.__dict__[_LINKS] = links
         _set_class(tmod)
@@ -1001,19 +957,20 @@ def verify_ties(model: nn.Module) -> None:
         >>> sn.verify_ties(m)
         Traceback (most recent call last):
         ...
-        sharenorm.sharing.tie.TieError: 1 declared tie(s) broken: 'b.weight' (tied to 'a.weight') is no longer tied: ...
+        sharenorm.sharing.tie.TieError: 1 tie(s) broken: 'b.weight' (tied to 'a.weight') is no longer tied: ...
     """
     problems = []
     count = 0
     paths = _module_paths(model)
     for mpath, m in model.named_modules():
         for name, link in (m.__dict__.get(_LINKS) or {}).items():
-            if id(link.module) not in paths and link.ancestor() is None:
+            if id(link.module) not in paths and link.unpickled:
                 target = _join(mpath, name)
                 problems.append(
-                    f"{target!r} is computed from a copy of {link.hint} that no model holds (its "
-                    f"module was copied or unpickled without its tie source); "
-                    f"sharenorm.untie(model, {target!r}) gives it its own tensor"
+                    f"{target!r} is computed from an unpickled {link.hint} that this model does "
+                    f"not hold: its module was unpickled without its tie source, so it follows a "
+                    f"private copy no optimizer or .to() sees (verify the whole unpickled model, "
+                    f"or sharenorm.untie(model, {target!r}) to give it its own tensor)"
                 )
     for mpath, m in model.named_modules():
         for rel_target, rec in (m.__dict__.get(_DECLARED) or {}).items():
@@ -1060,4 +1017,4 @@ def verify_ties(model: nn.Module) -> None:
             if shape != rec.shape:
                 problems.append(f"{what}: shape is now {shape}, was {rec.shape} when tied")
     if problems:
-        raise TieError(f"{len(problems)} declared tie(s) broken: " + "; ".join(problems))
+        raise TieError(f"{len(problems)} tie(s) broken: " + "; ".join(problems))
