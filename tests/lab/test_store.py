@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -164,3 +165,30 @@ def test_a_truncated_header_starts_afresh(tmp_path, cut):
     again = ResultsStore.open(tmp_path, HEADER)
     assert again.header == HEADER and again.repaired == 0
     assert json.loads(p.read_text().splitlines()[0])["kind"] == "header"
+
+
+def test_git_commit_is_none_for_a_copy_inside_another_repository(tmp_path, monkeypatch):
+    # sharenorm installed in some project's (gitignored) .venv: that project's HEAD is not ours.
+    import importlib.util
+    import shutil
+    import subprocess
+
+    from sharenorm.lab import runner
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "project"
+    pkg = repo / ".venv" / "sharenorm_copy"
+    pkg.mkdir(parents=True)
+    (repo / ".gitignore").write_text(".venv/\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", ".gitignore"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    shutil.copy(runner.__file__, pkg / "runner.py")
+    spec = importlib.util.spec_from_file_location("runner_copy", pkg / "runner.py")
+    copy = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "runner_copy", copy)  # its dataclasses look it up
+    spec.loader.exec_module(copy)
+    assert copy.git_commit() is None
+    assert runner.git_commit() is None or len(runner.git_commit().split("+")[0]) == 12

@@ -147,6 +147,12 @@ def git_commit() -> str | None:
 
     here = Path(__file__).resolve().parent
     try:
+        # This file must be tracked by the repository git finds: a copy installed inside some
+        # other project's checkout (e.g. its .venv) would otherwise report that project's commit.
+        tracked = subprocess.run(["git", "-C", str(here), "ls-files", "--error-unmatch",
+                                  Path(__file__).name], capture_output=True, timeout=5)
+        if tracked.returncode != 0:
+            return None
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"],
                              capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
