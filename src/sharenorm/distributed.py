@@ -130,9 +130,17 @@ def die_with_parent(parent_pid: int | None = None) -> None:
     """Make this (child) process end when its parent process dies, however the parent dies.
 
     A parent killed by SIGKILL or SIGTERM runs no clean-up, so without this its children
-    (the lab's pool workers, :func:`launch`'s ranks) would run on, orphaned, forever. On Linux
-    the kernel sends this process SIGTERM when the parent dies (``prctl(PR_SET_PDEATHSIG)``);
-    elsewhere a daemon thread checks ``os.getppid()`` every second and exits.
+    (the lab's pool workers, :func:`launch`'s ranks) would run on, orphaned, forever.
+
+    * On Linux, when the parent to watch is the OS parent, the kernel sends this process
+      SIGTERM when it dies (``prctl(PR_SET_PDEATHSIG)``). The kernel ties this to the parent
+      *thread* that started the child: start children from a thread that lives as long as
+      they should (the main thread, or the pool's own threads, as here).
+    * Otherwise, for a multiprocessing child, a daemon thread waits on the parent's sentinel
+      (``multiprocessing.parent_process().join()``, on every platform; also right under a
+      ``forkserver``, whose children's OS parent is the fork server), then exits;
+    * else a daemon thread checks every second whether ``os.getppid()`` changed (POSIX
+      re-parents orphans; Windows does not, so there this last case cannot tell).
 
     Args:
         parent_pid: the pid of the parent to watch; default: the multiprocessing parent, else
@@ -142,10 +150,10 @@ def die_with_parent(parent_pid: int | None = None) -> None:
     import sys
     import threading
 
+    parent = mp.parent_process()
     if parent_pid is None:
-        parent = mp.parent_process()
         parent_pid = parent.pid if parent is not None and parent.pid else os.getppid()
-    if sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux") and os.getppid() == parent_pid:
         try:
             import ctypes
 
@@ -157,11 +165,16 @@ def die_with_parent(parent_pid: int | None = None) -> None:
         except (OSError, AttributeError):
             pass
 
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent_pid:
-                os._exit(1)
+    if parent is not None and parent.pid == parent_pid:
+        def watch() -> None:
+            parent.join()  # returns when the parent's sentinel closes: it has died
+            os._exit(1)
+    else:
+        def watch() -> None:
+            while True:
+                time.sleep(1.0)
+                if os.getppid() != parent_pid:
+                    os._exit(1)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 

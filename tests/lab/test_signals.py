@@ -112,3 +112,43 @@ def test_signal_stops_cleanly_and_leaves_no_process(tmp_path, sig, jobs, code, w
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [r["config"] for r in lines if r["kind"] == "run"] == [{"x": 0}]  # kept
     assert lines[-1]["kind"] == "session" and lines[-1]["status"].startswith(word.split()[0])
+
+
+FORKSERVER = '''
+import multiprocessing as mp, os, sys, time
+from pathlib import Path
+
+
+def child(marks):
+    from sharenorm.distributed import die_with_parent
+
+    die_with_parent()  # the OS parent is the fork server: the sentinel thread must watch
+    Path(marks, f"child-{os.getpid()}").write_text("")
+    time.sleep(600)
+
+
+if __name__ == "__main__":
+    p = mp.get_context("forkserver").Process(target=child, args=(sys.argv[1],))
+    p.start()
+    time.sleep(600)
+'''
+
+
+def test_a_forkserver_child_dies_with_its_multiprocessing_parent(tmp_path):
+    # Under forkserver the child's OS parent is the server, not the process that started it:
+    # die_with_parent neither exits at once nor outlives the real parent when it is killed.
+    (tmp_path / "parent.py").write_text(FORKSERVER)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    p = subprocess.Popen([sys.executable, str(tmp_path / "parent.py"), str(marks)])
+    try:
+        assert _wait(lambda: any(marks.iterdir()), 60), "the child never started"
+        child = int(next(marks.iterdir()).name.split("-")[1])
+        time.sleep(1.5)  # past a check that would make it exit at once
+        assert _alive(child), "the child exited while its parent was alive"
+        p.kill()  # SIGKILL: no clean-up in the parent
+        p.wait(timeout=30)
+        assert _wait(lambda: not _alive(child), 20), "the child outlived its parent"
+    finally:
+        if p.poll() is None:
+            p.kill()

@@ -16,7 +16,7 @@ started afresh). Each line is written with one ``write`` call and flushed + fsyn
 finished run is never lost.
 
 One process at a time appends to a folder: :meth:`ResultsStore.open` takes an exclusive
-``fcntl.flock`` on ``DIR/results.lock`` (released by :meth:`ResultsStore.close` or when the
+lock (``flock``; ``msvcrt.locking`` on Windows) on ``DIR/results.lock`` (released by :meth:`ResultsStore.close` or when the
 process ends, however it ends) and a second ``sharenorm lab`` on the same ``--out`` is refused
 with the other process's pid. The folder is checked up front: an ``--out`` that is a file, cannot
 be created or is not writable is a :class:`LabError` that names the fix, before any training.
@@ -84,6 +84,39 @@ def prepare_folder(folder: str | os.PathLike, what: str = "--out") -> Path:
 def run_key(experiment: str, config: dict, seed: int) -> str:
     """The key of one run: experiment, canonical JSON of its config, seed."""
     return f"{experiment}|{json.dumps(config, sort_keys=True, separators=(',', ':'))}|{seed}"
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive, non-blocking lock of an open file; False if another process holds
+    it. ``flock`` on POSIX, ``msvcrt.locking`` of its first byte on Windows; both end with
+    the process, so a killed lab never leaves its folder locked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _unlock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class ResultsStore:
@@ -164,8 +197,6 @@ class ResultsStore:
 
     # ------------------------------------------------------------------ locking
     def _lock(self) -> None:
-        import fcntl
-
         key = str(self.folder.resolve())
         if key in _LOCKS:
             _LOCKS[key][1] += 1
@@ -177,9 +208,7 @@ class ResultsStore:
         except OSError as e:
             raise LabError(f"cannot create {path}: {e.strerror or e}. {_FIX}") \
                 from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not _try_lock(fd):
             try:
                 other = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
             finally:
@@ -201,10 +230,8 @@ class ResultsStore:
             return
         _LOCKS[key][1] -= 1
         if _LOCKS[key][1] <= 0:
-            import fcntl
-
             fd = _LOCKS.pop(key)[0]
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            _unlock(fd)
             os.close(fd)
 
     def _load(self, repair: bool) -> None:
