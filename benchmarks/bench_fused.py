@@ -171,8 +171,10 @@ def bench_row(norm, act_name, layout, dtype, shape, device, repeats, compile_):
         "fb_sn/eager": fb["sn"] / fb["eager"], "fb_lean/eager": fb["lean"] / fb["eager"],
         "fb_lean/compile": fb["lean"] / fb["compile"] if "compile" in fb else float("nan"),
         "fb_lean_GBps": 5 * nbytes / fb["lean"] / 1e9,
-        # the backward alone ≈ (forward + backward) − forward: reads x, dy, writes dx
-        "bwd_sn_GBps": 3 * nbytes / max(fb["sn"] - fwd["sn"], 1e-9) / 1e9,
+        # the backward alone ≈ (forward + backward) − forward: reads x, dy, writes dx (nan
+        # when timing noise makes the difference vanish)
+        "bwd_sn_GBps": (3 * nbytes / (fb["sn"] - fwd["sn"]) / 1e9 if fb["sn"] > 1.05 * fwd["sn"]
+                        else float("nan")),
         "saved_eager_MB": saved["eager"] / 2**20, "saved_lean_MB": saved["lean"] / 2**20,
         "saved_lean/eager": saved["lean"] / saved["eager"],
     }
