@@ -218,3 +218,16 @@ def test_lc2d_from_conv_equals_conv_for_any_geometry(c, o, h, w, k, s, p, d):
     lc = sn.LocallyConnected2d.from_conv(conv, (h, w))
     x = torch.randn(2, c, h, w, dtype=torch.float64)
     torch.testing.assert_close(lc(x), conv(x), rtol=1e-10, atol=1e-12)
+
+
+def test_sizes_accept_any_integer_type():
+    # numpy ints are ints to torch.nn (operator.index); the layers and SharedStack agree.
+    np = pytest.importorskip("numpy")
+    lc = sn.LocallyConnected2d(np.int64(2), 3, (np.int32(6), 6), np.int64(3), stride=np.int64(1))
+    assert lc(torch.randn(1, 2, 6, 6)).shape == (1, 3, 4, 4)
+    assert type(lc.in_channels) is int and lc.kernel_size == (3, 3)
+    stack = sn.SharedStack(nn.Linear(2, 2), np.int64(3))
+    assert type(stack.depth) is int and stack.depth == 3
+    for bad in (2.0, True, (1, 2, 3)):
+        with pytest.raises(ValueError, match="kernel_size must be an int"):
+            sn.LocallyConnected2d(2, 3, 6, bad)

@@ -14,39 +14,44 @@ time step, which makes the unshared layer compute exactly what the shared one co
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sharenorm.norm.functional import as_count
+
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "SharedRNN", "UnsharedRNN"]
 
 
+def _int(value: Any) -> int | None:
+    """``value`` as a plain int if it is an integer (numpy ints too, as torch takes), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _int(value) is not None:
         value = (value, value)
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
-    ):
+    pair = tuple(_int(v) for v in value) if isinstance(value, (tuple, list)) else ()
+    if len(pair) != 2 or any(v is None or v < minimum for v in pair):
         raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}")
-    return int(value[0]), int(value[1])
+    return pair
 
 
 def _single(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, (tuple, list)) and len(value) == 1:
         value = value[0]
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    n = _int(value)
+    if n is None or n < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _positive(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
+    return n
 
 
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
@@ -73,8 +78,8 @@ class _LocallyConnectedNd(nn.Module):
         dtype: Any,
     ) -> None:
         super().__init__()
-        self.in_channels = _positive(in_channels, "in_channels")
-        self.out_channels = _positive(out_channels, "out_channels")
+        self.in_channels = as_count(in_channels, "in_channels", "")
+        self.out_channels = as_count(out_channels, "out_channels", "")
         self._size2, self._k2, self._s2, self._p2, self._d2 = (
             input_size,
             kernel_size,
@@ -365,8 +370,8 @@ class _RNNBase(nn.Module):
         self, input_size: int, hidden_size: int, nonlinearity: str, batch_first: bool
     ) -> None:
         super().__init__()
-        self.input_size = _positive(input_size, "input_size")
-        self.hidden_size = _positive(hidden_size, "hidden_size")
+        self.input_size = as_count(input_size, "input_size", "")
+        self.hidden_size = as_count(hidden_size, "hidden_size", "")
         if nonlinearity not in _NONLINEARITIES:
             raise ValueError(
                 f"nonlinearity must be one of {sorted(_NONLINEARITIES)}, got {nonlinearity!r}"
@@ -569,7 +574,7 @@ class UnsharedRNN(_RNNBase):
         dtype: Any = None,
     ) -> None:
         super().__init__(input_size, hidden_size, nonlinearity, batch_first)
-        self.seq_len = _positive(seq_len, "seq_len")
+        self.seq_len = as_count(seq_len, "seq_len", "")
         f = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(seq_len, hidden_size, input_size, **f))
         self.weight_hh = nn.Parameter(torch.empty(seq_len, hidden_size, hidden_size, **f))

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from sharenorm.norm.functional import as_count
 from sharenorm.sharing.tie import tie
 
 __all__ = ["SharedStack"]
@@ -50,8 +51,7 @@ class SharedStack(nn.Module):
         super().__init__()
         if not isinstance(block, nn.Module):
             raise TypeError(f"block must be an nn.Module, got {type(block).__name__}")
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"depth must be a positive int, got {depth!r}")
+        depth = as_count(depth, "depth", "")
         if isinstance(unshared, str):
             unshared = (unshared,)
         self.depth = depth
