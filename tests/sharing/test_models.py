@@ -254,3 +254,14 @@ def test_parameter_report_counts_a_tie_to_a_parametrized_source():
     assert rep.unique == 3 + 12 + 3 + 4  # g, v, enc.bias, dec.bias
     assert rep.total == rep.unique + 12
     assert rep.adam_state_bytes_unshared == 2 * 4 * rep.total
+
+
+def test_soft_tie_penalty_of_pairs_in_different_dtypes_has_the_promoted_dtype():
+    m = nn.ModuleDict({"a": nn.Linear(3, 3), "b": nn.Linear(3, 3),
+                       "c": nn.Linear(3, 3).double(), "d": nn.Linear(3, 3).double()})
+    soft = sn.SoftTie(m, [("a.weight", "b.weight"), ("c.weight", "d.weight")], strength=0.5)
+    pen = soft.penalty()
+    want = 0.5 * ((m.a.weight.double() - m.b.weight.double()).square().sum()
+                  + (m.c.weight - m.d.weight).square().sum())
+    assert pen.dtype == torch.float64
+    torch.testing.assert_close(pen, want, rtol=1e-6, atol=0)

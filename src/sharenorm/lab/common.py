@@ -9,7 +9,7 @@ from sharenorm.data import Dataset, load_digits, load_mnist1d, load_path
 from sharenorm.lab.spec import RunContext
 from sharenorm.lab.stats import mean_ci
 
-__all__ = ["dataset", "figure", "save_figure", "pct", "ci_band", "accuracies"]
+__all__ = ["dataset", "figure", "save_figure", "pct", "ci_band", "accuracies", "PCT_BOUNDS"]
 
 
 @functools.lru_cache(maxsize=4)

@@ -237,7 +237,7 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
     remaining = Counter(t.experiment for t in todo)
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t_start = time.perf_counter()
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started = _now()
     exp_t0: dict[str, float] = {}
     bar = _progress(len(todo), progress, echo)
     figdir = Path(out) / "figures"

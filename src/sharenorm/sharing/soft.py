@@ -9,6 +9,7 @@ decide how different the two may be.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -107,9 +108,12 @@ class SoftTie:
         return out
 
     def penalty(self) -> Tensor:
-        """``strength · Σ ‖w_A − T(w_B)‖²``: add it to the loss (in the weights' dtype)."""
-        total = torch.stack(self.distances()).sum() * self._strength
-        return total.to(self._get(self.pairs[0][0], "a").dtype)
+        """``strength · Σ ‖w_A − T(w_B)‖²``: add it to the loss (in the weights' dtype, the
+        promoted one when pairs differ)."""
+        total = sum(self.distances()) * self._strength
+        dtypes = [self._get(name, role).dtype for a, b, _ in self.pairs
+                  for name, role in ((a, "a"), (b, "b"))]
+        return total.to(functools.reduce(torch.promote_types, dtypes))
 
     __call__ = penalty
 
