@@ -267,3 +267,46 @@ def test_mnist1d_is_standardized_with_training_statistics_only():
     x, _, xt, _, _ = _mnist1d_arrays(False, 42, 5000)
     expected = (xt - x.mean()) / x.std()
     assert abs(ds.x_test - torch.as_tensor(expected, dtype=ds.x_test.dtype)[:, None]).max() < 1e-5
+
+
+
+# ------------------------------------------------------------------- sizes and layouts
+def test_npz_empty_test_split_names_the_file(tmp_path):
+    x, y = np.random.default_rng(0).normal(size=(10, 5)), np.arange(10) % 2
+    np.savez(tmp_path / "e.npz", x=x, y=y, x_test=x[:0], y_test=y[:0])
+    with pytest.raises(DataError, match=r"e.npz: x_test has 0 samples.*≥ 1"):
+        load_path(tmp_path / "e.npz")
+    np.savez(tmp_path / "f.npz", x=x[:1], y=y[:1], x_test=x, y_test=y)
+    with pytest.raises(DataError, match=r"f.npz: x_train has 1 sample.*≥ 2"):
+        load_path(tmp_path / "f.npz")
+
+
+@pytest.mark.parametrize("n, split", [((0, 4), "x_train"), ((1, 4), "x_train"), ((6, 0), "x_test")])
+def test_idx_empty_split(tmp_path, n, split):
+    make_idx_folder(tmp_path, gz=False, n=n)
+    with pytest.raises(DataError, match=f"{tmp_path.name}.*{split} has {n[split == 'x_test']} "):
+        load_path(tmp_path)
+
+
+def test_split_of_too_few_samples_names_the_file(tmp_path):
+    np.savez(tmp_path / "t.npz", x=np.zeros((2, 5)), y=np.array([0, 1]))
+    with pytest.raises(DataError, match=r"t.npz: need at least 3 samples .*got 2"):
+        load_path(tmp_path / "t.npz")
+    np.savez(tmp_path / "u.npz", x=np.arange(15.0).reshape(3, 5), y=np.array([0, 1, 0]))
+    ds = load_path(tmp_path / "u.npz")
+    assert len(ds.x_train) == 2 and len(ds.x_test) == 1
+
+
+def test_inputs_that_overflow_when_standardized(tmp_path):
+    x = np.full((6, 4), 3e38, np.float32)
+    x[::2] = -3e38  # finite, but the mean and std overflow float32
+    np.savez(tmp_path / "big.npz", x=x, y=np.arange(6) % 2)
+    with pytest.raises(DataError, match=r"big.npz: .*not finite after standardizing.*rescale"):
+        load_path(tmp_path / "big.npz")
+
+
+def test_npz_negative_labels(tmp_path):
+    np.savez(tmp_path / "n.npz", x=np.zeros((6, 3)), y=np.array([-1, 0, 1, 0, 1, 0]))
+    with pytest.raises(DataError, match=r"n.npz: labels must be ≥ 0.*-1"):
+        load_path(tmp_path / "n.npz")
+

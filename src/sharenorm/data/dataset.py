@@ -8,7 +8,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Dataset", "DataError", "split_train_test"]
+__all__ = ["Dataset", "DataError", "split_train_test", "MIN_TRAIN", "MIN_TEST"]
+
+MIN_TRAIN = 2  # training samples: a batch statistic (BN, the standardization) needs two
+MIN_TEST = 1   # test samples: an accuracy over no samples is meaningless
 
 
 class DataError(ValueError):
@@ -25,6 +28,12 @@ class Dataset:
         y_train, y_test: int64 class labels ``(N,)`` in ``[0, num_classes)``.
         num_classes: number of classes.
         source: where the data came from (a package and its arguments, or a path).
+
+    Raises:
+        DataError: x and y disagree in length, the training split has fewer than
+            :data:`MIN_TRAIN` samples or the test split fewer than :data:`MIN_TEST` (an empty
+            split would train on nothing or report 0% accuracy), or train and test samples
+            differ in shape.
     """
 
     name: str
@@ -46,6 +55,14 @@ class Dataset:
                 )
             if x.dim() < 2:
                 raise DataError(f"{self.name}: x_{split} must be (N, C, *spatial), got {tuple(x.shape)}")
+            need = MIN_TRAIN if split == "train" else MIN_TEST
+            if x.shape[0] < need:
+                n = x.shape[0]
+                raise DataError(
+                    f"{self.source or self.name}: x_{split} has {n} sample{'' if n == 1 else 's'}; "
+                    f"the {split} split needs ≥ {need} (add samples to it"
+                    + (", or leave x_test/y_test out to split one off)" if split == "test" else ")")
+                )
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise DataError(
                 f"{self.name}: train samples {tuple(self.x_train.shape[1:])} and test samples "
@@ -82,13 +99,16 @@ def to_dataset(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | Non
     Labels are remapped to ``0..K-1`` in sorted order when they are not already.
     """
     if x_test is None:
-        x, y, x_test, y_test = split_train_test(x, y, test_fraction, seed)
+        x, y, x_test, y_test = split_train_test(x, y, test_fraction, seed, where=source)
     y_all = np.concatenate([np.asarray(y).ravel(), np.asarray(y_test).ravel()])
     if y_all.size and not np.issubdtype(y_all.dtype, np.integer):
         if np.issubdtype(y_all.dtype, np.floating) and np.all(np.mod(y_all, 1) == 0):
             y_all = y_all.astype(np.int64)
         else:
             raise DataError(f"{source}: labels must be integers, got dtype {y_all.dtype}")
+    if y_all.size and y_all.min() < 0:
+        raise DataError(f"{source}: labels must be ≥ 0 (class indices), found {int(y_all.min())}; "
+                        "map every class to 0, 1, 2, ...")
     classes = np.unique(y_all)
     remap = {int(c): i for i, c in enumerate(classes)}
     lab = np.array([remap[int(v)] for v in y_all], dtype=np.int64)
@@ -104,12 +124,24 @@ def to_dataset(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | Non
     )
 
 
-def split_train_test(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.2, seed: int = 0):
-    """A seeded random split; the test part holds ``round(test_fraction·N)`` samples (≥ 1)."""
+def split_train_test(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.2, seed: int = 0,
+                     where: str = ""):
+    """A seeded random split; the test part holds ``round(test_fraction·N)`` samples, at least
+    :data:`MIN_TEST`, leaving at least :data:`MIN_TRAIN` to train on.
+
+    ``where`` (the file or folder) starts the error message.
+
+    Example:
+        >>> import numpy as np
+        >>> x, y, xt, yt = split_train_test(np.arange(10), np.arange(10))
+        >>> len(x), len(xt)
+        (8, 2)
+    """
     n = len(y)
-    if n < 2:
-        raise DataError(f"need at least 2 samples to split off a test set, got {n}")
+    if n < MIN_TRAIN + MIN_TEST:
+        raise DataError(f"{where + ': ' if where else ''}need at least {MIN_TRAIN + MIN_TEST} "
+                        f"samples to split off a test set, got {n}")
     perm = np.random.default_rng(seed).permutation(n)
-    k = min(n - 1, max(1, round(test_fraction * n)))
+    k = min(n - MIN_TRAIN, max(MIN_TEST, round(test_fraction * n)))
     te, tr = perm[:k], perm[k:]
     return x[tr], y[tr], x[te], y[te]

@@ -24,6 +24,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sharenorm.data.dataset import DataError, Dataset, split_train_test, to_dataset
 
@@ -264,7 +265,7 @@ def load_image_folder(root: str | os.PathLike, *, size: tuple[int, int] | None =
                         f"({', '.join(sorted(_IMAGE_EXT))}); found {len(classes)} with {len(x)} images")
     x, y = np.stack(x), np.asarray(y)
     if xt is None:
-        x, y, xt, yt = split_train_test(x, y, test_fraction, seed)
+        x, y, xt, yt = split_train_test(x, y, test_fraction, seed, where=str(root))
     else:
         xt, yt = (np.stack(xt), np.asarray(yt)) if xt else (x[:0], y[:0])
     ds = to_dataset(root.name, _scale(x), y, _scale(xt), yt, source=str(root))
@@ -320,4 +321,8 @@ def _standardize(ds: Dataset) -> Dataset:
     s = ds.x_train.std(dims, keepdim=True).clamp_min(1e-8)
     ds.x_train = ((ds.x_train - m) / s)
     ds.x_test = ((ds.x_test - m) / s)
+    if not torch.isfinite(ds.x_train).all() or not torch.isfinite(ds.x_test).all():
+        # finite inputs near the float32 limit overflow in the mean or std
+        raise DataError(f"{ds.source}: inputs are not finite after standardizing (their mean or "
+                        "standard deviation overflows float32); rescale them, e.g. to [0, 1]")
     return ds
