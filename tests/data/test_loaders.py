@@ -310,3 +310,22 @@ def test_npz_negative_labels(tmp_path):
     with pytest.raises(DataError, match=r"n.npz: labels must be ≥ 0.*-1"):
         load_path(tmp_path / "n.npz")
 
+
+def test_corrupt_gzip_stream_is_a_data_error(tmp_path):
+    make_idx_folder(tmp_path, gz=True)
+    p = tmp_path / "train-images-idx3-ubyte.gz"
+    b = bytearray(p.read_bytes())
+    for i in range(12, 30):
+        b[i] ^= 0xFF  # damage the deflate stream, keep the gzip magic
+    p.write_bytes(bytes(b))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: cannot read"):
+        load_path(tmp_path)
+
+
+def test_idx_header_with_overflowing_size(tmp_path):
+    p = tmp_path / "ov"
+    p.write_bytes(bytes([0, 0, 8, 4]) + struct.pack(">IIII", 65536, 65536, 65536, 65536))
+    with pytest.raises(DataError, match=r"ov: IDX header says shape .*18446744073709551616 data "
+                                        r"bytes.*holds 0"):
+        read_idx(p)
+

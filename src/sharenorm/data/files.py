@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +67,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot read IDX file ({e})") from e
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read IDX file ({type(e).__name__}: {e})") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: not an IDX file (the first two bytes must be zero)")
     code, ndim = raw[2], raw[3]
@@ -76,7 +78,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: IDX header is truncated or declares {ndim} dimensions")
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[code])
-    need = int(np.prod(shape)) * dtype.itemsize
+    need = math.prod(shape) * dtype.itemsize  # Python ints: np.prod wraps around at 2**64
     have = len(raw) - 4 - 4 * ndim
     if have != need:
         raise DataError(f"{path}: IDX header says shape {shape} ({need} data bytes) but the file "
