@@ -311,6 +311,21 @@ def test_npz_negative_labels(tmp_path):
         load_path(tmp_path / "n.npz")
 
 
+def test_npz_channels_last_is_transposed(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (10, 6, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "hwc.npz", x=x, y=np.arange(10) % 2, x_test=x[:3], y_test=np.arange(3) % 2)
+    ds = load_path(tmp_path / "hwc.npz")
+    assert ds.sample_shape == (3, 6, 5) and "channels-last" in ds.info["layout"]
+    # channel 0 of the loaded data is x[..., 0] (standardized, so compare the ordering)
+    got, want = ds.x_train[:, 0].numpy().ravel(), x[..., 0].astype(np.float32).ravel()
+    assert np.array_equal(np.argsort(want, kind="stable"), np.argsort(got, kind="stable"))
+    # channels-first data and ambiguous shapes (shape[1] looks like channels) are kept
+    np.savez(tmp_path / "chw.npz", x=x.transpose(0, 3, 1, 2), y=np.arange(10) % 2)
+    assert load_path(tmp_path / "chw.npz").sample_shape == (3, 6, 5)
+    np.savez(tmp_path / "amb.npz", x=np.zeros((10, 3, 8, 3)), y=np.arange(10) % 2)
+    assert load_path(tmp_path / "amb.npz").sample_shape == (3, 8, 3)
+
+
 def test_corrupt_gzip_stream_is_a_data_error(tmp_path):
     make_idx_folder(tmp_path, gz=True)
     p = tmp_path / "train-images-idx3-ubyte.gz"

@@ -40,6 +40,7 @@ ACCEPTED_FORMATS = (
     "a .npz file with arrays x and y (optional x_test, y_test)",
     "a folder of images with one sub-folder per class (optionally under train/ and test/)",
 )
+_CHANNELS = (1, 3, 4)  # gray, RGB, RGBA: a dim of this size is read as channels
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/ format description)
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -179,8 +180,22 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     """A ``.npz`` with ``x`` ``(N, *)`` and ``y`` ``(N,)``, optionally ``x_test``/``y_test``.
 
     ``x`` of shape ``(N, L)`` becomes ``(N, 1, L)``; ``(N, H, W)`` becomes ``(N, 1, H, W)``;
-    ``(N, C, L)`` with C ≤ 4 and ``(N, C, H, W)`` are kept. Without a test split, 20% is held
-    out (seeded).
+    ``(N, C, L)`` with C ≤ 4 and ``(N, C, H, W)`` are kept. A 4-d array whose last dim looks
+    like channels (1, 3 or 4: gray, RGB, RGBA) while its second does not is taken as
+    channels-last ``(N, H, W, C)`` (numpy/PIL/TensorFlow images) and transposed to
+    ``(N, C, H, W)``; ``info["layout"]`` says which reading was used. Without a test split,
+    20% is held out (seeded).
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> path = tempfile.mkdtemp() + "/rgb.npz"
+        >>> x = np.zeros((10, 8, 8, 3), np.uint8)  # channels-last RGB
+        >>> np.savez(path, x=x, y=np.arange(10) % 2)
+        >>> ds = load_npz(path)
+        >>> ds.sample_shape, len(ds.x_train), len(ds.x_test)
+        ((3, 8, 8), 8, 2)
+        >>> ds.info["layout"]
+        'channels-last (N, H, W, C), transposed to (N, C, H, W)'
     """
     path = Path(path)
     try:
@@ -194,12 +209,20 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: give both 'x_test' and 'y_test' or neither")
 
+    layouts = {}
+
     def shaped(x: np.ndarray, key: str) -> np.ndarray:
         # A 3-d array is (N, C, L) when its second dim looks like channels (≤ 4: gray, RGB,
         # RGBA), else (N, H, W) images that get a channel dim.
         if x.ndim == 2 or (x.ndim == 3 and x.shape[1] > 4):
+            layouts[key] = "(N, L), given one channel" if x.ndim == 2 else \
+                "(N, H, W), given one channel"
             return x[:, None]  # (N, L) or (N, H, W): add the channel dim
+        if x.ndim == 4 and x.shape[-1] in _CHANNELS and x.shape[1] not in _CHANNELS:
+            layouts[key] = "channels-last (N, H, W, C), transposed to (N, C, H, W)"
+            return x.transpose(0, 3, 1, 2)
         if x.ndim in (3, 4):
+            layouts[key] = "(N, C, L)" if x.ndim == 3 else "(N, C, H, W)"
             return x
         raise DataError(f"{path}: '{key}' must be (N, L), (N, C, L), (N, H, W) or (N, C, H, W), "
                         f"got {x.shape}")
@@ -210,7 +233,9 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     for a, b, kx in ((x, y, "x"), (xt, arrays.get("y_test"), "x_test")):
         if a is not None and (b.ndim != 1 or len(a) != len(b)):
             raise DataError(f"{path}: '{kx}' has {len(a)} samples but its labels have shape {b.shape}")
-    return _standardize(to_dataset(path.stem, x, y, xt, arrays.get("y_test"), source=str(path)))
+    ds = to_dataset(path.stem, x, y, xt, arrays.get("y_test"), source=str(path))
+    ds.info["layout"] = layouts["x"]
+    return _standardize(ds)
 
 
 # -------------------------------------------------------------------------- image folder
