@@ -344,3 +344,58 @@ def test_idx_header_with_overflowing_size(tmp_path):
                                         r"bytes.*holds 0"):
         read_idx(p)
 
+
+# ---------------------------------------------------------------------- image folders
+def _png(path, arr):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def test_image_folder_drops_empty_class_folders(tmp_path):
+    for cls, v in (("a", 10), ("c", 200)):
+        for i in range(3):
+            _png(tmp_path / cls / f"{i}.png", np.full((4, 4, 3), v, np.uint8))
+    (tmp_path / "b_empty").mkdir()
+    with pytest.warns(UserWarning, match="b_empty"):
+        ds = load_image_folder(tmp_path)
+    assert ds.info["classes"] == ["a", "c"] and ds.num_classes == 2
+    # label 1 is class c (the bright images)
+    for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        for xi, yi in zip(x, y, strict=True):
+            assert (xi.mean() > 0) == (yi == 1)
+
+
+def test_image_folder_skips_hidden_folders_and_files(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(2):
+            _png(tmp_path / cls / f"{i}.png", np.zeros((4, 4, 3), np.uint8))
+    _png(tmp_path / "b" / ".ipynb_checkpoints" / "0-checkpoint.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "a" / "._0.png").write_bytes(b"macOS resource fork, not an image")
+    ds = load_image_folder(tmp_path)
+    assert len(ds.x_train) + len(ds.x_test) == 4
+
+
+def test_image_folder_with_train_but_no_test(tmp_path):
+    for cls in ("a", "b"):
+        _png(tmp_path / "train" / cls / "0.png", np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DataError, match=r"has train/ but no test/"):
+        load_path(tmp_path)
+
+
+def test_image_folder_16_bit_images_are_scaled_not_saturated(tmp_path):
+    from sharenorm.data.files import _read_images
+
+    for cls, v in (("a", 1000), ("b", 60000)):
+        for i in range(2):
+            _png(tmp_path / cls / f"{i}.png", np.full((4, 6), v, np.uint16))  # mode I;16
+    _png(tmp_path / "b" / "8bit.png", np.full((4, 6, 3), 255, np.uint8))
+    xs, ys, _ = _read_images(tmp_path, ["a", "b"], None)
+    assert [x.shape for x in xs] == [(3, 4, 6)] * 5
+    # sorted file names: a/0, a/1, b/0, b/1, b/8bit
+    np.testing.assert_allclose([x[0, 0, 0] for x in xs], [1000 / 65535] * 2 + [60000 / 65535] * 2
+                               + [1.0], rtol=1e-6)
+    ds = load_image_folder(tmp_path)
+    assert ds.x_train.std() > 0.5  # the two classes stay apart
+

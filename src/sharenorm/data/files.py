@@ -10,9 +10,10 @@ Accepted (see :data:`ACCEPTED_FORMATS`):
 - a ``.npz`` file with arrays ``x`` and ``y`` (and optionally ``x_test``, ``y_test``);
 - a folder of images with one sub-folder per class (optionally inside ``train/`` and ``test/``).
 
-Inputs are scaled to [0, 1] when they are 8-bit and then standardized per channel with the
-training split's statistics. Corrupt files raise :class:`DataError` naming the file and the
-problem.
+Inputs are scaled to [0, 1] when they are 8-bit (16-bit images: by 65535) and then
+standardized per channel with the training split's statistics. Corrupt files, empty splits
+(fewer than 2 training or 1 test sample) and negative labels raise :class:`DataError` naming
+the file and the problem.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import io
 import math
 import os
 import pickle
+import warnings
 import zlib
 from pathlib import Path
 
@@ -244,7 +246,41 @@ def _class_dirs(root: Path) -> list[Path]:
 
 
 def _images_in(d: Path) -> list[Path]:
-    return sorted(p for p in d.rglob("*") if p.suffix.lower() in _IMAGE_EXT and p.is_file())
+    """Image files under ``d``, skipping hidden files and folders (``.ipynb_checkpoints``,
+    macOS ``._*`` files)."""
+    return sorted(p for p in d.rglob("*") if p.suffix.lower() in _IMAGE_EXT and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(d).parts))
+
+
+def _classes_with_images(root: Path) -> list[str]:
+    """Class folder names under ``root`` that hold images; empty ones are dropped with a warning,
+    so that label ``i`` is ``classes[i]``."""
+    classes, empty = [], []
+    for d in _class_dirs(root):
+        (classes if _images_in(d) else empty).append(d.name)
+    if empty:
+        warnings.warn(f"{root}: skipping class folders without images: {', '.join(empty)}",
+                      UserWarning, stacklevel=3)
+    return classes
+
+
+# PIL modes with more than 8 bits per value, and the value that maps to 1.0 ("I" holds 16-bit
+# PNG/TIFF data in older Pillow versions; "F" is taken as already in [0, 1]).
+_WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535,
+               "F": 1.0}
+
+
+def _to_rgb(im, p: Path) -> np.ndarray:
+    """An image as float32 ``(3, H, W)`` in [0, 1]: 8-bit modes / 255, 16-bit modes / 65535
+    (``convert("RGB")`` would clip them at 255)."""
+    if im.mode not in _WIDE_MODES:
+        return np.asarray(im.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    a = np.asarray(im).astype(np.float32)
+    top = _WIDE_MODES[im.mode]
+    if a.size and (a.min() < 0 or a.max() > top):
+        raise DataError(f"{p}: {im.mode!r} image values span [{a.min():g}, {a.max():g}], outside "
+                        f"[0, {top:g}]; save it as an 8- or 16-bit image")
+    return np.repeat((a / top)[None], 3, axis=0)
 
 
 def _read_images(root: Path, classes: list[str], size: tuple[int, int] | None):
@@ -255,12 +291,13 @@ def _read_images(root: Path, classes: list[str], size: tuple[int, int] | None):
         for p in _images_in(root / cls):
             try:
                 with Image.open(p) as im:
-                    im = im.convert("RGB")
+                    a = _to_rgb(im, p)
                     if size is None:
                         size = im.size
-                    if im.size != size:
-                        im = im.resize(size, Image.BILINEAR)
-                    xs.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+                    if im.size != size:  # resize each channel as a float image
+                        a = np.stack([np.asarray(Image.fromarray(c).resize(size, Image.BILINEAR))
+                                      for c in a])
+                    xs.append(a)
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
                 raise DataError(f"{p}: not a readable image ({e})") from e
             ys.append(label)
@@ -271,20 +308,42 @@ def load_image_folder(root: str | os.PathLike, *, size: tuple[int, int] | None =
                       test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """Images in ``root/<class>/*.png`` (or ``root/train/<class>``, ``root/test/<class>``).
 
-    Every image is converted to RGB and resized to ``size`` (width, height), by default the
-    size of the first image read. Without ``train/``/``test/`` a seeded 20% test split is used.
+    Every image is converted to RGB in [0, 1] (8-bit values / 255, 16-bit values / 65535) and
+    resized to ``size`` (width, height), by default the size of the first image read. Without
+    ``train/``/``test/`` a seeded 20% test split is used. Hidden files and folders (names
+    starting with ".") are skipped; a class folder without images is skipped with a warning, so
+    label ``i`` is ``info["classes"][i]``.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for cls in ("cat", "dog"):
+        ...     (root / cls).mkdir()
+        ...     for i in range(3):
+        ...         Image.new("RGB", (8, 6), (40 * i, 0, 0)).save(root / cls / f"{i}.png")
+        >>> ds = load_image_folder(root)
+        >>> ds.sample_shape, ds.info["classes"]
+        ((3, 6, 8), ['cat', 'dog'])
     """
     root = Path(root)
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        classes = [p.name for p in _class_dirs(root / "train")]
+    has_train, has_test = (root / "train").is_dir(), (root / "test").is_dir()
+    if has_train != has_test:
+        have, lack = ("train", "test") if has_train else ("test", "train")
+        raise DataError(f"{root}: has {have}/ but no {lack}/ folder; add {lack}/<class>/ images, "
+                        f"or move the class folders out of {have}/ into {root} for a seeded "
+                        f"{test_fraction:.0%} test split")
+    if has_train:
+        classes = _classes_with_images(root / "train")
         x, y, size = _read_images(root / "train", classes, size)
-        test_classes = [p.name for p in _class_dirs(root / "test")]
+        test_classes = [p.name for p in _class_dirs(root / "test") if _images_in(p)]
         if set(test_classes) - set(classes):
             raise DataError(f"{root / 'test'}: classes {sorted(set(test_classes) - set(classes))} "
-                            "have no training folder")
-        xt, yt, _ = _read_images(root / "test", classes, size)
+                            "have no training images")
+        xt, yt, _ = _read_images(root / "test", classes, size)  # same labels as train
     else:
-        classes = [p.name for p in _class_dirs(root)]
+        classes = _classes_with_images(root)
         x, y, size = _read_images(root, classes, size)
         xt = yt = None
     if len(classes) < 2 or not x:
