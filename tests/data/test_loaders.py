@@ -399,3 +399,11 @@ def test_image_folder_16_bit_images_are_scaled_not_saturated(tmp_path):
     ds = load_image_folder(tmp_path)
     assert ds.x_train.std() > 0.5  # the two classes stay apart
 
+
+# ------------------------------------------------------------------------------ CIFAR
+def test_cifar_ignores_files_that_only_start_like_a_batch(tmp_path):
+    make_cifar_folder(tmp_path)
+    (tmp_path / "data_batch_1.bak").write_bytes(b"junk")
+    (tmp_path / "data_batch_notes.txt").write_text("notes")
+    ds = load_path(tmp_path)
+    assert len(ds.x_train) == 8

@@ -157,10 +157,30 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 3, 32, 32), y
 
 
+def _cifar10_batches(folder: Path) -> list[Path]:
+    """The CIFAR-10 training batches present, by their exact names (not ``data_batch_1.bak``)."""
+    return [folder / f"data_batch_{i}" for i in range(1, 6) if (folder / f"data_batch_{i}").is_file()]
+
+
 def load_cifar(folder: str | os.PathLike) -> Dataset:
-    """CIFAR-10 (``data_batch_*`` + ``test_batch``) or CIFAR-100 (``train`` + ``test``)."""
+    """CIFAR-10 (``data_batch_1`` … ``data_batch_5`` + ``test_batch``) or CIFAR-100 (``train`` +
+    ``test``) python batches, as ``(N, 3, 32, 32)``.
+
+    Only those exact file names are read (a ``data_batch_1.bak`` next to them is ignored).
+
+    Example:
+        >>> import pickle, tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("data_batch_1", "test_batch"):
+        ...     batch = {b"data": np.zeros((4, 3072), np.uint8), b"labels": [0, 1, 0, 1]}
+        ...     _ = (folder / name).write_bytes(pickle.dumps(batch))
+        >>> load_cifar(folder).sample_shape
+        (3, 32, 32)
+    """
     folder = Path(folder)
-    train = sorted(folder.glob("data_batch_*"))
+    train = _cifar10_batches(folder)
     test = [folder / "test_batch"]
     if not train:
         train, test = [folder / "train"], [folder / "test"]
@@ -377,7 +397,7 @@ def load_path(path: str | os.PathLike) -> Dataset:
                         f"{_formats_hint()}")
     if any(_find_idx(p, k) for k in _IDX_NAMES):
         return load_idx_pair(p)
-    if any(p.glob("data_batch_*")) or (p / "test_batch").is_file() or (
+    if _cifar10_batches(p) or (p / "test_batch").is_file() or (
             (p / "train").is_file() and (p / "test").is_file()):
         return load_cifar(p)
     for sub in ("cifar-10-batches-py", "cifar-100-python"):
