@@ -64,6 +64,18 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Layout: two zero bytes, a type byte, the number of dims ``d``, then ``d`` big-endian uint32
     sizes, then the data in C order.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> path = Path(tempfile.mkdtemp()) / "labels-idx1-ubyte"
+        >>> _ = path.write_bytes(bytes([0, 0, 0x08, 1, 0, 0, 0, 3, 7, 8, 9]))  # uint8, shape (3,)
+        >>> read_idx(path)
+        array([7, 8, 9], dtype=uint8)
+
+    Raises:
+        DataError: the file cannot be read or decompressed, is not IDX, or holds a different
+            number of bytes than its header declares (the message names the file).
     """
     path = Path(path)
     try:
@@ -99,7 +111,23 @@ def _find_idx(folder: Path, key: str) -> Path | None:
 
 
 def load_idx_pair(folder: str | os.PathLike) -> Dataset:
-    """MNIST or Fashion-MNIST from the four IDX files in ``folder`` as ``(N, 1, 28, 28)``."""
+    """MNIST or Fashion-MNIST from the four IDX files in ``folder`` as ``(N, 1, 28, 28)``.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> folder = Path(tempfile.mkdtemp()) / "mnist"
+        >>> folder.mkdir()
+        >>> def idx(name, arr):  # the IDX header: 0, 0, type 0x08 (uint8), ndim, sizes
+        ...     head = bytes([0, 0, 0x08, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+        ...     _ = (folder / name).write_bytes(head + arr.tobytes())
+        >>> for split, n in (("train", 6), ("t10k", 2)):
+        ...     idx(f"{split}-images-idx3-ubyte", np.zeros((n, 28, 28), np.uint8))
+        ...     idx(f"{split}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 2)
+        >>> load_idx_pair(folder)
+        Dataset('mnist', train=(6, 1, 28, 28), test=(2, 1, 28, 28), classes=2)
+    """
     folder = Path(folder)
     paths = {k: _find_idx(folder, k) for k in _IDX_NAMES}
     missing = [_IDX_NAMES[k][0] for k, p in paths.items() if p is None]
@@ -382,6 +410,13 @@ def load_image_folder(root: str | os.PathLike, *, size: tuple[int, int] | None =
 # ------------------------------------------------------------------------------ dispatch
 def load_path(path: str | os.PathLike) -> Dataset:
     """Load a dataset from a file or folder, choosing the loader from what it holds.
+
+    Example:
+        >>> import tempfile, numpy as np
+        >>> path = tempfile.mkdtemp() + "/signals.npz"
+        >>> np.savez(path, x=np.random.rand(20, 40), y=np.arange(20) % 4)
+        >>> load_path(path)
+        Dataset('signals', train=(16, 1, 40), test=(4, 1, 40), classes=4)
 
     Raises:
         DataError: the path does not exist, its format is not one of :data:`ACCEPTED_FORMATS`,
