@@ -269,7 +269,6 @@ def test_mnist1d_is_standardized_with_training_statistics_only():
     assert abs(ds.x_test - torch.as_tensor(expected, dtype=ds.x_test.dtype)[:, None]).max() < 1e-5
 
 
-
 # ------------------------------------------------------------------- sizes and layouts
 def test_npz_empty_test_split_names_the_file(tmp_path):
     x, y = np.random.default_rng(0).normal(size=(10, 5)), np.arange(10) % 2

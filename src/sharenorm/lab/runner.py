@@ -183,6 +183,8 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
 
     Raises:
         LabError: bad arguments or an output folder holding another lab's results.
+        DataError: ``data`` cannot be loaded, or its training split is smaller than the largest
+            batch the chosen experiments train with.
     """
     if seeds < 1:
         raise LabError(f"--seeds must be ≥ 1 (got {seeds}); 3 gives 95% intervals over 3 seeds")
@@ -198,9 +200,16 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
              "(n=1)'. Use --seeds 2 or more for verdicts.")
     data_id = "embedded"
     if data is not None:
-        from sharenorm.data import load_path
+        from sharenorm.data import DataError, load_path
 
         ds = load_path(data)  # fail now, with the file and the problem, not inside a worker
+        # the largest training batch of the chosen --data experiments (32, train_classifier's
+        # default, where a config names none): a smaller training split fails in every worker
+        need = max((c.get("batch_size", 32) for e in exps if e.uses_data
+                    for c in e.configs(quick)), default=0)
+        if len(ds.x_train) < need:
+            raise DataError(f"{data}: {len(ds.x_train)} training samples, but the chosen experiments "
+                            f"train with batches of up to {need}; give ≥ {need} training samples")
         data_id = f"{Path(data).resolve()} ({ds.name}, {tuple(ds.x_train.shape)})"
         if not any(e.uses_data for e in exps):
             echo("note: none of the chosen experiments uses --data; they run on their defaults")
