@@ -114,3 +114,67 @@ def test_divergence_is_detected():
 def test_batch_larger_than_dataset_is_an_error():
     with pytest.raises(ValueError, match="batch_size 100 exceeds the 48 training samples"):
         train_classifier(MLP((1, 12), 2), _tiny_ds(), TrainConfig(steps=1, batch_size=100), 0)
+
+
+# ------------------------------------------------------------- norm names and conv bias
+def _n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("alias", ["none", "identity", "None", "NONE"])
+def test_convnet_no_norm_aliases_keep_the_bias(alias):
+    net = ConvNet((1, 40), 3, width=8, norm=alias)
+    assert net.norm_kind == "none" and net.features[0].bias is not None
+    assert not any("Norm" in type(m).__name__ for m in net.modules())
+
+
+@pytest.mark.parametrize("alias", ["group", "gn", "GN", "GroupNorm", "group_norm"])
+def test_group_norm_aliases_honour_num_groups(alias):
+    assert ConvNet((1, 40), 3, width=32, norm=alias, num_groups=4).features[1].num_groups == 4
+    enc = StyleEncoder(norm=alias, num_groups=8, width=32)
+    assert enc.norm1.num_groups == enc.norm2.num_groups == 8
+
+
+def test_unknown_norm_names_the_choices():
+    with pytest.raises(ValueError, match="unknown norm kind 'batchh'.*Did you mean"):
+        ConvNet((1, 40), 3, norm="batchh")
+
+
+# bias before the norm only where the norm cannot remove a per-channel constant: BN and IN
+# subtract each channel's mean; GN subtracts a group's mean, which removes a per-channel
+# constant only with one channel per group; LN (one group) never does.
+@pytest.mark.parametrize("norm, groups, has_bias", [
+    ("batch", None, False), ("BN", None, False), ("instance", None, False),
+    ("group", 8, False),    # C/G = 1: per-channel statistics
+    ("group", None, False),  # default G = 8 for 8 channels
+    ("group", 2, True),     # C/G = 4: the group mean does not cancel b_c
+    ("layer", None, True), ("none", None, True),
+])
+def test_convnet_bias_only_where_the_norm_does_not_remove_it(norm, groups, has_bias):
+    net = ConvNet((1, 40), 3, width=8, norm=norm, num_groups=groups)
+    convs = [m for m in net.features if isinstance(m, nn.Conv1d)]
+    assert all((c.bias is not None) == has_bias for c in convs)
+
+
+def test_group_norm_removes_a_per_channel_bias_only_with_one_channel_per_group():
+    # the math behind the rule above, checked on the layers themselves
+    x, b = torch.randn(4, 8, 10), torch.randn(1, 8, 1)
+    for groups, removed in ((8, True), (2, False), (1, False)):
+        gn = sn.GroupNorm(groups, 8)
+        assert torch.allclose(gn(x + b), gn(x), atol=1e-5) == removed
+    bn, inorm = sn.BatchNorm1d(8), sn.InstanceNorm1d(8)
+    assert torch.allclose(bn(x + b), bn(x), atol=1e-5)
+    assert torch.allclose(inorm(x + b), inorm(x), atol=1e-5)
+
+
+def test_mlp_bias_rule_and_default_parameter_counts():
+    assert MLP((1, 10), 3, norm="LayerNorm").linears[0].bias is not None
+    assert MLP((1, 10), 3, norm="BN").linears[0].bias is None
+    assert MLP((1, 10), 3, norm="identity").linears[0].bias is not None
+    # the default models keep their sizes
+    assert _n_params(ConvNet((1, 40), 10)) == 12202
+    assert _n_params(ConvNet((1, 40), 10, norm="group")) == 12202  # G = 32 = C
+    assert _n_params(LocallyConnectedNet((1, 40), 10)) == 81802
+    assert _n_params(MLP((1, 40), 10)) == 15210
+    assert _n_params(StyleEncoder()) == 19392
+

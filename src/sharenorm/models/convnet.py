@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 import sharenorm as sn
+from sharenorm.models._norms import canonical_kind, norm_removes_bias
 
 __all__ = ["ConvNet", "LocallyConnectedNet", "conv_out_len"]
 
@@ -23,7 +24,10 @@ class ConvNet(nn.Module):
     The first ``downsample`` blocks use stride 2 (the MNIST-1D paper's CNN: three stride-2
     convolutions, then a linear layer on the flattened features); later blocks keep the size,
     so ``depth`` can grow without the signal vanishing. Norms come from
-    :func:`sharenorm.make_norm` with the activation fused in.
+    :func:`sharenorm.make_norm` with the activation fused in; ``norm`` is read once through
+    its canonical name (``"BN"``, ``"GroupNorm"``, ``"identity"`` work as in ``make_norm``).
+    A convolution has a bias only where the norm after it would not cancel one (no norm,
+    LayerNorm, GroupNorm with more than one channel per group).
 
     Args:
         in_shape: ``(C, L)`` or ``(C, H, W)`` of one sample.
@@ -55,15 +59,17 @@ class ConvNet(nn.Module):
             downsample = 3
             while downsample and min(size) // 2 ** downsample < 2:
                 downsample -= 1  # 8×8 digits: stop before the maps shrink below 2
+        norm = canonical_kind(norm)
         self.in_shape, self.norm_kind = tuple(in_shape), norm
         conv = nn.Conv1d if self.dim == 1 else nn.Conv2d
-        kw = {"num_groups": num_groups} if norm in ("group", "gn") and num_groups else {}
+        kw = {"num_groups": num_groups} if norm == "group" and num_groups else {}
+        bias = not norm_removes_bias(norm, width, num_groups)
         layers: list[nn.Module] = []
         c = in_shape[0]
         for i in range(depth):
             stride = 2 if i < downsample else 1
-            # bias is redundant before a norm that subtracts a mean; keep it without one
-            layers.append(self._layer(conv, c, width, kernel, stride, size, bias=norm == "none"))
+            # a bias the norm cancels would be a dead parameter (see norm_removes_bias)
+            layers.append(self._layer(conv, c, width, kernel, stride, size, bias=bias))
             layers.append(sn.make_norm(norm, width, dim=self.dim, act=act, **kw))
             size = [conv_out_len(s, kernel, stride, kernel // 2) for s in size]
             c = width

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 import sharenorm as sn
+from sharenorm.models._norms import canonical_kind, norm_removes_bias
 
 __all__ = ["MLP"]
 
@@ -26,7 +27,16 @@ class MLP(nn.Module):
         hidden: width of every hidden layer (default 100, the MNIST-1D paper's MLP), or a
             sequence of widths, one per hidden layer (then ``depth`` is ignored).
         depth: hidden layers. Default 2.
-        norm, act: as in :class:`~sharenorm.models.ConvNet`.
+        norm, act: as in :class:`~sharenorm.models.ConvNet` (a linear layer has a bias only
+            where the norm would not cancel it: "none" and "layer").
+
+    Example:
+        >>> import torch
+        >>> mlp = MLP((1, 40), 10, hidden=[32, 16], norm="batch")
+        >>> mlp(torch.randn(4, 1, 40)).shape
+        torch.Size([4, 10])
+        >>> mlp.linears[0].bias is None  # BatchNorm subtracts the mean: a bias would be dead
+        True
     """
 
     def __init__(self, in_shape: tuple[int, ...], num_classes: int, *,
@@ -37,10 +47,12 @@ class MLP(nn.Module):
         if not widths or min(widths) < 1:
             raise ValueError(f"need ≥ 1 hidden layer of width ≥ 1, got hidden={hidden}, "
                              f"depth={depth}")
+        norm = canonical_kind(norm)
         dims = [math.prod(in_shape)] + widths
-        # bias is redundant before a norm that subtracts a mean
+        # a bias the norm cancels would be a dead parameter (see norm_removes_bias)
         self.linears = nn.ModuleList(
-            nn.Linear(a, b, bias=norm == "none") for a, b in zip(dims[:-1], dims[1:], strict=False))
+            nn.Linear(a, b, bias=not norm_removes_bias(norm, b))
+            for a, b in zip(dims[:-1], dims[1:], strict=False))
         self.norms = nn.ModuleList(sn.make_norm(norm, w, dim=0, act=act) for w in widths)
         self.head = nn.Linear(widths[-1], num_classes)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 import sharenorm as sn
+from sharenorm.models._norms import canonical_kind
 
 __all__ = ["StyleEncoder", "StyleDecoder", "adain", "channel_stats"]
 
@@ -49,7 +50,7 @@ class StyleEncoder(nn.Module):
     def __init__(self, norm: str = "instance", width: int = 32, act: str = "relu",
                  num_groups: int = 8) -> None:
         super().__init__()
-        kw = {"num_groups": num_groups} if norm in ("group", "gn") else {}
+        kw = {"num_groups": num_groups} if canonical_kind(norm) == "group" else {}
         self.conv1 = nn.Conv2d(3, width, 3, padding=1, padding_mode="reflect")
         self.norm1 = sn.make_norm(norm, width, dim=2, act=act, **kw)
         self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, padding_mode="reflect")
