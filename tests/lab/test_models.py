@@ -178,3 +178,22 @@ def test_mlp_bias_rule_and_default_parameter_counts():
     assert _n_params(MLP((1, 40), 10)) == 15210
     assert _n_params(StyleEncoder()) == 19392
 
+
+def test_rnn_classifier_wrong_input_length_names_the_expected_shape():
+    net = RNNClassifier((1, 40), 3, hidden=4, chunk=4)
+    with pytest.raises(ValueError, match=r"expects input \(N, 1, 40\), got \(2, 1, 36\)"):
+        net(torch.randn(2, 1, 36))
+    with pytest.raises(ValueError, match=r"expects input \(N, 1, 40\)"):
+        net(torch.randn(2, 40))
+
+
+def test_models_exports_match_the_modules():
+    import importlib
+
+    import sharenorm.models as models
+
+    for name in ("autoencoder", "convnet", "mlp", "rnn", "style"):
+        mod = importlib.import_module(f"sharenorm.models.{name}")
+        for public in mod.__all__:
+            if public != "conv_out_len":  # a helper, not a model
+                assert public in models.__all__ and getattr(models, public) is getattr(mod, public)

@@ -15,7 +15,7 @@ from sharenorm.models.autoencoder import Autoencoder
 from sharenorm.models.convnet import ConvNet, LocallyConnectedNet
 from sharenorm.models.mlp import MLP
 from sharenorm.models.rnn import RNNClassifier
-from sharenorm.models.style import StyleEncoder, adain
+from sharenorm.models.style import StyleDecoder, StyleEncoder, adain, channel_stats
 
 __all__ = ["ConvNet", "LocallyConnectedNet", "MLP", "RNNClassifier", "Autoencoder",
-           "StyleEncoder", "adain"]
+           "StyleEncoder", "StyleDecoder", "adain", "channel_stats"]

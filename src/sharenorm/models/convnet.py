@@ -42,6 +42,14 @@ class ConvNet(nn.Module):
 
     Shape:
         Input ``(N, *in_shape)``, output ``(N, num_classes)``.
+
+    Example:
+        >>> import torch
+        >>> net = ConvNet((1, 8, 8), 10, width=16, norm="GN", num_groups=4)
+        >>> net(torch.randn(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+        >>> net.norm_kind, net.features[1].num_groups, net.features[0].bias is not None
+        ('group', 4, True)
     """
 
     def __init__(self, in_shape: tuple[int, ...], num_classes: int, *, width: int = 32,
@@ -89,6 +97,15 @@ class LocallyConnectedNet(ConvNet):
     Same connectivity (kernel, stride, padding) and the same activations, but every output
     position has its own filter: the network without weight sharing across positions, for the
     sharing experiments (S1–S3). Uses :class:`sharenorm.LocallyConnected1d` / ``2d``.
+
+    Example:
+        >>> import torch
+        >>> import sharenorm as sn
+        >>> lc, conv = LocallyConnectedNet((1, 40), 10, width=8), ConvNet((1, 40), 10, width=8)
+        >>> lc(torch.randn(2, 1, 40)).shape
+        torch.Size([2, 10])
+        >>> sn.count_parameters(lc) > sn.count_parameters(conv)  # one filter per position
+        True
     """
 
     def _layer(self, conv, c_in, c_out, kernel, stride, size, bias):

@@ -41,7 +41,7 @@ class RNNClassifier(nn.Module):
         c, length = in_shape
         if chunk < 1 or length % chunk:
             raise ValueError(f"chunk must be ≥ 1 and divide the length {length}, got {chunk}")
-        self.chunk = chunk
+        self.chunk, self.in_shape = chunk, tuple(in_shape)
         c, t = c * chunk, length // chunk
         name = "SharedRNN" if shared else "UnsharedRNN"
         cls = getattr(sn, name, None)
@@ -52,6 +52,9 @@ class RNNClassifier(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"RNNClassifier expects input (N, {self.in_shape[0]}, {self.in_shape[1]}), "
+                             f"got {tuple(x.shape)}; build it with in_shape=(C, L) of your data")
         n, c, length = x.shape
         # (N, C, L) -> (N, T, chunk, C) -> (N, T, chunk·C): one time step per chunk
         seq = x.transpose(1, 2).reshape(n, length // self.chunk, self.chunk * c)
