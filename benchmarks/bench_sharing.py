@@ -108,8 +108,10 @@ def measure(model: nn.Module, x: torch.Tensor, tmp: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
+    summary = " ".join(__doc__.split("\n\n")[0].split())  # the first paragraph, whole
+    parser = argparse.ArgumentParser(description=summary)
+    parser.add_argument("--repeats", type=int, default=30,
+                        help="timed forward+backward passes per model (median reported; default 30)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {args.repeats}")
     cols = ["params", "param_bytes", "adam_bytes", "ckpt_bytes", "ms"]
