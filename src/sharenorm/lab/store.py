@@ -33,7 +33,9 @@ from pathlib import Path
 __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 
 # Bump when an experiment's protocol or metrics change: old results then no longer mix in.
-LAB_VERSION = "3"  # 3: mnist1d standardized with train statistics; S2 records n_train
+# 3: mnist1d standardized with train statistics; S2 records n_train. 4: the models keep the
+# conv/linear bias before GroupNorm with C/G > 1 and LayerNorm (which do not cancel it).
+LAB_VERSION = "4"
 
 
 class LabError(RuntimeError):
