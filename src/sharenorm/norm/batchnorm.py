@@ -205,7 +205,8 @@ _BN_DOC = r"""Batch Normalization over a {rank} input, as ``torch.nn.{name}``, p
     biased variance normalizes, and the running statistics are updated with the
     *unbiased* one: ``running ← (1 − momentum)·running + momentum·batch``
     (``momentum=None``: cumulative average over ``num_batches_tracked`` batches). A batch
-    whose statistics are not finite does not update them (a warning says so). In eval the
+    whose statistics are not finite does not update them (a warning says so on the CPU;
+    on a GPU, to avoid a host sync, only ``num_batches_tracked`` shows it). In eval the
     running statistics normalize; with ``track_running_stats=False`` the batch's own are
     used in both modes.
 

@@ -113,10 +113,12 @@ def keep_finite_running_stats(
     ``backup`` and warn. torch.nn leaves them poisoned for good by one NaN batch; here
     that batch is simply not counted. Returns whether the update was kept.
 
-    While ``torch.compile`` traces, the same restore runs branch-free (``torch.where``,
-    no host sync, so ``fullgraph=True`` works), without the warning, and the flag is
-    returned as a 0-d bool tensor for :meth:`_NormBase._count_batch` to add."""
-    if torch.compiler.is_compiling():
+    While ``torch.compile`` traces, and on GPUs, the same restore runs branch-free
+    (``torch.where``: no host sync, so ``fullgraph=True`` works and a CUDA step never waits
+    for its kernels), without the warning (``num_batches_tracked`` still shows a skipped
+    batch), and the flag is returned as a 0-d bool tensor for
+    :meth:`_NormBase._count_batch` to add."""
+    if running_var.device.type != "cpu" or torch.compiler.is_compiling():
         ok = torch.isfinite(running_var).all()
         running_mean.data.copy_(torch.where(ok, running_mean, backup[0]))
         running_var.data.copy_(torch.where(ok, running_var, backup[1]))
@@ -124,7 +126,7 @@ def keep_finite_running_stats(
     # The variance alone tells: a NaN/Inf input or a non-finite batch mean makes
     # (x − μ)² and so σ² NaN, and an overflow makes it Inf. Its sum is finite exactly when
     # every entry is (finite variances summing past 1e38 do not occur): one cheap
-    # reduction, a host sync on GPUs.
+    # reduction (read on the host: CPU tensors only, see above).
     if math.isfinite(float(running_var.sum())):
         return True
     # Through .data: ATen's batch norm saved these buffers for backward (it reads them

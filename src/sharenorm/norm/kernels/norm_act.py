@@ -185,6 +185,45 @@ def _stats_kernel(
 
 
 @triton.jit
+def _merge_kernel(
+    PART,   # (P, SPLIT, 4) fp32 partials of _stats_kernel
+    MEAN, VAR, RSTD,  # (P,) fp32 out: μ, biased σ², 1/√(σ² + ε)
+    P, SPLIT, eps,
+    BLOCK_P: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Merge each statistic's SPLIT partials with Chan's formula, on the GPU: one launch
+    instead of a dozen small torch ops (whose launch latency would outweigh the kernels on
+    tensors of a few MB). Two passes over the partials: the merged mean first, then
+    M2 = Σ M2_k + Σ n_k·(mean_k − mean)²."""
+    p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = p < P
+    base = p.to(tl.int64) * SPLIT * 4
+    total = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    s = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    for k0 in range(0, SPLIT, BLOCK_S):
+        k = k0 + tl.arange(0, BLOCK_S)
+        m = pmask[:, None] & (k[None, :] < SPLIT)
+        off = base[:, None] + k[None, :] * 4
+        cnt = tl.load(PART + off, mask=m, other=0.0)
+        total += tl.sum(cnt, axis=1)
+        s += tl.sum(cnt * tl.load(PART + off + 1, mask=m, other=0.0), axis=1)
+    total = tl.where(pmask, total, 1.0)
+    mean = s / total  # of x − K
+    m2 = tl.zeros((BLOCK_P,), dtype=tl.float32)
+    for k0 in range(0, SPLIT, BLOCK_S):
+        k = k0 + tl.arange(0, BLOCK_S)
+        m = pmask[:, None] & (k[None, :] < SPLIT)
+        off = base[:, None] + k[None, :] * 4
+        cnt = tl.load(PART + off, mask=m, other=0.0)
+        d = tl.load(PART + off + 1, mask=m, other=0.0) - mean[:, None]
+        m2 += tl.sum(tl.load(PART + off + 2, mask=m, other=0.0) + cnt * d * d, axis=1)
+    var = m2 / total
+    tl.store(MEAN + p, mean + tl.load(PART + base + 3, mask=pmask, other=0.0), mask=pmask)
+    tl.store(VAR + p, var, mask=pmask)
+    tl.store(RSTD + p, 1.0 / tl.sqrt(var + eps), mask=pmask)
+
+
+@triton.jit
 def _forward_kernel(
     X,      # (N, C, S) input
     Y,      # (N, C, S) output, same strides as X
@@ -407,6 +446,76 @@ def _cl_bwd_dx_kernel(
         tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _cl_coef_kernel(
+    PART,       # (NSEG, SPLIT, 4, C) fp32 partials of _cl_stats_kernel (HAS_PART)
+    MEAN, VAR,  # (NSEG·G,) fp32: written (HAS_PART) or read (statistics given)
+    W, Bi,      # (C,) γ, β (dummies when HAS_W / HAS_B is False)
+    COEF,       # (NSEG, 6, C) fp32 out: scale, shift, r, μ·r; rows 4, 5 zeroed
+    C, G, CG, SPLIT, eps,
+    HAS_PART: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_CG: tl.constexpr,
+):
+    """One program per statistic (segment, group): merge its partials over the row chunks
+    and the group's channels (Chan's formula, two passes), then write the per-channel
+    coefficients of its CG channels; one launch for what took ~20 small torch ops."""
+    q = tl.program_id(0)
+    seg = q // G
+    g = q % G
+    if HAS_PART:
+        seg_base = seg.to(tl.int64) * SPLIT * 4 * C
+        total = tl.zeros((), dtype=tl.float32)
+        s = tl.zeros((), dtype=tl.float32)
+        for k0 in range(0, SPLIT, BLOCK_S):
+            k = k0 + tl.arange(0, BLOCK_S)
+            for c0 in range(0, CG, BLOCK_CG):
+                c = g * CG + c0 + tl.arange(0, BLOCK_CG)
+                m = (k[:, None] < SPLIT) & (c[None, :] < (g + 1) * CG)
+                off = seg_base + k[:, None].to(tl.int64) * 4 * C + c[None, :]
+                cnt = tl.load(PART + off, mask=m, other=0.0)
+                total += tl.sum(cnt)
+                s += tl.sum(cnt * tl.load(PART + off + C, mask=m, other=0.0))
+        mean = s / total  # of x − K (K shared by the group's channels)
+        m2 = tl.zeros((), dtype=tl.float32)
+        for k0 in range(0, SPLIT, BLOCK_S):
+            k = k0 + tl.arange(0, BLOCK_S)
+            for c0 in range(0, CG, BLOCK_CG):
+                c = g * CG + c0 + tl.arange(0, BLOCK_CG)
+                m = (k[:, None] < SPLIT) & (c[None, :] < (g + 1) * CG)
+                off = seg_base + k[:, None].to(tl.int64) * 4 * C + c[None, :]
+                cnt = tl.load(PART + off, mask=m, other=0.0)
+                d = tl.load(PART + off + C, mask=m, other=0.0) - mean
+                m2 += tl.sum(tl.load(PART + off + 2 * C, mask=m, other=0.0) + cnt * d * d)
+        var = m2 / total
+        mean += tl.load(PART + seg_base + 3 * C + g * CG)
+        tl.store(MEAN + q, mean)
+        tl.store(VAR + q, var)
+    else:
+        mean = tl.load(MEAN + q)
+        var = tl.load(VAR + q)
+    rstd = 1.0 / tl.sqrt(var + eps)
+    out = COEF + seg.to(tl.int64) * 6 * C
+    for c0 in range(0, CG, BLOCK_CG):
+        c = g * CG + c0 + tl.arange(0, BLOCK_CG)
+        cm = c < (g + 1) * CG
+        if HAS_W:
+            w = tl.load(W + c, mask=cm, other=1.0).to(tl.float32)
+        else:
+            w = tl.full((BLOCK_CG,), 1.0, tl.float32)
+        if HAS_B:
+            b = tl.load(Bi + c, mask=cm, other=0.0).to(tl.float32)
+        else:
+            b = tl.full((BLOCK_CG,), 0.0, tl.float32)
+        scale = w * rstd
+        zero = tl.zeros((BLOCK_CG,), dtype=tl.float32)
+        tl.store(out + c, scale, mask=cm)
+        tl.store(out + C + c, b - mean * scale, mask=cm)
+        tl.store(out + 2 * C + c, zero + rstd, mask=cm)
+        tl.store(out + 3 * C + c, zero + mean * rstd, mask=cm)
+        tl.store(out + 4 * C + c, zero, mask=cm)
+        tl.store(out + 5 * C + c, zero, mask=cm)
+
+
 # ----------------------------------------------------------------------------- launchers
 
 
@@ -464,17 +573,22 @@ class _Geometry:
         return {"BLOCK_A": self.BLOCK_A, "BLOCK_B": self.BLOCK_B}
 
 
-def _stats(x: Tensor, geo: _Geometry) -> tuple[Tensor, Tensor]:
-    """Per-statistic fp32 (μ, biased σ²): kernel partials merged with Chan's formula."""
+def _stats(x: Tensor, geo: _Geometry, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-statistic fp32 (μ, biased σ², 1/√(σ² + ε)): kernel partials merged with Chan's
+    formula by :func:`_merge_kernel` (two launches in all)."""
     part = torch.empty((geo.P, geo.SPLIT, 4), device=x.device, dtype=torch.float32)
     _stats_kernel[(geo.P, geo.SPLIT)](
         x, part, *geo.args(), geo.TB, geo.T, geo.TPP, geo.SPLIT, **geo.blocks()
     )
-    cnt, mean_k, m2_k, pivot = part.unbind(-1)
-    total = cnt.sum(1)
-    mean = (cnt * mean_k).sum(1) / total  # of x − K
-    m2 = m2_k.sum(1) + (cnt * (mean_k - mean[:, None]) ** 2).sum(1)
-    return mean + pivot[:, 0], m2 / total
+    # separate tensors: the custom op's outputs may not alias each other
+    mean, var, rstd = (torch.empty(geo.P, device=x.device, dtype=torch.float32)
+                       for _ in range(3))
+    block_s = min(triton.next_power_of_2(geo.SPLIT), 128)
+    block_p = max(1, min(triton.next_power_of_2(geo.P), 4096 // block_s))
+    _merge_kernel[(triton.cdiv(geo.P, block_p),)](
+        part, mean, var, rstd, geo.P, geo.SPLIT, float(eps), BLOCK_P=block_p, BLOCK_S=block_s
+    )
+    return mean, var, rstd
 
 
 def _channels_innermost(x: Tensor) -> bool:
@@ -519,30 +633,33 @@ class _Rows:
         return v.view(self.NSEG, self.G).repeat_interleave(self.CG, dim=1)
 
 
-def _cl_stats(x: Tensor, geo: _Rows) -> tuple[Tensor, Tensor]:
-    part = torch.empty((geo.NSEG, geo.SPLIT, 4, geo.C), device=x.device, dtype=torch.float32)
-    _cl_stats_kernel[geo.grid](
-        x, part, geo.C, geo.R_SEG, geo.NCB, geo.TPP, geo.T, geo.CG, geo.SPLIT, **geo.blocks()
+def _cl_coefs(x: Tensor, geo: _Rows, weight, bias, eps: float, mean=None, var=None):
+    """``(coef, μ, σ²)``: the (NSEG, 6, C) fp32 per-(segment, channel) coefficients
+    scale = γ·r, shift = β − μ·γ·r, r, μ·r (rows 4, 5 zero), and the per-statistic fp32
+    μ and biased σ², from the batch (two launches: partials, then :func:`_cl_coef_kernel`
+    merging them) or from the ``mean``/``var`` given (one launch)."""
+    coef = torch.empty((geo.NSEG, 6, geo.C), device=x.device, dtype=torch.float32)
+    has_part = mean is None
+    if has_part:
+        part = torch.empty((geo.NSEG, geo.SPLIT, 4, geo.C), device=x.device,
+                           dtype=torch.float32)
+        _cl_stats_kernel[geo.grid](
+            x, part, geo.C, geo.R_SEG, geo.NCB, geo.TPP, geo.T, geo.CG, geo.SPLIT,
+            **geo.blocks()
+        )
+        mean, var = (torch.empty(geo.NSEG * geo.G, device=x.device, dtype=torch.float32)
+                     for _ in range(2))
+    else:
+        part = mean = mean.float().contiguous()
+        var = var.float().contiguous()
+    block_cg = min(triton.next_power_of_2(geo.CG), 1024)
+    block_s = max(1, min(triton.next_power_of_2(geo.SPLIT), 4096 // block_cg))
+    _cl_coef_kernel[(geo.NSEG * geo.G,)](
+        part, mean, var, mean if weight is None else weight, mean if bias is None else bias,
+        coef, geo.C, geo.G, geo.CG, geo.SPLIT, float(eps), HAS_PART=has_part,
+        HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_S=block_s, BLOCK_CG=block_cg,
     )
-    shape = (geo.NSEG, geo.SPLIT, geo.G, geo.CG)
-    cnt, mean_k, m2_k, pivot = (t.reshape(shape) for t in part.unbind(2))
-    total = cnt.sum((1, 3))
-    mean = (cnt * mean_k).sum((1, 3)) / total  # of x − K, per (segment, group)
-    m2 = m2_k.sum((1, 3)) + (cnt * (mean_k - mean[:, None, :, None]) ** 2).sum((1, 3))
-    return (mean + pivot[:, 0, :, 0]).reshape(-1), (m2 / total).reshape(-1)
-
-
-def _cl_coefs(geo: _Rows, weight, bias, mean, rstd, device) -> Tensor:
-    """(NSEG, 6, C) fp32: scale = γ·r, shift = β − μ·γ·r, r, μ·r (rows 4, 5 left 0)."""
-    coef = torch.zeros((geo.NSEG, 6, geo.C), device=device, dtype=torch.float32)
-    r_c, m_c = geo.per_channel(rstd), geo.per_channel(mean)
-    gamma = torch.ones(geo.C, device=device) if weight is None else weight.float()
-    beta = torch.zeros(geo.C, device=device) if bias is None else bias.float()
-    coef[:, 0] = gamma * r_c
-    coef[:, 1] = beta - m_c * coef[:, 0]
-    coef[:, 2] = r_c
-    coef[:, 3] = m_c * r_c
-    return coef
+    return coef, mean, var
 
 
 def norm_act_forward(
@@ -571,11 +688,7 @@ def norm_act_forward(
     x = x.contiguous(memory_format=layout(x))
     if _channels_innermost(x):
         rows = _Rows(x, groups, batch, tile, split)
-        if mean is None:
-            mean, var = _cl_stats(x, rows)
-        else:
-            mean, var = mean.float().contiguous(), var.float().contiguous()
-        coef = _cl_coefs(rows, weight, bias, mean, torch.rsqrt(var + eps), x.device)
+        coef, mean, var = _cl_coefs(x, rows, weight, bias, eps, mean, var)
         y = torch.empty_like(x)
         _cl_forward_kernel[rows.grid](
             x, y, coef, rows.C, rows.R_SEG, rows.NCB, rows.TPP, rows.T, float(act_param),
@@ -584,10 +697,10 @@ def norm_act_forward(
         return y, mean, var
     geo = _Geometry(x, groups, batch, tile, split)
     if mean is None:
-        mean, var = _stats(x, geo)
+        mean, var, rstd = _stats(x, geo, eps)
     else:
         mean, var = mean.float().contiguous(), var.float().contiguous()
-    rstd = torch.rsqrt(var + eps)
+        rstd = torch.rsqrt(var + eps)
     y = torch.empty_like(x)
     dummy = mean
     _forward_kernel[(geo.P, geo.SPLIT)](
@@ -633,7 +746,7 @@ def norm_act_backward(
     n, c = x.shape[:2]
     gamma = (torch.ones(c, device=x.device) if weight is None else weight.float())
     if _channels_innermost(x):
-        return _cl_backward(dy, x, weight, bias, gamma, mean, rstd, groups, act, act_param,
+        return _cl_backward(dy, x, weight, bias, gamma, mean, var, rstd, eps, groups, act, act_param,
                             batch, training, tile, split)
     geo = _Geometry(x, groups, batch, tile, split)
     sum_dz = torch.empty((geo.P, geo.TB, geo.A), device=x.device, dtype=torch.float32)
@@ -669,11 +782,11 @@ def norm_act_backward(
     return dx, dw, db
 
 
-def _cl_backward(dy, x, weight, bias, gamma, mean, rstd, groups, act, act_param, batch,
-                 training, tile, split):
+def _cl_backward(dy, x, weight, bias, gamma, mean, var, rstd, eps, groups, act, act_param,
+                 batch, training, tile, split):
     """:func:`norm_act_backward` on the rows × channels kernels."""
     rows = _Rows(x, groups, batch, tile, split)
-    coef = _cl_coefs(rows, weight, bias, mean, rstd, x.device)
+    coef = _cl_coefs(x, rows, weight, bias, eps, mean, var)[0]
     sums = torch.empty((2, rows.NSEG, rows.SPLIT, rows.C), device=x.device, dtype=torch.float32)
     _cl_bwd_sums_kernel[rows.grid](
         x, dy, coef, sums[0], sums[1], rows.C, rows.R_SEG, rows.NCB, rows.TPP, rows.T,
