@@ -234,9 +234,16 @@ for has_part in (True, False):
     kernels.append((K._cl_coef_kernel, dict(PART=P32, MEAN=P32, VAR=P32, W=D, Bi=D, COEF=P32, C=I,
                                             G=I, CG=I, SPLIT=I, eps=F),
                     dict(HAS_PART=has_part, HAS_W=True, HAS_B=True, BLOCK_S=4, BLOCK_CG=1024)))
+kernels.append((K._bwd_merge_kernel, dict(SUM_DZ=P32, SUM_DZX=P32, W=D, S_DZ=P32, S_DZX=P32,
+                                          C1=P32, C2=P32, DB=P32, DW=P32, A=I, TB=I, P_LO=I,
+                                          CH_P=I, CH_A=I, inv_count=F),
+                dict(HAS_W=True, TRAINING=True, PER_CHANNEL=True, BLOCK_T=4, BLOCK_A=1024)))
+kernels.append((K._cl_bwd_merge_kernel, dict(SUM_DZ=P32, SUM_DZX=P32, W=D, COEF=P32, S_DZ=P32,
+                                             S_DZX=P32, C=I, G=I, CG=I, SPLIT=I, inv_count=F),
+                dict(HAS_W=True, TRAINING=True, BLOCK_S=4, BLOCK_CG=1024)))
 for fn, sig, const in kernels:
     const = dict(const)
-    if "BLOCK_A" in fn.arg_names:
+    if "BLOCK_B" in fn.arg_names:
         const.update(BLOCK_A=16, BLOCK_B=64)
     elif "BLOCK_R" in fn.arg_names:
         const.update(BLOCK_R=16, BLOCK_C=128)
@@ -267,7 +274,7 @@ def test_kernels_compile_for_h100():
     out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "compiled 39" in out.stdout
+    assert "compiled 41" in out.stdout
 
 
 # ----------------------------------------------------------------------------- modules
@@ -383,3 +390,41 @@ def test_on_device_merges_of_many_partials(shape, groups, channels_last, tile, s
     xd = x.double().reshape(shape[0] * groups, -1)
     torch.testing.assert_close(mean.double(), xd.mean(1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(var.double(), xd.var(1, correction=0), atol=1e-5, rtol=1e-5)
+
+
+def test_backward_merge_kernels_loop_over_blocks():
+    # Blocks much smaller than the partials, so every loop of the merge kernels runs.
+    P, TB, A, P_LO = 6, 7, 5, 3  # GroupNorm-like: 2 samples × 3 groups of 5 channels
+    sdz, sdzx = torch.randn(P, TB, A), torch.randn(P, TB, A)
+    w = torch.rand(P_LO * A) + 0.5
+    f32 = {"dtype": torch.float32}
+    outs = [torch.empty(P, A, **f32), torch.empty(P, A, **f32), torch.empty(P, **f32),
+            torch.empty(P, **f32), torch.empty(P, **f32), torch.empty(P, **f32)]
+    norm_act._bwd_merge_kernel[(P,)](sdz, sdzx, w, *outs, A, TB, P_LO, A, 1, 0.25,
+                                     HAS_W=True, TRAINING=True, PER_CHANNEL=True,
+                                     BLOCK_T=2, BLOCK_A=2)
+    s_dz, s_dzx, c1, c2, db, dw = outs
+    gam = w.view(P_LO, A).repeat(P // P_LO, 1)  # γ of each (statistic, channel in group)
+    torch.testing.assert_close(s_dz, sdz.sum(1))
+    torch.testing.assert_close(s_dzx, sdzx.sum(1))
+    torch.testing.assert_close(c1, (gam * sdz.sum(1)).sum(1) * 0.25)
+    torch.testing.assert_close(c2, (gam * sdzx.sum(1)).sum(1) * 0.25)
+    torch.testing.assert_close(db, sdz.sum((1, 2)))
+    torch.testing.assert_close(dw, sdzx.sum((1, 2)))
+    # rows × channels: 2 segments × 2 groups of 3 channels, 5 row chunks
+    NSEG, SPLIT, G, CG = 2, 5, 2, 3
+    C = G * CG
+    sums = torch.randn(2, NSEG, SPLIT, C)
+    coef = torch.randn(NSEG, 6, C)
+    r = coef[:, 2].clone()
+    s_dz, s_dzx = torch.empty(NSEG, C), torch.empty(NSEG, C)
+    w = torch.rand(C) + 0.5
+    norm_act._cl_bwd_merge_kernel[(NSEG * G,)](sums[0], sums[1], w, coef, s_dz, s_dzx, C, G,
+                                               CG, SPLIT, 0.5, HAS_W=True, TRAINING=True,
+                                               BLOCK_S=2, BLOCK_CG=2)
+    torch.testing.assert_close(s_dz, sums[0].sum(1))
+    torch.testing.assert_close(s_dzx, sums[1].sum(1))
+    c1 = (w * s_dz).view(NSEG, G, CG).sum(-1) * 0.5
+    c2 = (w * s_dzx).view(NSEG, G, CG).sum(-1) * 0.5
+    torch.testing.assert_close(coef[:, 4], r * c1.repeat_interleave(CG, 1))
+    torch.testing.assert_close(coef[:, 5], r * c2.repeat_interleave(CG, 1))

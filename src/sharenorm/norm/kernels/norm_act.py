@@ -33,12 +33,17 @@ but x, μ and r is kept) and needs per-statistic Σ dz and Σ dz·x̂ (one pass)
 
 Kernels:
     _stats_kernel / _cl_stats_kernel            partial (count, mean, M2) of x − K
+    _merge_kernel / _cl_coef_kernel             partials → μ, σ², r (rows: + coefficients)
     _forward_kernel / _cl_forward_kernel        y = act(γ·r·(x − μ) + β)
     _bwd_sums_kernel / _cl_bwd_sums_kernel      partial Σ dz, Σ dz·x̂ (dz = dy·act'(z))
+    _bwd_merge_kernel / _cl_bwd_merge_kernel    partials → c1, c2 and dγ, dβ partials
     _bwd_dx_kernel / _cl_bwd_dx_kernel          dx = r·(γ·dz − c1 − x̂·c2)
 
-The launchers allocate outputs, pick tiles and the split, and merge partials; they do
-no autograd (see :mod:`sharenorm.norm.fused`). Correctness is tested with
+The partials are merged on the GPU too: a forward is 3 launches and a backward 3-5,
+where merging with torch ops took ~15-25 small launches whose latency (~5 µs each)
+would have outweighed the kernels on tensors of a few MB. The launchers allocate
+outputs and pick tiles and the split; they do no autograd (see
+:mod:`sharenorm.norm.fused`). Correctness is tested with
 ``TRITON_INTERPRET=1`` and by compiling every kernel for sm_90; speed is untested here
 (no GPU was available when they were written).
 """
@@ -303,6 +308,57 @@ def _bwd_dx_kernel(
         tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _bwd_merge_kernel(
+    SUM_DZ, SUM_DZX,  # (P, TB, A) fp32 partials of _bwd_sums_kernel
+    W,                # (C,) γ (a dummy when HAS_W is False)
+    S_DZ, S_DZX,      # (P, A) fp32 out: the partials summed over the b-tiles
+    C1, C2,           # (P,) fp32 out: mean of γ·dz and of γ·dz·x̂ (0 when not TRAINING)
+    DB, DW,           # (P,) fp32 out (PER_CHANNEL: BatchNorm, a statistic is a channel)
+    A, TB, P_LO, CH_P, CH_A, inv_count,
+    HAS_W: tl.constexpr, TRAINING: tl.constexpr, PER_CHANNEL: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_A: tl.constexpr,
+):
+    """One program per statistic: what the dx pass needs (c1, c2) and the parameter
+    gradients' partials, in one launch instead of a dozen small torch ops."""
+    p = tl.program_id(0)
+    c1 = tl.zeros((), dtype=tl.float32)
+    c2 = tl.zeros((), dtype=tl.float32)
+    db = tl.zeros((), dtype=tl.float32)
+    dw = tl.zeros((), dtype=tl.float32)
+    for a0 in range(0, A, BLOCK_A):
+        a = a0 + tl.arange(0, BLOCK_A)
+        am = a < A
+        s_dz = tl.zeros((BLOCK_A,), dtype=tl.float32)
+        s_dzx = tl.zeros((BLOCK_A,), dtype=tl.float32)
+        for t0 in range(0, TB, BLOCK_T):
+            t = t0 + tl.arange(0, BLOCK_T)
+            m = (t[:, None] < TB) & am[None, :]
+            off = (p * TB + t[:, None]).to(tl.int64) * A + a[None, :]
+            s_dz += tl.sum(tl.load(SUM_DZ + off, mask=m, other=0.0), axis=0)
+            s_dzx += tl.sum(tl.load(SUM_DZX + off, mask=m, other=0.0), axis=0)
+        out = p.to(tl.int64) * A + a
+        tl.store(S_DZ + out, s_dz, mask=am)
+        tl.store(S_DZX + out, s_dzx, mask=am)
+        if HAS_W:
+            w = tl.load(W + (p % P_LO) * CH_P + a * CH_A, mask=am, other=1.0).to(tl.float32)
+        else:
+            w = tl.full((BLOCK_A,), 1.0, tl.float32)
+        c1 += tl.sum(w * s_dz)
+        c2 += tl.sum(w * s_dzx)
+        db += tl.sum(s_dz)
+        dw += tl.sum(s_dzx)
+    if PER_CHANNEL:
+        tl.store(DB + p, db)
+        tl.store(DW + p, dw)
+    if TRAINING:
+        tl.store(C1 + p, c1 * inv_count)
+        tl.store(C2 + p, c2 * inv_count)
+    else:
+        tl.store(C1 + p, 0.0)
+        tl.store(C2 + p, 0.0)
+
+
 # ----------------------------------------------------------------------------- channels-last
 # With the channels innermost (NHWC / NDHWC, and (N, C) matrices), x is a row-major matrix
 # X[r, c] with r = n·S + s. A program takes BLOCK_C consecutive channels (one coalesced
@@ -444,6 +500,59 @@ def _cl_bwd_dx_kernel(
         xh = x * rstd[None, :] - mean_r[None, :]
         dx = scale[None, :] * dz - c1r[None, :] - xh * c2r[None, :]
         tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _cl_bwd_merge_kernel(
+    SUM_DZ, SUM_DZX,  # (NSEG, SPLIT, C) fp32 partials of _cl_bwd_sums_kernel
+    W,                # (C,) γ (a dummy when HAS_W is False)
+    COEF,             # (NSEG, 6, C) fp32: rows 4, 5 (r·c1, r·c2) written here
+    S_DZ, S_DZX,      # (NSEG, C) fp32 out: the partials summed over the row chunks
+    C, G, CG, SPLIT, inv_count,
+    HAS_W: tl.constexpr, TRAINING: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_CG: tl.constexpr,
+):
+    """One program per statistic (segment, group): sums over its row chunks, then
+    c1 = mean of γ·dz and c2 = mean of γ·dz·x̂ over the group, written as r·c1, r·c2 into
+    its channels' coefficient rows (one launch for ~15 small torch ops)."""
+    q = tl.program_id(0)
+    seg = q // G
+    g = q % G
+    c1 = tl.zeros((), dtype=tl.float32)
+    c2 = tl.zeros((), dtype=tl.float32)
+    for c0 in range(0, CG, BLOCK_CG):
+        c = g * CG + c0 + tl.arange(0, BLOCK_CG)
+        cm = c < (g + 1) * CG
+        s_dz = tl.zeros((BLOCK_CG,), dtype=tl.float32)
+        s_dzx = tl.zeros((BLOCK_CG,), dtype=tl.float32)
+        for k0 in range(0, SPLIT, BLOCK_S):
+            k = k0 + tl.arange(0, BLOCK_S)
+            m = (k[:, None] < SPLIT) & cm[None, :]
+            off = (seg * SPLIT + k[:, None]).to(tl.int64) * C + c[None, :]
+            s_dz += tl.sum(tl.load(SUM_DZ + off, mask=m, other=0.0), axis=0)
+            s_dzx += tl.sum(tl.load(SUM_DZX + off, mask=m, other=0.0), axis=0)
+        out = seg.to(tl.int64) * C + c
+        tl.store(S_DZ + out, s_dz, mask=cm)
+        tl.store(S_DZX + out, s_dzx, mask=cm)
+        if HAS_W:
+            w = tl.load(W + c, mask=cm, other=1.0).to(tl.float32)
+        else:
+            w = tl.full((BLOCK_CG,), 1.0, tl.float32)
+        c1 += tl.sum(w * s_dz)
+        c2 += tl.sum(w * s_dzx)
+    if TRAINING:
+        c1 = c1 * inv_count
+        c2 = c2 * inv_count
+    else:  # the statistics were given: dx = r·γ·dz, whatever the sums hold
+        c1 = tl.zeros((), dtype=tl.float32)
+        c2 = tl.zeros((), dtype=tl.float32)
+    coef = COEF + seg.to(tl.int64) * 6 * C
+    for c0 in range(0, CG, BLOCK_CG):
+        c = g * CG + c0 + tl.arange(0, BLOCK_CG)
+        cm = c < (g + 1) * CG
+        r = tl.load(coef + 2 * C + c, mask=cm, other=0.0)
+        tl.store(coef + 4 * C + c, r * c1, mask=cm)
+        tl.store(coef + 5 * C + c, r * c2, mask=cm)
 
 
 @triton.jit
@@ -628,10 +737,6 @@ class _Rows:
     def blocks(self):
         return {"BLOCK_R": self.BLOCK_R, "BLOCK_C": self.BLOCK_C}
 
-    def per_channel(self, v: Tensor) -> Tensor:
-        """A per-statistic vector (NSEG·G,) as per-(segment, channel) (NSEG, C)."""
-        return v.view(self.NSEG, self.G).repeat_interleave(self.CG, dim=1)
-
 
 def _cl_coefs(x: Tensor, geo: _Rows, weight, bias, eps: float, mean=None, var=None):
     """``(coef, μ, σ²)``: the (NSEG, 6, C) fp32 per-(segment, channel) coefficients
@@ -742,15 +847,14 @@ def norm_act_backward(
     if dy.stride() != x.stride():  # size-1 dims can make equal layouts differ in strides
         dy = torch.empty_like(x).copy_(dy)
     mean = mean.float().contiguous()
-    rstd = torch.rsqrt(var.float() + eps).contiguous()
-    n, c = x.shape[:2]
-    gamma = (torch.ones(c, device=x.device) if weight is None else weight.float())
     if _channels_innermost(x):
-        return _cl_backward(dy, x, weight, bias, gamma, mean, var, rstd, eps, groups, act, act_param,
+        return _cl_backward(dy, x, weight, bias, mean, var, eps, groups, act, act_param,
                             batch, training, tile, split)
+    n = x.shape[0]
+    rstd = torch.rsqrt(var.float() + eps).contiguous()
     geo = _Geometry(x, groups, batch, tile, split)
-    sum_dz = torch.empty((geo.P, geo.TB, geo.A), device=x.device, dtype=torch.float32)
-    sum_dzx = torch.empty_like(sum_dz)
+    f32 = {"device": x.device, "dtype": torch.float32}
+    sum_dz, sum_dzx = (torch.empty((geo.P, geo.TB, geo.A), **f32) for _ in range(2))
     common = (*geo.args(), geo.CH_P, geo.CH_A, geo.TB, geo.T, geo.TPP, float(act_param))
     flags = {"HAS_W": weight is not None, "HAS_B": bias is not None, "ACT": ACT_CODES[act]}
     dummy = mean
@@ -759,47 +863,48 @@ def norm_act_backward(
     _bwd_sums_kernel[(geo.P, geo.SPLIT)](
         x, dy, w_arg, b_arg, mean, rstd, sum_dz, sum_dzx, *common, **flags, **geo.blocks()
     )
-    s_dz, s_dzx = sum_dz.sum(1), sum_dzx.sum(1)  # (P, A)
-    if batch:  # P = channels, A = samples
-        db, dw = s_dz.sum(1), s_dzx.sum(1)
-        g_dz, g_dzx = gamma * db, gamma * dw
-    else:  # P = (sample, group), A = channels of the group
-        cg = c // groups
-        db = s_dz.view(n, groups, cg).sum(0).reshape(c)
-        dw = s_dzx.view(n, groups, cg).sum(0).reshape(c)
-        gam = gamma.view(1, groups, cg)
-        g_dz = (s_dz.view(n, groups, cg) * gam).sum(-1).reshape(-1)
-        g_dzx = (s_dzx.view(n, groups, cg) * gam).sum(-1).reshape(-1)
-    if training:
-        c1, c2 = g_dz / geo.count, g_dzx / geo.count
-    else:
-        c1 = c2 = torch.zeros_like(mean)
+    s_dz, s_dzx = (torch.empty((geo.P, geo.A), **f32) for _ in range(2))
+    c1, c2 = (torch.empty(geo.P, **f32) for _ in range(2))
+    db, dw = (torch.empty(geo.P if batch else 0, **f32) for _ in range(2))
+    block_a = min(triton.next_power_of_2(geo.A), 1024)
+    block_t = max(1, min(triton.next_power_of_2(geo.TB), 4096 // block_a))
+    _bwd_merge_kernel[(geo.P,)](
+        sum_dz, sum_dzx, w_arg, s_dz, s_dzx, c1, c2, db if batch else c1, dw if batch else c2,
+        geo.A, geo.TB, geo.P_LO, geo.CH_P, geo.CH_A, 1.0 / geo.count,
+        HAS_W=weight is not None, TRAINING=training, PER_CHANNEL=batch,
+        BLOCK_T=block_t, BLOCK_A=block_a,
+    )
+    if not batch:  # P = (sample, group), A = channels of the group: sum over the samples
+        db = s_dz.view(n, -1).sum(0)
+        dw = s_dzx.view(n, -1).sum(0)
     dx = torch.empty_like(x)
     _bwd_dx_kernel[(geo.P, geo.SPLIT)](
-        x, dy, dx, w_arg, b_arg, mean, rstd, c1.contiguous(), c2.contiguous(), *common,
-        **flags, **geo.blocks(),
+        x, dy, dx, w_arg, b_arg, mean, rstd, c1, c2, *common, **flags, **geo.blocks(),
     )
     return dx, dw, db
 
 
-def _cl_backward(dy, x, weight, bias, gamma, mean, var, rstd, eps, groups, act, act_param,
+def _cl_backward(dy, x, weight, bias, mean, var, eps, groups, act, act_param,
                  batch, training, tile, split):
     """:func:`norm_act_backward` on the rows × channels kernels."""
     rows = _Rows(x, groups, batch, tile, split)
     coef = _cl_coefs(x, rows, weight, bias, eps, mean, var)[0]
-    sums = torch.empty((2, rows.NSEG, rows.SPLIT, rows.C), device=x.device, dtype=torch.float32)
+    f32 = {"device": x.device, "dtype": torch.float32}
+    sums = torch.empty((2, rows.NSEG, rows.SPLIT, rows.C), **f32)
     _cl_bwd_sums_kernel[rows.grid](
         x, dy, coef, sums[0], sums[1], rows.C, rows.R_SEG, rows.NCB, rows.TPP, rows.T,
         rows.SPLIT, float(act_param), ACT=ACT_CODES[act], **rows.blocks(),
     )
-    s_dz, s_dzx = sums.sum(2)  # (NSEG, C) each
-    db, dw = s_dz.sum(0), s_dzx.sum(0)
-    if training:
-        grouped = (rows.NSEG, rows.G, rows.CG)
-        c1 = (s_dz * gamma).view(grouped).sum(-1).reshape(-1) / rows.count
-        c2 = (s_dzx * gamma).view(grouped).sum(-1).reshape(-1) / rows.count
-        coef[:, 4] = rows.per_channel(rstd * c1)
-        coef[:, 5] = rows.per_channel(rstd * c2)
+    s_dz, s_dzx = (torch.empty((rows.NSEG, rows.C), **f32) for _ in range(2))
+    block_cg = min(triton.next_power_of_2(rows.CG), 1024)
+    block_s = max(1, min(triton.next_power_of_2(rows.SPLIT), 4096 // block_cg))
+    _cl_bwd_merge_kernel[(rows.NSEG * rows.G,)](
+        sums[0], sums[1], coef if weight is None else weight, coef, s_dz, s_dzx, rows.C,
+        rows.G, rows.CG, rows.SPLIT, 1.0 / rows.count, HAS_W=weight is not None,
+        TRAINING=training, BLOCK_S=block_s, BLOCK_CG=block_cg,
+    )
+    # dβ, dγ: per channel over the segments (one row for BatchNorm: nothing to add)
+    db, dw = (s_dz[0], s_dzx[0]) if rows.NSEG == 1 else (s_dz.sum(0), s_dzx.sum(0))
     dx = torch.empty_like(x)
     _cl_bwd_dx_kernel[rows.grid](
         x, dy, dx, coef, rows.C, rows.R_SEG, rows.NCB, rows.TPP, rows.T, float(act_param),
