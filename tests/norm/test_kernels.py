@@ -241,6 +241,9 @@ kernels.append((K._bwd_merge_kernel, dict(SUM_DZ=P32, SUM_DZX=P32, W=D, S_DZ=P32
 kernels.append((K._cl_bwd_merge_kernel, dict(SUM_DZ=P32, SUM_DZX=P32, W=D, COEF=P32, S_DZ=P32,
                                              S_DZX=P32, C=I, G=I, CG=I, SPLIT=I, inv_count=F),
                 dict(HAS_W=True, TRAINING=True, BLOCK_S=4, BLOCK_CG=1024)))
+kernels.append((K._running_update_kernel, dict(MEAN=P32, VAR=P32, RM=P32, RV=P32, OK="*i32", R=I,
+                                               C=I, momentum=F, unbias=F),
+                dict(BLOCK_R=4, BLOCK_C=1024)))
 for fn, sig, const in kernels:
     const = dict(const)
     if "BLOCK_B" in fn.arg_names:
@@ -274,7 +277,7 @@ def test_kernels_compile_for_h100():
     out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "compiled 41" in out.stdout
+    assert "compiled 42" in out.stdout
 
 
 # ----------------------------------------------------------------------------- modules
@@ -428,3 +431,32 @@ def test_backward_merge_kernels_loop_over_blocks():
     c2 = (w * s_dzx).view(NSEG, G, CG).sum(-1) * 0.5
     torch.testing.assert_close(coef[:, 4], r * c1.repeat_interleave(CG, 1))
     torch.testing.assert_close(coef[:, 5], r * c2.repeat_interleave(CG, 1))
+
+
+def test_running_update_op_passes_opcheck_and_guards():
+    ops = fused._triton_ops()
+    rm, rv = torch.randn(5), torch.rand(5) + 0.5
+    mean, var = torch.randn(3, 5), torch.rand(3, 5)
+    torch.library.opcheck(ops.running_update.default, (rm.clone(), rv.clone(), mean, var, 0.1,
+                                                       2.0))
+    want_m, want_v = 0.9 * rm + 0.1 * mean.mean(0), 0.9 * rv + 0.1 * 2.0 * var.mean(0)
+    assert bool(ops.running_update(rm, rv, mean, var, 0.1, 2.0))
+    torch.testing.assert_close(rm, want_m)
+    torch.testing.assert_close(rv, want_v)
+    var[1, 2] = float("inf")
+    before = rm.clone(), rv.clone()
+    assert not bool(ops.running_update(rm, rv, mean, var, 0.1, 2.0))  # kept as they were
+    assert torch.equal(rm, before[0]) and torch.equal(rv, before[1])
+
+
+def test_batchnorm_training_on_triton_compiles_without_graph_break():
+    # The running-statistics update is a custom op too: BN in training is one graph.
+    bn = sn.BatchNorm2d(4, act="relu", backend="triton")
+    ref = sn.BatchNorm2d(4, act="relu", backend="triton")
+    compiled = torch.compile(bn, backend="aot_eager", fullgraph=True)
+    for step in range(2):
+        x = _input((3, 4, 3, 3), channels_last=True) + step
+        torch.testing.assert_close(compiled(x), ref(x))
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    assert int(bn.num_batches_tracked) == int(ref.num_batches_tracked) == 2

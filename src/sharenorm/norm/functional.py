@@ -106,6 +106,16 @@ def backup_running_stats(running_mean: Tensor, running_var: Tensor) -> Tensor:
     return torch.stack((running_mean, running_var))
 
 
+def _warn_not_finite(op: str) -> None:
+    warnings.warn(
+        f"{op}: this batch's statistics are not finite (NaN or Inf in the input, or an "
+        "overflow); running statistics were NOT updated by it and num_batches_tracked "
+        "was not incremented. Look for NaN/Inf in the input or lower the learning rate.",
+        RuntimeWarning,
+        stacklevel=5,
+    )
+
+
 def keep_finite_running_stats(
     running_mean: Tensor, running_var: Tensor, backup: Tensor, op: str
 ) -> bool | Tensor:
@@ -133,13 +143,7 @@ def keep_finite_running_stats(
     # only in eval), and a tracked in-place restore would make that backward refuse to run.
     running_mean.data.copy_(backup[0])
     running_var.data.copy_(backup[1])
-    warnings.warn(
-        f"{op}: this batch's statistics are not finite (NaN or Inf in the input, or an "
-        "overflow); running statistics were NOT updated by it and num_batches_tracked "
-        "was not incremented. Look for NaN/Inf in the input or lower the learning rate.",
-        RuntimeWarning,
-        stacklevel=4,
-    )
+    _warn_not_finite(op)
     return False
 
 
@@ -211,6 +215,19 @@ def _route(
 def _fused_path(impl, input, running_mean, running_var, updating: bool, op: str, *args):
     """Run a fused/Triton implementation that updates the running statistics in place,
     under the same non-finite guard as the plain path; ``(output, updated)``."""
+    from sharenorm.norm import fused
+
+    if impl in (fused.triton_batch_norm_act, fused.triton_instance_norm_act):
+        # The Triton path guards its update in the kernel that makes it (no backup copy,
+        # no host sync) and says whether it kept it.
+        out, kept = impl(input, running_mean, running_var, *args)
+        if kept is None or not updating:
+            return out, False
+        if input.device.type != "cpu" or torch.compiler.is_compiling():
+            return out, kept
+        if not bool(kept):  # the CPU (Triton's interpreter): warn as the plain path does
+            _warn_not_finite(op)
+        return out, bool(kept)
     backup = backup_running_stats(running_mean, running_var) if updating else None
     out = impl(input, running_mean, running_var, *args)
     updated = updating and keep_finite_running_stats(running_mean, running_var, backup, op)

@@ -631,40 +631,13 @@ def instance_norm_act(
 # The Triton kernels recompute z from x in backward anyway, so this path always keeps
 # one full-size tensor (x) whatever ``memory_efficient`` says.
 
-_TRITON_AUTOGRAD_REGISTERED = False
-
-
 def _triton_ops():
-    """``torch.ops.sharenorm`` with autograd attached to ``norm_act_fwd`` (once)."""
-    global _TRITON_AUTOGRAD_REGISTERED
+    """``torch.ops.sharenorm``: the Triton custom ops, with their autograd (registered by
+    :mod:`sharenorm.norm.kernels.ops` when it is imported)."""
     from sharenorm.norm import kernels
 
     kernels.load_ops()
-    if not _TRITON_AUTOGRAD_REGISTERED:
-        torch.library.register_autograd(
-            "sharenorm::norm_act_fwd", _triton_backward, setup_context=_triton_setup
-        )
-        _TRITON_AUTOGRAD_REGISTERED = True
     return torch.ops.sharenorm
-
-
-def _triton_setup(ctx, inputs, output) -> None:
-    x, weight, bias, mean_in, _, groups, eps, act, p, batch = inputs
-    _, mean, var = output
-    ctx.mark_non_differentiable(mean, var)
-    ctx.save_for_backward(x, weight, bias, mean, var)
-    ctx.cfg = (groups, eps, act, p, batch, mean_in is None)
-
-
-def _triton_backward(ctx, dy, _dmean, _dvar):
-    x, weight, bias, mean, var = ctx.saved_tensors
-    groups, eps, act, p, batch, training = ctx.cfg
-    dx, dw, db = torch.ops.sharenorm.norm_act_bwd(
-        dy, x, weight, bias, mean, var, groups, eps, act, p, batch, training
-    )
-    dw = None if weight is None else dw.to(weight.dtype)
-    db = None if bias is None else db.to(bias.dtype)
-    return dx, dw, db, None, None, None, None, None, None, None
 
 
 def _triton_forward(x, weight, bias, mean_in, var_in, groups, eps, act, act_param, batch):
@@ -675,42 +648,43 @@ def _triton_forward(x, weight, bias, mean_in, var_in, groups, eps, act, act_para
     )
 
 
-@torch.no_grad()
-def _update_running(running_mean, running_var, mean, unbiased_var, momentum) -> None:
-    """``r ← (1 − momentum)·r + momentum·batch``, ATen's formula, in place."""
-    running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-    running_var.mul_(1.0 - momentum).add_(unbiased_var.to(running_var.dtype), alpha=momentum)
+def _running_update(running_mean, running_var, mean, var, count: int, momentum) -> Tensor:
+    """The guarded running-statistics update in one kernel (σ² made unbiased over the
+    ``count`` elements of a statistic); a 0-d bool tensor, True if it was kept."""
+    unbias = count / max(count - 1, 1)
+    return _triton_ops().running_update(running_mean, running_var, mean, var, float(momentum),
+                                        unbias)
 
 
 def triton_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum,
-                          eps, act, act_param) -> Tensor:
-    """``act(batch_norm(x))`` on the Triton kernels; running statistics passed are updated
-    in place (the caller passes copies and commits them), as :func:`batch_norm_act`."""
+                          eps, act, act_param) -> tuple[Tensor, Tensor | None]:
+    """``act(batch_norm(x))`` on the Triton kernels: ``(y, kept)``. In training the running
+    statistics passed are updated in place under the non-finite guard of the plain path,
+    in the same kernel launch (``kept``: a 0-d bool tensor; None when nothing is updated)."""
     if not training:
         return _triton_forward(input, weight, bias, running_mean, running_var, 1, eps, act,
-                               act_param, True)[0]
+                               act_param, True)[0], None
     y, mean, var = _triton_forward(input, weight, bias, None, None, 1, eps, act, act_param, True)
-    if running_mean is not None and running_var is not None:
-        m = input.numel() // input.shape[1]
-        _update_running(running_mean, running_var, mean, var * (m / max(m - 1, 1)), momentum)
-    return y
+    if running_mean is None or running_var is None:
+        return y, None
+    m = input.numel() // input.shape[1]
+    return y, _running_update(running_mean, running_var, mean, var, m, momentum)
 
 
 def triton_instance_norm_act(input, running_mean, running_var, weight, bias, use_input_stats,
-                             momentum, eps, act, act_param) -> Tensor:
-    """``act(instance_norm(x))`` on the Triton kernels (GroupNorm with C groups; running
-    statistics from the batch average of the per-instance μ and unbiased σ²)."""
+                             momentum, eps, act, act_param) -> tuple[Tensor, Tensor | None]:
+    """``act(instance_norm(x))`` on the Triton kernels (GroupNorm with C groups): ``(y,
+    kept)``; running statistics from the batch average of the per-instance μ and unbiased
+    σ², guarded as :func:`triton_batch_norm_act` does."""
     if not use_input_stats:
         return triton_batch_norm_act(input, running_mean, running_var, weight, bias, False, 0.0,
                                      eps, act, act_param)
-    n, c = input.shape[:2]
+    c = input.shape[1]
     y, mean, var = _triton_forward(input, weight, bias, None, None, c, eps, act, act_param, False)
-    if running_mean is not None and running_var is not None:
-        m = math.prod(input.shape[2:])
-        unbiased = var * (m / max(m - 1, 1))
-        _update_running(running_mean, running_var, mean.view(n, c).mean(0),
-                        unbiased.view(n, c).mean(0), momentum)
-    return y
+    if running_mean is None or running_var is None:
+        return y, None
+    m = math.prod(input.shape[2:])
+    return y, _running_update(running_mean, running_var, mean, var, m, momentum)
 
 
 def triton_group_norm_act(input, num_groups, weight, bias, eps, act, act_param) -> Tensor:

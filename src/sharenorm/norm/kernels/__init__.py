@@ -53,3 +53,10 @@ def load_ops():
     from sharenorm.norm.kernels import ops
 
     return ops
+
+
+# Register the custom ops (and their autograd) now where the kernels can run, outside any
+# torch.compile trace: registering during a trace is not possible. On a CPU-only machine
+# without the interpreter this imports nothing more.
+if HAS_TRITON and (interpreting() or torch.cuda.is_available()):
+    load_ops()

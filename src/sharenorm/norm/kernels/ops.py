@@ -2,8 +2,10 @@
 
 ``sharenorm::norm_act_fwd`` and ``sharenorm::norm_act_bwd`` are opaque to
 ``torch.compile`` (no graph break, no tracing into Triton's Python launcher); their fake
-implementations give output shapes, dtypes and layouts for tracing. Autograd is attached
-in :mod:`sharenorm.norm.fused`.
+implementations give output shapes, dtypes and layouts for tracing, and the forward's
+autograd is registered here, at import (which :mod:`sharenorm.norm.kernels` does when
+Triton can run, so that a first call inside a ``torch.compile`` trace finds it ready).
+``sharenorm::running_update`` is the guarded, in-place running-statistics update.
 
 Example (needs a CUDA GPU or ``TRITON_INTERPRET=1``)::
 
@@ -16,9 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sharenorm.norm.kernels.norm_act import layout, norm_act_backward, norm_act_forward
+from sharenorm.norm.kernels.norm_act import (
+    layout,
+    norm_act_backward,
+    norm_act_forward,
+    update_running_stats,
+)
 
-__all__ = ["norm_act_fwd", "norm_act_bwd"]
+__all__ = ["norm_act_fwd", "norm_act_bwd", "running_update"]
 
 
 def _act(act: str) -> str | None:
@@ -84,3 +91,41 @@ def _(dy, x, weight, bias, mean, var, groups, eps, act, act_param, batch, traini
     c = x.shape[1]
     dw = x.new_empty((c,), dtype=torch.float32)
     return torch.empty_like(x, memory_format=layout(x)), dw, torch.empty_like(dw)
+
+
+def _setup(ctx, inputs, output) -> None:
+    x, weight, bias, mean_in, _, groups, eps, act, p, batch = inputs
+    _, mean, var = output
+    ctx.mark_non_differentiable(mean, var)
+    ctx.save_for_backward(x, weight, bias, mean, var)
+    ctx.cfg = (groups, eps, act, p, batch, mean_in is None)
+
+
+def _backward(ctx, dy, _dmean, _dvar):
+    x, weight, bias, mean, var = ctx.saved_tensors
+    groups, eps, act, p, batch, training = ctx.cfg
+    dx, dw, db = norm_act_bwd(dy, x, weight, bias, mean, var, groups, eps, act, p, batch,
+                              training)
+    dw = None if weight is None else dw.to(weight.dtype)
+    db = None if bias is None else db.to(bias.dtype)
+    return dx, dw, db, None, None, None, None, None, None, None
+
+
+# Registered here, at import, not at a first call: a first call inside a torch.compile
+# trace could not register anything.
+torch.library.register_autograd("sharenorm::norm_act_fwd", _backward, setup_context=_setup)
+
+
+@torch.library.custom_op("sharenorm::running_update", mutates_args=("running_mean", "running_var"))
+def running_update(
+    running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor, momentum: float,
+    unbias: float,
+) -> Tensor:
+    """Guarded in-place update of the running statistics (see
+    :func:`~sharenorm.norm.kernels.norm_act.update_running_stats`); a 0-d bool: kept."""
+    return update_running_stats(running_mean, running_var, mean, var, momentum, unbias)
+
+
+@running_update.register_fake
+def _(running_mean, running_var, mean, var, momentum, unbias):
+    return running_mean.new_empty((), dtype=torch.bool)
