@@ -241,9 +241,10 @@ kernels.append((K._bwd_merge_kernel, dict(SUM_DZ=P32, SUM_DZX=P32, W=D, S_DZ=P32
 kernels.append((K._cl_bwd_merge_kernel, dict(SUM_DZ=P32, SUM_DZX=P32, W=D, COEF=P32, S_DZ=P32,
                                              S_DZX=P32, C=I, G=I, CG=I, SPLIT=I, inv_count=F),
                 dict(HAS_W=True, TRAINING=True, BLOCK_S=4, BLOCK_CG=1024)))
-kernels.append((K._running_update_kernel, dict(MEAN=P32, VAR=P32, RM=P32, RV=P32, OK="*i32", R=I,
-                                               C=I, momentum=F, unbias=F),
-                dict(BLOCK_R=4, BLOCK_C=1024)))
+for stats in (P32, "*fp16"):  # running statistics of a float32 or a .half() module
+    kernels.append((K._running_update_kernel, dict(MEAN=P32, VAR=P32, RM=stats, RV=stats,
+                                                   OK="*i1", R=I, C=I, momentum=F, unbias=F),
+                    dict(BLOCK_R=4, BLOCK_C=1024)))
 for fn, sig, const in kernels:
     const = dict(const)
     if "BLOCK_B" in fn.arg_names:
@@ -277,7 +278,7 @@ def test_kernels_compile_for_h100():
     out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "compiled 42" in out.stdout
+    assert "compiled 43" in out.stdout
 
 
 # ----------------------------------------------------------------------------- modules
@@ -460,3 +461,28 @@ def test_batchnorm_training_on_triton_compiles_without_graph_break():
     torch.testing.assert_close(bn.running_mean, ref.running_mean)
     torch.testing.assert_close(bn.running_var, ref.running_var)
     assert int(bn.num_batches_tracked) == int(ref.num_batches_tracked) == 2
+
+
+def test_strided_parameters_and_running_statistics():
+    # Views such as weight[::2] or a strided running buffer: read and updated where they are.
+    x = _input((3, 4, 3, 3), channels_last=True)
+    big_w, big_b = torch.rand(8) + 0.5, torch.randn(8)
+    buf_m, buf_v = torch.zeros(8), torch.ones(8)
+    ref_m, ref_v = torch.zeros(4), torch.ones(4)
+    y = SF.batch_norm(x, buf_m[::2], buf_v[::2], big_w[::2], big_b[::2], True, act="relu",
+                      backend="triton")
+    want = SF.batch_norm(x, ref_m, ref_v, big_w[::2].clone(), big_b[::2].clone(), True,
+                         act="relu", backend="torch")
+    torch.testing.assert_close(y, want, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(buf_m[::2], ref_m)
+    torch.testing.assert_close(buf_v[::2], ref_v)
+    assert torch.equal(buf_m[1::2], torch.zeros(4)) and torch.equal(buf_v[1::2], torch.ones(4))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # numpy's
+def test_a_half_running_variance_that_would_overflow_is_not_kept():
+    # fp32 keeps a variance of 1e6; fp16 (max 65504) would store inf: the update is refused.
+    rm, rv = torch.zeros(4, dtype=torch.float16), torch.ones(4, dtype=torch.float16)
+    kept = norm_act.update_running_stats(rm, rv, torch.zeros(4), torch.full((4,), 1e6), 0.1, 1.0)
+    assert not bool(kept)
+    assert torch.equal(rv, torch.ones(4, dtype=torch.float16))

@@ -629,7 +629,7 @@ def _cl_coef_kernel(
 def _running_update_kernel(
     MEAN, VAR,  # (R, C) fp32 batch statistics (biased σ²), averaged over the R rows
     RM, RV,     # (C,) running statistics, updated in place when every new value is finite
-    OK,         # (1,) int32 out: 1 if the update was kept
+    OK,         # () bool out: True if the update was kept
     R, C, momentum, unbias,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -652,15 +652,18 @@ def _running_update_kernel(
                 s_v += tl.sum(tl.load(VAR + off, mask=m, other=0.0), axis=0)
             rm = tl.load(RM + c, mask=cm, other=0.0).to(tl.float32)
             rv = tl.load(RV + c, mask=cm, other=0.0).to(tl.float32)
-            new_m = (1.0 - momentum) * rm + momentum * (s_m / R)
-            new_v = (1.0 - momentum) * rv + momentum * (s_v / R * unbias)
+            # rounded to the buffers' dtype first: an fp16 variance overflows to inf there
+            new_m = ((1.0 - momentum) * rm + momentum * (s_m / R)).to(RM.dtype.element_ty)
+            new_v = ((1.0 - momentum) * rv + momentum * (s_v / R * unbias)).to(
+                RV.dtype.element_ty)
             if pass_ == 0:
-                finite = (tl.abs(new_m) < float("inf")) & (tl.abs(new_v) < float("inf"))
+                finite = ((tl.abs(new_m.to(tl.float32)) < float("inf"))
+                          & (tl.abs(new_v.to(tl.float32)) < float("inf")))
                 ok = tl.minimum(ok, tl.min(tl.where(cm & ~finite, 0, 1), axis=0))
             elif ok == 1:
-                tl.store(RM + c, new_m.to(RM.dtype.element_ty), mask=cm)
-                tl.store(RV + c, new_v.to(RV.dtype.element_ty), mask=cm)
-    tl.store(OK, ok)
+                tl.store(RM + c, new_m, mask=cm)
+                tl.store(RV + c, new_v, mask=cm)
+    tl.store(OK, ok != 0)
 
 
 def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor, var: Tensor,
@@ -670,16 +673,27 @@ def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor
     a 0-d bool tensor, True if the update was kept (no host sync)."""
     c = running_mean.numel()
     mean, var = mean.float().reshape(-1, c).contiguous(), var.float().reshape(-1, c).contiguous()
-    ok = torch.empty(1, device=mean.device, dtype=torch.int32)
+    # the kernel addresses the buffers densely: strided ones are updated through a copy
+    rm = running_mean if running_mean.is_contiguous() else running_mean.contiguous()
+    rv = running_var if running_var.is_contiguous() else running_var.contiguous()
+    ok = torch.empty((), device=mean.device, dtype=torch.bool)
     block_c = min(triton.next_power_of_2(c), 1024)
     block_r = max(1, min(triton.next_power_of_2(mean.shape[0]), 4096 // block_c))
-    _running_update_kernel[(1,)](mean, var, running_mean, running_var, ok, mean.shape[0], c,
-                                 float(momentum), float(unbias), BLOCK_R=block_r,
-                                 BLOCK_C=block_c)
-    return ok[0].bool()
+    _running_update_kernel[(1,)](mean, var, rm, rv, ok, mean.shape[0], c, float(momentum),
+                                 float(unbias), BLOCK_R=block_r, BLOCK_C=block_c)
+    if rm is not running_mean:
+        running_mean.copy_(rm)
+    if rv is not running_var:
+        running_var.copy_(rv)
+    return ok
 
 
 # ----------------------------------------------------------------------------- launchers
+
+
+def _dense(t: Tensor | None) -> Tensor | None:
+    """γ or β as the kernels address them: (C,) with stride 1."""
+    return None if t is None else t.contiguous()
 
 
 def layout(x: Tensor) -> torch.memory_format:
@@ -746,8 +760,9 @@ def _stats(x: Tensor, geo: _Geometry, eps: float) -> tuple[Tensor, Tensor, Tenso
     # separate tensors: the custom op's outputs may not alias each other
     mean, var, rstd = (torch.empty(geo.P, device=x.device, dtype=torch.float32)
                        for _ in range(3))
+    # ≤ 1024 partials per program: 4096 made ptxas spill (255 registers at 4 warps)
     block_s = min(triton.next_power_of_2(geo.SPLIT), 128)
-    block_p = max(1, min(triton.next_power_of_2(geo.P), 4096 // block_s))
+    block_p = max(1, min(triton.next_power_of_2(geo.P), 1024 // block_s))
     _merge_kernel[(triton.cdiv(geo.P, block_p),)](
         part, mean, var, rstd, geo.P, geo.SPLIT, float(eps), BLOCK_P=block_p, BLOCK_S=block_s
     )
@@ -845,6 +860,7 @@ def norm_act_forward(
     exercise multi-tile and split paths on tiny inputs). ``y`` has ``x``'s layout.
     """
     x = x.contiguous(memory_format=layout(x))
+    weight, bias = _dense(weight), _dense(bias)
     if _channels_innermost(x):
         rows = _Rows(x, groups, batch, tile, split)
         coef, mean, var = _cl_coefs(x, rows, weight, bias, eps, mean, var)
@@ -901,6 +917,7 @@ def norm_act_backward(
     if dy.stride() != x.stride():  # size-1 dims can make equal layouts differ in strides
         dy = torch.empty_like(x).copy_(dy)
     mean = mean.float().contiguous()
+    weight, bias = _dense(weight), _dense(bias)
     if _channels_innermost(x):
         return _cl_backward(dy, x, weight, bias, mean, var, eps, groups, act, act_param,
                             batch, training, tile, split)
