@@ -309,6 +309,22 @@ def _bwd_dx_kernel(
 
 
 @triton.jit
+def _sum_rows(X, Y, row0, n_rows, stride, col, col_mask, BLOCK_ROWS: tl.constexpr,
+              BLOCK_COLS: tl.constexpr):
+    """Σ over rows ``row0 … row0 + n_rows − 1`` of two row-major fp32 matrices (row
+    ``stride``), at the columns ``col``: the partial-sum merge of both backward layouts."""
+    sx = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
+    sy = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
+    for r0 in range(0, n_rows, BLOCK_ROWS):
+        r = r0 + tl.arange(0, BLOCK_ROWS)
+        m = (r[:, None] < n_rows) & col_mask[None, :]
+        off = (row0 + r[:, None]).to(tl.int64) * stride + col[None, :]
+        sx += tl.sum(tl.load(X + off, mask=m, other=0.0), axis=0)
+        sy += tl.sum(tl.load(Y + off, mask=m, other=0.0), axis=0)
+    return sx, sy
+
+
+@triton.jit
 def _bwd_merge_kernel(
     SUM_DZ, SUM_DZX,  # (P, TB, A) fp32 partials of _bwd_sums_kernel
     W,                # (C,) γ (a dummy when HAS_W is False)
@@ -329,14 +345,7 @@ def _bwd_merge_kernel(
     for a0 in range(0, A, BLOCK_A):
         a = a0 + tl.arange(0, BLOCK_A)
         am = a < A
-        s_dz = tl.zeros((BLOCK_A,), dtype=tl.float32)
-        s_dzx = tl.zeros((BLOCK_A,), dtype=tl.float32)
-        for t0 in range(0, TB, BLOCK_T):
-            t = t0 + tl.arange(0, BLOCK_T)
-            m = (t[:, None] < TB) & am[None, :]
-            off = (p * TB + t[:, None]).to(tl.int64) * A + a[None, :]
-            s_dz += tl.sum(tl.load(SUM_DZ + off, mask=m, other=0.0), axis=0)
-            s_dzx += tl.sum(tl.load(SUM_DZX + off, mask=m, other=0.0), axis=0)
+        s_dz, s_dzx = _sum_rows(SUM_DZ, SUM_DZX, p * TB, TB, A, a, am, BLOCK_T, BLOCK_A)
         out = p.to(tl.int64) * A + a
         tl.store(S_DZ + out, s_dz, mask=am)
         tl.store(S_DZX + out, s_dzx, mask=am)
@@ -523,14 +532,8 @@ def _cl_bwd_merge_kernel(
     for c0 in range(0, CG, BLOCK_CG):
         c = g * CG + c0 + tl.arange(0, BLOCK_CG)
         cm = c < (g + 1) * CG
-        s_dz = tl.zeros((BLOCK_CG,), dtype=tl.float32)
-        s_dzx = tl.zeros((BLOCK_CG,), dtype=tl.float32)
-        for k0 in range(0, SPLIT, BLOCK_S):
-            k = k0 + tl.arange(0, BLOCK_S)
-            m = (k[:, None] < SPLIT) & cm[None, :]
-            off = (seg * SPLIT + k[:, None]).to(tl.int64) * C + c[None, :]
-            s_dz += tl.sum(tl.load(SUM_DZ + off, mask=m, other=0.0), axis=0)
-            s_dzx += tl.sum(tl.load(SUM_DZX + off, mask=m, other=0.0), axis=0)
+        s_dz, s_dzx = _sum_rows(SUM_DZ, SUM_DZX, seg * SPLIT, SPLIT, C, c, cm, BLOCK_S,
+                                BLOCK_CG)
         out = seg.to(tl.int64) * C + c
         tl.store(S_DZ + out, s_dz, mask=cm)
         tl.store(S_DZX + out, s_dzx, mask=cm)
