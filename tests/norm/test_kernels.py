@@ -486,3 +486,34 @@ def test_a_half_running_variance_that_would_overflow_is_not_kept():
     kept = norm_act.update_running_stats(rm, rv, torch.zeros(4), torch.full((4,), 1e6), 0.1, 1.0)
     assert not bool(kept)
     assert torch.equal(rv, torch.ones(4, dtype=torch.float16))
+
+
+_FRESH_COMPILE = """
+import sys, torch
+import sharenorm as sn, sharenorm.functional as SF
+assert "sharenorm.norm.kernels" not in sys.modules  # the first Triton use is inside the trace
+x = torch.randn(2, 4, 3, 3).to(memory_format=torch.channels_last).requires_grad_(True)
+w, b = torch.rand(4) + 0.5, torch.randn(4)
+f = lambda x, w, b: SF.group_norm(x, 2, w, b, act="gelu", backend="triton").square().sum()
+torch.compile(f, backend="aot_eager", fullgraph=True)(x, w, b).backward()
+bn = sn.BatchNorm2d(4, backend="triton")
+torch.compile(bn, backend="aot_eager", fullgraph=True)(x.detach())
+print("ok", int(bn.num_batches_tracked))
+"""
+
+
+def test_first_triton_call_inside_torch_compile():
+    # A fresh process whose first Triton call is traced: the custom ops and their autograd
+    # must already be registered by the import, not at that call.
+    import subprocess
+    import sys
+
+    if DEVICE != "cpu":
+        pytest.skip("runs the interpreter in a subprocess")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", _FRESH_COMPILE], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ok 1" in out.stdout
