@@ -127,6 +127,8 @@ SHAPES = [
     ("bn", (3, 4, 5, 3), 1, False, 8, 3),  # NCHW, split over samples and positions
     ("bn", (3, 4, 5, 3), 1, True, 8, 3),  # NHWC
     ("bn_eval", (3, 4, 5, 3), 1, True, None, None),  # running statistics normalize
+    ("bn", (1, 128, 4, 8), 1, True, 128, 32),  # NHWC, 32 row chunks: the merges loop
+    ("gn", (2, 128, 5, 5), 128, True, 128, 25),  # NHWC InstanceNorm, 25 row chunks
 ]
 
 
@@ -241,6 +243,14 @@ kernels.append((K._bwd_merge_kernel, dict(SUM_DZ=P32, SUM_DZX=P32, W=D, S_DZ=P32
 kernels.append((K._cl_bwd_merge_kernel, dict(SUM_DZ=P32, SUM_DZX=P32, W=D, COEF=P32, S_DZ=P32,
                                              S_DZX=P32, C=I, G=I, CG=I, SPLIT=I, inv_count=F),
                 dict(HAS_W=True, TRAINING=True, BLOCK_S=4, BLOCK_CG=1024)))
+for has_part in (True, False):
+    kernels.append((K._cl_coef_channel_kernel, dict(PART=P32, MEAN=P32, VAR=P32, W=D, Bi=D,
+                                                    COEF=P32, C=I, SPLIT=I, eps=F),
+                    dict(HAS_PART=has_part, HAS_W=True, HAS_B=True, BLOCK_S=16, BLOCK_C=128)))
+kernels.append((K._cl_bwd_merge_channel_kernel, dict(SUM_DZ=P32, SUM_DZX=P32, W=D, COEF=P32,
+                                                     S_DZ=P32, S_DZX=P32, C=I, SPLIT=I,
+                                                     inv_count=F),
+                dict(HAS_W=True, TRAINING=True, BLOCK_S=16, BLOCK_C=128)))
 for stats in (P32, "*fp16"):  # running statistics of a float32 or a .half() module
     kernels.append((K._running_update_kernel, dict(MEAN=P32, VAR=P32, RM=stats, RV=stats,
                                                    OK="*i1", R=I, C=I, momentum=F, unbias=F),
@@ -278,7 +288,7 @@ def test_kernels_compile_for_h100():
     out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "compiled 43" in out.stdout
+    assert "compiled 46" in out.stdout
 
 
 # ----------------------------------------------------------------------------- modules

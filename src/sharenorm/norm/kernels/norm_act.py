@@ -691,6 +691,99 @@ def update_running_stats(running_mean: Tensor, running_var: Tensor, mean: Tensor
     return ok
 
 
+@triton.jit
+def _cl_coef_channel_kernel(
+    PART, MEAN, VAR, W, Bi, COEF,  # as _cl_coef_kernel, with one channel per statistic
+    C, SPLIT, eps,
+    HAS_PART: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """:func:`_cl_coef_kernel` for BatchNorm and InstanceNorm (C/G = 1): a program takes
+    BLOCK_C consecutive channels of a segment, so every row of partials it reads is one
+    coalesced segment (one program per channel would gather 4 bytes per 32-byte sector)."""
+    seg = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    stat = seg.to(tl.int64) * C + c
+    if HAS_PART:
+        base = seg.to(tl.int64) * SPLIT * 4 * C
+        total = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        s = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for k0 in range(0, SPLIT, BLOCK_S):
+            k = k0 + tl.arange(0, BLOCK_S)
+            m = (k[:, None] < SPLIT) & cm[None, :]
+            off = base + k[:, None].to(tl.int64) * 4 * C + c[None, :]
+            cnt = tl.load(PART + off, mask=m, other=0.0)
+            total += tl.sum(cnt, axis=0)
+            s += tl.sum(cnt * tl.load(PART + off + C, mask=m, other=0.0), axis=0)
+        total = tl.where(cm, total, 1.0)
+        mean = s / total  # of x − K
+        m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        for k0 in range(0, SPLIT, BLOCK_S):
+            k = k0 + tl.arange(0, BLOCK_S)
+            m = (k[:, None] < SPLIT) & cm[None, :]
+            off = base + k[:, None].to(tl.int64) * 4 * C + c[None, :]
+            cnt = tl.load(PART + off, mask=m, other=0.0)
+            d = tl.load(PART + off + C, mask=m, other=0.0) - mean[None, :]
+            m2 += tl.sum(tl.load(PART + off + 2 * C, mask=m, other=0.0) + cnt * d * d, axis=0)
+        var = m2 / total
+        mean += tl.load(PART + base + 3 * C + c, mask=cm, other=0.0)
+        tl.store(MEAN + stat, mean, mask=cm)
+        tl.store(VAR + stat, var, mask=cm)
+    else:
+        mean = tl.load(MEAN + stat, mask=cm, other=0.0)
+        var = tl.load(VAR + stat, mask=cm, other=1.0)
+    rstd = 1.0 / tl.sqrt(var + eps)
+    if HAS_W:
+        w = tl.load(W + c, mask=cm, other=1.0).to(tl.float32)
+    else:
+        w = tl.full((BLOCK_C,), 1.0, tl.float32)
+    if HAS_B:
+        b = tl.load(Bi + c, mask=cm, other=0.0).to(tl.float32)
+    else:
+        b = tl.full((BLOCK_C,), 0.0, tl.float32)
+    scale = w * rstd
+    out = COEF + seg.to(tl.int64) * 6 * C + c
+    zero = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    tl.store(out, scale, mask=cm)
+    tl.store(out + C, b - mean * scale, mask=cm)
+    tl.store(out + 2 * C, rstd, mask=cm)
+    tl.store(out + 3 * C, mean * rstd, mask=cm)
+    tl.store(out + 4 * C, zero, mask=cm)
+    tl.store(out + 5 * C, zero, mask=cm)
+
+
+@triton.jit
+def _cl_bwd_merge_channel_kernel(
+    SUM_DZ, SUM_DZX, W, COEF, S_DZ, S_DZX,  # as _cl_bwd_merge_kernel, one channel per statistic
+    C, SPLIT, inv_count,
+    HAS_W: tl.constexpr, TRAINING: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """:func:`_cl_bwd_merge_kernel` for C/G = 1, BLOCK_C consecutive channels a program
+    (coalesced reads of the partials, as :func:`_cl_coef_channel_kernel`)."""
+    seg = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < C
+    s_dz, s_dzx = _sum_rows(SUM_DZ, SUM_DZX, seg * SPLIT, SPLIT, C, c, cm, BLOCK_S, BLOCK_C)
+    out = seg.to(tl.int64) * C + c
+    tl.store(S_DZ + out, s_dz, mask=cm)
+    tl.store(S_DZX + out, s_dzx, mask=cm)
+    coef = COEF + seg.to(tl.int64) * 6 * C + c
+    if TRAINING:
+        if HAS_W:
+            w = tl.load(W + c, mask=cm, other=1.0).to(tl.float32)
+        else:
+            w = tl.full((BLOCK_C,), 1.0, tl.float32)
+        r = tl.load(coef + 2 * C, mask=cm, other=0.0)
+        tl.store(coef + 4 * C, r * w * s_dz * inv_count, mask=cm)
+        tl.store(coef + 5 * C, r * w * s_dzx * inv_count, mask=cm)
+    else:  # the statistics were given: dx = r·γ·dz
+        zero = tl.zeros((BLOCK_C,), dtype=tl.float32)
+        tl.store(coef + 4 * C, zero, mask=cm)
+        tl.store(coef + 5 * C, zero, mask=cm)
+
+
 # ----------------------------------------------------------------------------- launchers
 
 
@@ -829,12 +922,22 @@ def _cl_coefs(x: Tensor, geo: _Rows, weight, bias, eps: float, mean=None, var=No
     else:
         part = mean = mean.float().contiguous()
         var = var.float().contiguous()
+    w_arg = mean if weight is None else weight
+    b_arg = mean if bias is None else bias
+    flags = {"HAS_PART": has_part, "HAS_W": weight is not None, "HAS_B": bias is not None}
+    if geo.CG == 1:  # BatchNorm, InstanceNorm: blocks of channels, coalesced
+        block_c = min(triton.next_power_of_2(geo.C), 128)
+        block_s = max(1, min(triton.next_power_of_2(geo.SPLIT), 2048 // block_c))
+        _cl_coef_channel_kernel[(geo.NSEG, triton.cdiv(geo.C, block_c))](
+            part, mean, var, w_arg, b_arg, coef, geo.C, geo.SPLIT, float(eps), **flags,
+            BLOCK_S=block_s, BLOCK_C=block_c,
+        )
+        return coef, mean, var
     block_cg = min(triton.next_power_of_2(geo.CG), 1024)
     block_s = max(1, min(triton.next_power_of_2(geo.SPLIT), 4096 // block_cg))
     _cl_coef_kernel[(geo.NSEG * geo.G,)](
-        part, mean, var, mean if weight is None else weight, mean if bias is None else bias,
-        coef, geo.C, geo.G, geo.CG, geo.SPLIT, float(eps), HAS_PART=has_part,
-        HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_S=block_s, BLOCK_CG=block_cg,
+        part, mean, var, w_arg, b_arg, coef, geo.C, geo.G, geo.CG, geo.SPLIT, float(eps),
+        **flags, BLOCK_S=block_s, BLOCK_CG=block_cg,
     )
     return coef, mean, var
 
@@ -970,13 +1073,22 @@ def _cl_backward(dy, x, weight, bias, mean, var, eps, groups, act, act_param,
         rows.SPLIT, float(act_param), ACT=ACT_CODES[act], **rows.blocks(),
     )
     s_dz, s_dzx = (torch.empty((rows.NSEG, rows.C), **f32) for _ in range(2))
-    block_cg = min(triton.next_power_of_2(rows.CG), 1024)
-    block_s = max(1, min(triton.next_power_of_2(rows.SPLIT), 4096 // block_cg))
-    _cl_bwd_merge_kernel[(rows.NSEG * rows.G,)](
-        sums[0], sums[1], coef if weight is None else weight, coef, s_dz, s_dzx, rows.C,
-        rows.G, rows.CG, rows.SPLIT, 1.0 / rows.count, HAS_W=weight is not None,
-        TRAINING=training, BLOCK_S=block_s, BLOCK_CG=block_cg,
-    )
+    w_arg = coef if weight is None else weight
+    flags = {"HAS_W": weight is not None, "TRAINING": training}
+    if rows.CG == 1:  # BatchNorm, InstanceNorm: blocks of channels, coalesced
+        block_c = min(triton.next_power_of_2(rows.C), 128)
+        block_s = max(1, min(triton.next_power_of_2(rows.SPLIT), 2048 // block_c))
+        _cl_bwd_merge_channel_kernel[(rows.NSEG, triton.cdiv(rows.C, block_c))](
+            sums[0], sums[1], w_arg, coef, s_dz, s_dzx, rows.C, rows.SPLIT, 1.0 / rows.count,
+            **flags, BLOCK_S=block_s, BLOCK_C=block_c,
+        )
+    else:
+        block_cg = min(triton.next_power_of_2(rows.CG), 1024)
+        block_s = max(1, min(triton.next_power_of_2(rows.SPLIT), 4096 // block_cg))
+        _cl_bwd_merge_kernel[(rows.NSEG * rows.G,)](
+            sums[0], sums[1], w_arg, coef, s_dz, s_dzx, rows.C, rows.G, rows.CG, rows.SPLIT,
+            1.0 / rows.count, **flags, BLOCK_S=block_s, BLOCK_CG=block_cg,
+        )
     # dβ, dγ: per channel over the segments (one row for BatchNorm: nothing to add)
     db, dw = (s_dz[0], s_dzx[0]) if rows.NSEG == 1 else (s_dz.sum(0), s_dzx.sum(0))
     dx = torch.empty_like(x)
