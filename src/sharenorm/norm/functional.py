@@ -212,22 +212,23 @@ def _route(
     return "torch"
 
 
-def _fused_path(impl, input, running_mean, running_var, updating: bool, op: str, *args):
-    """Run a fused/Triton implementation that updates the running statistics in place,
-    under the same non-finite guard as the plain path; ``(output, updated)``."""
-    from sharenorm.norm import fused
+def _triton_path(impl, input, running_mean, running_var, updating: bool, op: str, *args):
+    """Run a Triton implementation: it guards its running-statistics update in the kernel
+    that makes it (no backup copy, no host sync) and returns ``(output, kept)``;
+    ``(output, updated)`` as :func:`_fused_path`."""
+    out, kept = impl(input, running_mean, running_var, *args)
+    if kept is None or not updating:
+        return out, False
+    if input.device.type != "cpu" or torch.compiler.is_compiling():
+        return out, kept
+    if not bool(kept):  # the CPU (Triton's interpreter): warn as the plain path does
+        _warn_not_finite(op)
+    return out, bool(kept)
 
-    if impl in (fused.triton_batch_norm_act, fused.triton_instance_norm_act):
-        # The Triton path guards its update in the kernel that makes it (no backup copy,
-        # no host sync) and says whether it kept it.
-        out, kept = impl(input, running_mean, running_var, *args)
-        if kept is None or not updating:
-            return out, False
-        if input.device.type != "cpu" or torch.compiler.is_compiling():
-            return out, kept
-        if not bool(kept):  # the CPU (Triton's interpreter): warn as the plain path does
-            _warn_not_finite(op)
-        return out, bool(kept)
+
+def _fused_path(impl, input, running_mean, running_var, updating: bool, op: str, *args):
+    """Run a fused implementation that updates the running statistics in place, under the
+    same non-finite guard as the plain path; ``(output, updated)``."""
     backup = backup_running_stats(running_mean, running_var) if updating else None
     out = impl(input, running_mean, running_var, *args)
     updated = updating and keep_finite_running_stats(running_mean, running_var, backup, op)
@@ -294,9 +295,9 @@ def batch_norm_impl(
     if path != "torch":
         from sharenorm.norm import fused
 
-        impl = fused.triton_batch_norm_act if path == "triton" else fused.batch_norm_act
-        return _fused_path(
-            impl,
+        triton = path == "triton"
+        return (_triton_path if triton else _fused_path)(
+            fused.triton_batch_norm_act if triton else fused.batch_norm_act,
             input,
             running_mean,
             running_var,
@@ -451,9 +452,9 @@ def instance_norm_impl(
     if path != "torch":
         from sharenorm.norm import fused
 
-        impl = fused.triton_instance_norm_act if path == "triton" else fused.instance_norm_act
-        return _fused_path(
-            impl,
+        triton = path == "triton"
+        return (_triton_path if triton else _fused_path)(
+            fused.triton_instance_norm_act if triton else fused.instance_norm_act,
             input,
             running_mean,
             running_var,

@@ -137,18 +137,36 @@ def _tile(p, t, TB, A, B, P_LO, s_hi, s_lo, sA, sB, BLOCK_A: tl.constexpr, BLOCK
 
 
 @triton.jit
+def _param(PTR, idx, mask, default: tl.constexpr, HAS: tl.constexpr):
+    """γ or β at channels ``idx`` as fp32, or ``default`` where the norm has none."""
+    if HAS:
+        v = tl.load(PTR + idx, mask=mask, other=default).to(tl.float32)
+    else:
+        v = tl.full(idx.shape, default, tl.float32)
+    return v
+
+
+@triton.jit
+def _store_coefs(out, C, c, cm, mean, rstd, w, b):
+    """The six coefficient rows of channels ``c`` (see the channels-last section): scale,
+    shift, r, μ·r, and rows 4, 5 zeroed (the backward fills them)."""
+    scale = w * rstd
+    zero = tl.zeros(c.shape, dtype=tl.float32)
+    tl.store(out + c, scale, mask=cm)
+    tl.store(out + C + c, b - mean * scale, mask=cm)
+    tl.store(out + 2 * C + c, zero + rstd, mask=cm)
+    tl.store(out + 3 * C + c, zero + mean * rstd, mask=cm)
+    tl.store(out + 4 * C + c, zero, mask=cm)
+    tl.store(out + 5 * C + c, zero, mask=cm)
+
+
+@triton.jit
 def _affine_coefs(W, Bi, p, a, A, P_LO, CH_P, CH_A, mean, rstd,
                   HAS_W: tl.constexpr, HAS_B: tl.constexpr):
     """Per-row (axis A) γ, scale = γ·r and shift = β − μ·γ·r, fp32."""
     ch = (p % P_LO) * CH_P + a * CH_A
-    if HAS_W:
-        w = tl.load(W + ch, mask=a < A, other=1.0).to(tl.float32)
-    else:
-        w = tl.full(a.shape, 1.0, tl.float32)
-    if HAS_B:
-        bb = tl.load(Bi + ch, mask=a < A, other=0.0).to(tl.float32)
-    else:
-        bb = tl.full(a.shape, 0.0, tl.float32)
+    w = _param(W, ch, a < A, 1.0, HAS_W)
+    bb = _param(Bi, ch, a < A, 0.0, HAS_B)
     scale = w * rstd
     return w, scale, bb - mean * scale
 
@@ -349,10 +367,7 @@ def _bwd_merge_kernel(
         out = p.to(tl.int64) * A + a
         tl.store(S_DZ + out, s_dz, mask=am)
         tl.store(S_DZX + out, s_dzx, mask=am)
-        if HAS_W:
-            w = tl.load(W + (p % P_LO) * CH_P + a * CH_A, mask=am, other=1.0).to(tl.float32)
-        else:
-            w = tl.full((BLOCK_A,), 1.0, tl.float32)
+        w = _param(W, (p % P_LO) * CH_P + a * CH_A, am, 1.0, HAS_W)
         c1 += tl.sum(w * s_dz)
         c2 += tl.sum(w * s_dzx)
         db += tl.sum(s_dz)
@@ -537,10 +552,7 @@ def _cl_bwd_merge_kernel(
         out = seg.to(tl.int64) * C + c
         tl.store(S_DZ + out, s_dz, mask=cm)
         tl.store(S_DZX + out, s_dzx, mask=cm)
-        if HAS_W:
-            w = tl.load(W + c, mask=cm, other=1.0).to(tl.float32)
-        else:
-            w = tl.full((BLOCK_CG,), 1.0, tl.float32)
+        w = _param(W, c, cm, 1.0, HAS_W)
         c1 += tl.sum(w * s_dz)
         c2 += tl.sum(w * s_dzx)
     if TRAINING:
@@ -556,6 +568,36 @@ def _cl_bwd_merge_kernel(
         r = tl.load(coef + 2 * C + c, mask=cm, other=0.0)
         tl.store(coef + 4 * C + c, r * c1, mask=cm)
         tl.store(coef + 5 * C + c, r * c2, mask=cm)
+
+
+@triton.jit
+def _cl_part_sums(PART, base, C, SPLIT, c, cm, BLOCK_S: tl.constexpr):
+    """Per channel ``c`` of one segment's (SPLIT, 4, C) partials: Σ n_k and Σ n_k·mean_k."""
+    total = tl.zeros(c.shape, dtype=tl.float32)
+    s = tl.zeros(c.shape, dtype=tl.float32)
+    for k0 in range(0, SPLIT, BLOCK_S):
+        k = k0 + tl.arange(0, BLOCK_S)
+        m = (k[:, None] < SPLIT) & cm[None, :]
+        off = base + k[:, None].to(tl.int64) * 4 * C + c[None, :]
+        cnt = tl.load(PART + off, mask=m, other=0.0)
+        total += tl.sum(cnt, axis=0)
+        s += tl.sum(cnt * tl.load(PART + off + C, mask=m, other=0.0), axis=0)
+    return total, s
+
+
+@triton.jit
+def _cl_part_m2(PART, base, C, SPLIT, c, cm, mean, BLOCK_S: tl.constexpr):
+    """Per channel: Σ M2_k + n_k·(mean_k − mean)² (Chan's second pass; ``mean`` is a scalar
+    or one value per channel)."""
+    m2 = tl.zeros(c.shape, dtype=tl.float32)
+    for k0 in range(0, SPLIT, BLOCK_S):
+        k = k0 + tl.arange(0, BLOCK_S)
+        m = (k[:, None] < SPLIT) & cm[None, :]
+        off = base + k[:, None].to(tl.int64) * 4 * C + c[None, :]
+        cnt = tl.load(PART + off, mask=m, other=0.0)
+        d = tl.load(PART + off + C, mask=m, other=0.0) - mean
+        m2 += tl.sum(tl.load(PART + off + 2 * C, mask=m, other=0.0) + cnt * d * d, axis=0)
+    return m2
 
 
 @triton.jit
@@ -578,26 +620,17 @@ def _cl_coef_kernel(
         seg_base = seg.to(tl.int64) * SPLIT * 4 * C
         total = tl.zeros((), dtype=tl.float32)
         s = tl.zeros((), dtype=tl.float32)
-        for k0 in range(0, SPLIT, BLOCK_S):
-            k = k0 + tl.arange(0, BLOCK_S)
-            for c0 in range(0, CG, BLOCK_CG):
-                c = g * CG + c0 + tl.arange(0, BLOCK_CG)
-                m = (k[:, None] < SPLIT) & (c[None, :] < (g + 1) * CG)
-                off = seg_base + k[:, None].to(tl.int64) * 4 * C + c[None, :]
-                cnt = tl.load(PART + off, mask=m, other=0.0)
-                total += tl.sum(cnt)
-                s += tl.sum(cnt * tl.load(PART + off + C, mask=m, other=0.0))
+        for c0 in range(0, CG, BLOCK_CG):
+            c = g * CG + c0 + tl.arange(0, BLOCK_CG)
+            t_c, s_c = _cl_part_sums(PART, seg_base, C, SPLIT, c, c < (g + 1) * CG, BLOCK_S)
+            total += tl.sum(t_c)
+            s += tl.sum(s_c)
         mean = s / total  # of x − K (K shared by the group's channels)
         m2 = tl.zeros((), dtype=tl.float32)
-        for k0 in range(0, SPLIT, BLOCK_S):
-            k = k0 + tl.arange(0, BLOCK_S)
-            for c0 in range(0, CG, BLOCK_CG):
-                c = g * CG + c0 + tl.arange(0, BLOCK_CG)
-                m = (k[:, None] < SPLIT) & (c[None, :] < (g + 1) * CG)
-                off = seg_base + k[:, None].to(tl.int64) * 4 * C + c[None, :]
-                cnt = tl.load(PART + off, mask=m, other=0.0)
-                d = tl.load(PART + off + C, mask=m, other=0.0) - mean
-                m2 += tl.sum(tl.load(PART + off + 2 * C, mask=m, other=0.0) + cnt * d * d)
+        for c0 in range(0, CG, BLOCK_CG):
+            c = g * CG + c0 + tl.arange(0, BLOCK_CG)
+            m2 += tl.sum(_cl_part_m2(PART, seg_base, C, SPLIT, c, c < (g + 1) * CG, mean,
+                                     BLOCK_S))
         var = m2 / total
         mean += tl.load(PART + seg_base + 3 * C + g * CG)
         tl.store(MEAN + q, mean)
@@ -610,22 +643,8 @@ def _cl_coef_kernel(
     for c0 in range(0, CG, BLOCK_CG):
         c = g * CG + c0 + tl.arange(0, BLOCK_CG)
         cm = c < (g + 1) * CG
-        if HAS_W:
-            w = tl.load(W + c, mask=cm, other=1.0).to(tl.float32)
-        else:
-            w = tl.full((BLOCK_CG,), 1.0, tl.float32)
-        if HAS_B:
-            b = tl.load(Bi + c, mask=cm, other=0.0).to(tl.float32)
-        else:
-            b = tl.full((BLOCK_CG,), 0.0, tl.float32)
-        scale = w * rstd
-        zero = tl.zeros((BLOCK_CG,), dtype=tl.float32)
-        tl.store(out + c, scale, mask=cm)
-        tl.store(out + C + c, b - mean * scale, mask=cm)
-        tl.store(out + 2 * C + c, zero + rstd, mask=cm)
-        tl.store(out + 3 * C + c, zero + mean * rstd, mask=cm)
-        tl.store(out + 4 * C + c, zero, mask=cm)
-        tl.store(out + 5 * C + c, zero, mask=cm)
+        _store_coefs(out, C, c, cm, mean, rstd, _param(W, c, cm, 1.0, HAS_W),
+                     _param(Bi, c, cm, 0.0, HAS_B))
 
 
 @triton.jit
@@ -707,26 +726,10 @@ def _cl_coef_channel_kernel(
     stat = seg.to(tl.int64) * C + c
     if HAS_PART:
         base = seg.to(tl.int64) * SPLIT * 4 * C
-        total = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        s = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        for k0 in range(0, SPLIT, BLOCK_S):
-            k = k0 + tl.arange(0, BLOCK_S)
-            m = (k[:, None] < SPLIT) & cm[None, :]
-            off = base + k[:, None].to(tl.int64) * 4 * C + c[None, :]
-            cnt = tl.load(PART + off, mask=m, other=0.0)
-            total += tl.sum(cnt, axis=0)
-            s += tl.sum(cnt * tl.load(PART + off + C, mask=m, other=0.0), axis=0)
+        total, s = _cl_part_sums(PART, base, C, SPLIT, c, cm, BLOCK_S)
         total = tl.where(cm, total, 1.0)
         mean = s / total  # of x − K
-        m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
-        for k0 in range(0, SPLIT, BLOCK_S):
-            k = k0 + tl.arange(0, BLOCK_S)
-            m = (k[:, None] < SPLIT) & cm[None, :]
-            off = base + k[:, None].to(tl.int64) * 4 * C + c[None, :]
-            cnt = tl.load(PART + off, mask=m, other=0.0)
-            d = tl.load(PART + off + C, mask=m, other=0.0) - mean[None, :]
-            m2 += tl.sum(tl.load(PART + off + 2 * C, mask=m, other=0.0) + cnt * d * d, axis=0)
-        var = m2 / total
+        var = _cl_part_m2(PART, base, C, SPLIT, c, cm, mean, BLOCK_S) / total
         mean += tl.load(PART + base + 3 * C + c, mask=cm, other=0.0)
         tl.store(MEAN + stat, mean, mask=cm)
         tl.store(VAR + stat, var, mask=cm)
@@ -734,23 +737,8 @@ def _cl_coef_channel_kernel(
         mean = tl.load(MEAN + stat, mask=cm, other=0.0)
         var = tl.load(VAR + stat, mask=cm, other=1.0)
     rstd = 1.0 / tl.sqrt(var + eps)
-    if HAS_W:
-        w = tl.load(W + c, mask=cm, other=1.0).to(tl.float32)
-    else:
-        w = tl.full((BLOCK_C,), 1.0, tl.float32)
-    if HAS_B:
-        b = tl.load(Bi + c, mask=cm, other=0.0).to(tl.float32)
-    else:
-        b = tl.full((BLOCK_C,), 0.0, tl.float32)
-    scale = w * rstd
-    out = COEF + seg.to(tl.int64) * 6 * C + c
-    zero = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    tl.store(out, scale, mask=cm)
-    tl.store(out + C, b - mean * scale, mask=cm)
-    tl.store(out + 2 * C, rstd, mask=cm)
-    tl.store(out + 3 * C, mean * rstd, mask=cm)
-    tl.store(out + 4 * C, zero, mask=cm)
-    tl.store(out + 5 * C, zero, mask=cm)
+    _store_coefs(COEF + seg.to(tl.int64) * 6 * C, C, c, cm, mean, rstd,
+                 _param(W, c, cm, 1.0, HAS_W), _param(Bi, c, cm, 0.0, HAS_B))
 
 
 @triton.jit
@@ -771,10 +759,7 @@ def _cl_bwd_merge_channel_kernel(
     tl.store(S_DZX + out, s_dzx, mask=cm)
     coef = COEF + seg.to(tl.int64) * 6 * C + c
     if TRAINING:
-        if HAS_W:
-            w = tl.load(W + c, mask=cm, other=1.0).to(tl.float32)
-        else:
-            w = tl.full((BLOCK_C,), 1.0, tl.float32)
+        w = _param(W, c, cm, 1.0, HAS_W)
         r = tl.load(coef + 2 * C, mask=cm, other=0.0)
         tl.store(coef + 4 * C, r * w * s_dz * inv_count, mask=cm)
         tl.store(coef + 5 * C, r * w * s_dzx * inv_count, mask=cm)
