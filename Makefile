@@ -13,21 +13,28 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet -e ".[lab,triton,test]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The stamp alone would trust an install that no longer points here (a venv rebuilt, or the
+# editable install made from another checkout): check that sharenorm imports from this src/.
+INSTALLED = import pathlib, sharenorm, torch; \
+	assert torch.__version__.split("+")[0] == "2.13.0"; \
+	assert pathlib.Path(sharenorm.__file__).resolve().is_relative_to(pathlib.Path("src").resolve())
 
-lab: $(STAMP)
+setup: $(STAMP)
+	@$(PYTHON) -c '$(INSTALLED)' 2>/dev/null || { rm -f $(STAMP) && $(MAKE) --no-print-directory $(STAMP); }
+
+lab: setup
 	$(PYTHON) -m sharenorm lab $(ARGS)
 
-lab-quick: $(STAMP)
+lab-quick: setup
 	$(PYTHON) -m sharenorm lab --quick $(ARGS)
 
-lint: $(STAMP)
+lint: setup
 	$(PYTHON) -m ruff check src tests benchmarks
 
-test: $(STAMP) lint
+test: setup lint
 	$(PYTHON) -m pytest $(ARGS)
 
-bench: $(STAMP)
+bench: setup
 	$(PYTHON) benchmarks/bench_norms.py
 	$(PYTHON) benchmarks/bench_fused.py --no-compile
 	$(PYTHON) benchmarks/bench_sharing.py
