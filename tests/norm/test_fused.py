@@ -2,11 +2,17 @@
 outputs and gradients against the float64 reference for every norm × activation ×
 layout, running statistics against the plain path, which tensor is kept for backward
 (inverted output or recomputed input, and the fall-backs for γ = 0, |β| ≫ |γ|, a
-saturated elu, a non-positive slope), the saved-for-backward bytes, and the errors."""
+saturated elu, a non-positive slope), the saved-for-backward bytes, and the errors.
+
+Every test runs twice on the CPU: with the fused C loops of sharenorm.norm.cpu (identity,
+relu and leaky_relu backward) and with them switched off (the ATen composition a machine
+without a C compiler runs)."""
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import warnings
 
 import pytest
@@ -17,7 +23,7 @@ from torch import nn
 
 import sharenorm as sn
 import sharenorm.functional as SF
-from sharenorm.norm import fused, reference
+from sharenorm.norm import cpu, fused, reference
 from sharenorm.norm.activation import apply_activation, default_param
 
 ACTS = [None, "relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid"]
@@ -61,6 +67,18 @@ NORMS = {
         lambda x, w, b, rm, rv: reference.group_norm(x, 1, w, b),
     ),
 }
+
+
+@pytest.fixture(autouse=True, params=["c_loops", "aten"])
+def cpu_backward(request, monkeypatch):
+    """Which CPU backward runs: the compiled loops, or the composition without them."""
+    if request.param == "c_loops":
+        if shutil.which(os.environ.get("CC") or "cc") is None:
+            pytest.skip("no C compiler (cc or $CC): the C loops cannot be built here")
+        assert cpu.available(), "a C compiler is installed but the C loops did not build"
+    else:
+        monkeypatch.setattr(cpu, "supports", lambda *args: False)
+    return request.param
 
 
 def _params(c, dtype=torch.float64, gamma=None, beta=None):

@@ -14,6 +14,14 @@ running statistics are those of the plain path) but save only one of them:
   unsafe): save the input ``x``; in backward, ``z = γ·r·(x − μ) + β`` is recomputed
   (one extra pass) and ``act'(z)`` taken from it.
 
+On the CPU, for identity, relu and leaky_relu on float32/float64 input, the backward is
+two fused C loops (:func:`sharenorm.norm.cpu.norm_backward`): one pass
+reads the saved tensor and dy and sums dz and dz·u per (n, c), computing the
+activation's gradient dz and u (z or x) on the fly; a second writes dx = c1·dz + c2·u
++ c3. That is 5 full-size tensor passes against eager's 8 (activation backward, then
+the norm's two). Where those loops do not run (no C compiler, other activations,
+16-bit, CUDA without Triton), the backward is an ATen composition:
+
 The backward of the recompute path hands ``x`` with μ and r to ATen's fused norm
 backward (``native_batch_norm_backward`` / ``native_group_norm_backward``), the kernel
 eager autograd itself uses. The invert path never rebuilds ``x − μ`` as a tensor where
@@ -229,6 +237,13 @@ def _representable(v: Tensor, dtype: torch.dtype) -> bool:
     return bool(((a >= fi.tiny) & (a <= fi.max)).all())
 
 
+def _cpu_kernels():
+    """:mod:`sharenorm.norm.cpu` (imported on first use: it may compile its C loops)."""
+    from sharenorm.norm import cpu
+
+    return cpu
+
+
 def _per_channel(v: Tensor, x: Tensor) -> Tensor:
     """(C,) or (N, C) → broadcastable against x of shape (N, C, *), in x's dtype."""
     lead = (1, -1) if v.dim() == 1 else tuple(v.shape)
@@ -345,6 +360,19 @@ def _group_norm_backward_from_preact(dz, z, gamma, beta, rstd, groups, out):
     return dx, p.sum(0), s1.sum(0)
 
 
+def _cpu_kernel_kind(act: str | None, invert: bool) -> str | None:
+    """The kind of backward.c loop for this activation and saved tensor, or None where
+    the activation's gradient is not cheap enough to compute twice on the fly (elu,
+    silu, gelu, tanh, sigmoid keep the ATen composition)."""
+    if act is None or act == "identity":
+        return "ident"
+    if act == "leaky_relu":
+        return "inv_leaky" if invert else "rec_leaky"
+    if act == "relu" and not invert:
+        return "rec_relu"
+    return None
+
+
 def _per_sample_channel(per_group: Tensor, channels: int) -> Tensor:
     """(N, G) → (N, C): each group's value repeated over its C/G channels."""
     g = per_group.shape[1]
@@ -413,8 +441,17 @@ class _BatchNormAct(torch.autograd.Function):
         saved, weight, bias, mean, invstd = ctx.saved_tensors
         act, p = ctx.act, ctx.p
         dy = dy.contiguous(memory_format=ctx.fmt)
-        gamma, beta = _gamma_beta(weight, bias, invstd)
         mask = list(ctx.needs_input_grad[:3])
+        kind = _cpu_kernel_kind(act, ctx.invert)
+        if kind is not None and _cpu_kernels().supports(kind, saved, dy):
+            grads = _cpu_kernels().norm_backward(
+                kind, saved, dy, weight, bias, invstd, mean, stats_per_sample=0,
+                channels_per_stat=1, invert=ctx.invert, fixed=not ctx.training,
+                slope=1.0 if p is None else p, mask=mask,
+            )
+            if grads is not None:
+                return (*_param_dtypes(grads, weight, bias), *([None] * 7))
+        gamma, beta = _gamma_beta(weight, bias, invstd)
         if ctx.invert:
             dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
             z = _act_inverse(saved, act, p).contiguous(memory_format=ctx.fmt)
@@ -507,8 +544,17 @@ class _GroupNormAct(torch.autograd.Function):
         act, p = ctx.act, ctx.p
         n, c, hw, g = ctx.sizes
         dy = dy.contiguous(memory_format=ctx.fmt)
-        gamma, beta = _gamma_beta(weight, bias, rstd, c)
         mask = list(ctx.needs_input_grad[:3])
+        kind = _cpu_kernel_kind(act, ctx.invert)
+        if kind is not None and _cpu_kernels().supports(kind, saved, dy):
+            grads = _cpu_kernels().norm_backward(
+                kind, saved, dy, weight, bias, rstd, mean, stats_per_sample=g,
+                channels_per_stat=c // g, invert=ctx.invert, fixed=False,
+                slope=1.0 if p is None else p, mask=mask,
+            )
+            if grads is not None:
+                return (*_param_dtypes(grads, weight, bias), None, None, None, None)
+        gamma, beta = _gamma_beta(weight, bias, rstd, c)
         if ctx.invert:
             dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
             z = _act_inverse(saved, act, p).contiguous(memory_format=ctx.fmt)

@@ -1,0 +1,321 @@
+"""The CPU backward of memory-efficient norm + activation as fused C loops
+(``backward.c``), compiled on first use.
+
+The same backward composed of ATen calls reads and writes full-size tensors several
+times (the activation's backward, the inverse of the activation, the norm's sums, its
+elementwise pass): 10–11 passes over a tensor where eager's ``act(norm(x))`` makes 8.
+The C loops compute the activation's gradient and the pre-activation on the fly: they
+read the saved tensor and the incoming gradient twice and write dx once, and on a
+contiguous tensor the second read of each statistic's rows comes from the cache. See
+:func:`norm_backward` for the math.
+
+The C file is compiled with the system's C compiler (``$CC`` or ``cc``) into
+``$SHARENORM_CACHE_DIR`` (default ``~/.cache/sharenorm``), once per source, compiler and CPU,
+in well under a second. Where no compiler works, or ``SHARENORM_CPU_KERNELS=0``,
+:func:`available` is False and the callers keep their ATen composition: same results,
+slower. The loops run on ``torch.get_num_threads()`` threads (ctypes releases the GIL).
+
+Example:
+    >>> import torch
+    >>> from sharenorm.norm import cpu
+    >>> y, dy = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    >>> r = torch.ones(3)
+    >>> if cpu.supports("ident", y, dy):  # BatchNorm in eval with r = 1: dx = dy
+    ...     dx, dw, db = cpu.norm_backward("ident", y, dy, None, None, r, torch.zeros(3),
+    ...         stats_per_sample=0, channels_per_stat=1, invert=False, fixed=True,
+    ...         slope=1.0, mask=[True, False, True])
+    ...     print(torch.equal(dx, dy), torch.allclose(db, dy.sum((0, 2)).double()))
+    ... else:
+    ...     print(True, True)
+    True True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_log = logging.getLogger(__name__)
+_SOURCE = Path(__file__).with_name("backward.c")
+_KINDS = ("ident", "inv_leaky", "rec_relu", "rec_leaky")
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+# Below this many elements a second thread costs more than it saves.
+_MIN_PER_THREAD = 1 << 16
+
+
+def _cpu_tag() -> str:
+    """What -march=native depends on: the machine and its CPU flags."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {flags}"
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SHARENORM_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "sharenorm"
+
+
+def _compile(cc: str, flags: list[str], target: Path) -> bool:
+    """Compile into a temporary file, then rename it into place (another process may be
+    compiling the same file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [cc, *flags, str(_SOURCE), "-o", tmp]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if run.returncode != 0:
+            _log.info("sharenorm: %s failed: %s", " ".join(cmd), run.stderr.strip())
+            return False
+        os.replace(tmp, target)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# -fno-trapping-math lets the selects of relu vectorize (no code here reads FP exception flags)
+_BASE_FLAGS = ["-std=c99", "-O3", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared"]
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("SHARENORM_CPU_KERNELS", "1") == "0":
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        _log.info("sharenorm: no C compiler; the CPU backward stays an ATen composition")
+        return None
+    source = _SOURCE.read_bytes()
+    # -march=native where the compiler takes it (the vector width), else portable code
+    for flags in (_BASE_FLAGS + ["-march=native"], _BASE_FLAGS):
+        key = hashlib.sha256(
+            source + repr((cc, flags, _cpu_tag())).encode()
+        ).hexdigest()[:16]
+        target = _cache_dir() / f"backward-{key}.so"
+        try:
+            if target.exists() or _compile(cc, flags, target):
+                return _declare(ctypes.CDLL(str(target)))
+        except (OSError, subprocess.SubprocessError) as e:
+            _log.info("sharenorm: CPU kernels unavailable (%s)", e)
+    return None
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    for suffix in _SUFFIX.values():
+        getattr(lib, f"prepare_{suffix}").argtypes = [i64, i64, i64, i64] + [p] * 6
+        fn = getattr(lib, f"coefs_{suffix}")
+        fn.argtypes = [i64] * 5 + [f64] + [p] * 4 + [ctypes.c_int] * 2 + [p] * 6
+        fn.restype = ctypes.c_int
+        for kind in _KINDS:
+            fn = getattr(lib, f"fused_nchw_{kind}_{suffix}")
+            fn.argtypes = [p] * 3 + [i64] * 7 + [f64] + [p] * 4 + [ctypes.c_int] * 2 + [f64, p, p]
+            fn.restype = ctypes.c_int
+            getattr(lib, f"sums_nhwc_{kind}_{suffix}").argtypes = [p] * 4 + [i64] * 4 + [f64, p, p]
+            getattr(lib, f"apply_nhwc_{kind}_{suffix}").argtypes = [p] * 8 + [i64] * 4 + [f64]
+    return lib
+
+
+def available() -> bool:
+    """Whether the compiled loops can run (a C compiler was found and the build worked)."""
+    return _library() is not None
+
+
+@functools.cache
+def _pool(pid: int, workers: int) -> ThreadPoolExecutor:
+    """A pool per process: a forked child inherits the parent's pool object but not its
+    threads, and would wait forever on it."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sharenorm-cpu")
+
+
+def _layout(s: Tensor) -> str | None:
+    """'nchw' (contiguous) or 'nhwc' (channels-last 2-d/3-d), or None for any other."""
+    if s.is_contiguous():
+        return "nchw"
+    if s.dim() == 4 and s.is_contiguous(memory_format=torch.channels_last):
+        return "nhwc"
+    if s.dim() == 5 and s.is_contiguous(memory_format=torch.channels_last_3d):
+        return "nhwc"
+    return None
+
+
+def supports(kind: str, s: Tensor, g: Tensor) -> bool:
+    """Whether :func:`norm_backward` takes these tensors: float32/float64 CPU tensors of
+    one shape and one layout (contiguous or channels-last), and a kind backward.c has."""
+    return (
+        kind in _KINDS
+        # under torch.compile's tracing there are no data pointers: the caller traces its
+        # ATen composition instead
+        and not torch.compiler.is_compiling()
+        and s.device.type == "cpu"
+        and s.dtype in _SUFFIX
+        and g.dtype == s.dtype
+        and g.device == s.device
+        and g.shape == s.shape
+        and s.dim() >= 2
+        and _layout(s) is not None
+        and _layout(g) == _layout(s)
+        and s.numel() > 0
+        and available()
+    )
+
+
+def _chunks(total: int, numel: int) -> list[tuple[int, int]]:
+    """Split ``range(total)`` into one slice per thread worth starting."""
+    threads = max(1, min(torch.get_num_threads(), numel // _MIN_PER_THREAD, total))
+    step = -(-total // threads)
+    return [(lo, min(lo + step, total)) for lo in range(0, total, step)]
+
+
+def _run(calls) -> list:
+    """Each call's result, the calls run on as many threads as there are calls."""
+    calls = list(calls)
+    if len(calls) == 1:
+        return [calls[0]()]
+    return [f.result() for f in [_pool(os.getpid(), len(calls)).submit(c) for c in calls]]
+
+
+def _sums_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, slope: float):
+    """``(S1, S2)``, float64 (N, C), of a channels-last tensor; ``ab`` holds the (N, C)
+    a and b of z = a·x + b for the rec_ kinds."""
+    lib = _library()
+    n, c = s.shape[:2]
+    hw = s.numel() // (n * c)
+    fn = getattr(lib, f"sums_nhwc_{kind}_{_SUFFIX[s.dtype]}")
+    parts = _chunks(n * hw, s.numel())
+    acc = torch.zeros(len(parts), 2, n, c, dtype=torch.float64)  # one (N, C) pair a thread
+    _run(
+        functools.partial(fn, s.data_ptr(), g.data_ptr(), ab[0].data_ptr(), ab[1].data_ptr(),
+                          lo, hi, hw, c, slope, acc[i, 0].data_ptr(), acc[i, 1].data_ptr())
+        for i, (lo, hi) in enumerate(parts)
+    )
+    total = acc.sum(0)
+    return total[0], total[1]
+
+
+def _apply_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, coefs: Tensor, slope: float):
+    """``dx = c1·dz + c2·u + c3`` of a channels-last tensor, ``coefs`` (3, N, C)."""
+    lib = _library()
+    n, c = s.shape[:2]
+    hw = s.numel() // (n * c)
+    dx = torch.empty_like(s)
+    fn = getattr(lib, f"apply_nhwc_{kind}_{_SUFFIX[s.dtype]}")
+    _run(
+        functools.partial(fn, s.data_ptr(), g.data_ptr(), ab[0].data_ptr(), ab[1].data_ptr(),
+                          coefs[0].data_ptr(), coefs[1].data_ptr(), coefs[2].data_ptr(),
+                          dx.data_ptr(), lo, hi, hw, c, slope)
+        for lo, hi in _chunks(n * hw, s.numel())
+    )
+    return dx
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def norm_backward(kind: str, s: Tensor, g: Tensor, gamma: Tensor | None, beta: Tensor | None,
+                  r: Tensor, mu: Tensor | None, *, stats_per_sample: int, channels_per_stat: int,
+                  invert: bool, fixed: bool, slope: float, mask):
+    """``(dx, dγ, dβ)`` of BatchNorm, InstanceNorm or GroupNorm followed by the activation
+    of ``kind``, from the saved tensor ``s`` and the gradient ``g`` of the output; each
+    is None where ``mask`` (dx, dγ, dβ) says it is not needed. dγ and dβ are float64.
+    Returns None when a coefficient is not finite. Callers check :func:`supports` first.
+
+    Statistic of (n, c): ``n·stats_per_sample + c // channels_per_stat`` (BatchNorm: 0
+    and 1, GroupNorm: G and C/G, InstanceNorm: C and 1); ``r`` and ``mu`` hold the rstd
+    and mean of each statistic (``mu`` is not read when ``invert``), ``gamma``/``beta`` are
+    per channel or None. ``invert``: ``s`` is the activation's output, else the norm's
+    input. ``fixed``: the statistics are constants (BatchNorm in eval).
+
+    With u = z (inverting) or u = x (recomputing), x̂ = α·u + δ per (n, c):
+
+        invert:     α = 1/γ,  δ = −β/γ        recompute:  α = r,  δ = −r·μ  (z = γ·r·(x − μ) + β)
+        per (n, c): S1 = Σ dz,  S2 = Σ dz·u,  P = Σ dz·x̂ = α·S2 + δ·S1
+        per statistic of M elements: A = Σ γ·S1 / M,  B = Σ γ·P / M   (0 when fixed)
+        dx = r·(γ·dz − A − B·x̂) = c1·dz + c2·u + c3
+             c1 = r·γ,  c2 = −r·B·α,  c3 = −r·(A + B·δ)
+        dγ = Σ_n P,  dβ = Σ_n S1
+
+    The sums are accumulated and the coefficients computed in float64.
+    """
+    lib = _library()
+    n, c = s.shape[:2]
+    dtype, suffix = s.dtype, _SUFFIX[s.dtype]
+    gamma = None if gamma is None else gamma.detach().to(dtype).contiguous()
+    beta = None if beta is None else beta.detach().to(dtype).contiguous()
+    r = r.detach().to(dtype).contiguous()
+    mu = r if mu is None else mu.detach().to(dtype).contiguous()  # not read when inverting
+    nstats = r.numel()
+    count = s.numel() // (n * c) * channels_per_stat * (n if stats_per_sample == 0 else 1)
+    if _layout(s) == "nchw":
+        return _fused_nchw(kind, s, g, gamma, beta, r, mu, stats_per_sample, channels_per_stat,
+                           count, invert, fixed, slope, mask)
+    ab = torch.zeros(2, n, c, dtype=dtype)  # z = a·x + b, read by the rec_ kinds only
+    if not invert:
+        getattr(lib, f"prepare_{suffix}")(
+            n, c, stats_per_sample, channels_per_stat, _ptr(gamma), _ptr(beta), r.data_ptr(),
+            mu.data_ptr(), ab[0].data_ptr(), ab[1].data_ptr(),
+        )
+    s1, s2 = _sums_nhwc(kind, s, g, ab, slope)
+    f64 = torch.float64
+    acc = torch.zeros(2 * nstats, dtype=f64)
+    coefs = torch.empty(3, n, c, dtype=dtype)
+    dgamma = torch.zeros(c, dtype=f64) if mask[1] else None
+    dbeta = torch.zeros(c, dtype=f64) if mask[2] else None
+    finite = getattr(lib, f"coefs_{suffix}")(
+        n, c, stats_per_sample, channels_per_stat, nstats, float(count), _ptr(gamma),
+        _ptr(beta), r.data_ptr(), mu.data_ptr(), int(invert), int(fixed), s1.data_ptr(),
+        s2.data_ptr(), acc.data_ptr(), coefs.data_ptr(), _ptr(dgamma), _ptr(dbeta),
+    )
+    if not finite:
+        return None
+    dx = _apply_nhwc(kind, s, g, ab, coefs, slope) if mask[0] else None
+    return dx, dgamma, dbeta
+
+
+def _fused_nchw(kind, s, g, gamma, beta, r, mu, stats_per_sample, channels_per_stat, count,
+                invert, fixed, slope, mask):
+    """:func:`norm_backward` on a contiguous tensor: one statistic at a time, its sums and
+    then its dx while its rows are still in the cache (``fused_nchw_*`` in backward.c);
+    the statistics are split over the threads."""
+    lib = _library()
+    n, c = s.shape[:2]
+    hw = s.numel() // (n * c)
+    nstats = r.numel()
+    s1 = torch.empty(n, c, dtype=torch.float64)
+    p = torch.empty_like(s1)
+    dx = torch.empty_like(s) if mask[0] else None
+    fn = getattr(lib, f"fused_nchw_{kind}_{_SUFFIX[s.dtype]}")
+    results = _run(
+        functools.partial(
+            fn, s.data_ptr(), g.data_ptr(), _ptr(dx), n, c, hw, stats_per_sample,
+            channels_per_stat, lo, hi, float(count), _ptr(gamma), _ptr(beta), r.data_ptr(),
+            mu.data_ptr(), int(invert), int(fixed), slope, s1.data_ptr(), p.data_ptr(),
+        )
+        for lo, hi in _chunks(nstats, s.numel())
+    )
+    if not all(results):
+        return None
+    return dx, p.sum(0) if mask[1] else None, s1.sum(0) if mask[2] else None

@@ -1,0 +1,213 @@
+"""The fused C loops of sharenorm.norm.cpu (backward.c) called directly: dx, dγ, dβ of
+every kind for BatchNorm (training and eval), GroupNorm and InstanceNorm against float64
+autograd, in every layout and dtype, split over threads, with NaN/inf inputs as ATen's
+activation backwards treat them, and the fall-back when no compiler works. (The modules
+and functions that use them are tested in test_fused.py, with and without the loops.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sharenorm.norm import cpu
+
+HAS_CC = shutil.which(os.environ.get("CC") or "cc") is not None
+pytestmark = pytest.mark.skipif(not HAS_CC, reason="no C compiler (cc or $CC) to build the loops")
+
+SLOPE = 0.2
+# kind -> (activation, whether the saved tensor is its output)
+KINDS = {
+    "ident": (lambda z: z, True),
+    "inv_leaky": (lambda z: F.leaky_relu(z, SLOPE), True),
+    "rec_relu": (torch.relu, False),
+    "rec_leaky": (lambda z: F.leaky_relu(z, SLOPE), False),
+}
+# (shape, memory format): 2-d and 3-d inputs, odd sizes, HW = 1, channels-last 2-d and 3-d
+LAYOUTS = [
+    ((3, 6), torch.contiguous_format),  # (N, C): one position
+    ((2, 6, 7), torch.contiguous_format),  # 1-d signal, odd length
+    ((2, 6, 3, 5), torch.contiguous_format),
+    ((3, 6, 1, 1), torch.contiguous_format),  # HW = 1
+    ((2, 6, 3, 5), torch.channels_last),
+    ((2, 6, 2, 3, 2), torch.channels_last_3d),
+]
+NORMS = ["bn", "bn_eval", "gn", "in"]  # gn: 3 groups of 2 channels
+
+
+def _structure(norm, c):
+    """(stats_per_sample, channels_per_stat, fixed) of backward.c's statistic indexing."""
+    return {"bn": (0, 1, False), "bn_eval": (0, 1, True), "gn": (3, c // 3, False),
+            "in": (c, 1, False)}[norm]
+
+
+def _normalize(x, norm, rm, rv):
+    """x̂ in float64 with its per-statistic mean and rstd (flattened as backward.c reads them)."""
+    n, c = x.shape[:2]
+    if norm == "bn_eval":
+        view = (1, c, *([1] * (x.dim() - 2)))
+        r = (rv + 1e-5).rsqrt()
+        return (x - rm.view(view)) * r.view(view), rm, r
+    groups = {"bn": None, "gn": 3, "in": c}[norm]
+    if groups is None:
+        dims = [0, *range(2, x.dim())]
+        mean, var = x.mean(dims, keepdim=True), x.var(dims, unbiased=False, keepdim=True)
+        r = (var + 1e-5).rsqrt()
+        return (x - mean) * r, mean.flatten(), r.flatten()
+    xg = x.reshape(n, groups, -1)
+    mean, var = xg.mean(-1, keepdim=True), xg.var(-1, unbiased=False, keepdim=True)
+    r = (var + 1e-5).rsqrt()
+    return ((xg - mean) * r).reshape(x.shape), mean.flatten(), r.flatten()
+
+
+def _case(kind, norm, shape, fmt, dtype, seed=0):
+    """The inputs of norm_backward and the float64 autograd (dx, dγ, dβ) to expect."""
+    gen = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).double()
+    gamma = (torch.rand(c, generator=gen, dtype=torch.float64) + 0.5).to(dtype).double()
+    beta = (torch.randn(c, generator=gen, dtype=torch.float64) * 0.5).to(dtype).double()
+    rm = torch.randn(c, generator=gen, dtype=torch.float64).to(dtype).double()
+    rv = (torch.rand(c, generator=gen, dtype=torch.float64) + 0.5).to(dtype).double()
+    g = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype).double()
+    act, invert = KINDS[kind]
+    xr, wr, br = (t.clone().requires_grad_(True) for t in (x, gamma, beta))
+    view = (1, c, *([1] * (x.dim() - 2)))
+    xhat, mean, r = _normalize(xr, norm, rm, rv)
+    y = act(xhat * wr.view(view) + br.view(view))
+    y.backward(g)
+    saved = (y.detach() if invert else x).to(dtype).contiguous(memory_format=fmt)
+    args = (kind, saved, g.to(dtype).contiguous(memory_format=fmt), gamma.to(dtype),
+            beta.to(dtype), r.detach().to(dtype), mean.detach().to(dtype))
+    return args, invert, (xr.grad, wr.grad, br.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,fmt", LAYOUTS, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_norm_backward_matches_float64_autograd(kind, norm, shape, fmt, dtype):
+    args, invert, want = _case(kind, norm, shape, fmt, dtype)
+    assert cpu.supports(kind, args[1], args[2])
+    per_sample, per_stat, fixed = _structure(norm, shape[1])
+    dx, dw, db = cpu.norm_backward(
+        *args, stats_per_sample=per_sample, channels_per_stat=per_stat, invert=invert,
+        fixed=fixed, slope=SLOPE, mask=[True, True, True],
+    )
+    assert dx.dtype == dtype and dx.stride() == args[1].stride()
+    assert dw.dtype == db.dtype == torch.float64
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    for name, got, exp in zip(("dx", "dγ", "dβ"), (dx, dw, db), want, strict=True):
+        torch.testing.assert_close(got.double(), exp, atol=tol, rtol=tol, msg=name)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+def test_threads_split_the_work_without_changing_it(norm, fmt, monkeypatch):
+    args, invert, _ = _case("rec_relu", norm, (4, 6, 5, 7), fmt, torch.float64)
+    per_sample, per_stat, fixed = _structure(norm, 6)
+
+    def run():
+        return cpu.norm_backward(*args, stats_per_sample=per_sample, channels_per_stat=per_stat,
+                                 invert=invert, fixed=fixed, slope=SLOPE, mask=[True] * 3)
+
+    one = run()
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(cpu, "_MIN_PER_THREAD", 1)
+    try:
+        torch.set_num_threads(3)
+        assert len(cpu._chunks(12, args[1].numel())) == 3
+        many = run()
+    finally:
+        torch.set_num_threads(threads)
+    for got, want in zip(many, one, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+def _eval_identity_map(kind, s, g, mask=(True, True, True)):
+    """BatchNorm in eval with r = 1, μ = 0 and no affine: dx is the activation's gradient."""
+    c = s.shape[1]
+    return cpu.norm_backward(kind, s, g, None, None, torch.ones(c), torch.zeros(c),
+                             stats_per_sample=0, channels_per_stat=1, invert=False, fixed=True,
+                             slope=SLOPE, mask=list(mask))
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_nan_and_inf_as_atens_activation_backward(fmt):
+    """relu: a NaN or non-positive z passes no gradient, whatever the gradient (inf, NaN);
+    leaky_relu: p·g there."""
+    z = torch.tensor([1.0, -1.0, float("nan"), 0.0, -2.0, 3.0]).view(1, 1, 2, 3)
+    g = torch.tensor([2.0, float("inf"), float("nan"), float("inf"), float("nan"), 1.0]).view(1, 1, 2, 3)
+    z, g = z.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt)
+    for kind, want in (("rec_relu", torch.ops.aten.threshold_backward(g, z, 0.0)),
+                       ("rec_leaky", torch.ops.aten.leaky_relu_backward(g, z, SLOPE, False))):
+        dx = _eval_identity_map(kind, z, g, mask=(True, False, False))[0]
+        assert torch.equal(dx.nan_to_num(7.0), want.nan_to_num(7.0)), kind
+
+
+def test_non_finite_coefficients_give_none():
+    s, g = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    r = torch.tensor([1.0, float("inf"), 1.0])
+    for fmt_s, fmt_g in ((s, g), (s.unsqueeze(-1).contiguous(memory_format=torch.channels_last),
+                                  g.unsqueeze(-1).contiguous(memory_format=torch.channels_last))):
+        got = cpu.norm_backward("ident", fmt_s, fmt_g, None, None, r, torch.zeros(3),
+                                stats_per_sample=0, channels_per_stat=1, invert=False,
+                                fixed=False, slope=1.0, mask=[True, True, True])
+        assert got is None
+
+
+def test_supports_only_what_the_loops_read():
+    s, g = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    assert cpu.supports("ident", s, g)
+    assert not cpu.supports("silu", s, g)  # no loop for it
+    assert not cpu.supports("ident", s.half(), g.half())
+    assert not cpu.supports("ident", s, g.double())
+    assert not cpu.supports("ident", s, g.contiguous(memory_format=torch.channels_last))
+    assert not cpu.supports("ident", s.transpose(2, 3), g.transpose(2, 3))  # strided
+    assert not cpu.supports("ident", s[:0], g[:0])
+    assert not cpu.supports("ident", s, g[:, :, :3])  # shapes differ
+    assert not cpu.supports("ident", s[0, 0, 0], g[0, 0, 0])  # 1-d: no channel dimension
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+CHECK = """
+import torch, sharenorm.functional as SF
+from sharenorm.norm import cpu
+x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+SF.group_norm(x, 2, act="relu", memory_efficient=True).sum().backward()
+ref = x.detach().clone().requires_grad_(True)
+torch.relu(torch.nn.functional.group_norm(ref, 2)).sum().backward()
+assert torch.allclose(x.grad, ref.grad, atol=1e-10)
+print(cpu.available())
+"""
+
+
+def test_builds_into_the_cache_once(tmp_path):
+    first = _python(CHECK, SHARENORM_CACHE_DIR=str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "True"
+    built = sorted(tmp_path.glob("backward-*.so"))
+    assert len(built) == 1 and len(list(tmp_path.iterdir())) == 1  # no temporary file left
+    stamp = built[0].stat().st_mtime_ns
+    again = _python(CHECK, SHARENORM_CACHE_DIR=str(tmp_path))
+    assert again.stdout.strip() == "True" and built[0].stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("env", [{"CC": "/nonexistent/cc"}, {"SHARENORM_CPU_KERNELS": "0"}],
+                         ids=["compiler-fails", "switched-off"])
+def test_without_the_loops_the_composition_runs(tmp_path, env):
+    run = _python(CHECK, SHARENORM_CACHE_DIR=str(tmp_path), **env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"
+    assert not list(tmp_path.glob("*.so"))
