@@ -14,13 +14,14 @@ running statistics are those of the plain path) but save only one of them:
   unsafe): save the input ``x``; in backward, ``z = γ·r·(x − μ) + β`` is recomputed
   (one extra pass) and ``act'(z)`` taken from it.
 
-On the CPU, for identity, relu and leaky_relu on float32/float64 input, the backward is
-two fused C loops (:func:`sharenorm.norm.cpu.norm_backward`): one pass
-reads the saved tensor and dy and sums dz and dz·u per (n, c), computing the
-activation's gradient dz and u (z or x) on the fly; a second writes dx = c1·dz + c2·u
-+ c3. That is 5 full-size tensor passes against eager's 8 (activation backward, then
-the norm's two). Where those loops do not run (no C compiler, other activations,
-16-bit, CUDA without Triton), the backward is an ATen composition:
+On the CPU the backward is two fused C loops (:func:`sharenorm.norm.cpu.norm_backward`,
+for every activation on float32, identity/relu/leaky_relu on float64): one pass reads
+the saved tensor and dy and sums dz and dz·u per (n, c), computing the activation's
+gradient dz and u (z or x) on the fly; a second writes dx = c1·dz + c2·u + c3. That is
+5 full-size tensor passes against eager's 8 (activation backward, then the norm's two),
+and on a contiguous tensor the second pass over each statistic reads from the cache.
+Where those loops do not run (no C compiler, 16-bit, CUDA without Triton), the
+backward is an ATen composition:
 
 The backward of the recompute path hands ``x`` with μ and r to ATen's fused norm
 backward (``native_batch_norm_backward`` / ``native_group_norm_backward``), the kernel
@@ -360,17 +361,13 @@ def _group_norm_backward_from_preact(dz, z, gamma, beta, rstd, groups, out):
     return dx, p.sum(0), s1.sum(0)
 
 
-def _cpu_kernel_kind(act: str | None, invert: bool) -> str | None:
-    """The kind of backward.c loop for this activation and saved tensor, or None where
-    the activation's gradient is not cheap enough to compute twice on the fly (elu,
-    silu, gelu, tanh, sigmoid keep the ATen composition)."""
+def _cpu_kernel_kind(act: str | None, invert: bool) -> str:
+    """The backward.c loop for this activation and saved tensor (its output if ``invert``,
+    else the norm's input); :func:`sharenorm.norm.cpu.supports` says if it runs."""
     if act is None or act == "identity":
         return "ident"
-    if act == "leaky_relu":
-        return "inv_leaky" if invert else "rec_leaky"
-    if act == "relu" and not invert:
-        return "rec_relu"
-    return None
+    short = {"leaky_relu": "leaky"}.get(act, act)
+    return f"{'inv' if invert else 'rec'}_{short}"
 
 
 def _per_sample_channel(per_group: Tensor, channels: int) -> Tensor:
@@ -443,11 +440,11 @@ class _BatchNormAct(torch.autograd.Function):
         dy = dy.contiguous(memory_format=ctx.fmt)
         mask = list(ctx.needs_input_grad[:3])
         kind = _cpu_kernel_kind(act, ctx.invert)
-        if kind is not None and _cpu_kernels().supports(kind, saved, dy):
+        if _cpu_kernels().supports(kind, saved, dy):
             grads = _cpu_kernels().norm_backward(
                 kind, saved, dy, weight, bias, invstd, mean, stats_per_sample=0,
                 channels_per_stat=1, invert=ctx.invert, fixed=not ctx.training,
-                slope=1.0 if p is None else p, mask=mask,
+                act_param=1.0 if p is None else p, mask=mask,
             )
             if grads is not None:
                 return (*_param_dtypes(grads, weight, bias), *([None] * 7))
@@ -546,11 +543,11 @@ class _GroupNormAct(torch.autograd.Function):
         dy = dy.contiguous(memory_format=ctx.fmt)
         mask = list(ctx.needs_input_grad[:3])
         kind = _cpu_kernel_kind(act, ctx.invert)
-        if kind is not None and _cpu_kernels().supports(kind, saved, dy):
+        if _cpu_kernels().supports(kind, saved, dy):
             grads = _cpu_kernels().norm_backward(
                 kind, saved, dy, weight, bias, rstd, mean, stats_per_sample=g,
                 channels_per_stat=c // g, invert=ctx.invert, fixed=False,
-                slope=1.0 if p is None else p, mask=mask,
+                act_param=1.0 if p is None else p, mask=mask,
             )
             if grads is not None:
                 return (*_param_dtypes(grads, weight, bias), None, None, None, None)

@@ -23,7 +23,7 @@ Example:
     >>> if cpu.supports("ident", y, dy):  # BatchNorm in eval with r = 1: dx = dy
     ...     dx, dw, db = cpu.norm_backward("ident", y, dy, None, None, r, torch.zeros(3),
     ...         stats_per_sample=0, channels_per_stat=1, invert=False, fixed=True,
-    ...         slope=1.0, mask=[True, False, True])
+    ...         act_param=1.0, mask=[True, False, True])
     ...     print(torch.equal(dx, dy), torch.allclose(db, dy.sum((0, 2)).double()))
     ... else:
     ...     print(True, True)
@@ -50,6 +50,8 @@ from torch import Tensor
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("backward.c")
 _KINDS = ("ident", "inv_leaky", "rec_relu", "rec_leaky")
+# kinds with exp/log1p/erfc on the fly: float32 only (float64 keeps the ATen composition)
+_FLOAT32_KINDS = ("rec_silu", "rec_sigmoid", "rec_tanh", "rec_gelu", "rec_elu", "inv_elu")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 # Below this many elements a second thread costs more than it saves.
 _MIN_PER_THREAD = 1 << 16
@@ -95,8 +97,13 @@ def _compile(cc: str, flags: list[str], target: Path) -> bool:
             os.unlink(tmp)
 
 
-# -fno-trapping-math lets the selects of relu vectorize (no code here reads FP exception flags)
-_BASE_FLAGS = ["-std=c99", "-O3", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared"]
+# -fno-trapping-math lets the selects of relu vectorize (no code here reads FP exception
+# flags); gnu99 (unlike c99) lets the compiler fuse multiply-adds, which the polynomials of
+# exp and log1p need to keep up with ATen's.
+_BASE_FLAGS = ["-std=gnu99", "-O3", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared"]
+# Tried in order until one compiles: the widest vectors the CPU has (AVX-512 where ATen
+# itself uses it), then the compiler's choice for this CPU, then portable code.
+_TARGET_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
 
 
 @functools.cache
@@ -108,8 +115,7 @@ def _library() -> ctypes.CDLL | None:
         _log.info("sharenorm: no C compiler; the CPU backward stays an ATen composition")
         return None
     source = _SOURCE.read_bytes()
-    # -march=native where the compiler takes it (the vector width), else portable code
-    for flags in (_BASE_FLAGS + ["-march=native"], _BASE_FLAGS):
+    for flags in (_BASE_FLAGS + target for target in _TARGET_FLAGS):
         key = hashlib.sha256(
             source + repr((cc, flags, _cpu_tag())).encode()
         ).hexdigest()[:16]
@@ -129,11 +135,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         fn = getattr(lib, f"coefs_{suffix}")
         fn.argtypes = [i64] * 5 + [f64] + [p] * 4 + [ctypes.c_int] * 2 + [p] * 6
         fn.restype = ctypes.c_int
-        for kind in _KINDS:
+        for kind in _KINDS + (_FLOAT32_KINDS if suffix == "f32" else ()):
             fn = getattr(lib, f"fused_nchw_{kind}_{suffix}")
             fn.argtypes = [p] * 3 + [i64] * 7 + [f64] + [p] * 4 + [ctypes.c_int] * 2 + [f64, p, p]
             fn.restype = ctypes.c_int
-            getattr(lib, f"sums_nhwc_{kind}_{suffix}").argtypes = [p] * 4 + [i64] * 4 + [f64, p, p]
+            getattr(lib, f"sums_nhwc_{kind}_{suffix}").argtypes = [p] * 5 + [i64] * 4 + [f64, p, p]
             getattr(lib, f"apply_nhwc_{kind}_{suffix}").argtypes = [p] * 8 + [i64] * 4 + [f64]
     return lib
 
@@ -165,7 +171,7 @@ def supports(kind: str, s: Tensor, g: Tensor) -> bool:
     """Whether :func:`norm_backward` takes these tensors: float32/float64 CPU tensors of
     one shape and one layout (contiguous or channels-last), and a kind backward.c has."""
     return (
-        kind in _KINDS
+        (kind in _KINDS or (kind in _FLOAT32_KINDS and s.dtype == torch.float32))
         # under torch.compile's tracing there are no data pointers: the caller traces its
         # ATen composition instead
         and not torch.compiler.is_compiling()
@@ -197,9 +203,10 @@ def _run(calls) -> list:
     return [f.result() for f in [_pool(os.getpid(), len(calls)).submit(c) for c in calls]]
 
 
-def _sums_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, slope: float):
+def _sums_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, dx: Tensor, act_param: float):
     """``(S1, S2)``, float64 (N, C), of a channels-last tensor; ``ab`` holds the (N, C)
-    a and b of z = a·x + b for the rec_ kinds."""
+    a and b of z = a·x + b for the rec_ kinds, ``dx`` receives what a keeping kind keeps
+    for the second pass."""
     lib = _library()
     n, c = s.shape[:2]
     hw = s.numel() // (n * c)
@@ -208,24 +215,25 @@ def _sums_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, slope: float):
     acc = torch.zeros(len(parts), 2, n, c, dtype=torch.float64)  # one (N, C) pair a thread
     _run(
         functools.partial(fn, s.data_ptr(), g.data_ptr(), ab[0].data_ptr(), ab[1].data_ptr(),
-                          lo, hi, hw, c, slope, acc[i, 0].data_ptr(), acc[i, 1].data_ptr())
+                          dx.data_ptr(), lo, hi, hw, c, act_param, acc[i, 0].data_ptr(),
+                          acc[i, 1].data_ptr())
         for i, (lo, hi) in enumerate(parts)
     )
     total = acc.sum(0)
     return total[0], total[1]
 
 
-def _apply_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, coefs: Tensor, slope: float):
-    """``dx = c1·dz + c2·u + c3`` of a channels-last tensor, ``coefs`` (3, N, C)."""
+def _apply_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, coefs: Tensor, dx: Tensor,
+                act_param: float) -> Tensor:
+    """``dx = c1·dz + c2·u + c3`` of a channels-last tensor into ``dx``, ``coefs`` (3, N, C)."""
     lib = _library()
     n, c = s.shape[:2]
     hw = s.numel() // (n * c)
-    dx = torch.empty_like(s)
     fn = getattr(lib, f"apply_nhwc_{kind}_{_SUFFIX[s.dtype]}")
     _run(
         functools.partial(fn, s.data_ptr(), g.data_ptr(), ab[0].data_ptr(), ab[1].data_ptr(),
                           coefs[0].data_ptr(), coefs[1].data_ptr(), coefs[2].data_ptr(),
-                          dx.data_ptr(), lo, hi, hw, c, slope)
+                          dx.data_ptr(), lo, hi, hw, c, act_param)
         for lo, hi in _chunks(n * hw, s.numel())
     )
     return dx
@@ -237,7 +245,7 @@ def _ptr(t: Tensor | None) -> int | None:
 
 def norm_backward(kind: str, s: Tensor, g: Tensor, gamma: Tensor | None, beta: Tensor | None,
                   r: Tensor, mu: Tensor | None, *, stats_per_sample: int, channels_per_stat: int,
-                  invert: bool, fixed: bool, slope: float, mask):
+                  invert: bool, fixed: bool, act_param: float, mask):
     """``(dx, dγ, dβ)`` of BatchNorm, InstanceNorm or GroupNorm followed by the activation
     of ``kind``, from the saved tensor ``s`` and the gradient ``g`` of the output; each
     is None where ``mask`` (dx, dγ, dβ) says it is not needed. dγ and dβ are float64.
@@ -271,14 +279,15 @@ def norm_backward(kind: str, s: Tensor, g: Tensor, gamma: Tensor | None, beta: T
     count = s.numel() // (n * c) * channels_per_stat * (n if stats_per_sample == 0 else 1)
     if _layout(s) == "nchw":
         return _fused_nchw(kind, s, g, gamma, beta, r, mu, stats_per_sample, channels_per_stat,
-                           count, invert, fixed, slope, mask)
+                           count, invert, fixed, act_param, mask)
     ab = torch.zeros(2, n, c, dtype=dtype)  # z = a·x + b, read by the rec_ kinds only
     if not invert:
         getattr(lib, f"prepare_{suffix}")(
             n, c, stats_per_sample, channels_per_stat, _ptr(gamma), _ptr(beta), r.data_ptr(),
             mu.data_ptr(), ab[0].data_ptr(), ab[1].data_ptr(),
         )
-    s1, s2 = _sums_nhwc(kind, s, g, ab, slope)
+    dx = torch.empty_like(s)
+    s1, s2 = _sums_nhwc(kind, s, g, ab, dx, act_param)
     f64 = torch.float64
     acc = torch.zeros(2 * nstats, dtype=f64)
     coefs = torch.empty(3, n, c, dtype=dtype)
@@ -291,12 +300,13 @@ def norm_backward(kind: str, s: Tensor, g: Tensor, gamma: Tensor | None, beta: T
     )
     if not finite:
         return None
-    dx = _apply_nhwc(kind, s, g, ab, coefs, slope) if mask[0] else None
-    return dx, dgamma, dbeta
+    if not mask[0]:
+        return None, dgamma, dbeta
+    return _apply_nhwc(kind, s, g, ab, coefs, dx, act_param), dgamma, dbeta
 
 
 def _fused_nchw(kind, s, g, gamma, beta, r, mu, stats_per_sample, channels_per_stat, count,
-                invert, fixed, slope, mask):
+                invert, fixed, act_param, mask):
     """:func:`norm_backward` on a contiguous tensor: one statistic at a time, its sums and
     then its dx while its rows are still in the cache (``fused_nchw_*`` in backward.c);
     the statistics are split over the threads."""
@@ -306,16 +316,17 @@ def _fused_nchw(kind, s, g, gamma, beta, r, mu, stats_per_sample, channels_per_s
     nstats = r.numel()
     s1 = torch.empty(n, c, dtype=torch.float64)
     p = torch.empty_like(s1)
-    dx = torch.empty_like(s) if mask[0] else None
+    # the keeping kinds use dx between the passes: allocated even when not returned
+    dx = torch.empty_like(s) if mask[0] or kind in _FLOAT32_KINDS else None
     fn = getattr(lib, f"fused_nchw_{kind}_{_SUFFIX[s.dtype]}")
     results = _run(
         functools.partial(
             fn, s.data_ptr(), g.data_ptr(), _ptr(dx), n, c, hw, stats_per_sample,
             channels_per_stat, lo, hi, float(count), _ptr(gamma), _ptr(beta), r.data_ptr(),
-            mu.data_ptr(), int(invert), int(fixed), slope, s1.data_ptr(), p.data_ptr(),
+            mu.data_ptr(), int(invert), int(fixed), act_param, s1.data_ptr(), p.data_ptr(),
         )
         for lo, hi in _chunks(nstats, s.numel())
     )
     if not all(results):
         return None
-    return dx, p.sum(0) if mask[1] else None, s1.sum(0) if mask[2] else None
+    return dx if mask[0] else None, p.sum(0) if mask[1] else None, s1.sum(0) if mask[2] else None

@@ -12,7 +12,8 @@
  *              __init__.py for the math)
  *     pass 2:  dx = c1[n,c]·dz + c2[n,c]·u + c3[n,c]
  *
- * Kinds (how dz and u come from s and g; p is the leaky_relu slope, a, b the per-(n, c)
+ * Kinds (how dz and u come from s and g; p is the activation's parameter (param), here the
+ * leaky_relu slope; a, b the per-(n, c)
  * affine map z = a·x + b = γ·r·(x − μ) + β of a recomputed pre-activation):
  *     ident      dz = g,                          u = s      (identity: s is y = z, or x)
  *     inv_leaky  dz = s > 0 ? g : p·g,            u = s > 0 ? s : s/p   (s = leaky_relu(z))
@@ -30,6 +31,7 @@
  * Plain C99; the loops vectorize with -O3 (the pragmas need -fopenmp-simd, no OpenMP runtime).
  */
 #include <stdint.h>
+#include <string.h>
 
 #define BODIES(T, SUF)                                                                     \
 static inline void ident_##SUF(T s, T g, T a, T b, T p, T ip, T *dz, T *u) {               \
@@ -45,21 +47,178 @@ static inline void rec_leaky_##SUF(T s, T g, T a, T b, T p, T ip, T *dz, T *u) {
     (void)ip; T z = a * s + b; *dz = z > 0 ? g : g * p; *u = s;                             \
 }
 
-/* The nhwc passes. a and b, (N, C), are read by the rec_ kinds only but always valid. */
+/* float32 exp, log1p and erfc that vectorize (libm's do not without -ffast-math): Cephes'
+ * expf and logf polynomials (≤ 2 ulp) and Numerical Recipes' erfc (relative error
+ * < 1.2e-7). NaN in, NaN out; exp clamps its argument to [−87.34, 88.38] (a result
+ * between 1.2e-38 and 2.4e38: at the ends the activations' gradients are 0 or 1 anyway). */
+static inline float exp_f32(float x) {
+    /* NaN passes both clamps (its comparisons are false) and the arithmetic below */
+    x = x > 88.3762626647949f ? 88.3762626647949f : x;
+    x = x < -87.3365447504019f ? -87.3365447504019f : x;
+    /* k = round(x·log2 e) by the 1.5·2^23 trick: kb's low mantissa bits hold k + 2^22 */
+    const float magic = 12582912.0f;
+    const float kb = x * 1.44269504088896341f + magic;
+    const float k = kb - magic;
+    float r = x - k * 0.693359375f;
+    r = r - k * -2.12194440e-4f;
+    float q = 1.9875691500e-4f;
+    q = q * r + 1.3981999507e-3f;
+    q = q * r + 8.3334519073e-3f;
+    q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f;
+    q = q * r + 5.0000001201e-1f;
+    q = q * r * r + r + 1.0f;
+    uint32_t bits;
+    memcpy(&bits, &kb, sizeof bits);
+    bits = (bits - 0x4b400000u + 127u) << 23;  /* 2^k as a float: exponent field k + 127 */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return q * scale;
+}
+
+static inline float log1p_f32(float v) {  /* v > −1 */
+    const float u = 1.0f + v;
+    uint32_t bits;
+    memcpy(&bits, &u, sizeof bits);
+    int32_t e = (int32_t)((bits >> 23) & 0xff) - 126;
+    bits = (bits & 0x007fffffu) | 0x3f000000u;  /* u = m·2^e, m in [0.5, 1) */
+    float m;
+    memcpy(&m, &bits, sizeof m);
+    const int32_t low = m < 0.707106781186547524f;
+    e -= low;
+    m = low ? m + m - 1.0f : m - 1.0f;
+    const float z = m * m;
+    float y = 7.0376836292e-2f;
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z;
+    const float fe = (float)e;
+    y += -2.12194440e-4f * fe;
+    y += -0.5f * z;
+    /* log(u), plus the rounding of 1 + v: log1p(v) = log(u) + (v − (u − 1))/u */
+    return m + y + 0.693359375f * fe + (v - (u - 1.0f)) / u;
+}
+
+static inline float erfc_f32(float w) {
+    const float z = w < 0 ? -w : w;
+    const float t = 1.0f / (1.0f + 0.5f * z);
+    float q = 0.17087277f;
+    q = q * t - 0.82215223f;
+    q = q * t + 1.48851587f;
+    q = q * t - 1.13520398f;
+    q = q * t + 0.27886807f;
+    q = q * t - 0.18628806f;
+    q = q * t + 0.09678418f;
+    q = q * t + 0.37409196f;
+    q = q * t + 1.00002368f;
+    q = q * t - 1.26551223f;
+    const float ans = t * exp_f32(q - z * z);
+    return w >= 0 ? ans : 2.0f - ans;
+}
+
+/* The float32-only kinds (p is elu's α):
+ *     rec_silu     dz = g·σ(z)·(1 + z·(1 − σ(z)))       rec_sigmoid  dz = g·σ(z)·(1 − σ(z))
+ *     (with 1 − σ(z) = e^(−z)·σ(z), which keeps its relative precision where σ → 1)
+ *     rec_tanh     dz = g·(1 − tanh²z)                   rec_gelu     dz = g·(Φ(z) + z·φ(z))
+ *     rec_elu      dz = z > 0 ? g : g·α·eᶻ               (u = s = x for all of these)
+ *     inv_elu      dz = s > 0 ? g : g·(s + α),  u = s > 0 ? s : log1p(s/α)   (s = elu(z)) */
+static inline void rec_silu_f32(float s, float g, float a, float b, float p, float ip,
+                                float *dz, float *u) {
+    (void)p; (void)ip;
+    const float z = a * s + b, e = exp_f32(-z), sg = 1.0f / (1.0f + e);
+    *dz = g * sg * (1.0f + z * (e * sg));  /* 1 − σ = e·σ, without cancellation */
+    *u = s;
+}
+static inline void rec_sigmoid_f32(float s, float g, float a, float b, float p, float ip,
+                                   float *dz, float *u) {
+    (void)p; (void)ip;
+    const float e = exp_f32(-(a * s + b)), sg = 1.0f / (1.0f + e);
+    *dz = g * (e * sg) * sg;
+    *u = s;
+}
+static inline void rec_tanh_f32(float s, float g, float a, float b, float p, float ip,
+                                float *dz, float *u) {
+    (void)p; (void)ip;
+    /* 1 − tanh²z = 4·σ(2z)·(1 − σ(2z)) = 4·e·σ², e = e^(−2z): no cancellation near ±1 */
+    const float e = exp_f32(-2.0f * (a * s + b)), sg = 1.0f / (1.0f + e);
+    *dz = g * 4.0f * (e * sg) * sg;
+    *u = s;
+}
+static inline void rec_gelu_f32(float s, float g, float a, float b, float p, float ip,
+                                float *dz, float *u) {
+    (void)p; (void)ip;
+    const float z = a * s + b;
+    const float cdf = 0.5f * erfc_f32(-0.70710678118654752f * z);
+    const float pdf = 0.39894228040143268f * exp_f32(-0.5f * z * z);
+    *dz = g * (cdf + z * pdf);
+    *u = s;
+}
+static inline void rec_elu_f32(float s, float g, float a, float b, float p, float ip,
+                               float *dz, float *u) {
+    (void)ip;
+    const float z = a * s + b;
+    *dz = z > 0 ? g : g * p * exp_f32(z);
+    *u = s;
+}
+static inline void inv_elu_f32(float s, float g, float a, float b, float p, float ip,
+                               float *dz, float *u) {
+    (void)a; (void)b;
+    *dz = s > 0 ? g : g * (s + p);
+    *u = s > 0 ? s : log1p_f32(s * ip);
+}
+
+/* What pass 2 starts from. A cheap kind recomputes dz and u from s and g; an expensive one
+ * (float32 exp, log1p or erfc) keeps one of them in dx during pass 1 (dx is written over
+ * in pass 2; on nchw its rows are still in the cache) and computes only the other. */
+#define RECOMPUTES(T, SUF, KIND)                                                            \
+enum { KIND##_keeps_##SUF = 0 };                                                            \
+static inline T KIND##_keep_##SUF(T dz, T u) { (void)u; return dz; }                        \
+static inline void KIND##_reload_##SUF(T s, T g, T kept, T a, T b, T p, T ip, T *dz, T *u) { \
+    (void)kept; KIND##_##SUF(s, g, a, b, p, ip, dz, u);                                     \
+}
+#define KEEPS_DZ(KIND)  /* u = s = x: dz is the expensive one */                            \
+enum { KIND##_keeps_f32 = 1 };                                                              \
+static inline float KIND##_keep_f32(float dz, float u) { (void)u; return dz; }              \
+static inline void KIND##_reload_f32(float s, float g, float kept, float a, float b,        \
+                                     float p, float ip, float *dz, float *u) {              \
+    (void)g; (void)a; (void)b; (void)p; (void)ip; *dz = kept; *u = s;                        \
+}
+KEEPS_DZ(rec_silu)
+KEEPS_DZ(rec_sigmoid)
+KEEPS_DZ(rec_tanh)
+KEEPS_DZ(rec_gelu)
+KEEPS_DZ(rec_elu)
+/* inv_elu keeps u = log1p(s/α) and recomputes its cheap dz */
+enum { inv_elu_keeps_f32 = 1 };
+static inline float inv_elu_keep_f32(float dz, float u) { (void)dz; return u; }
+static inline void inv_elu_reload_f32(float s, float g, float kept, float a, float b, float p,
+                                      float ip, float *dz, float *u) {
+    (void)a; (void)b; (void)ip; *dz = s > 0 ? g : g * (s + p); *u = kept;
+}
+
+/* The nhwc passes. a and b, (N, C), are read by the rec_ kinds only but always valid; dx
+ * holds what a keeping kind kept between the two. */
 #define KERNELS(T, SUF, KIND)                                                               \
-void sums_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b, int64_t q0,   \
-                              int64_t q1, int64_t hw, int64_t c, double slope, double *s1,  \
-                              double *s2) {                                                 \
-    const T p = (T)slope, ip = (T)(1.0 / slope);                                            \
+void sums_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b, T *dx,       \
+                              int64_t q0, int64_t q1, int64_t hw, int64_t c, double param,  \
+                              double *s1, double *s2) {                                     \
+    const T p = (T)param, ip = (T)(1.0 / param);                                            \
     for (int64_t q = q0; q < q1; q++) {                                                     \
         const int64_t nc = (q / hw) * c;                                                    \
         const T *sq = s + q * c, *gq = g + q * c;                                           \
+        T *dq = KIND##_keeps_##SUF ? dx + q * c : (T *)0;                                   \
         double *t1 = s1 + nc, *t2 = s2 + nc;                                                \
         _Pragma("omp simd")                                                                 \
         for (int64_t k = 0; k < c; k++) {                                                   \
             T dz, u;                                                                        \
-            KIND##_##SUF(sq[k], gq[k], a[nc + k], b[nc + k], p, ip,   \
-                         &dz, &u);                                                          \
+            KIND##_##SUF(sq[k], gq[k], a[nc + k], b[nc + k], p, ip, &dz, &u);               \
+            if (KIND##_keeps_##SUF) dq[k] = KIND##_keep_##SUF(dz, u);                       \
             t1[k] += dz;                                                                    \
             t2[k] += (double)(dz * u);                                                      \
         }                                                                                   \
@@ -67,8 +226,8 @@ void sums_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b, in
 }                                                                                           \
 void apply_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b,             \
                                const T *c1, const T *c2, const T *c3, T *dx, int64_t q0,    \
-                               int64_t q1, int64_t hw, int64_t c, double slope) {           \
-    const T p = (T)slope, ip = (T)(1.0 / slope);                                            \
+                               int64_t q1, int64_t hw, int64_t c, double param) {           \
+    const T p = (T)param, ip = (T)(1.0 / param);                                            \
     for (int64_t q = q0; q < q1; q++) {                                                     \
         const int64_t nc = (q / hw) * c;                                                    \
         const T *sq = s + q * c, *gq = g + q * c;                                           \
@@ -76,8 +235,7 @@ void apply_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b,  
         _Pragma("omp simd")                                                                 \
         for (int64_t k = 0; k < c; k++) {                                                   \
             T dz, u;                                                                        \
-            KIND##_##SUF(sq[k], gq[k], a[nc + k], b[nc + k], p, ip,   \
-                         &dz, &u);                                                          \
+            KIND##_reload_##SUF(sq[k], gq[k], dq[k], a[nc + k], b[nc + k], p, ip, &dz, &u); \
             dq[k] = c1[nc + k] * dz + c2[nc + k] * u + c3[nc + k];                          \
         }                                                                                   \
     }                                                                                       \
@@ -93,8 +251,8 @@ void apply_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b,  
 int fused_nchw_##KIND##_##SUF(const T *s, const T *g, T *dx, int64_t n, int64_t c,          \
         int64_t hw, int64_t sn, int64_t cpg, int64_t st0, int64_t st1, double count,        \
         const T *gamma, const T *beta, const T *r, const T *mu, int invert, int fixed,      \
-        double slope, double *s1, double *pp) {                                             \
-    const T p = (T)slope, ip = (T)(1.0 / slope);                                            \
+        double param, double *s1, double *pp) {                                             \
+    const T p = (T)param, ip = (T)(1.0 / param);                                            \
     const int64_t nrows = sn ? cpg : n;                                                     \
     int finite = 1;                                                                         \
     for (int64_t st = st0; st < st1; st++) {                                                \
@@ -111,12 +269,14 @@ int fused_nchw_##KIND##_##SUF(const T *s, const T *g, T *dx, int64_t n, int64_t 
                 const double al = invert ? 1.0 / gm : rr, de = invert ? -be / gm : -rr * m; \
                 const T ar = (T)(gm * rr), br = (T)(be - m * gm * rr);                      \
                 const T *sr = s + row * hw, *gr = g + row * hw;                             \
+                T *dr = dx ? dx + row * hw : (T *)0;                                        \
                 if (pass == 0) {                                                            \
                     double acc1 = 0, acc2 = 0;                                              \
                     _Pragma("omp simd reduction(+:acc1,acc2)")                              \
                     for (int64_t i = 0; i < hw; i++) {                                      \
                         T dz, u;                                                            \
                         KIND##_##SUF(sr[i], gr[i], ar, br, p, ip, &dz, &u);                 \
+                        if (KIND##_keeps_##SUF) dr[i] = KIND##_keep_##SUF(dz, u);           \
                         acc1 += dz;                                                         \
                         acc2 += (double)(dz * u);                                           \
                     }                                                                       \
@@ -129,11 +289,10 @@ int fused_nchw_##KIND##_##SUF(const T *s, const T *g, T *dx, int64_t n, int64_t 
                     const T k1 = (T)(rr * gm), k2 = (T)(-rr * big_b * al);                  \
                     const T k3 = (T)(-rr * (big_a + big_b * de));                           \
                     finite &= (k1 - k1 == 0) & (k2 - k2 == 0) & (k3 - k3 == 0);             \
-                    T *dr = dx + row * hw;                                                  \
                     _Pragma("omp simd")                                                     \
                     for (int64_t i = 0; i < hw; i++) {                                      \
                         T dz, u;                                                            \
-                        KIND##_##SUF(sr[i], gr[i], ar, br, p, ip, &dz, &u);                 \
+                        KIND##_reload_##SUF(sr[i], gr[i], dr[i], ar, br, p, ip, &dz, &u);   \
                         dr[i] = k1 * dz + k2 * u + k3;                                      \
                     }                                                                       \
                 }                                                                           \
@@ -198,6 +357,10 @@ int coefs_##SUF(int64_t n, int64_t c, int64_t sn, int64_t cpg, int64_t nstats, d
 #define ALL_KINDS(T, SUF)        \
     BODIES(T, SUF)               \
     SMALL(T, SUF)                \
+    RECOMPUTES(T, SUF, ident)    \
+    RECOMPUTES(T, SUF, inv_leaky) \
+    RECOMPUTES(T, SUF, rec_relu) \
+    RECOMPUTES(T, SUF, rec_leaky) \
     KERNELS(T, SUF, ident)       \
     KERNELS(T, SUF, inv_leaky)   \
     KERNELS(T, SUF, rec_relu)    \
@@ -207,5 +370,13 @@ int coefs_##SUF(int64_t n, int64_t c, int64_t sn, int64_t cpg, int64_t nstats, d
     FUSED(T, SUF, rec_relu)      \
     FUSED(T, SUF, rec_leaky)
 
+#define FLOAT32_KINDS(KIND) KERNELS(float, f32, KIND) FUSED(float, f32, KIND)
+
 ALL_KINDS(float, f32)
 ALL_KINDS(double, f64)
+FLOAT32_KINDS(rec_silu)
+FLOAT32_KINDS(rec_sigmoid)
+FLOAT32_KINDS(rec_tanh)
+FLOAT32_KINDS(rec_gelu)
+FLOAT32_KINDS(rec_elu)
+FLOAT32_KINDS(inv_elu)
