@@ -28,7 +28,7 @@ KINDS = {
     "inv_leaky": (lambda z: F.leaky_relu(z, SLOPE), True),
     "rec_relu": (torch.relu, False),
     "rec_leaky": (lambda z: F.leaky_relu(z, SLOPE), False),
-    # float32 only: exp, log1p, erfc computed by backward.c's own vectorized functions
+    # float32 only: exp and log1p computed by backward.c's own vectorized functions
     "rec_silu": (F.silu, False),
     "rec_sigmoid": (torch.sigmoid, False),
     "rec_tanh": (torch.tanh, False),
@@ -165,7 +165,7 @@ def test_nan_and_inf_as_atens_activation_backward(fmt):
 @pytest.mark.parametrize("kind", ["rec_silu", "rec_sigmoid", "rec_tanh", "rec_gelu", "rec_elu"])
 def test_float32_activation_gradients_as_accurate_as_atens(kind):
     """dz over z in [−30, 30] against float64 autograd at the same float32 z: within
-    2.5e-7 absolute (ATen's float32 backward: up to 9.8e-7 for silu), and NaN in, NaN out."""
+    3e-7 absolute (ATen's float32 backward: up to 9.8e-7 for silu), and NaN in, NaN out."""
     z = torch.linspace(-30, 30, 60001).view(1, 1, -1)
     z[0, 0, 0] = float("nan")
     dz = _eval_identity_map(kind, z, torch.ones_like(z), mask=(True, False, False))[0]
@@ -173,7 +173,7 @@ def test_float32_activation_gradients_as_accurate_as_atens(kind):
     act = KINDS[kind][0]
     act(z64).sum().backward()
     assert dz[0, 0, 0].isnan()
-    torch.testing.assert_close(dz[..., 1:].double(), z64.grad[..., 1:], atol=2.5e-7, rtol=0)
+    torch.testing.assert_close(dz[..., 1:].double(), z64.grad[..., 1:], atol=3e-7, rtol=0)
 
 
 def test_float32_elu_inverse_from_the_output():

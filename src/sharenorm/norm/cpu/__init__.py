@@ -50,7 +50,7 @@ from torch import Tensor
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("backward.c")
 _KINDS = ("ident", "inv_leaky", "rec_relu", "rec_leaky")
-# kinds with exp/log1p/erfc on the fly: float32 only (float64 keeps the ATen composition)
+# kinds with exp or log1p on the fly: float32 only (float64 keeps the ATen composition)
 _FLOAT32_KINDS = ("rec_silu", "rec_sigmoid", "rec_tanh", "rec_gelu", "rec_elu", "inv_elu")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 # Below this many elements a second thread costs more than it saves.
