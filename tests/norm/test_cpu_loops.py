@@ -255,3 +255,19 @@ def test_without_the_loops_the_composition_runs(tmp_path, env):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
     assert not list(tmp_path.glob("*.so"))
+
+
+def test_flags_that_do_not_compile_are_not_tried_again(tmp_path):
+    """A compiler that rejects every flag set (here: one that always fails) is asked once per
+    flag set; later processes read the .failed markers instead of running it again."""
+    fake = tmp_path / "cc"
+    calls = tmp_path / "calls"
+    fake.write_text(f"#!/bin/sh\necho x >> {calls}\nexit 1\n")
+    fake.chmod(0o755)
+    cache = tmp_path / "cache"
+    for _ in range(2):
+        run = _python(CHECK, SHARENORM_CACHE_DIR=str(cache), CC=str(fake))
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "False"
+    assert len(calls.read_text().split()) == len(cpu._TARGET_FLAGS)
+    assert len(list(cache.glob("*.failed"))) == len(cpu._TARGET_FLAGS)

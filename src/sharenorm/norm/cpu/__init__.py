@@ -101,8 +101,9 @@ def _compile(cc: str, flags: list[str], target: Path) -> bool:
 # flags); gnu99 (unlike c99) lets the compiler fuse multiply-adds, which the polynomials of
 # exp and log1p need to keep up with ATen's.
 _BASE_FLAGS = ["-std=gnu99", "-O3", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared"]
-# Tried in order until one compiles: the widest vectors the CPU has (AVX-512 where ATen
-# itself uses it), then the compiler's choice for this CPU, then portable code.
+# Tried in order until one compiles: the widest vectors the CPU has (AVX-512 on x86 CPUs
+# with it; gcc otherwise prefers 256 bits there), then the compiler's choice for this CPU,
+# then portable code.
 _TARGET_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
 
 
@@ -120,9 +121,13 @@ def _library() -> ctypes.CDLL | None:
             source + repr((cc, flags, _cpu_tag())).encode()
         ).hexdigest()[:16]
         target = _cache_dir() / f"backward-{key}.so"
+        failed = target.with_suffix(".failed")  # these flags do not compile here: skip them
         try:
+            if failed.exists():
+                continue
             if target.exists() or _compile(cc, flags, target):
                 return _declare(ctypes.CDLL(str(target)))
+            failed.touch()
         except (OSError, subprocess.SubprocessError) as e:
             _log.info("sharenorm: CPU kernels unavailable (%s)", e)
     return None
@@ -196,11 +201,11 @@ def _chunks(total: int, numel: int) -> list[tuple[int, int]]:
 
 
 def _run(calls) -> list:
-    """Each call's result, the calls run on as many threads as there are calls."""
-    calls = list(calls)
-    if len(calls) == 1:
-        return [calls[0]()]
-    return [f.result() for f in [_pool(os.getpid(), len(calls)).submit(c) for c in calls]]
+    """Each call's result, the calls run on as many threads as there are calls: the first
+    on this one (a pool thread's wake-up costs ~40 µs), the others on the pool's."""
+    first, *rest = calls
+    futures = [_pool(os.getpid(), len(rest)).submit(c) for c in rest] if rest else []
+    return [first(), *(f.result() for f in futures)]
 
 
 def _sums_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, dx: Tensor, act_param: float):
