@@ -128,17 +128,31 @@ def test_threads_split_the_work_without_changing_it(norm, fmt, monkeypatch):
         return cpu.norm_backward(*args, stats_per_sample=per_sample, channels_per_stat=per_stat,
                                  invert=invert, fixed=fixed, act_param=SLOPE, mask=[True] * 3)
 
-    one = run()
     threads = torch.get_num_threads()
     monkeypatch.setattr(cpu, "_MIN_PER_THREAD", 1)
     try:
+        torch.set_num_threads(1)
+        one = run()
         torch.set_num_threads(3)
-        assert len(cpu._chunks(12, args[1].numel())) == 3
+        assert cpu._threads(args[1].numel()) == 3
         many = run()
     finally:
         torch.set_num_threads(threads)
     for got, want in zip(many, one, strict=True):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+def test_threads_are_torchs_own_openmp_team():
+    """The loops' OpenMP runtime is the one torch loaded (libgomp.so.1 is already in the
+    process when the C file's library is opened): torch.set_num_threads reaches it."""
+    threads = torch.get_num_threads()
+    lib = cpu._library()
+    try:
+        for k in (1, 3):
+            torch.set_num_threads(k)
+            assert lib.max_threads() == k
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _eval_identity_map(kind, s, g, mask=(True, True, True)):

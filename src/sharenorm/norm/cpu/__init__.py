@@ -13,7 +13,8 @@ The C file is compiled with the system's C compiler (``$CC`` or ``cc``) into
 ``$SHARENORM_CACHE_DIR`` (default ``~/.cache/sharenorm``), once per source, compiler and CPU,
 in well under a second. Where no compiler works, or ``SHARENORM_CPU_KERNELS=0``,
 :func:`available` is False and the callers keep their ATen composition: same results,
-slower. The loops run on ``torch.get_num_threads()`` threads (ctypes releases the GIL).
+slower. The loops run on ``torch.get_num_threads()`` OpenMP threads of torch's own
+runtime (ATen's thread team: no second pool competes with it).
 
 Example:
     >>> import torch
@@ -41,7 +42,6 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -100,11 +100,17 @@ def _compile(cc: str, flags: list[str], target: Path) -> bool:
 # -fno-trapping-math lets the selects of relu vectorize (no code here reads FP exception
 # flags); gnu99 (unlike c99) lets the compiler fuse multiply-adds, which the polynomials of
 # exp and log1p need to keep up with ATen's.
-_BASE_FLAGS = ["-std=gnu99", "-O3", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared"]
-# Tried in order until one compiles: the widest vectors the CPU has (AVX-512 on x86 CPUs
-# with it; gcc otherwise prefers 256 bits there), then the compiler's choice for this CPU,
-# then portable code.
-_TARGET_FLAGS = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
+_BASE_FLAGS = ["-std=gnu99", "-O3", "-fno-trapping-math", "-fPIC", "-shared"]
+# Tried in order until one compiles: OpenMP threads and the widest vectors the CPU has
+# (AVX-512 on x86 CPUs with it; gcc otherwise prefers 256 bits there), then the compiler's
+# choice of vectors, then portable code, then one thread (-fopenmp-simd: vector pragmas
+# only, no runtime).
+_TARGET_FLAGS = (
+    ["-fopenmp", "-march=native", "-mprefer-vector-width=512"],
+    ["-fopenmp", "-march=native"],
+    ["-fopenmp"],
+    ["-fopenmp-simd"],
+)
 
 
 @functools.cache
@@ -134,31 +140,26 @@ def _library() -> ctypes.CDLL | None:
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    p, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+    lib.max_threads.restype = i32
+    lib.max_threads.argtypes = []
     for suffix in _SUFFIX.values():
         getattr(lib, f"prepare_{suffix}").argtypes = [i64, i64, i64, i64] + [p] * 6
         fn = getattr(lib, f"coefs_{suffix}")
-        fn.argtypes = [i64] * 5 + [f64] + [p] * 4 + [ctypes.c_int] * 2 + [p] * 6
-        fn.restype = ctypes.c_int
+        fn.argtypes = [i64] * 5 + [f64] + [p] * 4 + [i32] * 2 + [p] * 6
+        fn.restype = i32
         for kind in _KINDS + (_FLOAT32_KINDS if suffix == "f32" else ()):
             fn = getattr(lib, f"fused_nchw_{kind}_{suffix}")
-            fn.argtypes = [p] * 3 + [i64] * 7 + [f64] + [p] * 4 + [ctypes.c_int] * 2 + [f64, p, p]
-            fn.restype = ctypes.c_int
-            getattr(lib, f"sums_nhwc_{kind}_{suffix}").argtypes = [p] * 5 + [i64] * 4 + [f64, p, p]
-            getattr(lib, f"apply_nhwc_{kind}_{suffix}").argtypes = [p] * 8 + [i64] * 4 + [f64]
+            fn.argtypes = [p] * 3 + [i64] * 6 + [f64, i32] + [p] * 4 + [i32] * 2 + [f64, p, p]
+            fn.restype = i32
+            getattr(lib, f"sums_nhwc_{kind}_{suffix}").argtypes = [p] * 5 + [i64] * 3 + [f64, i32, p]
+            getattr(lib, f"apply_nhwc_{kind}_{suffix}").argtypes = [p] * 8 + [i64] * 3 + [f64, i32]
     return lib
 
 
 def available() -> bool:
     """Whether the compiled loops can run (a C compiler was found and the build worked)."""
     return _library() is not None
-
-
-@functools.cache
-def _pool(pid: int, workers: int) -> ThreadPoolExecutor:
-    """A pool per process: a forked child inherits the parent's pool object but not its
-    threads, and would wait forever on it."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sharenorm-cpu")
 
 
 def _layout(s: Tensor) -> str | None:
@@ -193,36 +194,23 @@ def supports(kind: str, s: Tensor, g: Tensor) -> bool:
     )
 
 
-def _chunks(total: int, numel: int) -> list[tuple[int, int]]:
-    """Split ``range(total)`` into one slice per thread worth starting."""
-    threads = max(1, min(torch.get_num_threads(), numel // _MIN_PER_THREAD, total))
-    step = -(-total // threads)
-    return [(lo, min(lo + step, total)) for lo in range(0, total, step)]
-
-
-def _run(calls) -> list:
-    """Each call's result, the calls run on as many threads as there are calls: the first
-    on this one (a pool thread's wake-up costs ~40 µs), the others on the pool's."""
-    first, *rest = calls
-    futures = [_pool(os.getpid(), len(rest)).submit(c) for c in rest] if rest else []
-    return [first(), *(f.result() for f in futures)]
+def _threads(numel: int) -> int:
+    """torch's thread count, or fewer where a thread would get under _MIN_PER_THREAD
+    elements (starting it would cost more than it saves)."""
+    return max(1, min(torch.get_num_threads(), numel // _MIN_PER_THREAD))
 
 
 def _sums_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, dx: Tensor, act_param: float):
     """``(S1, S2)``, float64 (N, C), of a channels-last tensor; ``ab`` holds the (N, C)
     a and b of z = a·x + b for the rec_ kinds, ``dx`` receives what a keeping kind keeps
     for the second pass."""
-    lib = _library()
     n, c = s.shape[:2]
     hw = s.numel() // (n * c)
-    fn = getattr(lib, f"sums_nhwc_{kind}_{_SUFFIX[s.dtype]}")
-    parts = _chunks(n * hw, s.numel())
-    acc = torch.zeros(len(parts), 2, n, c, dtype=torch.float64)  # one (N, C) pair a thread
-    _run(
-        functools.partial(fn, s.data_ptr(), g.data_ptr(), ab[0].data_ptr(), ab[1].data_ptr(),
-                          dx.data_ptr(), lo, hi, hw, c, act_param, acc[i, 0].data_ptr(),
-                          acc[i, 1].data_ptr())
-        for i, (lo, hi) in enumerate(parts)
+    threads = _threads(s.numel())
+    acc = torch.zeros(threads, 2, n, c, dtype=torch.float64)  # one (S1, S2) pair a thread
+    getattr(_library(), f"sums_nhwc_{kind}_{_SUFFIX[s.dtype]}")(
+        s.data_ptr(), g.data_ptr(), ab[0].data_ptr(), ab[1].data_ptr(), dx.data_ptr(), n, hw,
+        c, act_param, threads, acc.data_ptr(),
     )
     total = acc.sum(0)
     return total[0], total[1]
@@ -231,15 +219,11 @@ def _sums_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, dx: Tensor, act_para
 def _apply_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, coefs: Tensor, dx: Tensor,
                 act_param: float) -> Tensor:
     """``dx = c1·dz + c2·u + c3`` of a channels-last tensor into ``dx``, ``coefs`` (3, N, C)."""
-    lib = _library()
     n, c = s.shape[:2]
-    hw = s.numel() // (n * c)
-    fn = getattr(lib, f"apply_nhwc_{kind}_{_SUFFIX[s.dtype]}")
-    _run(
-        functools.partial(fn, s.data_ptr(), g.data_ptr(), ab[0].data_ptr(), ab[1].data_ptr(),
-                          coefs[0].data_ptr(), coefs[1].data_ptr(), coefs[2].data_ptr(),
-                          dx.data_ptr(), lo, hi, hw, c, act_param)
-        for lo, hi in _chunks(n * hw, s.numel())
+    getattr(_library(), f"apply_nhwc_{kind}_{_SUFFIX[s.dtype]}")(
+        s.data_ptr(), g.data_ptr(), ab[0].data_ptr(), ab[1].data_ptr(), coefs[0].data_ptr(),
+        coefs[1].data_ptr(), coefs[2].data_ptr(), dx.data_ptr(), n, s.numel() // (n * c), c,
+        act_param, _threads(s.numel()),
     )
     return dx
 
@@ -313,8 +297,8 @@ def norm_backward(kind: str, s: Tensor, g: Tensor, gamma: Tensor | None, beta: T
 def _fused_nchw(kind, s, g, gamma, beta, r, mu, stats_per_sample, channels_per_stat, count,
                 invert, fixed, act_param, mask):
     """:func:`norm_backward` on a contiguous tensor: one statistic at a time, its sums and
-    then its dx while its rows are still in the cache (``fused_nchw_*`` in backward.c);
-    the statistics are split over the threads."""
+    then its dx while its rows are still in the cache (``fused_nchw_*`` in backward.c),
+    the statistics shared by the threads."""
     lib = _library()
     n, c = s.shape[:2]
     hw = s.numel() // (n * c)
@@ -323,15 +307,11 @@ def _fused_nchw(kind, s, g, gamma, beta, r, mu, stats_per_sample, channels_per_s
     p = torch.empty_like(s1)
     # the keeping kinds use dx between the passes: allocated even when not returned
     dx = torch.empty_like(s) if mask[0] or kind in _FLOAT32_KINDS else None
-    fn = getattr(lib, f"fused_nchw_{kind}_{_SUFFIX[s.dtype]}")
-    results = _run(
-        functools.partial(
-            fn, s.data_ptr(), g.data_ptr(), _ptr(dx), n, c, hw, stats_per_sample,
-            channels_per_stat, lo, hi, float(count), _ptr(gamma), _ptr(beta), r.data_ptr(),
-            mu.data_ptr(), int(invert), int(fixed), act_param, s1.data_ptr(), p.data_ptr(),
-        )
-        for lo, hi in _chunks(nstats, s.numel())
+    finite = getattr(lib, f"fused_nchw_{kind}_{_SUFFIX[s.dtype]}")(
+        s.data_ptr(), g.data_ptr(), _ptr(dx), n, c, hw, stats_per_sample, channels_per_stat,
+        nstats, float(count), _threads(s.numel()), _ptr(gamma), _ptr(beta), r.data_ptr(),
+        mu.data_ptr(), int(invert), int(fixed), act_param, s1.data_ptr(), p.data_ptr(),
     )
-    if not all(results):
+    if not finite:
         return None
     return dx if mask[0] else None, p.sum(0) if mask[1] else None, s1.sum(0) if mask[2] else None

@@ -23,15 +23,21 @@
  *
  * Layouts:
  *   nchw (contiguous): fused_nchw_* takes one statistic at a time, both passes back to back
- *     (its rows are still in the cache for the second); a thread takes statistics [st0, st1).
+ *     (its rows are still in the cache for the second); the threads share the statistics.
  *   nhwc (channels-last): a statistic's elements are spread over the whole tensor, so the
- *     passes are separate calls: sums_nhwc_* (a thread takes positions q = n·HW + i in
- *     [q0, q1) and adds into its own (N, C) sums), coefs_* (all statistics), apply_nhwc_*.
+ *     passes are separate calls: sums_nhwc_* (each thread takes a range of positions
+ *     q = n·HW + i and adds into its own (N, C) sums), coefs_* (all statistics), apply_nhwc_*.
  *
- * Plain C99; the loops vectorize with -O3 (the pragmas need -fopenmp-simd, no OpenMP runtime).
+ * C99 with OpenMP: the loops vectorize with -O3 (omp simd); `omp parallel` runs on
+ * `nthreads` threads of the process's libgomp, which is torch's own (same soname, loaded
+ * first), so the team is the one ATen's kernels use and no second pool spins beside it.
+ * Compiled without OpenMP the pragmas are ignored and everything runs on one thread.
  */
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define BODIES(T, SUF)                                                                     \
 static inline void ident_##SUF(T s, T g, T a, T b, T p, T ip, T *dz, T *u) {               \
@@ -164,6 +170,22 @@ static inline void inv_elu_f32(float s, float g, float a, float b, float p, floa
     *u = s > 0 ? s : log1p_f32(s * ip);
 }
 
+#ifdef _OPENMP
+#define THREAD_ID(t, nt) do { t = omp_get_thread_num(); nt = omp_get_num_threads(); } while (0)
+#else
+#define THREAD_ID(t, nt) do { t = 0; nt = 1; } while (0)
+#endif
+
+/* The threads an `omp parallel` would start (torch.set_num_threads sets it, when the
+ * runtime is shared), 1 without OpenMP. */
+int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
 /* What pass 2 starts from. A cheap kind recomputes dz and u from s and g; an expensive one
  * (float32 exp or log1p) keeps one of them in dx during pass 1 (dx is written over
  * in pass 2; on nchw its rows are still in the cache) and computes only the other. */
@@ -197,29 +219,40 @@ static inline void inv_elu_reload_f32(float s, float g, float kept, float a, flo
  * holds what a keeping kind kept between the two. */
 #define KERNELS(T, SUF, KIND)                                                               \
 void sums_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b, T *dx,       \
-                              int64_t q0, int64_t q1, int64_t hw, int64_t c, double param,  \
-                              double *s1, double *s2) {                                     \
+                              int64_t n, int64_t hw, int64_t c, double param, int nthreads, \
+                              double *acc) {                                                \
+    /* acc: nthreads × (S1, S2) × (N, C), zeroed; thread t adds into its own block */       \
     const T p = (T)param, ip = (T)(1.0 / param);                                            \
-    for (int64_t q = q0; q < q1; q++) {                                                     \
-        const int64_t nc = (q / hw) * c;                                                    \
-        const T *sq = s + q * c, *gq = g + q * c;                                           \
-        T *dq = KIND##_keeps_##SUF ? dx + q * c : (T *)0;                                   \
-        double *t1 = s1 + nc, *t2 = s2 + nc;                                                \
-        _Pragma("omp simd")                                                                 \
-        for (int64_t k = 0; k < c; k++) {                                                   \
-            T dz, u;                                                                        \
-            KIND##_##SUF(sq[k], gq[k], a[nc + k], b[nc + k], p, ip, &dz, &u);               \
-            if (KIND##_keeps_##SUF) dq[k] = KIND##_keep_##SUF(dz, u);                       \
-            t1[k] += dz;                                                                    \
-            t2[k] += (double)(dz * u);                                                      \
+    (void)nthreads;  /* read by the pragma only */                                          \
+    _Pragma("omp parallel num_threads(nthreads)")                                           \
+    {                                                                                       \
+        int t = 0, nt = 1;                                                                  \
+        THREAD_ID(t, nt);                                                                   \
+        const int64_t total = n * hw, q0 = total * t / nt, q1 = total * (t + 1) / nt;       \
+        double *s1 = acc + (int64_t)t * 2 * n * c, *s2 = s1 + n * c;                        \
+        for (int64_t q = q0; q < q1; q++) {                                                 \
+            const int64_t nc = (q / hw) * c;                                                \
+            const T *sq = s + q * c, *gq = g + q * c;                                       \
+            T *dq = KIND##_keeps_##SUF ? dx + q * c : (T *)0;                               \
+            double *t1 = s1 + nc, *t2 = s2 + nc;                                            \
+            _Pragma("omp simd")                                                             \
+            for (int64_t k = 0; k < c; k++) {                                               \
+                T dz, u;                                                                    \
+                KIND##_##SUF(sq[k], gq[k], a[nc + k], b[nc + k], p, ip, &dz, &u);           \
+                if (KIND##_keeps_##SUF) dq[k] = KIND##_keep_##SUF(dz, u);                   \
+                t1[k] += dz;                                                                \
+                t2[k] += (double)(dz * u);                                                  \
+            }                                                                               \
         }                                                                                   \
     }                                                                                       \
 }                                                                                           \
 void apply_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b,             \
-                               const T *c1, const T *c2, const T *c3, T *dx, int64_t q0,    \
-                               int64_t q1, int64_t hw, int64_t c, double param) {           \
+                               const T *c1, const T *c2, const T *c3, T *dx, int64_t n,     \
+                               int64_t hw, int64_t c, double param, int nthreads) {         \
     const T p = (T)param, ip = (T)(1.0 / param);                                            \
-    for (int64_t q = q0; q < q1; q++) {                                                     \
+    (void)nthreads;                                                                         \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                      \
+    for (int64_t q = 0; q < n * hw; q++) {                                                  \
         const int64_t nc = (q / hw) * c;                                                    \
         const T *sq = s + q * c, *gq = g + q * c;                                           \
         T *dq = dx + q * c;                                                                 \
@@ -240,13 +273,15 @@ void apply_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b,  
  * dβ), and dx unless it is NULL. Returns 0 where a coefficient is not finite. */
 #define FUSED(T, SUF, KIND)                                                                 \
 int fused_nchw_##KIND##_##SUF(const T *s, const T *g, T *dx, int64_t n, int64_t c,          \
-        int64_t hw, int64_t sn, int64_t cpg, int64_t st0, int64_t st1, double count,        \
+        int64_t hw, int64_t sn, int64_t cpg, int64_t nstats, double count, int nthreads,    \
         const T *gamma, const T *beta, const T *r, const T *mu, int invert, int fixed,      \
         double param, double *s1, double *pp) {                                             \
     const T p = (T)param, ip = (T)(1.0 / param);                                            \
     const int64_t nrows = sn ? cpg : n;                                                     \
     int finite = 1;                                                                         \
-    for (int64_t st = st0; st < st1; st++) {                                                \
+    (void)nthreads;                                                                         \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) reduction(&:finite)")  \
+    for (int64_t st = 0; st < nstats; st++) {                                               \
         const double rr = r[st], m = invert ? 0.0 : (double)mu[st];                         \
         double ga = 0, gb = 0;                                                              \
         for (int pass = 0; pass < 2; pass++) {                                              \
