@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sharenorm.norm import cpu
+from sharenorm.norm import cpu, fused
 
 HAS_CC = shutil.which(os.environ.get("CC") or "cc") is not None
 pytestmark = pytest.mark.skipif(not HAS_CC, reason="no C compiler (cc or $CC) to build the loops")
@@ -112,7 +112,7 @@ def test_norm_backward_matches_float64_autograd(kind, norm, shape, fmt, dtype):
         fixed=fixed, act_param=ALPHA if "elu" in kind else SLOPE, mask=[True, True, True],
     )
     assert dx.dtype == dtype and dx.stride() == args[1].stride()
-    assert dw.dtype == db.dtype == torch.float64
+    assert dw.dtype == db.dtype == dtype
     tol = 1e-10 if dtype == torch.float64 else 2e-4
     for name, got, exp in zip(("dx", "dγ", "dβ"), (dx, dw, db), want, strict=True):
         torch.testing.assert_close(got.double(), exp, atol=tol, rtol=tol, msg=name)
@@ -219,6 +219,34 @@ def test_non_finite_coefficients_give_none():
         assert got is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_affine_invertible_matches_the_torch_check(dtype, monkeypatch):
+    """The C check of fused._affine_invertible against its torch version, over a table:
+    γ = 0, subnormal, NaN; |β| exactly at and just over 16·|γ|; inf β; no γ or no β."""
+    tiny = torch.finfo(dtype).tiny
+    cases = [
+        ([1.0, -2.0], [0.5, -32.0]),  # |β| = 16·|γ| exactly: kept
+        ([1.0, -2.0], [0.5, -32.01]),
+        ([1.0, 0.0], [0.0, 0.0]),
+        ([1.0, tiny / 2], None),  # subnormal γ
+        ([1.0, float("nan")], None),
+        ([1.0, 1.0], [0.0, float("inf")]),
+        (None, [0.0, 16.0]),  # γ = 1
+        (None, [0.0, 16.5]),
+        ([-3.0, tiny], None),
+    ]
+    for gamma, beta in cases:
+        w = None if gamma is None else torch.tensor(gamma, dtype=dtype)
+        b = None if beta is None else torch.tensor(beta, dtype=dtype)
+        got = cpu.affine_invertible(w, b, dtype, 16.0)
+        with monkeypatch.context() as m:
+            m.setattr(cpu, "affine_invertible", lambda *args: None)  # the torch version
+            want = fused._affine_invertible(w, b, dtype)
+        assert got is want, (gamma, beta)
+    assert cpu.affine_invertible(torch.ones(2, dtype=dtype), None, torch.float16, 16.0) is None
+    assert cpu.affine_invertible(torch.ones(4, dtype=dtype)[::2], None, dtype, 16.0) is None
+
+
 def test_supports_only_what_the_loops_read():
     s, g = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     assert cpu.supports("ident", s, g)
@@ -241,7 +269,7 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
 
 CHECK = """
 import torch, sharenorm.functional as SF
-from sharenorm.norm import cpu
+from sharenorm.norm import cpu, fused
 x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
 SF.group_norm(x, 2, act="relu", memory_efficient=True).sum().backward()
 ref = x.detach().clone().requires_grad_(True)

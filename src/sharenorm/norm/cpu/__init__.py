@@ -53,6 +53,7 @@ _KINDS = ("ident", "inv_leaky", "rec_relu", "rec_leaky")
 # kinds with exp or log1p on the fly: float32 only (float64 keeps the ATen composition)
 _FLOAT32_KINDS = ("rec_silu", "rec_sigmoid", "rec_tanh", "rec_gelu", "rec_elu", "inv_elu")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_TINY = {dtype: torch.finfo(dtype).tiny for dtype in _SUFFIX}  # smallest normal numbers
 # Below this many elements a second thread costs more than it saves.
 _MIN_PER_THREAD = 1 << 16
 
@@ -145,12 +146,15 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.max_threads.argtypes = []
     for suffix in _SUFFIX.values():
         getattr(lib, f"prepare_{suffix}").argtypes = [i64, i64, i64, i64] + [p] * 6
+        fn = getattr(lib, f"affine_invertible_{suffix}")
+        fn.argtypes = [p, p, i64, f64, f64]
+        fn.restype = i32
         fn = getattr(lib, f"coefs_{suffix}")
         fn.argtypes = [i64] * 5 + [f64] + [p] * 4 + [i32] * 2 + [p] * 6
         fn.restype = i32
         for kind in _KINDS + (_FLOAT32_KINDS if suffix == "f32" else ()):
             fn = getattr(lib, f"fused_nchw_{kind}_{suffix}")
-            fn.argtypes = [p] * 3 + [i64] * 6 + [f64, i32] + [p] * 4 + [i32] * 2 + [f64, p, p]
+            fn.argtypes = [p] * 3 + [i64] * 6 + [f64, i32] + [p] * 4 + [i32] * 2 + [f64] + [p] * 4
             fn.restype = i32
             getattr(lib, f"sums_nhwc_{kind}_{suffix}").argtypes = [p] * 5 + [i64] * 3 + [f64, i32, p]
             getattr(lib, f"apply_nhwc_{kind}_{suffix}").argtypes = [p] * 8 + [i64] * 3 + [f64, i32]
@@ -232,12 +236,37 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """``t`` as a contiguous tensor of ``dtype`` (itself when it already is one)."""
+    if t is None or (t.dtype == dtype and t.is_contiguous()):
+        return t
+    return t.detach().to(dtype).contiguous()
+
+
+def affine_invertible(weight: Tensor | None, bias: Tensor | None, dtype: torch.dtype,
+                      max_ratio: float) -> bool | None:
+    """Whether every ``|γ_c| ≥ finfo(dtype).tiny`` and ``|β_c| ≤ max_ratio·|γ_c|``, in one C
+    call; None where the loops cannot tell (no library, other dtypes or devices: the
+    caller then computes it with torch)."""
+    suffix = _SUFFIX.get(dtype)
+    if suffix is None or torch.compiler.is_compiling() or not available():
+        return None
+    c = 0
+    for t in (weight, bias):
+        if t is not None:
+            if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
+                return None
+            c = t.numel()
+    fn = getattr(_library(), f"affine_invertible_{suffix}")
+    return bool(fn(_ptr(weight), _ptr(bias), c, _TINY[dtype], max_ratio))
+
+
 def norm_backward(kind: str, s: Tensor, g: Tensor, gamma: Tensor | None, beta: Tensor | None,
                   r: Tensor, mu: Tensor | None, *, stats_per_sample: int, channels_per_stat: int,
                   invert: bool, fixed: bool, act_param: float, mask):
     """``(dx, dγ, dβ)`` of BatchNorm, InstanceNorm or GroupNorm followed by the activation
     of ``kind``, from the saved tensor ``s`` and the gradient ``g`` of the output; each
-    is None where ``mask`` (dx, dγ, dβ) says it is not needed. dγ and dβ are float64.
+    is None where ``mask`` (dx, dγ, dβ) says it is not needed; all in ``s``'s dtype.
     Returns None when a coefficient is not finite. Callers check :func:`supports` first.
 
     Statistic of (n, c): ``n·stats_per_sample + c // channels_per_stat`` (BatchNorm: 0
@@ -260,10 +289,8 @@ def norm_backward(kind: str, s: Tensor, g: Tensor, gamma: Tensor | None, beta: T
     lib = _library()
     n, c = s.shape[:2]
     dtype, suffix = s.dtype, _SUFFIX[s.dtype]
-    gamma = None if gamma is None else gamma.detach().to(dtype).contiguous()
-    beta = None if beta is None else beta.detach().to(dtype).contiguous()
-    r = r.detach().to(dtype).contiguous()
-    mu = r if mu is None else mu.detach().to(dtype).contiguous()  # not read when inverting
+    gamma, beta, r = _as(gamma, dtype), _as(beta, dtype), _as(r, dtype)
+    mu = r if mu is None else _as(mu, dtype)  # not read when inverting
     nstats = r.numel()
     count = s.numel() // (n * c) * channels_per_stat * (n if stats_per_sample == 0 else 1)
     if _layout(s) == "nchw":
@@ -289,6 +316,8 @@ def norm_backward(kind: str, s: Tensor, g: Tensor, gamma: Tensor | None, beta: T
     )
     if not finite:
         return None
+    dgamma = None if dgamma is None else dgamma.to(dtype)
+    dbeta = None if dbeta is None else dbeta.to(dtype)
     if not mask[0]:
         return None, dgamma, dbeta
     return _apply_nhwc(kind, s, g, ab, coefs, dx, act_param), dgamma, dbeta
@@ -303,15 +332,16 @@ def _fused_nchw(kind, s, g, gamma, beta, r, mu, stats_per_sample, channels_per_s
     n, c = s.shape[:2]
     hw = s.numel() // (n * c)
     nstats = r.numel()
-    s1 = torch.empty(n, c, dtype=torch.float64)
-    p = torch.empty_like(s1)
+    sums = torch.empty(2 * n * c, dtype=torch.float64)  # S1 and P of each row
+    grads = torch.empty(2, c, dtype=s.dtype)  # dγ, dβ
     # the keeping kinds use dx between the passes: allocated even when not returned
     dx = torch.empty_like(s) if mask[0] or kind in _FLOAT32_KINDS else None
     finite = getattr(lib, f"fused_nchw_{kind}_{_SUFFIX[s.dtype]}")(
         s.data_ptr(), g.data_ptr(), _ptr(dx), n, c, hw, stats_per_sample, channels_per_stat,
         nstats, float(count), _threads(s.numel()), _ptr(gamma), _ptr(beta), r.data_ptr(),
-        mu.data_ptr(), int(invert), int(fixed), act_param, s1.data_ptr(), p.data_ptr(),
+        mu.data_ptr(), int(invert), int(fixed), act_param, sums.data_ptr(),
+        sums.data_ptr() + 8 * n * c, grads.data_ptr(), grads.data_ptr() + grads.element_size() * c,
     )
     if not finite:
         return None
-    return dx if mask[0] else None, p.sum(0) if mask[1] else None, s1.sum(0) if mask[2] else None
+    return dx if mask[0] else None, grads[0] if mask[1] else None, grads[1] if mask[2] else None

@@ -269,13 +269,14 @@ void apply_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b,  
  * the cache (L2) when the second pass reads them again, so memory sees s and g once.
  * Statistic st of sn per sample (sn = 0: BatchNorm, one per channel over every sample)
  * holds rows n·C + first + t for t < cpg (sn > 0: n = st / sn, first = (st % sn)·cpg),
- * or rows t·C + st for t < N (sn = 0). Writes s1 = Σ dz and p = Σ dz·x̂ per row (for dγ,
- * dβ), and dx unless it is NULL. Returns 0 where a coefficient is not finite. */
+ * or rows t·C + st for t < N (sn = 0). Writes s1 = Σ dz and p = Σ dz·x̂ per row (double
+ * scratch), dγ and dβ (each unless NULL), and dx unless it is NULL. Returns 0 where a coefficient is not
+ * finite. */
 #define FUSED(T, SUF, KIND)                                                                 \
 int fused_nchw_##KIND##_##SUF(const T *s, const T *g, T *dx, int64_t n, int64_t c,          \
         int64_t hw, int64_t sn, int64_t cpg, int64_t nstats, double count, int nthreads,    \
         const T *gamma, const T *beta, const T *r, const T *mu, int invert, int fixed,      \
-        double param, double *s1, double *pp) {                                             \
+        double param, double *s1, double *pp, T *dgamma, T *dbeta) {                        \
     const T p = (T)param, ip = (T)(1.0 / param);                                            \
     const int64_t nrows = sn ? cpg : n;                                                     \
     int finite = 1;                                                                         \
@@ -325,7 +326,30 @@ int fused_nchw_##KIND##_##SUF(const T *s, const T *g, T *dx, int64_t n, int64_t 
             }                                                                               \
         }                                                                                   \
     }                                                                                       \
+    for (int64_t k = 0; k < c; k++) {  /* dγ = Σ_n P, dβ = Σ_n S1 */                        \
+        double sp = 0, sb = 0;                                                              \
+        for (int64_t i = 0; i < n; i++) {                                                   \
+            sp += pp[i * c + k];                                                            \
+            sb += s1[i * c + k];                                                            \
+        }                                                                                   \
+        if (dgamma) dgamma[k] = (T)sp;                                                      \
+        if (dbeta) dbeta[k] = (T)sb;                                                        \
+    }                                                                                       \
     return finite;                                                                          \
+}
+
+/* Whether every |γ_k| ≥ tiny and |β_k| ≤ ratio·|γ_k| (NULL: γ = 1, β = 0): the affine step
+ * is safe to invert (fused.py's _affine_invertible, on the CPU in one call). */
+#define AFFINE(T, SUF)                                                                      \
+int affine_invertible_##SUF(const T *gamma, const T *beta, int64_t c, double tiny,          \
+                            double ratio) {                                                 \
+    int ok = 1;                                                                             \
+    for (int64_t k = 0; k < c; k++) {                                                       \
+        const T g = gamma ? (gamma[k] < 0 ? -gamma[k] : gamma[k]) : (T)1;                   \
+        const T be = beta ? (beta[k] < 0 ? -beta[k] : beta[k]) : (T)0;                      \
+        ok &= (g >= (T)tiny) & (be <= (T)ratio * g);                                        \
+    }                                                                                       \
+    return ok;                                                                              \
 }
 
 /* The per-(n, c) numbers between the two passes. Statistic of (n, c): n·sn + c/cpg
@@ -383,6 +407,7 @@ int coefs_##SUF(int64_t n, int64_t c, int64_t sn, int64_t cpg, int64_t nstats, d
 #define ALL_KINDS(T, SUF)        \
     BODIES(T, SUF)               \
     SMALL(T, SUF)                \
+    AFFINE(T, SUF)               \
     RECOMPUTES(T, SUF, ident)    \
     RECOMPUTES(T, SUF, inv_leaky) \
     RECOMPUTES(T, SUF, rec_relu) \
