@@ -25,7 +25,7 @@ Example:
     ...     dx, dw, db = cpu.norm_backward("ident", y, dy, None, None, r, torch.zeros(3),
     ...         stats_per_sample=0, channels_per_stat=1, invert=False, fixed=True,
     ...         act_param=1.0, mask=[True, False, True])
-    ...     print(torch.equal(dx, dy), torch.allclose(db, dy.sum((0, 2)).double()))
+    ...     print(torch.equal(dx, dy), torch.allclose(db, dy.sum((0, 2))))
     ... else:
     ...     print(True, True)
     True True
