@@ -265,6 +265,22 @@ void apply_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b,  
     }                                                                                       \
 }
 
+typedef struct { double gamma, rstd, alpha, delta; } xhat_map;
+
+/* x̂ = α·u + δ for channel k of statistic st (with its γ and r): u is z when inverting
+ * (α = 1/γ, δ = −β/γ), else x (α = r, δ = −r·μ). */
+#define XHAT(T, SUF)                                                                        \
+static inline xhat_map xhat_##SUF(const T *gamma, const T *beta, const T *r, const T *mu,   \
+                                  int invert, int64_t k, int64_t st) {                      \
+    xhat_map m;                                                                             \
+    const double be = beta ? (double)beta[k] : 0.0;                                         \
+    m.gamma = gamma ? (double)gamma[k] : 1.0;                                               \
+    m.rstd = r[st];                                                                         \
+    m.alpha = invert ? 1.0 / m.gamma : m.rstd;                                              \
+    m.delta = invert ? -be / m.gamma : -m.rstd * (double)mu[st];                            \
+    return m;                                                                               \
+}
+
 /* Both passes for one statistic after the other, NCHW: the statistic's rows are still in
  * the cache (L2) when the second pass reads them again, so memory sees s and g once.
  * Statistic st of sn per sample (sn = 0: BatchNorm, one per channel over every sample)
@@ -291,10 +307,9 @@ int fused_nchw_##KIND##_##SUF(const T *s, const T *g, T *dx, int64_t n, int64_t 
             for (int64_t t = 0; t < nrows; t++) {                                           \
                 const int64_t row = sn ? (st / sn) * c + (st % sn) * cpg + t : t * c + st;  \
                 const int64_t ch = row % c;                                                 \
-                const double gm = gamma ? (double)gamma[ch] : 1.0;                          \
-                const double be = beta ? (double)beta[ch] : 0.0;                            \
-                const double al = invert ? 1.0 / gm : rr, de = invert ? -be / gm : -rr * m; \
-                const T ar = (T)(gm * rr), br = (T)(be - m * gm * rr);                      \
+                const xhat_map xm = xhat_##SUF(gamma, beta, r, mu, invert, ch, st);         \
+                const double gm = xm.gamma, al = xm.alpha, de = xm.delta;                   \
+                const T ar = (T)(gm * rr), br = (T)((beta ? (double)beta[ch] : 0.0) - m * gm * rr);\
                 const T *sr = s + row * hw, *gr = g + row * hw;                             \
                 T *dr = dx ? dx + row * hw : (T *)0;                                        \
                 if (pass == 0) {                                                            \
@@ -378,10 +393,8 @@ int coefs_##SUF(int64_t n, int64_t c, int64_t sn, int64_t cpg, int64_t nstats, d
     for (int64_t i = 0; i < n; i++)                                                         \
         for (int64_t k = 0; k < c; k++) {                                                   \
             const int64_t st = i * sn + k / cpg, j = i * c + k;                             \
-            const double g = gamma ? (double)gamma[k] : 1.0, be = beta ? (double)beta[k] : 0.0;\
-            const double rr = r[st];                                                        \
-            const double al = invert ? 1.0 / g : rr, de = invert ? -be / g : -rr * (double)mu[st];\
-            const double p = al * s2[j] + de * s1[j];                                       \
+            const xhat_map xm = xhat_##SUF(gamma, beta, r, mu, invert, k, st);              \
+            const double g = xm.gamma, p = xm.alpha * s2[j] + xm.delta * s1[j];             \
             if (dgamma) dgamma[k] += p;                                                     \
             if (dbeta) dbeta[k] += s1[j];                                                   \
             ga[st] += g * s1[j];                                                            \
@@ -391,9 +404,8 @@ int coefs_##SUF(int64_t n, int64_t c, int64_t sn, int64_t cpg, int64_t nstats, d
     for (int64_t i = 0; i < n; i++)                                                         \
         for (int64_t k = 0; k < c; k++) {                                                   \
             const int64_t st = i * sn + k / cpg, j = i * c + k;                             \
-            const double g = gamma ? (double)gamma[k] : 1.0, be = beta ? (double)beta[k] : 0.0;\
-            const double rr = r[st];                                                        \
-            const double al = invert ? 1.0 / g : rr, de = invert ? -be / g : -rr * (double)mu[st];\
+            const xhat_map xm = xhat_##SUF(gamma, beta, r, mu, invert, k, st);              \
+            const double g = xm.gamma, rr = xm.rstd, al = xm.alpha, de = xm.delta;          \
             const double big_a = fixed ? 0.0 : ga[st] / count, big_b = fixed ? 0.0 : gb[st] / count;\
             const T k1 = (T)(rr * g), k2 = (T)(-rr * big_b * al), k3 = (T)(-rr * (big_a + big_b * de));\
             coef[j] = k1;                                                                   \
@@ -406,6 +418,7 @@ int coefs_##SUF(int64_t n, int64_t c, int64_t sn, int64_t cpg, int64_t nstats, d
 
 #define ALL_KINDS(T, SUF)        \
     BODIES(T, SUF)               \
+    XHAT(T, SUF)                 \
     SMALL(T, SUF)                \
     AFFINE(T, SUF)               \
     RECOMPUTES(T, SUF, ident)    \
