@@ -47,11 +47,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sharenorm.norm.fused import _memory_format
+
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("backward.c")
 _KINDS = ("ident", "inv_leaky", "rec_relu", "rec_leaky")
 # kinds with exp or log1p on the fly: float32 only (float64 keeps the ATen composition)
 _FLOAT32_KINDS = ("rec_silu", "rec_sigmoid", "rec_tanh", "rec_gelu", "rec_elu", "inv_elu")
+# kinds that keep dz (or z) in dx between the passes (backward.c: KEEPS_DZ and inv_elu)
+_KEEPING_KINDS = _FLOAT32_KINDS
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _TINY = {dtype: torch.finfo(dtype).tiny for dtype in _SUFFIX}  # smallest normal numbers
 # Below this many elements a second thread costs more than it saves.
@@ -168,13 +172,10 @@ def available() -> bool:
 
 def _layout(s: Tensor) -> str | None:
     """'nchw' (contiguous) or 'nhwc' (channels-last 2-d/3-d), or None for any other."""
-    if s.is_contiguous():
-        return "nchw"
-    if s.dim() == 4 and s.is_contiguous(memory_format=torch.channels_last):
-        return "nhwc"
-    if s.dim() == 5 and s.is_contiguous(memory_format=torch.channels_last_3d):
-        return "nhwc"
-    return None
+    fmt = _memory_format(s)
+    if not s.is_contiguous(memory_format=fmt):
+        return None
+    return "nchw" if fmt == torch.contiguous_format else "nhwc"
 
 
 def supports(kind: str, s: Tensor, g: Tensor) -> bool:
@@ -335,7 +336,7 @@ def _fused_nchw(kind, s, g, gamma, beta, r, mu, stats_per_sample, channels_per_s
     sums = torch.empty(2 * n * c, dtype=torch.float64)  # S1 and P of each row
     grads = torch.empty(2, c, dtype=s.dtype)  # dγ, dβ
     # the keeping kinds use dx between the passes: allocated even when not returned
-    dx = torch.empty_like(s) if mask[0] or kind in _FLOAT32_KINDS else None
+    dx = torch.empty_like(s) if mask[0] or kind in _KEEPING_KINDS else None
     finite = getattr(lib, f"fused_nchw_{kind}_{_SUFFIX[s.dtype]}")(
         s.data_ptr(), g.data_ptr(), _ptr(dx), n, c, hw, stats_per_sample, channels_per_stat,
         nstats, float(count), _threads(s.numel()), _ptr(gamma), _ptr(beta), r.data_ptr(),
