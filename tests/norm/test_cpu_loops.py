@@ -313,3 +313,21 @@ def test_flags_that_do_not_compile_are_not_tried_again(tmp_path):
         assert run.stdout.strip() == "False"
     assert len(calls.read_text().split()) == len(cpu._TARGET_FLAGS)
     assert len(list(cache.glob("*.failed"))) == len(cpu._TARGET_FLAGS)
+
+
+def test_a_changed_compiler_is_tried_again(tmp_path):
+    """The .failed markers belong to one compiler: replacing it (an upgrade, a fix to a
+    broken install) gives new cache keys, so the build is attempted again and succeeds."""
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\nexit 1\n")
+    cc.chmod(0o755)
+    cache = tmp_path / "cache"
+    assert _python(CHECK, SHARENORM_CACHE_DIR=str(cache), CC=str(cc)).stdout.strip() == "False"
+    real = shutil.which("cc") or shutil.which("gcc")
+    cc.unlink()
+    cc.write_text(f'#!/bin/sh\nexec {real} "$@"\n')
+    cc.chmod(0o755)
+    os.utime(cc, ns=(1, 1))  # a different time of change even on a coarse clock
+    run = _python(CHECK, SHARENORM_CACHE_DIR=str(cache), CC=str(cc))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "True"

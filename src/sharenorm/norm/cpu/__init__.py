@@ -75,6 +75,18 @@ def _cpu_tag() -> str:
     return f"{platform.machine()} {flags}"
 
 
+def _compiler_tag(cc: str) -> str:
+    """The compiler's path, size and time of change: a new or upgraded compiler gets a
+    new cache key, so flags that failed with the old one are tried again."""
+    path = shutil.which(cc) or cc
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        return f"{real} {st.st_size} {st.st_mtime_ns}"
+    except OSError:
+        return path
+
+
 def _cache_dir() -> Path:
     root = os.environ.get("SHARENORM_CACHE_DIR")
     if root:
@@ -129,7 +141,7 @@ def _library() -> ctypes.CDLL | None:
     source = _SOURCE.read_bytes()
     for flags in (_BASE_FLAGS + target for target in _TARGET_FLAGS):
         key = hashlib.sha256(
-            source + repr((cc, flags, _cpu_tag())).encode()
+            source + repr((_compiler_tag(cc), flags, _cpu_tag())).encode()
         ).hexdigest()[:16]
         target = _cache_dir() / f"backward-{key}.so"
         failed = target.with_suffix(".failed")  # these flags do not compile here: skip them
