@@ -523,6 +523,49 @@ def test_bad_backend_and_flag_errors(monkeypatch):
             SF.group_norm(x, 2, backend="triton")
 
 
+@pytest.mark.parametrize("kind", ["bn_train", "gn"])
+def test_double_backward_error_names_the_fix(kind):
+    x, (w, b, rm, rv) = torch.randn(2, 6, 3, 3, dtype=torch.float64), _params(6)
+    x.requires_grad_(True)
+    y = NORMS[kind][0](x, w, b, rm, rv, True, "silu", None)
+    (dx,) = torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)  # building it is fine
+    with pytest.raises(RuntimeError, match="no double backward.*memory_efficient=False"):
+        dx.sum().backward()
+    # without create_graph nothing changes: the gradients carry no graph
+    (dx,) = torch.autograd.grad(NORMS[kind][0](x, w, b, rm, rv, True, "silu", None).sum(), x)
+    assert dx.grad_fn is None
+
+
+@pytest.mark.parametrize("act", [None, "leaky_relu"])  # both keep the output
+@pytest.mark.parametrize("cls", [sn.BatchNorm2d, lambda c, **kw: sn.GroupNorm(2, c, **kw)])
+def test_in_place_change_of_saved_output_error_names_the_fix(cls, act):
+    m = cls(4, act=act, memory_efficient=True)
+    out = m(torch.randn(2, 4, 3, 3, requires_grad=True))
+    out += 1.0  # a ResNet block's `out += identity`
+    with pytest.raises(RuntimeError, match="in-place op changed it.*out = out \\+ identity"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("act", [None, "leaky_relu", "elu", "silu"])
+@pytest.mark.parametrize("cls", [sn.BatchNorm2d, lambda c, **kw: sn.GroupNorm(2, c, **kw)])
+def test_compiles_to_one_graph(cls, act):
+    """Under torch.compile the host-side inversion checks are skipped (the input is kept),
+    so fullgraph=True works; outputs, gradients and running statistics match eager."""
+    torch._dynamo.reset()
+    lean, plain = cls(4, act=act, memory_efficient=True), cls(4, act=act)
+    plain.load_state_dict(lean.state_dict())
+    compiled = torch.compile(lean, fullgraph=True, backend="aot_eager")
+    x = torch.randn(3, 4, 5, 5)
+    results = []
+    for fn, m in ((compiled, lean), (plain, plain)):
+        xi = x.clone().requires_grad_(True)
+        y = fn(xi)
+        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        results.append((y, xi.grad, m.weight.grad, *m.buffers()))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
+
+
 def test_act_is_invertible_table():
     f32 = torch.float32
     assert fused.act_is_invertible(None, None, f32)

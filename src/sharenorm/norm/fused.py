@@ -61,15 +61,15 @@ The γ/β check reads C values (a host sync on GPUs).
 
 Limits of this mode (use the plain path where they matter):
 
-* the backward is ``once_differentiable``: no double backward (``create_graph=True``,
-  gradient penalties);
+* no double backward (``create_graph=True``, gradient penalties): differentiating the
+  gradient raises an error that says so;
 * where the output is the saved tensor (the invert path), modifying it in place later
-  (``y.add_(1)``, an in-place op of the next layer) makes backward raise autograd's
-  "modified by an inplace operation" error;
-* under ``torch.compile`` the choice of backward reads values on the host (``bool()``
-  in :func:`_affine_invertible` and :func:`_elu_unsaturated`), so on the CPU path
-  ``memory_efficient=True`` breaks the graph there and ``fullgraph=True`` fails (the
-  plain path compiles to one graph);
+  (``out += identity``, an in-place op of the next layer) makes backward raise an error
+  that names the fix (make that op out-of-place);
+* under ``torch.compile`` the input is always the saved tensor (the checks that allow
+  the inversion read values on the host, which would break the graph at each layer): the
+  graph stays whole (``fullgraph=True`` works) and one tensor is still saved, but not
+  one shared with the next layer;
 * ``torch.jit.script`` does not compile it (nor sharenorm's plain layers).
 
 Example:
@@ -84,6 +84,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -91,7 +92,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from sharenorm.norm.activation import default_param
 
@@ -108,6 +108,45 @@ _ATEN = torch.ops.aten
 _MAX_BETA_OVER_GAMMA = 16.0
 # elu is inverted only where z ≥ −4: there log1p(y/α) has lost < 6 bits of z.
 _ELU_MIN_PREACT = -4.0
+
+
+_DOUBLE_BACKWARD = (
+    b"memory_efficient=True has no double backward (create_graph=True, gradient "
+    b"penalties): build this layer with memory_efficient=False"
+)
+
+
+def _once_differentiable(backward):
+    """torch's ``once_differentiable`` with an error that names the fix: the backward runs
+    without grad, and where a graph is being built its outputs lead to a node that raises
+    only if that graph is differentiated in turn."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            grads_in = backward(ctx, *grads)
+        if not torch.is_grad_enabled() or not any(g.requires_grad for g in grads):
+            return grads_in
+        delayed = torch._C._functions.DelayedError(_DOUBLE_BACKWARD, len(grads_in))
+        alias = [None if g is None else g.detach().requires_grad_() for g in grads_in]
+        return delayed(*alias)
+
+    return wrapper
+
+
+def _saved(ctx) -> tuple[Tensor, ...]:
+    """``ctx.saved_tensors``, with the fix named when an in-place op changed the saved output."""
+    try:
+        return ctx.saved_tensors
+    except RuntimeError as e:
+        if "inplace" not in str(e):
+            raise
+        raise RuntimeError(
+            "memory_efficient=True keeps this layer's output for backward, and an in-place "
+            "op changed it afterwards (e.g. `out += identity` or an inplace=True activation "
+            "after the norm): make that op out-of-place (`out = out + identity`), or build "
+            "this layer with memory_efficient=False"
+        ) from e
 
 
 # ----------------------------------------------------------------------------- activations
@@ -231,6 +270,10 @@ def _elu_unsaturated(y: Tensor, alpha: float) -> bool:
 def _choose_inversion(
     act: str | None, p: float | None, weight: Tensor | None, bias: Tensor | None, dtype
 ) -> bool:
+    # Under torch.compile the input is kept: the checks read values on the host, which
+    # would break the graph at every norm layer (and fail fullgraph=True).
+    if torch.compiler.is_compiling():
+        return False
     return act_is_invertible(act, p, dtype) and _affine_invertible(weight, bias, dtype)
 
 
@@ -436,9 +479,9 @@ class _BatchNormAct(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
+    @_once_differentiable
     def backward(ctx, dy):
-        saved, weight, bias, mean, invstd = ctx.saved_tensors
+        saved, weight, bias, mean, invstd = _saved(ctx)
         act, p = ctx.act, ctx.p
         dy = dy.contiguous(memory_format=ctx.fmt)
         mask = list(ctx.needs_input_grad[:3])
@@ -538,9 +581,9 @@ class _GroupNormAct(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
+    @_once_differentiable
     def backward(ctx, dy):
-        saved, weight, bias, mean, rstd = ctx.saved_tensors
+        saved, weight, bias, mean, rstd = _saved(ctx)
         act, p = ctx.act, ctx.p
         n, c, hw, g = ctx.sizes
         dy = dy.contiguous(memory_format=ctx.fmt)
