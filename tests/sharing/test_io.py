@@ -342,3 +342,21 @@ def test_non_strict_load_skips_ties_the_model_lacks(tmp_path):
     assert sn.ties(dec) == []
     with pytest.raises(ValueError, match="model has no 'decoder.0.weight'"):
         sn.load(enc, tmp_path / "ae.safetensors")
+
+
+@pytest.mark.parametrize("names", [("emb", "head"), ("wte", "lm_head")])
+def test_safetensors_save_model_then_load_model_of_an_identity_tie(names, tmp_path):
+    # save_model keeps the sorted-first name of the shared pair: the source for emb/head, the
+    # target for wte/lm_head; load_model then needs the other name reported missing.
+    source, target = names
+
+    def build():
+        m = nn.ModuleDict({source: nn.Embedding(7, 5), target: nn.Linear(5, 7, bias=False)})
+        return sn.tie(m, f"{target}.weight", f"{source}.weight")
+
+    a, b = build(), build()
+    safetensors.torch.save_model(a, tmp_path / "lm.safetensors")
+    missing, unexpected = safetensors.torch.load_model(b, tmp_path / "lm.safetensors")
+    assert (missing, unexpected) == (set(), [])
+    assert torch.equal(b[source].weight, a[source].weight)
+    sn.verify_ties(b)

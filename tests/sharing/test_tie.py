@@ -164,9 +164,10 @@ def test_state_dict_has_both_keys_and_loads_into_plain_and_tied_models():
         plain.decoder[0].weight.add_(0.5)
     with pytest.raises(RuntimeError, match=r"'decoder.0.weight' is tied to 'encoder.0.weight'"):
         fresh.load_state_dict(plain.state_dict())
-    # Only the target key given: the source is derived from it.
+    # Only the target key given: the source is derived from it, and its key reported missing
+    # (as torch does for a shared parameter), so strict=False.
     sd_only_target = {k: v for k, v in plain.state_dict().items() if k != "encoder.0.weight"}
-    fresh.load_state_dict(sd_only_target)
+    assert fresh.load_state_dict(sd_only_target, strict=False).missing_keys == ["encoder.0.weight"]
     assert torch.equal(fresh.encoder[0].weight, plain.decoder[0].weight.T)
     assert_ae_tied(fresh)
 
@@ -585,3 +586,31 @@ def test_messages_for_untie_of_a_source_and_a_module_used_twice():
     lin = nn.Linear(3, 3)
     with pytest.raises(ValueError, match="already the same tensor"):
         sn.tie(nn.Sequential(lin, lin), "1.weight", "0.weight")
+
+
+def lm(source="emb", target="head", share=None):
+    """An embedding and an LM head; ``share``: None, "tie" (sharenorm) or "torch" (one object)."""
+    m = nn.ModuleDict({source: nn.Embedding(7, 5), target: nn.Linear(5, 7, bias=False)})
+    if share == "tie":
+        sn.tie(m, f"{target}.weight", f"{source}.weight")
+    elif share == "torch":
+        m[target].weight = m[source].weight
+    return m
+
+
+@pytest.mark.parametrize(
+    "keys", [(), ("emb.weight",), ("head.weight",), ("emb.weight", "head.weight")]
+)
+def test_load_state_dict_reports_missing_keys_as_torch_does_for_shared_parameters(keys):
+    # torch's oracle: one nn.Parameter under both names. A key the state_dict lacks is missing,
+    # also when the other name of the pair gave its value (safetensors' load_model relies on it).
+    values = lm(share="torch").state_dict()
+    sd = {k: values[k] for k in keys}
+    want = lm(share="torch").load_state_dict(sd, strict=False)
+    got = lm(share="tie").load_state_dict(sd, strict=False)
+    assert sorted(got.missing_keys) == sorted(want.missing_keys)
+    assert got.unexpected_keys == want.unexpected_keys == []
+    # The same for a load of the target module alone (its source lies outside it).
+    want = lm(share="torch").head.load_state_dict({}, strict=False)
+    got = lm(share="tie").head.load_state_dict({}, strict=False)
+    assert got.missing_keys == want.missing_keys == ["weight"]

@@ -47,17 +47,20 @@ into the same architecture built without ties. Loading a state_dict into a tied 
 (``strict``/``assign`` as usual): the target key is checked against ``T(source)`` from the same
 state_dict and dropped; if the values differ the load fails with a message naming the tie (a
 tie never silently picks one of two different values; this holds for ``strict=False`` too); if
-only the target key is present the source is set to ``T⁻¹(value)``. A source that is not a
+only the target key is present the source is set to ``T⁻¹(value)``. As torch does for one
+``nn.Parameter`` under two names, a key the state_dict lacks is in ``missing_keys`` even when the
+other name of the tie gave its value (so a state_dict with one name of a tie needs
+``strict=False``; ``safetensors.torch.load_model`` relies on this). A source that is not a
 state_dict entry of its own (parametrized by ``weight_norm``/``spectral_norm``, pruned, or a
 non-persistent buffer) is derived from state its module loads itself: the target key is then
 ignored on load. A parametrized attribute can be a tie's source, not its target.
 
 Limits: a module whose attribute is tied gets a subclass (``type(m) is nn.Linear`` is False,
-``isinstance`` still holds). ``safetensors.torch.save_model`` cannot write a transposed tie's
-state_dict (it rejects non-contiguous views), and ``safetensors.torch.load_model`` into a model
-with a transposed tie fails inside safetensors with "view size is not compatible with input
-tensor's size and stride" (it cannot handle the non-contiguous view either); use
-:func:`sharenorm.save` and :func:`sharenorm.load`. Optimizers built before ``tie`` still hold
+``isinstance`` still holds). ``safetensors.torch.save_model``/``load_model`` work for identity
+ties, not for a transposed one: ``save_model`` rejects its non-contiguous view, and
+``load_model`` into a model with a transposed tie fails inside safetensors with "view size is
+not compatible with input tensor's size and stride"; use :func:`sharenorm.save` and
+:func:`sharenorm.load`. Optimizers built before ``tie`` still hold
 the target's old tensor: build them after tying.
 ``pickle``/``torch.save`` of a tied target module *alone* cannot see the model around it: the
 unpickled module follows a private copy of its source that no model or optimizer holds
@@ -239,36 +242,45 @@ def _tied_load_from_state_dict(
 ) -> None:
     # torch runs load pre-hooks inside the base _load_from_state_dict, i.e. after this override:
     # when this module carries the model-level hook (a tie among its own tensors), run it first
-    # (it is idempotent: keys it has handled are gone). The model-level hook has then compared
-    # target keys with source keys of the same state_dict. What is left (the source lies outside
-    # the module being loaded) is checked against the source's current value, then dropped so
-    # that it is not an "unexpected key".
+    # (it is idempotent: keys it has checked are marked _CHECKED). The model-level hook has then
+    # compared target keys with source keys of the same state_dict. What is left (the source
+    # lies outside the module being loaded) is checked against the source's current value. Both
+    # are then dropped so that they are not "unexpected keys".
     if self.__dict__.get(_ROOT_HOOK):
         args = (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         _root_load_pre_hook(self, state_dict, prefix, *args)
-    for name, link in self.__dict__[_LINKS].items():
+    links = self.__dict__[_LINKS]
+    absent = []
+    for name, link in links.items():
         key = prefix + name
-        if key in state_dict:
-            value = state_dict.pop(key)
-            problem = _mismatch(value, link.value())
-            if problem:
-                error_msgs.append(
-                    f"'{key}' is tied to {link.hint} (transform={link.transform!r}) but the "
-                    f"state_dict value differs from it ({problem}); drop the key to keep the "
-                    f"source's value, or sharenorm.untie the target before loading"
-                )
+        if key not in state_dict:
+            if link.persistent:
+                absent.append(key)
+            continue
+        value = state_dict.pop(key)
+        problem = "" if value is _CHECKED else _mismatch(value, link.value())
+        if problem:
+            error_msgs.append(
+                f"'{key}' is tied to {link.hint} (transform={link.transform!r}) but the "
+                f"state_dict value differs from it ({problem}); drop the key and load with "
+                f"strict=False to keep the source's value, or sharenorm.untie the target first"
+            )
     self._sharenorm_base._load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     )
-    # A base class may back-fill a key that old checkpoints lack (BatchNorm adds
-    # num_batches_tracked when the state_dict has no version, e.g. a plain dict). For a tied
-    # name (popped above) that value is the source's business: forget it, do not report it.
-    for name in self.__dict__[_LINKS]:
+    for name in links:
         key = prefix + name
         if key in state_dict:
+            # A base class may back-fill a key that old checkpoints lack (BatchNorm adds
+            # num_batches_tracked when the state_dict has no version, e.g. a plain dict). For a
+            # tied name that value is the source's business: forget it, do not report it.
             del state_dict[key]
             while key in unexpected_keys:
                 unexpected_keys.remove(key)
+        elif key in absent:
+            # As torch reports the absent name of a shared parameter: missing, even though the
+            # value follows the source (safetensors.torch.load_model relies on this).
+            missing_keys.append(key)
 
 
 def _modules_in_copy(memo: dict) -> set[int] | None:
@@ -456,6 +468,18 @@ def _mismatch(value: Any, expected: Tensor) -> str:
     return f"max |difference| = {diff:.3g}"
 
 
+class _Checked:
+    """What the model-level hook leaves in a state_dict in place of a target key it has
+    checked: the target module drops it. A plain pop would make the key look absent, i.e.
+    missing; the load passes sub-dicts down, so a mark in the state_dict is what reaches it."""
+
+    def __repr__(self) -> str:
+        return "<tie target checked against its source>"
+
+
+_CHECKED = _Checked()
+
+
 def _root_load_pre_hook(
     module: nn.Module,
     state_dict: dict,
@@ -474,9 +498,10 @@ def _root_load_pre_hook(
                 continue
             tkey = prefix + _join(mpath, name)
             skey = prefix + _join(spath, link.name)
-            if tkey not in state_dict:
+            value = state_dict.get(tkey, _CHECKED)
+            if value is _CHECKED:  # absent (the target module reports it), or checked above
                 continue
-            value = state_dict.pop(tkey)
+            state_dict[tkey] = _CHECKED  # the target module drops it without a second check
             if not _in_state_dict(link.module, link.name):
                 # The source is derived state (a parametrization's originals, a pruning mask,
                 # or a non-persistent buffer): its module loads what it is computed from.
@@ -491,8 +516,10 @@ def _root_load_pre_hook(
                     )
             elif isinstance(value, Tensor):
                 # Only the target was stored (e.g. a file written with the other name of a
-                # shared pair): the source is T⁻¹(value); both transforms are involutions.
+                # shared pair): the source is T⁻¹(value); both transforms are involutions. Its
+                # key is still reported missing, as torch does for a shared parameter.
                 state_dict[skey] = apply_transform(value, link.transform).contiguous()
+                missing_keys.append(skey)
 
 
 def _in_state_dict(module: nn.Module, name: str) -> bool:
