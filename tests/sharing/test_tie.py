@@ -614,3 +614,32 @@ def test_load_state_dict_reports_missing_keys_as_torch_does_for_shared_parameter
     want = lm(share="torch").head.load_state_dict({}, strict=False)
     got = lm(share="tie").head.load_state_dict({}, strict=False)
     assert got.missing_keys == want.missing_keys == ["weight"]
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_load_state_dict_of_a_target_module_reused_under_a_name_before_the_source(
+    transform, tmp_path
+):
+    # "c" is the tied module "b" again, and both come before the source "a": the model-level
+    # check must see c.weight too (torch's named_modules() skips the second name by default).
+    def build():
+        b = nn.Linear(4, 4)
+        m = nn.ModuleDict({"b": b, "c": b, "a": nn.Linear(4, 4)})
+        return sn.tie(m, "b.weight", "a.weight", transform)
+
+    torch.manual_seed(0)
+    m1, m2 = build(), build()
+    m1.load_state_dict(m2.state_dict())
+    w = m2.a.weight
+    assert torch.equal(m1.a.weight, w)
+    assert torch.equal(m1.c.weight, w if transform is None else w.T)
+    bad = m2.state_dict()
+    bad["c.weight"] = bad["c.weight"] + 1
+    with pytest.raises(RuntimeError, match="'c.weight' is tied to 'a.weight'"):
+        m1.load_state_dict(bad)
+    # sn.save derives both names from the stored source (it stored c.weight instead of a.weight
+    # and wrote a manifest that derived b.weight from the missing a.weight).
+    sn.save(m2, tmp_path / "m.safetensors")
+    m3 = build()
+    sn.load(m3, tmp_path / "m.safetensors")
+    assert torch.equal(m3.a.weight, w)

@@ -79,7 +79,8 @@ def _stored_and_manifest(model: nn.Module) -> tuple[dict[str, Tensor], list[dict
     derived: set[str] = set()
     # 1. Declared ties: the target key is T(source), never stored.
     paths = _module_paths(model)
-    for mpath, m in model.named_modules():
+    # Every name of a reused target module (its second name is a view of the source too).
+    for mpath, m in model.named_modules(remove_duplicate=False):
         for attr, link in (m.__dict__.get(_LINKS) or {}).items():
             spath = paths.get(id(link.module))
             target = _join(mpath, attr)

@@ -491,7 +491,8 @@ def _root_load_pre_hook(
     error_msgs: list,
 ) -> None:
     paths = _module_paths(module)
-    for mpath, m in module.named_modules():
+    # Every name of a reused target module is a key of its own to check.
+    for mpath, m in module.named_modules(remove_duplicate=False):
         for name, link in (m.__dict__.get(_LINKS) or {}).items():
             spath = paths.get(id(link.module))
             if spath is None:  # the source lives outside this model: the module-level check runs
