@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -15,8 +17,11 @@ import sharenorm.functional as SF
         (
             sn.BatchNorm2d(4),
             (2, 4, 3),
-            r"4-d input \(N, C, H, W\), got shape \(2, 4, 3\); use BatchNorm1d",
+            r"4-d input \(N, C, H, W\), got shape \(2, 4, 3\); add the batch dim .*"
+            r"\(x.unsqueeze\(0\)\), or use BatchNorm1d for \(N, C, L\)",
         ),
+        (sn.BatchNorm2d(4), (2, 4), r"use BatchNorm1d for \(N, C\)"),
+        (sn.BatchNorm3d(4), (4, 3, 3, 3), r"unbatched \(C, D, H, W\) volume"),
         (sn.BatchNorm2d(4), (2, 4, 3, 3, 3), "use BatchNorm3d"),
         (sn.BatchNorm1d(4), (2, 4, 3, 3), r"2-d \(N, C\) or 3-d \(N, C, L\)"),
         (sn.BatchNorm3d(4), (2, 4, 3, 3), "5-d input"),
@@ -63,6 +68,10 @@ def test_batchnorm_one_value_per_channel_names_alternatives(shape):
         m(torch.randn(shape))
     m.eval()
     assert m(torch.randn(shape)).shape == shape  # eval mode is the documented way out
+    # without running statistics eval mode uses batch statistics too: not a way out
+    m = cls(4, track_running_stats=False).eval()
+    with pytest.raises(ValueError, match="build the layer with track_running_stats=True"):
+        m(torch.randn(shape))
 
 
 def test_instance_norm_one_spatial_element():
@@ -142,6 +151,50 @@ def test_unknown_activation_suggests():
         sn.BatchNorm2d(3, act="relu", act_param=0.1)
     with pytest.raises(ValueError, match="act is None"):
         SF.group_norm(torch.randn(2, 3, 4), 1, act_param=0.1)
+
+
+def test_numpy_floats_are_eps_and_momentum_as_in_torch():
+    np = pytest.importorskip("numpy")
+    bn = sn.BatchNorm2d(3, eps=np.float32(1e-3), momentum=np.float32(0.25))
+    assert type(bn.eps) is float and type(bn.momentum) is float
+    assert bn.eps == float(np.float32(1e-3)) and bn.momentum == 0.25
+    assert type(sn.GroupNorm(1, 3, eps=np.float16(1e-3)).eps) is float
+    x = torch.randn(4, 3, 2, 2)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    SF.batch_norm(x, rm, rv, training=True, momentum=np.float32(0.5))
+    torch.testing.assert_close(rm, 0.5 * x.mean((0, 2, 3)))
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        sn.BatchNorm2d(3, eps=np.float32(0))
+
+
+@pytest.mark.parametrize(("make", "name"), [
+    (lambda: sn.BatchNorm2d(3), "BatchNorm2d"),
+    (lambda: sn.InstanceNorm2d(3, affine=True), "InstanceNorm2d"),
+    (lambda: sn.InstanceNorm2d(3, track_running_stats=True), "InstanceNorm2d"),
+    (lambda: sn.GroupNorm(1, 3), "GroupNorm"),
+    (lambda: sn.BatchRenorm2d(3), "BatchRenorm2d"),
+])
+def test_input_and_layer_dtypes_that_do_not_mix(make, name):
+    m = make()
+    with pytest.raises(TypeError, match=f"{name}: .* is torch.float32 but the input is "
+                                        r"torch.float64; convert the layer \(module.to"):
+        m(torch.randn(2, 3, 4, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="is torch.float64 but the input is torch.float32"):
+        copy.deepcopy(m).double()(torch.randn(2, 3, 4, 4))
+    # as in torch.nn, a 16-bit input meets float32 parameters and statistics
+    assert m(torch.randn(2, 3, 4, 4, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="but the input is torch.float16"):
+        copy.deepcopy(m).to(torch.bfloat16)(torch.randn(2, 3, 4, 4, dtype=torch.float16))
+
+
+def test_functional_dtypes_that_do_not_mix():
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match="batch_norm: running_mean is torch.float32"):
+        SF.batch_norm(x, torch.zeros(3), torch.ones(3), training=True)
+    with pytest.raises(TypeError, match="group_norm: weight is torch.float32"):
+        SF.group_norm(x, 1, torch.ones(3))
+    with pytest.raises(TypeError, match="instance_norm: bias is torch.float32"):
+        SF.instance_norm(x, weight=torch.ones(3, dtype=torch.float64), bias=torch.zeros(3))
 
 
 def test_numpy_and_index_integers_are_counts_as_in_torch():

@@ -163,6 +163,29 @@ def test_nonfinite_batch_does_not_poison_running_stats():
     assert int(bn.num_batches_tracked) == 2
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["plain", "lean"])
+@pytest.mark.parametrize("make", [
+    lambda **kw: (sn.BatchNorm1d(64, **kw), nn.BatchNorm1d(64)),
+    lambda **kw: (sn.InstanceNorm1d(64, track_running_stats=True, **kw),
+                  nn.InstanceNorm1d(64, track_running_stats=True)),
+], ids=["bn", "in"])
+def test_float16_running_stats_whose_sum_passes_65504_still_update(make, memory_efficient):
+    """The finiteness check sums the running variances: in float16 64 channels of 2000
+    overflow, though every entry is finite. The update must be kept, as in torch.nn."""
+    m, ref = make(memory_efficient=memory_efficient)
+    m, ref = m.half(), ref.half()
+    for mod in (m, ref):
+        mod.running_var.fill_(2000.0)
+    x = torch.randn(8, 64, 5).half().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m(x)
+    ref(x)
+    assert int(m.num_batches_tracked) == 1
+    torch.testing.assert_close(m.running_var, ref.running_var)
+    torch.testing.assert_close(m.running_mean, ref.running_mean)
+
+
 def test_nonfinite_batch_instance_norm_guard():
     m = sn.InstanceNorm2d(3, track_running_stats=True)
     bad = make_input((2, 3, 4, 4))

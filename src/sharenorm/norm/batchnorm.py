@@ -50,8 +50,8 @@ class _NormBase(nn.Module):
     ) -> None:
         super().__init__()
         num_features = check_num_features(num_features)
-        SF.check_eps(eps)
-        SF.check_momentum(momentum)
+        eps = SF.check_eps(eps)
+        momentum = SF.check_momentum(momentum)
         factory = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps
@@ -114,6 +114,10 @@ class _NormBase(nn.Module):
                 f"{tuple(input.shape)}"
             )
 
+    def _check_dtypes(self, input: Tensor) -> None:
+        SF.check_dtypes(input, type(self).__name__, weight=self.weight, bias=self.bias,
+                        running_mean=self.running_mean, running_var=self.running_var)
+
     def _momentum_for_this_batch(self) -> float:
         """The factor of the running-statistics update for the batch about to be seen:
         ``momentum``, or ``1 / (batches so far + 1)`` for the cumulative average."""
@@ -169,6 +173,7 @@ class _BatchNorm(_NormBase):
         SF.check_input(input, type(self).__name__)
         self._check_input_dim(input)
         self._check_channels(input)
+        self._check_dtypes(input)
         # As torch.nn: batch statistics in training, and in eval too when no running
         # statistics exist; running ones are passed in eval, and in training when tracked.
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
@@ -272,7 +277,9 @@ class BatchNorm2d(_BatchNorm):
         if input.dim() != 4:
             raise ValueError(
                 f"BatchNorm2d expects a 4-d input (N, C, H, W), got shape {tuple(input.shape)}"
-                + ("; use BatchNorm1d for (N, C) or (N, C, L)" if input.dim() < 4 else "")
+                + ("; add the batch dim to an unbatched (C, H, W) image (x.unsqueeze(0)), or "
+                   "use BatchNorm1d for (N, C, L)" if input.dim() == 3 else "")
+                + ("; use BatchNorm1d for (N, C)" if input.dim() == 2 else "")
                 + ("; use BatchNorm3d for (N, C, D, H, W)" if input.dim() == 5 else "")
             )
 
@@ -290,4 +297,6 @@ class BatchNorm3d(_BatchNorm):
         if input.dim() != 5:
             raise ValueError(
                 f"BatchNorm3d expects a 5-d input (N, C, D, H, W), got shape {tuple(input.shape)}"
+                + ("; add the batch dim to an unbatched (C, D, H, W) volume (x.unsqueeze(0)), "
+                   "or use BatchNorm2d for (N, C, H, W)" if input.dim() == 4 else "")
             )

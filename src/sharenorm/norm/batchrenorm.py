@@ -131,6 +131,7 @@ class _BatchRenorm(_BatchNorm):
         SF.check_input(input, type(self).__name__)
         self._check_input_dim(input)
         self._check_channels(input)
+        self._check_dtypes(input)
         rm, rv = self.running_mean, self.running_var
         with torch.no_grad():
             dims = (0,) + tuple(range(2, input.dim()))

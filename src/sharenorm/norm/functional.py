@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import warnings
 from typing import Any
@@ -62,19 +63,23 @@ def as_count(value: Any, name: str, what: str) -> int:
     return n
 
 
-def check_eps(eps: float) -> None:
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+def check_eps(eps: float) -> float:
+    """``eps`` as a float (any real number type, numpy's included), finite and > 0."""
+    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps > 0):
         raise ValueError(
             f"eps must be a finite number > 0 (it keeps √(σ² + ε) away from 0), got {eps!r}"
         )
+    return float(eps)
 
 
-def check_momentum(momentum: float | None, allow_none: bool = True) -> None:
+def check_momentum(momentum: float | None, allow_none: bool = True) -> float | None:
+    """``momentum`` as a float in [0, 1] (any real number type), or None where allowed."""
     if momentum is None and allow_none:
-        return
-    if not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
+        return None
+    if not (isinstance(momentum, numbers.Real) and 0.0 <= momentum <= 1.0):
         hint = " or None for a cumulative average" if allow_none else ""
         raise ValueError(f"momentum must be a number in [0, 1]{hint}, got {momentum!r}")
+    return float(momentum)
 
 
 def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor) -> None:
@@ -88,6 +93,25 @@ def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor)
         )
     if not t.is_floating_point():
         raise TypeError(f"{name} has dtype {t.dtype}; it must be a floating dtype")
+
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_dtypes(input: Tensor, op: str, **tensors: Tensor | None) -> None:
+    """γ, β and running statistics have the input's dtype, or float32 for a 16-bit input
+    (the mixed precision ATen's norms take); anything else would fail in ATen with "mixed
+    dtype", which names neither the tensor nor the fix."""
+    for name, t in tensors.items():
+        if t is None or t.dtype == input.dtype:
+            continue
+        if input.dtype in _HALF_DTYPES and t.dtype == torch.float32:
+            continue
+        raise TypeError(
+            f"{op}: {name} is {t.dtype} but the input is {input.dtype}; convert the layer "
+            f"(module.to({input.dtype})) or the input (x.to({t.dtype})). Only a float16 or "
+            "bfloat16 input may meet float32 parameters and statistics, as in torch.nn."
+        )
 
 
 def check_running_pair(running_mean: Tensor | None, running_var: Tensor | None, op: str) -> None:
@@ -134,10 +158,10 @@ def keep_finite_running_stats(
         running_var.data.copy_(torch.where(ok, running_var, backup[1]))
         return ok
     # The variance alone tells: a NaN/Inf input or a non-finite batch mean makes
-    # (x − μ)² and so σ² NaN, and an overflow makes it Inf. Its sum is finite exactly when
-    # every entry is (finite variances summing past 1e38 do not occur): one cheap
+    # (x − μ)² and so σ² NaN, and an overflow makes it Inf. Its sum, in double so that
+    # float16's 65504 is no limit, is finite exactly when every entry is: one cheap
     # reduction (read on the host: CPU tensors only, see above).
-    if math.isfinite(float(running_var.sum())):
+    if math.isfinite(float(running_var.sum(dtype=torch.float64))):
         return True
     # Through .data: ATen's batch norm saved these buffers for backward (it reads them
     # only in eval), and a tracked in-place restore would make that backward refuse to run.
@@ -278,12 +302,18 @@ def batch_norm_impl(
     updating = training and running_mean is not None and running_var is not None
     if training and input.shape[0] * math.prod(input.shape[2:]) == 1:
         # Exactly one value per channel: σ² = 0 and x̂ = 0 for every element.
+        if running_mean is None:  # no running statistics: batch statistics in eval too
+            eval_hint = (
+                "build the layer with track_running_stats=True (eval mode then uses running "
+                "statistics)"
+            )
+        else:
+            eval_hint = "switch the layer to eval mode (model.eval()) to use running statistics"
         raise ValueError(
             f"batch_norm in training needs more than one value per channel, got input of "
             f"shape {tuple(input.shape)} (a batch of one with no spatial extent). Use a "
-            "larger batch, switch the layer to eval mode (model.eval()) to use running "
-            "statistics, or use a batch-independent norm: GroupNorm or InstanceNorm "
-            "(sharenorm.convert_norm(model, 'group'))."
+            f"larger batch, {eval_hint}, or use a batch-independent norm: GroupNorm or "
+            "InstanceNorm (sharenorm.convert_norm(model, 'group'))."
         )
     if not training and (running_mean is None or running_var is None):
         raise ValueError(
@@ -390,9 +420,11 @@ def batch_norm(
         (bias, "bias"),
     ):
         check_per_channel(t, name, c, input)
+    check_dtypes(input, "batch_norm", running_mean=running_mean, running_var=running_var,
+                 weight=weight, bias=bias)
     check_running_pair(running_mean, running_var, "batch_norm")
-    check_eps(eps)
-    check_momentum(momentum, allow_none=False)
+    eps = check_eps(eps)
+    momentum = check_momentum(momentum, allow_none=False)
     act = check_activation(act, act_param)
     check_backend(backend, memory_efficient)
     return batch_norm_impl(
@@ -539,9 +571,11 @@ def instance_norm(
         (bias, "bias"),
     ):
         check_per_channel(t, name, c, input)
+    check_dtypes(input, "instance_norm", running_mean=running_mean, running_var=running_var,
+                 weight=weight, bias=bias)
     check_running_pair(running_mean, running_var, "instance_norm")
-    check_eps(eps)
-    check_momentum(momentum, allow_none=False)
+    eps = check_eps(eps)
+    momentum = check_momentum(momentum, allow_none=False)
     act = check_activation(act, act_param)
     check_backend(backend, memory_efficient)
     return instance_norm_impl(
@@ -607,7 +641,8 @@ def group_norm(
     num_groups = check_groups(c, num_groups)
     check_per_channel(weight, "weight", c, input)
     check_per_channel(bias, "bias", c, input)
-    check_eps(eps)
+    check_dtypes(input, "group_norm", weight=weight, bias=bias)
+    eps = check_eps(eps)
     act = check_activation(act, act_param)
     check_backend(backend, memory_efficient)
     return group_norm_impl(

@@ -70,7 +70,7 @@ class GroupNorm(nn.Module):
             raise ValueError("GroupNorm needs num_channels (C), e.g. GroupNorm(32, 64)")
         num_channels = check_num_features(num_channels, "num_channels")
         num_groups = _resolve_groups(num_groups, num_channels, group_size)
-        SF.check_eps(eps)
+        eps = SF.check_eps(eps)
         self.num_groups = num_groups
         self.num_channels = num_channels
         self.eps = eps
@@ -109,6 +109,7 @@ class GroupNorm(nn.Module):
                 f"GroupNorm({self.num_groups}, {self.num_channels}) expected an input "
                 f"(N, {self.num_channels}, *), got shape {tuple(input.shape)}"
             )
+        SF.check_dtypes(input, "GroupNorm", weight=self.weight, bias=self.bias)
         return SF.group_norm_impl(
             input, self.num_groups, self.weight, self.bias, self.eps, self.act, self.act_param,
             self.memory_efficient, self.backend,

@@ -59,6 +59,7 @@ class _InstanceNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
         SF.check_input(input, type(self).__name__)
         self._check_input_dim(input)
+        self._check_dtypes(input)
         unbatched = input.dim() == self._spatial_dims + 1
         channel_dim = 0 if unbatched else 1
         if input.shape[channel_dim] != self.num_features:

@@ -303,6 +303,7 @@ class SyncBatchNorm(_BatchNorm):
         SF.check_input(input, type(self).__name__)
         self._check_input_dim(input)
         self._check_channels(input)
+        self._check_dtypes(input)
         return sync_batch_norm_train(self, input, self.process_group, world)
 
     @classmethod
