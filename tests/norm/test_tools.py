@@ -265,9 +265,21 @@ def test_fuse_sequential_equals_unfused(layers, shape, dtype, atol):
     fused = report.model
     assert fused is not net and type(net[1]) is type(layers[1])  # original untouched
     act = getattr(layers[1], "act", None)
-    assert type(fused[1]).__name__ == ("Activation" if act else "Identity")
+    after = fused[1].act if isinstance(layers[0], nn.Linear) else fused[1]
+    assert type(after).__name__ == ("Activation" if act else "Identity")
     torch.testing.assert_close(fused(x), net(x), atol=atol, rtol=atol)
     assert fused[0].weight.dtype == dtype
+
+
+def test_folded_linear_refuses_inputs_where_the_fold_is_not_the_norm():
+    """Linear → BatchNorm1d on (N, L, F) with L = F: the BN normalizes dim 1 (L), the
+    folded Linear would scale dim 2; the fused model refuses that input instead."""
+    net = _randomize_bn(nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6))).eval()
+    fused = sn.fuse_conv_bn(net).model
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(fused(x), net(x))
+    with pytest.raises(ValueError, match="exact only for \\(N, features\\).*unfused"):
+        fused(torch.randn(2, 6, 4))
 
 
 class _Residual(nn.Module):

@@ -337,6 +337,34 @@ def _why_not(prev: nn.Module, bn: nn.Module, refs: dict[int, int]) -> str | None
     return None
 
 
+class FoldedNorm1d(nn.Module):
+    """What stands where a BatchNorm1d after a Linear was folded into it: the activation
+    (if any), and a check of the rank. The fold is that BatchNorm only on (N, features)
+    inputs; on an (N, L, features) one the BatchNorm normalized dim 1 (L), which no
+    change of the Linear reproduces.
+
+    Example:
+        >>> import torch, torch.nn as nn, sharenorm as sn
+        >>> net = sn.fuse_conv_bn(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).eval()).model
+        >>> net(torch.randn(2, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.act = act
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dim() != 2:
+            raise ValueError(
+                f"this BatchNorm1d was folded into the Linear before it, which is exact only "
+                f"for (N, features) inputs, got shape {tuple(input.shape)} (the BatchNorm "
+                "normalized dim 1 of it); fuse the model only for 2-d inputs, or keep this "
+                "pair unfused"
+            )
+        return self.act(input)
+
+
 @torch.no_grad()
 def _fold(prev: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module]:
     """(the folded copy of ``prev``, what replaces ``bn``: Identity or its activation)."""
@@ -363,7 +391,8 @@ def _fold(prev: nn.Module, bn: nn.Module) -> tuple[nn.Module, nn.Module]:
     fused.weight = nn.Parameter(new_w.to(dtype), requires_grad=prev.weight.requires_grad)
     fused.bias = nn.Parameter(new_b.to(dtype), requires_grad=prev.weight.requires_grad)
     act = getattr(bn, "act", None)
-    return fused, (nn.Identity() if act is None else Activation(act, getattr(bn, "act_param", None)))
+    after = nn.Identity() if act is None else Activation(act, getattr(bn, "act_param", None))
+    return fused, FoldedNorm1d(after) if isinstance(prev, nn.Linear) else after
 
 
 def _reference_counts(model: nn.Module) -> dict[int, int]:
@@ -495,7 +524,9 @@ def fuse_conv_bn(model: nn.Module, *, inplace: bool = False, method: str = "auto
         W' = W \cdot s,\qquad b' = (b - \mu_{running}) \cdot s + \beta
 
     (computed in float64, stored in the layer's dtype). The BN layer becomes
-    ``nn.Identity`` (or the activation of a sharenorm BN with ``act=``). Pairs are found
+    ``nn.Identity`` (or the activation of a sharenorm BN with ``act=``); after a Linear,
+    :class:`FoldedNorm1d`, which refuses inputs other than (N, features), where the fold
+    would not be the BatchNorm. Pairs are found
     in two ways: consecutive children of an ``nn.Sequential`` (the model keeps its type);
     then, for BN layers left over (``method="auto"``), in the ``torch.fx`` graph of the
     model traced with :class:`NormTracer` (the result is then a ``torch.fx.GraphModule``),
