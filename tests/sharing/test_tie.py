@@ -643,3 +643,16 @@ def test_load_state_dict_of_a_target_module_reused_under_a_name_before_the_sourc
     m3 = build()
     sn.load(m3, tmp_path / "m.safetensors")
     assert torch.equal(m3.a.weight, w)
+
+
+def test_verify_ties_after_an_outer_tie_repoints_one_declared_inside_a_submodule():
+    # ae declares decoder.0.weight = encoder.0.weightᵀ; the outer tie makes encoder.0.weight
+    # follow pre.weight, outside ae: the inner declaration now belongs to the outer model.
+    outer = nn.ModuleDict({"ae": sn.TiedAutoencoder([6, 4]), "pre": nn.Linear(6, 4)})
+    sn.tie(outer, "ae.encoder.0.weight", "pre.weight")
+    assert torch.equal(outer.ae.decoder[0].weight, outer.pre.weight.T)
+    sn.verify_ties(outer)
+    sn.verify_ties(outer.ae)  # a view of the model: nothing declared there is broken
+    outer.ae.decoder[0] = nn.Linear(4, 6)  # ... and a real break is still reported
+    with pytest.raises(sn.TieError, match=r"'ae.decoder.0.weight' \(tied to 'pre.weight'\)"):
+        sn.verify_ties(outer)

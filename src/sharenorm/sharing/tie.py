@@ -734,6 +734,7 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
                 link.transform = compose(root_transform, link.transform)
                 link.hint = root_hint
                 _register_root_hooks(_path_to_common_ancestor(model, mpath, paths[id(root_mod)]))
+    moved = {}
     for mpath, m in model.named_modules():
         declared = m.__dict__.get(_DECLARED)
         if not declared:
@@ -741,9 +742,14 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
         updated = {}
         for rel, rec in declared.items():
             if _join(mpath, rec.source) == target:
-                if not mpath or root_hint.startswith(mpath + "."):
-                    new_source = root_hint[len(mpath) + 1 :] if mpath else root_hint
-                    rec = _Record(new_source, compose(root_transform, rec.transform), rec.shape)
+                transform = compose(root_transform, rec.transform)
+                if mpath and not root_hint.startswith(mpath + "."):
+                    # The new source lies outside the submodule that declared the tie: only
+                    # the model around both can name it, so the declaration moves up to it.
+                    moved[_join(mpath, rel)] = _Record(root_hint, transform, rec.shape)
+                    continue
+                new_source = root_hint[len(mpath) + 1 :] if mpath else root_hint
+                rec = _Record(new_source, transform, rec.shape)
             updated[rel] = rec
         m.__dict__[_DECLARED] = updated
 
@@ -763,6 +769,7 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
 
     # Remember what was declared (verify_ties) and make load_state_dict tie-aware.
     declared = dict(model.__dict__.get(_DECLARED) or {})
+    declared.update(moved)
     declared[target] = _Record(root_hint, root_transform, tuple(old.shape))
     model.__dict__[_DECLARED] = declared
     _register_root_hooks(chain)
