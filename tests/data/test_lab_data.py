@@ -19,7 +19,8 @@ def _small_npz(path, n_train, n_test=10):
 
 def test_too_few_training_samples_names_the_minimum(tmp_path):
     data = _small_npz(tmp_path / "small.npz", 30)
-    with pytest.raises(DataError, match=r"small.npz: 30 training samples.*batches of up to 32.*≥ 32"):
+    with pytest.raises(DataError, match=r"small.npz: 30 training samples.*N1/N4 \(norm_training\) "
+                                        r"needs ≥ 32.*Give ≥ 32"):
         run_lab(["N4"], quick=True, seeds=2, data=str(data), out=tmp_path / "out",
                 progress=False, report=False, echo=lambda *a: None)
     assert not (tmp_path / "out" / "results.jsonl").exists()  # refused before any run
@@ -30,3 +31,34 @@ def test_too_few_training_samples_exits_2(tmp_path, capsys):
     assert main(["lab", "N4", "--quick", "--no-progress", "--data", str(data),
                  "--out", str(tmp_path / "out")]) == 2
     assert "30 training samples" in capsys.readouterr().err
+
+
+def test_n8_quick_needs_one_step_of_its_epoch_fraction(tmp_path):
+    # 45 samples → 36 to train on; N8's quick runs train 0.1 epoch at batch 4: 3.6 samples, 0
+    # optimizer steps. Refused before any run, with the samples it needs and the other ways out.
+    data = _small_npz(tmp_path / "tiny.npz", 36)
+    with pytest.raises(DataError, match=r"tiny.npz: 36 training samples.*N8 \(depth\) needs ≥ 40 "
+                                        r"with --quick.*without --quick.*leave N8 out"):
+        run_lab(["N8"], quick=True, seeds=2, data=str(data), out=tmp_path / "out",
+                progress=False, report=False, echo=lambda *a: None)
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_n6_quick_with_too_few_samples_exits_2(tmp_path, capsys):
+    # 240 training samples: batch 32 for 0.125 epoch is 30 samples, 0 steps (needs 256)
+    data = _small_npz(tmp_path / "sig.npz", 240)
+    assert main(["lab", "N6", "--quick", "--no-progress", "--jobs", "1", "--data", str(data),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "240 training samples" in err and "N6 (batch_size) needs ≥ 256" in err
+    assert "Traceback" not in err
+
+
+def test_one_step_samples_match_what_the_runs_train():
+    from sharenorm.lab.common import epoch_steps, samples_for_one_step
+
+    for epochs in (0.1, 0.125, 1, 3):
+        for bs in (2, 4, 32, 64):
+            n = samples_for_one_step(epochs, bs)
+            assert n >= bs and epoch_steps(epochs, n, bs) >= 1
+            assert n - 1 < bs or epoch_steps(epochs, n - 1, bs) == 0  # and none fewer

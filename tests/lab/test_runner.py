@@ -138,3 +138,34 @@ def test_an_experiment_is_one_file_plus_one_line(tmp_path, monkeypatch):
                    echo=lambda s: None)
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## X1 — a statement" in md and "values [10, 11, 20, 21]" in md
+
+
+def test_zero_steps_is_a_clear_error_not_a_zero_division():
+    from sharenorm.data import load_digits
+    from sharenorm.lab.train import TrainConfig, train_classifier
+    from sharenorm.models import ConvNet
+
+    ds = load_digits()
+    with pytest.raises(ValueError, match="steps must be ≥ 1, got 0"):
+        train_classifier(ConvNet(ds.sample_shape, ds.num_classes), ds, TrainConfig(steps=0), 0)
+
+
+def test_a_crash_records_the_session_as_failed_and_keeps_finished_runs(tmp_path, monkeypatch):
+    real = runner.execute
+    calls = []
+
+    def buggy(*a):
+        calls.append(a)
+        if len(calls) == 3:
+            raise ZeroDivisionError("division by zero")
+        return real(*a)
+
+    monkeypatch.setattr(runner, "execute", buggy)
+    with pytest.raises(ZeroDivisionError):  # a bug stays a bug (exit 1, traceback) ...
+        runner.run_lab(["N5"], quick=True, seeds=1, jobs=1, out=tmp_path, progress=False,
+                       report=False, echo=lambda s: None, command="sharenorm lab N5")
+    assert len(_runs(tmp_path)) == 2  # ... but the finished runs are kept
+    sessions = [r for r in _lines(tmp_path) if r["kind"] == "session"]
+    assert len(sessions) == 1 and sessions[0]["runs_done"] == 2
+    assert sessions[0]["status"] == "failed (ZeroDivisionError: division by zero)"
+    assert sessions[0]["command"] == "sharenorm lab N5" and "env" in sessions[0]

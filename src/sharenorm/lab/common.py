@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 from sharenorm.data import Dataset, load_digits, load_mnist1d, load_path
 from sharenorm.lab.spec import RunContext
 from sharenorm.lab.stats import mean_ci
 
-__all__ = ["dataset", "figure", "save_figure", "pct", "ci_band", "accuracies", "PCT_BOUNDS"]
+__all__ = ["dataset", "figure", "save_figure", "pct", "ci_band", "accuracies", "PCT_BOUNDS",
+           "epoch_steps", "samples_for_one_step"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -28,6 +30,37 @@ def dataset(ctx: RunContext, default: str = "mnist1d", allow_user: bool = True) 
     if allow_user and ctx.data_path:
         return _load(ctx.data_path)
     return _load(default)
+
+
+def epoch_steps(epochs: float, n_train: int, batch_size: int) -> int:
+    """Optimizer steps of ``epochs`` passes over ``n_train`` samples in full batches.
+
+    The experiments that fix a number of epochs (N6, N8) train this many steps; it is 0 when
+    the training set is too small for one full batch in that fraction of an epoch.
+
+    Example:
+        >>> epoch_steps(0.125, 4000, 32), epoch_steps(0.1, 36, 4)
+        (15, 0)
+    """
+    return int(epochs * n_train) // batch_size
+
+
+def samples_for_one_step(epochs: float, batch_size: int) -> int:
+    """The fewest training samples that hold one full batch and for which :func:`epoch_steps`
+    gives at least one step.
+
+    Example:
+        >>> samples_for_one_step(0.1, 4), samples_for_one_step(3, 64)
+        (40, 64)
+    """
+    # ceil(batch / epochs) up to rounding, then corrected against epoch_steps itself, so
+    # the runner's up-front check and the run agree exactly
+    n = max(batch_size, math.ceil(batch_size / epochs))
+    while n > batch_size and epoch_steps(epochs, n - 1, batch_size) >= 1:
+        n -= 1
+    while epoch_steps(epochs, n, batch_size) < 1:
+        n += 1
+    return n
 
 
 def figure(*size):

@@ -203,13 +203,12 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
         from sharenorm.data import DataError, load_path
 
         ds = load_path(data)  # fail now, with the file and the problem, not inside a worker
-        # the largest training batch of the chosen --data experiments (32, train_classifier's
-        # default, where a config names none): a smaller training split fails in every worker
-        need = max((c.get("batch_size", 32) for e in exps if e.uses_data
-                    for c in e.configs(quick)), default=0)
-        if len(ds.x_train) < need:
-            raise DataError(f"{data}: {len(ds.x_train)} training samples, but the chosen experiments "
-                            f"train with batches of up to {need}; give ≥ {need} training samples")
+        # every run of a --data experiment must take at least one optimizer step on a full
+        # batch: a smaller training split would fail (or train on nothing) in every worker
+        short = [(e, k) for e in exps if e.uses_data
+                 and (k := e.train_samples_needed(quick)) > len(ds.x_train)]
+        if short:
+            raise DataError(_too_few_samples(data, len(ds.x_train), short, quick))
         data_id = f"{Path(data).resolve()} ({ds.name}, {tuple(ds.x_train.shape)})"
         if not any(e.uses_data for e in exps):
             echo("note: none of the chosen experiments uses --data; they run on their defaults")
@@ -225,6 +224,22 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
                            command=command)
     finally:
         store.close()
+
+
+def _too_few_samples(data, n: int, short: list, quick: bool) -> str:
+    """The refusal of a ``--data`` training split too small for the experiments ``short``
+    (``[(experiment, samples it needs)]``), with every way out: more samples, the full profile
+    (where its runs need fewer: N6/N8 train for a whole epoch there), other experiments."""
+    flag = " with --quick" if quick else ""
+    lack = "; ".join(f"{'/'.join(e.claims)} ({e.id}) needs ≥ {k}{flag}" for e, k in short)
+    ways = [f"Give ≥ {max(k for _, k in short)} training samples"]
+    if quick:
+        full = max(e.train_samples_needed(False) for e, _ in short)
+        if full <= n:
+            ways.append(f"run without --quick (its runs need ≥ {full})")
+    ways.append(f"leave {', '.join(c for e, _ in short for c in e.claims)} out")
+    return (f"{data}: {n} training samples, too few: {lack} (each run must take at least one "
+            f"optimizer step on a full batch). {', or '.join(ways)}.")
 
 
 def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, progress, report,
@@ -297,6 +312,22 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
                        f"{len(store.runs)} finished runs are saved in {store.path}; "
                        "run the same command again to resume",
                        exit_code=143 if term else 130) from None
+    except Exception as e:
+        # A bug in a run (or a write error): the finished runs are already stored. Record the
+        # session as failed, as an interrupt is recorded, so the report's provenance shows
+        # it, then let the error through (exit code 1 with its traceback: it is a bug).
+        bar.close()
+        if on_main:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        try:
+            store.add_session(session(f"failed ({why})"))
+        except LabError:
+            pass
+        if not isinstance(e, LabError):  # a LabError says what is saved itself
+            echo(f"lab failed: {len(store.runs)} finished runs are saved in {store.path}; "
+                 "run the same command again to resume once the error is fixed")
+        raise
     finally:
         bar.close()
         if on_main:

@@ -124,6 +124,10 @@ class Experiment:
         seeded: False when a run does not depend on the seed (one run is enough).
         uses_data: True when ``--data`` replaces its default dataset.
         requires: names that must exist in ``sharenorm`` (else the experiment is skipped).
+        min_train: ``min_train(config) -> int``, the training samples one run of ``config``
+            needs on ``--data`` (for one optimizer step); by default its ``batch_size``
+            (32, :class:`~sharenorm.lab.train.TrainConfig`'s default, where it names none).
+            The runner refuses a smaller ``--data`` training split before any run.
         new_claims: :class:`~sharenorm.lab.claims.Claim` s this experiment adds to the
             documents' list (statement and criterion), for experiments beyond the two documents.
     """
@@ -139,6 +143,12 @@ class Experiment:
     uses_data: bool = False
     requires: tuple[str, ...] = ()
     new_claims: tuple = ()
+    min_train: Callable[[dict], int] | None = None
+
+    def train_samples_needed(self, quick: bool) -> int:
+        """The most training samples any run of the profile needs (see ``min_train``)."""
+        need = self.min_train or (lambda cfg: cfg.get("batch_size", 32))
+        return max((need(cfg) for cfg in self.configs(quick)), default=0)
 
     def missing(self) -> list[str]:
         """The required ``sharenorm`` names this build lacks."""

@@ -96,7 +96,15 @@ def train_classifier(model: nn.Module, ds, cfg: TrainConfig, seed: int,
 
     A run *diverges* when the training loss becomes non-finite or exceeds 1e4; training stops
     there and the run reports chance-level metrics as measured.
+
+    Raises:
+        ValueError: ``cfg.steps`` < 1, or a batch larger than the training set.
     """
+    if cfg.steps < 1:
+        # no step, no loss to report: an experiment that derives steps from the data size
+        # must refuse too small a training set before it gets here
+        raise ValueError(f"TrainConfig.steps must be ≥ 1, got {cfg.steps}; give more steps "
+                         "(or, where steps follow from epochs, more training samples)")
     gen = seed_everything(seed)
     opt = make_optimizer(model, cfg)
     x, y = ds.x_train, ds.y_train

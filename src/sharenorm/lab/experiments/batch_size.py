@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.common import (
+    PCT_BOUNDS,
+    accuracies,
+    ci_band,
+    dataset,
+    epoch_steps,
+    figure,
+    pct,
+    samples_for_one_step,
+    save_figure,
+)
 from sharenorm.lab.spec import (
     NOT_SUPPORTED,
     SUPPORTED,
@@ -47,11 +57,16 @@ def run(cfg, seed, ctx):
     torch.manual_seed(seed)
     model = ConvNet(ds.sample_shape, ds.num_classes, norm=cfg["norm"],
                     num_groups=8 if cfg["norm"] == "group" else None)
-    steps = int(cfg["epochs"] * len(ds.x_train)) // cfg["batch_size"]
+    steps = epoch_steps(cfg["epochs"], len(ds.x_train), cfg["batch_size"])
     metrics, timing = train_classifier(model, ds, TrainConfig(
         steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"]), seed)
     metrics.pop("curve", None)
     return metrics, timing
+
+
+def min_train(cfg) -> int:
+    """A fixed number of epochs: too few samples would give 0 optimizer steps."""
+    return samples_for_one_step(cfg["epochs"], cfg["batch_size"])
 
 
 def analyze(runs, figdir, lang):
@@ -154,4 +169,5 @@ EXPERIMENT = Experiment(
         f"छोटे batches ज़्यादा steps लेते हैं; SGD momentum 0.9, linear scaling rule lr = {BASE_LR}·"
         f"batch/{BASE_BS} (कोई floor नहीं); epoch का आख़िरी छोटा batch छोड़ दिया जाता है। Test "
         "accuracy eval mode में।"),
-    configs=configs, run=run, analyze=analyze, uses_data=True)
+    configs=configs, run=run, analyze=analyze, uses_data=True,
+    min_train=min_train)
