@@ -83,6 +83,18 @@ def test_read_missing_folder(tmp_path):
         ResultsStore.read(tmp_path / "none")
 
 
+@pytest.mark.parametrize("name", ["results.jsonl", "notes.txt"])
+def test_read_a_file_says_to_pass_its_folder(tmp_path, name):
+    # `sharenorm report lab-results/results.jsonl`: the advice is the folder, not `lab --out FILE`
+    (tmp_path / name).write_text("{}\n")
+    with pytest.raises(LabError, match=f"{name} is a file, not a results folder: pass the folder "
+                                       "that holds results.jsonl") as e:
+        ResultsStore.read(tmp_path / name)
+    assert "run `sharenorm lab --out" not in str(e.value)
+    if name == "results.jsonl":  # the file itself: its folder is the answer
+        assert f"`sharenorm report {tmp_path}`" in str(e.value)
+
+
 LOCK_HOLDER = """
 import sys, time
 from sharenorm.lab.store import ResultsStore

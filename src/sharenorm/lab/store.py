@@ -139,8 +139,20 @@ class ResultsStore:
     # ------------------------------------------------------------------ reading
     @classmethod
     def read(cls, folder: str | os.PathLike) -> ResultsStore:
-        """Read an existing store without modifying it (for ``sharenorm report``)."""
+        """Read an existing store without modifying it (for ``sharenorm report``).
+
+        Raises:
+            LabError: ``folder`` is a file (even ``results.jsonl`` itself) or holds no
+                results; the message says what to pass or run.
+        """
         store = cls(folder)
+        if store.folder.is_file():
+            # `sharenorm report lab-results/results.jsonl`: "run lab --out <that file>" would
+            # fail as well; the folder is what to pass
+            hint = (f"here `sharenorm report {store.folder.parent}`"
+                    if store.folder.name == cls.FILE else "the --out folder of `sharenorm lab`")
+            raise LabError(f"{folder} is a file, not a results folder: pass the folder that "
+                           f"holds {cls.FILE}, {hint}")
         if not store.path.is_file():
             raise LabError(f"{store.path} does not exist: run `sharenorm lab --out {folder}` first")
         try:
