@@ -227,3 +227,52 @@ def test_activation_repr_shows_a_zero_parameter():
         "Activation(act='leaky_relu', act_param=0.0)"
     )
     assert repr(sn.make_norm("none", 4, act="relu")) == "Activation(act='relu')"
+
+
+def test_convert_a_module_used_in_several_places_once():
+    bn = nn.BatchNorm2d(4)
+    net = nn.Sequential(bn, nn.ReLU(), bn)
+    report = sn.convert_norm(net, "group", num_groups=2)
+    assert isinstance(net[0], sn.GroupNorm) and net[2] is net[0]
+    assert len(report) == 1
+
+
+@pytest.mark.parametrize("kind,kw", [("group", {"num_groups": 2}), ("batch", {})])
+def test_convert_keeps_ties_of_and_to_norm_layers(kind, kw):
+    # A SharedStack ties every copy of the block to copy 0, its BatchNorm included.
+    block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+    stack = sn.SharedStack(block, 3)
+    assert sn.count_parameters(stack) == 4 * 4 * 9 + 4 + 8
+    sn.convert_norm(stack, kind, **kw)
+    assert sn.count_parameters(stack) == 4 * 4 * 9 + 4 + 8
+    sn.verify_ties(stack)
+    assert stack.blocks[2][1].weight is stack.blocks[0][1].weight
+    if kind == "batch":  # running statistics are still one set, updated by every repetition
+        stack(torch.randn(2, 4, 5, 5))
+        assert stack.blocks[1][1].running_mean is stack.blocks[0][1].running_mean
+    # A tie from a norm to a layer that is not converted, and plain torch sharing.
+    net = nn.ModuleDict({"bn": nn.BatchNorm1d(3), "lin": nn.Linear(3, 3), "bn2": nn.BatchNorm1d(3)})
+    sn.tie(net, "lin.bias", "bn.bias")
+    net.bn2.weight = net.bn.weight
+    sn.convert_norm(net, "group", num_groups=1)
+    sn.verify_ties(net)
+    assert net.lin.bias is net.bn.bias and net.bn2.weight is net.bn.weight
+    assert sn.count_parameters(net) == 3 + 3 + 9 + 3
+
+
+def test_convert_refuses_to_drop_a_tie_it_cannot_keep():
+    # Only one side of the tie survives the conversion (GroupNorm has no running_mean).
+    net = nn.ModuleDict({"bn": nn.BatchNorm1d(3), "other": nn.Module()})
+    net.other.register_buffer("mean", torch.zeros(3))
+    sn.tie(net, "other.mean", "bn.running_mean")
+    with pytest.raises(ValueError, match=r"sharenorm.untie\(model, 'other.mean'\)"):
+        sn.convert_norm(net, "group", num_groups=1)
+    assert isinstance(net.bn, nn.BatchNorm1d)  # refused before changing anything
+    # A norm tied to a source outside the model being converted.
+    outer = nn.ModuleDict({"a": nn.BatchNorm1d(3), "in": nn.ModuleDict({"b": nn.BatchNorm1d(3)})})
+    sn.tie(outer, "in.b.weight", "a.weight")
+    for part in (outer["in"], outer["in"].b):
+        with pytest.raises(ValueError, match="outside .* the model that holds both"):
+            sn.convert_norm(part, "group", num_groups=1)
+    sn.convert_norm(outer, "group", num_groups=1)
+    sn.verify_ties(outer)

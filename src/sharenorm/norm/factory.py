@@ -30,6 +30,7 @@ from sharenorm.norm.instancenorm import (
     InstanceNorm3d,
     _InstanceNorm,
 )
+from sharenorm.sharing.tie import _LINKS, replace_modules
 
 __all__ = ["make_norm", "convert_norm", "ConversionReport", "Activation", "NORM_KINDS"]
 
@@ -272,6 +273,14 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int = 2, **kw) -> Conversi
     layer is placed on the old one's device and dtype and in its train/eval mode.
     ``nn.LayerNorm`` (trailing-dims norm) is not touched.
 
+    A layer used at several places is converted once (one report entry, under its first name)
+    and the new layer is put at every place. Ties (:func:`sharenorm.tie`, e.g. a
+    :class:`sharenorm.SharedStack`'s copies) and torch's sharing that involve a converted layer
+    are kept between the same names in the new layers; those whose names the new kind lacks on
+    both sides (BN's running statistics in a GroupNorm) go with the old layers. A tie that would
+    keep only one side, or whose source lies outside ``model``, raises a ``ValueError`` naming
+    the fix, before anything changes.
+
     Returns a :class:`ConversionReport`; ``report.model`` is the converted model (a new
     object only when ``model`` itself is a norm layer).
 
@@ -287,16 +296,26 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int = 2, **kw) -> Conversi
         raise TypeError(f"convert_norm expects an nn.Module, got {type(model).__name__}")
     report = ConversionReport(model)
     if _is_norm(model):
+        tied = model.__dict__.get(_LINKS)
+        if tied:
+            name, link = next(iter(tied.items()))
+            raise ValueError(
+                f"cannot convert this {type(model).__name__} alone: its {name!r} is tied to "
+                f"{link.hint}, which lies outside it; convert the model that holds both, or "
+                f"sharenorm.untie(model, '...{name}') first"
+            )
         new, kept = _convert_one(model, kind, dim, dict(kw))
         report.model = new
         report.changes.append(Change("", _describe(model), _describe(new), kept))
         return report
-    # Collect first, then replace, so the walk never sees a half-converted tree.
-    targets = [(name, m) for name, m in model.named_modules() if name and _is_norm(m)]
-    for name, old in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        new, kept = _convert_one(old, kind, dim, dict(kw))
-        setattr(parent, child, new)  # Sequential/ModuleList/ModuleDict accept setattr by key
-        report.changes.append(Change(name, _describe(old), _describe(new), kept))
+    # Each norm once (a module used at several places is one layer), by its first name; then
+    # replace_modules puts the new layer at every place and keeps the ties and sharing of the
+    # old ones (a SharedStack's copies stay tied to copy 0).
+    new_of: dict[int, nn.Module] = {}
+    for name, old in model.named_modules(remove_duplicate=False):
+        if name and _is_norm(old) and id(old) not in new_of:
+            new, kept = _convert_one(old, kind, dim, dict(kw))
+            new_of[id(old)] = new
+            report.changes.append(Change(name, _describe(old), _describe(new), kept))
+    replace_modules(model, new_of)
     return report

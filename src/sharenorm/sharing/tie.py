@@ -875,6 +875,121 @@ def untie(model: nn.Module, target: str) -> nn.Module:
     return model
 
 
+def replace_modules(model: nn.Module, new_of: dict[int, nn.Module]) -> None:
+    """Put ``new_of[id(old)]`` at every place of each submodule ``old`` of ``model``, keeping
+    the ties and the sharing that involve the old modules (what :func:`sharenorm.convert_norm`
+    does with each norm layer).
+
+    A module used at several places is replaced at all of them by the one new module. A tie
+    (:func:`tie`) whose target or source lies in a replaced module is made again between the
+    same names, on the module that declared it; a tensor that several names share (torch's
+    sharing: one ``nn.Parameter`` under two names) is shared again, the new module's tensor
+    under every name. A tie or shared tensor whose names all go away with the old modules (the
+    running statistics of a BatchNorm replaced by a GroupNorm) goes with them. No replaced module
+    may contain another.
+
+    Raises:
+        ValueError: before anything changes, for a tie or sharing only one side of which
+            survives, or a tie whose other side lies outside ``model`` (naming the fix).
+    """
+    if id(model) in new_of:
+        raise ValueError("replace_modules replaces submodules; the model itself has no place")
+    places: dict[int, list[str]] = {}
+    for path, m in model.named_modules(remove_duplicate=False):
+        if id(m) in new_of:
+            places.setdefault(id(m), []).append(path)
+    paths = _module_paths(model)
+
+    def module_of(name: str) -> tuple[nn.Module, nn.Module, str]:
+        """(module now, module after the replacement, attribute) of a dotted name."""
+        mpath, _, attr = name.rpartition(".")
+        now = model.get_submodule(mpath)
+        return now, new_of.get(id(now), now), attr
+
+    def survives(name: str) -> bool:
+        now, after, attr = module_of(name)
+        if after is now:
+            return True  # not replaced: the name stays what it is
+        return after._parameters.get(attr) is not None or after._buffers.get(attr) is not None
+
+    def check(kind: str, target: str, source: str) -> bool:
+        """Whether the pair is kept (False: it goes with the old modules)."""
+        kept = survives(target), survives(source)
+        if all(kept):
+            return True
+        if any(kept):
+            gone = source if kept[0] else target
+            raise ValueError(
+                f"cannot keep the {kind} of {target!r} to {source!r}: the module that replaces "
+                f"{gone.rpartition('.')[0]!r} ({type(module_of(gone)[1]).__name__}) has no "
+                f"{gone.rpartition('.')[2]!r}; sharenorm.untie(model, {target!r}) first"
+            )
+        return False
+
+    # Where each tie was declared: {(id(target module), attribute): (declaring module, path)}.
+    declared_at: dict[tuple[int, str], tuple[nn.Module, str, str]] = {}
+    for dpath, d in model.named_modules():
+        for rel in d.__dict__.get(_DECLARED) or {}:
+            tpath, _, tattr = _join(dpath, rel).rpartition(".")
+            try:
+                declared_at[(id(model.get_submodule(tpath)), tattr)] = (d, dpath, rel)
+            except AttributeError:  # a stale declaration (verify_ties reports it)
+                continue
+
+    # 1. Check everything and plan, before changing anything.
+    reties, drops = [], []
+    for mpath, m in model.named_modules():
+        for attr, link in (m.__dict__.get(_LINKS) or {}).items():
+            if id(m) not in new_of and id(link.module) not in new_of:
+                continue
+            target, spath = _join(mpath, attr), paths.get(id(link.module))
+            if spath is None:
+                raise ValueError(
+                    f"cannot keep the tie of {target!r} to {link.hint}: the source lies outside "
+                    f"the model given; pass the model that holds both, or "
+                    f"sharenorm.untie(model, {target!r}) first"
+                )
+            source = _join(spath, link.name)
+            d, dpath, rel = declared_at.get((id(m), attr), (model, "", target))
+            if dpath and not source.startswith(dpath + "."):  # its declarer no longer holds both
+                d, dpath, rel = model, "", target
+            entry = (d, rel, source[len(dpath) + 1 :] if dpath else source, link.transform)
+            (reties if check("tie", target, source) else drops).append(entry)
+    shares = []
+    for group in ties(model):
+        now_s, after_s, attr_s = module_of(group.source)
+        for name, transform, how in group.members:
+            now_t, after_t, attr_t = module_of(name)
+            replaced = after_t is not now_t or after_s is not now_s
+            if how == "tie" or not replaced or (after_t is after_s and attr_t == attr_s):
+                continue  # a tie (above), not touched, or one module at two places
+            if check("sharing", name, group.source):
+                if transform is not None:
+                    raise ValueError(
+                        f"cannot keep the sharing of {name!r} with {group.source!r}ᵀ (one memory "
+                        f"seen transposed); tie them instead: sharenorm.tie(model, {name!r}, "
+                        f"{group.source!r}, transform='transpose')"
+                    )
+                shares.append((after_t, attr_t, after_s, attr_s))
+
+    # 2. Replace, then share and tie again; forget the declarations of what went away.
+    for mid, ps in places.items():
+        for path in ps:
+            parent, _, child = path.rpartition(".")
+            setattr(model.get_submodule(parent), child, new_of[mid])
+    for after_t, attr_t, after_s, attr_s in shares:
+        tensor = getattr(after_s, attr_s)
+        (after_t._parameters if attr_t in after_t._parameters else after_t._buffers)[attr_t] = tensor
+    for d, rel, source, transform in reties:
+        tmod, tattr = resolve(d, rel, "target")
+        if tattr in (tmod.__dict__.get(_LINKS) or {}):  # its source was replaced: re-point it
+            untie(d, rel)
+        tie(d, rel, source, transform)
+    for d, rel, _, _ in drops:
+        declared = d.__dict__.get(_DECLARED) or {}
+        d.__dict__[_DECLARED] = {k: v for k, v in declared.items() if k != rel}
+
+
 @dataclass(frozen=True)
 class TieGroup:
     """Names that hold one stored tensor.
