@@ -304,6 +304,16 @@ def test_inputs_that_overflow_when_standardized(tmp_path):
         load_path(tmp_path / "big.npz")
 
 
+def test_npz_test_classes_without_training_samples(tmp_path):
+    # as the image-folder loader: a class only in the test split can never be predicted
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "t.npz", x=rng.normal(size=(12, 5)), y=np.arange(12) % 3,
+             x_test=rng.normal(size=(4, 5)), y_test=np.array([0, 3, 7, 3]))
+    with pytest.raises(DataError, match=r"t.npz: classes \[3, 7\] of y_test have no training "
+                                        r"samples in y.*add training samples of them"):
+        load_path(tmp_path / "t.npz")
+
+
 def test_npz_negative_labels(tmp_path):
     np.savez(tmp_path / "n.npz", x=np.zeros((6, 3)), y=np.array([-1, 0, 1, 0, 1, 0]))
     with pytest.raises(DataError, match=r"n.npz: labels must be ≥ 0.*-1"):

@@ -97,8 +97,14 @@ def to_dataset(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | Non
     """Build a :class:`Dataset` from numpy arrays, splitting off a test set when none is given.
 
     Labels are remapped to ``0..K-1`` in sorted order when they are not already.
+
+    Raises:
+        DataError: labels that are not non-negative integers, or a given test split with
+            classes that have no training samples (a model never sees them: the test accuracy
+            would silently count them as errors), as the image-folder loader refuses.
     """
-    if x_test is None:
+    given_test = x_test is not None
+    if not given_test:
         x, y, x_test, y_test = split_train_test(x, y, test_fraction, seed, where=source)
     y_all = np.concatenate([np.asarray(y).ravel(), np.asarray(y_test).ravel()])
     if y_all.size and not np.issubdtype(y_all.dtype, np.integer):
@@ -110,10 +116,10 @@ def to_dataset(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | Non
         raise DataError(f"{source}: labels must be ≥ 0 (class indices), found {int(y_all.min())}; "
                         "map every class to 0, 1, 2, ...")
     classes = np.unique(y_all)
+    n = len(y)
     remap = {int(c): i for i, c in enumerate(classes)}
     lab = np.array([remap[int(v)] for v in y_all], dtype=np.int64)
-    n = len(y)
-    return Dataset(
+    ds = Dataset(  # its own checks (sizes, shapes) first: they name the more basic problem
         name=name,
         x_train=torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32),
         y_train=torch.as_tensor(lab[:n]),
@@ -122,6 +128,12 @@ def to_dataset(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | Non
         num_classes=len(classes),
         source=source,
     )
+    unseen = np.setdiff1d(y_all[n:], y_all[:n]) if given_test else []
+    if len(unseen):
+        raise DataError(f"{source}: classes {unseen.tolist()} of y_test have no training "
+                        "samples in y, so no model can learn them; add training samples of them, "
+                        "or remove them from x_test/y_test")
+    return ds
 
 
 def split_train_test(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.2, seed: int = 0,
