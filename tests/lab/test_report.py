@@ -76,3 +76,46 @@ def test_report_survives_a_broken_analysis(tmp_path, monkeypatch):
     monkeypatch.setattr(batch_dependence.EXPERIMENT, "analyze", boom)
     md = write_report(tmp_path).read_text()
     assert "The analysis failed: RuntimeError: kaputt" in md and "## N6" in md
+
+
+def _train_run(exp, cfg, seed, acc):
+    metrics = {"train_acc": acc + 0.02, "test_acc": acc, "gap": 0.02, "diverged": False,
+               "steps_to_target": 50 if acc >= 0.6 else None,
+               "curve": [[25, acc - 0.2], [50, acc]]}
+    return {"kind": "run", "key": run_key(exp, cfg, seed), "experiment": exp, "config": cfg,
+            "seed": seed, "metrics": metrics,
+            "time": {"s_per_step": 0.001 * (seed + 1), "s_to_target": 0.05, "run_s": 0.1}}
+
+
+def _order_results(folder, reverse):
+    """A norm_training and a sharing_cost experiment whose runs finished in some order."""
+    folder.mkdir()
+    runs = []
+    for norm, acc in {"batch": 0.8, "group": 0.75, "instance": 0.7, "layer": 0.72,
+                      "none": 0.6}.items():
+        cfg = {"norm": norm, "steps": 100, "batch_size": 32, "lr": 0.05, "eval_every": 25,
+               "target": 0.6}
+        runs += [_train_run("norm_training", cfg, s, acc + 0.01 * s) for s in range(2)]
+    for model, p in {"cnn": 1000, "locally_connected": 7000, "mlp": 30000}.items():
+        runs.append({"kind": "run", "key": run_key("sharing_cost", {"model": model}, 0),
+                     "experiment": "sharing_cost", "config": {"model": model}, "seed": 0,
+                     "metrics": {"params": p, "param_bytes": 4 * p, "adam_state_bytes": 8 * p,
+                                 "sgd_momentum_state_bytes": 4 * p,
+                                 "param_plus_adam_bytes": 12 * p, "data": "mnist1d"},
+                     "time": {"run_s": 0.3}})
+    header = {"kind": "header", "lab_version": LAB_VERSION, "profile": "quick",
+              "data": "embedded"}
+    session = {"kind": "session", "wall_s": 2.0, "jobs": 2, "env": {"torch": "x"}}
+    lines = [header, *(runs[::-1] if reverse else runs), session]
+    (folder / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_report_does_not_depend_on_the_order_runs_finished_in(tmp_path):
+    # --jobs 2 stores runs in completion order; the report follows the configs' order
+    _order_results(tmp_path / "a", reverse=False)
+    _order_results(tmp_path / "b", reverse=True)
+    md_a = write_report(tmp_path / "a").read_text()
+    assert md_a == write_report(tmp_path / "b").read_text()
+    assert (tmp_path / "a/report.html").read_bytes() == (tmp_path / "b/report.html").read_bytes()
+    section = md_a[md_a.index("## N1"):]
+    assert section.index("| batch |") < section.index("| group |") < section.index("| none |")

@@ -109,8 +109,9 @@ def _analyze_all(store: ResultsStore, figdir: Path, lang: str) -> tuple[dict, di
     """``({claim: ClaimResult}, {experiment id: Experiment})`` from the stored runs."""
     results: dict[str, ClaimResult] = {}
     exps = all_experiments()
+    quick = (store.header or {}).get("profile") == "quick"
     for e in exps.values():
-        runs = store.runs_of(e.id)
+        runs = e.in_plan_order(store.runs_of(e.id), quick)  # not the --jobs-dependent order
         if not runs:
             continue
         try:
@@ -216,10 +217,11 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
 
     # -------- environment and time
     B.append(("h", 2, _t("env", lang)))
-    total = sum(s.get("wall_s", 0) for s in store.sessions)
-    run_s = sum(r.get("time", {}).get("run_s", 0) for r in store.runs.values())
-    cpu_s = sum(r.get("time", {}).get("cpu_s", 0) for r in store.runs.values())
-    kids_s = sum(r.get("time", {}).get("cpu_children_s", 0) for r in store.runs.values())
+    # fsum: exactly rounded, so the totals do not depend on the order the runs finished in
+    total = math.fsum(s.get("wall_s", 0) for s in store.sessions)
+    run_s = math.fsum(r.get("time", {}).get("run_s", 0) for r in store.runs.values())
+    cpu_s = math.fsum(r.get("time", {}).get("cpu_s", 0) for r in store.runs.values())
+    kids_s = math.fsum(r.get("time", {}).get("cpu_children_s", 0) for r in store.runs.values())
     env = store.sessions[-1].get("env", {}) if store.sessions else {}
     if store.sessions:
         B.append(("p", f"**{_t('sessions', lang)}**"))

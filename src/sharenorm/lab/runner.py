@@ -272,7 +272,7 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
         bar.update(1)
         remaining[task.experiment] -= 1
         if remaining[task.experiment] == 0:
-            _summary(get_experiment(task.experiment), store, figdir, lang,
+            _summary(get_experiment(task.experiment), store, figdir, lang, quick,
                      time.perf_counter() - exp_t0.get(task.experiment, t_start), bar.write)
 
     data_arg = str(data) if data is not None else None
@@ -334,7 +334,7 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
             signal.signal(signal.SIGTERM, old_term if old_term is not None else signal.SIG_DFL)
     for e in runnable:  # experiments that had nothing left to run still get their line
         if e.id not in remaining:
-            _summary(e, store, figdir, lang, 0.0, echo)
+            _summary(e, store, figdir, lang, quick, 0.0, echo)
     wall = time.perf_counter() - t_start
     store.add_session(session("complete"))
     echo(f"lab: {len(todo)} runs in {wall:.1f} s (jobs={jobs}); results in {store.path}")
@@ -403,10 +403,10 @@ def _feed_pool(todo, jobs, quick, data_arg, finished, exp_t0, mp) -> None:
     pool.shutdown()
 
 
-def _summary(exp: Experiment, store: ResultsStore, figdir: Path, lang: str, seconds: float,
-             write) -> None:
+def _summary(exp: Experiment, store: ResultsStore, figdir: Path, lang: str, quick: bool,
+             seconds: float, write) -> None:
     try:
-        results = exp.analyze(store.runs_of(exp.id), figdir, lang)
+        results = exp.analyze(exp.in_plan_order(store.runs_of(exp.id), quick), figdir, lang)
         verdicts = "; ".join(f"{r.claim} {r.verdict}: {r.measured}" for r in results)
     except Exception as e:  # noqa: BLE001 - a summary must never lose the results
         verdicts = f"(analysis failed: {type(e).__name__}: {e})"

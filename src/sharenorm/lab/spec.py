@@ -7,6 +7,7 @@ by a criterion that is written down in the spec, i.e. fixed before anything runs
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,6 +151,22 @@ class Experiment:
         need = self.min_train or (lambda cfg: cfg.get("batch_size", 32))
         return max((need(cfg) for cfg in self.configs(quick)), default=0)
 
+    def in_plan_order(self, runs: list[dict], quick: bool) -> list[dict]:
+        """``runs`` sorted as the runner plans them: by config, in the order ``configs(quick)``
+        lists them, then by seed; configs it does not list go last, by their JSON.
+
+        The store keeps runs in the order they finished, which depends on ``--jobs``;
+        analyses follow the order of their runs (:func:`group_runs`, dicts of models), so
+        they get this order and the report is the same whatever the parallelism.
+        """
+        rank = {_canonical(c): i for i, c in enumerate(self.configs(quick))}
+
+        def key(r):
+            c = _canonical(r["config"])
+            return (rank.get(c, len(rank)), c, r["seed"])
+
+        return sorted(runs, key=key)
+
     def missing(self) -> list[str]:
         """The required ``sharenorm`` names this build lacks."""
         import sharenorm as sn
@@ -157,8 +174,13 @@ class Experiment:
         return [n for n in self.requires if not hasattr(sn, n)]
 
 
+def _canonical(config: dict) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"))
+
+
 def group_runs(runs: list[dict], *keys: str) -> dict[tuple, list[dict]]:
-    """Group run records by config values: ``{(v1, v2): [metrics, ...]}`` in first-seen order."""
+    """Group run records by config values: ``{(v1, v2): [metrics, ...]}`` in first-seen order
+    (the runner and the report pass runs in plan order: :meth:`Experiment.in_plan_order`)."""
     out: dict[tuple, list[dict]] = {}
     for r in runs:
         k = tuple(r["config"].get(key) for key in keys)
