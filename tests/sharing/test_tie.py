@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import copy
+import dataclasses
+import functools
 import gc
 import io
 import pickle
@@ -656,3 +659,56 @@ def test_verify_ties_after_an_outer_tie_repoints_one_declared_inside_a_submodule
     outer.ae.decoder[0] = nn.Linear(4, 6)  # ... and a real break is still reported
     with pytest.raises(sn.TieError, match=r"'ae.decoder.0.weight' \(tied to 'pre.weight'\)"):
         sn.verify_ties(outer)
+
+
+class SlotsHolder:
+    __slots__ = ("dec", "enc")
+
+    def __init__(self, dec, enc):
+        self.dec, self.enc = dec, enc
+
+
+@dataclasses.dataclass(slots=True)
+class DataclassHolder:
+    dec: nn.Module
+    enc: nn.Module
+
+
+@pytest.mark.parametrize(
+    "hold,get",
+    [
+        (SlotsHolder, lambda h: (h.dec, h.enc)),
+        (DataclassHolder, lambda h: (h.dec, h.enc)),
+        (lambda d, e: functools.partial(print, d, e), lambda h: h.args),
+        (
+            lambda d, e: functools.partial(print, dec=d, enc=e),
+            lambda h: (h.keywords["dec"], h.keywords["enc"]),
+        ),
+        (lambda d, e: collections.deque([d, e]), tuple),
+        (lambda d, e: collections.OrderedDict(dec=d, enc=e), lambda h: tuple(h.values())),
+        (
+            lambda d, e: {"models": [(d,), {"enc": e}]},
+            lambda h: (h["models"][0][0], h["models"][1]["enc"]),
+        ),
+    ],
+    ids=[
+        "slots",
+        "dataclass-slots",
+        "partial-args",
+        "partial-keywords",
+        "deque",
+        "ordereddict",
+        "nested",
+    ],
+)
+def test_deepcopy_keeps_a_tie_whose_source_is_held_by_any_container(hold, get):
+    # The target is visited before its source (nanoGPT's order: lm_head tied to wte), through
+    # whatever object holds the two modules.
+    model = nested_pair()
+    dec, enc = get(copy.deepcopy(hold(model.pair.dec, model.pair.enc)))
+    assert dec.__dict__["_sharenorm_links"]["weight"].module is enc
+    assert sn.count_parameters(nn.ModuleList([dec, enc])) == 4 * 3 + 3 + 4
+    with torch.no_grad():
+        enc.weight.add_(1)
+    assert torch.equal(dec.weight, enc.weight.T)
+    assert not torch.equal(enc.weight, model.pair.enc.weight)

@@ -23,7 +23,8 @@ operation that replaces or converts the source tensor in its own module:
 * ``copy.deepcopy`` and ``pickle``/``torch.save`` of the whole model: the link is ordinary state;
   the memo of deepcopy/pickle maps the source module to its copy. The swapped class is rebuilt by
   ``__reduce_ex__`` from (base class, tied names), so no dynamically created class needs to be
-  importable. ``deepcopy`` of a part of the model (a submodule, a list of modules) keeps a tie
+  importable. ``deepcopy`` of a part of the model (a submodule, a list of modules, any object
+  holding modules: attributes, ``__slots__``, containers, ``functools.partial``) keeps a tie
   when the object copied holds the source module too, in any order; a target module copied
   without its source owns its tensor in the copy (a contiguous copy of ``T(source)``, as a copy
   of torch's identity-tied weight does), and the source is not copied.
@@ -74,7 +75,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+import gc
 import sys
+import types
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,11 +287,31 @@ def _tied_load_from_state_dict(
             missing_keys.append(key)
 
 
+# Not followed when looking for what a deepcopy holds: what deepcopy keeps as is (types,
+# functions, modules, ...), tensors (no modules inside) and tie links (a target's link names its
+# source, but the source is not part of the target: the copy keeps it only if it is held too).
+_NOT_COPIED = (
+    type,
+    types.ModuleType,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.CodeType,
+    weakref.ref,
+    property,
+    Tensor,
+    _Link,
+)
+
+
 def _modules_in_copy(memo: dict) -> set[int] | None:
     """The ids of the modules that the running ``copy.deepcopy`` will copy: those reachable
-    through submodules (and plain containers or attributes) from the object it was called
-    on, which is the ``x`` of the outermost ``copy.deepcopy`` frame sharing ``memo``. None
-    when no such frame exists (``__deepcopy__`` called by hand). Found once per copy."""
+    from the object it was called on, which is the ``x`` of the outermost ``copy.deepcopy``
+    frame sharing ``memo``. None when no such frame exists (``__deepcopy__`` called by hand).
+    Found once per copy.
+
+    Reachable means through the references the garbage collector sees
+    (``gc.get_referents``): what deepcopy copies (a ``__dict__``, ``__slots__``, a
+    ``functools.partial``'s arguments, any container) without a list of container types."""
     reach = memo.get(_COPY_REACH)
     if reach is not None:
         return reach
@@ -302,17 +326,12 @@ def _modules_in_copy(memo: dict) -> set[int] | None:
     reach, seen, todo = set(), set(), [root]
     while todo:
         obj = todo.pop()
-        if id(obj) in seen or isinstance(obj, (Tensor, str, bytes, int, float)):
+        if id(obj) in seen or isinstance(obj, _NOT_COPIED):
             continue
         seen.add(id(obj))
         if isinstance(obj, nn.Module):
-            reach.update(id(m) for m in obj.modules())  # links are not submodules
-        elif isinstance(obj, dict):
-            todo.extend(obj.values())
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            todo.extend(obj)
-        elif hasattr(obj, "__dict__"):
-            todo.extend(vars(obj).values())
+            reach.add(id(obj))
+        todo.extend(gc.get_referents(obj))
     memo[_COPY_REACH] = reach  # a str key: never an id()
     return reach
 
