@@ -119,3 +119,14 @@ def test_report_does_not_depend_on_the_order_runs_finished_in(tmp_path):
     assert (tmp_path / "a/report.html").read_bytes() == (tmp_path / "b/report.html").read_bytes()
     section = md_a[md_a.index("## N1"):]
     assert section.index("| batch |") < section.index("| group |") < section.index("| none |")
+
+
+def test_the_bn_use_cell_is_informational_not_a_borrowed_verdict(tmp_path):
+    # "BN is used in CNNs, RNNs" is never measured: the cell shows N1's number, no ✅/❌
+    _order_results(tmp_path / "a", reverse=False)
+    md = write_report(tmp_path / "a").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| Deep Learning Model में उपयोग"))
+    batch_cell = row.split(" | ")[1]
+    assert "80.5" in batch_cell and "RNNs: not measured" in batch_cell  # BN's N1 test accuracy
+    assert "(ℹ informational, no verdict)" in batch_cell
+    assert "✅" not in batch_cell and "❌" not in batch_cell

@@ -252,3 +252,12 @@ def test_scope_row_is_measured(tmp_path):
     cells = batch_dependence.analyze(runs, tmp_path, "en")[0].cells
     for col in ("batch", "instance", "group"):
         assert cells[("norm", "applies", col)][1] == SUPPORTED, cells[("norm", "applies", col)]
+
+
+def test_n1_use_cell_has_no_verdict_of_its_own(tmp_path):
+    from sharenorm.lab.spec import INFORMATIONAL
+
+    runs = _norm_training_runs({"batch": [0.9, 0.91, 0.9], "none": [0.8, 0.81, 0.8]})
+    n1 = _claim(norm_training.analyze(runs, tmp_path, "en"), "N1")
+    assert n1.verdict in (SUPPORTED, NOT_SUPPORTED, MIXED)  # N1 itself has a verdict ...
+    assert n1.cells[("norm", "use", "batch")][1] == INFORMATIONAL  # ... the usage cell has none

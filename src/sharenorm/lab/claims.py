@@ -218,8 +218,12 @@ NOT_MEASURED = [
           "numbers हैं, पर उन पर verdict नहीं दिया गया।")),
     (NORM_DOC, "Deep Learning Model में उपयोग | CNNs, RNNs | Style Transfer | Small Batch Size "
      "Training", "BN is used in CNNs and RNNs.",
-     Text("The RNN half is not measured: no experiment trains an RNN with BN (N1 is a CNN).",
-          "RNN वाला हिस्सा measure नहीं हुआ: कोई experiment BN के साथ RNN train नहीं करता (N1 CNN है)।")),
+     Text("\"Used in\" describes practice, not an effect, so no criterion judges it: the "
+          "table's cell shows N1's test accuracy of BN in a CNN, without a verdict. The RNN half "
+          "is not measured: no experiment trains an RNN with BN.",
+          "\"उपयोग\" practice बताता है, कोई effect नहीं, इसलिए कोई criterion इसे नहीं जाँचती: table "
+          "का cell CNN में BN की N1 test accuracy दिखाता है, बिना verdict के। RNN वाला हिस्सा "
+          "measure नहीं हुआ: कोई experiment BN के साथ RNN train नहीं करता।")),
     (SHARE_DOC, "Parameter Sharing: जब Model को Large Scale पर Train करना हो, जैसे CNN और RNNs।",
      "Use sharing when a model is trained at large scale.",
      Text("The lab trains small models on a CPU; large-scale training is out of its reach.",

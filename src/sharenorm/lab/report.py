@@ -25,9 +25,10 @@ VERDICT_WORDS = {
     "mixed": Text("mixed", "मिश्रित (mixed)"),
     "not run": Text("not run", "नहीं चलाया गया (not run)"),
     "not decidable": Text("not decidable (n=1)", "तय नहीं हो सकता (not decidable, n=1)"),
+    "informational": Text("informational, no verdict", "सिर्फ़ जानकारी, verdict नहीं (informational)"),
 }
 _MARK = {"supported": "✅", "not supported": "❌", "mixed": "➖", "not run": "⏸",
-         "not decidable": "❔"}
+         "not decidable": "❔", "informational": "ℹ"}
 
 L = {
     "title": Text("sharenorm lab report", "sharenorm lab report"),

@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Experiment", "RunContext", "ClaimResult", "Text", "Table", "SUPPORTED",
-           "NOT_SUPPORTED", "MIXED", "NOT_RUN", "UNDECIDABLE", "group_runs", "all3", "any3",
-           "decide"]
+           "NOT_SUPPORTED", "MIXED", "NOT_RUN", "UNDECIDABLE", "INFORMATIONAL", "group_runs",
+           "all3", "any3", "decide"]
 
 SUPPORTED, NOT_SUPPORTED, MIXED, NOT_RUN = "supported", "not supported", "mixed", "not run"
 # A criterion that compares 95% intervals cannot be decided with one seed (no interval): the
 # verdict then says so instead of defaulting to "the intervals overlap".
 UNDECIDABLE = "not decidable"
+# A comparison-table cell that shows a measured number no criterion judges (the document's
+# "used in CNNs, RNNs" describes practice, not an effect): shown without ✅/❌.
+INFORMATIONAL = "informational"
 
 
 def all3(*conds: bool | None) -> bool | None:
@@ -88,7 +91,8 @@ class ClaimResult:
         published: rows ``[source, setting, theirs, ours]`` where published numbers exist.
         notes: extra explanation (why it holds or not), per language.
         cells: measured values for the documents' comparison tables:
-            ``{(table_id, row_id, column): text}``.
+            ``{(table_id, row_id, column): (text, verdict)}``; the verdict of a cell that no
+            criterion judges is :data:`INFORMATIONAL`, never a borrowed one.
     """
 
     claim: str
