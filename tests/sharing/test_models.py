@@ -184,6 +184,47 @@ def test_count_parameters_counts_each_storage_once():
     assert sn.count_parameters(m) == 46 - 24
 
 
+def distinct_elements(tensors):
+    """Oracle: the storage elements the tensors cover, each element enumerated."""
+    seen = set()
+    for t in tensors:
+        index = torch.arange(t.untyped_storage().nbytes() // t.element_size())
+        offsets = index.as_strided(t.shape, t.stride(), t.storage_offset())
+        seen.update((t.untyped_storage().data_ptr(), o) for o in offsets.flatten().tolist())
+    return len(seen)
+
+
+@pytest.mark.parametrize(
+    "views",
+    [
+        lambda b: [b[:, :2]],  # a column slice: rows with gaps between them
+        lambda b: [b[:, 0:1], b[:, 3:4]],  # two disjoint columns
+        lambda b: [b[:2], b[:, :2]],  # a row block and a column block that overlap
+        lambda b: [b[::2, 1::2], b.T],  # strided and transposed
+        lambda b: [b[0].expand(3, 4)],  # one row seen three times (stride 0)
+        lambda b: [b.as_strided((3, 3), (1, 1))],  # overlapping windows: offsets 0..4
+        lambda b: [b.as_strided((3, 3), (2, 1), 5), b[3]],  # windows and a row past them
+    ],
+    ids=[
+        "columns",
+        "two-columns",
+        "rows-and-columns",
+        "strided-transposed",
+        "expanded",
+        "windows",
+        "windows-and-row",
+    ],
+)
+def test_count_parameters_counts_the_distinct_elements_of_strided_views(views):
+    base = torch.randn(4, 4)
+    m = nn.Module()
+    tensors = views(base)
+    for i, t in enumerate(tensors):
+        m.register_parameter(f"p{i}", nn.Parameter(t))
+    assert sn.count_parameters(m) == distinct_elements(tensors)
+    assert sn.parameter_report(m).unique_bytes == 4 * distinct_elements(tensors)
+
+
 def test_parameter_report_matches_real_optimizer_state():
     torch.manual_seed(4)
     model = sn.TiedAutoencoder([20, 8, 4], tied=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from sharenorm.sharing.tie import _LINKS, _kind
@@ -18,40 +19,78 @@ from sharenorm.sharing.tie import _LINKS, _kind
 __all__ = ["count_parameters", "parameter_report", "ParameterReport", "ModuleRow"]
 
 
-def _unique_numel_bytes(tensors: Iterable[Tensor]) -> tuple[int, int]:
-    """(elements, bytes) stored by ``tensors``, each memory region counted once.
+def _runs(t: Tensor) -> tuple[int, list[tuple[int, int]]]:
+    """How ``t``'s elements lie in its storage: runs of ``length`` consecutive elements, the
+    first at ``t.storage_offset()``, repeated along each ``(stride, size)`` of ``repeats``.
 
-    Tensors are grouped by storage; within a storage the byte ranges they cover are merged, so
-    identical tensors, views and transposes are counted once and disjoint slices each count.
-    Meta tensors have no storage: they are deduplicated by identity.
+    Dimensions sorted by stride form one run as long as each stride equals the length of the
+    run so far (a contiguous, transposed or permuted tensor is one run, ``repeats`` empty);
+    each remaining dimension repeats the run at its stride (a column slice ``W[:, :k]`` is one
+    run of ``k`` per row). Size-1 and stride-0 (expanded) dimensions add no element.
     """
-    by_storage: dict[object, list[tuple[int, int, int]]] = {}
+    dims = sorted((s, n) for n, s in zip(t.shape, t.stride(), strict=True) if n > 1 and s != 0)
+    length, i = 1, 0
+    while i < len(dims) and dims[i][0] == length:
+        length *= dims[i][1]
+        i += 1
+    return length, dims[i:]
+
+
+def _run_starts(t: Tensor, repeats: list[tuple[int, int]]) -> Tensor:
+    """The storage offsets (in elements) at which ``t``'s runs start."""
+    starts = torch.tensor([t.storage_offset()])
+    for stride, n in repeats:
+        starts = (starts[:, None] + torch.arange(n) * stride).reshape(-1)
+    return starts
+
+
+def _union_length(starts: Tensor, stops: Tensor) -> int:
+    """``|∪ [starts_i, stops_i)|``: sorted by start, interval i adds what reaches past every
+    interval before it, ``max(0, reach_i − max(start_i, reach_{i−1}))`` with
+    ``reach_i = max_{j ≤ i} stop_j``."""
+    order = starts.argsort()
+    starts, stops = starts[order], stops[order]
+    reach = stops.cummax(0).values
+    before = torch.cat([starts[:1], reach[:-1]])
+    return int((reach - torch.maximum(starts, before)).clamp_min(0).sum())
+
+
+def _unique_numel_bytes(tensors: Iterable[Tensor]) -> tuple[int, int]:
+    """(elements, bytes) stored by ``tensors``, each storage element counted once.
+
+    Tensors are grouped by storage; within a storage the bytes their elements cover are
+    united exactly, so identical tensors, views and transposes count once, disjoint slices
+    each count, and a strided view counts its elements, not the gaps between them. Elements of
+    a storage seen in several dtypes are counted in the largest element size. Meta tensors have
+    no storage: they are deduplicated by identity.
+    """
+    by_storage: dict[object, list[Tensor]] = {}
     for t in tensors:
         if t.numel() == 0:
             continue
-        es = t.element_size()
-        if t.device.type == "meta":
-            key: object = ("id", id(t))
-            start, stop = 0, t.numel() * es
-        else:
-            key = (str(t.device), t.untyped_storage().data_ptr())
-            extent = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride(), strict=True))
-            start = t.storage_offset() * es
-            stop = start + extent * es
-        by_storage.setdefault(key, []).append((start, stop, es))
+        key = (
+            ("id", id(t))
+            if t.device.type == "meta"
+            else (str(t.device), t.untyped_storage().data_ptr())
+        )
+        by_storage.setdefault(key, []).append(t)
     numel = nbytes = 0
-    for spans in by_storage.values():
-        spans.sort()
-        cur_start, cur_stop, es = spans[0]
-        for start, stop, e in spans[1:]:
-            if start < cur_stop:
-                cur_stop = max(cur_stop, stop)
-            else:
-                nbytes += cur_stop - cur_start
-                numel += (cur_stop - cur_start) // es
-                cur_start, cur_stop, es = start, stop, e
-        nbytes += cur_stop - cur_start
-        numel += (cur_stop - cur_start) // es
+    for key, group in by_storage.items():
+        es = max(t.element_size() for t in group)
+        runs = [_runs(t) for t in group]
+        if key[0] == "id":
+            covered = group[0].numel() * es
+        elif len(group) == 1 and not runs[0][1]:
+            covered = runs[0][0] * es  # alone in its storage, one run: the common case
+        else:
+            starts, stops = [], []
+            for t, (length, repeats) in zip(group, runs, strict=True):
+                first = _run_starts(t, repeats) * t.element_size()
+                starts.append(first)
+                stops.append(first + length * t.element_size())
+            covered = _union_length(torch.cat(starts), torch.cat(stops))
+        nbytes += covered
+        numel += covered // es
     return numel, nbytes
 
 
