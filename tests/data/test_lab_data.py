@@ -62,3 +62,18 @@ def test_one_step_samples_match_what_the_runs_train():
             n = samples_for_one_step(epochs, bs)
             assert n >= bs and epoch_steps(epochs, n, bs) >= 1
             assert n - 1 < bs or epoch_steps(epochs, n - 1, bs) == 0  # and none fewer
+
+
+def test_sharing_factors_name_the_data_they_were_measured_on(tmp_path):
+    # S1 measures the CNN / locally connected networks on --data; T3 (and its "Memory
+    # Utilization" cells) always on mnist1d beside the digits autoencoder: each cell says which
+    data = _small_npz(tmp_path / "sig.npz", 40)
+    out = tmp_path / "out"
+    run_lab(["S1", "T3"], quick=True, seeds=2, data=str(data), out=out, progress=False,
+            echo=lambda *a: None)
+    rows = {ln.split(" | ")[0]: ln for ln in (out / "report.md").read_text().splitlines()
+            if ln.startswith("| ")}
+    assert "params (on --data sig)" in rows["| उदाहरण"]  # S1's count, on the user's data
+    assert "autoencoder on digits" in rows["| उदाहरण"]  # T1's, on the embedded digits
+    memory = rows["| Memory Utilization"]
+    assert "CNN vs locally connected on mnist1d" in memory and "autoencoder on digits" in memory

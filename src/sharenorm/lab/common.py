@@ -10,7 +10,7 @@ from sharenorm.data import Dataset, load_digits, load_mnist1d, load_path
 from sharenorm.lab.spec import RunContext
 from sharenorm.lab.stats import mean_ci
 
-__all__ = ["dataset", "figure", "save_figure", "pct", "ci_band", "accuracies", "PCT_BOUNDS",
+__all__ = ["dataset", "data_label", "figure", "save_figure", "pct", "ci_band", "accuracies", "PCT_BOUNDS",
            "epoch_steps", "samples_for_one_step"]
 
 
@@ -30,6 +30,12 @@ def dataset(ctx: RunContext, default: str = "mnist1d", allow_user: bool = True) 
     if allow_user and ctx.data_path:
         return _load(ctx.data_path)
     return _load(default)
+
+
+def data_label(ctx: RunContext, ds: Dataset, allow_user: bool = True) -> str:
+    """What a run measured on, as the report names it: ``"mnist1d"``, or ``"--data sig"`` for
+    the user's file ``sig.npz`` (the same ``allow_user`` as the :func:`dataset` call)."""
+    return f"--data {ds.name}" if allow_user and ctx.data_path else ds.name
 
 
 def epoch_steps(epochs: float, n_train: int, batch_size: int) -> int:
