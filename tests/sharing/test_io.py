@@ -360,3 +360,34 @@ def test_safetensors_save_model_then_load_model_of_an_identity_tie(names, tmp_pa
     assert (missing, unexpected) == (set(), [])
     assert torch.equal(b[source].weight, a[source].weight)
     sn.verify_ties(b)
+
+
+@pytest.mark.parametrize("share", ["identity", "storage"])
+def test_load_refuses_values_that_contradict_plain_torch_sharing(share, tmp_path):
+    # A file of an untied model: emb and head differ. A model sharing them the torch way cannot
+    # hold both; loading must not silently keep one (as it does not for an sn.tie model).
+    def build():
+        return nn.ModuleDict({"emb": nn.Embedding(7, 5), "head": nn.Linear(5, 7, bias=False)})
+
+    torch.manual_seed(0)
+    sn.save(build(), tmp_path / "untied.safetensors")
+    model = build()
+    if share == "identity":
+        model.head.weight = model.emb.weight
+    else:
+        model.head.weight = nn.Parameter(model.emb.weight.data)
+    before = model.emb.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"sharenorm.untie\(model, 'head.weight'\)"):
+        sn.load(model, tmp_path / "untied.safetensors")
+    assert torch.equal(model.emb.weight, before)  # refused before loading anything
+    # Consistent values load.
+    consistent = build()
+    consistent.head.weight = consistent.emb.weight
+    sn.save(consistent, tmp_path / "tied.safetensors")
+    sn.load(model, tmp_path / "tied.safetensors")
+    assert torch.equal(model.head.weight, consistent.emb.weight)
+    # One module used at two places: untie cannot help, the message says what can.
+    lin = nn.Linear(3, 3)
+    sn.save(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)), tmp_path / "two.safetensors")
+    with pytest.raises(ValueError, match="a module of its own at each place"):
+        sn.load(nn.Sequential(lin, lin), tmp_path / "two.safetensors")

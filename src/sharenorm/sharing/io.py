@@ -43,6 +43,7 @@ from sharenorm.sharing.tie import (
     TRANSFORMS,
     _in_state_dict,
     _join,
+    _mismatch,
     _module_paths,
     _same_storage,
     _view_transform,
@@ -270,7 +271,9 @@ def load(
         ValueError: a corrupted or truncated file (unreadable header, checksum mismatch, bad
             manifest); a model of another architecture (missing/unexpected names, other shapes);
             a manifest tie that the model contradicts (tied differently, or shapes that cannot
-            tie).
+            tie); two different values in the file for names that the model shares by torch's
+            means (one ``nn.Parameter`` under two names; e.g. a checkpoint of an untied model).
+            All raised before anything is loaded.
         RuntimeError: from ``load_state_dict``, when the file stores two names the model ties
             with values that differ (e.g. a checkpoint of an untied model), naming the tie.
 
@@ -326,13 +329,31 @@ def load(
 
     # 2. The full set of values: stored tensors plus every derived name.
     full = dict(tensors)
+    conflicts: list[str] = []
     for e in manifest:
         full.setdefault(e["target"], apply_transform(full[e["source"]], e["transform"]))
     for group in ties(model):  # e.g. a save_model file: one name of each shared group kept
         present = [n for n in group.names if n in full]
         if present:
-            first = present[0]
+            # Names that share one tensor by torch's means (not sharenorm.tie, whose targets
+            # load_state_dict checks, naming the tie) must hold one value in the file: with two
+            # (e.g. a file of an untied model) one would silently win.
+            ties_ = {n for n, _, how in group.members if how == "tie"}
+            plain = [n for n in present if n not in ties_]
+            first = (plain or present)[0]
             base = apply_transform(full[first], group.transform_of(first))  # the source's value
+            for n in plain[1:]:
+                problem = _mismatch(full[n], apply_transform(base, group.transform_of(n)))
+                if not problem:
+                    continue
+                fix = f"give {n!r} its own tensor: sharenorm.untie(model, {n!r})"
+                if resolve(model, n) == resolve(model, first):  # one module used twice
+                    fix = "build the model with a module of its own at each place"
+                conflicts.append(
+                    f"the file holds different values for {first!r} and {n!r} ({problem}), "
+                    f"which the model shares (one tensor); load it into a model without that "
+                    f"sharing, or {fix}"
+                )
             for n in group.names:
                 if n in names:  # not a derived source (e.g. a parametrized weight)
                     full.setdefault(n, apply_transform(base, group.transform_of(n)))
@@ -366,6 +387,8 @@ def load(
             f"checkpoint {path!r} does not match the model ({type(model).__name__}); is it a "
             f"checkpoint of another architecture? " + " | ".join(errors)
         )
+    if conflicts:
+        raise ValueError(f"checkpoint {path!r} cannot load into the model: " + " | ".join(conflicts))
 
     # 4. Re-create the ties, then load.
     for target, source, transform in to_tie:
