@@ -712,3 +712,24 @@ def test_deepcopy_keeps_a_tie_whose_source_is_held_by_any_container(hold, get):
         enc.weight.add_(1)
     assert torch.equal(dec.weight, enc.weight.T)
     assert not torch.equal(enc.weight, model.pair.enc.weight)
+
+
+@pytest.mark.parametrize("cls", [nn.Embedding, nn.EmbeddingBag])
+def test_a_sparse_embedding_cannot_be_a_transposed_target(cls):
+    # Its sparse gradient cannot flow back through the transpose (a cryptic error in backward).
+    m = nn.ModuleDict({"lin": nn.Linear(7, 5), "emb": cls(7, 5, sparse=True)})
+    with pytest.raises(ValueError, match="sparse=False"):
+        sn.tie(m, "emb.weight", "lin.weight", "transpose")
+    assert "weight" in m.emb._parameters  # refused before changing anything
+    # ... nor become one when its identity source is later tied transposed.
+    m = nn.ModuleDict({"a": nn.Linear(5, 7), "emb": cls(7, 5, sparse=True), "b": nn.Linear(7, 5)})
+    sn.tie(m, "emb.weight", "a.weight")
+    with pytest.raises(ValueError, match="sparse=False"):
+        sn.tie(m, "a.weight", "b.weight", "transpose")
+    sn.verify_ties(m)
+    # Identity ties work, and a sparse embedding can be a transposed source.
+    x = torch.tensor([[1, 2]])
+    (m.emb(x).sum() + m.a(torch.randn(2, 5)).sum()).backward()
+    m = nn.ModuleDict({"lin": nn.Linear(7, 5), "emb": cls(7, 5, sparse=True)})
+    sn.tie(m, "lin.weight", "emb.weight", "transpose")
+    (m.emb(x).sum() + m.lin(torch.randn(2, 7)).sum()).backward()

@@ -662,7 +662,8 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     Raises:
         ValueError: unknown names (with close names suggested), a tensor tied to itself, a cycle,
             a target that is already tied, shapes/dtypes/devices that do not match (both shapes
-            shown), a parameter tied to a buffer.
+            shown), a parameter tied to a buffer, a transposed tie into an embedding with
+            ``sparse=True`` (its sparse gradient cannot flow back through a transpose).
 
     Example:
         >>> import torch, sharenorm as sn
@@ -708,6 +709,7 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
             f"weight references (_flat_weights) that a tie cannot keep current; use it as the "
             f"source of the tie instead, or sharenorm.SharedRNN"
         )
+    _check_sparse(tmod, target, root_transform)
     tkind, skind = _kind(tmod, tattr), _kind(root_mod, root_attr)
     if tkind != skind:
         raise ValueError(
@@ -745,14 +747,20 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
 
     # Other ties that read the target (it was a source) now read the target's new source,
     # and their declarations say so.
+    readers = [
+        (mpath, m, name, link)
+        for mpath, m in model.named_modules()
+        for name, link in (m.__dict__.get(_LINKS) or {}).items()
+        if link.module is tmod and link.name == tattr
+    ]
+    for mpath, m, name, link in readers:
+        _check_sparse(m, _join(mpath, name), compose(root_transform, link.transform))
     paths = _module_paths(model)
-    for mpath, m in model.named_modules():
-        for link in (m.__dict__.get(_LINKS) or {}).values():
-            if link.module is tmod and link.name == tattr:
-                link.module, link.name = root_mod, root_attr
-                link.transform = compose(root_transform, link.transform)
-                link.hint = root_hint
-                _register_root_hooks(_path_to_common_ancestor(model, mpath, paths[id(root_mod)]))
+    for mpath, _, _, link in readers:
+        link.module, link.name = root_mod, root_attr
+        link.transform = compose(root_transform, link.transform)
+        link.hint = root_hint
+        _register_root_hooks(_path_to_common_ancestor(model, mpath, paths[id(root_mod)]))
     moved = {}
     for mpath, m in model.named_modules():
         declared = m.__dict__.get(_DECLARED)
@@ -793,6 +801,18 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     model.__dict__[_DECLARED] = declared
     _register_root_hooks(chain)
     return model
+
+
+def _check_sparse(module: nn.Module, target: str, transform: str | None) -> None:
+    """Refuse a transposed tie into an embedding with ``sparse=True``: its backward makes a
+    sparse gradient for the weight, which cannot flow back through the transpose (torch fails
+    inside backward with "sparse transpose: transposed dimensions must be sparse")."""
+    if transform == "transpose" and getattr(module, "sparse", False) is True:
+        raise ValueError(
+            f"cannot make {target!r} a transposed tie target: its {_base_class(module).__name__} "
+            f"has sparse=True, and a sparse gradient cannot flow back through a transpose; tie "
+            f"it without transform (to a tensor of its own shape), or build it with sparse=False"
+        )
 
 
 def _register_root_hooks(chain: list[nn.Module]) -> None:
