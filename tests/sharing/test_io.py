@@ -391,3 +391,27 @@ def test_load_refuses_values_that_contradict_plain_torch_sharing(share, tmp_path
     sn.save(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)), tmp_path / "two.safetensors")
     with pytest.raises(ValueError, match="a module of its own at each place"):
         sn.load(nn.Sequential(lin, lin), tmp_path / "two.safetensors")
+
+
+class WithExtraState(nn.Linear):
+    def __init__(self, extra):
+        super().__init__(3, 3)
+        self.extra = extra
+
+    def get_extra_state(self):
+        return self.extra
+
+    def set_extra_state(self, state):
+        self.extra = state
+
+
+def test_save_of_extra_state(tmp_path):
+    # safetensors stores tensors only (its metadata is str -> str): non-tensor extra state is
+    # refused with the key and the fix; tensor extra state is a tensor like any other.
+    with pytest.raises(ValueError, match=r"'0._extra_state'.*get_extra_state.*torch.save"):
+        sn.save(nn.Sequential(WithExtraState({"step": 3})), tmp_path / "x.safetensors")
+    assert not os.path.exists(tmp_path / "x.safetensors")
+    sn.save(nn.Sequential(WithExtraState(torch.arange(3))), tmp_path / "t.safetensors")
+    fresh = nn.Sequential(WithExtraState(torch.zeros(3)))
+    sn.load(fresh, tmp_path / "t.safetensors")
+    assert torch.equal(fresh[0].extra, torch.arange(3))

@@ -101,6 +101,13 @@ def _stored_and_manifest(model: nn.Module) -> tuple[dict[str, Tensor], list[dict
     for key, t in state.items():
         if key in derived:
             continue
+        if not isinstance(t, Tensor):
+            raise ValueError(
+                f"cannot save {key!r}: it is a {type(t).__name__} (a module's get_extra_state), "
+                f"and safetensors stores only tensors (its metadata is str -> str); return a "
+                f"tensor from get_extra_state, or save this model with "
+                f"torch.save(model.state_dict(), path)"
+            )
         if t.device.type == "meta":
             raise ValueError(
                 f"cannot save {key!r}: it is on the meta device (no values); materialise the "
@@ -388,7 +395,9 @@ def load(
             f"checkpoint of another architecture? " + " | ".join(errors)
         )
     if conflicts:
-        raise ValueError(f"checkpoint {path!r} cannot load into the model: " + " | ".join(conflicts))
+        raise ValueError(
+            f"checkpoint {path!r} cannot load into the model: " + " | ".join(conflicts)
+        )
 
     # 4. Re-create the ties, then load.
     for target, source, transform in to_tie:
