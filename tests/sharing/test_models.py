@@ -60,6 +60,16 @@ def test_tied_autoencoder_errors():
         sn.TiedAutoencoder([5])
     with pytest.raises(ValueError, match="unknown act"):
         sn.TiedAutoencoder([5, 2], activation="relux")
+    for bad in ([5, 2.0], [5, True], [5, 0]):
+        with pytest.raises(ValueError, match="at least two positive ints"):
+            sn.TiedAutoencoder(bad)
+
+
+def test_tied_autoencoder_accepts_numpy_ints():
+    np = pytest.importorskip("numpy")
+    ae = sn.TiedAutoencoder([np.int64(6), np.int32(4)])
+    assert ae.sizes == (6, 4) and all(type(s) is int for s in ae.sizes)
+    assert ae.decoder[0].weight.shape == (6, 4)
 
 
 # ------------------------------------------------------------------------------ SharedStack
@@ -161,6 +171,22 @@ def test_soft_tie_errors():
         sn.SoftTie(m, [("a.weight", "b.weight", "flip")])
     with pytest.raises(ValueError, match="empty"):
         sn.SoftTie(m, [])
+    c = nn.ModuleDict({"enc": nn.Linear(5, 3), "dec": nn.Linear(3, 5)})
+    with pytest.raises(ValueError, match="use transform='transpose'"):
+        sn.SoftTie(c, [("dec.weight", "enc.weight")])
+    for bad in (True, "0.1", float("nan"), torch.tensor(0.1)):
+        with pytest.raises(ValueError, match="strength"):
+            sn.SoftTie(m, [("a.weight", "b.weight")], strength=bad)
+
+
+def test_soft_tie_strength_accepts_numpy_scalars():
+    np = pytest.importorskip("numpy")
+    m = nn.ModuleDict({"a": nn.Linear(3, 3), "b": nn.Linear(3, 3)})
+    for strength in (np.float32(0.25), np.float64(0.25), np.int64(2), 2):
+        soft = sn.SoftTie(m, [("a.weight", "b.weight")], strength=strength)
+        assert type(soft.strength) is float and soft.strength == float(strength)
+        want = float(strength) * (m.a.weight - m.b.weight).square().sum()
+        torch.testing.assert_close(soft.penalty(), want)
 
 
 # ------------------------------------------------------------------------------- counting

@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from sharenorm.norm.activation import apply_activation, check_activation
+from sharenorm.norm.functional import as_count
 from sharenorm.sharing.tie import tie
 
 __all__ = ["TiedAutoencoder"]
@@ -61,16 +62,15 @@ class TiedAutoencoder(nn.Module):
         dtype: Any = None,
     ) -> None:
         super().__init__()
-        sizes = list(sizes) if isinstance(sizes, (list, tuple)) else sizes
-        if (
-            not isinstance(sizes, list)
-            or len(sizes) < 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
-        ):
+        try:  # any integer type torch.nn accepts for a width (numpy's too), as plain ints
+            if not isinstance(sizes, (list, tuple)) or len(sizes) < 2:
+                raise ValueError
+            sizes = [as_count(s, "sizes", "") for s in sizes]
+        except ValueError:
             raise ValueError(
                 f"sizes must be a list of at least two positive ints (input, ..., code), "
                 f"got {sizes!r}"
-            )
+            ) from None
         self.sizes = tuple(sizes)
         self.tied = bool(tied)
         self.activation = check_activation(activation)

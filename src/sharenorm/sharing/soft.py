@@ -10,6 +10,7 @@ decide how different the two may be.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -68,9 +69,14 @@ class SoftTie:
                 )
             shape_b = transformed_shape(tuple(wb.shape), transform)
             if tuple(wa.shape) != shape_b:
+                hint = ""
+                if wa.dim() >= 2 and tuple(wa.shape) == transformed_shape(shape_b, "transpose"):
+                    pair = f"({a!r}, {b!r})" if transform else f"({a!r}, {b!r}, 'transpose')"
+                    hint = f" (use transform={'None' if transform else repr('transpose')}: {pair})"
                 raise ValueError(
                     f"cannot soft-tie {a!r} (shape {tuple(wa.shape)}) to "
-                    f"{b + 'ᵀ' if transform else b!r} (shape {shape_b}); the shapes must be equal"
+                    f"{b + 'ᵀ' if transform else b!r} (shape {shape_b}); the shapes must be "
+                    f"equal{hint}"
                 )
             if wa.dtype != wb.dtype:
                 raise ValueError(
@@ -87,8 +93,9 @@ class SoftTie:
 
     @strength.setter
     def strength(self, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"strength must be a number >= 0, got {value!r}")
+        # Any real number type (numpy's scalars too), not a bool; NaN fails value >= 0.
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+            raise ValueError(f"strength must be a real number >= 0, got {value!r}")
         self._strength = float(value)
 
     def _get(self, name: str, role: str) -> Tensor:
