@@ -54,7 +54,11 @@ other name of the tie gave its value (so a state_dict with one name of a tie nee
 ``strict=False``; ``safetensors.torch.load_model`` relies on this). A source that is not a
 state_dict entry of its own (parametrized by ``weight_norm``/``spectral_norm``, pruned, or a
 non-persistent buffer) is derived from state its module loads itself: the target key is then
-ignored on load. A parametrized attribute can be a tie's source, not its target.
+ignored on load. A parametrized attribute can be a tie's source, not its target: ``tie`` refuses
+a parametrized target, but ``weight_norm``/``spectral_norm``/pruning applied *after* tying to a
+tied target fail inside torch (it finds no parameter of that name: "does not have a parameter",
+``KeyError``, ``TypeError``), and pruning leaves the module half-changed (the source's tensor
+registered as ``weight_orig``); apply them to the source, or ``untie`` the target first.
 
 Limits: a module whose attribute is tied gets a subclass (``type(m) is nn.Linear`` is False,
 ``isinstance`` still holds). ``safetensors.torch.save_model``/``load_model`` work for identity
