@@ -733,3 +733,13 @@ def test_a_sparse_embedding_cannot_be_a_transposed_target(cls):
     m = nn.ModuleDict({"lin": nn.Linear(7, 5), "emb": cls(7, 5, sparse=True)})
     sn.tie(m, "lin.weight", "emb.weight", "transpose")
     (m.emb(x).sum() + m.lin(torch.randn(2, 7)).sum()).backward()
+
+
+def test_data_parallel_replication_of_a_tied_target_is_refused_naming_the_fix():
+    # nn.DataParallel's replicas copy a module's __dict__ shallowly: a tied target's replica
+    # would read its source from the original model (on the first device), not from that
+    # device's replica, and torch gives the hook no way to find the source's replica.
+    model = pair_model("transpose")
+    with pytest.raises(ValueError, match="DistributedDataParallel"):
+        model.dec._replicate_for_data_parallel()
+    model.enc._replicate_for_data_parallel()  # the source is a plain module: replicated as is

@@ -71,7 +71,8 @@ the target's old tensor: build them after tying.
 unpickled module follows a private copy of its source that no model or optimizer holds
 (:func:`verify_ties` says so); deepcopy it instead, or ``untie`` it first.
 ``torch.func.functional_call`` follows ties when given the *source* name (passing the target
-name raises, as assigning to it does). TorchScript (``torch.jit.script``) is not supported;
+name raises, as assigning to it does). ``nn.DataParallel`` over several devices is refused (its
+replicas cannot find their source's replica); use ``DistributedDataParallel``. TorchScript (``torch.jit.script``) is not supported;
 ``torch.compile`` is.
 """
 
@@ -391,6 +392,21 @@ def _tied_deepcopy(self: nn.Module, memo: dict) -> nn.Module:
     return y
 
 
+def _tied_replicate_for_data_parallel(self: nn.Module) -> nn.Module:
+    # torch.nn.parallel.replicate (nn.DataParallel) copies __dict__ shallowly and re-points
+    # each replica's children and parameters through a map it keeps to itself: the replica's
+    # link would still read the original source on the first device, and nothing here can
+    # find the source's replica. Refuse rather than crash on a device mismatch (or read the
+    # original parameter instead of the replica's broadcast copy).
+    names = ", ".join(map(repr, self.__dict__[_LINKS]))
+    raise ValueError(
+        f"nn.DataParallel cannot replicate a tied {self._sharenorm_base.__name__} ({names} "
+        f"computed from another module): its replicas would read the source on the first "
+        f"device; use torch.nn.parallel.DistributedDataParallel (one process per device, ties "
+        f"train correctly under it), or sharenorm.untie the target first"
+    )
+
+
 def _tied_extra_repr(self: nn.Module) -> str:
     base = self._sharenorm_base.extra_repr(self)
     links = self.__dict__.get(_LINKS, {})
@@ -441,6 +457,7 @@ def _tied_class(base: type, names: tuple[str, ...]) -> type:
             _save_to_state_dict=_tied_save_to_state_dict,
             _load_from_state_dict=_tied_load_from_state_dict,
             extra_repr=_tied_extra_repr,
+            _replicate_for_data_parallel=_tied_replicate_for_data_parallel,
             __module__=base.__module__,
         )
         if callable(getattr(base, "reset_parameters", None)):
