@@ -263,7 +263,7 @@ def _tied_load_from_state_dict(
     for name, link in links.items():
         key = prefix + name
         if key not in state_dict:
-            if link.persistent:
+            if link.persistent and strict:  # torch's condition for reporting a missing key
                 absent.append(key)
             continue
         value = state_dict.pop(key)
@@ -560,7 +560,8 @@ def _root_load_pre_hook(
                 # shared pair): the source is T⁻¹(value); both transforms are involutions. Its
                 # key is still reported missing, as torch does for a shared parameter.
                 state_dict[skey] = apply_transform(value, link.transform).contiguous()
-                missing_keys.append(skey)
+                if strict:
+                    missing_keys.append(skey)
 
 
 def _in_state_dict(module: nn.Module, name: str) -> bool:
