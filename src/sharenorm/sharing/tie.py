@@ -65,15 +65,15 @@ Limits: a module whose attribute is tied gets a subclass (``type(m) is nn.Linear
 ties, not for a transposed one: ``save_model`` rejects its non-contiguous view, and
 ``load_model`` into a model with a transposed tie fails inside safetensors with "view size is
 not compatible with input tensor's size and stride"; use :func:`sharenorm.save` and
-:func:`sharenorm.load`. Optimizers built before ``tie`` still hold
-the target's old tensor: build them after tying.
+:func:`sharenorm.load`. Optimizers built before ``tie`` still hold the target's old tensor:
+build them after tying.
 ``pickle``/``torch.save`` of a tied target module *alone* cannot see the model around it: the
 unpickled module follows a private copy of its source that no model or optimizer holds
 (:func:`verify_ties` says so); deepcopy it instead, or ``untie`` it first.
 ``torch.func.functional_call`` follows ties when given the *source* name (passing the target
-name raises, as assigning to it does). ``nn.DataParallel`` over several devices is refused (its
-replicas cannot find their source's replica); use ``DistributedDataParallel``. TorchScript (``torch.jit.script``) is not supported;
-``torch.compile`` is.
+name raises, as assigning to it does). ``nn.DataParallel`` is refused when it replicates a tied
+module (a replica cannot find its source's replica); use ``DistributedDataParallel``.
+TorchScript (``torch.jit.script``) is not supported; ``torch.compile`` is.
 """
 
 from __future__ import annotations
@@ -953,6 +953,8 @@ def replace_modules(model: nn.Module, new_of: dict[int, nn.Module]) -> None:
         ValueError: before anything changes, for a tie or sharing only one side of which
             survives, or a tie whose other side lies outside ``model`` (naming the fix).
     """
+    if not new_of:
+        return
     if id(model) in new_of:
         raise ValueError("replace_modules replaces submodules; the model itself has no place")
     places: dict[int, list[str]] = {}
@@ -987,7 +989,8 @@ def replace_modules(model: nn.Module, new_of: dict[int, nn.Module]) -> None:
             )
         return False
 
-    # Where each tie was declared: {(id(target module), attribute): (declaring module, path)}.
+    # Where each tie was declared:
+    # {(id(target module), attribute): (declaring module, its path, target relative to it)}.
     declared_at: dict[tuple[int, str], tuple[nn.Module, str, str]] = {}
     for dpath, d in model.named_modules():
         for rel in d.__dict__.get(_DECLARED) or {}:
