@@ -276,3 +276,50 @@ def test_convert_refuses_to_drop_a_tie_it_cannot_keep():
             sn.convert_norm(part, "group", num_groups=1)
     sn.convert_norm(outer, "group", num_groups=1)
     sn.verify_ties(outer)
+
+
+@pytest.mark.parametrize("gn", [nn.GroupNorm(8, 64), sn.GroupNorm(8, 64, act="silu")],
+                         ids=["torch", "sharenorm"])
+def test_group_norm_to_group_norm_keeps_its_group_count(gn):
+    net = nn.Sequential(nn.Conv2d(3, 64, 3), gn)
+    randomize_affine(net[1])
+    x = torch.randn(2, 3, 8, 8)
+    before = net(x)
+    sn.convert_norm(net, "gn")
+    assert isinstance(net[1], sn.GroupNorm) and net[1].num_groups == 8
+    torch.testing.assert_close(net(x), before)
+    sn.convert_norm(net, "gn", num_groups=4)  # an explicit count still wins
+    assert net[1].num_groups == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_layer_without_tensors_takes_the_models_dtype(dtype):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.InstanceNorm2d(4)).to(dtype)
+    sn.convert_norm(net, "bn")
+    assert net[1].weight is None and net[1].running_var.dtype == dtype  # affine=False kept
+    assert net(torch.randn(2, 3, 6, 6, dtype=dtype)).dtype == dtype
+
+
+@pytest.mark.parametrize("old", [nn.SyncBatchNorm(4), nn.GroupNorm(2, 4)],
+                         ids=["syncbn", "gn"])
+def test_layers_of_any_rank_convert_to_the_rank_given(old):
+    net = nn.Sequential(nn.Conv1d(3, 4, 3), copy.deepcopy(old))
+    report = sn.convert_norm(net, "bn")  # no dim: images assumed, and the report says so
+    assert type(net[1]) is sn.BatchNorm2d
+    assert "2-d images assumed, pass dim=1 or dim=3" in str(report)
+    net = nn.Sequential(nn.Conv1d(3, 4, 3), copy.deepcopy(old))
+    report = sn.convert_norm(net, "bn", dim=1)
+    assert type(net[1]) is sn.BatchNorm1d and "assumed" not in str(report)
+    assert net(torch.randn(2, 3, 8)).shape == (2, 4, 6)
+    # a layer whose class names its rank keeps it whatever dim says
+    net = nn.Sequential(nn.BatchNorm1d(4), nn.BatchNorm2d(4))
+    sn.convert_norm(net, "bn", dim=3)
+    assert [type(m) for m in net] == [sn.BatchNorm1d, sn.BatchNorm2d]
+
+
+def test_an_uninitialized_lazy_norm_names_the_fix():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LazyBatchNorm2d())
+    with pytest.raises(ValueError, match="lazy layer .* run one forward pass"):
+        sn.convert_norm(net, "gn", num_groups=2)
+    net(torch.randn(2, 3, 6, 6))  # initialized: converts
+    assert type(sn.convert_norm(net, "gn", num_groups=2).model[1]) is sn.GroupNorm

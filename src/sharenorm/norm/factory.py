@@ -161,6 +161,7 @@ class Change:
     old: str
     new: str
     kept: tuple[str, ...]
+    note: str = ""
 
 
 @dataclass
@@ -183,7 +184,8 @@ class ConversionReport:
         lines = [f"convert_norm: {len(self.changes)} layer(s) changed"]
         for c in self.changes:
             kept = ", ".join(c.kept) if c.kept else "nothing"
-            lines.append(f"  {c.name or '<model>'}: {c.old} -> {c.new} (kept {kept})")
+            note = f"; {c.note}" if c.note else ""
+            lines.append(f"  {c.name or '<model>'}: {c.old} -> {c.new} (kept {kept}{note})")
         return "\n".join(lines)
 
 
@@ -193,12 +195,14 @@ def _is_norm(m: nn.Module) -> bool:
     )
 
 
-def _spatial_dims(m: nn.Module, default: int) -> int:
+def _spatial_dims(m: nn.Module) -> int | None:
+    """The spatial rank a layer's class names (BatchNorm2d: 2), None where it takes any
+    (GroupNorm, SyncBatchNorm)."""
     name = type(m).__name__
     for d in (1, 2, 3):
         if name.endswith(f"{d}d"):
             return d
-    return default
+    return None
 
 
 def _same_kind(old: nn.Module, kind: str) -> bool:
@@ -210,8 +214,15 @@ def _same_kind(old: nn.Module, kind: str) -> bool:
 
 
 def _convert_one(
-    old: nn.Module, kind: str, dim: int, kw: dict
-) -> tuple[nn.Module, tuple[str, ...]]:
+    old: nn.Module, kind: str, dim: int | None, kw: dict, like: Tensor | None
+) -> tuple[nn.Module, tuple[str, ...], str]:
+    """The new layer, the names carried over, and a note for the report. ``like``: a
+    tensor of the model whose device and dtype a layer without tensors of its own takes."""
+    if isinstance(old, nn.modules.lazy.LazyModuleMixin) and old.has_uninitialized_params():
+        raise ValueError(
+            f"{type(old).__name__} is a lazy layer whose channel count is not known yet: run "
+            "one forward pass (model(example_input)) first, then convert_norm"
+        )
     channels = getattr(old, "num_features", None) or old.num_channels
     params = {}
     # act, memory_efficient and backend exist on sharenorm layers only.
@@ -226,15 +237,25 @@ def _convert_one(
     # IN→IN). BatchRenorm always tracks (it corrects towards the running statistics).
     if _same_kind(old, kind) and kind != "renorm" and hasattr(old, "track_running_stats"):
         params["track_running_stats"] = old.track_running_stats
+    # GroupNorm → GroupNorm keeps its group count (the default count would change the
+    # layer's output although γ/β are copied).
+    if kind == "group" and isinstance(old, (GroupNorm, nn.GroupNorm)):
+        if "num_groups" not in kw and "group_size" not in kw:
+            params["num_groups"] = old.num_groups
     if kind == "none":
         params = {k: v for k, v in params.items() if k in ("act", "act_param")}
     params.update(kw)
-    ref = (
-        old.weight
-        if getattr(old, "weight", None) is not None
-        else getattr(old, "running_mean", None)
-    )
-    new = make_norm(kind, channels, dim=_spatial_dims(old, dim), **params)
+    own = [t for t in (*old.parameters(recurse=False), *old.buffers(recurse=False))
+           if t.is_floating_point()]
+    ref = own[0] if own else like
+    note = ""
+    rank = _spatial_dims(old) or dim
+    if rank is None:
+        rank = 2
+        if kind in ("batch", "renorm", "instance"):
+            note = (f"{type(old).__name__} takes any rank: 2-d images assumed, pass dim=1 or "
+                    "dim=3 for other inputs")
+    new = make_norm(kind, channels, dim=rank, **params)
     if ref is not None:
         new = new.to(device=ref.device, dtype=ref.dtype)
     new.train(old.training)
@@ -253,14 +274,14 @@ def _convert_one(
                 if isinstance(src, Tensor) and isinstance(dst, Tensor):
                     dst.copy_(src)
                     kept.append(name)
-    return new, tuple(kept)
+    return new, tuple(kept), note
 
 
 def _describe(m: nn.Module) -> str:
     return f"{type(m).__name__}({m.extra_repr()})" if m.extra_repr() else type(m).__name__
 
 
-def convert_norm(model: nn.Module, kind: str, *, dim: int = 2, **kw) -> ConversionReport:
+def convert_norm(model: nn.Module, kind: str, *, dim: int | None = None, **kw) -> ConversionReport:
     """Swap every channel-first norm layer in ``model`` (torch.nn or sharenorm BatchNorm,
     InstanceNorm, GroupNorm; nested anywhere, in Sequential/ModuleList/ModuleDict) for
     ``kind``, in place.
@@ -269,8 +290,13 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int = 2, **kw) -> Conversi
     ``bias=False``, gives one without β); running statistics and
     ``track_running_stats`` are kept between layers of the same kind (BN→BN, IN→IN;
     BatchRenorm always tracks them). ``eps``, ``affine``, ``momentum``, ``act``,
-    ``memory_efficient`` and ``backend`` carry over unless given in ``kw``. The new
-    layer is placed on the old one's device and dtype and in its train/eval mode.
+    ``memory_efficient`` and ``backend`` carry over unless given in ``kw``, and so does a
+    GroupNorm's ``num_groups`` when the new layer is one. The new layer is placed on the
+    old one's device and dtype (a layer with no tensors, like InstanceNorm without
+    ``affine``, takes the model's first floating tensor's) and in its train/eval mode.
+    A BatchNorm/InstanceNorm layer made keeps the old layer's spatial rank (BatchNorm1d:
+    1); for old layers that take any rank (GroupNorm, SyncBatchNorm) it is ``dim`` (1, 2
+    or 3), and when ``dim`` is not given 2-d images are assumed and the report says so.
     ``nn.LayerNorm`` (trailing-dims norm) is not touched.
 
     A layer used at several places is converted once (one report entry, under its first name)
@@ -304,18 +330,20 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int = 2, **kw) -> Conversi
                 f"{link.hint}, which lies outside it; convert the model that holds both, or "
                 f"sharenorm.untie(model, '...{name}') first"
             )
-        new, kept = _convert_one(model, kind, dim, dict(kw))
+        new, kept, note = _convert_one(model, kind, dim, dict(kw), None)
         report.model = new
-        report.changes.append(Change("", _describe(model), _describe(new), kept))
+        report.changes.append(Change("", _describe(model), _describe(new), kept, note))
         return report
     # Each norm once (a module used at several places is one layer), by its first name; then
     # replace_modules puts the new layer at every place and keeps the ties and sharing of the
     # old ones (a SharedStack's copies stay tied to copy 0).
+    like = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()),
+                None)
     new_of: dict[int, nn.Module] = {}
     for name, old in model.named_modules(remove_duplicate=False):
         if name and _is_norm(old) and id(old) not in new_of:
-            new, kept = _convert_one(old, kind, dim, dict(kw))
+            new, kept, note = _convert_one(old, kind, dim, dict(kw), like)
             new_of[id(old)] = new
-            report.changes.append(Change(name, _describe(old), _describe(new), kept))
+            report.changes.append(Change(name, _describe(old), _describe(new), kept, note))
     replace_modules(model, new_of)
     return report
