@@ -215,6 +215,18 @@ def test_convert_sync_batchnorm_keeps_everything():
         sn.convert_sync_batchnorm("net")
 
 
+def test_convert_sync_batchnorm_of_a_layer_used_twice_and_a_tied_stack():
+    bn = nn.BatchNorm2d(4)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), bn, nn.Conv2d(4, 4, 1), bn)
+    sn.convert_sync_batchnorm(net)
+    assert type(net[1]) is sn.SyncBatchNorm and net[3] is net[1]
+    stack = sn.SharedStack(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)), 3)
+    count = sn.count_parameters(stack)
+    sn.convert_sync_batchnorm(stack)
+    assert sn.count_parameters(stack) == count
+    sn.verify_ties(stack)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="at least 2 dims"):
         sn.SyncBatchNorm(3)(torch.randn(3))

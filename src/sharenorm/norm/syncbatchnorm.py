@@ -324,7 +324,9 @@ def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> nn.Mo
     """Replace every BatchNorm layer of ``model`` (torch.nn's BatchNorm1d/2d/3d and
     SyncBatchNorm, sharenorm's BatchNorm1d/2d/3d) by :class:`SyncBatchNorm`, in place,
     keeping γ, β (and their ``requires_grad``), running statistics, ``num_batches_tracked``,
-    eps, momentum, affine, ``act``, device, dtype and train/eval mode. Returns the model
+    eps, momentum, affine, ``act``, device, dtype and train/eval mode. A layer used at
+    several places is converted once and placed at each; ties and torch sharing that
+    involve a converted layer are kept (as by :func:`sharenorm.convert_norm`). Returns the model
     (a new module only when ``model`` itself is a BatchNorm layer). BatchRenorm and
     layers that are already SyncBatchNorm are left alone.
 
@@ -340,6 +342,7 @@ def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> nn.Mo
         'SyncBatchNorm'
     """
     from sharenorm.norm.factory import _convert_one
+    from sharenorm.sharing.tie import replace_modules
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert_sync_batchnorm expects an nn.Module, got {type(model).__name__}")
@@ -349,14 +352,15 @@ def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> nn.Mo
             "track_running_stats": old.track_running_stats,
             "bias": not old.affine or old.bias is not None,
         }
-        return _convert_one(old, "sync", 2, kw)[0]
+        return _convert_one(old, "sync", None, kw, None)[0]
 
     if _is_convertible(model):
         return convert(model)
-    # Collect first, then replace, so the walk never sees a half-converted tree.
-    targets = [(name, m) for name, m in model.named_modules() if name and _is_convertible(m)]
-    for name, old in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, convert(old))
+    # Each layer once, then put at every place it has, keeping ties and torch sharing (as
+    # convert_norm does): collecting first means the walk never sees a half-converted tree.
+    new_of: dict[int, nn.Module] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if name and _is_convertible(m) and id(m) not in new_of:
+            new_of[id(m)] = convert(m)
+    replace_modules(model, new_of)
     return model
