@@ -527,3 +527,63 @@ def test_first_triton_call_inside_torch_compile():
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ok 1" in out.stdout
+
+
+# Inputs whose size-1 dims carry odd strides (is_contiguous ignores them): the transpose
+# of a (.., 1, 5) tensor to (.., 5, 1), and a channels-last one with H = W = 1.
+ODD_STRIDES = [
+    lambda: _input((2, 4, 1, 5)).transpose(2, 3),
+    lambda: _input((2, 4, 3, 1, 5)).transpose(3, 4),
+    lambda: _input((3, 4, 1, 1), channels_last=True),
+]
+
+
+@pytest.mark.parametrize("make", ODD_STRIDES, ids=["last-dim-1", "3d-last-dim-1", "cl-1x1"])
+@pytest.mark.parametrize("op", ["bn", "gn", "in"])
+def test_size_one_dims_with_odd_strides(make, op):
+    """The kernels address a dense copy with canonical strides: the raw strides of such an
+    input used as its spatial stride read and wrote past the end of the tensor."""
+    x = make()
+    assert x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+    if op == "in" and x[0, 0].numel() == 1:
+        pytest.skip("InstanceNorm needs more than one spatial element")
+    w, b = torch.rand(4) + 0.5, torch.randn(4)
+
+    def run(backend):
+        xi, wi, bi = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+        if op == "bn":
+            y = SF.batch_norm(xi, None, None, wi, bi, True, act="silu", backend=backend)
+        elif op == "gn":
+            y = SF.group_norm(xi, 2, wi, bi, act="silu", backend=backend)
+        else:
+            y = SF.instance_norm(xi, weight=wi, bias=bi, act="silu", backend=backend)
+        g = torch.linspace(-1, 1, y.numel()).view(y.shape)
+        return (y, *torch.autograd.grad(y, (xi, wi, bi), g))
+
+    for got, want in zip(run("triton"), run("torch"), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("op", ["bn", "gn"])
+def test_a_nan_input_shows_in_the_output(op, channels_last, act):
+    """As in torch: NaN in, NaN out over its statistic, whatever the activation (relu and
+    elu as fmax/fmin turned it into 0)."""
+    x = _input((3, 4, 3, 3), channels_last=channels_last)
+    x[1, 2, 0, 1] = float("nan")
+    kw = {"act": act}
+    outs = [
+        SF.batch_norm(x, None, None, training=True, backend=be, **kw) if op == "bn"
+        else SF.group_norm(x, 2, backend=be, **kw)
+        for be in ("triton", "torch")
+    ]
+    assert torch.equal(outs[0].isnan(), outs[1].isnan()) and outs[1].isnan().any()
+
+
+def test_a_view_input_keeps_only_its_own_elements_for_backward():
+    big = _input((2, 8, 4, 4)).requires_grad_(True)
+    h = big.chunk(2, dim=1)[0]
+    _, saved = fused.saved_tensor_bytes(
+        lambda: SF.group_norm(h, 2, act="silu", memory_efficient=True, backend="triton"))
+    assert saved <= h.numel() * 4 + 1024  # the chunk (and small statistics), not its base

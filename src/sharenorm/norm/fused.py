@@ -731,8 +731,13 @@ def _triton_ops():
 
 def _triton_forward(x, weight, bias, mean_in, var_in, groups, eps, act, act_param, batch):
     p = default_param(act, act_param)
-    return _triton_ops().norm_act_fwd(
-        x, weight, bias, mean_in, var_in, groups, float(eps), act or "identity",
+    ops = _triton_ops()
+    from sharenorm.norm.kernels.norm_act import dense
+
+    # The op keeps its input for backward: the dense copy the kernels read, not a view's
+    # whole base (a chunk of a larger tensor would keep all of it alive).
+    return ops.norm_act_fwd(
+        dense(x), weight, bias, mean_in, var_in, groups, float(eps), act or "identity",
         0.0 if p is None else float(p), batch,
     )
 

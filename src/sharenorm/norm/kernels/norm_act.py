@@ -75,12 +75,14 @@ _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 @triton.jit
 def _act(z, ACT: tl.constexpr, param):
     """act(z) for fp32 z."""
+    # relu and elu select with z ≤ 0 so that a NaN takes the other branch, z itself (as
+    # in torch); tl.maximum would return 0 for it (fmax), hiding a NaN batch.
     if ACT == 1:
-        y = tl.maximum(z, 0.0)
+        y = tl.where(z <= 0, 0.0, z)
     elif ACT == 2:
         y = tl.where(z > 0, z, z * param)
     elif ACT == 3:
-        y = tl.where(z > 0, z, param * (tl.exp(tl.minimum(z, 0.0)) - 1.0))
+        y = tl.where(z <= 0, param * (tl.exp(tl.minimum(z, 0.0)) - 1.0), z)
     elif ACT == 4:
         y = z / (1.0 + tl.exp(-z))
     elif ACT == 5:
@@ -100,12 +102,13 @@ def _act(z, ACT: tl.constexpr, param):
 @triton.jit
 def _act_grad(z, ACT: tl.constexpr, param):
     """act'(z) for fp32 z (the same one-sided choices as torch at the kinks)."""
+    # NaN takes the branch torch's relu/elu backwards give it: the gradient passes
     if ACT == 1:
-        d = tl.where(z > 0, 1.0, 0.0)
+        d = tl.where(z <= 0, 0.0, 1.0)
     elif ACT == 2:
         d = tl.where(z > 0, 1.0, param)
     elif ACT == 3:
-        d = tl.where(z > 0, 1.0, param * tl.exp(tl.minimum(z, 0.0)))
+        d = tl.where(z <= 0, param * tl.exp(tl.minimum(z, 0.0)), 1.0)
     elif ACT == 4:
         s = 1.0 / (1.0 + tl.exp(-z))
         d = s * (1.0 + z * (1.0 - s))
@@ -785,6 +788,28 @@ def layout(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+_ORDER = {  # dims from innermost to outermost
+    torch.channels_last: (1, 3, 2, 0),
+    torch.channels_last_3d: (1, 4, 3, 2, 0),
+}
+
+
+def dense(x: Tensor) -> Tensor:
+    """``x`` dense in :func:`layout` with the canonical strides the kernels' index math
+    assumes. ``is_contiguous`` ignores the stride of a size-1 dim: a (2, 4, 1, 5) tensor
+    transposed to (2, 4, 5, 1) is "contiguous" with stride 5 on its last dim, which read
+    as the spatial stride would address past the end of the tensor."""
+    fmt = layout(x)
+    x = x.contiguous(memory_format=fmt)
+    strides, step = [0] * x.dim(), 1
+    for d in _ORDER.get(fmt, range(x.dim() - 1, -1, -1)):
+        strides[d] = step
+        step *= max(x.shape[d], 1)
+    if list(x.stride()) != strides:
+        x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt).copy_(x)
+    return x
+
+
 class _Geometry:
     """Where the elements of each statistic lie and how the tiles and split are cut."""
 
@@ -852,7 +877,7 @@ def _stats(x: Tensor, geo: _Geometry, eps: float) -> tuple[Tensor, Tensor, Tenso
 
 def _channels_innermost(x: Tensor) -> bool:
     """Dense with the channels innermost (channels-last, or an (N, C) matrix): the
-    rows × channels kernels apply. (Call after ``x.contiguous(memory_format=layout(x))``.)"""
+    rows × channels kernels apply. (Call after :func:`dense`.)"""
     return x.shape[1] > 1 and (x.dim() == 2 or layout(x) != torch.contiguous_format)
 
 
@@ -950,7 +975,7 @@ def norm_act_forward(
     override the tile size and the number of programs per statistic (tests use them to
     exercise multi-tile and split paths on tiny inputs). ``y`` has ``x``'s layout.
     """
-    x = x.contiguous(memory_format=layout(x))
+    x = dense(x)
     weight, bias = _dense(weight), _dense(bias)
     if _channels_innermost(x):
         rows = _Rows(x, groups, batch, tile, split)
@@ -1002,9 +1027,8 @@ def norm_act_backward(
     came from the batch (``training``), ``dx = r·g`` when they were given (eval);
     ``dγ = Σ dz·x̂``, ``dβ = Σ dz`` per channel. ``dγ``/``dβ`` are fp32 of shape (C,).
     """
-    fmt = layout(x)
-    x = x.contiguous(memory_format=fmt)
-    dy = dy.contiguous(memory_format=fmt)
+    x = dense(x)
+    dy = dy.contiguous(memory_format=layout(x))
     if dy.stride() != x.stride():  # size-1 dims can make equal layouts differ in strides
         dy = torch.empty_like(x).copy_(dy)
     mean = mean.float().contiguous()
