@@ -284,9 +284,15 @@ def launch(
     ]
     # The child processes inherit the environment; the spawn method re-imports the
     # parent's __main__ and sys.path, so ``fn`` from a test module is found.
+    # OMP_NUM_THREADS=1 for them only: the caller's own environment is put back.
+    omp = os.environ.get("OMP_NUM_THREADS")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    for p in procs:
-        p.start()
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        if omp is None:
+            del os.environ["OMP_NUM_THREADS"]
     out: dict[int, Any] = {}
     deadline = time.monotonic() + timeout
     try:
@@ -332,6 +338,20 @@ def launch(
                 except queue_mod.Empty:
                     pass
                 also = "".join(f"\n(then {e})" for e in echoes)
+                # A rank that died without a word (killed, os._exit, a native crash) is the
+                # root cause of its peers' "connection reset": name it first.
+                time.sleep(0.2)
+                reported = {rank} | {int(e.split(":")[0].split()[1]) for e in echoes}
+                dead = [
+                    r for r, p in enumerate(procs)
+                    if r not in out and r not in reported and p.exitcode not in (None, 0)
+                ]
+                if dead:
+                    raise DistributedError(
+                        f"launch: rank {dead[0]} of {world_size} exited with code "
+                        f"{procs[dead[0]].exitcode} without a result (killed, os._exit or a "
+                        f"crash in native code); then rank {rank} raised {payload}{also}"
+                    )
                 raise DistributedError(
                     f"launch: rank {rank} of {world_size} raised {payload}{also}"
                 )

@@ -9,10 +9,12 @@ processes (one spawn runs every multi-rank case, since a process start costs sec
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from norm_testing import make_input, randomize_affine
 from torch import nn
 
@@ -300,6 +302,10 @@ def _multi_rank(rank: int, world: int) -> dict:
         }
     # An initialised group makes the layer synchronise; check the group really is 3-wide.
     results["world"] = snd.world_size()
+    # A group of ranks 0 and 1: rank 2, outside it, normalizes its own batch (as torch.nn).
+    pair = dist.new_group([0, 1])
+    x = torch.arange(12.0, dtype=torch.float64).view(4, 3) * (rank + 1)
+    results["pair"] = sn.SyncBatchNorm(3, process_group=pair).double()(x).detach()
     return results
 
 
@@ -346,7 +352,25 @@ def test_three_ranks_equal_batchnorm_on_concatenated_batch(multi_results, case):
         lo = hi
 
 
+def test_a_rank_outside_the_process_group_does_not_synchronise(multi_results):
+    xs = [torch.arange(12.0, dtype=torch.float64).view(4, 3) * (r + 1) for r in range(3)]
+    pair = F.batch_norm(torch.cat(xs[:2]), None, None, training=True)
+    torch.testing.assert_close(torch.cat([r["pair"] for r in multi_results[:2]]), pair)
+    alone = F.batch_norm(xs[2], None, None, training=True)
+    torch.testing.assert_close(multi_results[2]["pair"], alone)
+
+
 # ----------------------------------------------------------------------------- failures
+
+
+def _example_world(rank: int, world: int) -> int:
+    return snd.world_size()
+
+
+def _rank_one_dies(rank: int, world: int) -> None:
+    if rank == 1:
+        os._exit(3)  # no exception, no result: the peer's "connection reset" is only an echo
+    dist.all_reduce(torch.ones(1))
 
 
 def _rank_one_raises(rank: int, world: int) -> None:
@@ -359,6 +383,17 @@ def _rank_one_raises(rank: int, world: int) -> None:
 def test_a_rank_that_raises_gives_a_clear_error_not_a_hang():
     with pytest.raises(snd.DistributedError, match=r"rank 1 of 2 raised ValueError: rank 1 has"):
         snd.launch(_rank_one_raises, 2, timeout=60)
+
+
+def test_a_rank_that_dies_silently_is_named_not_its_peer():
+    with pytest.raises(snd.DistributedError, match=r"rank 1 of 2 exited with code 3"):
+        snd.launch(_rank_one_dies, 2, timeout=60)
+
+
+def test_launch_leaves_the_callers_environment_as_it_was(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert snd.launch(_example_world, 2, timeout=60) == [2, 2]
+    assert "OMP_NUM_THREADS" not in os.environ
 
 
 def test_launch_timeout_and_arguments():

@@ -292,7 +292,9 @@ class SyncBatchNorm(_BatchNorm):
                     f"SyncBatchNorm with process_group={self.process_group!r}"
                 )
             return 1
-        return dist.get_world_size(self.process_group)
+        # A rank outside process_group gets −1: as in torch.nn.SyncBatchNorm it does not
+        # synchronise (joining the world group's collectives instead would hang).
+        return max(1, dist.get_world_size(self.process_group))
 
     def forward(self, input: Tensor) -> Tensor:
         # As torch.nn.SyncBatchNorm: only training synchronises (eval uses running
