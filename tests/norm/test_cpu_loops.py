@@ -10,11 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import sharenorm as sn
 from sharenorm.norm import cpu, fused
 
 HAS_CC = shutil.which(os.environ.get("CC") or "cc") is not None
@@ -165,28 +167,65 @@ def _eval_identity_map(kind, s, g, mask=(True, True, True)):
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_nan_and_inf_as_atens_activation_backward(fmt):
-    """relu: a NaN or non-positive z passes no gradient, whatever the gradient (inf, NaN);
-    leaky_relu: p·g there."""
-    z = torch.tensor([1.0, -1.0, float("nan"), 0.0, -2.0, 3.0]).view(1, 1, 2, 3)
-    g = torch.tensor([2.0, float("inf"), float("nan"), float("inf"), float("nan"), 1.0]).view(1, 1, 2, 3)
-    z, g = z.contiguous(memory_format=fmt), g.contiguous(memory_format=fmt)
-    for kind, want in (("rec_relu", torch.ops.aten.threshold_backward(g, z, 0.0)),
-                       ("rec_leaky", torch.ops.aten.leaky_relu_backward(g, z, SLOPE, False))):
-        dx = _eval_identity_map(kind, z, g, mask=(True, False, False))[0]
-        assert torch.equal(dx.nan_to_num(7.0), want.nan_to_num(7.0)), kind
+    """As ATen's threshold, leaky_relu and elu backwards: a non-positive z passes no gradient
+    (relu) or p·g (leaky_relu), whatever the gradient (inf, NaN); a NaN z passes g for relu
+    and elu (their test is z ≤ 0) and p·g for leaky_relu (z > 0)."""
+    aten = torch.ops.aten
+    z = torch.tensor([1.0, -1.0, float("nan"), 0.0, -2.0, 3.0, float("nan"), -0.5])
+    g = torch.tensor([2.0, float("inf"), 1.5, float("inf"), float("nan"), 1.0, float("nan"), 3.0])
+    z, g = z.view(1, 1, 2, 4).contiguous(memory_format=fmt), g.view(1, 1, 2, 4).contiguous(memory_format=fmt)
+    y = F.elu(z, ALPHA)
+    for kind, s, want in (
+        ("rec_relu", z, aten.threshold_backward(g, z, 0.0)),
+        ("rec_leaky", z, aten.leaky_relu_backward(g, z, SLOPE, False)),
+        ("rec_elu", z, aten.elu_backward(g, ALPHA, 1.0, 1.0, False, z)),
+        ("inv_elu", y, aten.elu_backward(g, ALPHA, 1.0, 1.0, True, y)),
+    ):
+        dx = _eval_identity_map(kind, s, g, mask=(True, False, False))[0]
+        torch.testing.assert_close(dx.nan_to_num(7.0), want.nan_to_num(7.0), msg=kind)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("act", [None, "relu", "leaky_relu", "elu", "silu"])
+def test_eval_batchnorm_keeps_a_non_finite_inputs_gradient(act, fmt):
+    """In eval dx = dy·act'(z)·γ·r at every element, also where x is ±inf or NaN (a
+    0·x term of the training formula made it NaN). For elu and silu ATen's own value of
+    act' at ±inf and NaN depends on its code path (vectorized or not): they are compared
+    where x is finite."""
+    x = torch.randn(2, 3, 4, 4).contiguous(memory_format=fmt)
+    x[0, 1, 2, 2], x[1, 2, 0, 0], x[1, 0, 3, 1] = float("inf"), float("nan"), -float("inf")
+    g = torch.randn(2, 3, 4, 4).contiguous(memory_format=fmt)
+    lean = sn.BatchNorm2d(3, act=act, memory_efficient=True).eval()
+    plain = sn.BatchNorm2d(3, act=act).eval()
+    with torch.no_grad():
+        lean.running_mean.copy_(torch.randn(3))
+        lean.running_var.copy_(torch.rand(3) + 0.5)
+    plain.load_state_dict(lean.state_dict())
+    grads = []
+    for m in (lean, plain):
+        xi = x.clone().requires_grad_(True)
+        m(xi).backward(g)
+        grads.append((xi.grad, m.weight.grad, m.bias.grad))
+    if act in ("elu", "silu"):
+        finite = x.isfinite()
+        torch.testing.assert_close(grads[0][0][finite], grads[1][0][finite])
+        return
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, equal_nan=True)
 
 
 @pytest.mark.parametrize("kind", ["rec_silu", "rec_sigmoid", "rec_tanh", "rec_gelu", "rec_elu"])
 def test_float32_activation_gradients_as_accurate_as_atens(kind):
     """dz over z in [−30, 30] against float64 autograd at the same float32 z: within
-    3e-7 absolute (ATen's float32 backward: up to 9.8e-7 for silu), and NaN in, NaN out."""
+    3e-7 absolute (ATen's float32 backward: up to 9.8e-7 for silu), and NaN in, NaN out
+    (but elu, whose z ≤ 0 test lets a NaN pass g, as ATen's elu_backward)."""
     z = torch.linspace(-30, 30, 60001).view(1, 1, -1)
     z[0, 0, 0] = float("nan")
     dz = _eval_identity_map(kind, z, torch.ones_like(z), mask=(True, False, False))[0]
     z64 = z.double().requires_grad_(True)
     act = KINDS[kind][0]
     act(z64).sum().backward()
-    assert dz[0, 0, 0].isnan()
+    assert dz[0, 0, 0] == 1.0 if kind == "rec_elu" else dz[0, 0, 0].isnan()
     torch.testing.assert_close(dz[..., 1:].double(), z64.grad[..., 1:], atol=3e-7, rtol=0)
 
 
@@ -331,3 +370,45 @@ def test_a_changed_compiler_is_tried_again(tmp_path):
     run = _python(CHECK, SHARENORM_CACHE_DIR=str(cache), CC=str(cc))
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "True"
+
+
+def test_a_compiler_command_line_and_a_cpp_driver_work(tmp_path):
+    """CC is a command line (CC="cc -g", as make reads it); a C++ driver compiles the file
+    as C (-x c), so its symbols are not mangled."""
+    run = _python(CHECK, SHARENORM_CACHE_DIR=str(tmp_path / "a"), CC=f"{shutil.which('cc')} -g")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "True"
+    cpp = shutil.which("g++") or shutil.which("c++")
+    if cpp is not None:
+        run = _python(CHECK, SHARENORM_CACHE_DIR=str(tmp_path / "b"), CC=cpp)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "True"
+
+
+def test_a_library_without_the_loops_symbols_falls_back(tmp_path):
+    """A "compiler" that builds a shared library of something else: the loops are off, the
+    composition runs, and the library is not kept (nor tried again)."""
+    fake = tmp_path / "cc"
+    fake.write_text(
+        '#!/bin/sh\nout=""\nwhile [ $# -gt 0 ]; do [ "$1" = "-o" ] && out="$2"; shift; done\n'
+        f'exec {shutil.which("cc")} -shared -fPIC -x c /dev/null -o "$out"\n'
+    )
+    fake.chmod(0o755)
+    cache = tmp_path / "cache"
+    for _ in range(2):
+        run = _python(CHECK, SHARENORM_CACHE_DIR=str(cache), CC=str(fake))
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "False"
+    assert not list(cache.glob("*.so"))
+    assert len(list(cache.glob("*.failed"))) == len(cpu._TARGET_FLAGS)
+
+
+def test_cache_dir_without_a_home(monkeypatch):
+    for name in ("SHARENORM_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(cpu.Path, "home", staticmethod(no_home))
+    assert cpu._cache_dir().parent == cpu.Path(tempfile.gettempdir())

@@ -691,3 +691,23 @@ def test_empty_batch_as_torch_nn(name, ours, theirs, shape, memory_efficient, ac
             assert int(m.num_batches_tracked) == int(ref.num_batches_tracked) == 1
         else:
             assert int(m.num_batches_tracked) == int(ref.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("act", [None, "silu", "elu"])
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["plain", "lean"])
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.channels_last_3d], ids=["2d", "3d"])
+def test_group_norm_channels_last_with_only_affine_gradients(fmt, memory_efficient, act, dtype):
+    """A trainable GroupNorm after a frozen layer: torch 2.13's channels-last GroupNorm
+    backward crashes (segfault) when dx is not asked for; sharenorm asks for it and
+    drops it. γ/β gradients as on the contiguous layout."""
+    shape = (2, 4, 3, 3) if fmt == torch.channels_last else (2, 4, 2, 3, 2)
+    x = torch.randn(shape, dtype=dtype).contiguous(memory_format=fmt)
+    grads = []
+    for inp in (x, x.contiguous()):
+        m = sn.GroupNorm(2, 4, act=act, memory_efficient=memory_efficient).to(dtype)
+        y = m(inp)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y))
+        grads.append((m.weight.grad, m.bias.grad))
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want)

@@ -650,6 +650,20 @@ def group_norm(
     )
 
 
+def _group_norm_backward_would_crash(input: Tensor, weight, bias) -> bool:
+    """torch 2.13's CPU GroupNorm backward on a channels-last input crashes (segfault) when
+    only γ/β need gradients, e.g. a trainable GroupNorm after a frozen layer."""
+    return (
+        input.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and not input.requires_grad
+        and any(t is not None and t.requires_grad for t in (weight, bias))
+        and input.dim() in (4, 5)
+        and not input.is_contiguous()
+        and not torch.compiler.is_compiling()
+    )
+
+
 def group_norm_impl(
     input: Tensor,
     num_groups: int,
@@ -668,5 +682,8 @@ def group_norm_impl(
 
         impl = fused.triton_group_norm_act if path == "triton" else fused.group_norm_act
         return impl(input, num_groups, weight, bias, eps, act, act_param)
+    if _group_norm_backward_would_crash(input, weight, bias):
+        # Ask for dx, from a leaf that shares the input's data, and drop it.
+        input = input.detach().requires_grad_(True)
     out = torch.group_norm(input, num_groups, weight, bias, eps, _cudnn_enabled())
     return apply_activation(out, act, act_param, fresh=True)

@@ -636,10 +636,12 @@ class _GroupNormAct(torch.autograd.Function):
             xin, center = saved, mean
         dz = dz.contiguous(memory_format=ctx.fmt)
         xin = xin.contiguous(memory_format=ctx.fmt)
+        # torch 2.13's CPU channels-last kernel crashes (segfault) when dx is not asked for
+        cl_crash = ctx.fmt != torch.contiguous_format and not mask[0]
         dx, dw, db = _ATEN.native_group_norm_backward(
-            dz, xin, center, rstd, weight, n, c, hw, g, mask
+            dz, xin, center, rstd, weight, n, c, hw, g, [True, *mask[1:]] if cl_crash else mask
         )
-        return dx, dw, db, None, None, None, None
+        return None if cl_crash else dx, dw, db, None, None, None, None
 
 
 def group_norm_act(

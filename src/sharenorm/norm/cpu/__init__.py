@@ -39,6 +39,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -75,16 +76,17 @@ def _cpu_tag() -> str:
     return f"{platform.machine()} {flags}"
 
 
-def _compiler_tag(cc: str) -> str:
-    """The compiler's path, size and time of change: a new or upgraded compiler gets a
-    new cache key, so flags that failed with the old one are tried again."""
-    path = shutil.which(cc) or cc
+def _compiler_tag(cc: list[str]) -> str:
+    """The compiler's path, size and time of change (and the rest of its command line): a
+    new or upgraded compiler gets a new cache key, so flags that failed with the old one
+    are tried again."""
+    path = shutil.which(cc[0]) or cc[0]
     try:
         real = os.path.realpath(path)
         st = os.stat(real)
-        return f"{real} {st.st_size} {st.st_mtime_ns}"
+        return f"{real} {st.st_size} {st.st_mtime_ns} {cc[1:]}"
     except OSError:
-        return path
+        return f"{path} {cc[1:]}"
 
 
 def _cache_dir() -> Path:
@@ -92,17 +94,23 @@ def _cache_dir() -> Path:
     if root:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "sharenorm"
+    if xdg:
+        return Path(xdg) / "sharenorm"
+    try:
+        return Path.home() / ".cache" / "sharenorm"
+    except (RuntimeError, KeyError):  # no $HOME and a uid without a passwd entry (containers)
+        return Path(tempfile.gettempdir()) / f"sharenorm-cache-{os.getuid()}"
 
 
-def _compile(cc: str, flags: list[str], target: Path) -> bool:
+def _compile(cc: list[str], flags: list[str], target: Path) -> bool:
     """Compile into a temporary file, then rename it into place (another process may be
     compiling the same file)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [cc, *flags, str(_SOURCE), "-o", tmp]
+        # -x c: the file is C even for a C++ driver (CC=g++), which would mangle the names
+        cmd = [*cc, *flags, "-x", "c", str(_SOURCE), "-o", tmp]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if run.returncode != 0:
             _log.info("sharenorm: %s failed: %s", " ".join(cmd), run.stderr.strip())
@@ -138,6 +146,9 @@ def _library() -> ctypes.CDLL | None:
     if cc is None:
         _log.info("sharenorm: no C compiler; the CPU backward stays an ATen composition")
         return None
+    cc = shlex.split(cc)  # CC="ccache gcc" is a command line, as make reads it
+    if not cc:
+        return None
     source = _SOURCE.read_bytes()
     for flags in (_BASE_FLAGS + target for target in _TARGET_FLAGS):
         key = hashlib.sha256(
@@ -149,7 +160,11 @@ def _library() -> ctypes.CDLL | None:
             if failed.exists():
                 continue
             if target.exists() or _compile(cc, flags, target):
-                return _declare(ctypes.CDLL(str(target)))
+                try:
+                    return _declare(ctypes.CDLL(str(target)))
+                except AttributeError as e:  # built, but not our C symbols
+                    _log.info("sharenorm: %s lacks the loops' symbols (%s)", target, e)
+                    target.unlink(missing_ok=True)
             failed.touch()
         except (OSError, subprocess.SubprocessError) as e:
             _log.info("sharenorm: CPU kernels unavailable (%s)", e)
@@ -173,7 +188,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
             fn.argtypes = [p] * 3 + [i64] * 6 + [f64, i32] + [p] * 4 + [i32] * 2 + [f64] + [p] * 4
             fn.restype = i32
             getattr(lib, f"sums_nhwc_{kind}_{suffix}").argtypes = [p] * 5 + [i64] * 3 + [f64, i32, p]
-            getattr(lib, f"apply_nhwc_{kind}_{suffix}").argtypes = [p] * 8 + [i64] * 3 + [f64, i32]
+            getattr(lib, f"apply_nhwc_{kind}_{suffix}").argtypes = (
+                [p] * 8 + [i64] * 3 + [f64, i32, i32]
+            )
     return lib
 
 
@@ -234,13 +251,13 @@ def _sums_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, dx: Tensor, act_para
 
 
 def _apply_nhwc(kind: str, s: Tensor, g: Tensor, ab: Tensor, coefs: Tensor, dx: Tensor,
-                act_param: float) -> Tensor:
+                act_param: float, fixed: bool) -> Tensor:
     """``dx = c1·dz + c2·u + c3`` of a channels-last tensor into ``dx``, ``coefs`` (3, N, C)."""
     n, c = s.shape[:2]
     getattr(_library(), f"apply_nhwc_{kind}_{_SUFFIX[s.dtype]}")(
         s.data_ptr(), g.data_ptr(), ab[0].data_ptr(), ab[1].data_ptr(), coefs[0].data_ptr(),
         coefs[1].data_ptr(), coefs[2].data_ptr(), dx.data_ptr(), n, s.numel() // (n * c), c,
-        act_param, _threads(s.numel()),
+        act_param, _threads(s.numel()), int(fixed),
     )
     return dx
 
@@ -333,7 +350,7 @@ def norm_backward(kind: str, s: Tensor, g: Tensor, gamma: Tensor | None, beta: T
     dbeta = None if dbeta is None else dbeta.to(dtype)
     if not mask[0]:
         return None, dgamma, dbeta
-    return _apply_nhwc(kind, s, g, ab, coefs, dx, act_param), dgamma, dbeta
+    return _apply_nhwc(kind, s, g, ab, coefs, dx, act_param, fixed), dgamma, dbeta
 
 
 def _fused_nchw(kind, s, g, gamma, beta, r, mu, stats_per_sample, channels_per_stat, count,

@@ -19,7 +19,8 @@
  *     inv_leaky  dz = s > 0 ? g : p·g,            u = s > 0 ? s : s/p   (s = leaky_relu(z))
  *     rec_relu   dz = z > 0 ? g : 0,              u = s      (s = x)
  *     rec_leaky  dz = z > 0 ? g : p·g,            u = s      (s = x)
- * A NaN z gives dz = 0 for relu, p·g for leaky_relu: ATen's threshold/leaky_relu backward.
+ * A NaN z gives dz = g for relu and elu (the test is z ≤ 0), p·g for leaky_relu (z > 0):
+ * ATen's threshold, elu and leaky_relu backwards.
  *
  * Layouts:
  *   nchw (contiguous): fused_nchw_* takes one statistic at a time, both passes back to back
@@ -47,7 +48,7 @@ static inline void inv_leaky_##SUF(T s, T g, T a, T b, T p, T ip, T *dz, T *u) {
     (void)a; (void)b; *dz = s > 0 ? g : g * p; *u = s > 0 ? s : s * ip;                     \
 }                                                                                           \
 static inline void rec_relu_##SUF(T s, T g, T a, T b, T p, T ip, T *dz, T *u) {            \
-    (void)p; (void)ip; T z = a * s + b; *dz = z > 0 ? g : (T)0; *u = s;                     \
+    (void)p; (void)ip; T z = a * s + b; *dz = z <= 0 ? (T)0 : g; *u = s;                    \
 }                                                                                           \
 static inline void rec_leaky_##SUF(T s, T g, T a, T b, T p, T ip, T *dz, T *u) {           \
     (void)ip; T z = a * s + b; *dz = z > 0 ? g : g * p; *u = s;                             \
@@ -160,14 +161,14 @@ static inline void rec_elu_f32(float s, float g, float a, float b, float p, floa
                                float *dz, float *u) {
     (void)ip;
     const float z = a * s + b;
-    *dz = z > 0 ? g : g * p * exp_f32(z);
+    *dz = z <= 0 ? g * p * exp_f32(z) : g;
     *u = s;
 }
 static inline void inv_elu_f32(float s, float g, float a, float b, float p, float ip,
                                float *dz, float *u) {
     (void)a; (void)b;
-    *dz = s > 0 ? g : g * (s + p);
-    *u = s > 0 ? s : log1p_f32(s * ip);
+    *dz = s <= 0 ? g * (s + p) : g;
+    *u = s <= 0 ? log1p_f32(s * ip) : s;
 }
 
 #ifdef _OPENMP
@@ -212,7 +213,7 @@ enum { inv_elu_keeps_f32 = 1 };
 static inline float inv_elu_keep_f32(float dz, float u) { (void)dz; return u; }
 static inline void inv_elu_reload_f32(float s, float g, float kept, float a, float b, float p,
                                       float ip, float *dz, float *u) {
-    (void)a; (void)b; (void)ip; *dz = s > 0 ? g : g * (s + p); *u = kept;
+    (void)a; (void)b; (void)ip; *dz = s <= 0 ? g * (s + p) : g; *u = kept;
 }
 
 /* The nhwc passes. a and b, (N, C), are read by the rec_ kinds only but always valid; dx
@@ -248,7 +249,8 @@ void sums_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b, T 
 }                                                                                           \
 void apply_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b,             \
                                const T *c1, const T *c2, const T *c3, T *dx, int64_t n,     \
-                               int64_t hw, int64_t c, double param, int nthreads) {         \
+                               int64_t hw, int64_t c, double param, int nthreads,           \
+                               int fixed) {                                                 \
     const T p = (T)param, ip = (T)(1.0 / param);                                            \
     (void)nthreads;                                                                         \
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                      \
@@ -256,6 +258,15 @@ void apply_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b,  
         const int64_t nc = (q / hw) * c;                                                    \
         const T *sq = s + q * c, *gq = g + q * c;                                           \
         T *dq = dx + q * c;                                                                 \
+        if (fixed) {  /* c2 = c3 = 0: no u term, whose 0·u is NaN where u is ±inf or NaN */  \
+            _Pragma("omp simd")                                                             \
+            for (int64_t k = 0; k < c; k++) {                                               \
+                T dz, u;                                                                    \
+                KIND##_reload_##SUF(sq[k], gq[k], dq[k], a[nc + k], b[nc + k], p, ip, &dz, &u); \
+                dq[k] = c1[nc + k] * dz;                                                    \
+            }                                                                               \
+            continue;                                                                       \
+        }                                                                                   \
         _Pragma("omp simd")                                                                 \
         for (int64_t k = 0; k < c; k++) {                                                   \
             T dz, u;                                                                        \
@@ -331,6 +342,15 @@ int fused_nchw_##KIND##_##SUF(const T *s, const T *g, T *dx, int64_t n, int64_t 
                     const T k1 = (T)(rr * gm), k2 = (T)(-rr * big_b * al);                  \
                     const T k3 = (T)(-rr * (big_a + big_b * de));                           \
                     finite &= (k1 - k1 == 0) & (k2 - k2 == 0) & (k3 - k3 == 0);             \
+                    if (fixed) {  /* k2 = k3 = 0: no u term (0·u is NaN at u = ±inf, NaN) */ \
+                        _Pragma("omp simd")                                                 \
+                        for (int64_t i = 0; i < hw; i++) {                                  \
+                            T dz, u;                                                        \
+                            KIND##_reload_##SUF(sr[i], gr[i], dr[i], ar, br, p, ip, &dz, &u); \
+                            dr[i] = k1 * dz;                                                \
+                        }                                                                   \
+                        continue;                                                           \
+                    }                                                                       \
                     _Pragma("omp simd")                                                     \
                     for (int64_t i = 0; i < hw; i++) {                                      \
                         T dz, u;                                                            \
