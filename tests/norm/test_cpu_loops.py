@@ -412,3 +412,12 @@ def test_cache_dir_without_a_home(monkeypatch):
 
     monkeypatch.setattr(cpu.Path, "home", staticmethod(no_home))
     assert cpu._cache_dir().parent == cpu.Path(tempfile.gettempdir())
+
+
+def test_a_cache_dir_that_cannot_be_written_builds_in_a_temporary_one(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    run = _python(CHECK + "print(cpu._cache_roots()[-1])", SHARENORM_CACHE_DIR=str(blocked / "c"))
+    assert run.returncode == 0, run.stderr
+    available, root = run.stdout.split()
+    assert available == "True" and root == str(cpu._temporary_cache_dir())

@@ -99,7 +99,27 @@ def _cache_dir() -> Path:
     try:
         return Path.home() / ".cache" / "sharenorm"
     except (RuntimeError, KeyError):  # no $HOME and a uid without a passwd entry (containers)
-        return Path(tempfile.gettempdir()) / f"sharenorm-cache-{os.getuid()}"
+        return _temporary_cache_dir()
+
+
+def _temporary_cache_dir() -> Path:
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    return Path(tempfile.gettempdir()) / f"sharenorm-cache-{uid}"
+
+
+def _cache_roots() -> list[Path]:
+    """Where built libraries are looked for, the last one also where they are built: the
+    cache dir, then a per-user temporary one when the cache dir cannot be written (a
+    read-only home, a file in its place)."""
+    root = _cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if os.access(root, os.W_OK):
+            return [root]
+    except OSError:
+        pass
+    _log.info("sharenorm: cannot write %s; the CPU loops are built in a temporary dir", root)
+    return [root, _temporary_cache_dir()]
 
 
 def _compile(cc: list[str], flags: list[str], target: Path) -> bool:
@@ -150,14 +170,17 @@ def _library() -> ctypes.CDLL | None:
     if not cc:
         return None
     source = _SOURCE.read_bytes()
+    roots = _cache_roots()
     for flags in (_BASE_FLAGS + target for target in _TARGET_FLAGS):
         key = hashlib.sha256(
             source + repr((_compiler_tag(cc), flags, _cpu_tag())).encode()
         ).hexdigest()[:16]
-        target = _cache_dir() / f"backward-{key}.so"
-        failed = target.with_suffix(".failed")  # these flags do not compile here: skip them
+        name = f"backward-{key}"
+        target = next((r / f"{name}.so" for r in roots if (r / f"{name}.so").exists()),
+                      roots[-1] / f"{name}.so")
+        failed = roots[-1] / f"{name}.failed"  # these flags do not compile here: skip them
         try:
-            if failed.exists():
+            if any((r / f"{name}.failed").exists() for r in roots):
                 continue
             if target.exists() or _compile(cc, flags, target):
                 try:
