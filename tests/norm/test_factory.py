@@ -323,3 +323,26 @@ def test_an_uninitialized_lazy_norm_names_the_fix():
         sn.convert_norm(net, "gn", num_groups=2)
     net(torch.randn(2, 3, 6, 6))  # initialized: converts
     assert type(sn.convert_norm(net, "gn", num_groups=2).model[1]) is sn.GroupNorm
+
+
+@pytest.mark.parametrize("convert", [
+    lambda m: sn.convert_norm(m, "batch"),
+    lambda m: sn.convert_sync_batchnorm(m),
+], ids=["convert_norm", "convert_sync_batchnorm"])
+@pytest.mark.parametrize("norm_dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_tied_norms_keep_their_dtype_in_a_model_of_another(convert, norm_dtype):
+    """A SharedStack's copies hold no tensors of their own (all tied): the new layers take
+    the tied tensors' dtype, not the model's first tensor's (a half model with float32
+    norms) or float32."""
+    m = nn.Sequential(nn.Conv2d(4, 4, 1),
+                      sn.SharedStack(nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)), 3))
+    m = m.double()
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.to(norm_dtype)
+    count = sn.count_parameters(m)
+    convert(m)
+    sn.verify_ties(m)
+    assert sn.count_parameters(m) == count
+    assert all(mod.weight.dtype == norm_dtype for mod in m.modules()
+               if isinstance(mod, (sn.BatchNorm2d, sn.SyncBatchNorm)))

@@ -415,3 +415,13 @@ def test_save_of_extra_state(tmp_path):
     fresh = nn.Sequential(WithExtraState(torch.zeros(3)))
     sn.load(fresh, tmp_path / "t.safetensors")
     assert torch.equal(fresh[0].extra, torch.arange(3))
+
+
+def test_save_then_load_of_torch_shared_tensors_holding_nan(tmp_path):
+    m = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    m[1].weight = m[0].weight
+    with torch.no_grad():
+        m[0].weight[0, 0] = float("nan")
+    sn.save(m, tmp_path / "m.safetensors")
+    sn.load(m, tmp_path / "m.safetensors")
+    assert m[1].weight is m[0].weight and m[0].weight[0, 0].isnan()

@@ -743,3 +743,34 @@ def test_data_parallel_replication_of_a_tied_target_is_refused_naming_the_fix():
     with pytest.raises(ValueError, match="DistributedDataParallel"):
         model.dec._replicate_for_data_parallel()
     model.enc._replicate_for_data_parallel()  # the source is a plain module: replicated as is
+
+
+@pytest.mark.parametrize("order", ["source_first", "target_first"])
+def test_other_load_pre_hooks_see_tensors_for_checked_tie_keys(order):
+    """A casting pre-hook on a module between the model and a tie's target sees a tensor
+    under the target key (the model-level check marks it, it does not replace it)."""
+    names = ("emb", "head") if order == "source_first" else ("zemb", "head")
+    m = nn.ModuleDict({names[0]: nn.Embedding(5, 4), "head": nn.Sequential(nn.Linear(4, 5, bias=False))})
+    sn.tie(m, "head.0.weight", f"{names[0]}.weight")
+    seen = []
+
+    def cast(module, sd, prefix, *args):
+        for k in [k for k in sd if k.startswith(prefix)]:
+            seen.append(type(sd[k]))
+            sd[k] = sd[k].float()
+
+    m["head"].register_load_state_dict_pre_hook(cast)
+    sd = {k: v.double() for k, v in m.state_dict().items()}
+    m.load_state_dict(sd)
+    assert seen and all(issubclass(t, torch.Tensor) for t in seen)
+    torch.testing.assert_close(m[names[0]].weight, sd[f"{names[0]}.weight"].float())
+    sn.verify_ties(m)
+
+
+def test_a_state_dict_with_nan_loads_into_its_own_tied_model():
+    m = nn.ModuleDict({"emb": nn.Embedding(5, 4), "head": nn.Linear(4, 5, bias=False)})
+    sn.tie(m, "head.weight", "emb.weight")
+    with torch.no_grad():
+        m["emb"].weight[0, 0] = float("nan")
+    m.load_state_dict(m.state_dict())
+    assert m["head"].weight[0, 0].isnan()

@@ -245,9 +245,14 @@ def _convert_one(
     if kind == "none":
         params = {k: v for k, v in params.items() if k in ("act", "act_param")}
     params.update(kw)
-    own = [t for t in (*old.parameters(recurse=False), *old.buffers(recurse=False))
-           if t.is_floating_point()]
-    ref = own[0] if own else like
+    # Its γ or running mean, read through getattr so that a tied one gives its source's
+    # dtype and device; else any tensor of its own; else the model's (``like``).
+    ref = next(
+        (t for t in (getattr(old, "weight", None), getattr(old, "running_mean", None),
+                     *old.parameters(recurse=False), *old.buffers(recurse=False))
+         if isinstance(t, Tensor) and t.is_floating_point()),
+        like,
+    )
     note = ""
     rank = _spatial_dims(old) or dim
     if rank is None:

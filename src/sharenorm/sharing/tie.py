@@ -251,7 +251,7 @@ def _tied_load_from_state_dict(
 ) -> None:
     # torch runs load pre-hooks inside the base _load_from_state_dict, i.e. after this override:
     # when this module carries the model-level hook (a tie among its own tensors), run it first
-    # (it is idempotent: keys it has checked are marked _CHECKED). The model-level hook has then
+    # (it is idempotent: keys it has checked are marked, _marked_checked). The model-level hook has then
     # compared target keys with source keys of the same state_dict. What is left (the source
     # lies outside the module being loaded) is checked against the source's current value. Both
     # are then dropped so that they are not "unexpected keys".
@@ -267,7 +267,7 @@ def _tied_load_from_state_dict(
                 absent.append(key)
             continue
         value = state_dict.pop(key)
-        problem = "" if value is _CHECKED else _mismatch(value, link.value())
+        problem = "" if _is_checked(value) else _mismatch(value, link.value())
         if problem:
             error_msgs.append(
                 f"'{key}' is tied to {link.hint} (transform={link.transform!r}) but the "
@@ -494,7 +494,10 @@ def _set_class(module: nn.Module) -> None:
 
 
 def _mismatch(value: Any, expected: Tensor) -> str:
-    """'' when ``value`` equals ``expected`` exactly, else what differs."""
+    """'' when ``value`` equals ``expected`` exactly (NaN where NaN is: a checkpoint with a
+    NaN still matches itself), else what differs."""
+    if value is expected:
+        return ""
     if not isinstance(value, Tensor):
         return f"got a {type(value).__name__}, not a tensor"
     if tuple(value.shape) != tuple(expected.shape):
@@ -504,20 +507,32 @@ def _mismatch(value: Any, expected: Tensor) -> str:
     other = value.detach().to(device=expected.device, dtype=expected.dtype)
     if torch.equal(other, expected.detach()):
         return ""
+    if other.is_floating_point() or other.is_complex():
+        same = (other == expected) | (other.isnan() & expected.detach().isnan())
+        if bool(same.all()):
+            return ""
     diff = (other.double() - expected.detach().double()).abs().max().item()
     return f"max |difference| = {diff:.3g}"
 
 
-class _Checked:
-    """What the model-level hook leaves in a state_dict in place of a target key it has
-    checked: the target module drops it. A plain pop would make the key look absent, i.e.
-    missing; the load passes sub-dicts down, so a mark in the state_dict is what reaches it."""
+# The model-level hook marks the target keys it has checked, and the target module then drops
+# them without a second check. A plain pop would make the key look absent, i.e. missing; the
+# load passes sub-dicts down, so a mark on the value is what reaches the module. The mark is a
+# view of the value with an attribute: other load pre-hooks still see a tensor (one that casts
+# it makes an unmarked copy, which then gets the module-level check).
+_CHECKED_ATTR = "_sharenorm_tie_checked"
 
-    def __repr__(self) -> str:
-        return "<tie target checked against its source>"
+
+def _marked_checked(value: Any) -> Any:
+    if not isinstance(value, Tensor):
+        return value
+    view = value.view_as(value)
+    setattr(view, _CHECKED_ATTR, True)
+    return view
 
 
-_CHECKED = _Checked()
+def _is_checked(value: Any) -> bool:
+    return getattr(value, _CHECKED_ATTR, False) is True
 
 
 def _root_load_pre_hook(
@@ -539,10 +554,10 @@ def _root_load_pre_hook(
                 continue
             tkey = prefix + _join(mpath, name)
             skey = prefix + _join(spath, link.name)
-            value = state_dict.get(tkey, _CHECKED)
-            if value is _CHECKED:  # absent (the target module reports it), or checked above
-                continue
-            state_dict[tkey] = _CHECKED  # the target module drops it without a second check
+            if tkey not in state_dict or _is_checked(state_dict[tkey]):
+                continue  # absent (the target module reports it), or checked above
+            value = state_dict[tkey]
+            state_dict[tkey] = _marked_checked(value)  # dropped without a second check
             if not _in_state_dict(link.module, link.name):
                 # The source is derived state (a parametrization's originals, a pruning mask,
                 # or a non-persistent buffer): its module loads what it is computed from.
