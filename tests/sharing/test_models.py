@@ -332,3 +332,21 @@ def test_soft_tie_penalty_of_pairs_in_different_dtypes_has_the_promoted_dtype():
                   + (m.c.weight - m.d.weight).square().sum())
     assert pen.dtype == torch.float64
     torch.testing.assert_close(pen, want, rtol=1e-6, atol=0)
+
+
+def test_count_parameters_does_not_list_the_runs_of_views_that_do_not_overlap(monkeypatch):
+    """W[:, ::2] has one run per element: when no view overlaps itself or another, the count
+    is their elements, without building the runs (which took seconds and GBs for 8192²)."""
+    from sharenorm.sharing import count
+
+    def no_runs(*args):
+        raise AssertionError("the runs were listed")
+
+    monkeypatch.setattr(count, "_run_starts", no_runs)
+    base = torch.randn(64, 64)
+    strided = nn.Module()
+    strided.p = nn.Parameter(base[:, ::2])
+    assert sn.count_parameters(strided) == 64 * 32
+    slices = nn.Module()
+    slices.a, slices.b = nn.Parameter(base[:16]), nn.Parameter(base[16:48:2])
+    assert sn.count_parameters(slices) == 16 * 64 + 16 * 64

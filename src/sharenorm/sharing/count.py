@@ -36,6 +36,32 @@ def _runs(t: Tensor) -> tuple[int, list[tuple[int, int]]]:
     return length, dims[i:]
 
 
+def _span_if_no_overlap(t: Tensor) -> tuple[int, int] | None:
+    """``t``'s byte range [first, last + 1) in its storage when no two of its elements share
+    memory (each stride, in increasing order, passes the extent of the dims below it), else
+    None."""
+    dims = sorted((s, n) for n, s in zip(t.shape, t.stride(), strict=True) if n > 1)
+    extent = 0  # Σ (n − 1)·s of the dims so far: the offset of their last element
+    for s, n in dims:
+        if s <= extent:
+            return None
+        extent += (n - 1) * s
+    start = t.storage_offset() * t.element_size()
+    return start, start + (extent + 1) * t.element_size()
+
+
+def _disjoint(group: list[Tensor]) -> bool:
+    """Whether no tensor of ``group`` overlaps itself and no two of their byte spans meet."""
+    spans = []
+    for t in group:
+        span = _span_if_no_overlap(t)
+        if span is None:
+            return False
+        spans.append(span)
+    spans.sort()
+    return all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
 def _run_starts(t: Tensor, repeats: list[tuple[int, int]]) -> Tensor:
     """The storage offsets (in elements) at which ``t``'s runs start."""
     starts = torch.tensor([t.storage_offset()])
@@ -82,6 +108,10 @@ def _unique_numel_bytes(tensors: Iterable[Tensor]) -> tuple[int, int]:
             covered = group[0].numel() * es
         elif len(group) == 1 and not runs[0][1]:
             covered = runs[0][0] * es  # alone in its storage, one run: the common case
+        elif _disjoint(group):
+            # no tensor overlaps itself or another (slices of one flat buffer, a strided view
+            # alone): its elements, without listing its runs (W[:, ::2] has one per element)
+            covered = sum(t.numel() * t.element_size() for t in group)
         else:
             starts, stops = [], []
             for t, (length, repeats) in zip(group, runs, strict=True):
