@@ -77,3 +77,24 @@ def test_sharing_factors_name_the_data_they_were_measured_on(tmp_path):
     assert "autoencoder on digits" in rows["| उदाहरण"]  # T1's, on the embedded digits
     memory = rows["| Memory Utilization"]
     assert "CNN vs locally connected on mnist1d" in memory and "autoencoder on digits" in memory
+
+
+def test_experiments_without_a_batch_size_need_what_their_runs_take():
+    """N5 builds two batches that share one sample, N9 one global batch of world × per-process
+    samples, S1 one step on at most 8 samples: not the 32 of a default batch."""
+    from sharenorm.lab.experiments import all_experiments
+
+    by_claim = {e.claims[0]: e for e in all_experiments().values()}
+    assert by_claim["N5"].train_samples_needed(True) == 31
+    assert by_claim["N9"].train_samples_needed(True) == 4
+    assert by_claim["N9"].train_samples_needed(False) == 8
+    assert by_claim["S1"].train_samples_needed(True) == 1
+
+
+def test_the_refusal_names_quick_only_where_the_profiles_differ(tmp_path):
+    data = _small_npz(tmp_path / "small.npz", 20)
+    with pytest.raises(DataError) as info:
+        run_lab(["N5"], quick=True, seeds=1, data=str(data), out=tmp_path / "out",
+                progress=False, report=False, echo=lambda *a: None)
+    assert "N5 (batch_dependence) needs ≥ 31 (" in str(info.value)
+    assert "with --quick" not in str(info.value)

@@ -230,16 +230,18 @@ def _too_few_samples(data, n: int, short: list, quick: bool) -> str:
     """The refusal of a ``--data`` training split too small for the experiments ``short``
     (``[(experiment, samples it needs)]``), with every way out: more samples, the full profile
     (where its runs need fewer: N6/N8 train for a whole epoch there), other experiments."""
-    flag = " with --quick" if quick else ""
-    lack = "; ".join(f"{'/'.join(e.claims)} ({e.id}) needs ≥ {k}{flag}" for e, k in short)
+    def flag(e, k):  # only where the profile matters
+        return " with --quick" if quick and e.train_samples_needed(False) != k else ""
+
+    lack = "; ".join(f"{'/'.join(e.claims)} ({e.id}) needs ≥ {k}{flag(e, k)}" for e, k in short)
     ways = [f"Give ≥ {max(k for _, k in short)} training samples"]
     if quick:
         full = max(e.train_samples_needed(False) for e, _ in short)
         if full <= n:
             ways.append(f"run without --quick (its runs need ≥ {full})")
     ways.append(f"leave {', '.join(c for e, _ in short for c in e.claims)} out")
-    return (f"{data}: {n} training samples, too few: {lack} (each run must take at least one "
-            f"optimizer step on a full batch). {', or '.join(ways)}.")
+    return (f"{data}: {n} training samples, too few: {lack} (the samples one run's batches "
+            f"take). {', or '.join(ways)}.")
 
 
 def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, progress, report,

@@ -136,4 +136,5 @@ EXPERIMENT = Experiment(
         "y_B[0]| / max |y_A[0]|, training mode और eval mode में। Scope: केवल norm layer, "
         f"(4, {SCOPE_C}, 16) input, training mode (GN: {SCOPE_G} groups); एक sample का channel 0 "
         "scale और shift किया; कौन से दूसरे samples और उसी sample के कौन से channels बदलते हैं।"),
-    configs=configs, run=run, analyze=analyze, uses_data=True)
+    configs=configs, run=run, analyze=analyze, uses_data=True,
+    min_train=lambda cfg: 2 * cfg["batch"] - 1)  # two batches that share one sample

@@ -183,4 +183,5 @@ EXPERIMENT = Experiment(
         "steps के 10% से 50%/30% तक। Reference: पूरे global batch पर BN वाला एक process। Test "
         "accuracy eval mode में (rank 0)।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
-    requires=("SyncBatchNorm", "BatchRenorm1d", "convert_sync_batchnorm"), new_claims=(N9,))
+    requires=("SyncBatchNorm", "BatchRenorm1d", "convert_sync_batchnorm"), new_claims=(N9,),
+    min_train=lambda cfg: cfg["world"] * cfg["per_process_batch"])  # one global batch

@@ -134,4 +134,5 @@ EXPERIMENT = Experiment(
         "CNN के flattened feature maps जितनी हैं। Parameters sharenorm.count_parameters से; optimizer "
         "bytes एक असली SGD-momentum / Adam step के बाद state tensors से। Seed पर निर्भर नहीं: एक run।"),
     configs=configs, run=run, analyze=analyze, seeded=False, uses_data=True,
-    requires=("LocallyConnected1d", "LocallyConnected2d", "count_parameters"))
+    requires=("LocallyConnected1d", "LocallyConnected2d", "count_parameters"),
+    min_train=lambda cfg: 1)  # its one step (at lr 0) takes what there is, up to 8
