@@ -258,20 +258,12 @@ void apply_nhwc_##KIND##_##SUF(const T *s, const T *g, const T *a, const T *b,  
         const int64_t nc = (q / hw) * c;                                                    \
         const T *sq = s + q * c, *gq = g + q * c;                                           \
         T *dq = dx + q * c;                                                                 \
-        if (fixed) {  /* c2 = c3 = 0: no u term, whose 0·u is NaN where u is ±inf or NaN */  \
-            _Pragma("omp simd")                                                             \
-            for (int64_t k = 0; k < c; k++) {                                               \
-                T dz, u;                                                                    \
-                KIND##_reload_##SUF(sq[k], gq[k], dq[k], a[nc + k], b[nc + k], p, ip, &dz, &u); \
-                dq[k] = c1[nc + k] * dz;                                                    \
-            }                                                                               \
-            continue;                                                                       \
-        }                                                                                   \
         _Pragma("omp simd")                                                                 \
         for (int64_t k = 0; k < c; k++) {                                                   \
             T dz, u;                                                                        \
             KIND##_reload_##SUF(sq[k], gq[k], dq[k], a[nc + k], b[nc + k], p, ip, &dz, &u); \
-            dq[k] = c1[nc + k] * dz + c2[nc + k] * u + c3[nc + k];                          \
+            /* fixed: c2 = c3 = 0, and no u term (0·u is NaN where u is ±inf or NaN) */     \
+            dq[k] = fixed ? c1[nc + k] * dz : c1[nc + k] * dz + c2[nc + k] * u + c3[nc + k]; \
         }                                                                                   \
     }                                                                                       \
 }
@@ -342,20 +334,12 @@ int fused_nchw_##KIND##_##SUF(const T *s, const T *g, T *dx, int64_t n, int64_t 
                     const T k1 = (T)(rr * gm), k2 = (T)(-rr * big_b * al);                  \
                     const T k3 = (T)(-rr * (big_a + big_b * de));                           \
                     finite &= (k1 - k1 == 0) & (k2 - k2 == 0) & (k3 - k3 == 0);             \
-                    if (fixed) {  /* k2 = k3 = 0: no u term (0·u is NaN at u = ±inf, NaN) */ \
-                        _Pragma("omp simd")                                                 \
-                        for (int64_t i = 0; i < hw; i++) {                                  \
-                            T dz, u;                                                        \
-                            KIND##_reload_##SUF(sr[i], gr[i], dr[i], ar, br, p, ip, &dz, &u); \
-                            dr[i] = k1 * dz;                                                \
-                        }                                                                   \
-                        continue;                                                           \
-                    }                                                                       \
                     _Pragma("omp simd")                                                     \
                     for (int64_t i = 0; i < hw; i++) {                                      \
                         T dz, u;                                                            \
                         KIND##_reload_##SUF(sr[i], gr[i], dr[i], ar, br, p, ip, &dz, &u);   \
-                        dr[i] = k1 * dz + k2 * u + k3;                                      \
+                        /* fixed: k2 = k3 = 0, and no u term (0·u is NaN at u = ±inf, NaN) */ \
+                        dr[i] = fixed ? k1 * dz : k1 * dz + k2 * u + k3;                    \
                     }                                                                       \
                 }                                                                           \
             }                                                                               \
