@@ -123,9 +123,15 @@ def apply_transform(t: Tensor, transform: str | None) -> Tensor:
 
 
 def transformed_shape(shape: tuple[int, ...], transform: str | None) -> tuple[int, ...]:
+    """The shape of ``T(t)`` for a tensor ``t`` of ``shape``."""
     shape = tuple(shape)
     if transform is None:
         return shape
+    if len(shape) < 2:
+        raise ValueError(
+            f"transform='transpose' swaps the first two dimensions; a tensor of shape {shape} "
+            f"has {len(shape)} dimension(s) (use transform=None)"
+        )
     return (shape[1], shape[0], *shape[2:])
 
 
@@ -709,6 +715,44 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
         >>> torch.equal(ae.dec.weight, ae.enc.weight.T), sn.count_parameters(ae)
         (True, 20)
     """
+    plan = _plan(model, target, source, transform)
+    _make(model, plan)
+    return model
+
+
+@dataclass
+class _Plan:
+    """A checked tie, not yet made: ``target = transform(root)``, where ``root`` is the stored
+    tensor at the end of ``source``'s chain; ``readers`` are the links that now read the
+    target and will read ``root`` instead."""
+
+    target: str
+    tmod: nn.Module
+    tattr: str
+    root: _Link
+    shape: tuple[int, ...]
+    readers: list[tuple[str, nn.Module, str, _Link]]
+
+
+# A simulation of ties not yet made: {id(module): {attribute: link}}, consulted before the
+# module's own links (sharenorm.load checks a whole manifest against it before applying it).
+_Overlay = dict[int, dict[str, _Link]]
+
+
+def _links_of(module: nn.Module, overlay: _Overlay | None = None) -> dict[str, _Link]:
+    links = module.__dict__.get(_LINKS) or {}
+    extra = overlay.get(id(module)) if overlay else None
+    return {**links, **extra} if extra else links
+
+
+def _plan(
+    model: nn.Module,
+    target: str,
+    source: str,
+    transform: str | None,
+    overlay: _Overlay | None = None,
+) -> _Plan:
+    """Every check of :func:`tie`, changing nothing (also against the ties of ``overlay``)."""
     check_transform(transform)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -721,7 +765,7 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
             f"{target!r} and {source!r} are already the same tensor (one module used in two "
             f"places); there is nothing to tie"
         )
-    tlinks = tmod.__dict__.get(_LINKS) or {}
+    tlinks = _links_of(tmod, overlay)
     if tattr in tlinks:
         raise ValueError(
             f"target {target!r} is already tied to {tlinks[tattr].hint}; call "
@@ -729,7 +773,7 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
         )
     # Follow a tied source to the tensor that is actually stored (ties stay one level deep).
     root_mod, root_attr, root_transform, root_hint = smod, sattr, transform, source
-    slinks = smod.__dict__.get(_LINKS) or {}
+    slinks = _links_of(smod, overlay)
     if sattr in slinks:
         link = slinks[sattr]
         root_mod, root_attr = link.module, link.name
@@ -758,7 +802,7 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     if transform == "transpose" and src.dim() < 2:
         raise ValueError(
             f"transform='transpose' needs a source with at least 2 dimensions, {source!r} has "
-            f"shape {tuple(src.shape)}; use transform=None"
+            f"shape {tuple(src.shape)} ({src.dim()} dimension(s)); use transform=None"
         )
     expected = transformed_shape(tuple(src.shape), root_transform)
     if tuple(old.shape) != expected:
@@ -781,17 +825,40 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
             f"cannot tie {target!r} (device {old.device}) to {source!r} (device {src.device}); "
             f"move the model to one device first"
         )
-
-    # Other ties that read the target (it was a source) now read the target's new source,
-    # and their declarations say so.
+    # Other ties that read the target (it was a source) will read the target's new source.
     readers = [
         (mpath, m, name, link)
         for mpath, m in model.named_modules()
-        for name, link in (m.__dict__.get(_LINKS) or {}).items()
+        for name, link in _links_of(m, overlay).items()
         if link.module is tmod and link.name == tattr
     ]
     for mpath, m, name, link in readers:
         _check_sparse(m, _join(mpath, name), compose(root_transform, link.transform))
+    persistent = tattr not in tmod._non_persistent_buffers_set
+    root = _Link(root_mod, root_attr, root_transform, root_hint, persistent)
+    return _Plan(target, tmod, tattr, root, tuple(old.shape), readers)
+
+
+def _simulate(plan: _Plan, overlay: _Overlay) -> None:
+    """Record ``plan``'s links in ``overlay``, as :func:`_make` would make them."""
+    root = plan.root
+    for _, m, name, link in plan.readers:
+        overlay.setdefault(id(m), {})[name] = _Link(
+            root.module, root.name, compose(root.transform, link.transform), root.hint,
+            link.persistent,
+        )
+    overlay.setdefault(id(plan.tmod), {})[plan.tattr] = root
+
+
+def _make(model: nn.Module, plan: _Plan) -> None:
+    """Make the tie that :func:`_plan` checked."""
+    target, tmod, tattr, root = plan.target, plan.tmod, plan.tattr, plan.root
+    root_mod, root_attr, root_transform, root_hint = (
+        root.module, root.name, root.transform, root.hint
+    )
+    readers = plan.readers
+    # Other ties that read the target (it was a source) now read the target's new source,
+    # and their declarations say so.
     paths = _module_paths(model)
     for mpath, _, _, link in readers:
         link.module, link.name = root_mod, root_attr
@@ -819,25 +886,23 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
 
     # Replace the stored target by the computed attribute.
     tmod.__dict__.setdefault(_ORDER, (*tmod._parameters, *tmod._buffers))
-    persistent = tattr not in tmod._non_persistent_buffers_set
     if tattr in tmod._parameters:
         del tmod._parameters[tattr]
     else:
         del tmod._buffers[tattr]
         tmod._non_persistent_buffers_set.discard(tattr)
     chain = _path_to_common_ancestor(model, paths[id(tmod)], paths[id(root_mod)])
-    links = dict(tlinks)
-    links[tattr] = _Link(root_mod, root_attr, root_transform, root_hint, persistent)
+    links = dict(tmod.__dict__.get(_LINKS) or {})
+    links[tattr] = root
     tmod.__dict__[_LINKS] = links
     _set_class(tmod)
 
     # Remember what was declared (verify_ties) and make load_state_dict tie-aware.
     declared = dict(model.__dict__.get(_DECLARED) or {})
     declared.update(moved)
-    declared[target] = _Record(root_hint, root_transform, tuple(old.shape))
+    declared[target] = _Record(root_hint, root_transform, plan.shape)
     model.__dict__[_DECLARED] = declared
     _register_root_hooks(chain)
-    return model
 
 
 def _check_sparse(module: nn.Module, target: str, transform: str | None) -> None:
@@ -1241,6 +1306,9 @@ def verify_ties(model: nn.Module) -> None:
             src = getattr(smod, sattr, None)
             if not isinstance(src, Tensor):
                 problems.append(f"{what}: the source {source!r} is no longer a tensor")
+                continue
+            if rec.transform is not None and src.dim() < 2:
+                problems.append(f"{what}: the source is now {src.dim()}-d, it has no transpose")
                 continue
             shape = transformed_shape(tuple(src.shape), rec.transform)
             if shape != rec.shape:
