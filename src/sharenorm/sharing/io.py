@@ -38,24 +38,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from sharenorm.sharing.tie import (
-    _LINKS,
-    TRANSFORMS,
-    _in_state_dict,
-    _join,
-    _links_of,
-    _mismatch,
-    _module_paths,
-    _plan,
-    _same_storage,
-    _simulate,
-    _view_transform,
-    apply_transform,
-    resolve,
-    tie,
-    ties,
-    transformed_shape,
-)
+from sharenorm.sharing.tie import TRANSFORMS, apply_transform, iter_links, resolve, tie, ties
+from sharenorm.sharing.tie._api import _links_of, _plan, _simulate
+from sharenorm.sharing.tie._inspect import _same_storage, _view_transform
+from sharenorm.sharing.tie._names import _in_state_dict, _join, _module_paths
+from sharenorm.sharing.tie._state_dict import _mismatch
+from sharenorm.sharing.tie._transforms import transformed_shape
 
 __all__ = ["save", "load"]
 
@@ -82,22 +70,15 @@ def _stored_and_manifest(model: nn.Module) -> tuple[dict[str, Tensor], list[dict
     manifest: list[dict[str, Any]] = []
     derived: set[str] = set()
     # 1. Declared ties: the target key is T(source), never stored.
-    paths = _module_paths(model)
     # Every name of a reused target module (its second name is a view of the source too).
-    for mpath, m in model.named_modules(remove_duplicate=False):
-        for attr, link in (m.__dict__.get(_LINKS) or {}).items():
-            spath = paths.get(id(link.module))
-            target = _join(mpath, attr)
-            if spath is None or target not in state or not _in_state_dict(link.module, link.name):
-                # A source outside the model, or derived state (parametrized, pruned,
-                # non-persistent): the target is stored as its value; a model built with the
-                # tie ignores it on load (the source's module loads what it is computed from).
-                continue
-            source = _join(spath, link.name)
-            manifest.append(
-                {"target": target, "source": source, "transform": link.transform, "how": "tie"}
-            )
-            derived.add(target)
+    for target, source, transform, link in iter_links(model):
+        if source is None or target not in state or not _in_state_dict(link.module, link.name):
+            # A source outside the model, or derived state (parametrized, pruned,
+            # non-persistent): the target is stored as its value; a model built with the
+            # tie ignores it on load (the source's module loads what it is computed from).
+            continue
+        manifest.append({"target": target, "source": source, "transform": transform, "how": "tie"})
+        derived.add(target)
     # 2. Plain sharing among what is left: the same tensor or its transpose is stored once;
     #    another overlapping view is stored as its own copy (safetensors refuses shared memory).
     stored: dict[str, Tensor] = {}
