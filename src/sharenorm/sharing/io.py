@@ -1,26 +1,11 @@
 """``save`` / ``load``: safetensors checkpoints that store each tensor once and remember ties.
 
-File layout: a standard safetensors file (readable by any safetensors reader). Each stored
-tensor appears once, under the name ``named_parameters()`` gives it; the metadata holds
-
-* ``format``: ``"pt"`` (as ``safetensors.torch.save_model`` writes),
-* ``sharenorm.ties``: a JSON list of ``{"target", "source", "transform", "how"}``, one entry per
-  name that is *not* stored because it is ``transform(source)`` (``how``: ``"tie"`` for
-  :func:`sharenorm.tie`, ``"identity"``/``"storage"`` for plain torch sharing); a tie whose
-  source is not a state_dict key (parametrized, pruned, non-persistent) has no entry: its target
-  is stored as a value, which a model built with the tie ignores on load,
-* ``sharenorm.sha256``: a digest of every stored tensor's name, dtype, shape and bytes, so a
-  file damaged where safetensors cannot see it (inside the data) is refused too.
-
-So a tied model's checkpoint costs exactly its unique tensors plus a small header.
-``load`` re-creates the manifest's ties in the model (also in a freshly built, untied one) before
-loading the values. Files written by ``safetensors.torch.save_model`` (which drops all but one
-name of each shared group and has no manifest) load too: the missing names are filled from the
-model's own tie groups.
-
-Writes are atomic: the file is written to a temporary file in the same directory, flushed to disk
-and moved over ``path`` with ``os.replace``, so a crash mid-save leaves the previous checkpoint
-intact.
+A standard safetensors file (readable by any safetensors reader): each stored tensor once, under
+its ``named_parameters()`` name; the metadata holds the tie manifest (``sharenorm.ties``: one
+``{"target", "source", "transform", "how"}`` per name derived from a stored tensor) and a
+SHA-256 of every tensor (``sharenorm.sha256``). ``load`` re-creates the manifest's ties, then
+loads; files of ``safetensors.torch.save_model`` load too. Writes are atomic (a temporary file
+moved over ``path``). Format details: docs/design/tying.md, "Checkpoints".
 """
 
 from __future__ import annotations
