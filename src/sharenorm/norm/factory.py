@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from sharenorm.norm._replace import _LINKS, replace_modules
 from sharenorm.norm.activation import apply_activation, check_activation
 from sharenorm.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 from sharenorm.norm.batchrenorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
@@ -30,7 +31,6 @@ from sharenorm.norm.instancenorm import (
     InstanceNorm3d,
     _InstanceNorm,
 )
-from sharenorm.sharing.tie import _LINKS, replace_modules
 
 __all__ = ["make_norm", "convert_norm", "ConversionReport", "Activation", "NORM_KINDS"]
 

@@ -343,8 +343,8 @@ def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> nn.Mo
         >>> type(net[1]).__name__
         'SyncBatchNorm'
     """
+    from sharenorm.norm._replace import replace_modules
     from sharenorm.norm.factory import _convert_one
-    from sharenorm.sharing.tie import replace_modules
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert_sync_batchnorm expects an nn.Module, got {type(model).__name__}")

@@ -1,7 +1,7 @@
 """Parameter sharing and tying (``sharenorm.sharing``).
 
-* :mod:`~sharenorm.sharing.tie`: ``tie`` / ``untie`` / ``ties`` / ``verify_ties`` (hard ties,
-  identity or transposed).
+* :mod:`~sharenorm.sharing.tie`: ``tie`` / ``untie`` / ``ties`` / ``verify_ties`` /
+  ``iter_links`` (hard ties, identity or transposed).
 * :mod:`~sharenorm.sharing.soft`: ``SoftTie`` (a penalty that pulls weights together).
 * :mod:`~sharenorm.sharing.stack`: ``SharedStack`` (one block's weights used ``depth`` times).
 * :mod:`~sharenorm.sharing.layers`: ``LocallyConnected1d/2d`` (convolution without sharing),
@@ -17,13 +17,14 @@ from sharenorm.sharing.io import load, save
 from sharenorm.sharing.layers import LocallyConnected1d, LocallyConnected2d, SharedRNN, UnsharedRNN
 from sharenorm.sharing.soft import SoftTie
 from sharenorm.sharing.stack import SharedStack
-from sharenorm.sharing.tie import TieError, TieGroup, tie, ties, untie, verify_ties
+from sharenorm.sharing.tie import TieError, TieGroup, iter_links, tie, ties, untie, verify_ties
 
 __all__ = [
     "tie",
     "untie",
     "ties",
     "verify_ties",
+    "iter_links",
     "TieGroup",
     "TieError",
     "save",

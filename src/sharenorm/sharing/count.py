@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from sharenorm.sharing.tie import _LINKS, _kind
+from sharenorm.sharing.tie import iter_links
 
 __all__ = ["count_parameters", "parameter_report", "ParameterReport", "ModuleRow"]
 
@@ -147,25 +147,21 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return _unique_numel_bytes(params)[0]
 
 
-def _parameter_uses(m: nn.Module) -> list[Tensor]:
-    """The parameters ``m`` uses itself: its own and its tied ones (whose source is a
-    parameter, or a parametrization of parameters, which computes a plain tensor)."""
-    uses = [p for p in m._parameters.values() if p is not None]
-    for link in (m.__dict__.get(_LINKS) or {}).values():
-        if _kind(link.module, link.name) == "parameter":
-            uses.append(link.source())
+def _parameter_uses(model: nn.Module) -> list[Tensor]:
+    """Every use of a parameter in ``model``: each module's own, and each tied name whose
+    source is a parameter (or a parametrization of parameters, which computes a plain
+    tensor). A module reused in two places counts twice (as two separate copies would)."""
+    uses = [p for _, p in model.named_parameters(remove_duplicate=False)]
+    for t in iter_links(model):
+        if t.link.kind() == "parameter":
+            uses.append(t.link.tensor())
     return uses
 
 
 def _total(module: nn.Module) -> tuple[int, int]:
     """(elements, bytes) as if every use of a parameter were stored separately."""
-    numel = nbytes = 0
-    # Every use: a module reused in two places counts twice (as two separate copies would).
-    for _, m in module.named_modules(remove_duplicate=False):
-        for t in _parameter_uses(m):
-            numel += t.numel()
-            nbytes += t.numel() * t.element_size()
-    return numel, nbytes
+    uses = _parameter_uses(module)
+    return sum(t.numel() for t in uses), sum(t.numel() * t.element_size() for t in uses)
 
 
 @dataclass(frozen=True)
@@ -248,11 +244,9 @@ def parameter_report(model: nn.Module) -> ParameterReport:
     params = [p for _, p in model.named_parameters(remove_duplicate=False)]
     trainable, trainable_bytes = _unique_numel_bytes(p for p in params if p.requires_grad)
     # As-if-unshared optimizer state counts every trainable use.
-    train_total_bytes = 0
-    for _, m in model.named_modules(remove_duplicate=False):
-        train_total_bytes += sum(
-            t.numel() * t.element_size() for t in _parameter_uses(m) if t.requires_grad
-        )
+    train_total_bytes = sum(
+        t.numel() * t.element_size() for t in _parameter_uses(model) if t.requires_grad
+    )
     top = rows[0]
     return ParameterReport(
         unique=top.unique,

@@ -1,26 +1,11 @@
 """``save`` / ``load``: safetensors checkpoints that store each tensor once and remember ties.
 
-File layout: a standard safetensors file (readable by any safetensors reader). Each stored
-tensor appears once, under the name ``named_parameters()`` gives it; the metadata holds
-
-* ``format``: ``"pt"`` (as ``safetensors.torch.save_model`` writes),
-* ``sharenorm.ties``: a JSON list of ``{"target", "source", "transform", "how"}``, one entry per
-  name that is *not* stored because it is ``transform(source)`` (``how``: ``"tie"`` for
-  :func:`sharenorm.tie`, ``"identity"``/``"storage"`` for plain torch sharing); a tie whose
-  source is not a state_dict key (parametrized, pruned, non-persistent) has no entry: its target
-  is stored as a value, which a model built with the tie ignores on load,
-* ``sharenorm.sha256``: a digest of every stored tensor's name, dtype, shape and bytes, so a
-  file damaged where safetensors cannot see it (inside the data) is refused too.
-
-So a tied model's checkpoint costs exactly its unique tensors plus a small header.
-``load`` re-creates the manifest's ties in the model (also in a freshly built, untied one) before
-loading the values. Files written by ``safetensors.torch.save_model`` (which drops all but one
-name of each shared group and has no manifest) load too: the missing names are filled from the
-model's own tie groups.
-
-Writes are atomic: the file is written to a temporary file in the same directory, flushed to disk
-and moved over ``path`` with ``os.replace``, so a crash mid-save leaves the previous checkpoint
-intact.
+A standard safetensors file (readable by any safetensors reader): each stored tensor once, under
+its ``named_parameters()`` name; the metadata holds the tie manifest (``sharenorm.ties``: one
+``{"target", "source", "transform", "how"}`` per name derived from a stored tensor) and a
+SHA-256 of every tensor (``sharenorm.sha256``). ``load`` re-creates the manifest's ties, then
+loads; files of ``safetensors.torch.save_model`` load too. Writes are atomic (a temporary file
+moved over ``path``). Format details: docs/design/tying.md, "Checkpoints".
 """
 
 from __future__ import annotations
@@ -38,21 +23,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from sharenorm.sharing.tie import (
-    _LINKS,
-    TRANSFORMS,
-    _in_state_dict,
-    _join,
-    _mismatch,
-    _module_paths,
-    _same_storage,
-    _view_transform,
-    apply_transform,
-    resolve,
-    tie,
-    ties,
-    transformed_shape,
-)
+from sharenorm.sharing.tie import TRANSFORMS, apply_transform, iter_links, resolve, tie, ties
+from sharenorm.sharing.tie._api import _links_of, _plan, _simulate
+from sharenorm.sharing.tie._inspect import _same_storage, _view_transform
+from sharenorm.sharing.tie._names import _in_state_dict, _join, _module_paths
+from sharenorm.sharing.tie._state_dict import _mismatch
+from sharenorm.sharing.tie._transforms import transformed_shape
 
 __all__ = ["save", "load"]
 
@@ -79,22 +55,15 @@ def _stored_and_manifest(model: nn.Module) -> tuple[dict[str, Tensor], list[dict
     manifest: list[dict[str, Any]] = []
     derived: set[str] = set()
     # 1. Declared ties: the target key is T(source), never stored.
-    paths = _module_paths(model)
     # Every name of a reused target module (its second name is a view of the source too).
-    for mpath, m in model.named_modules(remove_duplicate=False):
-        for attr, link in (m.__dict__.get(_LINKS) or {}).items():
-            spath = paths.get(id(link.module))
-            target = _join(mpath, attr)
-            if spath is None or target not in state or not _in_state_dict(link.module, link.name):
-                # A source outside the model, or derived state (parametrized, pruned,
-                # non-persistent): the target is stored as its value; a model built with the
-                # tie ignores it on load (the source's module loads what it is computed from).
-                continue
-            source = _join(spath, link.name)
-            manifest.append(
-                {"target": target, "source": source, "transform": link.transform, "how": "tie"}
-            )
-            derived.add(target)
+    for target, source, transform, link in iter_links(model):
+        if source is None or target not in state or not _in_state_dict(link.module, link.name):
+            # A source outside the model, or derived state (parametrized, pruned,
+            # non-persistent): the target is stored as its value; a model built with the
+            # tie ignores it on load (the source's module loads what it is computed from).
+            continue
+        manifest.append({"target": target, "source": source, "transform": transform, "how": "tie"})
+        derived.add(target)
     # 2. Plain sharing among what is left: the same tensor or its transpose is stored once;
     #    another overlapping view is stored as its own copy (safetensors refuses shared memory).
     stored: dict[str, Tensor] = {}
@@ -244,6 +213,18 @@ def _parse_manifest(path: str, metadata: dict[str, str], tensors: dict[str, Tens
                 f"{path!r}: the tie manifest derives {e['target']!r} from {e['source']!r}, which "
                 f"the file does not contain (corrupted or hand-edited file)"
             )
+        if e["target"] == e["source"]:
+            raise ValueError(
+                f"{path!r} has a corrupted tie manifest ({MANIFEST_KEY}): it ties "
+                f"{e['target']!r} to itself (hand-edited file?)"
+            )
+        if e["transform"] is not None and tensors[e["source"]].dim() < 2:
+            shape = tuple(tensors[e["source"]].shape)
+            raise ValueError(
+                f"{path!r} has a corrupted tie manifest ({MANIFEST_KEY}): it derives "
+                f"{e['target']!r} as the {e['transform']} of {e['source']!r}, whose shape {shape} "
+                f"has {len(shape)} dimension(s); a transpose needs 2 (hand-edited file?)"
+            )
     return manifest
 
 
@@ -280,9 +261,9 @@ def load(
             a manifest tie that the model contradicts (tied differently, or shapes that cannot
             tie); two different values in the file for names that the model shares by torch's
             means (one ``nn.Parameter`` under two names; e.g. a checkpoint of an untied model).
-            All raised before anything is loaded.
-        RuntimeError: from ``load_state_dict``, when the file stores two names the model ties
-            with values that differ (e.g. a checkpoint of an untied model), naming the tie.
+        RuntimeError: the file stores two names the model ties (or the manifest ties) with
+            values that differ (e.g. a checkpoint of an untied model), naming the tie.
+            All raised before anything is changed: the model's ties and values stay as they were.
 
     Example:
         See :func:`save`.
@@ -296,10 +277,13 @@ def load(
         )
     manifest = _parse_manifest(path, metadata, tensors)
 
-    # 1. Check the manifest against the model before changing anything.
+    # 1. Check the whole manifest against the model before changing anything: each tie as
+    #    tie() would check it, given the ties of the entries before it (a cycle, or a target
+    #    tied twice, only shows in the sequence).
     names = list(model.state_dict().keys())
     errors: list[str] = []
     to_tie = []
+    overlay: dict = {}
     for e in manifest:
         target, source, transform = e["target"], e["source"], e["transform"]
         if target not in names or source not in names:
@@ -312,10 +296,17 @@ def load(
             )
             continue
         tmod, tattr = resolve(model, target, "target")
-        link = (tmod.__dict__.get(_LINKS) or {}).get(tattr)
+        link = _links_of(tmod, overlay).get(tattr)
         if link is not None:
             smod, sattr = resolve(model, source, "source")
             if not (link.module is smod and link.name == sattr and link.transform == transform):
+                if tattr in (overlay.get(id(tmod)) or {}):
+                    errors.append(
+                        f"the file ties {target!r} twice: to {link.hint} (transform="
+                        f"{link.transform!r}) and to {transform or 'identity'}({source!r}) "
+                        f"(corrupted or hand-edited file)"
+                    )
+                    continue
                 errors.append(
                     f"the file ties {target!r} = {transform or 'identity'}({source!r}), but the "
                     f"model ties it to {link.hint} (transform={link.transform!r}); build the "
@@ -331,6 +322,11 @@ def load(
                 f"the file ties {target!r} (model shape {tuple(current.shape)}) to "
                 f"{transform or 'identity'}({source!r}) (file shape {want})"
             )
+            continue
+        try:
+            _simulate(_plan(model, target, source, transform, overlay), overlay)
+        except ValueError as err:
+            errors.append(f"the file ties {target!r} = {transform or 'identity'}({source!r}): {err}")
             continue
         to_tie.append((target, source, transform))
 
@@ -398,6 +394,14 @@ def load(
         raise ValueError(
             f"checkpoint {path!r} cannot load into the model: " + " | ".join(conflicts)
         )
+    # load_state_dict refuses values that contradict a tie only after copying the others:
+    # check every tie (the model's and the manifest's) here, before anything changes.
+    contradictions = _contradicted_ties(model, overlay, full)
+    if contradictions:
+        raise RuntimeError(
+            f"Error(s) in loading {path!r} into {type(model).__name__} (nothing was loaded): "
+            + " | ".join(contradictions)
+        )
 
     # 4. Re-create the ties, then load.
     for target, source, transform in to_tie:
@@ -405,6 +409,29 @@ def load(
     if not strict:
         full = {k: v for k, v in full.items() if k in expected}
     return model.load_state_dict(full, strict=strict, assign=assign)
+
+
+def _contradicted_ties(model: nn.Module, overlay: dict, full: dict[str, Tensor]) -> list[str]:
+    """A message for each tie of ``model`` (with those of ``overlay`` made) whose target and
+    source both have a value in ``full`` that differ (the check load_state_dict makes)."""
+    paths = _module_paths(model)
+    problems = []
+    for mpath, m in model.named_modules(remove_duplicate=False):
+        for name, link in _links_of(m, overlay).items():
+            spath = paths.get(id(link.module))
+            if spath is None or not _in_state_dict(link.module, link.name):
+                continue  # checked against the source's value, or derived: as load_state_dict
+            tkey, skey = _join(mpath, name), _join(spath, link.name)
+            if tkey not in full or skey not in full:
+                continue
+            problem = _mismatch(full[tkey], apply_transform(full[skey], link.transform))
+            if problem:
+                problems.append(
+                    f"'{tkey}' is tied to '{skey}' (transform={link.transform!r}) but the file "
+                    f"holds different values for them ({problem}); load it into an untied "
+                    f"model, or sharenorm.untie(model, '{tkey}') first"
+                )
+    return problems
 
 
 def file_bytes(path: str | os.PathLike) -> int:

@@ -1,0 +1,317 @@
+"""``tie`` and ``untie``: check a tie completely, then make it (or undo it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sharenorm.sharing.tie._inspect import _same_storage, iter_links
+from sharenorm.sharing.tie._link import _LINKS, _OWNED, Link, links_of, tensor_kind
+from sharenorm.sharing.tie._names import _full_name, _join, resolve
+from sharenorm.sharing.tie._state_dict import make_owner
+from sharenorm.sharing.tie._tied_class import base_class, restore_order, set_class
+from sharenorm.sharing.tie._transforms import check_transform, compose, transformed_shape
+
+
+def tie(model: nn.Module, target: str, source: str, transform: str | None = None) -> nn.Module:
+    r"""Make ``target`` computed from ``source``: ``target = T(source)``, one stored tensor.
+
+    ``T`` is the identity (``transform=None``) or ``"transpose"`` (``W.T`` for a matrix; swaps the
+    first two dimensions otherwise). After the call ``model.<target>`` is ``T(model.<source>)``
+    at every access, gradients of both uses accumulate into the source, ``parameters()`` yields
+    the tensor once, so an optimizer steps it once. The target takes the source's values (its
+    own are discarded). Create optimizers *after* tying.
+
+    Ties survive ``.to()``, ``deepcopy``, ``state_dict``/``load_state_dict`` (also
+    ``assign=True``), ``torch.save`` of the whole model, ``to_empty()``, ``torch.compile`` and
+    :func:`sharenorm.save`/:func:`sharenorm.load`; see docs/design/tying.md for how.
+
+    Args:
+        model: the module both names are relative to.
+        target: dotted name of the parameter (or buffer) that becomes computed, e.g.
+            ``"decoder.weight"``.
+        source: dotted name of the tensor it is computed from. If ``source`` is itself tied,
+            ``target`` is tied to that tie's source with the composed transform.
+        transform: ``None`` or ``"transpose"``.
+
+    Returns:
+        ``model`` (for chaining).
+
+    Raises:
+        ValueError: unknown names (with close names suggested), a tensor tied to itself, a cycle,
+            a target that is already tied, shapes/dtypes/devices that do not match (both shapes
+            shown), a parameter tied to a buffer, a transposed tie into an embedding with
+            ``sparse=True`` (its sparse gradient cannot flow back through a transpose).
+
+    Example:
+        >>> import torch, sharenorm as sn
+        >>> ae = torch.nn.ModuleDict({"enc": torch.nn.Linear(6, 2), "dec": torch.nn.Linear(2, 6)})
+        >>> _ = sn.tie(ae, "dec.weight", "enc.weight", transform="transpose")
+        >>> torch.equal(ae.dec.weight, ae.enc.weight.T), sn.count_parameters(ae)
+        (True, 20)
+    """
+    _make(model, _plan(model, target, source, transform))
+    return model
+
+
+@dataclass
+class _Plan:
+    """A checked tie, not yet made: ``target = transform(root)``, where ``root`` is the stored
+    tensor at the end of ``source``'s chain; ``readers`` are the links that now read the
+    target and will read ``root`` instead."""
+
+    target: str
+    tmod: nn.Module
+    tattr: str
+    root: Link
+    readers: list[tuple[str, nn.Module, str, Link]]
+
+
+# A simulation of ties not yet made: {id(module): {attribute: link}}, consulted before the
+# module's own links (sharenorm.load checks a whole manifest against it before applying it).
+_Overlay = dict[int, dict[str, Link]]
+
+
+def _links_of(module: nn.Module, overlay: _Overlay | None = None) -> dict[str, Link]:
+    links = links_of(module)
+    extra = overlay.get(id(module)) if overlay else None
+    return {**links, **extra} if extra else links
+
+
+def _plan(
+    model: nn.Module,
+    target: str,
+    source: str,
+    transform: str | None,
+    overlay: _Overlay | None = None,
+) -> _Plan:
+    """Every check of :func:`tie`, changing nothing (also against the ties of ``overlay``)."""
+    check_transform(transform)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if target == source:
+        raise ValueError(f"cannot tie {target!r} to itself; name two different tensors")
+    tmod, tattr = resolve(model, target, "target")
+    smod, sattr = resolve(model, source, "source")
+    if tmod is smod and tattr == sattr:
+        raise ValueError(
+            f"{target!r} and {source!r} are already the same tensor (one module used in two "
+            f"places); there is nothing to tie"
+        )
+    tlinks = _links_of(tmod, overlay)
+    if tattr in tlinks:
+        raise ValueError(
+            f"target {target!r} is already tied to {tlinks[tattr].hint}; call "
+            f"sharenorm.untie(model, {target!r}) first to re-tie it"
+        )
+    # Follow a tied source to the tensor that is actually stored (ties stay one level deep).
+    root_mod, root_attr, root_transform, root_hint = smod, sattr, transform, source
+    slinks = _links_of(smod, overlay)
+    if sattr in slinks:
+        link = slinks[sattr]
+        root_mod, root_attr = link.module, link.name
+        root_transform = compose(link.transform, transform)
+        root_hint = _full_name(model, link.module, link.name) or link.hint
+    if root_mod is tmod and root_attr == tattr:
+        raise ValueError(
+            f"tying {target!r} to {source!r} would make a cycle: {source!r} is itself computed "
+            f"from {target!r}; untie one of them first"
+        )
+    if isinstance(tmod, nn.RNNBase):
+        raise ValueError(
+            f"cannot make {target!r} computed: torch's {type(tmod).__name__} keeps its own list of "
+            f"weight references (_flat_weights) that a tie cannot keep current; use it as the "
+            f"source of the tie instead, or sharenorm.SharedRNN"
+        )
+    _check_sparse(tmod, target, root_transform)
+    tkind, skind = tensor_kind(tmod, tattr), tensor_kind(root_mod, root_attr)
+    if tkind != skind:
+        raise ValueError(
+            f"cannot tie {tkind} {target!r} to {skind} {source!r}; tie parameters to parameters "
+            f"and buffers to buffers"
+        )
+    old = getattr(tmod, tattr)
+    src = getattr(root_mod, root_attr)
+    if transform == "transpose" and src.dim() < 2:
+        raise ValueError(
+            f"transform='transpose' needs a source with at least 2 dimensions, {source!r} has "
+            f"shape {tuple(src.shape)} ({src.dim()} dimension(s)); use transform=None"
+        )
+    expected = transformed_shape(tuple(src.shape), root_transform)
+    if tuple(old.shape) != expected:
+        what, detail, hint = source, "", ""
+        if transform == "transpose":
+            what, detail = f"{source}ᵀ", f", the transpose of {tuple(src.shape)}"
+        elif old.dim() >= 2 and transformed_shape(tuple(old.shape), "transpose") == expected:
+            hint = " (use transform='transpose' for a transposed tie)"
+        raise ValueError(
+            f"cannot tie {target!r} (shape {tuple(old.shape)}) to {what!r} (shape {expected}"
+            f"{detail}); the shapes must be equal{hint}"
+        )
+    if old.dtype != src.dtype:
+        raise ValueError(
+            f"cannot tie {target!r} (dtype {old.dtype}) to {source!r} (dtype {src.dtype}); "
+            f"convert one of them first, e.g. model.to({src.dtype})"
+        )
+    if old.device != src.device:
+        raise ValueError(
+            f"cannot tie {target!r} (device {old.device}) to {source!r} (device {src.device}); "
+            f"move the model to one device first"
+        )
+    # Other ties that read the target (it was a source) will read the target's new source.
+    readers = [
+        (mpath, m, name, link)
+        for mpath, m in model.named_modules()
+        for name, link in _links_of(m, overlay).items()
+        if link.module is tmod and link.name == tattr
+    ]
+    for mpath, m, name, link in readers:
+        _check_sparse(m, _join(mpath, name), compose(root_transform, link.transform))
+    persistent = tattr not in tmod._non_persistent_buffers_set
+    root = Link(root_mod, root_attr, root_transform, root_hint, persistent, shape=tuple(old.shape))
+    return _Plan(target, tmod, tattr, root, readers)
+
+
+def _simulate(plan: _Plan, overlay: _Overlay) -> None:
+    """Record ``plan``'s links in ``overlay``, as :func:`_make` would make them."""
+    root = plan.root
+    for _, m, name, link in plan.readers:
+        overlay.setdefault(id(m), {})[name] = Link(
+            root.module, root.name, compose(root.transform, link.transform), root.hint,
+            link.persistent,
+        )
+    overlay.setdefault(id(plan.tmod), {})[plan.tattr] = root
+
+
+def _owner(model: nn.Module, *modules: nn.Module) -> tuple[str, nn.Module]:
+    """The lowest common ancestor in ``model`` of every place of ``modules``: (path, module)."""
+    places: dict[int, list[list[str]]] = {id(m): [] for m in modules}
+    for path, m in model.named_modules(remove_duplicate=False):
+        if id(m) in places:
+            places[id(m)].append(path.split(".") if path else [])
+    if not all(places.values()):
+        return "", model  # an end outside model: model is the best owner there is
+    first, *others = [p for ps in places.values() for p in ps]
+    n = len(first)
+    for parts in others:
+        n = min(n, len(parts))
+        n = next((i for i in range(n) if first[i] != parts[i]), n)
+    path = ".".join(first[:n])
+    return path, model.get_submodule(path)
+
+
+def _relative(path: str, to: str) -> str:
+    return path[len(to) + 1 :] if to else path
+
+
+def _own(model: nn.Module, link: Link, target: str, source: str) -> None:
+    """Record ``link`` (``target`` from ``source``, names in ``model``) at its owner."""
+    tmod = model.get_submodule(target.rpartition(".")[0])
+    opath, owner = _owner(model, tmod, link.module)
+    link.target, link.source = _relative(target, opath), _relative(source, opath)
+    make_owner(owner).append(link)
+
+
+def _disown(model: nn.Module, link: Link) -> None:
+    """Remove ``link`` from its owner's list (wherever in ``model`` that is)."""
+    for m in model.modules():
+        owned = m.__dict__.get(_OWNED)
+        if owned and any(x is link for x in owned):
+            owned[:] = [x for x in owned if x is not link]
+
+
+def _make(model: nn.Module, plan: _Plan) -> None:
+    """Make the tie that :func:`_plan` checked."""
+    tmod, tattr, root = plan.tmod, plan.tattr, plan.root
+    # Other ties that read the target (it was a source) now read its source; their owner may
+    # change (the lowest common ancestor of their target and the new source).
+    for mpath, _, name, link in plan.readers:
+        _disown(model, link)
+        link.module, link.name = root.module, root.name
+        link.transform = compose(root.transform, link.transform)
+        link.hint = root.hint
+        _own(model, link, _join(mpath, name), root.hint)
+    # Replace the stored target by the computed attribute.
+    links = links_of(tmod)
+    root.order = next(iter(links.values())).order if links else (*tmod._parameters, *tmod._buffers)
+    if tattr in tmod._parameters:
+        del tmod._parameters[tattr]
+    else:
+        del tmod._buffers[tattr]
+        tmod._non_persistent_buffers_set.discard(tattr)
+    tmod.__dict__[_LINKS] = {**links, tattr: root}
+    set_class(tmod)
+    _own(model, root, plan.target, root.hint)
+
+
+def _check_sparse(module: nn.Module, target: str, transform: str | None) -> None:
+    """Refuse a transposed tie into an embedding with ``sparse=True``: its backward makes a
+    sparse gradient for the weight, which cannot flow back through the transpose (torch fails
+    inside backward with "sparse transpose: transposed dimensions must be sparse")."""
+    if transform == "transpose" and getattr(module, "sparse", False) is True:
+        raise ValueError(
+            f"cannot make {target!r} a transposed tie target: its {base_class(module).__name__} "
+            f"has sparse=True, and a sparse gradient cannot flow back through a transpose; tie "
+            f"it without transform (to a tensor of its own shape), or build it with sparse=False"
+        )
+
+
+def untie(model: nn.Module, target: str) -> nn.Module:
+    """Give ``target`` its own tensor again, equal to its current (tied) value.
+
+    Works for ties made by :func:`tie` and for plain sharing (one ``nn.Parameter`` assigned to
+    two modules). The new tensor is a contiguous copy with the source's ``requires_grad``.
+
+    Raises:
+        ValueError: ``target`` does not exist (close names suggested) or is not tied/shared.
+
+    Example:
+        >>> import torch, sharenorm as sn
+        >>> m = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 3), "b": torch.nn.Linear(3, 3)})
+        >>> _ = sn.untie(sn.tie(m, "b.weight", "a.weight"), "b.weight")
+        >>> sn.count_parameters(m)
+        24
+    """
+    tmod, tattr = resolve(model, target, "target")
+    links = links_of(tmod)
+    if tattr in links:
+        link = links[tattr]
+        src = link.tensor()
+        value = link.value().detach().clone(memory_format=torch.contiguous_format)
+        tmod.__dict__[_LINKS] = {k: v for k, v in links.items() if k != tattr}
+        set_class(tmod)
+        if isinstance(src, nn.Parameter):
+            tmod.register_parameter(tattr, nn.Parameter(value, requires_grad=src.requires_grad))
+        else:
+            tmod.register_buffer(tattr, value, persistent=link.persistent)
+        restore_order(tmod, link.order)
+        _disown(model, link)
+        return model
+    current = getattr(tmod, tattr)
+    shared = [
+        n
+        for n, t in list(model.named_parameters(remove_duplicate=False))
+        + list(model.named_buffers(remove_duplicate=False))
+        if n != target and _same_storage(t, current)
+    ]
+    if not shared:
+        targets = list(dict.fromkeys(
+            t.target for t in iter_links(model) if t.link.module is tmod and t.link.name == tattr
+        ))
+        if targets:
+            raise ValueError(
+                f"{target!r} is the source of the tie of {', '.join(map(repr, targets))}: it "
+                f"holds the tensor itself; untie the target instead, e.g. "
+                f"sharenorm.untie(model, {targets[0]!r})"
+            )
+        raise ValueError(
+            f"{target!r} is not tied or shared; sharenorm.ties(model) lists the tie groups"
+        )
+    own = current.detach().clone(memory_format=torch.contiguous_format)
+    if tattr in tmod._parameters:
+        tmod._parameters[tattr] = nn.Parameter(own, requires_grad=current.requires_grad)
+    else:
+        tmod._buffers[tattr] = own
+    return model

@@ -1,0 +1,98 @@
+"""A tie's one record: a :class:`Link` on the target module, listed by the tie's owner.
+
+The target module keeps ``{attribute: Link}`` under ``_LINKS``; the owner (the lowest common
+ancestor of both ends) lists the same objects under ``_OWNED``, names them relative to itself
+(for :func:`~sharenorm.sharing.tie.verify_ties`) and carries the load_state_dict pre-hook.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+_LINKS = "_sharenorm_links"  # in a target module's __dict__: {attribute: Link}
+_OWNED = "_sharenorm_owned"  # in a tie's owner's __dict__: [Link, ...]
+_SCRATCH = "_sharenorm_scratch"  # set only while a tied module runs reset_parameters()
+
+
+class Link:
+    """``target = transform(getattr(module, name))``, resolved at every access.
+
+    Attributes:
+        module, name: where the source tensor is stored (its module, its attribute).
+        transform: ``None`` or ``"transpose"``.
+        hint: the source's name where the tie was made (for messages).
+        persistent: False for a tied non-persistent buffer (not in state_dict).
+        order: the target module's tensor names before its first tie (state_dict key order).
+        target, source: both ends' names relative to the owner; ``shape``: the target's shape
+            when tied (what :func:`~sharenorm.sharing.tie.verify_ties` checks).
+    """
+
+    # True for a link rebuilt by unpickling: if the module it was pickled with did not hold its
+    # source, it follows a private copy of it (verify_ties reports that).
+    unpickled = False
+
+    def __init__(
+        self,
+        module: nn.Module,
+        name: str,
+        transform: str | None,
+        hint: str,
+        persistent: bool = True,
+        order: tuple[str, ...] = (),
+        target: str = "",
+        source: str = "",
+        shape: tuple[int, ...] = (),
+    ) -> None:
+        self.module, self.name, self.transform = module, name, transform
+        self.hint, self.persistent, self.order = hint, persistent, order
+        self.target, self.source, self.shape = target, source, shape
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.unpickled = True
+
+    def __deepcopy__(self, memo: dict) -> Link:
+        new = copy.copy(self)
+        memo[id(self)] = new
+        new.module = copy.deepcopy(self.module, memo)
+        return new
+
+    def tensor(self) -> Tensor:
+        """The source tensor itself."""
+        return getattr(self.module, self.name)
+
+    def kind(self) -> str:
+        """'parameter' or 'buffer': what the source is (or what it is computed from)."""
+        return tensor_kind(self.module, self.name)
+
+    def value(self) -> Tensor:
+        """``T(source)``: the target's value."""
+        # Fast path for the common case (a parameter): skips nn.Module.__getattr__.
+        t = self.module._parameters.get(self.name)
+        if t is None:
+            t = getattr(self.module, self.name)
+        return t if self.transform is None else t.transpose(0, 1)
+
+
+def links_of(module: nn.Module) -> dict[str, Link]:
+    """``module``'s tied attributes (empty for an untied module)."""
+    return module.__dict__.get(_LINKS) or {}
+
+
+def owned_by(module: nn.Module) -> list[Link]:
+    """The ties ``module`` owns (it is the lowest common ancestor of both ends)."""
+    return module.__dict__.get(_OWNED) or []
+
+
+def tensor_kind(module: nn.Module, attr: str) -> str:
+    """'parameter' or 'buffer': what ``module``'s ``attr`` is (or what it is computed from)."""
+    if attr in module._parameters:
+        return "parameter"
+    if attr in module._buffers:
+        return "buffer"
+    if parametrize.is_parametrized(module, attr):  # what its originals are
+        return "parameter" if module.parametrizations[attr]._parameters else "buffer"
+    return links_of(module)[attr].kind()

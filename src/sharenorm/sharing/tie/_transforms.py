@@ -1,0 +1,43 @@
+"""The transforms a tie may apply: identity and transpose (both their own inverse)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+#: Tie transforms: ``None`` (identity) and ``"transpose"`` (swap the first two dimensions; ``W.T``
+#: for a matrix). Both are involutions, so each is its own inverse.
+TRANSFORMS: tuple[str | None, ...] = (None, "transpose")
+
+
+def check_transform(transform: Any) -> str | None:
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be None (identity) or 'transpose', got {transform!r}")
+    return transform
+
+
+def apply_transform(t: Tensor, transform: str | None) -> Tensor:
+    """``T(t)``: ``t`` itself for identity, ``t.transpose(0, 1)`` (a view) for transpose."""
+    if transform is None:
+        return t
+    return t.transpose(0, 1)
+
+
+def transformed_shape(shape: tuple[int, ...], transform: str | None) -> tuple[int, ...]:
+    """The shape of ``T(t)`` for a tensor ``t`` of ``shape``."""
+    shape = tuple(shape)
+    if transform is None:
+        return shape
+    if len(shape) < 2:
+        raise ValueError(
+            f"transform='transpose' swaps the first two dimensions; a tensor of shape {shape} "
+            f"has {len(shape)} dimension(s) (use transform=None)"
+        )
+    return (shape[1], shape[0], *shape[2:])
+
+
+def compose(first: str | None, then: str | None) -> str | None:
+    """The transform equal to applying ``first`` and then ``then``."""
+    flips = (first == "transpose") + (then == "transpose")
+    return "transpose" if flips % 2 else None
