@@ -565,3 +565,48 @@ def test_norm_tracer_keeps_torch_norm_subclasses_of_other_libraries_as_leaves():
     net = _ConvBNActNet()
     targets = [n.target for n in NormTracer().trace(net).nodes if n.op == "call_module"]
     assert targets == ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3"]
+
+
+class _ConvBlock(nn.Module):
+    """conv → norm → act as attributes, as Hugging Face's ResNetConvLayer."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.convolution = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.normalization = nn.BatchNorm2d(c_out)
+        self.activation = nn.ReLU()
+
+    def forward(self, x):
+        return self.activation(self.normalization(self.convolution(x)))
+
+
+class _ChecksItsInput(nn.Module):
+    """torch.fx cannot trace it as a whole (a check on the input in Python, as Hugging Face
+    models do), but it can trace each block; the last BN follows an untraceable step."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([_ConvBlock(3, 4), _ConvBlock(4, 4)])
+        self.head = nn.Conv2d(4, 4, 1)
+        self.head_norm = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        if x.shape[1] != 3:
+            raise ValueError("expected 3 channels")
+        for block in self.blocks:
+            x = block(x)
+        return self.head_norm(self.head(x) if x.sum() > 0 else x)
+
+
+def test_fuse_folds_inside_the_parts_torch_fx_can_trace_of_a_model_it_cannot():
+    net = _randomize_bn(_ChecksItsInput()).double().eval()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    expected = net(x)
+    report = sn.fuse_conv_bn(net)
+    assert report.fused == [("blocks.0.convolution", "blocks.0.normalization"),
+                            ("blocks.1.convolution", "blocks.1.normalization")]
+    assert type(report.model) is _ChecksItsInput  # in place, each class kept
+    assert type(report.model.blocks[0].normalization) is nn.Identity
+    (name, why), = report.skipped
+    assert name == "head_norm" and why.startswith("torch.fx could not trace the model")
+    torch.testing.assert_close(report.model(x), expected, atol=1e-12, rtol=1e-12)

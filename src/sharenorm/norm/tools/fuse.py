@@ -269,57 +269,94 @@ def _not_called(name: str, graph: fx.Graph) -> str:
     return "the model's forward never calls it (torch.fx trace)"
 
 
-def _fuse_fx(model: nn.Module, report: FuseReport, reasons: dict[str, str]) -> nn.Module:
-    try:
-        gm = _symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means "not with fx"
-        msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        for name in reasons:
-            if _generic(reasons[name]):
-                reasons[name] += f"; torch.fx could not trace the model ({msg})"
-        return model
-    modules = dict(gm.named_modules())
+def _fold_in_graph(
+    owner: nn.Module, graph: fx.Graph, prefix: str, refs: dict[int, int],
+    report: FuseReport, reasons: dict[str, str],
+) -> list[fx.Node]:
+    """Fold, in ``owner`` (the module ``graph`` was traced from, at ``prefix`` in the model),
+    every BatchNorm call whose input is only a foldable layer's output; give the others
+    their reason. Returns the BatchNorm nodes folded into a plain ``nn.Identity``."""
+    modules = dict(owner.named_modules())
     calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    for name in reasons:
-        if name not in calls and reasons[name].startswith(_UNSEEN):
-            reasons[name] = _not_called(name, gm.graph)
-    refs = _reference_counts(model)
-    changed = False
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or node.target not in reasons:
+    for name in [n[len(prefix):] for n in reasons if n.startswith(prefix)]:
+        if name not in calls and reasons[prefix + name].startswith(_UNSEEN):
+            reasons[prefix + name] = _not_called(name, graph)
+    erasable = []
+    for node in list(graph.nodes):
+        if node.op != "call_module" or prefix + node.target not in reasons:
             continue
+        key = prefix + node.target
         bn = modules[node.target]
         src = node.args[0] if node.args else None
         # A reason found by the Sequential pass (shared, training, ...) stays; the graph
         # only replaces a guess.
-        generic = _generic(reasons[node.target])
+        generic = _generic(reasons[key])
         if not (isinstance(src, fx.Node) and src.op == "call_module"):
             if generic:
-                reasons[node.target] = "its input does not come straight from a module (torch.fx)"
+                reasons[key] = "its input does not come straight from a module (torch.fx)"
             continue
         why = _why_not(modules[src.target], bn, refs)
         if why is None and (
             len(src.users) != 1 or calls.get(src.target, 0) != 1 or calls.get(node.target, 0) != 1
         ):
-            why = f"{src.target}'s output is also used elsewhere, or a layer is called twice"
+            why = f"{prefix}{src.target}'s output is also used elsewhere, or a layer is called twice"
         if why is not None:
             if generic or not why.startswith("follows"):
-                reasons[node.target] = why
+                reasons[key] = why
             continue
         fused, after = _fold(modules[src.target], bn)
-        _set_submodule(gm, src.target, fused)
-        _set_submodule(gm, node.target, after)
+        _set_submodule(owner, src.target, fused)
+        _set_submodule(owner, node.target, after)
         if isinstance(after, nn.Identity):
-            node.replace_all_uses_with(src)
-            gm.graph.erase_node(node)
-        report.fused.append((src.target, node.target))
-        del reasons[node.target]
-        changed = True
-    if not changed:
+            erasable.append(node)
+        report.fused.append((prefix + src.target, key))
+        del reasons[key]
+    return erasable
+
+
+def _fuse_parts(
+    module: nn.Module, prefix: str, refs: dict[int, int], report: FuseReport,
+    reasons: dict[str, str],
+) -> None:
+    """For a model torch.fx cannot trace as a whole (a Hugging Face model checks its
+    input's shape in Python): fold inside each largest part that it can trace, in place,
+    keeping every module's class (the untraced code around may use them)."""
+    for child_name, child in module.named_children():
+        qual = prefix + child_name
+        if isinstance(child, BN_TYPES) or not any(n.startswith(qual + ".") for n in reasons):
+            continue
+        try:
+            graph = NormTracer().trace(child)
+        except Exception:  # noqa: BLE001 - look inside it instead
+            _fuse_parts(child, qual + ".", refs, report, reasons)
+            continue
+        _fold_in_graph(child, graph, qual + ".", refs, report, reasons)
+
+
+def _fuse_fx(model: nn.Module, report: FuseReport, reasons: dict[str, str]) -> nn.Module:
+    refs = _reference_counts(model)
+    try:
+        gm = _symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means "not as a whole"
+        msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        _fuse_parts(model, "", refs, report, reasons)
+        for name, why in reasons.items():
+            untraced = f"torch.fx could not trace the model ({msg}), nor a part of it that holds"
+            if why == _UNSEEN:
+                reasons[name] = f"{untraced} this layer, to find the layer before it"
+            elif _generic(why):
+                reasons[name] = f"{why}; {untraced} it"
         return model
+    folded_before = len(report.fused)
+    erasable = _fold_in_graph(gm, gm.graph, "", refs, report, reasons)
+    if len(report.fused) == folded_before:
+        return model  # nothing folded here: the model keeps its class
+    for node in erasable:
+        node.replace_all_uses_with(node.args[0])
+        gm.graph.erase_node(node)
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
@@ -345,8 +382,9 @@ def fuse_conv_bn(model: nn.Module, *, inplace: bool = False, method: str = "auto
     where the fold would not be the BatchNorm. Pairs are found in two ways: consecutive
     children of an ``nn.Sequential`` (the model keeps its type); then, for BN layers left
     over (``method="auto"``), in the ``torch.fx`` graph of the model traced with
-    :class:`NormTracer` (the result is then a ``torch.fx.GraphModule``), when the model
-    can be traced.
+    :class:`NormTracer` (the result is then a ``torch.fx.GraphModule``); where the model
+    cannot be traced as a whole (a Hugging Face model's Python checks of its input), in
+    the graph of each largest part that can be, folded in place (every class kept).
 
     Not folded, and reported with the reason: BN in training mode (unless frozen), BN
     without running statistics, a preceding layer that is not Conv/Linear, that is
