@@ -589,13 +589,14 @@ class _ChecksItsInput(nn.Module):
         self.blocks = nn.ModuleList([_ConvBlock(3, 4), _ConvBlock(4, 4)])
         self.head = nn.Conv2d(4, 4, 1)
         self.head_norm = nn.BatchNorm2d(4)
+        self.tail = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU())  # its norm's input: from outside
 
     def forward(self, x):
         if x.shape[1] != 3:
             raise ValueError("expected 3 channels")
         for block in self.blocks:
             x = block(x)
-        return self.head_norm(self.head(x) if x.sum() > 0 else x)
+        return self.tail(self.head_norm(self.head(x) if x.sum() > 0 else x))
 
 
 def test_fuse_folds_inside_the_parts_torch_fx_can_trace_of_a_model_it_cannot():
@@ -607,6 +608,8 @@ def test_fuse_folds_inside_the_parts_torch_fx_can_trace_of_a_model_it_cannot():
                             ("blocks.1.convolution", "blocks.1.normalization")]
     assert type(report.model) is _ChecksItsInput  # in place, each class kept
     assert type(report.model.blocks[0].normalization) is nn.Identity
-    (name, why), = report.skipped
-    assert name == "head_norm" and why.startswith("torch.fx could not trace the model")
+    reasons = dict(report.skipped)
+    assert reasons["head_norm"].startswith("torch.fx could not trace the model")
+    assert reasons["tail.0"] == ("its input comes from outside tail, the largest part of the "
+                                 "model that torch.fx could trace")
     torch.testing.assert_close(report.model(x), expected, atol=1e-12, rtol=1e-12)

@@ -295,7 +295,10 @@ def _fold_in_graph(
         # only replaces a guess.
         generic = _generic(reasons[key])
         if not (isinstance(src, fx.Node) and src.op == "call_module"):
-            if generic:
+            if generic and prefix and isinstance(src, fx.Node) and src.op == "placeholder":
+                reasons[key] = (f"its input comes from outside {prefix[:-1]}, the largest part "
+                                "of the model that torch.fx could trace")
+            elif generic:
                 reasons[key] = "its input does not come straight from a module (torch.fx)"
             continue
         why = _why_not(modules[src.target], bn, refs)
