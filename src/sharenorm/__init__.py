@@ -27,6 +27,7 @@ from sharenorm.norm import (
     SyncBatchNorm,
     convert_norm,
     convert_sync_batchnorm,
+    fold_bn_weights,
     freeze_norm_stats,
     fuse_conv_bn,
     is_norm_stats_frozen,
@@ -83,6 +84,7 @@ __all__ = [
     "is_norm_stats_frozen",
     "recalibrate_norm_stats",
     "fuse_conv_bn",
+    "fold_bn_weights",
     "FuseReport",
     "NormTracer",
     # sharing and tying

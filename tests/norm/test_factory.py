@@ -3,7 +3,9 @@ model and reports what it changed."""
 
 from __future__ import annotations
 
+import ast
 import copy
+import pathlib
 
 import pytest
 import torch
@@ -12,6 +14,8 @@ from torch import nn
 
 import sharenorm as sn
 from sharenorm.norm import reference
+from sharenorm.norm.factory import Activation
+from sharenorm.norm.post import activation_name
 
 
 @pytest.mark.parametrize(
@@ -346,3 +350,181 @@ def test_tied_norms_keep_their_dtype_in_a_model_of_another(convert, norm_dtype):
     assert sn.count_parameters(m) == count
     assert all(mod.weight.dtype == norm_dtype for mod in m.modules()
                if isinstance(mod, (sn.BatchNorm2d, sn.SyncBatchNorm)))
+
+
+# ----------------------------------------------------------------------------- norm + act layers
+
+
+class _BatchNormAct2d(nn.BatchNorm2d):
+    """timm's convention (timm/layers/norm_act.py): a torch BatchNorm subclass with ``drop``
+    and ``act`` modules, applied after the norm in that order."""
+
+    def __init__(self, c, act, drop=None):
+        super().__init__(c)
+        self.drop = drop if drop is not None else nn.Identity()
+        self.act = act
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+class _GroupNormAct(nn.GroupNorm):
+    def __init__(self, c, act):
+        super().__init__(2, c)
+        self.drop = nn.Identity()
+        self.act = act
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+class _Scale(nn.Module):
+    """A 'drop' that is no Identity: what runs after the norm must stay a module."""
+
+    def forward(self, x):
+        return x * 0.5
+
+
+# (activation module, the act= it must become, or None: kept as a module in a NormAct)
+NORM_ACT_CASES = [
+    (nn.ReLU(inplace=True), "relu"),
+    (nn.SiLU(inplace=True), "silu"),
+    (nn.LeakyReLU(0.2), "leaky_relu"),
+    (nn.ELU(0.5), "elu"),
+    (nn.GELU(), "gelu"),
+    (nn.Tanh(), "tanh"),
+    (nn.Sigmoid(), "sigmoid"),
+    (nn.Identity(), None),  # no activation: a plain norm
+    (nn.GELU(approximate="tanh"), "module"),  # sharenorm's gelu is the exact one
+    (nn.Hardswish(), "module"),
+    (nn.PReLU(4), "module"),  # a parameter of its own
+]
+
+
+@pytest.mark.parametrize("act,expect", NORM_ACT_CASES,
+                         ids=[f"{type(a).__name__}-{e}" for a, e in NORM_ACT_CASES])
+@pytest.mark.parametrize("kind", ["batch", "group", "sync"])
+@pytest.mark.parametrize("cls", [_BatchNormAct2d, _GroupNormAct], ids=["bnact", "gnact"])
+def test_convert_norm_act_layers_keeps_what_they_apply_after_the_norm(cls, kind, act, expect):
+    torch.manual_seed(0)
+    old = cls(4, copy.deepcopy(act)).double()
+    randomize_affine(old)
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64) * 2 + 1
+    for mode in ("train", "eval"):
+        before = copy.deepcopy(old).train(mode == "train")
+        after = sn.convert_norm(copy.deepcopy(before), kind).model
+        same = (kind != "group") == isinstance(old, nn.BatchNorm2d)
+        if expect == "module":
+            assert type(after).__name__ == "NormAct" and type(after.act) is type(act)
+            norm = after.norm
+        else:
+            assert after.act == expect
+            norm = after
+        assert norm.weight.dtype == torch.float64 and norm.training == (mode == "train")
+        if same:  # the same norm: the same output
+            torch.testing.assert_close(after(x), before(x), atol=1e-12, rtol=1e-12)
+
+
+def test_convert_norm_act_layer_with_a_drop_and_its_report():
+    old = _BatchNormAct2d(4, nn.SiLU(), drop=_Scale()).double().eval()
+    randomize_affine(old)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), old).double().eval()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    expected = net(x)
+    report = sn.convert_norm(net, "bn")
+    assert type(net[1]).__name__ == "NormAct" and isinstance(net[1].drop, _Scale)
+    assert "_Scale and SiLU run after the new norm" in str(report)
+    torch.testing.assert_close(net(x), expected, atol=1e-12, rtol=1e-12)
+    # converting again converts the norm inside, and keeps what runs after it
+    sn.convert_norm(net, "gn", num_groups=2)
+    assert type(net[1].norm) is sn.GroupNorm and isinstance(net[1].drop, _Scale)
+    # an act that maps onto act= says so
+    report = sn.convert_norm(nn.Sequential(_BatchNormAct2d(4, nn.ReLU())), "bn")
+    assert "its ReLU runs as act='relu'" in str(report)
+
+
+def test_convert_norm_act_layer_to_none_keeps_the_activation():
+    net = nn.Sequential(_BatchNormAct2d(4, nn.SiLU()), _BatchNormAct2d(4, nn.Hardswish()),
+                        _BatchNormAct2d(4, nn.Identity()))
+    sn.convert_norm(net, "none")
+    assert type(net[0]) is Activation and net[0].act == "silu"
+    assert type(net[1]).__name__ == "NormAct" and isinstance(net[1].norm, nn.Identity)
+    assert type(net[2]) is nn.Identity
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(net(x), nn.Hardswish()(nn.functional.silu(x)))
+
+
+def test_an_act_given_for_a_norm_act_layer_that_has_one_names_the_fix():
+    with pytest.raises(ValueError, match="applies Identity and SiLU after its norm.*pass no act"):
+        sn.convert_norm(nn.Sequential(_BatchNormAct2d(4, nn.SiLU())), "bn", act="relu")
+    # a norm+act layer without activation takes the act= given
+    net = nn.Sequential(_BatchNormAct2d(4, nn.Identity()))
+    sn.convert_norm(net, "bn", act="relu")
+    assert net[0].act == "relu"
+
+
+def test_activation_name_only_for_exact_torch_classes():
+    class MyReLU(nn.ReLU):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    assert activation_name(nn.ReLU()) == ("relu", None)
+    assert activation_name(nn.LeakyReLU()) == ("leaky_relu", 0.01)
+    assert activation_name(MyReLU()) is None and activation_name(nn.Mish()) is None
+
+
+def test_convert_norm_sync_converts_every_norm_convert_sync_batchnorm_only_batchnorm():
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.GroupNorm(2, 4))
+    sn.convert_norm(net, "sync")
+    assert type(net[1]) is sn.SyncBatchNorm and type(net[2]) is sn.SyncBatchNorm
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.GroupNorm(2, 4))
+    assert sn.convert_sync_batchnorm(net) is net
+    assert type(net[1]) is sn.SyncBatchNorm and type(net[2]) is nn.GroupNorm
+    assert sn.SyncBatchNorm.convert_sync_batchnorm is sn.convert_sync_batchnorm
+
+
+def _imports(path: pathlib.Path, root: pathlib.Path) -> set[str]:
+    """The sharenorm modules ``path`` imports anywhere in it (functions included); a
+    ``from package import module`` counts as the module."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                is_module = (root / pathlib.Path(*sub.split(".")[1:])).with_suffix(".py").exists()
+                found.add(sub if is_module else node.module)
+    return {m for m in found if m.startswith("sharenorm.")}
+
+
+def test_conversion_and_tools_modules_import_nothing_that_imports_them_back():
+    root = pathlib.Path(sn.__file__).parent
+    graph = {}
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        graph[".".join(("sharenorm",) + parts)] = _imports(path, root)
+
+    def is_package(mod: str) -> bool:
+        return (root / pathlib.Path(*mod.split(".")[1:]) / "__init__.py").exists()
+
+    def reaches(start: str, goal: str) -> bool:
+        # Packages re-export what lies below them: not edges of the layering.
+        seen, todo = set(), [start]
+        while todo:
+            mod = todo.pop()
+            if mod == goal:
+                return True
+            if mod in graph and mod not in seen:
+                seen.add(mod)
+                todo += [m for m in graph[mod] if not is_package(m)]
+        return False
+
+    mine = ["sharenorm.norm.factory", "sharenorm.norm.syncbatchnorm", "sharenorm.norm.post",
+            "sharenorm.norm.tools.freeze", "sharenorm.norm.tools.recalibrate",
+            "sharenorm.norm.tools.fuse"]
+    for mod in mine:
+        for dep in graph[mod]:
+            assert not reaches(dep, mod), f"{mod} imports {dep}, which imports {mod} back"
+    assert "sharenorm.norm.factory" not in graph["sharenorm.norm.syncbatchnorm"]

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 import sharenorm as sn
+from sharenorm.norm.tools import fold_bn_weights
 
 
 def _norm_zoo() -> nn.Sequential:
@@ -412,3 +413,203 @@ def test_frozen_layer_keeps_its_mode_when_forward_raises():
     assert restored.training
     sn.unfreeze_norm_stats(restored)
     assert not restored._forward_hooks and not restored._forward_pre_hooks
+
+
+# ----------------------------------------------------------------------------- fold_bn_weights
+
+
+def _bn_stats(c, dtype=torch.float64):
+    g = torch.Generator().manual_seed(c)
+    return (torch.randn(c, generator=g, dtype=dtype), torch.rand(c, generator=g, dtype=dtype) + 0.5,
+            torch.rand(c, generator=g, dtype=dtype) + 0.5, torch.randn(c, generator=g, dtype=dtype))
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fold_bn_weights_equals_torchs_fuse_conv_bn_weights(transpose, bias):
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    torch.manual_seed(0)
+    w = torch.randn(5, 6, 3, 3, dtype=torch.float64)
+    c = 6 if transpose else 5
+    b = torch.randn(c, dtype=torch.float64) if bias else None
+    mean, var, gamma, beta = _bn_stats(c)
+    ours = fold_bn_weights(w, b, mean, var, 1e-3, gamma, beta, transpose=transpose)
+    theirs = fuse_conv_bn_weights(w, b, mean, var, 1e-3, gamma, beta, transpose=transpose)
+    for a, t in zip(ours, theirs, strict=True):
+        assert type(a) is torch.Tensor and not a.requires_grad
+        torch.testing.assert_close(a, t.detach(), atol=1e-14, rtol=1e-14)
+
+
+def test_fold_bn_weights_linear_and_affine_less():
+    from torch.nn.utils.fusion import fuse_linear_bn_weights
+
+    w, b = torch.randn(4, 7, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    mean, var, gamma, beta = _bn_stats(4)
+    ours = fold_bn_weights(w, b, mean, var, 1e-5, gamma, beta)
+    theirs = fuse_linear_bn_weights(w, b, mean, var, 1e-5, gamma, beta)
+    for a, t in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, t.detach(), atol=1e-14, rtol=1e-14)
+    no_affine = fold_bn_weights(w, b, mean, var, 1e-5)
+    ones = fold_bn_weights(w, b, mean, var, 1e-5, torch.ones(4, dtype=torch.float64),
+                           torch.zeros(4, dtype=torch.float64))
+    for a, t in zip(no_affine, ones, strict=True):
+        torch.testing.assert_close(a, t, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 1e-5),
+                                        (torch.bfloat16, 5e-2)])
+def test_fold_bn_weights_of_a_grouped_transposed_conv_computes_conv_then_bn(dtype, atol):
+    """Per group, a ConvTranspose's output channels are the columns of that group's rows:
+    the scale must follow them (torch's fuse_conv_bn_weights assumes one group)."""
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose2d(6, 9, 3, groups=3).to(torch.float64)
+    bn = _randomize_bn(nn.BatchNorm2d(9)).to(torch.float64).eval()
+    x = torch.randn(2, 6, 4, 4, dtype=torch.float64)
+    w, b = fold_bn_weights(conv.weight.to(dtype), conv.bias.to(dtype), bn.running_mean,
+                           bn.running_var, bn.eps, bn.weight, bn.bias, transpose=True, groups=3)
+    assert w.dtype == dtype and b.dtype == dtype
+    got = nn.functional.conv_transpose2d(x, w.double(), b.double(), groups=3)
+    torch.testing.assert_close(got, bn(conv(x)), atol=atol * 10, rtol=atol)
+
+
+# ----------------------------------------------------------------------------- norm + act layers
+
+
+class _BNAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d convention: drop, then act, after the norm (modules)."""
+
+    def __init__(self, c, act, drop=None):
+        super().__init__(c)
+        self.drop = drop if drop is not None else nn.Identity()
+        self.act = act
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+class _Half(nn.Module):
+    def forward(self, x):
+        return x * 0.5
+
+
+class _ConvBNActNet(nn.Module):
+    """Not a Sequential: found in the torch.fx graph only."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1 = _BNAct(4, nn.SiLU(inplace=True))
+        self.conv2 = nn.Conv2d(4, 4, 1)
+        self.bn2 = _BNAct(4, nn.Hardswish(), drop=_Half())
+        self.conv3 = nn.Conv2d(4, 4, 1)
+        self.bn3 = _BNAct(4, nn.Identity())
+
+    def forward(self, x):
+        return self.bn3(self.conv3(self.bn2(self.conv2(self.bn1(self.conv1(x))))))
+
+
+def test_fuse_folds_norm_act_layers_keeping_what_they_apply_after():
+    net = _randomize_bn(_ConvBNActNet()).double().eval()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    report = sn.fuse_conv_bn(net)
+    assert report.fused == [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")], report
+    fused = report.model
+    assert type(fused.bn1) is nn.SiLU and not hasattr(fused, "bn3")
+    assert isinstance(fused.bn2.drop, _Half) and type(fused.bn2.act) is nn.Hardswish
+    torch.testing.assert_close(fused(x), net(x), atol=1e-12, rtol=1e-12)
+    # in a Sequential, and after a Linear
+    seq = _randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 1), _BNAct(4, nn.GELU()))).double().eval()
+    report = sn.fuse_conv_bn(seq)
+    assert report.fused == [("0", "1")] and type(report.model[1]) is nn.GELU
+    torch.testing.assert_close(report.model(x), seq(x), atol=1e-12, rtol=1e-12)
+
+
+class _ReadsTheNormsTensors(nn.Module):
+    """Uses a BatchNorm's tensors without calling it: there is no layer call to fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        bn = self.bn
+        return nn.functional.batch_norm(self.conv(x), bn.running_mean, bn.running_var,
+                                        bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+class _NeverCallsIt(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_fuse_says_why_a_norm_was_not_found_after_a_conv():
+    reasons = dict(sn.fuse_conv_bn(_ReadsTheNormsTensors().eval()).skipped)
+    assert "uses its parts (bn." in reasons["bn"] and "bn.running_mean" in reasons["bn"]
+    assert "no layer to fold" in reasons["bn"]
+    reasons = dict(sn.fuse_conv_bn(_NeverCallsIt().eval()).skipped)
+    assert reasons["bn"] == "the model's forward never calls it (torch.fx trace)"
+    reasons = dict(sn.fuse_conv_bn(_ConvBNActNet().eval(), method="sequential").skipped)
+    assert "the only place method='sequential' looks" in reasons["bn1"]
+
+
+def test_norm_tracer_keeps_torch_norm_subclasses_of_other_libraries_as_leaves():
+    from sharenorm.norm.tools import NormTracer
+
+    net = _ConvBNActNet()
+    targets = [n.target for n in NormTracer().trace(net).nodes if n.op == "call_module"]
+    assert targets == ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3"]
+
+
+class _ConvBlock(nn.Module):
+    """conv → norm → act as attributes, as Hugging Face's ResNetConvLayer."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.convolution = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.normalization = nn.BatchNorm2d(c_out)
+        self.activation = nn.ReLU()
+
+    def forward(self, x):
+        return self.activation(self.normalization(self.convolution(x)))
+
+
+class _ChecksItsInput(nn.Module):
+    """torch.fx cannot trace it as a whole (a check on the input in Python, as Hugging Face
+    models do), but it can trace each block; the last BN follows an untraceable step."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([_ConvBlock(3, 4), _ConvBlock(4, 4)])
+        self.head = nn.Conv2d(4, 4, 1)
+        self.head_norm = nn.BatchNorm2d(4)
+        self.tail = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU())  # its norm's input: from outside
+
+    def forward(self, x):
+        if x.shape[1] != 3:
+            raise ValueError("expected 3 channels")
+        for block in self.blocks:
+            x = block(x)
+        return self.tail(self.head_norm(self.head(x) if x.sum() > 0 else x))
+
+
+def test_fuse_folds_inside_the_parts_torch_fx_can_trace_of_a_model_it_cannot():
+    net = _randomize_bn(_ChecksItsInput()).double().eval()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    expected = net(x)
+    report = sn.fuse_conv_bn(net)
+    assert report.fused == [("blocks.0.convolution", "blocks.0.normalization"),
+                            ("blocks.1.convolution", "blocks.1.normalization")]
+    assert type(report.model) is _ChecksItsInput  # in place, each class kept
+    assert type(report.model.blocks[0].normalization) is nn.Identity
+    reasons = dict(report.skipped)
+    assert reasons["head_norm"].startswith("torch.fx could not trace the model")
+    assert reasons["tail.0"] == ("its input comes from outside tail, the largest part of the "
+                                 "model that torch.fx could trace")
+    torch.testing.assert_close(report.model(x), expected, atol=1e-12, rtol=1e-12)

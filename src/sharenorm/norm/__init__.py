@@ -2,13 +2,19 @@
 
 from sharenorm.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
 from sharenorm.norm.batchrenorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
-from sharenorm.norm.factory import ConversionReport, convert_norm, make_norm
+from sharenorm.norm.factory import (
+    ConversionReport,
+    convert_norm,
+    convert_sync_batchnorm,
+    make_norm,
+)
 from sharenorm.norm.groupnorm import GroupNorm
 from sharenorm.norm.instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d
-from sharenorm.norm.syncbatchnorm import SyncBatchNorm, convert_sync_batchnorm
+from sharenorm.norm.syncbatchnorm import SyncBatchNorm
 from sharenorm.norm.tools import (
     FuseReport,
     NormTracer,
+    fold_bn_weights,
     freeze_norm_stats,
     fuse_conv_bn,
     is_norm_stats_frozen,
@@ -27,7 +33,7 @@ __all__ = [
     "make_norm",
     "convert_norm",
     "ConversionReport",
-    # issue 6: beyond one process, small batches, deployment
+    # beyond one process, small batches, deployment
     "SyncBatchNorm",
     "convert_sync_batchnorm",
     "BatchRenorm1d",
@@ -38,6 +44,7 @@ __all__ = [
     "is_norm_stats_frozen",
     "recalibrate_norm_stats",
     "fuse_conv_bn",
+    "fold_bn_weights",
     "FuseReport",
     "NormTracer",
 ]

@@ -5,9 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from sharenorm.sharing.tie import iter_links, tie, ties, untie
-from sharenorm.sharing.tie._link import _LINKS  # factory.convert_norm's check of a lone norm
 
-__all__ = ["replace_modules", "_LINKS"]
+__all__ = ["replace_modules"]
 
 
 def replace_modules(model: nn.Module, new_of: dict[int, nn.Module]) -> None:

@@ -1,8 +1,9 @@
 """Build a norm layer from a string, and swap every norm layer of a model for another kind.
 
-``make_norm("gn", 64)`` is how experiments plug a norm into a model, and
-``convert_norm(model, "group")`` is "try GroupNorm instead of BatchNorm on my ResNet"
-in one line.
+``make_norm("gn", 64)`` is how experiments plug a norm into a model;
+``convert_norm(model, "group")`` is "try GroupNorm instead of BatchNorm on my ResNet" in one
+line, and ``convert_norm(model, "sync")`` (or ``convert_sync_batchnorm``) readies a model for
+SyncBatchNorm training.
 
 Example:
     >>> import torch.nn as nn, sharenorm as sn
@@ -15,15 +16,16 @@ Example:
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from sharenorm.norm._replace import _LINKS, replace_modules
-from sharenorm.norm.activation import apply_activation, check_activation
+from sharenorm.norm._replace import replace_modules
 from sharenorm.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
-from sharenorm.norm.batchrenorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
+from sharenorm.norm.batchrenorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, _BatchRenorm
 from sharenorm.norm.groupnorm import GroupNorm
 from sharenorm.norm.instancenorm import (
     InstanceNorm1d,
@@ -31,8 +33,18 @@ from sharenorm.norm.instancenorm import (
     InstanceNorm3d,
     _InstanceNorm,
 )
+from sharenorm.norm.post import Activation, NormAct, activation_name, post_modules
+from sharenorm.norm.syncbatchnorm import SyncBatchNorm
+from sharenorm.sharing.tie import iter_links
 
-__all__ = ["make_norm", "convert_norm", "ConversionReport", "Activation", "NORM_KINDS"]
+__all__ = [
+    "make_norm",
+    "convert_norm",
+    "convert_sync_batchnorm",
+    "ConversionReport",
+    "Activation",
+    "NORM_KINDS",
+]
 
 # alias -> canonical kind
 _KINDS = {
@@ -50,7 +62,7 @@ _KINDS = {
     "layernorm": "layer",
     "none": "none",
     "identity": "none",
-    # BatchNorm variants (issue 6); not in NORM_KINDS, which lists the seed's norms.
+    # BatchNorm variants; not in NORM_KINDS, which lists the seeds' norms.
     "sync": "sync",
     "syncbn": "sync",
     "syncbatch": "sync",
@@ -67,22 +79,6 @@ _INSTANCE = {1: InstanceNorm1d, 2: InstanceNorm2d, 3: InstanceNorm3d}
 # normalizes trailing dims and is left alone).
 _TORCH_BATCH = (nn.modules.batchnorm._BatchNorm,)
 _TORCH_INSTANCE = (nn.modules.instancenorm._InstanceNorm,)
-
-
-class Activation(nn.Module):
-    """The activation alone, what ``make_norm("none", C, act=...)`` returns."""
-
-    def __init__(self, act: str | None, act_param: float | None = None) -> None:
-        super().__init__()
-        self.act = check_activation(act, act_param)
-        self.act_param = act_param
-
-    def forward(self, input: Tensor) -> Tensor:
-        return apply_activation(input, self.act, self.act_param)
-
-    def extra_repr(self) -> str:
-        param = "" if self.act_param is None else f", act_param={self.act_param}"
-        return f"act={self.act!r}{param}"
 
 
 def canonical_kind(kind: str) -> str:
@@ -133,8 +129,6 @@ def make_norm(kind: str, num_channels: int, *, dim: int = 2, **kw) -> nn.Module:
     if kind == "batch":
         return _BATCH[max(dim, 1)](num_channels, **kw)
     if kind == "sync":
-        from sharenorm.norm.syncbatchnorm import SyncBatchNorm
-
         return SyncBatchNorm(num_channels, **kw)
     if kind == "renorm":
         return _RENORM[max(dim, 1)](num_channels, **kw)
@@ -213,6 +207,35 @@ def _same_kind(old: nn.Module, kind: str) -> bool:
     ) or (kind == "instance" and isinstance(old, _TORCH_INSTANCE + (_InstanceNorm,)))
 
 
+def _post_settings(old: nn.Module, kw: dict) -> tuple[dict, tuple[nn.Module, nn.Module] | None, str]:
+    """What ``old`` applies after normalizing, for the new layer: ``act``/``act_param``
+    settings, the modules to keep running after the new norm (``None``: none), and a
+    note. A sharenorm layer's ``act`` is a name; another library's (timm's) ``drop`` and
+    ``act`` are modules, which become the new layer's ``act=`` where one computes the same
+    (no drop, an activation :func:`activation_name` knows), and are kept as modules
+    (:class:`NormAct`) otherwise."""
+    post = post_modules(old)
+    if post is None:
+        return {k: getattr(old, k) for k in ("act", "act_param") if hasattr(old, k)}, None, ""
+    drop, act = post
+    if isinstance(drop, nn.Identity) and isinstance(act, nn.Identity):
+        return {}, None, ""  # nothing after the norm: an act= given in kw applies
+    if "act" in kw or "act_param" in kw:
+        raise ValueError(
+            f"this {type(old).__name__} applies {type(drop).__name__} and {type(act).__name__} "
+            "after its norm, which convert_norm keeps; pass no act=/act_param=, or set the "
+            "layer's .act to the activation you want before converting"
+        )
+    named = activation_name(act) if isinstance(drop, nn.Identity) else None
+    if named is not None:
+        name, param = named
+        return ({"act": name, "act_param": param},
+                None, f"its {type(act).__name__} runs as act={name!r}")
+    return ({}, (drop, act),
+            f"its {type(drop).__name__} and {type(act).__name__} run after the new norm "
+            "(NormAct; the norm's state_dict keys gain '.norm')")
+
+
 def _convert_one(
     old: nn.Module, kind: str, dim: int | None, kw: dict, like: Tensor | None
 ) -> tuple[nn.Module, tuple[str, ...], str]:
@@ -224,9 +247,9 @@ def _convert_one(
             "one forward pass (model(example_input)) first, then convert_norm"
         )
     channels = getattr(old, "num_features", None) or old.num_channels
-    params = {}
-    # act, memory_efficient and backend exist on sharenorm layers only.
-    for attr in ("eps", "affine", "act", "act_param", "memory_efficient", "backend"):
+    params, post, notes = _post_settings(old, kw)
+    # memory_efficient and backend exist on sharenorm layers only.
+    for attr in ("eps", "affine", "memory_efficient", "backend"):
         if hasattr(old, attr):
             params[attr] = getattr(old, attr)
     if getattr(old, "affine", False) and getattr(old, "bias", None) is None:
@@ -245,6 +268,8 @@ def _convert_one(
     if kind == "none":
         params = {k: v for k, v in params.items() if k in ("act", "act_param")}
     params.update(kw)
+    if params.get("act") == "identity":
+        params["act"] = None
     # Its γ or running mean, read through getattr so that a tied one gives its source's
     # dtype and device; else any tensor of its own; else the model's (``like``).
     ref = next(
@@ -253,13 +278,13 @@ def _convert_one(
          if isinstance(t, Tensor) and t.is_floating_point()),
         like,
     )
-    note = ""
+    note = [notes] if notes else []
     rank = _spatial_dims(old) or dim
     if rank is None:
         rank = 2
         if kind in ("batch", "renorm", "instance"):
-            note = (f"{type(old).__name__} takes any rank: 2-d images assumed, pass dim=1 or "
-                    "dim=3 for other inputs")
+            note.append(f"{type(old).__name__} takes any rank: 2-d images assumed, pass dim=1 "
+                        "or dim=3 for other inputs")
     new = make_norm(kind, channels, dim=rank, **params)
     if ref is not None:
         new = new.to(device=ref.device, dtype=ref.dtype)
@@ -279,7 +304,9 @@ def _convert_one(
                 if isinstance(src, Tensor) and isinstance(dst, Tensor):
                     dst.copy_(src)
                     kept.append(name)
-    return new, tuple(kept), note
+    if post is not None:
+        new = NormAct(new, *post)
+    return new, tuple(kept), "; ".join(note)
 
 
 def _describe(m: nn.Module) -> str:
@@ -322,18 +349,54 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int | None = None, **kw) -
         >>> type(net[1]).__module__, report.changes[0].kept[-1]
         ('sharenorm.norm.batchnorm', 'num_batches_tracked')
     """
-    kind = canonical_kind(kind)
+    return _convert(model, canonical_kind(kind), _is_norm, dim, kw, "convert_norm")
+
+
+def _is_plain_batchnorm(m: nn.Module) -> bool:
+    """A BatchNorm that SyncBatchNorm replaces: not already one, not BatchRenorm (whose
+    correction SyncBatchNorm does not make)."""
+    return isinstance(m, _TORCH_BATCH + (_BatchNorm,)) and not isinstance(
+        m, (SyncBatchNorm, _BatchRenorm)
+    )
+
+
+def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> nn.Module:
+    """``convert_norm(model, "sync", process_group=...)`` for BatchNorm layers only, in
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm's spelling: every torch.nn or sharenorm
+    BatchNorm1d/2d/3d (and torch's SyncBatchNorm) becomes a :class:`SyncBatchNorm` keeping
+    everything :func:`convert_norm` keeps; BatchRenorm, InstanceNorm and GroupNorm are left
+    alone. Returns the model (a new module only when ``model`` itself is a BatchNorm).
+
+    Example:
+        >>> import torch.nn as nn, sharenorm as sn
+        >>> net = sn.convert_sync_batchnorm(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)))
+        >>> type(net[1]).__name__
+        'SyncBatchNorm'
+    """
+    kw = {"process_group": process_group}
+    return _convert(model, "sync", _is_plain_batchnorm, None, kw, "convert_sync_batchnorm").model
+
+
+# torch.nn.SyncBatchNorm's spelling of the same; set here, where conversion lives, so that
+# syncbatchnorm.py needs nothing from this file.
+SyncBatchNorm.convert_sync_batchnorm = staticmethod(convert_sync_batchnorm)
+
+
+def _convert(
+    model: nn.Module, kind: str, select: Callable[[nn.Module], bool], dim: int | None,
+    kw: dict, caller: str,
+) -> ConversionReport:
+    """Every layer of ``model`` that ``select`` picks, converted to ``kind`` in place."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"convert_norm expects an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"{caller} expects an nn.Module, got {type(model).__name__}")
     report = ConversionReport(model)
-    if _is_norm(model):
-        tied = model.__dict__.get(_LINKS)
-        if tied:
-            name, link = next(iter(tied.items()))
+    if select(model):
+        outside = next((t for t in iter_links(model) if t.source is None), None)
+        if outside is not None:
             raise ValueError(
-                f"cannot convert this {type(model).__name__} alone: its {name!r} is tied to "
-                f"{link.hint}, which lies outside it; convert the model that holds both, or "
-                f"sharenorm.untie(model, '...{name}') first"
+                f"cannot convert this {type(model).__name__} alone: its {outside.target!r} is "
+                f"tied to {outside.link.hint}, which lies outside it; convert the model that "
+                f"holds both, or sharenorm.untie(model, '...{outside.target}') first"
             )
         new, kept, note = _convert_one(model, kind, dim, dict(kw), None)
         report.model = new
@@ -346,7 +409,7 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int | None = None, **kw) -
                 None)
     new_of: dict[int, nn.Module] = {}
     for name, old in model.named_modules(remove_duplicate=False):
-        if name and _is_norm(old) and id(old) not in new_of:
+        if name and select(old) and id(old) not in new_of:
             new, kept, note = _convert_one(old, kind, dim, dict(kw), like)
             new_of[id(old)] = new
             report.changes.append(Change(name, _describe(old), _describe(new), kept, note))

@@ -1,36 +1,10 @@
-r"""SyncBatchNorm: Batch Normalization whose statistics are taken over the batches of
+"""SyncBatchNorm: Batch Normalization whose statistics are taken over the batches of
 every process of a ``torch.distributed`` group, on CPU (gloo) and GPU (NCCL).
 
-With a few images per GPU, per-process BatchNorm estimates μ and σ² from a handful of
-samples; SyncBatchNorm computes them over the *global* batch, so training on k
-processes with batch b normalizes like one process with batch k·b.
-
-How the statistics are merged. Each rank r computes, per channel, its element count
-n_r, mean μ_r and sum of squared deviations M2_r = Σ (x − μ_r)² = n_r·σ²_r (μ_r, σ²_r
-from ATen's BatchNorm statistics kernel, the one BatchNorm uses). One ``all_gather`` of the ``(n_r, μ_r, M2_r)`` vectors (float64), then
-the count-weighted Chan/Welford merge:
-
-.. math::
-    n = \sum_r n_r,\quad \mu = \frac{1}{n}\sum_r n_r \mu_r,\quad
-    M2 = \sum_r \big(M2_r + n_r (\mu_r - \mu)^2\big),\quad \sigma^2 = M2 / n
-
-No rank subtracts a large mean from a large sum (the cancellation a Σx, Σx² reduction
-suffers), ranks may hold different batch sizes, and a rank with an **empty** batch
-(n_r = 0) simply contributes nothing. σ² is the biased variance that normalizes; the
-running statistics get the global *unbiased* σ²·n/(n − 1), with BatchNorm's momentum
-rule and its non-finite guard (a NaN anywhere skips the update on every rank alike).
-
-Backward needs two global sums per channel, Σ dy and Σ dy·x̂ (one ``all_reduce``):
-
-.. math::
-    \frac{\partial L}{\partial x} = \frac{\gamma}{\sqrt{\sigma^2+\epsilon}}\Big(dy
-        - \frac{1}{n}\sum dy - \hat x\,\frac{1}{n}\sum dy\,\hat x\Big)
-
-while ∂L/∂γ = Σ_local dy·x̂ and ∂L/∂β = Σ_local dy stay per rank, to be averaged by
-DDP like every other parameter gradient (as torch's SyncBatchNorm does).
-
-Every rank of the group must call forward and backward of every SyncBatchNorm layer the
-same number of times (they meet in collectives) — also a rank with an empty batch.
+The ranks' per-channel (count, mean, M2) are all-gathered and merged count-weighted
+(Chan/Welford), so ranks may hold unequal or empty batches; backward all-reduces Σ dy and
+Σ dy·x̂. docs/design/syncbatchnorm.md gives the math and the reasons. Models are
+converted with ``sharenorm.convert_norm(model, "sync")`` or ``convert_sync_batchnorm``.
 """
 
 from __future__ import annotations
@@ -40,14 +14,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
 from sharenorm import distributed as snd
 from sharenorm.norm import functional as SF
 from sharenorm.norm.activation import apply_activation
 from sharenorm.norm.batchnorm import _BatchNorm
 
-__all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "sync_batch_norm_stats"]
+__all__ = ["SyncBatchNorm", "sync_batch_norm_stats"]
 
 
 def _stat_dtype(x: Tensor) -> torch.dtype:
@@ -232,7 +206,7 @@ class SyncBatchNorm(_BatchNorm):
     the running statistics get the global unbiased variance (same on every rank). The
     backward pass all-reduces Σ dy and Σ dy·x̂. In eval, or without an initialised
     process group, or with a group of one process, the layer *is* BatchNorm (the same
-    code path). The module-level notes explain the algorithm.
+    code path). docs/design/syncbatchnorm.md explains the algorithm.
 
     Args:
         num_features: C.
@@ -307,62 +281,3 @@ class SyncBatchNorm(_BatchNorm):
         self._check_channels(input)
         self._check_dtypes(input)
         return sync_batch_norm_train(self, input, self.process_group, world)
-
-    @classmethod
-    def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
-        """Same as :func:`convert_sync_batchnorm` (torch.nn.SyncBatchNorm's spelling)."""
-        return convert_sync_batchnorm(module, process_group)
-
-
-def _is_convertible(m: nn.Module) -> bool:
-    from sharenorm.norm.batchrenorm import _BatchRenorm
-
-    if isinstance(m, (SyncBatchNorm, _BatchRenorm)):
-        return False
-    return isinstance(m, (_BatchNorm, nn.modules.batchnorm._BatchNorm))
-
-
-def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> nn.Module:
-    """Replace every BatchNorm layer of ``model`` (torch.nn's BatchNorm1d/2d/3d and
-    SyncBatchNorm, sharenorm's BatchNorm1d/2d/3d) by :class:`SyncBatchNorm`, in place,
-    keeping γ, β (and their ``requires_grad``), running statistics, ``num_batches_tracked``,
-    eps, momentum, affine, ``act``, device, dtype and train/eval mode. A layer used at
-    several places is converted once and placed at each; ties and torch sharing that
-    involve a converted layer are kept (as by :func:`sharenorm.convert_norm`). Returns the model
-    (a new module only when ``model`` itself is a BatchNorm layer). BatchRenorm and
-    layers that are already SyncBatchNorm are left alone.
-
-    Args:
-        model: any module.
-        process_group: the group the new layers synchronise over (None: the default).
-
-    Example:
-        >>> import torch.nn as nn, sharenorm as sn
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
-        >>> net = sn.convert_sync_batchnorm(net)
-        >>> type(net[1]).__name__
-        'SyncBatchNorm'
-    """
-    from sharenorm.norm._replace import replace_modules
-    from sharenorm.norm.factory import _convert_one
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"convert_sync_batchnorm expects an nn.Module, got {type(model).__name__}")
-    def convert(old: nn.Module) -> nn.Module:
-        kw = {
-            "process_group": process_group,
-            "track_running_stats": old.track_running_stats,
-            "bias": not old.affine or old.bias is not None,
-        }
-        return _convert_one(old, "sync", None, kw, None)[0]
-
-    if _is_convertible(model):
-        return convert(model)
-    # Each layer once, then put at every place it has, keeping ties and torch sharing (as
-    # convert_norm does): collecting first means the walk never sees a half-converted tree.
-    new_of: dict[int, nn.Module] = {}
-    for name, m in model.named_modules(remove_duplicate=False):
-        if name and _is_convertible(m) and id(m) not in new_of:
-            new_of[id(m)] = convert(m)
-    replace_modules(model, new_of)
-    return model
