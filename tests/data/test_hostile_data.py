@@ -244,8 +244,8 @@ def test_images_past_the_limit_are_refused_before_decoding(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()
         Image.new("RGB", (600, 600)).save(tmp_path / cls / "0.png")  # 1.03 MiB decoded each
-    with bounded() as b, pytest.raises(DataError, match=r"a/0.png: a 600×600 RGB image takes "
-                                                        r"1.0 MiB once decoded, over"):
+    with bounded() as b, pytest.raises(DataError, match=r"^\S+/a/0.png: a 600×600 RGB image "
+                                                        r"takes 1.0 MiB once decoded, over"):
         load_path(tmp_path, limit=LIMIT)
     assert b["peak"] < 2 * MiB
 
@@ -289,3 +289,16 @@ def test_the_lab_refuses_a_bomb_with_exit_2(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "bomb.npz: array 'x'" in err and f"{LIMIT_ENV}=1G" in err
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_an_image_error_keeps_its_own_message(tmp_path):
+    # a DataError raised while decoding (a float image outside [0, 1]) is not re-wrapped as
+    # "not a readable image"
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.full((4, 4), 7.0, np.float32), mode="F").save(tmp_path / cls / "0.tif")
+    with pytest.raises(DataError, match=r"^\S+/a/0.tif: 'F' image values span \[7, 7\]") as e:
+        load_path(tmp_path)
+    assert "not a readable image" not in str(e.value)

@@ -27,6 +27,7 @@ import math
 import os
 import stat
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -317,8 +318,6 @@ def load_npz(path: str | os.PathLike, *, limit: int | None = None) -> Dataset:
 
 
 def _npz_names(path: Path) -> list[str]:
-    import zipfile
-
     with zipfile.ZipFile(path) as zf:
         return [n.removesuffix(".npy") for n in zf.namelist()]
 
@@ -389,6 +388,8 @@ def _read_images(root: Path, classes: list[str], size: tuple[int, int] | None,
                         a = np.stack([np.asarray(Image.fromarray(c).resize(size, Image.BILINEAR))
                                       for c in a])
                     xs.append(a)
+            except DataError:  # a ValueError, but already says what is wrong
+                raise
             except Image.DecompressionBombError as e:
                 raise DataError(f"{p}: an image too large to decode ({e}); shrink it (the lab "
                                 "trains on small images)") from e

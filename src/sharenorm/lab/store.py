@@ -339,7 +339,8 @@ class ResultsStore:
     def _skip(self, line: int, problem: str) -> None:
         self.skipped_lines.append(line)
         warnings.warn(f"{self.path}: line {line} {problem}; it is ignored, and the run it held "
-                      "(if any) is redone by `sharenorm lab`", stacklevel=4)
+                      "(if any) is redone by `sharenorm lab` (delete the line to silence this)",
+                      stacklevel=4)
 
     # ------------------------------------------------------------------ writing
     def _append(self, rec: dict) -> None:
