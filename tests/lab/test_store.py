@@ -73,9 +73,12 @@ def test_other_lab_configuration_is_refused_and_untouched(tmp_path, other):
 
 
 def test_file_without_header_is_refused(tmp_path):
-    (tmp_path / "results.jsonl").write_text('{"kind": "run", "key": "x"}\n')
+    run = {"kind": "run", "key": run_key("e", {"a": 1}, 0), **_run(1)}
+    (tmp_path / "results.jsonl").write_text(json.dumps(run) + "\n")
     with pytest.raises(LabError, match="no header line"):
         ResultsStore.open(tmp_path, HEADER)
+    with pytest.raises(LabError, match="no header line .*Pass a folder written by"):
+        ResultsStore.read(tmp_path)
 
 
 def test_read_missing_folder(tmp_path):
@@ -204,3 +207,136 @@ def test_git_commit_is_none_for_a_copy_inside_another_repository(tmp_path, monke
     spec.loader.exec_module(copy)
     assert copy.git_commit() is None
     assert runner.git_commit() is None or len(runner.git_commit().split("+")[0]) == 12
+
+
+# ------------------------------------------------- lines the lab did not write as they stand
+def _store_with(tmp_path, *lines):
+    """A results file: the header, two good runs, then ``lines`` (dicts or raw strings)."""
+    recs = [{"kind": "header", **HEADER}]
+    recs += [{"kind": "run", "key": run_key("e", {"a": i}, 0), **_run(i)} for i in (1, 2)]
+    recs += list(lines)
+    text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in recs)
+    (tmp_path / "results.jsonl").write_text(text)
+    return tmp_path / "results.jsonl"
+
+
+def _good(i=3, **change):
+    rec = {"kind": "run", "key": run_key("e", {"a": i}, 0), **_run(i)}
+    rec.update(change)
+    return {k: v for k, v in rec.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+_MALFORMED = [
+    (_good(experiment=_DROP), "a run without 'experiment'"),
+    (_good(metrics=_DROP, seed=_DROP), "a run without 'seed', 'metrics'"),
+    (_good(key=_DROP), "a run without 'key'"),
+    (_good(config=[1]), "'config' is not an object"),
+    (_good(seed="0"), "'seed' is not an integer"),
+    (_good(seed=True), "'seed' is not an integer"),
+    (_good(metrics=None), "'metrics' is not an object"),
+    (_good(time=3), "'time' is not an object"),
+    (_good(time={"run_s": "fast"}), "time 'run_s' is not a number"),
+    (_good(key="e|{}|0"), "'key' does not match its experiment, config and seed"),
+    ('{"kind": "run", "key": "x", "experiment": "e", "config": {}, "seed": 0, '
+     '"metrics": {"v": NaN}}', "holds NaN, a number the lab never writes"),
+    (json.dumps(_good(metrics={"v": 1e999})), "holds Infinity"),  # json.dumps writes Infinity
+    ("[1, 2]", "is a JSON list, not an object"),
+    ('"text"', "is a JSON str, not an object"),
+    ('{"kind": "runn"}', "unknown kind 'runn'"),
+    ('{"key": "x"}', "unknown kind None"),
+    ("[" * 100000, "is not valid JSON"),
+    ('{"kind": "session", "wall_s": "1 s"}', "session whose 'wall_s' is not a number"),
+    ('{"kind": "session", "env": []}', "session whose 'env' is not an object"),
+    ('{"kind": "session", "load": [1]}', "session whose 'load' is not two numbers"),
+]
+
+
+@pytest.mark.parametrize("line, why", _MALFORMED, ids=[w for _, w in _MALFORMED])
+def test_a_malformed_line_is_skipped_with_a_warning_naming_it(tmp_path, line, why):
+    # a line the lab would not have written: like a garbage line, skipped with a warning that
+    # names it, and its run redone; never a KeyError/TypeError later in the report
+    _store_with(tmp_path, line, {"kind": "session", "wall_s": 1.0, "jobs": 1})
+    for opener in (ResultsStore.read, lambda f: ResultsStore.open(f, HEADER)):
+        with pytest.warns(UserWarning, match=rf"line 4 .*{_re(why)}.*ignored.*redone"):
+            s = opener(tmp_path)
+        assert s.skipped_lines == [4]
+        assert len(s.runs) == 2 and len(s.sessions) == 1
+        assert all(r["experiment"] == "e" for r in s.runs.values())
+        assert not s.done(run_key("e", {"a": 3}, 0))
+        s.close()
+
+
+def _re(text):
+    import re
+
+    return re.escape(text)
+
+
+def test_report_of_a_malformed_line_is_not_a_traceback(tmp_path, capsys):
+    from sharenorm.cli import main
+
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    _store_with(folder, _good(experiment=_DROP))
+    with pytest.warns(UserWarning, match="line 4 is a run without 'experiment'"):
+        assert main(["report", str(folder)]) == 0
+    assert (folder / "report.md").is_file()
+
+
+def test_identical_duplicates_are_harmless_and_the_first_counts(tmp_path):
+    dup = _good(1, time={"run_s": 9.0})  # same key and metrics; the time may differ
+    _store_with(tmp_path, dup, {"kind": "header", **HEADER})
+    s = ResultsStore.read(tmp_path)
+    assert len(s.runs) == 2 and s.skipped_lines == []
+    assert s.runs[run_key("e", {"a": 1}, 0)]["time"] == {}
+
+
+def test_a_duplicate_run_with_other_metrics_is_refused_naming_both_lines(tmp_path, capsys):
+    from sharenorm.cli import main
+
+    p = _store_with(tmp_path, _good(1, metrics={"v": 99}))
+    before = p.read_bytes()
+    for opener in (ResultsStore.read, lambda f: ResultsStore.open(f, HEADER)):
+        with pytest.raises(LabError, match=r"lines 2 and 4 hold the same run \(e\|\{\"a\":1\}\|0\) "
+                                           r"with different metrics \(v: 1 vs 99\).*Delete the "
+                                           r"wrong line, or both"):
+            opener(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "lines 2 and 4 hold the same run" in capsys.readouterr().err
+    assert p.read_bytes() == before and not (tmp_path / "report.md").exists()
+
+
+def test_a_second_header_that_differs_is_refused(tmp_path, capsys):
+    from sharenorm.cli import main
+
+    _store_with(tmp_path, {"kind": "header", **HEADER, "profile": "full"}, _good(3))
+    for opener in (ResultsStore.read, lambda f: ResultsStore.open(f, HEADER)):
+        with pytest.raises(LabError, match=r"line 4 is a second header that differs from the one "
+                                           r"on line 1 \(profile: \"quick\" vs \"full\"\).*never "
+                                           r"mixed: move lines 4\.\. into"):
+            opener(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "second header" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n"])
+def test_an_empty_results_file_is_refused_by_read_and_started_by_open(tmp_path, capsys, text):
+    from sharenorm.cli import main
+
+    (tmp_path / "results.jsonl").write_text(text)
+    with pytest.raises(LabError, match=r"results.jsonl is empty: .*Run `sharenorm lab --out"):
+        ResultsStore.read(tmp_path)
+    assert main(["report", str(tmp_path)]) == 2
+    assert "is empty" in capsys.readouterr().err
+    if not text:  # a file created empty (touch): the lab starts it
+        ResultsStore.open(tmp_path, HEADER).close()
+        assert ResultsStore.read(tmp_path).header == HEADER
+
+
+def test_a_header_without_runs_reads(tmp_path):
+    ResultsStore.open(tmp_path, HEADER).close()  # a lab stopped before its first run finished
+    s = ResultsStore.read(tmp_path)
+    assert s.header == HEADER and s.runs == {}

@@ -30,7 +30,8 @@ class Dataset:
         source: where the data came from (a package and its arguments, or a path).
 
     Raises:
-        DataError: x and y disagree in length, the training split has fewer than
+        DataError: x and y disagree in length, a sample holds no values (a dimension of size
+            0: it would fail later, inside training), the training split has fewer than
             :data:`MIN_TRAIN` samples or the test split fewer than :data:`MIN_TEST` (an empty
             split would train on nothing or report 0% accuracy), or train and test samples
             differ in shape.
@@ -55,6 +56,10 @@ class Dataset:
                 )
             if x.dim() < 2:
                 raise DataError(f"{self.name}: x_{split} must be (N, C, *spatial), got {tuple(x.shape)}")
+            if 0 in x.shape[1:]:
+                raise DataError(f"{self.source or self.name}: x_{split} has shape "
+                                f"{tuple(x.shape)}: its samples hold no values; give each sample "
+                                "at least one value")
             need = MIN_TRAIN if split == "train" else MIN_TEST
             if x.shape[0] < need:
                 n = x.shape[0]

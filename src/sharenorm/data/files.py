@@ -12,25 +12,36 @@ Accepted (see :data:`ACCEPTED_FORMATS`):
 
 Inputs are scaled to [0, 1] when they are 8-bit (16-bit images: by 65535) and then
 standardized per channel with the training split's statistics. Corrupt files, empty splits
-(fewer than 2 training or 1 test sample) and negative labels raise :class:`DataError` naming
-the file and the problem.
+(fewer than 2 training or 1 test sample), samples without values (shape ``(N, 0)``) and
+negative labels raise :class:`DataError` naming the file and the problem.
+
+Hostile files are refused cheaply: a device or FIFO is never opened, and every loader checks
+the decoded size its file declares against the data limit (:mod:`sharenorm.data.limits`, 1 GiB
+unless ``SHARENORM_DATA_LIMIT`` or ``limit=`` says otherwise) before decompressing or
+allocating; only the arrays used are read.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import math
 import os
-import pickle
+import stat
 import warnings
-import zlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sharenorm.data.dataset import DataError, Dataset, split_train_test, to_dataset
+from sharenorm.data.limits import Budget, regular_file
+from sharenorm.data.readers import (
+    STREAM_ERRORS,
+    load_data_pickle,
+    open_maybe_gzip,
+    read_exact,
+    read_npz_arrays,
+)
 
 __all__ = ["ACCEPTED_FORMATS", "load_path", "read_idx", "load_idx_pair", "load_cifar",
            "load_npz", "load_image_folder"]
@@ -59,11 +70,13 @@ def _formats_hint() -> str:
 
 
 # ----------------------------------------------------------------------------------- IDX
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike, *, limit: int | None = None) -> np.ndarray:
     """Read one IDX file (gzipped or not) into a numpy array of its stored type and shape.
 
     Layout: two zero bytes, a type byte, the number of dims ``d``, then ``d`` big-endian uint32
-    sizes, then the data in C order.
+    sizes, then the data in C order. The size the header declares is checked against the data
+    limit (``limit`` bytes, default :func:`~sharenorm.data.limits.data_limit`) before any data
+    is decompressed, and no more than that is.
 
     Example:
         >>> import tempfile
@@ -74,32 +87,46 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         array([7, 8, 9], dtype=uint8)
 
     Raises:
-        DataError: the file cannot be read or decompressed, is not IDX, or holds a different
-            number of bytes than its header declares (the message names the file).
+        DataError: the file cannot be read or decompressed, is not IDX, holds a different
+            number of bytes than its header declares, or declares more than the data limit
+            (the message names the file).
     """
-    path = Path(path)
+    return _read_idx(Path(path), Budget(limit))
+
+
+def _read_idx(path: Path, budget: Budget) -> np.ndarray:
+    regular_file(path)
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        with open(path, "rb") as raw:
+            f, gz = open_maybe_gzip(raw)
+            head = bytes(read_exact(f, 4))
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise DataError(f"{path}: not an IDX file (the first two bytes must be zero)")
+            code, ndim = head[2], head[3]
+            if code not in _IDX_DTYPES:
+                raise DataError(f"{path}: unknown IDX data type byte 0x{code:02x}")
+            dims = bytes(read_exact(f, 4 * ndim))
+            if ndim == 0 or len(dims) < 4 * ndim:
+                raise DataError(f"{path}: IDX header is truncated or declares {ndim} dimensions")
+            shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(_IDX_DTYPES[code])
+            need = math.prod(shape) * dtype.itemsize  # Python ints: np.prod wraps at 2**64
+            if not gz:  # the file's size says it all before anything is read
+                have = os.fstat(raw.fileno()).st_size - 4 - 4 * ndim
+                if have != need:
+                    raise DataError(f"{path}: IDX header says shape {shape} ({need} data bytes) "
+                                    f"but the file holds {have} data bytes (truncated or corrupt)")
+            budget.charge(need, path, f"IDX data of shape {shape}")
+            data = read_exact(f, need)
+            extra = gz and f.read(1)
+    except STREAM_ERRORS as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read IDX file ({type(e).__name__}: {e})") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path}: not an IDX file (the first two bytes must be zero)")
-    code, ndim = raw[2], raw[3]
-    if code not in _IDX_DTYPES:
-        raise DataError(f"{path}: unknown IDX data type byte 0x{code:02x}")
-    if ndim == 0 or len(raw) < 4 + 4 * ndim:
-        raise DataError(f"{path}: IDX header is truncated or declares {ndim} dimensions")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[code])
-    need = math.prod(shape) * dtype.itemsize  # Python ints: np.prod wraps around at 2**64
-    have = len(raw) - 4 - 4 * ndim
-    if have != need:
+    if len(data) != need or extra:
+        held = f"only {len(data)}" if len(data) != need else "more"
         raise DataError(f"{path}: IDX header says shape {shape} ({need} data bytes) but the file "
-                        f"holds {have} data bytes (truncated or corrupt)")
-    return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(shape).astype(
-        dtype.newbyteorder("="))
+                        f"holds {held} data bytes (truncated or corrupt)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="),
+                                                                   copy=False)
 
 
 def _find_idx(folder: Path, key: str) -> Path | None:
@@ -110,7 +137,7 @@ def _find_idx(folder: Path, key: str) -> Path | None:
     return None
 
 
-def load_idx_pair(folder: str | os.PathLike) -> Dataset:
+def load_idx_pair(folder: str | os.PathLike, *, limit: int | None = None) -> Dataset:
     """MNIST or Fashion-MNIST from the four IDX files in ``folder`` as ``(N, 1, 28, 28)``.
 
     Example:
@@ -127,13 +154,16 @@ def load_idx_pair(folder: str | os.PathLike) -> Dataset:
         ...     idx(f"{split}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 2)
         >>> load_idx_pair(folder)
         Dataset('mnist', train=(6, 1, 28, 28), test=(2, 1, 28, 28), classes=2)
+
+    ``limit``: see :func:`read_idx` (one limit for the four files together).
     """
     folder = Path(folder)
+    budget = Budget(limit)
     paths = {k: _find_idx(folder, k) for k in _IDX_NAMES}
     missing = [_IDX_NAMES[k][0] for k, p in paths.items() if p is None]
     if missing:
         raise DataError(f"{folder}: IDX files missing: {', '.join(missing)} (.gz or not)")
-    arr = {k: read_idx(p) for k, p in paths.items()}
+    arr = {k: _read_idx(p, budget) for k, p in paths.items()}
     for split in ("train", "test"):
         x, y = arr[f"x_{split}"], arr[f"y_{split}"]
         if x.ndim != 3:
@@ -150,38 +180,31 @@ def load_idx_pair(folder: str | os.PathLike) -> Dataset:
 
 
 # --------------------------------------------------------------------------------- CIFAR
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickle plain containers and numpy arrays only: a data file must not run code."""
-
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_batch(path: Path, budget: Budget) -> tuple[np.ndarray, np.ndarray]:
+    regular_file(path)
+    # the images are most of the file: it decodes to about its own size
+    budget.charge(path.stat().st_size, path, "the CIFAR batch")
     try:
-        with open(path, "rb") as f:
-            d = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt batch
-        raise DataError(f"{path}: not a readable CIFAR python batch ({type(e).__name__}: {e})") from e
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from e
+    d = load_data_pickle(raw, path, "CIFAR python batch")
     if not isinstance(d, dict):
         raise DataError(f"{path}: a CIFAR batch must hold a dict, found {type(d).__name__}")
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
     if "data" not in d:
-        raise DataError(f"{path}: CIFAR batch has no 'data' entry (keys: {sorted(d)})")
+        raise DataError(f"{path}: CIFAR batch has no 'data' entry (keys: {sorted(map(str, d))})")
     label_key = next((k for k in ("labels", "fine_labels") if k in d), None)
     if label_key is None:
         raise DataError(f"{path}: CIFAR batch has no 'labels' or 'fine_labels' entry")
-    x, y = np.asarray(d["data"]), np.asarray(d[label_key], dtype=np.int64)
+    try:
+        x, y = np.asarray(d["data"]), np.asarray(d[label_key], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"{path}: CIFAR '{label_key}' are not integers ({e})") from e
     if x.ndim != 2 or x.shape[1] != 3072:
         raise DataError(f"{path}: CIFAR 'data' must be (N, 3072) = 3×32×32 bytes, got {x.shape}")
-    if len(x) != len(y):
-        raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
+    if y.ndim != 1 or len(x) != len(y):
+        raise DataError(f"{path}: {len(x)} images but labels of shape {y.shape}")
     return x.reshape(-1, 3, 32, 32), y
 
 
@@ -190,11 +213,14 @@ def _cifar10_batches(folder: Path) -> list[Path]:
     return [folder / f"data_batch_{i}" for i in range(1, 6) if (folder / f"data_batch_{i}").is_file()]
 
 
-def load_cifar(folder: str | os.PathLike) -> Dataset:
+def load_cifar(folder: str | os.PathLike, *, limit: int | None = None) -> Dataset:
     """CIFAR-10 (``data_batch_1`` … ``data_batch_5`` + ``test_batch``) or CIFAR-100 (``train`` +
     ``test``) python batches, as ``(N, 3, 32, 32)``.
 
-    Only those exact file names are read (a ``data_batch_1.bak`` next to them is ignored).
+    Only those exact file names are read (a ``data_batch_1.bak`` next to them is ignored). The
+    pickles are loaded by a restricted unpickler: numpy arrays and flat lists only, no code,
+    bounded work; together they may decode to at most ``limit`` bytes (default
+    :func:`~sharenorm.data.limits.data_limit`).
 
     Example:
         >>> import pickle, tempfile
@@ -215,8 +241,9 @@ def load_cifar(folder: str | os.PathLike) -> Dataset:
     for p in train + test:
         if not p.is_file():
             raise DataError(f"{folder}: CIFAR file {p.name} is missing")
-    tr = [_read_cifar_batch(p) for p in train]
-    te = [_read_cifar_batch(p) for p in test]
+    budget = Budget(limit)
+    tr = [_read_cifar_batch(p, budget) for p in train]
+    te = [_read_cifar_batch(p, budget) for p in test]
     x = np.concatenate([a for a, _ in tr])
     y = np.concatenate([b for _, b in tr])
     xt = np.concatenate([a for a, _ in te])
@@ -226,7 +253,7 @@ def load_cifar(folder: str | os.PathLike) -> Dataset:
 
 
 # ----------------------------------------------------------------------------------- npz
-def load_npz(path: str | os.PathLike) -> Dataset:
+def load_npz(path: str | os.PathLike, *, limit: int | None = None) -> Dataset:
     """A ``.npz`` with ``x`` ``(N, *)`` and ``y`` ``(N,)``, optionally ``x_test``/``y_test``.
 
     ``x`` of shape ``(N, L)`` becomes ``(N, 1, L)``; ``(N, H, W)`` becomes ``(N, 1, H, W)``;
@@ -234,7 +261,9 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     like channels (1, 3 or 4: gray, RGB, RGBA) while its second does not is taken as
     channels-last ``(N, H, W, C)`` (numpy/PIL/TensorFlow images) and transposed to
     ``(N, C, H, W)``; ``info["layout"]`` says which reading was used. Without a test split,
-    20% is held out (seeded).
+    20% is held out (seeded). Only these four arrays are read; each one's size is checked
+    against the data limit (``limit`` bytes, default :func:`~sharenorm.data.limits.data_limit`)
+    from its header, before it is decompressed.
 
     Example:
         >>> import tempfile, numpy as np
@@ -247,21 +276,21 @@ def load_npz(path: str | os.PathLike) -> Dataset:
         >>> ds.info["layout"]
         'channels-last (N, H, W, C), transposed to (N, C, H, W)'
     """
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001 - zip/np errors all mean "not a readable npz"
-        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
+    path = regular_file(path)
+    arrays = read_npz_arrays(path, ("x", "y", "x_test", "y_test"), Budget(limit))
     for k in ("x", "y"):
         if k not in arrays:
-            raise DataError(f"{path}: .npz must contain arrays 'x' and 'y' (found {sorted(arrays)})")
+            raise DataError(f"{path}: .npz must contain arrays 'x' and 'y' (found "
+                            f"{sorted(_npz_names(path))})")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"{path}: give both 'x_test' and 'y_test' or neither")
 
     layouts = {}
 
     def shaped(x: np.ndarray, key: str) -> np.ndarray:
+        if x.ndim >= 2 and 0 in x.shape[1:]:
+            raise DataError(f"{path}: '{key}' has shape {x.shape}: its samples hold no values; "
+                            "give each sample at least one value, (N, L) with L ≥ 1")
         # A 3-d array is (N, C, L) when its second dim looks like channels (≤ 4: gray, RGB,
         # RGBA), else (N, H, W) images that get a channel dim.
         if x.ndim == 2 or (x.ndim == 3 and x.shape[1] > 4):
@@ -286,6 +315,11 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     ds = to_dataset(path.stem, x, y, xt, arrays.get("y_test"), source=str(path))
     ds.info["layout"] = layouts["x"]
     return _standardize(ds)
+
+
+def _npz_names(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as zf:
+        return [n.removesuffix(".npy") for n in zf.namelist()]
 
 
 # -------------------------------------------------------------------------- image folder
@@ -316,6 +350,7 @@ def _classes_with_images(root: Path) -> list[str]:
 # PNG/TIFF data in older Pillow versions; "F" is taken as already in [0, 1]).
 _WIDE_MODES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535,
                "F": 1.0}
+_WIDE_BYTES = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
 
 
 def _to_rgb(im, p: Path) -> np.ndarray:
@@ -331,14 +366,21 @@ def _to_rgb(im, p: Path) -> np.ndarray:
     return np.repeat((a / top)[None], 3, axis=0)
 
 
-def _read_images(root: Path, classes: list[str], size: tuple[int, int] | None):
+def _read_images(root: Path, classes: list[str], size: tuple[int, int] | None,
+                 budget: Budget | None = None):
     from PIL import Image, UnidentifiedImageError
 
+    budget = Budget() if budget is None else budget
     xs, ys = [], []
     for label, cls in enumerate(classes):
         for p in _images_in(root / cls):
             try:
                 with Image.open(p) as im:
+                    # decoded RGB values, at the larger of its own size and the one kept
+                    w, h = im.size
+                    per_value = _WIDE_BYTES.get(im.mode, 1)
+                    pixels = max(w * h, math.prod(size) if size else 0)
+                    budget.charge(3 * per_value * pixels, p, f"a {w}×{h} {im.mode} image")
                     a = _to_rgb(im, p)
                     if size is None:
                         size = im.size
@@ -346,6 +388,11 @@ def _read_images(root: Path, classes: list[str], size: tuple[int, int] | None):
                         a = np.stack([np.asarray(Image.fromarray(c).resize(size, Image.BILINEAR))
                                       for c in a])
                     xs.append(a)
+            except DataError:  # a ValueError, but already says what is wrong
+                raise
+            except Image.DecompressionBombError as e:
+                raise DataError(f"{p}: an image too large to decode ({e}); shrink it (the lab "
+                                "trains on small images)") from e
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
                 raise DataError(f"{p}: not a readable image ({e})") from e
             ys.append(label)
@@ -353,14 +400,17 @@ def _read_images(root: Path, classes: list[str], size: tuple[int, int] | None):
 
 
 def load_image_folder(root: str | os.PathLike, *, size: tuple[int, int] | None = None,
-                      test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+                      test_fraction: float = 0.2, seed: int = 0,
+                      limit: int | None = None) -> Dataset:
     """Images in ``root/<class>/*.png`` (or ``root/train/<class>``, ``root/test/<class>``).
 
     Every image is converted to RGB in [0, 1] (8-bit values / 255, 16-bit values / 65535) and
     resized to ``size`` (width, height), by default the size of the first image read. Without
     ``train/``/``test/`` a seeded 20% test split is used. Hidden files and folders (names
     starting with ".") are skipped; a class folder without images is skipped with a warning, so
-    label ``i`` is ``info["classes"][i]``.
+    label ``i`` is ``info["classes"][i]``. Each image's size is read from its header and the
+    decoded total checked against the data limit (``limit`` bytes, default
+    :func:`~sharenorm.data.limits.data_limit`) before it is decoded.
 
     Example:
         >>> import tempfile
@@ -376,6 +426,7 @@ def load_image_folder(root: str | os.PathLike, *, size: tuple[int, int] | None =
         ((3, 6, 8), ['cat', 'dog'])
     """
     root = Path(root)
+    budget = Budget(limit)
     has_train, has_test = (root / "train").is_dir(), (root / "test").is_dir()
     if has_train != has_test:
         have, lack = ("train", "test") if has_train else ("test", "train")
@@ -384,15 +435,15 @@ def load_image_folder(root: str | os.PathLike, *, size: tuple[int, int] | None =
                         f"{test_fraction:.0%} test split")
     if has_train:
         classes = _classes_with_images(root / "train")
-        x, y, size = _read_images(root / "train", classes, size)
+        x, y, size = _read_images(root / "train", classes, size, budget)
         test_classes = [p.name for p in _class_dirs(root / "test") if _images_in(p)]
         if set(test_classes) - set(classes):
             raise DataError(f"{root / 'test'}: classes {sorted(set(test_classes) - set(classes))} "
                             "have no training images")
-        xt, yt, _ = _read_images(root / "test", classes, size)  # same labels as train
+        xt, yt, _ = _read_images(root / "test", classes, size, budget)  # same labels as train
     else:
         classes = _classes_with_images(root)
-        x, y, size = _read_images(root, classes, size)
+        x, y, size = _read_images(root, classes, size, budget)
         xt = yt = None
     if len(classes) < 2 or not x:
         raise DataError(f"{root}: an image folder needs ≥ 2 class sub-folders holding images "
@@ -408,8 +459,11 @@ def load_image_folder(root: str | os.PathLike, *, size: tuple[int, int] | None =
 
 
 # ------------------------------------------------------------------------------ dispatch
-def load_path(path: str | os.PathLike) -> Dataset:
+def load_path(path: str | os.PathLike, *, limit: int | None = None) -> Dataset:
     """Load a dataset from a file or folder, choosing the loader from what it holds.
+
+    ``limit``: the bytes the data may decode to (default :func:`~sharenorm.data.limits.data_limit`:
+    ``$SHARENORM_DATA_LIMIT`` or 1 GiB); see :mod:`sharenorm.data.limits`.
 
     Example:
         >>> import tempfile, numpy as np
@@ -419,27 +473,43 @@ def load_path(path: str | os.PathLike) -> Dataset:
         Dataset('signals', train=(16, 1, 40), test=(4, 1, 40), classes=4)
 
     Raises:
-        DataError: the path does not exist, its format is not one of :data:`ACCEPTED_FORMATS`,
-            or a file is corrupt (the message names the file and the problem).
+        DataError: the path does not exist, is a device or FIFO, its format is not one of
+            :data:`ACCEPTED_FORMATS`, a file is corrupt, or the data pass the limit (the
+            message names the file and the problem).
     """
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"--data path {str(path)!r} does not exist. {_formats_hint()}")
-    if p.is_file():
+    if limit is None:
+        limit = Budget().limit  # read the environment once, before any file
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"--data path {str(path)!r} does not exist. {_formats_hint()}") from None
+    except OSError as e:
+        raise DataError(f"--data path {str(path)!r} cannot be read ({e.strerror or e})") from None
+    if stat.S_ISREG(mode):
         if p.suffix.lower() == ".npz":
-            return load_npz(p)
+            return load_npz(p, limit=limit)
         raise DataError(f"{p}: unknown data format {p.suffix or '(no extension)'!r}. "
                         f"{_formats_hint()}")
+    if not stat.S_ISDIR(mode):
+        regular_file(p)  # raises, saying what it is (a device, a FIFO, ...): never opened
+    try:
+        return _load_folder(p, limit)
+    except OSError as e:  # a folder or file inside it that cannot be listed or read
+        raise DataError(f"{e.filename or p}: cannot be read ({e.strerror or e})") from e
+
+
+def _load_folder(p: Path, limit: int) -> Dataset:
     if any(_find_idx(p, k) for k in _IDX_NAMES):
-        return load_idx_pair(p)
+        return load_idx_pair(p, limit=limit)
     if _cifar10_batches(p) or (p / "test_batch").is_file() or (
             (p / "train").is_file() and (p / "test").is_file()):
-        return load_cifar(p)
+        return load_cifar(p, limit=limit)
     for sub in ("cifar-10-batches-py", "cifar-100-python"):
         if (p / sub).is_dir():
-            return load_cifar(p / sub)
+            return load_cifar(p / sub, limit=limit)
     if _class_dirs(p):
-        return load_image_folder(p)
+        return load_image_folder(p, limit=limit)
     raise DataError(f"{p}: no dataset recognised in this folder. {_formats_hint()}")
 
 

@@ -15,6 +15,25 @@ off (only those bytes) and the run is redone (a file that holds only a truncated
 started afresh). Each line is written with one ``write`` call and flushed + fsynced, so a
 finished run is never lost.
 
+Lines the lab did not write as they stand (edited by hand, merged from elsewhere) are handled so
+that no report silently rests on them:
+
+- skipped with a warning naming the line, and the run it held (if any) redone by ``sharenorm
+  lab``: a line that is not JSON, not a JSON object, of an unknown ``kind``, a run line without
+  one of ``key``/``experiment``/``config``/``seed``/``metrics`` or with one of the wrong type,
+  whose ``key`` is not :func:`run_key` of its fields, or any line holding ``NaN``/``Infinity``
+  (the lab writes ``null`` for a missing number; a NaN would silently drop the run from the
+  headline numbers), and a session line whose times are not numbers;
+- refused with a :class:`LabError` (exit 2) naming both lines and the fix, because the lab
+  cannot tell which one is right: two run lines of one key with different ``metrics``, and a
+  second header line that differs from the first (results of two labs mixed into one file).
+  Duplicates with equal metrics (``time`` may differ) and repeated equal headers are harmless,
+  e.g. two files of one lab concatenated; the first line of a duplicate counts;
+- :meth:`ResultsStore.read` refuses an empty file and one without a header line; a header
+  without runs reads fine (every claim is then "not run": nothing finished yet).
+
+Fields beyond those checked here (more in ``time`` or in a session) are kept as they are.
+
 One process at a time appends to a folder: :meth:`ResultsStore.open` takes an exclusive
 lock (``flock``; ``msvcrt.locking`` on Windows) on ``DIR/results.lock`` (released by :meth:`ResultsStore.close` or when the
 process ends, however it ends) and a second ``sharenorm lab`` on the same ``--out`` is refused
@@ -134,6 +153,7 @@ class ResultsStore:
         self.sessions: list[dict] = []
         self.repaired = 0  # bytes cut from a truncated last line
         self.skipped_lines: list[int] = []
+        self.lines = 0  # non-blank lines read
         self._lock_key: str | None = None
 
     # ------------------------------------------------------------------ reading
@@ -142,8 +162,9 @@ class ResultsStore:
         """Read an existing store without modifying it (for ``sharenorm report``).
 
         Raises:
-            LabError: ``folder`` is a file (even ``results.jsonl`` itself) or holds no
-                results; the message says what to pass or run.
+            LabError: ``folder`` is a file (even ``results.jsonl`` itself), holds no results
+                file, an empty one or one without a header line, or a conflict (see the module
+                docstring); the message says what to pass or run.
         """
         store = cls(folder)
         if store.folder.is_file():
@@ -159,6 +180,13 @@ class ResultsStore:
             store._load(repair=False)
         except OSError as e:
             raise LabError(f"cannot read {store.path}: {e.strerror or e}") from None
+        if store.header is None:
+            if not store.lines:
+                raise LabError(f"{store.path} is empty: no lab has stored anything there yet. "
+                               f"Run `sharenorm lab --out {folder}` first")
+            raise LabError(f"{store.path} has no header line (the first line `sharenorm lab` "
+                           "writes), so it cannot be told which lab its results come from. Pass "
+                           "a folder written by `sharenorm lab`, or rerun the lab there")
         return store
 
     @classmethod
@@ -251,37 +279,68 @@ class ResultsStore:
     def _load(self, repair: bool) -> None:
         pieces = self.path.read_bytes().splitlines(keepends=True)
         offset = 0
+        header_line = 0
+        run_line: dict[str, int] = {}
         for i, raw in enumerate(pieces, 1):
             start, offset = offset, offset + len(raw)
             if not raw.strip():
                 continue
+            self.lines += 1
             try:
-                rec = json.loads(raw)
-            except ValueError:
+                rec = json.loads(raw, parse_constant=_refuse_constant)
+            except _NonFinite as e:
+                self._skip(i, f"holds {e.args[0]}, a number the lab never writes (it writes null "
+                              "where a run has no number)")
+                continue
+            except (ValueError, RecursionError):
                 if i == len(pieces):
                     # the last line of a killed process: cut exactly those bytes, redo the run
                     self.repaired = len(raw)
+                    self.lines -= 1
                     if repair:
                         with open(self.path, "r+b") as f:
                             f.truncate(start)
                     continue
-                self.skipped_lines.append(i)
-                warnings.warn(f"{self.path}: line {i} is not valid JSON and is ignored; the run "
-                              "it held (if any) will be redone", stacklevel=2)
+                self._skip(i, "is not valid JSON")
                 continue
             if i == len(pieces) and not raw.endswith(b"\n") and repair:
                 with open(self.path, "ab") as f:  # complete record, newline lost: add it
                     f.write(b"\n")
-            if not isinstance(rec, dict):
-                self.skipped_lines.append(i)
+            problem = _problem(rec)
+            if problem:
+                self._skip(i, problem)
                 continue
-            kind = rec.get("kind")
-            if kind == "header" and self.header is None:
-                self.header = {k: v for k, v in rec.items() if k != "kind"}
-            elif kind == "run" and "key" in rec:
-                self.runs[rec["key"]] = rec
-            elif kind == "session":
+            kind = rec["kind"]
+            if kind == "header":
+                header = {k: v for k, v in rec.items() if k != "kind"}
+                if self.header is None:
+                    self.header, header_line = header, i
+                elif header != self.header:
+                    raise LabError(
+                        f"{self.path}: line {i} is a second header that differs from the one on "
+                        f"line {header_line} ({_diff(self.header, header)}): results of two "
+                        "different lab configurations were mixed into one file. Results are never "
+                        f"mixed: move lines {i}.. into a results.jsonl of their own folder, or "
+                        "delete them")
+            elif kind == "run":
+                key = rec["key"]
+                first = self.runs.get(key)
+                if first is None:
+                    self.runs[key], run_line[key] = rec, i
+                elif _canonical(first["metrics"]) != _canonical(rec["metrics"]):
+                    raise LabError(
+                        f"{self.path}: lines {run_line[key]} and {i} hold the same run ({key}) "
+                        f"with different metrics ({_diff(first['metrics'], rec['metrics'])}), "
+                        "and the lab cannot tell which is right. Delete the wrong line, or both "
+                        f"and rerun `sharenorm lab --out {self.folder}` to redo that run")
+            else:
                 self.sessions.append(rec)
+
+    def _skip(self, line: int, problem: str) -> None:
+        self.skipped_lines.append(line)
+        warnings.warn(f"{self.path}: line {line} {problem}; it is ignored, and the run it held "
+                      "(if any) is redone by `sharenorm lab` (delete the line to silence this)",
+                      stacklevel=4)
 
     # ------------------------------------------------------------------ writing
     def _append(self, rec: dict) -> None:
@@ -312,3 +371,74 @@ class ResultsStore:
 
     def runs_of(self, experiment: str) -> list[dict]:
         return [r for r in self.runs.values() if r["experiment"] == experiment]
+
+
+class _NonFinite(Exception):
+    """A ``NaN``/``Infinity`` token in a line (Python's json reads them; the lab never writes
+    them)."""
+
+
+def _refuse_constant(token: str):
+    raise _NonFinite(token)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# summed or formatted as numbers by the report; other fields are free
+_RUN_TIMES = ("run_s", "cpu_s", "cpu_children_s")
+
+
+def _problem(rec) -> str | None:
+    """Why a parsed line cannot be used as it stands (None: it can)."""
+    if not isinstance(rec, dict):
+        return f"is a JSON {type(rec).__name__}, not an object"
+    kind = rec.get("kind")
+    if kind == "header":
+        return None
+    if kind == "run":
+        missing = [f for f in ("key", "experiment", "config", "seed", "metrics") if f not in rec]
+        if missing:
+            return f"is a run without {', '.join(repr(f) for f in missing)}"
+        for field, ok, what in (("key", isinstance(rec["key"], str), "a string"),
+                                ("experiment", isinstance(rec["experiment"], str), "a string"),
+                                ("config", isinstance(rec["config"], dict), "an object"),
+                                ("seed", isinstance(rec["seed"], int)
+                                 and not isinstance(rec["seed"], bool), "an integer"),
+                                ("metrics", isinstance(rec["metrics"], dict), "an object"),
+                                ("time", isinstance(rec.get("time", {}), dict), "an object")):
+            if not ok:
+                return f"is a run whose {field!r} is not {what}"
+        bad = [k for k in _RUN_TIMES if k in rec.get("time", {}) and not _number(rec["time"][k])]
+        if bad:
+            return f"is a run whose time {bad[0]!r} is not a number"
+        if rec["key"] != run_key(rec["experiment"], rec["config"], rec["seed"]):
+            return ("is a run whose 'key' does not match its experiment, config and seed "
+                    "(edited by hand?)")
+        return None
+    if kind == "session":
+        if "wall_s" in rec and not _number(rec["wall_s"]):
+            return "is a session whose 'wall_s' is not a number"
+        env = rec.get("env", {})
+        if not isinstance(env, dict) or ("cpu_count" in env and env["cpu_count"] is not None
+                                         and not _number(env["cpu_count"])):
+            return "is a session whose 'env' is not an object with a numeric cpu_count"
+        load = rec.get("load")
+        if load is not None and not (isinstance(load, list) and len(load) == 2
+                                     and all(_number(v) for v in load)):
+            return "is a session whose 'load' is not two numbers"
+        return None
+    return f"has an unknown kind {kind!r}"
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _diff(a: dict, b: dict) -> str:
+    """The first few fields in which two records differ, as ``name: A vs B``."""
+    keys = [k for k in sorted(set(a) | set(b), key=str)
+            if _canonical(a.get(k)) != _canonical(b.get(k))]
+    shown = [f"{k}: {_canonical(a.get(k))[:40]} vs {_canonical(b.get(k))[:40]}" for k in keys[:3]]
+    return "; ".join(shown) + (f"; and {len(keys) - 3} more" if len(keys) > 3 else "")
