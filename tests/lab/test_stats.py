@@ -89,3 +89,13 @@ def test_plateau():
     assert plateaued([[100, 0.5], [400, 0.9], [500, 0.905]], 500) is True
     assert plateaued([[100, 0.5], [400, 0.85], [500, 0.9]], 500) is False
     assert plateaued([[500, 0.9]], 500) is None and plateaued([], 10) is None
+
+
+def test_strict_margins():
+    from sharenorm.lab.stats import compare
+
+    # "smaller": equal values are not smaller, even with no spread at all
+    assert compare("x", [0.1, 0.1], [0.1, 0.1], 0, strict=True).holds is False
+    assert compare("x", [0.1, 0.1], [0.1, 0.1], 0).holds is True
+    assert compare("x", [0.1, 0.1], [0.2, 0.2], 0, at_most=True, strict=True).holds is True
+    assert compare("x", [0.2, 0.2], [0.2, 0.2], 0, at_most=True, strict=True).holds is False

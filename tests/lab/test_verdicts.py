@@ -14,7 +14,7 @@ from sharenorm.lab.experiments import (
     style,
     tying_reg,
 )
-from sharenorm.lab.spec import MIXED, NOT_SUPPORTED, SUPPORTED, UNDECIDABLE, decide
+from sharenorm.lab.spec import INCONCLUSIVE, MIXED, NOT_SUPPORTED, SUPPORTED, UNDECIDABLE, decide
 from sharenorm.lab.stats import fmt_ci, separated
 
 
@@ -67,7 +67,9 @@ def test_a_diverged_run_counts_in_s3_and_s4(tmp_path):
             runs += [_run("sharing_training", cfg, s, _train_metrics(a) | {"n_train": 4000})
                      for s, a in enumerate(vals)]
     s3 = _claim(sharing_training.analyze(runs, tmp_path, "en"), "S3")
-    assert s3.verdict == NOT_SUPPORTED and "CNN 60.3" in s3.measured
+    # CNN 90, 91 and a diverged run (0) vs LC 80-81: no longer "supported"; the interval of
+    # the difference is wide enough that it cannot tell either way
+    assert s3.verdict == INCONCLUSIVE and "CNN 60.3" in s3.measured
 
     rnn = []
     for shared, vals in ((True, [0.9, 0.9, None]), (False, [0.9, 0.91, 0.9])):
@@ -179,17 +181,26 @@ def test_n7_a_contradicting_cell_is_not_supported(tmp_path):
     assert cells[("norm", "style", "batch")][1] == SUPPORTED
 
 
-def test_s2_seconds_per_epoch_use_the_real_training_set_size(tmp_path):
+def test_s2_seconds_come_from_the_interleaved_timing(tmp_path):
     runs = []
     for shuf in (False, True):
         for model in ("cnn", "locally_connected", "mlp"):
             cfg = {"model": model, "shuffled": shuf, "steps": 100, "eval_every": 50,
                    "target": 0.4, "batch_size": 32, "lr": 2e-3}
-            runs += [_run("sharing_training", cfg, s, _train_metrics(0.5) | {"n_train": 640},
-                          {"s_per_step": 0.01, "s_to_target": 0.5}) for s in range(2)]
+            # the training runs' own wall-clocks say the CNN is slowest: they must not count
+            runs += [_run("sharing_training", cfg, s, _train_metrics(0.5, 50) | {"n_train": 640},
+                          {"s_per_step": 0.5 if model == "cnn" else 0.01, "s_to_target": 0.5})
+                     for s in range(3)]
+    step_s = {"cnn": 0.01, "locally_connected": 0.03, "mlp": 0.02}
+    runs += [_run("sharing_training", {"part": "timing", "batch_size": 32, "rounds": 10}, s,
+                  {"part": "timing"},
+                  {"step_s": {k: v * (1 + s / 100) for k, v in step_s.items()}})
+             for s in range(3)]
     s2 = _claim(sharing_training.analyze(runs, tmp_path, "en"), "S2")
-    assert "s / epoch (640 samples)" in s2.tables[0].headers
-    assert s2.tables[0].rows[0][2] == "0.20 ± 0.00"  # 640 / 32 = 20 steps of 0.01 s
+    assert "640 samples" in s2.tables[0].headers[2]
+    assert s2.tables[0].rows[0][2] == "0.20"  # 640 / 32 = 20 steps of 0.01 s (median)
+    # same steps to target; CNN's step is the cheapest: it wins every comparison
+    assert s2.verdict == SUPPORTED, [str(c) for c in s2.comparisons]
 
 
 SEEDS = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "seeds"

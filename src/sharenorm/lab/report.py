@@ -9,11 +9,10 @@ from __future__ import annotations
 import base64
 import html
 import math
-import traceback
 from pathlib import Path
 
 from sharenorm.lab.claims import DOC_TABLES, NOT_MEASURED
-from sharenorm.lab.experiments import all_claims, all_experiments
+from sharenorm.lab.experiments import all_claims, all_experiments, analyze_stored
 from sharenorm.lab.spec import NOT_RUN, UNDECIDABLE, ClaimResult, Text
 from sharenorm.lab.store import LabError, ResultsStore
 
@@ -24,21 +23,26 @@ VERDICT_WORDS = {
     "not supported": Text("not supported", "समर्थित नहीं (not supported)"),
     "mixed": Text("mixed", "मिश्रित (mixed)"),
     "not run": Text("not run", "नहीं चलाया गया (not run)"),
-    "not decidable": Text("not decidable (n=1)", "तय नहीं हो सकता (not decidable, n=1)"),
+    "inconclusive": Text("inconclusive", "अनिर्णीत (inconclusive)"),
     "informational": Text("informational, no verdict", "सिर्फ़ जानकारी, verdict नहीं (informational)"),
 }
 _MARK = {"supported": "✅", "not supported": "❌", "mixed": "➖", "not run": "⏸",
-         "not decidable": "❔", "informational": "ℹ"}
+         "inconclusive": "❔", "informational": "ℹ"}
 
 L = {
     "title": Text("sharenorm lab report", "sharenorm lab report"),
     "intro": Text(
         "Every claim of the two documents was turned into an experiment on real data with the "
         "criterion for *supported* fixed in the code before the run. Numbers are means over "
-        "seeds with 95% confidence intervals (Student t over seeds).",
+        "seeds with 95% confidence intervals (Student t over seeds). A criterion is decided by "
+        "the 95% Welch interval of a *difference* against its stated margin: wholly beyond it "
+        "holds, wholly short of it fails, straddling it is *inconclusive*. Claims that hold by "
+        "construction are marked *demonstration* and not counted as evidence.",
         "दोनों documents के हर claim को real data पर एक experiment में बदला गया; *supported* होने की "
         "criterion run से पहले code में तय की गई। Numbers seeds पर mean हैं, 95% confidence "
-        "intervals (seeds पर Student t) के साथ।"),
+        "intervals (seeds पर Student t) के साथ। Criterion एक *difference* के 95% Welch interval की "
+        "उसके margin से तुलना से तय होती है: पूरा पार हो तो holds, पूरा पीछे हो तो fails, दोनों ओर हो "
+        "तो *inconclusive*। जो claims construction से ही सही हैं वे *demonstration* हैं, evidence नहीं।"),
     "glance": Text("Verdicts at a glance", "एक नज़र में verdicts"),
     "quick": Text("**Quick profile**: a smoke test with few steps and seeds; its numbers and "
                   "verdicts are not conclusions. Run `sharenorm lab` (the default size) for the "
@@ -69,10 +73,22 @@ L = {
                     "इस folder में इस claim के कोई finished runs नहीं हैं (`sharenorm lab {ids}` चलाएँ)।"),
     "failed": Text("The analysis failed: {err}", "Analysis fail हुआ: {err}"),
     "undecidable": Text(
-        "The criterion compares 95% confidence intervals, and a sample of one seed has none, so "
-        "the result cannot decide it. Run with `--seeds 2` or more (3 is the default).",
-        "Criterion 95% confidence intervals की तुलना करती है, और एक seed के sample का कोई interval "
-        "नहीं होता, इसलिए यह result फ़ैसला नहीं कर सकता। `--seeds 2` या ज़्यादा के साथ चलाएँ (default 3)।"),
+        "The 95% interval of a difference the criterion needs straddles its margin (or, with one "
+        "seed, there is no interval), or a run had not converged: the measurement cannot tell "
+        "either way. More seeds narrow the interval (5 is the default).",
+        "Criterion को जिस difference का 95% interval चाहिए वह margin के दोनों ओर है (या एक seed के "
+        "साथ कोई interval नहीं), या कोई run converge नहीं हुआ: measurement किसी ओर फ़ैसला नहीं कर "
+        "सकता। ज़्यादा seeds interval को संकरा करते हैं (default 5)।"),
+    "effects": Text("Differences behind the verdict (effect size, 95% Welch interval, margin)",
+                    "Verdict के पीछे के differences (effect size, 95% Welch interval, margin)"),
+    "effect": Text("effect [95% CI] vs margin", "effect [95% CI] vs margin"),
+    "demo": Text("demonstration", "demonstration (प्रदर्शन)"),
+    "demo_note": Text(
+        "**Demonstration:** this claim holds by construction or arithmetic (parameter counts, a "
+        "definition); the lab shows it, but it is not counted as evidence.",
+        "**Demonstration:** यह claim construction या गणित से ही सही है (parameter counts, एक "
+        "definition); lab इसे दिखाता है, पर इसे evidence नहीं गिना जाता।"),
+    "kind": Text("kind", "प्रकार"), "evidence": Text("evidence", "evidence"),
     "translation": Text("English translation", "English translation"),
     "experiment": Text("Experiment", "Experiment"),
     "profile": Text("Profile", "Profile"), "seeds": Text("Seeds", "Seeds"),
@@ -106,22 +122,19 @@ def _verdict(v: str, lang: str) -> str:
     return f"{_MARK.get(v, '')} {VERDICT_WORDS.get(v, Text(v))(lang)}".strip()
 
 
+def failed_text(err: str, lang: str) -> str:
+    """What the report says for an analysis that raised ``err``."""
+    return _t("failed", lang, err=err)
+
+
 def _analyze_all(store: ResultsStore, figdir: Path, lang: str) -> tuple[dict, dict]:
     """``({claim: ClaimResult}, {experiment id: Experiment})`` from the stored runs."""
     results: dict[str, ClaimResult] = {}
     exps = all_experiments()
     quick = (store.header or {}).get("profile") == "quick"
     for e in exps.values():
-        runs = e.in_plan_order(store.runs_of(e.id), quick)  # not the --jobs-dependent order
-        if not runs:
-            continue
-        try:
-            for r in e.analyze(runs, figdir, lang):
-                results[r.claim] = r
-        except Exception as err:  # noqa: BLE001 - one broken analysis must not hide the rest
-            tb = traceback.format_exception_only(type(err), err)[-1].strip()
-            for c in e.claims:
-                results[c] = ClaimResult(c, NOT_RUN, _t("failed", lang, err=tb))
+        for r in analyze_stored(e, store.runs_of(e.id), figdir, lang, quick):
+            results[r.claim] = r
     return results, exps
 
 
@@ -175,9 +188,12 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
     for cid, claim in claims.items():
         r = results.get(cid)
         glance.append([cid, claim.statement_hi if lang == "hi" else claim.statement_en,
-                       _verdict(r.verdict if r else NOT_RUN, lang), r.measured if r else "—"])
-    B.append(("table", [_t("claim", lang), _t("statement", lang), _t("verdict", lang),
-                        _t("measured", lang)], glance))
+                       _t("demo" if claim.demonstration else "evidence", lang),
+                       _verdict(r.verdict if r else NOT_RUN, lang),
+                       "; ".join(str(c) for c in r.comparisons) if r and r.comparisons else "—",
+                       r.measured if r else "—"])
+    B.append(("table", [_t("claim", lang), _t("statement", lang), _t("kind", lang),
+                        _t("verdict", lang), _t("effect", lang), _t("measured", lang)], glance))
 
     # -------- one section per claim
     for cid, claim in claims.items():
@@ -205,7 +221,14 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
             B.append(("h", 3, _t("published", lang)))
             B.append(("table", [_t("source", lang), _t("setting", lang), _t("theirs", lang),
                                 _t("ours", lang)], r.published))
-        B.append(("p", f"**{_t('verdict', lang)}: {_verdict(r.verdict, lang)}** — {r.measured}"))
+        if r.comparisons:
+            B.append(("h", 3, _t("effects", lang)))
+            B.append(("table", [_t("effect", lang)], [[str(c)] for c in r.comparisons]))
+        kind = f" ({_t('demo', lang)})" if claim.demonstration else ""
+        B.append(("p", f"**{_t('verdict', lang)}: {_verdict(r.verdict, lang)}{kind}** — "
+                       f"{r.measured}"))
+        if claim.demonstration:
+            B.append(("p", _t("demo_note", lang)))
         if r.verdict == UNDECIDABLE:
             B.append(("p", _t("undecidable", lang)))
         if r.notes:

@@ -184,6 +184,7 @@ class Comparison:
     unit: str = ""
     digits: int = 1
     at_most: bool = False
+    strict: bool = False
 
     @property
     def estimate(self) -> float:
@@ -199,25 +200,32 @@ class Comparison:
         lo, hi = self.interval
         if math.isnan(self.estimate):
             return None
+        m = self.margin
         if self.at_most:
-            return True if hi <= self.margin else False if lo > self.margin else None
-        return True if lo >= self.margin else False if hi < self.margin else None
+            if (hi < m) if self.strict else (hi <= m):
+                return True
+            return False if ((lo >= m) if self.strict else (lo > m)) else None
+        if (lo > m) if self.strict else (lo >= m):
+            return True
+        return False if ((hi <= m) if self.strict else (hi < m)) else None
 
     def __str__(self) -> str:
         k = self.digits
         lo, hi = self.interval
         iv = ("no interval (n < 2)" if not math.isfinite(lo) or not math.isfinite(hi)
               else f"95% CI [{lo:+.{k}f}, {hi:+.{k}f}]")
-        rel = "≤" if self.at_most else "≥"
+        rel = ("<" if self.strict else "≤") if self.at_most else (">" if self.strict else "≥")
         out = {True: "holds", False: "fails", None: "inconclusive"}[self.holds]
         return (f"{self.label} {self.estimate:+.{k}f}{self.unit}, {iv} vs margin {rel} "
                 f"{self.margin:g}: {out}")
 
 
 def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = "",
-            digits: int = 1, at_most: bool = False, b_factor: float = 1.0) -> Comparison:
-    """The criterion "mean(a) − b_factor·mean(b) ≥ margin" (``≤`` with ``at_most``) decided
-    from the 95% Welch interval of the difference; see :class:`Comparison`.
+            digits: int = 1, at_most: bool = False, b_factor: float = 1.0,
+            strict: bool = False) -> Comparison:
+    """The criterion "mean(a) − b_factor·mean(b) ≥ margin" (``≤`` with ``at_most``; ``>`` /
+    ``<`` with ``strict``, for "lower", "smaller", "fewer") decided from the 95% Welch interval
+    of the difference; see :class:`Comparison`.
 
     Example:
         >>> c = compare("GN − BN", [0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 5, scale=100,
@@ -228,7 +236,7 @@ def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = 
         True
     """
     return Comparison(label, diff_ci(a, b, b_factor=b_factor), margin, scale, unit, digits,
-                      at_most)
+                      at_most, strict)
 
 
 def plateaued(curve, budget: int, tail: float = 0.2, min_gain: float = 0.01) -> bool | None:

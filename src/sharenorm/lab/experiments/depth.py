@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import (
     PCT_BOUNDS,
     accuracies,
@@ -16,6 +17,7 @@ from sharenorm.lab.common import (
     save_figure,
 )
 from sharenorm.lab.spec import (
+    Claim,
     ClaimResult,
     Experiment,
     Table,
@@ -25,13 +27,31 @@ from sharenorm.lab.spec import (
     decide,
     group_runs,
 )
-from sharenorm.lab.stats import mean_ci, separated
+from sharenorm.lab.stats import compare, mean_ci
 from sharenorm.lab.train import TrainConfig, train_classifier
 from sharenorm.models import ConvNet
 
 NORMS = ["batch", "group", "none"]
 FULL_DEPTHS, QUICK_DEPTHS = [2, 4, 8, 16], [2, 6]
 BATCH, WIDTH = 4, 16
+
+
+DEPTH_MARGIN = 2.0  # (a) GN beats BN at the largest depth by at least this many points
+
+
+N8 = Claim(
+    "N8", NORM_DOC, "Deep Neural Networks के लिए अधिक स्थिर। (GN)",
+    "GN is more stable for deep neural networks.",
+    Text(f"Depth sweep at batch {BATCH}. Supported if (a) at the largest depth GN's test accuracy "
+         f"beats BN's by ≥ {DEPTH_MARGIN:g} points and (b) GN loses less accuracy than BN from the "
+         "smallest to the largest depth (per seed; BN's loss − GN's loss > 0), each decided by "
+         "the 95% Welch interval of the difference lying wholly beyond its margin; mixed if one "
+         "holds; not supported if neither; inconclusive when an interval straddles its margin.",
+         f"Batch {BATCH} पर depth sweep। Supported अगर (a) सबसे बड़ी depth पर GN की test accuracy BN से "
+         f"≥ {DEPTH_MARGIN:g} points ज़्यादा हो और (b) सबसे छोटी से सबसे बड़ी depth तक GN की accuracy BN "
+         "से कम गिरे (हर seed पर; BN की गिरावट − GN की गिरावट > 0), दोनों difference के 95% Welch "
+         "interval के पूरा margin के पार होने से तय; एक शर्त हो तो mixed; कोई नहीं तो not "
+         "supported; कोई interval margin के दोनों ओर हो तो inconclusive।"))
 
 
 def configs(quick: bool) -> list[dict]:
@@ -83,16 +103,23 @@ def analyze(runs, figdir, lang):
     gn, bn = accuracies(g.get(("group", hi_d), [])), accuracies(g.get(("batch", hi_d), []))
     if not gn or not bn:
         return []
-    a = all3(100 * (mean_ci(gn)[0] - mean_ci(bn)[0]) >= 2, separated(gn, bn))
+    c_a = compare(f"GN − BN at depth {hi_d}", gn, bn, DEPTH_MARGIN, scale=100, unit=" points")
 
     def loss(n):
         return mean_ci(accuracies(g[(n, lo_d)]))[0] - mean_ci(accuracies(g[(n, hi_d)]))[0]
 
-    b = loss("group") < loss("batch")
+    def losses(n):  # per seed: accuracy at the smallest depth − at the largest
+        return [a - b for a, b in zip(accuracies(g[(n, lo_d)]), accuracies(g[(n, hi_d)]),
+                                      strict=False)]
+
+    c_b = compare(f"BN's loss − GN's loss, depth {lo_d}→{hi_d}", losses("batch"),
+                  losses("group"), 0, scale=100, unit=" points", strict=True)
+    a, b = c_a.holds, c_b.holds
     v = decide(all3(a, b), any3(a, b))
     return [ClaimResult("N8", v, f"depth {hi_d}: GN {pct(gn)} % vs BN {pct(bn)} %; accuracy "
                         f"lost from depth {lo_d} to {hi_d}: GN {100 * loss('group'):.1f}, BN "
-                        f"{100 * loss('batch'):.1f} points", [table], [fp], notes=Text(
+                        f"{100 * loss('batch'):.1f} points", [table], [fp],
+                        comparisons=[c_a, c_b], notes=Text(
                             "Plain (non-residual) networks at batch 4 with the linearly scaled "
                             f"learning rate 0.05·{BATCH}/32 for a fixed budget: a deep network "
                             "that stays near 10% (chance) has not started to learn within the "
@@ -107,7 +134,7 @@ def analyze(runs, figdir, lang):
 
 EXPERIMENT = Experiment(
     id="depth",
-    claims=("N8",),
+    claims=(N8,),
     title=Text("Depth sweep at a small batch", "छोटे batch पर depth sweep"),
     protocol=Text(
         f"mnist1d (or --data), plain ConvNet (no residual connections) of width {WIDTH} with "

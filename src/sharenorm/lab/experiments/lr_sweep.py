@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
     MIXED,
     NOT_SUPPORTED,
     SUPPORTED,
+    Claim,
     ClaimResult,
     Experiment,
     Table,
@@ -21,6 +23,22 @@ from sharenorm.models import ConvNet
 FULL_LRS = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
 QUICK_LRS = [0.01, 0.3, 10.0]
 STABLE_ACC = 0.5
+
+
+N2 = Claim(
+    "N2", NORM_DOC, "Gradient Descent को Stable करता है।",
+    "BN stabilises gradient descent.",
+    Text("Learning rates on a ×3 grid; a learning rate is stable when every seed trains without "
+       "diverging and reaches ≥ 50% test accuracy; a stable range runs from the smallest to the "
+       "largest stable learning rate, its width counted in grid steps. Supported if BN's stable "
+       "range is at least one grid step (×3) wider than no-norm's and contains it; mixed if "
+       "wider but not containing it, or equal; not supported if narrower, or if BN has no "
+       "stable learning rate at all.",
+         "×3 grid पर learning rates; एक learning rate stable है जब हर seed बिना diverge हुए ≥ 50% "
+       "test accuracy तक पहुँचे; stable range सबसे छोटी से सबसे बड़ी stable learning rate तक है, "
+       "उसकी चौड़ाई grid steps में। Supported अगर BN की stable range no-norm की range को शामिल करे "
+       "और कम से कम एक grid step (×3) चौड़ी हो; mixed अगर चौड़ी हो पर शामिल न करे, या बराबर हो; "
+       "संकरी हो, या BN की कोई stable learning rate न हो, तो not supported।"))
 
 
 def configs(quick: bool) -> list[dict]:
@@ -99,7 +117,7 @@ def analyze(runs, figdir, lang):
 
 EXPERIMENT = Experiment(
     id="lr_sweep",
-    claims=("N2",),
+    claims=(N2,),
     title=Text("Learning-rate sweep with and without BN", "BN के साथ और बिना learning-rate sweep"),
     protocol=Text(
         "mnist1d (or --data), the N1 ConvNet with BN or without a norm, SGD momentum 0.9, batch "
@@ -111,4 +129,5 @@ EXPERIMENT = Experiment(
         "500 steps (quick: 100), learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS) +
         "। Run diverge माना जाता है जब loss non-finite या > 1e4 हो; learning rate stable है जब सभी "
         f"seeds बिना diverge हुए ≥ {STABLE_ACC:.0%} test accuracy पाएँ।"),
+    compares_intervals=False,
     configs=configs, run=run, analyze=analyze, uses_data=True)

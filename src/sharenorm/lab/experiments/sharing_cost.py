@@ -5,8 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sharenorm.lab.claims import SHARE_DOC
 from sharenorm.lab.common import data_label, dataset, figure, save_figure
-from sharenorm.lab.spec import MIXED, NOT_SUPPORTED, SUPPORTED, ClaimResult, Experiment, Table, Text
+from sharenorm.lab.spec import (
+    MIXED,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    Claim,
+    ClaimResult,
+    Experiment,
+    Table,
+    Text,
+)
 from sharenorm.models import MLP, ConvNet, LocallyConnectedNet
 
 MODELS = ["cnn", "locally_connected", "mlp"]
@@ -55,6 +65,17 @@ def memory(model: nn.Module, x, loss_fn) -> dict:
 def classifier_memory(model: nn.Module, ds) -> dict:
     x, y = ds.x_train[:8], ds.y_train[:8]
     return memory(model, x, lambda out: nn.functional.cross_entropy(out, y))
+
+
+S1 = Claim(
+    "S1", SHARE_DOC, "Model की Complexity कम होती है। / Memory Efficient होता है।",
+    "Sharing reduces model complexity and is memory efficient.",
+    Text("Supported if the CNN has ≥ 5× fewer parameters and parameter+Adam-state bytes than "
+       "the same network with locally connected layers (and than the MLP); mixed if ≥ 1.5×; "
+       "not supported otherwise.",
+         "Supported अगर CNN के parameters और parameter+Adam-state bytes, locally connected layers "
+       "वाले उसी network (और MLP) से ≥ 5× कम हों; ≥ 1.5× हो तो mixed; वरना not supported।"),
+    demonstration=True)
 
 
 def configs(quick: bool) -> list[dict]:
@@ -118,7 +139,7 @@ def analyze(runs, figdir, lang):
 
 EXPERIMENT = Experiment(
     id="sharing_cost",
-    claims=("S1",),
+    claims=(S1,),
     title=Text("Parameters and memory with and without sharing",
                "Sharing के साथ और बिना parameters और memory"),
     protocol=Text(
@@ -133,6 +154,7 @@ EXPERIMENT = Experiment(
         "LocallyConnected1d/2d है (हर output position का अलग filter); और एक MLP जिसकी hidden widths "
         "CNN के flattened feature maps जितनी हैं। Parameters sharenorm.count_parameters से; optimizer "
         "bytes एक असली SGD-momentum / Adam step के बाद state tensors से। Seed पर निर्भर नहीं: एक run।"),
+    compares_intervals=False,
     configs=configs, run=run, analyze=analyze, seeded=False, uses_data=True,
     requires=("LocallyConnected1d", "LocallyConnected2d", "count_parameters"),
     min_train=lambda cfg: 1)  # its one step (at lr 0) takes what there is, up to 8

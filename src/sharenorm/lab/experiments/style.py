@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 from sharenorm.data import load_sample_photos
+from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import figure, save_figure
 from sharenorm.lab.spec import (
     MIXED,
     NOT_SUPPORTED,
     SUPPORTED,
+    Claim,
     ClaimResult,
     Experiment,
     Table,
@@ -29,6 +31,19 @@ NORMS = ["instance", "group", "layer", "batch", "none"]
 CONTRAST, BRIGHTNESS = 2.0, 0.3
 SIZE = 64
 INVARIANT, SENSITIVE = 1e-2, 0.1  # ε = 1e-5 leaves a residual ~ ε/σ² for IN
+
+
+N7 = Claim(
+    "N7", NORM_DOC, "Style Transfer में उपयोगी होता है। (Style Transfer में उपयोग: BN No, IN Yes, GN No)",
+    "IN is useful for style transfer (used for style transfer: BN no, IN yes, GN no).",
+    Text("Supported if (a) IN features change by ≤ 1e-2 (relative; ε = 1e-5 leaves a residual) when an image's contrast is "
+       "doubled and its brightness shifted, while features without a norm change by ≥ 0.1, in "
+       "every seed, and (b) after the AdaIN statistics swap the output's feature statistics are "
+       "closer to the style image's than to the content image's; mixed if one holds.",
+         "Supported अगर (a) image का contrast दोगुना और brightness shift करने पर IN features ≤ 1e-2 "
+       "(relative; ε = 1e-5 से थोड़ा residual) बदलें, जबकि बिना norm के features ≥ 0.1 बदलें, हर seed में, और (b) AdaIN "
+       "statistics swap के बाद output की feature statistics style image के ज़्यादा करीब हों content "
+       "image की तुलना में; एक ही शर्त पूरी हो तो mixed।"))
 
 
 def configs(quick: bool) -> list[dict]:
@@ -190,7 +205,7 @@ def analyze(runs, figdir, lang):
 
 EXPERIMENT = Experiment(
     id="style",
-    claims=("N7",),
+    claims=(N7,),
     title=Text("Instance normalization and style", "Instance normalization और style"),
     protocol=Text(
         f"scikit-learn's two sample photos (china.jpg, flower.jpg) resized to {SIZE} pixels high. "
@@ -209,4 +224,5 @@ EXPERIMENT = Experiment(
         "conv autoencoder, दोनों photos के random crops पर 250 Adam steps (quick: 20) train; output = "
         "decoder(AdaIN(enc(content), enc(style))); output की per-channel feature mean/std की style "
         "और content से दूरी measure की। --data इस्तेमाल नहीं होता।"),
+    compares_intervals=False,
     configs=configs, run=run, analyze=analyze)

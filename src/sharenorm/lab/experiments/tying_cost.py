@@ -5,9 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sharenorm.lab.claims import SHARE_DOC
 from sharenorm.lab.common import dataset, figure, save_figure
 from sharenorm.lab.experiments.sharing_cost import build, classifier_memory, memory
-from sharenorm.lab.spec import MIXED, NOT_SUPPORTED, SUPPORTED, ClaimResult, Experiment, Table, Text
+from sharenorm.lab.spec import (
+    MIXED,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    Claim,
+    ClaimResult,
+    Experiment,
+    Table,
+    Text,
+)
 from sharenorm.models import Autoencoder
 
 AE_HIDDEN = (48, 16)
@@ -19,6 +29,27 @@ AE_DATA, SHARE_DATA = "digits", "mnist1d"
 
 def data_of(model: str) -> str:
     return AE_DATA if model.startswith("ae_") else SHARE_DATA
+
+
+T1 = Claim(
+    "T1", SHARE_DOC, "Model के Parameters कम हो जाते हैं। / Memory Usage कम होती है।",
+    "Tying reduces the parameters and memory usage.",
+    Text("Supported if the tied autoencoder has ≤ 0.55× the parameters and parameter+Adam bytes "
+       "of the untied one (weights halve, biases stay); mixed if < 1×; not supported otherwise.",
+         "Supported अगर tied autoencoder के parameters और parameter+Adam bytes untied के ≤ 0.55× हों "
+       "(weights आधे, biases वही); < 1× हो तो mixed; वरना not supported।"),
+    demonstration=True)
+
+T3 = Claim(
+    "T3", SHARE_DOC, "Memory Utilization: Parameter Sharing — High Efficiency, Parameter Tying "
+       "— Medium Efficiency",
+    "Memory utilization: sharing high efficiency, tying medium.",
+    Text("Supported if the measured parameter+Adam memory reduction factor of sharing (locally "
+       "connected → CNN) is larger than that of tying (untied → tied autoencoder); not "
+       "supported otherwise.",
+         "Supported अगर sharing (locally connected → CNN) का measured parameter+Adam memory reduction "
+       "factor, tying (untied → tied autoencoder) के factor से बड़ा हो; वरना not supported।"),
+    demonstration=True)
 
 
 def configs(quick: bool) -> list[dict]:
@@ -100,7 +131,7 @@ def analyze(runs, figdir, lang):
 
 EXPERIMENT = Experiment(
     id="tying_cost",
-    claims=("T1", "T3"),
+    claims=(T1, T3),
     title=Text("Parameters and memory of tied vs untied autoencoders, beside sharing",
                "Tied vs untied autoencoders के parameters और memory, sharing के साथ"),
     protocol=Text(
@@ -113,5 +144,6 @@ EXPERIMENT = Experiment(
         "True (W_dec = W_encᵀ) और tied=False; sharing factor के लिए mnist1d पर S1 वाला CNN और "
         "locally connected network। Parameters sharenorm.count_parameters से, bytes sharenorm."
         "parameter_report से, optimizer state एक असली step के बाद measure। Seed पर निर्भर नहीं: एक run।"),
+    compares_intervals=False,
     configs=configs, run=run, analyze=analyze, seeded=False,
     requires=("TiedAutoencoder", "count_parameters", "parameter_report", "LocallyConnected1d"))

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import accuracies, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
     MIXED,
     NOT_SUPPORTED,
     SUPPORTED,
+    Claim,
     ClaimResult,
     Experiment,
     Table,
@@ -21,6 +23,17 @@ from sharenorm.lab.train import TrainConfig, seed_everything, train_classifier
 from sharenorm.models import MLP
 
 DEPTH, WIDTH, PROBE = 20, 64, 256
+
+
+N3 = Claim(
+    "N3", NORM_DOC, "Vanishing Gradient Problem को कम करता है।",
+    "BN reduces the vanishing-gradient problem.",
+    Text("In a 20-layer sigmoid MLP at initialisation: supported if the first/last layer "
+       "gradient-norm ratio is < 0.01 without a norm (gradients vanish) and ≥ 10× larger with "
+       "BN, in every seed; mixed if only the 10× holds; not supported otherwise.",
+         "20-layer sigmoid MLP में initialisation पर: supported अगर first/last layer gradient-norm "
+       "ratio बिना norm के < 0.01 हो (gradients vanish) और BN के साथ ≥ 10× बड़ा हो, हर seed में; "
+       "mixed अगर केवल 10× वाली शर्त पूरी हो; वरना not supported।"))
 
 
 def configs(quick: bool) -> list[dict]:
@@ -94,7 +107,7 @@ def analyze(runs, figdir, lang):
 
 EXPERIMENT = Experiment(
     id="vanishing",
-    claims=("N3",),
+    claims=(N3,),
     title=Text("Gradient norm per layer in a deep sigmoid/tanh network",
                "Deep sigmoid/tanh network में हर layer का gradient norm"),
     protocol=Text(
@@ -108,4 +121,5 @@ EXPERIMENT = Experiment(
         f"initialisation)। Initialisation पर {PROBE} training samples के fixed batch पर gradient "
         "norms ‖∂L/∂W_l‖ (training mode); फिर test accuracy के लिए 400 SGD steps (quick: 50), "
         "lr 0.05, batch 32।"),
+    compares_intervals=False,
     configs=configs, run=run, analyze=analyze, uses_data=True)
