@@ -49,14 +49,16 @@ N5 = Claim(
     "N5", NORM_DOC, "Batch Size पर निर्भरता: BN Yes, IN No, GN No",
     "Dependence on the batch: BN yes, IN no, GN no.",
     Text("In training mode, change of one sample's output when the other samples of its batch are "
-       "replaced (max |Δ| relative to max |y|): supported if BN's is > 1e-3 and IN's, GN's and "
-       "LN's are ≤ 1e-6 in every seed; not supported otherwise. The row \"Normalization किस पर "
+       "replaced (max |Δ| relative to max |y|): supported if BN's is > "
+       f"{THRESH_DEP:g} and IN's, GN's and "
+       f"LN's are ≤ {THRESH_INDEP:g} in every seed; not supported otherwise. The row \"Normalization किस पर "
        "लागू होता है?\": one element of the norm layer's input is changed; a cell is supported if "
        "what changes with it is what the cell names, in every seed: other samples for Batch; "
        "nothing else for Single Instance; exactly the other channels of its group for Group of "
        "Channels.",
          "Training mode में, batch के बाकी samples बदलने पर एक sample के output का बदलाव (max |Δ| / "
-       "max |y|): supported अगर BN का > 1e-3 और IN, GN, LN का हर seed में ≤ 1e-6 हो; वरना not "
+       f"max |y|): supported अगर BN का > {THRESH_DEP:g} और IN, GN, LN का हर seed में ≤ {THRESH_INDEP:g} हो; "
+       "वरना not "
        "supported।"),
     demonstration=True)
 

@@ -29,12 +29,12 @@ N2 = Claim(
     "N2", NORM_DOC, "Gradient Descent को Stable करता है।",
     "BN stabilises gradient descent.",
     Text("Learning rates on a ×3 grid; a learning rate is stable when every seed trains without "
-       "diverging and reaches ≥ 50% test accuracy; a stable range runs from the smallest to the "
+       f"diverging and reaches ≥ {STABLE_ACC:.0%} test accuracy; a stable range runs from the smallest to the "
        "largest stable learning rate, its width counted in grid steps. Supported if BN's stable "
        "range is at least one grid step (×3) wider than no-norm's and contains it; mixed if "
        "wider but not containing it, or equal; not supported if narrower, or if BN has no "
        "stable learning rate at all.",
-         "×3 grid पर learning rates; एक learning rate stable है जब हर seed बिना diverge हुए ≥ 50% "
+         f"×3 grid पर learning rates; एक learning rate stable है जब हर seed बिना diverge हुए ≥ {STABLE_ACC:.0%} "
        "test accuracy तक पहुँचे; stable range सबसे छोटी से सबसे बड़ी stable learning rate तक है, "
        "उसकी चौड़ाई grid steps में। Supported अगर BN की stable range no-norm की range को शामिल करे "
        "और कम से कम एक grid step (×3) चौड़ी हो; mixed अगर चौड़ी हो पर शामिल न करे, या बराबर हो; "

@@ -67,14 +67,18 @@ def classifier_memory(model: nn.Module, ds) -> dict:
     return memory(model, x, lambda out: nn.functional.cross_entropy(out, y))
 
 
+FULL_FACTOR, PARTIAL_FACTOR = 5.0, 1.5  # CNN vs locally connected / MLP: fewer by this
+
 S1 = Claim(
     "S1", SHARE_DOC, "Model की Complexity कम होती है। / Memory Efficient होता है।",
     "Sharing reduces model complexity and is memory efficient.",
-    Text("Supported if the CNN has ≥ 5× fewer parameters and parameter+Adam-state bytes than "
-       "the same network with locally connected layers (and than the MLP); mixed if ≥ 1.5×; "
+    Text(f"Supported if the CNN has ≥ {FULL_FACTOR:g}× fewer parameters and parameter+Adam-state "
+       "bytes than the same network with locally connected layers (and than the MLP); mixed if "
+       f"≥ {PARTIAL_FACTOR:g}×; "
        "not supported otherwise.",
          "Supported अगर CNN के parameters और parameter+Adam-state bytes, locally connected layers "
-       "वाले उसी network (और MLP) से ≥ 5× कम हों; ≥ 1.5× हो तो mixed; वरना not supported।"),
+       f"वाले उसी network (और MLP) से ≥ {FULL_FACTOR:g}× कम हों; ≥ {PARTIAL_FACTOR:g}× हो तो mixed; वरना not "
+       "supported।"),
     demonstration=True)
 
 
@@ -114,7 +118,7 @@ def analyze(runs, figdir, lang):
     p_lc = m["locally_connected"]["params"] / m["cnn"]["params"]
     p_mlp = m["mlp"]["params"] / m["cnn"]["params"]
     worst = min(f_lc, f_mlp, p_lc, p_mlp)
-    v = SUPPORTED if worst >= 5 else MIXED if worst >= 1.5 else NOT_SUPPORTED
+    v = SUPPORTED if worst >= FULL_FACTOR else MIXED if worst >= PARTIAL_FACTOR else NOT_SUPPORTED
     # results stored before the data was recorded say nothing rather than guess
     on = f" (on {m['cnn']['data']})" if m["cnn"].get("data") else ""
     cells = {("share", "example", "sharing"): (

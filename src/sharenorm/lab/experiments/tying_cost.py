@@ -31,12 +31,14 @@ def data_of(model: str) -> str:
     return AE_DATA if model.startswith("ae_") else SHARE_DATA
 
 
+TIED_RATIO = 0.55  # tied / untied: weights halve, biases stay
+
 T1 = Claim(
     "T1", SHARE_DOC, "Model के Parameters कम हो जाते हैं। / Memory Usage कम होती है।",
     "Tying reduces the parameters and memory usage.",
-    Text("Supported if the tied autoencoder has ≤ 0.55× the parameters and parameter+Adam bytes "
+    Text(f"Supported if the tied autoencoder has ≤ {TIED_RATIO:g}× the parameters and parameter+Adam bytes "
        "of the untied one (weights halve, biases stay); mixed if < 1×; not supported otherwise.",
-         "Supported अगर tied autoencoder के parameters और parameter+Adam bytes untied के ≤ 0.55× हों "
+         f"Supported अगर tied autoencoder के parameters और parameter+Adam bytes untied के ≤ {TIED_RATIO:g}× हों "
        "(weights आधे, biases वही); < 1× हो तो mixed; वरना not supported।"),
     demonstration=True)
 
@@ -79,7 +81,7 @@ def analyze(runs, figdir, lang):
     p_ratio = m["ae_tied"]["params"] / m["ae_untied"]["params"]
     b_ratio = m["ae_tied"]["param_plus_adam_bytes"] / m["ae_untied"]["param_plus_adam_bytes"]
     worst = max(p_ratio, b_ratio)
-    v1 = SUPPORTED if worst <= 0.55 else MIXED if worst < 1 else NOT_SUPPORTED
+    v1 = SUPPORTED if worst <= TIED_RATIO else MIXED if worst < 1 else NOT_SUPPORTED
     fig, ax = figure()
     names = [k for k in ("ae_untied", "ae_tied") if k in m]
     for i, key in enumerate(("param_bytes", "adam_state_bytes")):

@@ -23,17 +23,19 @@ from sharenorm.lab.train import TrainConfig, seed_everything, train_classifier
 from sharenorm.models import MLP
 
 DEPTH, WIDTH, PROBE = 20, 64, 256
+VANISH = 0.01  # without a norm, first/last gradient ratio below this: gradients vanish
+GAIN = 10.0    # with BN the ratio is at least this many times larger
 
 
 N3 = Claim(
     "N3", NORM_DOC, "Vanishing Gradient Problem को कम करता है।",
     "BN reduces the vanishing-gradient problem.",
-    Text("In a 20-layer sigmoid MLP at initialisation: supported if the first/last layer "
-       "gradient-norm ratio is < 0.01 without a norm (gradients vanish) and ≥ 10× larger with "
-       "BN, in every seed; mixed if only the 10× holds; not supported otherwise.",
-         "20-layer sigmoid MLP में initialisation पर: supported अगर first/last layer gradient-norm "
-       "ratio बिना norm के < 0.01 हो (gradients vanish) और BN के साथ ≥ 10× बड़ा हो, हर seed में; "
-       "mixed अगर केवल 10× वाली शर्त पूरी हो; वरना not supported।"))
+    Text(f"In a {DEPTH}-layer sigmoid MLP at initialisation: supported if the first/last layer "
+       f"gradient-norm ratio is < {VANISH:g} without a norm (gradients vanish) and ≥ {GAIN:g}× larger "
+       f"with BN, in every seed; mixed if only the {GAIN:g}× holds; not supported otherwise.",
+         f"{DEPTH}-layer sigmoid MLP में initialisation पर: supported अगर first/last layer gradient-norm "
+       f"ratio बिना norm के < {VANISH:g} हो (gradients vanish) और BN के साथ ≥ {GAIN:g}× बड़ा हो, हर seed "
+       f"में; mixed अगर केवल {GAIN:g}× वाली शर्त पूरी हो; वरना not supported।"))
 
 
 def configs(quick: bool) -> list[dict]:
@@ -98,8 +100,8 @@ def analyze(runs, figdir, lang):
         return []
     rb = [m["ratio_init"] for m in bn]
     rn = [m["ratio_init"] for m in none]
-    vanish = all(r < 0.01 for r in rn)
-    tenx = min(rb) >= 10 * max(rn)
+    vanish = all(r < VANISH for r in rn)
+    tenx = min(rb) >= GAIN * max(rn)
     v = SUPPORTED if vanish and tenx else MIXED if tenx else NOT_SUPPORTED
     return [ClaimResult("N3", v, f"sigmoid, first/last layer gradient ratio: none "
                         f"{mean_ci(rn)[0]:.2e}, BN {mean_ci(rb)[0]:.2e}", [table], [fp])]
