@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sharenorm.lab.claims import DOC_TABLES, NOT_MEASURED
 from sharenorm.lab.experiments import all_claims, all_experiments, analyze_stored
+from sharenorm.lab.fonts import FONT_FAMILY, font_face_css
 from sharenorm.lab.spec import NOT_RUN, UNDECIDABLE, ClaimResult, Text
 from sharenorm.lab.store import LabError, ResultsStore
 
@@ -311,19 +312,49 @@ def _inline(s: str) -> str:
     s = html.escape(s)
     s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
     s = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", s)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+    return _marks_to_svg(re.sub(r"`(.+?)`", r"<code>\1</code>", s))
 
 
-_CSS = """body{font-family:system-ui,'Noto Sans Devanagari',sans-serif;max-width:1100px;margin:2em auto;
+# The verdict marks as inline SVG: emoji need a colour-emoji font the reader may lack.
+_SVG = ("<svg class='mk' viewBox='0 0 16 16' width='1em' height='1em' role='img' "
+        "aria-label='{label}'><circle cx='8' cy='8' r='7.5' fill='{fill}'/>{body}</svg>")
+_STROKE = "fill='none' stroke='#fff' stroke-width='2' stroke-linecap='round'"
+_MARK_SVG = {
+    "✅": _SVG.format(label="supported", fill="#2e7d32",
+                     body=f"<path d='M4.5 8.3l2.4 2.4 4.6-5' {_STROKE}/>"),
+    "❌": _SVG.format(label="not supported", fill="#c62828",
+                     body=f"<path d='M5 5l6 6M11 5l-6 6' {_STROKE}/>"),
+    "➖": _SVG.format(label="mixed", fill="#ef6c00", body=f"<path d='M4.5 8h7' {_STROKE}/>"),
+    "⏸": _SVG.format(label="not run", fill="#757575",
+                     body=f"<path d='M6.2 5v6M9.8 5v6' {_STROKE}/>"),
+    "❔": _SVG.format(label="inconclusive", fill="#6a1b9a",
+                     body=f"<path d='M6 6.2a2 2 0 1 1 2.6 1.9c-.5.2-.6.6-.6 1.1' {_STROKE}/>"
+                          "<circle cx='8' cy='11.8' r='1' fill='#fff'/>"),
+    "ℹ": _SVG.format(label="informational", fill="#1565c0",
+                     body=f"<path d='M8 7.5v4' {_STROKE}/><circle cx='8' cy='4.8' r='1' "
+                          "fill='#fff'/>"),
+}
+
+
+def _marks_to_svg(s: str) -> str:
+    for ch, svg in _MARK_SVG.items():
+        s = s.replace(ch, svg)
+    return s
+
+
+_CSS = """body{font-family:'""" + FONT_FAMILY + """',system-ui,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;line-height:1.5;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}th{background:#f3f3f3}
 blockquote{border-left:4px solid #999;margin:1em 0;padding:.2em 1em;background:#fafafa}
-img{max-width:100%;border:1px solid #eee}code{background:#f3f3f3;padding:0 .2em}"""
+img{max-width:100%;border:1px solid #eee}code{background:#f3f3f3;padding:0 .2em}
+svg.mk{vertical-align:-.15em}"""
 
 
 def to_html(blocks: list[tuple], folder: Path, lang: str) -> str:
+    text = "".join(str(x) for b in blocks for x in b[1:])
     out = [f"<!DOCTYPE html><html lang='{lang}'><head><meta charset='utf-8'>"
-           f"<title>sharenorm lab report</title><style>{_CSS}</style></head><body>"]
+           f"<title>sharenorm lab report</title><style>{font_face_css(text)}{_CSS}</style>"
+           "</head><body>"]
     for b in blocks:
         if b[0] == "h":
             out.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")

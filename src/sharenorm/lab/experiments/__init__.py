@@ -79,6 +79,9 @@ def analyze_stored(exp: Experiment, runs: list[dict], figdir: Path, lang: str,
     runs = exp.in_plan_order(runs, quick)
     if not runs:
         return []
+    from sharenorm.lab.fonts import use_in_matplotlib
+
+    use_in_matplotlib()  # figure labels in Hindi (and the documents' words) render
     try:
         return list(exp.analyze(runs, figdir, lang))
     except Exception as err:  # noqa: BLE001 - one broken analysis must not hide the rest

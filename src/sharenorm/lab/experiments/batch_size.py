@@ -44,6 +44,9 @@ GN_PAPER = {"batch": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
             "group": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1}}
 
 
+_LABEL = {"batch": "BN", "group": "GN", "instance": "IN", "layer": "LN", "none": "no norm"}
+
+
 def lr_for(bs: int) -> float:
     """Linear scaling rule (Goyal et al. 2017): lr = 0.05 · batch / 32, no floor."""
     return BASE_LR * bs / BASE_BS
@@ -107,20 +110,34 @@ def analyze(runs, figdir, lang):
     norms = [n for n in NORMS if any(k[0] == n for k in g)]
     rows = [[n] + [pct(accuracies(g[(n, b)])) if (n, b) in g else "—" for b in bss] for n in norms]
     table = Table(["test acc %: norm \\ batch"] + [str(b) for b in bss], rows)
-    fig, ax = figure()
-    for n in norms:
-        xs, mu, lo, hi = ci_band({b: [100 * (1 - a) for a in accuracies(g[(n, b)])]
-                                  for b in bss if (n, b) in g}, bounds=PCT_BOUNDS)
-        ax.plot(xs, mu, marker="o", label={"batch": "BN", "group": "GN", "instance": "IN",
-                                           "layer": "LN", "none": "no norm"}[n])
-        ax.fill_between(xs, lo, hi, alpha=0.15)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(bss, [str(b) for b in bss])
-    ax.invert_xaxis()  # the GN paper's Figure 1 runs from large to small batches
-    ax.set_xlabel("batch size (images per step)")
-    ax.set_ylabel("test error %")
-    ax.set_title("N6: test error vs batch size (GN paper style)")
-    ax.legend()
+    # small multiples: one panel per norm (five overlapping bands hide each other), one y
+    # axis; the GN paper's ResNet-50 curves in the BN and GN panels
+    hi = lang == "hi"
+    fig, axes = figure(1, len(norms), (3.0 * len(norms), 3.6))
+    axes = [axes] if len(norms) == 1 else list(axes)
+    for i, (ax, n) in enumerate(zip(axes, norms, strict=True)):
+        xs, mu, lo, hi_ = ci_band({b: [100 * (1 - a) for a in accuracies(g[(n, b)])]
+                                   for b in bss if (n, b) in g}, bounds=PCT_BOUNDS)
+        ax.plot(xs, mu, marker="o", color=f"C{i}", label="mnist1d (हमारा)" if hi else
+                "ours, mnist1d")
+        ax.fill_between(xs, lo, hi_, alpha=0.2, color=f"C{i}", label="95% CI")
+        if n in GN_PAPER:
+            pb = sorted(GN_PAPER[n])
+            ax.plot(pb, [GN_PAPER[n][b] for b in pb], ls="--", marker="s", ms=3, color="grey",
+                    label="Wu & He 2018, ResNet-50 ImageNet")
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(bss) | set(GN_PAPER["batch"]))
+        ax.set_xticks(ticks, [str(b) for b in ticks])
+        ax.invert_xaxis()  # the GN paper's Figure 1 runs from large to small batches
+        ax.set_title(_LABEL[n])
+        ax.set_xlabel("batch size (प्रति step images)" if hi else "batch size (images per step)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("test error %")
+    top = max(max(ax.get_ylim()[1] for ax in axes), 1)
+    for ax in axes:
+        ax.set_ylim(0, top)
+    fig.suptitle("N6: batch size के साथ test error (GN paper की तरह)" if hi else
+                 "N6: test error vs batch size (GN paper style)")
     fp = save_figure(fig, figdir, "n6_batch_size")
     small, big = min(bss), 32 if 32 in bss else max(bss)
 

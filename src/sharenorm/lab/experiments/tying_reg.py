@@ -107,14 +107,15 @@ def analyze(runs, figdir, lang):
     table = Table(["model", "train size", "parameters", "train MSE", "test MSE",
                    "gap (test − train)", "‖W_dec − W_encᵀ‖"], rows)
     fig, (a1, a2) = figure(1, 2, (11, 4))
-    for mode in ("untied", "tied"):
+    for i, mode in enumerate(("untied", "tied")):
+        # one colour per model: its test line, its band and its train line
         xs, mu, lo, hi = ci_band({n: [m["test_mse"] for m in g[(mode, n, 0.0)]] for n in ns
                                   if (mode, n, 0.0) in g}, bounds=(0.0, float("inf")))
-        a1.plot(xs, mu, marker="o", label=f"{mode} (test)")
-        a1.fill_between(xs, lo, hi, alpha=0.2)
+        a1.plot(xs, mu, marker="o", color=f"C{i}", label=f"{mode} (test)")
+        a1.fill_between(xs, lo, hi, alpha=0.2, color=f"C{i}", label=f"{mode} (test, 95% CI)")
         xs, mu, _, _ = ci_band({n: [m["train_mse"] for m in g[(mode, n, 0.0)]] for n in ns
                                 if (mode, n, 0.0) in g})
-        a1.plot(xs, mu, ls="--", marker=".", label=f"{mode} (train)")
+        a1.plot(xs, mu, ls="--", marker=".", color=f"C{i}", label=f"{mode} (train)")
     a1.set_xscale("log")
     a1.set_xlabel("training images")
     a1.set_ylabel("reconstruction MSE")
@@ -125,11 +126,11 @@ def analyze(runs, figdir, lang):
     if soft:
         xs = [s for s, _ in soft]
         a2.plot(xs, [mean_ci([m["test_mse"] for m in ms])[0] for _, ms in soft], marker="o",
-                label="soft tie: test MSE")
+                color="C2", label="soft tie: test MSE")
         for mode, ls in (("untied", ":"), ("tied", "--")):
             if (mode, n0, 0.0) in g:
                 a2.axhline(mean_ci([m["test_mse"] for m in g[(mode, n0, 0.0)]])[0], ls=ls,
-                           color="grey", label=f"{mode}: test MSE")
+                           color={"untied": "C0", "tied": "C1"}[mode], label=f"{mode}: test MSE")
         a2b = a2.twinx()
         a2b.plot(xs, [mean_ci([m["tie_distance"] for m in ms])[0] for _, ms in soft],
                  color="C3", marker="s", label="‖W_dec − W_encᵀ‖")
@@ -138,7 +139,10 @@ def analyze(runs, figdir, lang):
         a2.set_xlabel("soft-tie strength λ")
         a2.set_ylabel("test MSE")
         a2.set_title(f"T2: soft tying at {n0} training images")
-        a2.legend(loc="upper left", fontsize=8)
+        # the distance curve lives on the twin axis: one legend for both axes' curves
+        h1, l1 = a2.get_legend_handles_labels()
+        h2, l2 = a2b.get_legend_handles_labels()
+        a2.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
     fp = save_figure(fig, figdir, "t2_tying_regularization")
     if ("untied", n0, 0.0) not in g or ("tied", n0, 0.0) not in g:
         return []
