@@ -267,6 +267,9 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
     t_start = time.perf_counter()
     started = _now()
     exp_t0: dict[str, float] = {}
+    # when an experiment's first run really started (not when it was queued behind others'
+    # runs): its finish time minus its own run time
+    exp_start: dict[str, float] = {}
     bar = _progress(len(todo), progress, echo)
     figdir = Path(out) / "figures"
 
@@ -274,10 +277,13 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
         store.add_run({"experiment": task.experiment, "config": task.config, "seed": task.seed,
                        "metrics": metrics, "time": timing})
         bar.update(1)
+        now = time.perf_counter()
+        began = now - float(timing.get("run_s") or 0.0)
+        exp_start[task.experiment] = min(exp_start.get(task.experiment, began), began)
         remaining[task.experiment] -= 1
         if remaining[task.experiment] == 0:
             _summary(get_experiment(task.experiment), store, figdir, lang, quick,
-                     time.perf_counter() - exp_t0.get(task.experiment, t_start), bar.write)
+                     now - exp_start[task.experiment], bar.write)
 
     data_arg = str(data) if data is not None else None
     n_before = len(store.runs)
