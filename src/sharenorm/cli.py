@@ -2,7 +2,7 @@
 
     sharenorm lab [IDS...] [--list] [--quick] [--seeds K] [--jobs J] [--data PATH] [--out DIR]
                   [--lang hi]
-    sharenorm report DIR [--lang hi]
+    sharenorm report DIR [--lang hi] [--summary docs/results.md]
     sharenorm demo
 
 ``lab`` runs (or resumes) the experiments that measure the claims of the two seed documents
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EXIT_CODES, formatter_class=fmt)
     rep.add_argument("dir", metavar="DIR")
     rep.add_argument("--lang", choices=("en", "hi"), default="en")
+    rep.add_argument("--summary", metavar="PATH",
+                     help="also write the verdicts as a short Markdown page (docs/results.md)")
     return parser
 
 
@@ -138,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
             path = write_report(args.dir, lang=args.lang)
             print(f"report: {path} and {path.with_suffix('.html')}")
+            if args.summary:
+                from sharenorm.lab.report import write_summary
+
+                print(f"summary: {write_summary(args.dir, args.summary, lang=args.lang)}")
             return 0
         if args.list:
             _list()
