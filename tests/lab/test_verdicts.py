@@ -272,3 +272,22 @@ def test_n1_use_cell_has_no_verdict_of_its_own(tmp_path):
     n1 = _claim(norm_training.analyze(runs, tmp_path, "en"), "N1")
     assert n1.verdict in (SUPPORTED, NOT_SUPPORTED, MIXED)  # N1 itself has a verdict ...
     assert n1.cells[("norm", "use", "batch")][1] == INFORMATIONAL  # ... the usage cell has none
+
+
+def test_n6_equal_steps_runs_are_shown_not_mixed_into_the_verdict(tmp_path):
+    runs = []
+    for budget, accs in ((None, {"batch": {2: 0.5, 32: 0.9}, "group": {2: 0.9, 32: 0.9}}),
+                         ("equal_steps", {"batch": {2: 0.1, 32: 0.9}, "group": {2: 0.1, 32: 0.9}})):
+        for norm, by in accs.items():
+            for bs, a in by.items():
+                cfg = {"norm": norm, "batch_size": bs, "epochs": 1, "lr": 0.05 * bs / 32}
+                if budget:
+                    cfg["budget"] = budget
+                runs += [_run("batch_size", cfg, s, _train_metrics(a + s / 100))
+                         for s in range(3)]
+    n6 = batch_size.analyze(runs, tmp_path, "en")[0]
+    assert n6.verdict == SUPPORTED  # decided by the same-epochs runs alone
+    assert len(n6.tables) == 2 and "equal steps" in n6.tables[1].headers[0]
+    assert "with equal steps, change 32→2: BN -80.0, GN -80.0" in n6.measured
+    assert batch_size.budget_steps({"epochs": 3, "batch_size": 2, "budget": "equal_steps"},
+                                   4000) == 375

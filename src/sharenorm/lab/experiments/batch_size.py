@@ -79,10 +79,27 @@ N6 = Claim(
          "high नहीं गिना जाए)।"))
 
 
+EQUAL_STEPS_NORMS = ["batch", "group"]  # the second protocol's contenders
+
+
 def configs(quick: bool) -> list[dict]:
+    """The GN paper's protocol (the same epochs at every batch size, linearly scaled lr), and
+    in the full profile BN and GN again with equal optimizer steps (as many as batch 32 takes
+    in those epochs), so that small batches do not win by taking more steps."""
     bss, epochs = (QUICK_BS, 0.125) if quick else (FULL_BS, 3)
-    return [{"norm": n, "batch_size": b, "epochs": epochs, "lr": lr_for(b)}
+    cfgs = [{"norm": n, "batch_size": b, "epochs": epochs, "lr": lr_for(b)}
             for n in NORMS for b in bss]
+    if not quick:
+        cfgs += [{"norm": n, "batch_size": b, "epochs": epochs, "lr": lr_for(b),
+                  "budget": "equal_steps"} for n in EQUAL_STEPS_NORMS for b in bss]
+    return cfgs
+
+
+def budget_steps(cfg: dict, n_train: int) -> int:
+    """Optimizer steps of a run: its epochs at its batch size, or with ``budget:
+    equal_steps`` the steps batch 32 takes in those epochs."""
+    bs = BASE_BS if cfg.get("budget") == "equal_steps" else cfg["batch_size"]
+    return epoch_steps(cfg["epochs"], n_train, bs)
 
 
 def run(cfg, seed, ctx):
@@ -90,7 +107,7 @@ def run(cfg, seed, ctx):
     torch.manual_seed(seed)
     model = ConvNet(ds.sample_shape, ds.num_classes, norm=cfg["norm"],
                     num_groups=8 if cfg["norm"] == "group" else None)
-    steps = epoch_steps(cfg["epochs"], len(ds.x_train), cfg["batch_size"])
+    steps = budget_steps(cfg, len(ds.x_train))
     metrics, timing = train_classifier(model, ds, TrainConfig(
         steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"]), seed)
     metrics.pop("curve", None)
@@ -99,17 +116,29 @@ def run(cfg, seed, ctx):
 
 def min_train(cfg) -> int:
     """A fixed number of epochs: too few samples would give 0 optimizer steps."""
+    if cfg.get("budget") == "equal_steps":
+        return max(samples_for_one_step(cfg["epochs"], BASE_BS), cfg["batch_size"])
     return samples_for_one_step(cfg["epochs"], cfg["batch_size"])
 
 
 def analyze(runs, figdir, lang):
+    eq = group_runs([r for r in runs if r["config"].get("budget") == "equal_steps"], "norm",
+                    "batch_size")
+    runs = [r for r in runs if r["config"].get("budget") != "equal_steps"]
     if not runs:
         return []
     g = group_runs(runs, "norm", "batch_size")
     bss = sorted({b for _, b in g})
     norms = [n for n in NORMS if any(k[0] == n for k in g)]
     rows = [[n] + [pct(accuracies(g[(n, b)])) if (n, b) in g else "—" for b in bss] for n in norms]
-    table = Table(["test acc %: norm \\ batch"] + [str(b) for b in bss], rows)
+    table = Table(["test acc %: norm \\ batch (same epochs)"] + [str(b) for b in bss], rows)
+    tables = [table]
+    if eq:
+        tables.append(Table(["test acc %: norm \\ batch (equal steps: batch 32's)"]
+                            + [str(b) for b in bss],
+                            [[n] + [pct(accuracies(eq[(n, b)])) if (n, b) in eq else "—"
+                                    for b in bss] for n in EQUAL_STEPS_NORMS
+                             if any(k[0] == n for k in eq)]))
     # small multiples: one panel per norm (five overlapping bands hide each other), one y
     # axis; the GN paper's ResNet-50 curves in the BN and GN panels
     hi = lang == "hi"
@@ -197,7 +226,16 @@ def analyze(runs, figdir, lang):
                   f"(≥ {DROP_MARGIN:g} की गिरावट साबित नहीं): उतने ही "
                   "epochs में छोटे batches कहीं ज़्यादा (noisy) steps लेते हैं, जो इस छोटे model की उतनी "
                   "ही मदद करते हैं जितना noisy BN statistics नुकसान। ")
-    return [ClaimResult("N6", v, measured, [table], [fp], pub, cells=cells,
+    if eq:
+        def eq_drop(n):
+            if (n, small) not in eq or (n, big) not in eq:
+                return float("nan")
+            return 100 * (mean_ci(accuracies(eq[(n, big)]))[0]
+                          - mean_ci(accuracies(eq[(n, small)]))[0])
+
+        measured += (f"; with equal steps, change {big}→{small}: BN {-eq_drop('batch'):+.1f}, "
+                     f"GN {-eq_drop('group'):+.1f} points (shown, not part of the verdict)")
+    return [ClaimResult("N6", v, measured, tables, [fp], pub, cells=cells,
                         comparisons=[c_a, c_b], notes=Text(
         why_en + "Evaluation uses eval mode, so BN predicts with running statistics accumulated from "
         "batches of the training size; that is where small-batch BN loses (as in the GN paper). "
@@ -218,7 +256,9 @@ EXPERIMENT = Experiment(
         + ", ".join(map(str, FULL_BS)) + " (quick: " + ", ".join(map(str, QUICK_BS)) + "), the "
         "same number of epochs at every batch size: 3 (quick: 0.125), so smaller batches take more "
         f"steps; SGD momentum 0.9 with the linear scaling rule lr = {BASE_LR}·batch/{BASE_BS} (no "
-        "floor); the last short batch of an epoch is dropped. Test accuracy in eval mode.",
+        "floor); the last short batch of an epoch is dropped. Test accuracy in eval mode. Full "
+        "profile only: BN and GN again with equal optimizer steps at every batch size (the "
+        "steps batch 32 takes in those epochs), shown beside the verdict.",
         "mnist1d (या --data), N1 वाला ConvNet (GN: 4 channels के G=8 groups), batch sizes "
         + ", ".join(map(str, FULL_BS)) + "; हर batch size पर उतने ही epochs: 3 (quick: 0.125), इसलिए "
         f"छोटे batches ज़्यादा steps लेते हैं; SGD momentum 0.9, linear scaling rule lr = {BASE_LR}·"
