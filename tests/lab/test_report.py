@@ -129,7 +129,7 @@ def test_the_bn_use_cell_is_informational_not_a_borrowed_verdict(tmp_path):
     md = write_report(tmp_path / "a").read_text()
     row = next(ln for ln in md.splitlines() if ln.startswith("| Deep Learning Model में उपयोग"))
     batch_cell = row.split(" | ")[1]
-    assert "80.5" in batch_cell and "RNNs: not measured" in batch_cell  # BN's N1 test accuracy
+    assert "80.5" in batch_cell and "CNNs:" in batch_cell  # BN's N1 test accuracy
     assert "(ℹ informational, no verdict)" in batch_cell
     assert "✅" not in batch_cell and "❌" not in batch_cell
 

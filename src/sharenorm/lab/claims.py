@@ -32,6 +32,8 @@ QUOTES: dict[str, tuple[str, ...]] = {
            "CNNs, RNNs और Autoencoders जैसे Models में इनका व्यापक उपयोग किया जाता है।"),
     "T1": ("Model के Parameters कम हो जाते हैं।", "Memory Usage कम होती है।"),
     "T3": ("Memory Utilization | High Efficiency | Medium Efficiency",),
+    "N10": ("Deep Learning Model में उपयोग | CNNs, RNNs | Style Transfer | Small Batch Size "
+            "Training",),
 }
 
 # Claims of the documents that no experiment measures, with the reason: the report lists them
@@ -49,14 +51,6 @@ NOT_MEASURED = [
           "with the same protocol, but no verdict is drawn for them.",
           "केवल BN की criterion है (N1, N2, N4); N1/N4 tables में उसी protocol से IN, GN और LN के "
           "numbers हैं, पर उन पर verdict नहीं दिया गया।")),
-    (NORM_DOC, "Deep Learning Model में उपयोग | CNNs, RNNs | Style Transfer | Small Batch Size "
-     "Training", "BN is used in CNNs and RNNs.",
-     Text("\"Used in\" describes practice, not an effect, so no criterion judges it: the "
-          "table's cell shows N1's test accuracy of BN in a CNN, without a verdict. The RNN half "
-          "is not measured: no experiment trains an RNN with BN.",
-          "\"उपयोग\" practice बताता है, कोई effect नहीं, इसलिए कोई criterion इसे नहीं जाँचती: table "
-          "का cell CNN में BN की N1 test accuracy दिखाता है, बिना verdict के। RNN वाला हिस्सा "
-          "measure नहीं हुआ: कोई experiment BN के साथ RNN train नहीं करता।")),
     (SHARE_DOC, "Parameter Sharing: जब Model को Large Scale पर Train करना हो, जैसे CNN और RNNs।",
      "Use sharing when a model is trained at large scale.",
      Text("The lab trains small models on a CPU; large-scale training is out of its reach.",
@@ -76,7 +70,7 @@ DOC_TABLES = [
       ("style", "Style Transfer में उपयोग", ["No", "Yes", "No"], "N7"),
       ("small", "Small Batch Sizes पर कार्यक्षमता", ["कम", "उच्च", "उच्च"], "N6"),
       ("use", "Deep Learning Model में उपयोग", ["CNNs, RNNs", "Style Transfer",
-                                               "Small Batch Size Training"], ["N1", "N7", "N6"])]),
+                                               "Small Batch Size Training"], ["N10", "N7", "N6"])]),
     ("share", Text("Parameter Sharing vs Parameter Tying (document 000, section 3)",
                    "Parameter Sharing vs Parameter Tying की तुलना (document 000, section 3)"),
      ["sharing", "tying"],

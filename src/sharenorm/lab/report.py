@@ -165,8 +165,11 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
             col_claims = claim if isinstance(claim, list) else [claim] * len(cols)
             cells = [label]
             for col, doc, cl in zip(cols, doc_cells, col_claims, strict=False):
-                found = next((r.cells[(table_id, row_id, col)] for r in results.values()
-                              if (table_id, row_id, col) in r.cells), None)
+                # a cell several claims measure (BN "used in CNNs, RNNs": N1 and N10) shows
+                # every measurement; the first one's verdict (they are informational alike)
+                parts = [r.cells[(table_id, row_id, col)] for r in results.values()
+                         if (table_id, row_id, col) in r.cells]
+                found = ("; ".join(p[0] for p in parts), parts[0][1]) if parts else None
                 if found is None:
                     # no cell-level measurement: point to the claim's section and verdict
                     res = results.get(cl)

@@ -198,10 +198,11 @@ def analyze(runs, figdir, lang):
                         "steps to the baseline's accuracy, BN vs none", "14× fewer",
                         f"{1 / ratio:.1f}× fewer" if ratio == ratio and ratio > 0 else "—"]],
             # "used in CNNs, RNNs" is a statement about practice that no criterion judges: the
-            # cell shows that BN trains N1's CNN, with no verdict (N1's is about speed)
+            # cell shows that BN trains N1's CNN, with no verdict (N1's is about speed); N10
+            # adds the RNN half
             cells={("norm", "use", "batch"): (
-                f"CNNs: BN trains the N1 ConvNet to {pct(accuracies(bn))} % test accuracy; "
-                "RNNs: not measured", INFORMATIONAL)},
+                f"CNNs: BN trains the N1 ConvNet to {pct(accuracies(bn))} % test accuracy",
+                INFORMATIONAL)},
             notes=Text("One learning rate (0.05, SGD momentum 0.9) for every norm; N2 shows how "
                        "the answer depends on it. Seconds are steps times the median time per "
                        "step of an interleaved timing (the norms alternate step by step on one "
