@@ -291,3 +291,20 @@ def test_n6_equal_steps_runs_are_shown_not_mixed_into_the_verdict(tmp_path):
     assert "with equal steps, change 32→2: BN -80.0, GN -80.0" in n6.measured
     assert batch_size.budget_steps({"epochs": 3, "batch_size": 2, "budget": "equal_steps"},
                                    4000) == 375
+
+
+def test_demonstrations_are_labelled_and_criteria_come_from_the_constants():
+    from sharenorm.lab.experiments import all_claims, interval_claims
+
+    claims = all_claims()
+    assert {c for c, cl in claims.items() if cl.demonstration} == {"N5", "S1", "T1", "T3"}
+    # N7's verdict rests on the invariance; its AdaIN part is named a demonstration
+    assert "demonstration" in claims["N7"].criterion("en")
+    # the prose is formatted from the numbers the analysis decides with
+    assert f"≥ {batch_size.DROP_MARGIN:g} points" in claims["N6"].criterion("en")
+    assert f"≥ {batch_size.LEAD_MARGIN:g} points" in claims["N6"].criterion("hi")
+    assert f"≥ {depth.DEPTH_MARGIN:g} points" in claims["N8"].criterion("en")
+    assert f"≤ {norm_training.STEP_RATIO:.2f}×" in claims["N1"].criterion("en")
+    assert f"≥ {sharing_training.SHARE_MARGIN:g} points" in claims["S3"].criterion("hi")
+    # the runner's --seeds 1 warning lists what the experiments' flags say
+    assert "N6" in interval_claims() and "N5" not in interval_claims()
