@@ -308,3 +308,39 @@ def test_demonstrations_are_labelled_and_criteria_come_from_the_constants():
     assert f"≥ {sharing_training.SHARE_MARGIN:g} points" in claims["S3"].criterion("hi")
     # the runner's --seeds 1 warning lists what the experiments' flags say
     assert "N6" in interval_claims() and "N5" not in interval_claims()
+
+
+def test_lr_is_chosen_on_a_validation_split_with_other_seeds():
+    import torch
+
+    from sharenorm.data import Dataset
+    from sharenorm.lab.experiments._protocol import SELECT_SEED, select_lr
+
+    ds = Dataset("t", torch.randn(100, 1, 8), torch.arange(100) % 10, torch.randn(50, 1, 8),
+                 torch.arange(50) % 10, 10)
+    seen = []
+
+    def train(d, lr, seed):
+        seen.append((len(d.x_train), len(d.x_test), seed))
+        assert not (d.x_test[:, None] == ds.x_test).all(-1).any()  # never the test set
+        return {"test_acc": {0.01: 0.5, 0.1: 0.7, 1.0: 0.7}[lr], "diverged": lr == 1.0}
+
+    best, scores = select_lr(train, ds, [1.0, 0.1, 0.01], seed=3)
+    assert best == 0.1 and scores == {"1": 0.0, "0.1": 0.7, "0.01": 0.5}  # diverged = 0
+    assert {s for *_, s in seen} == {3 + SELECT_SEED} and seen[0][:2] == (80, 20)
+    tie, _ = select_lr(lambda d, lr, s: {"test_acc": 0.5}, ds, [0.3, 0.1], seed=0)
+    assert tie == 0.1  # a tie goes to the smaller rate
+
+
+def test_full_norm_training_runs_choose_and_report_their_lr(monkeypatch):
+    from sharenorm.lab.experiments import norm_training
+
+    monkeypatch.setattr(norm_training, "LR_GRID", [0.05, 0.1])
+    cfg = {"norm": "batch", "steps": 4, "batch_size": 32, "lr_grid": [0.05, 0.1],
+           "eval_every": 2, "target": 0.9}
+    from sharenorm.lab import runner
+
+    m, _ = runner.execute("norm_training", cfg, 0, False, None)
+    assert m["lr_chosen"] in (0.05, 0.1) and set(m["val_acc_by_lr"]) == {"0.05", "0.1"}
+    assert all("lr_grid" in c for c in norm_training.configs(False) if "norm" in c)
+    assert all(c.get("lr") == 0.05 for c in norm_training.configs(True) if "norm" in c)

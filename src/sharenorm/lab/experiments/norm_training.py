@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import statistics
 
+import torch
+
 from sharenorm.data import MNIST1D_PUBLISHED
 from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.experiments._protocol import select_lr
 from sharenorm.lab.experiments._timing import interleaved_step_times, sgd_step
 from sharenorm.lab.spec import (
     INCONCLUSIVE,
@@ -32,6 +35,10 @@ STEP_RATIO = 2 / 3   # N1: BN needs at most this fraction of no-norm's steps to 
 ACC_MARGIN = 1.0     # N4: BN's test accuracy at least this many points above no-norm's
 GAP_MARGIN = 1.0     # N4: BN's train–test gap at most this many points above no-norm's
 TIMING_ROUNDS, QUICK_TIMING_ROUNDS = 200, 20  # interleaved steps per contender, per seed
+# full profile: each norm's learning rate chosen per seed on a validation split (see _protocol)
+LR_GRID = [0.02, 0.05, 0.1]
+QUICK_LR = 0.05
+SELECT_FRACTION = 0.5  # a selection run trains this share of the final run's steps
 
 N1 = Claim(
     "N1", NORM_DOC, "Training को तेज़ करता है।", "BN makes training faster.",
@@ -67,7 +74,8 @@ N4 = Claim(
 
 def configs(quick: bool) -> list[dict]:
     steps, every, target = (QUICK_STEPS, 25, QUICK_TARGET) if quick else (STEPS, 50, TARGET)
-    return [{"norm": n, "steps": steps, "batch_size": 32, "lr": 0.05, "eval_every": every,
+    lr = {"lr": QUICK_LR} if quick else {"lr_grid": LR_GRID}
+    return [{"norm": n, "steps": steps, "batch_size": 32, **lr, "eval_every": every,
              "target": target} for n in NORMS] + [
         {"part": "timing", "batch_size": 32,
          "rounds": QUICK_TIMING_ROUNDS if quick else TIMING_ROUNDS}]
@@ -93,13 +101,24 @@ def run(cfg: dict, seed: int, ctx):
     if cfg.get("part") == "timing":
         return _timing(cfg, seed, ctx)
     ds = dataset(ctx)
-    import torch
 
+    chosen = {}
+    lr = cfg.get("lr")
+    if "lr_grid" in cfg:
+        def trial(d, lr_, seed_):
+            torch.manual_seed(seed_)
+            return train_classifier(_model(d, cfg["norm"]), d, TrainConfig(
+                steps=max(1, int(cfg["steps"] * SELECT_FRACTION)),
+                batch_size=cfg["batch_size"], lr=lr_), seed_)[0]
+
+        lr, scores = select_lr(trial, ds, cfg["lr_grid"], seed)
+        chosen = {"lr_chosen": lr, "val_acc_by_lr": scores}
     torch.manual_seed(seed)
     model = _model(ds, cfg["norm"])
-    return train_classifier(model, ds, TrainConfig(
-        steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+    metrics, timing = train_classifier(model, ds, TrainConfig(
+        steps=cfg["steps"], batch_size=cfg["batch_size"], lr=lr,
         eval_every=cfg["eval_every"], target_acc=cfg["target"]), seed)
+    return metrics | chosen, timing
 
 
 def step_times(runs) -> dict[str, list[float]]:
@@ -142,11 +161,14 @@ def analyze(runs, figdir, lang):
                      f"{sum(bool(m['diverged']) for m in ms)}/{len(ms)}",
                      pct(accuracies(ms)), pct(accuracies(ms, "train_acc")),
                      fmt_ci([m["gap"] for m in ms], 100),
-                     f"{sum(converged([m], budget) is True for m in ms)}/{len(ms)}"])
+                     f"{sum(converged([m], budget) is True for m in ms)}/{len(ms)}",
+                     ", ".join(f"{m['lr_chosen']:g}" for m in ms) if "lr_chosen" in ms[0]
+                     else f"{cfg.get('lr', '—')}"])
     table = Table(["norm", f"steps to {cfg['target']:.0%}", "reached",
                    "ms/step (interleaved timing, median)", "seconds to target (steps × ms/step)",
                    "diverged", "test acc % (diverged = 0)", "train acc % (diverged = 0)",
-                   "gap (points, runs that trained)", "converged (plateau)"], rows)
+                   "gap (points, runs that trained)", "converged (plateau)",
+                   "lr (chosen on validation, per seed)"], rows)
 
     fig, (a1, a2) = figure(1, 2, (10, 4))
     for i, ((norm,), ms) in enumerate(g.items()):
@@ -203,14 +225,18 @@ def analyze(runs, figdir, lang):
             cells={("norm", "use", "batch"): (
                 f"CNNs: BN trains the N1 ConvNet to {pct(accuracies(bn))} % test accuracy",
                 INFORMATIONAL)},
-            notes=Text("One learning rate (0.05, SGD momentum 0.9) for every norm; N2 shows how "
-                       "the answer depends on it. Seconds are steps times the median time per "
+            notes=Text("Full profile: each norm's learning rate is chosen per seed from "
+                       f"{', '.join(f'{x:g}' for x in LR_GRID)} on a validation split of the "
+                       "training data with other seeds (see the table); quick: 0.05 for every "
+                       "norm (SGD momentum 0.9). Seconds are steps times the median time per "
                        "step of an interleaved timing (the norms alternate step by step on one "
                        "thread), not run wall-clocks, which depend on what else shared the CPU. "
                        "Ioffe & Szegedy's 14× is for Inception on ImageNet with a raised learning "
                        "rate and other changes; here every norm trains at one rate.",
-                       "हर norm के लिए एक ही learning rate (0.05, SGD momentum 0.9); N2 दिखाता है कि "
-                       "जवाब उस पर कैसे निर्भर है। Seconds = steps × interleaved timing का median time "
+                       "Full profile: हर norm की learning rate हर seed के लिए "
+                       f"{', '.join(f'{x:g}' for x in LR_GRID)} में से training data के validation "
+                       "split पर दूसरे seeds से चुनी गई (table देखें); quick: हर norm के लिए 0.05। "
+                       "Seconds = steps × interleaved timing का median time "
                        "per step (norms एक thread पर step-by-step बारी-बारी चलते हैं), run wall-clock "
                        "नहीं। Ioffe & Szegedy का 14× ImageNet पर Inception के लिए है, बढ़ी हुई "
                        "learning rate और दूसरे बदलावों के साथ; यहाँ हर norm एक ही rate पर train होता है।")))
@@ -245,14 +271,19 @@ EXPERIMENT = Experiment(
     protocol=Text(
         "mnist1d (4000 train / 1000 test; or --data). ConvNet: 3 blocks conv(k=5, stride 2) → norm "
         "→ ReLU, width 32, then linear. Norms from sharenorm.make_norm: batch, group (G=8), "
-        "instance, layer, none. SGD momentum 0.9, lr 0.05, batch 32, 1500 steps (quick: 100), "
+        "instance, layer, none. SGD momentum 0.9, batch 32, 1500 steps (quick: 100); lr per norm "
+        f"and seed from {', '.join(f'{x:g}' for x in LR_GRID)} by validation accuracy after "
+        f"{SELECT_FRACTION:g}× the steps on 80% of the training set (selection seeds = seed + "
+        "1000; the final run trains on all of it with the seed; quick: lr 0.05), "
         "test accuracy every 50 steps (quick: 25) in eval mode; target accuracy 85% (quick 60%). "
         f"Timing: one more run per seed alternates one training step of every norm, "
         f"{TIMING_ROUNDS} rounds (quick: {QUICK_TIMING_ROUNDS}), on one thread; the median step "
         "time gives the seconds.",
         "mnist1d (4000 train / 1000 test; या --data)। ConvNet: 3 blocks conv(k=5, stride 2) → norm "
         "→ ReLU, width 32, फिर linear। Norms sharenorm.make_norm से: batch, group (G=8), instance, "
-        "layer, none। SGD momentum 0.9, lr 0.05, batch 32, 1500 steps (quick: 100), हर 50 steps "
+        "layer, none। SGD momentum 0.9, batch 32, 1500 steps (quick: 100); हर norm और seed की lr "
+        f"{', '.join(f'{x:g}' for x in LR_GRID)} में से, training set के 80% पर {SELECT_FRACTION:g}× "
+        "steps के बाद validation accuracy से (selection seeds = seed + 1000; quick: lr 0.05), हर 50 steps "
         "(quick: 25) पर eval mode में test accuracy; target accuracy 85% (quick 60%)। Timing: हर seed "
         f"का एक और run हर norm का एक training step बारी-बारी चलाता है, {TIMING_ROUNDS} rounds, एक "
         "thread पर; median step time से seconds।"),
