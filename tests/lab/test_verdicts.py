@@ -152,22 +152,42 @@ def _lr_runs(stable):
 @pytest.mark.parametrize("bn, none, verdict", [
     # neither has a stable learning rate: BN stabilises nothing here
     ([None, 0.2, None], [None, 0.2, None], NOT_SUPPORTED),
-    # the same range: "equal" is mixed
+    # the same largest stable rate: mixed
     ([0.9, 0.9, None], [0.9, 0.9, None], MIXED),
-    # BN's range [0.01, 10] is wider than none's [0.01] even with a hole at 0.3 (range, not count)
+    # BN stable up to 10, none only at 0.01 (a hole inside BN's range does not matter)
     ([0.9, 0.2, 0.9], [0.9, None, None], SUPPORTED),
-    # as many stable grid points, but BN's range [0.01, 10] contains none's [0.01, 0.3] and is
-    # one grid step wider
     ([0.9, 0.2, 0.9], [0.9, 0.9, None], SUPPORTED),
-    # wider but not containing
-    ([None, 0.9, 0.9], [0.9, None, None], MIXED),
+    # the upper end decides, not whether the range contains none's: BN stable at 0.3 and 10,
+    # none at 0.01 only
+    ([None, 0.9, 0.9], [0.9, None, None], SUPPORTED),
     ([0.9, None, None], [0.9, 0.9, None], NOT_SUPPORTED),
+    # none never stable, BN stable somewhere: BN's upper end is above
+    ([None, 0.9, None], [None, None, None], SUPPORTED),
 ])
-def test_n2_uses_range_width(tmp_path, bn, none, verdict):
+def test_n2_is_decided_by_the_upper_end_of_the_stable_range(tmp_path, bn, none, verdict):
     lrs = [0.01, 0.3, 10.0]
     runs = _lr_runs({"batch": dict(zip(lrs, bn, strict=True)),
                      "none": dict(zip(lrs, none, strict=True))})
     assert lr_sweep.analyze(runs, tmp_path, "en")[0].verdict == verdict
+
+
+def test_gradient_norms_are_recorded_per_step():
+    import torch
+
+    from sharenorm.lab.experiments.lr_sweep import SPIKE, GradNorms
+
+    net = torch.nn.Linear(3, 2)
+    g = GradNorms(net)
+    for scale in (1.0, 1.0, 1.0, 100.0):
+        net.zero_grad()
+        (scale * net(torch.ones(1, 3)).sum()).backward()
+    g.close()
+    assert len(g.norms) == 4 and g.norms[3] > SPIKE * g.norms[0]
+    s = g.summary()
+    assert s["grad_spikes"] == 1 and s["grad_cv"] > 0.5
+    net.zero_grad()
+    net(torch.ones(1, 3)).sum().backward()
+    assert len(g.norms) == 4  # closed: no more hooks
 
 
 def test_n7_a_contradicting_cell_is_not_supported(tmp_path):
