@@ -364,3 +364,23 @@ def test_full_norm_training_runs_choose_and_report_their_lr(monkeypatch):
     assert m["lr_chosen"] in (0.05, 0.1) and set(m["val_acc_by_lr"]) == {"0.05", "0.1"}
     assert all("lr_grid" in c for c in norm_training.configs(False) if "norm" in c)
     assert all(c.get("lr") == 0.05 for c in norm_training.configs(True) if "norm" in c)
+
+
+def test_n8_compares_norms_at_their_best_validation_rate(tmp_path):
+    runs = []
+    # residual nets; BN is best at 0.006 (val), GN at 0.02; at depth 17 GN wins by ~10 points
+    table = {("batch", 3): {0.006: (0.90, 0.90), 0.02: (0.5, 0.95)},  # 0.02: best test, bad val
+             ("batch", 17): {0.006: (0.80, 0.80), 0.02: (0.1, 0.99)},
+             ("group", 3): {0.006: (0.85, 0.85), 0.02: (0.90, 0.90)},
+             ("group", 17): {0.006: (0.85, 0.85), 0.02: (0.90, 0.90)}}
+    for (norm, d), by in table.items():
+        for lr, (val, test) in by.items():
+            cfg = {"arch": "residual", "norm": norm, "depth": d, "lr": lr, "batch_size": 4,
+                   "epochs": 1}
+            runs += [_run("depth", cfg, s, {"val_acc": val + s / 200, "test_acc": test + s / 200,
+                                            "train_acc": test, "gap": 0.0, "diverged": False})
+                     for s in range(3)]
+    n8 = depth.analyze(runs, tmp_path, "en")[0]
+    # chosen on validation: BN at 0.006 (80 % at depth 17), not at its best *test* rate 0.02
+    assert n8.verdict == SUPPORTED, [str(c) for c in n8.comparisons]
+    assert "(lr 0.006)" in n8.tables[0].rows[0][2] and "(lr 0.02)" in n8.tables[0].rows[1][2]
