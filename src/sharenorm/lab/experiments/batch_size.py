@@ -195,6 +195,11 @@ def analyze(runs, figdir, lang):
                         f"{GN_PAPER[n][32]} → {GN_PAPER[n][2]} % "
                         f"(+{GN_PAPER[n][2] - GN_PAPER[n][32]:.1f})",
                         f"{e32:.1f} → {e2:.1f} % ({e2 - e32:+.1f})"])
+    for b in sorted(GN_PAPER["batch"], reverse=True):  # the paper's whole table, row by row
+        ours = [f"{100 - 100 * mean_ci(accuracies(g[(n, b)]))[0]:.1f} %"
+                if (n, b) in g else "—" for n in ("batch", "group")]
+        pub.append(["Wu & He 2018, ResNet-50 ImageNet", f"top-1 error BN / GN at batch {b}",
+                    f"{GN_PAPER['batch'][b]} / {GN_PAPER['group'][b]} %", " / ".join(ours)])
     cells = {}
     for col, n, want_drop in (("batch", "batch", True), ("instance", "instance", False),
                               ("group", "group", False)):
