@@ -384,3 +384,17 @@ def test_n8_compares_norms_at_their_best_validation_rate(tmp_path):
     # chosen on validation: BN at 0.006 (80 % at depth 17), not at its best *test* rate 0.02
     assert n8.verdict == SUPPORTED, [str(c) for c in n8.comparisons]
     assert "(lr 0.006)" in n8.tables[0].rows[0][2] and "(lr 0.02)" in n8.tables[0].rows[1][2]
+
+
+def test_n8_min_train_is_exactly_one_step_after_the_validation_split():
+    from sharenorm.lab.common import epoch_steps
+    from sharenorm.lab.experiments._protocol import VAL_FRACTION
+
+    for cfg in depth.configs(True)[:1] + depth.configs(False)[:1]:
+        n = depth.min_train(cfg)
+
+        def steps(k):
+            return epoch_steps(cfg["epochs"], k - max(1, round(VAL_FRACTION * k)),
+                               cfg["batch_size"])
+
+        assert steps(n) >= 1 and steps(n - 1) < 1

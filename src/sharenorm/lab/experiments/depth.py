@@ -17,7 +17,7 @@ from sharenorm.lab.common import (
     samples_for_one_step,
     save_figure,
 )
-from sharenorm.lab.experiments._protocol import validation_split
+from sharenorm.lab.experiments._protocol import VAL_FRACTION, validation_split
 from sharenorm.lab.spec import (
     Claim,
     ClaimResult,
@@ -103,8 +103,12 @@ def run(cfg, seed, ctx):
 
 
 def min_train(cfg) -> int:
-    """A fixed number of epochs on 80% of the training set: at least one optimizer step."""
-    return int(samples_for_one_step(cfg["epochs"], cfg["batch_size"]) / 0.8) + 2
+    """The fewest training samples whose :func:`validation_split` leaves enough to train on
+    for one optimizer step of ``epochs`` at ``batch_size``."""
+    need, n = samples_for_one_step(cfg["epochs"], cfg["batch_size"]), 1
+    while n - max(1, round(VAL_FRACTION * n)) < need:
+        n += 1
+    return n
 
 
 def _stable(ms) -> bool:
