@@ -393,7 +393,7 @@ def test_n8_min_train_is_exactly_one_step_after_the_validation_split():
     for cfg in depth.configs(True)[:1] + depth.configs(False)[:1]:
         n = depth.min_train(cfg)
 
-        def steps(k):
+        def steps(k, cfg=cfg):
             return epoch_steps(cfg["epochs"], k - max(1, round(VAL_FRACTION * k)),
                                cfg["batch_size"])
 
