@@ -21,7 +21,7 @@ def test_help_lists_every_claim_and_the_exit_codes(capsys):
     with pytest.raises(SystemExit):
         main(["lab", "--help"])
     out = capsys.readouterr().out
-    assert "N1..N9" in out and "143" in out and "130" in out
+    assert "N1..N10" in out and "143" in out and "130" in out
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "``" not in capsys.readouterr().out

@@ -2,13 +2,13 @@
 
     sharenorm lab [IDS...] [--list] [--quick] [--seeds K] [--jobs J] [--data PATH] [--out DIR]
                   [--lang hi]
-    sharenorm report DIR [--lang hi]
+    sharenorm report DIR [--lang hi] [--summary docs/results.md]
     sharenorm demo
 
 ``lab`` runs (or resumes) the experiments that measure the claims of the two seed documents
 and writes ``DIR/report.md`` + ``DIR/report.html``; ``report`` rebuilds the report from
 ``DIR/results.jsonl`` alone. Exit codes: see ``EXIT_CODES``. ``--seeds 1`` runs but warns:
-criteria that compare 95% intervals are then reported "not decidable (n=1)".
+criteria that compare 95% intervals are then reported "inconclusive".
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ EXIT_CODES = """exit codes:
   2    bad arguments or data, or an --out / report folder that cannot be used
   130  interrupted by Ctrl-C (finished runs are saved; rerun the same command to resume)
   143  terminated by SIGTERM (finished runs are saved; rerun the same command to resume)"""
+
+
+# Every empirical claim of the full profile rests on at least this many seeds.
+FULL_SEEDS = 5
 
 
 def _positive_int(name: str):
@@ -56,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a small version of everything, 2 seeds unless --seeds is given "
                           "(about a minute on 2 cores)")
     lab.add_argument("--seeds", type=_positive_int("--seeds"), default=None,
-                     help="seeds per configuration (default 3; 2 with --quick); 1 runs but "
-                          "criteria comparing 95%% intervals are then 'not decidable'")
+                     help="seeds per configuration (default 5; 2 with --quick); 1 runs but "
+                          "criteria comparing 95%% intervals are then 'inconclusive'")
     lab.add_argument("--jobs", type=_positive_int("--jobs"), default=min(os.cpu_count() or 1, 2),
                      help="parallel training processes (default: min(CPU cores, 2))")
     lab.add_argument("--data", metavar="PATH", help="your dataset instead of the embedded one "
@@ -71,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EXIT_CODES, formatter_class=fmt)
     rep.add_argument("dir", metavar="DIR")
     rep.add_argument("--lang", choices=("en", "hi"), default="en")
+    rep.add_argument("--summary", metavar="PATH",
+                     help="also write the verdicts as a short Markdown page (docs/results.md)")
     return parser
 
 
@@ -134,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
 
             path = write_report(args.dir, lang=args.lang)
             print(f"report: {path} and {path.with_suffix('.html')}")
+            if args.summary:
+                from sharenorm.lab.report import write_summary
+
+                print(f"summary: {write_summary(args.dir, args.summary, lang=args.lang)}")
             return 0
         if args.list:
             _list()
             return 0
         from sharenorm.lab.runner import run_lab
 
-        seeds = args.seeds if args.seeds is not None else (2 if args.quick else 3)
+        seeds = args.seeds if args.seeds is not None else (2 if args.quick else FULL_SEEDS)
         run_lab(args.ids, quick=args.quick, seeds=seeds, jobs=args.jobs, data=args.data,
                 out=args.out, lang=args.lang, progress=not args.no_progress, command=command)
         return 0

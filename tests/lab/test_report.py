@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sharenorm.lab.report import write_report
 from sharenorm.lab.store import LAB_VERSION, run_key
 
@@ -127,6 +129,91 @@ def test_the_bn_use_cell_is_informational_not_a_borrowed_verdict(tmp_path):
     md = write_report(tmp_path / "a").read_text()
     row = next(ln for ln in md.splitlines() if ln.startswith("| Deep Learning Model में उपयोग"))
     batch_cell = row.split(" | ")[1]
-    assert "80.5" in batch_cell and "RNNs: not measured" in batch_cell  # BN's N1 test accuracy
+    assert "80.5" in batch_cell and "CNNs:" in batch_cell  # BN's N1 test accuracy
     assert "(ℹ informational, no verdict)" in batch_cell
     assert "✅" not in batch_cell and "❌" not in batch_cell
+
+
+def test_html_carries_its_own_devanagari_font_and_marks(tmp_path):
+    # a stock browser without a Devanagari font or a colour-emoji font showed boxes
+    from sharenorm.lab.fonts import devanagari_font
+
+    fake_results(tmp_path)
+    write_report(tmp_path, lang="hi")
+    html = (tmp_path / "report.html").read_text()
+    for mark in ("✅", "❌", "➖", "⏸", "❔"):
+        assert mark not in html
+    assert "<svg class='mk'" in html and "aria-label='supported'" in html
+    if devanagari_font() is None:
+        pytest.skip("no Devanagari font installed (pip install fontpkg-noto-sans-devanagari)")
+    assert "@font-face{font-family:'SN Devanagari';src:url(data:font/ttf;base64," in html
+    import base64
+    import io
+    import re
+
+    from fontTools.ttLib import TTFont
+
+    b64 = re.search(r"data:font/ttf;base64,([A-Za-z0-9+/=]+)", html).group(1)
+    cmap = TTFont(io.BytesIO(base64.b64decode(b64))).getBestCmap()
+    body = re.sub(r"<style>.*?</style>", "", html, flags=re.S)
+    used = {ch for ch in body if 0x0900 <= ord(ch) <= 0x097F}
+    assert used and used <= {chr(c) for c in cmap}  # every Devanagari letter of the page
+    assert len(cmap) < 200  # a subset, not the whole font
+
+
+def test_english_report_without_hindi_text_embeds_no_font():
+    from sharenorm.lab.fonts import font_face_css
+
+    assert font_face_css("only English ±") == ""
+
+
+def test_n6_small_multiples_and_t2_legend(tmp_path, monkeypatch):
+    from sharenorm.lab.experiments import batch_size, tying_reg
+
+    figs = {}
+
+    def keep(fig, figdir, name):
+        figs[name] = fig
+        return f"figures/{name}.png"
+
+    fake_results(tmp_path)
+    monkeypatch.setattr(batch_size, "save_figure", keep)
+    monkeypatch.setattr(tying_reg, "save_figure", keep)
+    import json
+
+    runs = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+    batch_size.analyze([r for r in runs if r.get("experiment") == "batch_size"], tmp_path,
+                       "hi")
+    axes = figs["n6_batch_size"].axes
+    assert len(axes) == 2 and [a.get_title() for a in axes] == ["BN", "GN"]  # one per norm
+    assert any("Wu & He" in t.get_text() for t in axes[0].get_legend().get_texts())
+    t2 = []
+    for mode, mse in (("untied", 0.3), ("tied", 0.25)):
+        for n in (50, 200):
+            for s in range(2):
+                t2.append({"experiment": "tying_reg", "seed": s,
+                           "config": {"n": n, "mode": mode, "strength": 0.0, "steps": 10},
+                           "metrics": {"train_mse": mse - 0.1, "test_mse": mse + s / 100,
+                                       "gap": 0.1, "tie_distance": 0.0, "params": 1}})
+    for lam in (0.01, 1.0):
+        for s in range(2):
+            t2.append({"experiment": "tying_reg", "seed": s,
+                       "config": {"n": 50, "mode": "soft", "strength": lam, "steps": 10},
+                       "metrics": {"train_mse": 0.2, "test_mse": 0.28, "gap": 0.08,
+                                   "tie_distance": 1.0 / (1 + lam), "params": 1}})
+    tying_reg.analyze(t2, tmp_path, "en")
+    a1, a2 = figs["t2_tying_regularization"].axes[:2]
+    # each band has its line's colour
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_rgb
+
+    lines = {ln.get_label(): to_rgb(ln.get_color()) for ln in a1.get_lines()}
+    bands = [c for c in a1.collections if isinstance(c, PolyCollection)]
+    for band in bands:
+        mode = band.get_label().split(" ")[0]
+        assert tuple(band.get_facecolor()[0][:3]) == pytest.approx(lines[f"{mode} (test)"])
+    # every curve of both axes of the soft-tie panel is in its legend
+    legend = {t.get_text() for t in a2.get_legend().get_texts()}
+    curves = {ln.get_label() for ax in figs["t2_tying_regularization"].axes[1:]
+              for ln in ax.get_lines()}
+    assert curves <= legend and "‖W_dec − W_encᵀ‖" in legend

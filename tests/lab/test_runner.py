@@ -20,13 +20,12 @@ def _runs(out):
 
 
 def test_registry_ids_match_modules_and_cover_every_claim():
-    from sharenorm.lab.claims import CLAIMS
     from sharenorm.lab.experiments import all_claims
 
     exps = all_experiments()
-    assert list(exps) == EXPERIMENT_MODULES
+    assert sorted(exps) == EXPERIMENT_MODULES  # every module of the package, found by itself
     covered = {c for e in exps.values() for c in e.claims}
-    assert set(CLAIMS) <= covered == set(all_claims())  # every claim has an experiment
+    assert covered == set(all_claims())  # every claim has an experiment, and its definition
 
 
 def test_resolve_claims_and_names():

@@ -31,3 +31,71 @@ def test_overlap():
     assert not overlap([1.0, 1.01, 0.99], [2.0, 2.01, 1.99])
     assert overlap([1.0, 2.0, 3.0], [2.5, 3.0, 3.5])
     assert overlap([1.0], [5.0])  # no interval: cannot claim a difference
+
+
+@pytest.mark.parametrize("a, b", [([0.9, 0.93, 0.91], [0.8, 0.85, 0.81, 0.83]),
+                                  ([1.0, 2.0, 4.0, 8.0, 3.0], [2.0, 2.1, 1.9]),
+                                  (list(np.linspace(0, 1, 7)), [0.3, 0.9])])
+def test_welch_interval_matches_scipy(a, b):
+    from sharenorm.lab.stats import diff_ci
+
+    d = diff_ci(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert d.estimate == pytest.approx(np.mean(a) - np.mean(b))
+    assert (d.lo, d.hi) == (pytest.approx(ref.low), pytest.approx(ref.high))
+
+
+def test_ratio_as_a_contrast():
+    from sharenorm.lab.stats import diff_ci
+
+    a, b = [60.0, 70.0, 65.0], [100.0, 110.0, 90.0]
+    d = diff_ci(a, b, b_factor=2 / 3)
+    ref = stats.ttest_ind(a, [x * 2 / 3 for x in b], equal_var=False).confidence_interval()
+    assert (d.lo, d.hi) == (pytest.approx(ref.low), pytest.approx(ref.high))
+
+
+@pytest.mark.parametrize("a, b, margin, at_most, holds", [
+    ([0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 5, False, True),    # CI [7.7, 12.3] ≥ 5
+    ([0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 15, False, False),  # CI wholly below 15
+    ([0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 10, False, None),   # straddles 10
+    ([0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 15, True, True),    # at most 15
+    ([0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 5, True, False),
+    ([0.80], [0.70, 0.71], 5, False, None),                      # one seed: no interval
+    ([0.8, 0.8], [0.7, 0.7], 5, False, True),                    # no spread: the point decides
+    ([0.8, 0.8], [0.7, 0.7], 10, False, True),                   # exactly on the margin holds
+    ([], [0.7, 0.7], 1, False, None),
+])
+def test_compare_four_outcomes(a, b, margin, at_most, holds):
+    from sharenorm.lab.stats import compare
+
+    c = compare("x", a, b, margin, scale=100, at_most=at_most)
+    assert c.holds is holds, str(c)
+    assert {True: "holds", False: "fails", None: "inconclusive"}[holds] in str(c)
+
+
+def test_hairline_differences_are_inconclusive_not_decided():
+    # N6(b) of the old report: GN ahead of BN in every seed, but by about 3.3 < 5 points.
+    # Mean-vs-margin would say "fails"; the interval [-0.3, 6.9] says "cannot tell".
+    from sharenorm.lab.stats import compare
+
+    gn, bn = [0.60, 0.64, 0.615], [0.58, 0.59, 0.586]
+    c = compare("GN − BN", gn, bn, 5, scale=100)
+    assert c.estimate < 5 and c.holds is None
+
+
+def test_plateau():
+    from sharenorm.lab.stats import plateaued
+
+    assert plateaued([[100, 0.5], [400, 0.9], [500, 0.905]], 500) is True
+    assert plateaued([[100, 0.5], [400, 0.85], [500, 0.9]], 500) is False
+    assert plateaued([[500, 0.9]], 500) is None and plateaued([], 10) is None
+
+
+def test_strict_margins():
+    from sharenorm.lab.stats import compare
+
+    # "smaller": equal values are not smaller, even with no spread at all
+    assert compare("x", [0.1, 0.1], [0.1, 0.1], 0, strict=True).holds is False
+    assert compare("x", [0.1, 0.1], [0.1, 0.1], 0).holds is True
+    assert compare("x", [0.1, 0.1], [0.2, 0.2], 0, at_most=True, strict=True).holds is True
+    assert compare("x", [0.2, 0.2], [0.2, 0.2], 0, at_most=True, strict=True).holds is False

@@ -9,36 +9,42 @@ from __future__ import annotations
 import base64
 import html
 import math
-import traceback
 from pathlib import Path
 
 from sharenorm.lab.claims import DOC_TABLES, NOT_MEASURED
-from sharenorm.lab.experiments import all_claims, all_experiments
+from sharenorm.lab.experiments import all_claims, all_experiments, analyze_stored
+from sharenorm.lab.fonts import FONT_FAMILY, font_face_css
 from sharenorm.lab.spec import NOT_RUN, UNDECIDABLE, ClaimResult, Text
 from sharenorm.lab.store import LabError, ResultsStore
 
-__all__ = ["write_report", "build_blocks", "VERDICT_WORDS"]
+__all__ = ["write_report", "write_summary", "summary_markdown", "build_blocks", "VERDICT_WORDS",
+           "SUMMARY_MARK"]
 
 VERDICT_WORDS = {
     "supported": Text("supported", "समर्थित (supported)"),
     "not supported": Text("not supported", "समर्थित नहीं (not supported)"),
     "mixed": Text("mixed", "मिश्रित (mixed)"),
     "not run": Text("not run", "नहीं चलाया गया (not run)"),
-    "not decidable": Text("not decidable (n=1)", "तय नहीं हो सकता (not decidable, n=1)"),
+    "inconclusive": Text("inconclusive", "अनिर्णीत (inconclusive)"),
     "informational": Text("informational, no verdict", "सिर्फ़ जानकारी, verdict नहीं (informational)"),
 }
 _MARK = {"supported": "✅", "not supported": "❌", "mixed": "➖", "not run": "⏸",
-         "not decidable": "❔", "informational": "ℹ"}
+         "inconclusive": "❔", "informational": "ℹ"}
 
 L = {
     "title": Text("sharenorm lab report", "sharenorm lab report"),
     "intro": Text(
         "Every claim of the two documents was turned into an experiment on real data with the "
         "criterion for *supported* fixed in the code before the run. Numbers are means over "
-        "seeds with 95% confidence intervals (Student t over seeds).",
+        "seeds with 95% confidence intervals (Student t over seeds). A criterion is decided by "
+        "the 95% Welch interval of a *difference* against its stated margin: wholly beyond it "
+        "holds, wholly short of it fails, straddling it is *inconclusive*. Claims that hold by "
+        "construction are marked *demonstration* and not counted as evidence.",
         "दोनों documents के हर claim को real data पर एक experiment में बदला गया; *supported* होने की "
         "criterion run से पहले code में तय की गई। Numbers seeds पर mean हैं, 95% confidence "
-        "intervals (seeds पर Student t) के साथ।"),
+        "intervals (seeds पर Student t) के साथ। Criterion एक *difference* के 95% Welch interval की "
+        "उसके margin से तुलना से तय होती है: पूरा पार हो तो holds, पूरा पीछे हो तो fails, दोनों ओर हो "
+        "तो *inconclusive*। जो claims construction से ही सही हैं वे *demonstration* हैं, evidence नहीं।"),
     "glance": Text("Verdicts at a glance", "एक नज़र में verdicts"),
     "quick": Text("**Quick profile**: a smoke test with few steps and seeds; its numbers and "
                   "verdicts are not conclusions. Run `sharenorm lab` (the default size) for the "
@@ -69,10 +75,22 @@ L = {
                     "इस folder में इस claim के कोई finished runs नहीं हैं (`sharenorm lab {ids}` चलाएँ)।"),
     "failed": Text("The analysis failed: {err}", "Analysis fail हुआ: {err}"),
     "undecidable": Text(
-        "The criterion compares 95% confidence intervals, and a sample of one seed has none, so "
-        "the result cannot decide it. Run with `--seeds 2` or more (3 is the default).",
-        "Criterion 95% confidence intervals की तुलना करती है, और एक seed के sample का कोई interval "
-        "नहीं होता, इसलिए यह result फ़ैसला नहीं कर सकता। `--seeds 2` या ज़्यादा के साथ चलाएँ (default 3)।"),
+        "The 95% interval of a difference the criterion needs straddles its margin (or, with one "
+        "seed, there is no interval), or a run had not converged: the measurement cannot tell "
+        "either way. More seeds narrow the interval (5 is the default).",
+        "Criterion को जिस difference का 95% interval चाहिए वह margin के दोनों ओर है (या एक seed के "
+        "साथ कोई interval नहीं), या कोई run converge नहीं हुआ: measurement किसी ओर फ़ैसला नहीं कर "
+        "सकता। ज़्यादा seeds interval को संकरा करते हैं (default 5)।"),
+    "effects": Text("Differences behind the verdict (effect size, 95% Welch interval, margin)",
+                    "Verdict के पीछे के differences (effect size, 95% Welch interval, margin)"),
+    "effect": Text("effect [95% CI] vs margin", "effect [95% CI] vs margin"),
+    "demo": Text("demonstration", "demonstration (प्रदर्शन)"),
+    "demo_note": Text(
+        "**Demonstration:** this claim holds by construction or arithmetic (parameter counts, a "
+        "definition); the lab shows it, but it is not counted as evidence.",
+        "**Demonstration:** यह claim construction या गणित से ही सही है (parameter counts, एक "
+        "definition); lab इसे दिखाता है, पर इसे evidence नहीं गिना जाता।"),
+    "kind": Text("kind", "प्रकार"), "evidence": Text("evidence", "evidence"),
     "translation": Text("English translation", "English translation"),
     "experiment": Text("Experiment", "Experiment"),
     "profile": Text("Profile", "Profile"), "seeds": Text("Seeds", "Seeds"),
@@ -106,22 +124,19 @@ def _verdict(v: str, lang: str) -> str:
     return f"{_MARK.get(v, '')} {VERDICT_WORDS.get(v, Text(v))(lang)}".strip()
 
 
+def failed_text(err: str, lang: str) -> str:
+    """What the report says for an analysis that raised ``err``."""
+    return _t("failed", lang, err=err)
+
+
 def _analyze_all(store: ResultsStore, figdir: Path, lang: str) -> tuple[dict, dict]:
     """``({claim: ClaimResult}, {experiment id: Experiment})`` from the stored runs."""
     results: dict[str, ClaimResult] = {}
     exps = all_experiments()
     quick = (store.header or {}).get("profile") == "quick"
     for e in exps.values():
-        runs = e.in_plan_order(store.runs_of(e.id), quick)  # not the --jobs-dependent order
-        if not runs:
-            continue
-        try:
-            for r in e.analyze(runs, figdir, lang):
-                results[r.claim] = r
-        except Exception as err:  # noqa: BLE001 - one broken analysis must not hide the rest
-            tb = traceback.format_exception_only(type(err), err)[-1].strip()
-            for c in e.claims:
-                results[c] = ClaimResult(c, NOT_RUN, _t("failed", lang, err=tb))
+        for r in analyze_stored(e, store.runs_of(e.id), figdir, lang, quick):
+            results[r.claim] = r
     return results, exps
 
 
@@ -150,8 +165,11 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
             col_claims = claim if isinstance(claim, list) else [claim] * len(cols)
             cells = [label]
             for col, doc, cl in zip(cols, doc_cells, col_claims, strict=False):
-                found = next((r.cells[(table_id, row_id, col)] for r in results.values()
-                              if (table_id, row_id, col) in r.cells), None)
+                # a cell several claims measure (BN "used in CNNs, RNNs": N1 and N10) shows
+                # every measurement; the first one's verdict (they are informational alike)
+                parts = [r.cells[(table_id, row_id, col)] for r in results.values()
+                         if (table_id, row_id, col) in r.cells]
+                found = ("; ".join(p[0] for p in parts), parts[0][1]) if parts else None
                 if found is None:
                     # no cell-level measurement: point to the claim's section and verdict
                     res = results.get(cl)
@@ -175,9 +193,12 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
     for cid, claim in claims.items():
         r = results.get(cid)
         glance.append([cid, claim.statement_hi if lang == "hi" else claim.statement_en,
-                       _verdict(r.verdict if r else NOT_RUN, lang), r.measured if r else "—"])
-    B.append(("table", [_t("claim", lang), _t("statement", lang), _t("verdict", lang),
-                        _t("measured", lang)], glance))
+                       _t("demo" if claim.demonstration else "evidence", lang),
+                       _verdict(r.verdict if r else NOT_RUN, lang),
+                       "; ".join(str(c) for c in r.comparisons) if r and r.comparisons else "—",
+                       r.measured if r else "—"])
+    B.append(("table", [_t("claim", lang), _t("statement", lang), _t("kind", lang),
+                        _t("verdict", lang), _t("effect", lang), _t("measured", lang)], glance))
 
     # -------- one section per claim
     for cid, claim in claims.items():
@@ -205,7 +226,14 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
             B.append(("h", 3, _t("published", lang)))
             B.append(("table", [_t("source", lang), _t("setting", lang), _t("theirs", lang),
                                 _t("ours", lang)], r.published))
-        B.append(("p", f"**{_t('verdict', lang)}: {_verdict(r.verdict, lang)}** — {r.measured}"))
+        if r.comparisons:
+            B.append(("h", 3, _t("effects", lang)))
+            B.append(("table", [_t("effect", lang)], [[str(c)] for c in r.comparisons]))
+        kind = f" ({_t('demo', lang)})" if claim.demonstration else ""
+        B.append(("p", f"**{_t('verdict', lang)}: {_verdict(r.verdict, lang)}{kind}** — "
+                       f"{r.measured}"))
+        if claim.demonstration:
+            B.append(("p", _t("demo_note", lang)))
         if r.verdict == UNDECIDABLE:
             B.append(("p", _t("undecidable", lang)))
         if r.notes:
@@ -288,19 +316,49 @@ def _inline(s: str) -> str:
     s = html.escape(s)
     s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
     s = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<i>\1</i>", s)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+    return _marks_to_svg(re.sub(r"`(.+?)`", r"<code>\1</code>", s))
 
 
-_CSS = """body{font-family:system-ui,'Noto Sans Devanagari',sans-serif;max-width:1100px;margin:2em auto;
+# The verdict marks as inline SVG: emoji need a colour-emoji font the reader may lack.
+_SVG = ("<svg class='mk' viewBox='0 0 16 16' width='1em' height='1em' role='img' "
+        "aria-label='{label}'><circle cx='8' cy='8' r='7.5' fill='{fill}'/>{body}</svg>")
+_STROKE = "fill='none' stroke='#fff' stroke-width='2' stroke-linecap='round'"
+_MARK_SVG = {
+    "✅": _SVG.format(label="supported", fill="#2e7d32",
+                     body=f"<path d='M4.5 8.3l2.4 2.4 4.6-5' {_STROKE}/>"),
+    "❌": _SVG.format(label="not supported", fill="#c62828",
+                     body=f"<path d='M5 5l6 6M11 5l-6 6' {_STROKE}/>"),
+    "➖": _SVG.format(label="mixed", fill="#ef6c00", body=f"<path d='M4.5 8h7' {_STROKE}/>"),
+    "⏸": _SVG.format(label="not run", fill="#757575",
+                     body=f"<path d='M6.2 5v6M9.8 5v6' {_STROKE}/>"),
+    "❔": _SVG.format(label="inconclusive", fill="#6a1b9a",
+                     body=f"<path d='M6 6.2a2 2 0 1 1 2.6 1.9c-.5.2-.6.6-.6 1.1' {_STROKE}/>"
+                          "<circle cx='8' cy='11.8' r='1' fill='#fff'/>"),
+    "ℹ": _SVG.format(label="informational", fill="#1565c0",
+                     body=f"<path d='M8 7.5v4' {_STROKE}/><circle cx='8' cy='4.8' r='1' "
+                          "fill='#fff'/>"),
+}
+
+
+def _marks_to_svg(s: str) -> str:
+    for ch, svg in _MARK_SVG.items():
+        s = s.replace(ch, svg)
+    return s
+
+
+_CSS = """body{font-family:'""" + FONT_FAMILY + """',system-ui,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;line-height:1.5;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}th{background:#f3f3f3}
 blockquote{border-left:4px solid #999;margin:1em 0;padding:.2em 1em;background:#fafafa}
-img{max-width:100%;border:1px solid #eee}code{background:#f3f3f3;padding:0 .2em}"""
+img{max-width:100%;border:1px solid #eee}code{background:#f3f3f3;padding:0 .2em}
+svg.mk{vertical-align:-.15em}"""
 
 
 def to_html(blocks: list[tuple], folder: Path, lang: str) -> str:
+    text = "".join(str(x) for b in blocks for x in b[1:])
     out = [f"<!DOCTYPE html><html lang='{lang}'><head><meta charset='utf-8'>"
-           f"<title>sharenorm lab report</title><style>{_CSS}</style></head><body>"]
+           f"<title>sharenorm lab report</title><style>{font_face_css(text)}{_CSS}</style>"
+           "</head><body>"]
     for b in blocks:
         if b[0] == "h":
             out.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")
@@ -371,3 +429,65 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
+
+
+# --------------------------------------------------------------------------- summary
+SUMMARY_MARK = "<!-- generated by `sharenorm report DIR --summary PATH`; do not edit by hand -->"
+
+
+def summary_markdown(folder, lang: str = "en") -> str:
+    """The verdicts of the results in ``folder`` as a short Markdown page (``docs/results.md``):
+    the lab version, profile, seeds, commit and machine it came from, then one row per claim
+    with its kind, verdict, effect sizes and measured numbers.
+
+    The page starts with :data:`SUMMARY_MARK` and a ``<!-- lab_version: N -->`` line, which a
+    test compares with the current :data:`~sharenorm.lab.store.LAB_VERSION`.
+    """
+    import tempfile
+
+    folder = Path(folder)
+    store = ResultsStore.read(folder)
+    hdr = store.header or {}
+    with tempfile.TemporaryDirectory() as tmp:  # the figures are not part of the summary
+        results, _ = _analyze_all(store, Path(tmp), lang)
+    claims = all_claims()
+    last = store.sessions[-1] if store.sessions else {}
+    env = last.get("env", {})
+    seeds = len({r["seed"] for r in store.runs.values()})
+    wall = math.fsum(s.get("wall_s", 0) for s in store.sessions)
+    loads = [s.get("load") for s in store.sessions if s.get("load")]
+    commits = list(dict.fromkeys(str(s.get("env", {}).get("git_commit") or "?")
+                                 for s in store.sessions)) or ["?"]
+    lines = [SUMMARY_MARK, f"<!-- lab_version: {hdr.get('lab_version', '?')} -->", "",
+             "# Lab results", "",
+             f"Profile **{hdr.get('profile', '?')}**, {seeds} seed(s), {len(store.runs)} runs, "
+             f"lab version {hdr.get('lab_version', '?')}, git commit "
+             f"{', '.join(f'`{c}`' for c in commits)}, sharenorm {env.get('sharenorm', '?')}, torch "
+             f"{env.get('torch', '?')}; {env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores, "
+             f"{wall / 60:.1f} min wall over {len(store.sessions)} session(s)"
+             + (f", load {'; '.join(f'{a:.1f} → {b:.1f}' for a, b in loads)}" if loads else "")
+             + f"; finished {last.get('finished', '?')}.", ""]
+    if hdr.get("profile") == "quick":
+        lines += [_t("quick", lang), ""]
+    lines += ["Verdicts are decided by the 95% Welch interval of a difference against the "
+              "criterion's margin (inconclusive when it straddles it); demonstrations hold by "
+              "construction and are not counted as evidence. The full report: `sharenorm lab` "
+              "writes `lab-results/report.html`.", "",
+              "| claim | statement | kind | verdict | effect [95% CI] vs margin | measured |",
+              "|---|---|---|---|---|---|"]
+    for cid, claim in claims.items():
+        r = results.get(cid)
+        cells = [cid, claim.statement_en, _t("demo" if claim.demonstration else "evidence", lang),
+                 _verdict(r.verdict if r else NOT_RUN, lang),
+                 "; ".join(str(c) for c in r.comparisons) if r and r.comparisons else "—",
+                 r.measured if r else "—"]
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(folder, path, lang: str = "en") -> Path:
+    """Write :func:`summary_markdown` of ``folder`` to ``path`` (e.g. ``docs/results.md``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, summary_markdown(folder, lang))
+    return path

@@ -172,7 +172,7 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
-def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int = 1,
+def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int = 1,
             data: str | None = None, out: str | os.PathLike = "lab-results", lang: str = "en",
             progress: bool = True, report: bool = True, echo=print,
             command: str | None = None) -> Path | None:
@@ -195,9 +195,11 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 3, jobs: int 
         raise LabError(f"--lang must be 'en' or 'hi', got {lang!r}")
     exps = resolve(names)
     if seeds == 1:
+        from sharenorm.lab.experiments import interval_claims
+
         echo("warning: --seeds 1 gives no 95% confidence intervals; every criterion that "
-             "compares intervals (N1, N4, N6, N8, S3, S4, T2) is reported 'not decidable "
-             "(n=1)'. Use --seeds 2 or more for verdicts.")
+             f"compares intervals ({', '.join(interval_claims())}) is reported 'inconclusive'. "
+             "Use --seeds 2 or more for verdicts (5, the default, for conclusions).")
     data_id = "embedded"
     if data is not None:
         from sharenorm.data import DataError, load_path
@@ -265,6 +267,9 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
     t_start = time.perf_counter()
     started = _now()
     exp_t0: dict[str, float] = {}
+    # when an experiment's first run really started (not when it was queued behind others'
+    # runs): its finish time minus its own run time
+    exp_start: dict[str, float] = {}
     bar = _progress(len(todo), progress, echo)
     figdir = Path(out) / "figures"
 
@@ -272,10 +277,13 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
         store.add_run({"experiment": task.experiment, "config": task.config, "seed": task.seed,
                        "metrics": metrics, "time": timing})
         bar.update(1)
+        now = time.perf_counter()
+        began = now - float(timing.get("run_s") or 0.0)
+        exp_start[task.experiment] = min(exp_start.get(task.experiment, began), began)
         remaining[task.experiment] -= 1
         if remaining[task.experiment] == 0:
             _summary(get_experiment(task.experiment), store, figdir, lang, quick,
-                     time.perf_counter() - exp_t0.get(task.experiment, t_start), bar.write)
+                     now - exp_start[task.experiment], bar.write)
 
     data_arg = str(data) if data is not None else None
     n_before = len(store.runs)
@@ -407,11 +415,10 @@ def _feed_pool(todo, jobs, quick, data_arg, finished, exp_t0, mp) -> None:
 
 def _summary(exp: Experiment, store: ResultsStore, figdir: Path, lang: str, quick: bool,
              seconds: float, write) -> None:
-    try:
-        results = exp.analyze(exp.in_plan_order(store.runs_of(exp.id), quick), figdir, lang)
-        verdicts = "; ".join(f"{r.claim} {r.verdict}: {r.measured}" for r in results)
-    except Exception as e:  # noqa: BLE001 - a summary must never lose the results
-        verdicts = f"(analysis failed: {type(e).__name__}: {e})"
+    from sharenorm.lab.experiments import analyze_stored
+
+    results = analyze_stored(exp, store.runs_of(exp.id), figdir, lang, quick)
+    verdicts = "; ".join(f"{r.claim} {r.verdict}: {r.measured}" for r in results)
     write(f"[{'/'.join(exp.claims)}] {exp.id} done in {seconds:.1f} s — {verdicts}")
 
 

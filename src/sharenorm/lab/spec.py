@@ -3,6 +3,10 @@
 An experiment lists its runs (configs × seeds), knows how to do one run, and turns all its
 finished runs into :class:`ClaimResult` s — one per claim it serves — with a verdict decided
 by a criterion that is written down in the spec, i.e. fixed before anything runs.
+
+Each experiment owns its claims (:class:`Claim`: the document's words and the criterion, the
+criterion's prose formatted from the named constants the analysis decides with), so a new
+experiment is one file in ``experiments/``.
 """
 
 from __future__ import annotations
@@ -13,14 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Experiment", "RunContext", "ClaimResult", "Text", "Table", "SUPPORTED",
-           "NOT_SUPPORTED", "MIXED", "NOT_RUN", "UNDECIDABLE", "INFORMATIONAL", "group_runs",
-           "all3", "any3", "decide"]
+__all__ = ["Experiment", "RunContext", "ClaimResult", "Claim", "Text", "Table", "SUPPORTED",
+           "NOT_SUPPORTED", "MIXED", "NOT_RUN", "INCONCLUSIVE", "UNDECIDABLE", "INFORMATIONAL",
+           "group_runs", "all3", "any3", "decide", "claim_order"]
 
 SUPPORTED, NOT_SUPPORTED, MIXED, NOT_RUN = "supported", "not supported", "mixed", "not run"
-# A criterion that compares 95% intervals cannot be decided with one seed (no interval): the
-# verdict then says so instead of defaulting to "the intervals overlap".
-UNDECIDABLE = "not decidable"
+# A criterion compares the 95% interval of a difference with a margin: an interval that
+# straddles the margin (or none at all, from one seed) cannot decide it, and the verdict says
+# so instead of reading noise as a finding (:func:`sharenorm.lab.stats.compare`).
+INCONCLUSIVE = "inconclusive"
+UNDECIDABLE = INCONCLUSIVE  # the older name of the same outcome
 # A comparison-table cell that shows a measured number no criterion judges (the document's
 # "used in CNNs, RNNs" describes practice, not an effect): shown without ✅/❌.
 INFORMATIONAL = "informational"
@@ -43,12 +49,13 @@ def any3(*conds: bool | None) -> bool | None:
 def decide(full: bool | None, partial: bool | None = False) -> str:
     """The verdict of a criterion "supported if ``full``; mixed if ``partial``; else not".
 
-    A condition that is None could not be decided (a 95% interval from one seed); the verdict
-    is then :data:`UNDECIDABLE` whenever the unknown could change it.
+    A condition that is None could not be decided (the 95% interval of its difference
+    straddles the margin, or there is no interval); the verdict is then :data:`INCONCLUSIVE`
+    whenever the unknown could change it.
 
     Example:
         >>> decide(True), decide(False, True), decide(None, True), decide(False, False)
-        ('supported', 'mixed', 'not decidable', 'not supported')
+        ('supported', 'mixed', 'inconclusive', 'not supported')
     """
     if full is True:
         return SUPPORTED
@@ -68,6 +75,47 @@ class Text:
 
     def __call__(self, lang: str) -> str:
         return self.hi if lang == "hi" and self.hi else self.en
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the documents (or one an experiment adds) and the criterion that decides it.
+
+    Args:
+        id: "N6".
+        doc: the document it comes from.
+        statement_hi: the document's words (a short label; a table row in its own words).
+        statement_en: translation.
+        criterion: the criterion in both languages, formatted from the experiment's constants.
+        demonstration: True when the claim holds by construction or arithmetic (parameter
+            counts, a definition): the report shows it as a *demonstration*, not as evidence.
+    """
+
+    id: str
+    doc: str
+    statement_hi: str
+    statement_en: str
+    criterion: Text
+    demonstration: bool = False
+
+    @property
+    def quote(self) -> tuple[str, ...]:
+        """The document's sentences or table rows, verbatim, that the claim stands for (what
+        the report quotes under "What the document says")."""
+        from sharenorm.lab.claims import QUOTES
+
+        return QUOTES.get(self.id, (self.statement_hi,))
+
+
+def claim_order(claim_id: str) -> tuple:
+    """Sort key of claim ids: by letter, then by number ("N2" < "N10" < "S1").
+
+    Example:
+        >>> sorted(["S1", "N10", "N2", "T3", "X"], key=claim_order)
+        ['N2', 'N10', 'S1', 'T3', 'X']
+    """
+    head, num = claim_id[:1], claim_id[1:]
+    return (head, int(num) if num.isdigit() else float("inf"), claim_id)
 
 
 @dataclass
@@ -93,6 +141,9 @@ class ClaimResult:
         cells: measured values for the documents' comparison tables:
             ``{(table_id, row_id, column): (text, verdict)}``; the verdict of a cell that no
             criterion judges is :data:`INFORMATIONAL`, never a borrowed one.
+        comparisons: the criterion's differences with their 95% intervals and margins
+            (:class:`~sharenorm.lab.stats.Comparison`): the effect sizes shown beside the
+            verdict.
     """
 
     claim: str
@@ -103,6 +154,7 @@ class ClaimResult:
     published: list[list[str]] = field(default_factory=list)
     notes: Text | None = None
     cells: dict = field(default_factory=dict)
+    comparisons: list = field(default_factory=list)
 
 
 @dataclass
@@ -118,8 +170,10 @@ class Experiment:
     """A declarative experiment.
 
     Args:
-        id: short name used on the command line ("batch_size").
-        claims: the claim ids it measures (("N6",)).
+        id: short name used on the command line ("batch_size"); the module's name.
+        claims: the claims it measures: :class:`Claim` s it defines (the experiment owns its
+            claims) or ids of claims defined elsewhere; stored as ids, the definitions in
+            ``new_claims``.
         title: one line.
         protocol: the protocol as printed in the report (model, data, steps, lr rule, ...).
         configs: ``configs(quick) -> list[dict]`` (JSON-serialisable, small).
@@ -133,8 +187,9 @@ class Experiment:
             needs on ``--data`` (for one optimizer step); by default its ``batch_size``
             (32, :class:`~sharenorm.lab.train.TrainConfig`'s default, where it names none).
             The runner refuses a smaller ``--data`` training split before any run.
-        new_claims: :class:`~sharenorm.lab.claims.Claim` s this experiment adds to the
-            documents' list (statement and criterion), for experiments beyond the two documents.
+        new_claims: :class:`Claim` s this experiment defines (filled from ``claims``).
+        compares_intervals: True when a criterion compares 95% intervals, so that one seed
+            cannot decide it (the runner warns about ``--seeds 1`` for these).
     """
 
     id: str
@@ -149,6 +204,13 @@ class Experiment:
     requires: tuple[str, ...] = ()
     new_claims: tuple = ()
     min_train: Callable[[dict], int] | None = None
+    compares_intervals: bool = True
+
+    def __post_init__(self):
+        defs = tuple(c for c in self.claims if isinstance(c, Claim))
+        self.new_claims = tuple(self.new_claims) + tuple(
+            c for c in defs if c.id not in {n.id for n in self.new_claims})
+        self.claims = tuple(c.id if isinstance(c, Claim) else c for c in self.claims)
 
     def train_samples_needed(self, quick: bool) -> int:
         """The most training samples any run of the profile needs (see ``min_train``)."""

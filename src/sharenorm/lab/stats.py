@@ -1,10 +1,18 @@
-"""Means and 95% confidence intervals over seeds (Student t), and their formatting."""
+"""Means and 95% confidence intervals over seeds (Student t), differences of means with their
+Welch intervals, and the rule that turns a difference into a criterion's outcome.
+
+A criterion compares the 95% interval of a *difference* with a stated margin (:func:`compare`):
+the whole interval beyond the margin holds, the whole interval short of it fails, and an
+interval that straddles it is inconclusive — never decided by the noise of a few seeds.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-__all__ = ["mean_ci", "fmt_ci", "overlap", "separated", "mean_or_inf"]
+__all__ = ["mean_ci", "fmt_ci", "overlap", "separated", "mean_or_inf", "Diff", "diff_ci",
+           "Comparison", "compare", "plateaued"]
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
@@ -96,3 +104,158 @@ def mean_or_inf(values) -> float:
     if not vals or any(v is None for v in vals):
         return math.inf
     return sum(vals) / len(vals)
+
+
+# --------------------------------------------------------------------------- differences
+@dataclass(frozen=True)
+class Diff:
+    """A difference of means with its 95% interval: ``estimate`` in [``lo``, ``hi``]."""
+
+    estimate: float
+    lo: float
+    hi: float
+    n_a: int
+    n_b: int
+
+
+def diff_ci(a, b, level: float = 0.95, b_factor: float = 1.0) -> Diff:
+    r"""Welch's interval for :math:`\bar a - c\,\bar b` (``c`` = ``b_factor``).
+
+    .. math::
+        d = \bar a - c\bar b,\quad se^2 = \frac{s_a^2}{n_a} + \frac{c^2 s_b^2}{n_b},\quad
+        \nu = \frac{se^4}{\frac{(s_a^2/n_a)^2}{n_a-1} + \frac{(c^2 s_b^2/n_b)^2}{n_b-1}},\quad
+        d \pm t_{(1+\text{level})/2,\,\nu}\; se
+
+    Unequal variances are allowed (Welch–Satterthwaite degrees of freedom). ``b_factor``
+    tests a ratio as a linear contrast: ":math:`\bar a \le \tfrac23 \bar b`" is
+    ``diff_ci(a, b, b_factor=2/3).hi <= 0``. None/NaN values are dropped; with fewer than two
+    values on either side there is no interval (``lo, hi = -inf, inf``). With no spread on
+    either side the interval is the point itself.
+
+    Example:
+        >>> d = diff_ci([0.90, 0.92, 0.91], [0.80, 0.83, 0.81])
+        >>> round(d.estimate, 3), round(d.lo, 3), round(d.hi, 3)
+        (0.097, 0.065, 0.128)
+        >>> diff_ci([1.0], [0.0, 0.1]).hi
+        inf
+    """
+    xa = [float(v) for v in a if v is not None and math.isfinite(float(v))]
+    xb = [float(v) * b_factor for v in b if v is not None and math.isfinite(float(v))]
+    na, nb = len(xa), len(xb)
+    if na == 0 or nb == 0:
+        return Diff(math.nan, -math.inf, math.inf, na, nb)
+    d = sum(xa) / na - sum(xb) / nb
+    if na < 2 or nb < 2:
+        return Diff(d, -math.inf, math.inf, na, nb)
+    va = _var(xa) / na
+    vb = _var(xb) / nb
+    se2 = va + vb
+    if se2 == 0:
+        return Diff(d, d, d, na, nb)
+    df = se2 ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
+    from scipy.stats import t
+
+    h = float(t.ppf((1 + level) / 2, df)) * math.sqrt(se2)
+    return Diff(d, d - h, d + h, na, nb)
+
+
+def _var(xs: list[float]) -> float:
+    m = sum(xs) / len(xs)
+    return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One criterion's comparison: the 95% CI of a difference against a stated margin.
+
+    ``holds`` is True when the whole interval is on the claimed side of the margin
+    (``≥ margin``, or ``≤ margin`` with ``at_most``), False when the whole interval is on the
+    other side, and None (inconclusive) when the interval straddles the margin — the
+    four-outcome rule of the lab: a criterion is never decided by noise.
+
+    The numbers are in report units: ``scale`` times the raw values (100 for accuracies in
+    points), ``margin`` in those units.
+    """
+
+    label: str
+    diff: Diff
+    margin: float
+    scale: float = 1.0
+    unit: str = ""
+    digits: int = 1
+    at_most: bool = False
+    strict: bool = False
+
+    @property
+    def estimate(self) -> float:
+        return self.diff.estimate * self.scale
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        lo, hi = self.diff.lo * self.scale, self.diff.hi * self.scale
+        return (lo, hi) if self.scale >= 0 else (hi, lo)
+
+    @property
+    def holds(self) -> bool | None:
+        lo, hi = self.interval
+        if math.isnan(self.estimate):
+            return None
+        m = self.margin
+        if self.at_most:
+            if (hi < m) if self.strict else (hi <= m):
+                return True
+            return False if ((lo >= m) if self.strict else (lo > m)) else None
+        if (lo > m) if self.strict else (lo >= m):
+            return True
+        return False if ((hi <= m) if self.strict else (hi < m)) else None
+
+    def __str__(self) -> str:
+        k = self.digits
+        lo, hi = self.interval
+        iv = ("no interval (n < 2)" if not math.isfinite(lo) or not math.isfinite(hi)
+              else f"95% CI [{lo:+.{k}f}, {hi:+.{k}f}]")
+        rel = ("<" if self.strict else "≤") if self.at_most else (">" if self.strict else "≥")
+        out = {True: "holds", False: "fails", None: "inconclusive"}[self.holds]
+        return (f"{self.label} {self.estimate:+.{k}f}{self.unit}, {iv} vs margin {rel} "
+                f"{self.margin:g}: {out}")
+
+
+def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = "",
+            digits: int = 1, at_most: bool = False, b_factor: float = 1.0,
+            strict: bool = False) -> Comparison:
+    """The criterion "mean(a) − b_factor·mean(b) ≥ margin" (``≤`` with ``at_most``; ``>`` /
+    ``<`` with ``strict``, for "lower", "smaller", "fewer") decided from the 95% Welch interval
+    of the difference; see :class:`Comparison`.
+
+    Example:
+        >>> c = compare("GN − BN", [0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 5, scale=100,
+        ...             unit=" points")
+        >>> c.holds, str(c)
+        (True, 'GN − BN +10.0 points, 95% CI [+7.7, +12.3] vs margin ≥ 5: holds')
+        >>> compare("x", [0.80, 0.90], [0.70, 0.74], 5, scale=100).holds is None
+        True
+    """
+    return Comparison(label, diff_ci(a, b, b_factor=b_factor), margin, scale, unit, digits,
+                      at_most, strict)
+
+
+def plateaued(curve, budget: int, tail: float = 0.2, min_gain: float = 0.01) -> bool | None:
+    """Whether a run converged: the last ``tail`` of its step budget improved its checkpoint
+    accuracy by less than ``min_gain`` (1 point by default).
+
+    ``curve`` is ``[[step, accuracy], ...]``. None when the curve has no checkpoint at or
+    before the start of the tail (the question cannot be answered).
+
+    Example:
+        >>> plateaued([[50, 0.5], [80, 0.90], [100, 0.905]], 100)
+        True
+        >>> plateaued([[50, 0.5], [80, 0.80], [100, 0.90]], 100)
+        False
+    """
+    if not curve:
+        return None
+    start = budget * (1 - tail)
+    before = [acc for s, acc in curve if s <= start]
+    if not before:
+        return None
+    return max(acc for _, acc in curve) - before[-1] < min_gain

@@ -1,43 +1,39 @@
-"""The experiment registry: one module per experiment, each defining ``EXPERIMENT``.
+"""The experiment registry: every module of this package defines one ``EXPERIMENT``.
 
 To add an experiment, write ``sharenorm/lab/experiments/<name>.py`` with an
-:class:`~sharenorm.lab.spec.Experiment` named ``EXPERIMENT`` whose ``id`` is ``<name>``, and add
-``<name>`` to the list below (a module outside this package is added by its full dotted path;
-its id is then the last component). A claim beyond the documents' list is declared by the
-experiment itself in ``Experiment.new_claims``.
+:class:`~sharenorm.lab.spec.Experiment` named ``EXPERIMENT`` whose ``id`` is ``<name>`` and
+whose ``claims`` are the :class:`~sharenorm.lab.spec.Claim` s it defines: the module is found
+by itself (modules whose name starts with ``_`` are helpers, not experiments). A module outside
+the package is added by appending its full dotted path to :data:`EXPERIMENT_MODULES` (its id is
+then the last component). The report and the command line list experiments in the order of
+their first claim (N1 < N2 < ... < S1 < T1).
+
+:func:`analyze_stored` is the one way to turn stored runs into verdicts: the runner's
+per-experiment summary line and the report both use it.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
+import traceback
+from pathlib import Path
 
-from sharenorm.lab.claims import CLAIMS, Claim
-from sharenorm.lab.spec import Experiment
+from sharenorm.lab.spec import NOT_RUN, Claim, ClaimResult, Experiment, claim_order
 from sharenorm.lab.store import LabError
 
-__all__ = ["EXPERIMENT_MODULES", "all_experiments", "all_claims", "get_experiment", "resolve"]
+__all__ = ["EXPERIMENT_MODULES", "all_experiments", "all_claims", "get_experiment", "resolve",
+           "analyze_stored", "interval_claims"]
 
-# Order = order in the report and on the command line.
-EXPERIMENT_MODULES = [
-    "norm_training",     # N1, N4
-    "lr_sweep",          # N2
-    "vanishing",         # N3
-    "batch_dependence",  # N5
-    "batch_size",        # N6
-    "style",             # N7
-    "depth",             # N8
-    "distributed_bn",    # N9 (SyncBN / BatchRenorm / GN across processes)
-    "sharing_cost",      # S1
-    "sharing_training",  # S2, S3
-    "rnn_sharing",       # S4
-    "tying_cost",        # T1, T3
-    "tying_reg",         # T2
-]
+# The experiment modules: every module of this package (found, not listed), plus any dotted
+# path appended here.
+EXPERIMENT_MODULES = sorted(m.name for m in pkgutil.iter_modules(__path__)
+                            if not m.name.startswith("_"))
 
 
 def _modules() -> dict[str, str]:
-    """``{experiment id: importable module path}`` in registry order."""
+    """``{experiment id: importable module path}``."""
     return {name.rsplit(".", 1)[-1]: name if "." in name else f"{__name__}.{name}"
             for name in EXPERIMENT_MODULES}
 
@@ -54,17 +50,45 @@ def get_experiment(exp_id: str) -> Experiment:
 
 
 def all_experiments() -> dict[str, Experiment]:
-    """``{id: Experiment}`` in report order."""
-    return {exp_id: get_experiment(exp_id) for exp_id in _modules()}
+    """``{id: Experiment}`` in report order: by the first claim each measures."""
+    exps = [get_experiment(exp_id) for exp_id in _modules()]
+    exps.sort(key=lambda e: claim_order(e.claims[0]) if e.claims else ("~",))
+    return {e.id: e for e in exps}
 
 
 def all_claims() -> dict[str, Claim]:
-    """The documents' claims, then those experiments declare themselves, in report order."""
-    out = dict(CLAIMS)
+    """Every claim the experiments define, in claim order (N1, N2, ..., S1, ..., T3)."""
+    out: dict[str, Claim] = {}
     for e in all_experiments().values():
         for c in e.new_claims:
             out.setdefault(c.id, c)
-    return out
+    return {k: out[k] for k in sorted(out, key=claim_order)}
+
+
+def interval_claims() -> list[str]:
+    """The claims whose criteria compare 95% intervals (one seed cannot decide them)."""
+    return sorted((c for e in all_experiments().values() if e.compares_intervals
+                   for c in e.claims), key=claim_order)
+
+
+def analyze_stored(exp: Experiment, runs: list[dict], figdir: Path, lang: str,
+                   quick: bool) -> list[ClaimResult]:
+    """``exp``'s verdicts from its stored runs (any order: they are put in plan order first,
+    so the result does not depend on ``--jobs``). A failing analysis gives a :data:`NOT_RUN`
+    result per claim that names the error, so one broken analysis never hides the others."""
+    runs = exp.in_plan_order(runs, quick)
+    if not runs:
+        return []
+    from sharenorm.lab.fonts import use_in_matplotlib
+
+    use_in_matplotlib()  # figure labels in Hindi (and the documents' words) render
+    try:
+        return list(exp.analyze(runs, figdir, lang))
+    except Exception as err:  # noqa: BLE001 - one broken analysis must not hide the rest
+        tb = traceback.format_exception_only(type(err), err)[-1].strip()
+        from sharenorm.lab.report import failed_text
+
+        return [ClaimResult(c, NOT_RUN, failed_text(tb, lang)) for c in exp.claims]
 
 
 def resolve(names: list[str]) -> list[Experiment]:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import dataset, figure, save_figure
 from sharenorm.lab.spec import (
     NOT_SUPPORTED,
     SUPPORTED,
+    Claim,
     ClaimResult,
     Experiment,
     Table,
@@ -41,6 +43,24 @@ def scope(norm: str, gen: torch.Generator) -> dict:
     d = (layer(x2) - layer(x)).abs().flatten(2).amax(-1)  # (sample, channel)
     return {"scope_other_samples": bool((d[1:] > 1e-6).any()),
             "scope_other_channels": int((d[0, 1:] > 1e-6).sum())}
+
+
+N5 = Claim(
+    "N5", NORM_DOC, "Batch Size पर निर्भरता: BN Yes, IN No, GN No",
+    "Dependence on the batch: BN yes, IN no, GN no.",
+    Text("In training mode, change of one sample's output when the other samples of its batch are "
+       "replaced (max |Δ| relative to max |y|): supported if BN's is > "
+       f"{THRESH_DEP:g} and IN's, GN's and "
+       f"LN's are ≤ {THRESH_INDEP:g} in every seed; not supported otherwise. The row \"Normalization किस पर "
+       "लागू होता है?\": one element of the norm layer's input is changed; a cell is supported if "
+       "what changes with it is what the cell names, in every seed: other samples for Batch; "
+       "nothing else for Single Instance; exactly the other channels of its group for Group of "
+       "Channels.",
+         "Training mode में, batch के बाकी samples बदलने पर एक sample के output का बदलाव (max |Δ| / "
+       f"max |y|): supported अगर BN का > {THRESH_DEP:g} और IN, GN, LN का हर seed में ≤ {THRESH_INDEP:g} हो; "
+       "वरना not "
+       "supported।"),
+    demonstration=True)
 
 
 def configs(quick: bool) -> list[dict]:
@@ -121,7 +141,7 @@ def analyze(runs, figdir, lang):
 
 EXPERIMENT = Experiment(
     id="batch_dependence",
-    claims=("N5",),
+    claims=(N5,),
     title=Text("Does one sample's output depend on the rest of its batch?",
                "क्या एक sample का output उसके batch के बाकी samples पर निर्भर है?"),
     protocol=Text(
@@ -136,5 +156,6 @@ EXPERIMENT = Experiment(
         "y_B[0]| / max |y_A[0]|, training mode और eval mode में। Scope: केवल norm layer, "
         f"(4, {SCOPE_C}, 16) input, training mode (GN: {SCOPE_G} groups); एक sample का channel 0 "
         "scale और shift किया; कौन से दूसरे samples और उसी sample के कौन से channels बदलते हैं।"),
+    compares_intervals=False,
     configs=configs, run=run, analyze=analyze, uses_data=True,
     min_train=lambda cfg: 2 * cfg["batch"] - 1)  # two batches that share one sample

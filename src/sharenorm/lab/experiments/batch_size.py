@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import (
     PCT_BOUNDS,
     accuracies,
@@ -16,8 +17,10 @@ from sharenorm.lab.common import (
     save_figure,
 )
 from sharenorm.lab.spec import (
+    INCONCLUSIVE,
     NOT_SUPPORTED,
     SUPPORTED,
+    Claim,
     ClaimResult,
     Experiment,
     Table,
@@ -27,7 +30,7 @@ from sharenorm.lab.spec import (
     decide,
     group_runs,
 )
-from sharenorm.lab.stats import mean_ci, separated
+from sharenorm.lab.stats import compare, mean_ci
 from sharenorm.lab.train import TrainConfig, train_classifier
 from sharenorm.models import ConvNet
 
@@ -41,15 +44,62 @@ GN_PAPER = {"batch": {32: 23.6, 16: 23.7, 8: 24.8, 4: 27.3, 2: 34.7},
             "group": {32: 24.1, 16: 24.2, 8: 24.0, 4: 24.2, 2: 24.1}}
 
 
+_LABEL = {"batch": "BN", "group": "GN", "instance": "IN", "layer": "LN", "none": "no norm"}
+
+
 def lr_for(bs: int) -> float:
     """Linear scaling rule (Goyal et al. 2017): lr = 0.05 · batch / 32, no floor."""
     return BASE_LR * bs / BASE_BS
 
 
+DROP_MARGIN = 5.0  # (a) BN loses at least this many points from the large to the small batch
+LEAD_MARGIN = 5.0  # (b) GN leads BN at the small batch by at least this many points
+KEEP_MARGIN = 2.0  # IN/GN "stay high": they lose at most this many points
+
+
+N6 = Claim(
+    "N6", NORM_DOC, "Small Batch Sizes पर कार्यक्षमता: BN कम, IN उच्च, GN उच्च",
+    "Performance at small batch sizes: BN low, IN high, GN high.",
+    Text("Same epochs at every batch size, linearly scaled learning rate. Supported if (a) BN "
+         f"loses ≥ {DROP_MARGIN:g} points of test accuracy from batch 32 to batch 2 and (b) GN at "
+         f"batch 2 beats BN at batch 2 by ≥ {LEAD_MARGIN:g} points, each decided by the 95% Welch "
+         "interval of the difference lying wholly beyond its margin; mixed if one of (a), (b) "
+         "holds; not supported if neither; inconclusive when an interval straddles its margin. "
+         f"IN and GN \"stay high\" (the table's cells) if they lose ≤ {KEEP_MARGIN:g} points from 32 "
+         f"to 2 (interval wholly below) and reach ≥ {HIGH_ACC:.0%} test accuracy at batch 2 "
+         "(5× chance on mnist1d's 10 classes: a norm that learned nothing at either size must not "
+         "count as high).",
+         "हर batch size पर उतने ही epochs, learning rate linearly scaled। Supported अगर (a) BN की test "
+         f"accuracy batch 32 से batch 2 तक ≥ {DROP_MARGIN:g} points गिरे और (b) batch 2 पर GN, BN से "
+         f"≥ {LEAD_MARGIN:g} points आगे हो, दोनों difference के 95% Welch interval के पूरा margin के पार "
+         "होने से तय; mixed अगर (a), (b) में से एक हो; दोनों न हों तो not supported; कोई interval "
+         f"margin के दोनों ओर हो तो inconclusive। IN और GN \"high रहते हैं\" (table के cells) अगर 32 से "
+         f"2 तक ≤ {KEEP_MARGIN:g} points गिरें (interval पूरा नीचे) और batch 2 पर ≥ {HIGH_ACC:.0%} test "
+         "accuracy हो (mnist1d की 10 classes पर chance का 5×: जो norm किसी भी size पर कुछ न सीखे वह "
+         "high नहीं गिना जाए)।"))
+
+
+EQUAL_STEPS_NORMS = ["batch", "group"]  # the second protocol's contenders
+
+
 def configs(quick: bool) -> list[dict]:
+    """The GN paper's protocol (the same epochs at every batch size, linearly scaled lr), and
+    in the full profile BN and GN again with equal optimizer steps (as many as batch 32 takes
+    in those epochs), so that small batches do not win by taking more steps."""
     bss, epochs = (QUICK_BS, 0.125) if quick else (FULL_BS, 3)
-    return [{"norm": n, "batch_size": b, "epochs": epochs, "lr": lr_for(b)}
+    cfgs = [{"norm": n, "batch_size": b, "epochs": epochs, "lr": lr_for(b)}
             for n in NORMS for b in bss]
+    if not quick:
+        cfgs += [{"norm": n, "batch_size": b, "epochs": epochs, "lr": lr_for(b),
+                  "budget": "equal_steps"} for n in EQUAL_STEPS_NORMS for b in bss]
+    return cfgs
+
+
+def budget_steps(cfg: dict, n_train: int) -> int:
+    """Optimizer steps of a run: its epochs at its batch size, or with ``budget:
+    equal_steps`` the steps batch 32 takes in those epochs."""
+    bs = BASE_BS if cfg.get("budget") == "equal_steps" else cfg["batch_size"]
+    return epoch_steps(cfg["epochs"], n_train, bs)
 
 
 def run(cfg, seed, ctx):
@@ -57,7 +107,7 @@ def run(cfg, seed, ctx):
     torch.manual_seed(seed)
     model = ConvNet(ds.sample_shape, ds.num_classes, norm=cfg["norm"],
                     num_groups=8 if cfg["norm"] == "group" else None)
-    steps = epoch_steps(cfg["epochs"], len(ds.x_train), cfg["batch_size"])
+    steps = budget_steps(cfg, len(ds.x_train))
     metrics, timing = train_classifier(model, ds, TrainConfig(
         steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"]), seed)
     metrics.pop("curve", None)
@@ -66,31 +116,57 @@ def run(cfg, seed, ctx):
 
 def min_train(cfg) -> int:
     """A fixed number of epochs: too few samples would give 0 optimizer steps."""
+    if cfg.get("budget") == "equal_steps":
+        return max(samples_for_one_step(cfg["epochs"], BASE_BS), cfg["batch_size"])
     return samples_for_one_step(cfg["epochs"], cfg["batch_size"])
 
 
 def analyze(runs, figdir, lang):
+    eq = group_runs([r for r in runs if r["config"].get("budget") == "equal_steps"], "norm",
+                    "batch_size")
+    runs = [r for r in runs if r["config"].get("budget") != "equal_steps"]
     if not runs:
         return []
     g = group_runs(runs, "norm", "batch_size")
     bss = sorted({b for _, b in g})
     norms = [n for n in NORMS if any(k[0] == n for k in g)]
     rows = [[n] + [pct(accuracies(g[(n, b)])) if (n, b) in g else "—" for b in bss] for n in norms]
-    table = Table(["test acc %: norm \\ batch"] + [str(b) for b in bss], rows)
-    fig, ax = figure()
-    for n in norms:
-        xs, mu, lo, hi = ci_band({b: [100 * (1 - a) for a in accuracies(g[(n, b)])]
-                                  for b in bss if (n, b) in g}, bounds=PCT_BOUNDS)
-        ax.plot(xs, mu, marker="o", label={"batch": "BN", "group": "GN", "instance": "IN",
-                                           "layer": "LN", "none": "no norm"}[n])
-        ax.fill_between(xs, lo, hi, alpha=0.15)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(bss, [str(b) for b in bss])
-    ax.invert_xaxis()  # the GN paper's Figure 1 runs from large to small batches
-    ax.set_xlabel("batch size (images per step)")
-    ax.set_ylabel("test error %")
-    ax.set_title("N6: test error vs batch size (GN paper style)")
-    ax.legend()
+    table = Table(["test acc %: norm \\ batch (same epochs)"] + [str(b) for b in bss], rows)
+    tables = [table]
+    if eq:
+        tables.append(Table(["test acc %: norm \\ batch (equal steps: batch 32's)"]
+                            + [str(b) for b in bss],
+                            [[n] + [pct(accuracies(eq[(n, b)])) if (n, b) in eq else "—"
+                                    for b in bss] for n in EQUAL_STEPS_NORMS
+                             if any(k[0] == n for k in eq)]))
+    # small multiples: one panel per norm (five overlapping bands hide each other), one y
+    # axis; the GN paper's ResNet-50 curves in the BN and GN panels
+    hi = lang == "hi"
+    fig, axes = figure(1, len(norms), (3.0 * len(norms), 3.6))
+    axes = [axes] if len(norms) == 1 else list(axes)
+    for i, (ax, n) in enumerate(zip(axes, norms, strict=True)):
+        xs, mu, lo, hi_ = ci_band({b: [100 * (1 - a) for a in accuracies(g[(n, b)])]
+                                   for b in bss if (n, b) in g}, bounds=PCT_BOUNDS)
+        ax.plot(xs, mu, marker="o", color=f"C{i}", label="mnist1d (हमारा)" if hi else
+                "ours, mnist1d")
+        ax.fill_between(xs, lo, hi_, alpha=0.2, color=f"C{i}", label="95% CI")
+        if n in GN_PAPER:
+            pb = sorted(GN_PAPER[n])
+            ax.plot(pb, [GN_PAPER[n][b] for b in pb], ls="--", marker="s", ms=3, color="grey",
+                    label="Wu & He 2018, ResNet-50 ImageNet")
+        ax.set_xscale("log", base=2)
+        ticks = sorted(set(bss) | set(GN_PAPER["batch"]))
+        ax.set_xticks(ticks, [str(b) for b in ticks])
+        ax.invert_xaxis()  # the GN paper's Figure 1 runs from large to small batches
+        ax.set_title(_LABEL[n])
+        ax.set_xlabel("batch size (प्रति step images)" if hi else "batch size (images per step)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("test error %")
+    top = max(max(ax.get_ylim()[1] for ax in axes), 1)
+    for ax in axes:
+        ax.set_ylim(0, top)
+    fig.suptitle("N6: batch size के साथ test error (GN paper की तरह)" if hi else
+                 "N6: test error vs batch size (GN paper style)")
     fp = save_figure(fig, figdir, "n6_batch_size")
     small, big = min(bss), 32 if 32 in bss else max(bss)
 
@@ -99,10 +175,16 @@ def analyze(runs, figdir, lang):
             return float("nan")
         return 100 * (mean_ci(accuracies(g[(n, big)]))[0] - mean_ci(accuracies(g[(n, small)]))[0])
 
-    a = drop("batch") >= 5
+    def drop_cmp(n, margin, at_most=False):
+        return compare(f"{n} accuracy at batch {big} − at {small}",
+                       accuracies(g.get((n, big), [])), accuracies(g.get((n, small), [])),
+                       margin, scale=100, unit=" points", at_most=at_most)
+
     gn_s, bn_s = accuracies(g.get(("group", small), [])), accuracies(g.get(("batch", small), []))
-    b = all3(bool(gn_s and bn_s), 100 * (mean_ci(gn_s)[0] - mean_ci(bn_s)[0]) >= 5,
-             separated(gn_s, bn_s))
+    c_a = drop_cmp("batch", DROP_MARGIN)
+    c_b = compare(f"GN − BN at batch {small}", gn_s, bn_s, LEAD_MARGIN, scale=100,
+                  unit=" points")
+    a, b = c_a.holds, c_b.holds
     v = decide(all3(a, b), any3(a, b))
     pub = []
     for n, label in (("batch", "BN"), ("group", "GN")):
@@ -113,6 +195,11 @@ def analyze(runs, figdir, lang):
                         f"{GN_PAPER[n][32]} → {GN_PAPER[n][2]} % "
                         f"(+{GN_PAPER[n][2] - GN_PAPER[n][32]:.1f})",
                         f"{e32:.1f} → {e2:.1f} % ({e2 - e32:+.1f})"])
+    for b in sorted(GN_PAPER["batch"], reverse=True):  # the paper's whole table, row by row
+        ours = [f"{100 - 100 * mean_ci(accuracies(g[(n, b)]))[0]:.1f} %"
+                if (n, b) in g else "—" for n in ("batch", "group")]
+        pub.append(["Wu & He 2018, ResNet-50 ImageNet", f"top-1 error BN / GN at batch {b}",
+                    f"{GN_PAPER['batch'][b]} / {GN_PAPER['group'][b]} %", " / ".join(ours)])
     cells = {}
     for col, n, want_drop in (("batch", "batch", True), ("instance", "instance", False),
                               ("group", "group", False)):
@@ -120,15 +207,16 @@ def analyze(runs, figdir, lang):
         if d == d:
             acc_small = mean_ci(accuracies(g[(n, small)]))[0]
             # "high" = kept its accuracy *and* has one: losing nothing from chance is not high
-            good = d >= 5 if want_drop else d <= 2 and acc_small >= HIGH_ACC
+            good = (drop_cmp(n, DROP_MARGIN).holds if want_drop else
+                    all3(drop_cmp(n, KEEP_MARGIN, at_most=True).holds, acc_small >= HIGH_ACC))
             cells[("norm", "small", col)] = (
                 f"{big}→{small}: {-d:+.1f} points, {100 * acc_small:.1f}% at {small}",
-                SUPPORTED if good else NOT_SUPPORTED)
+                {True: SUPPORTED, False: NOT_SUPPORTED, None: INCONCLUSIVE}[good])
     measured = (f"accuracy change batch {big}→{small}: " +
                 ", ".join(f"{n} {-drop(n):+.1f}" for n in norms) +
                 f" points; GN−BN at batch {small}: "
                 f"{100 * (mean_ci(gn_s)[0] - mean_ci(bn_s)[0]):+.1f} points")
-    if a:
+    if a is True:
         why_en = (f"BN lost {drop('batch'):.1f} points from batch {big} to {small}: its running "
                   "statistics, estimated from tiny batches, no longer match the batch statistics "
                   "it trained with. ")
@@ -136,14 +224,24 @@ def analyze(runs, figdir, lang):
                   "estimate हुई running statistics, training की batch statistics से मेल नहीं खातीं। ")
     else:
         why_en = (f"BN's accuracy changed by {-drop('batch'):+.1f} points from batch {big} to "
-                  f"{small} here (a loss < 5): with "
+                  f"{small} here (not a loss shown to be ≥ {DROP_MARGIN:g}): with "
                   "the same epochs, small batches take many more (noisier) steps, which helps this "
                   "small model as much as the noisy BN statistics hurt it. ")
         why_hi = (f"यहाँ batch {big} से {small} तक BN की accuracy {-drop('batch'):+.1f} points बदली "
-                  "(< 5 की गिरावट): उतने ही "
+                  f"(≥ {DROP_MARGIN:g} की गिरावट साबित नहीं): उतने ही "
                   "epochs में छोटे batches कहीं ज़्यादा (noisy) steps लेते हैं, जो इस छोटे model की उतनी "
                   "ही मदद करते हैं जितना noisy BN statistics नुकसान। ")
-    return [ClaimResult("N6", v, measured, [table], [fp], pub, cells=cells, notes=Text(
+    if eq:
+        def eq_drop(n):
+            if (n, small) not in eq or (n, big) not in eq:
+                return float("nan")
+            return 100 * (mean_ci(accuracies(eq[(n, big)]))[0]
+                          - mean_ci(accuracies(eq[(n, small)]))[0])
+
+        measured += (f"; with equal steps, change {big}→{small}: BN {-eq_drop('batch'):+.1f}, "
+                     f"GN {-eq_drop('group'):+.1f} points (shown, not part of the verdict)")
+    return [ClaimResult("N6", v, measured, tables, [fp], pub, cells=cells,
+                        comparisons=[c_a, c_b], notes=Text(
         why_en + "Evaluation uses eval mode, so BN predicts with running statistics accumulated from "
         "batches of the training size; that is where small-batch BN loses (as in the GN paper). "
         "Our network is far smaller than ResNet-50 and our data is mnist1d, so compare the "
@@ -156,14 +254,16 @@ def analyze(runs, figdir, lang):
 
 EXPERIMENT = Experiment(
     id="batch_size",
-    claims=("N6",),
+    claims=(N6,),
     title=Text("Batch-size sweep: BN, GN, IN, LN, no norm", "Batch-size sweep: BN, GN, IN, LN, no norm"),
     protocol=Text(
         "mnist1d (or --data), the N1 ConvNet (GN with G=8 groups of 4 channels), batch sizes "
         + ", ".join(map(str, FULL_BS)) + " (quick: " + ", ".join(map(str, QUICK_BS)) + "), the "
         "same number of epochs at every batch size: 3 (quick: 0.125), so smaller batches take more "
         f"steps; SGD momentum 0.9 with the linear scaling rule lr = {BASE_LR}·batch/{BASE_BS} (no "
-        "floor); the last short batch of an epoch is dropped. Test accuracy in eval mode.",
+        "floor); the last short batch of an epoch is dropped. Test accuracy in eval mode. Full "
+        "profile only: BN and GN again with equal optimizer steps at every batch size (the "
+        "steps batch 32 takes in those epochs), shown beside the verdict.",
         "mnist1d (या --data), N1 वाला ConvNet (GN: 4 channels के G=8 groups), batch sizes "
         + ", ".join(map(str, FULL_BS)) + "; हर batch size पर उतने ही epochs: 3 (quick: 0.125), इसलिए "
         f"छोटे batches ज़्यादा steps लेते हैं; SGD momentum 0.9, linear scaling rule lr = {BASE_LR}·"

@@ -1,9 +1,11 @@
-"""N8: GN is more stable for deep networks — a depth sweep at a small batch."""
+"""N8: GN is more stable for deep networks — a depth sweep at a small batch, residual (the GN
+paper's setting) and plain networks, over a learning-rate grid per depth."""
 
 from __future__ import annotations
 
 import torch
 
+from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import (
     PCT_BOUNDS,
     accuracies,
@@ -15,7 +17,9 @@ from sharenorm.lab.common import (
     samples_for_one_step,
     save_figure,
 )
+from sharenorm.lab.experiments._protocol import VAL_FRACTION, validation_split
 from sharenorm.lab.spec import (
+    Claim,
     ClaimResult,
     Experiment,
     Table,
@@ -25,99 +29,204 @@ from sharenorm.lab.spec import (
     decide,
     group_runs,
 )
-from sharenorm.lab.stats import mean_ci, separated
-from sharenorm.lab.train import TrainConfig, train_classifier
+from sharenorm.lab.stats import compare, mean_ci
+from sharenorm.lab.train import TrainConfig, evaluate, train_classifier
 from sharenorm.models import ConvNet
+from sharenorm.models.resnet import ResNet
 
-NORMS = ["batch", "group", "none"]
-FULL_DEPTHS, QUICK_DEPTHS = [2, 4, 8, 16], [2, 6]
-BATCH, WIDTH = 4, 16
+NORMS = ["batch", "group"]
+ARCHS = ["residual", "plain"]
+DECIDING_ARCH = "residual"  # the GN paper's setting decides; plain nets are shown beside
+FULL_DEPTHS, QUICK_DEPTHS = [3, 5, 9, 17], [3, 5]  # conv layers (3 + 2·residual blocks)
+# ×3 grid around the linearly scaled 0.05·4/32 ≈ 0.006
+FULL_LRS, QUICK_LRS = [0.002, 0.006, 0.02, 0.06], [0.006]
+BATCH, WIDTH, GROUPS = 4, 16, 4
+EPOCHS, QUICK_EPOCHS = 1, 0.1
+STABLE_ACC = 0.5   # a learning rate is stable when every seed reaches this validation accuracy
+DEPTH_MARGIN = 2.0  # (a) GN beats BN at the largest depth by at least this many points
+
+
+N8 = Claim(
+    "N8", NORM_DOC, "Deep Neural Networks के लिए अधिक स्थिर। (GN)",
+    "GN is more stable for deep neural networks.",
+    Text(f"Depth sweep at batch {BATCH}, residual networks (the GN paper's setting; plain ones "
+         "shown beside), each norm and depth at its best learning rate of a ×3 grid, chosen on "
+         "a validation split of the training data. Supported if (a) at the largest depth GN's "
+         f"test accuracy beats BN's by ≥ {DEPTH_MARGIN:g} points and (b) GN loses less accuracy "
+         "than BN from the smallest to the largest depth (per seed; BN's loss − GN's loss > 0), "
+         "each decided by the 95% Welch interval of the difference lying wholly beyond its "
+         "margin; mixed if one holds; not supported if neither; inconclusive when an interval "
+         "straddles its margin. The stable learning-rate range per depth (every seed reaches "
+         f"≥ {STABLE_ACC:.0%} validation accuracy) is shown beside.",
+         f"Batch {BATCH} पर depth sweep, residual networks (GN paper की setting; plain साथ में), हर "
+         "norm और depth अपनी सबसे अच्छी learning rate (×3 grid) पर, training data के validation split "
+         f"पर चुनी गई। Supported अगर (a) सबसे बड़ी depth पर GN की test accuracy BN से ≥ {DEPTH_MARGIN:g} "
+         "points ज़्यादा हो और (b) सबसे छोटी से सबसे बड़ी depth तक GN की accuracy BN से कम गिरे (हर "
+         "seed पर; BN की गिरावट − GN की गिरावट > 0), दोनों difference के 95% Welch interval के पूरा "
+         "margin के पार होने से तय; एक शर्त हो तो mixed; कोई नहीं तो not supported; कोई interval "
+         "margin के दोनों ओर हो तो inconclusive। हर depth पर stable learning-rate range (हर seed "
+         f"≥ {STABLE_ACC:.0%} validation accuracy) साथ में दिखाई गई है।"))
 
 
 def configs(quick: bool) -> list[dict]:
-    depths, epochs = (QUICK_DEPTHS, 0.1) if quick else (FULL_DEPTHS, 1)
-    return [{"norm": n, "depth": d, "batch_size": BATCH, "epochs": epochs,
-             "lr": 0.05 * BATCH / 32} for n in NORMS for d in depths]
+    depths, lrs, epochs = (QUICK_DEPTHS, QUICK_LRS, QUICK_EPOCHS) if quick else (
+        FULL_DEPTHS, FULL_LRS, EPOCHS)
+    archs = [DECIDING_ARCH] if quick else ARCHS  # quick: a smoke test of the deciding nets
+    return [{"arch": a, "norm": n, "depth": d, "lr": lr, "batch_size": BATCH, "epochs": epochs}
+            for a in archs for n in NORMS for d in depths for lr in lrs]
+
+
+def _model(cfg, ds):
+    kw = {"num_groups": GROUPS} if cfg["norm"] == "group" else {}
+    if cfg.get("arch", "plain") == "residual":
+        return ResNet(ds.sample_shape, ds.num_classes, width=WIDTH, depth=cfg["depth"],
+                      norm=cfg["norm"], **kw)
+    return ConvNet(ds.sample_shape, ds.num_classes, norm=cfg["norm"], width=WIDTH,
+                   depth=cfg["depth"], **kw)
 
 
 def run(cfg, seed, ctx):
-    ds = dataset(ctx)
+    """Train on the training set minus a validation split; report validation accuracy (which
+    picks the learning rate) and test accuracy (which the criterion compares)."""
+    full = dataset(ctx)
+    ds = validation_split(full, seed=seed)
     torch.manual_seed(seed)
-    model = ConvNet(ds.sample_shape, ds.num_classes, norm=cfg["norm"], width=WIDTH,
-                    depth=cfg["depth"], num_groups=4 if cfg["norm"] == "group" else None)
+    model = _model(cfg, ds)
     steps = epoch_steps(cfg["epochs"], len(ds.x_train), cfg["batch_size"])
     metrics, timing = train_classifier(model, ds, TrainConfig(
         steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"]), seed)
     metrics.pop("curve", None)
+    metrics["val_acc"] = metrics.pop("test_acc")
+    metrics["test_acc"] = None if metrics["diverged"] else round(
+        evaluate(model, full.x_test, full.y_test)[0], 6)
     return metrics, timing
 
 
 def min_train(cfg) -> int:
-    """A fixed number of epochs: too few samples would give 0 optimizer steps."""
-    return samples_for_one_step(cfg["epochs"], cfg["batch_size"])
+    """The fewest training samples whose :func:`validation_split` leaves enough to train on
+    for one optimizer step of ``epochs`` at ``batch_size``."""
+    need, n = samples_for_one_step(cfg["epochs"], cfg["batch_size"]), 1
+    while n - max(1, round(VAL_FRACTION * n)) < need:
+        n += 1
+    return n
+
+
+def _stable(ms) -> bool:
+    return all(not m["diverged"] and (m.get("val_acc") or 0) >= STABLE_ACC for m in ms)
+
+
+def best_rate(g, arch, norm, depth, lrs):
+    """The learning rate with the best mean validation accuracy (diverged = 0; ties: the
+    smaller rate), or None where no run exists."""
+    have = [lr for lr in lrs if (arch, norm, depth, lr) in g]
+    if not have:
+        return None
+    return max(have, key=lambda lr: mean_ci(accuracies(g[(arch, norm, depth, lr)],
+                                                       "val_acc"))[0])
 
 
 def analyze(runs, figdir, lang):
     if not runs:
         return []
-    g = group_runs(runs, "norm", "depth")
-    depths = sorted({d for _, d in g})
-    norms = [n for n in NORMS if any(k[0] == n for k in g)]
-    table = Table(["test acc %: norm \\ depth"] + [str(d) for d in depths],
-                  [[n] + [pct(accuracies(g[(n, d)])) if (n, d) in g else "—" for d in depths]
-                   for n in norms])
-    fig, ax = figure()
-    for n in norms:
-        xs, mu, lo, hi = ci_band({d: accuracies(g[(n, d)]) for d in depths if (n, d) in g}, 100,
-                                 PCT_BOUNDS)
-        ax.plot(xs, mu, marker="o", label={"batch": "BN", "group": "GN", "none": "no norm"}[n])
-        ax.fill_between(xs, lo, hi, alpha=0.15)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(depths, [str(d) for d in depths])
-    ax.set_xlabel("conv blocks (depth)")
-    ax.set_ylabel("test accuracy %")
-    ax.set_title(f"N8: depth sweep at batch {BATCH}")
-    ax.legend()
+    # runs stored before the residual nets were added are plain
+    runs = [r | {"config": {"arch": "plain"} | r["config"]} for r in runs]
+    g = group_runs(runs, "arch", "norm", "depth", "lr")
+    archs = [a for a in ARCHS if any(k[0] == a for k in g)]
+    depths = sorted({k[2] for k in g})
+    lrs = sorted({k[3] for k in g})
+    best = {(a, n, d): best_rate(g, a, n, d, lrs) for a in archs for n in NORMS for d in depths}
+
+    def at_best(a, n, d):
+        lr = best.get((a, n, d))
+        return accuracies(g[(a, n, d, lr)]) if lr is not None else []
+
+    rows, srows = [], []
+    for a in archs:
+        for n in NORMS:
+            rows.append([a, n] + [f"{pct(at_best(a, n, d))} (lr {best[(a, n, d)]:g})"
+                                  if best[(a, n, d)] is not None else "—" for d in depths])
+            stable = []
+            for d in depths:
+                st = [lr for lr in lrs if (a, n, d, lr) in g and _stable(g[(a, n, d, lr)])]
+                stable.append(f"[{st[0]:g}, {st[-1]:g}]" if st else "none")
+            srows.append([a, n] + stable)
+    tables = [Table(["test acc % at the best lr: arch", "norm"] + [f"depth {d}" for d in depths],
+                    rows),
+              Table(["stable lr range: arch", "norm"] + [f"depth {d}" for d in depths], srows)]
+    fig, axes = figure(1, len(archs), (5.5 * len(archs), 4))
+    axes = [axes] if len(archs) == 1 else list(axes)
+    for ax, a in zip(axes, archs, strict=True):
+        for i, n in enumerate(NORMS):
+            xs, mu, lo, hi = ci_band({d: at_best(a, n, d) for d in depths if at_best(a, n, d)},
+                                     100, PCT_BOUNDS)
+            label = {"batch": "BN", "group": "GN"}[n]
+            ax.plot(xs, mu, marker="o", color=f"C{i}", label=label)
+            ax.fill_between(xs, lo, hi, alpha=0.2, color=f"C{i}", label=f"{label}, 95% CI")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(depths, [str(d) for d in depths])
+        ax.set_xlabel("conv layers (depth)")
+        ax.set_ylabel("test accuracy % at the best lr")
+        ax.set_title(f"N8: {a} nets, batch {BATCH}")
+        ax.legend(fontsize=8)
     fp = save_figure(fig, figdir, "n8_depth")
     lo_d, hi_d = min(depths), max(depths)
-    gn, bn = accuracies(g.get(("group", hi_d), [])), accuracies(g.get(("batch", hi_d), []))
-    if not gn or not bn:
+
+    def comparisons(a):
+        gn, bn = at_best(a, "group", hi_d), at_best(a, "batch", hi_d)
+        if not gn or not bn or not at_best(a, "group", lo_d) or not at_best(a, "batch", lo_d):
+            return None
+
+        def losses(n):  # per seed: accuracy at the smallest depth − at the largest
+            return [x - y for x, y in zip(at_best(a, n, lo_d), at_best(a, n, hi_d), strict=False)]
+
+        return (compare(f"{a}: GN − BN at depth {hi_d}", gn, bn, DEPTH_MARGIN, scale=100,
+                        unit=" points"),
+                compare(f"{a}: BN's loss − GN's loss, depth {lo_d}→{hi_d}", losses("batch"),
+                        losses("group"), 0, scale=100, unit=" points", strict=True))
+
+    decide_on = DECIDING_ARCH if DECIDING_ARCH in archs else archs[0]
+    main = comparisons(decide_on)
+    if main is None:
         return []
-    a = all3(100 * (mean_ci(gn)[0] - mean_ci(bn)[0]) >= 2, separated(gn, bn))
-
-    def loss(n):
-        return mean_ci(accuracies(g[(n, lo_d)]))[0] - mean_ci(accuracies(g[(n, hi_d)]))[0]
-
-    b = loss("group") < loss("batch")
-    v = decide(all3(a, b), any3(a, b))
-    return [ClaimResult("N8", v, f"depth {hi_d}: GN {pct(gn)} % vs BN {pct(bn)} %; accuracy "
-                        f"lost from depth {lo_d} to {hi_d}: GN {100 * loss('group'):.1f}, BN "
-                        f"{100 * loss('batch'):.1f} points", [table], [fp], notes=Text(
-                            "Plain (non-residual) networks at batch 4 with the linearly scaled "
-                            f"learning rate 0.05·{BATCH}/32 for a fixed budget: a deep network "
-                            "that stays near 10% (chance) has not started to learn within the "
-                            "budget. The claim is about stability at depth, so the comparison is "
-                            "between norms at the same depth, budget and learning rate.",
-                            "Batch 4 पर plain (non-residual) networks, linearly scaled learning "
-                            f"rate 0.05·{BATCH}/32, fixed budget: जो deep network लगभग 10% (chance) "
-                            "पर रहता है वह budget में सीखना शुरू नहीं कर पाया। Claim depth पर "
-                            "stability का है, इसलिए तुलना एक ही depth, budget और learning rate पर "
-                            "norms के बीच है।"))]
+    c_a, c_b = main
+    v = decide(all3(c_a.holds, c_b.holds), any3(c_a.holds, c_b.holds))
+    shown = [c for a in archs if a != decide_on for c in (comparisons(a) or ())]
+    gn, bn = at_best(decide_on, "group", hi_d), at_best(decide_on, "batch", hi_d)
+    return [ClaimResult("N8", v, f"{decide_on} nets, depth {hi_d}: GN {pct(gn)} % vs BN "
+                        f"{pct(bn)} % at their best rates", tables, [fp],
+                        comparisons=[c_a, c_b] + shown, notes=Text(
+                            f"The verdict comes from the {decide_on} networks (the GN paper "
+                            "trains ResNets); the comparisons of the other architecture are "
+                            "listed after the deciding two and do not enter the verdict. The "
+                            "learning rate is chosen on the validation accuracy of the same "
+                            "seeds' runs (not fresh seeds), over the grid "
+                            f"{', '.join(f'{x:g}' for x in lrs)}.",
+                            f"Verdict {decide_on} networks से है (GN paper ResNets train करता है); "
+                            "दूसरी architecture के comparisons पहले दो के बाद दिखाए गए हैं और verdict "
+                            "में नहीं गिने जाते। Learning rate उन्हीं seeds के runs की validation "
+                            "accuracy पर चुनी गई (fresh seeds नहीं), grid "
+                            f"{', '.join(f'{x:g}' for x in lrs)}।"))]
 
 
 EXPERIMENT = Experiment(
     id="depth",
-    claims=("N8",),
-    title=Text("Depth sweep at a small batch", "छोटे batch पर depth sweep"),
+    claims=(N8,),
+    title=Text("Depth sweep at a small batch, residual and plain",
+               "छोटे batch पर depth sweep, residual और plain"),
     protocol=Text(
-        f"mnist1d (or --data), plain ConvNet (no residual connections) of width {WIDTH} with "
-        "depth " + ", ".join(map(str, FULL_DEPTHS)) + " conv blocks (quick: " +
-        ", ".join(map(str, QUICK_DEPTHS)) + "; the first 3 downsample), BN, GN (G=4) or no norm; "
-        f"batch {BATCH}, SGD momentum 0.9, lr 0.05·{BATCH}/32, 1 epoch (quick: 0.1). Test "
-        "accuracy in eval mode.",
-        f"mnist1d (या --data), width {WIDTH} का plain ConvNet (residual connections नहीं), depth "
-        + ", ".join(map(str, FULL_DEPTHS)) + " conv blocks (पहले 3 downsample), BN, GN (G=4) या "
-        f"बिना norm; batch {BATCH}, SGD momentum 0.9, lr 0.05·{BATCH}/32, 1 epoch (quick: 0.1)। "
-        "Test accuracy eval mode में।"),
+        f"mnist1d (or --data), width {WIDTH}; residual nets (sharenorm.models.resnet.ResNet: the "
+        "ConvNet's 3 downsampling conv layers, then residual blocks of two convs whose second "
+        "norm's γ starts at 0) and plain ConvNets, " + ", ".join(map(str, FULL_DEPTHS)) +
+        " conv layers (quick: " + ", ".join(map(str, QUICK_DEPTHS)) + f"); BN or GN (G={GROUPS}); "
+        f"batch {BATCH}, SGD momentum 0.9, learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS)
+        + f" (quick: {QUICK_LRS[0]:g}), {EPOCHS} epoch (quick: {QUICK_EPOCHS}) of 80% of the "
+        "training set; validation accuracy on the other 20% picks the rate, test accuracy in "
+        "eval mode.",
+        f"mnist1d (या --data), width {WIDTH}; residual nets (ConvNet की 3 downsampling conv layers, फिर "
+        "दो convs के residual blocks, दूसरे norm का γ 0 से) और plain ConvNets, "
+        + ", ".join(map(str, FULL_DEPTHS)) + f" conv layers; BN या GN (G={GROUPS}); batch {BATCH}, "
+        "SGD momentum 0.9, learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS) +
+        f", training set के 80% पर {EPOCHS} epoch; बाकी 20% की validation accuracy rate चुनती है, "
+        "test accuracy eval mode में।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
     min_train=min_train)

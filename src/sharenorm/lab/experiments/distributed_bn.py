@@ -18,16 +18,16 @@ from torch import nn
 from sharenorm.lab.claims import NORM_DOC, Claim
 from sharenorm.lab.common import dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
-    MIXED,
-    NOT_SUPPORTED,
-    SUPPORTED,
     ClaimResult,
     Experiment,
     Table,
     Text,
+    all3,
+    any3,
+    decide,
     group_runs,
 )
-from sharenorm.lab.stats import mean_ci
+from sharenorm.lab.stats import compare, mean_ci
 from sharenorm.lab.train import evaluate
 from sharenorm.models import ConvNet
 
@@ -128,13 +128,19 @@ def analyze(runs, figdir, lang):
     lo = min(mean.values()) - 10
     ax.set_ylim(max(0, lo), 100)
     fp = save_figure(fig, figdir, "n9_distributed_bn")
-    a = mean["syncbn"] >= mean["bn_large"] - 1 and mean["syncbn"] >= mean["bn"] + 2
-    c = mean["gn"] >= mean["bn_large"] - 2
-    verdict = SUPPORTED if a and c else MIXED if a or c else NOT_SUPPORTED
+    c_sync = compare("SyncBN − large-batch BN", accs["syncbn"], accs["bn_large"], -SYNC_MARGIN,
+                     scale=100, unit=" points")
+    c_gain = compare("SyncBN − per-process BN", accs["syncbn"], accs["bn"], GAIN_MARGIN,
+                     scale=100, unit=" points")
+    c_gn = compare("GN − large-batch BN", accs["gn"], accs["bn_large"], -GN_MARGIN, scale=100,
+                   unit=" points")
+    a, c = all3(c_sync.holds, c_gain.holds), c_gn.holds
+    verdict = decide(all3(a, c), any3(a, c))
     measured = (f"test acc %: BN large-batch {mean['bn_large']:.1f}, BN per process "
                 f"{mean['bn']:.1f}, SyncBN {mean['syncbn']:.1f}, BatchRenorm "
                 f"{mean['renorm']:.1f}, GN {mean['gn']:.1f}")
-    return [ClaimResult("N9", verdict, measured, [table], [fp], notes=Text(
+    return [ClaimResult("N9", verdict, measured, [table], [fp],
+                        comparisons=[c_sync, c_gain, c_gn], notes=Text(
         "SyncBN computes exactly what one process with the whole global batch computes (its "
         "tests check this to 1e-10), so its accuracy matches the large-batch reference up to "
         "floating-point order; per-process BN normalizes with the statistics of b samples and "
@@ -150,23 +156,31 @@ def analyze(runs, figdir, lang):
 
 # The document's use case for GN, measured against the field's other answers to small
 # per-process batches (SyncBN, BatchRenorm).
+SYNC_MARGIN = 1.0  # (a) SyncBN within this many points of one process with the whole batch
+GAIN_MARGIN = 2.0  # (a) ... and at least this many points above per-process BN
+GN_MARGIN = 2.0    # (b) per-process GN within this many points of the large-batch BN
+
 N9 = Claim(
     "N9", NORM_DOC, "Group Normalization: जब Small Batch Size के साथ Training करनी हो।",
     "Group Normalization: for when training has to use small batches.",
     Text(
         "W processes with b = 2 samples each (DDP): supported if (a) SyncBN's test accuracy is "
-        "within 1 point of one process with BN on the whole W·b batch and ≥ 2 points above "
-        "per-process BN, and (b) per-process GN is within 2 points of that large-batch BN "
-        "(mean over seeds); mixed if one of (a), (b) holds; not supported if neither.",
+        f"within {SYNC_MARGIN:g} point of one process with BN on the whole W·b batch and "
+        f"≥ {GAIN_MARGIN:g} points above per-process BN, and (b) per-process GN is within "
+        f"{GN_MARGIN:g} points of that large-batch BN, each decided by the 95% Welch interval of "
+        "the difference over seeds lying wholly beyond its margin; mixed if one of (a), (b) "
+        "holds; not supported if neither; inconclusive when an interval straddles its margin.",
         "W processes, हर एक में b = 2 samples (DDP): supported अगर (a) SyncBN की test accuracy पूरे "
-        "W·b batch पर BN वाले एक process से 1 point के भीतर हो और per-process BN से ≥ 2 points "
-        "ज़्यादा हो, और (b) per-process GN उस large-batch BN से 2 points के भीतर हो (seeds का "
-        "mean); (a), (b) में से एक हो तो mixed; कोई नहीं तो not supported।"),
+        f"W·b batch पर BN वाले एक process से {SYNC_MARGIN:g} point के भीतर हो और per-process BN से "
+        f"≥ {GAIN_MARGIN:g} points ज़्यादा हो, और (b) per-process GN उस large-batch BN से {GN_MARGIN:g} "
+        "points के भीतर हो, हर शर्त seeds पर difference के 95% Welch interval के पूरा margin के पार "
+        "होने से तय; (a), (b) में से एक हो तो mixed; कोई नहीं तो not supported; कोई interval margin "
+        "के दोनों ओर हो तो inconclusive।"),
 )
 
 EXPERIMENT = Experiment(
     id="distributed_bn",
-    claims=("N9",),
+    claims=(N9,),
     title=Text("Small per-process batches: per-process BN, SyncBN, BatchRenorm, GN",
                "छोटे per-process batches: per-process BN, SyncBN, BatchRenorm, GN"),
     protocol=Text(
@@ -183,5 +197,5 @@ EXPERIMENT = Experiment(
         "steps के 10% से 50%/30% तक। Reference: पूरे global batch पर BN वाला एक process। Test "
         "accuracy eval mode में (rank 0)।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
-    requires=("SyncBatchNorm", "BatchRenorm1d", "convert_sync_batchnorm"), new_claims=(N9,),
+    requires=("SyncBatchNorm", "BatchRenorm1d", "convert_sync_batchnorm"),
     min_train=lambda cfg: cfg["world"] * cfg["per_process_batch"])  # one global batch

@@ -4,23 +4,48 @@ from __future__ import annotations
 
 import math
 
+from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
     MIXED,
     NOT_SUPPORTED,
     SUPPORTED,
+    Claim,
     ClaimResult,
     Experiment,
     Table,
     Text,
     group_runs,
 )
+from sharenorm.lab.stats import fmt_ci
 from sharenorm.lab.train import TrainConfig, train_classifier
 from sharenorm.models import ConvNet
 
 FULL_LRS = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
 QUICK_LRS = [0.01, 0.3, 10.0]
 STABLE_ACC = 0.5
+
+
+SPIKE = 10.0  # a gradient-norm spike: a step whose norm exceeds this × the run's median
+
+
+N2 = Claim(
+    "N2", NORM_DOC, "Gradient Descent को Stable करता है।",
+    "BN stabilises gradient descent.",
+    Text("Learning rates on a ×3 grid; a learning rate is stable when every seed trains without "
+         f"diverging and reaches ≥ {STABLE_ACC:.0%} test accuracy. The claim is about "
+         "stability, so it is decided by the upper end of the stable range: supported if BN's "
+         "largest stable learning rate is at least one grid step (×3) above no-norm's; mixed if "
+         "they are equal; not supported if it is lower, or if BN has no stable learning rate at "
+         "all. Beside it, per learning rate: gradient-norm spikes (steps above "
+         f"{SPIKE:g}× the run's median) and the coefficient of variation of the gradient norm "
+         "over the second half of training.",
+         f"×3 grid पर learning rates; एक learning rate stable है जब हर seed बिना diverge हुए ≥ {STABLE_ACC:.0%} "
+         "test accuracy तक पहुँचे। Claim stability का है, इसलिए फ़ैसला stable range के ऊपरी सिरे से: "
+         "supported अगर BN की सबसे बड़ी stable learning rate no-norm की से कम से कम एक grid step (×3) "
+         "ऊपर हो; बराबर हो तो mixed; नीचे हो, या BN की कोई stable learning rate न हो, तो not "
+         f"supported। साथ में, हर learning rate पर: gradient-norm spikes (run के median के {SPIKE:g}× से "
+         "ऊपर वाले steps) और training के दूसरे आधे में gradient norm का coefficient of variation।"))
 
 
 def configs(quick: bool) -> list[dict]:
@@ -35,8 +60,48 @@ def run(cfg, seed, ctx):
     ds = dataset(ctx)
     torch.manual_seed(seed)
     model = ConvNet(ds.sample_shape, ds.num_classes, norm=cfg["norm"])
-    return train_classifier(model, ds, TrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"],
-                                                   lr=cfg["lr"]), seed)
+    norms = GradNorms(model)
+    metrics, timing = train_classifier(model, ds, TrainConfig(
+        steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"]), seed)
+    norms.close()
+    return metrics | norms.summary(), timing
+
+
+class GradNorms:
+    """The total gradient norm ‖∂L/∂θ‖ of every backward pass of ``model``, collected by
+    gradient hooks (one per parameter; a step's norm is complete when all have fired)."""
+
+    def __init__(self, model):
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.sq, self.seen, self.norms = 0.0, 0, []
+        self.handles = [p.register_hook(self._hook) for p in self.params]
+
+    def _hook(self, grad):
+        self.sq += float(grad.detach().double().pow(2).sum())
+        self.seen += 1
+        if self.seen == len(self.params):
+            self.norms.append(self.sq ** 0.5)
+            self.sq, self.seen = 0.0, 0
+        return grad
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+    def summary(self) -> dict:
+        """Spikes (steps above SPIKE × the median) and the coefficient of variation over the
+        second half of training; None where the run took no finite step."""
+        import statistics
+
+        xs = [x for x in self.norms if x == x and x != float("inf")]
+        if len(xs) < 2:
+            return {"grad_spikes": None, "grad_cv": None}
+        med = statistics.median(xs)
+        late = xs[len(xs) // 2:]
+        mean = statistics.fmean(late)
+        cv = statistics.pstdev(late) / mean if mean > 0 else None
+        return {"grad_spikes": sum(x > SPIKE * med for x in xs),
+                "grad_cv": round(cv, 6) if cv is not None else None}
 
 
 def _stable(ms) -> bool:
@@ -55,11 +120,15 @@ def analyze(runs, figdir, lang):
         for n in ("batch", "none"):
             ms = g.get((n, lr), [])
             accs = accuracies(ms)
+            spikes = [m.get("grad_spikes") for m in ms if m.get("grad_spikes") is not None]
             row += [pct(accs), f"{sum(m['diverged'] for m in ms)}/{len(ms)}",
-                    "yes" if ms and _stable(ms) else "no"]
+                    "yes" if ms and _stable(ms) else "no",
+                    f"{sum(spikes)}" if spikes else "—",
+                    fmt_ci([m.get("grad_cv") for m in ms], digits=2)]
         rows.append(row)
-    table = Table(["lr", "BN test acc %", "BN diverged", "BN stable", "none test acc %",
-                   "none diverged", "none stable"], rows)
+    table = Table(["lr", "BN test acc %", "BN diverged", "BN stable", "BN grad spikes",
+                   "BN grad-norm CV", "none test acc %", "none diverged", "none stable",
+                   "none grad spikes", "none grad-norm CV"], rows)
     fig, ax = figure()
     for n in ("batch", "none"):
         by = {lr: accuracies(g[(n, lr)])
@@ -82,24 +151,24 @@ def analyze(runs, figdir, lang):
         return lrs.index(v[-1]) - lrs.index(v[0]) + 1 if v else 0
 
     b, n = stable["batch"], stable["none"]
-    contains = bool(b) and (not n or (b[0] <= n[0] and b[-1] >= n[-1]))
     if not b:  # BN has no stable learning rate at all: it stabilises nothing here
         v = NOT_SUPPORTED
-    elif width(b) >= width(n) + 1 and contains:
+    elif not n or lrs.index(b[-1]) >= lrs.index(n[-1]) + 1:
         v = SUPPORTED
-    elif width(b) >= width(n):  # wider but not containing, or equal
+    elif b[-1] == n[-1]:
         v = MIXED
     else:
         v = NOT_SUPPORTED
     decades = {k: math.log10(max(x) / min(x)) if x else float("nan") for k, x in stable.items()}
-    return [ClaimResult("N2", v, f"stable lr range: BN {span(stable['batch'])}, none "
+    return [ClaimResult("N2", v, f"largest stable lr: BN {b[-1] if b else 'none'}, none "
+                        f"{n[-1] if n else 'none'}; stable lr range: BN {span(stable['batch'])}, none "
                         f"{span(stable['none'])}; width BN {decades['batch']:.2f} vs none "
                         f"{decades['none']:.2f} decades", [table], [fp])]
 
 
 EXPERIMENT = Experiment(
     id="lr_sweep",
-    claims=("N2",),
+    claims=(N2,),
     title=Text("Learning-rate sweep with and without BN", "BN के साथ और बिना learning-rate sweep"),
     protocol=Text(
         "mnist1d (or --data), the N1 ConvNet with BN or without a norm, SGD momentum 0.9, batch "
@@ -111,4 +180,5 @@ EXPERIMENT = Experiment(
         "500 steps (quick: 100), learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS) +
         "। Run diverge माना जाता है जब loss non-finite या > 1e4 हो; learning rate stable है जब सभी "
         f"seeds बिना diverge हुए ≥ {STABLE_ACC:.0%} test accuracy पाएँ।"),
+    compares_intervals=False,
     configs=configs, run=run, analyze=analyze, uses_data=True)

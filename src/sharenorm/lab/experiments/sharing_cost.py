@@ -5,8 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sharenorm.lab.claims import SHARE_DOC
 from sharenorm.lab.common import data_label, dataset, figure, save_figure
-from sharenorm.lab.spec import MIXED, NOT_SUPPORTED, SUPPORTED, ClaimResult, Experiment, Table, Text
+from sharenorm.lab.spec import (
+    MIXED,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    Claim,
+    ClaimResult,
+    Experiment,
+    Table,
+    Text,
+)
 from sharenorm.models import MLP, ConvNet, LocallyConnectedNet
 
 MODELS = ["cnn", "locally_connected", "mlp"]
@@ -57,6 +67,21 @@ def classifier_memory(model: nn.Module, ds) -> dict:
     return memory(model, x, lambda out: nn.functional.cross_entropy(out, y))
 
 
+FULL_FACTOR, PARTIAL_FACTOR = 5.0, 1.5  # CNN vs locally connected / MLP: fewer by this
+
+S1 = Claim(
+    "S1", SHARE_DOC, "Model की Complexity कम होती है। / Memory Efficient होता है।",
+    "Sharing reduces model complexity and is memory efficient.",
+    Text(f"Supported if the CNN has ≥ {FULL_FACTOR:g}× fewer parameters and parameter+Adam-state "
+       "bytes than the same network with locally connected layers (and than the MLP); mixed if "
+       f"≥ {PARTIAL_FACTOR:g}×; "
+       "not supported otherwise.",
+         "Supported अगर CNN के parameters और parameter+Adam-state bytes, locally connected layers "
+       f"वाले उसी network (और MLP) से ≥ {FULL_FACTOR:g}× कम हों; ≥ {PARTIAL_FACTOR:g}× हो तो mixed; वरना not "
+       "supported।"),
+    demonstration=True)
+
+
 def configs(quick: bool) -> list[dict]:
     return [{"model": m} for m in MODELS]
 
@@ -93,7 +118,7 @@ def analyze(runs, figdir, lang):
     p_lc = m["locally_connected"]["params"] / m["cnn"]["params"]
     p_mlp = m["mlp"]["params"] / m["cnn"]["params"]
     worst = min(f_lc, f_mlp, p_lc, p_mlp)
-    v = SUPPORTED if worst >= 5 else MIXED if worst >= 1.5 else NOT_SUPPORTED
+    v = SUPPORTED if worst >= FULL_FACTOR else MIXED if worst >= PARTIAL_FACTOR else NOT_SUPPORTED
     # results stored before the data was recorded say nothing rather than guess
     on = f" (on {m['cnn']['data']})" if m["cnn"].get("data") else ""
     cells = {("share", "example", "sharing"): (
@@ -118,7 +143,7 @@ def analyze(runs, figdir, lang):
 
 EXPERIMENT = Experiment(
     id="sharing_cost",
-    claims=("S1",),
+    claims=(S1,),
     title=Text("Parameters and memory with and without sharing",
                "Sharing के साथ और बिना parameters और memory"),
     protocol=Text(
@@ -133,6 +158,7 @@ EXPERIMENT = Experiment(
         "LocallyConnected1d/2d है (हर output position का अलग filter); और एक MLP जिसकी hidden widths "
         "CNN के flattened feature maps जितनी हैं। Parameters sharenorm.count_parameters से; optimizer "
         "bytes एक असली SGD-momentum / Adam step के बाद state tensors से। Seed पर निर्भर नहीं: एक run।"),
+    compares_intervals=False,
     configs=configs, run=run, analyze=analyze, seeded=False, uses_data=True,
     requires=("LocallyConnected1d", "LocallyConnected2d", "count_parameters"),
     min_train=lambda cfg: 1)  # its one step (at lr 0) takes what there is, up to 8

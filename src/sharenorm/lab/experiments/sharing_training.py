@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 from sharenorm.data import MNIST1D_PUBLISHED, Dataset
+from sharenorm.lab.claims import SHARE_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.experiments._timing import interleaved_step_times, sgd_step
+from sharenorm.lab.experiments.norm_training import converged, step_times
 from sharenorm.lab.experiments.sharing_cost import MODELS, build
 from sharenorm.lab.spec import (
-    MIXED,
-    NOT_SUPPORTED,
-    SUPPORTED,
+    INCONCLUSIVE,
+    Claim,
     ClaimResult,
     Experiment,
     Table,
     Text,
     all3,
+    any3,
     decide,
     group_runs,
 )
-from sharenorm.lab.stats import fmt_ci, mean_ci, mean_or_inf, separated
+from sharenorm.lab.stats import compare, fmt_ci, mean_ci
 from sharenorm.lab.train import TrainConfig, train_classifier
 
 LR = 2e-3
@@ -42,13 +47,64 @@ def shuffle_positions(ds: Dataset, seed: int = 0) -> Dataset:
                    ds.y_test, ds.num_classes, ds.source + " (positions shuffled)")
 
 
+STEPS, QUICK_STEPS = 2000, 100
+TARGET, QUICK_TARGET = 0.8, 0.4
+SHARE_MARGIN = 3.0  # S3: the CNN beats the locally connected network and the MLP by this many points
+TIMING_ROUNDS, QUICK_TIMING_ROUNDS = 100, 10  # interleaved steps per model, per seed
+
+S2 = Claim(
+    "S2", SHARE_DOC, "Training Faster होती है।", "Sharing makes training faster.",
+    Text("Seconds are steps to the target test accuracy (a run that never reaches it counts as "
+         "the step budget) times the median time per step of an interleaved timing (the three "
+         "networks alternate step by step on one thread). Supported if the CNN reaches the "
+         "target in fewer seconds than both the locally connected network and the MLP and its "
+         "time per step is lower than the locally connected network's, each decided by the 95% "
+         "Welch interval of the difference lying wholly below 0; mixed if it wins some of these; "
+         "not supported if none; inconclusive when an interval straddles 0.",
+         "Seconds = target test accuracy तक के steps (जो run नहीं पहुँचे वह पूरा step budget) × "
+         "interleaved timing का median time per step (तीनों networks एक thread पर step-by-step बारी-"
+         "बारी)। Supported अगर CNN target तक locally connected network और MLP दोनों से कम seconds "
+         "में पहुँचे और उसका time per step locally connected network से कम हो, हर शर्त difference "
+         "के 95% Welch interval के पूरा 0 से नीचे होने से तय; कुछ शर्तें पूरी हों तो mixed; कोई "
+         "नहीं तो not supported; कोई interval 0 के दोनों ओर हो तो inconclusive।"))
+S3 = Claim(
+    "S3", SHARE_DOC, "Generalization क्षमता बढ़ती है। / Overfitting को कम करता है",
+    "Sharing improves generalization / reduces overfitting.",
+    Text("Supported if on mnist1d the CNN's test accuracy beats the locally connected network's "
+         f"and the MLP's by ≥ {SHARE_MARGIN:g} points (the 95% Welch interval of each difference "
+         "wholly ≥ the margin), and on the spatially shuffled mnist1d the CNN's lead over the MLP "
+         "shrinks (per seed, lead ordered − lead shuffled, interval wholly > 0: its advantage "
+         "comes from translation structure); mixed if only the first part holds; not supported "
+         "otherwise; inconclusive when an interval straddles its margin or a run has not "
+         "converged (its test accuracy still rose by ≥ 1 point in the last 20% of the budget).",
+         "Supported अगर mnist1d पर CNN की test accuracy locally connected network और MLP से "
+         f"≥ {SHARE_MARGIN:g} points ज़्यादा हो (हर difference का 95% Welch interval पूरा margin के ऊपर), "
+         "और spatially shuffled mnist1d पर CNN की MLP पर बढ़त घटे (हर seed पर ordered बढ़त − "
+         "shuffled बढ़त, interval पूरा > 0: फ़ायदा translation structure से आता है); केवल पहला भाग हो तो "
+         "mixed; वरना not supported; कोई interval margin के दोनों ओर हो या कोई run converge न हुआ हो "
+         "(budget के आख़िरी 20% में test accuracy ≥ 1 point और बढ़ी) तो inconclusive।"))
+
+
 def configs(quick: bool) -> list[dict]:
-    steps, every, target = (100, 50, 0.4) if quick else (2000, 100, 0.8)
+    steps, every, target = (QUICK_STEPS, 50, QUICK_TARGET) if quick else (STEPS, 100, TARGET)
     return [{"model": m, "shuffled": s, "steps": steps, "eval_every": every, "target": target,
-             "batch_size": 32, "lr": LR} for s in (False, True) for m in MODELS]
+             "batch_size": 32, "lr": LR} for s in (False, True) for m in MODELS] + [
+        {"part": "timing", "batch_size": 32,
+         "rounds": QUICK_TIMING_ROUNDS if quick else TIMING_ROUNDS}]
+
+
+def _timing(cfg, seed, ctx):
+    """Median seconds per Adam step of each network, timed interleaved (see _timing)."""
+    ds = dataset(ctx)
+    torch.manual_seed(seed)
+    x, y = ds.x_train[:cfg["batch_size"]], ds.y_train[:cfg["batch_size"]]
+    steps = {m: sgd_step(build(m, ds), x, y, "adam", LR) for m in MODELS}
+    return {"part": "timing"}, {"step_s": interleaved_step_times(steps, cfg["rounds"])}
 
 
 def run(cfg, seed, ctx):
+    if cfg.get("part") == "timing":
+        return _timing(cfg, seed, ctx)
     ds = dataset(ctx)
     if cfg["shuffled"]:
         ds = shuffle_positions(ds)
@@ -62,27 +118,36 @@ def run(cfg, seed, ctx):
 
 
 def analyze(runs, figdir, lang):
+    timing = step_times(runs)
+    runs = [r for r in runs if r["config"].get("part") != "timing"]
     if not runs:
         return []
+    t_med = {m: statistics.median(v) for m, v in timing.items()}
     g = group_runs(runs, "model", "shuffled")
     cfg = runs[0]["config"]
     n_train = runs[0]["metrics"].get("n_train")
     steps_per_epoch = n_train / cfg["batch_size"] if n_train else None
+    budget = cfg["steps"]
+
+    def steps_hit(ms):
+        return [m["steps_to_target"] if m["steps_to_target"] is not None else budget for m in ms]
+
     rows = []
     for (model, shuf), ms in g.items():
-        sps = [m["_time"]["s_per_step"] for m in ms]
+        t = t_med.get(model) if not shuf else None
         rows.append([model, "shuffled" if shuf else "ordered",
-                     fmt_ci([s * steps_per_epoch for s in sps], digits=2)
-                     if steps_per_epoch else "—",
-                     fmt_ci([m["_time"].get("s_to_target") for m in ms], digits=2),
+                     f"{t * steps_per_epoch:.2f}" if t and steps_per_epoch else "—",
+                     f"{mean_ci(steps_hit(ms))[0] * t:.2f}" if t else "—",
                      f"{sum(m['steps_to_target'] is not None for m in ms)}/{len(ms)}",
                      f"{sum(bool(m['diverged']) for m in ms)}/{len(ms)}",
                      pct(accuracies(ms)), pct(accuracies(ms, "train_acc")),
-                     fmt_ci([m["gap"] for m in ms], 100)])
-    table = Table(["model", "positions", f"s / epoch ({n_train or '?'} samples)",
-                   f"s to {cfg['target']:.0%}", "reached", "diverged",
+                     fmt_ci([m["gap"] for m in ms], 100),
+                     f"{sum(converged([m], budget) is True for m in ms)}/{len(ms)}"])
+    table = Table(["model", "positions",
+                   f"s / epoch ({n_train or '?'} samples; interleaved timing, median)",
+                   f"s to {cfg['target']:.0%} (steps × s/step)", "reached", "diverged",
                    "test acc % (diverged = 0)", "train acc % (diverged = 0)",
-                   "gap (points, runs that trained)"], rows)
+                   "gap (points, runs that trained)", "converged (plateau)"], rows)
     fig, axes = figure(1, 2, (11, 4))
     for ax, shuf in zip(axes, (False, True), strict=False):
         for model in MODELS:
@@ -108,33 +173,55 @@ def analyze(runs, figdir, lang):
     def acc(model, shuf):  # a diverged run counts as 0, never dropped
         return accuracies(g[(model, shuf)])
 
-    def sec(model):
-        return mean_or_inf([m["_time"].get("s_to_target") for m in g[(model, False)]])
+    # S2: seconds = steps × median s/step, so "CNN faster than X" is the contrast
+    # steps_CNN − (t_X / t_CNN)·steps_X ≤ 0
+    comps2 = []
+    if {"cnn", "locally_connected", "mlp"} <= set(t_med):
+        for other in ("locally_connected", "mlp"):
+            comps2.append(compare(f"CNN seconds − {other} seconds (in CNN steps)",
+                                  steps_hit(g[("cnn", False)]), steps_hit(g[(other, False)]),
+                                  0, at_most=True, digits=0, strict=True,
+                                  b_factor=t_med[other] / t_med["cnn"]))
+        comps2.append(compare("CNN − locally connected ms/step (interleaved)",
+                              timing["cnn"], timing["locally_connected"], 0, scale=1e3,
+                              unit=" ms", digits=3, at_most=True, strict=True))
+        wins = [c.holds for c in comps2]
+        v2 = decide(all3(*wins), any3(*wins))
 
-    def per_step(model):
-        return mean_ci([m["_time"]["s_per_step"] for m in g[(model, False)]])[0]
+        def sec(model):
+            return mean_ci(steps_hit(g[(model, False)]))[0] * t_med[model]
 
-    # S2
-    cnn_reaches = any(m["steps_to_target"] is not None for m in g[("cnn", False)])
-    wins = [cnn_reaches and sec("cnn") < sec("locally_connected"),
-            cnn_reaches and sec("cnn") < sec("mlp"), per_step("cnn") < per_step("locally_connected")]
-    v2 = SUPPORTED if all(wins) else MIXED if any(wins) else NOT_SUPPORTED
-    s2 = ClaimResult("S2", v2, f"seconds to {cfg['target']:.0%}: CNN {sec('cnn'):.2f}, locally "
-                     f"connected {sec('locally_connected'):.2f}, MLP {sec('mlp'):.2f}; ms/step "
-                     f"CNN {1e3 * per_step('cnn'):.2f}, LC {1e3 * per_step('locally_connected'):.2f}"
-                     f", MLP {1e3 * per_step('mlp'):.2f}", [table], [fp], notes=Text(
-                         "Wall-clock time on a shared 2-core CPU, one thread per run, runs in "
-                         "parallel: compare within this table only. 'inf' = never reached.",
-                         "Shared 2-core CPU पर wall-clock time, हर run एक thread, runs parallel: "
-                         "केवल इसी table के भीतर तुलना करें। 'inf' = कभी नहीं पहुँचा।"))
+        s2_txt = (f"seconds to {cfg['target']:.0%}: CNN {sec('cnn'):.2f}, locally connected "
+                  f"{sec('locally_connected'):.2f}, MLP {sec('mlp'):.2f}; ms/step (interleaved) "
+                  f"CNN {1e3 * t_med['cnn']:.2f}, LC {1e3 * t_med['locally_connected']:.2f}, "
+                  f"MLP {1e3 * t_med['mlp']:.2f}")
+    else:
+        v2, s2_txt = INCONCLUSIVE, "no interleaved timing run"
+    s2 = ClaimResult("S2", v2, s2_txt, [table], [fp], comparisons=comps2, notes=Text(
+        "Times per step come from an interleaved timing (the three networks alternate step by "
+        "step on one thread, median of many steps), not from the training runs' wall-clocks, "
+        "which depend on what else shared the CPU. A run that never reached the target counts "
+        "as the whole step budget.",
+        "Time per step interleaved timing से है (तीनों networks एक thread पर step-by-step बारी-बारी, "
+        "कई steps का median), training runs के wall-clock से नहीं, जो CPU पर साथ चल रहे काम पर "
+        "निर्भर हैं। जो run target तक नहीं पहुँचा वह पूरा step budget गिना जाता है।"))
     # S3
     c, lc, mlp = acc("cnn", False), acc("locally_connected", False), acc("mlp", False)
-    first = all3(*(all3(100 * (mean_ci(c)[0] - mean_ci(o)[0]) >= 3, separated(c, o))
-                   for o in (lc, mlp)))
+    c_lc = compare("CNN − locally connected test accuracy", c, lc, SHARE_MARGIN, scale=100,
+                   unit=" points")
+    c_mlp = compare("CNN − MLP test accuracy", c, mlp, SHARE_MARGIN, scale=100, unit=" points")
+    first = all3(c_lc.holds, c_mlp.holds)
     lead_o = mean_ci(c)[0] - mean_ci(mlp)[0]
     lead_s = mean_ci(acc("cnn", True))[0] - mean_ci(acc("mlp", True))[0]
-    second = lead_s < lead_o
+    leads_o = [a - b for a, b in zip(c, mlp, strict=False)]
+    leads_s = [a - b for a, b in zip(acc("cnn", True), acc("mlp", True), strict=False)]
+    c_shrink = compare("CNN's lead over the MLP, ordered − shuffled", leads_o, leads_s, 0,
+                       scale=100, unit=" points", strict=True)
+    second = c_shrink.holds
     v3 = decide(all3(first, second), first)
+    conv = converged([m for k in MODELS for m in g[(k, False)]], budget)
+    if conv is False:
+        v3 = INCONCLUSIVE
     pub = [["MNIST-1D paper", "CNN test accuracy, ordered", f"{MNIST1D_PUBLISHED['cnn']:.0%}",
             pct(c) + " %"],
            ["MNIST-1D paper", "MLP test accuracy, ordered", f"{MNIST1D_PUBLISHED['mlp']:.0%}",
@@ -147,7 +234,10 @@ def analyze(runs, figdir, lang):
     s3 = ClaimResult("S3", v3, f"ordered: CNN {pct(c)}, LC {pct(lc)}, MLP {pct(mlp)} %; CNN lead "
                      f"over MLP {100 * lead_o:+.1f} ordered vs {100 * lead_s:+.1f} shuffled; gap "
                      f"CNN {100 * gaps['cnn']:.1f}, LC {100 * gaps['locally_connected']:.1f}, MLP "
-                     f"{100 * gaps['mlp']:.1f} points", [table], [fp], pub, cells=cells,
+                     f"{100 * gaps['mlp']:.1f} points"
+                     + ("; some runs had not converged (plateau): inconclusive"
+                        if conv is False else ""), [table], [fp], pub, cells=cells,
+                     comparisons=[c_lc, c_mlp, c_shrink],
                      notes=Text(
                          f"The CNN's lead over the MLP is {100 * lead_o:+.1f} points on ordered "
                          f"positions and {100 * lead_s:+.1f} on shuffled ones: "
@@ -170,7 +260,7 @@ def analyze(runs, figdir, lang):
 
 EXPERIMENT = Experiment(
     id="sharing_training",
-    claims=("S2", "S3"),
+    claims=(S2, S3),
     title=Text("Training CNN vs locally connected vs MLP, ordered and shuffled positions",
                "CNN vs locally connected vs MLP की training, ordered और shuffled positions"),
     protocol=Text(
