@@ -19,15 +19,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import multiprocessing as mp
 import os
 import queue as queue_mod
 import socket
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -44,6 +46,7 @@ __all__ = [
     "require_initialized",
     "ddp",
     "die_with_parent",
+    "children_die_with_this_process",
 ]
 
 
@@ -177,6 +180,72 @@ def die_with_parent(parent_pid: int | None = None) -> None:
                     os._exit(1)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+_SPAWN_WRAPPER = """#!/bin/sh
+# Written by sharenorm for process {pid}: the Python processes it spawns get SIGTERM when it dies
+# (PR_SET_PDEATHSIG survives exec), from their first instruction on, before any import.
+exec {python} -S -c 'import ctypes, os, sys
+if ctypes.CDLL(None).prctl(1, 15, 0, 0, 0) == 0 and os.getppid() != {pid}:
+    os._exit(1)  # the parent died before the death signal was set
+os.execv(sys.executable, [sys.executable] + sys.argv[1:])' "$@"
+"""
+
+_guard_lock = threading.Lock()
+_guard_depth = 0
+_guard_saved: Any = None
+_guard_dir: str | None = None
+
+
+@contextlib.contextmanager
+def children_die_with_this_process() -> Iterator[None]:
+    """Within this block, the Python processes that ``multiprocessing``'s *spawn* start
+    method starts (a process pool's workers, :func:`launch`'s ranks) die when this process
+    dies, however it dies, from their very start.
+
+    :func:`die_with_parent` protects a child once its own code runs; a spawned child first
+    re-imports the parent's main module and unpickles its target, which imports torch: seconds
+    in which a parent killed by SIGKILL would leave it running. On Linux the spawn executable
+    is, for the block, a small ``/bin/sh`` wrapper that sets ``PR_SET_PDEATHSIG`` (SIGTERM) and
+    then execs the same Python (a death signal survives ``exec``). Elsewhere this does nothing.
+    The spawn executable is process-wide: blocks may nest; the outermost one puts it back.
+
+    Example:
+        >>> import sharenorm.distributed as snd
+        >>> with snd.children_die_with_this_process():
+        ...     pass  # start spawn processes here
+    """
+    global _guard_depth, _guard_saved, _guard_dir
+    import sys
+
+    if not sys.platform.startswith("linux") or getattr(sys, "frozen", False):
+        yield
+        return
+    import multiprocessing.spawn as mp_spawn
+    import shlex
+    import shutil
+    import tempfile
+
+    with _guard_lock:
+        if _guard_depth == 0:
+            _guard_dir = tempfile.mkdtemp(prefix="sharenorm-spawn-")
+            path = os.path.join(_guard_dir, "python")
+            with open(path, "w") as f:
+                f.write(_SPAWN_WRAPPER.format(pid=os.getpid(),
+                                              python=shlex.quote(sys.executable)))
+            os.chmod(path, 0o700)
+            _guard_saved = mp_spawn.get_executable()
+            mp_spawn.set_executable(path)
+        _guard_depth += 1
+    try:
+        yield
+    finally:
+        with _guard_lock:
+            _guard_depth -= 1
+            if _guard_depth == 0:
+                mp_spawn.set_executable(_guard_saved)
+                shutil.rmtree(_guard_dir, ignore_errors=True)
+                _guard_dir = None
 
 
 def _to_bytes(obj: Any) -> bytes:
