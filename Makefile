@@ -10,7 +10,7 @@ STAMP = .setup-done
 $(STAMP): pyproject.toml Makefile
 	# torch is pinned to the local CPU build of 2.13.0 for this machine; the package declares a range.
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[lab,triton,test]"
+	$(PIP) install --quiet -e ".[lab,triton,test,ray]"
 	touch $(STAMP)
 
 # The stamp alone would trust an install that no longer points here (a venv rebuilt, or the
