@@ -194,7 +194,28 @@ os.execv(sys.executable, [sys.executable] + sys.argv[1:])' "$@"
 _guard_lock = threading.Lock()
 _guard_depth = 0
 _guard_saved: Any = None
-_guard_dir: str | None = None
+_wrappers: dict[int, str] = {}  # pid → its wrapper (a forked child writes its own)
+
+
+def _spawn_wrapper() -> str:
+    """This process's spawn wrapper, written once and kept until it exits: a child execs
+    ``/bin/sh`` on it, and the shell opens it only after ``exec`` returned to the parent."""
+    import atexit
+    import shlex
+    import shutil
+    import sys
+    import tempfile
+
+    pid = os.getpid()
+    if pid not in _wrappers:
+        folder = tempfile.mkdtemp(prefix="sharenorm-spawn-")
+        path = os.path.join(folder, "python")
+        with open(path, "w") as f:
+            f.write(_SPAWN_WRAPPER.format(pid=pid, python=shlex.quote(sys.executable)))
+        os.chmod(path, 0o700)
+        _wrappers[pid] = path
+        atexit.register(lambda: os.getpid() == pid and shutil.rmtree(folder, ignore_errors=True))
+    return _wrappers[pid]
 
 
 @contextlib.contextmanager
@@ -215,27 +236,18 @@ def children_die_with_this_process() -> Iterator[None]:
         >>> with snd.children_die_with_this_process():
         ...     pass  # start spawn processes here
     """
-    global _guard_depth, _guard_saved, _guard_dir
+    global _guard_depth, _guard_saved
     import sys
 
     if not sys.platform.startswith("linux") or getattr(sys, "frozen", False):
         yield
         return
     import multiprocessing.spawn as mp_spawn
-    import shlex
-    import shutil
-    import tempfile
 
     with _guard_lock:
         if _guard_depth == 0:
-            _guard_dir = tempfile.mkdtemp(prefix="sharenorm-spawn-")
-            path = os.path.join(_guard_dir, "python")
-            with open(path, "w") as f:
-                f.write(_SPAWN_WRAPPER.format(pid=os.getpid(),
-                                              python=shlex.quote(sys.executable)))
-            os.chmod(path, 0o700)
             _guard_saved = mp_spawn.get_executable()
-            mp_spawn.set_executable(path)
+            mp_spawn.set_executable(_spawn_wrapper())
         _guard_depth += 1
     try:
         yield
@@ -244,8 +256,6 @@ def children_die_with_this_process() -> Iterator[None]:
             _guard_depth -= 1
             if _guard_depth == 0:
                 mp_spawn.set_executable(_guard_saved)
-                shutil.rmtree(_guard_dir, ignore_errors=True)
-                _guard_dir = None
 
 
 def _to_bytes(obj: Any) -> bytes:
@@ -390,7 +400,7 @@ def launch(
             try:
                 if pc.join(timeout=min(left, 0.2), grace_period=_GRACE_S):
                     break
-            except tmp.ProcessException:
+            except (tmp.ProcessRaisedException, tmp.ProcessExitedException):
                 drain(1.0)  # the reports still in the pipe
                 raise DistributedError(_root_cause(pc.processes, world_size, out, errors)) \
                     from None
