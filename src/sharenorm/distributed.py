@@ -208,7 +208,8 @@ def _spawn_wrapper() -> str:
 
     pid = os.getpid()
     if pid not in _wrappers:
-        folder = tempfile.mkdtemp(prefix="sharenorm-spawn-")
+        _remove_stale_wrappers(tempfile.gettempdir())
+        folder = tempfile.mkdtemp(prefix=f"sharenorm-spawn-{pid}-")
         path = os.path.join(folder, "python")
         with open(path, "w") as f:
             f.write(_SPAWN_WRAPPER.format(pid=pid, python=shlex.quote(sys.executable)))
@@ -216,6 +217,27 @@ def _spawn_wrapper() -> str:
         _wrappers[pid] = path
         atexit.register(lambda: os.getpid() == pid and shutil.rmtree(folder, ignore_errors=True))
     return _wrappers[pid]
+
+
+def _remove_stale_wrappers(tmp: str) -> None:
+    """Remove the wrappers of this user's processes that were killed (no ``atexit`` ran)."""
+    import glob
+    import shutil
+
+    for folder in glob.glob(os.path.join(tmp, "sharenorm-spawn-*-*")):
+        try:
+            owner = os.lstat(folder).st_uid
+            pid = int(os.path.basename(folder).split("-")[2])
+        except (OSError, ValueError, IndexError):
+            continue
+        if owner != os.getuid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager
