@@ -10,7 +10,7 @@ STAMP = .setup-done
 $(STAMP): pyproject.toml Makefile
 	# torch is pinned to the local CPU build of 2.13.0 for this machine; the package declares a range.
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[lab,triton,test]"
+	$(PIP) install --quiet -e ".[lab,triton,test,ray]"
 	# timm for the tests on real models: --no-deps, as it requires torchvision (which would
 	# replace the CPU torch); the models the tests build need none of its dependencies.
 	$(PIP) install --quiet --no-deps "timm==1.0.31"

@@ -1,7 +1,7 @@
 """SyncBatchNorm's cost over local BatchNorm: forward + backward on 2 gloo processes (CPU).
 
-Each process (one thread each, started by ``sharenorm.distributed.launch``) times, on
-its own batch, a training step (forward + backward) of
+Each process (one thread each, started by ``sharenorm.distributed.launch``, or by torchrun)
+times, on its own batch, a training step (forward + backward) of
 
 - ``local BN``: sharenorm's BatchNorm2d (no communication), and
 - ``SyncBN``: sharenorm's SyncBatchNorm over the 2-process group (one all_gather of
@@ -15,11 +15,13 @@ torch.nn.SyncBatchNorm cannot be compared: it raises on CPU tensors.
 
     python benchmarks/bench_syncbn.py            # the default shapes
     python benchmarks/bench_syncbn.py --quick    # small shapes, a few seconds
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 benchmarks/bench_syncbn.py --quick
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -92,7 +94,17 @@ def main() -> None:
     args = parser.parse_args()
     shapes = QUICK_SHAPES if args.quick else SHAPES
     repeats = args.repeats or (10 if args.quick else 30)
-    results = snd.launch(_rank, args.world, shapes, repeats, timeout=600)
+    if "LOCAL_RANK" in os.environ:  # started by torchrun: this process is one rank
+        dist.init_process_group("gloo")
+        torch.set_num_threads(1)
+        args.world = dist.get_world_size()
+        mine = _rank(dist.get_rank(), args.world, shapes, repeats)
+        dist.destroy_process_group()
+        if int(os.environ["RANK"]) != 0:
+            return
+        results = [mine]
+    else:
+        results = snd.launch(_rank, args.world, shapes, repeats, timeout=600)
     print(f"SyncBatchNorm vs local BatchNorm2d, forward+backward, {args.world} gloo processes "
           f"x 1 thread, torch {torch.__version__}, median of {repeats}")
     print(f"{'shape per process':>22} | {'local BN ms':>11} | {'SyncBN ms':>9} | {'ratio':>5} | "

@@ -1,7 +1,7 @@
 """The ``sharenorm`` command.
 
     sharenorm lab [IDS...] [--list] [--quick] [--seeds K] [--jobs J] [--data PATH] [--out DIR]
-                  [--lang hi]
+                  [--lang hi] [--executor local|ray [--address HOST:PORT]]
     sharenorm report DIR [--lang hi] [--summary docs/results.md]
     sharenorm demo
 
@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output folder (default lab-results/)")
     lab.add_argument("--lang", choices=("en", "hi"), default="en",
                      help="report language (hi: Hindi with English technical terms)")
+    lab.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="where runs execute: local processes (default, --jobs of them) or "
+                          "Ray tasks on a cluster (needs the [ray] extra)")
+    lab.add_argument("--address", metavar="HOST:PORT",
+                     help="with --executor ray: the Ray cluster to use (default: RAY_ADDRESS, "
+                          "a cluster started here with `ray start`, else a new local one)")
     lab.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep = sub.add_parser("report", help="rebuild the report from DIR/results.jsonl",
                          epilog=EXIT_CODES, formatter_class=fmt)
@@ -152,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
         seeds = args.seeds if args.seeds is not None else (2 if args.quick else FULL_SEEDS)
         run_lab(args.ids, quick=args.quick, seeds=seeds, jobs=args.jobs, data=args.data,
-                out=args.out, lang=args.lang, progress=not args.no_progress, command=command)
+                out=args.out, lang=args.lang, progress=not args.no_progress, command=command,
+                executor=args.executor, address=args.address)
         return 0
     except KeyboardInterrupt:
         print("sharenorm: interrupted; finished runs are saved, run the same command to resume",

@@ -1,15 +1,15 @@
-"""Small helpers for ``torch.distributed`` on one machine: launch a function on several
-gloo processes with timeouts that turn a failure into a clear error instead of a hang,
-ask whether a process group is active, and wrap a model in DDP with the flags sharenorm's
-tied and shared models need.
+"""The thin parts of multi-process training that torch lacks: ask whether a process group
+is active, wrap a model in DDP with the flags sharenorm's tied and shared models need, make
+child processes die with their parent, and run a function on a few local processes and get
+its return values back.
 
-:func:`launch` is what the tests and the lab use to run SyncBatchNorm and DDP across
-processes on a laptop: every process joins one gloo group on ``127.0.0.1`` (a free
-port), runs ``fn(rank, world_size, *args)``, and sends back what ``fn`` returns. If one
-rank raises, the others (blocked in a collective) are stopped at once and the error
-names the rank and carries its traceback; if the whole run takes longer than
-``timeout`` seconds, every process is stopped and a :class:`TimeoutError` says which
-ranks did not finish.
+Real jobs (one machine or many) start with torch's own launcher, ``torchrun``; sharenorm's
+layers need nothing more than an initialised process group (see the README's "Running on a
+cluster"). :func:`launch` is for tests, benchmarks and the lab's N9 on one machine: it
+starts the ranks with ``torch.multiprocessing.start_processes`` as ``torchrun`` would
+(``env://`` rendezvous on ``127.0.0.1``), and adds what torch does not give a caller: the
+return values, the first failing rank's traceback as the error (not a peer's "connection
+reset"), a deadline instead of a hang, and no orphan process.
 
 Example:
     >>> import sharenorm.distributed as snd
@@ -19,15 +19,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import multiprocessing as mp
 import os
 import queue as queue_mod
 import socket
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -44,6 +46,7 @@ __all__ = [
     "require_initialized",
     "ddp",
     "die_with_parent",
+    "children_die_with_this_process",
 ]
 
 
@@ -179,6 +182,104 @@ def die_with_parent(parent_pid: int | None = None) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
+_SPAWN_WRAPPER = """#!/bin/sh
+# Written by sharenorm for process {pid}: the Python processes it spawns get SIGTERM when it dies
+# (PR_SET_PDEATHSIG survives exec), from their first instruction on, before any import.
+exec {python} -S -c 'import ctypes, os, sys
+if ctypes.CDLL(None).prctl(1, 15, 0, 0, 0) == 0 and os.getppid() != {pid}:
+    os._exit(1)  # the parent died before the death signal was set
+os.execv(sys.executable, [sys.executable] + sys.argv[1:])' "$@"
+"""
+
+_guard_lock = threading.Lock()
+_guard_depth = 0
+_guard_saved: Any = None
+_wrappers: dict[int, str] = {}  # pid → its wrapper (a forked child writes its own)
+
+
+def _spawn_wrapper() -> str:
+    """This process's spawn wrapper, written once and kept until it exits: a child execs
+    ``/bin/sh`` on it, and the shell opens it only after ``exec`` returned to the parent."""
+    import atexit
+    import shlex
+    import shutil
+    import sys
+    import tempfile
+
+    pid = os.getpid()
+    if pid not in _wrappers:
+        _remove_stale_wrappers(tempfile.gettempdir())
+        folder = tempfile.mkdtemp(prefix=f"sharenorm-spawn-{pid}-")
+        path = os.path.join(folder, "python")
+        with open(path, "w") as f:
+            f.write(_SPAWN_WRAPPER.format(pid=pid, python=shlex.quote(sys.executable)))
+        os.chmod(path, 0o700)
+        _wrappers[pid] = path
+        atexit.register(lambda: os.getpid() == pid and shutil.rmtree(folder, ignore_errors=True))
+    return _wrappers[pid]
+
+
+def _remove_stale_wrappers(tmp: str) -> None:
+    """Remove the wrappers of this user's processes that were killed (no ``atexit`` ran)."""
+    import glob
+    import shutil
+
+    for folder in glob.glob(os.path.join(tmp, "sharenorm-spawn-*-*")):
+        try:
+            owner = os.lstat(folder).st_uid
+            pid = int(os.path.basename(folder).split("-")[2])
+        except (OSError, ValueError, IndexError):
+            continue
+        if owner != os.getuid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def children_die_with_this_process() -> Iterator[None]:
+    """Within this block, the Python processes that ``multiprocessing``'s *spawn* start
+    method starts (a process pool's workers, :func:`launch`'s ranks) die when this process
+    dies, however it dies, from their very start.
+
+    :func:`die_with_parent` protects a child once its own code runs; a spawned child first
+    re-imports the parent's main module and unpickles its target, which imports torch: seconds
+    in which a parent killed by SIGKILL would leave it running. On Linux the spawn executable
+    is, for the block, a small ``/bin/sh`` wrapper that sets ``PR_SET_PDEATHSIG`` (SIGTERM) and
+    then execs the same Python (a death signal survives ``exec``). Elsewhere this does nothing.
+    The spawn executable is process-wide: blocks may nest; the outermost one puts it back.
+
+    Example:
+        >>> import sharenorm.distributed as snd
+        >>> with snd.children_die_with_this_process():
+        ...     pass  # start spawn processes here
+    """
+    global _guard_depth, _guard_saved
+    import sys
+
+    if not sys.platform.startswith("linux") or getattr(sys, "frozen", False):
+        yield
+        return
+    import multiprocessing.spawn as mp_spawn
+
+    with _guard_lock:
+        if _guard_depth == 0:
+            _guard_saved = mp_spawn.get_executable()
+            mp_spawn.set_executable(_spawn_wrapper())
+        _guard_depth += 1
+    try:
+        yield
+    finally:
+        with _guard_lock:
+            _guard_depth -= 1
+            if _guard_depth == 0:
+                mp_spawn.set_executable(_guard_saved)
+
+
 def _to_bytes(obj: Any) -> bytes:
     # torch.save pickles tensors by value: nothing shared between processes that could
     # vanish when the sender exits.
@@ -201,7 +302,8 @@ def _entry(
     args: tuple,
     results: Any,
 ) -> None:
-    """One process of :func:`launch`: join the group, run ``fn``, report, leave."""
+    """One rank of :func:`launch`, run by torch's spawn wrapper: join the group the way
+    ``torchrun`` workers do (``env://``), run ``fn``, report, leave."""
 
     def report(message: tuple) -> None:
         # Flush the report *before* leaving the group: the other ranks fail as soon as
@@ -210,28 +312,29 @@ def _entry(
         results.close()
         results.join_thread()
 
+    # torch's wrapper asks for SIGINT when the parent dies; a rank blocked in a collective (in
+    # C++) cannot act on it, so SIGTERM, whose default action ends it at once.
+    die_with_parent()
+    torch.set_num_threads(1)  # the processes share the machine's cores
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     try:
-        # A rank must not outlive the process that launched it (killed by a signal, that
-        # process runs no clean-up): it would block in a collective, orphaned, forever.
-        die_with_parent()
-        # One thread per process: the processes share the machine's cores.
-        torch.set_num_threads(1)
-        dist.init_process_group(
-            backend,
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world,
-            timeout=datetime.timedelta(seconds=timeout),
-        )
-    except BaseException as exc:  # noqa: BLE001 - every failure must reach the parent
+        dist.init_process_group(backend, init_method="env://",
+                                timeout=datetime.timedelta(seconds=timeout))
+    except BaseException as exc:
         report((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-        return
+        raise  # torch's wrapper records it too, and its join then stops the other ranks
     try:
         report((rank, "ok", _to_bytes(fn(rank, world, *args))))
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:
         report((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        raise
     finally:
         dist.destroy_process_group()
+
+
+# seconds the other ranks get to end by themselves once one rank failed, before SIGTERM
+_GRACE_S = 1.0
 
 
 def launch(
@@ -242,12 +345,16 @@ def launch(
     timeout: float = 60.0,
 ) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` fresh local processes that
-    share one gloo process group, and return what each rank returned, by rank.
+    share one process group, and return what each rank returned, by rank.
 
-    ``fn`` must be importable by name (a module-level function), as
-    ``multiprocessing``'s spawn start method requires; its return value is sent back
-    with ``torch.save`` (tensors, numbers, dicts, lists). Each process runs with one
-    thread.
+    The processes are started and watched by ``torch.multiprocessing.start_processes``
+    (spawn); each joins the group as ``torchrun``'s workers do (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``/``MASTER_PORT`` on 127.0.0.1, ``init_method="env://"``), so code written
+    for one runs under the other. What this adds to torch: the return values (sent back with
+    ``torch.save``: tensors, numbers, dicts, lists), the *first* failing rank named with its
+    traceback (not a peer's "connection reset"), a deadline for the whole run, and ranks
+    that die with the calling process however it dies. Each process runs one thread.
+    ``fn`` must be importable by name (a module-level function), as spawn requires.
 
     Args:
         fn: the per-rank function.
@@ -267,36 +374,43 @@ def launch(
         >>> snd.launch(snd._example_rank, 2)  # doctest: +SKIP
         [0, 1]
     """
+    import torch.multiprocessing as tmp
+
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
     if not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    port = free_port()
-    procs = [
-        ctx.Process(
-            target=_entry,
-            args=(rank, world_size, port, backend, timeout, fn, args, results),
-            daemon=True,
-        )
-        for rank in range(world_size)
-    ]
-    # The child processes inherit the environment; the spawn method re-imports the
-    # parent's __main__ and sys.path, so ``fn`` from a test module is found.
-    # OMP_NUM_THREADS=1 for them only: the caller's own environment is put back.
+    results = mp.get_context("spawn").Queue()
+    # The children inherit the environment: OMP_NUM_THREADS=1 for them only.
     omp = os.environ.get("OMP_NUM_THREADS")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
-        for p in procs:
-            p.start()
+        with children_die_with_this_process():
+            pc = tmp.start_processes(
+                _entry, args=(world_size, free_port(), backend, timeout, fn, args, results),
+                nprocs=world_size, join=False, start_method="spawn")
     finally:
         if omp is None:
             del os.environ["OMP_NUM_THREADS"]
     out: dict[int, Any] = {}
+    errors: list[tuple[int, str]] = []
+
+    def drain(wait_s: float = 0.0) -> None:
+        try:
+            while True:
+                rank, status, payload = results.get(timeout=wait_s) if wait_s else \
+                    results.get_nowait()
+                if status == "ok":
+                    out[rank] = _from_bytes(payload)
+                else:
+                    errors.append((rank, payload))
+        except queue_mod.Empty:
+            pass
+
     deadline = time.monotonic() + timeout
     try:
-        while len(out) < world_size:
+        while True:
+            drain()
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = sorted(set(range(world_size)) - set(out))
@@ -306,59 +420,17 @@ def launch(
                     "joined, or a slow function); every process was stopped"
                 )
             try:
-                rank, status, payload = results.get(timeout=min(left, 0.5))
-            except queue_mod.Empty:
-                dead = [
-                    r for r, p in enumerate(procs)
-                    if r not in out and p.exitcode is not None and p.exitcode != 0
-                ]
-                if dead:
-                    # Give a result that is still in the pipe a last chance.
-                    try:
-                        rank, status, payload = results.get(timeout=1.0)
-                    except queue_mod.Empty:
-                        raise DistributedError(
-                            f"launch: rank {dead[0]} of {world_size} exited with code "
-                            f"{procs[dead[0]].exitcode} without a result: killed, crashed in "
-                            "native code, or could not start (the spawn start method re-imports "
-                            "the main script: run from a file or `python -m`, not from stdin, "
-                            "and keep the launching code under `if __name__ == '__main__':`)"
-                        ) from None
-                else:
-                    continue
-            if status == "error":
-                # The first report is the root cause; others that follow within a moment
-                # are usually its echo (a peer that disconnected), named in one line each.
-                echoes = []
-                try:
-                    while True:
-                        r2, s2, p2 = results.get(timeout=1.0)
-                        if s2 == "error":
-                            echoes.append(f"rank {r2}: {p2.splitlines()[0][:200]}")
-                except queue_mod.Empty:
-                    pass
-                also = "".join(f"\n(then {e})" for e in echoes)
-                # A rank that died without a word (killed, os._exit, a native crash) is the
-                # root cause of its peers' "connection reset": name it first.
-                time.sleep(0.2)
-                reported = {rank} | {int(e.split(":")[0].split()[1]) for e in echoes}
-                dead = [
-                    r for r, p in enumerate(procs)
-                    if r not in out and r not in reported and p.exitcode not in (None, 0)
-                ]
-                if dead:
-                    raise DistributedError(
-                        f"launch: rank {dead[0]} of {world_size} exited with code "
-                        f"{procs[dead[0]].exitcode} without a result (killed, os._exit or a "
-                        f"crash in native code); then rank {rank} raised {payload}{also}"
-                    )
-                raise DistributedError(
-                    f"launch: rank {rank} of {world_size} raised {payload}{also}"
-                )
-            out[rank] = _from_bytes(payload)
+                if pc.join(timeout=min(left, 0.2), grace_period=_GRACE_S):
+                    break
+            except (tmp.ProcessRaisedException, tmp.ProcessExitedException):
+                drain(1.0)  # the reports still in the pipe
+                raise DistributedError(_root_cause(pc.processes, world_size, out, errors)) \
+                    from None
+        drain(1.0)
+        if len(out) < world_size:  # every process ended well, and yet a result is missing
+            raise DistributedError(_root_cause(pc.processes, world_size, out, errors))
     finally:
-        for p in procs:
-            p.join(timeout=5.0 if len(out) == world_size else 0.1)
+        for p in pc.processes:
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5.0)
@@ -367,6 +439,31 @@ def launch(
                     p.join()
         results.close()
     return [out[r] for r in range(world_size)]
+
+
+def _root_cause(procs: list, world: int, out: dict, errors: list) -> str:
+    """The message of a failed :func:`launch`: a rank that died without a word (killed,
+    ``os._exit``, a native crash) first — its peers' errors are only its echo — else the
+    first rank that reported an error (it reported before leaving the group), with its
+    traceback; later errors in one line each."""
+    import signal
+
+    reported = set(out) | {r for r, _ in errors}
+    # exit codes other than 0 and torch's own SIGTERM (how it stops the other ranks)
+    silent = [r for r, p in enumerate(procs)
+              if r not in reported and p.exitcode not in (None, 0, -signal.SIGTERM)]
+    also = "".join(f"\n(then rank {r}: {tb.splitlines()[0][:200]})" for r, tb in errors[1:])
+    if silent:
+        r = silent[0]
+        then = f"; then rank {errors[0][0]} raised {errors[0][1]}" if errors else ""
+        return (f"launch: rank {r} of {world} exited with code {procs[r].exitcode} without a "
+                f"result (killed, os._exit, a crash in native code, or it could not start: "
+                f"spawn re-imports the main script, so run from a file or `python -m` and keep "
+                f"the launching code under `if __name__ == '__main__':`){then}{also}")
+    if errors:
+        return f"launch: rank {errors[0][0]} of {world} raised {errors[0][1]}{also}"
+    codes = {r: p.exitcode for r, p in enumerate(procs) if r not in out}
+    return f"launch: rank(s) {sorted(codes)} of {world} ended without a result (exit codes {codes})"
 
 
 def _example_rank(rank: int, world: int) -> int:

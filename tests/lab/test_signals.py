@@ -152,3 +152,69 @@ def test_a_forkserver_child_dies_with_its_multiprocessing_parent(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of ``pid``'s living child processes (from /proc)."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid and _alive(int(d.name)):
+                kids.append(int(d.name))
+    return kids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+# A spawned worker first re-imports the main script (as __mp_main__), then unpickles its
+# initializer, which imports torch: seconds before any of its own code runs. Here that
+# start-up is made long on purpose, so a worker that does not die with the main process
+# during it is seen alive long after.
+SLOW_START = '''
+import sys, time
+if __name__ == "__mp_main__":
+    time.sleep(120)
+sys.path.insert(0, {here!r})
+from sharenorm.lab import experiments
+experiments.EXPERIMENT_MODULES.append("labslow.slowexp")
+if __name__ == "__main__":
+    from sharenorm.cli import main
+    sys.exit(main(["lab", "slowexp", "--quick", "--no-progress", "--jobs", "2",
+                   "--out", sys.argv[1]]))
+'''
+
+
+def test_workers_killed_during_start_up_die_with_the_main_process(tmp_path):
+    (tmp_path / "labslow").mkdir()
+    (tmp_path / "labslow" / "slowexp.py").write_text(SLOW)
+    (tmp_path / "script.py").write_text(SLOW_START.format(here=str(tmp_path)))
+    env = dict(os.environ, SLOWEXP_MARKS=str(tmp_path))
+    p = subprocess.Popen([sys.executable, str(tmp_path / "script.py"), str(tmp_path / "out")],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        def started():
+            workers[:] = [q for q in _children(p.pid) if "--multiprocessing-fork" in _cmdline(q)
+                          and "resource_tracker" not in _cmdline(q)]
+            return len(workers) == 2
+        assert _wait(started, 120), "the pool never started its two workers"
+        time.sleep(1.0)  # well inside their start-up (120 s)
+        p.kill()  # SIGKILL: no clean-up in the main process
+        p.wait(timeout=30)
+        assert _wait(lambda: not any(_alive(q) for q in workers), 3), \
+            f"workers outlived the main process: {[q for q in workers if _alive(q)]}"
+    finally:
+        if p.poll() is None:
+            p.kill()
+        for q in workers:
+            if _alive(q):
+                os.kill(q, signal.SIGKILL)

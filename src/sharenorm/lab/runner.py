@@ -1,4 +1,4 @@
-"""Plan the runs, execute the missing ones (in parallel processes), store each as it finishes.
+"""Plan the runs, execute the missing ones (on an executor), store each as it finishes.
 
 Every run executes with ``torch.set_num_threads(1)``: the small models of the lab gain little
 from intra-op threads, results then do not depend on ``--jobs`` (the same line for the same
@@ -8,7 +8,9 @@ Stopping: Ctrl-C (SIGINT) and SIGTERM to the main process both stop the lab clea
 finished runs are kept, the runs in flight are dropped (redone on resume), the session is
 recorded as interrupted, and :class:`LabError` carries exit code 130 (Ctrl-C) or 143 (SIGTERM).
 The pool workers, and the processes they launch (N9's gloo ranks), end when their parent
-dies, even when it is killed without any clean-up (:func:`sharenorm.distributed.die_with_parent`).
+dies, even when it is killed without any clean-up, even during their start-up
+(:mod:`sharenorm.lab.executors`). With ``executor="ray"`` the same holds for the driver's
+side; Ray tasks still running are cancelled on Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,24 +86,6 @@ def _children_cpu() -> float:
         return ru.ru_utime + ru.ru_stime
     except (ImportError, OSError):
         return 0.0
-
-
-def _init_worker() -> None:
-    import warnings
-
-    from sharenorm.distributed import die_with_parent
-
-    # a worker must not outlive the lab: a main process killed by a signal runs no clean-up
-    die_with_parent()
-
-    # Ctrl-C reaches the whole process group: let the main process handle it (it stores what
-    # finished and terminates the workers) instead of every worker printing a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    warnings.filterwarnings("ignore")
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def environment() -> dict:
@@ -175,11 +158,14 @@ def _raise_terminated(signum, frame):
 def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int = 1,
             data: str | None = None, out: str | os.PathLike = "lab-results", lang: str = "en",
             progress: bool = True, report: bool = True, echo=print,
-            command: str | None = None) -> Path | None:
+            command: str | None = None, executor: str = "local",
+            address: str | None = None) -> Path | None:
     """Run (or resume) the lab and write the report; returns the report's path.
 
     ``command`` (the command line, recorded in the session for the report) defaults to
-    ``run_lab(...)`` with the arguments.
+    ``run_lab(...)`` with the arguments. ``executor`` is where the runs execute: "local"
+    (``jobs`` processes here) or "ray" (Ray tasks on the cluster at ``address``; see
+    :mod:`sharenorm.lab.executors`); either way this process alone writes the results.
 
     Raises:
         LabError: bad arguments or an output folder holding another lab's results.
@@ -193,6 +179,9 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int 
                        f"here {os.cpu_count()}")
     if lang not in ("en", "hi"):
         raise LabError(f"--lang must be 'en' or 'hi', got {lang!r}")
+    from sharenorm.lab.executors import make_executor
+
+    pool = make_executor(executor, jobs=jobs, address=address)  # nothing starts before `with`
     exps = resolve(names)
     if seeds == 1:
         from sharenorm.lab.experiments import interval_claims
@@ -218,12 +207,13 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int 
               "data": data_id}
     if command is None:
         command = (f"run_lab({list(names)!r}, quick={quick}, seeds={seeds}, jobs={jobs}, "
-                   f"data={data!r}, out={str(out)!r}, lang={lang!r})")
+                   f"data={data!r}, out={str(out)!r}, lang={lang!r}, executor={executor!r}, "
+                   f"address={address!r})")
     store = ResultsStore.open(out, header)
     try:
         return _run_opened(store, names, exps, quick=quick, seeds=seeds, jobs=jobs, data=data,
                            out=out, lang=lang, progress=progress, report=report, echo=echo,
-                           command=command)
+                           command=command, pool=pool, executor=executor, address=address)
     finally:
         store.close()
 
@@ -247,7 +237,7 @@ def _too_few_samples(data, n: int, short: list, quick: bool) -> str:
 
 
 def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, progress, report,
-                echo, command) -> Path | None:
+                echo, command, pool, executor, address) -> Path | None:
     if store.repaired:
         echo(f"note: {store.path} ended in a truncated line ({store.repaired} bytes, from an "
              "interrupted run); it was removed and that run is redone")
@@ -296,19 +286,20 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
                 "seeds": seeds, "names": list(names), "runs_done": len(store.runs) - n_before,
                 "command": command,
                 "flags": {"quick": quick, "seeds": seeds, "jobs": jobs, "data": data_arg,
-                          "lang": lang, "names": list(names)},
+                          "lang": lang, "names": list(names), "executor": executor,
+                          "address": address},
                 "load": [round(load0, 2), round(os.getloadavg()[0], 2)]
                 if load0 is not None else None, "env": environment()}
 
     on_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     try:
-        if jobs == 1 or len(todo) <= 1:
+        if executor == "local" and (jobs == 1 or len(todo) <= 1):
             for t in todo:
                 exp_t0.setdefault(t.experiment, time.perf_counter())
                 finished(t, *execute(t.experiment, t.config, t.seed, quick, data_arg))
-        else:
-            _run_parallel(todo, jobs, quick, data_arg, finished, exp_t0)
+        elif todo:
+            _dispatch(todo, pool, quick, data_arg, finished, exp_t0)
     except KeyboardInterrupt as e:
         bar.close()
         term = isinstance(e, _Terminated)
@@ -347,7 +338,8 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
             _summary(e, store, figdir, lang, quick, 0.0, echo)
     wall = time.perf_counter() - t_start
     store.add_session(session("complete"))
-    echo(f"lab: {len(todo)} runs in {wall:.1f} s (jobs={jobs}); results in {store.path}")
+    where = f"jobs={jobs}" if executor == "local" else f"executor={executor}"
+    echo(f"lab: {len(todo)} runs in {wall:.1f} s ({where}); results in {store.path}")
     if not report:
         return None
     from sharenorm.lab.report import write_report
@@ -361,56 +353,30 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-_ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def _run_task(task: Task, quick: bool, data_path: str | None) -> tuple[dict, dict]:
+    """One work item of an executor (a top-level function, so it pickles by name)."""
+    return execute(task.experiment, task.config, task.seed, quick, data_path)
 
 
-def _run_parallel(todo, jobs, quick, data_arg, finished, exp_t0) -> None:
-    import multiprocessing as mp
+def _dispatch(todo, executor, quick, data_arg, finished, exp_t0) -> None:
+    """Run ``todo`` on ``executor`` (an unstarted :mod:`~sharenorm.lab.executors` executor),
+    storing each run as it finishes. A failed run stops everything (the finished runs are
+    stored; the runs in flight are dropped and redone on resume) and its error goes up."""
+    import functools
 
-    # spawn, not fork: forking a process that already ran torch ops can deadlock in OpenMP.
-    # The workers inherit one-thread OpenMP/MKL settings: torch.set_num_threads(1) alone
-    # leaves the OpenMP team that starts with the process spinning beside the other worker
-    # (measured: the 48 runs of N2 took 35.6 s with --jobs 2 without this, 29.7 s with it).
-    # Kept for the pool's whole life: it may spawn workers late.
-    saved = {k: os.environ.get(k) for k in _ONE_THREAD_ENV}
-    os.environ.update(_ONE_THREAD_ENV)
-    try:
-        _feed_pool(todo, jobs, quick, data_arg, finished, exp_t0, mp)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    from sharenorm.lab.executors import Failure
 
+    def items():
+        for t in todo:  # an experiment's clock starts when its first run is handed out
+            exp_t0.setdefault(t.experiment, time.perf_counter())
+            yield t
 
-def _feed_pool(todo, jobs, quick, data_arg, finished, exp_t0, mp) -> None:
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                               initializer=_init_worker)
-    pending = {}
-    queue = list(todo)
-    try:
-        # keep the pool fed but bounded, so an interrupt has little queued work to drop
-        while queue or pending:
-            while queue and len(pending) < 2 * jobs:
-                t = queue.pop(0)
-                exp_t0.setdefault(t.experiment, time.perf_counter())
-                pending[pool.submit(execute, t.experiment, t.config, t.seed, quick,
-                                    data_arg)] = t
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                t = pending.pop(fut)
-                finished(t, *fut.result())
-    except BaseException:
-        # Ctrl-C or a failed run: stop at once. Finished runs are already stored; the runs in
-        # flight are lost and redone on resume.
-        for fut in pending:
-            fut.cancel()
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
+    fn = functools.partial(_run_task, quick=quick, data_path=data_arg)
+    with executor as ex:
+        for task, out in ex.imap_unordered(fn, items()):
+            if isinstance(out, Failure):
+                raise out.exception
+            finished(task, *out)
 
 
 def _summary(exp: Experiment, store: ResultsStore, figdir: Path, lang: str, quick: bool,

@@ -1,8 +1,8 @@
 """N9: small per-process batches on several processes — per-process BN vs SyncBN vs
 BatchRenorm vs GN (the field's answers to BN's small-batch problem, issue 6).
 
-W gloo processes on this machine (started by the lab with
-:func:`sharenorm.distributed.launch`) train the N6 ConvNet under DistributedDataParallel,
+W gloo processes on this machine (started by :func:`sharenorm.distributed.launch`, on
+``torch.multiprocessing.start_processes``, joined as torchrun's workers join) train the N6 ConvNet under DistributedDataParallel,
 each on its b-sample slice of the same global batch of W·b samples. Only the norm
 differs: per-process BatchNorm (statistics of b samples), SyncBatchNorm (statistics of
 all W·b), BatchRenorm (per-process, corrected towards the running statistics) and
