@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sharenorm.norm import _group_stats
+from sharenorm.norm._layout import is_channels_last, same_memory_format
 from sharenorm.norm.activation import apply_activation, check_activation
 
 __all__ = ["batch_norm", "instance_norm", "group_norm"]
@@ -267,19 +269,6 @@ def _fused_path(impl, input, running_mean, running_var, updating: bool, op: str,
 _CL_INSTANCE_NATIVE_MIN_POSITIONS = 1024
 
 
-def _is_channels_last(x: Tensor) -> bool:
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
-
-
-def _same_memory_format(out: Tensor, like: Tensor) -> Tensor:
-    """Channels-last in gives channels-last out, for kernels that do not keep it."""
-    if _is_channels_last(like):
-        fmt = torch.channels_last if like.dim() == 4 else torch.channels_last_3d
-        return out.contiguous(memory_format=fmt)
-    return out
-
-
 # ----------------------------------------------------------------------------- batch norm
 
 
@@ -511,23 +500,18 @@ def instance_norm_impl(
         # GroupNorm kernel computes them several times faster on the CPU than
         # torch.instance_norm (which reshapes to a (1, N·C, *) BatchNorm) and keeps
         # channels-last inputs channels-last.
-        if (
-            _is_channels_last(input)
-            and math.prod(input.shape[2:]) < _CL_INSTANCE_NATIVE_MIN_POSITIONS
-        ):
+        if is_channels_last(input) and math.prod(input.shape[2:]) < _CL_INSTANCE_NATIVE_MIN_POSITIONS:
             # see _CL_INSTANCE_NATIVE_MIN_POSITIONS
-            out = torch.group_norm(
-                input.contiguous(), input.shape[1], weight, bias, eps, _cudnn_enabled()
-            )
-            out = _same_memory_format(out, input)
+            out = _group_stats.group_norm(input.contiguous(), input.shape[1], weight, bias, eps)
+            out = same_memory_format(out, input)
         else:
-            out = torch.group_norm(input, input.shape[1], weight, bias, eps, _cudnn_enabled())
+            out = _group_stats.group_norm(input, input.shape[1], weight, bias, eps)
     else:
         backup = backup_running_stats(running_mean, running_var)
         out = torch.instance_norm(
             input, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn_enabled()
         )
-        out = _same_memory_format(out, input)
+        out = same_memory_format(out, input)
         updated = keep_finite_running_stats(running_mean, running_var, backup, "instance_norm")
     return apply_activation(out, act, act_param, fresh=True), updated
 
@@ -650,20 +634,6 @@ def group_norm(
     )
 
 
-def _group_norm_backward_would_crash(input: Tensor, weight, bias) -> bool:
-    """torch 2.13's CPU GroupNorm backward on a channels-last input crashes (segfault) when
-    only γ/β need gradients, e.g. a trainable GroupNorm after a frozen layer."""
-    return (
-        input.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and not input.requires_grad
-        and any(t is not None and t.requires_grad for t in (weight, bias))
-        and input.dim() in (4, 5)
-        and not input.is_contiguous()
-        and not torch.compiler.is_compiling()
-    )
-
-
 def group_norm_impl(
     input: Tensor,
     num_groups: int,
@@ -682,8 +652,6 @@ def group_norm_impl(
 
         impl = fused.triton_group_norm_act if path == "triton" else fused.group_norm_act
         return impl(input, num_groups, weight, bias, eps, act, act_param)
-    if _group_norm_backward_would_crash(input, weight, bias):
-        # Ask for dx, from a leaf that shares the input's data, and drop it.
-        input = input.detach().requires_grad_(True)
-    out = torch.group_norm(input, num_groups, weight, bias, eps, _cudnn_enabled())
+    # ATen's kernel, guarded against its channels-last cancellation and backward crash
+    out = _group_stats.group_norm(input, num_groups, weight, bias, eps)
     return apply_activation(out, act, act_param, fresh=True)

@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sharenorm.norm.fused import _memory_format
+from sharenorm.norm._layout import memory_format as _memory_format
 
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("backward.c")
