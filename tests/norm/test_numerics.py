@@ -149,7 +149,7 @@ def test_large_mean_over_std_matches_float64_reference(kind, dims, memory_effici
     x = _offset_input(shape, ratio, layout)
     g = torch.randn(shape)
     errors = _errors(layer, groups, x, g)
-    for what, err in zip(("y", "dx", "dγ", "dβ"), errors):
+    for what, err in zip(("y", "dx", "dγ", "dβ"), errors, strict=True):
         assert err < F32_ATOL, f"{what}: relative max error {err:.2e}"
 
 

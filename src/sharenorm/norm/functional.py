@@ -67,9 +67,15 @@ def as_count(value: Any, name: str, what: str) -> int:
 
 def check_eps(eps: float) -> float:
     """``eps`` as a float (any real number type, numpy's included), finite and > 0."""
-    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps > 0):
+    if not (
+        isinstance(eps, numbers.Real)
+        and not isinstance(eps, bool)
+        and math.isfinite(eps)
+        and eps > 0
+    ):
         raise ValueError(
-            f"eps must be a finite number > 0 (it keeps √(σ² + ε) away from 0), got {eps!r}"
+            f"eps must be positive: a finite number > 0 that keeps √(σ² + ε) away from 0, "
+            f"got {eps!r}; use a small number such as 1e-5 (the default)"
         )
     return float(eps)
 
@@ -78,10 +84,48 @@ def check_momentum(momentum: float | None, allow_none: bool = True) -> float | N
     """``momentum`` as a float in [0, 1] (any real number type), or None where allowed."""
     if momentum is None and allow_none:
         return None
-    if not (isinstance(momentum, numbers.Real) and 0.0 <= momentum <= 1.0):
+    if not (isinstance(momentum, numbers.Real) and not isinstance(momentum, bool)
+            and 0.0 <= momentum <= 1.0):
         hint = " or None for a cumulative average" if allow_none else ""
         raise ValueError(f"momentum must be a number in [0, 1]{hint}, got {momentum!r}")
     return float(momentum)
+
+
+class CheckedAttribute:
+    """A module attribute checked whenever it is set, in ``__init__`` or later: with
+    ``eps = CheckedAttribute(check_eps)`` in the class, ``m.eps = -1.0`` raises the
+    constructor's error instead of making every later output NaN (torch.nn checks eps
+    only when its functional call runs, momentum never). The value lives in the
+    instance's ``__dict__`` under its own name, so ``state_dict``, ``deepcopy``, pickling
+    and ``torch.compile`` see a plain attribute.
+
+    Example:
+        >>> import sharenorm as sn
+        >>> m = sn.GroupNorm(2, 4)
+        >>> m.eps = 1e-3
+        >>> try:
+        ...     m.eps = -1.0
+        ... except ValueError as e:
+        ...     print(str(e)[:21])
+        eps must be positive:
+    """
+
+    def __init__(self, check: Any) -> None:
+        self.check = check
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = self.check(value)
 
 
 def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor) -> None:
