@@ -9,8 +9,10 @@ both are imported only when Triton is.
 Example:
     >>> import torch
     >>> from sharenorm.norm import kernels
-    >>> kernels.available(torch.device("cpu")) in (True, False)
+    >>> kernels.available(torch.device("cpu")) == (kernels.HAS_TRITON and kernels.interpreting())
     True
+    >>> kernels.available(torch.device("meta"))   # neither CUDA nor the interpreter's CPU
+    False
 """
 
 from __future__ import annotations
