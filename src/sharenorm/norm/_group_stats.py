@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from sharenorm.norm import cpu
-from sharenorm.norm._layout import is_channels_last, memory_format
+from sharenorm.norm._layout import is_channels_last
 
 __all__ = ["SHIFT_ABOVE", "needs_shift", "shift", "grad_safe_input", "group_norm"]
 
@@ -59,6 +59,7 @@ SHIFT_ABOVE = {
     (True, True): 128.0,
     (False, True): math.inf,
 }
+_LIMITS = {cl: {f64: SHIFT_ABOVE[(cl, f64)] for f64 in (False, True)} for cl in (False, True)}
 
 
 def needs_shift(mean: Tensor, rstd: Tensor, channels_last: bool, dtype: torch.dtype) -> bool:
@@ -67,9 +68,9 @@ def needs_shift(mean: Tensor, rstd: Tensor, channels_last: bool, dtype: torch.dt
     generated kernels use Welford's update, which does not cancel) and where a
     statistic is NaN (a NaN input stays NaN either way)."""
     limit = SHIFT_ABOVE[(channels_last, dtype == torch.float64)]
-    if math.isinf(limit) or mean.numel() == 0 or torch.compiler.is_compiling():
+    if limit == math.inf or mean.numel() == 0 or torch.compiler.is_compiling():
         return False
-    ratio = cpu.max_ratio(mean, rstd)  # ~1 µs; the torch ops below take ~15
+    ratio = cpu.max_ratio(mean, rstd)  # ~2 µs; the torch ops below take ~12
     if ratio is None:
         ratio = (mean.detach().abs() * rstd.detach()).amax()
     return bool(ratio > limit)
@@ -88,10 +89,10 @@ def shift(x: Tensor, mean: Tensor, groups: int) -> Tensor:
 def grad_safe_input(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     """``x``, or a leaf sharing its data that requires grad where torch 2.13's CPU
     channels-last GroupNorm backward would otherwise run without dx and crash."""
+    if x.requires_grad or not torch.is_grad_enabled():  # the common cases, first
+        return x
     if (
-        x.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and not x.requires_grad
+        x.is_cpu
         and any(t is not None and t.requires_grad for t in (weight, bias))
         and is_channels_last(x)
         and not torch.compiler.is_compiling()
@@ -105,21 +106,31 @@ def group_norm(
 ) -> Tensor:
     """``torch.group_norm(x, groups, weight, bias, eps)``, arguments already checked,
     with the shift and the crash guard of the module doc on the CPU; the output keeps
-    x's layout."""
-    if x.device.type != "cpu" or x.numel() == 0 or torch.compiler.is_compiling():
+    x's layout. (Runs on every plain GroupNorm/InstanceNorm call: kept to a few µs.)"""
+    numel = x.numel()
+    if numel == 0 or not x.is_cpu or torch.compiler.is_compiling():
         # CUDA's kernels and torch.compile's use Welford's update (no cancellation)
         return torch.group_norm(
             grad_safe_input(x, weight, bias), groups, weight, bias, eps,
             torch.backends.cudnn.enabled,
         )
     n, c = x.shape[:2]
-    hw = math.prod(x.shape[2:])
-    fmt = memory_format(x)
-    x = x.contiguous(memory_format=fmt)  # what torch.group_norm hands its kernel
-    out, mean, rstd = torch.native_group_norm(
-        grad_safe_input(x, weight, bias), weight, bias, n, c, hw, groups, eps
-    )
-    if not needs_shift(mean, rstd, fmt != torch.contiguous_format, x.dtype):
+    if x.is_contiguous():
+        channels_last = False
+    else:
+        channels_last = is_channels_last(x)
+        if not channels_last:
+            x = x.contiguous()  # what torch.group_norm hands its kernel
+    xin = x if x.requires_grad or not torch.is_grad_enabled() else grad_safe_input(x, weight, bias)
+    out, mean, rstd = torch.native_group_norm(xin, weight, bias, n, c, numel // (n * c), groups,
+                                              eps)
+    limit = _LIMITS[channels_last][x.dtype == torch.float64]
+    if limit == math.inf:
+        return out
+    ratio = cpu.max_ratio(mean, rstd)  # ~2 µs; the torch ops below take ~12
+    if ratio is None:
+        ratio = (mean.detach().abs() * rstd.detach()).amax()
+    if not ratio > limit:  # NaN statistics (a NaN input) compare False: stay as they are
         return out
     xs = grad_safe_input(shift(x, mean, groups), weight, bias)
-    return torch.native_group_norm(xs, weight, bias, n, c, hw, groups, eps)[0]
+    return torch.native_group_norm(xs, weight, bias, n, c, numel // (n * c), groups, eps)[0]
