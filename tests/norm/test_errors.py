@@ -120,7 +120,7 @@ def test_mismatched_weight_bias_and_stats(call, match):
 
 @pytest.mark.parametrize("eps", [0, -1e-5, float("nan"), float("inf"), "1e-5"])
 def test_bad_eps(eps):
-    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+    with pytest.raises(ValueError, match="eps must be positive"):
         sn.BatchNorm2d(3, eps=eps)
     with pytest.raises(ValueError, match="eps"):
         sn.GroupNorm(1, 3, eps=eps)
@@ -163,7 +163,7 @@ def test_numpy_floats_are_eps_and_momentum_as_in_torch():
     rm, rv = torch.zeros(3), torch.ones(3)
     SF.batch_norm(x, rm, rv, training=True, momentum=np.float32(0.5))
     torch.testing.assert_close(rm, 0.5 * x.mean((0, 2, 3)))
-    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+    with pytest.raises(ValueError, match="eps must be positive"):
         sn.BatchNorm2d(3, eps=np.float32(0))
 
 
@@ -227,3 +227,72 @@ def test_one_running_statistic_without_the_other(op, given, memory_efficient):
     fn = getattr(SF, op)
     with pytest.raises(ValueError, match="running_mean and running_var must both be given"):
         fn(x, rm, rv, None, None, True, memory_efficient=memory_efficient)
+
+
+SETTABLE = [
+    pytest.param(lambda: sn.BatchNorm2d(3), id="BatchNorm2d"),
+    pytest.param(lambda: sn.InstanceNorm2d(3, track_running_stats=True), id="InstanceNorm2d"),
+    pytest.param(lambda: sn.GroupNorm(1, 3), id="GroupNorm"),
+    pytest.param(lambda: sn.BatchRenorm2d(3), id="BatchRenorm2d"),
+]
+
+
+@pytest.mark.parametrize("make", SETTABLE)
+@pytest.mark.parametrize("eps", [-1.0, 0.0, float("nan"), float("inf"), "1e-5", True])
+def test_eps_set_after_construction_is_checked(make, eps):
+    """m.eps = -1.0 raises as the constructor does (torch.nn: "eps must be positive"),
+    instead of NaN outputs from then on; a good value is taken and used."""
+    m = make()
+    with pytest.raises(ValueError, match="eps must be positive.*such as 1e-5"):
+        m.eps = eps
+    assert m.eps == 1e-5
+    m.eps = 1e-3
+    x = torch.randn(4, 3, 5, 5)
+    assert m.eps == 1e-3 and bool(m(x).isfinite().all())
+
+
+@pytest.mark.parametrize("make", [p for p in SETTABLE if p.id != "GroupNorm"])
+@pytest.mark.parametrize("momentum", [-0.1, 1.5, float("nan"), "0.1", True])
+def test_momentum_set_after_construction_is_checked(make, momentum):
+    m = make()
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\]"):
+        m.momentum = momentum
+    assert m.momentum == 0.1
+    m.momentum = None  # the cumulative average stays allowed
+    assert m.momentum is None
+
+
+def test_checked_attributes_keep_state_dict_copy_and_compile():
+    """The checked eps/momentum are plain attributes to state_dict, deepcopy, pickle and
+    torch.compile (fullgraph)."""
+    import copy
+    import pickle
+
+    m = sn.BatchNorm2d(3, eps=1e-3, momentum=0.2)
+    assert set(m.state_dict()) == set(torch.nn.BatchNorm2d(3).state_dict())
+    for c in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert (c.eps, c.momentum) == (1e-3, 0.2)
+        with pytest.raises(ValueError):
+            c.eps = -1.0
+    g = sn.GroupNorm(1, 3, eps=1e-3)
+    x = torch.randn(2, 3, 4, 4)
+    compiled = torch.compile(g, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), g(x))
+
+
+@pytest.mark.parametrize("act", ["leaky_relu", "elu"])
+@pytest.mark.parametrize("bad,error", [(float("nan"), ValueError), (float("inf"), ValueError),
+                                       (float("-inf"), ValueError), ("0.1", TypeError),
+                                       (True, TypeError), (None, None)])
+def test_bad_act_param_refused_at_construction(act, bad, error):
+    """NaN/±inf would make every output and gradient NaN; a string failed later with
+    "'<' not supported". Each is refused at once with a message naming act_param."""
+    if error is None:  # None: the activation's default
+        sn.GroupNorm(1, 3, act=act, act_param=bad)
+        return
+    for build in (lambda: sn.GroupNorm(1, 3, act=act, act_param=bad),
+                  lambda: sn.BatchNorm2d(3, act=act, act_param=bad),
+                  lambda: sn.InstanceNorm2d(3, act=act, act_param=bad),
+                  lambda: SF.group_norm(torch.randn(2, 3, 4), 1, act=act, act_param=bad)):
+        with pytest.raises(error, match="act_param must be a"):
+            build()

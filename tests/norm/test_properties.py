@@ -70,3 +70,77 @@ def test_batchnorm_random_configs_and_running_stats(cfg):
     torch.testing.assert_close(m.running_mean, rm, atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(m.running_var, rv, atol=1e-9, rtol=1e-9)
     assert int(m.num_batches_tracked) == steps
+
+
+# BatchNorm runs on ATen's BatchNorm kernel, whose float32 statistics lose ~2e-6·|μ|/σ
+# (more channels-last): fuzzed only up to |μ|/σ = 10 (see the README's differences).
+_MAX_LOG_RATIO = {"batch": 1.0, "instance": 4.0, "group": 4.0, "layer": 4.0}
+
+
+@st.composite
+def offset_cases(draw):
+    kind = draw(st.sampled_from(sorted(_MAX_LOG_RATIO)))
+    groups = {"batch": 1, "instance": 1, "layer": 1}.get(kind) or draw(st.integers(1, 4))
+    c = groups * draw(st.integers(1, 3)) if kind == "group" else draw(st.integers(1, 6))
+    # ≥ 8 elements per statistic: with two, x̂ = ±1 whatever x is, and the true dx is ~0
+    # (a relative error of float32's rounding against it means nothing)
+    n, h, w = draw(st.integers(1, 4)), draw(st.integers(2, 6)), draw(st.integers(4, 6))
+    return {
+        "kind": kind,
+        "groups": groups,
+        "shape": (n, c, h, w),
+        "memory_efficient": draw(st.booleans()),
+        "channels_last": draw(st.booleans()),
+        "act": draw(st.sampled_from([None, "relu", "leaky_relu", "elu", "silu", "gelu",
+                                     "tanh", "sigmoid"])),
+        "ratio": draw(st.sampled_from([-1.0, 1.0])) * 10 ** draw(
+            st.floats(-2.0, _MAX_LOG_RATIO[kind])),
+        "std": 10 ** draw(st.floats(-2.0, 3.0)),
+        "seed": draw(st.integers(0, 2**31 - 1)),
+    }
+
+
+def _layer_and_reference(case):
+    kind, c, act, me = case["kind"], case["shape"][1], case["act"], case["memory_efficient"]
+    kw = {"act": act, "memory_efficient": me}
+    if kind == "batch":
+        return sn.BatchNorm2d(c, **kw), lambda x, w, b: reference.batch_norm(x, w, b)[0]
+    if kind == "instance":
+        return sn.InstanceNorm2d(c, affine=True, **kw), \
+            lambda x, w, b: reference.instance_norm(x, w, b)[0]
+    g = case["groups"] if kind == "group" else 1
+    return sn.GroupNorm(g, c, **kw), lambda x, w, b: reference.group_norm(x, g, w, b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(offset_cases())
+def test_every_norm_and_path_against_float64_reference(case):
+    """BatchNorm, InstanceNorm, GroupNorm and LayerNorm, plain and memory_efficient, both
+    layouts, every activation, float32 inputs with |μ|/σ up to 1e4 (BatchNorm: 10) and σ
+    from 1e-2 to 1e3: output and input gradient within float32's usual tolerance of the
+    float64 reference on the same (rounded) input."""
+    gen = torch.Generator().manual_seed(case["seed"])
+    shape = case["shape"]
+    layer, ref = _layer_and_reference(case)
+    with torch.no_grad():
+        layer.weight.copy_(torch.rand(shape[1], generator=gen) + 0.5)
+        layer.bias.copy_(torch.randn(shape[1], generator=gen))
+    std = case["std"]
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * std + case["ratio"] * std)
+    x = x.float()
+    if case["channels_last"]:
+        x = x.to(memory_format=torch.channels_last)
+    g = torch.randn(shape, generator=gen)
+    xi = x.clone().requires_grad_(True)
+    y = layer(xi)
+    y.backward(g)
+    xr = x.double().requires_grad_(True)
+    w, b = layer.weight.detach().double(), layer.bias.detach().double()
+    yr = reference.ACTIVATIONS[case["act"]](ref(xr, w, b), None)
+    yr.backward(g.double())
+    scale_y = max(1.0, float(yr.abs().max()))
+    scale_dx = float(xr.grad.abs().max()) + 1e-30
+    err_y = float((y.detach().double() - yr).abs().max()) / scale_y
+    err_dx = float((xi.grad.double() - xr.grad).abs().max()) / scale_dx
+    assert err_y < 2e-5, f"output error {err_y:.2e}"
+    assert err_dx < 1e-4, f"dx error {err_dx:.2e}"

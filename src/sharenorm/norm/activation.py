@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -62,6 +64,18 @@ def check_activation(act: str | None, act_param: float | None = None) -> str | N
         )
     if act_param is not None and _ACTIVATIONS[act][1] is None:
         raise ValueError(f"act={act!r} takes no parameter; drop act_param={act_param!r}")
+    if act_param is not None:
+        what = "the negative slope" if act == "leaky_relu" else "α"
+        if isinstance(act_param, bool) or not isinstance(act_param, numbers.Real):
+            raise TypeError(
+                f"act_param must be a number ({what} of {act}), got {act_param!r} of type "
+                f"{type(act_param).__name__}; pass e.g. act_param={_ACTIVATIONS[act][1]}"
+            )
+        if not math.isfinite(act_param):
+            raise ValueError(
+                f"act_param must be a finite number ({what} of {act}), got {act_param!r}; "
+                f"pass e.g. act_param={_ACTIVATIONS[act][1]}"
+            )
     return act
 
 

@@ -31,6 +31,9 @@ class _NormBase(nn.Module):
 
     # Version 2 added num_batches_tracked (as in torch.nn).
     _version = 2
+    # checked whenever set, not only here (m.eps = -1.0 raises)
+    eps = SF.CheckedAttribute(SF.check_eps)
+    momentum = SF.CheckedAttribute(SF.check_momentum)
 
     def __init__(
         self,

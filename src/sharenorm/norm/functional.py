@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sharenorm.norm import _group_stats
+from sharenorm.norm._layout import is_channels_last, same_memory_format
 from sharenorm.norm.activation import apply_activation, check_activation
 
 __all__ = ["batch_norm", "instance_norm", "group_norm"]
@@ -65,9 +67,15 @@ def as_count(value: Any, name: str, what: str) -> int:
 
 def check_eps(eps: float) -> float:
     """``eps`` as a float (any real number type, numpy's included), finite and > 0."""
-    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps > 0):
+    if not (
+        isinstance(eps, numbers.Real)
+        and not isinstance(eps, bool)
+        and math.isfinite(eps)
+        and eps > 0
+    ):
         raise ValueError(
-            f"eps must be a finite number > 0 (it keeps √(σ² + ε) away from 0), got {eps!r}"
+            f"eps must be positive: a finite number > 0 that keeps √(σ² + ε) away from 0, "
+            f"got {eps!r}; use a small number such as 1e-5 (the default)"
         )
     return float(eps)
 
@@ -76,10 +84,48 @@ def check_momentum(momentum: float | None, allow_none: bool = True) -> float | N
     """``momentum`` as a float in [0, 1] (any real number type), or None where allowed."""
     if momentum is None and allow_none:
         return None
-    if not (isinstance(momentum, numbers.Real) and 0.0 <= momentum <= 1.0):
+    if not (isinstance(momentum, numbers.Real) and not isinstance(momentum, bool)
+            and 0.0 <= momentum <= 1.0):
         hint = " or None for a cumulative average" if allow_none else ""
         raise ValueError(f"momentum must be a number in [0, 1]{hint}, got {momentum!r}")
     return float(momentum)
+
+
+class CheckedAttribute:
+    """A module attribute checked whenever it is set, in ``__init__`` or later: with
+    ``eps = CheckedAttribute(check_eps)`` in the class, ``m.eps = -1.0`` raises the
+    constructor's error instead of making every later output NaN (torch.nn checks eps
+    only when its functional call runs, momentum never). The value lives in the
+    instance's ``__dict__`` under its own name, so ``state_dict``, ``deepcopy``, pickling
+    and ``torch.compile`` see a plain attribute.
+
+    Example:
+        >>> import sharenorm as sn
+        >>> m = sn.GroupNorm(2, 4)
+        >>> m.eps = 1e-3
+        >>> try:
+        ...     m.eps = -1.0
+        ... except ValueError as e:
+        ...     print(str(e)[:21])
+        eps must be positive:
+    """
+
+    def __init__(self, check: Any) -> None:
+        self.check = check
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = self.check(value)
 
 
 def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor) -> None:
@@ -265,19 +311,6 @@ def _fused_path(impl, input, running_mean, running_var, updating: bool, op: str,
 # 1x512x64x64, 32x128x56x56), with a backward as fast as torch's InstanceNorm there
 # (measured interleaved on a 2-core CPU, torch 2.13).
 _CL_INSTANCE_NATIVE_MIN_POSITIONS = 1024
-
-
-def _is_channels_last(x: Tensor) -> bool:
-    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-    return fmt is not None and not x.is_contiguous() and x.is_contiguous(memory_format=fmt)
-
-
-def _same_memory_format(out: Tensor, like: Tensor) -> Tensor:
-    """Channels-last in gives channels-last out, for kernels that do not keep it."""
-    if _is_channels_last(like):
-        fmt = torch.channels_last if like.dim() == 4 else torch.channels_last_3d
-        return out.contiguous(memory_format=fmt)
-    return out
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -511,23 +544,18 @@ def instance_norm_impl(
         # GroupNorm kernel computes them several times faster on the CPU than
         # torch.instance_norm (which reshapes to a (1, N·C, *) BatchNorm) and keeps
         # channels-last inputs channels-last.
-        if (
-            _is_channels_last(input)
-            and math.prod(input.shape[2:]) < _CL_INSTANCE_NATIVE_MIN_POSITIONS
-        ):
+        if is_channels_last(input) and math.prod(input.shape[2:]) < _CL_INSTANCE_NATIVE_MIN_POSITIONS:
             # see _CL_INSTANCE_NATIVE_MIN_POSITIONS
-            out = torch.group_norm(
-                input.contiguous(), input.shape[1], weight, bias, eps, _cudnn_enabled()
-            )
-            out = _same_memory_format(out, input)
+            out = _group_stats.group_norm(input.contiguous(), input.shape[1], weight, bias, eps)
+            out = same_memory_format(out, input)
         else:
-            out = torch.group_norm(input, input.shape[1], weight, bias, eps, _cudnn_enabled())
+            out = _group_stats.group_norm(input, input.shape[1], weight, bias, eps)
     else:
         backup = backup_running_stats(running_mean, running_var)
         out = torch.instance_norm(
             input, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn_enabled()
         )
-        out = _same_memory_format(out, input)
+        out = same_memory_format(out, input)
         updated = keep_finite_running_stats(running_mean, running_var, backup, "instance_norm")
     return apply_activation(out, act, act_param, fresh=True), updated
 
@@ -650,20 +678,6 @@ def group_norm(
     )
 
 
-def _group_norm_backward_would_crash(input: Tensor, weight, bias) -> bool:
-    """torch 2.13's CPU GroupNorm backward on a channels-last input crashes (segfault) when
-    only γ/β need gradients, e.g. a trainable GroupNorm after a frozen layer."""
-    return (
-        input.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and not input.requires_grad
-        and any(t is not None and t.requires_grad for t in (weight, bias))
-        and input.dim() in (4, 5)
-        and not input.is_contiguous()
-        and not torch.compiler.is_compiling()
-    )
-
-
 def group_norm_impl(
     input: Tensor,
     num_groups: int,
@@ -682,8 +696,6 @@ def group_norm_impl(
 
         impl = fused.triton_group_norm_act if path == "triton" else fused.group_norm_act
         return impl(input, num_groups, weight, bias, eps, act, act_param)
-    if _group_norm_backward_would_crash(input, weight, bias):
-        # Ask for dx, from a leaf that shares the input's data, and drop it.
-        input = input.detach().requires_grad_(True)
-    out = torch.group_norm(input, num_groups, weight, bias, eps, _cudnn_enabled())
+    # ATen's kernel, guarded against its channels-last cancellation and backward crash
+    out = _group_stats.group_norm(input, num_groups, weight, bias, eps)
     return apply_activation(out, act, act_param, fresh=True)

@@ -93,6 +93,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sharenorm.norm._group_stats import needs_shift, shift
+from sharenorm.norm._layout import memory_format as _memory_format
 from sharenorm.norm.activation import default_param
 
 __all__ = [
@@ -232,15 +234,6 @@ def _act_inverse(y: Tensor, act: str | None, p: float | None) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    """The layout ATen keeps for ``x``: channels-last (2-d/3-d) or contiguous."""
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
-        return torch.channels_last_3d
-    return torch.contiguous_format
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -430,6 +423,34 @@ def _param_dtypes(grads, weight, bias):
     return dx, dw, db
 
 
+def _float32_params(x: Tensor, weight: Tensor | None, *rest: Tensor | None):
+    """γ (ones where None), β and running statistics as float32 for a 16-bit ``x`` (the
+    rest unchanged), so that ATen runs its mixed-precision mode and returns float32 μ
+    and r. Its 16-bit ones would be the float32 values it normalized with, rounded: at
+    μ = 20 a bfloat16 μ is off by up to 0.04, which shifts the pre-activation that
+    backward recomputes and flips relu's mask wherever |z| is below that."""
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return (weight, *rest)
+    if weight is None:
+        weight = torch.ones(x.shape[1], dtype=torch.float32, device=x.device)
+    return tuple(None if t is None else t.float() for t in (weight, *rest))
+
+
+def _in_float32(grads: Callable, ctx, dy: Tensor):
+    """``(dx, dγ, dβ)`` from ``grads(ctx, saved, dy, γ, β, μ, r)``, run on float32 copies
+    where the input was 16-bit: the precision ATen's own norm kernels compute in, so
+    recomputing z, the activation's gradient and the sums add no 16-bit rounding (a
+    16-bit z = a·x + b of an offset input loses the bits of x − μ, and relu's mask with
+    them). dx is rounded once to the input's dtype, dγ and dβ to the parameters'."""
+    saved, weight, bias, mean, rstd = _saved(ctx)
+    dtype = saved.dtype
+    if dtype not in (torch.float16, torch.bfloat16):
+        return _param_dtypes(grads(ctx, saved, dy, weight, bias, mean, rstd), weight, bias)
+    up = [None if t is None else t.float() for t in (saved, dy, weight, bias, mean, rstd)]
+    dx, dw, db = grads(ctx, *up)
+    return _param_dtypes((None if dx is None else dx.to(dtype), dw, db), weight, bias)
+
+
 def saved_tensor_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
     """Run ``fn()`` and return ``(result, bytes)``: the bytes of the unique storages autograd
     saved for backward while it ran (views of one storage count once).
@@ -461,9 +482,11 @@ class _BatchNormAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps,
                 act, p):
-        y, mean, invstd = torch.native_batch_norm(
-            x, weight, bias, running_mean, running_var, training, momentum, eps
-        )
+        w, b, rm, rv = _float32_params(x, weight, bias, running_mean, running_var)
+        y, mean, invstd = torch.native_batch_norm(x, w, b, rm, rv, training, momentum, eps)
+        for own, copy in ((running_mean, rm), (running_var, rv)):
+            if training and own is not None and copy is not own:  # a 16-bit module's
+                own.copy_(copy)
         if not training:  # eval: the running statistics normalize; keep copies (C values)
             acc = _acc_dtype(x.dtype)
             mean = running_mean.detach().to(acc, copy=True)
@@ -481,7 +504,10 @@ class _BatchNormAct(torch.autograd.Function):
     @staticmethod
     @_once_differentiable
     def backward(ctx, dy):
-        saved, weight, bias, mean, invstd = _saved(ctx)
+        return (*_in_float32(_BatchNormAct.grads, ctx, dy), *([None] * 7))
+
+    @staticmethod
+    def grads(ctx, saved, dy, weight, bias, mean, invstd):
         act, p = ctx.act, ctx.p
         dy = dy.contiguous(memory_format=ctx.fmt)
         mask = list(ctx.needs_input_grad[:3])
@@ -493,7 +519,7 @@ class _BatchNormAct(torch.autograd.Function):
                 act_param=1.0 if p is None else p, mask=mask,
             )
             if grads is not None:
-                return (*_param_dtypes(grads, weight, bias), *([None] * 7))
+                return grads
         gamma, beta = _gamma_beta(weight, bias, invstd)
         if ctx.invert:
             dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
@@ -501,7 +527,7 @@ class _BatchNormAct(torch.autograd.Function):
             if ctx.training:
                 grads = _bn_backward_from_preact(dz, z, gamma, beta, invstd, mask)
                 if grads is not None:
-                    return (*_param_dtypes(grads, weight, bias), *([None] * 7))
+                    return grads
             s = 1.0 / (gamma * invstd)  # x − μ = (z − β) / (γ·r)
             xin = _scale_shift(z, s, -beta * s, out=None if z is saved else z)
             center = torch.zeros_like(mean)
@@ -521,11 +547,11 @@ class _BatchNormAct(torch.autograd.Function):
         else:
             # ATen's eval backward wants the mean in the running statistics' dtype
             # (16-bit for a .half() module), not the float32 kept for the forward passes.
-            center = center.to(ctx.running_var.dtype)
+            rv = ctx.running_var.to(saved.dtype)  # a 16-bit module's, for float32 tensors
             dx, dw, db = _ATEN.native_batch_norm_backward(
-                dz, xin, weight, center, ctx.running_var, None, None, False, ctx.eps, mask
+                dz, xin, weight, center.to(rv.dtype), rv, None, None, False, ctx.eps, mask
             )
-        return dx, dw, db, None, None, None, None, None, None, None
+        return dx, dw, db
 
 
 def batch_norm_act(
@@ -570,7 +596,13 @@ class _GroupNormAct(torch.autograd.Function):
         x = x.contiguous(memory_format=fmt)
         n, c = x.shape[:2]
         hw = math.prod(x.shape[2:])
-        y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, hw, num_groups, eps)
+        w, b = _float32_params(x, weight, bias)
+        y, mean, rstd = torch.native_group_norm(x, w, b, n, c, hw, num_groups, eps)
+        if needs_shift(mean, rstd, fmt != torch.contiguous_format, x.dtype):
+            # statistics that cancelled: take them again on x − μ (see _group_stats); the
+            # shifted x is the one saved, consistent with the μ kept beside it
+            x = shift(x, mean, num_groups)
+            y, mean, rstd = torch.native_group_norm(x, w, b, n, c, hw, num_groups, eps)
         invert = _choose_inversion(act, p, weight, bias, x.dtype)
         y = _act_(y, act, p)
         if invert and act == "elu":
@@ -583,7 +615,10 @@ class _GroupNormAct(torch.autograd.Function):
     @staticmethod
     @_once_differentiable
     def backward(ctx, dy):
-        saved, weight, bias, mean, rstd = _saved(ctx)
+        return (*_in_float32(_GroupNormAct.grads, ctx, dy), None, None, None, None)
+
+    @staticmethod
+    def grads(ctx, saved, dy, weight, bias, mean, rstd):
         act, p = ctx.act, ctx.p
         n, c, hw, g = ctx.sizes
         dy = dy.contiguous(memory_format=ctx.fmt)
@@ -596,7 +631,7 @@ class _GroupNormAct(torch.autograd.Function):
                 act_param=1.0 if p is None else p, mask=mask,
             )
             if grads is not None:
-                return (*_param_dtypes(grads, weight, bias), None, None, None, None)
+                return grads
         gamma, beta = _gamma_beta(weight, bias, rstd, c)
         if ctx.invert:
             dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
@@ -614,14 +649,14 @@ class _GroupNormAct(torch.autograd.Function):
                     dx = None if dx is None else dx.view(dz.shape)
                     dw = None if dw is None else dw.view(n, c).sum(0)
                     db = None if db is None else db.view(n, c).sum(0)
-                    return (*_param_dtypes((dx, dw, db), weight, bias), None, None, None, None)
+                    return dx, dw, db
             if z.device.type == "cpu" and z.dtype in (torch.float32, torch.float64):
                 # On the CPU (measured faster there; 16-bit would round its coefficients)
                 grads = _group_norm_backward_from_preact(
                     dz, z, gamma, beta, rstd, g, None if z is saved else z
                 )
                 if grads is not None:
-                    return (*_param_dtypes(grads, weight, bias), None, None, None, None)
+                    return grads
             s = 1.0 / (gamma * _per_sample_channel(rstd, c))  # x − μ = (z − β) / (γ·r)
             xin = _scale_shift(z, s, -beta * s, out=None if z is saved else z)
             center = torch.zeros_like(mean)
@@ -641,7 +676,7 @@ class _GroupNormAct(torch.autograd.Function):
         dx, dw, db = _ATEN.native_group_norm_backward(
             dz, xin, center, rstd, weight, n, c, hw, g, [True, *mask[1:]] if cl_crash else mask
         )
-        return None if cl_crash else dx, dw, db, None, None, None, None
+        return (None if cl_crash else dx), dw, db
 
 
 def group_norm_act(

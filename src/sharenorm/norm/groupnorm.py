@@ -49,6 +49,8 @@ class GroupNorm(nn.Module):
         2
     """
 
+    eps = SF.CheckedAttribute(SF.check_eps)  # checked whenever set (m.eps = -1.0 raises)
+
     def __init__(
         self,
         num_groups: int | None = None,

@@ -371,6 +371,19 @@ int affine_invertible_##SUF(const T *gamma, const T *beta, int64_t c, double tin
     return ok;                                                                              \
 }
 
+/* max_i |mean_i|·rstd_i, NaN entries skipped: how far the statistics of a norm may have
+ * cancelled (_group_stats.needs_shift), in one call instead of four small torch ops. */
+#define RATIO(T, SUF)                                                                       \
+double max_ratio_##SUF(const T *mean, const T *rstd, int64_t n) {                           \
+    double m = 0;                                                                           \
+    for (int64_t i = 0; i < n; i++) {                                                       \
+        const double a = (double)mean[i] * (double)rstd[i];                                 \
+        const double v = a < 0 ? -a : a;                                                    \
+        if (v > m) m = v;                                                                   \
+    }                                                                                       \
+    return m;                                                                               \
+}
+
 /* The per-(n, c) numbers between the two passes. Statistic of (n, c): n·sn + c/cpg
  * (BatchNorm sn = 0, cpg = 1: one per channel; GroupNorm sn = G, cpg = C/G; InstanceNorm
  * sn = C, cpg = 1); r and mu are per statistic, gamma and beta per channel (NULL: 1 and 0). */
@@ -425,6 +438,7 @@ int coefs_##SUF(int64_t n, int64_t c, int64_t sn, int64_t cpg, int64_t nstats, d
     XHAT(T, SUF)                 \
     SMALL(T, SUF)                \
     AFFINE(T, SUF)               \
+    RATIO(T, SUF)                \
     RECOMPUTES(T, SUF, ident)    \
     RECOMPUTES(T, SUF, inv_leaky) \
     RECOMPUTES(T, SUF, rec_relu) \

@@ -9,7 +9,9 @@ both are imported only when Triton is.
 Example:
     >>> import torch
     >>> from sharenorm.norm import kernels
-    >>> kernels.available(torch.device("cpu")) in (True, False)
+    >>> kernels.available(torch.device("cpu")) == (kernels.HAS_TRITON and kernels.interpreting())
+    True
+    >>> kernels.available(torch.device("cuda")) == kernels.HAS_TRITON
     True
 """
 

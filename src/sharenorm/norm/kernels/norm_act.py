@@ -57,6 +57,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from sharenorm.norm._layout import memory_format as layout  # the dense layout a kernel reads
+
 __all__ = ["ACT_CODES", "norm_act_forward", "norm_act_backward", "layout"]
 
 # The activation as a compile-time code (one specialization per activation).
@@ -778,14 +780,6 @@ def _cl_bwd_merge_channel_kernel(
 def _dense(t: Tensor | None) -> Tensor | None:
     """γ or β as the kernels address them: (C,) with stride 1."""
     return None if t is None else t.contiguous()
-
-
-def layout(x: Tensor) -> torch.memory_format:
-    """The dense layout a kernel reads ``x`` in: channels-last (4-d/5-d) or contiguous."""
-    for fmt, rank in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
-        if x.dim() == rank and x.is_contiguous(memory_format=fmt) and not x.is_contiguous():
-            return fmt
-    return torch.contiguous_format
 
 
 _ORDER = {  # dims from innermost to outermost
