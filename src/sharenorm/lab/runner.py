@@ -14,6 +14,7 @@ dies, even when it is killed without any clean-up (:func:`sharenorm.distributed.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import signal
@@ -29,7 +30,7 @@ from sharenorm.lab.experiments import get_experiment, resolve
 from sharenorm.lab.spec import Experiment, RunContext
 from sharenorm.lab.store import LAB_VERSION, LabError, ResultsStore, run_key
 
-__all__ = ["Task", "plan", "run_lab", "execute", "environment"]
+__all__ = ["Task", "plan", "jobs_of", "run_lab", "execute", "execute_job", "environment"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,45 @@ def plan(experiments: list[Experiment], quick: bool, seeds: int) -> list[Task]:
             for s in range(seeds if e.seeded else 1):
                 tasks.append(Task(e.id, cfg, s))
     return tasks
+
+
+def jobs_of(tasks: list[Task]) -> list[list[Task]]:
+    """The units of execution: the tasks of one experiment and config (its seeds), in plan
+    order. :func:`execute_job` trains a job's seeds together, so a job is always all the
+    planned seeds of its config (also when resuming): a result does not depend on which of
+    its seeds were already done, nor on ``--jobs``."""
+    by: dict[tuple, list[Task]] = {}
+    for t in tasks:
+        by.setdefault((t.experiment, json.dumps(t.config, sort_keys=True)), []).append(t)
+    return list(by.values())
+
+
+def execute_job(experiment: str, config: dict, seeds: list[int], quick: bool,
+                data_path: str | None) -> list[tuple[dict, dict]]:
+    """Do the runs of one config for ``seeds`` together (in this process or a worker): the
+    experiment's ``run`` calls proceed as coroutines whose ``train_classifier`` calls train as
+    one stacked model (:func:`sharenorm.lab.jobs.run_together`); an experiment with
+    ``batched=False``, or one seed, runs each seed alone. Returns ``(metrics, timing)`` per
+    seed; ``timing`` holds the job's wall and CPU seconds divided by its runs."""
+    import torch
+
+    exp = get_experiment(experiment)
+    if len(seeds) == 1 or not exp.batched:
+        return [execute(experiment, config, s, quick, data_path) for s in seeds]
+    from sharenorm.lab.jobs import run_together
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ctx = RunContext(quick=quick, data_path=data_path)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = run_together([lambda s=s: exp.run(config, s, ctx) for s in seeds])
+        k = len(seeds)
+        share = {"run_s": round((time.perf_counter() - t0) / k, 4),
+                 "cpu_s": round((time.process_time() - c0) / k, 4), "job_runs": k}
+        return [(metrics, dict(timing, **share)) for metrics, timing in out]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def execute(experiment: str, config: dict, seed: int, quick: bool,
@@ -258,6 +298,9 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
             runnable.append(e)
     tasks = plan(runnable, quick, seeds)
     todo = [t for t in tasks if not store.done(t.key)]
+    # a job with a missing run is redone whole (its seeds train together); only the missing
+    # runs are stored
+    work = [j for j in jobs_of(tasks) if any(not store.done(t.key) for t in j)]
     if len(todo) < len(tasks):
         echo(f"resuming {store.path}: {len(tasks) - len(todo)} of {len(tasks)} runs already done")
     remaining = Counter(t.experiment for t in todo)
@@ -277,15 +320,30 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
             _summary(get_experiment(task.experiment), store, figdir, lang, quick,
                      time.perf_counter() - exp_t0.get(task.experiment, t_start), bar.write)
 
+    def job_finished(job: list[Task], results: list) -> None:
+        for t, (metrics, timing) in zip(job, results, strict=True):
+            if not store.done(t.key):
+                finished(t, metrics, timing)
+
     data_arg = str(data) if data is not None else None
     n_before = len(store.runs)
+    keys_before = set(store.runs)
 
     def session(status: str) -> dict:
+        rec = _session(status)
+        rec["steps_per_s"] = round(rec["steps_done"] / max(rec["wall_s"], 1e-9), 1)
+        return rec
+
+    def _session(status: str) -> dict:
         # provenance: what ran, how, with which versions; one line per invocation, also for
         # an interrupted one, so results from different versions are visible in the report
         return {"started": started, "finished": _now(), "status": status,
                 "wall_s": round(time.perf_counter() - t_start, 2), "jobs": jobs,
                 "seeds": seeds, "names": list(names), "runs_done": len(store.runs) - n_before,
+                # optimizer steps of this session's runs: steps/s = steps_done / wall_s
+                "steps_done": sum(r["metrics"].get("steps_done") or 0
+                                  for key, r in store.runs.items() if key not in keys_before),
+                "steps_per_s": None,
                 "command": command,
                 "flags": {"quick": quick, "seeds": seeds, "jobs": jobs, "data": data_arg,
                           "lang": lang, "names": list(names)},
@@ -295,12 +353,13 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
     on_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     try:
-        if jobs == 1 or len(todo) <= 1:
-            for t in todo:
-                exp_t0.setdefault(t.experiment, time.perf_counter())
-                finished(t, *execute(t.experiment, t.config, t.seed, quick, data_arg))
+        if jobs == 1 or len(work) <= 1:
+            for job in work:
+                exp_t0.setdefault(job[0].experiment, time.perf_counter())
+                job_finished(job, execute_job(job[0].experiment, job[0].config,
+                                              [t.seed for t in job], quick, data_arg))
         else:
-            _run_parallel(todo, jobs, quick, data_arg, finished, exp_t0)
+            _run_parallel(work, jobs, quick, data_arg, job_finished, exp_t0)
     except KeyboardInterrupt as e:
         bar.close()
         term = isinstance(e, _Terminated)
@@ -356,7 +415,7 @@ def _now() -> str:
 _ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _run_parallel(todo, jobs, quick, data_arg, finished, exp_t0) -> None:
+def _run_parallel(work, jobs, quick, data_arg, job_finished, exp_t0) -> None:
     import multiprocessing as mp
 
     # spawn, not fork: forking a process that already ran torch ops can deadlock in OpenMP.
@@ -367,7 +426,7 @@ def _run_parallel(todo, jobs, quick, data_arg, finished, exp_t0) -> None:
     saved = {k: os.environ.get(k) for k in _ONE_THREAD_ENV}
     os.environ.update(_ONE_THREAD_ENV)
     try:
-        _feed_pool(todo, jobs, quick, data_arg, finished, exp_t0, mp)
+        _feed_pool(work, jobs, quick, data_arg, job_finished, exp_t0, mp)
     finally:
         for k, v in saved.items():
             if v is None:
@@ -376,23 +435,23 @@ def _run_parallel(todo, jobs, quick, data_arg, finished, exp_t0) -> None:
                 os.environ[k] = v
 
 
-def _feed_pool(todo, jobs, quick, data_arg, finished, exp_t0, mp) -> None:
+def _feed_pool(work, jobs, quick, data_arg, job_finished, exp_t0, mp) -> None:
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
                                initializer=_init_worker)
     pending = {}
-    queue = list(todo)
+    queue = list(work)
     try:
         # keep the pool fed but bounded, so an interrupt has little queued work to drop
         while queue or pending:
             while queue and len(pending) < 2 * jobs:
-                t = queue.pop(0)
-                exp_t0.setdefault(t.experiment, time.perf_counter())
-                pending[pool.submit(execute, t.experiment, t.config, t.seed, quick,
-                                    data_arg)] = t
+                job = queue.pop(0)
+                exp_t0.setdefault(job[0].experiment, time.perf_counter())
+                pending[pool.submit(execute_job, job[0].experiment, job[0].config,
+                                    [t.seed for t in job], quick, data_arg)] = job
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                t = pending.pop(fut)
-                finished(t, *fut.result())
+                job = pending.pop(fut)
+                job_finished(job, fut.result())
     except BaseException:
         # Ctrl-C or a failed run: stop at once. Finished runs are already stored; the runs in
         # flight are lost and redone on resume.

@@ -134,4 +134,5 @@ EXPERIMENT = Experiment(
         "→ ReLU, width 32, फिर linear। Norms sharenorm.make_norm से: batch, group (G=8), instance, "
         "layer, none। SGD momentum 0.9, lr 0.05, batch 32, 1500 steps (quick: 100), हर 50 steps "
         "(quick: 25) पर eval mode में test accuracy; target accuracy 85% (quick 60%)।"),
-    configs=configs, run=run, analyze=analyze, uses_data=True)
+    configs=configs, run=run, analyze=analyze, uses_data=True,
+    batched=False)  # N4 compares seconds per step: one model at a time
