@@ -112,16 +112,22 @@ class StackedBatchNorm(nn.Module):
 
         rm, rv = self.running_mean, self.running_var
         if self.training and rm is not None:
-            backup = (rm.clone(), rv.clone())
+            backup = torch.stack([rm, rv])
             out = torch.batch_norm(x, self.weight, self.bias, rm, rv, True, self.momentum,
                                    self.eps, False)
-            ok = torch.isfinite(rv.view(self.k, -1)).all(1)
             with torch.no_grad():
-                if not bool(ok.all()):
-                    bad = ~ok
-                    rm.view(self.k, -1)[bad] = backup[0].view(self.k, -1)[bad]
-                    rv.view(self.k, -1)[bad] = backup[1].view(self.k, -1)[bad]
-                self.num_batches_tracked.add_(ok)
+                # one reduction, read on the host, in the common case that all is finite
+                if math.isfinite(float(rv.sum(dtype=torch.float64))):
+                    self.num_batches_tracked.add_(1)
+                else:
+                    from sharenorm.norm.functional import _warn_not_finite
+
+                    ok = torch.isfinite(rv.view(self.k, -1)).all(1)
+                    # through .data: batch_norm saved these buffers for its backward
+                    rm.data.view(self.k, -1)[~ok] = backup[0].view(self.k, -1)[~ok]
+                    rv.data.view(self.k, -1)[~ok] = backup[1].view(self.k, -1)[~ok]
+                    self.num_batches_tracked.add_(ok)
+                    _warn_not_finite("batch_norm")
         else:
             out = torch.batch_norm(x, self.weight, self.bias, rm, rv,
                                    self.training or rm is None, self.momentum, self.eps, False)
@@ -257,6 +263,8 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
     if not can_stack(models):
         raise NotStackable("the models to stack differ in architecture or shapes; stack only "
                            "copies of one architecture (e.g. the seeds of one configuration)")
+    if not list(models[0].children()):  # a single layer
+        return _stack_leaf(models)
     stacked = copy.deepcopy(models[0])
     names = [n for n, m in models[0].named_modules() if not list(m.children())]
     for name in names:
@@ -295,9 +303,11 @@ class StackedOptimizer:
     - Adam: ``g ← g + λ·θ``; ``m ← β₁m + (1−β₁)g``; ``v ← β₂v + (1−β₂)g²``;
       ``θ ← θ − lr·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε)``
 
-    with ``lr`` and ``λ`` member k's own on member k's slice. :meth:`freeze` sets a member's
-    learning rate, weight decay and state to zero: its parameters stay where they are and a
-    NaN in them cannot reach the next update of anyone.
+    with ``lr`` and ``λ`` member k's own on member k's elements. The parameters become views
+    of one flat tensor, so a step is a handful of operations whatever the number of layers
+    (per-operation overhead is what a step of these small models costs). :meth:`freeze` sets
+    a member's learning rate, weight decay and state to zero: its parameters stay where they
+    are, and a NaN in them is zeroed so no later operation meets it.
     """
 
     def __init__(self, params: list[nn.Parameter], k: int, kind: str, lrs, weight_decays,
@@ -306,13 +316,21 @@ class StackedOptimizer:
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {kind!r}")
         self.params, self.k, self.kind = list(params), k, kind
         self.momentum, self.betas, self.eps = momentum, betas, eps
-        dtype = self.params[0].dtype
-        self.lr = torch.tensor(lrs, dtype=dtype).view(k, 1)
-        self.wd = torch.tensor(weight_decays, dtype=dtype).view(k, 1)
+        p0 = self.params[0]
+        sizes = [p.numel() for p in self.params]
+        self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])
+        owner, off = [], 0
+        for p, n in zip(self.params, sizes, strict=True):
+            p.data = self.flat[off:off + n].view_as(p)  # the parameter is now a view of flat
+            owner.append(torch.arange(k).repeat_interleave(n // k))
+            off += n
+        self.owner = torch.cat(owner)  # member of every element
+        self.lr = torch.tensor(lrs, dtype=p0.dtype)[self.owner]
+        self.wd = torch.tensor(weight_decays, dtype=p0.dtype)[self.owner]
         self.use_wd = bool((self.wd != 0).any())
         self.t = 0
-        self.state1 = [torch.zeros_like(p) for p in self.params]  # momentum / Adam m
-        self.state2 = [torch.zeros_like(p) for p in self.params] if kind == "adam" else None
+        self.state1 = torch.zeros_like(self.flat)  # momentum buffer / Adam m
+        self.state2 = torch.zeros_like(self.flat) if kind == "adam" else None
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -321,35 +339,31 @@ class StackedOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         self.t += 1
-        k = self.k
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            th, g = p.view(k, -1), p.grad.view(k, -1)
-            if self.use_wd:
-                g = g.addcmul(self.wd, th)
-            s1 = self.state1[i].view(k, -1)
-            if self.kind == "sgd":
-                if self.t == 1:
-                    s1.copy_(g)
-                else:
-                    s1.mul_(self.momentum).add_(g)
-                th.sub_(self.lr * s1)
+        g = torch.cat([torch.zeros(p.numel(), dtype=p.dtype) if p.grad is None
+                       else p.grad.reshape(-1) for p in self.params])
+        if self.use_wd:
+            g = g.addcmul_(self.wd, self.flat)
+        s1 = self.state1
+        if self.kind == "sgd":
+            if self.t == 1:
+                s1.copy_(g)
             else:
-                b1, b2 = self.betas
-                s2 = self.state2[i].view(k, -1)
-                s1.lerp_(g, 1 - b1)
-                s2.mul_(b2).addcmul_(g, g, value=1 - b2)
-                c1, c2 = 1 - b1 ** self.t, math.sqrt(1 - b2 ** self.t)
-                denom = (s2.sqrt() / c2).add_(self.eps)
-                th.sub_((self.lr / c1) * s1 / denom)
+                s1.mul_(self.momentum).add_(g)
+            self.flat.sub_(self.lr * s1)
+        else:
+            b1, b2 = self.betas
+            s1.lerp_(g, 1 - b1)
+            self.state2.mul_(b2).addcmul_(g, g, value=1 - b2)
+            c1, c2 = 1 - b1 ** self.t, math.sqrt(1 - b2 ** self.t)
+            denom = (self.state2.sqrt() / c2).add_(self.eps)
+            self.flat.sub_((self.lr / c1) * s1 / denom)
 
     @torch.no_grad()
     def freeze(self, member: int) -> None:
-        self.lr[member] = 0.0
-        self.wd[member] = 0.0
-        for i, p in enumerate(self.params):
-            p.view(self.k, -1)[member].nan_to_num_(0.0, 0.0, 0.0)
-            self.state1[i].view(self.k, -1)[member] = 0.0
-            if self.state2 is not None:
-                self.state2[i].view(self.k, -1)[member] = 0.0
+        mine = self.owner == member
+        self.lr[mine] = 0.0
+        self.wd[mine] = 0.0
+        self.flat[mine] = self.flat[mine].nan_to_num(0.0, 0.0, 0.0)
+        self.state1[mine] = 0.0
+        if self.state2 is not None:
+            self.state2[mine] = 0.0
