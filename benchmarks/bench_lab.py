@@ -59,13 +59,20 @@ def steps_in(results: Path) -> int:
     return steps
 
 
-def run_cli(src: Path, lab_args: list[str], out: Path) -> tuple[float, int]:
+def children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_cli(src: Path, lab_args: list[str], out: Path) -> tuple[float, float, int]:
+    """(wall s, CPU s of the command and its workers, optimizer steps)."""
     env = dict(os.environ, PYTHONPATH=str(src))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     subprocess.run([sys.executable, "-m", "sharenorm", "lab", *lab_args, "--out", str(out),
                     "--no-progress"], env=env, check=True, capture_output=True)
-    wall = time.perf_counter() - t0
-    return wall, steps_in(out / "results.jsonl")
+    return time.perf_counter() - t0, children_cpu() - c0, steps_in(out / "results.jsonl")
 
 
 def bench_cli(args) -> None:
@@ -76,15 +83,20 @@ def bench_cli(args) -> None:
         print(f"sharenorm lab {args.lab_args}: old = {args.old}, new = {ROOT / 'src'}")
         print(f"load before: {load()}")
         rates: dict[str, list[float]] = {"old": [], "new": []}
+        cpu: dict[str, list[float]] = {"old": [], "new": []}
         for r in range(args.repeats):
             for name in ("old", "new"):
-                wall, steps = run_cli(trees[name], lab_args, tmp / f"{name}-{r}")
+                wall, c, steps = run_cli(trees[name], lab_args, tmp / f"{name}-{r}")
                 rates[name].append(steps / wall)
-                print(f"  {name} #{r}: {steps} steps in {wall:.1f} s = {steps / wall:.1f} steps/s"
-                      f"  (load {load()})", flush=True)
+                cpu[name].append(steps / c)
+                print(f"  {name} #{r}: {steps} steps in {wall:.1f} s wall, {c:.1f} s CPU = "
+                      f"{steps / wall:.1f} steps/s ({steps / c:.1f} per CPU s)  (load {load()})",
+                      flush=True)
         old, new = statistics.median(rates["old"]), statistics.median(rates["new"])
+        oc, nc = statistics.median(cpu["old"]), statistics.median(cpu["new"])
         print(f"load after: {load()}")
-        print(f"cli steps/s median: old {old:.1f}, new {new:.1f}, ratio new/old {new / old:.2f}x")
+        print(f"cli steps/s median: old {old:.1f}, new {new:.1f}, ratio new/old {new / old:.2f}x "
+              f"(wall); per CPU second: old {oc:.1f}, new {nc:.1f}, ratio {nc / oc:.2f}x")
 
 
 def bench_train(args) -> None:
@@ -118,22 +130,28 @@ def bench_train(args) -> None:
         train_classifiers(models(norm), ds, cfg, seeds)
 
     print(f"training loop, N6 ConvNet, {len(seeds)} seeds; load before: {load()}")
-    ratios = []
+    ratios, cpu_ratios = [], []
     for norm, bs, steps in cases:
         cfg = TrainConfig(steps=steps, batch_size=bs, lr=0.05 * bs / 32)
         times: dict[str, list[float]] = {"old": [], "new": []}
+        cpus: dict[str, list[float]] = {"old": [], "new": []}
         for _ in range(args.repeats):
             for name, fn in (("old", old), ("new", new)):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn(norm, cfg)
                 times[name].append(time.perf_counter() - t0)
+                cpus[name].append(time.process_time() - c0)
         o, n = statistics.median(times["old"]), statistics.median(times["new"])
+        oc, nc = statistics.median(cpus["old"]), statistics.median(cpus["new"])
         total = steps * len(seeds)
         ratios.append(o / n)
+        cpu_ratios.append(oc / nc)
         print(f"  {norm:6s} batch {bs}: old {total / o:7.1f} steps/s, new {total / n:7.1f} "
-              f"steps/s, ratio {o / n:.2f}x  (load {load()})", flush=True)
+              f"steps/s, ratio {o / n:.2f}x wall, {oc / nc:.2f}x CPU  (load {load()})",
+              flush=True)
     print(f"load after: {load()}")
-    print(f"training-loop ratio new/old: median {statistics.median(ratios):.2f}x")
+    print(f"training-loop ratio new/old (incl. final evaluation): median "
+          f"{statistics.median(ratios):.2f}x wall, {statistics.median(cpu_ratios):.2f}x CPU")
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def test_stacked_training_equals_separate_trainings(kind, norm, opt):
 
 def test_image_convnet_stacks_too():
     ds = toy((1, 6, 6))
-    cfg = TrainConfig(steps=4, batch_size=3, lr=0.05)
+    cfg = TrainConfig(steps=4, batch_size=6, lr=0.05)  # above ONEDNN_MIN_BATCH: oneDNN convs
     alone = [build("conv", "batch", s, ds) for s in (0, 1)]
     ref = [train_classifier(m, ds, cfg, s)[0] for m, s in zip(alone, (0, 1), strict=True)]
     together = [build("conv", "batch", s, ds) for s in (0, 1)]
