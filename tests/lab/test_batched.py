@@ -3,6 +3,7 @@ member leaves the others untouched."""
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 
@@ -231,3 +232,31 @@ def test_execute_job_gives_each_seed_its_stacked_run():
     assert out[0][0] != out[1][0]
     assert all(t["stacked"] == 2 and t["job_runs"] == 2 and m["steps_done"] == 8
                for m, t in out)
+
+
+def _records(out):
+    recs = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
+    runs = {r["key"]: r["metrics"] for r in recs if r.get("kind") == "run"}
+    return runs, [r for r in recs if r.get("kind") == "session"]
+
+
+def test_lab_results_do_not_depend_on_jobs_or_resuming_and_sessions_count_steps(tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setattr(runner, "_summary", lambda *a: None)  # the analysis is not under test
+    kw = dict(quick=True, seeds=2, progress=False, report=False, echo=lambda s: None)
+    runner.run_lab(["N3"], jobs=1, out=tmp_path / "a", **kw)
+    runs, sessions = _records(tmp_path / "a")
+    assert len(runs) == 8  # 4 configs × 2 seeds, trained as 4 stacked pairs
+    assert sessions[-1]["steps_done"] == sum(m["steps_done"] for m in runs.values()) > 0
+    assert sessions[-1]["steps_per_s"] > 0
+    # resume with one run of a pair missing: the pair is trained again together, and only
+    # the missing run is stored, identical to the first time
+    p = tmp_path / "a" / "results.jsonl"
+    lines = p.read_text().splitlines(keepends=True)
+    first_run = next(i for i, ln in enumerate(lines) if '"kind": "run"' in ln)
+    p.write_text("".join(lines[:first_run] + lines[first_run + 1:]))
+    runner.run_lab(["N3"], jobs=1, out=tmp_path / "a", **kw)
+    again, sessions = _records(tmp_path / "a")
+    assert again == runs and sessions[-1]["runs_done"] == 1
+    runner.run_lab(["N3"], jobs=2, out=tmp_path / "b", **kw)
+    assert _records(tmp_path / "b")[0] == runs  # bit-identical whatever --jobs

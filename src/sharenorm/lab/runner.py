@@ -330,20 +330,16 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
     keys_before = set(store.runs)
 
     def session(status: str) -> dict:
-        rec = _session(status)
-        rec["steps_per_s"] = round(rec["steps_done"] / max(rec["wall_s"], 1e-9), 1)
-        return rec
-
-    def _session(status: str) -> dict:
         # provenance: what ran, how, with which versions; one line per invocation, also for
-        # an interrupted one, so results from different versions are visible in the report
+        # an interrupted one, so results from different versions are visible in the report.
+        # Throughput: the optimizer steps of this session's runs over its wall time.
+        wall = time.perf_counter() - t_start
+        steps = sum(r["metrics"].get("steps_done") or 0
+                    for key, r in store.runs.items() if key not in keys_before)
         return {"started": started, "finished": _now(), "status": status,
-                "wall_s": round(time.perf_counter() - t_start, 2), "jobs": jobs,
+                "wall_s": round(wall, 2), "jobs": jobs,
                 "seeds": seeds, "names": list(names), "runs_done": len(store.runs) - n_before,
-                # optimizer steps of this session's runs: steps/s = steps_done / wall_s
-                "steps_done": sum(r["metrics"].get("steps_done") or 0
-                                  for key, r in store.runs.items() if key not in keys_before),
-                "steps_per_s": None,
+                "steps_done": steps, "steps_per_s": round(steps / max(wall, 1e-9), 1),
                 "command": command,
                 "flags": {"quick": quick, "seeds": seeds, "jobs": jobs, "data": data_arg,
                           "lang": lang, "names": list(names)},
