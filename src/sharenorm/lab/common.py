@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from pathlib import Path
 
 from sharenorm.data import Dataset, load_digits, load_mnist1d, load_path
@@ -14,15 +15,61 @@ __all__ = ["dataset", "data_label", "figure", "save_figure", "pct", "ci_band", "
            "epoch_steps", "samples_for_one_step"]
 
 
+_EMBEDDED = {"mnist1d": lambda: load_mnist1d(), "mnist1d-shuffled":
+             lambda: load_mnist1d(shuffle_seq=True), "digits": lambda: load_digits()}
+
+
 @functools.lru_cache(maxsize=4)
 def _load(name: str) -> Dataset:
-    if name == "mnist1d":
-        return load_mnist1d()
-    if name == "mnist1d-shuffled":
-        return load_mnist1d(shuffle_seq=True)
-    if name == "digits":
-        return load_digits()
+    if name in _EMBEDDED:
+        return _cached(name)
     return load_path(name)
+
+
+def _cached(name: str) -> Dataset:
+    """An embedded dataset from the disk cache, generated (and cached) when missing.
+
+    Generating mnist1d (and importing the packages that do it) takes seconds, in every lab
+    worker process; the cached tensors load in milliseconds. The cache file is named by a
+    hash of what the data depends on: the loader's source and the versions of the packages
+    that generate it, so a change to any of them generates afresh. An unwritable cache dir
+    only costs the time.
+    """
+    import hashlib
+    import inspect
+    from importlib import metadata
+
+    import numpy
+    import torch
+
+    from sharenorm.data import embedded
+    from sharenorm.norm.cpu import _cache_dir
+
+    key = [name, inspect.getsource(embedded), numpy.__version__, torch.__version__]
+    for dist in ("mnist1d", "scikit-learn"):
+        try:
+            key.append(metadata.version(dist))
+        except metadata.PackageNotFoundError:
+            key.append("-")
+    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
+    path = _cache_dir() / "lab-data" / f"{name}-{digest}.pt"
+    try:
+        d = torch.load(path, weights_only=True)
+        return Dataset(d["name"], d["x_train"], d["y_train"], d["x_test"], d["y_test"],
+                       int(d["num_classes"]), d["source"], dict(d["info"]))
+    except Exception:  # noqa: BLE001 - missing, partial or foreign file: generate
+        pass
+    ds = _EMBEDDED[name]()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"name": ds.name, "x_train": ds.x_train, "y_train": ds.y_train,
+                    "x_test": ds.x_test, "y_test": ds.y_test, "num_classes": ds.num_classes,
+                    "source": ds.source, "info": ds.info}, tmp)
+        os.replace(tmp, path)  # atomic: a parallel worker never reads half a file
+    except OSError:
+        pass
+    return ds
 
 
 def dataset(ctx: RunContext, default: str = "mnist1d", allow_user: bool = True) -> Dataset:

@@ -16,6 +16,7 @@ side; Ray tasks still running are cancelled on Ctrl-C/SIGTERM.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import signal
@@ -30,7 +31,7 @@ from sharenorm.lab.experiments import get_experiment, resolve
 from sharenorm.lab.spec import Experiment, RunContext
 from sharenorm.lab.store import LAB_VERSION, LabError, ResultsStore, run_key
 
-__all__ = ["Task", "plan", "run_lab", "execute", "environment"]
+__all__ = ["Task", "plan", "jobs_of", "run_lab", "execute", "execute_job", "environment"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,45 @@ def plan(experiments: list[Experiment], quick: bool, seeds: int) -> list[Task]:
             for s in range(seeds if e.seeded else 1):
                 tasks.append(Task(e.id, cfg, s))
     return tasks
+
+
+def jobs_of(tasks: list[Task]) -> list[list[Task]]:
+    """The units of execution: the tasks of one experiment and config (its seeds), in plan
+    order. :func:`execute_job` trains a job's seeds together, so a job is always all the
+    planned seeds of its config (also when resuming): a result does not depend on which of
+    its seeds were already done, nor on ``--jobs``."""
+    by: dict[tuple, list[Task]] = {}
+    for t in tasks:
+        by.setdefault((t.experiment, json.dumps(t.config, sort_keys=True)), []).append(t)
+    return list(by.values())
+
+
+def execute_job(experiment: str, config: dict, seeds: list[int], quick: bool,
+                data_path: str | None) -> list[tuple[dict, dict]]:
+    """Do the runs of one config for ``seeds`` together (in this process or a worker): the
+    experiment's ``run`` calls proceed as coroutines whose ``train_classifier`` calls train as
+    one stacked model (:func:`sharenorm.lab.jobs.run_together`); an experiment with
+    ``batched=False``, or one seed, runs each seed alone. Returns ``(metrics, timing)`` per
+    seed; ``timing`` holds the job's wall and CPU seconds divided by its runs."""
+    import torch
+
+    exp = get_experiment(experiment)
+    if len(seeds) == 1 or not exp.batched:
+        return [execute(experiment, config, s, quick, data_path) for s in seeds]
+    from sharenorm.lab.jobs import run_together
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ctx = RunContext(quick=quick, data_path=data_path)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = run_together([lambda s=s: exp.run(config, s, ctx) for s in seeds])
+        k = len(seeds)
+        share = {"run_s": round((time.perf_counter() - t0) / k, 4),
+                 "cpu_s": round((time.process_time() - c0) / k, 4), "job_runs": k}
+        return [(metrics, dict(timing, **share)) for metrics, timing in out]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def execute(experiment: str, config: dict, seed: int, quick: bool,
@@ -250,6 +290,9 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
             runnable.append(e)
     tasks = plan(runnable, quick, seeds)
     todo = [t for t in tasks if not store.done(t.key)]
+    # a job with a missing run is redone whole (its seeds train together); only the missing
+    # runs are stored
+    work = [j for j in jobs_of(tasks) if any(not store.done(t.key) for t in j)]
     if len(todo) < len(tasks):
         echo(f"resuming {store.path}: {len(tasks) - len(todo)} of {len(tasks)} runs already done")
     remaining = Counter(t.experiment for t in todo)
@@ -275,15 +318,26 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
             _summary(get_experiment(task.experiment), store, figdir, lang, quick,
                      now - exp_start[task.experiment], bar.write)
 
+    def job_finished(job: list[Task], results: list) -> None:
+        for t, (metrics, timing) in zip(job, results, strict=True):
+            if not store.done(t.key):
+                finished(t, metrics, timing)
+
     data_arg = str(data) if data is not None else None
     n_before = len(store.runs)
+    keys_before = set(store.runs)
 
     def session(status: str) -> dict:
         # provenance: what ran, how, with which versions; one line per invocation, also for
-        # an interrupted one, so results from different versions are visible in the report
+        # an interrupted one, so results from different versions are visible in the report.
+        # Throughput: the optimizer steps of this session's runs over its wall time.
+        wall = time.perf_counter() - t_start
+        steps = sum(r["metrics"].get("steps_done") or 0
+                    for key, r in store.runs.items() if key not in keys_before)
         return {"started": started, "finished": _now(), "status": status,
-                "wall_s": round(time.perf_counter() - t_start, 2), "jobs": jobs,
+                "wall_s": round(wall, 2), "jobs": jobs,
                 "seeds": seeds, "names": list(names), "runs_done": len(store.runs) - n_before,
+                "steps_done": steps, "steps_per_s": round(steps / max(wall, 1e-9), 1),
                 "command": command,
                 "flags": {"quick": quick, "seeds": seeds, "jobs": jobs, "data": data_arg,
                           "lang": lang, "names": list(names), "executor": executor,
@@ -294,12 +348,13 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
     on_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     try:
-        if executor == "local" and (jobs == 1 or len(todo) <= 1):
-            for t in todo:
-                exp_t0.setdefault(t.experiment, time.perf_counter())
-                finished(t, *execute(t.experiment, t.config, t.seed, quick, data_arg))
-        elif todo:
-            _dispatch(todo, pool, quick, data_arg, finished, exp_t0)
+        if executor == "local" and (jobs == 1 or len(work) <= 1):
+            for job in work:
+                exp_t0.setdefault(job[0].experiment, time.perf_counter())
+                job_finished(job, execute_job(job[0].experiment, job[0].config,
+                                              [t.seed for t in job], quick, data_arg))
+        elif work:
+            _dispatch(work, pool, quick, data_arg, job_finished, exp_t0)
     except KeyboardInterrupt as e:
         bar.close()
         term = isinstance(e, _Terminated)
@@ -353,30 +408,33 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _run_task(task: Task, quick: bool, data_path: str | None) -> tuple[dict, dict]:
-    """One work item of an executor (a top-level function, so it pickles by name)."""
-    return execute(task.experiment, task.config, task.seed, quick, data_path)
+def _run_job(job: list[Task], quick: bool, data_path: str | None) -> list[tuple[dict, dict]]:
+    """One work item of an executor: a config's seeds (a top-level function, so it pickles
+    by name)."""
+    return execute_job(job[0].experiment, job[0].config, [t.seed for t in job], quick,
+                       data_path)
 
 
-def _dispatch(todo, executor, quick, data_arg, finished, exp_t0) -> None:
-    """Run ``todo`` on ``executor`` (an unstarted :mod:`~sharenorm.lab.executors` executor),
-    storing each run as it finishes. A failed run stops everything (the finished runs are
-    stored; the runs in flight are dropped and redone on resume) and its error goes up."""
+def _dispatch(work, executor, quick, data_arg, job_finished, exp_t0) -> None:
+    """Run the jobs of ``work`` on ``executor`` (an unstarted :mod:`~sharenorm.lab.executors`
+    executor), storing each job's runs as it finishes. A failed job stops everything (the
+    finished runs are stored; the runs in flight are dropped and redone on resume) and its
+    error goes up."""
     import functools
 
     from sharenorm.lab.executors import Failure
 
     def items():
-        for t in todo:  # an experiment's clock starts when its first run is handed out
-            exp_t0.setdefault(t.experiment, time.perf_counter())
-            yield t
+        for job in work:  # an experiment's clock starts when its first job is handed out
+            exp_t0.setdefault(job[0].experiment, time.perf_counter())
+            yield job
 
-    fn = functools.partial(_run_task, quick=quick, data_path=data_arg)
+    fn = functools.partial(_run_job, quick=quick, data_path=data_arg)
     with executor as ex:
-        for task, out in ex.imap_unordered(fn, items()):
+        for job, out in ex.imap_unordered(fn, items()):
             if isinstance(out, Failure):
                 raise out.exception
-            finished(task, *out)
+            job_finished(job, out)
 
 
 def _summary(exp: Experiment, store: ResultsStore, figdir: Path, lang: str, quick: bool,

@@ -181,6 +181,9 @@ class Experiment:
         analyze: ``analyze(runs, figdir, lang) -> list[ClaimResult]``; ``runs`` are the
             finished records of this experiment.
         seeded: False when a run does not depend on the seed (one run is enough).
+        batched: True (default) when the seeds of a config may train together as one stacked
+            model (:mod:`sharenorm.lab.jobs`); False for an experiment whose analysis
+            compares wall-clock times (a stacked member's time is the stack's divided by K).
         uses_data: True when ``--data`` replaces its default dataset.
         requires: names that must exist in ``sharenorm`` (else the experiment is skipped).
         min_train: ``min_train(config) -> int``, the training samples one run of ``config``
@@ -200,6 +203,7 @@ class Experiment:
     run: Callable[[dict, int, RunContext], tuple[dict, dict]]
     analyze: Callable[[list[dict], Path, str], list[ClaimResult]]
     seeded: bool = True
+    batched: bool = True
     uses_data: bool = False
     requires: tuple[str, ...] = ()
     new_claims: tuple = ()

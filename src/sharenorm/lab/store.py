@@ -53,8 +53,9 @@ __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 
 # Bump when an experiment's protocol or metrics change: old results then no longer mix in.
 # 3: mnist1d standardized with train statistics; S2 records n_train. 4: the models keep the
-# conv/linear bias before GroupNorm with C/G > 1 and LayerNorm (which do not cancel it).
-LAB_VERSION = "4"
+# conv/linear bias before GroupNorm with C/G > 1 and LayerNorm (which do not cancel it). 5: the
+# seeds of a config train as one stacked model (other float rounding), a custom optimizer step.
+LAB_VERSION = "5"
 
 
 class LabError(RuntimeError):

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TrainConfig", "train_classifier", "evaluate", "seed_everything", "batches"]
+__all__ = ["TrainConfig", "train_classifier", "train_classifiers", "evaluate", "seed_everything",
+           "batches"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -97,9 +98,22 @@ def train_classifier(model: nn.Module, ds, cfg: TrainConfig, seed: int,
     A run *diverges* when the training loss becomes non-finite or exceeds 1e4; training stops
     there and the run reports chance-level metrics as measured.
 
+    Inside :func:`sharenorm.lab.jobs.run_together` (the runner's jobs: the seeds of one
+    configuration), the call is trained together with the other members' calls, as one
+    stacked model where they stack (:func:`train_classifiers`); without ``penalty`` only.
+
     Raises:
         ValueError: ``cfg.steps`` < 1, or a batch larger than the training set.
     """
+    from sharenorm.lab.jobs import current_group
+
+    member = current_group()
+    if member is not None and penalty is None:
+        return member.train(model, ds, cfg, seed)
+    return _train_alone(model, ds, cfg, seed, penalty)
+
+
+def _train_alone(model: nn.Module, ds, cfg: TrainConfig, seed: int, penalty=None):
     if cfg.steps < 1:
         # no step, no loss to report: an experiment that derives steps from the data size
         # must refuse too small a training set before it gets here
@@ -149,6 +163,151 @@ def train_classifier(model: nn.Module, ds, cfg: TrainConfig, seed: int,
     timing = {"train_s": t_train, "s_per_step": t_train / max(len(losses), 1),
               "s_to_target": sec_hit}
     return _clean(metrics), timing
+
+
+def train_classifiers(models: list[nn.Module], ds, cfgs, seeds: list[int]) -> list[tuple[dict, dict]]:
+    """Train K models at once, each exactly as :func:`train_classifier` would train it alone.
+
+    ``models[k]`` is trained with ``cfgs[k]`` (one :class:`TrainConfig` for all, or one each)
+    and the data order of ``seeds[k]``; the result is ``[(metrics, timing)]`` in that order,
+    and every model ends with its own trained parameters and buffers. When the models can be
+    stacked (:func:`sharenorm.lab.batched.can_stack`: ConvNet and MLP of one architecture) and
+    the configs agree on ``batch_size``, ``optimizer``, ``eval_every`` and ``eval_subset``,
+    the K models train as one stacked model (:mod:`sharenorm.lab.batched`): learning rate,
+    weight decay, steps and ``target_acc`` may differ per member (a learning-rate grid is one
+    call). Otherwise each trains alone, in turn. A member that diverges stops there, as alone,
+    and the others go on untouched.
+
+    ``timing`` of a stacked member gives the stacked model's wall time divided by K (what the
+    member cost) and ``"stacked": K``.
+
+    Example:
+        >>> from sharenorm.data import load_digits
+        >>> from sharenorm.models import MLP
+        >>> ds = load_digits()
+        >>> nets = [MLP(ds.sample_shape, ds.num_classes, hidden=16) for _ in range(2)]
+        >>> out = train_classifiers(nets, ds, [TrainConfig(steps=5, lr=lr) for lr in (0.01, 0.1)],
+        ...                         seeds=[0, 0])
+        >>> [m["steps_done"] for m, _ in out], [t["stacked"] for _, t in out]
+        ([5, 5], [2, 2])
+    """
+    from sharenorm.lab.batched import can_stack
+
+    k = len(models)
+    cfgs = list(cfgs) if isinstance(cfgs, (list, tuple)) else [cfgs] * k
+    if len(cfgs) != k or len(seeds) != k:
+        raise ValueError(f"train_classifiers: {k} models need {k} configs and {k} seeds, got "
+                         f"{len(cfgs)} and {len(seeds)}")
+    shared = {(c.batch_size, c.optimizer, c.eval_every, c.eval_subset) for c in cfgs}
+    if k == 1 or len(shared) > 1 or any(c.extra for c in cfgs) or not can_stack(models):
+        return [_train_alone(m, ds, c, s) for m, c, s in zip(models, cfgs, seeds, strict=True)]
+    return _train_stacked(models, ds, cfgs, seeds)
+
+
+ONEDNN_MIN_BATCH = 4  # stacked training uses ATen's convolution at batches up to this
+
+
+def _train_stacked(models, ds, cfgs, seeds):
+    from sharenorm.lab.batched import StackedOptimizer, stack_models, unstack_into
+
+    k, c0 = len(models), cfgs[0]
+    for c in cfgs:
+        if c.steps < 1:
+            raise ValueError(f"TrainConfig.steps must be ≥ 1, got {c.steps}; give more steps "
+                             "(or, where steps follow from epochs, more training samples)")
+    gens = [torch.Generator().manual_seed(s + 1_000_003) for s in seeds]  # as seed_everything
+    stacked = stack_models(models)
+    stacked.train()
+    opt = StackedOptimizer(list(stacked.parameters()), k, c0.optimizer, [c.lr for c in cfgs],
+                           [c.weight_decay for c in cfgs])
+    x, y = ds.x_train, ds.y_train
+    xt, yt = ds.x_test[:c0.eval_subset], ds.y_test[:c0.eval_subset]
+    n, bs, shape = len(x), c0.batch_size, tuple(x.shape[1:])
+    its = [batches(n, bs, g) for g in gens]
+    active = list(range(k))
+    losses: list[list[float]] = [[] for _ in range(k)]
+    curves: list[list] = [[] for _ in range(k)]
+    diverged, hit = [False] * k, [None] * k
+    t_train = 0.0
+    t_member = [0.0] * k
+    last = max(c.steps for c in cfgs)
+    # oneDNN's grouped convolution costs more than ATen's own at a few samples per batch
+    # (N6's ConvNet, K = 3, CPU time per step: 2.6 vs 3.4 ms at batch 2, 12.8 vs 7.3 at 32)
+    mkldnn = torch.backends.mkldnn
+    onednn_before = mkldnn.enabled
+    onednn = onednn_before and bs > ONEDNN_MIN_BATCH
+    try:
+        for step in range(1, last + 1):
+            idx = torch.cat([next(it) for it in its])
+            mkldnn.enabled = onednn
+            t0 = time.perf_counter()
+            xb = x[idx].view(k, bs, *shape).transpose(0, 1).reshape(bs, k * shape[0], *shape[1:])
+            out = stacked(xb).view(bs, k, -1)
+            # (N, classes, K) against (N, K): every member's own mean cross-entropy
+            per = nn.functional.cross_entropy(out.transpose(1, 2), y[idx].view(k, bs).T,
+                                              reduction="none").mean(0)
+            # only the active members' losses: a frozen one's gradient is exactly 0
+            loss = per.sum() if len(active) == k else per[active].sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            t_train += time.perf_counter() - t0
+            lv = per.tolist()
+            stop = []
+            for j in active:
+                losses[j].append(lv[j])
+                t_member[j] = t_train
+                if not math.isfinite(lv[j]) or lv[j] > 1e4:
+                    diverged[j] = True
+                    stop.append(j)
+                elif step == cfgs[j].steps:
+                    stop.append(j)
+            mkldnn.enabled = onednn_before
+            every = c0.eval_every
+            if every:
+                due = [j for j in active if not diverged[j]
+                       and (step % every == 0 or step == cfgs[j].steps)]
+                if due:
+                    # each member alone: at evaluation's large batch K separate models cost
+                    # less than the grouped ones, and it is the very evaluation of a solo run
+                    unstack_into(stacked, models, due)
+                    for j in due:
+                        acc, _ = evaluate(models[j], xt, yt)
+                        curves[j].append([step, round(acc, 6)])
+                        if cfgs[j].target_acc is not None and hit[j] is None and \
+                                acc >= cfgs[j].target_acc:
+                            hit[j] = (step, t_train / k)
+            if stop:
+                unstack_into(stacked, models, stop)  # the member's final state, as trained alone
+                for j in stop:
+                    opt.freeze(j)
+                    active.remove(j)
+            if not active:
+                break
+    finally:
+        mkldnn.enabled = onednn_before
+    results = []
+    for m in models:
+        m.train()
+    for j in range(k):
+        if diverged[j]:
+            tr_acc = te_acc = float("nan")
+            tr_loss = te_loss = float("inf")
+        else:
+            tr_acc, tr_loss = evaluate(models[j], x, y)
+            te_acc, te_loss = evaluate(models[j], ds.x_test, ds.y_test)
+        tail = losses[j][-max(1, len(losses[j]) // 10):]
+        metrics = {
+            "train_acc": tr_acc, "test_acc": te_acc, "train_loss": tr_loss,
+            "test_loss": te_loss, "gap": tr_acc - te_acc, "diverged": diverged[j],
+            "steps_done": len(losses[j]), "final_train_loss": sum(tail) / len(tail),
+            "curve": curves[j], "steps_to_target": hit[j][0] if hit[j] else None,
+        }
+        train_s = t_member[j] / k
+        timing = {"train_s": train_s, "s_per_step": train_s / max(len(losses[j]), 1),
+                  "s_to_target": hit[j][1] if hit[j] else None, "stacked": k}
+        results.append((_clean(metrics), timing))
+    return results
 
 
 def _clean(d):

@@ -287,4 +287,5 @@ EXPERIMENT = Experiment(
         "(quick: 25) पर eval mode में test accuracy; target accuracy 85% (quick 60%)। Timing: हर seed "
         f"का एक और run हर norm का एक training step बारी-बारी चलाता है, {TIMING_ROUNDS} rounds, एक "
         "thread पर; median step time से seconds।"),
-    configs=configs, run=run, analyze=analyze, uses_data=True)
+    configs=configs, run=run, analyze=analyze, uses_data=True,
+    batched=False)  # N4 compares seconds per step: one model at a time

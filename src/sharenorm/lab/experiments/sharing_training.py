@@ -272,4 +272,5 @@ EXPERIMENT = Experiment(
         f"random permutation के साथ। Adam lr {LR}, batch 32, 2000 steps (quick: 100), हर 100 steps "
         "(quick: 50) पर test accuracy, target 80% (quick: 40%)। Seconds केवल training time हैं।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
-    requires=("LocallyConnected1d", "LocallyConnected2d", "count_parameters"))
+    requires=("LocallyConnected1d", "LocallyConnected2d", "count_parameters"),
+    batched=False)  # S2 compares seconds per step: one model at a time

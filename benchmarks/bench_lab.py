@@ -1,0 +1,178 @@
+"""Lab throughput, old code vs this code, in one run: optimizer steps per second.
+
+Two measurements, each old/new interleaved (old, new, old, new, ...) so that a machine shared
+with other work loads both alike; medians over the repeats, and the load average (``uptime``)
+printed before and after:
+
+* ``cli`` (default): the lab command itself, ``sharenorm lab N6 --quick --seeds 3 --jobs 2``
+  (``--lab-args`` to change it), once with the old source tree and once with this one, each
+  in a fresh output folder. steps/s = the optimizer steps of all runs in ``results.jsonl``
+  (``steps_done``) / the command's wall time (start-up, data, training, report: everything
+  a user waits for).
+* ``train``: in this process, the training loop alone on N6's model and shapes: the old path
+  (each seed trained alone, :func:`sharenorm.lab.train.train_classifier`'s loop as in the old
+  code) vs the new one (the seeds as one stacked model,
+  :func:`sharenorm.lab.train.train_classifiers`).
+
+The old tree is the commit ``--old`` (default 5c2951e, before the stacked lab) exported with
+``git archive`` into a temporary folder.
+
+Run:  python benchmarks/bench_lab.py [--mode cli|train|both] [--repeats 3] [--old 5c2951e]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def export_tree(commit: str, dest: Path) -> Path:
+    """``src/`` of ``commit`` under ``dest`` (git archive: no worktree is registered)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "src"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest / "src"
+
+
+def steps_in(results: Path) -> tuple[int, float]:
+    """(optimizer steps of all runs, the last session's ``wall_s``) of a results file."""
+    steps, wall = 0, float("nan")
+    with open(results) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("kind") == "run":
+                steps += rec["metrics"].get("steps_done") or 0
+            elif rec.get("kind") == "session":
+                wall = rec["wall_s"]
+    return steps, wall
+
+
+def children_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_cli(src: Path, lab_args: list[str], out: Path) -> tuple[float, float, int, float]:
+    """(wall s, CPU s of the command and its workers, optimizer steps, the session's wall_s
+    as results.jsonl records it: from the store's opening to the last run's analysis)."""
+    env = dict(os.environ, PYTHONPATH=str(src))
+    t0, c0 = time.perf_counter(), children_cpu()
+    subprocess.run([sys.executable, "-m", "sharenorm", "lab", *lab_args, "--out", str(out),
+                    "--no-progress"], env=env, check=True, capture_output=True)
+    wall, cpu = time.perf_counter() - t0, children_cpu() - c0
+    return (wall, cpu, *steps_in(out / "results.jsonl"))
+
+
+def bench_cli(args) -> None:
+    lab_args = shlex.split(args.lab_args)
+    with tempfile.TemporaryDirectory(prefix="bench-lab-") as tmp:
+        tmp = Path(tmp)
+        trees = {"old": export_tree(args.old, tmp / "old"), "new": ROOT / "src"}
+        print(f"sharenorm lab {args.lab_args}: old = {args.old}, new = {ROOT / 'src'}")
+        print(f"load before: {load()}")
+        rates: dict[str, dict[str, list[float]]] = {
+            m: {"old": [], "new": []} for m in ("command", "session", "cpu")}
+        for r in range(args.repeats):
+            for name in ("old", "new"):
+                wall, c, steps, session = run_cli(trees[name], lab_args, tmp / f"{name}-{r}")
+                for m, sec in (("command", wall), ("session", session), ("cpu", c)):
+                    rates[m][name].append(steps / sec)
+                print(f"  {name} #{r}: {steps} steps; command {wall:.1f} s wall, session "
+                      f"(results.jsonl wall_s) {session:.1f} s, {c:.1f} s CPU  (load {load()})",
+                      flush=True)
+        print(f"load after: {load()}")
+        for m, what in (("command", "steps / command wall s"),
+                        ("session", "steps / session wall_s (results.jsonl)"),
+                        ("cpu", "steps / CPU s of command and workers")):
+            old, new = (statistics.median(rates[m][k]) for k in ("old", "new"))
+            print(f"{what:42s} median: old {old:7.1f}, new {new:7.1f}, ratio {new / old:.2f}x")
+
+
+def bench_train(args) -> None:
+    import torch
+
+    from sharenorm.lab.common import dataset
+    from sharenorm.lab.spec import RunContext
+    from sharenorm.lab.train import TrainConfig, _train_alone, train_classifiers
+    from sharenorm.models import ConvNet
+
+    torch.set_num_threads(1)
+    ds = dataset(RunContext(quick=True))
+    seeds = list(range(args.seeds))
+    # N6's model; batch 2 and 4 are most of its steps
+    cases = [(norm, bs, steps) for norm in ("batch", "group", "none")
+             for bs, steps in ((2, 250), (4, 125))]
+
+    def models(norm):
+        out = []
+        for s in seeds:
+            torch.manual_seed(s)
+            out.append(ConvNet(ds.sample_shape, ds.num_classes, norm=norm,
+                               num_groups=8 if norm == "group" else None))
+        return out
+
+    def old(norm, cfg):
+        for m, s in zip(models(norm), seeds, strict=True):
+            _train_alone(m, ds, cfg, s)
+
+    def new(norm, cfg):
+        train_classifiers(models(norm), ds, cfg, seeds)
+
+    print(f"training loop, N6 ConvNet, {len(seeds)} seeds; load before: {load()}")
+    ratios, cpu_ratios = [], []
+    for norm, bs, steps in cases:
+        cfg = TrainConfig(steps=steps, batch_size=bs, lr=0.05 * bs / 32)
+        times: dict[str, list[float]] = {"old": [], "new": []}
+        cpus: dict[str, list[float]] = {"old": [], "new": []}
+        for _ in range(args.repeats):
+            for name, fn in (("old", old), ("new", new)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn(norm, cfg)
+                times[name].append(time.perf_counter() - t0)
+                cpus[name].append(time.process_time() - c0)
+        o, n = statistics.median(times["old"]), statistics.median(times["new"])
+        oc, nc = statistics.median(cpus["old"]), statistics.median(cpus["new"])
+        total = steps * len(seeds)
+        ratios.append(o / n)
+        cpu_ratios.append(oc / nc)
+        print(f"  {norm:6s} batch {bs}: old {total / o:7.1f} steps/s, new {total / n:7.1f} "
+              f"steps/s, ratio {o / n:.2f}x wall, {oc / nc:.2f}x CPU  (load {load()})",
+              flush=True)
+    print(f"load after: {load()}")
+    print(f"training-loop ratio new/old (incl. final evaluation): median "
+          f"{statistics.median(ratios):.2f}x wall, {statistics.median(cpu_ratios):.2f}x CPU")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mode", choices=("cli", "train", "both"), default="cli")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--old", default="5c2951e", help="the commit to compare with")
+    ap.add_argument("--lab-args", default="N6 --quick --seeds 3 --jobs 2")
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per config (train mode)")
+    args = ap.parse_args()
+    if args.mode in ("train", "both"):
+        bench_train(args)
+    if args.mode in ("cli", "both"):
+        bench_cli(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""K models stacked into one train exactly as K separate trainings (float64), and a diverging
+member leaves the others untouched."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+
+import pytest
+import torch
+
+from sharenorm.data import Dataset
+from sharenorm.lab import runner
+from sharenorm.lab.batched import NotStackable, StackedLinear, stack_inputs, stack_models
+from sharenorm.lab.jobs import run_together
+from sharenorm.lab.train import TrainConfig, train_classifier, train_classifiers
+from sharenorm.models import MLP, ConvNet, LocallyConnectedNet, RNNClassifier
+
+NORMS = ["batch", "group", "instance", "layer", "none"]
+
+
+def toy(shape=(2, 12), n_train=48, n_test=20, classes=4, dtype=torch.float64, seed=0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    return Dataset("toy", torch.randn(n_train, *shape, generator=g, dtype=dtype),
+                   torch.randint(0, classes, (n_train,), generator=g),
+                   torch.randn(n_test, *shape, generator=g, dtype=dtype),
+                   torch.randint(0, classes, (n_test,), generator=g), classes)
+
+
+def build(kind, norm, seed, ds):
+    torch.manual_seed(seed)
+    if kind == "conv":
+        net = ConvNet(ds.sample_shape, ds.num_classes, width=8, depth=3, norm=norm,
+                      num_groups=2 if norm == "group" else None)
+    else:
+        net = MLP(ds.sample_shape, ds.num_classes, hidden=[8, 6], norm=norm)
+    return net.double()
+
+
+def close(a, b, tol=1e-9):
+    """Metrics equal up to float64 rounding (None for NaN/inf on both sides)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        x, y = a[k], b[k]
+        if isinstance(x, float) and isinstance(y, float):
+            assert math.isclose(x, y, rel_tol=tol, abs_tol=tol), (k, x, y)
+        elif k == "curve":
+            assert [s for s, _ in x] == [s for s, _ in y], k
+            assert all(math.isclose(p, q, abs_tol=tol) for (_, p), (_, q) in zip(x, y, strict=True)), k
+        else:
+            assert x == y, (k, x, y)
+
+
+def same_state(m1, m2, tol=1e-10):
+    s1, s2 = m1.state_dict(), m2.state_dict()
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        assert torch.allclose(s1[k].double(), s2[k].double(), rtol=tol, atol=tol), k
+
+
+CASES = [("conv", n) for n in NORMS] + [("mlp", n) for n in ("batch", "layer", "none")]
+
+
+@pytest.mark.parametrize("kind, norm", CASES)
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_stacked_training_equals_separate_trainings(kind, norm, opt):
+    ds = toy((2, 12) if kind == "conv" else (3, 5))
+    seeds = [0, 1, 2]
+    lrs = [0.05, 0.1, 0.02] if opt == "sgd" else [1e-3, 3e-3, 2e-3]
+    # per-member learning rate, weight decay and steps: a grid is one stacked model
+    cfgs = [TrainConfig(steps=s, batch_size=4, lr=lr, optimizer=opt, eval_every=3,
+                        weight_decay=wd, target_acc=0.0)
+            for s, lr, wd in zip((7, 5, 7), lrs, (0.0, 1e-2, 1e-3), strict=True)]
+    alone = [build(kind, norm, s, ds) for s in seeds]
+    ref = [train_classifier(m, ds, c, s) for m, c, s in zip(alone, cfgs, seeds, strict=True)]
+    together = [build(kind, norm, s, ds) for s in seeds]
+    out = train_classifiers(together, ds, cfgs, seeds)
+    for (m_ref, _), (m_out, t_out), a, b in zip(ref, out, alone, together, strict=True):
+        assert t_out["stacked"] == 3  # it really went through the stacked model
+        close(m_ref, m_out)
+        same_state(a, b)  # parameters and BN running statistics (num_batches_tracked too)
+
+
+def test_image_convnet_stacks_too():
+    ds = toy((1, 6, 6))
+    cfg = TrainConfig(steps=4, batch_size=6, lr=0.05)  # above ONEDNN_MIN_BATCH: oneDNN convs
+    alone = [build("conv", "batch", s, ds) for s in (0, 1)]
+    ref = [train_classifier(m, ds, cfg, s)[0] for m, s in zip(alone, (0, 1), strict=True)]
+    together = [build("conv", "batch", s, ds) for s in (0, 1)]
+    out = train_classifiers(together, ds, cfg, [0, 1])
+    for r, (o, _), a, b in zip(ref, out, alone, together, strict=True):
+        close(r, o)
+        same_state(a, b)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_a_diverging_member_leaves_the_others_untouched(norm):
+    """Member 1 meets an inf weight: NaN everywhere in its channels from the first forward
+    (BN's running statistics included). The others end as they would alone."""
+    ds = toy()
+    cfg = TrainConfig(steps=6, batch_size=4, lr=0.05, eval_every=2)
+    seeds = [0, 1, 2]
+
+    def models():
+        ms = [build("conv", norm, s, ds) for s in seeds]
+        with torch.no_grad():
+            ms[1].features[0].weight[0, 0, 0] = float("inf")
+        return ms
+
+    alone = models()
+    ref = [train_classifier(m, ds, cfg, s)[0] for m, s in zip(alone, seeds, strict=True)]
+    together = models()
+    out = [m for m, _ in train_classifiers(together, ds, cfg, seeds)]
+    assert ref[1]["diverged"] and out[1]["diverged"] and out[1]["steps_done"] == 1
+    for j in (0, 2):
+        assert not out[j]["diverged"]
+        close(ref[j], out[j], tol=1e-12)
+        same_state(alone[j], together[j], tol=1e-12)
+    if norm == "batch":  # the diverged member's running statistics were not updated by NaN
+        bn = together[1].features[1]
+        assert torch.isfinite(bn.running_var).all() and int(bn.num_batches_tracked) == 0
+
+
+def test_divergence_by_a_large_learning_rate_in_a_grid():
+    ds = toy()
+    seeds = [0, 0, 0]
+    cfgs = [TrainConfig(steps=20, batch_size=4, lr=lr) for lr in (0.01, 1e6, 0.05)]
+    alone = [build("conv", "none", s, ds) for s in seeds]
+    ref = [train_classifier(m, ds, c, s)[0] for m, c, s in zip(alone, cfgs, seeds, strict=True)]
+    together = [build("conv", "none", s, ds) for s in seeds]
+    out = [m for m, _ in train_classifiers(together, ds, cfgs, seeds)]
+    assert ref[1]["diverged"] and out[1]["diverged"]
+    assert out[1]["steps_done"] == ref[1]["steps_done"] < 20
+    for j in (0, 2):
+        close(ref[j], out[j], tol=1e-12)
+        same_state(alone[j], together[j], tol=1e-12)
+
+
+def test_stacked_linear_is_k_linears():
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(5, 3) for _ in range(4)]
+    st = stack_models(lins)
+    assert isinstance(st, StackedLinear)
+    x = torch.randn(2, 4, 5)
+    y = st(x.reshape(2, 20)).view(2, 4, 3)
+    for k, lin in enumerate(lins):
+        torch.testing.assert_close(y[:, k], lin(x[:, k]))
+
+
+def test_stack_inputs_puts_member_k_in_its_channels():
+    xs = torch.arange(2 * 3 * 2 * 4.).view(2, 3, 2, 4)  # (K, N, C, L)
+    s = stack_inputs(xs)
+    assert s.shape == (3, 4, 4)
+    torch.testing.assert_close(s[:, 2:4], xs[1])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: LocallyConnectedNet((1, 12), 3, width=4),
+    lambda: RNNClassifier((1, 12), 3, hidden=4, chunk=4),
+])
+def test_what_does_not_stack_is_refused_and_trains_alone(make):
+    ds = toy((1, 12), classes=3, dtype=torch.float32)
+    torch.manual_seed(0)
+    ms = [make(), make()]
+    with pytest.raises(NotStackable, match="train it alone"):
+        stack_models(ms)
+    torch.manual_seed(0)
+    ref_ms = [make(), make()]
+    cfg = TrainConfig(steps=3, batch_size=4)
+    ref = [train_classifier(m, ds, cfg, s) for m, s in zip(ref_ms, (0, 1), strict=True)]
+    out = train_classifiers(ms, ds, cfg, [0, 1])
+    assert [m for m, _ in out] == [m for m, _ in ref]  # the same code: bit-identical
+    assert all("stacked" not in t for _, t in out)
+
+
+def test_different_architectures_do_not_stack():
+    ds = toy()
+    with pytest.raises(NotStackable, match="differ in architecture"):
+        stack_models([build("conv", "batch", 0, ds), build("conv", "group", 0, ds)])
+
+
+def test_run_together_trains_the_members_calls_as_one_and_resumes_them():
+    ds = toy(dtype=torch.float32)
+    seen = []
+
+    def run(seed):
+        torch.manual_seed(seed)
+        net = ConvNet(ds.sample_shape, ds.num_classes, width=4)
+        w0 = net.head.weight.detach().clone()
+        m, t = train_classifier(net, ds, TrainConfig(steps=3, batch_size=4), seed)
+        seen.append((seed, torch.rand(1).item()))  # the global RNG as a solo run leaves it
+        return m, t, not torch.equal(w0, net.head.weight)
+
+    out = run_together([lambda s=s: run(s) for s in (0, 1, 2)])
+    assert [t["stacked"] for _, t, _ in out] == [3, 3, 3]
+    assert all(m["steps_done"] == 3 for m, _, _ in out)
+    assert all(changed for _, _, changed in out)  # each model came back trained
+    assert [s for s, _ in seen] == [0, 1, 2]  # resumed in order
+    for seed, r in seen:
+        torch.manual_seed(seed)
+        assert r == torch.rand(1).item()
+    assert not any(t.name.startswith("lab-member") for t in threading.enumerate())
+
+
+def test_run_together_passes_an_error_on_and_stops_the_others():
+    def ok():
+        return train_classifier(ConvNet((2, 12), 4, width=4), toy(dtype=torch.float32),
+                                TrainConfig(steps=2, batch_size=4), 0)
+
+    def bad():
+        raise ZeroDivisionError("boom")
+
+    with pytest.raises(ZeroDivisionError, match="boom"):
+        run_together([ok, bad, ok])
+    assert not any(t.name.startswith("lab-member") for t in threading.enumerate())
+
+
+def test_jobs_are_configs_with_all_their_seeds():
+    tasks = runner.plan([runner.get_experiment("batch_size")], True, 3)
+    jobs = runner.jobs_of(tasks)
+    assert len(jobs) == len(tasks) // 3
+    assert all([t.seed for t in j] == [0, 1, 2] and len({str(t.config) for t in j}) == 1
+               for j in jobs)
+
+
+def test_execute_job_gives_each_seed_its_stacked_run():
+    cfg = {"norm": "batch", "lr": 0.1, "steps": 8, "batch_size": 16}
+    out = runner.execute_job("lr_sweep", cfg, [0, 1], True, None)
+    again = runner.execute_job("lr_sweep", cfg, [0, 1], True, None)
+    assert [m for m, _ in out] == [m for m, _ in again]  # deterministic
+    assert out[0][0] != out[1][0]
+    assert all(t["stacked"] == 2 and t["job_runs"] == 2 and m["steps_done"] == 8
+               for m, t in out)
+
+
+def _records(out):
+    recs = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
+    runs = {r["key"]: r["metrics"] for r in recs if r.get("kind") == "run"}
+    return runs, [r for r in recs if r.get("kind") == "session"]
+
+
+def test_lab_results_do_not_depend_on_jobs_or_resuming_and_sessions_count_steps(tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setattr(runner, "_summary", lambda *a: None)  # the analysis is not under test
+    kw = dict(quick=True, seeds=2, progress=False, report=False, echo=lambda s: None)
+    runner.run_lab(["N3"], jobs=1, out=tmp_path / "a", **kw)
+    runs, sessions = _records(tmp_path / "a")
+    assert len(runs) == 8  # 4 configs × 2 seeds, trained as 4 stacked pairs
+    assert sessions[-1]["steps_done"] == sum(m["steps_done"] for m in runs.values()) > 0
+    assert sessions[-1]["steps_per_s"] > 0
+    # resume with one run of a pair missing: the pair is trained again together, and only
+    # the missing run is stored, identical to the first time
+    p = tmp_path / "a" / "results.jsonl"
+    lines = p.read_text().splitlines(keepends=True)
+    first_run = next(i for i, ln in enumerate(lines) if '"kind": "run"' in ln)
+    p.write_text("".join(lines[:first_run] + lines[first_run + 1:]))
+    runner.run_lab(["N3"], jobs=1, out=tmp_path / "a", **kw)
+    again, sessions = _records(tmp_path / "a")
+    assert again == runs and sessions[-1]["runs_done"] == 1
+    runner.run_lab(["N3"], jobs=2, out=tmp_path / "b", **kw)
+    assert _records(tmp_path / "b")[0] == runs  # bit-identical whatever --jobs
