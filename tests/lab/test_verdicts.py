@@ -290,7 +290,8 @@ def test_n1_use_cell_has_no_verdict_of_its_own(tmp_path):
 
     runs = _norm_training_runs({"batch": [0.9, 0.91, 0.9], "none": [0.8, 0.81, 0.8]})
     n1 = _claim(norm_training.analyze(runs, tmp_path, "en"), "N1")
-    assert n1.verdict in (SUPPORTED, NOT_SUPPORTED, MIXED)  # N1 itself has a verdict ...
+    # N1 itself is decided (both norms need the same steps: BN is not 1.5x faster) ...
+    assert n1.verdict == NOT_SUPPORTED, n1.measured
     assert n1.cells[("norm", "use", "batch")][1] == INFORMATIONAL  # ... the usage cell has none
 
 
