@@ -239,3 +239,24 @@ def test_memory_efficient_gradients_as_accurate_as_the_plain_path(kind, act, dty
     plain = _dx_error(kind, act, dtype, layout, False)
     ours = _dx_error(kind, act, dtype, layout, True)
     assert ours <= 2 * max(plain, FLOOR[dtype]), f"memory_efficient {ours:.2e}, plain {plain:.2e}"
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 2, 4), (2, 1, 3, 5), (1, 1, 2, 2, 3), (2, 6, 1, 1)])
+def test_strides_that_suit_both_layouts_get_the_channels_last_limit(shape, memory_efficient):
+    # one channel (or one position) in channels-last strides: is_contiguous() is True, yet
+    # ATen runs its channels-last loop, which cancels at |μ|/σ of 10 already
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) + 50).float()
+    x = x.to(memory_format=fmt)
+    c = shape[1]
+    layer = sn.GroupNorm(1 if c == 1 else 2, c, memory_efficient=memory_efficient)
+    xr = x.double()
+    groups = layer.num_groups
+    xg = xr.reshape(shape[0], groups, -1)
+    ref = ((xg - xg.mean(-1, keepdim=True))
+           / torch.sqrt(xg.var(-1, unbiased=False, keepdim=True) + layer.eps)).reshape(shape)
+    with torch.no_grad():
+        y = layer(x).double()
+    assert float((y - ref).abs().max()) < 2e-5

@@ -48,7 +48,7 @@ from torch import Tensor
 from sharenorm.norm import cpu
 from sharenorm.norm._layout import is_channels_last
 
-__all__ = ["SHIFT_ABOVE", "needs_shift", "shift", "grad_safe_input", "group_norm"]
+__all__ = ["SHIFT_ABOVE", "may_run_channels_last", "needs_shift", "shift", "grad_safe_input", "group_norm"]
 
 # max |μ|·r above which the statistics are taken again on the shifted input, keyed by
 # (channels-last kernel, float64 accumulation); measured errors ~4e-7·ratio² (float32,
@@ -60,6 +60,14 @@ SHIFT_ABOVE = {
     (False, True): math.inf,
 }
 _LIMITS = {cl: {f64: SHIFT_ABOVE[(cl, f64)] for f64 in (False, True)} for cl in (False, True)}
+
+
+def may_run_channels_last(x: Tensor) -> bool:
+    """Whether ATen may pick its channels-last loop for ``x``: a tensor whose strides
+    suit both layouts (one channel, or one position) goes either way by its strides, so
+    it gets the channels-last kernel's (lower) limit."""
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return fmt is not None and x.is_contiguous(memory_format=fmt)
 
 
 def needs_shift(mean: Tensor, rstd: Tensor, channels_last: bool, dtype: torch.dtype) -> bool:
@@ -124,7 +132,7 @@ def group_norm(
     xin = x if x.requires_grad or not torch.is_grad_enabled() else grad_safe_input(x, weight, bias)
     out, mean, rstd = torch.native_group_norm(xin, weight, bias, n, c, numel // (n * c), groups,
                                               eps)
-    limit = _LIMITS[channels_last][x.dtype == torch.float64]
+    limit = _LIMITS[channels_last or may_run_channels_last(x)][x.dtype == torch.float64]
     if limit == math.inf:
         return out
     ratio = cpu.max_ratio(mean, rstd)  # ~2 µs; the torch ops below take ~12

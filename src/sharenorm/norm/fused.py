@@ -93,7 +93,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sharenorm.norm._group_stats import needs_shift, shift
+from sharenorm.norm._group_stats import may_run_channels_last, needs_shift, shift
 from sharenorm.norm._layout import memory_format as _memory_format
 from sharenorm.norm.activation import default_param
 
@@ -598,7 +598,7 @@ class _GroupNormAct(torch.autograd.Function):
         hw = math.prod(x.shape[2:])
         w, b = _float32_params(x, weight, bias)
         y, mean, rstd = torch.native_group_norm(x, w, b, n, c, hw, num_groups, eps)
-        if needs_shift(mean, rstd, fmt != torch.contiguous_format, x.dtype):
+        if needs_shift(mean, rstd, may_run_channels_last(x), x.dtype):
             # statistics that cancelled: take them again on x − μ (see _group_stats); the
             # shifted x is the one saved, consistent with the μ kept beside it
             x = shift(x, mean, num_groups)
