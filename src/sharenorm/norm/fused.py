@@ -93,9 +93,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sharenorm.activation import default_param
 from sharenorm.norm._group_stats import needs_shift, shift
 from sharenorm.norm._layout import memory_format as _memory_format
-from sharenorm.norm.activation import default_param
 
 __all__ = [
     "batch_norm_act",
