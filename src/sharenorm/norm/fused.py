@@ -90,10 +90,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from sharenorm.activation import default_param
+from sharenorm.activation import default_param, spec
 from sharenorm.norm._group_stats import needs_shift, shift
 from sharenorm.norm._layout import memory_format as _memory_format
 
@@ -157,80 +156,7 @@ def _saved(ctx) -> tuple[Tensor, ...]:
 def act_is_invertible(act: str | None, act_param: float | None, dtype: torch.dtype) -> bool:
     """Whether ``act`` is injective with a well-conditioned inverse in ``dtype``:
     identity always; leaky_relu for a slope ≥ the dtype's eps; elu for α > 0."""
-    p = default_param(act, act_param)
-    if act is None or act == "identity":
-        return True
-    if act == "leaky_relu":
-        return p >= torch.finfo(dtype).eps
-    if act == "elu":
-        return p > 0
-    return False
-
-
-def _act_(y: Tensor, act: str | None, p: float | None) -> Tensor:
-    """``act(y)`` in place: ``y`` is a fresh tensor and no backward needs it unchanged."""
-    if act is None or act == "identity":
-        return y
-    if act == "relu":
-        return y.relu_()
-    if act == "leaky_relu":
-        return F.leaky_relu_(y, p)
-    if act == "elu":
-        return F.elu_(y, p)
-    if act == "silu":
-        return F.silu(y, inplace=True)
-    if act == "gelu":
-        return _ATEN.gelu_(y)
-    if act == "tanh":
-        return y.tanh_()
-    if act == "sigmoid":
-        return y.sigmoid_()
-    raise AssertionError(act)  # check_activation ran before
-
-
-def _act_grad_from_input(dy: Tensor, z: Tensor, act: str | None, p: float | None) -> Tensor:
-    """dL/dz from dL/dy and the pre-activation ``z``, written over ``z`` (a scratch
-    tensor): one allocation fewer, as many as eager's activation backward makes."""
-    if act is None or act == "identity":
-        return dy
-    if act == "relu":
-        return _ATEN.threshold_backward.grad_input(dy, z, 0, grad_input=z)
-    if act == "leaky_relu":
-        return _ATEN.leaky_relu_backward.grad_input(dy, z, p, False, grad_input=z)
-    if act == "elu":
-        return _ATEN.elu_backward.grad_input(dy, p, 1, 1, False, z, grad_input=z)
-    if act == "silu":
-        return _ATEN.silu_backward.grad_input(dy, z, grad_input=z)
-    if act == "gelu":
-        return _ATEN.gelu_backward.grad_input(dy, z, grad_input=z)
-    if act == "tanh":
-        return _ATEN.tanh_backward.grad_input(dy, z.tanh_(), grad_input=z)
-    if act == "sigmoid":
-        return _ATEN.sigmoid_backward.grad_input(dy, z.sigmoid_(), grad_input=z)
-    raise AssertionError(act)
-
-
-def _act_grad_from_output(dy: Tensor, y: Tensor, act: str | None, p: float | None) -> Tensor:
-    """dL/dz from dL/dy and the output ``y`` of an invertible activation."""
-    if act is None or act == "identity":
-        return dy
-    if act == "leaky_relu":  # z > 0 ⇔ y > 0 for a positive slope
-        return _ATEN.leaky_relu_backward(dy, y, p, True)
-    if act == "elu":  # elu'(z) = y + α for z ≤ 0
-        return _ATEN.elu_backward(dy, p, 1, 1, True, y)
-    raise AssertionError(act)
-
-
-def _act_inverse(y: Tensor, act: str | None, p: float | None) -> Tensor:
-    """``z = act⁻¹(y)``, a new tensor (or ``y`` itself for identity)."""
-    if act is None or act == "identity":
-        return y
-    if act == "leaky_relu":  # the inverse of slope p is slope 1/p: one fused pass
-        return F.leaky_relu(y, 1.0 / p)
-    if act == "elu":
-        z = torch.log1p(y / p)
-        return torch.where(y > 0, y, z, out=z)
-    raise AssertionError(act)
+    return spec(act).invertible(default_param(act, act_param), dtype)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -403,10 +329,8 @@ def _group_norm_backward_from_preact(dz, z, gamma, beta, rstd, groups, out):
 def _cpu_kernel_kind(act: str | None, invert: bool) -> str:
     """The backward.c loop for this activation and saved tensor (its output if ``invert``,
     else the norm's input); :func:`sharenorm.norm.cpu.supports` says if it runs."""
-    if act is None or act == "identity":
-        return "ident"
-    short = {"leaky_relu": "leaky"}.get(act, act)
-    return f"{'inv' if invert else 'rec'}_{short}"
+    name = spec(act).c_name
+    return name if name == "ident" else f"{'inv' if invert else 'rec'}_{name}"
 
 
 def _per_sample_channel(per_group: Tensor, channels: int) -> Tensor:
@@ -493,7 +417,7 @@ class _BatchNormAct(torch.autograd.Function):
             invstd = torch.rsqrt(running_var.detach().to(acc) + eps)
             ctx.running_var = running_var.detach().clone()
         invert = _choose_inversion(act, p, weight, bias, x.dtype)
-        y = _act_(y, act, p)
+        y = spec(act).fn_(y, p)
         if invert and act == "elu":
             invert = _elu_unsaturated(y, p)
         ctx.save_for_backward(y if invert else x, weight, bias, mean, invstd)
@@ -522,8 +446,8 @@ class _BatchNormAct(torch.autograd.Function):
                 return grads
         gamma, beta = _gamma_beta(weight, bias, invstd)
         if ctx.invert:
-            dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
-            z = _act_inverse(saved, act, p).contiguous(memory_format=ctx.fmt)
+            dz = spec(act).grad_from_output(dy, saved, p).contiguous(memory_format=ctx.fmt)
+            z = spec(act).inverse(saved, p).contiguous(memory_format=ctx.fmt)
             if ctx.training:
                 grads = _bn_backward_from_preact(dz, z, gamma, beta, invstd, mask)
                 if grads is not None:
@@ -537,7 +461,7 @@ class _BatchNormAct(torch.autograd.Function):
                 dz = dy
             else:
                 z = _scale_shift(saved, a, beta - mean * a)
-                dz = _act_grad_from_input(dy, z, act, p)
+                dz = spec(act).grad(dy, z, p)
             xin, center = saved, mean
         dz = dz.contiguous(memory_format=ctx.fmt)
         if ctx.training:
@@ -604,7 +528,7 @@ class _GroupNormAct(torch.autograd.Function):
             x = shift(x, mean, num_groups)
             y, mean, rstd = torch.native_group_norm(x, w, b, n, c, hw, num_groups, eps)
         invert = _choose_inversion(act, p, weight, bias, x.dtype)
-        y = _act_(y, act, p)
+        y = spec(act).fn_(y, p)
         if invert and act == "elu":
             invert = _elu_unsaturated(y, p)
         ctx.save_for_backward(y if invert else x, weight, bias, mean, rstd)
@@ -634,8 +558,8 @@ class _GroupNormAct(torch.autograd.Function):
                 return grads
         gamma, beta = _gamma_beta(weight, bias, rstd, c)
         if ctx.invert:
-            dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
-            z = _act_inverse(saved, act, p).contiguous(memory_format=ctx.fmt)
+            dz = spec(act).grad_from_output(dy, saved, p).contiguous(memory_format=ctx.fmt)
+            z = spec(act).inverse(saved, p).contiguous(memory_format=ctx.fmt)
             if g == c and z.is_contiguous():
                 # InstanceNorm: per (n, c) statistics are BatchNorm's on the (1, N·C, *)
                 # view, whose backward takes z directly (see _bn_backward_from_preact).
@@ -667,7 +591,7 @@ class _GroupNormAct(torch.autograd.Function):
                 a = gamma * _per_sample_channel(rstd, c)
                 b = beta - _per_sample_channel(mean, c) * a
                 z = _scale_shift(saved, a, b)
-                dz = _act_grad_from_input(dy, z, act, p)
+                dz = spec(act).grad(dy, z, p)
             xin, center = saved, mean
         dz = dz.contiguous(memory_format=ctx.fmt)
         xin = xin.contiguous(memory_format=ctx.fmt)

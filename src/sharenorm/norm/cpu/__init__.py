@@ -47,13 +47,32 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sharenorm.activation import ACTIVATIONS
 from sharenorm.norm._layout import memory_format as _memory_format
 
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("backward.c")
-_KINDS = ("ident", "inv_leaky", "rec_relu", "rec_leaky")
+
+
+def _c_kinds(float32_only: bool) -> tuple[str, ...]:
+    """backward.c's loops: ``rec_<name>`` (from the norm's input) for every activation,
+    ``inv_<name>`` (from the output) for an invertible one, ``ident`` for none."""
+    kinds = []
+    for a in ACTIVATIONS.values():
+        if a.c_float32_only != float32_only:
+            continue
+        if a.c_name == "ident":
+            kinds.append("ident")
+            continue
+        kinds.append(f"rec_{a.c_name}")
+        if a.inverse is not None:
+            kinds.append(f"inv_{a.c_name}")
+    return tuple(kinds)
+
+
+_KINDS = _c_kinds(float32_only=False)
 # kinds with exp or log1p on the fly: float32 only (float64 keeps the ATen composition)
-_FLOAT32_KINDS = ("rec_silu", "rec_sigmoid", "rec_tanh", "rec_gelu", "rec_elu", "inv_elu")
+_FLOAT32_KINDS = _c_kinds(float32_only=True)
 # kinds that keep dz (or z) in dx between the passes (backward.c: KEEPS_DZ and inv_elu)
 _KEEPING_KINDS = _FLOAT32_KINDS
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}

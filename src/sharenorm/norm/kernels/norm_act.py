@@ -57,15 +57,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from sharenorm.activation import ACTIVATIONS
 from sharenorm.norm._layout import memory_format as layout  # the dense layout a kernel reads
 
 __all__ = ["ACT_CODES", "norm_act_forward", "norm_act_backward", "layout"]
 
 # The activation as a compile-time code (one specialization per activation).
-ACT_CODES = {
-    None: 0, "identity": 0, "relu": 1, "leaky_relu": 2, "elu": 3,
-    "silu": 4, "gelu": 5, "tanh": 6, "sigmoid": 7,
-}
+ACT_CODES = {None: 0, **{name: a.triton for name, a in ACTIVATIONS.items()}}
 
 _SQRT1_2 = tl.constexpr(0.7071067811865476)
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
