@@ -231,10 +231,11 @@ def batch_norm_impl(
     path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
+        from sharenorm.norm.kernels import entry
 
         triton = path == "triton"
         return (_triton_path if triton else _fused_path)(
-            fused.triton_batch_norm_act if triton else fused.batch_norm_act,
+            entry.triton_batch_norm_act if triton else fused.batch_norm_act,
             input,
             running_mean,
             running_var,
@@ -390,10 +391,11 @@ def instance_norm_impl(
     path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
+        from sharenorm.norm.kernels import entry
 
         triton = path == "triton"
         return (_triton_path if triton else _fused_path)(
-            fused.triton_instance_norm_act if triton else fused.instance_norm_act,
+            entry.triton_instance_norm_act if triton else fused.instance_norm_act,
             input,
             running_mean,
             running_var,
@@ -552,8 +554,9 @@ def group_norm_impl(
     path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
+        from sharenorm.norm.kernels import entry
 
-        impl = fused.triton_group_norm_act if path == "triton" else fused.group_norm_act
+        impl = entry.triton_group_norm_act if path == "triton" else fused.group_norm_act
         return impl(input, num_groups, weight, bias, eps, act, act_param)
     # ATen's kernel, guarded against its channels-last cancellation and backward crash
     out = _group_stats.group_norm(input, num_groups, weight, bias, eps)
