@@ -1,76 +1,10 @@
-"""Norm + activation as one autograd node that keeps ONE full-size tensor for backward.
-
-Eager ``act(norm(x))`` keeps two full-size tensors alive until backward: the norm's
-input ``x`` (its backward needs x̂ = (x − μ)·r) and the activation's input or output.
-The functions here compute the same forward with ATen's own kernels (so outputs and
-running statistics are those of the plain path) but save only one of them:
-
-* **invert** (identity, leaky_relu with slope > 0, elu with α > 0): save the output
-  ``y``; in backward, ``act'`` is read off ``y``, the pre-activation is recovered as
-  ``z = act⁻¹(y)`` and the centered input as ``x − μ = (z − β) / (γ·r)``
-  (InPlace-ABN's idea). In a conv → norm → act → conv chain ``y`` is also the next
-  layer's saved input, so the norm block then adds no full-size tensor at all.
-* **recompute** (relu, silu, gelu, tanh, sigmoid, and every case where inverting is
-  unsafe): save the input ``x``; in backward, ``z = γ·r·(x − μ) + β`` is recomputed
-  (one extra pass) and ``act'(z)`` taken from it.
-
-On the CPU the backward is two fused C loops (:func:`sharenorm.norm.cpu.norm_backward`,
-for every activation on float32, identity/relu/leaky_relu on float64): one pass reads
-the saved tensor and dy and sums dz and dz·u per (n, c), computing the activation's
-gradient dz and u (z or x) on the fly; a second writes dx = c1·dz + c2·u + c3. That is
-5 full-size tensor passes against eager's 8 (activation backward, then the norm's two),
-and on a contiguous tensor the second pass over each statistic reads from the cache.
-Where those loops do not run (no C compiler, 16-bit, CUDA without Triton), the
-backward is an ATen composition:
-
-The backward of the recompute path hands ``x`` with μ and r to ATen's fused norm
-backward (``native_batch_norm_backward`` / ``native_group_norm_backward``), the kernel
-eager autograd itself uses. The invert path never rebuilds ``x − μ`` as a tensor where
-it can avoid it (that would be one more full-size pass and allocation):
-
-* BatchNorm in training, and InstanceNorm on a contiguous input (BatchNorm of the
-  ``(1, N·C, *)`` view): ``z`` goes into ATen's BatchNorm backward directly with
-  μ := β, r := 1/γ and the weight γ²·r, which gives its kernel the same x̂ = (z − β)/γ
-  and the same γ·r (:func:`_bn_backward_from_preact`);
-* GroupNorm on the CPU: per-(n, c) sums of dz and dz·z, then dx = c2·z + c3 + c1·dz in
-  two in-place passes (:func:`_group_norm_backward_from_preact`);
-* otherwise (BatchNorm in eval, 16-bit or CUDA GroupNorm, a coefficient that would not
-  be finite): ``x − μ = (z − β)/(γ·r)`` is rebuilt over z and given to ATen with μ := 0.
-
-Per-channel affine passes run on ATen's eval-mode BatchNorm kernel (:func:`_scale_shift`)
-and activation gradients are written over scratch tensors, so the backward allocates as
-many full-size tensors as eager's: one more only where BatchNorm (or the rebuilding
-fall-back) inverts leaky_relu or elu, which needs z beside dz.
-
-When inverting is unsafe, and what is done instead. Recovering x − μ divides by γ:
-
-* ``γ_c = 0`` (e.g. zero-init residual BN) destroys the information; a tiny γ_c
-  (below the dtype's smallest normal number) leaves it in subnormals;
-* ``|β_c| ≫ |γ_c|`` makes ``z`` mostly β, so the rounding of ``y`` (relative to |z|)
-  becomes an error of ``u·|β/γ|`` in x̂;
-* elu saturates: ``log1p(y/α)`` loses ``-z/ln 2`` bits of z as y → −α.
-
-So the output is inverted only when, for every channel, ``|γ_c| ≥ finfo.tiny`` and
-``|β_c| ≤ 16·|γ_c|`` (at most ~4 bits lost to the affine inverse), a leaky_relu slope
-is at least the dtype's ``eps``, and for elu every pre-activation is ≥ −4 (checked with
-one min-reduction over ``y`` in forward). Otherwise the input is saved and the
-pre-activation recomputed: gradients stay exact, the saved memory is still one tensor,
-only the inversion's network-level sharing with the next layer is lost. The forward is
-never changed (InPlace-ABN instead replaces γ by |γ| + ε, which changes the model).
-The γ/β check reads C values (a host sync on GPUs).
-
-Limits of this mode (use the plain path where they matter):
-
-* no double backward (``create_graph=True``, gradient penalties): differentiating the
-  gradient raises an error that says so;
-* where the output is the saved tensor (the invert path), modifying it in place later
-  (``out += identity``, an in-place op of the next layer) makes backward raise an error
-  that names the fix (make that op out-of-place);
-* under ``torch.compile`` the input is always the saved tensor (the checks that allow
-  the inversion read values on the host, which would break the graph at each layer): the
-  graph stays whole (``fullgraph=True`` works) and one tensor is still saved, but not
-  one shared with the next layer;
-* ``torch.jit.script`` does not compile it (nor sharenorm's plain layers).
+"""Norm + activation as one autograd node that keeps ONE full-size tensor for backward
+(``memory_efficient=True`` on the CPU and on CUDA without Triton), with outputs and running
+statistics from ATen's own kernels. It saves the output and inverts the activation and
+the affine step where that is safe (identity, leaky_relu, elu), else the input, and
+recomputes the pre-activation; the CPU backward runs as two fused C loops
+(:mod:`sharenorm.norm.cpu`). Why, when inverting is safe, and the limits (no double
+backward, no in-place edit of a saved output): docs/design/memory-efficient-norms.md.
 
 Example:
     >>> import torch
