@@ -1,20 +1,9 @@
 """The CPU backward of memory-efficient norm + activation as fused C loops
-(``backward.c``), compiled on first use.
-
-The same backward composed of ATen calls reads and writes full-size tensors several
-times (the activation's backward, the inverse of the activation, the norm's sums, its
-elementwise pass): 10–11 passes over a tensor where eager's ``act(norm(x))`` makes 8.
-The C loops compute the activation's gradient and the pre-activation on the fly: they
-read the saved tensor and the incoming gradient twice and write dx once, and on a
-contiguous tensor the second read of each statistic's rows comes from the cache. See
-:func:`norm_backward` for the math.
-
-The C file is compiled with the system's C compiler (``$CC`` or ``cc``) into
-``$SHARENORM_CACHE_DIR`` (default ``~/.cache/sharenorm``), once per source, compiler and CPU,
-in well under a second. Where no compiler works, or ``SHARENORM_CPU_KERNELS=0``,
-:func:`available` is False and the callers keep their ATen composition: same results,
-slower. The loops run on ``torch.get_num_threads()`` OpenMP threads of torch's own
-runtime (ATen's thread team: no second pool competes with it).
+(``backward.c``), compiled on first use with ``$CC`` or ``cc`` into
+``$SHARENORM_CACHE_DIR`` (default ``~/.cache/sharenorm``). Where no compiler works, or
+``SHARENORM_CPU_KERNELS=0``, :func:`available` is False and the callers keep their ATen
+composition (same results, slower). The math is in :func:`norm_backward`; why the loops
+and how they run: docs/design/cpu-backward-loops.md.
 
 Example:
     >>> import torch
