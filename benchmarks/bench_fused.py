@@ -43,7 +43,7 @@ from torch.utils._pytree import tree_flatten
 
 import sharenorm as sn
 import sharenorm.functional as SF
-from sharenorm.norm.activation import apply_activation
+from sharenorm.activation import apply_activation
 from sharenorm.norm.fused import saved_tensor_bytes
 
 SHAPES = [(32, 128, 56, 56), (2, 320, 64, 64), (1, 512, 64, 64)]

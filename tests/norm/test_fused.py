@@ -23,8 +23,8 @@ from torch import nn
 
 import sharenorm as sn
 import sharenorm.functional as SF
+from sharenorm.activation import apply_activation, default_param
 from sharenorm.norm import cpu, fused, reference
-from sharenorm.norm.activation import apply_activation, default_param
 
 ACTS = [None, "relu", "leaky_relu", "elu", "silu", "gelu", "tanh", "sigmoid"]
 

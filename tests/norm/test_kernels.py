@@ -27,7 +27,7 @@ pytest.importorskip("triton", reason="Triton is not installed (pip install 'shar
 import sharenorm as sn  # noqa: E402
 import sharenorm.functional as SF  # noqa: E402
 from sharenorm.norm import fused, kernels, reference  # noqa: E402
-from sharenorm.norm.kernels import norm_act  # noqa: E402
+from sharenorm.norm.kernels import entry, norm_act  # noqa: E402
 
 if DEVICE != "cpu":
     if not torch.cuda.is_available() or kernels.interpreting():
@@ -362,7 +362,7 @@ def _op_args(act="silu"):
 
 
 def test_custom_ops_pass_opcheck():
-    ops = fused._triton_ops()
+    ops = entry._triton_ops()
     x, w, b, act = _op_args()
     fwd_args = (x.requires_grad_(True), w.requires_grad_(True), b, None, None, 2, 1e-5, act,
                 0.0, False)
@@ -445,7 +445,7 @@ def test_backward_merge_kernels_loop_over_blocks():
 
 
 def test_running_update_op_passes_opcheck_and_guards():
-    ops = fused._triton_ops()
+    ops = entry._triton_ops()
     rm, rv = torch.randn(5), torch.rand(5) + 0.5
     mean, var = torch.randn(3, 5), torch.rand(3, 5)
     torch.library.opcheck(ops.running_update.default, (rm.clone(), rv.clone(), mean, var, 0.1,

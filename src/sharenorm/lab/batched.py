@@ -114,7 +114,7 @@ class StackedBatchNorm(nn.Module):
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
     def forward(self, x: Tensor) -> Tensor:
-        from sharenorm.norm.activation import apply_activation
+        from sharenorm.activation import apply_activation
 
         rm, rv = self.running_mean, self.running_var
         if self.training and rm is not None:

@@ -1,31 +1,8 @@
 """ATen's CPU GroupNorm kernel (GroupNorm, InstanceNorm as one channel per group,
-LayerNorm as one group), kept accurate where its statistics cancel and kept from
-crashing where its backward would.
-
-**Cancellation.** On a channels-last input the kernel takes σ² = E[x²] − E[x]² over
-the raw values, accumulated in float32 for float32 and 16-bit inputs. With unit
-roundoff u the relative error of σ² is about u·(μ/σ)², so the output is off by
-~4e-7·(μ/σ)²: 4e-2 at |μ|/σ = 300, garbage (σ² ≤ 0) past ~3000. The contiguous kernel
-is better, ~2e-8·|μ|/σ (its float32 μ is off by u·|μ|), which is still ten times the
-float32 tolerance at |μ|/σ = 1e4. GroupNorm's output and its gradients do not change
-when each (sample, group) is shifted by a constant, so :func:`group_norm`
-
-1. runs the kernel as is and reads its μ and r = 1/√(σ² + ε) per (sample, group);
-2. where some |μ|·r exceeds :data:`SHIFT_ABOVE` (per kernel and accumulation dtype,
-   where the error above reaches ~1e-6 of the output's scale), runs it again on
-   x − μ̃, μ̃ being step 1's μ (a constant for autograd: the shift has zero gradient).
-
-x − μ̃ is exact where it matters: where |μ| ≫ σ, x and μ̃ are within a factor of two
-of each other, and such a difference is exact in floating point (Sterbenz's lemma);
-the second run sees |mean|/σ ≈ u·|μ|/σ ≤ 1e-3 and computes the true statistics. Step
-1's r cannot hide a large ratio: a cancelled σ² is at most σ² + u·μ², so the ratio
-read is at least min(|μ|/σ, 1/√u). The cost where nothing is shifted is one (N, G)
-reduction read on the host (a few µs); where the shift is needed, a second forward.
-
-**Crash.** torch 2.13's CPU channels-last GroupNorm backward segfaults when the
-input's gradient is not requested (only γ/β need one: a trainable norm after a frozen
-layer). :func:`grad_safe_input` asks for that gradient from a leaf that shares the
-input's data, and autograd drops it.
+LayerNorm as one group), kept accurate where its statistics cancel (:func:`group_norm`
+reruns it on the input shifted by its mean where |μ|·r exceeds :data:`SHIFT_ABOVE`) and
+kept from crashing where its backward would (:func:`grad_safe_input`). Why and how
+much: docs/design/groupnorm-statistics.md.
 
 Example:
     >>> import torch

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sharenorm.activation import check_activation
 from sharenorm.norm import functional as SF
-from sharenorm.norm.activation import check_activation
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 

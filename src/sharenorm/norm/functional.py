@@ -18,156 +18,30 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 import warnings
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from sharenorm._checks import (  # noqa: F401 (re-exported: norm layers use SF.check_*)
+    CheckedAttribute,
+    as_count,
+    check_dtypes,
+    check_eps,
+    check_groups,
+    check_input,
+    check_momentum,
+    check_per_channel,
+    check_running_pair,
+)
+from sharenorm.activation import apply_activation, check_activation
 from sharenorm.norm import _group_stats
 from sharenorm.norm._layout import is_channels_last, same_memory_format
-from sharenorm.norm.activation import apply_activation, check_activation
 
 __all__ = ["batch_norm", "instance_norm", "group_norm"]
 
 
-# ----------------------------------------------------------------------------- checks
-
-
-def check_input(input: Tensor, op: str, min_dim: int = 2) -> None:
-    """Raise a clear error for non-tensors, integer/complex tensors and too few dims."""
-    if not isinstance(input, Tensor):
-        raise TypeError(f"{op}: input must be a torch.Tensor, got {type(input).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(
-            f"{op}: input has dtype {input.dtype}; normalization needs a real floating "
-            "dtype (float16, bfloat16, float32 or float64): convert it with input.float()"
-        )
-    if input.dim() < min_dim:
-        raise ValueError(
-            f"{op}: expected an input of shape (N, C, *) with at least {min_dim} dims, "
-            f"got shape {tuple(input.shape)}"
-        )
-
-
-def as_count(value: Any, name: str, what: str) -> int:
-    """``value`` as a plain positive ``int``: any integer type torch accepts
-    (``operator.index``: numpy ints too), never a bool or a float; else a ValueError
-    that says what the number is (``what``)."""
-    try:
-        n = operator.index(value)
-    except TypeError:
-        n = None
-    if n is None or isinstance(value, bool) or n < 1:
-        raise ValueError(f"{name} must be a positive int{what}, got {value!r}")
-    return n
-
-
-def check_eps(eps: float) -> float:
-    """``eps`` as a float (any real number type, numpy's included), finite and > 0."""
-    if not (
-        isinstance(eps, numbers.Real)
-        and not isinstance(eps, bool)
-        and math.isfinite(eps)
-        and eps > 0
-    ):
-        raise ValueError(
-            f"eps must be positive: a finite number > 0 that keeps √(σ² + ε) away from 0, "
-            f"got {eps!r}; use a small number such as 1e-5 (the default)"
-        )
-    return float(eps)
-
-
-def check_momentum(momentum: float | None, allow_none: bool = True) -> float | None:
-    """``momentum`` as a float in [0, 1] (any real number type), or None where allowed."""
-    if momentum is None and allow_none:
-        return None
-    if not (isinstance(momentum, numbers.Real) and not isinstance(momentum, bool)
-            and 0.0 <= momentum <= 1.0):
-        hint = " or None for a cumulative average" if allow_none else ""
-        raise ValueError(f"momentum must be a number in [0, 1]{hint}, got {momentum!r}")
-    return float(momentum)
-
-
-class CheckedAttribute:
-    """A module attribute checked whenever it is set, in ``__init__`` or later: with
-    ``eps = CheckedAttribute(check_eps)`` in the class, ``m.eps = -1.0`` raises the
-    constructor's error instead of making every later output NaN (torch.nn checks eps
-    only when its functional call runs, momentum never). The value lives in the
-    instance's ``__dict__`` under its own name, so ``state_dict``, ``deepcopy``, pickling
-    and ``torch.compile`` see a plain attribute.
-
-    Example:
-        >>> import sharenorm as sn
-        >>> m = sn.GroupNorm(2, 4)
-        >>> m.eps = 1e-3
-        >>> try:
-        ...     m.eps = -1.0
-        ... except ValueError as e:
-        ...     print(str(e)[:21])
-        eps must be positive:
-    """
-
-    def __init__(self, check: Any) -> None:
-        self.check = check
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        obj.__dict__[self.name] = self.check(value)
-
-
-def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor) -> None:
-    """γ, β and running statistics hold one value per channel: shape (C,)."""
-    if t is None:
-        return
-    if t.shape != (channels,):
-        raise ValueError(
-            f"{name} must have shape ({channels},), one value per channel of the input of "
-            f"shape {tuple(input.shape)}; got {tuple(t.shape)}"
-        )
-    if not t.is_floating_point():
-        raise TypeError(f"{name} has dtype {t.dtype}; it must be a floating dtype")
-
-
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def check_dtypes(input: Tensor, op: str, **tensors: Tensor | None) -> None:
-    """γ, β and running statistics have the input's dtype, or float32 for a 16-bit input
-    (the mixed precision ATen's norms take); anything else would fail in ATen with "mixed
-    dtype", which names neither the tensor nor the fix."""
-    for name, t in tensors.items():
-        if t is None or t.dtype == input.dtype:
-            continue
-        if input.dtype in _HALF_DTYPES and t.dtype == torch.float32:
-            continue
-        raise TypeError(
-            f"{op}: {name} is {t.dtype} but the input is {input.dtype}; convert the layer "
-            f"(module.to({input.dtype})) or the input (x.to({t.dtype})). Only a float16 or "
-            "bfloat16 input may meet float32 parameters and statistics, as in torch.nn."
-        )
-
-
-def check_running_pair(running_mean: Tensor | None, running_var: Tensor | None, op: str) -> None:
-    """Both running statistics or neither: one alone would be silently ignored."""
-    if (running_mean is None) != (running_var is None):
-        missing = "running_var" if running_var is None else "running_mean"
-        raise ValueError(
-            f"{op}: running_mean and running_var must both be given or both be None, got "
-            f"no {missing}; pass both to use (and update) running statistics, or neither"
-        )
+# ----------------------------------------------------------------------------- running statistics
 
 
 def backup_running_stats(running_mean: Tensor, running_var: Tensor) -> Tensor:
@@ -357,10 +231,11 @@ def batch_norm_impl(
     path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
+        from sharenorm.norm.kernels import entry
 
         triton = path == "triton"
         return (_triton_path if triton else _fused_path)(
-            fused.triton_batch_norm_act if triton else fused.batch_norm_act,
+            entry.triton_batch_norm_act if triton else fused.batch_norm_act,
             input,
             running_mean,
             running_var,
@@ -516,10 +391,11 @@ def instance_norm_impl(
     path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
+        from sharenorm.norm.kernels import entry
 
         triton = path == "triton"
         return (_triton_path if triton else _fused_path)(
-            fused.triton_instance_norm_act if triton else fused.instance_norm_act,
+            entry.triton_instance_norm_act if triton else fused.instance_norm_act,
             input,
             running_mean,
             running_var,
@@ -625,21 +501,6 @@ def instance_norm(
 # ----------------------------------------------------------------------------- group norm
 
 
-def check_groups(num_channels: int, num_groups: int) -> int:
-    """GroupNorm needs C divisible by G; the error lists the valid G nearest the one asked.
-    Returns G as a plain int."""
-    num_groups = as_count(num_groups, "num_groups", "")
-    if num_channels % num_groups:
-        divisors = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
-        near = sorted(divisors, key=lambda g: (abs(g - num_groups), g))[:4]
-        raise ValueError(
-            f"num_channels={num_channels} is not divisible by num_groups={num_groups}; "
-            f"valid group counts near {num_groups}: {', '.join(map(str, sorted(near)))} "
-            f"(or pass group_size= with a divisor of {num_channels})"
-        )
-    return num_groups
-
-
 def group_norm(
     input: Tensor,
     num_groups: int,
@@ -693,8 +554,9 @@ def group_norm_impl(
     path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
+        from sharenorm.norm.kernels import entry
 
-        impl = fused.triton_group_norm_act if path == "triton" else fused.group_norm_act
+        impl = entry.triton_group_norm_act if path == "triton" else fused.group_norm_act
         return impl(input, num_groups, weight, bias, eps, act, act_param)
     # ATen's kernel, guarded against its channels-last cancellation and backward crash
     out = _group_stats.group_norm(input, num_groups, weight, bias, eps)

@@ -1,76 +1,10 @@
-"""Norm + activation as one autograd node that keeps ONE full-size tensor for backward.
-
-Eager ``act(norm(x))`` keeps two full-size tensors alive until backward: the norm's
-input ``x`` (its backward needs x̂ = (x − μ)·r) and the activation's input or output.
-The functions here compute the same forward with ATen's own kernels (so outputs and
-running statistics are those of the plain path) but save only one of them:
-
-* **invert** (identity, leaky_relu with slope > 0, elu with α > 0): save the output
-  ``y``; in backward, ``act'`` is read off ``y``, the pre-activation is recovered as
-  ``z = act⁻¹(y)`` and the centered input as ``x − μ = (z − β) / (γ·r)``
-  (InPlace-ABN's idea). In a conv → norm → act → conv chain ``y`` is also the next
-  layer's saved input, so the norm block then adds no full-size tensor at all.
-* **recompute** (relu, silu, gelu, tanh, sigmoid, and every case where inverting is
-  unsafe): save the input ``x``; in backward, ``z = γ·r·(x − μ) + β`` is recomputed
-  (one extra pass) and ``act'(z)`` taken from it.
-
-On the CPU the backward is two fused C loops (:func:`sharenorm.norm.cpu.norm_backward`,
-for every activation on float32, identity/relu/leaky_relu on float64): one pass reads
-the saved tensor and dy and sums dz and dz·u per (n, c), computing the activation's
-gradient dz and u (z or x) on the fly; a second writes dx = c1·dz + c2·u + c3. That is
-5 full-size tensor passes against eager's 8 (activation backward, then the norm's two),
-and on a contiguous tensor the second pass over each statistic reads from the cache.
-Where those loops do not run (no C compiler, 16-bit, CUDA without Triton), the
-backward is an ATen composition:
-
-The backward of the recompute path hands ``x`` with μ and r to ATen's fused norm
-backward (``native_batch_norm_backward`` / ``native_group_norm_backward``), the kernel
-eager autograd itself uses. The invert path never rebuilds ``x − μ`` as a tensor where
-it can avoid it (that would be one more full-size pass and allocation):
-
-* BatchNorm in training, and InstanceNorm on a contiguous input (BatchNorm of the
-  ``(1, N·C, *)`` view): ``z`` goes into ATen's BatchNorm backward directly with
-  μ := β, r := 1/γ and the weight γ²·r, which gives its kernel the same x̂ = (z − β)/γ
-  and the same γ·r (:func:`_bn_backward_from_preact`);
-* GroupNorm on the CPU: per-(n, c) sums of dz and dz·z, then dx = c2·z + c3 + c1·dz in
-  two in-place passes (:func:`_group_norm_backward_from_preact`);
-* otherwise (BatchNorm in eval, 16-bit or CUDA GroupNorm, a coefficient that would not
-  be finite): ``x − μ = (z − β)/(γ·r)`` is rebuilt over z and given to ATen with μ := 0.
-
-Per-channel affine passes run on ATen's eval-mode BatchNorm kernel (:func:`_scale_shift`)
-and activation gradients are written over scratch tensors, so the backward allocates as
-many full-size tensors as eager's: one more only where BatchNorm (or the rebuilding
-fall-back) inverts leaky_relu or elu, which needs z beside dz.
-
-When inverting is unsafe, and what is done instead. Recovering x − μ divides by γ:
-
-* ``γ_c = 0`` (e.g. zero-init residual BN) destroys the information; a tiny γ_c
-  (below the dtype's smallest normal number) leaves it in subnormals;
-* ``|β_c| ≫ |γ_c|`` makes ``z`` mostly β, so the rounding of ``y`` (relative to |z|)
-  becomes an error of ``u·|β/γ|`` in x̂;
-* elu saturates: ``log1p(y/α)`` loses ``-z/ln 2`` bits of z as y → −α.
-
-So the output is inverted only when, for every channel, ``|γ_c| ≥ finfo.tiny`` and
-``|β_c| ≤ 16·|γ_c|`` (at most ~4 bits lost to the affine inverse), a leaky_relu slope
-is at least the dtype's ``eps``, and for elu every pre-activation is ≥ −4 (checked with
-one min-reduction over ``y`` in forward). Otherwise the input is saved and the
-pre-activation recomputed: gradients stay exact, the saved memory is still one tensor,
-only the inversion's network-level sharing with the next layer is lost. The forward is
-never changed (InPlace-ABN instead replaces γ by |γ| + ε, which changes the model).
-The γ/β check reads C values (a host sync on GPUs).
-
-Limits of this mode (use the plain path where they matter):
-
-* no double backward (``create_graph=True``, gradient penalties): differentiating the
-  gradient raises an error that says so;
-* where the output is the saved tensor (the invert path), modifying it in place later
-  (``out += identity``, an in-place op of the next layer) makes backward raise an error
-  that names the fix (make that op out-of-place);
-* under ``torch.compile`` the input is always the saved tensor (the checks that allow
-  the inversion read values on the host, which would break the graph at each layer): the
-  graph stays whole (``fullgraph=True`` works) and one tensor is still saved, but not
-  one shared with the next layer;
-* ``torch.jit.script`` does not compile it (nor sharenorm's plain layers).
+"""Norm + activation as one autograd node that keeps ONE full-size tensor for backward
+(``memory_efficient=True`` on the CPU and on CUDA without Triton), with outputs and running
+statistics from ATen's own kernels. It saves the output and inverts the activation and
+the affine step where that is safe (identity, leaky_relu, elu), else the input, and
+recomputes the pre-activation; the CPU backward runs as two fused C loops
+(:mod:`sharenorm.norm.cpu`). Why, when inverting is safe, and the limits (no double
+backward, no in-place edit of a saved output): docs/design/memory-efficient-norms.md.
 
 Example:
     >>> import torch
@@ -90,12 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from sharenorm.activation import default_param, spec
 from sharenorm.norm._group_stats import may_run_channels_last, needs_shift, shift
 from sharenorm.norm._layout import memory_format as _memory_format
-from sharenorm.norm.activation import default_param
 
 __all__ = [
     "batch_norm_act",
@@ -157,80 +90,7 @@ def _saved(ctx) -> tuple[Tensor, ...]:
 def act_is_invertible(act: str | None, act_param: float | None, dtype: torch.dtype) -> bool:
     """Whether ``act`` is injective with a well-conditioned inverse in ``dtype``:
     identity always; leaky_relu for a slope ≥ the dtype's eps; elu for α > 0."""
-    p = default_param(act, act_param)
-    if act is None or act == "identity":
-        return True
-    if act == "leaky_relu":
-        return p >= torch.finfo(dtype).eps
-    if act == "elu":
-        return p > 0
-    return False
-
-
-def _act_(y: Tensor, act: str | None, p: float | None) -> Tensor:
-    """``act(y)`` in place: ``y`` is a fresh tensor and no backward needs it unchanged."""
-    if act is None or act == "identity":
-        return y
-    if act == "relu":
-        return y.relu_()
-    if act == "leaky_relu":
-        return F.leaky_relu_(y, p)
-    if act == "elu":
-        return F.elu_(y, p)
-    if act == "silu":
-        return F.silu(y, inplace=True)
-    if act == "gelu":
-        return _ATEN.gelu_(y)
-    if act == "tanh":
-        return y.tanh_()
-    if act == "sigmoid":
-        return y.sigmoid_()
-    raise AssertionError(act)  # check_activation ran before
-
-
-def _act_grad_from_input(dy: Tensor, z: Tensor, act: str | None, p: float | None) -> Tensor:
-    """dL/dz from dL/dy and the pre-activation ``z``, written over ``z`` (a scratch
-    tensor): one allocation fewer, as many as eager's activation backward makes."""
-    if act is None or act == "identity":
-        return dy
-    if act == "relu":
-        return _ATEN.threshold_backward.grad_input(dy, z, 0, grad_input=z)
-    if act == "leaky_relu":
-        return _ATEN.leaky_relu_backward.grad_input(dy, z, p, False, grad_input=z)
-    if act == "elu":
-        return _ATEN.elu_backward.grad_input(dy, p, 1, 1, False, z, grad_input=z)
-    if act == "silu":
-        return _ATEN.silu_backward.grad_input(dy, z, grad_input=z)
-    if act == "gelu":
-        return _ATEN.gelu_backward.grad_input(dy, z, grad_input=z)
-    if act == "tanh":
-        return _ATEN.tanh_backward.grad_input(dy, z.tanh_(), grad_input=z)
-    if act == "sigmoid":
-        return _ATEN.sigmoid_backward.grad_input(dy, z.sigmoid_(), grad_input=z)
-    raise AssertionError(act)
-
-
-def _act_grad_from_output(dy: Tensor, y: Tensor, act: str | None, p: float | None) -> Tensor:
-    """dL/dz from dL/dy and the output ``y`` of an invertible activation."""
-    if act is None or act == "identity":
-        return dy
-    if act == "leaky_relu":  # z > 0 ⇔ y > 0 for a positive slope
-        return _ATEN.leaky_relu_backward(dy, y, p, True)
-    if act == "elu":  # elu'(z) = y + α for z ≤ 0
-        return _ATEN.elu_backward(dy, p, 1, 1, True, y)
-    raise AssertionError(act)
-
-
-def _act_inverse(y: Tensor, act: str | None, p: float | None) -> Tensor:
-    """``z = act⁻¹(y)``, a new tensor (or ``y`` itself for identity)."""
-    if act is None or act == "identity":
-        return y
-    if act == "leaky_relu":  # the inverse of slope p is slope 1/p: one fused pass
-        return F.leaky_relu(y, 1.0 / p)
-    if act == "elu":
-        z = torch.log1p(y / p)
-        return torch.where(y > 0, y, z, out=z)
-    raise AssertionError(act)
+    return spec(act).invertible(default_param(act, act_param), dtype)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -403,10 +263,8 @@ def _group_norm_backward_from_preact(dz, z, gamma, beta, rstd, groups, out):
 def _cpu_kernel_kind(act: str | None, invert: bool) -> str:
     """The backward.c loop for this activation and saved tensor (its output if ``invert``,
     else the norm's input); :func:`sharenorm.norm.cpu.supports` says if it runs."""
-    if act is None or act == "identity":
-        return "ident"
-    short = {"leaky_relu": "leaky"}.get(act, act)
-    return f"{'inv' if invert else 'rec'}_{short}"
+    name = spec(act).c_name
+    return name if name == "ident" else f"{'inv' if invert else 'rec'}_{name}"
 
 
 def _per_sample_channel(per_group: Tensor, channels: int) -> Tensor:
@@ -493,7 +351,7 @@ class _BatchNormAct(torch.autograd.Function):
             invstd = torch.rsqrt(running_var.detach().to(acc) + eps)
             ctx.running_var = running_var.detach().clone()
         invert = _choose_inversion(act, p, weight, bias, x.dtype)
-        y = _act_(y, act, p)
+        y = spec(act).fn_(y, p)
         if invert and act == "elu":
             invert = _elu_unsaturated(y, p)
         ctx.save_for_backward(y if invert else x, weight, bias, mean, invstd)
@@ -522,8 +380,8 @@ class _BatchNormAct(torch.autograd.Function):
                 return grads
         gamma, beta = _gamma_beta(weight, bias, invstd)
         if ctx.invert:
-            dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
-            z = _act_inverse(saved, act, p).contiguous(memory_format=ctx.fmt)
+            dz = spec(act).grad_from_output(dy, saved, p).contiguous(memory_format=ctx.fmt)
+            z = spec(act).inverse(saved, p).contiguous(memory_format=ctx.fmt)
             if ctx.training:
                 grads = _bn_backward_from_preact(dz, z, gamma, beta, invstd, mask)
                 if grads is not None:
@@ -537,7 +395,7 @@ class _BatchNormAct(torch.autograd.Function):
                 dz = dy
             else:
                 z = _scale_shift(saved, a, beta - mean * a)
-                dz = _act_grad_from_input(dy, z, act, p)
+                dz = spec(act).grad(dy, z, p)
             xin, center = saved, mean
         dz = dz.contiguous(memory_format=ctx.fmt)
         if ctx.training:
@@ -604,7 +462,7 @@ class _GroupNormAct(torch.autograd.Function):
             x = shift(x, mean, num_groups)
             y, mean, rstd = torch.native_group_norm(x, w, b, n, c, hw, num_groups, eps)
         invert = _choose_inversion(act, p, weight, bias, x.dtype)
-        y = _act_(y, act, p)
+        y = spec(act).fn_(y, p)
         if invert and act == "elu":
             invert = _elu_unsaturated(y, p)
         ctx.save_for_backward(y if invert else x, weight, bias, mean, rstd)
@@ -634,8 +492,8 @@ class _GroupNormAct(torch.autograd.Function):
                 return grads
         gamma, beta = _gamma_beta(weight, bias, rstd, c)
         if ctx.invert:
-            dz = _act_grad_from_output(dy, saved, act, p).contiguous(memory_format=ctx.fmt)
-            z = _act_inverse(saved, act, p).contiguous(memory_format=ctx.fmt)
+            dz = spec(act).grad_from_output(dy, saved, p).contiguous(memory_format=ctx.fmt)
+            z = spec(act).inverse(saved, p).contiguous(memory_format=ctx.fmt)
             if g == c and z.is_contiguous():
                 # InstanceNorm: per (n, c) statistics are BatchNorm's on the (1, N·C, *)
                 # view, whose backward takes z directly (see _bn_backward_from_preact).
@@ -667,7 +525,7 @@ class _GroupNormAct(torch.autograd.Function):
                 a = gamma * _per_sample_channel(rstd, c)
                 b = beta - _per_sample_channel(mean, c) * a
                 z = _scale_shift(saved, a, b)
-                dz = _act_grad_from_input(dy, z, act, p)
+                dz = spec(act).grad(dy, z, p)
             xin, center = saved, mean
         dz = dz.contiguous(memory_format=ctx.fmt)
         xin = xin.contiguous(memory_format=ctx.fmt)
@@ -751,74 +609,3 @@ def instance_norm_act(
     running_mean.copy_(rm.view(n, c).mean(0))
     running_var.copy_(rv.view(n, c).mean(0))
     return out.contiguous(memory_format=fmt)
-
-
-# ----------------------------------------------------------------------------- triton path
-# The Triton kernels recompute z from x in backward anyway, so this path always keeps
-# one full-size tensor (x) whatever ``memory_efficient`` says.
-
-def _triton_ops():
-    """``torch.ops.sharenorm``: the Triton custom ops, with their autograd (registered by
-    :mod:`sharenorm.norm.kernels.ops` when it is imported)."""
-    from sharenorm.norm import kernels
-
-    kernels.load_ops()
-    return torch.ops.sharenorm
-
-
-def _triton_forward(x, weight, bias, mean_in, var_in, groups, eps, act, act_param, batch):
-    p = default_param(act, act_param)
-    ops = _triton_ops()
-    from sharenorm.norm.kernels.norm_act import dense
-
-    # The op keeps its input for backward: the dense copy the kernels read, not a view's
-    # whole base (a chunk of a larger tensor would keep all of it alive).
-    return ops.norm_act_fwd(
-        dense(x), weight, bias, mean_in, var_in, groups, float(eps), act or "identity",
-        0.0 if p is None else float(p), batch,
-    )
-
-
-def _running_update(running_mean, running_var, mean, var, count: int, momentum) -> Tensor:
-    """The guarded running-statistics update in one kernel (σ² made unbiased over the
-    ``count`` elements of a statistic); a 0-d bool tensor, True if it was kept."""
-    unbias = count / max(count - 1, 1)
-    return _triton_ops().running_update(running_mean, running_var, mean, var, float(momentum),
-                                        unbias)
-
-
-def triton_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum,
-                          eps, act, act_param) -> tuple[Tensor, Tensor | None]:
-    """``act(batch_norm(x))`` on the Triton kernels: ``(y, kept)``. In training the running
-    statistics passed are updated in place under the non-finite guard of the plain path,
-    in the same kernel launch (``kept``: a 0-d bool tensor; None when nothing is updated)."""
-    if not training:
-        return _triton_forward(input, weight, bias, running_mean, running_var, 1, eps, act,
-                               act_param, True)[0], None
-    y, mean, var = _triton_forward(input, weight, bias, None, None, 1, eps, act, act_param, True)
-    if running_mean is None or running_var is None:
-        return y, None
-    m = input.numel() // input.shape[1]
-    return y, _running_update(running_mean, running_var, mean, var, m, momentum)
-
-
-def triton_instance_norm_act(input, running_mean, running_var, weight, bias, use_input_stats,
-                             momentum, eps, act, act_param) -> tuple[Tensor, Tensor | None]:
-    """``act(instance_norm(x))`` on the Triton kernels (GroupNorm with C groups): ``(y,
-    kept)``; running statistics from the batch average of the per-instance μ and unbiased
-    σ², guarded as :func:`triton_batch_norm_act` does."""
-    if not use_input_stats:
-        return triton_batch_norm_act(input, running_mean, running_var, weight, bias, False, 0.0,
-                                     eps, act, act_param)
-    c = input.shape[1]
-    y, mean, var = _triton_forward(input, weight, bias, None, None, c, eps, act, act_param, False)
-    if running_mean is None or running_var is None:
-        return y, None
-    m = math.prod(input.shape[2:])
-    return y, _running_update(running_mean, running_var, mean, var, m, momentum)
-
-
-def triton_group_norm_act(input, num_groups, weight, bias, eps, act, act_param) -> Tensor:
-    """``act(group_norm(x))`` on the Triton kernels; channels-last in, channels-last out."""
-    return _triton_forward(input, weight, bias, None, None, num_groups, eps, act, act_param,
-                           False)[0]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sharenorm.activation import check_activation
 from sharenorm.norm import functional as SF
-from sharenorm.norm.activation import check_activation
 from sharenorm.norm.batchnorm import check_num_features
 
 __all__ = ["GroupNorm"]

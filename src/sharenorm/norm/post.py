@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from sharenorm.norm.activation import apply_activation, check_activation
+from sharenorm.activation import apply_activation, check_activation
 
 __all__ = ["Activation", "NormAct", "activation_name", "post_modules"]
 

@@ -17,8 +17,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from sharenorm import distributed as snd
+from sharenorm.activation import apply_activation
 from sharenorm.norm import functional as SF
-from sharenorm.norm.activation import apply_activation
 from sharenorm.norm.batchnorm import _BatchNorm
 
 __all__ = ["SyncBatchNorm", "sync_batch_norm_stats"]

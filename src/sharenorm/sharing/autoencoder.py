@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from sharenorm.norm.activation import apply_activation, check_activation
-from sharenorm.norm.functional import as_count
+from sharenorm._checks import as_count
+from sharenorm.activation import apply_activation, check_activation
 from sharenorm.sharing.tie import tie
 
 __all__ = ["TiedAutoencoder"]

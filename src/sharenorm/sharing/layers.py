@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sharenorm.norm.functional import as_count
+from sharenorm._checks import as_count
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "SharedRNN", "UnsharedRNN"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from sharenorm.norm.functional import as_count
+from sharenorm._checks import as_count
 from sharenorm.sharing.tie import tie
 
 __all__ = ["SharedStack"]

@@ -1,5 +1,5 @@
 """N9: small per-process batches on several processes — per-process BN vs SyncBN vs
-BatchRenorm vs GN (the field's answers to BN's small-batch problem, issue 6).
+BatchRenorm vs GN (the field's answers to BN's small-batch problem).
 
 W gloo processes on this machine (started by :func:`sharenorm.distributed.launch`, on
 ``torch.multiprocessing.start_processes``, joined as torchrun's workers join) train the N6 ConvNet under DistributedDataParallel,

@@ -1,20 +1,9 @@
 """The CPU backward of memory-efficient norm + activation as fused C loops
-(``backward.c``), compiled on first use.
-
-The same backward composed of ATen calls reads and writes full-size tensors several
-times (the activation's backward, the inverse of the activation, the norm's sums, its
-elementwise pass): 10–11 passes over a tensor where eager's ``act(norm(x))`` makes 8.
-The C loops compute the activation's gradient and the pre-activation on the fly: they
-read the saved tensor and the incoming gradient twice and write dx once, and on a
-contiguous tensor the second read of each statistic's rows comes from the cache. See
-:func:`norm_backward` for the math.
-
-The C file is compiled with the system's C compiler (``$CC`` or ``cc``) into
-``$SHARENORM_CACHE_DIR`` (default ``~/.cache/sharenorm``), once per source, compiler and CPU,
-in well under a second. Where no compiler works, or ``SHARENORM_CPU_KERNELS=0``,
-:func:`available` is False and the callers keep their ATen composition: same results,
-slower. The loops run on ``torch.get_num_threads()`` OpenMP threads of torch's own
-runtime (ATen's thread team: no second pool competes with it).
+(``backward.c``), compiled on first use with ``$CC`` or ``cc`` into
+``$SHARENORM_CACHE_DIR`` (default ``~/.cache/sharenorm``). Where no compiler works, or
+``SHARENORM_CPU_KERNELS=0``, :func:`available` is False and the callers keep their ATen
+composition (same results, slower). The math is in :func:`norm_backward`; why the loops
+and how they run: docs/design/cpu-backward-loops.md.
 
 Example:
     >>> import torch
@@ -47,13 +36,32 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sharenorm.activation import ACTIVATIONS
 from sharenorm.norm._layout import memory_format as _memory_format
 
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("backward.c")
-_KINDS = ("ident", "inv_leaky", "rec_relu", "rec_leaky")
+
+
+def _c_kinds(float32_only: bool) -> tuple[str, ...]:
+    """backward.c's loops: ``rec_<name>`` (from the norm's input) for every activation,
+    ``inv_<name>`` (from the output) for an invertible one, ``ident`` for none."""
+    kinds = []
+    for a in ACTIVATIONS.values():
+        if a.c_float32_only != float32_only:
+            continue
+        if a.c_name == "ident":
+            kinds.append("ident")
+            continue
+        kinds.append(f"rec_{a.c_name}")
+        if a.inverse is not None:
+            kinds.append(f"inv_{a.c_name}")
+    return tuple(kinds)
+
+
+_KINDS = _c_kinds(float32_only=False)
 # kinds with exp or log1p on the fly: float32 only (float64 keeps the ATen composition)
-_FLOAT32_KINDS = ("rec_silu", "rec_sigmoid", "rec_tanh", "rec_gelu", "rec_elu", "inv_elu")
+_FLOAT32_KINDS = _c_kinds(float32_only=True)
 # kinds that keep dz (or z) in dx between the passes (backward.c: KEEPS_DZ and inv_elu)
 _KEEPING_KINDS = _FLOAT32_KINDS
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}

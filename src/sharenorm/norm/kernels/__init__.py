@@ -1,10 +1,11 @@
 """Triton GPU kernels for norm + activation (optional: ``pip install sharenorm[triton]``).
 
 Importing this package never fails: without Triton, ``HAS_TRITON`` is False and
-:func:`available` says no, so callers fall back to the torch path. The kernels and
-their launchers live in :mod:`.norm_act`, the ``torch.library`` custom ops that wrap
-them (so ``torch.compile`` sees one opaque op instead of a graph break) in :mod:`.ops`;
-both are imported only when Triton is.
+:func:`available` says no, so callers fall back to the torch path. The kernels live in
+:mod:`.contiguous` and :mod:`.channels_last`, their launchers in :mod:`.norm_act`, the
+``torch.library`` custom ops that wrap them (so ``torch.compile`` sees one opaque op
+instead of a graph break) in :mod:`.ops`, the norms' entry points in :mod:`.entry`;
+all but :mod:`.entry` are imported only when Triton is.
 
 Example:
     >>> import torch
