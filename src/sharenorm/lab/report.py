@@ -469,6 +469,12 @@ def summary_markdown(folder, lang: str = "en") -> str:
              + f"; finished {last.get('finished', '?')}.", ""]
     if hdr.get("profile") == "quick":
         lines += [_t("quick", lang), ""]
+    not_run = [cid for cid in claims if cid not in results]
+    if not_run or last.get("status") not in (None, "complete"):
+        # a summary of an unfinished lab says so before any verdict is read
+        lines += [f"**Incomplete**: the last session ended {last.get('status', '?')!s}; "
+                  f"{len(not_run)} claim(s) not run ({', '.join(not_run) or 'none'}). Resume "
+                  "with the same `sharenorm lab` command for the rest.", ""]
     lines += ["Verdicts are decided by the 95% Welch interval of a difference against the "
               "criterion's margin (inconclusive when it straddles it); demonstrations hold by "
               "construction and are not counted as evidence. The full report: `sharenorm lab` "
