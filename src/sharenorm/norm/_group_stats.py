@@ -107,12 +107,15 @@ def group_norm(
         if not channels_last:
             x = x.contiguous()  # what torch.group_norm hands its kernel
     xin = x if x.requires_grad or not torch.is_grad_enabled() else grad_safe_input(x, weight, bias)
-    out, mean, rstd = torch.native_group_norm(xin, weight, bias, n, c, numel // (n * c), groups,
-                                              eps)
-    limit = _LIMITS[channels_last or may_run_channels_last(x)][x.dtype == torch.float64]
+    positions = numel // (n * c)
+    out, mean, rstd = torch.native_group_norm(xin, weight, bias, n, c, positions, groups, eps)
+    if not channels_last and x.dim() in (4, 5):
+        # contiguous strides that also suit channels-last (see may_run_channels_last)
+        channels_last = c == 1 or positions == 1
+    limit = _LIMITS[channels_last][x.dtype == torch.float64]
     if limit == math.inf:
         return out
-    ratio = cpu.max_ratio(mean, rstd)  # ~2 µs; the torch ops below take ~12
+    ratio = cpu.max_ratio(mean, rstd)  # ~1 µs; the torch ops below take ~12
     if ratio is None:
         ratio = (mean.detach().abs() * rstd.detach()).amax()
     if not ratio > limit:  # NaN statistics (a NaN input) compare False: stay as they are

@@ -176,10 +176,14 @@ class _BatchNorm(_NormBase):
         SF.check_input(input, type(self).__name__)
         self._check_input_dim(input)
         self._check_channels(input)
-        self._check_dtypes(input)
+        # each read once: a parameter or buffer read goes through Module.__getattr__ (~1 µs)
+        weight, bias = self.weight, self.bias
+        running_mean, running_var = self.running_mean, self.running_var
+        SF.check_dtypes(input, type(self).__name__, weight=weight, bias=bias,
+                        running_mean=running_mean, running_var=running_var)
         # As torch.nn: batch statistics in training, and in eval too when no running
         # statistics exist; running ones are passed in eval, and in training when tracked.
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        use_batch_stats = self.training or (running_mean is None and running_var is None)
         pass_running = not self.training or self.track_running_stats
         counting = (
             self.training and self.track_running_stats and self.num_batches_tracked is not None
@@ -187,10 +191,10 @@ class _BatchNorm(_NormBase):
         momentum = self._momentum_for_this_batch() if counting else (self.momentum or 0.0)
         out, updated = SF.batch_norm_impl(
             input,
-            self.running_mean if pass_running else None,
-            self.running_var if pass_running else None,
-            self.weight,
-            self.bias,
+            running_mean if pass_running else None,
+            running_var if pass_running else None,
+            weight,
+            bias,
             use_batch_stats,
             momentum,
             self.eps,

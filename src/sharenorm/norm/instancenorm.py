@@ -59,7 +59,11 @@ class _InstanceNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
         SF.check_input(input, type(self).__name__)
         self._check_input_dim(input)
-        self._check_dtypes(input)
+        # each read once: a parameter or buffer read goes through Module.__getattr__ (~1 µs)
+        weight, bias = self.weight, self.bias
+        running_mean, running_var = self.running_mean, self.running_var
+        SF.check_dtypes(input, type(self).__name__, weight=weight, bias=bias,
+                        running_mean=running_mean, running_var=running_var)
         unbatched = input.dim() == self._spatial_dims + 1
         channel_dim = 0 if unbatched else 1
         if input.shape[channel_dim] != self.num_features:
@@ -81,10 +85,10 @@ class _InstanceNorm(_NormBase):
         momentum = self._momentum_for_this_batch() if counting else (self.momentum or 0.0)
         out, updated = SF.instance_norm_impl(
             input,
-            self.running_mean,
-            self.running_var,
-            self.weight,
-            self.bias,
+            running_mean,
+            running_var,
+            weight,
+            bias,
             use_input_stats,
             momentum,
             self.eps,

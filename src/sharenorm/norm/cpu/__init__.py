@@ -330,15 +330,20 @@ def max_ratio(mean: Tensor, rstd: Tensor) -> float | None:
     call (~2 µs, where four torch ops take ~12: this runs on every forward of the plain
     GroupNorm); None where the loops cannot tell (not float32/float64, no library: the
     caller then computes it with torch)."""
-    fn = _ratio_fns(_library()).get(mean.dtype)
+    fn = _RATIO_FNS.get(mean.dtype) if _RATIO_FNS is not None else _ratio_fns().get(mean.dtype)
     return None if fn is None else fn(mean.data_ptr(), rstd.data_ptr(), mean.numel())
 
 
-@functools.cache
-def _ratio_fns(lib: ctypes.CDLL | None) -> dict:
-    if lib is None:
-        return {}
-    return {dtype: getattr(lib, f"max_ratio_{suffix}") for dtype, suffix in _SUFFIX.items()}
+_RATIO_FNS: dict | None = None  # dtype -> C function, filled on the first call
+
+
+def _ratio_fns() -> dict:
+    global _RATIO_FNS
+    lib = _library()
+    _RATIO_FNS = {} if lib is None else {
+        dtype: getattr(lib, f"max_ratio_{suffix}") for dtype, suffix in _SUFFIX.items()
+    }
+    return _RATIO_FNS
 
 
 def norm_backward(kind: str, s: Tensor, g: Tensor, gamma: Tensor | None, beta: Tensor | None,

@@ -1,0 +1,145 @@
+"""sharenorm's plain norm layers now against the same layers at an older commit.
+
+Answers "is this change slower than what we had?" on the bench_norms shapes. The old
+commit's ``src/sharenorm`` is exported with ``git archive`` and renamed ``sharenorm_old``
+(every ``sharenorm`` name in its .py files rewritten), so both versions live in one
+process: for each row the old and the new layer run alternately, call by call (old first
+on even repeats), on the same input. Measured across separate processes instead, the
+same code differed by 0.5–1.6× from process to process on this machine (where a
+buffer's pages land, and whether they are fresh, depends on the process, not the code);
+within one process the two see the same allocator and caches. The script re-executes
+itself with glibc's malloc kept steady (STEADY_MALLOC): by default big blocks go back to
+the kernel and whether a call's output lands on fresh pages (page faults, up to ~0.5 ms
+per call here) depends on the order of the calls before it: the same row measured
+0.7–1.3× without it. ``--system-malloc`` measures with glibc's defaults. The table shows the
+median time of each and the ratio new / old. A row is a norm × shape × layout × mode,
+as in bench_norms.py.
+
+    python benchmarks/bench_vs_commit.py --old 5c2951e            # the issue's shapes
+    python benchmarks/bench_vs_commit.py --old 5c2951e --quick    # small shapes, seconds
+    python benchmarks/bench_vs_commit.py --old HEAD~3 --norms instance --repeats 101
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = [(32, 128, 56, 56), (8, 64, 28, 28)]
+QUICK_SHAPES = [(8, 64, 28, 28), (4, 32, 16, 16)]
+# every block from a heap that is never trimmed, as with the caching allocators (jemalloc,
+# tcmalloc) usual for CPU training
+STEADY_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+NORMS = {
+    # name: the layer for C channels, from a sharenorm package (old or new)
+    "batch": lambda sn, c: sn.BatchNorm2d(c),
+    "instance": lambda sn, c: sn.InstanceNorm2d(c, affine=True),
+    "group": lambda sn, c: sn.GroupNorm(32, c),
+    "layer(G=1)": lambda sn, c: sn.GroupNorm(1, c),
+}
+
+
+def import_old(ref: str, into: str):
+    """The ``sharenorm`` package of commit ``ref``, imported as ``sharenorm_old``."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "src/sharenorm"],
+        check=True, capture_output=True,
+    ).stdout
+    tar_path = Path(into) / "old.tar"
+    tar_path.write_bytes(archive)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(into, filter="data")
+    package = Path(into) / "sharenorm_old"
+    (Path(into) / "src" / "sharenorm").rename(package)
+    for path in package.rglob("*.py"):
+        path.write_text(re.sub(r"\bsharenorm\b", "sharenorm_old", path.read_text()))
+    sys.path.insert(0, into)
+    return importlib.import_module("sharenorm_old")
+
+
+def _step(layer, x: torch.Tensor, grad: torch.Tensor | None) -> None:
+    if grad is None:
+        with torch.no_grad():
+            layer(x)
+    else:
+        layer(x).backward(grad)
+
+
+def measure(old, new, x: torch.Tensor, backward: bool, repeats: int) -> tuple[float, float]:
+    """Median seconds of old and new, run alternately on the same input."""
+    grad = torch.randn_like(x) if backward else None
+    xin = x.detach().requires_grad_(backward)
+    for layer in (old, new):  # warm-up
+        _step(layer, xin, grad)
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for r in range(repeats):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            _step((old, new)[i], xin, grad)
+            times[i].append(time.perf_counter() - t0)
+            xin.grad = None
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--old", default="5c2951e", help="git ref to compare against")
+    parser.add_argument("--quick", action="store_true", help="small shapes")
+    parser.add_argument("--repeats", type=int, default=101, help="timed calls per row and version")
+    parser.add_argument("--norms", nargs="+", choices=list(NORMS), default=list(NORMS))
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's default malloc settings (see STEADY_MALLOC)")
+    args = parser.parse_args()
+    steady = all(os.environ.get(k) == v for k, v in STEADY_MALLOC.items())
+    if not args.system_malloc and not steady:  # malloc reads these at process start
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_MALLOC})
+    import sharenorm as new_sn
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old_sn = import_old(args.old, tmp)
+        torch.manual_seed(0)
+        load = [os.getloadavg()[0]]
+        print(f"old = {args.old}, new = the working tree; torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads; {'steady' if steady else 'default'} malloc; "
+              f"medians of {args.repeats} alternating calls")
+        header = (f"{'norm':11s} {'shape':14s} {'layout':6s} {'mode':8s} "
+                  f"{'old ms':>8s} {'new ms':>8s} {'new/old':>7s}")
+        print(header)
+        print("-" * len(header))
+        ratios = []
+        for shape in QUICK_SHAPES if args.quick else SHAPES:
+            for name in args.norms:
+                for layout in ("NCHW", "NHWC"):
+                    x = torch.randn(shape)
+                    if layout == "NHWC":
+                        x = x.to(memory_format=torch.channels_last)
+                    for mode in ("fwd", "fwd+bwd"):
+                        old = NORMS[name](old_sn, shape[1])
+                        new = NORMS[name](new_sn, shape[1])
+                        t_old, t_new = measure(old, new, x, mode == "fwd+bwd", args.repeats)
+                        label = f"{name:11s} {'x'.join(map(str, shape)):14s} {layout:6s} {mode:8s}"
+                        ratios.append((t_new / t_old, label))
+                        print(f"{label} {t_old * 1e3:8.3f} {t_new * 1e3:8.3f} {t_new / t_old:7.3f}",
+                              flush=True)
+                        load.append(os.getloadavg()[0])
+    worst = max(ratios)
+    print(f"\nmedian ratio {statistics.median(r for r, _ in ratios):.3f}; worst {worst[0]:.3f} "
+          f"({' '.join(worst[1].split())}); load average {min(load):.1f}-{max(load):.1f}")
+
+
+if __name__ == "__main__":
+    main()
