@@ -217,3 +217,28 @@ def test_n6_small_multiples_and_t2_legend(tmp_path, monkeypatch):
     curves = {ln.get_label() for ax in figs["t2_tying_regularization"].axes[1:]
               for ln in ax.get_lines()}
     assert curves <= legend and "‖W_dec − W_encᵀ‖" in legend
+
+
+def test_font_is_pinned_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    # pinning the variable font took ~5 s of every lab command, longer than N6 --quick's runs
+    from sharenorm.lab import fonts
+
+    if fonts.devanagari_font() is None:
+        pytest.skip("no Devanagari font installed (pip install fontpkg-noto-sans-devanagari)")
+    monkeypatch.setenv("SHARENORM_CACHE_DIR", str(tmp_path))
+    fonts._regular_instance.cache_clear()
+    first = fonts.font_face_css("GN उच्च")
+    made = sorted((tmp_path / "fonts").iterdir())
+    assert len(made) == 2  # the pinned font and the subset
+    fonts._regular_instance.cache_clear()
+    monkeypatch.setattr(fonts, "_pin", lambda path: pytest.fail("pinned again"))
+    monkeypatch.setattr(fonts, "_subset", lambda data, chars: pytest.fail("subset again"))
+    assert fonts.font_face_css("GN उच्च") == first
+    # a cache file that is not a font (someone else's, or damaged) is made again, not embedded
+    for f in made:
+        f.write_bytes(b"<html>not a font</html>")
+    monkeypatch.undo()
+    monkeypatch.setenv("SHARENORM_CACHE_DIR", str(tmp_path))
+    fonts._regular_instance.cache_clear()
+    assert fonts.font_face_css("GN उच्च") == first
+    fonts._regular_instance.cache_clear()

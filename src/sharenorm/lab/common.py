@@ -42,8 +42,8 @@ def _cached(name: str) -> Dataset:
     import numpy
     import torch
 
+    from sharenorm._cache import cache_dir
     from sharenorm.data import embedded
-    from sharenorm.norm.cpu import _cache_dir
 
     key = [name, inspect.getsource(embedded), numpy.__version__, torch.__version__]
     for dist in ("mnist1d", "scikit-learn"):
@@ -52,7 +52,7 @@ def _cached(name: str) -> Dataset:
         except metadata.PackageNotFoundError:
             key.append("-")
     digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
-    path = _cache_dir() / "lab-data" / f"{name}-{digest}.pt"
+    path = cache_dir() / "lab-data" / f"{name}-{digest}.pt"
     try:
         d = torch.load(path, weights_only=True)
         return Dataset(d["name"], d["x_train"], d["y_train"], d["x_test"], d["y_test"],

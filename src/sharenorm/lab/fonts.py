@@ -19,6 +19,8 @@ import functools
 import io
 from pathlib import Path
 
+from sharenorm._cache import cached_bytes
+
 __all__ = ["devanagari_font", "font_face_css", "use_in_matplotlib", "has_devanagari",
            "FONT_FAMILY"]
 
@@ -57,12 +59,31 @@ def devanagari_font() -> Path | None:
     return None
 
 
+def _font_key(path: Path) -> list[str]:
+    """What a font derived from ``path`` depends on: the file and fontTools' version."""
+    import fontTools
+
+    st = path.stat()
+    return [str(path), str(st.st_size), str(st.st_mtime_ns), fontTools.version]
+
+
 @functools.lru_cache(maxsize=1)
 def _regular_instance() -> bytes | None:
-    """The font at its regular weight and width (a variable font pinned; smaller to embed)."""
+    """The font at its regular weight and width (a variable font pinned; smaller to embed).
+    Pinning takes ~5 s: done once, then read from sharenorm's cache dir."""
     path = devanagari_font()
     if path is None:
         return None
+    return cached_bytes("fonts", ["regular", *_font_key(path)], lambda: _pin(path), _is_sfnt)
+
+
+def _is_sfnt(data: bytes) -> bool:
+    """Whether ``data`` starts as a TrueType/OpenType file (a cache file someone else wrote
+    is made again rather than embedded)."""
+    return data[:4] in (b"\x00\x01\x00\x00", b"OTTO", b"true")
+
+
+def _pin(path: Path) -> bytes:
     from fontTools.ttLib import TTFont
 
     font = TTFont(str(path), recalcTimestamp=False)
@@ -81,33 +102,41 @@ def font_face_css(text: str) -> str:
     """An ``@font-face`` rule embedding the Devanagari glyphs ``text`` uses, or ``""`` when
     ``text`` has none or no font is installed.
 
-    The subset keeps every OpenType layout feature, so conjuncts and vowel signs shape as in
-    the full font; ``unicode-range`` limits the face to Devanagari, so Latin text keeps the
-    reader's own font.
+    ``unicode-range`` limits the face to Devanagari, so Latin text keeps the reader's own
+    font.
     """
     if not has_devanagari(text):
         return ""
     data = _regular_instance()
     if data is None:
         return ""
+    chars = "".join(sorted({ch for ch in text if has_devanagari(ch)})) + "\u200c\u200d"
+    # a report's Hindi is mostly fixed text: the same subset again, read from the cache
+    key = ["subset", *_font_key(devanagari_font()), chars]
+    font = cached_bytes("fonts", key, lambda: _subset(data, chars), _is_sfnt)
+    b64 = base64.b64encode(font).decode()
+    ranges = ",".join(f"U+{lo:04X}-{hi:04X}" for lo, hi in _RANGES)
+    return (f"@font-face{{font-family:'{FONT_FAMILY}';src:url(data:font/ttf;base64,{b64}) "
+            f"format('truetype');unicode-range:{ranges}}}")
+
+
+def _subset(font_bytes: bytes, chars: str) -> bytes:
+    """The glyphs of ``chars`` with every OpenType layout feature (conjuncts and vowel signs
+    shape as in the full font)."""
     from fontTools import subset
     from fontTools.ttLib import TTFont
 
-    font = TTFont(io.BytesIO(data), recalcTimestamp=False)
+    font = TTFont(io.BytesIO(font_bytes), recalcTimestamp=False)
     opts = subset.Options()
     opts.layout_features = ["*"]
     opts.name_IDs = ["*"]
     opts.notdef_outline = True
-    chars = {ch for ch in text if any(lo <= ord(ch) <= hi for lo, hi in _RANGES)}
     sub = subset.Subsetter(opts)
-    sub.populate(text="".join(sorted(chars)) + "\u200c\u200d")
+    sub.populate(text=chars)
     sub.subset(font)
     buf = io.BytesIO()
     font.save(buf)
-    b64 = base64.b64encode(buf.getvalue()).decode()
-    ranges = ",".join(f"U+{lo:04X}-{hi:04X}" for lo, hi in _RANGES)
-    return (f"@font-face{{font-family:'{FONT_FAMILY}';src:url(data:font/ttf;base64,{b64}) "
-            f"format('truetype');unicode-range:{ranges}}}")
+    return buf.getvalue()
 
 
 @functools.lru_cache(maxsize=1)

@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sharenorm._cache import cache_dir as _cache_dir
+from sharenorm._cache import temporary_cache_dir as _temporary_cache_dir
 from sharenorm.activation import ACTIVATIONS
 from sharenorm.norm._layout import memory_format as _memory_format
 
@@ -94,24 +96,6 @@ def _compiler_tag(cc: list[str]) -> str:
         return f"{real} {st.st_size} {st.st_mtime_ns} {cc[1:]}"
     except OSError:
         return f"{path} {cc[1:]}"
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("SHARENORM_CACHE_DIR")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg) / "sharenorm"
-    try:
-        return Path.home() / ".cache" / "sharenorm"
-    except (RuntimeError, KeyError):  # no $HOME and a uid without a passwd entry (containers)
-        return _temporary_cache_dir()
-
-
-def _temporary_cache_dir() -> Path:
-    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
-    return Path(tempfile.gettempdir()) / f"sharenorm-cache-{uid}"
 
 
 def _cache_roots() -> list[Path]:
