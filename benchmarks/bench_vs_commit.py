@@ -17,7 +17,8 @@ as in bench_norms.py.
 
     python benchmarks/bench_vs_commit.py --old 5c2951e            # the issue's shapes
     python benchmarks/bench_vs_commit.py --old 5c2951e --quick    # small shapes, seconds
-    python benchmarks/bench_vs_commit.py --old HEAD~3 --norms instance --repeats 101
+    python benchmarks/bench_vs_commit.py --old HEAD~3 --norms instance --repeats 301
+    python benchmarks/bench_vs_commit.py --memory-efficient --act silu    # bench_fused's path
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ QUICK_SHAPES = [(8, 64, 28, 28), (4, 32, 16, 16)]
 # tcmalloc) usual for CPU training
 STEADY_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 NORMS = {
-    # name: the layer for C channels, from a sharenorm package (old or new)
-    "batch": lambda sn, c: sn.BatchNorm2d(c),
-    "instance": lambda sn, c: sn.InstanceNorm2d(c, affine=True),
-    "group": lambda sn, c: sn.GroupNorm(32, c),
-    "layer(G=1)": lambda sn, c: sn.GroupNorm(1, c),
+    # name: the layer for C channels, from a sharenorm package (old or new), with kwargs
+    "batch": lambda sn, c, **kw: sn.BatchNorm2d(c, **kw),
+    "instance": lambda sn, c, **kw: sn.InstanceNorm2d(c, affine=True, **kw),
+    "group": lambda sn, c, **kw: sn.GroupNorm(32, c, **kw),
+    "layer(G=1)": lambda sn, c, **kw: sn.GroupNorm(1, c, **kw),
 }
 
 
@@ -101,6 +102,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes")
     parser.add_argument("--repeats", type=int, default=101, help="timed calls per row and version")
     parser.add_argument("--norms", nargs="+", choices=list(NORMS), default=list(NORMS))
+    parser.add_argument("--act", help="the layers' fused activation (relu, silu, ...)")
+    parser.add_argument("--memory-efficient", action="store_true",
+                        help="the memory-efficient path (bench_fused's) instead of the plain one")
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep glibc's default malloc settings (see STEADY_MALLOC)")
     args = parser.parse_args()
@@ -112,10 +116,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         old_sn = import_old(args.old, tmp)
         torch.manual_seed(0)
+        kwargs = {"act": args.act} if args.act else {}
+        if args.memory_efficient:
+            kwargs["memory_efficient"] = True
         load = [os.getloadavg()[0]]
         print(f"old = {args.old}, new = the working tree; torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads; {'steady' if steady else 'default'} malloc; "
-              f"medians of {args.repeats} alternating calls")
+              f"medians of {args.repeats} alternating calls; layers with {kwargs or 'defaults'}")
         header = (f"{'norm':11s} {'shape':14s} {'layout':6s} {'mode':8s} "
                   f"{'old ms':>8s} {'new ms':>8s} {'new/old':>7s}")
         print(header)
@@ -128,8 +135,8 @@ def main() -> None:
                     if layout == "NHWC":
                         x = x.to(memory_format=torch.channels_last)
                     for mode in ("fwd", "fwd+bwd"):
-                        old = NORMS[name](old_sn, shape[1])
-                        new = NORMS[name](new_sn, shape[1])
+                        old = NORMS[name](old_sn, shape[1], **kwargs)
+                        new = NORMS[name](new_sn, shape[1], **kwargs)
                         t_old, t_new = measure(old, new, x, mode == "fwd+bwd", args.repeats)
                         label = f"{name:11s} {'x'.join(map(str, shape)):14s} {layout:6s} {mode:8s}"
                         ratios.append((t_new / t_old, label))
