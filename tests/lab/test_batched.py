@@ -82,6 +82,57 @@ def test_stacked_training_equals_separate_trainings(kind, norm, opt):
         same_state(a, b)  # parameters and BN running statistics (num_batches_tracked too)
 
 
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_members_with_their_own_data_stack_and_equal_separate_trainings(norm):
+    # a validation split per seed gives each member its own training and evaluation data
+    dss = [toy(seed=s, n_train=40 + 4 * s) for s in range(3)]
+    cfgs = [TrainConfig(steps=6, batch_size=4, lr=lr, eval_every=2) for lr in (0.05, 0.1, 0.02)]
+    alone = [build("conv", norm, s, d) for s, d in enumerate(dss)]
+    ref = [train_classifier(m, d, c, s)[0] for s, (m, d, c) in enumerate(zip(alone, dss, cfgs,
+                                                                              strict=True))]
+    together = [build("conv", norm, s, d) for s, d in enumerate(dss)]
+    out = train_classifiers(together, dss, cfgs, [0, 1, 2])
+    assert [t["stacked"] for _, t in out] == [3, 3, 3]
+    for r, (o, _), a, b in zip(ref, out, alone, together, strict=True):
+        close(r, o)
+        same_state(a, b)
+    assert out[0][0]["test_acc"] != out[1][0]["test_acc"] or out[0][0] != out[1][0]
+
+
+def test_members_whose_samples_differ_in_shape_train_alone():
+    dss = [toy((2, 12)), toy((2, 10))]
+    nets = [build("mlp", "none", 0, d) for d in dss]
+    out = train_classifiers(nets, dss, TrainConfig(steps=3, batch_size=4), [0, 1])
+    assert [t.get("stacked") for _, t in out] == [None, None]
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_residual_nets_stack_and_equal_separate_trainings(norm):
+    # N8's deciding networks: they had trained one seed at a time
+    from sharenorm.models.resnet import ResNet
+
+    ds = toy((2, 12))
+
+    def net(seed):
+        torch.manual_seed(seed)
+        m = ResNet(ds.sample_shape, ds.num_classes, width=4, depth=7, norm=norm,
+                   num_groups=2 if norm == "group" else None).double()
+        for p in m.parameters():  # no zero γ: every layer's gradient is tested
+            p.data.add_(0.1)
+        return m
+
+    cfgs = [TrainConfig(steps=5, batch_size=4, lr=lr, eval_every=2) for lr in (0.05, 0.02)]
+    alone = [net(s) for s in (0, 1)]
+    ref = [train_classifier(m, ds, c, s)[0] for s, (m, c) in enumerate(zip(alone, cfgs,
+                                                                            strict=True))]
+    together = [net(s) for s in (0, 1)]
+    out = train_classifiers(together, ds, cfgs, [0, 1])
+    assert [t["stacked"] for _, t in out] == [2, 2]
+    for r, (o, _), a, b in zip(ref, out, alone, together, strict=True):
+        close(r, o)
+        same_state(a, b)
+
+
 def test_image_convnet_stacks_too():
     ds = toy((1, 6, 6))
     cfg = TrainConfig(steps=4, batch_size=6, lr=0.05)  # above ONEDNN_MIN_BATCH: oneDNN convs
@@ -174,6 +225,20 @@ def test_what_does_not_stack_is_refused_and_trains_alone(make):
     assert all("stacked" not in t for _, t in out)
 
 
+@pytest.mark.parametrize("hook", ["grad", "forward"])
+def test_a_model_with_hooks_trains_alone_so_its_hooks_fire(hook):
+    ds = toy()
+    nets = [build("conv", "batch", s, ds) for s in (0, 1)]
+    fired = []
+    for n in nets:
+        if hook == "grad":
+            n.head.weight.register_hook(lambda g: fired.append(1))
+        else:
+            n.register_forward_hook(lambda *a: fired.append(1))
+    out = train_classifiers(nets, ds, TrainConfig(steps=3, batch_size=4), [0, 1])
+    assert [t.get("stacked") for _, t in out] == [None, None] and len(fired) >= 6
+
+
 def test_different_architectures_do_not_stack():
     ds = toy()
     with pytest.raises(NotStackable, match="differ in architecture"):
@@ -224,10 +289,27 @@ def test_jobs_are_configs_with_all_their_seeds():
                for j in jobs)
 
 
+def test_a_grid_declared_in_stack_over_is_one_job_with_its_seeds(monkeypatch):
+    exp = runner.get_experiment("lr_sweep")
+    monkeypatch.setattr(exp, "stack_over", ("lr",))
+    tasks = runner.plan([exp], True, 2)
+    jobs = runner.jobs_of(tasks)
+    lrs = {t.config["lr"] for t in tasks}
+    assert len(lrs) > 1 and len(jobs) == len(tasks) // (2 * len(lrs))
+    for j in jobs:
+        assert {t.config["lr"] for t in j} == lrs and len({t.config["norm"] for t in j}) == 1
+    out = runner.execute_job("lr_sweep", [(t.config, t.seed) for t in jobs[0]], True, None)
+    assert all(t["stacked"] == len(jobs[0]) for _, t in out)
+    alone = [runner.execute("lr_sweep", t.config, t.seed, True, None)[0] for t in jobs[0]]
+    for t, (m, _), a in zip(jobs[0], out, alone, strict=True):
+        if t.config["lr"] < 1:  # above, float32 rounding decides which run blows up first
+            close(m, a, tol=1e-4)
+
+
 def test_execute_job_gives_each_seed_its_stacked_run():
     cfg = {"norm": "batch", "lr": 0.1, "steps": 8, "batch_size": 16}
-    out = runner.execute_job("lr_sweep", cfg, [0, 1], True, None)
-    again = runner.execute_job("lr_sweep", cfg, [0, 1], True, None)
+    out = runner.execute_job("lr_sweep", [(cfg, 0), (cfg, 1)], True, None)
+    again = runner.execute_job("lr_sweep", [(cfg, 0), (cfg, 1)], True, None)
     assert [m for m, _ in out] == [m for m, _ in again]  # deterministic
     assert out[0][0] != out[1][0]
     assert all(t["stacked"] == 2 and t["job_runs"] == 2 and m["steps_done"] == 8

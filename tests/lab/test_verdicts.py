@@ -171,23 +171,52 @@ def test_n2_is_decided_by_the_upper_end_of_the_stable_range(tmp_path, bn, none, 
     assert lr_sweep.analyze(runs, tmp_path, "en")[0].verdict == verdict
 
 
-def test_gradient_norms_are_recorded_per_step():
+@pytest.mark.parametrize("stacked", [False, True])
+def test_gradient_norms_are_recorded_per_step_also_when_stacked(stacked):
+    # gradient hooks on the member models never fired in stacked training: N2's spikes and
+    # CV were None for every run of lab v5; the trainer records the norms itself
     import torch
 
-    from sharenorm.lab.experiments.lr_sweep import SPIKE, GradNorms
+    from sharenorm.data import load_digits
+    from sharenorm.lab.experiments.lr_sweep import SPIKE, grad_summary
+    from sharenorm.lab.train import TrainConfig, train_classifier, train_classifiers
+    from sharenorm.models import MLP
 
-    net = torch.nn.Linear(3, 2)
-    g = GradNorms(net)
-    for scale in (1.0, 1.0, 1.0, 100.0):
-        net.zero_grad()
-        (scale * net(torch.ones(1, 3)).sum()).backward()
-    g.close()
-    assert len(g.norms) == 4 and g.norms[3] > SPIKE * g.norms[0]
-    s = g.summary()
-    assert s["grad_spikes"] == 1 and s["grad_cv"] > 0.5
-    net.zero_grad()
-    net(torch.ones(1, 3)).sum().backward()
-    assert len(g.norms) == 4  # closed: no more hooks
+    ds = load_digits()
+    cfg = TrainConfig(steps=6, batch_size=8, lr=0.05, record_steps=True)
+    nets = []
+    for s in (0, 1):
+        torch.manual_seed(s)
+        nets.append(MLP(ds.sample_shape, ds.num_classes, hidden=16))
+    if stacked:
+        out = [m for m, t in train_classifiers(nets, ds, cfg, [0, 1])]
+        assert all(t["stacked"] == 2 for _, t in train_classifiers(
+            [MLP(ds.sample_shape, ds.num_classes, hidden=16) for _ in (0, 1)], ds, cfg, [0, 1]))
+    else:
+        out = [train_classifier(n, ds, cfg, s)[0] for s, n in enumerate(nets)]
+    for m in out:
+        assert len(m["grad_norms"]) == len(m["step_losses"]) == 6
+        assert all(g > 0 for g in m["grad_norms"])
+    # the same norms as gradient hooks on a model trained alone
+    torch.manual_seed(0)
+    net = MLP(ds.sample_shape, ds.num_classes, hidden=16)
+    seen, sq = [], [0.0, 0]
+    params = list(net.parameters())
+
+    def hook(g):
+        sq[0] += float(g.double().pow(2).sum())
+        sq[1] += 1
+        if sq[1] == len(params):
+            seen.append(sq[0] ** 0.5)
+            sq[:] = [0.0, 0]
+        return g
+
+    for p in params:
+        p.register_hook(hook)
+    train_classifier(net, ds, TrainConfig(steps=6, batch_size=8, lr=0.05), 0)
+    assert seen == pytest.approx(out[0]["grad_norms"], rel=1e-5)
+    s = grad_summary([1.0, 1.0, 1.0, 100.0])
+    assert s["grad_spikes"] == 1 and s["grad_cv"] > 0.5 and 100.0 > SPIKE * 1.0
 
 
 def test_n7_a_contradicting_cell_is_not_supported(tmp_path):

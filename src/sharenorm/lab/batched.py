@@ -163,9 +163,12 @@ def _elementwise_types() -> tuple[type, ...]:
 
 
 def _container_types() -> tuple[type, ...]:
+    """Modules whose own forward only composes their children and channel-agnostic ops
+    (elementwise add, relu, flatten): they compute K members side by side unchanged."""
     from sharenorm.models import MLP, ConvNet
+    from sharenorm.models.resnet import ResNet, _Block
 
-    return (nn.Sequential, nn.ModuleList, ConvNet, MLP)
+    return (nn.Sequential, nn.ModuleList, ConvNet, MLP, ResNet, _Block)
 
 
 def _why_not(model: nn.Module) -> str | None:
@@ -174,8 +177,13 @@ def _why_not(model: nn.Module) -> str | None:
 
     if isinstance(model, LocallyConnectedNet) or type(model).__name__ == "SyncBatchNorm":
         return f"{type(model).__name__} has no stacked form"
+    for name, p in model.named_parameters():
+        if p._backward_hooks:  # noqa: SLF001 - the stacked copy's gradients would bypass them
+            return f"{name} has a gradient hook, which would not see the stacked gradients"
     norms, elementwise, containers = _norm_types(), _elementwise_types(), _container_types()
     for name, m in model.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:  # noqa: SLF001
+            return f"{name or 'the model'} has a hook, which would not see the stacked model"
         if type(m) in containers and (type(m) is not ConvNet or name == ""):
             continue
         if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):

@@ -144,22 +144,14 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
 
 
 def _train(train_classifiers, reqs: list[tuple]) -> list[tuple]:
-    """Train requests ``(model, ds, cfg, seed)``: those on the same data together."""
-    out: list[tuple | None] = [None] * len(reqs)
-    groups: list[list[int]] = []
-    for i, (_, ds, _, _) in enumerate(reqs):
-        for g in groups:
-            if _same_data(reqs[g[0]][1], ds):
-                g.append(i)
-                break
-        else:
-            groups.append([i])
-    for g in groups:
-        res = train_classifiers([reqs[i][0] for i in g], reqs[g[0]][1], [reqs[i][2] for i in g],
-                                [reqs[i][3] for i in g])
-        for i, r in zip(g, res, strict=True):
-            out[i] = r
-    return out
+    """Train requests ``(model, ds, cfg, seed)`` as one call: each member keeps its own
+    dataset (a validation split per seed), and equal datasets are passed as one object so
+    that the stacked step gathers its batch once."""
+    datasets: list = []
+    for _, ds, _, _ in reqs:
+        datasets.append(next((d for d in datasets if _same_data(d, ds)), ds))
+    return train_classifiers([r[0] for r in reqs], datasets, [r[2] for r in reqs],
+                             [r[3] for r in reqs])
 
 
 def _same_data(a, b) -> bool:

@@ -56,28 +56,33 @@ def plan(experiments: list[Experiment], quick: bool, seeds: int) -> list[Task]:
 
 
 def jobs_of(tasks: list[Task]) -> list[list[Task]]:
-    """The units of execution: the tasks of one experiment and config (its seeds), in plan
-    order. :func:`execute_job` trains a job's seeds together, so a job is always all the
-    planned seeds of its config (also when resuming): a result does not depend on which of
-    its seeds were already done, nor on ``--jobs``."""
+    """The units of execution, in plan order: the tasks of one experiment and config (its
+    seeds), or of the configs that differ only in the experiment's ``stack_over`` keys (a
+    learning-rate grid with its seeds). :func:`execute_job` trains a job's runs together, so
+    a job is always all its planned runs (also when resuming): a result does not depend on
+    which of them were already done, nor on ``--jobs``."""
     by: dict[tuple, list[Task]] = {}
+    over: dict[str, tuple[str, ...]] = {}
     for t in tasks:
-        by.setdefault((t.experiment, json.dumps(t.config, sort_keys=True)), []).append(t)
+        if t.experiment not in over:
+            over[t.experiment] = get_experiment(t.experiment).stack_over
+        shared = {k: v for k, v in t.config.items() if k not in over[t.experiment]}
+        by.setdefault((t.experiment, json.dumps(shared, sort_keys=True)), []).append(t)
     return list(by.values())
 
 
-def execute_job(experiment: str, config: dict, seeds: list[int], quick: bool,
+def execute_job(experiment: str, runs: list[tuple[dict, int]], quick: bool,
                 data_path: str | None) -> list[tuple[dict, dict]]:
-    """Do the runs of one config for ``seeds`` together (in this process or a worker): the
-    experiment's ``run`` calls proceed as coroutines whose ``train_classifier`` calls train as
-    one stacked model (:func:`sharenorm.lab.jobs.run_together`); an experiment with
-    ``batched=False``, or one seed, runs each seed alone. Returns ``(metrics, timing)`` per
-    seed; ``timing`` holds the job's wall and CPU seconds divided by its runs."""
+    """Do ``runs`` (``(config, seed)`` pairs of one job) together, in this process or a
+    worker: the experiment's ``run`` calls proceed as coroutines whose ``train_classifier``
+    calls train as one stacked model (:func:`sharenorm.lab.jobs.run_together`); an experiment
+    with ``batched=False``, or a single run, runs each alone. Returns ``(metrics, timing)``
+    per run; ``timing`` holds the job's wall and CPU seconds divided by its runs."""
     import torch
 
     exp = get_experiment(experiment)
-    if len(seeds) == 1 or not exp.batched:
-        return [execute(experiment, config, s, quick, data_path) for s in seeds]
+    if len(runs) == 1 or not exp.batched:
+        return [execute(experiment, c, s, quick, data_path) for c, s in runs]
     from sharenorm.lab.jobs import run_together
 
     threads = torch.get_num_threads()
@@ -85,8 +90,8 @@ def execute_job(experiment: str, config: dict, seeds: list[int], quick: bool,
     try:
         ctx = RunContext(quick=quick, data_path=data_path)
         t0, c0 = time.perf_counter(), time.process_time()
-        out = run_together([lambda s=s: exp.run(config, s, ctx) for s in seeds])
-        k = len(seeds)
+        out = run_together([lambda c=c, s=s: exp.run(c, s, ctx) for c, s in runs])
+        k = len(runs)
         share = {"run_s": round((time.perf_counter() - t0) / k, 4),
                  "cpu_s": round((time.process_time() - c0) / k, 4), "job_runs": k}
         return [(metrics, dict(timing, **share)) for metrics, timing in out]
@@ -351,8 +356,9 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
         if executor == "local" and (jobs == 1 or len(work) <= 1):
             for job in work:
                 exp_t0.setdefault(job[0].experiment, time.perf_counter())
-                job_finished(job, execute_job(job[0].experiment, job[0].config,
-                                              [t.seed for t in job], quick, data_arg))
+                job_finished(job, execute_job(job[0].experiment,
+                                              [(t.config, t.seed) for t in job], quick,
+                                              data_arg))
         elif work:
             _dispatch(work, pool, quick, data_arg, job_finished, exp_t0)
     except KeyboardInterrupt as e:
@@ -409,10 +415,9 @@ def _now() -> str:
 
 
 def _run_job(job: list[Task], quick: bool, data_path: str | None) -> list[tuple[dict, dict]]:
-    """One work item of an executor: a config's seeds (a top-level function, so it pickles
-    by name)."""
-    return execute_job(job[0].experiment, job[0].config, [t.seed for t in job], quick,
-                       data_path)
+    """One work item of an executor: a job's runs (a top-level function, so it pickles by
+    name)."""
+    return execute_job(job[0].experiment, [(t.config, t.seed) for t in job], quick, data_path)
 
 
 def _dispatch(work, executor, quick, data_arg, job_finished, exp_t0) -> None:

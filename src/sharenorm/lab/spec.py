@@ -184,6 +184,9 @@ class Experiment:
         batched: True (default) when the seeds of a config may train together as one stacked
             model (:mod:`sharenorm.lab.jobs`); False for an experiment whose analysis
             compares wall-clock times (a stacked member's time is the stack's divided by K).
+        stack_over: config keys whose values may differ within one stacked job (``("lr",)``:
+            a learning-rate grid's runs train as one model with the seeds); the configs that
+            agree on every other key form one job.
         uses_data: True when ``--data`` replaces its default dataset.
         requires: names that must exist in ``sharenorm`` (else the experiment is skipped).
         min_train: ``min_train(config) -> int``, the training samples one run of ``config``
@@ -204,6 +207,7 @@ class Experiment:
     analyze: Callable[[list[dict], Path, str], list[ClaimResult]]
     seeded: bool = True
     batched: bool = True
+    stack_over: tuple[str, ...] = ()
     uses_data: bool = False
     requires: tuple[str, ...] = ()
     new_claims: tuple = ()

@@ -66,6 +66,10 @@ class TrainConfig:
         eval_every: evaluate test accuracy every this many steps (0: only at the end).
         target_acc: record the first step/second at which test accuracy reaches this.
         eval_subset: evaluate checkpoints on at most this many test samples (final: all).
+        weight_decay: L2 weight decay of the optimizer.
+        record_steps: also return every step's training loss (``"step_losses"``) and total
+            gradient norm ‖∂L/∂θ‖ (``"grad_norms"``) in the metrics (stacked members too,
+            where gradient hooks on the member's parameters would never fire).
     """
 
     steps: int = 1000
@@ -76,6 +80,7 @@ class TrainConfig:
     target_acc: float | None = None
     eval_subset: int = 1000
     weight_decay: float = 0.0
+    record_steps: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -126,6 +131,7 @@ def _train_alone(model: nn.Module, ds, cfg: TrainConfig, seed: int, penalty=None
     model.train()
     curve, diverged, step_hit, sec_hit = [], False, None, None
     losses: list[float] = []
+    grad_norms: list[float] = []
     t_train = 0.0
     it = batches(len(x), cfg.batch_size, gen)
     for step in range(1, cfg.steps + 1):
@@ -136,6 +142,9 @@ def _train_alone(model: nn.Module, ds, cfg: TrainConfig, seed: int, penalty=None
             loss = loss + penalty()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.record_steps:
+            grad_norms.append(math.sqrt(sum(float(p.grad.double().pow(2).sum())
+                                            for p in model.parameters() if p.grad is not None)))
         opt.step()
         t_train += time.perf_counter() - t0
         lv = loss.item()
@@ -160,6 +169,8 @@ def _train_alone(model: nn.Module, ds, cfg: TrainConfig, seed: int, penalty=None
         "gap": tr_acc - te_acc, "diverged": diverged, "steps_done": len(losses),
         "final_train_loss": sum(tail) / len(tail), "curve": curve, "steps_to_target": step_hit,
     }
+    if cfg.record_steps:
+        metrics.update(step_losses=losses, grad_norms=grad_norms)
     timing = {"train_s": t_train, "s_per_step": t_train / max(len(losses), 1),
               "s_to_target": sec_hit}
     return _clean(metrics), timing
@@ -168,15 +179,17 @@ def _train_alone(model: nn.Module, ds, cfg: TrainConfig, seed: int, penalty=None
 def train_classifiers(models: list[nn.Module], ds, cfgs, seeds: list[int]) -> list[tuple[dict, dict]]:
     """Train K models at once, each exactly as :func:`train_classifier` would train it alone.
 
-    ``models[k]`` is trained with ``cfgs[k]`` (one :class:`TrainConfig` for all, or one each)
-    and the data order of ``seeds[k]``; the result is ``[(metrics, timing)]`` in that order,
-    and every model ends with its own trained parameters and buffers. When the models can be
-    stacked (:func:`sharenorm.lab.batched.can_stack`: ConvNet and MLP of one architecture) and
-    the configs agree on ``batch_size``, ``optimizer``, ``eval_every`` and ``eval_subset``,
-    the K models train as one stacked model (:mod:`sharenorm.lab.batched`): learning rate,
-    weight decay, steps and ``target_acc`` may differ per member (a learning-rate grid is one
-    call). Otherwise each trains alone, in turn. A member that diverges stops there, as alone,
-    and the others go on untouched.
+    ``models[k]`` is trained on ``ds`` (one dataset for all, or one each: a validation split
+    per seed) with ``cfgs[k]`` (one :class:`TrainConfig` for all, or one each) and the data
+    order of ``seeds[k]``; the result is ``[(metrics, timing)]`` in that order, and every model
+    ends with its own trained parameters and buffers. When the models can be stacked
+    (:func:`sharenorm.lab.batched.can_stack`: ConvNet and MLP of one architecture), their
+    samples have one shape and dtype, and the configs agree on ``batch_size``, ``optimizer``,
+    ``eval_every`` and ``eval_subset``, the K models train as one stacked model
+    (:mod:`sharenorm.lab.batched`): learning rate, weight decay, steps and ``target_acc`` may
+    differ per member (a learning-rate grid is one call), and so may the data. Otherwise each
+    trains alone, in turn. A member that diverges stops there, as alone, and the others go on
+    untouched.
 
     ``timing`` of a stacked member gives the stacked model's wall time divided by K (what the
     member cost) and ``"stacked": K``.
@@ -195,19 +208,23 @@ def train_classifiers(models: list[nn.Module], ds, cfgs, seeds: list[int]) -> li
 
     k = len(models)
     cfgs = list(cfgs) if isinstance(cfgs, (list, tuple)) else [cfgs] * k
-    if len(cfgs) != k or len(seeds) != k:
-        raise ValueError(f"train_classifiers: {k} models need {k} configs and {k} seeds, got "
-                         f"{len(cfgs)} and {len(seeds)}")
+    dss = list(ds) if isinstance(ds, (list, tuple)) else [ds] * k
+    if len(cfgs) != k or len(seeds) != k or len(dss) != k:
+        raise ValueError(f"train_classifiers: {k} models need {k} configs, seeds and datasets "
+                         f"(or one), got {len(cfgs)}, {len(seeds)} and {len(dss)}")
     shared = {(c.batch_size, c.optimizer, c.eval_every, c.eval_subset) for c in cfgs}
-    if k == 1 or len(shared) > 1 or any(c.extra for c in cfgs) or not can_stack(models):
-        return [_train_alone(m, ds, c, s) for m, c, s in zip(models, cfgs, seeds, strict=True)]
-    return _train_stacked(models, ds, cfgs, seeds)
+    samples = {(tuple(d.x_train.shape[1:]), d.x_train.dtype) for d in dss}
+    if (k == 1 or len(shared) > 1 or len(samples) > 1 or any(c.extra for c in cfgs)
+            or not can_stack(models)):
+        return [_train_alone(m, d, c, s) for m, d, c, s in zip(models, dss, cfgs, seeds,
+                                                                  strict=True)]
+    return _train_stacked(models, dss, cfgs, seeds)
 
 
 ONEDNN_MIN_BATCH = 4  # stacked training uses ATen's convolution at batches up to this
 
 
-def _train_stacked(models, ds, cfgs, seeds):
+def _train_stacked(models, dss, cfgs, seeds):
     from sharenorm.lab.batched import StackedOptimizer, stack_models, unstack_into
 
     k, c0 = len(models), cfgs[0]
@@ -220,12 +237,15 @@ def _train_stacked(models, ds, cfgs, seeds):
     stacked.train()
     opt = StackedOptimizer(list(stacked.parameters()), k, c0.optimizer, [c.lr for c in cfgs],
                            [c.weight_decay for c in cfgs])
-    x, y = ds.x_train, ds.y_train
-    xt, yt = ds.x_test[:c0.eval_subset], ds.y_test[:c0.eval_subset]
-    n, bs, shape = len(x), c0.batch_size, tuple(x.shape[1:])
-    its = [batches(n, bs, g) for g in gens]
+    bs, shape = c0.batch_size, tuple(dss[0].x_train.shape[1:])
+    its = [batches(len(d.x_train), bs, g) for d, g in zip(dss, gens, strict=True)]
+    one = all(d is dss[0] for d in dss)  # one dataset: one gather per step
+    x, y = dss[0].x_train, dss[0].y_train
     active = list(range(k))
     losses: list[list[float]] = [[] for _ in range(k)]
+    grad_norms: list[list[float]] = [[] for _ in range(k)]
+    recording = any(c.record_steps for c in cfgs)
+    params = list(stacked.parameters())
     curves: list[list] = [[] for _ in range(k)]
     diverged, hit = [False] * k, [None] * k
     t_train = 0.0
@@ -238,24 +258,37 @@ def _train_stacked(models, ds, cfgs, seeds):
     onednn = onednn_before and bs > ONEDNN_MIN_BATCH
     try:
         for step in range(1, last + 1):
-            idx = torch.cat([next(it) for it in its])
+            idxs = [next(it) for it in its]
             mkldnn.enabled = onednn
             t0 = time.perf_counter()
-            xb = x[idx].view(k, bs, *shape).transpose(0, 1).reshape(bs, k * shape[0], *shape[1:])
+            if one:
+                idx = torch.cat(idxs)
+                xk, yk = x[idx], y[idx]
+            else:
+                xk = torch.cat([d.x_train[i] for d, i in zip(dss, idxs, strict=True)])
+                yk = torch.cat([d.y_train[i] for d, i in zip(dss, idxs, strict=True)])
+            xb = xk.view(k, bs, *shape).transpose(0, 1).reshape(bs, k * shape[0], *shape[1:])
             out = stacked(xb).view(bs, k, -1)
             # (N, classes, K) against (N, K): every member's own mean cross-entropy
-            per = nn.functional.cross_entropy(out.transpose(1, 2), y[idx].view(k, bs).T,
+            per = nn.functional.cross_entropy(out.transpose(1, 2), yk.view(k, bs).T,
                                               reduction="none").mean(0)
             # only the active members' losses: a frozen one's gradient is exactly 0
             loss = per.sum() if len(active) == k else per[active].sum()
             opt.zero_grad()
             loss.backward()
+            if recording:
+                # member-major stacked tensors: row j of view(K, -1) is member j's gradient
+                sq = sum(p.grad.detach().double().view(k, -1).pow(2).sum(1)
+                         for p in params if p.grad is not None)
+                gn = sq.sqrt().tolist()
             opt.step()
             t_train += time.perf_counter() - t0
             lv = per.tolist()
             stop = []
             for j in active:
                 losses[j].append(lv[j])
+                if recording:
+                    grad_norms[j].append(gn[j])
                 t_member[j] = t_train
                 if not math.isfinite(lv[j]) or lv[j] > 1e4:
                     diverged[j] = True
@@ -272,7 +305,8 @@ def _train_stacked(models, ds, cfgs, seeds):
                     # less than the grouped ones, and it is the very evaluation of a solo run
                     unstack_into(stacked, models, due)
                     for j in due:
-                        acc, _ = evaluate(models[j], xt, yt)
+                        sub = c0.eval_subset
+                        acc, _ = evaluate(models[j], dss[j].x_test[:sub], dss[j].y_test[:sub])
                         curves[j].append([step, round(acc, 6)])
                         if cfgs[j].target_acc is not None and hit[j] is None and \
                                 acc >= cfgs[j].target_acc:
@@ -294,8 +328,8 @@ def _train_stacked(models, ds, cfgs, seeds):
             tr_acc = te_acc = float("nan")
             tr_loss = te_loss = float("inf")
         else:
-            tr_acc, tr_loss = evaluate(models[j], x, y)
-            te_acc, te_loss = evaluate(models[j], ds.x_test, ds.y_test)
+            tr_acc, tr_loss = evaluate(models[j], dss[j].x_train, dss[j].y_train)
+            te_acc, te_loss = evaluate(models[j], dss[j].x_test, dss[j].y_test)
         tail = losses[j][-max(1, len(losses[j]) // 10):]
         metrics = {
             "train_acc": tr_acc, "test_acc": te_acc, "train_loss": tr_loss,
@@ -303,6 +337,8 @@ def _train_stacked(models, ds, cfgs, seeds):
             "steps_done": len(losses[j]), "final_train_loss": sum(tail) / len(tail),
             "curve": curves[j], "steps_to_target": hit[j][0] if hit[j] else None,
         }
+        if cfgs[j].record_steps:
+            metrics.update(step_losses=losses[j], grad_norms=grad_norms[j])
         train_s = t_member[j] / k
         timing = {"train_s": train_s, "s_per_step": train_s / max(len(losses[j]), 1),
                   "s_to_target": hit[j][1] if hit[j] else None, "stacked": k}

@@ -229,4 +229,4 @@ EXPERIMENT = Experiment(
         f", training set के 80% पर {EPOCHS} epoch; बाकी 20% की validation accuracy rate चुनती है, "
         "test accuracy eval mode में।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
-    min_train=min_train)
+    min_train=min_train, stack_over=("lr",))  # a depth's rate grid and seeds train as one

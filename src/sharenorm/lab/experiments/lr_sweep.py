@@ -60,48 +60,32 @@ def run(cfg, seed, ctx):
     ds = dataset(ctx)
     torch.manual_seed(seed)
     model = ConvNet(ds.sample_shape, ds.num_classes, norm=cfg["norm"])
-    norms = GradNorms(model)
     metrics, timing = train_classifier(model, ds, TrainConfig(
-        steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"]), seed)
-    norms.close()
-    return metrics | norms.summary(), timing
+        steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], record_steps=True), seed)
+    metrics.pop("step_losses")
+    return metrics | grad_summary(metrics.pop("grad_norms")), timing
 
 
-class GradNorms:
-    """The total gradient norm ‖∂L/∂θ‖ of every backward pass of ``model``, collected by
-    gradient hooks (one per parameter; a step's norm is complete when all have fired)."""
+def grad_summary(norms: list) -> dict:
+    """Of a run's per-step gradient norms ‖∂L/∂θ‖: the spikes (steps above SPIKE × the
+    median) and the coefficient of variation over the second half of training; None where
+    the run took fewer than two finite steps.
 
-    def __init__(self, model):
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.sq, self.seen, self.norms = 0.0, 0, []
-        self.handles = [p.register_hook(self._hook) for p in self.params]
+    Example:
+        >>> grad_summary([1.0, 1.0, 50.0, 1.0])
+        {'grad_spikes': 1, 'grad_cv': 0.960784}
+    """
+    import statistics
 
-    def _hook(self, grad):
-        self.sq += float(grad.detach().double().pow(2).sum())
-        self.seen += 1
-        if self.seen == len(self.params):
-            self.norms.append(self.sq ** 0.5)
-            self.sq, self.seen = 0.0, 0
-        return grad
-
-    def close(self):
-        for h in self.handles:
-            h.remove()
-
-    def summary(self) -> dict:
-        """Spikes (steps above SPIKE × the median) and the coefficient of variation over the
-        second half of training; None where the run took no finite step."""
-        import statistics
-
-        xs = [x for x in self.norms if x == x and x != float("inf")]
-        if len(xs) < 2:
-            return {"grad_spikes": None, "grad_cv": None}
-        med = statistics.median(xs)
-        late = xs[len(xs) // 2:]
-        mean = statistics.fmean(late)
-        cv = statistics.pstdev(late) / mean if mean > 0 else None
-        return {"grad_spikes": sum(x > SPIKE * med for x in xs),
-                "grad_cv": round(cv, 6) if cv is not None else None}
+    xs = [x for x in norms if x is not None and x == x and x != float("inf")]
+    if len(xs) < 2:
+        return {"grad_spikes": None, "grad_cv": None}
+    med = statistics.median(xs)
+    late = xs[len(xs) // 2:]
+    mean = statistics.fmean(late)
+    cv = statistics.pstdev(late) / mean if mean > 0 else None
+    return {"grad_spikes": sum(x > SPIKE * med for x in xs),
+            "grad_cv": round(cv, 6) if cv is not None else None}
 
 
 def _stable(ms) -> bool:
@@ -180,5 +164,5 @@ EXPERIMENT = Experiment(
         "500 steps (quick: 100), learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS) +
         "। Run diverge माना जाता है जब loss non-finite या > 1e4 हो; learning rate stable है जब सभी "
         f"seeds बिना diverge हुए ≥ {STABLE_ACC:.0%} test accuracy पाएँ।"),
-    compares_intervals=False,
+    compares_intervals=False, stack_over=("lr",),  # the rate grid and seeds train as one
     configs=configs, run=run, analyze=analyze, uses_data=True)
