@@ -18,6 +18,7 @@ The old tree is the commit ``--old`` (default 5c2951e, before the stacked lab) e
 ``git archive`` into a temporary folder.
 
 Run:  python benchmarks/bench_lab.py [--mode cli|train|both] [--repeats 3] [--old 5c2951e]
+      python benchmarks/bench_lab.py --mode train --model resnet --seeds 5   # N8's jobs
 """
 
 from __future__ import annotations
@@ -112,30 +113,46 @@ def bench_train(args) -> None:
     from sharenorm.lab.spec import RunContext
     from sharenorm.lab.train import TrainConfig, _train_alone, train_classifiers
     from sharenorm.models import ConvNet
+    from sharenorm.models.resnet import ResNet
 
     torch.set_num_threads(1)
     ds = dataset(RunContext(quick=True))
     seeds = list(range(args.seeds))
-    # N6's model; batch 2 and 4 are most of its steps
-    cases = [(norm, bs, steps) for norm in ("batch", "group", "none")
-             for bs, steps in ((2, 250), (4, 125))]
+    if args.model == "convnet":
+        # N6's model; batch 2 and 4 are most of its steps
+        cases = [(norm, bs, steps) for norm in ("batch", "group", "none")
+                 for bs, steps in ((2, 250), (4, 125))]
+        lrs = [None]
+    else:
+        # N8's deepest residual net at batch 4, its learning-rate grid and seeds in one job
+        cases = [(norm, 4, 60) for norm in ("batch", "group")]
+        lrs = [0.002, 0.006, 0.02, 0.06]
 
     def models(norm):
         out = []
-        for s in seeds:
-            torch.manual_seed(s)
-            out.append(ConvNet(ds.sample_shape, ds.num_classes, norm=norm,
-                               num_groups=8 if norm == "group" else None))
+        for _ in lrs:
+            for s in seeds:
+                torch.manual_seed(s)
+                gn = 8 if args.model == "convnet" else 4
+                kw = {"norm": norm, "num_groups": gn if norm == "group" else None}
+                out.append(ConvNet(ds.sample_shape, ds.num_classes, **kw)
+                           if args.model == "convnet" else
+                           ResNet(ds.sample_shape, ds.num_classes, depth=17, **kw))
         return out
 
+    def configs(cfg):
+        return [cfg if lr is None else TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size,
+                                                   lr=lr) for lr in lrs for _ in seeds]
+
     def old(norm, cfg):
-        for m, s in zip(models(norm), seeds, strict=True):
-            _train_alone(m, ds, cfg, s)
+        for m, c, s in zip(models(norm), configs(cfg), seeds * len(lrs), strict=True):
+            _train_alone(m, ds, c, s)
 
     def new(norm, cfg):
-        train_classifiers(models(norm), ds, cfg, seeds)
+        train_classifiers(models(norm), ds, configs(cfg), seeds * len(lrs))
 
-    print(f"training loop, N6 ConvNet, {len(seeds)} seeds; load before: {load()}")
+    what = "N6 ConvNet" if args.model == "convnet" else f"N8 ResNet-17, {len(lrs)} rates"
+    print(f"training loop, {what}, {len(seeds)} seeds; load before: {load()}")
     ratios, cpu_ratios = [], []
     for norm, bs, steps in cases:
         cfg = TrainConfig(steps=steps, batch_size=bs, lr=0.05 * bs / 32)
@@ -149,7 +166,7 @@ def bench_train(args) -> None:
                 cpus[name].append(time.process_time() - c0)
         o, n = statistics.median(times["old"]), statistics.median(times["new"])
         oc, nc = statistics.median(cpus["old"]), statistics.median(cpus["new"])
-        total = steps * len(seeds)
+        total = steps * len(seeds) * len(lrs)
         ratios.append(o / n)
         cpu_ratios.append(oc / nc)
         print(f"  {norm:6s} batch {bs}: old {total / o:7.1f} steps/s, new {total / n:7.1f} "
@@ -167,6 +184,8 @@ def main() -> None:
     ap.add_argument("--old", default="5c2951e", help="the commit to compare with")
     ap.add_argument("--lab-args", default="N6 --quick --seeds 3 --jobs 2")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per config (train mode)")
+    ap.add_argument("--model", choices=("convnet", "resnet"), default="convnet",
+                    help="train mode: N6's ConvNet, or N8's ResNet-17 with its rate grid")
     args = ap.parse_args()
     if args.mode in ("train", "both"):
         bench_train(args)
