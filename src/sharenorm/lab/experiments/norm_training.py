@@ -288,4 +288,4 @@ EXPERIMENT = Experiment(
         f"का एक और run हर norm का एक training step बारी-बारी चलाता है, {TIMING_ROUNDS} rounds, एक "
         "thread पर; median step time से seconds।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
-    batched=False)  # N4 compares seconds per step: one model at a time
+)  # seconds come from the interleaved timing runs, so the seeds may stack

@@ -273,4 +273,4 @@ EXPERIMENT = Experiment(
         "(quick: 50) पर test accuracy, target 80% (quick: 40%)। Seconds केवल training time हैं।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
     requires=("LocallyConnected1d", "LocallyConnected2d", "count_parameters"),
-    batched=False)  # S2 compares seconds per step: one model at a time
+)  # seconds come from the interleaved timing runs, so the seeds may stack
