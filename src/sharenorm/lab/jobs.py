@@ -56,9 +56,11 @@ class _Member:
         self.group, self.index = group, index
         self.go = threading.Semaphore(0)
 
-    def train(self, model, ds, cfg, seed):
-        """Hand the training to the group, wait for its result (called by train_classifier)."""
+    def train(self, train_many, model, ds, cfg, seed):
+        """Hand the training to the group, wait for its result (called by train_classifier,
+        which passes ``train_many``, the function that trains several such calls as one)."""
         g = self.group
+        g.train_many = train_many
         g.pending[self.index] = (model, ds, cfg, seed)
         g.baton.release()
         self.go.acquire()
@@ -72,6 +74,7 @@ class _Group:
         self.baton = threading.Semaphore(0)
         self.pending: dict[int, tuple] = {}
         self.trained: dict[int, tuple] = {}
+        self.train_many: Callable | None = None
         self.aborted = False
         self.members = [_Member(self, i) for i in range(n)]
 
@@ -82,8 +85,6 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
     Raises whatever a call raises (the other calls are stopped).
     """
     import torch
-
-    from sharenorm.lab.train import train_classifiers
 
     n = len(calls)
     group = _Group(n)
@@ -129,7 +130,7 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
                 order = sorted(group.pending)
                 reqs = [group.pending[i] for i in order]
                 group.pending.clear()
-                for i, res in zip(order, _train(train_classifiers, reqs), strict=True):
+                for i, res in zip(order, _train(group.train_many, reqs), strict=True):
                     group.trained[i] = res
                     resume_seed[i] = reqs[order.index(i)][3]
     finally:
@@ -143,7 +144,7 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
     return results
 
 
-def _train(train_classifiers, reqs: list[tuple]) -> list[tuple]:
+def _train(train_many, reqs: list[tuple]) -> list[tuple]:
     """Train requests ``(model, ds, cfg, seed)``: those on the same data together."""
     out: list[tuple | None] = [None] * len(reqs)
     groups: list[list[int]] = []
@@ -155,7 +156,7 @@ def _train(train_classifiers, reqs: list[tuple]) -> list[tuple]:
         else:
             groups.append([i])
     for g in groups:
-        res = train_classifiers([reqs[i][0] for i in g], reqs[g[0]][1], [reqs[i][2] for i in g],
+        res = train_many([reqs[i][0] for i in g], reqs[g[0]][1], [reqs[i][2] for i in g],
                                 [reqs[i][3] for i in g])
         for i, r in zip(g, res, strict=True):
             out[i] = r

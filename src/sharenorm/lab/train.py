@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from sharenorm.lab.jobs import current_group
+
 __all__ = ["TrainConfig", "train_classifier", "train_classifiers", "evaluate", "seed_everything",
            "batches"]
 
@@ -105,11 +107,9 @@ def train_classifier(model: nn.Module, ds, cfg: TrainConfig, seed: int,
     Raises:
         ValueError: ``cfg.steps`` < 1, or a batch larger than the training set.
     """
-    from sharenorm.lab.jobs import current_group
-
     member = current_group()
     if member is not None and penalty is None:
-        return member.train(model, ds, cfg, seed)
+        return member.train(train_classifiers, model, ds, cfg, seed)
     return _train_alone(model, ds, cfg, seed, penalty)
 
 
