@@ -1,34 +1,11 @@
 """Run the seeds of one configuration together: their trainings become one stacked model.
 
-An experiment's ``run(config, seed, ctx)`` builds a model, calls
-:func:`~sharenorm.lab.train.train_classifier`, and post-processes. :func:`run_together` runs K
-such calls as coroutines, so the experiment code is unchanged:
-
-1. each call runs alone, in turn (the global RNG is only touched by one at a time, so model
-   initialization is exactly that of a solo run), until it returns or calls
-   ``train_classifier``;
-2. the pending ``train_classifier`` calls train as one
-   (:func:`~sharenorm.lab.train.train_classifiers`: one stacked model when they stack, else
-   one after another), and each call gets its own result and its trained model back;
-3. each call resumes, in turn, with the global RNG where a solo ``train_classifier`` leaves it,
-   and so on until all return.
-
-The calls run on threads, but only one runs at a time (a baton is passed), so the order of
-everything is fixed: results do not depend on scheduling.
-
-Example:
-    >>> from sharenorm.lab.train import TrainConfig, train_classifier
-    >>> from sharenorm.data import load_digits
-    >>> from sharenorm.models import MLP
-    >>> import torch
-    >>> ds = load_digits()
-    >>> def run(seed):
-    ...     torch.manual_seed(seed)
-    ...     net = MLP(ds.sample_shape, ds.num_classes, hidden=16)
-    ...     metrics, timing = train_classifier(net, ds, TrainConfig(steps=5), seed)
-    ...     return metrics["steps_done"], timing.get("stacked")
-    >>> run_together([lambda s=s: run(s) for s in range(3)])
-    [(5, 3), (5, 3), (5, 3)]
+:func:`run_together` runs K calls of an experiment's ``run`` as coroutines: each runs alone,
+in turn, until it calls ``train_classifier``; the pending trainings then train as one
+(:func:`~sharenorm.lab.train.train_classifiers`), and each call resumes with its own result
+and the global RNG where a solo run leaves it. One call runs at a time (a baton is passed),
+so results do not depend on thread scheduling. The protocol step by step:
+docs/design/lab-batching.md.
 """
 
 from __future__ import annotations
@@ -83,6 +60,20 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
     """``[c() for c in calls]``, with the ``train_classifier`` calls they make trained together.
 
     Raises whatever a call raises (the other calls are stopped).
+
+    Example:
+        >>> from sharenorm.lab.train import TrainConfig, train_classifier
+        >>> from sharenorm.data import load_digits
+        >>> from sharenorm.models import MLP
+        >>> import torch
+        >>> ds = load_digits()
+        >>> def run(seed):
+        ...     torch.manual_seed(seed)
+        ...     net = MLP(ds.sample_shape, ds.num_classes, hidden=16)
+        ...     metrics, timing = train_classifier(net, ds, TrainConfig(steps=5), seed)
+        ...     return metrics["steps_done"], timing.get("stacked")
+        >>> run_together([lambda s=s: run(s) for s in range(3)])
+        [(5, 3), (5, 3), (5, 3)]
     """
     import torch
 

@@ -232,7 +232,7 @@ def _train_stacked(models, ds, cfgs, seeds):
     t_member = [0.0] * k
     last = max(c.steps for c in cfgs)
     # oneDNN's grouped convolution costs more than ATen's own at a few samples per batch
-    # (N6's ConvNet, K = 3, CPU time per step: 2.6 vs 3.4 ms at batch 2, 12.8 vs 7.3 at 32)
+    # (and less at many: docs/design/lab-batching.md)
     mkldnn = torch.backends.mkldnn
     onednn_before = mkldnn.enabled
     onednn = onednn_before and bs > ONEDNN_MIN_BATCH
