@@ -1,9 +1,9 @@
 """The seeds' normalization math, plainly, in float64: the test oracle (slow, easy to check).
 
-Every norm is x̂ = γ · (x − μ) / √(σ² + ε) + β with μ, σ² over: batch — N and every position
-(per channel); instance — one sample's positions (per sample, channel); group — C/G channels
-× positions (per sample, group); layer — all of one sample. σ² is biased when normalizing and
-unbiased in running statistics, as in ``torch.nn`` (the table: docs/design/reference-norms.md).
+Every norm is x̂ = γ(x − μ)/√(σ² + ε) + β with μ, σ² over: batch — N and positions (per
+channel); instance — one sample's positions; group — C/G channels × positions; layer — all
+of one sample. Biased σ² normalizes, running statistics keep the unbiased one, as in
+``torch.nn`` (the table: docs/design/reference-norms.md).
 
 Example:
     >>> import torch
