@@ -1,15 +1,8 @@
 """The thin parts of multi-process training that torch lacks: ask whether a process group
 is active, wrap a model in DDP with the flags sharenorm's tied and shared models need, make
 child processes die with their parent, and run a function on a few local processes and get
-its return values back.
-
-Real jobs (one machine or many) start with torch's own launcher, ``torchrun``; sharenorm's
-layers need nothing more than an initialised process group (see the README's "Running on a
-cluster"). :func:`launch` is for tests, benchmarks and the lab's N9 on one machine: it
-starts the ranks with ``torch.multiprocessing.start_processes`` as ``torchrun`` would
-(``env://`` rendezvous on ``127.0.0.1``), and adds what torch does not give a caller: the
-return values, the first failing rank's traceback as the error (not a peer's "connection
-reset"), a deadline instead of a hang, and no orphan process.
+its return values back (:func:`launch`, for tests, benchmarks and the lab's N9; real jobs
+start with ``torchrun``: the README's "Running on a cluster").
 
 Example:
     >>> import sharenorm.distributed as snd

@@ -257,12 +257,12 @@ SEEDS = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "
 
 @pytest.mark.skipif(not SEEDS.is_dir(), reason="the seed documents are not beside the checkout")
 def test_every_quote_is_the_documents_own_words():
-    from sharenorm.lab.claims import DOC_TABLES, NOT_MEASURED
+    from sharenorm.lab.claims import DOC_TABLES, NOT_MEASURED, quote
     from sharenorm.lab.experiments import all_claims
 
     text = " ".join(p.read_text() for p in SEEDS.glob("*.txt"))
     for c in all_claims().values():
-        for q in c.quote:
+        for q in quote(c):
             assert q in text, (c.id, q)
     for _, q, _, _ in NOT_MEASURED:
         assert q in text, q

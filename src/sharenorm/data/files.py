@@ -1,24 +1,11 @@
 """Loaders for datasets users have on disk, and :func:`load_path`, which picks one.
 
-Accepted (see :data:`ACCEPTED_FORMATS`):
-
-- a folder with MNIST/Fashion-MNIST IDX files ``train-images-idx3-ubyte``,
-  ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``
-  (each optionally ``.gz``);
-- a folder with CIFAR-10 python batches (``data_batch_1`` … ``data_batch_5``, ``test_batch``)
-  or CIFAR-100 (``train``, ``test``);
-- a ``.npz`` file with arrays ``x`` and ``y`` (and optionally ``x_test``, ``y_test``);
-- a folder of images with one sub-folder per class (optionally inside ``train/`` and ``test/``).
-
-Inputs are scaled to [0, 1] when they are 8-bit (16-bit images: by 65535) and then
-standardized per channel with the training split's statistics. Corrupt files, empty splits
-(fewer than 2 training or 1 test sample), samples without values (shape ``(N, 0)``) and
-negative labels raise :class:`DataError` naming the file and the problem.
-
-Hostile files are refused cheaply: a device or FIFO is never opened, and every loader checks
-the decoded size its file declares against the data limit (:mod:`sharenorm.data.limits`, 1 GiB
-unless ``SHARENORM_DATA_LIMIT`` or ``limit=`` says otherwise) before decompressing or
-allocating; only the arrays used are read.
+Accepted (:data:`ACCEPTED_FORMATS`): a folder of MNIST/Fashion-MNIST IDX files (``.gz`` or
+not), a folder of CIFAR-10/100 python batches, a ``.npz`` with ``x``, ``y`` (optionally
+``x_test``, ``y_test``), and a folder of images with one sub-folder per class. 8-bit inputs
+are scaled to [0, 1], then standardized per channel with the training split's statistics.
+Bad or hostile files raise :class:`DataError` naming the file and the problem, before
+anything large is decoded. The exact rules: docs/design/data-loading.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,11 @@
 """How much a dataset on disk may decode into memory, and the check loaders make before they do.
 
-A 1 MB file can declare gigabytes: a zip or gzip of zeros, an ``.npy`` header with a huge shape,
-a pickle whose lists share one another. Every loader therefore learns the size of what it is
-about to decode from the file's own headers (``.npy`` header, IDX header, image size) and charges
-it to a :class:`Budget` *before* decompressing or allocating; past the limit it raises a
-:class:`~sharenorm.data.dataset.DataError` that names the file and how to raise the limit.
-
-The limit counts the bytes of the arrays as stored (an 8-bit image value is one byte; the lab
-then holds float32 copies, up to 4× that). It is :data:`DEFAULT_LIMIT` (1 GiB) unless the
-environment variable ``SHARENORM_DATA_LIMIT`` says otherwise (``SHARENORM_DATA_LIMIT=4G``;
-suffixes K, M, G, T are powers of 1024) or a loader is given ``limit=`` bytes.
-
-Example:
-    >>> parse_size("512M"), parse_size("1.5G"), parse_size("1000")
-    (536870912, 1610612736, 1000)
-    >>> budget = Budget(limit=100)
-    >>> budget.charge(60, "a.npz", "array 'x'")
-    >>> budget.charge(60, "a.npz", "array 'y'")
-    Traceback (most recent call last):
-    ...
-    sharenorm.data.dataset.DataError: a.npz: array 'y' takes 60 B once decoded (after 60 B \
-read before it), over the data limit of 100 B. ...
+A 1 MB file can declare gigabytes (a zip of zeros, an ``.npy`` header with a huge shape), so
+every loader reads the decoded size from the file's own headers and charges it to a
+:class:`Budget` before decompressing or allocating; past the limit it raises a
+:class:`~sharenorm.data.dataset.DataError` that names the file and how to raise the limit
+(:data:`DEFAULT_LIMIT`, 1 GiB; ``SHARENORM_DATA_LIMIT=4G``; a loader's ``limit=``). What the
+limit counts: docs/design/data-loading.md.
 """
 
 from __future__ import annotations
@@ -75,6 +60,16 @@ class Budget:
 
     Args:
         limit: bytes; ``None`` reads :func:`data_limit`.
+
+    Example:
+        >>> parse_size("512M"), parse_size("1.5G"), parse_size("1000")
+        (536870912, 1610612736, 1000)
+        >>> budget = Budget(limit=100)
+        >>> budget.charge(60, "a.npz", "array 'x'")
+        >>> budget.charge(60, "a.npz", "array 'y'")
+        Traceback (most recent call last):
+        ...
+        sharenorm.data.dataset.DataError: a.npz: array 'y' takes 60 B once decoded (after 60 B read before it), over the data limit of 100 B. ...
     """
 
     def __init__(self, limit: int | None = None) -> None:

@@ -1,40 +1,12 @@
 """K independent models trained as one: stacked along the channel axis.
 
-The lab's models are tiny, so one optimizer step costs mostly per-operation overhead, not
-arithmetic. K models of the same architecture (the seeds of one configuration, or the points
-of a learning-rate grid) cost about as much as one when they run as one *stacked* model:
-
-- input ``(N, K·C, *)``: member k's own batch in channels ``[k·C, (k+1)·C)``;
-- a convolution becomes a grouped convolution with ``groups=K`` (weight ``(K·C_out, C_in, *)``,
-  member k's filters are rows ``[k·C_out, (k+1)·C_out)``), so member k only reads its channels;
-- a linear layer becomes a batched matmul (:class:`StackedLinear`, weight ``(K, out, in)``) on
-  ``(N, K·F)`` read as ``(N, K, F)`` — exactly what ``flatten`` of ``(N, K·C, L)`` gives;
-- a norm over ``K·C`` channels is K separate norms: BatchNorm and InstanceNorm are per
-  channel; GroupNorm with ``K·G`` groups of the same size never mixes members (LayerNorm,
-  GroupNorm with one group, becomes ``K`` groups); running statistics are per channel;
-- the loss is the *sum* of the members' mean losses, so ``∂loss/∂θ_k`` is member k's own
-  gradient; SGD (momentum, weight decay) and Adam are elementwise, so per-member state in one
-  stacked tensor is exact, and :class:`StackedOptimizer` takes a learning rate per member.
-
-Every stacked tensor is member-major: ``t.view(K, -1)[k]`` is member k's tensor, flattened.
-
-Why stacked layers and not ``torch.func`` (``stack_module_state`` + ``vmap``): sharenorm's
-norms are custom autograd functions without a vmap rule, and on N6's ConvNet at batch 2 with
-K = 3 a vmapped step (torch.nn layers, no norm) ran 1.2–1.5× faster than three separate
-steps, the stacked model 2–2.7× (same process, interleaved; vmap's per-op dispatch costs what
-stacking saves).
-
-Example:
-    >>> import torch
-    >>> from sharenorm.models import ConvNet
-    >>> torch.manual_seed(0)
-    <torch._C.Generator object at ...>
-    >>> nets = [ConvNet((1, 40), 10, width=8, norm="group", num_groups=2) for _ in range(3)]
-    >>> big = stack_models(nets)
-    >>> xs = torch.randn(3, 4, 1, 40)                       # (K, N, C, L): one batch per member
-    >>> out = big(stack_inputs(xs)).view(4, 3, 10)          # (N, K, classes)
-    >>> torch.allclose(out[:, 1], nets[1](xs[1]), atol=1e-5)
-    True
+The lab's models are tiny, so a step costs mostly per-operation overhead: K models of one
+architecture (the seeds of a configuration, the points of a learning-rate grid) cost about
+as much as one when they run as one stacked model. Convolutions become grouped convolutions,
+linear layers batched matmuls (:class:`StackedLinear`), norms per-member channel groups, and
+the loss the sum of the members' losses, so each member gets exactly its own gradient. Every
+stacked tensor is member-major: ``t.view(K, -1)[k]`` is member k's. How each layer stacks,
+and why not ``torch.func.vmap``: docs/design/lab-batching.md.
 """
 
 from __future__ import annotations
@@ -268,6 +240,18 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
     Raises:
         NotStackable: a layer without an exact stacked form (locally connected, RNN,
             SyncBatchNorm, BatchRenorm), or members that differ in architecture.
+
+    Example:
+        >>> import torch
+        >>> from sharenorm.models import ConvNet
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> nets = [ConvNet((1, 40), 10, width=8, norm="group", num_groups=2) for _ in range(3)]
+        >>> big = stack_models(nets)
+        >>> xs = torch.randn(3, 4, 1, 40)                       # (K, N, C, L): one batch per member
+        >>> out = big(stack_inputs(xs)).view(4, 3, 10)          # (N, K, classes)
+        >>> torch.allclose(out[:, 1], nets[1](xs[1]), atol=1e-5)
+        True
     """
     if not models:
         raise NotStackable("stack_models needs at least one model")

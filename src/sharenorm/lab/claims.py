@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sharenorm.lab.spec import Claim, Text
 
-__all__ = ["Claim", "DOC_TABLES", "QUOTES", "NOT_MEASURED", "NORM_DOC", "SHARE_DOC"]
+__all__ = ["Claim", "DOC_TABLES", "QUOTES", "NOT_MEASURED", "NORM_DOC", "SHARE_DOC", "quote"]
 
 NORM_DOC = "002_55d750c0bea196b9.txt (Batch/Instance/Group Normalization)"
 SHARE_DOC = "000_78c0d9a83b2a75cc.txt (Parameter Sharing and Tying)"
@@ -81,3 +81,9 @@ DOC_TABLES = [
       ("reg", "Regularization Effect", ["Overfitting को कम करता है",
                                         "Model की Symmetry को बनाए रखता है"], ["S3", "T2"])]),
 ]
+
+
+def quote(claim: Claim) -> tuple[str, ...]:
+    """The document's sentences or table rows, verbatim, that ``claim`` stands for (what the
+    report quotes under "What the document says"); its short label when none is recorded."""
+    return QUOTES.get(claim.id, (claim.statement_hi,))

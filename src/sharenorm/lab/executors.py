@@ -1,31 +1,12 @@
 """Where the lab's runs execute: a local process pool, or Ray tasks on a cluster.
 
 An executor maps one top-level function over opaque, picklable work items and yields
-``(item, outcome)`` in the order the items *finish*; ``outcome`` is what the function returned,
-or a :class:`Failure` (the function raised, or its worker process or node died). It knows
-nothing about what an item is: the runner decides (a run, a batch of seeds, ...).
-
-Leaving the ``with`` block early — an exception, Ctrl-C, SIGTERM turned into an exception,
-a ``break`` — cancels what is queued or running: local workers are terminated, Ray tasks are
-cancelled. Finished outcomes have been yielded already, so the caller has stored them.
-
-- :class:`LocalExecutor` (``--executor local``, the default): ``jobs`` spawned processes on
-  this machine, each single-threaded (``OMP_NUM_THREADS=1``), ignoring Ctrl-C (the main
-  process handles it), and dying with the main process however it dies, even during their
-  start-up (:func:`sharenorm.distributed.children_die_with_this_process`).
-- :class:`RayExecutor` (``--executor ray [--address HOST:PORT]``): one Ray task (1 CPU) per
-  item on an existing cluster, or on a local one that ``ray.init()`` starts. The driver's
-  ``sharenorm`` package is shipped to the workers (``runtime_env`` ``py_modules``), so every
-  node runs the code the driver records; nodes need Python, torch and the lab's
-  dependencies (``pip install "sharenorm[lab,ray]"``).
-
-Example:
-    >>> import operator
-    >>> from functools import partial
-    >>> from sharenorm.lab.executors import LocalExecutor
-    >>> with LocalExecutor(jobs=2) as ex:  # doctest: +SKIP
-    ...     sorted(out for _, out in ex.imap_unordered(partial(operator.mul, 10), [1, 2, 3]))
-    [10, 20, 30]
+``(item, outcome)`` as items finish; ``outcome`` is the return value or a :class:`Failure`
+(the function raised, or its worker died). Leaving the ``with`` block early cancels what is
+queued or running. :class:`LocalExecutor` (``--executor local``, the default) runs ``jobs``
+single-threaded processes that die with the main process; :class:`RayExecutor`
+(``--executor ray``) runs one task per item on a Ray cluster. Details:
+docs/design/lab-runs.md.
 """
 
 from __future__ import annotations
@@ -97,8 +78,7 @@ def make_executor(kind: str, *, jobs: int = 1, address: str | None = None):
 # ----------------------------------------------------------------------------- local
 
 # Inherited by the workers: torch.set_num_threads(1) alone leaves the OpenMP team that starts
-# with the process spinning beside the other workers (measured: the 48 runs of N2 took 35.6 s
-# with --jobs 2 without this, 29.7 s with it).
+# with the process spinning beside the other workers (measurement: docs/design/lab-runs.md).
 _ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -126,6 +106,14 @@ class LocalExecutor:
 
     At most ``2 × jobs`` items are submitted ahead, so an interrupt has little queued work to
     drop. Spawn, not fork: forking a process that already ran torch ops can deadlock in OpenMP.
+
+    Example:
+        >>> import operator
+        >>> from functools import partial
+        >>> from sharenorm.lab.executors import LocalExecutor
+        >>> with LocalExecutor(jobs=2) as ex:  # doctest: +SKIP
+        ...     sorted(out for _, out in ex.imap_unordered(partial(operator.mul, 10), [1, 2, 3]))
+        [10, 20, 30]
     """
 
     def __init__(self, jobs: int) -> None:

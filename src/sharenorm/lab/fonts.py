@@ -1,15 +1,11 @@
 """A Devanagari font for the report and its figures, found where a package ships it.
 
-The report is Hindi where ``--lang hi`` asks for it, and the comparison tables quote the
-documents' Hindi in every language. A stock browser or matplotlib without a Devanagari font
-shows those characters as boxes, so the report carries its own: :func:`font_face_css` embeds
-a subset of Noto Sans Devanagari (only the glyphs the report uses, with the shaping rules that
-join them) as a base64 ``@font-face``, and :func:`use_in_matplotlib` registers the font as a
-fallback for figure labels.
-
-The font comes from the ``fontpkg-noto-sans-devanagari`` package (PyPI, OFL-1.1; the ``lab``
-extra) or from Debian's ``fonts-noto-core``; without either the report still renders, in
-whatever fonts the reader has.
+The report quotes the documents' Hindi in every language, and a browser or matplotlib
+without a Devanagari font shows boxes: :func:`font_face_css` embeds a subset of Noto Sans
+Devanagari (the glyphs the report uses, with their shaping rules) as a base64
+``@font-face``, and :func:`use_in_matplotlib` registers it for figure labels. The font comes
+from ``fontpkg-noto-sans-devanagari`` (PyPI, OFL-1.1; the ``lab`` extra) or Debian's
+``fonts-noto-core``; without either the report renders in the reader's own fonts.
 """
 
 from __future__ import annotations

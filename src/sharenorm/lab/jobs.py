@@ -1,34 +1,11 @@
 """Run the seeds of one configuration together: their trainings become one stacked model.
 
-An experiment's ``run(config, seed, ctx)`` builds a model, calls
-:func:`~sharenorm.lab.train.train_classifier`, and post-processes. :func:`run_together` runs K
-such calls as coroutines, so the experiment code is unchanged:
-
-1. each call runs alone, in turn (the global RNG is only touched by one at a time, so model
-   initialization is exactly that of a solo run), until it returns or calls
-   ``train_classifier``;
-2. the pending ``train_classifier`` calls train as one
-   (:func:`~sharenorm.lab.train.train_classifiers`: one stacked model when they stack, else
-   one after another), and each call gets its own result and its trained model back;
-3. each call resumes, in turn, with the global RNG where a solo ``train_classifier`` leaves it,
-   and so on until all return.
-
-The calls run on threads, but only one runs at a time (a baton is passed), so the order of
-everything is fixed: results do not depend on scheduling.
-
-Example:
-    >>> from sharenorm.lab.train import TrainConfig, train_classifier
-    >>> from sharenorm.data import load_digits
-    >>> from sharenorm.models import MLP
-    >>> import torch
-    >>> ds = load_digits()
-    >>> def run(seed):
-    ...     torch.manual_seed(seed)
-    ...     net = MLP(ds.sample_shape, ds.num_classes, hidden=16)
-    ...     metrics, timing = train_classifier(net, ds, TrainConfig(steps=5), seed)
-    ...     return metrics["steps_done"], timing.get("stacked")
-    >>> run_together([lambda s=s: run(s) for s in range(3)])
-    [(5, 3), (5, 3), (5, 3)]
+:func:`run_together` runs K calls of an experiment's ``run`` as coroutines: each runs alone,
+in turn, until it calls ``train_classifier``; the pending trainings then train as one
+(:func:`~sharenorm.lab.train.train_classifiers`), and each call resumes with its own result
+and the global RNG where a solo run leaves it. One call runs at a time (a baton is passed),
+so results do not depend on thread scheduling. The protocol step by step:
+docs/design/lab-batching.md.
 """
 
 from __future__ import annotations
@@ -56,9 +33,11 @@ class _Member:
         self.group, self.index = group, index
         self.go = threading.Semaphore(0)
 
-    def train(self, model, ds, cfg, seed):
-        """Hand the training to the group, wait for its result (called by train_classifier)."""
+    def train(self, train_many, model, ds, cfg, seed):
+        """Hand the training to the group, wait for its result (called by train_classifier,
+        which passes ``train_many``, the function that trains several such calls as one)."""
         g = self.group
+        g.train_many = train_many
         g.pending[self.index] = (model, ds, cfg, seed)
         g.baton.release()
         self.go.acquire()
@@ -72,6 +51,7 @@ class _Group:
         self.baton = threading.Semaphore(0)
         self.pending: dict[int, tuple] = {}
         self.trained: dict[int, tuple] = {}
+        self.train_many: Callable | None = None
         self.aborted = False
         self.members = [_Member(self, i) for i in range(n)]
 
@@ -80,10 +60,22 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
     """``[c() for c in calls]``, with the ``train_classifier`` calls they make trained together.
 
     Raises whatever a call raises (the other calls are stopped).
+
+    Example:
+        >>> from sharenorm.lab.train import TrainConfig, train_classifier
+        >>> from sharenorm.data import load_digits
+        >>> from sharenorm.models import MLP
+        >>> import torch
+        >>> ds = load_digits()
+        >>> def run(seed):
+        ...     torch.manual_seed(seed)
+        ...     net = MLP(ds.sample_shape, ds.num_classes, hidden=16)
+        ...     metrics, timing = train_classifier(net, ds, TrainConfig(steps=5), seed)
+        ...     return metrics["steps_done"], timing.get("stacked")
+        >>> run_together([lambda s=s: run(s) for s in range(3)])
+        [(5, 3), (5, 3), (5, 3)]
     """
     import torch
-
-    from sharenorm.lab.train import train_classifiers
 
     n = len(calls)
     group = _Group(n)
@@ -129,7 +121,7 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
                 order = sorted(group.pending)
                 reqs = [group.pending[i] for i in order]
                 group.pending.clear()
-                for i, res in zip(order, _train(train_classifiers, reqs), strict=True):
+                for i, res in zip(order, _train(group.train_many, reqs), strict=True):
                     group.trained[i] = res
                     resume_seed[i] = reqs[order.index(i)][3]
     finally:
@@ -143,15 +135,14 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
     return results
 
 
-def _train(train_classifiers, reqs: list[tuple]) -> list[tuple]:
+def _train(train_many, reqs: list[tuple]) -> list[tuple]:
     """Train requests ``(model, ds, cfg, seed)`` as one call: each member keeps its own
     dataset (a validation split per seed), and equal datasets are passed as one object so
     that the stacked step gathers its batch once."""
     datasets: list = []
     for _, ds, _, _ in reqs:
         datasets.append(next((d for d in datasets if _same_data(d, ds)), ds))
-    return train_classifiers([r[0] for r in reqs], datasets, [r[2] for r in reqs],
-                             [r[3] for r in reqs])
+    return train_many([r[0] for r in reqs], datasets, [r[2] for r in reqs], [r[3] for r in reqs])
 
 
 def _same_data(a, b) -> bool:

@@ -11,7 +11,7 @@ import html
 import math
 from pathlib import Path
 
-from sharenorm.lab.claims import DOC_TABLES, NOT_MEASURED
+from sharenorm.lab.claims import DOC_TABLES, NOT_MEASURED, quote
 from sharenorm.lab.experiments import all_claims, all_experiments, analyze_stored
 from sharenorm.lab.fonts import FONT_FAMILY, font_face_css
 from sharenorm.lab.spec import NOT_RUN, UNDECIDABLE, ClaimResult, Text
@@ -73,7 +73,6 @@ L = {
     "env": Text("Environment and time", "Environment और समय"),
     "not_run": Text("This claim has no finished runs in this folder (run `sharenorm lab {ids}`).",
                     "इस folder में इस claim के कोई finished runs नहीं हैं (`sharenorm lab {ids}` चलाएँ)।"),
-    "failed": Text("The analysis failed: {err}", "Analysis fail हुआ: {err}"),
     "undecidable": Text(
         "The 95% interval of a difference the criterion needs straddles its margin (or, with one "
         "seed, there is no interval), or a run had not converged: the measurement cannot tell "
@@ -122,11 +121,6 @@ def _t(key: str, lang: str, **kw) -> str:
 
 def _verdict(v: str, lang: str) -> str:
     return f"{_MARK.get(v, '')} {VERDICT_WORDS.get(v, Text(v))(lang)}".strip()
-
-
-def failed_text(err: str, lang: str) -> str:
-    """What the report says for an analysis that raised ``err``."""
-    return _t("failed", lang, err=err)
 
 
 def _analyze_all(store: ResultsStore, figdir: Path, lang: str) -> tuple[dict, dict]:
@@ -206,7 +200,7 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
         e = claim_exp.get(cid)
         B.append(("h", 2, f"{cid} — {claim.statement_hi if lang == 'hi' else claim.statement_en}"))
         B.append(("p", f"**{_t('doc_statement', lang)}** ({claim.doc}):"))
-        B.append(("quote", "\n".join(claim.quote) + (f"\n({_t('translation', lang)}: "
+        B.append(("quote", "\n".join(quote(claim)) + (f"\n({_t('translation', lang)}: "
                                                      f"{claim.statement_en})")))
         B.append(("p", f"**{_t('criterion', lang)}:** {claim.criterion(lang)}"))
         if e is not None:

@@ -1,16 +1,9 @@
 """Plan the runs, execute the missing ones (on an executor), store each as it finishes.
 
-Every run executes with ``torch.set_num_threads(1)``: the small models of the lab gain little
-from intra-op threads, results then do not depend on ``--jobs`` (the same line for the same
-seed whatever the parallelism), and ``--jobs J`` uses J cores with J processes.
-
-Stopping: Ctrl-C (SIGINT) and SIGTERM to the main process both stop the lab cleanly — the
-finished runs are kept, the runs in flight are dropped (redone on resume), the session is
-recorded as interrupted, and :class:`LabError` carries exit code 130 (Ctrl-C) or 143 (SIGTERM).
-The pool workers, and the processes they launch (N9's gloo ranks), end when their parent
-dies, even when it is killed without any clean-up, even during their start-up
-(:mod:`sharenorm.lab.executors`). With ``executor="ray"`` the same holds for the driver's
-side; Ray tasks still running are cancelled on Ctrl-C/SIGTERM.
+Every run is single-threaded (results do not depend on ``--jobs``; J jobs use J cores).
+Ctrl-C and SIGTERM stop the lab cleanly: finished runs are kept, runs in flight are redone
+on resume, and :class:`LabError` carries exit code 130 or 143. Why, and what happens to the
+workers and Ray tasks: docs/design/lab-runs.md.
 """
 
 from __future__ import annotations

@@ -98,14 +98,6 @@ class Claim:
     criterion: Text
     demonstration: bool = False
 
-    @property
-    def quote(self) -> tuple[str, ...]:
-        """The document's sentences or table rows, verbatim, that the claim stands for (what
-        the report quotes under "What the document says")."""
-        from sharenorm.lab.claims import QUOTES
-
-        return QUOTES.get(self.id, (self.statement_hi,))
-
 
 def claim_order(claim_id: str) -> tuple:
     """Sort key of claim ids: by letter, then by number ("N2" < "N10" < "S1").

@@ -1,44 +1,12 @@
 """The results store: ``DIR/results.jsonl``, one JSON line per finished run, appended and flushed.
 
-Line kinds:
-
-- ``{"kind": "header", "lab_version": ..., "profile": "quick"|"full", "data": ...}`` — first
-  line; a folder whose header differs is refused (results of different labs are never mixed).
-- ``{"kind": "run", "key": ..., "experiment": ..., "config": {...}, "seed": s, "metrics": {...},
-  "time": {...}}`` — one finished training/measurement. ``metrics`` is deterministic for the
-  seed; ``time`` (wall-clock seconds) is not.
-- ``{"kind": "session", ...}`` — one per ``sharenorm lab`` invocation: environment, jobs,
-  wall time (the report's "total time").
-
-A killed process can leave a truncated last line; :meth:`ResultsStore.open` detects it, cuts it
-off (only those bytes) and the run is redone (a file that holds only a truncated header is
-started afresh). Each line is written with one ``write`` call and flushed + fsynced, so a
-finished run is never lost.
-
-Lines the lab did not write as they stand (edited by hand, merged from elsewhere) are handled so
-that no report silently rests on them:
-
-- skipped with a warning naming the line, and the run it held (if any) redone by ``sharenorm
-  lab``: a line that is not JSON, not a JSON object, of an unknown ``kind``, a run line without
-  one of ``key``/``experiment``/``config``/``seed``/``metrics`` or with one of the wrong type,
-  whose ``key`` is not :func:`run_key` of its fields, or any line holding ``NaN``/``Infinity``
-  (the lab writes ``null`` for a missing number; a NaN would silently drop the run from the
-  headline numbers), and a session line whose times are not numbers;
-- refused with a :class:`LabError` (exit 2) naming both lines and the fix, because the lab
-  cannot tell which one is right: two run lines of one key with different ``metrics``, and a
-  second header line that differs from the first (results of two labs mixed into one file).
-  Duplicates with equal metrics (``time`` may differ) and repeated equal headers are harmless,
-  e.g. two files of one lab concatenated; the first line of a duplicate counts;
-- :meth:`ResultsStore.read` refuses an empty file and one without a header line; a header
-  without runs reads fine (every claim is then "not run": nothing finished yet).
-
-Fields beyond those checked here (more in ``time`` or in a session) are kept as they are.
-
-One process at a time appends to a folder: :meth:`ResultsStore.open` takes an exclusive
-lock (``flock``; ``msvcrt.locking`` on Windows) on ``DIR/results.lock`` (released by :meth:`ResultsStore.close` or when the
-process ends, however it ends) and a second ``sharenorm lab`` on the same ``--out`` is refused
-with the other process's pid. The folder is checked up front: an ``--out`` that is a file, cannot
-be created or is not writable is a :class:`LabError` that names the fix, before any training.
+Lines are a ``header`` (lab version, profile, data: a folder of another lab is refused), one
+``run`` per finished training (``metrics`` deterministic for the seed, ``time`` not) and one
+``session`` per ``sharenorm lab`` call. Each line is one fsynced ``write``, so a kill loses no
+finished run; a truncated last line is cut off and its run redone. Damaged or hand-edited
+lines are skipped with a warning or refused with a :class:`LabError` that names the fix, and
+one process at a time appends (a lock file). The line formats and every rule:
+docs/design/lab-runs.md.
 """
 
 from __future__ import annotations

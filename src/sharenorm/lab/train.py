@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from sharenorm.lab.jobs import current_group
+
 __all__ = ["TrainConfig", "train_classifier", "train_classifiers", "evaluate", "seed_everything",
            "batches"]
 
@@ -110,11 +112,9 @@ def train_classifier(model: nn.Module, ds, cfg: TrainConfig, seed: int,
     Raises:
         ValueError: ``cfg.steps`` < 1, or a batch larger than the training set.
     """
-    from sharenorm.lab.jobs import current_group
-
     member = current_group()
     if member is not None and penalty is None:
-        return member.train(model, ds, cfg, seed)
+        return member.train(train_classifiers, model, ds, cfg, seed)
     return _train_alone(model, ds, cfg, seed, penalty)
 
 
@@ -252,7 +252,7 @@ def _train_stacked(models, dss, cfgs, seeds):
     t_member = [0.0] * k
     last = max(c.steps for c in cfgs)
     # oneDNN's grouped convolution costs more than ATen's own at a few samples per batch
-    # (N6's ConvNet, K = 3, CPU time per step: 2.6 vs 3.4 ms at batch 2, 12.8 vs 7.3 at 32)
+    # (and less at many: docs/design/lab-batching.md)
     mkldnn = torch.backends.mkldnn
     onednn_before = mkldnn.enabled
     onednn = onednn_before and bs > ONEDNN_MIN_BATCH

@@ -1,17 +1,9 @@
 """Recurrent classifiers with batch normalization per time step (Cooijmans et al. 2016), and a
 GRU, for the lab's "BN is used in RNNs" measurement.
 
-A recurrent net cannot share one BatchNorm's statistics across time: the distribution of
-``W_h h_{t-1}`` changes from step to step. Cooijmans et al. ("Recurrent Batch
-Normalization", ICLR 2017) keep **separate statistics per time step** and normalize the
-input and the recurrent contribution separately:
-
-.. math::
-    h_t = \\tanh\\big(\\mathrm{BN}_t(W_x x_t;\\,\\gamma_x, \\beta_x) + \\mathrm{BN}_t(W_h h_{t-1};\\,
-    \\gamma_h, 0) + b\\big)
-
-with γ shared across time and initialised to 0.1 (their finding: γ = 1 saturates tanh and
-makes gradients vanish).
+One BatchNorm cannot serve every time step (the distribution of ``W_h h_{t-1}`` changes
+from step to step), so :class:`BNRNNClassifier` keeps statistics per step and normalizes the
+input and the recurrent contribution separately (its docstring has the formula).
 """
 
 from __future__ import annotations
@@ -45,6 +37,14 @@ def _check(in_shape, chunk) -> tuple[int, int]:
 class BNRNNClassifier(nn.Module):
     """A tanh Elman RNN read in chunks (as :class:`~sharenorm.models.RNNClassifier`), with
     batch normalization per time step (``norm="batch"``) or without (``norm="none"``).
+
+    With ``norm="batch"``, separate statistics per time step t (Cooijmans et al., "Recurrent
+    Batch Normalization", ICLR 2017)::
+
+        h_t = tanh(BN_t(W_x x_t; γ_x, β_x) + BN_t(W_h h_{t-1}; γ_h, 0) + b)
+
+    with γ shared across time and initialised to 0.1 (their finding: γ = 1 saturates tanh
+    and makes gradients vanish).
 
     Args:
         in_shape: ``(C, L)`` of one sample.

@@ -3,16 +3,6 @@ LayerNorm as one group), kept accurate where its statistics cancel (:func:`group
 reruns it on the input shifted by its mean where |μ|·r exceeds :data:`SHIFT_ABOVE`) and
 kept from crashing where its backward would (:func:`grad_safe_input`). Why and how
 much: docs/design/groupnorm-statistics.md.
-
-Example:
-    >>> import torch
-    >>> from sharenorm.norm import _group_stats, reference
-    >>> x = (torch.randn(2, 8, 32, 32, dtype=torch.float64) + 3000).float()
-    >>> x = x.to(memory_format=torch.channels_last)        # |μ|/σ = 3000
-    >>> y = _group_stats.group_norm(x, 4, None, None, 1e-5)
-    >>> err = (y.double() - reference.group_norm(x.double(), 4)).abs().max()
-    >>> bool(err < 1e-4), y.is_contiguous(memory_format=torch.channels_last)
-    (True, True)
 """
 
 from __future__ import annotations
@@ -91,7 +81,18 @@ def group_norm(
 ) -> Tensor:
     """``torch.group_norm(x, groups, weight, bias, eps)``, arguments already checked,
     with the shift and the crash guard of the module doc on the CPU; the output keeps
-    x's layout. (Runs on every plain GroupNorm/InstanceNorm call: kept to a few µs.)"""
+    x's layout. (Runs on every plain GroupNorm/InstanceNorm call: kept to a few µs.)
+
+    Example:
+        >>> import torch
+        >>> from sharenorm.norm import _group_stats, reference
+        >>> x = (torch.randn(2, 8, 32, 32, dtype=torch.float64) + 3000).float()
+        >>> x = x.to(memory_format=torch.channels_last)        # |μ|/σ = 3000
+        >>> y = _group_stats.group_norm(x, 4, None, None, 1e-5)
+        >>> err = (y.double() - reference.group_norm(x.double(), 4)).abs().max()
+        >>> bool(err < 1e-4), y.is_contiguous(memory_format=torch.channels_last)
+        (True, True)
+    """
     numel = x.numel()
     if numel == 0 or not x.is_cpu or torch.compiler.is_compiling():
         # CUDA's kernels and torch.compile's use Welford's update (no cancellation)

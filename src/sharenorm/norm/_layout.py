@@ -3,15 +3,6 @@
 A 4-d/5-d tensor that is channels-last and not also plain contiguous (a tensor with
 every spatial size 1 is both) is read as channels-last; everything else as contiguous,
 which is how ATen's CPU norm kernels pick their loop.
-
-Example:
-    >>> import torch
-    >>> from sharenorm.norm import _layout
-    >>> x = torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last)
-    >>> _layout.memory_format(x) == torch.channels_last, _layout.is_channels_last(x)
-    (True, True)
-    >>> _layout.same_memory_format(x.contiguous(), x).is_contiguous()
-    False
 """
 
 from __future__ import annotations
@@ -25,7 +16,17 @@ _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def memory_format(x: Tensor) -> torch.memory_format:
-    """The layout ATen keeps for ``x``: channels-last (4-d/5-d) or contiguous."""
+    """The layout ATen keeps for ``x``: channels-last (4-d/5-d) or contiguous.
+
+    Example:
+        >>> import torch
+        >>> from sharenorm.norm import _layout
+        >>> x = torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last)
+        >>> _layout.memory_format(x) == torch.channels_last, _layout.is_channels_last(x)
+        (True, True)
+        >>> _layout.same_memory_format(x.contiguous(), x).is_contiguous()
+        False
+    """
     fmt = _CHANNELS_LAST.get(x.dim())
     if fmt is not None and x.is_contiguous(memory_format=fmt) and not x.is_contiguous():
         return fmt

@@ -1,41 +1,12 @@
-r"""Batch Renormalization (Ioffe, 2017): BatchNorm whose training output is corrected
+"""Batch Renormalization (Ioffe, 2017): BatchNorm whose training output is corrected
 towards the running statistics, so small or non-i.i.d. batches train a network that
 behaves the same in eval.
 
-Per channel, with batch statistics μ_B, σ_B = √(σ²_B + ε) (biased σ²_B) and running
-ones μ, σ = √(running_var + ε):
-
-.. math::
-    r = \mathrm{sg}\Big(\mathrm{clip}_{[1/r_{max},\, r_{max}]}\big(\sigma_B / \sigma\big)\Big),\qquad
-    d = \mathrm{sg}\Big(\mathrm{clip}_{[-d_{max},\, d_{max}]}\big((\mu_B - \mu) / \sigma\big)\Big)
-
-.. math::
-    y = \gamma\Big(\frac{x - \mu_B}{\sigma_B}\, r + d\Big) + \beta
-
-where sg is stop-gradient: r and d are constants for backpropagation, while μ_B and σ_B
-are differentiated as in BatchNorm. Without clipping, y = γ(x − μ)/σ + β, the eval-mode
-output; with r_max = 1, d_max = 0 it is exactly BatchNorm. In eval the running
-statistics normalize, as in BatchNorm.
-
-Implementation: y = (x − μ_B)/σ_B · (γ r) + (γ d + β) is BatchNorm with weight γ·r and
-bias γ·d + β, so the training forward is one ``var_mean`` (for r, d, without grad) and
-then sharenorm's BatchNorm kernel — its backward, its running-statistics update and its
-non-finite guard. The gradients of γ and β flow through γ·r and γ·d + β:
-∂L/∂γ = Σ dy·(r x̂ + d), ∂L/∂β = Σ dy, as the paper's formulas give.
-
-Running statistics: ``running_mean`` and ``running_var`` are updated exactly as in
-BatchNorm (momentum rule, unbiased σ²), so a BatchRenorm checkpoint *is* a BatchNorm
-checkpoint and eval is BatchNorm's. (The paper averages σ itself; averaging σ² as
-torch.nn does changes σ by a second-order amount and keeps the state_dict compatible.)
-
-Warm-up. At the start the running statistics are the initial (0, 1) and r, d would
-correct towards nonsense, so the clips start at r_max = 1, d_max = 0 (plain BN) and are
-relaxed linearly with the number of training batches seen (``num_batches_tracked``):
-r_max from 1 to ``r_max`` between the steps ``r_warmup = (start, end)``, d_max from 0 to
-``d_max`` over ``d_warmup``. The defaults are the paper's ImageNet schedule: r_max 1 → 3
-over steps 5k → 40k, d_max 0 → 5 over 5k → 25k. Short runs want shorter warm-ups, e.g.
-``r_warmup=(100, 500), d_warmup=(100, 300)``; ``(0, 0)`` applies the full clips from the
-first batch.
+Training computes y = γ((x − μ_B)/σ_B · r + d) + β with r = clip(σ_B/σ) and
+d = clip((μ_B − μ)/σ) held constant in backward, as sharenorm's BatchNorm with weight γ·r
+and bias γ·d + β: running statistics, state_dict and eval are BatchNorm's. The clips start
+at plain BatchNorm and widen over a warm-up (the paper's ImageNet schedule by default).
+The math, the gradients and the warm-up: docs/design/batchrenorm.md.
 """
 
 from __future__ import annotations
@@ -171,8 +142,8 @@ _BRN_DOC = r"""Batch Renormalization (Ioffe, 2017) over a {rank} input; BatchNor
 
     with r, d treated as constants in backward, σ_B = √(σ²_B + ε) and σ = √(running_var + ε).
     Equal to BatchNorm when r_max = 1 and d_max = 0 (and during the warm-up's first
-    phase); eval mode and the running statistics are BatchNorm's. See
-    :mod:`sharenorm.norm.batchrenorm` for the warm-up schedule.
+    phase); eval mode and the running statistics are BatchNorm's. The warm-up schedule and
+    why: docs/design/batchrenorm.md.
 
     Args:
         num_features, eps, momentum, affine, bias, act, act_param: as BatchNorm.

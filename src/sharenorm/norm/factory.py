@@ -1,9 +1,7 @@
-"""Build a norm layer from a string, and swap every norm layer of a model for another kind.
-
-``make_norm("gn", 64)`` is how experiments plug a norm into a model;
-``convert_norm(model, "group")`` is "try GroupNorm instead of BatchNorm on my ResNet" in one
-line, and ``convert_norm(model, "sync")`` (or ``convert_sync_batchnorm``) readies a model for
-SyncBatchNorm training.
+"""Build a norm layer from a string, and swap every norm layer of a model for another kind:
+``make_norm("gn", 64)`` plugs a norm into a model, ``convert_norm(model, "group")`` tries
+GroupNorm instead of BatchNorm in one line, ``convert_norm(model, "sync")`` (or
+``convert_sync_batchnorm``) readies a model for SyncBatchNorm training.
 
 Example:
     >>> import torch.nn as nn, sharenorm as sn

@@ -1,17 +1,12 @@
 """Functional Batch, Instance and Group Normalization with ``torch.nn.functional``'s
 signatures, clear input checks, an optional fused activation (``act=``), and running
-statistics that a non-finite batch cannot poison.
-
-All three compute ``y = act(γ · (x − μ) / √(σ² + ε) + β)``; they differ in the set of
-elements μ and σ² are taken over (see :mod:`sharenorm.norm.reference`). On the CPU
-the work goes to ATen's fused kernels, so a plain norm costs what torch's costs.
+statistics that a non-finite batch cannot poison. All compute ``act(γ(x − μ)/√(σ² + ε) + β)``
+over the elements of :mod:`sharenorm.norm.reference`; on the CPU through ATen's kernels.
 
 Example:
     >>> import torch
     >>> import sharenorm.functional as SF
-    >>> x = torch.randn(8, 6, 4, 4)
-    >>> y = SF.group_norm(x, 3, act="silu")
-    >>> y.shape
+    >>> SF.group_norm(torch.randn(8, 6, 4, 4), 3, act="silu").shape
     torch.Size([8, 6, 4, 4])
 """
 
@@ -179,11 +174,9 @@ def _fused_path(impl, input, running_mean, running_var, updating: bool, op: str,
     return out, updated
 
 
-# ATen's channels-last GroupNorm kernel, with one channel per group, is 3-10x slower than a
-# channels-first pass between two layout copies when each channel has few positions
-# (8x64x28x28, 8x256x14x14), and 10x faster in forward when it has many (2x320x64x64,
-# 1x512x64x64, 32x128x56x56), with a backward as fast as torch's InstanceNorm there
-# (measured interleaved on a 2-core CPU, torch 2.13).
+# ATen's channels-last GroupNorm kernel, with one channel per group, is several times slower
+# than a channels-first pass between two layout copies when each channel has few positions,
+# and much faster when it has many (measurements: docs/design/groupnorm-statistics.md).
 _CL_INSTANCE_NATIVE_MIN_POSITIONS = 1024
 
 

@@ -5,15 +5,6 @@ the affine step where that is safe (identity, leaky_relu, elu), else the input, 
 recomputes the pre-activation; the CPU backward runs as two fused C loops
 (:mod:`sharenorm.norm.cpu`). Why, when inverting is safe, and the limits (no double
 backward, no in-place edit of a saved output): docs/design/memory-efficient-norms.md.
-
-Example:
-    >>> import torch
-    >>> from sharenorm.norm import fused
-    >>> x = torch.randn(4, 6, 5, 5, requires_grad=True)
-    >>> y, nbytes = fused.saved_tensor_bytes(lambda: fused.group_norm_act(x, 3, None, None,
-    ...                                                                   1e-5, "silu", None))
-    >>> nbytes == x.numel() * 4 + 2 * 4 * 3 * 4   # x, plus μ and r per (sample, group)
-    True
 """
 
 from __future__ import annotations
@@ -157,9 +148,9 @@ def _scale_shift(z: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = N
 
     On the CPU this runs ATen's eval-mode BatchNorm kernel with μ = 0, σ² = 1, ε = 0, whose
     loop is exactly ``z·scale + shift`` per channel; per-(n, c) factors use it on the
-    ``(1, N·C, *)`` view of a contiguous ``z``. Measured on 2×320×64×64 float32, one
-    thread: 0.45 ms written in place, against 1.4 ms for a broadcasting ``addcmul`` (whose
-    NCHW loop is not vectorized over the spatial positions). Channels-last per-(n, c)
+    ``(1, N·C, *)`` view of a contiguous ``z``: about 3× faster than a broadcasting ``addcmul``
+    (whose NCHW loop is not vectorized over the spatial positions; the measurement:
+    docs/design/memory-efficient-norms.md). Channels-last per-(n, c)
     factors vary along the innermost dimension, where ``addcmul`` is already as fast.
     """
     if out is None:
@@ -554,6 +545,15 @@ def group_norm_act(
         >>> x = torch.randn(2, 8, 5, 5, requires_grad=True)
         >>> group_norm_act(x, 4, None, None, 1e-5, "gelu", None).shape
         torch.Size([2, 8, 5, 5])
+
+    Example:
+        >>> import torch
+        >>> from sharenorm.norm import fused
+        >>> x = torch.randn(4, 6, 5, 5, requires_grad=True)
+        >>> y, nbytes = fused.saved_tensor_bytes(lambda: fused.group_norm_act(x, 3, None, None,
+        ...                                                                   1e-5, "silu", None))
+        >>> nbytes == x.numel() * 4 + 2 * 4 * 3 * 4   # x, plus μ and r per (sample, group)
+        True
     """
     p = default_param(act, act_param)
     return _GroupNormAct.apply(input, weight, bias, num_groups, eps, act, p)

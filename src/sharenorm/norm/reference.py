@@ -1,32 +1,15 @@
-"""The seeds' normalization math, written out plainly in float64: the test oracle.
+"""The seeds' normalization math, plainly, in float64: the test oracle (slow, easy to check).
 
-Every norm here computes the same thing,
-
-    x̂ = γ · (x − μ) / √(σ² + ε) + β
-
-and differs only in *which elements* μ and σ² are taken over (the seed's row
-"Normalization किस पर लागू होता है?"). For an input of shape ``(N, C, *spatial)``:
-
-=========  ===========================================  ==========================
-norm       μ, σ² taken over                             one statistic per
-=========  ===========================================  ==========================
-batch      N and every spatial position                 channel c
-instance   every spatial position of one sample         (sample n, channel c)
-group      C/G channels of one group × every position   (sample n, group g)
-layer      all channels × every position                sample n (group with G = 1)
-=========  ===========================================  ==========================
-
-σ² is the *biased* variance (divide by the count m) when normalizing; running
-statistics, where kept, use the *unbiased* variance (divide by m − 1), as in
-``torch.nn``. Nothing here is fast; everything here is easy to check by eye.
+Every norm is x̂ = γ(x − μ)/√(σ² + ε) + β with μ, σ² over: batch — N and positions (per
+channel); instance — one sample's positions; group — C/G channels × positions; layer — all
+of one sample. Biased σ² normalizes, running statistics keep the unbiased one, as in
+``torch.nn`` (the table: docs/design/reference-norms.md).
 
 Example:
     >>> import torch
     >>> from sharenorm.norm import reference
-    >>> x = torch.randn(4, 6, 5, 5)
-    >>> y = reference.group_norm(x, num_groups=3)
-    >>> y.shape, y.dtype
-    (torch.Size([4, 6, 5, 5]), torch.float64)
+    >>> reference.group_norm(torch.randn(4, 6, 5, 5), num_groups=3).dtype
+    torch.float64
 """
 
 from __future__ import annotations

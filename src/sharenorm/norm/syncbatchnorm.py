@@ -32,8 +32,8 @@ def _stat_dtype(x: Tensor) -> torch.dtype:
 def _local_stats(input: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel mean and biased variance of a non-empty (N, C, *) input, by ATen's
     BatchNorm statistics kernel: the numbers BatchNorm itself normalizes with, and about
-    3x faster on CPU than a generic ``var_mean`` over dims (0, 2, …) (measured on a
-    (4, 64, 28, 28) float32 input, one thread, torch 2.13). 16-bit inputs get
+    3x faster on CPU than a generic ``var_mean`` over dims (0, 2, …) (the measurement:
+    docs/design/syncbatchnorm.md). 16-bit inputs get
     float32 statistics (float32 running buffers make the kernel return float32)."""
     if input.dtype in (torch.float16, torch.bfloat16):
         c = input.shape[1]

@@ -20,11 +20,14 @@ import pkgutil
 import traceback
 from pathlib import Path
 
-from sharenorm.lab.spec import NOT_RUN, Claim, ClaimResult, Experiment, claim_order
+from sharenorm.lab.spec import NOT_RUN, Claim, ClaimResult, Experiment, Text, claim_order
 from sharenorm.lab.store import LabError
 
 __all__ = ["EXPERIMENT_MODULES", "all_experiments", "all_claims", "get_experiment", "resolve",
-           "analyze_stored", "interval_claims"]
+           "analyze_stored", "interval_claims", "failed_text"]
+
+# what the report says in place of a verdict when an experiment's analysis raises
+ANALYSIS_FAILED = Text("The analysis failed: {err}", "Analysis fail हुआ: {err}")
 
 # The experiment modules: every module of this package (found, not listed), plus any dotted
 # path appended here.
@@ -86,9 +89,12 @@ def analyze_stored(exp: Experiment, runs: list[dict], figdir: Path, lang: str,
         return list(exp.analyze(runs, figdir, lang))
     except Exception as err:  # noqa: BLE001 - one broken analysis must not hide the rest
         tb = traceback.format_exception_only(type(err), err)[-1].strip()
-        from sharenorm.lab.report import failed_text
-
         return [ClaimResult(c, NOT_RUN, failed_text(tb, lang)) for c in exp.claims]
+
+
+def failed_text(err: str, lang: str) -> str:
+    """What the report says for an analysis that raised ``err``."""
+    return ANALYSIS_FAILED(lang).format(err=err)
 
 
 def resolve(names: list[str]) -> list[Experiment]:

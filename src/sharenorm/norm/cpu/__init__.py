@@ -4,19 +4,6 @@
 ``SHARENORM_CPU_KERNELS=0``, :func:`available` is False and the callers keep their ATen
 composition (same results, slower). The math is in :func:`norm_backward`; why the loops
 and how they run: docs/design/cpu-backward-loops.md.
-
-Example:
-    >>> import torch
-    >>> from sharenorm.norm import cpu
-    >>> y, dy = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
-    >>> r = torch.ones(3)
-    >>> cpu.supports("ident", y, dy)  # False only without a C compiler (the suite needs one)
-    True
-    >>> dx, dw, db = cpu.norm_backward("ident", y, dy, None, None, r, torch.zeros(3),
-    ...     stats_per_sample=0, channels_per_stat=1, invert=False, fixed=True,
-    ...     act_param=1.0, mask=[True, False, True])   # BatchNorm in eval with r = 1: dx = dy
-    >>> torch.equal(dx, dy), dw is None, torch.allclose(db, dy.sum((0, 2)))
-    (True, True, True)
 """
 
 from __future__ import annotations
@@ -354,6 +341,19 @@ def norm_backward(kind: str, s: Tensor, g: Tensor, gamma: Tensor | None, beta: T
         dγ = Σ_n P,  dβ = Σ_n S1
 
     The sums are accumulated and the coefficients computed in float64.
+
+    Example:
+        >>> import torch
+        >>> from sharenorm.norm import cpu
+        >>> y, dy = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+        >>> r = torch.ones(3)
+        >>> cpu.supports("ident", y, dy)  # False only without a C compiler (the suite needs one)
+        True
+        >>> dx, dw, db = cpu.norm_backward("ident", y, dy, None, None, r, torch.zeros(3),
+        ...     stats_per_sample=0, channels_per_stat=1, invert=False, fixed=True,
+        ...     act_param=1.0, mask=[True, False, True])   # BatchNorm in eval with r = 1: dx = dy
+        >>> torch.equal(dx, dy), dw is None, torch.allclose(db, dy.sum((0, 2)))
+        (True, True, True)
     """
     lib = _library()
     n, c = s.shape[:2]

@@ -1,19 +1,8 @@
 """Triton GPU kernels for norm + activation (optional: ``pip install sharenorm[triton]``).
 
 Importing this package never fails: without Triton, ``HAS_TRITON`` is False and
-:func:`available` says no, so callers fall back to the torch path. The kernels live in
-:mod:`.contiguous` and :mod:`.channels_last`, their launchers in :mod:`.norm_act`, the
-``torch.library`` custom ops that wrap them (so ``torch.compile`` sees one opaque op
-instead of a graph break) in :mod:`.ops`, the norms' entry points in :mod:`.entry`;
-all but :mod:`.entry` are imported only when Triton is.
-
-Example:
-    >>> import torch
-    >>> from sharenorm.norm import kernels
-    >>> kernels.available(torch.device("cpu")) == (kernels.HAS_TRITON and kernels.interpreting())
-    True
-    >>> kernels.available(torch.device("cuda")) == kernels.HAS_TRITON
-    True
+:func:`available` says no, so callers fall back to the torch path. Which module holds what
+(kernels, launchers, ``torch.library`` ops, entry points): docs/design/triton-kernels.md.
 """
 
 from __future__ import annotations
@@ -42,7 +31,16 @@ def interpreting() -> bool:
 
 def available(device: torch.device) -> bool:
     """Whether the Triton kernels can run on ``device``: Triton is installed and the
-    device is CUDA, or the interpreter is on (then CPU tensors work, slowly)."""
+    device is CUDA, or the interpreter is on (then CPU tensors work, slowly).
+
+    Example:
+        >>> import torch
+        >>> from sharenorm.norm import kernels
+        >>> kernels.available(torch.device("cpu")) == (kernels.HAS_TRITON and kernels.interpreting())
+        True
+        >>> kernels.available(torch.device("cuda")) == kernels.HAS_TRITON
+        True
+    """
     return HAS_TRITON and (device.type == "cuda" or interpreting())
 
 

@@ -1,16 +1,11 @@
 """``torch.library`` custom ops around the Triton launchers.
 
-``sharenorm::norm_act_fwd`` and ``sharenorm::norm_act_bwd`` are opaque to
-``torch.compile`` (no graph break, no tracing into Triton's Python launcher); their fake
-implementations give output shapes, dtypes and layouts for tracing, and the forward's
-autograd is registered here, at import (which :mod:`sharenorm.norm.kernels` does when
-Triton can run, so that a first call inside a ``torch.compile`` trace finds it ready).
-``sharenorm::running_update`` is the guarded, in-place running-statistics update.
-
-Example (needs a CUDA GPU or ``TRITON_INTERPRET=1``)::
-
-    >>> y, mean, var = torch.ops.sharenorm.norm_act_fwd(
-    ...     x, None, None, None, None, 2, 1e-5, "silu", 0.0, False)   # doctest: +SKIP
+``sharenorm::norm_act_fwd`` and ``sharenorm::norm_act_bwd`` are opaque to ``torch.compile``
+(no graph break, no tracing into Triton's launcher); their fake implementations give output
+shapes, dtypes and layouts, and the forward's autograd is registered here, at import.
+``sharenorm::running_update`` is the guarded, in-place running-statistics update. With a CUDA
+GPU or ``TRITON_INTERPRET=1``, ``torch.ops.sharenorm.norm_act_fwd(x, None, None, None, None,
+2, 1e-5, "silu", 0.0, False)`` returns ``(y, mean, var)``.
 """
 
 from __future__ import annotations

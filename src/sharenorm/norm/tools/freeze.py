@@ -1,17 +1,7 @@
 """Freeze the running statistics of a model's norm layers for fine-tuning.
 
-``requires_grad_(False)`` freezes γ and β, but the running statistics keep moving with every
-training batch; a frozen layer normalizes with its running statistics and never updates them,
-in training mode too, also after ``model.train()``.
-
-Example:
-    >>> import torch, torch.nn as nn, sharenorm as sn
-    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
-    >>> sn.freeze_norm_stats(net)
-    ['1']
-    >>> _ = net.train()(torch.randn(4, 3, 8, 8))
-    >>> net[1].num_batches_tracked.item()      # the statistics did not move
-    0
+``requires_grad_(False)`` freezes γ and β but not the running statistics; a frozen layer
+normalizes with them and never updates them, in training mode too.
 """
 
 from __future__ import annotations
@@ -95,6 +85,15 @@ def freeze_norm_stats(model: nn.Module, *, affine: bool = False) -> list[str]:
         >>> y = bn.train()(torch.randn(8, 3) + 5)
         >>> bn.running_mean.tolist(), bn.training
         ([0.0, 0.0, 0.0], True)
+
+    Example:
+        >>> import torch, torch.nn as nn, sharenorm as sn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+        >>> sn.freeze_norm_stats(net)
+        ['1']
+        >>> _ = net.train()(torch.randn(4, 3, 8, 8))
+        >>> net[1].num_batches_tracked.item()      # the statistics did not move
+        0
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"freeze_norm_stats expects an nn.Module, got {type(model).__name__}")
