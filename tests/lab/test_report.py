@@ -242,3 +242,21 @@ def test_font_is_pinned_once_then_read_from_the_cache(tmp_path, monkeypatch):
     fonts._regular_instance.cache_clear()
     assert fonts.font_face_css("GN उच्च") == first
     fonts._regular_instance.cache_clear()
+
+
+def test_the_same_runs_are_analyzed_once_per_process(tmp_path, monkeypatch):
+    # the console's line and the report analyzed (and drew) every experiment twice
+    from sharenorm.lab import experiments
+
+    exp = experiments.get_experiment("vanishing")
+    runs = [{"experiment": "vanishing", "config": c, "seed": 0, "metrics": {}, "time": {}}
+            for c in exp.configs(True)]
+    calls = []
+    monkeypatch.setattr(exp, "analyze", lambda r, f, lang: calls.append(1) or [])
+    experiments.analyze_stored(exp, runs, tmp_path, "en", True)
+    experiments.analyze_stored(exp, list(reversed(runs)), tmp_path, "en", True)
+    assert len(calls) == 1
+    runs[0] = dict(runs[0], metrics={"changed": 1})  # other results: analyzed again
+    experiments.analyze_stored(exp, runs, tmp_path, "en", True)
+    experiments.analyze_stored(exp, runs, tmp_path, "hi", True)
+    assert len(calls) == 3

@@ -15,7 +15,9 @@ per-experiment summary line and the report both use it.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
+import json
 import pkgutil
 import traceback
 from pathlib import Path
@@ -78,18 +80,31 @@ def analyze_stored(exp: Experiment, runs: list[dict], figdir: Path, lang: str,
                    quick: bool) -> list[ClaimResult]:
     """``exp``'s verdicts from its stored runs (any order: they are put in plan order first,
     so the result does not depend on ``--jobs``). A failing analysis gives a :data:`NOT_RUN`
-    result per claim that names the error, so one broken analysis never hides the others."""
+    result per claim that names the error, so one broken analysis never hides the others.
+    The same runs analyzed again in this process (the console's line, then the report) give
+    the results of the first time, figures already written."""
     runs = exp.in_plan_order(runs, quick)
     if not runs:
         return []
+    key = (exp.id, str(figdir), lang, quick)
+    digest = hashlib.sha256(json.dumps(runs, sort_keys=True, default=repr).encode()).digest()
+    done = _ANALYZED.get(key)
+    if done is not None and done[0] == digest:
+        return list(done[1])
     from sharenorm.lab.fonts import use_in_matplotlib
 
     use_in_matplotlib()  # figure labels in Hindi (and the documents' words) render
     try:
-        return list(exp.analyze(runs, figdir, lang))
+        results = list(exp.analyze(runs, figdir, lang))
     except Exception as err:  # noqa: BLE001 - one broken analysis must not hide the rest
         tb = traceback.format_exception_only(type(err), err)[-1].strip()
         return [ClaimResult(c, NOT_RUN, failed_text(tb, lang)) for c in exp.claims]
+    _ANALYZED[key] = (digest, results)
+    return list(results)
+
+
+# (experiment, figdir, lang, quick) -> (digest of the runs, their results)
+_ANALYZED: dict[tuple, tuple[bytes, list[ClaimResult]]] = {}
 
 
 def failed_text(err: str, lang: str) -> str:
