@@ -113,3 +113,13 @@ def test_replace_modules_keeps_a_tie_made_from_above_its_owner():
     assert net.bn is new and net.lin.bias is new.bias
     sn.verify_ties(net)
     assert [(t.target, t.source) for t in sn.iter_links(net)] == [("lin.bias", "bn.bias")]
+
+
+def test_verify_ties_of_a_view_of_a_deep_copy_is_not_taken_for_an_unpickled_target():
+    # A view without the source (the target module alone) verifies as the original's does; only
+    # a target unpickled without its source follows a private copy.
+    model = nested()
+    sn.verify_ties(model.a.y)
+    clone = copy.deepcopy(model)
+    sn.verify_ties(clone.a.y)
+    sn.verify_ties(copy.deepcopy(clone).a.y)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 
 import torch
 from torch import nn
 
 from sharenorm.sharing.tie._inspect import _same_storage, iter_links
-from sharenorm.sharing.tie._link import _LINKS, _OWNED, Link, links_of, tensor_kind
-from sharenorm.sharing.tie._names import _full_name, _join, resolve
+from sharenorm.sharing.tie._link import _OWNED, Link, links_of, tensor_kind
+from sharenorm.sharing.tie._names import _join, _module_paths, resolve
 from sharenorm.sharing.tie._state_dict import make_owner
-from sharenorm.sharing.tie._tied_class import base_class, restore_order, set_class
+from sharenorm.sharing.tie._tied_class import base_class, link_attr, own_attr
 from sharenorm.sharing.tie._transforms import check_transform, compose, transformed_shape
 
 
@@ -56,28 +56,18 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     return model
 
 
-@dataclass
-class _Plan:
-    """A checked tie, not yet made: ``target = transform(root)``, where ``root`` is the stored
-    tensor at the end of ``source``'s chain; ``readers`` are the links that now read the
-    target and will read ``root`` instead."""
-
-    target: str
-    tmod: nn.Module
-    tattr: str
-    root: Link
-    readers: list[tuple[str, nn.Module, str, Link]]
-
-
 # A simulation of ties not yet made: {id(module): {attribute: link}}, consulted before the
 # module's own links (sharenorm.load checks a whole manifest against it before applying it).
 _Overlay = dict[int, dict[str, Link]]
 
+# A checked tie, not yet made: (target, its module, its attribute, the link that will compute
+# it, the ties that read the target now, as (module path, module, attribute, link)).
+_Plan = tuple[str, nn.Module, str, Link, list[tuple[str, nn.Module, str, Link]]]
+
 
 def _links_of(module: nn.Module, overlay: _Overlay | None = None) -> dict[str, Link]:
-    links = links_of(module)
     extra = overlay.get(id(module)) if overlay else None
-    return {**links, **extra} if extra else links
+    return {**links_of(module), **extra} if extra else links_of(module)
 
 
 def _plan(
@@ -108,12 +98,12 @@ def _plan(
         )
     # Follow a tied source to the tensor that is actually stored (ties stay one level deep).
     root_mod, root_attr, root_transform, root_hint = smod, sattr, transform, source
-    slinks = _links_of(smod, overlay)
-    if sattr in slinks:
-        link = slinks[sattr]
+    link = _links_of(smod, overlay).get(sattr)
+    if link is not None:
         root_mod, root_attr = link.module, link.name
         root_transform = compose(link.transform, transform)
-        root_hint = _full_name(model, link.module, link.name) or link.hint
+        path = _module_paths(model).get(id(link.module))
+        root_hint = link.hint if path is None else _join(path, link.name)
     if root_mod is tmod and root_attr == tattr:
         raise ValueError(
             f"tying {target!r} to {source!r} would make a cycle: {source!r} is itself computed "
@@ -132,8 +122,7 @@ def _plan(
             f"cannot tie {tkind} {target!r} to {skind} {source!r}; tie parameters to parameters "
             f"and buffers to buffers"
         )
-    old = getattr(tmod, tattr)
-    src = getattr(root_mod, root_attr)
+    old, src = getattr(tmod, tattr), getattr(root_mod, root_attr)
     if transform == "transpose" and src.dim() < 2:
         raise ValueError(
             f"transform='transpose' needs a source with at least 2 dimensions, {source!r} has "
@@ -150,16 +139,14 @@ def _plan(
             f"cannot tie {target!r} (shape {tuple(old.shape)}) to {what!r} (shape {expected}"
             f"{detail}); the shapes must be equal{hint}"
         )
-    if old.dtype != src.dtype:
-        raise ValueError(
-            f"cannot tie {target!r} (dtype {old.dtype}) to {source!r} (dtype {src.dtype}); "
-            f"convert one of them first, e.g. model.to({src.dtype})"
-        )
-    if old.device != src.device:
-        raise ValueError(
-            f"cannot tie {target!r} (device {old.device}) to {source!r} (device {src.device}); "
-            f"move the model to one device first"
-        )
+    for what, a, b, fix in (
+        ("dtype", old.dtype, src.dtype, f"convert one of them first, e.g. model.to({src.dtype})"),
+        ("device", old.device, src.device, "move the model to one device first"),
+    ):
+        if a != b:
+            raise ValueError(
+                f"cannot tie {target!r} ({what} {a}) to {source!r} ({what} {b}); {fix}"
+            )
     # Other ties that read the target (it was a source) will read the target's new source.
     readers = [
         (mpath, m, name, link)
@@ -170,48 +157,47 @@ def _plan(
     for mpath, m, name, link in readers:
         _check_sparse(m, _join(mpath, name), compose(root_transform, link.transform))
     persistent = tattr not in tmod._non_persistent_buffers_set
-    root = Link(root_mod, root_attr, root_transform, root_hint, persistent, shape=tuple(old.shape))
-    return _Plan(target, tmod, tattr, root, readers)
+    root = Link(root_mod, root_attr, root_transform, root_hint, persistent, tuple(old.shape))
+    return target, tmod, tattr, root, readers
 
 
 def _simulate(plan: _Plan, overlay: _Overlay) -> None:
     """Record ``plan``'s links in ``overlay``, as :func:`_make` would make them."""
-    root = plan.root
-    for _, m, name, link in plan.readers:
+    _, tmod, tattr, root, readers = plan
+    for _, m, name, link in readers:
         overlay.setdefault(id(m), {})[name] = Link(
             root.module, root.name, compose(root.transform, link.transform), root.hint,
             link.persistent,
         )
-    overlay.setdefault(id(plan.tmod), {})[plan.tattr] = root
+    overlay.setdefault(id(tmod), {})[tattr] = root
 
 
-def _owner(model: nn.Module, *modules: nn.Module) -> tuple[str, nn.Module]:
-    """The lowest common ancestor in ``model`` of every place of ``modules``: (path, module)."""
-    places: dict[int, list[list[str]]] = {id(m): [] for m in modules}
+def _make(model: nn.Module, plan: _Plan) -> None:
+    """Make the tie that :func:`_plan` checked."""
+    target, tmod, tattr, root, readers = plan
+    for mpath, _, name, link in readers:  # they now read the root (their owner may change)
+        _disown(model, link)
+        link.module, link.name, link.hint = root.module, root.name, root.hint
+        link.transform = compose(root.transform, link.transform)
+        _own(model, link, _join(mpath, name))
+    link_attr(tmod, tattr, root)
+    _own(model, root, target)
+
+
+def _own(model: nn.Module, link: Link, target: str) -> None:
+    """List ``link`` (``target`` from ``link.hint``, names in ``model``) at its owner: the lowest
+    common ancestor in ``model`` of every place of both ends (``model`` if one is outside)."""
+    tmod = model.get_submodule(target.rpartition(".")[0])
+    places: dict[int, list[list[str]]] = {id(tmod): [], id(link.module): []}
     for path, m in model.named_modules(remove_duplicate=False):
         if id(m) in places:
             places[id(m)].append(path.split(".") if path else [])
-    if not all(places.values()):
-        return "", model  # an end outside model: model is the best owner there is
-    first, *others = [p for ps in places.values() for p in ps]
-    n = len(first)
-    for parts in others:
-        n = min(n, len(parts))
-        n = next((i for i in range(n) if first[i] != parts[i]), n)
-    path = ".".join(first[:n])
-    return path, model.get_submodule(path)
-
-
-def _relative(path: str, to: str) -> str:
-    return path[len(to) + 1 :] if to else path
-
-
-def _own(model: nn.Module, link: Link, target: str, source: str) -> None:
-    """Record ``link`` (``target`` from ``source``, names in ``model``) at its owner."""
-    tmod = model.get_submodule(target.rpartition(".")[0])
-    opath, owner = _owner(model, tmod, link.module)
-    link.target, link.source = _relative(target, opath), _relative(source, opath)
-    make_owner(owner).append(link)
+    opath = ""
+    if all(places.values()):  # the common prefix of every place (commonprefix works on lists)
+        opath = ".".join(os.path.commonprefix([p for ps in places.values() for p in ps]))
+    cut = len(opath) + 1 if opath else 0
+    link.target, link.source = target[cut:], link.hint[cut:]
+    make_owner(model.get_submodule(opath)).append(link)
 
 
 def _disown(model: nn.Module, link: Link) -> None:
@@ -222,34 +208,9 @@ def _disown(model: nn.Module, link: Link) -> None:
             owned[:] = [x for x in owned if x is not link]
 
 
-def _make(model: nn.Module, plan: _Plan) -> None:
-    """Make the tie that :func:`_plan` checked."""
-    tmod, tattr, root = plan.tmod, plan.tattr, plan.root
-    # Other ties that read the target (it was a source) now read its source; their owner may
-    # change (the lowest common ancestor of their target and the new source).
-    for mpath, _, name, link in plan.readers:
-        _disown(model, link)
-        link.module, link.name = root.module, root.name
-        link.transform = compose(root.transform, link.transform)
-        link.hint = root.hint
-        _own(model, link, _join(mpath, name), root.hint)
-    # Replace the stored target by the computed attribute.
-    links = links_of(tmod)
-    root.order = next(iter(links.values())).order if links else (*tmod._parameters, *tmod._buffers)
-    if tattr in tmod._parameters:
-        del tmod._parameters[tattr]
-    else:
-        del tmod._buffers[tattr]
-        tmod._non_persistent_buffers_set.discard(tattr)
-    tmod.__dict__[_LINKS] = {**links, tattr: root}
-    set_class(tmod)
-    _own(model, root, plan.target, root.hint)
-
-
 def _check_sparse(module: nn.Module, target: str, transform: str | None) -> None:
-    """Refuse a transposed tie into an embedding with ``sparse=True``: its backward makes a
-    sparse gradient for the weight, which cannot flow back through the transpose (torch fails
-    inside backward with "sparse transpose: transposed dimensions must be sparse")."""
+    """Refuse a transposed tie into an embedding with ``sparse=True``: its sparse gradient
+    cannot flow back through the transpose (torch fails inside backward)."""
     if transform == "transpose" and getattr(module, "sparse", False) is True:
         raise ValueError(
             f"cannot make {target!r} a transposed tie target: its {base_class(module).__name__} "
@@ -275,28 +236,19 @@ def untie(model: nn.Module, target: str) -> nn.Module:
         24
     """
     tmod, tattr = resolve(model, target, "target")
-    links = links_of(tmod)
-    if tattr in links:
-        link = links[tattr]
+    link = links_of(tmod).get(tattr)
+    if link is not None:
         src = link.tensor()
         value = link.value().detach().clone(memory_format=torch.contiguous_format)
-        tmod.__dict__[_LINKS] = {k: v for k, v in links.items() if k != tattr}
-        set_class(tmod)
         if isinstance(src, nn.Parameter):
-            tmod.register_parameter(tattr, nn.Parameter(value, requires_grad=src.requires_grad))
-        else:
-            tmod.register_buffer(tattr, value, persistent=link.persistent)
-        restore_order(tmod, link.order)
+            value = nn.Parameter(value, requires_grad=src.requires_grad)
+        own_attr(tmod, tattr, value, link)
         _disown(model, link)
         return model
     current = getattr(tmod, tattr)
-    shared = [
-        n
-        for n, t in list(model.named_parameters(remove_duplicate=False))
-        + list(model.named_buffers(remove_duplicate=False))
-        if n != target and _same_storage(t, current)
-    ]
-    if not shared:
+    named = [*model.named_parameters(remove_duplicate=False)]
+    named += model.named_buffers(remove_duplicate=False)
+    if not any(n != target and _same_storage(t, current) for n, t in named):
         targets = list(dict.fromkeys(
             t.target for t in iter_links(model) if t.link.module is tmod and t.link.name == tattr
         ))

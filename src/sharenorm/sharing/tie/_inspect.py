@@ -117,19 +117,15 @@ def ties(model: nn.Module) -> list[TieGroup]:
         >>> sn.ties(m)
         [TieGroup(source='a.weight', members=(('b.weight', None, 'identity'),))]
     """
-    named: list[tuple[str, Tensor]] = list(model.named_parameters(remove_duplicate=False))
-    named += list(model.named_buffers(remove_duplicate=False))
+    named = [*model.named_parameters(remove_duplicate=False)]
+    named += model.named_buffers(remove_duplicate=False)
     groups: list[tuple[str, Tensor, list[tuple[str, str | None, str]]]] = []
     for name, t in named:
         for _, base, members in groups:
-            if t is base:
-                members.append((name, None, "identity"))
+            how = None if t is base else _same_storage(t, base) and _view_transform(base, t)
+            if how is not False:
+                members.append((name, how, "identity" if t is base else "storage"))
                 break
-            if _same_storage(t, base):
-                how = _view_transform(base, t)
-                if how is not False:
-                    members.append((name, how, "storage"))
-                    break
         else:
             groups.append((name, t, []))
     by_tensor = {id(base): members for _, base, members in groups}
@@ -139,16 +135,12 @@ def ties(model: nn.Module) -> list[TieGroup]:
         src = link.tensor()
         members = by_tensor.get(id(src))
         if members is None and not _in_state_dict(link.module, link.name):
-            # A derived source (parametrized, pruned, ...): its computed tensor is new at
-            # every access, so the group is named after the source attribute.
-            members = []
+            # A derived source (parametrized, pruned, ...): its computed tensor is new at every
+            # access, so the group is named after the source attribute.
+            members = by_tensor[id(src)] = []
             groups.append((source, src, members))
-            by_tensor[id(src)] = members
-        if members is None:
-            continue
-        entry = (target, transform, "tie")
-        if entry not in members:
-            members.append(entry)
+        if members is not None and (target, transform, "tie") not in members:
+            members.append((target, transform, "tie"))
     return [TieGroup(g, tuple(members)) for g, _, members in groups if members]
 
 
@@ -171,8 +163,7 @@ def verify_ties(model: nn.Module) -> None:
         ...
         sharenorm.sharing.tie.TieError: 1 tie(s) broken: 'b.weight' (tied to 'a.weight') is no longer tied: ...
     """
-    problems = []
-    seen: set[int] = set()
+    problems, seen = [], set()
     for t in iter_links(model):
         if t.source is None and t.link.unpickled and id(t.link) not in seen:
             seen.add(id(t.link))
@@ -184,9 +175,8 @@ def verify_ties(model: nn.Module) -> None:
             )
     for opath, owner in model.named_modules():
         for link in owned_by(owner):
-            problem = _broken(model, _join(opath, link.target), _join(opath, link.source), link)
-            if problem:
-                problems.append(problem)
+            problems.append(_broken(model, _join(opath, link.target), _join(opath, link.source), link))
+    problems = [p for p in problems if p]
     if problems:
         raise TieError(f"{len(problems)} tie(s) broken: " + "; ".join(problems))
 
@@ -194,19 +184,17 @@ def verify_ties(model: nn.Module) -> None:
 def _broken(model: nn.Module, target: str, source: str, declared: Link) -> str:
     """What no longer holds of the tie ``declared`` (``target`` from ``source``), or ''."""
     what = f"{target!r} (tied to {source!r})"
-    tpath, _, tattr = target.rpartition(".")
-    spath, _, sattr = source.rpartition(".")
+    (tpath, _, tattr), (spath, _, sattr) = target.rpartition("."), source.rpartition(".")
     try:
         tmod = model.get_submodule(tpath)
     except AttributeError:
         return f"{what}: module {tpath!r} no longer exists"
     link = links_of(tmod).get(tattr)
     if link is None:
-        stored = tattr in tmod._parameters or tattr in tmod._buffers
-        own = "holds its own tensor" if stored else "is missing"
+        own = "holds its own tensor" if tattr in {*tmod._parameters, *tmod._buffers} else "is missing"
         return (
-            f"{what} is no longer tied: it {own} (module {tpath or 'model'!r} was "
-            f"replaced, or the tensor was re-assigned); re-tie with sharenorm.tie"
+            f"{what} is no longer tied: it {own} (module {tpath or 'model'!r} was replaced, or "
+            f"the tensor was re-assigned); re-tie with sharenorm.tie"
         )
     try:
         smod = model.get_submodule(spath)
@@ -214,8 +202,8 @@ def _broken(model: nn.Module, target: str, source: str, declared: Link) -> str:
         return f"{what}: source module {spath!r} no longer exists"
     if link.module is not smod or link.name != sattr:
         return (
-            f"{what} follows a module that is no longer model.{source} (the source "
-            f"module was replaced, or the target module was copied alone)"
+            f"{what} follows a module that is no longer model.{source} (the source module was "
+            f"replaced, or the target module was copied alone)"
         )
     if link.transform != declared.transform:
         return f"{what}: transform is {link.transform!r}, declared {declared.transform!r}"

@@ -1,8 +1,7 @@
-"""A tie's one record: a :class:`Link` on the target module, listed by the tie's owner.
+"""A tie's one record, :class:`Link`: kept by the target module, listed by the tie's owner.
 
 The target module keeps ``{attribute: Link}`` under ``_LINKS``; the owner (the lowest common
-ancestor of both ends) lists the same objects under ``_OWNED``, names them relative to itself
-(for :func:`~sharenorm.sharing.tie.verify_ties`) and carries the load_state_dict pre-hook.
+ancestor of both ends) lists the same objects under ``_OWNED`` and carries the load pre-hook.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from torch.nn.utils import parametrize
 
 _LINKS = "_sharenorm_links"  # in a target module's __dict__: {attribute: Link}
 _OWNED = "_sharenorm_owned"  # in a tie's owner's __dict__: [Link, ...]
-_SCRATCH = "_sharenorm_scratch"  # set only while a tied module runs reset_parameters()
 
 
 class Link:
@@ -41,22 +39,24 @@ class Link:
         transform: str | None,
         hint: str,
         persistent: bool = True,
-        order: tuple[str, ...] = (),
-        target: str = "",
-        source: str = "",
         shape: tuple[int, ...] = (),
     ) -> None:
-        self.module, self.name, self.transform = module, name, transform
-        self.hint, self.persistent, self.order = hint, persistent, order
-        self.target, self.source, self.shape = target, source, shape
+        self.module, self.name, self.transform, self.hint = module, name, transform, hint
+        self.persistent, self.shape = persistent, shape
+        self.order: tuple[str, ...] = ()
+        self.target = self.source = ""
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.unpickled = True
 
+    def __copy__(self) -> Link:  # not through __setstate__: a copy is not unpickled
+        new = object.__new__(Link)
+        new.__dict__.update(self.__dict__)
+        return new
+
     def __deepcopy__(self, memo: dict) -> Link:
-        new = copy.copy(self)
-        memo[id(self)] = new
+        new = memo[id(self)] = copy.copy(self)
         new.module = copy.deepcopy(self.module, memo)
         return new
 
