@@ -1,8 +1,8 @@
-"""state_dict of tied modules: both keys saved; on load, a target key checked and dropped.
+"""state_dict of tied modules: both keys saved; on load, a target key is checked, not loaded.
 
 The owner's pre-hook sees a load that holds both ends: it compares the target key with
-``T(source key)`` and marks it checked, or derives a missing source from it. A tied module's
-``_load_from_state_dict`` checks what is left against the source's current value.
+``T(source key)`` and marks it checked, or derives a missing source from it. A tied module
+checks what is left against the source's current value.
 """
 
 from __future__ import annotations
@@ -45,14 +45,8 @@ def _mismatch(value: Any, expected: Tensor) -> str:
 
 
 def owner_load_pre_hook(
-    module: nn.Module,
-    state_dict: dict,
-    prefix: str,
-    local_metadata: dict,
-    strict: bool,
-    missing_keys: list,
-    unexpected_keys: list,
-    error_msgs: list,
+    module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+    missing_keys: list, unexpected_keys: list, error_msgs: list,
 ) -> None:
     """Check every tie below ``module`` whose both ends this load holds."""
     for target, source, transform, link in iter_links(module):  # every name of a reused module
@@ -109,30 +103,21 @@ class TiedStateDict:
                 destination[key] = value if keep_vars else value.detach()
         destination.update(own)  # what was registered after tying, and the extra state
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict,
-        prefix: str,
-        local_metadata: dict,
-        strict: bool,
-        missing_keys: list,
-        unexpected_keys: list,
-        error_msgs: list,
-    ) -> None:
-        args = (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-        # torch runs this module's pre-hooks inside the base method, after this: if it owns a
-        # tie, check it first (the hook is idempotent: what it checked is marked).
-        if _OWNED in self.__dict__:
-            owner_load_pre_hook(self, state_dict, prefix, *args)
-        links = links_of(self)
-        absent = []
-        for name, link in links.items():
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # After the base method, which runs this module's pre-hooks (the owner's, if it owns a
+        # tie) and back-fills keys of old checkpoints (BatchNorm's num_batches_tracked): a tied
+        # key is not unexpected; unless the owner checked it, it is checked against the source.
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        _, strict, missing_keys, unexpected_keys, error_msgs = args
+        for name, link in links_of(self).items():
             key = prefix + name
             if key not in state_dict:
-                if link.persistent and strict:  # torch's condition for a missing key
-                    absent.append(key)
+                if link.persistent and strict:  # missing, as torch reports a shared parameter's
+                    missing_keys.append(key)  # absent name (safetensors' load_model needs it)
                 continue
-            value = state_dict.pop(key)
+            while key in unexpected_keys:
+                unexpected_keys.remove(key)
+            value = state_dict[key]
             problem = "" if getattr(value, _CHECKED, False) else _mismatch(value, link.value())
             if problem:
                 error_msgs.append(
@@ -140,15 +125,3 @@ class TiedStateDict:
                     f"state_dict value differs from it ({problem}); drop the key and load with "
                     f"strict=False to keep the source's value, or sharenorm.untie the target first"
                 )
-        super()._load_from_state_dict(state_dict, prefix, *args)
-        for key in [prefix + name for name in links]:
-            if key in state_dict:
-                # Back-filled by the base class (BatchNorm's num_batches_tracked, for a state_dict
-                # without a version): the source's business, not an unexpected key.
-                del state_dict[key]
-                while key in unexpected_keys:
-                    unexpected_keys.remove(key)
-            elif key in absent:
-                # Missing, as torch reports a shared parameter's absent name even though the other
-                # name gave its value (safetensors.torch.load_model relies on this).
-                missing_keys.append(key)
