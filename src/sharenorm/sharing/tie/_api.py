@@ -22,11 +22,9 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     first two dimensions otherwise). After the call ``model.<target>`` is ``T(model.<source>)``
     at every access, gradients of both uses accumulate into the source, ``parameters()`` yields
     the tensor once, so an optimizer steps it once. The target takes the source's values (its
-    own are discarded). Create optimizers *after* tying.
-
-    Ties survive ``.to()``, ``deepcopy``, ``state_dict``/``load_state_dict`` (also
-    ``assign=True``), ``torch.save`` of the whole model, ``to_empty()``, ``torch.compile`` and
-    :func:`sharenorm.save`/:func:`sharenorm.load`; see docs/design/tying.md for how.
+    own are discarded). Create optimizers *after* tying. The tie survives ``.to()``, ``deepcopy``,
+    pickling, ``state_dict`` both ways, ``to_empty()``, ``torch.compile`` and DDP (how:
+    docs/design/tying.md).
 
     Args:
         model: the module both names are relative to.
@@ -41,9 +39,8 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
 
     Raises:
         ValueError: unknown names (with close names suggested), a tensor tied to itself, a cycle,
-            a target that is already tied, shapes/dtypes/devices that do not match (both shapes
-            shown), a parameter tied to a buffer, a transposed tie into an embedding with
-            ``sparse=True`` (its sparse gradient cannot flow back through a transpose).
+            a target that is already tied, shapes/dtypes/devices that do not match, a parameter
+            tied to a buffer, a transposed tie into an embedding with ``sparse=True``.
 
     Example:
         >>> import torch, sharenorm as sn
@@ -56,12 +53,11 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     return model
 
 
-# A simulation of ties not yet made: {id(module): {attribute: link}}, consulted before the
-# module's own links (sharenorm.load checks a whole manifest against it before applying it).
+# Ties not yet made, {id(module): {attribute: link}}, over the modules' own (sharenorm.load
+# checks a whole manifest against it before changing anything).
 _Overlay = dict[int, dict[str, Link]]
-
-# A checked tie, not yet made: (target, its module, its attribute, the link that will compute
-# it, the ties that read the target now, as (module path, module, attribute, link)).
+# A checked tie: (target, its module, its attribute, the link that will compute it, and the
+# ties that read the target now, as (module path, module, attribute, link)).
 _Plan = tuple[str, nn.Module, str, Link, list[tuple[str, nn.Module, str, Link]]]
 
 
@@ -71,11 +67,7 @@ def _links_of(module: nn.Module, overlay: _Overlay | None = None) -> dict[str, L
 
 
 def _plan(
-    model: nn.Module,
-    target: str,
-    source: str,
-    transform: str | None,
-    overlay: _Overlay | None = None,
+    model: nn.Module, target: str, source: str, transform: str | None, overlay: _Overlay | None = None
 ) -> _Plan:
     """Every check of :func:`tie`, changing nothing (also against the ties of ``overlay``)."""
     check_transform(transform)
@@ -123,11 +115,6 @@ def _plan(
             f"and buffers to buffers"
         )
     old, src = getattr(tmod, tattr), getattr(root_mod, root_attr)
-    if transform == "transpose" and src.dim() < 2:
-        raise ValueError(
-            f"transform='transpose' needs a source with at least 2 dimensions, {source!r} has "
-            f"shape {tuple(src.shape)} ({src.dim()} dimension(s)); use transform=None"
-        )
     expected = transformed_shape(tuple(src.shape), root_transform)
     if tuple(old.shape) != expected:
         what, detail, hint = source, "", ""
@@ -144,9 +131,7 @@ def _plan(
         ("device", old.device, src.device, "move the model to one device first"),
     ):
         if a != b:
-            raise ValueError(
-                f"cannot tie {target!r} ({what} {a}) to {source!r} ({what} {b}); {fix}"
-            )
+            raise ValueError(f"cannot tie {target!r} ({what} {a}) to {source!r} ({what} {b}); {fix}")
     # Other ties that read the target (it was a source) will read the target's new source.
     readers = [
         (mpath, m, name, link)
@@ -237,33 +222,30 @@ def untie(model: nn.Module, target: str) -> nn.Module:
     """
     tmod, tattr = resolve(model, target, "target")
     link = links_of(tmod).get(tattr)
-    if link is not None:
-        src = link.tensor()
-        value = link.value().detach().clone(memory_format=torch.contiguous_format)
-        if isinstance(src, nn.Parameter):
-            value = nn.Parameter(value, requires_grad=src.requires_grad)
-        own_attr(tmod, tattr, value, link)
-        _disown(model, link)
-        return model
     current = getattr(tmod, tattr)
-    named = [*model.named_parameters(remove_duplicate=False)]
-    named += model.named_buffers(remove_duplicate=False)
-    if not any(n != target and _same_storage(t, current) for n, t in named):
-        targets = list(dict.fromkeys(
-            t.target for t in iter_links(model) if t.link.module is tmod and t.link.name == tattr
-        ))
-        if targets:
+    if link is None:  # plain sharing, or a mistake
+        named = [*model.named_parameters(remove_duplicate=False)]
+        named += model.named_buffers(remove_duplicate=False)
+        if not any(n != target and _same_storage(t, current) for n, t in named):
+            targets = list(dict.fromkeys(
+                t.target for t in iter_links(model) if t.link.module is tmod and t.link.name == tattr
+            ))
+            if targets:
+                raise ValueError(
+                    f"{target!r} is the source of the tie of {', '.join(map(repr, targets))}: it "
+                    f"holds the tensor itself; untie the target instead, e.g. "
+                    f"sharenorm.untie(model, {targets[0]!r})"
+                )
             raise ValueError(
-                f"{target!r} is the source of the tie of {', '.join(map(repr, targets))}: it "
-                f"holds the tensor itself; untie the target instead, e.g. "
-                f"sharenorm.untie(model, {targets[0]!r})"
+                f"{target!r} is not tied or shared; sharenorm.ties(model) lists the tie groups"
             )
-        raise ValueError(
-            f"{target!r} is not tied or shared; sharenorm.ties(model) lists the tie groups"
-        )
+    src = current if link is None else link.tensor()
     own = current.detach().clone(memory_format=torch.contiguous_format)
-    if tattr in tmod._parameters:
-        tmod._parameters[tattr] = nn.Parameter(own, requires_grad=current.requires_grad)
+    if isinstance(src, nn.Parameter):
+        own = nn.Parameter(own, requires_grad=src.requires_grad)
+    if link is None:
+        (tmod._parameters if tattr in tmod._parameters else tmod._buffers)[tattr] = own
     else:
-        tmod._buffers[tattr] = own
+        own_attr(tmod, tattr, own, link)
+        _disown(model, link)
     return model

@@ -74,12 +74,7 @@ class TieGroup:
         return (self.source, *(m[0] for m in self.members))
 
     def transform_of(self, name: str) -> str | None:
-        for n, t, _ in self.members:
-            if n == name:
-                return t
-        if name == self.source:
-            return None
-        raise KeyError(name)
+        return None if name == self.source else {n: t for n, t, _ in self.members}[name]
 
 
 def _same_storage(a: Tensor, b: Tensor) -> bool:
@@ -186,9 +181,9 @@ def _broken(model: nn.Module, target: str, source: str, declared: Link) -> str:
     what = f"{target!r} (tied to {source!r})"
     (tpath, _, tattr), (spath, _, sattr) = target.rpartition("."), source.rpartition(".")
     try:
-        tmod = model.get_submodule(tpath)
-    except AttributeError:
-        return f"{what}: module {tpath!r} no longer exists"
+        tmod, smod = model.get_submodule(tpath), model.get_submodule(spath)
+    except AttributeError as e:
+        return f"{what}: a module on its path no longer exists ({e})"
     link = links_of(tmod).get(tattr)
     if link is None:
         own = "holds its own tensor" if tattr in {*tmod._parameters, *tmod._buffers} else "is missing"
@@ -196,10 +191,6 @@ def _broken(model: nn.Module, target: str, source: str, declared: Link) -> str:
             f"{what} is no longer tied: it {own} (module {tpath or 'model'!r} was replaced, or "
             f"the tensor was re-assigned); re-tie with sharenorm.tie"
         )
-    try:
-        smod = model.get_submodule(spath)
-    except AttributeError:
-        return f"{what}: source module {spath!r} no longer exists"
     if link.module is not smod or link.name != sattr:
         return (
             f"{what} follows a module that is no longer model.{source} (the source module was "
@@ -210,9 +201,10 @@ def _broken(model: nn.Module, target: str, source: str, declared: Link) -> str:
     src = getattr(smod, sattr, None)
     if not isinstance(src, Tensor):
         return f"{what}: the source {source!r} is no longer a tensor"
-    if declared.transform is not None and src.dim() < 2:
-        return f"{what}: the source is now {src.dim()}-d, it has no transpose"
-    shape = transformed_shape(tuple(src.shape), declared.transform)
+    try:
+        shape = transformed_shape(tuple(src.shape), declared.transform)
+    except ValueError as e:
+        return f"{what}: {e}"
     if shape != declared.shape:
         return f"{what}: shape is now {shape}, was {declared.shape} when tied"
     return ""

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from sharenorm.sharing.tie._inspect import iter_links
-from sharenorm.sharing.tie._link import _OWNED, links_of
+from sharenorm.sharing.tie._link import _OWNED, in_order, links_of
 from sharenorm.sharing.tie._names import _in_state_dict
 from sharenorm.sharing.tie._transforms import apply_transform
 
@@ -91,17 +91,13 @@ class TiedStateDict:
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         # Both keys appear, as for torch's identity-tied weights: the target holds T(source), at
         # the place the target had before it was tied (torch's key order).
-        own: dict[str, Any] = {}
+        links, own = links_of(self), {}
+        for name, link in links.items():
+            if link.persistent:
+                value = link.value()
+                own[prefix + name] = value if keep_vars else value.detach()
         super()._save_to_state_dict(own, prefix, keep_vars)
-        links = links_of(self)
-        for name in (*next(iter(links.values())).order, *links):
-            key = prefix + name
-            if key in own:
-                destination[key] = own.pop(key)
-            elif name in links and links[name].persistent and key not in destination:
-                value = links[name].value()
-                destination[key] = value if keep_vars else value.detach()
-        destination.update(own)  # what was registered after tying, and the extra state
+        destination.update(in_order(own, next(iter(links.values())).order, prefix))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         # After the base method, which runs this module's pre-hooks (the owner's, if it owns a

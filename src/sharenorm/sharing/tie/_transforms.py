@@ -28,8 +28,8 @@ def transformed_shape(shape: tuple[int, ...], transform: str | None) -> tuple[in
         return shape
     if len(shape) < 2:
         raise ValueError(
-            f"transform='transpose' swaps the first two dimensions; a tensor of shape {shape} "
-            f"has {len(shape)} dimension(s) (use transform=None)"
+            f"transform='transpose' swaps the first two dimensions: it needs at least 2 "
+            f"dimensions, shape {shape} has {len(shape)} dimension(s) (use transform=None)"
         )
     return (shape[1], shape[0], *shape[2:])
 
