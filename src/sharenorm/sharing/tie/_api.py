@@ -239,10 +239,12 @@ def untie(model: nn.Module, target: str) -> nn.Module:
             raise ValueError(
                 f"{target!r} is not tied or shared; sharenorm.ties(model) lists the tie groups"
             )
-    src = current if link is None else link.tensor()
+        parameter, requires_grad = tattr in tmod._parameters, current.requires_grad
+    else:  # a parameter if its source is one, or is computed from them (a parametrization)
+        parameter, requires_grad = link.kind() == "parameter", link.tensor().requires_grad
     own = current.detach().clone(memory_format=torch.contiguous_format)
-    if isinstance(src, nn.Parameter):
-        own = nn.Parameter(own, requires_grad=src.requires_grad)
+    if parameter:
+        own = nn.Parameter(own, requires_grad=requires_grad)
     if link is None:
         (tmod._parameters if tattr in tmod._parameters else tmod._buffers)[tattr] = own
     else:
