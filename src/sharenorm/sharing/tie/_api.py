@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -10,7 +11,7 @@ from torch import nn
 from sharenorm.sharing.tie._inspect import _same_storage, iter_links
 from sharenorm.sharing.tie._link import _OWNED, Link, links_of, tensor_kind
 from sharenorm.sharing.tie._names import _join, _module_paths, resolve
-from sharenorm.sharing.tie._state_dict import make_owner
+from sharenorm.sharing.tie._state_dict import owner_load_pre_hook
 from sharenorm.sharing.tie._tied_class import base_class, link_attr, own_attr
 from sharenorm.sharing.tie._transforms import check_transform, compose, transformed_shape
 
@@ -150,21 +151,23 @@ def _simulate(plan: _Plan, overlay: _Overlay) -> None:
     """Record ``plan``'s links in ``overlay``, as :func:`_make` would make them."""
     _, tmod, tattr, root, readers = plan
     for _, m, name, link in readers:
-        overlay.setdefault(id(m), {})[name] = Link(
-            root.module, root.name, compose(root.transform, link.transform), root.hint,
-            link.persistent,
-        )
+        overlay.setdefault(id(m), {})[name] = _repoint(copy.copy(link), root)
     overlay.setdefault(id(tmod), {})[tattr] = root
+
+
+def _repoint(link: Link, root: Link) -> Link:
+    """``link``, made to read ``root``'s source (the transforms composed)."""
+    link.module, link.name, link.hint = root.module, root.name, root.hint
+    link.transform = compose(root.transform, link.transform)
+    return link
 
 
 def _make(model: nn.Module, plan: _Plan) -> None:
     """Make the tie that :func:`_plan` checked."""
     target, tmod, tattr, root, readers = plan
-    for mpath, _, name, link in readers:  # they now read the root (their owner may change)
+    for mpath, _, name, link in readers:  # their owner may change
         _disown(model, link)
-        link.module, link.name, link.hint = root.module, root.name, root.hint
-        link.transform = compose(root.transform, link.transform)
-        _own(model, link, _join(mpath, name))
+        _own(model, _repoint(link, root), _join(mpath, name))
     link_attr(tmod, tattr, root)
     _own(model, root, target)
 
@@ -182,7 +185,11 @@ def _own(model: nn.Module, link: Link, target: str) -> None:
         opath = ".".join(os.path.commonprefix([p for ps in places.values() for p in ps]))
     cut = len(opath) + 1 if opath else 0
     link.target, link.source = target[cut:], link.hint[cut:]
-    make_owner(model.get_submodule(opath)).append(link)
+    owner = model.get_submodule(opath)
+    if _OWNED not in owner.__dict__:
+        owner.__dict__[_OWNED] = []
+        owner.register_load_state_dict_pre_hook(owner_load_pre_hook)
+    owner.__dict__[_OWNED].append(link)
 
 
 def _disown(model: nn.Module, link: Link) -> None:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from sharenorm.sharing.tie._link import Link, links_of, owned_by
+from sharenorm.sharing.tie._link import _OWNED, Link, links_of
 from sharenorm.sharing.tie._names import _in_state_dict, _join, _module_paths
 from sharenorm.sharing.tie._transforms import transformed_shape
 
@@ -169,7 +169,7 @@ def verify_ties(model: nn.Module) -> None:
                 f"or sharenorm.untie(model, {t.target!r}) to give it its own tensor)"
             )
     for opath, owner in model.named_modules():
-        for link in owned_by(owner):
+        for link in owner.__dict__.get(_OWNED, ()):  # the ties it is the lowest ancestor of
             problems.append(_broken(model, _join(opath, link.target), _join(opath, link.source), link))
     problems = [p for p in problems if p]
     if problems:

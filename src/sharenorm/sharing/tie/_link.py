@@ -1,8 +1,5 @@
-"""A tie's one record, :class:`Link`: kept by the target module, listed by the tie's owner.
-
-The target module keeps ``{attribute: Link}`` under ``_LINKS``; the owner (the lowest common
-ancestor of both ends) lists the same objects under ``_OWNED`` and carries the load pre-hook.
-"""
+"""A tie's one record, :class:`Link`: kept by the target module, listed by the tie's owner
+(the lowest common ancestor of both ends, which also carries the load pre-hook)."""
 
 from __future__ import annotations
 
@@ -27,20 +24,15 @@ class Link:
         order: the target module's tensor names before its first tie (state_dict key order).
         target, source: both ends' names relative to the owner; ``shape``: the target's shape
             when tied (what :func:`~sharenorm.sharing.tie.verify_ties` checks).
+        unpickled: True for a link rebuilt by unpickling: if the module it was pickled with did
+            not hold its source, it follows a private copy (verify_ties reports that).
     """
 
-    # True for a link rebuilt by unpickling: if the module it was pickled with did not hold its
-    # source, it follows a private copy of it (verify_ties reports that).
     unpickled = False
 
     def __init__(
-        self,
-        module: nn.Module,
-        name: str,
-        transform: str | None,
-        hint: str,
-        persistent: bool = True,
-        shape: tuple[int, ...] = (),
+        self, module: nn.Module, name: str, transform: str | None, hint: str,
+        persistent: bool = True, shape: tuple[int, ...] = (),
     ) -> None:
         self.module, self.name, self.transform, self.hint = module, name, transform, hint
         self.persistent, self.shape = persistent, shape
@@ -81,11 +73,6 @@ class Link:
 def links_of(module: nn.Module) -> dict[str, Link]:
     """``module``'s tied attributes (empty for an untied module)."""
     return module.__dict__.get(_LINKS) or {}
-
-
-def owned_by(module: nn.Module) -> list[Link]:
-    """The ties ``module`` owns (it is the lowest common ancestor of both ends)."""
-    return module.__dict__.get(_OWNED) or []
 
 
 def tensor_kind(module: nn.Module, attr: str) -> str:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from sharenorm.sharing.tie._inspect import iter_links
-from sharenorm.sharing.tie._link import _OWNED, in_order, links_of
+from sharenorm.sharing.tie._link import in_order, links_of
 from sharenorm.sharing.tie._names import _in_state_dict
 from sharenorm.sharing.tie._transforms import apply_transform
 
@@ -74,15 +74,6 @@ def owner_load_pre_hook(
             state_dict[skey] = apply_transform(value, transform).contiguous()
             if strict:
                 missing_keys.append(skey)
-
-
-def make_owner(module: nn.Module) -> list:
-    """``module``'s list of owned links, created (with the load pre-hook) on first use."""
-    owned = module.__dict__.get(_OWNED)
-    if owned is None:
-        owned = module.__dict__[_OWNED] = []
-        module.register_load_state_dict_pre_hook(owner_load_pre_hook)
-    return owned
 
 
 class TiedStateDict:

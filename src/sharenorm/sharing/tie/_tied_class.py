@@ -1,9 +1,6 @@
-"""The class of a module with tied attributes: ``TiedLinear`` for an ``nn.Linear``.
-
-A subclass of the module's class with a property per tied name (reading its :class:`Link`) and
-the methods of :class:`_Tied`, which keep the tie through setattr, state_dict, deepcopy, pickle
-and reset_parameters, and refuse ``nn.DataParallel``. Built once per (class, names).
-"""
+"""The class of a module with tied attributes (``TiedLinear`` for an ``nn.Linear``): a property
+per tied name, reading its :class:`Link`, and the methods of :class:`_Tied`, which keep the tie
+through setattr, state_dict, deepcopy, pickle and reset_parameters."""
 
 from __future__ import annotations
 
@@ -146,14 +143,12 @@ class _Tied(TiedStateDict):
         return y
 
     def _replicate_for_data_parallel(self) -> nn.Module:
-        # nn.DataParallel's replicas copy __dict__ shallowly: a replica's link would read the
-        # source on the first device, and nothing here can find the source's replica.
+        # A replica copies __dict__ shallowly: its link would read the source on the first
+        # device, and nothing here can find the source's replica.
         raise ValueError(
-            f"nn.DataParallel cannot replicate a tied {self._sharenorm_base.__name__} "
-            f"({', '.join(map(repr, links_of(self)))} computed from another module): its "
-            f"replicas would read the source on the first device; use "
-            f"torch.nn.parallel.DistributedDataParallel (one process per device, ties train "
-            f"correctly under it), or sharenorm.untie the target first"
+            f"nn.DataParallel cannot replicate a tied {self._sharenorm_base.__name__} (its "
+            f"replicas would read the source on the first device); use "
+            f"torch.nn.parallel.DistributedDataParallel, or sharenorm.untie the target first"
         )
 
     def extra_repr(self) -> str:
@@ -169,33 +164,24 @@ def _reset_parameters(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     # A module re-initialises only what it stores; its tied attributes read scratch tensors
     # meanwhile (so to_empty() then reset_parameters() rebuilds the model that tie() made).
     links = self.__dict__[_LINKS]
-    self.__dict__[_LINKS] = {n: _scratch(link) for n, link in links.items()}
+    scratch = self.__dict__[_LINKS] = {n: copy.copy(link) for n, link in links.items()}
+    for link in scratch.values():
+        value = torch.empty_like(link.value(), memory_format=torch.contiguous_format)
+        link.value = lambda value=value: value
     try:
         return self._sharenorm_base.reset_parameters(self, *args, **kwargs)
     finally:
         self.__dict__[_LINKS] = links
 
 
-def _scratch(link: Link) -> Link:
-    """A copy of ``link`` whose value is a fresh tensor of the target's shape."""
-    scratch = copy.copy(link)
-    value = torch.empty_like(link.value(), memory_format=torch.contiguous_format)
-    scratch.value = lambda: value
-    return scratch
-
-
-def _tied_property(name: str) -> property:
-    def fget(self: nn.Module) -> Tensor:
-        return self.__dict__[_LINKS][name].value()
-
-    return property(fget, doc=f"'{name}', computed from its tie source (sharenorm.tie)")
-
-
 def tied_class(base: type, names: tuple[str, ...]) -> type:
     """The subclass of ``base`` whose attributes ``names`` are computed from their links."""
     cls = _TIED_CLASSES.get((base, names))
     if cls is None:
-        namespace: dict[str, Any] = {name: _tied_property(name) for name in names}
+        namespace: dict[str, Any] = {  # each reads its link (``name=name``: bound now)
+            name: property(lambda self, name=name: self.__dict__[_LINKS][name].value())
+            for name in names
+        }
         namespace.update(_sharenorm_base=base, _sharenorm_names=names, __module__=base.__module__)
         if callable(getattr(base, "reset_parameters", None)):
             namespace["reset_parameters"] = _reset_parameters
