@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from sharenorm.sharing.tie._inspect import iter_links
-from sharenorm.sharing.tie._link import in_order, links_of
+from sharenorm.sharing.tie._link import links_of
 from sharenorm.sharing.tie._names import _in_state_dict
 from sharenorm.sharing.tie._transforms import apply_transform
 
@@ -77,24 +77,27 @@ def owner_load_pre_hook(
 
 
 class TiedStateDict:
-    """A tied class's state_dict methods (mixed in before its base class)."""
+    """A tied class's state_dict methods (copied into it; ``_sharenorm_base``: its base class)."""
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         # Both keys appear, as for torch's identity-tied weights: the target holds T(source), at
         # the place the target had before it was tied (torch's key order).
         links, own = links_of(self), {}
-        for name, link in links.items():
-            if link.persistent:
-                value = link.value()
-                own[prefix + name] = value if keep_vars else value.detach()
-        super()._save_to_state_dict(own, prefix, keep_vars)
-        destination.update(in_order(own, next(iter(links.values())).order, prefix))
+        self._sharenorm_base._save_to_state_dict(self, own, prefix, keep_vars)
+        for name in (*next(iter(links.values())).order, *links):
+            key = prefix + name
+            if key in own:
+                destination[key] = own.pop(key)
+            elif name in links and links[name].persistent and key not in destination:
+                value = links[name].value()
+                destination[key] = value if keep_vars else value.detach()
+        destination.update(own)  # what was registered after tying, and the extra state
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         # After the base method, which runs this module's pre-hooks (the owner's, if it owns a
         # tie) and back-fills keys of old checkpoints (BatchNorm's num_batches_tracked): a tied
         # key is not unexpected; unless the owner checked it, it is checked against the source.
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        self._sharenorm_base._load_from_state_dict(self, state_dict, prefix, *args)
         _, strict, missing_keys, unexpected_keys, error_msgs = args
         for name, link in links_of(self).items():
             key = prefix + name

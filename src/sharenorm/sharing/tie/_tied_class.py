@@ -5,6 +5,7 @@ through setattr, state_dict, deepcopy, pickle and reset_parameters."""
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import torch
@@ -97,8 +98,9 @@ def _rebuild_tied(base: type, names: tuple[str, ...]) -> nn.Module:
     return cls.__new__(cls)
 
 
-class _Tied(TiedStateDict):
-    """What every tied class adds to its base class, besides a property per tied name."""
+class _Tied:
+    """The methods every tied class gets besides a property per tied name (copied into it, not
+    inherited: a longer MRO slows every attribute read of the module)."""
 
     _sharenorm_base: type
     _sharenorm_names: tuple[str, ...]
@@ -109,11 +111,11 @@ class _Tied(TiedStateDict):
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._refuse_tied(name)
-        super().__setattr__(name, value)
+        self._sharenorm_base.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
         self._refuse_tied(name)
-        super().__delattr__(name)
+        self._sharenorm_base.__delattr__(self, name)
 
     def _refuse_tied(self, name: str) -> None:
         link = links_of(self).get(name)
@@ -152,7 +154,7 @@ class _Tied(TiedStateDict):
         )
 
     def extra_repr(self) -> str:
-        base = super().extra_repr()
+        base = self._sharenorm_base.extra_repr(self)
         desc = ", ".join(
             f"{n}=tied({link.hint}{'ᵀ' if link.transform == 'transpose' else ''})"
             for n, link in links_of(self).items()
@@ -182,8 +184,10 @@ def tied_class(base: type, names: tuple[str, ...]) -> type:
             name: property(lambda self, name=name: self.__dict__[_LINKS][name].value())
             for name in names
         }
+        for methods in (_Tied, TiedStateDict):
+            namespace.update((k, v) for k, v in vars(methods).items() if inspect.isfunction(v))
         namespace.update(_sharenorm_base=base, _sharenorm_names=names, __module__=base.__module__)
         if callable(getattr(base, "reset_parameters", None)):
             namespace["reset_parameters"] = _reset_parameters
-        cls = _TIED_CLASSES[(base, names)] = type(f"Tied{base.__name__}", (_Tied, base), namespace)
+        cls = _TIED_CLASSES[(base, names)] = type(f"Tied{base.__name__}", (base,), namespace)
     return cls
