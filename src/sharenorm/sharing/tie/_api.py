@@ -68,7 +68,8 @@ def _links_of(module: nn.Module, overlay: _Overlay | None = None) -> dict[str, L
 
 
 def _plan(
-    model: nn.Module, target: str, source: str, transform: str | None, overlay: _Overlay | None = None
+    model: nn.Module, target: str, source: str, transform: str | None,
+    overlay: _Overlay | None = None,
 ) -> _Plan:
     """Every check of :func:`tie`, changing nothing (also against the ties of ``overlay``)."""
     check_transform(transform)
@@ -132,7 +133,9 @@ def _plan(
         ("device", old.device, src.device, "move the model to one device first"),
     ):
         if a != b:
-            raise ValueError(f"cannot tie {target!r} ({what} {a}) to {source!r} ({what} {b}); {fix}")
+            raise ValueError(
+                f"cannot tie {target!r} ({what} {a}) to {source!r} ({what} {b}); {fix}"
+            )
     # Other ties that read the target (it was a source) will read the target's new source.
     readers = [
         (mpath, m, name, link)
@@ -235,7 +238,8 @@ def untie(model: nn.Module, target: str) -> nn.Module:
         named += model.named_buffers(remove_duplicate=False)
         if not any(n != target and _same_storage(t, current) for n, t in named):
             targets = list(dict.fromkeys(
-                t.target for t in iter_links(model) if t.link.module is tmod and t.link.name == tattr
+                t.target for t in iter_links(model)
+                if t.link.module is tmod and t.link.name == tattr
             ))
             if targets:
                 raise ValueError(

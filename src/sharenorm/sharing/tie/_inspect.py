@@ -170,7 +170,8 @@ def verify_ties(model: nn.Module) -> None:
             )
     for opath, owner in model.named_modules():
         for link in owner.__dict__.get(_OWNED, ()):  # the ties it is the lowest ancestor of
-            problems.append(_broken(model, _join(opath, link.target), _join(opath, link.source), link))
+            target, source = _join(opath, link.target), _join(opath, link.source)
+            problems.append(_broken(model, target, source, link))
     problems = [p for p in problems if p]
     if problems:
         raise TieError(f"{len(problems)} tie(s) broken: " + "; ".join(problems))
@@ -186,7 +187,8 @@ def _broken(model: nn.Module, target: str, source: str, declared: Link) -> str:
         return f"{what}: a module on its path no longer exists ({e})"
     link = links_of(tmod).get(tattr)
     if link is None:
-        own = "holds its own tensor" if tattr in {*tmod._parameters, *tmod._buffers} else "is missing"
+        stored = tattr in tmod._parameters or tattr in tmod._buffers
+        own = "holds its own tensor" if stored else "is missing"
         return (
             f"{what} is no longer tied: it {own} (module {tpath or 'model'!r} was replaced, or "
             f"the tensor was re-assigned); re-tie with sharenorm.tie"

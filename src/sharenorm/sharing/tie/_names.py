@@ -25,7 +25,8 @@ def _module_paths(model: nn.Module) -> dict[int, str]:
 def _unknown_name(model: nn.Module, name: str, role: str) -> ValueError:
     names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
     names += [n for n, _ in model.named_buffers(remove_duplicate=False)]
-    names += [_join(p, n) for p, m in model.named_modules(remove_duplicate=False) for n in links_of(m)]
+    for path, m in model.named_modules(remove_duplicate=False):
+        names += [_join(path, n) for n in links_of(m)]
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     if close:
         hint = f"; did you mean {', '.join(map(repr, close))}?"

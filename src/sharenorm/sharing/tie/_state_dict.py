@@ -70,7 +70,7 @@ def owner_load_pre_hook(
                 )
         elif isinstance(value, Tensor):
             # Only the target was stored (a file written under the pair's other name): the source
-            # is T⁻¹(value) = T(value), and still reported missing, as torch does for a shared one.
+            # is T⁻¹(value) = T(value), still reported missing, as torch does for a shared one.
             state_dict[skey] = apply_transform(value, transform).contiguous()
             if strict:
                 missing_keys.append(skey)
