@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
 
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -85,9 +84,3 @@ def tensor_kind(module: nn.Module, attr: str) -> str:
         return "parameter" if module.parametrizations[attr]._parameters else "buffer"
     return links_of(module)[attr].kind()
 
-
-def in_order(items: dict, order: tuple[str, ...], prefix: str = "") -> list[tuple[str, Any]]:
-    """``items`` with the names of ``order`` (after ``prefix``) first, in that order; the rest
-    after them, as they come."""
-    rank = {prefix + name: i for i, name in enumerate(order)}
-    return sorted(items.items(), key=lambda kv: rank.get(kv[0], len(rank)))

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sharenorm.sharing.tie._link import _LINKS, Link, in_order, links_of
+from sharenorm.sharing.tie._link import _LINKS, Link, links_of
 from sharenorm.sharing.tie._names import _in_state_dict
 from sharenorm.sharing.tie._state_dict import TiedStateDict
 
@@ -51,8 +51,9 @@ def own_attr(module: nn.Module, name: str, tensor: Tensor, link: Link) -> None:
         module.register_parameter(name, tensor)
     else:
         module.register_buffer(name, tensor, persistent=link.persistent)
+    rank = {n: i for i, n in enumerate(link.order)}
     for d in (module._parameters, module._buffers):
-        items = in_order(d, link.order)
+        items = sorted(d.items(), key=lambda kv: rank.get(kv[0], len(rank)))
         d.clear()
         d.update(items)
 
