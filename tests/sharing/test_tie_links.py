@@ -113,3 +113,25 @@ def test_replace_modules_keeps_a_tie_made_from_above_its_owner():
     assert net.bn is new and net.lin.bias is new.bias
     sn.verify_ties(net)
     assert [(t.target, t.source) for t in sn.iter_links(net)] == [("lin.bias", "bn.bias")]
+
+
+def test_verify_ties_of_a_view_of_a_deep_copy_is_not_taken_for_an_unpickled_target():
+    # A view without the source (the target module alone) verifies as the original's does; only
+    # a target unpickled without its source follows a private copy.
+    model = nested()
+    sn.verify_ties(model.a.y)
+    clone = copy.deepcopy(model)
+    sn.verify_ties(clone.a.y)
+    sn.verify_ties(copy.deepcopy(clone).a.y)
+
+
+def test_untie_of_a_target_tied_to_a_parametrized_source_gives_back_a_parameter():
+    # weight_norm computes the source (a plain tensor): the target was a parameter before the tie
+    # and is one again after untie, as after a deepcopy of the target alone.
+    m = nn.ModuleDict({"enc": nn.Linear(4, 3), "dec": nn.Linear(3, 4)})
+    torch.nn.utils.parametrizations.weight_norm(m.enc)
+    sn.tie(m, "dec.weight", "enc.weight", "transpose")
+    assert isinstance(copy.deepcopy(m.dec).weight, nn.Parameter)
+    sn.untie(m, "dec.weight")
+    assert [n for n, _ in m.dec.named_parameters()] == ["weight", "bias"]
+    assert m.dec.weight.requires_grad and torch.equal(m.dec.weight, m.enc.weight.T)

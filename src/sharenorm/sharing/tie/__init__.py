@@ -27,19 +27,6 @@ from sharenorm.sharing.tie._transforms import (
 )
 
 __all__ = [
-    "tie",
-    "untie",
-    "ties",
-    "verify_ties",
-    "iter_links",
-    "TieError",
-    "TieGroup",
-    "TieLink",
-    "Link",
-    "TRANSFORMS",
-    "apply_transform",
-    "check_transform",
-    "compose",
-    "transformed_shape",
-    "resolve",
+    "tie", "untie", "ties", "verify_ties", "iter_links", "TieError", "TieGroup", "TieLink", "Link",
+    "TRANSFORMS", "apply_transform", "check_transform", "compose", "transformed_shape", "resolve",
 ]

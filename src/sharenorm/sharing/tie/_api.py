@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import os
 
 import torch
 from torch import nn
 
 from sharenorm.sharing.tie._inspect import _same_storage, iter_links
-from sharenorm.sharing.tie._link import _LINKS, _OWNED, Link, links_of, tensor_kind
-from sharenorm.sharing.tie._names import _full_name, _join, resolve
-from sharenorm.sharing.tie._state_dict import make_owner
-from sharenorm.sharing.tie._tied_class import base_class, restore_order, set_class
+from sharenorm.sharing.tie._link import _OWNED, Link, links_of, tensor_kind
+from sharenorm.sharing.tie._names import _join, _module_paths, resolve
+from sharenorm.sharing.tie._state_dict import owner_load_pre_hook
+from sharenorm.sharing.tie._tied_class import base_class, link_attr, own_attr
 from sharenorm.sharing.tie._transforms import check_transform, compose, transformed_shape
 
 
@@ -22,11 +23,9 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     first two dimensions otherwise). After the call ``model.<target>`` is ``T(model.<source>)``
     at every access, gradients of both uses accumulate into the source, ``parameters()`` yields
     the tensor once, so an optimizer steps it once. The target takes the source's values (its
-    own are discarded). Create optimizers *after* tying.
-
-    Ties survive ``.to()``, ``deepcopy``, ``state_dict``/``load_state_dict`` (also
-    ``assign=True``), ``torch.save`` of the whole model, ``to_empty()``, ``torch.compile`` and
-    :func:`sharenorm.save`/:func:`sharenorm.load`; see docs/design/tying.md for how.
+    own are discarded). Create optimizers *after* tying. The tie survives ``.to()``, ``deepcopy``,
+    pickling, ``state_dict`` both ways, ``to_empty()``, ``torch.compile`` and DDP (how:
+    docs/design/tying.md).
 
     Args:
         model: the module both names are relative to.
@@ -41,9 +40,8 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
 
     Raises:
         ValueError: unknown names (with close names suggested), a tensor tied to itself, a cycle,
-            a target that is already tied, shapes/dtypes/devices that do not match (both shapes
-            shown), a parameter tied to a buffer, a transposed tie into an embedding with
-            ``sparse=True`` (its sparse gradient cannot flow back through a transpose).
+            a target that is already tied, shapes/dtypes/devices that do not match, a parameter
+            tied to a buffer, a transposed tie into an embedding with ``sparse=True``.
 
     Example:
         >>> import torch, sharenorm as sn
@@ -56,35 +54,21 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     return model
 
 
-@dataclass
-class _Plan:
-    """A checked tie, not yet made: ``target = transform(root)``, where ``root`` is the stored
-    tensor at the end of ``source``'s chain; ``readers`` are the links that now read the
-    target and will read ``root`` instead."""
-
-    target: str
-    tmod: nn.Module
-    tattr: str
-    root: Link
-    readers: list[tuple[str, nn.Module, str, Link]]
-
-
-# A simulation of ties not yet made: {id(module): {attribute: link}}, consulted before the
-# module's own links (sharenorm.load checks a whole manifest against it before applying it).
+# Ties not yet made, {id(module): {attribute: link}}, over the modules' own (sharenorm.load
+# checks a whole manifest against it before changing anything).
 _Overlay = dict[int, dict[str, Link]]
+# A checked tie: (target, its module, its attribute, the link that will compute it, and the
+# ties that read the target now, as (module path, module, attribute, link)).
+_Plan = tuple[str, nn.Module, str, Link, list[tuple[str, nn.Module, str, Link]]]
 
 
 def _links_of(module: nn.Module, overlay: _Overlay | None = None) -> dict[str, Link]:
-    links = links_of(module)
     extra = overlay.get(id(module)) if overlay else None
-    return {**links, **extra} if extra else links
+    return {**links_of(module), **extra} if extra else links_of(module)
 
 
 def _plan(
-    model: nn.Module,
-    target: str,
-    source: str,
-    transform: str | None,
+    model: nn.Module, target: str, source: str, transform: str | None,
     overlay: _Overlay | None = None,
 ) -> _Plan:
     """Every check of :func:`tie`, changing nothing (also against the ties of ``overlay``)."""
@@ -108,12 +92,12 @@ def _plan(
         )
     # Follow a tied source to the tensor that is actually stored (ties stay one level deep).
     root_mod, root_attr, root_transform, root_hint = smod, sattr, transform, source
-    slinks = _links_of(smod, overlay)
-    if sattr in slinks:
-        link = slinks[sattr]
+    link = _links_of(smod, overlay).get(sattr)
+    if link is not None:
         root_mod, root_attr = link.module, link.name
         root_transform = compose(link.transform, transform)
-        root_hint = _full_name(model, link.module, link.name) or link.hint
+        path = _module_paths(model).get(id(link.module))
+        root_hint = link.hint if path is None else _join(path, link.name)
     if root_mod is tmod and root_attr == tattr:
         raise ValueError(
             f"tying {target!r} to {source!r} would make a cycle: {source!r} is itself computed "
@@ -132,13 +116,7 @@ def _plan(
             f"cannot tie {tkind} {target!r} to {skind} {source!r}; tie parameters to parameters "
             f"and buffers to buffers"
         )
-    old = getattr(tmod, tattr)
-    src = getattr(root_mod, root_attr)
-    if transform == "transpose" and src.dim() < 2:
-        raise ValueError(
-            f"transform='transpose' needs a source with at least 2 dimensions, {source!r} has "
-            f"shape {tuple(src.shape)} ({src.dim()} dimension(s)); use transform=None"
-        )
+    old, src = getattr(tmod, tattr), getattr(root_mod, root_attr)
     expected = transformed_shape(tuple(src.shape), root_transform)
     if tuple(old.shape) != expected:
         what, detail, hint = source, "", ""
@@ -150,16 +128,14 @@ def _plan(
             f"cannot tie {target!r} (shape {tuple(old.shape)}) to {what!r} (shape {expected}"
             f"{detail}); the shapes must be equal{hint}"
         )
-    if old.dtype != src.dtype:
-        raise ValueError(
-            f"cannot tie {target!r} (dtype {old.dtype}) to {source!r} (dtype {src.dtype}); "
-            f"convert one of them first, e.g. model.to({src.dtype})"
-        )
-    if old.device != src.device:
-        raise ValueError(
-            f"cannot tie {target!r} (device {old.device}) to {source!r} (device {src.device}); "
-            f"move the model to one device first"
-        )
+    for what, a, b, fix in (
+        ("dtype", old.dtype, src.dtype, f"convert one of them first, e.g. model.to({src.dtype})"),
+        ("device", old.device, src.device, "move the model to one device first"),
+    ):
+        if a != b:
+            raise ValueError(
+                f"cannot tie {target!r} ({what} {a}) to {source!r} ({what} {b}); {fix}"
+            )
     # Other ties that read the target (it was a source) will read the target's new source.
     readers = [
         (mpath, m, name, link)
@@ -170,48 +146,53 @@ def _plan(
     for mpath, m, name, link in readers:
         _check_sparse(m, _join(mpath, name), compose(root_transform, link.transform))
     persistent = tattr not in tmod._non_persistent_buffers_set
-    root = Link(root_mod, root_attr, root_transform, root_hint, persistent, shape=tuple(old.shape))
-    return _Plan(target, tmod, tattr, root, readers)
+    root = Link(root_mod, root_attr, root_transform, root_hint, persistent, tuple(old.shape))
+    return target, tmod, tattr, root, readers
 
 
 def _simulate(plan: _Plan, overlay: _Overlay) -> None:
     """Record ``plan``'s links in ``overlay``, as :func:`_make` would make them."""
-    root = plan.root
-    for _, m, name, link in plan.readers:
-        overlay.setdefault(id(m), {})[name] = Link(
-            root.module, root.name, compose(root.transform, link.transform), root.hint,
-            link.persistent,
-        )
-    overlay.setdefault(id(plan.tmod), {})[plan.tattr] = root
+    _, tmod, tattr, root, readers = plan
+    for _, m, name, link in readers:
+        overlay.setdefault(id(m), {})[name] = _repoint(copy.copy(link), root)
+    overlay.setdefault(id(tmod), {})[tattr] = root
 
 
-def _owner(model: nn.Module, *modules: nn.Module) -> tuple[str, nn.Module]:
-    """The lowest common ancestor in ``model`` of every place of ``modules``: (path, module)."""
-    places: dict[int, list[list[str]]] = {id(m): [] for m in modules}
+def _repoint(link: Link, root: Link) -> Link:
+    """``link``, made to read ``root``'s source (the transforms composed)."""
+    link.module, link.name, link.hint = root.module, root.name, root.hint
+    link.transform = compose(root.transform, link.transform)
+    return link
+
+
+def _make(model: nn.Module, plan: _Plan) -> None:
+    """Make the tie that :func:`_plan` checked."""
+    target, tmod, tattr, root, readers = plan
+    for mpath, _, name, link in readers:  # their owner may change
+        _disown(model, link)
+        _own(model, _repoint(link, root), _join(mpath, name))
+    link_attr(tmod, tattr, root)
+    _own(model, root, target)
+
+
+def _own(model: nn.Module, link: Link, target: str) -> None:
+    """List ``link`` (``target`` from ``link.hint``, names in ``model``) at its owner: the lowest
+    common ancestor in ``model`` of every place of both ends (``model`` if one is outside)."""
+    tmod = model.get_submodule(target.rpartition(".")[0])
+    places: dict[int, list[list[str]]] = {id(tmod): [], id(link.module): []}
     for path, m in model.named_modules(remove_duplicate=False):
         if id(m) in places:
             places[id(m)].append(path.split(".") if path else [])
-    if not all(places.values()):
-        return "", model  # an end outside model: model is the best owner there is
-    first, *others = [p for ps in places.values() for p in ps]
-    n = len(first)
-    for parts in others:
-        n = min(n, len(parts))
-        n = next((i for i in range(n) if first[i] != parts[i]), n)
-    path = ".".join(first[:n])
-    return path, model.get_submodule(path)
-
-
-def _relative(path: str, to: str) -> str:
-    return path[len(to) + 1 :] if to else path
-
-
-def _own(model: nn.Module, link: Link, target: str, source: str) -> None:
-    """Record ``link`` (``target`` from ``source``, names in ``model``) at its owner."""
-    tmod = model.get_submodule(target.rpartition(".")[0])
-    opath, owner = _owner(model, tmod, link.module)
-    link.target, link.source = _relative(target, opath), _relative(source, opath)
-    make_owner(owner).append(link)
+    opath = ""
+    if all(places.values()):  # the common prefix of every place (commonprefix works on lists)
+        opath = ".".join(os.path.commonprefix([p for ps in places.values() for p in ps]))
+    cut = len(opath) + 1 if opath else 0
+    link.target, link.source = target[cut:], link.hint[cut:]
+    owner = model.get_submodule(opath)
+    if _OWNED not in owner.__dict__:
+        owner.__dict__[_OWNED] = []
+        owner.register_load_state_dict_pre_hook(owner_load_pre_hook)
+    owner.__dict__[_OWNED].append(link)
 
 
 def _disown(model: nn.Module, link: Link) -> None:
@@ -222,34 +203,9 @@ def _disown(model: nn.Module, link: Link) -> None:
             owned[:] = [x for x in owned if x is not link]
 
 
-def _make(model: nn.Module, plan: _Plan) -> None:
-    """Make the tie that :func:`_plan` checked."""
-    tmod, tattr, root = plan.tmod, plan.tattr, plan.root
-    # Other ties that read the target (it was a source) now read its source; their owner may
-    # change (the lowest common ancestor of their target and the new source).
-    for mpath, _, name, link in plan.readers:
-        _disown(model, link)
-        link.module, link.name = root.module, root.name
-        link.transform = compose(root.transform, link.transform)
-        link.hint = root.hint
-        _own(model, link, _join(mpath, name), root.hint)
-    # Replace the stored target by the computed attribute.
-    links = links_of(tmod)
-    root.order = next(iter(links.values())).order if links else (*tmod._parameters, *tmod._buffers)
-    if tattr in tmod._parameters:
-        del tmod._parameters[tattr]
-    else:
-        del tmod._buffers[tattr]
-        tmod._non_persistent_buffers_set.discard(tattr)
-    tmod.__dict__[_LINKS] = {**links, tattr: root}
-    set_class(tmod)
-    _own(model, root, plan.target, root.hint)
-
-
 def _check_sparse(module: nn.Module, target: str, transform: str | None) -> None:
-    """Refuse a transposed tie into an embedding with ``sparse=True``: its backward makes a
-    sparse gradient for the weight, which cannot flow back through the transpose (torch fails
-    inside backward with "sparse transpose: transposed dimensions must be sparse")."""
+    """Refuse a transposed tie into an embedding with ``sparse=True``: its sparse gradient
+    cannot flow back through the transpose (torch fails inside backward)."""
     if transform == "transpose" and getattr(module, "sparse", False) is True:
         raise ValueError(
             f"cannot make {target!r} a transposed tie target: its {base_class(module).__name__} "
@@ -275,43 +231,34 @@ def untie(model: nn.Module, target: str) -> nn.Module:
         24
     """
     tmod, tattr = resolve(model, target, "target")
-    links = links_of(tmod)
-    if tattr in links:
-        link = links[tattr]
-        src = link.tensor()
-        value = link.value().detach().clone(memory_format=torch.contiguous_format)
-        tmod.__dict__[_LINKS] = {k: v for k, v in links.items() if k != tattr}
-        set_class(tmod)
-        if isinstance(src, nn.Parameter):
-            tmod.register_parameter(tattr, nn.Parameter(value, requires_grad=src.requires_grad))
-        else:
-            tmod.register_buffer(tattr, value, persistent=link.persistent)
-        restore_order(tmod, link.order)
-        _disown(model, link)
-        return model
+    link = links_of(tmod).get(tattr)
     current = getattr(tmod, tattr)
-    shared = [
-        n
-        for n, t in list(model.named_parameters(remove_duplicate=False))
-        + list(model.named_buffers(remove_duplicate=False))
-        if n != target and _same_storage(t, current)
-    ]
-    if not shared:
-        targets = list(dict.fromkeys(
-            t.target for t in iter_links(model) if t.link.module is tmod and t.link.name == tattr
-        ))
-        if targets:
+    if link is None:  # plain sharing, or a mistake
+        named = [*model.named_parameters(remove_duplicate=False)]
+        named += model.named_buffers(remove_duplicate=False)
+        if not any(n != target and _same_storage(t, current) for n, t in named):
+            targets = list(dict.fromkeys(
+                t.target for t in iter_links(model)
+                if t.link.module is tmod and t.link.name == tattr
+            ))
+            if targets:
+                raise ValueError(
+                    f"{target!r} is the source of the tie of {', '.join(map(repr, targets))}: it "
+                    f"holds the tensor itself; untie the target instead, e.g. "
+                    f"sharenorm.untie(model, {targets[0]!r})"
+                )
             raise ValueError(
-                f"{target!r} is the source of the tie of {', '.join(map(repr, targets))}: it "
-                f"holds the tensor itself; untie the target instead, e.g. "
-                f"sharenorm.untie(model, {targets[0]!r})"
+                f"{target!r} is not tied or shared; sharenorm.ties(model) lists the tie groups"
             )
-        raise ValueError(
-            f"{target!r} is not tied or shared; sharenorm.ties(model) lists the tie groups"
-        )
+        parameter, requires_grad = tattr in tmod._parameters, current.requires_grad
+    else:  # a parameter if its source is one, or is computed from them (a parametrization)
+        parameter, requires_grad = link.kind() == "parameter", link.tensor().requires_grad
     own = current.detach().clone(memory_format=torch.contiguous_format)
-    if tattr in tmod._parameters:
-        tmod._parameters[tattr] = nn.Parameter(own, requires_grad=current.requires_grad)
+    if parameter:
+        own = nn.Parameter(own, requires_grad=requires_grad)
+    if link is None:
+        (tmod._parameters if tattr in tmod._parameters else tmod._buffers)[tattr] = own
     else:
-        tmod._buffers[tattr] = own
+        own_attr(tmod, tattr, own, link)
+        _disown(model, link)
     return model

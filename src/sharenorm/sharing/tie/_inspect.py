@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from sharenorm.sharing.tie._link import Link, links_of, owned_by
+from sharenorm.sharing.tie._link import _OWNED, Link, links_of
 from sharenorm.sharing.tie._names import _in_state_dict, _join, _module_paths
 from sharenorm.sharing.tie._transforms import transformed_shape
 
@@ -74,12 +74,7 @@ class TieGroup:
         return (self.source, *(m[0] for m in self.members))
 
     def transform_of(self, name: str) -> str | None:
-        for n, t, _ in self.members:
-            if n == name:
-                return t
-        if name == self.source:
-            return None
-        raise KeyError(name)
+        return None if name == self.source else {n: t for n, t, _ in self.members}[name]
 
 
 def _same_storage(a: Tensor, b: Tensor) -> bool:
@@ -117,19 +112,15 @@ def ties(model: nn.Module) -> list[TieGroup]:
         >>> sn.ties(m)
         [TieGroup(source='a.weight', members=(('b.weight', None, 'identity'),))]
     """
-    named: list[tuple[str, Tensor]] = list(model.named_parameters(remove_duplicate=False))
-    named += list(model.named_buffers(remove_duplicate=False))
+    named = [*model.named_parameters(remove_duplicate=False)]
+    named += model.named_buffers(remove_duplicate=False)
     groups: list[tuple[str, Tensor, list[tuple[str, str | None, str]]]] = []
     for name, t in named:
         for _, base, members in groups:
-            if t is base:
-                members.append((name, None, "identity"))
+            how = None if t is base else _same_storage(t, base) and _view_transform(base, t)
+            if how is not False:
+                members.append((name, how, "identity" if t is base else "storage"))
                 break
-            if _same_storage(t, base):
-                how = _view_transform(base, t)
-                if how is not False:
-                    members.append((name, how, "storage"))
-                    break
         else:
             groups.append((name, t, []))
     by_tensor = {id(base): members for _, base, members in groups}
@@ -139,16 +130,12 @@ def ties(model: nn.Module) -> list[TieGroup]:
         src = link.tensor()
         members = by_tensor.get(id(src))
         if members is None and not _in_state_dict(link.module, link.name):
-            # A derived source (parametrized, pruned, ...): its computed tensor is new at
-            # every access, so the group is named after the source attribute.
-            members = []
+            # A derived source (parametrized, pruned, ...): its computed tensor is new at every
+            # access, so the group is named after the source attribute.
+            members = by_tensor[id(src)] = []
             groups.append((source, src, members))
-            by_tensor[id(src)] = members
-        if members is None:
-            continue
-        entry = (target, transform, "tie")
-        if entry not in members:
-            members.append(entry)
+        if members is not None and (target, transform, "tie") not in members:
+            members.append((target, transform, "tie"))
     return [TieGroup(g, tuple(members)) for g, _, members in groups if members]
 
 
@@ -171,8 +158,7 @@ def verify_ties(model: nn.Module) -> None:
         ...
         sharenorm.sharing.tie.TieError: 1 tie(s) broken: 'b.weight' (tied to 'a.weight') is no longer tied: ...
     """
-    problems = []
-    seen: set[int] = set()
+    problems, seen = [], set()
     for t in iter_links(model):
         if t.source is None and t.link.unpickled and id(t.link) not in seen:
             seen.add(id(t.link))
@@ -183,10 +169,10 @@ def verify_ties(model: nn.Module) -> None:
                 f"or sharenorm.untie(model, {t.target!r}) to give it its own tensor)"
             )
     for opath, owner in model.named_modules():
-        for link in owned_by(owner):
-            problem = _broken(model, _join(opath, link.target), _join(opath, link.source), link)
-            if problem:
-                problems.append(problem)
+        for link in owner.__dict__.get(_OWNED, ()):  # the ties it is the lowest ancestor of
+            target, source = _join(opath, link.target), _join(opath, link.source)
+            problems.append(_broken(model, target, source, link))
+    problems = [p for p in problems if p]
     if problems:
         raise TieError(f"{len(problems)} tie(s) broken: " + "; ".join(problems))
 
@@ -194,37 +180,33 @@ def verify_ties(model: nn.Module) -> None:
 def _broken(model: nn.Module, target: str, source: str, declared: Link) -> str:
     """What no longer holds of the tie ``declared`` (``target`` from ``source``), or ''."""
     what = f"{target!r} (tied to {source!r})"
-    tpath, _, tattr = target.rpartition(".")
-    spath, _, sattr = source.rpartition(".")
+    (tpath, _, tattr), (spath, _, sattr) = target.rpartition("."), source.rpartition(".")
     try:
-        tmod = model.get_submodule(tpath)
-    except AttributeError:
-        return f"{what}: module {tpath!r} no longer exists"
+        tmod, smod = model.get_submodule(tpath), model.get_submodule(spath)
+    except AttributeError as e:
+        return f"{what}: a module on its path no longer exists ({e})"
     link = links_of(tmod).get(tattr)
     if link is None:
         stored = tattr in tmod._parameters or tattr in tmod._buffers
         own = "holds its own tensor" if stored else "is missing"
         return (
-            f"{what} is no longer tied: it {own} (module {tpath or 'model'!r} was "
-            f"replaced, or the tensor was re-assigned); re-tie with sharenorm.tie"
+            f"{what} is no longer tied: it {own} (module {tpath or 'model'!r} was replaced, or "
+            f"the tensor was re-assigned); re-tie with sharenorm.tie"
         )
-    try:
-        smod = model.get_submodule(spath)
-    except AttributeError:
-        return f"{what}: source module {spath!r} no longer exists"
     if link.module is not smod or link.name != sattr:
         return (
-            f"{what} follows a module that is no longer model.{source} (the source "
-            f"module was replaced, or the target module was copied alone)"
+            f"{what} follows a module that is no longer model.{source} (the source module was "
+            f"replaced, or the target module was copied alone)"
         )
     if link.transform != declared.transform:
         return f"{what}: transform is {link.transform!r}, declared {declared.transform!r}"
     src = getattr(smod, sattr, None)
     if not isinstance(src, Tensor):
         return f"{what}: the source {source!r} is no longer a tensor"
-    if declared.transform is not None and src.dim() < 2:
-        return f"{what}: the source is now {src.dim()}-d, it has no transpose"
-    shape = transformed_shape(tuple(src.shape), declared.transform)
+    try:
+        shape = transformed_shape(tuple(src.shape), declared.transform)
+    except ValueError as e:
+        return f"{what}: {e}"
     if shape != declared.shape:
         return f"{what}: shape is now {shape}, was {declared.shape} when tied"
     return ""

@@ -1,9 +1,5 @@
-"""A tie's one record: a :class:`Link` on the target module, listed by the tie's owner.
-
-The target module keeps ``{attribute: Link}`` under ``_LINKS``; the owner (the lowest common
-ancestor of both ends) lists the same objects under ``_OWNED``, names them relative to itself
-(for :func:`~sharenorm.sharing.tie.verify_ties`) and carries the load_state_dict pre-hook.
-"""
+"""A tie's one record, :class:`Link`: kept by the target module, listed by the tie's owner
+(the lowest common ancestor of both ends, which also carries the load pre-hook)."""
 
 from __future__ import annotations
 
@@ -14,7 +10,6 @@ from torch.nn.utils import parametrize
 
 _LINKS = "_sharenorm_links"  # in a target module's __dict__: {attribute: Link}
 _OWNED = "_sharenorm_owned"  # in a tie's owner's __dict__: [Link, ...]
-_SCRATCH = "_sharenorm_scratch"  # set only while a tied module runs reset_parameters()
 
 
 class Link:
@@ -28,35 +23,32 @@ class Link:
         order: the target module's tensor names before its first tie (state_dict key order).
         target, source: both ends' names relative to the owner; ``shape``: the target's shape
             when tied (what :func:`~sharenorm.sharing.tie.verify_ties` checks).
+        unpickled: True for a link rebuilt by unpickling: if the module it was pickled with did
+            not hold its source, it follows a private copy (verify_ties reports that).
     """
 
-    # True for a link rebuilt by unpickling: if the module it was pickled with did not hold its
-    # source, it follows a private copy of it (verify_ties reports that).
     unpickled = False
 
     def __init__(
-        self,
-        module: nn.Module,
-        name: str,
-        transform: str | None,
-        hint: str,
-        persistent: bool = True,
-        order: tuple[str, ...] = (),
-        target: str = "",
-        source: str = "",
-        shape: tuple[int, ...] = (),
+        self, module: nn.Module, name: str, transform: str | None, hint: str,
+        persistent: bool = True, shape: tuple[int, ...] = (),
     ) -> None:
-        self.module, self.name, self.transform = module, name, transform
-        self.hint, self.persistent, self.order = hint, persistent, order
-        self.target, self.source, self.shape = target, source, shape
+        self.module, self.name, self.transform, self.hint = module, name, transform, hint
+        self.persistent, self.shape = persistent, shape
+        self.order: tuple[str, ...] = ()
+        self.target = self.source = ""
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.unpickled = True
 
+    def __copy__(self) -> Link:  # not through __setstate__: a copy is not unpickled
+        new = object.__new__(Link)
+        new.__dict__.update(self.__dict__)
+        return new
+
     def __deepcopy__(self, memo: dict) -> Link:
-        new = copy.copy(self)
-        memo[id(self)] = new
+        new = memo[id(self)] = copy.copy(self)
         new.module = copy.deepcopy(self.module, memo)
         return new
 
@@ -82,11 +74,6 @@ def links_of(module: nn.Module) -> dict[str, Link]:
     return module.__dict__.get(_LINKS) or {}
 
 
-def owned_by(module: nn.Module) -> list[Link]:
-    """The ties ``module`` owns (it is the lowest common ancestor of both ends)."""
-    return module.__dict__.get(_OWNED) or []
-
-
 def tensor_kind(module: nn.Module, attr: str) -> str:
     """'parameter' or 'buffer': what ``module``'s ``attr`` is (or what it is computed from)."""
     if attr in module._parameters:
@@ -96,3 +83,4 @@ def tensor_kind(module: nn.Module, attr: str) -> str:
     if parametrize.is_parametrized(module, attr):  # what its originals are
         return "parameter" if module.parametrizations[attr]._parameters else "buffer"
     return links_of(module)[attr].kind()
+

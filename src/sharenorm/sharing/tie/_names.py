@@ -22,21 +22,16 @@ def _module_paths(model: nn.Module) -> dict[int, str]:
     return paths
 
 
-def tensor_names(model: nn.Module) -> list[str]:
-    """Every name a tie can refer to: parameters, buffers and tied (computed) attributes."""
+def _unknown_name(model: nn.Module, name: str, role: str) -> ValueError:
     names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
     names += [n for n, _ in model.named_buffers(remove_duplicate=False)]
-    for mpath, m in model.named_modules(remove_duplicate=False):
-        names += [_join(mpath, n) for n in links_of(m)]
-    return names
-
-
-def _unknown_name(model: nn.Module, name: str, role: str) -> ValueError:
-    names = tensor_names(model)
+    for path, m in model.named_modules(remove_duplicate=False):
+        names += [_join(path, n) for n in links_of(m)]
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    if not close:
-        shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+    if close:
+        hint = f"; did you mean {', '.join(map(repr, close))}?"
+    else:
+        shown = ", ".join(map(repr, names[:8])) + (", ..." if len(names) > 8 else "")
         hint = f"; the model has {shown or 'no parameters'}"
     return ValueError(f"{role} {name!r} is not a parameter or buffer of the model{hint}")
 
@@ -47,14 +42,11 @@ def resolve(model: nn.Module, name: str, role: str = "name") -> tuple[nn.Module,
         raise TypeError(f"{role} must be a dotted name such as 'decoder.weight', got {name!r}")
     mpath, _, attr = name.rpartition(".")
     try:
-        module = model.get_submodule(mpath) if mpath else model
+        module = model.get_submodule(mpath)
     except AttributeError:
         raise _unknown_name(model, name, role) from None
-    if attr in module._parameters and module._parameters[attr] is not None:
-        return module, attr
-    if attr in module._buffers and module._buffers[attr] is not None:
-        return module, attr
-    if attr in links_of(module):
+    stored = module._parameters.get(attr) is not None or module._buffers.get(attr) is not None
+    if stored or attr in links_of(module):
         return module, attr
     if parametrize.is_parametrized(module, attr):
         if role == "target":
@@ -77,8 +69,3 @@ def _in_state_dict(module: nn.Module, name: str) -> bool:
     if module._parameters.get(name) is not None:
         return True
     return module._buffers.get(name) is not None and name not in module._non_persistent_buffers_set
-
-
-def _full_name(model: nn.Module, module: nn.Module, attr: str) -> str | None:
-    path = _module_paths(model).get(id(module))
-    return None if path is None else _join(path, attr)

@@ -1,4 +1,4 @@
-"""The transforms a tie may apply: identity and transpose (both their own inverse)."""
+"""The transforms a tie may apply: identity (``None``) and ``"transpose"``, each its own inverse."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-#: Tie transforms: ``None`` (identity) and ``"transpose"`` (swap the first two dimensions; ``W.T``
-#: for a matrix). Both are involutions, so each is its own inverse.
+#: ``None`` (identity) and ``"transpose"`` (swap the first two dimensions: ``W.T`` for a matrix).
 TRANSFORMS: tuple[str | None, ...] = (None, "transpose")
 
 
@@ -19,9 +18,7 @@ def check_transform(transform: Any) -> str | None:
 
 def apply_transform(t: Tensor, transform: str | None) -> Tensor:
     """``T(t)``: ``t`` itself for identity, ``t.transpose(0, 1)`` (a view) for transpose."""
-    if transform is None:
-        return t
-    return t.transpose(0, 1)
+    return t if transform is None else t.transpose(0, 1)
 
 
 def transformed_shape(shape: tuple[int, ...], transform: str | None) -> tuple[int, ...]:
@@ -31,13 +28,12 @@ def transformed_shape(shape: tuple[int, ...], transform: str | None) -> tuple[in
         return shape
     if len(shape) < 2:
         raise ValueError(
-            f"transform='transpose' swaps the first two dimensions; a tensor of shape {shape} "
-            f"has {len(shape)} dimension(s) (use transform=None)"
+            f"transform='transpose' swaps the first two dimensions: it needs at least 2 "
+            f"dimensions, shape {shape} has {len(shape)} dimension(s) (use transform=None)"
         )
     return (shape[1], shape[0], *shape[2:])
 
 
 def compose(first: str | None, then: str | None) -> str | None:
     """The transform equal to applying ``first`` and then ``then``."""
-    flips = (first == "transpose") + (then == "transpose")
-    return "transpose" if flips % 2 else None
+    return "transpose" if (first == "transpose") != (then == "transpose") else None
