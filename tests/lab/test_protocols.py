@@ -88,3 +88,73 @@ def test_the_mnist1d_logistic_row_is_measured_beside_the_published_32_percent(tm
     s3 = [r for r in sharing_training.analyze(runs, tmp_path, "en") if r.claim == "S3"][0]
     row = [p for p in s3.published if "logistic" in p[1]]
     assert row and row[0][2] == f"{MNIST1D_PUBLISHED['logistic']:.0%}" and row[0][3].startswith("31.0")
+
+
+def _metrics(acc, steps, rising):
+    """A run with 5 checkpoints; ``rising``: it still gained 5 points in the last 20%."""
+    curve = [[steps * k // 5, acc] for k in range(1, 6)]
+    if rising:
+        curve[-2][1] = acc - 0.05  # at 80% of the budget: 5 points below the end
+    return {"train_acc": acc, "test_acc": acc, "val_acc": acc, "gap": 0.0, "diverged": False,
+            "steps_done": steps, "curve": curve}
+
+
+def _n6_runs(rising_key):
+    runs = []
+    for norm, by in {"batch": {2: 0.5, 32: 0.9}, "group": {2: 0.9, 32: 0.9}}.items():
+        for bs, a in by.items():
+            cfg = {"norm": norm, "batch_size": bs, "epochs": 1, "lr": 0.05 * bs / 32}
+            runs += [{"experiment": "batch_size", "config": cfg, "seed": s, "time": {},
+                      "metrics": _metrics(a + s / 100, 100, (norm, bs) == rising_key)}
+                     for s in range(3)]
+    return runs
+
+
+def test_n6_rests_on_converged_runs_only(tmp_path):
+    from sharenorm.lab.experiments import batch_size
+    from sharenorm.lab.spec import INCONCLUSIVE, SUPPORTED
+
+    ok = batch_size.analyze(_n6_runs(None), tmp_path, "en")[0]
+    assert ok.verdict == SUPPORTED and "converged" in ok.tables[-1].headers[0]
+    late = batch_size.analyze(_n6_runs(("group", 2)), tmp_path, "en")[0]
+    assert late.verdict == INCONCLUSIVE and "not converged" in late.measured
+    assert late.cells[("norm", "small", "group")][1] == INCONCLUSIVE
+    # a run the verdict does not rest on (GN at batch 32 is only in the cells) leaves it alone
+    assert batch_size.analyze(_n6_runs(("group", 32)), tmp_path, "en")[0].verdict == SUPPORTED
+
+
+def test_n6_and_n8_runs_record_checkpoints(monkeypatch):
+    from sharenorm.lab.experiments import batch_size, depth
+    from sharenorm.lab.stats import plateaued
+
+    cfg = {"norm": "group", "batch_size": 32, "epochs": 0.5, "lr": 0.05}
+    m, _ = runner.execute("batch_size", cfg, 0, False, None)
+    assert len(m["curve"]) >= 5 and m["curve"][-1][0] == m["steps_done"] == 62
+    assert plateaued(m["curve"], m["steps_done"]) is not None  # the check can answer
+    cfg = {"arch": "residual", "norm": "batch", "depth": 3, "lr": 0.006, "batch_size": 32,
+           "epochs": 0.5}
+    m, _ = runner.execute("depth", cfg, 0, False, None)
+    assert len(m["curve"]) >= 5 and m["curve"][-1] == [m["steps_done"], m["val_acc"]]
+    assert depth.planned_steps(cfg, 4000) == m["steps_done"]
+    assert batch_size.planned_steps(cfg | {"epochs": 0.5}, 4000) == 62
+
+
+def test_n8_is_inconclusive_when_a_deciding_run_had_not_converged(tmp_path):
+    from sharenorm.lab.experiments import depth
+    from sharenorm.lab.spec import INCONCLUSIVE, SUPPORTED
+
+    def runs(rising_key):
+        out = []
+        for (norm, d), acc in {("batch", 3): 0.9, ("batch", 17): 0.6, ("group", 3): 0.9,
+                               ("group", 17): 0.9}.items():
+            cfg = {"arch": "residual", "norm": norm, "depth": d, "lr": 0.006, "batch_size": 4,
+                   "epochs": 1}
+            out += [{"experiment": "depth", "config": cfg, "seed": s, "time": {},
+                     "metrics": _metrics(acc + s / 100, 800, (norm, d) == rising_key)}
+                    for s in range(3)]
+        return out
+
+    ok = depth.analyze(runs(None), tmp_path, "en")[0]
+    assert ok.verdict == SUPPORTED and ", converged 3/3" in ok.tables[0].rows[0][2]
+    late = depth.analyze(runs(("batch", 17)), tmp_path, "en")[0]
+    assert late.verdict == INCONCLUSIVE and ", converged 0/3" in late.tables[0].rows[0][3]

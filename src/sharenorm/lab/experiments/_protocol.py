@@ -18,11 +18,13 @@ import torch
 from sharenorm.data import Dataset
 
 __all__ = ["validation_split", "select_lr", "classifier_trial", "accuracy_score",
-           "SELECT_SEED", "VAL_FRACTION", "SELECT_FRACTION"]
+           "checkpoint_every", "runs_converged", "SELECT_SEED", "VAL_FRACTION",
+           "SELECT_FRACTION", "CHECKPOINTS"]
 
 SELECT_SEED = 1000   # selection seeds are the final seeds + this: never the same weights
 VAL_FRACTION = 0.2   # share of the training set held out for choosing the learning rate
 SELECT_FRACTION = 0.5  # a selection run trains this share of the final run's steps
+CHECKPOINTS = 5  # accuracy checkpoints of a run without a curve of its own: the plateau check
 
 
 def validation_split(ds: Dataset, fraction: float = VAL_FRACTION, seed: int = 0) -> Dataset:
@@ -92,3 +94,32 @@ def classifier_trial(build: Callable[[Dataset], torch.nn.Module], steps: int,
             steps=max(1, int(steps * SELECT_FRACTION)), lr=lr, **train_kw), seed)[0]
 
     return trial
+
+
+def checkpoint_every(steps: int, checkpoints: int = CHECKPOINTS) -> int:
+    """``eval_every`` that gives a run of ``steps`` steps about ``checkpoints`` accuracy
+    checkpoints (and one at its last step): enough for :func:`~sharenorm.lab.stats.plateaued`,
+    which needs one at or before 80% of the budget.
+
+    Example:
+        >>> checkpoint_every(375), checkpoint_every(3)
+        (75, 1)
+    """
+    return max(1, steps // checkpoints)
+
+
+def runs_converged(ms) -> bool | None:
+    """Whether every run reached a plateau (:func:`~sharenorm.lab.stats.plateaued` over its own
+    budget, ``steps_done``): False when one had not, None when one cannot tell (no curve); a
+    diverged run is decided (it counts as 0), not unconverged.
+
+    Example:
+        >>> runs_converged([{"curve": [[4, 0.5], [8, 0.9], [10, 0.9]], "steps_done": 10},
+        ...                 {"diverged": True}])
+        True
+    """
+    from sharenorm.lab.spec import all3
+    from sharenorm.lab.stats import plateaued
+
+    return all3(*(True if m.get("diverged") else plateaued(m.get("curve"), m.get("steps_done") or 0)
+                  for m in ms))

@@ -17,8 +17,15 @@ from sharenorm.lab.common import (
     samples_for_one_step,
     save_figure,
 )
-from sharenorm.lab.experiments._protocol import VAL_FRACTION, validation_split
+from sharenorm.lab.experiments._protocol import (
+    CHECKPOINTS,
+    VAL_FRACTION,
+    checkpoint_every,
+    runs_converged,
+    validation_split,
+)
 from sharenorm.lab.spec import (
+    INCONCLUSIVE,
     Claim,
     ClaimResult,
     Experiment,
@@ -56,7 +63,9 @@ N8 = Claim(
          "than BN from the smallest to the largest depth (per seed; BN's loss − GN's loss > 0), "
          "each decided by the 95% Welch interval of the difference lying wholly beyond its "
          "margin; mixed if one holds; not supported if neither; inconclusive when an interval "
-         "straddles its margin. The stable learning-rate range per depth (every seed reaches "
+         "straddles its margin, or when a run it rests on has not converged (its validation "
+         f"accuracy still rose by ≥ 1 point in the last 20% of the budget, from {CHECKPOINTS} "
+         "checkpoints). The stable learning-rate range per depth (every seed reaches "
          f"≥ {STABLE_ACC:.0%} validation accuracy) is shown beside.",
          f"Batch {BATCH} पर depth sweep, residual networks (GN paper की setting; plain साथ में), हर "
          "norm और depth अपनी सबसे अच्छी learning rate (×3 grid) पर, training data के validation split "
@@ -64,7 +73,9 @@ N8 = Claim(
          "points ज़्यादा हो और (b) सबसे छोटी से सबसे बड़ी depth तक GN की accuracy BN से कम गिरे (हर "
          "seed पर; BN की गिरावट − GN की गिरावट > 0), दोनों difference के 95% Welch interval के पूरा "
          "margin के पार होने से तय; एक शर्त हो तो mixed; कोई नहीं तो not supported; कोई interval "
-         "margin के दोनों ओर हो तो inconclusive। हर depth पर stable learning-rate range (हर seed "
+         "margin के दोनों ओर हो, या जिस run पर यह टिका है वह converge न हुआ हो (budget के आख़िरी 20% "
+         f"में validation accuracy ≥ 1 point और बढ़ी, {CHECKPOINTS} checkpoints से), तो inconclusive। "
+         "हर depth पर stable learning-rate range (हर seed "
          f"≥ {STABLE_ACC:.0%} validation accuracy) साथ में दिखाई गई है।"))
 
 
@@ -93,13 +104,20 @@ def run(cfg, seed, ctx):
     torch.manual_seed(seed)
     model = _model(cfg, ds)
     steps = epoch_steps(cfg["epochs"], len(ds.x_train), cfg["batch_size"])
+    # validation-accuracy checkpoints: whether the run converged (plateau)
     metrics, timing = train_classifier(model, ds, TrainConfig(
-        steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"]), seed)
-    metrics.pop("curve", None)
+        steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"],
+        eval_every=checkpoint_every(steps)), seed)
     metrics["val_acc"] = metrics.pop("test_acc")
     metrics["test_acc"] = None if metrics["diverged"] else round(
         evaluate(model, full.x_test, full.y_test)[0], 6)
     return metrics, timing
+
+
+def planned_steps(cfg: dict, n_train: int) -> int:
+    """Optimizer steps of a run: its epochs of the training set minus the validation split."""
+    return epoch_steps(cfg["epochs"], n_train - max(1, round(VAL_FRACTION * n_train)),
+                       cfg["batch_size"])
 
 
 def min_train(cfg) -> int:
@@ -109,6 +127,14 @@ def min_train(cfg) -> int:
     while n - max(1, round(VAL_FRACTION * n)) < need:
         n += 1
     return n
+
+
+def _converged_count(ms) -> str:
+    """", converged 4/5" (runs that reached a plateau), or "" for runs without checkpoints."""
+    known = [runs_converged([m]) for m in ms]
+    if all(k is None for k in known):
+        return ""
+    return f", converged {sum(k is True for k in known)}/{len(ms)}"
 
 
 def _stable(ms) -> bool:
@@ -144,13 +170,14 @@ def analyze(runs, figdir, lang):
     for a in archs:
         for n in NORMS:
             rows.append([a, n] + [f"{pct(at_best(a, n, d))} (lr {best[(a, n, d)]:g})"
+                                  + _converged_count(g[(a, n, d, best[(a, n, d)])])
                                   if best[(a, n, d)] is not None else "—" for d in depths])
             stable = []
             for d in depths:
                 st = [lr for lr in lrs if (a, n, d, lr) in g and _stable(g[(a, n, d, lr)])]
                 stable.append(f"[{st[0]:g}, {st[-1]:g}]" if st else "none")
             srows.append([a, n] + stable)
-    tables = [Table(["test acc % at the best lr: arch", "norm"] + [f"depth {d}" for d in depths],
+    tables = [Table(["test acc % at the best lr (converged: plateau): arch", "norm"] + [f"depth {d}" for d in depths],
                     rows),
               Table(["stable lr range: arch", "norm"] + [f"depth {d}" for d in depths], srows)]
     fig, axes = figure(1, len(archs), (5.5 * len(archs), 4))
@@ -190,10 +217,17 @@ def analyze(runs, figdir, lang):
         return []
     c_a, c_b = main
     v = decide(all3(c_a.holds, c_b.holds), any3(c_a.holds, c_b.holds))
+    # the runs the verdict rests on: both norms at their best rates, smallest and largest depth
+    conv = runs_converged([m for n in NORMS for d in (lo_d, hi_d)
+                           for m in g[(decide_on, n, d, best[(decide_on, n, d)])]])
+    if conv is False:
+        v = INCONCLUSIVE
     shown = [c for a in archs if a != decide_on for c in (comparisons(a) or ())]
     gn, bn = at_best(decide_on, "group", hi_d), at_best(decide_on, "batch", hi_d)
     return [ClaimResult("N8", v, f"{decide_on} nets, depth {hi_d}: GN {pct(gn)} % vs BN "
-                        f"{pct(bn)} % at their best rates", tables, [fp],
+                        f"{pct(bn)} % at their best rates"
+                        + ("; some runs had not converged (plateau), so the comparison is "
+                           "inconclusive" if conv is False else ""), tables, [fp],
                         comparisons=[c_a, c_b] + shown, notes=Text(
                             f"The verdict comes from the {decide_on} networks (the GN paper "
                             "trains ResNets); the comparisons of the other architecture are "
@@ -220,7 +254,8 @@ EXPERIMENT = Experiment(
         " conv layers (quick: " + ", ".join(map(str, QUICK_DEPTHS)) + f"); BN or GN (G={GROUPS}); "
         f"batch {BATCH}, SGD momentum 0.9, learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS)
         + f" (quick: {QUICK_LRS[0]:g}), {EPOCHS} epoch (quick: {QUICK_EPOCHS}) of 80% of the "
-        "training set; validation accuracy on the other 20% picks the rate, test accuracy in "
+        "training set; validation accuracy on the other 20% picks the rate (and, at "
+        f"{CHECKPOINTS} checkpoints of each run, says whether it converged), test accuracy in "
         "eval mode.",
         f"mnist1d (या --data), width {WIDTH}; residual nets (ConvNet की 3 downsampling conv layers, फिर "
         "दो convs के residual blocks, दूसरे norm का γ 0 से) और plain ConvNets, "
