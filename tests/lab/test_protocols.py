@@ -158,3 +158,27 @@ def test_n8_is_inconclusive_when_a_deciding_run_had_not_converged(tmp_path):
     assert ok.verdict == SUPPORTED and ", converged 3/3" in ok.tables[0].rows[0][2]
     late = depth.analyze(runs(("batch", 17)), tmp_path, "en")[0]
     assert late.verdict == INCONCLUSIVE and ", converged 0/3" in late.tables[0].rows[0][3]
+
+
+def test_n8_final_runs_use_fresh_seeds_and_a_rate_chosen_on_another_split(monkeypatch):
+    from sharenorm.lab.experiments import depth
+
+    seen = _spy_datasets(monkeypatch)
+    trained = []
+    real = depth.train_classifier
+
+    def spy(model, ds, cfg, seed, *a, **kw):
+        trained.append((len(ds.x_train), cfg.steps, cfg.lr, seed))
+        return real(model, ds, cfg, seed, *a, **kw)
+
+    monkeypatch.setattr(depth, "train_classifier", spy)
+    cfg = {"arch": "residual", "norm": "group", "depth": 3, "lr_grid": [0.006, 0.02],
+           "batch_size": 32, "epochs": 0.5}
+    m, _ = runner.execute("depth", cfg, 0, False, None)
+    assert m["lr_chosen"] in cfg["lr_grid"] and set(m["val_acc_by_lr"]) == {"0.006", "0.02"}
+    final = trained[-1]
+    assert final == (3200, 50, m["lr_chosen"], 0)  # the seed itself, its own 80% split
+    assert m["steps_done"] == 50 and depth.planned_steps(cfg, 4000) == 50 + 2 * 25
+    # the tries: another split (seed + 1000) of the training data, half the steps
+    assert any(v.name.endswith("-val") and n == 4000 for n, _, _, v in seen)
+    assert all(c.get("lr_grid") for c in depth.configs(False) + depth.configs(True))

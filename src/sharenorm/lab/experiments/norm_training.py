@@ -80,6 +80,14 @@ def configs(quick: bool) -> list[dict]:
          "rounds": QUICK_TIMING_ROUNDS if quick else TIMING_ROUNDS}]
 
 
+def planned_steps(cfg: dict, n_train: int) -> int:
+    """Optimizer steps of a run: the final training and its learning-rate selection (the
+    interleaved timing's steps are not counted: a few hundred, untrained)."""
+    if cfg.get("part") == "timing":
+        return 0
+    return cfg["steps"] + len(cfg.get("lr_grid", ())) * max(1, int(cfg["steps"] * SELECT_FRACTION))
+
+
 def _model(ds, norm):
     return ConvNet(ds.sample_shape, ds.num_classes, norm=norm,
                    num_groups=8 if norm == "group" else None)
