@@ -23,7 +23,9 @@ __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 # 3: mnist1d standardized with train statistics; S2 records n_train. 4: the models keep the
 # conv/linear bias before GroupNorm with C/G > 1 and LayerNorm (which do not cancel it). 5: the
 # seeds of a config train as one stacked model (other float rounding), a custom optimizer step.
-LAB_VERSION = "5"
+# 6: S3, S4, T2 and N8 choose learning rates on a validation split (N8: fresh seeds for the
+# final runs), N6/N8 runs record checkpoints, S3 adds the logistic-regression row.
+LAB_VERSION = "6"
 
 
 class LabError(RuntimeError):

@@ -10,16 +10,21 @@ whole training set with seed ``s`` at that rate and reports the test accuracy.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from sharenorm.data import Dataset
 
-__all__ = ["validation_split", "select_lr", "SELECT_SEED", "VAL_FRACTION"]
+__all__ = ["validation_split", "select_lr", "classifier_trial", "accuracy_score",
+           "checkpoint_every", "runs_converged", "SELECT_SEED", "VAL_FRACTION",
+           "SELECT_FRACTION", "CHECKPOINTS"]
 
 SELECT_SEED = 1000   # selection seeds are the final seeds + this: never the same weights
 VAL_FRACTION = 0.2   # share of the training set held out for choosing the learning rate
+SELECT_FRACTION = 0.5  # a selection run trains this share of the final run's steps
+CHECKPOINTS = 5  # accuracy checkpoints of a run without a curve of its own: the plateau check
 
 
 def validation_split(ds: Dataset, fraction: float = VAL_FRACTION, seed: int = 0) -> Dataset:
@@ -43,18 +48,78 @@ def validation_split(ds: Dataset, fraction: float = VAL_FRACTION, seed: int = 0)
                    ds.y_train[val], ds.num_classes, ds.source + " (validation split)")
 
 
-def select_lr(train: Callable[[Dataset, float, int], dict], ds: Dataset, grid: list[float],
-              seed: int) -> tuple[float, dict[str, float]]:
-    """The learning rate of ``grid`` with the best validation accuracy, and each rate's
-    accuracy (``{"0.05": 0.91, ...}``).
+def accuracy_score(m: dict) -> float:
+    """A classifier's validation score: its accuracy on the split, 0 when it diverged."""
+    return 0.0 if m.get("diverged") else float(m.get("test_acc") or 0.0)
 
-    ``train(ds, lr, seed)`` trains a fresh model and returns ``train_classifier``'s metrics;
-    it is called on :func:`validation_split` of ``ds`` with the selection seed.
+
+def select_lr(train: Callable[[Dataset, float, int], dict], ds: Dataset, grid: list[float],
+              seed: int, score: Callable[[dict], float] = accuracy_score
+              ) -> tuple[float, dict[str, float]]:
+    """The learning rate of ``grid`` with the best validation score, and each rate's score
+    (``{"0.05": 0.91, ...}``).
+
+    ``train(ds, lr, seed)`` trains a fresh model and returns its metrics (those of
+    ``train_classifier``: the "test" numbers of the split are validation numbers); it is
+    called on :func:`validation_split` of ``ds`` with the selection seed. ``score(metrics)``
+    is higher for better (default :func:`accuracy_score`; an error enters negated); a
+    non-finite score (a diverged try) loses to every finite one and is stored as None.
+
+    Example:
+        >>> import torch
+        >>> from sharenorm.data import Dataset
+        >>> ds = Dataset("t", torch.randn(100, 1, 8), torch.arange(100) % 10,
+        ...              torch.randn(50, 1, 8), torch.arange(50) % 10, 10)
+        >>> select_lr(lambda d, lr, s: {"test_acc": 1 - abs(lr - 0.1)}, ds, [0.01, 0.1, 1.0], 0)
+        (0.1, {'0.01': 0.91, '0.1': 1.0, '1': 0.1})
     """
     val = validation_split(ds, seed=seed + SELECT_SEED)
-    scores = {}
-    for lr in grid:
-        m = train(val, lr, seed + SELECT_SEED)
-        scores[f"{lr:g}"] = 0.0 if m.get("diverged") else float(m.get("test_acc") or 0.0)
-    best = max(sorted(grid), key=lambda lr: scores[f"{lr:g}"])  # ties: the smaller rate
-    return best, scores
+    raw = {lr: score(train(val, lr, seed + SELECT_SEED)) for lr in grid}
+    raw = {lr: float(f"{v:.8g}") if math.isfinite(v) else -math.inf for lr, v in raw.items()}
+    best = max(sorted(grid), key=lambda lr: raw[lr])  # ties: the smaller rate
+    return best, {f"{lr:g}": v if math.isfinite(v) else None for lr, v in raw.items()}
+
+
+def classifier_trial(build: Callable[[Dataset], torch.nn.Module], steps: int,
+                     **train_kw) -> Callable[[Dataset, float, int], dict]:
+    """The ``train`` of :func:`select_lr` for a classifier: ``build(ds)`` (after seeding)
+    trained by ``train_classifier`` for ``steps`` optimizer steps (:data:`SELECT_FRACTION`
+    of the final run's, at least 1) with the other :class:`TrainConfig` fields of
+    ``train_kw``."""
+    from sharenorm.lab.train import TrainConfig, train_classifier
+
+    def trial(d: Dataset, lr: float, seed: int) -> dict:
+        torch.manual_seed(seed)
+        return train_classifier(build(d), d, TrainConfig(
+            steps=max(1, int(steps * SELECT_FRACTION)), lr=lr, **train_kw), seed)[0]
+
+    return trial
+
+
+def checkpoint_every(steps: int, checkpoints: int = CHECKPOINTS) -> int:
+    """``eval_every`` that gives a run of ``steps`` steps about ``checkpoints`` accuracy
+    checkpoints (and one at its last step): enough for :func:`~sharenorm.lab.stats.plateaued`,
+    which needs one at or before 80% of the budget.
+
+    Example:
+        >>> checkpoint_every(375), checkpoint_every(3)
+        (75, 1)
+    """
+    return max(1, steps // checkpoints)
+
+
+def runs_converged(ms) -> bool | None:
+    """Whether every run reached a plateau (:func:`~sharenorm.lab.stats.plateaued` over its own
+    budget, ``steps_done``): False when one had not, None when one cannot tell (no curve); a
+    diverged run is decided (it counts as 0), not unconverged.
+
+    Example:
+        >>> runs_converged([{"curve": [[4, 0.5], [8, 0.9], [10, 0.9]], "steps_done": 10},
+        ...                 {"diverged": True}])
+        True
+    """
+    from sharenorm.lab.spec import all3
+    from sharenorm.lab.stats import plateaued
+
+    return all3(*(True if m.get("diverged") else plateaued(m.get("curve"), m.get("steps_done") or 0)
+                  for m in ms))

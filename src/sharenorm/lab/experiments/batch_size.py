@@ -16,6 +16,7 @@ from sharenorm.lab.common import (
     samples_for_one_step,
     save_figure,
 )
+from sharenorm.lab.experiments._protocol import CHECKPOINTS, checkpoint_every, runs_converged
 from sharenorm.lab.spec import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
@@ -64,8 +65,10 @@ N6 = Claim(
          f"loses ≥ {DROP_MARGIN:g} points of test accuracy from batch 32 to batch 2 and (b) GN at "
          f"batch 2 beats BN at batch 2 by ≥ {LEAD_MARGIN:g} points, each decided by the 95% Welch "
          "interval of the difference lying wholly beyond its margin; mixed if one of (a), (b) "
-         "holds; not supported if neither; inconclusive when an interval straddles its margin. "
-         f"IN and GN \"stay high\" (the table's cells) if they lose ≤ {KEEP_MARGIN:g} points from 32 "
+         "holds; not supported if neither; inconclusive when an interval straddles its margin, "
+         "or when a run it rests on has not converged (its accuracy still rose by ≥ 1 point in "
+         f"the last 20% of its budget, from {CHECKPOINTS} checkpoints). IN and GN \"stay high\" "
+         f"(the table's cells) if they lose ≤ {KEEP_MARGIN:g} points from 32 "
          f"to 2 (interval wholly below) and reach ≥ {HIGH_ACC:.0%} test accuracy at batch 2 "
          "(5× chance on mnist1d's 10 classes: a norm that learned nothing at either size must not "
          "count as high).",
@@ -73,7 +76,9 @@ N6 = Claim(
          f"accuracy batch 32 से batch 2 तक ≥ {DROP_MARGIN:g} points गिरे और (b) batch 2 पर GN, BN से "
          f"≥ {LEAD_MARGIN:g} points आगे हो, दोनों difference के 95% Welch interval के पूरा margin के पार "
          "होने से तय; mixed अगर (a), (b) में से एक हो; दोनों न हों तो not supported; कोई interval "
-         f"margin के दोनों ओर हो तो inconclusive। IN और GN \"high रहते हैं\" (table के cells) अगर 32 से "
+         "margin के दोनों ओर हो, या जिस run पर यह टिका है वह converge न हुआ हो (उसके budget के आख़िरी "
+         f"20% में accuracy ≥ 1 point और बढ़ी, {CHECKPOINTS} checkpoints से), तो inconclusive। IN और "
+         "GN \"high रहते हैं\" (table के cells) अगर 32 से "
          f"2 तक ≤ {KEEP_MARGIN:g} points गिरें (interval पूरा नीचे) और batch 2 पर ≥ {HIGH_ACC:.0%} test "
          "accuracy हो (mnist1d की 10 classes पर chance का 5×: जो norm किसी भी size पर कुछ न सीखे वह "
          "high नहीं गिना जाए)।"))
@@ -108,10 +113,20 @@ def run(cfg, seed, ctx):
     model = ConvNet(ds.sample_shape, ds.num_classes, norm=cfg["norm"],
                     num_groups=8 if cfg["norm"] == "group" else None)
     steps = budget_steps(cfg, len(ds.x_train))
+    # a few test-accuracy checkpoints: whether the run converged (plateau), nothing is chosen
     metrics, timing = train_classifier(model, ds, TrainConfig(
-        steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"]), seed)
-    metrics.pop("curve", None)
+        steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"],
+        eval_every=checkpoint_every(steps)), seed)
     return metrics, timing
+
+
+def planned_steps(cfg: dict, n_train: int) -> int:
+    """Optimizer steps of a run (:func:`budget_steps`)."""
+    return budget_steps(cfg, n_train)
+
+
+def _converged_count(ms) -> str:
+    return f"{sum(runs_converged([m]) is True for m in ms)}/{len(ms)}"
 
 
 def min_train(cfg) -> int:
@@ -139,6 +154,11 @@ def analyze(runs, figdir, lang):
                             [[n] + [pct(accuracies(eq[(n, b)])) if (n, b) in eq else "—"
                                     for b in bss] for n in EQUAL_STEPS_NORMS
                              if any(k[0] == n for k in eq)]))
+    if any(runs_converged([m]) is not None for ms in g.values() for m in ms):  # checkpoints
+        tables.append(Table(["converged (plateau): norm \\ batch (same epochs)"]
+                            + [str(b) for b in bss],
+                            [[n] + [_converged_count(g[(n, b)]) if (n, b) in g else "—"
+                                    for b in bss] for n in norms]))
     # small multiples: one panel per norm (five overlapping bands hide each other), one y
     # axis; the GN paper's ResNet-50 curves in the BN and GN panels
     hi = lang == "hi"
@@ -186,6 +206,11 @@ def analyze(runs, figdir, lang):
                   unit=" points")
     a, b = c_a.holds, c_b.holds
     v = decide(all3(a, b), any3(a, b))
+    # the runs the verdict rests on: BN at both sizes, GN at the small one
+    conv = runs_converged([m for k in (("batch", big), ("batch", small), ("group", small))
+                           for m in g.get(k, [])])
+    if conv is False:
+        v = INCONCLUSIVE
     pub = []
     for n, label in (("batch", "BN"), ("group", "GN")):
         if (n, small) in g and (n, big) in g and small == 2 and big == 32:
@@ -209,6 +234,8 @@ def analyze(runs, figdir, lang):
             # "high" = kept its accuracy *and* has one: losing nothing from chance is not high
             good = (drop_cmp(n, DROP_MARGIN).holds if want_drop else
                     all3(drop_cmp(n, KEEP_MARGIN, at_most=True).holds, acc_small >= HIGH_ACC))
+            if runs_converged(g[(n, small)] + g[(n, big)]) is False:
+                good = None
             cells[("norm", "small", col)] = (
                 f"{big}→{small}: {-d:+.1f} points, {100 * acc_small:.1f}% at {small}",
                 {True: SUPPORTED, False: NOT_SUPPORTED, None: INCONCLUSIVE}[good])
@@ -216,6 +243,8 @@ def analyze(runs, figdir, lang):
                 ", ".join(f"{n} {-drop(n):+.1f}" for n in norms) +
                 f" points; GN−BN at batch {small}: "
                 f"{100 * (mean_ci(gn_s)[0] - mean_ci(bn_s)[0]):+.1f} points")
+    if conv is False:
+        measured += "; some runs had not converged (plateau), so the comparison is inconclusive"
     if a is True:
         why_en = (f"BN lost {drop('batch'):.1f} points from batch {big} to {small}: its running "
                   "statistics, estimated from tiny batches, no longer match the batch statistics "
@@ -261,7 +290,8 @@ EXPERIMENT = Experiment(
         + ", ".join(map(str, FULL_BS)) + " (quick: " + ", ".join(map(str, QUICK_BS)) + "), the "
         "same number of epochs at every batch size: 3 (quick: 0.125), so smaller batches take more "
         f"steps; SGD momentum 0.9 with the linear scaling rule lr = {BASE_LR}·batch/{BASE_BS} (no "
-        "floor); the last short batch of an epoch is dropped. Test accuracy in eval mode. Full "
+        "floor); the last short batch of an epoch is dropped. Test accuracy in eval mode, also at "
+        f"{CHECKPOINTS} checkpoints of each run for the plateau check. Full "
         "profile only: BN and GN again with equal optimizer steps at every batch size (the "
         "steps batch 32 takes in those epochs), shown beside the verdict.",
         "mnist1d (या --data), N1 वाला ConvNet (GN: 4 channels के G=8 groups), batch sizes "

@@ -17,8 +17,19 @@ from sharenorm.lab.common import (
     samples_for_one_step,
     save_figure,
 )
-from sharenorm.lab.experiments._protocol import VAL_FRACTION, validation_split
+from sharenorm.lab.experiments._protocol import (
+    CHECKPOINTS,
+    SELECT_FRACTION,
+    SELECT_SEED,
+    VAL_FRACTION,
+    checkpoint_every,
+    classifier_trial,
+    runs_converged,
+    select_lr,
+    validation_split,
+)
 from sharenorm.lab.spec import (
+    INCONCLUSIVE,
     Claim,
     ClaimResult,
     Experiment,
@@ -29,7 +40,7 @@ from sharenorm.lab.spec import (
     decide,
     group_runs,
 )
-from sharenorm.lab.stats import compare, mean_ci
+from sharenorm.lab.stats import compare
 from sharenorm.lab.train import TrainConfig, evaluate, train_classifier
 from sharenorm.models import ConvNet
 from sharenorm.models.resnet import ResNet
@@ -42,7 +53,7 @@ FULL_DEPTHS, QUICK_DEPTHS = [3, 5, 9, 17], [3, 5]  # conv layers (3 + 2·residua
 FULL_LRS, QUICK_LRS = [0.002, 0.006, 0.02, 0.06], [0.006]
 BATCH, WIDTH, GROUPS = 4, 16, 4
 EPOCHS, QUICK_EPOCHS = 1, 0.1
-STABLE_ACC = 0.5   # a learning rate is stable when every seed reaches this validation accuracy
+STABLE_ACC = 0.5   # a rate is stable when every seed's selection try reaches this val. accuracy
 DEPTH_MARGIN = 2.0  # (a) GN beats BN at the largest depth by at least this many points
 
 
@@ -50,21 +61,26 @@ N8 = Claim(
     "N8", NORM_DOC, "Deep Neural Networks के लिए अधिक स्थिर। (GN)",
     "GN is more stable for deep neural networks.",
     Text(f"Depth sweep at batch {BATCH}, residual networks (the GN paper's setting; plain ones "
-         "shown beside), each norm and depth at its best learning rate of a ×3 grid, chosen on "
-         "a validation split of the training data. Supported if (a) at the largest depth GN's "
+         "shown beside), each norm, depth and seed at the learning rate of a ×3 grid with the "
+         "best validation accuracy (tries of half the steps on a validation split of the "
+         "training data, other seeds), then a final run with the seed. Supported if (a) at the largest depth GN's "
          f"test accuracy beats BN's by ≥ {DEPTH_MARGIN:g} points and (b) GN loses less accuracy "
          "than BN from the smallest to the largest depth (per seed; BN's loss − GN's loss > 0), "
          "each decided by the 95% Welch interval of the difference lying wholly beyond its "
          "margin; mixed if one holds; not supported if neither; inconclusive when an interval "
-         "straddles its margin. The stable learning-rate range per depth (every seed reaches "
-         f"≥ {STABLE_ACC:.0%} validation accuracy) is shown beside.",
+         "straddles its margin, or when a run it rests on has not converged (its validation "
+         f"accuracy still rose by ≥ 1 point in the last 20% of the budget, from {CHECKPOINTS} "
+         "checkpoints). The stable learning-rate range per depth (every seed's try reaches "
+         f"≥ {STABLE_ACC:.0%} validation accuracy in half the steps) is shown beside.",
          f"Batch {BATCH} पर depth sweep, residual networks (GN paper की setting; plain साथ में), हर "
-         "norm और depth अपनी सबसे अच्छी learning rate (×3 grid) पर, training data के validation split "
-         f"पर चुनी गई। Supported अगर (a) सबसे बड़ी depth पर GN की test accuracy BN से ≥ {DEPTH_MARGIN:g} "
+         "norm, depth और seed अपनी सबसे अच्छी learning rate (×3 grid) पर, training data के validation "
+         "split पर आधे steps की tries से (दूसरे seeds) चुनी गई, फिर seed के साथ final run। Supported अगर (a) सबसे बड़ी depth पर GN की test accuracy BN से ≥ {DEPTH_MARGIN:g} "
          "points ज़्यादा हो और (b) सबसे छोटी से सबसे बड़ी depth तक GN की accuracy BN से कम गिरे (हर "
          "seed पर; BN की गिरावट − GN की गिरावट > 0), दोनों difference के 95% Welch interval के पूरा "
          "margin के पार होने से तय; एक शर्त हो तो mixed; कोई नहीं तो not supported; कोई interval "
-         "margin के दोनों ओर हो तो inconclusive। हर depth पर stable learning-rate range (हर seed "
+         "margin के दोनों ओर हो, या जिस run पर यह टिका है वह converge न हुआ हो (budget के आख़िरी 20% "
+         f"में validation accuracy ≥ 1 point और बढ़ी, {CHECKPOINTS} checkpoints से), तो inconclusive। "
+         "हर depth पर stable learning-rate range (हर seed की try आधे steps में "
          f"≥ {STABLE_ACC:.0%} validation accuracy) साथ में दिखाई गई है।"))
 
 
@@ -72,8 +88,8 @@ def configs(quick: bool) -> list[dict]:
     depths, lrs, epochs = (QUICK_DEPTHS, QUICK_LRS, QUICK_EPOCHS) if quick else (
         FULL_DEPTHS, FULL_LRS, EPOCHS)
     archs = [DECIDING_ARCH] if quick else ARCHS  # quick: a smoke test of the deciding nets
-    return [{"arch": a, "norm": n, "depth": d, "lr": lr, "batch_size": BATCH, "epochs": epochs}
-            for a in archs for n in NORMS for d in depths for lr in lrs]
+    return [{"arch": a, "norm": n, "depth": d, "lr_grid": lrs, "batch_size": BATCH,
+             "epochs": epochs} for a in archs for n in NORMS for d in depths]
 
 
 def _model(cfg, ds):
@@ -86,20 +102,37 @@ def _model(cfg, ds):
 
 
 def run(cfg, seed, ctx):
-    """Train on the training set minus a validation split; report validation accuracy (which
-    picks the learning rate) and test accuracy (which the criterion compares)."""
+    """Choose the rate (tries of half the steps with seed + SELECT_SEED on their own
+    validation split), then train with ``seed`` on the training set minus a validation split;
+    report the validation accuracy (checkpoints: the plateau check) and the test accuracy
+    (which the criterion compares)."""
     full = dataset(ctx)
     ds = validation_split(full, seed=seed)
+    steps = epoch_steps(cfg["epochs"], len(ds.x_train), cfg["batch_size"])
+    lr, chosen = cfg.get("lr"), {}
+    if "lr_grid" in cfg:
+        trial = classifier_trial(lambda d: _model(cfg, d), steps, batch_size=cfg["batch_size"])
+        lr, scores = select_lr(trial, full, cfg["lr_grid"], seed)
+        chosen = {"lr_chosen": lr, "val_acc_by_lr": scores}
     torch.manual_seed(seed)
     model = _model(cfg, ds)
-    steps = epoch_steps(cfg["epochs"], len(ds.x_train), cfg["batch_size"])
+    # validation-accuracy checkpoints: whether the run converged (plateau)
     metrics, timing = train_classifier(model, ds, TrainConfig(
-        steps=steps, batch_size=cfg["batch_size"], lr=cfg["lr"]), seed)
-    metrics.pop("curve", None)
+        steps=steps, batch_size=cfg["batch_size"], lr=lr,
+        eval_every=checkpoint_every(steps)), seed)
+    metrics |= chosen
     metrics["val_acc"] = metrics.pop("test_acc")
     metrics["test_acc"] = None if metrics["diverged"] else round(
         evaluate(model, full.x_test, full.y_test)[0], 6)
     return metrics, timing
+
+
+def planned_steps(cfg: dict, n_train: int) -> int:
+    """Optimizer steps of a run: its epochs of the training set minus the validation split,
+    and the learning-rate tries (half as many steps each)."""
+    steps = epoch_steps(cfg["epochs"], n_train - max(1, round(VAL_FRACTION * n_train)),
+                        cfg["batch_size"])
+    return steps + len(cfg.get("lr_grid", ())) * max(1, int(steps * SELECT_FRACTION))
 
 
 def min_train(cfg) -> int:
@@ -111,18 +144,26 @@ def min_train(cfg) -> int:
     return n
 
 
-def _stable(ms) -> bool:
-    return all(not m["diverged"] and (m.get("val_acc") or 0) >= STABLE_ACC for m in ms)
+def _converged_count(ms) -> str:
+    """", converged 4/5" (runs that reached a plateau), or "" for runs without checkpoints."""
+    known = [runs_converged([m]) for m in ms]
+    if all(k is None for k in known):
+        return ""
+    return f", converged {sum(k is True for k in known)}/{len(ms)}"
 
 
-def best_rate(g, arch, norm, depth, lrs):
-    """The learning rate with the best mean validation accuracy (diverged = 0; ties: the
-    smaller rate), or None where no run exists."""
-    have = [lr for lr in lrs if (arch, norm, depth, lr) in g]
-    if not have:
-        return None
-    return max(have, key=lambda lr: mean_ci(accuracies(g[(arch, norm, depth, lr)],
-                                                       "val_acc"))[0])
+def stable_range(ms) -> str:
+    """``"[0.002, 0.02]"``: the rates at which every seed's selection try reached
+    :data:`STABLE_ACC` validation accuracy (a diverged try scores 0), or ``"none"``."""
+    tries = [m.get("val_acc_by_lr") or {} for m in ms]
+    rates = sorted({float(k) for t in tries for k in t})
+    st = [lr for lr in rates if all((t.get(f"{lr:g}") or 0) >= STABLE_ACC for t in tries)]
+    return f"[{st[0]:g}, {st[-1]:g}]" if st else "none"
+
+
+def _rates(ms) -> str:
+    chosen = [m.get("lr_chosen") for m in ms]
+    return ", ".join("—" if lr is None else f"{lr:g}" for lr in chosen)
 
 
 def analyze(runs, figdir, lang):
@@ -130,29 +171,26 @@ def analyze(runs, figdir, lang):
         return []
     # runs stored before the residual nets were added are plain
     runs = [r | {"config": {"arch": "plain"} | r["config"]} for r in runs]
-    g = group_runs(runs, "arch", "norm", "depth", "lr")
+    g = group_runs(runs, "arch", "norm", "depth")
     archs = [a for a in ARCHS if any(k[0] == a for k in g)]
     depths = sorted({k[2] for k in g})
-    lrs = sorted({k[3] for k in g})
-    best = {(a, n, d): best_rate(g, a, n, d, lrs) for a in archs for n in NORMS for d in depths}
+    lrs = sorted({float(k) for ms in g.values() for m in ms for k in m.get("val_acc_by_lr") or {}})
 
-    def at_best(a, n, d):
-        lr = best.get((a, n, d))
-        return accuracies(g[(a, n, d, lr)]) if lr is not None else []
+    def at_best(a, n, d):  # the final runs, each at its seed's chosen rate
+        return accuracies(g[(a, n, d)]) if (a, n, d) in g else []
 
     rows, srows = [], []
     for a in archs:
         for n in NORMS:
-            rows.append([a, n] + [f"{pct(at_best(a, n, d))} (lr {best[(a, n, d)]:g})"
-                                  if best[(a, n, d)] is not None else "—" for d in depths])
-            stable = []
-            for d in depths:
-                st = [lr for lr in lrs if (a, n, d, lr) in g and _stable(g[(a, n, d, lr)])]
-                stable.append(f"[{st[0]:g}, {st[-1]:g}]" if st else "none")
-            srows.append([a, n] + stable)
-    tables = [Table(["test acc % at the best lr: arch", "norm"] + [f"depth {d}" for d in depths],
-                    rows),
-              Table(["stable lr range: arch", "norm"] + [f"depth {d}" for d in depths], srows)]
+            rows.append([a, n] + [f"{pct(at_best(a, n, d))} (lr {_rates(g[(a, n, d)])})"
+                                  + _converged_count(g[(a, n, d)])
+                                  if (a, n, d) in g else "—" for d in depths])
+            srows.append([a, n] + [stable_range(g[(a, n, d)]) if (a, n, d) in g else "—"
+                                   for d in depths])
+    tables = [Table(["test acc % at the chosen lr (per seed; converged: plateau): arch",
+                     "norm"] + [f"depth {d}" for d in depths], rows),
+              Table(["stable lr range (tries of half the steps): arch", "norm"]
+                    + [f"depth {d}" for d in depths], srows)]
     fig, axes = figure(1, len(archs), (5.5 * len(archs), 4))
     axes = [axes] if len(archs) == 1 else list(axes)
     for ax, a in zip(axes, archs, strict=True):
@@ -190,22 +228,31 @@ def analyze(runs, figdir, lang):
         return []
     c_a, c_b = main
     v = decide(all3(c_a.holds, c_b.holds), any3(c_a.holds, c_b.holds))
+    # the runs the verdict rests on: both norms at their best rates, smallest and largest depth
+    conv = runs_converged([m for n in NORMS for d in (lo_d, hi_d)
+                           for m in g.get((decide_on, n, d), [])])
+    if conv is False:
+        v = INCONCLUSIVE
     shown = [c for a in archs if a != decide_on for c in (comparisons(a) or ())]
     gn, bn = at_best(decide_on, "group", hi_d), at_best(decide_on, "batch", hi_d)
     return [ClaimResult("N8", v, f"{decide_on} nets, depth {hi_d}: GN {pct(gn)} % vs BN "
-                        f"{pct(bn)} % at their best rates", tables, [fp],
+                        f"{pct(bn)} % at their chosen rates"
+                        + ("; some runs had not converged (plateau), so the comparison is "
+                           "inconclusive" if conv is False else ""), tables, [fp],
                         comparisons=[c_a, c_b] + shown, notes=Text(
                             f"The verdict comes from the {decide_on} networks (the GN paper "
                             "trains ResNets); the comparisons of the other architecture are "
-                            "listed after the deciding two and do not enter the verdict. The "
-                            "learning rate is chosen on the validation accuracy of the same "
-                            "seeds' runs (not fresh seeds), over the grid "
-                            f"{', '.join(f'{x:g}' for x in lrs)}.",
+                            "listed after the deciding two and do not enter the verdict. Each "
+                            "seed's learning rate is chosen from "
+                            f"{', '.join(f'{x:g}' for x in lrs)} by tries of half the steps "
+                            f"with seed + {SELECT_SEED} on their own validation split; the final "
+                            "run uses the seed itself.",
                             f"Verdict {decide_on} networks से है (GN paper ResNets train करता है); "
                             "दूसरी architecture के comparisons पहले दो के बाद दिखाए गए हैं और verdict "
-                            "में नहीं गिने जाते। Learning rate उन्हीं seeds के runs की validation "
-                            "accuracy पर चुनी गई (fresh seeds नहीं), grid "
-                            f"{', '.join(f'{x:g}' for x in lrs)}।"))]
+                            "में नहीं गिने जाते। हर seed की learning rate "
+                            f"{', '.join(f'{x:g}' for x in lrs)} में से seed + {SELECT_SEED} वाली, "
+                            "अपने validation split पर आधे steps की tries से चुनी गई; final run "
+                            "seed से ही।"))]
 
 
 EXPERIMENT = Experiment(
@@ -218,15 +265,18 @@ EXPERIMENT = Experiment(
         "ConvNet's 3 downsampling conv layers, then residual blocks of two convs whose second "
         "norm's γ starts at 0) and plain ConvNets, " + ", ".join(map(str, FULL_DEPTHS)) +
         " conv layers (quick: " + ", ".join(map(str, QUICK_DEPTHS)) + f"); BN or GN (G={GROUPS}); "
-        f"batch {BATCH}, SGD momentum 0.9, learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS)
-        + f" (quick: {QUICK_LRS[0]:g}), {EPOCHS} epoch (quick: {QUICK_EPOCHS}) of 80% of the "
-        "training set; validation accuracy on the other 20% picks the rate, test accuracy in "
-        "eval mode.",
+        f"batch {BATCH}, SGD momentum 0.9, {EPOCHS} epoch (quick: {QUICK_EPOCHS}) of 80% of the "
+        "training set (the other 20%: validation accuracy at "
+        f"{CHECKPOINTS} checkpoints, the plateau check), test accuracy in eval mode; the "
+        "learning rate per seed from " + ", ".join(f"{x:g}" for x in FULL_LRS)
+        + f" (quick: {QUICK_LRS[0]:g}) by the validation accuracy of tries of half the steps "
+        f"on another split with seed + {SELECT_SEED}.",
         f"mnist1d (या --data), width {WIDTH}; residual nets (ConvNet की 3 downsampling conv layers, फिर "
         "दो convs के residual blocks, दूसरे norm का γ 0 से) और plain ConvNets, "
         + ", ".join(map(str, FULL_DEPTHS)) + f" conv layers; BN या GN (G={GROUPS}); batch {BATCH}, "
-        "SGD momentum 0.9, learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS) +
-        f", training set के 80% पर {EPOCHS} epoch; बाकी 20% की validation accuracy rate चुनती है, "
-        "test accuracy eval mode में।"),
+        f"SGD momentum 0.9, training set के 80% पर {EPOCHS} epoch (बाकी 20%: {CHECKPOINTS} "
+        "checkpoints पर validation accuracy, plateau check), test accuracy eval mode में; हर seed की "
+        "learning rate " + ", ".join(f"{x:g}" for x in FULL_LRS) + " में से, दूसरे split पर "
+        f"seed + {SELECT_SEED} वाली आधे steps की tries की validation accuracy से।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
     min_train=min_train, stack_over=("lr",))  # a depth's rate grid and seeds train as one

@@ -9,7 +9,7 @@ import torch
 from sharenorm.data import MNIST1D_PUBLISHED
 from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
-from sharenorm.lab.experiments._protocol import select_lr
+from sharenorm.lab.experiments._protocol import SELECT_FRACTION, classifier_trial, select_lr
 from sharenorm.lab.experiments._timing import interleaved_step_times, sgd_step
 from sharenorm.lab.spec import (
     INCONCLUSIVE,
@@ -38,7 +38,6 @@ TIMING_ROUNDS, QUICK_TIMING_ROUNDS = 200, 20  # interleaved steps per contender,
 # full profile: each norm's learning rate chosen per seed on a validation split (see _protocol)
 LR_GRID = [0.02, 0.05, 0.1]
 QUICK_LR = 0.05
-SELECT_FRACTION = 0.5  # a selection run trains this share of the final run's steps
 
 N1 = Claim(
     "N1", NORM_DOC, "Training को तेज़ करता है।", "BN makes training faster.",
@@ -81,6 +80,14 @@ def configs(quick: bool) -> list[dict]:
          "rounds": QUICK_TIMING_ROUNDS if quick else TIMING_ROUNDS}]
 
 
+def planned_steps(cfg: dict, n_train: int) -> int:
+    """Optimizer steps of a run: the final training and its learning-rate selection (the
+    interleaved timing's steps are not counted: a few hundred, untrained)."""
+    if cfg.get("part") == "timing":
+        return 0
+    return cfg["steps"] + len(cfg.get("lr_grid", ())) * max(1, int(cfg["steps"] * SELECT_FRACTION))
+
+
 def _model(ds, norm):
     return ConvNet(ds.sample_shape, ds.num_classes, norm=norm,
                    num_groups=8 if norm == "group" else None)
@@ -105,12 +112,8 @@ def run(cfg: dict, seed: int, ctx):
     chosen = {}
     lr = cfg.get("lr")
     if "lr_grid" in cfg:
-        def trial(d, lr_, seed_):
-            torch.manual_seed(seed_)
-            return train_classifier(_model(d, cfg["norm"]), d, TrainConfig(
-                steps=max(1, int(cfg["steps"] * SELECT_FRACTION)),
-                batch_size=cfg["batch_size"], lr=lr_), seed_)[0]
-
+        trial = classifier_trial(lambda d: _model(d, cfg["norm"]), cfg["steps"],
+                                 batch_size=cfg["batch_size"])
         lr, scores = select_lr(trial, ds, cfg["lr_grid"], seed)
         chosen = {"lr_chosen": lr, "val_acc_by_lr": scores}
     torch.manual_seed(seed)

@@ -7,6 +7,11 @@ import torch
 from sharenorm.data import MNIST1D_PUBLISHED
 from sharenorm.lab.claims import SHARE_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
+from sharenorm.lab.experiments._protocol import (
+    SELECT_FRACTION,
+    classifier_trial,
+    select_lr,
+)
 from sharenorm.lab.spec import (
     Claim,
     ClaimResult,
@@ -21,7 +26,9 @@ from sharenorm.lab.stats import compare, fmt_ci
 from sharenorm.lab.train import TrainConfig, train_classifier
 from sharenorm.models import RNNClassifier
 
-HIDDEN, LR, CHUNK = 64, 3e-3, 4
+HIDDEN, LR, CHUNK = 64, 3e-3, 4   # LR: the quick profile's
+# full profile: each RNN's Adam learning rate chosen per seed on a validation split
+LR_GRID = [1e-3, 3e-3, 1e-2]
 
 
 PARAM_RATIO = 5.0  # the shared RNN has at least this many times fewer parameters
@@ -45,23 +52,39 @@ S4 = Claim(
 
 def configs(quick: bool) -> list[dict]:
     steps, every = (50, 25) if quick else (1500, 100)
-    return [{"shared": s, "hidden": HIDDEN, "chunk": CHUNK, "steps": steps, "eval_every": every}
-            for s in (True, False)]
+    lr = {"lr": LR} if quick else {"lr_grid": LR_GRID}
+    return [{"shared": s, "hidden": HIDDEN, "chunk": CHUNK, "steps": steps, "eval_every": every,
+             **lr} for s in (True, False)]
+
+
+def planned_steps(cfg: dict, n_train: int) -> int:
+    """Optimizer steps of a run: the final training and its learning-rate selection."""
+    return cfg["steps"] + len(cfg.get("lr_grid", ())) * max(1, int(cfg["steps"] * SELECT_FRACTION))
+
+
+def _model(cfg, ds):
+    return RNNClassifier(ds.sample_shape, ds.num_classes, hidden=cfg["hidden"],
+                         shared=cfg["shared"], chunk=cfg["chunk"])
 
 
 def run(cfg, seed, ctx):
     import sharenorm as sn
 
     ds = dataset(ctx, allow_user=False)
+    chosen, lr = {}, cfg.get("lr", LR)
+    if "lr_grid" in cfg:
+        trial = classifier_trial(lambda d: _model(cfg, d), cfg["steps"], batch_size=32,
+                                 optimizer="adam")
+        lr, scores = select_lr(trial, ds, cfg["lr_grid"], seed)
+        chosen = {"lr_chosen": lr, "val_acc_by_lr": scores}
     torch.manual_seed(seed)
-    model = RNNClassifier(ds.sample_shape, ds.num_classes, hidden=cfg["hidden"],
-                          shared=cfg["shared"], chunk=cfg["chunk"])
+    model = _model(cfg, ds)
     metrics, timing = train_classifier(model, ds, TrainConfig(
-        steps=cfg["steps"], batch_size=32, lr=LR, optimizer="adam",
+        steps=cfg["steps"], batch_size=32, lr=lr, optimizer="adam",
         eval_every=cfg["eval_every"]), seed)
     metrics["params"] = sn.count_parameters(model)
     metrics["recurrent_params"] = sn.count_parameters(model.rnn)
-    return metrics, timing
+    return metrics | chosen, timing
 
 
 def analyze(runs, figdir, lang):
@@ -76,7 +99,9 @@ def analyze(runs, figdir, lang):
                      f"{sum(bool(m['diverged']) for m in ms)}/{len(ms)}",
                      pct(accuracies(ms)), pct(accuracies(ms, "train_acc")),
                      fmt_ci([m["gap"] for m in ms], 100),
-                     fmt_ci([m["_time"]["s_per_step"] for m in ms], 1e3, 2)])
+                     fmt_ci([m["_time"]["s_per_step"] for m in ms], 1e3, 2),
+                     ", ".join(f"{m['lr_chosen']:g}" for m in ms) if "lr_chosen" in ms[0]
+                     else f"{runs[0]['config'].get('lr', LR):g}"])
         by: dict = {}
         for m in ms:
             for s, a in m["curve"]:
@@ -91,7 +116,8 @@ def analyze(runs, figdir, lang):
     fp = save_figure(fig, figdir, "s4_rnn")
     table = Table(["RNN", "parameters", "recurrent parameters", "diverged",
                    "test acc % (diverged = 0)", "train acc % (diverged = 0)",
-                   "gap (points, runs that trained)", "ms/step"], rows)
+                   "gap (points, runs that trained)", "ms/step",
+                   "Adam lr (chosen on validation, per seed)"], rows)
     if (True,) not in g or (False,) not in g:
         return []
     sh, un = g[(True,)], g[(False,)]
@@ -117,12 +143,18 @@ EXPERIMENT = Experiment(
         "position per step, 40 steps, did not train at all for a plain tanh RNN in a pilot run, "
         f"torch.nn.RNN alike) by a tanh Elman RNN "
         f"with {HIDDEN} hidden units (sharenorm.SharedRNN) or the same recurrence with separate "
-        "weights per step (sharenorm.UnsharedRNN), linear head on the last hidden state. Adam lr "
-        f"{LR}, batch 32, 1500 steps (quick: 50). --data is not used (needs sequences).",
+        "weights per step (sharenorm.UnsharedRNN), linear head on the last hidden state. Adam, "
+        "batch 32, 1500 steps (quick: 50); the learning rate per RNN and seed from "
+        f"{', '.join(f'{x:g}' for x in LR_GRID)} by validation accuracy after "
+        f"{SELECT_FRACTION:g}× the steps on 80% of the training set (selection seeds = seed + "
+        f"1000; quick: {LR}). --data is not used (needs sequences).",
         f"mnist1d को {CHUNK} positions प्रति time step पढ़ा गया ({40 // CHUNK} steps, {CHUNK} inputs; एक "
         f"position प्रति step (40 steps) पर plain tanh RNN pilot run में train नहीं हुआ), {HIDDEN} hidden "
         "units वाले tanh Elman RNN से (sharenorm.SharedRNN) या हर step के अलग weights वाली उसी "
-        "recurrence से (sharenorm.UnsharedRNN), आख़िरी hidden state पर linear head। Adam lr "
-        f"{LR}, batch 32, 1500 steps (quick: 50)। --data इस्तेमाल नहीं होता।"),
+        "recurrence से (sharenorm.UnsharedRNN), आख़िरी hidden state पर linear head। Adam, batch 32, "
+        "1500 steps (quick: 50); हर RNN और seed की learning rate "
+        f"{', '.join(f'{x:g}' for x in LR_GRID)} में से, training set के 80% पर {SELECT_FRACTION:g}× "
+        f"steps के बाद validation accuracy से (selection seeds = seed + 1000; quick: {LR})। --data "
+        "इस्तेमाल नहीं होता।"),
     configs=configs, run=run, analyze=analyze,
     requires=("SharedRNN", "UnsharedRNN", "count_parameters"))

@@ -9,6 +9,7 @@ from torch import nn
 
 from sharenorm.lab.claims import SHARE_DOC
 from sharenorm.lab.common import ci_band, dataset, figure, save_figure
+from sharenorm.lab.experiments._protocol import SELECT_FRACTION, select_lr
 from sharenorm.lab.spec import (
     NOT_SUPPORTED,
     SUPPORTED,
@@ -29,7 +30,10 @@ from sharenorm.models import Autoencoder
 AE_HIDDEN = (48, 16)
 FULL_N, QUICK_N = [50, 200, 1348], [50]
 FULL_STRENGTHS, QUICK_STRENGTHS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0], [1e-2]
-LR = 3e-3
+LR = 3e-3  # the quick profile's
+# full profile: each model's Adam learning rate chosen per seed on a validation split of its
+# training subset (lowest validation reconstruction error)
+LR_GRID = [1e-3, 3e-3, 1e-2]
 
 
 T2 = Claim(
@@ -57,25 +61,34 @@ T2 = Claim(
 def configs(quick: bool) -> list[dict]:
     ns, strengths, steps = (QUICK_N, QUICK_STRENGTHS, 150) if quick else (
         FULL_N, FULL_STRENGTHS, 1000)
-    cfgs = [{"n": n, "mode": m, "strength": 0.0, "steps": steps} for n in ns
+    lr = {"lr": LR} if quick else {"lr_grid": LR_GRID}
+    cfgs = [{"n": n, "mode": m, "strength": 0.0, "steps": steps, **lr} for n in ns
             for m in ("untied", "tied")]
-    cfgs += [{"n": ns[0], "mode": "soft", "strength": s, "steps": steps} for s in strengths]
+    cfgs += [{"n": ns[0], "mode": "soft", "strength": s, "steps": steps, **lr}
+             for s in strengths]
     return cfgs
 
 
-def run(cfg, seed, ctx):
+def planned_steps(cfg: dict, n_train: int) -> int:
+    """Optimizer steps of a run: the final training and its learning-rate selection."""
+    return cfg["steps"] + len(cfg.get("lr_grid", ())) * max(1, int(cfg["steps"] * SELECT_FRACTION))
+
+
+def train_autoencoder(cfg: dict, ds, lr: float, seed: int, steps: int) -> tuple[dict, dict]:
+    """Train ``cfg``'s autoencoder (tied, untied, or untied with a soft tie) on ``ds`` with Adam
+    at ``lr`` for ``steps`` steps; its train and test reconstruction MSE (``nan`` when the loss
+    became non-finite) and the tie distance."""
     import sharenorm as sn
 
-    ds = dataset(ctx, "digits", allow_user=False).subset_train(cfg["n"], seed)
     gen = seed_everything(seed)
     model = Autoencoder(ds.sample_shape, AE_HIDDEN, tied=cfg["mode"] == "tied")
     soft = sn.SoftTie(model, model.soft_tie_pairs(), cfg["strength"]) \
         if cfg["mode"] == "soft" else None
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     x = ds.x_train
     it = batches(len(x), min(32, len(x)), gen)
     t0 = time.perf_counter()
-    for _ in range(cfg["steps"]):
+    for _ in range(steps):
         xb = x[next(it)]
         loss = nn.functional.mse_loss(model(xb), xb)
         if soft is not None:
@@ -92,6 +105,22 @@ def run(cfg, seed, ctx):
             {"train_s": train_s})
 
 
+def run(cfg, seed, ctx):
+    ds = dataset(ctx, "digits", allow_user=False).subset_train(cfg["n"], seed)
+    chosen, lr = {}, cfg.get("lr", LR)
+    if "lr_grid" in cfg:
+        def trial(d, lr_, seed_):
+            return train_autoencoder(cfg, d, lr_, seed_,
+                                     max(1, int(cfg["steps"] * SELECT_FRACTION)))[0]
+
+        # the lowest validation MSE wins: the score is its negative (a NaN loses)
+        lr, scores = select_lr(trial, ds, cfg["lr_grid"], seed, score=lambda m: -m["test_mse"])
+        chosen = {"lr_chosen": lr, "val_mse_by_lr": {k: None if v is None else -v
+                                                     for k, v in scores.items()}}
+    metrics, timing = train_autoencoder(cfg, ds, lr, seed, cfg["steps"])
+    return metrics | chosen, timing
+
+
 def analyze(runs, figdir, lang):
     if not runs:
         return []
@@ -103,9 +132,12 @@ def analyze(runs, figdir, lang):
                      f"{ms[0]['params']:,}", fmt_ci([m["train_mse"] for m in ms], digits=4),
                      fmt_ci([m["test_mse"] for m in ms], digits=4),
                      fmt_ci([m["gap"] for m in ms], digits=4),
-                     fmt_ci([m["tie_distance"] for m in ms], digits=3)])
+                     fmt_ci([m["tie_distance"] for m in ms], digits=3),
+                     ", ".join(f"{m['lr_chosen']:g}" for m in ms) if "lr_chosen" in ms[0]
+                     else f"{runs[0]['config'].get('lr', LR):g}"])
     table = Table(["model", "train size", "parameters", "train MSE", "test MSE",
-                   "gap (test − train)", "‖W_dec − W_encᵀ‖"], rows)
+                   "gap (test − train)", "‖W_dec − W_encᵀ‖",
+                   "Adam lr (chosen on validation, per seed)"], rows)
     fig, (a1, a2) = figure(1, 2, (11, 4))
     for i, mode in enumerate(("untied", "tied")):
         # one colour per model: its test line, its band and its train line
@@ -183,14 +215,19 @@ EXPERIMENT = Experiment(
     protocol=Text(
         f"sharenorm.TiedAutoencoder 64 → {' → '.join(map(str, AE_HIDDEN))} (tanh) on 8×8 digits "
         "(standardized), trained on random subsets of " + ", ".join(map(str, FULL_N)) +
-        " images (quick: " + ", ".join(map(str, QUICK_N)) + f"); Adam lr {LR}, batch 32, 1000 "
-        "steps (quick: 150), MSE reconstruction; test MSE on the 449 held-out images. Soft "
+        " images (quick: " + ", ".join(map(str, QUICK_N)) + "); Adam, batch 32, 1000 steps "
+        "(quick: 150), MSE reconstruction, the learning rate per model and seed from "
+        f"{', '.join(f'{x:g}' for x in LR_GRID)} by the validation MSE after "
+        f"{SELECT_FRACTION:g}× the steps on 80% of the training subset (selection seeds = seed + "
+        f"1000; quick: {LR}); test MSE on the 449 held-out images. Soft "
         "tying: the untied model plus sharenorm.SoftTie(W_dec, W_encᵀ) with λ in " +
         ", ".join(f"{s:g}" for s in FULL_STRENGTHS) + " at the smallest training set.",
         f"sharenorm.TiedAutoencoder 64 → {' → '.join(map(str, AE_HIDDEN))} (tanh), 8×8 digits "
         "(standardized) पर, " + ", ".join(map(str, FULL_N)) + f" images के random subsets पर train; "
-        f"Adam lr {LR}, batch 32, 1000 steps (quick: 150), MSE reconstruction; 449 held-out images "
-        "पर test MSE। Soft tying: untied model + sharenorm.SoftTie(W_dec, W_encᵀ), λ = " +
+        "Adam, batch 32, 1000 steps (quick: 150), MSE reconstruction, हर model और seed की learning "
+        f"rate {', '.join(f'{x:g}' for x in LR_GRID)} में से, training subset के 80% पर "
+        f"{SELECT_FRACTION:g}× steps के बाद validation MSE से (selection seeds = seed + 1000; quick: "
+        f"{LR}); 449 held-out images पर test MSE। Soft tying: untied model + sharenorm.SoftTie(W_dec, W_encᵀ), λ = " +
         ", ".join(f"{s:g}" for s in FULL_STRENGTHS) + ", सबसे छोटे training set पर।"),
     configs=configs, run=run, analyze=analyze,
     requires=("TiedAutoencoder", "SoftTie", "count_parameters"))

@@ -1,0 +1,184 @@
+"""The fair-comparison protocols: learning rates chosen on a validation split (S3, S4, T2),
+plateau checks for runs without a long curve (N6, N8), the mnist1d logistic row, the budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from sharenorm.lab import runner
+from sharenorm.lab.experiments import _protocol, rnn_sharing, sharing_training, tying_reg
+from sharenorm.lab.experiments._protocol import SELECT_SEED
+from sharenorm.lab.spec import RunContext
+
+
+@pytest.mark.parametrize("exp", [sharing_training, rnn_sharing, tying_reg])
+def test_full_profile_chooses_the_rate_on_validation_quick_keeps_one(exp):
+    full = [c for c in exp.configs(False) if c.get("part") != "timing"]
+    quick = [c for c in exp.configs(True) if c.get("part") != "timing"]
+    assert full and all(c["lr_grid"] == exp.LR_GRID and "lr" not in c for c in full)
+    assert quick and all(c["lr"] == exp.LR and "lr_grid" not in c for c in quick)
+    assert exp.LR in exp.LR_GRID  # the grid brackets the rate the quick profile uses
+
+
+def _spy_datasets(monkeypatch):
+    """Record the (train size, evaluation split, seed) of every selection try."""
+    seen = []
+    real = _protocol.validation_split
+
+    def split(ds, *a, **kw):
+        v = real(ds, *a, **kw)
+        seen.append((len(ds.x_train), len(v.x_train), len(v.x_test), v))
+        return v
+
+    monkeypatch.setattr(_protocol, "validation_split", split)
+    return seen
+
+
+@pytest.mark.parametrize("exp_id, cfg, key", [
+    ("sharing_training", {"model": "cnn", "shuffled": True, "steps": 4, "eval_every": 2,
+                          "target": 0.8, "batch_size": 32, "lr_grid": [7e-4, 2e-3]},
+     "val_acc_by_lr"),
+    ("rnn_sharing", {"shared": False, "hidden": 8, "chunk": 4, "steps": 4, "eval_every": 2,
+                     "lr_grid": [1e-3, 3e-3]}, "val_acc_by_lr"),
+    ("tying_reg", {"n": 50, "mode": "tied", "strength": 0.0, "steps": 4,
+                   "lr_grid": [1e-3, 1e-2]}, "val_mse_by_lr"),
+])
+def test_runs_choose_their_rate_on_a_split_of_the_training_data(monkeypatch, exp_id, cfg, key):
+    seen = _spy_datasets(monkeypatch)
+    m, _ = runner.execute(exp_id, cfg, 2, False, None)
+    assert m["lr_chosen"] in cfg["lr_grid"] and set(m[key]) == {f"{x:g}" for x in cfg["lr_grid"]}
+    (n, n_fit, n_val, val), = seen
+    assert n_fit + n_val == n and n_val == round(0.2 * n)  # carved from the training set
+
+
+def test_t2_selects_the_lowest_validation_error(monkeypatch):
+    calls = []
+
+    def fake(cfg, ds, lr, seed, steps):
+        calls.append((len(ds.x_train), len(ds.x_test), lr, seed, steps))
+        mse = {1e-3: 0.5, 3e-3: 0.2, 1e-2: float("nan")}[lr] if steps < cfg["steps"] else 0.1
+        return {"test_mse": mse}, {}
+
+    monkeypatch.setattr(tying_reg, "train_autoencoder", fake)
+    cfg = {"n": 50, "mode": "untied", "strength": 0.0, "steps": 10, "lr_grid": tying_reg.LR_GRID}
+    m, _ = tying_reg.run(cfg, 4, RunContext(quick=False))
+    assert m["lr_chosen"] == 3e-3  # lowest validation MSE; the NaN (diverged) try loses
+    assert m["val_mse_by_lr"] == {"0.001": 0.5, "0.003": 0.2, "0.01": None}
+    sel, final = calls[:-1], calls[-1]
+    assert {c[:2] for c in sel} == {(40, 10)} and {c[3] for c in sel} == {4 + SELECT_SEED}
+    assert {c[4] for c in sel} == {5}  # half the steps
+    assert final[:2] == (50, 449) and final[2:] == (3e-3, 4, 10)  # the test set: final run only
+
+
+def test_the_mnist1d_logistic_row_is_measured_beside_the_published_32_percent(tmp_path):
+    from sharenorm.data import MNIST1D_PUBLISHED
+
+    assert any(c.get("model") == sharing_training.LOGISTIC for c in sharing_training.configs(False))
+    runs = []
+    for model in sharing_training.MODELS + [sharing_training.LOGISTIC]:
+        for shuf in (False, True) if model != sharing_training.LOGISTIC else (False,):
+            cfg = {"model": model, "shuffled": shuf, "steps": 100, "eval_every": 50,
+                   "target": 0.4, "batch_size": 32, "lr": 2e-3}
+            acc = 0.3 if model == sharing_training.LOGISTIC else 0.6
+            runs += [{"experiment": "sharing_training", "config": cfg, "seed": s, "time": {},
+                      "metrics": {"test_acc": acc + s / 100, "train_acc": acc, "gap": 0.0,
+                                  "diverged": False, "steps_to_target": None,
+                                  "curve": [[50, acc], [100, acc]], "n_train": 4000}}
+                     for s in range(3)]
+    s3 = [r for r in sharing_training.analyze(runs, tmp_path, "en") if r.claim == "S3"][0]
+    row = [p for p in s3.published if "logistic" in p[1]]
+    assert row and row[0][2] == f"{MNIST1D_PUBLISHED['logistic']:.0%}" and row[0][3].startswith("31.0")
+
+
+def _metrics(acc, steps, rising):
+    """A run with 5 checkpoints; ``rising``: it still gained 5 points in the last 20%."""
+    curve = [[steps * k // 5, acc] for k in range(1, 6)]
+    if rising:
+        curve[-2][1] = acc - 0.05  # at 80% of the budget: 5 points below the end
+    return {"train_acc": acc, "test_acc": acc, "val_acc": acc, "gap": 0.0, "diverged": False,
+            "steps_done": steps, "curve": curve}
+
+
+def _n6_runs(rising_key):
+    runs = []
+    for norm, by in {"batch": {2: 0.5, 32: 0.9}, "group": {2: 0.9, 32: 0.9}}.items():
+        for bs, a in by.items():
+            cfg = {"norm": norm, "batch_size": bs, "epochs": 1, "lr": 0.05 * bs / 32}
+            runs += [{"experiment": "batch_size", "config": cfg, "seed": s, "time": {},
+                      "metrics": _metrics(a + s / 100, 100, (norm, bs) == rising_key)}
+                     for s in range(3)]
+    return runs
+
+
+def test_n6_rests_on_converged_runs_only(tmp_path):
+    from sharenorm.lab.experiments import batch_size
+    from sharenorm.lab.spec import INCONCLUSIVE, SUPPORTED
+
+    ok = batch_size.analyze(_n6_runs(None), tmp_path, "en")[0]
+    assert ok.verdict == SUPPORTED and "converged" in ok.tables[-1].headers[0]
+    late = batch_size.analyze(_n6_runs(("group", 2)), tmp_path, "en")[0]
+    assert late.verdict == INCONCLUSIVE and "not converged" in late.measured
+    assert late.cells[("norm", "small", "group")][1] == INCONCLUSIVE
+    # a run the verdict does not rest on (GN at batch 32 is only in the cells) leaves it alone
+    assert batch_size.analyze(_n6_runs(("group", 32)), tmp_path, "en")[0].verdict == SUPPORTED
+
+
+def test_n6_and_n8_runs_record_checkpoints(monkeypatch):
+    from sharenorm.lab.experiments import batch_size, depth
+    from sharenorm.lab.stats import plateaued
+
+    cfg = {"norm": "group", "batch_size": 32, "epochs": 0.5, "lr": 0.05}
+    m, _ = runner.execute("batch_size", cfg, 0, False, None)
+    assert len(m["curve"]) >= 5 and m["curve"][-1][0] == m["steps_done"] == 62
+    assert plateaued(m["curve"], m["steps_done"]) is not None  # the check can answer
+    cfg = {"arch": "residual", "norm": "batch", "depth": 3, "lr": 0.006, "batch_size": 32,
+           "epochs": 0.5}
+    m, _ = runner.execute("depth", cfg, 0, False, None)
+    assert len(m["curve"]) >= 5 and m["curve"][-1] == [m["steps_done"], m["val_acc"]]
+    assert depth.planned_steps(cfg, 4000) == m["steps_done"]
+    assert batch_size.planned_steps(cfg | {"epochs": 0.5}, 4000) == 62
+
+
+def test_n8_is_inconclusive_when_a_deciding_run_had_not_converged(tmp_path):
+    from sharenorm.lab.experiments import depth
+    from sharenorm.lab.spec import INCONCLUSIVE, SUPPORTED
+
+    def runs(rising_key):
+        out = []
+        for (norm, d), acc in {("batch", 3): 0.9, ("batch", 17): 0.6, ("group", 3): 0.9,
+                               ("group", 17): 0.9}.items():
+            cfg = {"arch": "residual", "norm": norm, "depth": d, "lr": 0.006, "batch_size": 4,
+                   "epochs": 1}
+            out += [{"experiment": "depth", "config": cfg, "seed": s, "time": {},
+                     "metrics": _metrics(acc + s / 100, 800, (norm, d) == rising_key)}
+                    for s in range(3)]
+        return out
+
+    ok = depth.analyze(runs(None), tmp_path, "en")[0]
+    assert ok.verdict == SUPPORTED and ", converged 3/3" in ok.tables[0].rows[0][2]
+    late = depth.analyze(runs(("batch", 17)), tmp_path, "en")[0]
+    assert late.verdict == INCONCLUSIVE and ", converged 0/3" in late.tables[0].rows[0][3]
+
+
+def test_n8_final_runs_use_fresh_seeds_and_a_rate_chosen_on_another_split(monkeypatch):
+    from sharenorm.lab.experiments import depth
+
+    seen = _spy_datasets(monkeypatch)
+    trained = []
+    real = depth.train_classifier
+
+    def spy(model, ds, cfg, seed, *a, **kw):
+        trained.append((len(ds.x_train), cfg.steps, cfg.lr, seed))
+        return real(model, ds, cfg, seed, *a, **kw)
+
+    monkeypatch.setattr(depth, "train_classifier", spy)
+    cfg = {"arch": "residual", "norm": "group", "depth": 3, "lr_grid": [0.006, 0.02],
+           "batch_size": 32, "epochs": 0.5}
+    m, _ = runner.execute("depth", cfg, 0, False, None)
+    assert m["lr_chosen"] in cfg["lr_grid"] and set(m["val_acc_by_lr"]) == {"0.006", "0.02"}
+    final = trained[-1]
+    assert final == (3200, 50, m["lr_chosen"], 0)  # the seed itself, its own 80% split
+    assert m["steps_done"] == 50 and depth.planned_steps(cfg, 4000) == 50 + 2 * 25
+    # the tries: another split (seed + 1000) of the training data, half the steps
+    assert any(v.name.endswith("-val") and n == 4000 for n, _, _, v in seen)
+    assert all(c.get("lr_grid") for c in depth.configs(False) + depth.configs(True))
