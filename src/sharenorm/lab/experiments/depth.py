@@ -279,4 +279,4 @@ EXPERIMENT = Experiment(
         "learning rate " + ", ".join(f"{x:g}" for x in FULL_LRS) + " में से, दूसरे split पर "
         f"seed + {SELECT_SEED} वाली आधे steps की tries की validation accuracy से।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
-    min_train=min_train, stack_over=("lr",))  # a depth's rate grid and seeds train as one
+    min_train=min_train)
