@@ -32,10 +32,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from bench_norms import measure  # alternating calls, medians: (first's, second's)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = [(32, 128, 56, 56), (8, 64, 28, 28)]
@@ -54,10 +55,12 @@ NORMS = {
 
 def import_old(ref: str, into: str):
     """The ``sharenorm`` package of commit ``ref``, imported as ``sharenorm_old``."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", ref, "src/sharenorm"],
-        check=True, capture_output=True,
-    ).stdout
+    run = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref,
+                          "src/sharenorm"], capture_output=True)
+    if run.returncode != 0:
+        raise SystemExit(f"bench_vs_commit: cannot export src/sharenorm at --old {ref!r}: "
+                         f"{run.stderr.decode().strip()}; pass a commit of this repository")
+    archive = run.stdout
     tar_path = Path(into) / "old.tar"
     tar_path.write_bytes(archive)
     with tarfile.open(tar_path) as tar:
@@ -68,30 +71,6 @@ def import_old(ref: str, into: str):
         path.write_text(re.sub(r"\bsharenorm\b", "sharenorm_old", path.read_text()))
     sys.path.insert(0, into)
     return importlib.import_module("sharenorm_old")
-
-
-def _step(layer, x: torch.Tensor, grad: torch.Tensor | None) -> None:
-    if grad is None:
-        with torch.no_grad():
-            layer(x)
-    else:
-        layer(x).backward(grad)
-
-
-def measure(old, new, x: torch.Tensor, backward: bool, repeats: int) -> tuple[float, float]:
-    """Median seconds of old and new, run alternately on the same input."""
-    grad = torch.randn_like(x) if backward else None
-    xin = x.detach().requires_grad_(backward)
-    for layer in (old, new):  # warm-up
-        _step(layer, xin, grad)
-    times: dict[int, list[float]] = {0: [], 1: []}
-    for r in range(repeats):
-        for i in (0, 1) if r % 2 == 0 else (1, 0):
-            t0 = time.perf_counter()
-            _step((old, new)[i], xin, grad)
-            times[i].append(time.perf_counter() - t0)
-            xin.grad = None
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:

@@ -108,7 +108,7 @@ def test_members_whose_samples_differ_in_shape_train_alone():
 
 @pytest.mark.parametrize("norm", ["batch", "group"])
 def test_residual_nets_stack_and_equal_separate_trainings(norm):
-    # N8's deciding networks: they had trained one seed at a time
+    # N8's deciding networks
     from sharenorm.models.resnet import ResNet
 
     ds = toy((2, 12))

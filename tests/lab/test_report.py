@@ -220,7 +220,7 @@ def test_n6_small_multiples_and_t2_legend(tmp_path, monkeypatch):
 
 
 def test_font_is_pinned_once_then_read_from_the_cache(tmp_path, monkeypatch):
-    # pinning the variable font took ~5 s of every lab command, longer than N6 --quick's runs
+    # pinning the variable font takes ~5 s: once per machine, not per lab command
     from sharenorm.lab import fonts
 
     if fonts.devanagari_font() is None:
@@ -245,7 +245,7 @@ def test_font_is_pinned_once_then_read_from_the_cache(tmp_path, monkeypatch):
 
 
 def test_the_same_runs_are_analyzed_once_per_process(tmp_path, monkeypatch):
-    # the console's line and the report analyzed (and drew) every experiment twice
+    # the console's line and the report both ask for every experiment's analysis
     from sharenorm.lab import experiments
 
     exp = experiments.get_experiment("vanishing")

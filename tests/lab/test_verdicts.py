@@ -173,8 +173,8 @@ def test_n2_is_decided_by_the_upper_end_of_the_stable_range(tmp_path, bn, none, 
 
 @pytest.mark.parametrize("stacked", [False, True])
 def test_gradient_norms_are_recorded_per_step_also_when_stacked(stacked):
-    # gradient hooks on the member models never fired in stacked training: N2's spikes and
-    # CV were None for every run of lab v5; the trainer records the norms itself
+    # gradient hooks on a member model do not see stacked training: the trainer records the
+    # norms itself, the same as hooks on a model trained alone
     import torch
 
     from sharenorm.data import load_digits
