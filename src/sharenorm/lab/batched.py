@@ -301,11 +301,23 @@ class StackedOptimizer:
     - Adam: ``g ← g + λ·θ``; ``m ← β₁m + (1−β₁)g``; ``v ← β₂v + (1−β₂)g²``;
       ``θ ← θ − lr·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε)``
 
-    with ``lr`` and ``λ`` member k's own on member k's elements. The parameters become views
-    of one flat tensor, so a step is a handful of operations whatever the number of layers
-    (per-operation overhead is what a step of these small models costs). :meth:`freeze` sets
-    a member's learning rate, weight decay and state to zero: its parameters stay where they
-    are, and a NaN in them is zeroed so no later operation meets it.
+    with ``lr`` and ``λ`` member k's own on member k's elements. It is computed by torch's
+    fused kernels (those of ``torch.optim.SGD/Adam(fused=True)``), one call per member over
+    that member's slices: one pass over the parameters instead of one per operation, which is
+    what these memory-bound updates cost. Parameters, gradients and optimizer state are views
+    of one flat tensor each, member-major within every parameter (row k of
+    ``view(K, -1)`` is member k's), so member k's slices are contiguous and a step allocates
+    nothing. :meth:`freeze` stops a member: its parameters stay where they are, and a NaN in
+    them is zeroed so no later operation of the stacked model meets it.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.ones(2, 3, dtype=torch.float64))  # 2 members of 3
+        >>> opt = StackedOptimizer([w], 2, "sgd", lrs=[0.1, 0.5], weight_decays=[0.0, 0.0])
+        >>> (w * 1.0).sum().backward()
+        >>> opt.step()
+        >>> w[:, 0].tolist()
+        [0.9, 0.5]
     """
 
     def __init__(self, params: list[nn.Parameter], k: int, kind: str, lrs, weight_decays,
@@ -314,54 +326,65 @@ class StackedOptimizer:
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {kind!r}")
         self.params, self.k, self.kind = list(params), k, kind
         self.momentum, self.betas, self.eps = momentum, betas, eps
-        p0 = self.params[0]
+        self.lrs, self.weight_decays = [float(x) for x in lrs], [float(x) for x in weight_decays]
         sizes = [p.numel() for p in self.params]
         self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])
-        owner, off = [], 0
+        # gradients land in one flat buffer too: a parameter's .grad is a view of it, and
+        # autograd accumulates into an existing .grad in place
+        self.grad = torch.zeros_like(self.flat)
+        self._grads, off = [], 0
         for p, n in zip(self.params, sizes, strict=True):
             p.data = self.flat[off:off + n].view_as(p)  # the parameter is now a view of flat
-            owner.append(torch.arange(k).repeat_interleave(n // k))
+            self._grads.append(self.grad[off:off + n].view_as(p))
             off += n
-        self.owner = torch.cat(owner)  # member of every element
-        self.lr = torch.tensor(lrs, dtype=p0.dtype)[self.owner]
-        self.wd = torch.tensor(weight_decays, dtype=p0.dtype)[self.owner]
-        self.use_wd = bool((self.wd != 0).any())
-        self.t = 0
         self.state1 = torch.zeros_like(self.flat)  # momentum buffer / Adam m
         self.state2 = torch.zeros_like(self.flat) if kind == "adam" else None
+        self.t = 0
+        self._steps = torch.zeros((), dtype=torch.float32)  # Adam's t, as the fused kernel reads it
+        self.active = list(range(k))
+        self._mine = [self._member_slices(b, sizes)
+                      for b in (self.flat, self.grad, self.state1, self.state2) if b is not None]
+        self.zero_grad()
+
+    def _member_slices(self, buf: Tensor, sizes: list[int]) -> list[list[Tensor]]:
+        """``[member][parameter]``: member k's contiguous slice of each parameter in ``buf``."""
+        out: list[list[Tensor]] = [[] for _ in range(self.k)]
+        off = 0
+        for n in sizes:
+            rows = buf[off:off + n].view(self.k, -1)
+            for j in range(self.k):
+                out[j].append(rows[j])
+            off += n
+        return out
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
+        self.grad.zero_()
+        for p, g in zip(self.params, self._grads, strict=True):
+            p.grad = g
 
     @torch.no_grad()
     def step(self) -> None:
+        if any(p.grad is not g for p, g in zip(self.params, self._grads, strict=True)):
+            raise RuntimeError("StackedOptimizer: a parameter's .grad was replaced (e.g. by "
+                               "zero_grad(set_to_none=True) of another optimizer); call this "
+                               "optimizer's zero_grad() before backward")
         self.t += 1
-        g = torch.cat([torch.zeros(p.numel(), dtype=p.dtype) if p.grad is None
-                       else p.grad.reshape(-1) for p in self.params])
-        if self.use_wd:
-            g = g.addcmul_(self.wd, self.flat)
-        s1 = self.state1
-        if self.kind == "sgd":
-            if self.t == 1:
-                s1.copy_(g)
+        self._steps.fill_(self.t)
+        for j in self.active:
+            p, g, s1 = self._mine[0][j], self._mine[1][j], self._mine[2][j]
+            if self.kind == "sgd":
+                torch._fused_sgd_(p, g, s1, weight_decay=self.weight_decays[j],
+                                  momentum=self.momentum, lr=self.lrs[j], dampening=0.0,
+                                  nesterov=False, maximize=False, is_first_step=self.t == 1)
             else:
-                s1.mul_(self.momentum).add_(g)
-            self.flat.sub_(self.lr * s1)
-        else:
-            b1, b2 = self.betas
-            s1.lerp_(g, 1 - b1)
-            self.state2.mul_(b2).addcmul_(g, g, value=1 - b2)
-            c1, c2 = 1 - b1 ** self.t, math.sqrt(1 - b2 ** self.t)
-            denom = (self.state2.sqrt() / c2).add_(self.eps)
-            self.flat.sub_((self.lr / c1) * s1 / denom)
+                torch._fused_adam_(p, g, s1, self._mine[3][j], [], [self._steps] * len(p),
+                                   lr=self.lrs[j], beta1=self.betas[0], beta2=self.betas[1],
+                                   weight_decay=self.weight_decays[j], eps=self.eps,
+                                   amsgrad=False, maximize=False)
 
     @torch.no_grad()
     def freeze(self, member: int) -> None:
-        mine = self.owner == member
-        self.lr[mine] = 0.0
-        self.wd[mine] = 0.0
-        self.flat[mine] = self.flat[mine].nan_to_num(0.0, 0.0, 0.0)
-        self.state1[mine] = 0.0
-        if self.state2 is not None:
-            self.state2[mine] = 0.0
+        if member in self.active:
+            self.active.remove(member)
+        for p in self._mine[0][member]:
+            p.nan_to_num_(0.0, 0.0, 0.0)

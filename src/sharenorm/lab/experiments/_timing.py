@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import torch
 
+from sharenorm.lab.train import make_optimizer
+
 __all__ = ["interleaved_step_times"]
 
 
@@ -53,8 +55,7 @@ def sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
              optimizer: str = "sgd", lr: float = 0.01) -> Callable[[], None]:
     """One training step of ``model`` on the fixed batch ``(x, y)`` as a callable (the
     optimizer the lab trains it with: SGD momentum 0.9 or Adam)."""
-    opt = (torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9) if optimizer == "sgd"
-           else torch.optim.Adam(model.parameters(), lr=lr))
+    opt = make_optimizer(model.parameters(), optimizer, lr)
     model.train()
 
     def step():

@@ -23,7 +23,7 @@ from sharenorm.lab.spec import (
     group_runs,
 )
 from sharenorm.lab.stats import fmt_ci, mean_ci
-from sharenorm.lab.train import seed_everything
+from sharenorm.lab.train import make_optimizer, seed_everything
 from sharenorm.models.style import StyleDecoder, StyleEncoder, adain, channel_stats
 
 NORMS = ["instance", "group", "layer", "batch", "none"]
@@ -89,7 +89,7 @@ def _adain(cfg, seed):
     gen = seed_everything(seed)
     x = _photos(cfg["size"])
     enc, dec = StyleEncoder("none", width=32), StyleDecoder(width=32)
-    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=2e-3)
+    opt = make_optimizer([*enc.parameters(), *dec.parameters()], "adam", 2e-3)
     h, w = x.shape[-2:]
     crop = min(h, w) // 4 * 2  # even size, so stride 2 and ×2 upsampling give the size back
     for _ in range(cfg["steps"]):  # a plain autoencoder on random crops of the two photos

@@ -24,7 +24,7 @@ from sharenorm.lab.spec import (
     group_runs,
 )
 from sharenorm.lab.stats import compare, fmt_ci, mean_ci
-from sharenorm.lab.train import batches, seed_everything
+from sharenorm.lab.train import batches, make_optimizer, seed_everything
 from sharenorm.models import Autoencoder
 
 AE_HIDDEN = (48, 16)
@@ -84,7 +84,7 @@ def train_autoencoder(cfg: dict, ds, lr: float, seed: int, steps: int) -> tuple[
     model = Autoencoder(ds.sample_shape, AE_HIDDEN, tied=cfg["mode"] == "tied")
     soft = sn.SoftTie(model, model.soft_tie_pairs(), cfg["strength"]) \
         if cfg["mode"] == "soft" else None
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = make_optimizer(model.parameters(), "adam", lr)
     x = ds.x_train
     it = batches(len(x), min(32, len(x)), gen)
     t0 = time.perf_counter()
