@@ -6,7 +6,8 @@ W gloo processes on this machine (started by :func:`sharenorm.distributed.launch
 each on its b-sample slice of the same global batch of W·b samples. Only the norm
 differs: per-process BatchNorm (statistics of b samples), SyncBatchNorm (statistics of
 all W·b), BatchRenorm (per-process, corrected towards the running statistics) and
-GroupNorm (per sample). The reference is one process with plain BN on the whole W·b
+GroupNorm (per sample, so one process on the whole W·b batch computes what the W processes
+would: it is trained so). The reference is one process with plain BN on the whole W·b
 batch — the "large batch" SyncBN should recover (it computes the same thing).
 """
 
@@ -33,8 +34,14 @@ from sharenorm.models import ConvNet
 
 VARIANTS = ["bn_large", "bn", "syncbn", "renorm", "gn"]
 LABELS = {"bn_large": "BN, 1 process, batch W·b", "bn": "BN per process",
-          "syncbn": "SyncBN", "renorm": "BatchRenorm per process", "gn": "GN (G=8)"}
+          "syncbn": "SyncBN", "renorm": "BatchRenorm per process",
+          "gn": "GN (G=8; per sample: 1 process, batch W·b)"}
 BASE_LR, BASE_BS = 0.05, 32  # N6's linear scaling rule, on the global batch W·b
+# Trained by one process on the whole global batch: the large-batch reference, and GN, which
+# normalizes each sample alone, so W processes under DDP (gradients averaged over the ranks:
+# the gradient of the mean loss) compute exactly what one process does with the W·b samples,
+# without W processes waiting on each other at every step.
+ONE_PROCESS = ("bn_large", "gn")
 
 
 def configs(quick: bool) -> list[dict]:
@@ -66,13 +73,14 @@ def _rank(rank: int, world: int, cfg: dict, seed: int, data: tuple) -> dict | No
     b, steps = cfg["per_process_batch"], cfg["steps"]
     gb = world * b
     out = {}
-    # The one-process reference last: rank 0 trains it alone while the others have left.
-    for variant in VARIANTS[1:] + VARIANTS[:1]:
-        if variant == "bn_large" and rank != 0:
+    # The one-process variants last: rank 0 trains them alone while the others have left.
+    for variant in [v for v in VARIANTS if v not in ONE_PROCESS] + list(ONE_PROCESS):
+        alone = variant in ONE_PROCESS
+        if alone and rank != 0:
             continue
         torch.manual_seed(seed)  # the same initial weights on every rank
         model = _model(variant, tuple(x.shape[1:]), num_classes, steps)
-        net = model if variant == "bn_large" else snd.ddp(model)
+        net = model if alone else snd.ddp(model)
         opt = torch.optim.SGD(model.parameters(), lr=BASE_LR * gb / BASE_BS, momentum=0.9)
         gen = torch.Generator().manual_seed(seed + 1_000_003)  # the same batches everywhere
         perm, pos = torch.randperm(len(x), generator=gen), 0
@@ -82,7 +90,7 @@ def _rank(rank: int, world: int, cfg: dict, seed: int, data: tuple) -> dict | No
                 perm, pos = torch.randperm(len(x), generator=gen), 0
             idx = perm[pos:pos + gb]
             pos += gb
-            if variant != "bn_large":
+            if not alone:
                 idx = idx[rank * b:(rank + 1) * b]
             loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
@@ -189,13 +197,17 @@ EXPERIMENT = Experiment(
         "(sharenorm.distributed.ddp), SGD momentum 0.9, lr = 0.05·(W·b)/32, 1000 steps "
         "(quick: 20); the same initial weights and batches for every norm. BatchRenorm: r_max "
         "1→3 and d_max 0→5 from 10% to 50%/30% of the steps. Reference: one process with BN "
-        "on the whole global batch. Test accuracy in eval mode (rank 0).",
+        "on the whole global batch. GN normalizes each sample alone, so W processes under DDP "
+        "compute what one process does on the global batch: it is trained so. Test accuracy "
+        "in eval mode (rank 0).",
         "mnist1d (या --data), N6 वाला ConvNet; इस machine पर W = 4 gloo processes (quick: 2), हर "
         "एक के पास W·b के उसी global batch के b = 2 samples, DistributedDataParallel "
         "(sharenorm.distributed.ddp), SGD momentum 0.9, lr = 0.05·(W·b)/32, 1000 steps (quick: "
         "20); हर norm के लिए वही initial weights और batches। BatchRenorm: r_max 1→3, d_max 0→5, "
-        "steps के 10% से 50%/30% तक। Reference: पूरे global batch पर BN वाला एक process। Test "
-        "accuracy eval mode में (rank 0)।"),
+        "steps के 10% से 50%/30% तक। Reference: पूरे global batch पर BN वाला एक process। GN हर "
+        "sample को अलग normalize करता है, इसलिए DDP में W processes वही compute करते हैं जो एक "
+        "process global batch पर करता है: उसे ऐसे ही train किया जाता है। Test accuracy eval mode "
+        "में (rank 0)।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
     requires=("SyncBatchNorm", "BatchRenorm1d", "convert_sync_batchnorm"),
     min_train=lambda cfg: cfg["world"] * cfg["per_process_batch"])  # one global batch
