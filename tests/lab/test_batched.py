@@ -316,6 +316,30 @@ def test_execute_job_gives_each_seed_its_stacked_run():
                for m, t in out)
 
 
+def test_a_runs_steps_total_counts_its_selection_tries_stacked_or_alone(monkeypatch):
+    # a run that tries a learning rate on a validation split (5 steps) before its final
+    # training (8 steps) took 13 optimizer steps: the session's steps/s counts all of them
+    from sharenorm.lab.experiments import get_experiment
+    from sharenorm.lab.experiments._protocol import validation_split
+
+    ds = toy()
+
+    def run(cfg, seed, ctx):
+        for steps in (5, 8):
+            d = validation_split(ds, seed=seed) if steps == 5 else ds
+            net = build("conv", "batch", seed, d)
+            metrics, timing = train_classifier(net, d, TrainConfig(steps=steps, batch_size=4),
+                                               seed)
+        return metrics, timing
+
+    monkeypatch.setattr(get_experiment("lr_sweep"), "run", run)
+    stacked = runner.execute_job("lr_sweep", [({}, 0), ({}, 1)], True, None)
+    alone = runner.execute_job("lr_sweep", [({}, 0)], True, None)
+    for m, t in stacked + alone:
+        assert m["steps_done"] == 8 and t["steps_total"] == 13
+    assert all(t["stacked"] == 2 for _, t in stacked)
+
+
 def _records(out):
     recs = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines()]
     runs = {r["key"]: r["metrics"] for r in recs if r.get("kind") == "run"}
@@ -329,6 +353,7 @@ def test_lab_results_do_not_depend_on_jobs_or_resuming_and_sessions_count_steps(
     runner.run_lab(["N3"], jobs=1, out=tmp_path / "a", **kw)
     runs, sessions = _records(tmp_path / "a")
     assert len(runs) == 8  # 4 configs × 2 seeds, trained as 4 stacked pairs
+    # N3 trains each run once (no selection tries): its steps are the final runs' steps
     assert sessions[-1]["steps_done"] == sum(m["steps_done"] for m in runs.values()) > 0
     assert sessions[-1]["steps_per_s"] > 0
     # resume with one run of a pair missing: the pair is trained again together, and only

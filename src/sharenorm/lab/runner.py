@@ -83,7 +83,7 @@ def execute_job(experiment: str, runs: list[tuple[dict, int]], quick: bool,
     try:
         ctx = RunContext(quick=quick, data_path=data_path)
         t0, c0 = time.perf_counter(), time.process_time()
-        out = run_together([lambda c=c, s=s: exp.run(c, s, ctx) for c, s in runs])
+        out = run_together([lambda c=c, s=s: _counted(exp.run, c, s, ctx) for c, s in runs])
         k = len(runs)
         share = {"run_s": round((time.perf_counter() - t0) / k, 4),
                  "cpu_s": round((time.process_time() - c0) / k, 4), "job_runs": k}
@@ -103,7 +103,8 @@ def execute(experiment: str, config: dict, seed: int, quick: bool,
     try:
         exp = get_experiment(experiment)
         t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
-        metrics, timing = exp.run(config, seed, RunContext(quick=quick, data_path=data_path))
+        metrics, timing = _counted(exp.run, config, seed, RunContext(quick=quick,
+                                                                      data_path=data_path))
         # wall time and this process's CPU time: on a CPU shared with other work the wall time
         # grows with the load, the CPU time (one thread) much less. Processes the run started
         # and waited for (N9's gloo ranks) are counted separately.
@@ -113,6 +114,16 @@ def execute(experiment: str, config: dict, seed: int, quick: bool,
         return metrics, timing
     finally:
         torch.set_num_threads(threads)
+
+
+def _counted(run, config, seed, ctx) -> tuple[dict, dict]:
+    """``run(config, seed, ctx)``, with the optimizer steps it took (its learning-rate
+    selection tries included) as ``timing["steps_total"]``."""
+    from sharenorm.lab.train import counting_steps
+
+    with counting_steps() as steps:
+        metrics, timing = run(config, seed, ctx)
+    return metrics, dict(timing, steps_total=steps())
 
 
 def _children_cpu() -> float:
@@ -328,9 +339,10 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
     def session(status: str) -> dict:
         # provenance: what ran, how, with which versions; one line per invocation, also for
         # an interrupted one, so results from different versions are visible in the report.
-        # Throughput: the optimizer steps of this session's runs over its wall time.
+        # Throughput: the optimizer steps of this session's runs (learning-rate selection
+        # tries included) over its wall time.
         wall = time.perf_counter() - t_start
-        steps = sum(r["metrics"].get("steps_done") or 0
+        steps = sum(r["time"].get("steps_total", r["metrics"].get("steps_done")) or 0
                     for key, r in store.runs.items() if key not in keys_before)
         return {"started": started, "finished": _now(), "status": status,
                 "wall_s": round(wall, 2), "jobs": jobs,

@@ -10,7 +10,9 @@ inference time — which is exactly where small-batch BN suffers).
 from __future__ import annotations
 
 import math
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +21,7 @@ from torch import Tensor, nn
 from sharenorm.lab.jobs import current_group
 
 __all__ = ["TrainConfig", "train_classifier", "train_classifiers", "evaluate", "seed_everything",
-           "batches"]
+           "batches", "count_steps", "counting_steps"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -121,8 +123,42 @@ def train_classifier(model: nn.Module, ds, cfg: TrainConfig, seed: int,
     """
     member = current_group()
     if member is not None and penalty is None:
-        return member.train(train_classifiers, model, ds, cfg, seed)
-    return _train_alone(model, ds, cfg, seed, penalty)
+        out = member.train(train_classifiers, model, ds, cfg, seed)
+    else:
+        out = _train_alone(model, ds, cfg, seed, penalty)
+    count_steps(out[0]["steps_done"])
+    return out
+
+
+_COUNTER = threading.local()
+
+
+def count_steps(n: int) -> None:
+    """Add ``n`` optimizer steps to the count of :func:`counting_steps` in this thread (if
+    one is open): every training of a lab run, its learning-rate selection tries included."""
+    if getattr(_COUNTER, "n", None) is not None:
+        _COUNTER.n += n
+
+
+@contextmanager
+def counting_steps():
+    """Count the optimizer steps taken in this thread inside the block (:func:`count_steps`);
+    yields a callable that returns the count so far.
+
+    Example:
+        >>> with counting_steps() as steps:
+        ...     count_steps(3); count_steps(4)
+        >>> steps()
+        7
+    """
+    outer = getattr(_COUNTER, "n", None)
+    _COUNTER.n = 0
+    final: list[int] = []  # the count at the block's end, once it has ended
+    try:
+        yield lambda: final[0] if final else _COUNTER.n
+    finally:
+        final.append(_COUNTER.n)
+        _COUNTER.n = None if outer is None else outer + final[0]  # nested blocks add up
 
 
 def _train_alone(model: nn.Module, ds, cfg: TrainConfig, seed: int, penalty=None):

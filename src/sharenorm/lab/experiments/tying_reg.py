@@ -24,7 +24,7 @@ from sharenorm.lab.spec import (
     group_runs,
 )
 from sharenorm.lab.stats import compare, fmt_ci, mean_ci
-from sharenorm.lab.train import batches, make_optimizer, seed_everything
+from sharenorm.lab.train import batches, count_steps, make_optimizer, seed_everything
 from sharenorm.models import Autoencoder
 
 AE_HIDDEN = (48, 16)
@@ -97,6 +97,7 @@ def train_autoencoder(cfg: dict, ds, lr: float, seed: int, steps: int) -> tuple[
         loss.backward()
         opt.step()
     train_s = time.perf_counter() - t0
+    count_steps(steps)
     with torch.no_grad():
         tr = nn.functional.mse_loss(model(x), x).item()
         te = nn.functional.mse_loss(model(ds.x_test), ds.x_test).item()
