@@ -265,9 +265,17 @@ def test_stack_inputs_puts_member_k_in_its_channels():
     torch.testing.assert_close(s[:, 2:4], xs[1])
 
 
+def _cumulative_bn(net):
+    for m in net.modules():
+        if hasattr(m, "momentum"):
+            m.momentum = None
+    return net
+
+
 @pytest.mark.parametrize("make", [
     lambda: LocallyConnectedNet((1, 12), 3, width=4, norm="renorm"),
     lambda: RNNClassifier((1, 12), 3, hidden=4, chunk=4),
+    lambda: _cumulative_bn(ConvNet((1, 12), 3, width=4, norm="batch")),
 ])
 def test_what_does_not_stack_is_refused_and_trains_alone(make):
     ds = toy((1, 12), classes=3, dtype=torch.float32)

@@ -208,6 +208,9 @@ def _why_not(model: nn.Module) -> str | None:
             continue
         if type(m) is nn.Linear or isinstance(m, elementwise):
             continue
+        if isinstance(m, _batchnorm_types()) and m.momentum is None:
+            # a cumulative average weighs batch t by 1/t: StackedBatchNorm has one momentum
+            return f"{name}: BatchNorm with momentum=None (a cumulative average)"
         if isinstance(m, norms) and "Sync" not in type(m).__name__ and \
                 "Renorm" not in type(m).__name__:
             continue
