@@ -19,6 +19,7 @@ The old tree is the commit ``--old`` (default 5c2951e, before the stacked lab) e
 
 Run:  python benchmarks/bench_lab.py [--mode cli|train|both] [--repeats 3] [--old 5c2951e]
       python benchmarks/bench_lab.py --mode train --model resnet --seeds 5   # N8's jobs
+      python benchmarks/bench_lab.py --mode train --model lc --seeds 5       # S2/S3's LC net
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def bench_train(args) -> None:
     import torch
 
     from sharenorm.lab.common import dataset
+    from sharenorm.lab.experiments.sharing_cost import build
     from sharenorm.lab.spec import RunContext
     from sharenorm.lab.train import TrainConfig, _train_alone, train_classifiers
     from sharenorm.models import ConvNet
@@ -123,10 +125,14 @@ def bench_train(args) -> None:
         cases = [(norm, bs, steps) for norm in ("batch", "group", "none")
                  for bs, steps in ((2, 250), (4, 125))]
         lrs = [None]
-    else:
+    elif args.model == "resnet":
         # N8's deepest residual net at batch 4, its learning-rate grid and seeds in one job
         cases = [(norm, 4, 60) for norm in ("batch", "group")]
         lrs = [0.002, 0.006, 0.02, 0.06]
+    else:
+        # S2/S3's locally connected net (no norm), Adam at batch 32 as there
+        cases = [("none", 32, 300)]
+        lrs = [None]
 
     def models(norm):
         out = []
@@ -137,41 +143,50 @@ def bench_train(args) -> None:
                 kw = {"norm": norm, "num_groups": gn if norm == "group" else None}
                 out.append(ConvNet(ds.sample_shape, ds.num_classes, **kw)
                            if args.model == "convnet" else
-                           ResNet(ds.sample_shape, ds.num_classes, depth=17, **kw))
+                           ResNet(ds.sample_shape, ds.num_classes, depth=17, **kw)
+                           if args.model == "resnet" else build("locally_connected", ds))
         return out
 
     def configs(cfg):
         return [cfg if lr is None else TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size,
                                                    lr=lr) for lr in lrs for _ in seeds]
 
+    # each returns its steps' own wall time (timing["train_s"]: no data set-up, no evaluation)
     def old(norm, cfg):
-        for m, c, s in zip(models(norm), configs(cfg), seeds * len(lrs), strict=True):
-            _train_alone(m, ds, c, s)
+        return sum(_train_alone(m, ds, c, s)[1]["train_s"]
+                   for m, c, s in zip(models(norm), configs(cfg), seeds * len(lrs), strict=True))
 
     def new(norm, cfg):
-        train_classifiers(models(norm), ds, configs(cfg), seeds * len(lrs))
+        out = train_classifiers(models(norm), ds, configs(cfg), seeds * len(lrs))
+        return sum(t["train_s"] for _, t in out)  # each member's share: the stacked time / K
 
-    what = "N6 ConvNet" if args.model == "convnet" else f"N8 ResNet-17, {len(lrs)} rates"
+    what = {"convnet": "N6 ConvNet", "resnet": f"N8 ResNet-17, {len(lrs)} rates",
+            "lc": "S2/S3 LocallyConnectedNet, Adam"}[args.model]
     print(f"training loop, {what}, {len(seeds)} seeds; load before: {load()}")
     ratios, cpu_ratios = [], []
     for norm, bs, steps in cases:
-        cfg = TrainConfig(steps=steps, batch_size=bs, lr=0.05 * bs / 32)
+        cfg = (TrainConfig(steps=steps, batch_size=bs, lr=1e-3, optimizer="adam")
+               if args.model == "lc" else TrainConfig(steps=steps, batch_size=bs,
+                                                      lr=0.05 * bs / 32))
         times: dict[str, list[float]] = {"old": [], "new": []}
         cpus: dict[str, list[float]] = {"old": [], "new": []}
+        steps_s: dict[str, list[float]] = {"old": [], "new": []}
         for _ in range(args.repeats):
             for name, fn in (("old", old), ("new", new)):
                 t0, c0 = time.perf_counter(), time.process_time()
-                fn(norm, cfg)
+                steps_s[name].append(fn(norm, cfg))
                 times[name].append(time.perf_counter() - t0)
                 cpus[name].append(time.process_time() - c0)
         o, n = statistics.median(times["old"]), statistics.median(times["new"])
+        so, sn = statistics.median(steps_s["old"]), statistics.median(steps_s["new"])
         oc, nc = statistics.median(cpus["old"]), statistics.median(cpus["new"])
         total = steps * len(seeds) * len(lrs)
         ratios.append(o / n)
         cpu_ratios.append(oc / nc)
         print(f"  {norm:6s} batch {bs}: old {total / o:7.1f} steps/s, new {total / n:7.1f} "
-              f"steps/s, ratio {o / n:.2f}x wall, {oc / nc:.2f}x CPU  (load {load()})",
-              flush=True)
+              f"steps/s, ratio {o / n:.2f}x wall, {oc / nc:.2f}x CPU  (load {load()}); "
+              f"per member and step, the steps alone: old {1e3 * so / total:.2f} ms, new "
+              f"{1e3 * sn / total:.2f} ms ({so / sn:.2f}x)", flush=True)
     print(f"load after: {load()}")
     print(f"training-loop ratio new/old (incl. final evaluation): median "
           f"{statistics.median(ratios):.2f}x wall, {statistics.median(cpu_ratios):.2f}x CPU")
@@ -184,8 +199,9 @@ def main() -> None:
     ap.add_argument("--old", default="5c2951e", help="the commit to compare with")
     ap.add_argument("--lab-args", default="N6 --quick --seeds 3 --jobs 2")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per config (train mode)")
-    ap.add_argument("--model", choices=("convnet", "resnet"), default="convnet",
-                    help="train mode: N6's ConvNet, or N8's ResNet-17 with its rate grid")
+    ap.add_argument("--model", choices=("convnet", "resnet", "lc"), default="convnet",
+                    help="train mode: N6's ConvNet, N8's ResNet-17 with its rate grid, or "
+                         "S2/S3's locally connected net")
     args = ap.parse_args()
     if args.mode in ("train", "both"):
         bench_train(args)

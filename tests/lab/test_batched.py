@@ -10,9 +10,16 @@ import threading
 import pytest
 import torch
 
+from sharenorm import LocallyConnected1d, LocallyConnected2d
 from sharenorm.data import Dataset
 from sharenorm.lab import runner
-from sharenorm.lab.batched import NotStackable, StackedLinear, stack_inputs, stack_models
+from sharenorm.lab.batched import (
+    NotStackable,
+    StackedLinear,
+    StackedLocallyConnected,
+    stack_inputs,
+    stack_models,
+)
 from sharenorm.lab.jobs import run_together
 from sharenorm.lab.train import TrainConfig, train_classifier, train_classifiers
 from sharenorm.models import MLP, ConvNet, LocallyConnectedNet, RNNClassifier
@@ -30,9 +37,10 @@ def toy(shape=(2, 12), n_train=48, n_test=20, classes=4, dtype=torch.float64, se
 
 def build(kind, norm, seed, ds):
     torch.manual_seed(seed)
-    if kind == "conv":
-        net = ConvNet(ds.sample_shape, ds.num_classes, width=8, depth=3, norm=norm,
-                      num_groups=2 if norm == "group" else None)
+    if kind in ("conv", "lc"):
+        cls = ConvNet if kind == "conv" else LocallyConnectedNet
+        net = cls(ds.sample_shape, ds.num_classes, width=8, depth=3, norm=norm,
+                  num_groups=2 if norm == "group" else None)
     else:
         net = MLP(ds.sample_shape, ds.num_classes, hidden=[8, 6], norm=norm)
     return net.double()
@@ -145,8 +153,59 @@ def test_image_convnet_stacks_too():
         same_state(a, b)
 
 
-@pytest.mark.parametrize("norm", ["batch", "group"])
-def test_a_diverging_member_leaves_the_others_untouched(norm):
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("make, shape", [
+    (lambda bias: LocallyConnected1d(2, 3, 11, 5, stride=2, padding=2, bias=bias), (2, 11)),
+    (lambda bias: LocallyConnected2d(2, 3, (7, 6), (3, 2), stride=(2, 1), padding=(1, 0),
+                                     dilation=(1, 2), bias=bias), (2, 7, 6)),
+])
+def test_stacked_locally_connected_layers_are_k_layers(make, shape, bias):
+    torch.manual_seed(0)
+    k, n = 3, 4
+    lcs = [make(bias).double() for _ in range(k)]
+    st = stack_models(lcs)
+    assert isinstance(st, StackedLocallyConnected)
+    xs = torch.randn(k, n, *shape, dtype=torch.float64, requires_grad=True)
+    y = st(stack_inputs(xs))
+    c_out, size_out = lcs[0].out_channels, lcs[0].output_size
+    assert y.shape == (n, k * c_out, *size_out)
+    w = torch.randn_like(y)  # a different upstream gradient for every output
+    gx, *gp = torch.autograd.grad((y * w).sum(), [xs, *st.parameters()])
+    wk = w.view(n, k, c_out, *size_out)
+    for j, lc in enumerate(lcs):
+        yj = lc(xs[j])
+        torch.testing.assert_close(y.view(n, k, c_out, *size_out)[:, j], yj, rtol=0, atol=1e-12)
+        gxj, *gpj = torch.autograd.grad((yj * wk[:, j]).sum(), [xs, *lc.parameters()])
+        torch.testing.assert_close(gx[j], gxj[j], rtol=0, atol=1e-12)
+        # member-major: row j of every stacked parameter (and its gradient) is member j's
+        for s, g, p, gj in zip(st.parameters(), gp, lc.parameters(), gpj, strict=True):
+            torch.testing.assert_close(s.view(k, -1)[j], p.reshape(-1), rtol=0, atol=0)
+            torch.testing.assert_close(g.reshape(k, -1)[j], gj.reshape(-1), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape, norm, opt", [
+    ((2, 12), "none", "sgd"), ((2, 12), "none", "adam"), ((2, 12), "batch", "adam"),
+    ((1, 6, 6), "group", "sgd"),
+])
+def test_stacked_locally_connected_nets_train_as_separate_ones(shape, norm, opt):
+    ds = toy(shape)
+    seeds = [0, 1, 2]
+    lrs = [0.05, 0.1, 0.02] if opt == "sgd" else [1e-3, 3e-3, 2e-3]
+    cfgs = [TrainConfig(steps=s, batch_size=4, lr=lr, optimizer=opt, eval_every=2,
+                        weight_decay=wd) for s, lr, wd in zip((5, 4, 5), lrs, (0.0, 1e-2, 0.0),
+                                                              strict=True)]
+    alone = [build("lc", norm, s, ds) for s in seeds]
+    ref = [train_classifier(m, ds, c, s)[0] for m, c, s in zip(alone, cfgs, seeds, strict=True)]
+    together = [build("lc", norm, s, ds) for s in seeds]
+    out = train_classifiers(together, ds, cfgs, seeds)
+    assert [t["stacked"] for _, t in out] == [3, 3, 3]
+    for r, (o, _), a, b in zip(ref, out, alone, together, strict=True):
+        close(r, o)
+        same_state(a, b)
+
+
+@pytest.mark.parametrize("kind, norm", [("conv", "batch"), ("conv", "group"), ("lc", "batch")])
+def test_a_diverging_member_leaves_the_others_untouched(kind, norm):
     """Member 1 meets an inf weight: NaN everywhere in its channels from the first forward
     (BN's running statistics included). The others end as they would alone."""
     ds = toy()
@@ -154,7 +213,7 @@ def test_a_diverging_member_leaves_the_others_untouched(norm):
     seeds = [0, 1, 2]
 
     def models():
-        ms = [build("conv", norm, s, ds) for s in seeds]
+        ms = [build(kind, norm, s, ds) for s in seeds]
         with torch.no_grad():
             ms[1].features[0].weight[0, 0, 0] = float("inf")
         return ms
@@ -206,9 +265,17 @@ def test_stack_inputs_puts_member_k_in_its_channels():
     torch.testing.assert_close(s[:, 2:4], xs[1])
 
 
+def _cumulative_bn(net):
+    for m in net.modules():
+        if hasattr(m, "momentum"):
+            m.momentum = None
+    return net
+
+
 @pytest.mark.parametrize("make", [
-    lambda: LocallyConnectedNet((1, 12), 3, width=4),
+    lambda: LocallyConnectedNet((1, 12), 3, width=4, norm="renorm"),
     lambda: RNNClassifier((1, 12), 3, hidden=4, chunk=4),
+    lambda: _cumulative_bn(ConvNet((1, 12), 3, width=4, norm="batch")),
 ])
 def test_what_does_not_stack_is_refused_and_trains_alone(make):
     ds = toy((1, 12), classes=3, dtype=torch.float32)

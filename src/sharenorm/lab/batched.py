@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["NotStackable", "StackedLinear", "StackedBatchNorm", "StackedOptimizer", "stack_models", "unstack_into",
-           "stack_inputs", "stackable", "can_stack"]
+           "stack_inputs", "stackable", "can_stack", "StackedLocallyConnected"]
 
 
 class NotStackable(ValueError):
@@ -49,6 +49,41 @@ class StackedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"k={self.k}, in_features={self.in_features}, out_features={self.out_features}, " \
                f"bias={self.bias is not None}"
+
+
+class StackedLocallyConnected(nn.Module):
+    """K independent ``LocallyConnected1d``/``2d`` of one geometry on ``(N, K·C_in, *size)``
+    → ``(N, K·C_out, *size_out)``: member k reads channels ``[k·C_in, (k+1)·C_in)`` and writes
+    ``[k·C_out, (k+1)·C_out)``, as a grouped convolution does.
+
+    ``weight`` is ``(K, P, C_out, C_in·k)`` and ``bias`` ``(K, C_out, P)``: member k's tensors
+    at ``[k]``, so ``view(K, -1)[k]`` is member k's parameter, flattened. The forward is the
+    members' layer's own (:func:`sharenorm.sharing.layers.unshared_conv2d`) with K groups:
+    one unfold and one batched matmul over (member, position).
+    """
+
+    def __init__(self, mods: list[nn.Module]) -> None:
+        super().__init__()
+        m0, k = mods[0], len(mods)
+        self.k, self.ndim = k, m0._ndim  # noqa: SLF001
+        self.in_channels, self.out_channels = m0.in_channels, m0.out_channels
+        self.input_size, self.output_size = m0.input_size, m0.output_size
+        # the 2-D geometry the layer computes with (a 1-D layer is a 2-D one of height 1)
+        self._geometry = (m0._k2, m0._s2, m0._p2, m0._d2, m0._out2)  # noqa: SLF001
+        self.weight = _stack_param([m.weight for m in mods], (k, *m0.weight.shape))
+        self.bias = None if m0.bias is None else \
+            _stack_param([m.bias for m in mods], (k, *m0.bias.shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        from sharenorm.sharing.layers import unshared_conv2d
+
+        x2 = x.unsqueeze(2) if self.ndim == 1 else x
+        out = unshared_conv2d(x2, self.weight, self.bias, *self._geometry)
+        return out.squeeze(2) if self.ndim == 1 else out
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, {self.in_channels}, {self.out_channels}, " \
+               f"input_size={self.input_size}, bias={self.bias is not None}"
 
 
 class StackedBatchNorm(nn.Module):
@@ -134,20 +169,26 @@ def _elementwise_types() -> tuple[type, ...]:
             Activation)
 
 
+def _locally_connected_types() -> tuple[type, ...]:
+    from sharenorm.sharing.layers import LocallyConnected1d, LocallyConnected2d
+
+    return (LocallyConnected1d, LocallyConnected2d)
+
+
 def _container_types() -> tuple[type, ...]:
     """Modules whose own forward only composes their children and channel-agnostic ops
     (elementwise add, relu, flatten): they compute K members side by side unchanged."""
-    from sharenorm.models import MLP, ConvNet
+    from sharenorm.models import MLP, ConvNet, LocallyConnectedNet
     from sharenorm.models.resnet import ResNet, _Block
 
-    return (nn.Sequential, nn.ModuleList, ConvNet, MLP, ResNet, _Block)
+    return (nn.Sequential, nn.ModuleList, ConvNet, LocallyConnectedNet, MLP, ResNet, _Block)
 
 
 def _why_not(model: nn.Module) -> str | None:
     """None when every module of ``model`` has a stacked twin, else the first reason why not."""
     from sharenorm.models import ConvNet, LocallyConnectedNet
 
-    if isinstance(model, LocallyConnectedNet) or type(model).__name__ == "SyncBatchNorm":
+    if type(model).__name__ == "SyncBatchNorm":
         return f"{type(model).__name__} has no stacked form"
     for name, p in model.named_parameters():
         if p._backward_hooks:  # noqa: SLF001 - the stacked copy's gradients would bypass them
@@ -156,7 +197,10 @@ def _why_not(model: nn.Module) -> str | None:
     for name, m in model.named_modules():
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:  # noqa: SLF001
             return f"{name or 'the model'} has a hook, which would not see the stacked model"
-        if type(m) in containers and (type(m) is not ConvNet or name == ""):
+        if type(m) in containers and (type(m) not in (ConvNet, LocallyConnectedNet)
+                                      or name == ""):
+            continue
+        if type(m) in _locally_connected_types():
             continue
         if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
             if m.groups != 1:
@@ -164,6 +208,9 @@ def _why_not(model: nn.Module) -> str | None:
             continue
         if type(m) is nn.Linear or isinstance(m, elementwise):
             continue
+        if isinstance(m, _batchnorm_types()) and m.momentum is None:
+            # a cumulative average weighs batch t by 1/t: StackedBatchNorm has one momentum
+            return f"{name}: BatchNorm with momentum=None (a cumulative average)"
         if isinstance(m, norms) and "Sync" not in type(m).__name__ and \
                 "Renorm" not in type(m).__name__:
             continue
@@ -209,6 +256,8 @@ def _stack_leaf(mods: list[nn.Module]) -> nn.Module:
         if m0.bias is not None:
             new.bias = _stack_param([m.bias for m in mods], tuple(new.bias.shape))
         return new
+    if type(m0) in _locally_connected_types():
+        return StackedLocallyConnected(mods)
     if isinstance(m0, _batchnorm_types()):
         return StackedBatchNorm(mods)
     if isinstance(m0, _norm_types()):
@@ -238,8 +287,8 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
     The members are not changed; :func:`unstack_into` copies the stacked state back.
 
     Raises:
-        NotStackable: a layer without an exact stacked form (locally connected, RNN,
-            SyncBatchNorm, BatchRenorm), or members that differ in architecture.
+        NotStackable: a layer without an exact stacked form (RNN, SyncBatchNorm,
+            BatchRenorm, a grouped convolution), or members that differ in architecture.
 
     Example:
         >>> import torch

@@ -226,9 +226,10 @@ def train_classifiers(models: list[nn.Module], ds, cfgs, seeds: list[int]) -> li
     per seed) with ``cfgs[k]`` (one :class:`TrainConfig` for all, or one each) and the data
     order of ``seeds[k]``; the result is ``[(metrics, timing)]`` in that order, and every model
     ends with its own trained parameters and buffers. When the models can be stacked
-    (:func:`sharenorm.lab.batched.can_stack`: ConvNet and MLP of one architecture), their
-    samples have one shape and dtype, and the configs agree on ``batch_size``, ``optimizer``,
-    ``eval_every`` and ``eval_subset``, the K models train as one stacked model
+    (:func:`sharenorm.lab.batched.can_stack`: ConvNet, LocallyConnectedNet, ResNet and MLP
+    of one architecture), their samples have one shape and dtype, and the configs agree on
+    ``batch_size``, ``optimizer``, ``eval_every`` and ``eval_subset``, the K models train as
+    one stacked model
     (:mod:`sharenorm.lab.batched`): learning rate, weight decay, steps and ``target_acc`` may
     differ per member (a learning-rate grid is one call), and so may the data. Otherwise each
     trains alone, in turn. A member that diverges stops there, as alone, and the others go on

@@ -59,6 +59,52 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def unshared_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, kernel: tuple[int, int],
+                    stride: tuple[int, int], padding: tuple[int, int],
+                    dilation: tuple[int, int], out_size: tuple[int, int]) -> Tensor:
+    r"""G independent locally connected 2-D layers side by side (G = 1: one layer).
+
+    .. math::
+        y[n, (g, o), i, j] = b[g, o, (i, j)] + \sum_{c, u, v} W[g, (i, j), o, (c, u, v)]\,
+                             x_{pad}[n, (g, c),\; i s_h + u d_h,\; j s_w + v d_w]
+
+    Group g reads input channels ``[g·C, (g+1)·C)`` and writes output channels
+    ``[g·O, (g+1)·O)``: the layout of a grouped convolution, which is how the lab stacks K
+    models into one (:mod:`sharenorm.lab.batched`). Computed with one ``F.unfold`` and one
+    batched matmul over (group, position), so G layers cost one layer's operations.
+
+    Args:
+        x: (N, G·C, H, W).
+        weight: (G, P, O, C·k_h·k_w), P = H_out·W_out.
+        bias: (G, O, P) or None.
+        kernel, stride, padding, dilation: pairs, as in ``F.unfold``.
+        out_size: (H_out, W_out).
+
+    Returns:
+        (N, G·O, H_out, W_out).
+
+    Example:
+        >>> import torch
+        >>> x, w = torch.randn(2, 3, 1, 6), torch.randn(1, 6, 4, 3)  # G=1, C=3, k=1
+        >>> unshared_conv2d(x, w, None, (1, 1), (1, 1), (0, 0), (1, 1), (1, 6)).shape
+        torch.Size([2, 4, 1, 6])
+    """
+    n = x.shape[0]
+    g, p, o, j = weight.shape
+    # (N, G·C·kh·kw, P): unfold orders a column by channel, then kernel offset, so a group's
+    # patches are one contiguous block of rows, the same patches a convolution sees.
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    # One batched matmul over (group, position): (G·P, N, J) @ (G·P, J, O) -> (G·P, N, O). Both
+    # operands are made contiguous first (a reshape alone can return a strided view when G = 1):
+    # measured 1.5-3x faster fwd+bwd than strided bmm operands.
+    out = torch.bmm(cols.view(n, g, j, p).permute(1, 3, 0, 2).contiguous().view(g * p, n, j),
+                    weight.transpose(2, 3).contiguous().view(g * p, j, o))
+    out = out.view(g, p, n, o).permute(2, 0, 3, 1)  # (N, G, O, P)
+    if bias is not None:
+        out = out + bias
+    return out.reshape(n, g * o, *out_size)
+
+
 class _LocallyConnectedNd(nn.Module):
     """Shared implementation; the input is always handled as 2-D (1-D uses height 1)."""
 
@@ -162,17 +208,9 @@ class _LocallyConnectedNd(nn.Module):
         return s
 
     def _forward2d(self, x: Tensor) -> Tensor:
-        # x: (N, C, H, W) -> cols: (N, C*kh*kw, L), the same patches a convolution sees.
-        cols = F.unfold(x, self._k2, dilation=self._d2, padding=self._p2, stride=self._s2)
-        # One batched matmul over positions: (L, N, K) @ (L, K, O) -> (L, N, O). Both operands
-        # are made contiguous first: measured 1.5-3x faster fwd+bwd than strided bmm operands.
-        out = torch.bmm(
-            cols.permute(2, 0, 1).contiguous(), self.weight.transpose(1, 2).contiguous()
-        )
-        out = out.permute(1, 2, 0)  # (N, O, L)
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(x.shape[0], self.out_channels, *self._out2)
+        bias = None if self.bias is None else self.bias.unsqueeze(0)
+        return unshared_conv2d(x, self.weight.unsqueeze(0), bias, self._k2, self._s2, self._p2,
+                               self._d2, self._out2)
 
     def _check_input(self, x: Tensor) -> None:
         rank = self._ndim + 2
