@@ -60,6 +60,15 @@ class StackedLocallyConnected(nn.Module):
     at ``[k]``, so ``view(K, -1)[k]`` is member k's parameter, flattened. The forward is the
     members' layer's own (:func:`sharenorm.sharing.layers.unshared_conv2d`) with K groups:
     one unfold and one batched matmul over (member, position).
+
+    Example:
+        >>> import torch, sharenorm as sn
+        >>> lcs = [sn.LocallyConnected1d(2, 3, input_size=10, kernel_size=3) for _ in range(4)]
+        >>> st = stack_models(lcs)
+        >>> xs = torch.randn(4, 5, 2, 10)                      # (K, N, C_in, L)
+        >>> y = st(stack_inputs(xs)).view(5, 4, 3, 8)          # (N, K, C_out, L_out)
+        >>> torch.allclose(y[:, 2], lcs[2](xs[2]), atol=1e-6)
+        True
     """
 
     def __init__(self, mods: list[nn.Module]) -> None:
