@@ -24,6 +24,8 @@ from sharenorm.models.bn_rnn import BNRNNClassifier, GRUClassifier
 
 HIDDEN, LR, CHUNK = 64, 3e-3, 4
 STEPS, QUICK_STEPS = 1500, 50
+# test-accuracy checkpoints: ≥ 2 in each window of the plateau check
+EVAL_EVERY, QUICK_EVAL_EVERY = 100, 5
 MODELS = [("tanh", "batch"), ("tanh", "none"), ("gru", "none")]
 
 N10 = Claim(
@@ -40,7 +42,7 @@ N10 = Claim(
 
 
 def configs(quick: bool) -> list[dict]:
-    steps, every = (QUICK_STEPS, 25) if quick else (STEPS, 100)
+    steps, every = (QUICK_STEPS, QUICK_EVAL_EVERY) if quick else (STEPS, EVAL_EVERY)
     return [{"cell": c, "norm": n, "hidden": HIDDEN, "chunk": CHUNK, "steps": steps,
              "eval_every": every} for c, n in MODELS]
 
