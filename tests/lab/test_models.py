@@ -197,3 +197,45 @@ def test_models_exports_match_the_modules():
         for public in mod.__all__:
             if public != "conv_out_len":  # a helper, not a model
                 assert public in models.__all__ and getattr(models, public) is getattr(mod, public)
+
+
+@pytest.mark.parametrize("readout, bidirectional", [("last", False), ("last", True),
+                                                    ("all", False), ("all", True)])
+def test_gru_classifier_reads_out_what_it_says(readout, bidirectional):
+    from sharenorm.models.bn_rnn import GRUClassifier
+
+    torch.manual_seed(0)
+    net = GRUClassifier((2, 12), 3, hidden=5, chunk=3, readout=readout,
+                        bidirectional=bidirectional)
+    x = torch.randn(4, 2, 12)
+    # the reference: torch.nn.GRU on the chunked sequence (4 steps of 3 positions × 2 channels)
+    seq = torch.stack([x[:, :, 3 * t:3 * t + 3].transpose(1, 2).reshape(4, 6) for t in range(4)], 1)
+    out, _ = net.gru(seq)
+    if readout == "all":  # every step's output, both directions, in time order
+        feats = out.reshape(4, -1)
+    elif bidirectional:  # forward direction's last step, backward direction's first
+        feats = torch.cat([out[:, -1, :5], out[:, 0, 5:]], 1)
+    else:
+        feats = out[:, -1]
+    torch.testing.assert_close(net(x), net.head(feats))
+
+
+def test_gru_classifier_default_and_bad_readout():
+    from sharenorm.models.bn_rnn import GRUClassifier
+
+    net = GRUClassifier((1, 40), 10)  # the default reads the last state: the API as it was
+    assert net.readout == "last" and net.head.in_features == 64 and not net.gru.bidirectional
+    with pytest.raises(ValueError, match="readout must be 'last'"):
+        GRUClassifier((1, 40), 10, readout="mean")
+
+
+def test_n10_trains_the_gru_as_the_mnist1d_paper_does():
+    from sharenorm.lab.experiments import rnn_norm
+
+    for quick in (False, True):
+        cfgs = {c["cell"]: c for c in rnn_norm.configs(quick) if c["norm"] == "none"}
+        assert cfgs["gru"]["lr"] == rnn_norm.GRU_LR == 1e-2 and cfgs["gru"]["readout"] == "all"
+        assert cfgs["tanh"]["lr"] == rnn_norm.LR
+    p = rnn_norm.EXPERIMENT.protocol
+    assert f"GRU: {rnn_norm.GRU_LR:g}" in p.en and f"GRU: {rnn_norm.GRU_LR:g}" in p.hi
+    assert "every time step's output" in p.en and "हर time step के output" in p.hi

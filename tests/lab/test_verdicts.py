@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sharenorm.lab.experiments import (
@@ -217,6 +218,64 @@ def test_gradient_norms_are_recorded_per_step_also_when_stacked(stacked):
     assert seen == pytest.approx(out[0]["grad_norms"], rel=1e-5)
     s = grad_summary([1.0, 1.0, 1.0, 100.0])
     assert s["grad_spikes"] == 1 and s["grad_cv"] > 0.5 and 100.0 > SPIKE * 1.0
+
+
+def test_loss_spikes_are_local_jumps_above_the_recent_median():
+    import math
+
+    from sharenorm.lab.experiments.lr_sweep import (
+        LOSS_HISTORY,
+        LOSS_SPIKE,
+        LOSS_WINDOW,
+        loss_spikes,
+    )
+
+    rng = np.random.default_rng(0)
+    # a healthy run: the loss falls 30-fold with ±40% batch noise; 3× the run's overall
+    # median would call its first 81 steps spikes, 3× the median of the recent steps none
+    healthy = [2.3 * math.exp(-i / 150) * (1 + 0.4 * rng.uniform(-1, 1)) for i in range(500)]
+    assert loss_spikes(healthy) == 0
+    spiky = list(healthy)
+    for i in (LOSS_HISTORY + 2, 300):  # one before the window is full, one after
+        spiky[i] = 1.05 * LOSS_SPIKE * max(healthy[max(0, i - LOSS_WINDOW):i])
+    spiky[400] = 0.95 * LOSS_SPIKE * min(healthy[380:400])  # just under: not a spike
+    assert loss_spikes(spiky) == 2
+    # the non-finite step of a diverged run is its divergence, not a spike; too short: None
+    assert loss_spikes([2.3] * 6 + [10.0, 1e3, float("inf")]) == 2
+    assert loss_spikes([2.3] * LOSS_HISTORY) is None
+
+
+def test_n2_shows_loss_spikes_beside_the_gradient_norms_without_deciding(tmp_path):
+    lrs = [0.01, 0.3, 10.0]
+    runs = _lr_runs({"batch": dict(zip(lrs, [0.9, 0.9, None], strict=True)),
+                     "none": dict(zip(lrs, [0.9, 0.9, None], strict=True))})
+    for r in runs:
+        r["metrics"] |= {"loss_spikes": 3 if r["config"]["lr"] == 10.0 else 0,
+                         "grad_spikes": 1, "grad_cv": 0.5}
+    res = lr_sweep.analyze(runs, tmp_path, "en")[0]
+    head = res.tables[0].headers
+    bn, none = head.index(next(h for h in head if h.startswith("BN loss spikes"))), \
+        head.index(next(h for h in head if h.startswith("none loss spikes")))
+    assert head[bn - 2] == "BN grad spikes" and head[none - 2] == "none grad spikes"
+    col = {r[0]: (r[bn], r[none]) for r in res.tables[0].rows}
+    assert col == {"0.01": ("0", "0"), "0.3": ("0", "0"), "10": ("6", "6")}  # summed over seeds
+    assert res.verdict == MIXED  # the verdict is the stable range's alone
+    for r in runs:
+        if r["seed"] == 1:
+            del r["metrics"]["loss_spikes"]  # a run stored before the count: said, not hidden
+    assert lr_sweep.analyze(runs, tmp_path, "en")[0].tables[0].rows[2][bn] == "3 (n=1 of 2)"
+    # the criterion's prose, in both languages, states the threshold of the code
+    en, hi = lr_sweep.N2.criterion.en, lr_sweep.N2.criterion.hi
+    k, w = f"{lr_sweep.LOSS_SPIKE:g}×", f"{lr_sweep.LOSS_WINDOW}"
+    assert k in en and w in en and k in hi and w in hi
+
+
+def test_n2_runs_record_loss_spikes():
+    from sharenorm.lab import runner
+
+    m, _ = runner.execute("lr_sweep", {"norm": "none", "lr": 0.05, "steps": 12,
+                                       "batch_size": 16}, 0, True, None)
+    assert m["loss_spikes"] == 0 and "step_losses" not in m and "grad_norms" not in m
 
 
 def test_n7_a_contradicting_cell_is_not_supported(tmp_path):

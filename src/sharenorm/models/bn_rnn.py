@@ -92,22 +92,36 @@ class BNRNNClassifier(nn.Module):
 
 
 class GRUClassifier(nn.Module):
-    """``torch.nn.GRU`` read in chunks, linear head on the last hidden state: the mnist1d
-    paper's GRU baseline.
+    r"""``torch.nn.GRU`` read in chunks with a linear head: the mnist1d paper's GRU baseline.
+
+    ``readout="last"`` (default) classifies from the last hidden state :math:`h_T` (of each
+    direction); ``readout="all"`` from the outputs of every time step, flattened,
+    :math:`[o_1, \dots, o_T]` — as the mnist1d paper's ``GRUBase`` does, so the head sees
+    where in the sequence a feature occurred instead of only what the recurrence kept of it.
+    ``bidirectional`` reads the sequence both ways (``torch.nn.GRU``'s flag).
 
     Example:
         >>> GRUClassifier((1, 40), 10, hidden=8)(torch.randn(2, 1, 40)).shape
         torch.Size([2, 10])
+        >>> m = GRUClassifier((1, 40), 10, hidden=8, readout="all", bidirectional=True)
+        >>> m(torch.randn(2, 1, 40)).shape, m.head.in_features   # 10 steps × 2 directions × 8
+        (torch.Size([2, 10]), 160)
     """
 
     def __init__(self, in_shape: tuple[int, int], num_classes: int, *, hidden: int = 64,
-                 chunk: int = 4) -> None:
+                 chunk: int = 4, readout: str = "last", bidirectional: bool = False) -> None:
         super().__init__()
-        d, _ = _check(in_shape, chunk)
-        self.in_shape, self.chunk = tuple(in_shape), chunk
-        self.gru = nn.GRU(d, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, num_classes)
+        d, steps = _check(in_shape, chunk)
+        if readout not in ("last", "all"):
+            raise ValueError(f"readout must be 'last' (the last hidden state) or 'all' (every "
+                             f"time step's output), got {readout!r}")
+        self.in_shape, self.chunk, self.readout = tuple(in_shape), chunk, readout
+        self.gru = nn.GRU(d, hidden, batch_first=True, bidirectional=bidirectional)
+        dirs = 2 if bidirectional else 1
+        self.head = nn.Linear(hidden * dirs * (steps if readout == "all" else 1), num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        _, h = self.gru(_sequence(x, self.in_shape, self.chunk, type(self).__name__))
-        return self.head(h[0])
+        out, h = self.gru(_sequence(x, self.in_shape, self.chunk, type(self).__name__))
+        if self.readout == "all":
+            return self.head(out.reshape(out.shape[0], -1))
+        return self.head(h.transpose(0, 1).reshape(h.shape[1], -1))  # each direction's h_T

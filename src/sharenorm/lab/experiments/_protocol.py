@@ -19,12 +19,14 @@ from sharenorm.data import Dataset
 
 __all__ = ["validation_split", "select_lr", "classifier_trial", "accuracy_score",
            "checkpoint_every", "runs_converged", "SELECT_SEED", "VAL_FRACTION",
-           "SELECT_FRACTION", "CHECKPOINTS"]
+           "SELECT_FRACTION", "CHECKPOINTS", "unconverged_text"]
 
 SELECT_SEED = 1000   # selection seeds are the final seeds + this: never the same weights
 VAL_FRACTION = 0.2   # share of the training set held out for choosing the learning rate
 SELECT_FRACTION = 0.5  # a selection run trains this share of the final run's steps
-CHECKPOINTS = 5  # accuracy checkpoints of a run without a curve of its own: the plateau check
+# accuracy checkpoints of a run without a curve of its own: the plateau check needs
+# PLATEAU_MIN_CHECKPOINTS in each of its two windows (the last 20% and the 20% before)
+CHECKPOINTS = 10
 
 
 def validation_split(ds: Dataset, fraction: float = VAL_FRACTION, seed: int = 0) -> Dataset:
@@ -98,14 +100,33 @@ def classifier_trial(build: Callable[[Dataset], torch.nn.Module], steps: int,
 
 def checkpoint_every(steps: int, checkpoints: int = CHECKPOINTS) -> int:
     """``eval_every`` that gives a run of ``steps`` steps about ``checkpoints`` accuracy
-    checkpoints (and one at its last step): enough for :func:`~sharenorm.lab.stats.plateaued`,
-    which needs one at or before 80% of the budget.
+    checkpoints (and one at its last step): with the default, enough for
+    :func:`~sharenorm.lab.stats.plateaued`, which needs
+    :data:`~sharenorm.lab.stats.PLATEAU_MIN_CHECKPOINTS` in the last 20% of the budget and in
+    the 20% before it (any 20% of ≥ 10 steps holds ≥ 2 multiples of ``steps // 10``).
 
     Example:
         >>> checkpoint_every(375), checkpoint_every(3)
-        (75, 1)
+        (37, 1)
     """
     return max(1, steps // checkpoints)
+
+
+def unconverged_text(what: str = "accuracy", what_hi: str | None = None) -> tuple[str, str]:
+    """The plateau rule as prose (English, Hindi), formatted from the constants of
+    :func:`~sharenorm.lab.stats.plateaued`: what "a run has not converged" means.
+
+    Example:
+        >>> unconverged_text("test accuracy")[0]
+        'the mean of its test accuracy checkpoints in the last 20% of the budget was ≥ 1 point above the mean of those in the 20% before it'
+    """
+    from sharenorm.lab.stats import PLATEAU_MIN_GAIN, PLATEAU_TAIL
+
+    t, g = f"{PLATEAU_TAIL:.0%}", f"{100 * PLATEAU_MIN_GAIN:g}"
+    return (f"the mean of its {what} checkpoints in the last {t} of the budget was ≥ {g} point "
+            f"above the mean of those in the {t} before it",
+            f"budget के आख़िरी {t} के {what_hi or what} checkpoints का mean उससे पहले के {t} वालों "
+            f"के mean से ≥ {g} point ऊपर था")
 
 
 def runs_converged(ms) -> bool | None:
@@ -114,7 +135,7 @@ def runs_converged(ms) -> bool | None:
     diverged run is decided (it counts as 0), not unconverged.
 
     Example:
-        >>> runs_converged([{"curve": [[4, 0.5], [8, 0.9], [10, 0.9]], "steps_done": 10},
+        >>> runs_converged([{"curve": [[s, 0.9] for s in range(1, 11)], "steps_done": 10},
         ...                 {"diverged": True}])
         True
     """

@@ -16,7 +16,12 @@ from sharenorm.lab.common import (
     samples_for_one_step,
     save_figure,
 )
-from sharenorm.lab.experiments._protocol import CHECKPOINTS, checkpoint_every, runs_converged
+from sharenorm.lab.experiments._protocol import (
+    CHECKPOINTS,
+    checkpoint_every,
+    runs_converged,
+    unconverged_text,
+)
 from sharenorm.lab.spec import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
@@ -58,6 +63,7 @@ LEAD_MARGIN = 5.0  # (b) GN leads BN at the small batch by at least this many po
 KEEP_MARGIN = 2.0  # IN/GN "stay high": they lose at most this many points
 
 
+_UNCONVERGED = unconverged_text("test accuracy")
 N6 = Claim(
     "N6", NORM_DOC, "Small Batch Sizes पर कार्यक्षमता: BN कम, IN उच्च, GN उच्च",
     "Performance at small batch sizes: BN low, IN high, GN high.",
@@ -66,8 +72,8 @@ N6 = Claim(
          f"batch 2 beats BN at batch 2 by ≥ {LEAD_MARGIN:g} points, each decided by the 95% Welch "
          "interval of the difference lying wholly beyond its margin; mixed if one of (a), (b) "
          "holds; not supported if neither; inconclusive when an interval straddles its margin, "
-         "or when a run it rests on has not converged (its accuracy still rose by ≥ 1 point in "
-         f"the last 20% of its budget, from {CHECKPOINTS} checkpoints). IN and GN \"stay high\" "
+         f"or when a run it rests on has not converged ({_UNCONVERGED[0]}; {CHECKPOINTS} "
+         "checkpoints per run). IN and GN \"stay high\" "
          f"(the table's cells) if they lose ≤ {KEEP_MARGIN:g} points from 32 "
          f"to 2 (interval wholly below) and reach ≥ {HIGH_ACC:.0%} test accuracy at batch 2 "
          "(5× chance on mnist1d's 10 classes: a norm that learned nothing at either size must not "
@@ -76,8 +82,8 @@ N6 = Claim(
          f"accuracy batch 32 से batch 2 तक ≥ {DROP_MARGIN:g} points गिरे और (b) batch 2 पर GN, BN से "
          f"≥ {LEAD_MARGIN:g} points आगे हो, दोनों difference के 95% Welch interval के पूरा margin के पार "
          "होने से तय; mixed अगर (a), (b) में से एक हो; दोनों न हों तो not supported; कोई interval "
-         "margin के दोनों ओर हो, या जिस run पर यह टिका है वह converge न हुआ हो (उसके budget के आख़िरी "
-         f"20% में accuracy ≥ 1 point और बढ़ी, {CHECKPOINTS} checkpoints से), तो inconclusive। IN और "
+         "margin के दोनों ओर हो, या जिस run पर यह टिका है वह converge न हुआ हो "
+         f"({_UNCONVERGED[1]}; हर run के {CHECKPOINTS} checkpoints), तो inconclusive। IN और "
          "GN \"high रहते हैं\" (table के cells) अगर 32 से "
          f"2 तक ≤ {KEEP_MARGIN:g} points गिरें (interval पूरा नीचे) और batch 2 पर ≥ {HIGH_ACC:.0%} test "
          "accuracy हो (mnist1d की 10 classes पर chance का 5×: जो norm किसी भी size पर कुछ न सीखे वह "

@@ -26,6 +26,7 @@ from sharenorm.lab.experiments._protocol import (
     classifier_trial,
     runs_converged,
     select_lr,
+    unconverged_text,
     validation_split,
 )
 from sharenorm.lab.spec import (
@@ -57,6 +58,7 @@ STABLE_ACC = 0.5   # a rate is stable when every seed's selection try reaches th
 DEPTH_MARGIN = 2.0  # (a) GN beats BN at the largest depth by at least this many points
 
 
+_UNCONVERGED = unconverged_text("validation accuracy")
 N8 = Claim(
     "N8", NORM_DOC, "Deep Neural Networks के लिए अधिक स्थिर। (GN)",
     "GN is more stable for deep neural networks.",
@@ -68,9 +70,8 @@ N8 = Claim(
          "than BN from the smallest to the largest depth (per seed; BN's loss − GN's loss > 0), "
          "each decided by the 95% Welch interval of the difference lying wholly beyond its "
          "margin; mixed if one holds; not supported if neither; inconclusive when an interval "
-         "straddles its margin, or when a run it rests on has not converged (its validation "
-         f"accuracy still rose by ≥ 1 point in the last 20% of the budget, from {CHECKPOINTS} "
-         "checkpoints). The stable learning-rate range per depth (every seed's try reaches "
+         f"straddles its margin, or when a run it rests on has not converged ({_UNCONVERGED[0]}; "
+         f"{CHECKPOINTS} checkpoints per run). The stable learning-rate range per depth (every seed's try reaches "
          f"≥ {STABLE_ACC:.0%} validation accuracy in half the steps) is shown beside.",
          f"Batch {BATCH} पर depth sweep, residual networks (GN paper की setting; plain साथ में), हर "
          "norm, depth और seed अपनी सबसे अच्छी learning rate (×3 grid) पर, training data के validation "
@@ -78,8 +79,8 @@ N8 = Claim(
          "points ज़्यादा हो और (b) सबसे छोटी से सबसे बड़ी depth तक GN की accuracy BN से कम गिरे (हर "
          "seed पर; BN की गिरावट − GN की गिरावट > 0), दोनों difference के 95% Welch interval के पूरा "
          "margin के पार होने से तय; एक शर्त हो तो mixed; कोई नहीं तो not supported; कोई interval "
-         "margin के दोनों ओर हो, या जिस run पर यह टिका है वह converge न हुआ हो (budget के आख़िरी 20% "
-         f"में validation accuracy ≥ 1 point और बढ़ी, {CHECKPOINTS} checkpoints से), तो inconclusive। "
+         "margin के दोनों ओर हो, या जिस run पर यह टिका है वह converge न हुआ हो "
+         f"({_UNCONVERGED[1]}; हर run के {CHECKPOINTS} checkpoints), तो inconclusive। "
          "हर depth पर stable learning-rate range (हर seed की try आधे steps में "
          f"≥ {STABLE_ACC:.0%} validation accuracy) साथ में दिखाई गई है।"))
 

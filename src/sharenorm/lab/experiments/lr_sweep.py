@@ -27,6 +27,11 @@ STABLE_ACC = 0.5
 
 
 SPIKE = 10.0  # a gradient-norm spike: a step whose norm exceeds this × the run's median
+# a training-loss spike: a step whose loss exceeds LOSS_SPIKE × the median of the previous
+# LOSS_WINDOW steps' losses (fewer at the start, but at least LOSS_HISTORY). Local, because the
+# loss falls during training; 3× because the batch-to-batch noise of a healthy run at batch 32
+# stays under ~2.4× (mnist1d, 500 steps, lr 0.01–0.1, BN and none).
+LOSS_SPIKE, LOSS_WINDOW, LOSS_HISTORY = 3.0, 20, 5
 
 
 N2 = Claim(
@@ -38,14 +43,19 @@ N2 = Claim(
          "largest stable learning rate is at least one grid step (×3) above no-norm's; mixed if "
          "they are equal; not supported if it is lower, or if BN has no stable learning rate at "
          "all. Beside it, per learning rate: gradient-norm spikes (steps above "
-         f"{SPIKE:g}× the run's median) and the coefficient of variation of the gradient norm "
-         "over the second half of training.",
+         f"{SPIKE:g}× the run's median), the coefficient of variation of the gradient norm "
+         "over the second half of training, and training-loss spikes (steps whose loss exceeds "
+         f"{LOSS_SPIKE:g}× the median of the previous {LOSS_WINDOW} steps' losses; from step "
+         f"{LOSS_HISTORY + 1} on, over the steps before it), summed over the seeds.",
          f"×3 grid पर learning rates; एक learning rate stable है जब हर seed बिना diverge हुए ≥ {STABLE_ACC:.0%} "
          "test accuracy तक पहुँचे। Claim stability का है, इसलिए फ़ैसला stable range के ऊपरी सिरे से: "
          "supported अगर BN की सबसे बड़ी stable learning rate no-norm की से कम से कम एक grid step (×3) "
          "ऊपर हो; बराबर हो तो mixed; नीचे हो, या BN की कोई stable learning rate न हो, तो not "
          f"supported। साथ में, हर learning rate पर: gradient-norm spikes (run के median के {SPIKE:g}× से "
-         "ऊपर वाले steps) और training के दूसरे आधे में gradient norm का coefficient of variation।"))
+         "ऊपर वाले steps), training के दूसरे आधे में gradient norm का coefficient of variation, और "
+         f"training-loss spikes (वे steps जिनका loss पिछले {LOSS_WINDOW} steps के losses के median के "
+         f"{LOSS_SPIKE:g}× से ज़्यादा हो; step {LOSS_HISTORY + 1} से, उससे पहले के steps पर), सभी seeds "
+         "का जोड़।"))
 
 
 def configs(quick: bool) -> list[dict]:
@@ -62,8 +72,8 @@ def run(cfg, seed, ctx):
     model = ConvNet(ds.sample_shape, ds.num_classes, norm=cfg["norm"])
     metrics, timing = train_classifier(model, ds, TrainConfig(
         steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], record_steps=True), seed)
-    metrics.pop("step_losses")
-    return metrics | grad_summary(metrics.pop("grad_norms")), timing
+    grads, losses = metrics.pop("grad_norms"), metrics.pop("step_losses")
+    return metrics | grad_summary(grads) | {"loss_spikes": loss_spikes(losses)}, timing
 
 
 def grad_summary(norms: list) -> dict:
@@ -88,8 +98,43 @@ def grad_summary(norms: list) -> dict:
             "grad_cv": round(cv, 6) if cv is not None else None}
 
 
+def loss_spikes(losses: list) -> int | None:
+    r"""Training-loss spikes of a run: the steps :math:`i` (from the :data:`LOSS_HISTORY`-th
+    on, 0-based) whose loss exceeds :data:`LOSS_SPIKE` × the median of the previous
+    :data:`LOSS_WINDOW` steps' losses (all of them while there are fewer),
+
+    .. math::
+        \#\{\, i \ge h : \ell_i > K\cdot \operatorname{median}(\ell_{\max(0,\,i-W)},\dots,
+        \ell_{i-1}) \,\}
+
+    Only finite losses count: the non-finite step of a diverged run is its divergence,
+    reported as such. None for a run with no more than :data:`LOSS_HISTORY` finite losses.
+
+    Example:
+        >>> loss_spikes([2.3, 2.2, 2.1, 2.0, 2.0, 1.9, 7.5, 1.8, 60.0, float("inf")])
+        2
+        >>> loss_spikes([2.3, 2.2])
+    """
+    import statistics
+
+    xs = [x for x in losses if x is not None and math.isfinite(x)]
+    if len(xs) <= LOSS_HISTORY:
+        return None
+    return sum(xs[i] > LOSS_SPIKE * statistics.median(xs[max(0, i - LOSS_WINDOW):i])
+               for i in range(LOSS_HISTORY, len(xs)))
+
+
 def _stable(ms) -> bool:
     return all(not m["diverged"] and (m["test_acc"] or 0) >= STABLE_ACC for m in ms)
+
+
+def _total(ms, key: str) -> str:
+    """The sum over the seeds of a per-run count, ``"3 (n=2 of 3)"`` when some runs lack it
+    (runs stored before it was recorded), ``"—"`` when none has it."""
+    vals = [m.get(key) for m in ms if m.get(key) is not None]
+    if not vals:
+        return "—"
+    return f"{sum(vals)}" + (f" (n={len(vals)} of {len(ms)})" if len(vals) < len(ms) else "")
 
 
 def analyze(runs, figdir, lang):
@@ -104,15 +149,15 @@ def analyze(runs, figdir, lang):
         for n in ("batch", "none"):
             ms = g.get((n, lr), [])
             accs = accuracies(ms)
-            spikes = [m.get("grad_spikes") for m in ms if m.get("grad_spikes") is not None]
             row += [pct(accs), f"{sum(m['diverged'] for m in ms)}/{len(ms)}",
-                    "yes" if ms and _stable(ms) else "no",
-                    f"{sum(spikes)}" if spikes else "—",
-                    fmt_ci([m.get("grad_cv") for m in ms], digits=2)]
+                    "yes" if ms and _stable(ms) else "no", _total(ms, "grad_spikes"),
+                    fmt_ci([m.get("grad_cv") for m in ms], digits=2), _total(ms, "loss_spikes")]
         rows.append(row)
     table = Table(["lr", "BN test acc %", "BN diverged", "BN stable", "BN grad spikes",
-                   "BN grad-norm CV", "none test acc %", "none diverged", "none stable",
-                   "none grad spikes", "none grad-norm CV"], rows)
+                   "BN grad-norm CV", f"BN loss spikes (> {LOSS_SPIKE:g}× median of {LOSS_WINDOW})",
+                   "none test acc %", "none diverged", "none stable", "none grad spikes",
+                   "none grad-norm CV",
+                   f"none loss spikes (> {LOSS_SPIKE:g}× median of {LOSS_WINDOW})"], rows)
     fig, ax = figure()
     for n in ("batch", "none"):
         by = {lr: accuracies(g[(n, lr)])

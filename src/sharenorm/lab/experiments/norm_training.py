@@ -9,7 +9,12 @@ import torch
 from sharenorm.data import MNIST1D_PUBLISHED
 from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
-from sharenorm.lab.experiments._protocol import SELECT_FRACTION, classifier_trial, select_lr
+from sharenorm.lab.experiments._protocol import (
+    SELECT_FRACTION,
+    classifier_trial,
+    select_lr,
+    unconverged_text,
+)
 from sharenorm.lab.experiments._timing import interleaved_step_times, sgd_step
 from sharenorm.lab.spec import (
     INCONCLUSIVE,
@@ -30,6 +35,8 @@ from sharenorm.models import ConvNet
 
 NORMS = ["batch", "group", "instance", "layer", "none"]
 STEPS, QUICK_STEPS = 1500, 100
+# test-accuracy checkpoints: steps to the target, and ≥ 2 in each window of the plateau check
+EVAL_EVERY, QUICK_EVAL_EVERY = 50, 10
 TARGET, QUICK_TARGET = 0.85, 0.6
 STEP_RATIO = 2 / 3   # N1: BN needs at most this fraction of no-norm's steps to the target
 ACC_MARGIN = 1.0     # N4: BN's test accuracy at least this many points above no-norm's
@@ -55,6 +62,7 @@ N1 = Claim(
          "(steps × दोनों की interleaved timing से median time per step, एक thread); mixed अगर BN कम "
          "steps ले (difference का interval पूरा ≤ 0) पर इतना नहीं, या seconds में नहीं; वरना not "
          "supported; कोई interval अपने margin के दोनों ओर हो तो inconclusive।"))
+_UNCONVERGED = unconverged_text("test accuracy")
 N4 = Claim(
     "N4", NORM_DOC, "Model को बेहतर Generalization करने में मदद करता है।",
     "BN helps the model generalize better.",
@@ -62,17 +70,17 @@ N4 = Claim(
          "Welch interval of the difference wholly ≥ the margin) and its train–test gap is not "
          f"larger by more than {GAP_MARGIN:g} point (that interval wholly ≤ the margin); mixed if "
          "only one of the two holds; not supported if neither; inconclusive when an interval "
-         "straddles its margin, or when a run has not converged (its test accuracy still rose "
-         "by ≥ 1 point in the last 20% of the budget).",
+         f"straddles its margin, or when a run has not converged ({_UNCONVERGED[0]}).",
          f"Supported अगर BN की test accuracy no-norm से ≥ {ACC_MARGIN:g} point ज़्यादा हो (difference का "
          "95% Welch interval पूरा margin के ऊपर) और उसका train–test gap "
          f"{GAP_MARGIN:g} point से ज़्यादा बड़ा न हो (वह interval पूरा margin के नीचे); एक ही शर्त हो तो "
          "mixed; कोई नहीं तो not supported; कोई interval margin के दोनों ओर हो, या कोई run converge न "
-         "हुआ हो (budget के आख़िरी 20% में test accuracy ≥ 1 point और बढ़ी), तो inconclusive।"))
+         f"हुआ हो ({_UNCONVERGED[1]}), तो inconclusive।"))
 
 
 def configs(quick: bool) -> list[dict]:
-    steps, every, target = (QUICK_STEPS, 25, QUICK_TARGET) if quick else (STEPS, 50, TARGET)
+    steps, every, target = (QUICK_STEPS, QUICK_EVAL_EVERY, QUICK_TARGET) if quick else (
+        STEPS, EVAL_EVERY, TARGET)
     lr = {"lr": QUICK_LR} if quick else {"lr_grid": LR_GRID}
     return [{"norm": n, "steps": steps, "batch_size": 32, **lr, "eval_every": every,
              "target": target} for n in NORMS] + [
@@ -278,7 +286,8 @@ EXPERIMENT = Experiment(
         f"and seed from {', '.join(f'{x:g}' for x in LR_GRID)} by validation accuracy after "
         f"{SELECT_FRACTION:g}× the steps on 80% of the training set (selection seeds = seed + "
         "1000; the final run trains on all of it with the seed; quick: lr 0.05), "
-        "test accuracy every 50 steps (quick: 25) in eval mode; target accuracy 85% (quick 60%). "
+        f"test accuracy every {EVAL_EVERY} steps (quick: {QUICK_EVAL_EVERY}) in eval mode; "
+        "target accuracy 85% (quick 60%). "
         f"Timing: one more run per seed alternates one training step of every norm, "
         f"{TIMING_ROUNDS} rounds (quick: {QUICK_TIMING_ROUNDS}), on one thread; the median step "
         "time gives the seconds.",
@@ -286,8 +295,8 @@ EXPERIMENT = Experiment(
         "→ ReLU, width 32, फिर linear। Norms sharenorm.make_norm से: batch, group (G=8), instance, "
         "layer, none। SGD momentum 0.9, batch 32, 1500 steps (quick: 100); हर norm और seed की lr "
         f"{', '.join(f'{x:g}' for x in LR_GRID)} में से, training set के 80% पर {SELECT_FRACTION:g}× "
-        "steps के बाद validation accuracy से (selection seeds = seed + 1000; quick: lr 0.05), हर 50 steps "
-        "(quick: 25) पर eval mode में test accuracy; target accuracy 85% (quick 60%)। Timing: हर seed "
+        "steps के बाद validation accuracy से (selection seeds = seed + 1000; quick: lr 0.05), हर "
+        f"{EVAL_EVERY} steps (quick: {QUICK_EVAL_EVERY}) पर eval mode में test accuracy; target accuracy 85% (quick 60%)। Timing: हर seed "
         f"का एक और run हर norm का एक training step बारी-बारी चलाता है, {TIMING_ROUNDS} rounds, एक "
         "thread पर; median step time से seconds।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,

@@ -16,6 +16,7 @@ from sharenorm.lab.experiments._protocol import (
     SELECT_FRACTION,
     classifier_trial,
     select_lr,
+    unconverged_text,
 )
 from sharenorm.lab.experiments._timing import interleaved_step_times, sgd_step
 from sharenorm.lab.experiments.norm_training import converged, step_times
@@ -59,6 +60,8 @@ def shuffle_positions(ds: Dataset, seed: int = 0) -> Dataset:
 
 
 STEPS, QUICK_STEPS = 2000, 100
+# test-accuracy checkpoints: steps to the target, and ≥ 2 in each window of the plateau check
+EVAL_EVERY, QUICK_EVAL_EVERY = 100, 10
 TARGET, QUICK_TARGET = 0.8, 0.4
 SHARE_MARGIN = 3.0  # S3: the CNN beats the locally connected network and the MLP by this many points
 TIMING_ROUNDS, QUICK_TIMING_ROUNDS = 100, 10  # interleaved steps per model, per seed
@@ -78,6 +81,7 @@ S2 = Claim(
          "में पहुँचे और उसका time per step locally connected network से कम हो, हर शर्त difference "
          "के 95% Welch interval के पूरा 0 से नीचे होने से तय; कुछ शर्तें पूरी हों तो mixed; कोई "
          "नहीं तो not supported; कोई interval 0 के दोनों ओर हो तो inconclusive।"))
+_UNCONVERGED = unconverged_text("test accuracy")
 S3 = Claim(
     "S3", SHARE_DOC, "Generalization क्षमता बढ़ती है। / Overfitting को कम करता है",
     "Sharing improves generalization / reduces overfitting.",
@@ -87,17 +91,18 @@ S3 = Claim(
          "shrinks (per seed, lead ordered − lead shuffled, interval wholly > 0: its advantage "
          "comes from translation structure); mixed if only the first part holds; not supported "
          "otherwise; inconclusive when an interval straddles its margin or a run has not "
-         "converged (its test accuracy still rose by ≥ 1 point in the last 20% of the budget).",
+         f"converged ({_UNCONVERGED[0]}).",
          "Supported अगर mnist1d पर CNN की test accuracy locally connected network और MLP से "
          f"≥ {SHARE_MARGIN:g} points ज़्यादा हो (हर difference का 95% Welch interval पूरा margin के ऊपर), "
          "और spatially shuffled mnist1d पर CNN की MLP पर बढ़त घटे (हर seed पर ordered बढ़त − "
          "shuffled बढ़त, interval पूरा > 0: फ़ायदा translation structure से आता है); केवल पहला भाग हो तो "
          "mixed; वरना not supported; कोई interval margin के दोनों ओर हो या कोई run converge न हुआ हो "
-         "(budget के आख़िरी 20% में test accuracy ≥ 1 point और बढ़ी) तो inconclusive।"))
+         f"({_UNCONVERGED[1]}) तो inconclusive।"))
 
 
 def configs(quick: bool) -> list[dict]:
-    steps, every, target = (QUICK_STEPS, 50, QUICK_TARGET) if quick else (STEPS, 100, TARGET)
+    steps, every, target = (QUICK_STEPS, QUICK_EVAL_EVERY, QUICK_TARGET) if quick else (
+        STEPS, EVAL_EVERY, TARGET)
     lr = {"lr": LR} if quick else {"lr_grid": LR_GRID}
     return [{"model": m, "shuffled": s, "steps": steps, "eval_every": every, "target": target,
              "batch_size": 32, **lr} for s in (False, True) for m in MODELS] + [
@@ -310,14 +315,15 @@ EXPERIMENT = Experiment(
         "(quick: 100); the learning rate per network and seed from "
         f"{', '.join(f'{x:g}' for x in LR_GRID)} by validation accuracy after "
         f"{SELECT_FRACTION:g}× the steps on 80% of the training set (selection seeds = seed + "
-        f"1000; quick: {LR}); test accuracy every 100 steps (quick: 50), target 80% (quick: "
+        f"1000; quick: {LR}); test accuracy every {EVAL_EVERY} steps (quick: {QUICK_EVAL_EVERY}), "
+        "target 80% (quick: "
         "40%). Seconds are training time only (evaluation excluded).",
         "तीनों S1 networks (बिना norm) mnist1d (या --data) पर, और उसी data पर positions की एक fixed "
         "random permutation के साथ; ordered positions पर एक logistic regression (एक linear layer), "
         "mnist1d paper के 32% के साथ। Adam, batch 32, 2000 steps (quick: 100); हर network और seed "
         f"की learning rate {', '.join(f'{x:g}' for x in LR_GRID)} में से, training set के 80% पर "
         f"{SELECT_FRACTION:g}× steps के बाद validation accuracy से (selection seeds = seed + 1000; "
-        f"quick: {LR}); हर 100 steps (quick: 50) पर test accuracy, target 80% (quick: 40%)। Seconds "
+        f"quick: {LR}); हर {EVAL_EVERY} steps (quick: {QUICK_EVAL_EVERY}) पर test accuracy, target 80% (quick: 40%)। Seconds "
         "केवल training time हैं।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
     requires=("LocallyConnected1d", "LocallyConnected2d", "count_parameters"),
