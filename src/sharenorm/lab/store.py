@@ -25,7 +25,9 @@ __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 # seeds of a config train as one stacked model (other float rounding), a custom optimizer step.
 # 6: S3, S4, T2 and N8 choose learning rates on a validation split (N8: fresh seeds for the
 # final runs), N6/N8 runs record checkpoints, S3 adds the logistic-regression row.
-LAB_VERSION = "6"
+# 7: torch's fused Adam/SGD kernels (solo and stacked), LocallyConnected nets stack, N10's GRU
+# at lr 1e-2 with a head on every step, N9's GN on one process, plateau check on windows.
+LAB_VERSION = "7"
 
 
 class LabError(RuntimeError):
