@@ -31,10 +31,34 @@ def test_verdict_rule(tmp_path, acc, verdict):
     (result,) = distributed_bn.analyze(_runs(**acc), tmp_path / "figures", "en")
     assert result.claim == "N9" and result.verdict == verdict
     assert (tmp_path / "figures" / "n9_distributed_bn.png").exists()
-    assert len(result.tables[0].rows) == len(distributed_bn.VARIANTS)
+    # the trained variants, then SyncBN and its one-process reference over the same steps
+    assert len(result.tables[0].rows) == len(distributed_bn.TRAINED) + 2
 
 
 def test_registered_with_its_claim():
     assert "N9" in all_claims() and [e.id for e in resolve(["N9"])] == ["distributed_bn"]
     quick = distributed_bn.configs(quick=True)[0]
     assert quick["world"] == 2 and quick["steps"] <= 20
+
+
+@pytest.mark.parametrize("variant", ["bn", "renorm", "gn"])
+def test_one_process_training_is_what_the_ddp_ranks_compute(variant):
+    # per-process BN and BatchRenorm trained as W chunks in one process, GN on the whole
+    # batch, end where rank 0 of W real gloo processes under DDP ends (parameters and running
+    # statistics, BatchRenorm's warm-up counter included)
+    import torch
+
+    from sharenorm import distributed as snd
+    from sharenorm.data import Dataset
+
+    g = torch.Generator().manual_seed(0)
+    ds = Dataset("toy", torch.randn(64, 1, 16, generator=g), torch.randint(0, 4, (64,), generator=g),
+                 torch.randn(8, 1, 16, generator=g), torch.randint(0, 4, (8,), generator=g), 4)
+    data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes)
+    cfg = {"world": 2, "per_process_batch": 2}
+    steps = 12  # BatchRenorm's corrections start at 10% of the steps: they are exercised
+    alone = distributed_bn._train_one_process(variant, cfg, 0, data, steps).state_dict()
+    ranks = snd.launch(distributed_bn._ddp_rank, 2, variant, cfg, 0, data, steps, timeout=120)[0]
+    assert alone.keys() == ranks.keys()
+    for k, v in alone.items():
+        assert torch.allclose(v.double(), ranks[k].double(), rtol=1e-4, atol=1e-5), k

@@ -27,7 +27,9 @@ __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 # final runs), N6/N8 runs record checkpoints, S3 adds the logistic-regression row.
 # 7: torch's fused Adam/SGD kernels (solo and stacked), LocallyConnected nets stack, N10's GRU
 # at lr 1e-2 with a head on every step, N9's GN on one process, plateau check on windows.
-LAB_VERSION = "7"
+# 8: N9 trains per-process BN/BatchRenorm as the W ranks' chunks in one process (2000 steps),
+# SyncBN on real gloo ranks for 100 steps beside one process with the whole batch.
+LAB_VERSION = "8"
 
 
 class LabError(RuntimeError):

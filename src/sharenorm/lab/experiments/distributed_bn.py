@@ -1,14 +1,11 @@
 """N9: small per-process batches on several processes — per-process BN vs SyncBN vs
 BatchRenorm vs GN (the field's answers to BN's small-batch problem).
 
-W gloo processes on this machine (started by :func:`sharenorm.distributed.launch`, on
-``torch.multiprocessing.start_processes``, joined as torchrun's workers join) train the N6 ConvNet under DistributedDataParallel,
-each on its b-sample slice of the same global batch of W·b samples. Only the norm
-differs: per-process BatchNorm (statistics of b samples), SyncBatchNorm (statistics of
-all W·b), BatchRenorm (per-process, corrected towards the running statistics) and
-GroupNorm (per sample, so one process on the whole W·b batch computes what the W processes
-would: it is trained so). The reference is one process with plain BN on the whole W·b
-batch — the "large batch" SyncBN should recover (it computes the same thing).
+W DDP processes, each with a b-sample slice of the same global batch of W·b; only the norm
+differs. SyncBN runs on W real gloo processes (:func:`sharenorm.distributed.launch`); the
+others are trained in one process as exactly what the W ranks compute
+(:func:`_train_one_process`; :func:`_ddp_rank` trains any variant on real ranks, and the tests
+check the two agree). The reference is one process with BN on the whole W·b batch.
 """
 
 from __future__ import annotations
@@ -29,25 +26,30 @@ from sharenorm.lab.spec import (
     group_runs,
 )
 from sharenorm.lab.stats import compare, mean_ci
-from sharenorm.lab.train import evaluate
+from sharenorm.lab.train import count_steps, evaluate, make_optimizer
 from sharenorm.models import ConvNet
 
 VARIANTS = ["bn_large", "bn", "syncbn", "renorm", "gn"]
-LABELS = {"bn_large": "BN, 1 process, batch W·b", "bn": "BN per process",
-          "syncbn": "SyncBN", "renorm": "BatchRenorm per process",
-          "gn": "GN (G=8; per sample: 1 process, batch W·b)"}
+LABELS = {"bn_large": "BN, 1 process, batch W·b", "bn": "BN per process (W chunks of b)",
+          "syncbn": "SyncBN, W gloo processes", "renorm": "BatchRenorm per process (W chunks of b)",
+          "gn": "GN (G=8; per sample)"}
 BASE_LR, BASE_BS = 0.05, 32  # N6's linear scaling rule, on the global batch W·b
-# Trained by one process on the whole global batch: the large-batch reference, and GN, which
-# normalizes each sample alone, so W processes under DDP (gradients averaged over the ranks:
-# the gradient of the mean loss) compute exactly what one process does with the W·b samples,
-# without W processes waiting on each other at every step.
-ONE_PROCESS = ("bn_large", "gn")
+# Trained in one process: the large-batch reference and GN (per sample, so W processes under
+# DDP compute the same) on the whole global batch; per-process BN and BatchRenorm as the W
+# chunks of b that W DDP ranks would see (_train_one_process). On a few cores W gloo ranks
+# wait on each other at every collective (a SyncBN step at W = 4 costs ~0.1 s on 2 cores), so
+# only SyncBN, whose point is the communication, runs on real processes, for SYNC_STEPS.
+TRAINED = ("bn_large", "bn", "renorm", "gn")
+PER_PROCESS = ("bn", "renorm")
+STEPS, QUICK_STEPS = 2000, 20
+SYNC_STEPS, QUICK_SYNC_STEPS = 100, 10
 
 
 def configs(quick: bool) -> list[dict]:
     if quick:
-        return [{"world": 2, "per_process_batch": 2, "steps": 20}]
-    return [{"world": 4, "per_process_batch": 2, "steps": 1000}]
+        return [{"world": 2, "per_process_batch": 2, "steps": QUICK_STEPS,
+                 "sync_steps": QUICK_SYNC_STEPS}]
+    return [{"world": 4, "per_process_batch": 2, "steps": STEPS, "sync_steps": SYNC_STEPS}]
 
 
 def _model(variant: str, ds_shape, num_classes: int, steps: int) -> nn.Module:
@@ -65,41 +67,77 @@ def _model(variant: str, ds_shape, num_classes: int, steps: int) -> nn.Module:
     return model
 
 
-def _rank(rank: int, world: int, cfg: dict, seed: int, data: tuple) -> dict | None:
-    """Train every variant on this rank; rank 0 evaluates and reports."""
+def _batches(n: int, gb: int, seed: int):
+    """The global batches of W·b sample indices, the same for every variant and rank."""
+    gen = torch.Generator().manual_seed(seed + 1_000_003)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    while True:
+        if pos + gb > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        yield perm[pos:pos + gb]
+        pos += gb
+
+
+def _train_one_process(variant: str, cfg: dict, seed: int, data: tuple, steps: int) -> nn.Module:
+    """Train ``variant`` in this process on the global batches: BN on the whole batch and GN
+    (per sample: what W DDP processes compute too) as one batch; per-process BN and
+    BatchRenorm as what W DDP ranks with b samples each compute, without the ranks.
+
+    Under DDP each rank normalizes its own b samples, the gradients are averaged (the gradient
+    of the mean of the W per-rank losses) and before every forward rank 0's buffers are
+    broadcast: every rank starts the step from rank 0's running statistics (BatchRenorm's
+    correction and warm-up read them), and only rank 0's own update survives — the one
+    evaluated. Here the W chunks go forward one after another, each from those step-start
+    buffers, chunk 0 (rank 0) last, so its update is the one kept.
+    """
+    x, y, _, _, num_classes = data
+    w, b = cfg["world"], cfg["per_process_batch"]
+    torch.manual_seed(seed)  # the same initial weights as every other variant
+    model = _model(variant, tuple(x.shape[1:]), num_classes, steps)
+    opt = make_optimizer(model.parameters(), "sgd", BASE_LR * w * b / BASE_BS)
+    model.train()
+    it = _batches(len(x), w * b, seed)
+    for _ in range(steps):
+        idx = next(it)
+        if variant in PER_PROCESS:
+            start = {name: t.clone() for name, t in model.named_buffers()}
+            losses = []
+            for r in [*range(1, w), 0]:
+                for name, t in start.items():  # a fresh tensor: the autograd graph keeps
+                    mod, _, attr = name.rpartition(".")  # the old one
+                    model.get_submodule(mod)._buffers[attr] = t.clone()
+                part = idx[r * b:(r + 1) * b]
+                losses.append(nn.functional.cross_entropy(model(x[part]), y[part]))
+            loss = torch.stack(losses).mean()
+        else:
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model
+
+
+def _ddp_rank(rank: int, world: int, variant: str, cfg: dict, seed: int, data: tuple,
+              steps: int):
+    """``variant`` under DDP on W real gloo processes, each with its b samples of the global
+    batch; rank 0 returns its trained parameters and buffers."""
     from sharenorm import distributed as snd
 
-    x, y, xt, yt, num_classes = data
-    b, steps = cfg["per_process_batch"], cfg["steps"]
-    gb = world * b
-    out = {}
-    # The one-process variants last: rank 0 trains them alone while the others have left.
-    for variant in [v for v in VARIANTS if v not in ONE_PROCESS] + list(ONE_PROCESS):
-        alone = variant in ONE_PROCESS
-        if alone and rank != 0:
-            continue
-        torch.manual_seed(seed)  # the same initial weights on every rank
-        model = _model(variant, tuple(x.shape[1:]), num_classes, steps)
-        net = model if alone else snd.ddp(model)
-        opt = torch.optim.SGD(model.parameters(), lr=BASE_LR * gb / BASE_BS, momentum=0.9)
-        gen = torch.Generator().manual_seed(seed + 1_000_003)  # the same batches everywhere
-        perm, pos = torch.randperm(len(x), generator=gen), 0
-        model.train()
-        for _ in range(steps):
-            if pos + gb > len(x):
-                perm, pos = torch.randperm(len(x), generator=gen), 0
-            idx = perm[pos:pos + gb]
-            pos += gb
-            if not alone:
-                idx = idx[rank * b:(rank + 1) * b]
-            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if rank == 0:
-            acc, _ = evaluate(model, xt, yt)
-            out[variant] = {"test_acc": acc, "final_loss": loss.item()}
-    return out if rank == 0 else None
+    x, y, _, _, num_classes = data
+    b = cfg["per_process_batch"]
+    torch.manual_seed(seed)
+    model = _model(variant, tuple(x.shape[1:]), num_classes, steps)
+    net = snd.ddp(model)
+    opt = make_optimizer(model.parameters(), "sgd", BASE_LR * world * b / BASE_BS)
+    model.train()
+    it = _batches(len(x), world * b, seed)
+    for _ in range(steps):
+        idx = next(it)[rank * b:(rank + 1) * b]
+        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {k: v.clone() for k, v in model.state_dict().items()} if rank == 0 else None
 
 
 def run(cfg, seed, ctx):
@@ -110,8 +148,25 @@ def run(cfg, seed, ctx):
     ds = dataset(ctx)
     data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes)
     t0 = time.perf_counter()
-    results = snd.launch(_rank, cfg["world"], cfg, seed, data, timeout=3600)
-    metrics = {v: round(results[0][v]["test_acc"], 6) for v in VARIANTS}
+    metrics = {}
+    for variant in TRAINED:
+        model = _train_one_process(variant, cfg, seed, data, cfg["steps"])
+        metrics[variant] = round(evaluate(model, ds.x_test, ds.y_test)[0], 6)
+    # SyncBN computes BN's statistics over all W·b samples: shown on real processes against
+    # one process with the whole batch, over the same steps, seed and batches
+    demo = cfg["sync_steps"]
+    ref = _train_one_process("bn_large", cfg, seed, data, demo)
+    state = snd.launch(_ddp_rank, cfg["world"], "syncbn", cfg, seed, data, demo,
+                       timeout=3600)[0]
+    sync = _model("syncbn", tuple(ds.x_train.shape[1:]), ds.num_classes, demo)
+    sync.load_state_dict(state)
+    metrics["syncbn"] = round(evaluate(sync, ds.x_test, ds.y_test)[0], 6)
+    metrics["bn_large_sync_steps"] = round(evaluate(ref, ds.x_test, ds.y_test)[0], 6)
+    ref_state = ref.state_dict()
+    metrics["sync_max_param_diff"] = float(max(
+        (state[k].double() - ref_state[k].double()).abs().max() for k in ref_state
+        if ref_state[k].is_floating_point()))
+    count_steps(len(TRAINED) * cfg["steps"] + demo * (1 + cfg["world"]))
     return metrics, {"train_s": time.perf_counter() - t0}
 
 
@@ -120,33 +175,45 @@ def analyze(runs, figdir, lang):
         return []
     cfg = runs[0]["config"]
     w, b = cfg["world"], cfg["per_process_batch"]
+    steps, sync_steps = cfg["steps"], cfg.get("sync_steps", cfg["steps"])
     g = group_runs(runs, "world")[(w,)]
     accs = {v: [m[v] for m in g] for v in VARIANTS}
+    # runs stored before the SyncBN run had its own one-process reference: the full one
+    sync_ref = [m.get("bn_large_sync_steps", m["bn_large"]) for m in g]
     mean = {v: 100 * mean_ci(a)[0] for v, a in accs.items()}
-    table = Table(["norm", f"test acc % (W={w} processes × b={b})"],
-                  [[LABELS[v].replace("W·b", str(w * b)), pct(accs[v])] for v in VARIANTS])
+    diffs = [m["sync_max_param_diff"] for m in g if m.get("sync_max_param_diff") is not None]
+    rows = [[LABELS[v].replace("W·b", str(w * b)), str(steps), pct(accs[v])] for v in TRAINED]
+    rows += [[LABELS["syncbn"].replace("W", str(w)), str(sync_steps), pct(accs["syncbn"])],
+             [LABELS["bn_large"].replace("W·b", str(w * b)), str(sync_steps), pct(sync_ref)]]
+    if diffs:
+        rows.append([f"max |θ_SyncBN − θ_1 process| after {sync_steps} steps", str(sync_steps),
+                     f"{max(diffs):.1e}"])
+    table = Table(["norm", "steps", f"test acc % (W={w} × b={b})"], rows)
     fig, ax = figure()
-    xs = list(range(len(VARIANTS)))
-    cis = [100 * mean_ci(accs[v])[1] for v in VARIANTS]
-    ax.bar(xs, [mean[v] for v in VARIANTS], yerr=cis, capsize=4,
-           color=["#777777", "#d62728", "#1f77b4", "#9467bd", "#2ca02c"])
-    ax.set_xticks(xs, ["BN large\n(1 proc)", "BN\nper proc", "SyncBN", "BatchRenorm", "GN"])
+    shown = list(TRAINED)
+    xs = list(range(len(shown)))
+    cis = [100 * mean_ci(accs[v])[1] for v in shown]
+    ax.bar(xs, [mean[v] for v in shown], yerr=cis, capsize=4,
+           color=["#777777", "#d62728", "#9467bd", "#2ca02c"])
+    ax.set_xticks(xs, ["BN, batch W·b\n(= SyncBN)", "BN\nper process", "BatchRenorm\nper process",
+                       "GN"])
     ax.set_ylabel("test accuracy %")
-    ax.set_title(f"N9: {w} processes × {b} samples each (global batch {w * b})")
-    lo = min(mean.values()) - 10
+    ax.set_title(f"N9: {w} processes × {b} samples each (global batch {w * b}), {steps} steps")
+    lo = min(mean[v] for v in shown) - 10
     ax.set_ylim(max(0, lo), 100)
     fp = save_figure(fig, figdir, "n9_distributed_bn")
-    c_sync = compare("SyncBN − large-batch BN", accs["syncbn"], accs["bn_large"], -SYNC_MARGIN,
-                     scale=100, unit=" points")
-    c_gain = compare("SyncBN − per-process BN", accs["syncbn"], accs["bn"], GAIN_MARGIN,
-                     scale=100, unit=" points")
+    c_sync = compare(f"SyncBN on {w} processes − 1 process with the whole batch ({sync_steps} "
+                     "steps)", accs["syncbn"], sync_ref, -SYNC_MARGIN, scale=100, unit=" points")
+    c_gain = compare("whole-batch BN (SyncBN's statistics) − per-process BN", accs["bn_large"],
+                     accs["bn"], GAIN_MARGIN, scale=100, unit=" points")
     c_gn = compare("GN − large-batch BN", accs["gn"], accs["bn_large"], -GN_MARGIN, scale=100,
                    unit=" points")
     a, c = all3(c_sync.holds, c_gain.holds), c_gn.holds
     verdict = decide(all3(a, c), any3(a, c))
-    measured = (f"test acc %: BN large-batch {mean['bn_large']:.1f}, BN per process "
-                f"{mean['bn']:.1f}, SyncBN {mean['syncbn']:.1f}, BatchRenorm "
-                f"{mean['renorm']:.1f}, GN {mean['gn']:.1f}")
+    measured = (f"test acc % after {steps} steps: BN large-batch {mean['bn_large']:.1f}, BN "
+                f"per process {mean['bn']:.1f}, BatchRenorm {mean['renorm']:.1f}, GN "
+                f"{mean['gn']:.1f}; after {sync_steps} steps: SyncBN on {w} processes "
+                f"{mean['syncbn']:.1f} vs 1 process {100 * mean_ci(sync_ref)[0]:.1f}")
     return [ClaimResult("N9", verdict, measured, [table], [fp],
                         comparisons=[c_sync, c_gain, c_gn], notes=Text(
         "SyncBN computes exactly what one process with the whole global batch computes (its "
@@ -172,18 +239,21 @@ N9 = Claim(
     "N9", NORM_DOC, "Group Normalization: जब Small Batch Size के साथ Training करनी हो।",
     "Group Normalization: for when training has to use small batches.",
     Text(
-        "W processes with b = 2 samples each (DDP): supported if (a) SyncBN's test accuracy is "
-        f"within {SYNC_MARGIN:g} point of one process with BN on the whole W·b batch and "
-        f"≥ {GAIN_MARGIN:g} points above per-process BN, and (b) per-process GN is within "
-        f"{GN_MARGIN:g} points of that large-batch BN, each decided by the 95% Welch interval of "
-        "the difference over seeds lying wholly beyond its margin; mixed if one of (a), (b) "
-        "holds; not supported if neither; inconclusive when an interval straddles its margin.",
-        "W processes, हर एक में b = 2 samples (DDP): supported अगर (a) SyncBN की test accuracy पूरे "
-        f"W·b batch पर BN वाले एक process से {SYNC_MARGIN:g} point के भीतर हो और per-process BN से "
-        f"≥ {GAIN_MARGIN:g} points ज़्यादा हो, और (b) per-process GN उस large-batch BN से {GN_MARGIN:g} "
-        "points के भीतर हो, हर शर्त seeds पर difference के 95% Welch interval के पूरा margin के पार "
-        "होने से तय; (a), (b) में से एक हो तो mixed; कोई नहीं तो not supported; कोई interval margin "
-        "के दोनों ओर हो तो inconclusive।"),
+        "W processes with b = 2 samples each (DDP): supported if (a) SyncBN on W real processes "
+        f"ends within {SYNC_MARGIN:g} point of one process with BN on the whole W·b batch (the "
+        "same seed, batches and steps: a demonstration that it computes the whole batch's "
+        f"statistics) and those whole-batch statistics beat per-process BN by ≥ {GAIN_MARGIN:g} "
+        f"points, and (b) per-process GN is within {GN_MARGIN:g} points of the whole-batch BN, "
+        "each decided by the 95% Welch interval of the difference over seeds lying wholly beyond "
+        "its margin; mixed if one of (a), (b) holds; not supported if neither; inconclusive when "
+        "an interval straddles its margin.",
+        "W processes, हर एक में b = 2 samples (DDP): supported अगर (a) W असली processes पर SyncBN "
+        f"पूरे W·b batch पर BN वाले एक process से {SYNC_MARGIN:g} point के भीतर रहे (वही seed, batches "
+        "और steps: यह दिखाने के लिए कि वह पूरे batch की statistics compute करता है) और पूरे batch की "
+        f"statistics per-process BN से ≥ {GAIN_MARGIN:g} points आगे हों, और (b) per-process GN पूरे-batch "
+        f"BN से {GN_MARGIN:g} points के भीतर हो, हर शर्त seeds पर difference के 95% Welch interval के "
+        "पूरा margin के पार होने से तय; (a), (b) में से एक हो तो mixed; कोई नहीं तो not supported; "
+        "कोई interval margin के दोनों ओर हो तो inconclusive।"),
 )
 
 EXPERIMENT = Experiment(
@@ -192,22 +262,33 @@ EXPERIMENT = Experiment(
     title=Text("Small per-process batches: per-process BN, SyncBN, BatchRenorm, GN",
                "छोटे per-process batches: per-process BN, SyncBN, BatchRenorm, GN"),
     protocol=Text(
-        "mnist1d (or --data), the N6 ConvNet; W = 4 gloo processes on this machine (quick: 2), "
-        "each with b = 2 samples of the same global batch of W·b, DistributedDataParallel "
-        "(sharenorm.distributed.ddp), SGD momentum 0.9, lr = 0.05·(W·b)/32, 1000 steps "
-        "(quick: 20); the same initial weights and batches for every norm. BatchRenorm: r_max "
-        "1→3 and d_max 0→5 from 10% to 50%/30% of the steps. Reference: one process with BN "
-        "on the whole global batch. GN normalizes each sample alone, so W processes under DDP "
-        "compute what one process does on the global batch: it is trained so. Test accuracy "
-        "in eval mode (rank 0).",
-        "mnist1d (या --data), N6 वाला ConvNet; इस machine पर W = 4 gloo processes (quick: 2), हर "
-        "एक के पास W·b के उसी global batch के b = 2 samples, DistributedDataParallel "
-        "(sharenorm.distributed.ddp), SGD momentum 0.9, lr = 0.05·(W·b)/32, 1000 steps (quick: "
-        "20); हर norm के लिए वही initial weights और batches। BatchRenorm: r_max 1→3, d_max 0→5, "
-        "steps के 10% से 50%/30% तक। Reference: पूरे global batch पर BN वाला एक process। GN हर "
-        "sample को अलग normalize करता है, इसलिए DDP में W processes वही compute करते हैं जो एक "
-        "process global batch पर करता है: उसे ऐसे ही train किया जाता है। Test accuracy eval mode "
-        "में (rank 0)।"),
+        "mnist1d (or --data), the N6 ConvNet; W = 4 processes (quick: 2), each with b = 2 "
+        "samples of the same global batch of W·b, under DistributedDataParallel "
+        f"(sharenorm.distributed.ddp); SGD momentum 0.9, lr = 0.05·(W·b)/32, {STEPS} steps "
+        f"(quick: {QUICK_STEPS}); the same initial weights and batches for every norm. "
+        "BatchRenorm: r_max 1→3 and d_max 0→5 from 10% to 50%/30% of the steps. Reference: one "
+        "process with BN on the whole global batch. Per-process BN and BatchRenorm are trained "
+        "as what the W ranks compute — each chunk of b normalized alone from rank 0's "
+        "step-start buffers (DDP broadcasts them), the gradients averaged, rank 0's statistics "
+        "kept — in one process: on 2 cores W gloo ranks cost more in waiting on each other than "
+        "in training (the results are those of the W processes: checked on 200 steps). GN "
+        "normalizes each sample alone, so it is trained on the global batch. SyncBN, whose "
+        f"point is the communication, runs on W real gloo processes for {SYNC_STEPS} steps "
+        f"(quick: {QUICK_SYNC_STEPS}) beside one process with the whole batch for as many. Test "
+        "accuracy in eval mode (rank 0's model).",
+        "mnist1d (या --data), N6 वाला ConvNet; W = 4 processes (quick: 2), हर एक के पास W·b के उसी "
+        "global batch के b = 2 samples, DistributedDataParallel (sharenorm.distributed.ddp) में; SGD "
+        f"momentum 0.9, lr = 0.05·(W·b)/32, {STEPS} steps (quick: {QUICK_STEPS}); हर norm के लिए वही "
+        "initial weights और batches। BatchRenorm: r_max 1→3, d_max 0→5, steps के 10% से 50%/30% तक। "
+        "Reference: पूरे global batch पर BN वाला एक process। Per-process BN और BatchRenorm को वैसे "
+        "train किया जाता है जैसे W ranks compute करते हैं — b का हर chunk rank 0 के step की शुरुआत "
+        "वाले buffers से अलग normalize (DDP उन्हें broadcast करता है), gradients का औसत, rank 0 की "
+        "statistics रखी जाती हैं — एक process में: 2 cores पर W gloo ranks training से ज़्यादा एक-दूसरे "
+        "के इंतज़ार में खर्च होते हैं (नतीजे W processes वाले ही हैं: 200 steps पर जाँचा)। GN हर sample "
+        "को अलग normalize करता है, इसलिए global batch पर train होता है। SyncBN, जिसका मुद्दा "
+        f"communication है, {SYNC_STEPS} steps (quick: {QUICK_SYNC_STEPS}) के लिए W असली gloo processes "
+        "पर चलता है, उतने ही steps पूरे batch वाले एक process के साथ। Test accuracy eval mode में (rank "
+        "0 का model)।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
     requires=("SyncBatchNorm", "BatchRenorm1d", "convert_sync_batchnorm"),
     min_train=lambda cfg: cfg["world"] * cfg["per_process_batch"])  # one global batch
