@@ -62,3 +62,14 @@ def test_one_process_training_is_what_the_ddp_ranks_compute(variant):
     assert alone.keys() == ranks.keys()
     for k, v in alone.items():
         assert torch.allclose(v.double(), ranks[k].double(), rtol=1e-4, atol=1e-5), k
+
+
+def test_syncbn_is_compared_seed_by_seed_with_its_one_process_run(tmp_path):
+    # 100-step runs spread widely over seeds; SyncBN equals its own seed's one-process run:
+    # the paired interval is [0, 0] (an unpaired one would straddle the 1-point margin)
+    cfg = distributed_bn.configs(quick=False)[0]
+    runs = [{"config": cfg, "seed": s, "metrics": {
+        "bn_large": 0.86, "bn": 0.78, "renorm": 0.76, "gn": 0.85,
+        "syncbn": 0.25 + 0.05 * s, "bn_large_sync_steps": 0.25 + 0.05 * s}} for s in range(5)]
+    (result,) = distributed_bn.analyze(runs, tmp_path / "figures", "en")
+    assert result.comparisons[0].holds is True and result.verdict == SUPPORTED
