@@ -57,7 +57,7 @@ def test_one_process_training_is_what_the_ddp_ranks_compute(variant):
     data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes)
     cfg = {"world": 2, "per_process_batch": 2}
     steps = 12  # BatchRenorm's corrections start at 10% of the steps: they are exercised
-    alone = distributed_bn._train_one_process(variant, cfg, 0, data, steps).state_dict()
+    alone = distributed_bn._train(variant, cfg, 0, data, steps).state_dict()
     ranks = snd.launch(distributed_bn._ddp_rank, 2, variant, cfg, 0, data, steps, timeout=120)[0]
     assert alone.keys() == ranks.keys()
     for k, v in alone.items():

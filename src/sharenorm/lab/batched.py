@@ -400,8 +400,11 @@ class StackedOptimizer:
         self.t = 0
         self._steps = torch.zeros((), dtype=torch.float32)  # Adam's t, as the fused kernel reads it
         self.active = list(range(k))
-        self._mine = [self._member_slices(b, sizes)
-                      for b in (self.flat, self.grad, self.state1, self.state2) if b is not None]
+        # [member][parameter]: member k's slices of the parameters, gradients and state
+        self._p, self._g, self._s1 = (self._member_slices(b, sizes)
+                                      for b in (self.flat, self.grad, self.state1))
+        self._s2 = self._member_slices(self.state2, sizes) if kind == "adam" else None
+        self._step_list = [self._steps] * len(sizes)  # one step count, read for every tensor
         self.zero_grad()
 
     def _member_slices(self, buf: Tensor, sizes: list[int]) -> list[list[Tensor]]:
@@ -429,13 +432,13 @@ class StackedOptimizer:
         self.t += 1
         self._steps.fill_(self.t)
         for j in self.active:
-            p, g, s1 = self._mine[0][j], self._mine[1][j], self._mine[2][j]
+            p, g, s1 = self._p[j], self._g[j], self._s1[j]
             if self.kind == "sgd":
                 torch._fused_sgd_(p, g, s1, weight_decay=self.weight_decays[j],
                                   momentum=self.momentum, lr=self.lrs[j], dampening=0.0,
                                   nesterov=False, maximize=False, is_first_step=self.t == 1)
             else:
-                torch._fused_adam_(p, g, s1, self._mine[3][j], [], [self._steps] * len(p),
+                torch._fused_adam_(p, g, s1, self._s2[j], [], self._step_list,
                                    lr=self.lrs[j], beta1=self.betas[0], beta2=self.betas[1],
                                    weight_decay=self.weight_decays[j], eps=self.eps,
                                    amsgrad=False, maximize=False)
@@ -444,5 +447,5 @@ class StackedOptimizer:
     def freeze(self, member: int) -> None:
         if member in self.active:
             self.active.remove(member)
-        for p in self._mine[0][member]:
+        for p in self._p[member]:
             p.nan_to_num_(0.0, 0.0, 0.0)

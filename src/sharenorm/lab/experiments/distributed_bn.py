@@ -4,8 +4,8 @@ BatchRenorm vs GN (the field's answers to BN's small-batch problem).
 W DDP processes, each with a b-sample slice of the same global batch of W·b; only the norm
 differs. SyncBN runs on W real gloo processes (:func:`sharenorm.distributed.launch`); the
 others are trained in one process as exactly what the W ranks compute
-(:func:`_train_one_process`; :func:`_ddp_rank` trains any variant on real ranks, and the tests
-check the two agree). The reference is one process with BN on the whole W·b batch.
+(:func:`_train`; :func:`_ddp_rank` trains any variant on real ranks, and the tests check
+the two agree). The reference is one process with BN on the whole W·b batch.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sharenorm.lab.spec import (
     group_runs,
 )
 from sharenorm.lab.stats import compare, mean_ci
-from sharenorm.lab.train import count_steps, evaluate, make_optimizer
+from sharenorm.lab.train import batches, count_steps, evaluate, make_optimizer, seed_everything
 from sharenorm.models import ConvNet
 
 VARIANTS = ["bn_large", "bn", "syncbn", "renorm", "gn"]
@@ -36,7 +36,7 @@ LABELS = {"bn_large": "BN, 1 process, batch W·b", "bn": "BN per process (W chun
 BASE_LR, BASE_BS = 0.05, 32  # N6's linear scaling rule, on the global batch W·b
 # Trained in one process: the large-batch reference and GN (per sample, so W processes under
 # DDP compute the same) on the whole global batch; per-process BN and BatchRenorm as the W
-# chunks of b that W DDP ranks would see (_train_one_process). On a few cores W gloo ranks
+# chunks of b that W DDP ranks would see (_train). On a few cores W gloo ranks
 # wait on each other at every collective (a SyncBN step at W = 4 costs ~0.1 s on 2 cores), so
 # only SyncBN, whose point is the communication, runs on real processes, for SYNC_STEPS.
 TRAINED = ("bn_large", "bn", "renorm", "gn")
@@ -67,39 +67,37 @@ def _model(variant: str, ds_shape, num_classes: int, steps: int) -> nn.Module:
     return model
 
 
-def _batches(n: int, gb: int, seed: int):
-    """The global batches of W·b sample indices, the same for every variant and rank."""
-    gen = torch.Generator().manual_seed(seed + 1_000_003)
-    perm, pos = torch.randperm(n, generator=gen), 0
-    while True:
-        if pos + gb > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        yield perm[pos:pos + gb]
-        pos += gb
-
-
-def _train_one_process(variant: str, cfg: dict, seed: int, data: tuple, steps: int) -> nn.Module:
-    """Train ``variant`` in this process on the global batches: BN on the whole batch and GN
-    (per sample: what W DDP processes compute too) as one batch; per-process BN and
-    BatchRenorm as what W DDP ranks with b samples each compute, without the ranks.
+def _train(variant: str, cfg: dict, seed: int, data: tuple, steps: int,
+           rank: int | None = None) -> nn.Module:
+    """Train ``variant`` on the global batches of W·b samples (the same weights and batches
+    for every variant): as DDP rank ``rank`` of W real processes on its b samples, or, with
+    ``rank=None``, in this process — BN on the whole batch and GN (per sample: what W DDP
+    processes compute too) as one batch, per-process BN and BatchRenorm as what the W ranks
+    compute, without the ranks.
 
     Under DDP each rank normalizes its own b samples, the gradients are averaged (the gradient
     of the mean of the W per-rank losses) and before every forward rank 0's buffers are
     broadcast: every rank starts the step from rank 0's running statistics (BatchRenorm's
     correction and warm-up read them), and only rank 0's own update survives — the one
-    evaluated. Here the W chunks go forward one after another, each from those step-start
-    buffers, chunk 0 (rank 0) last, so its update is the one kept.
+    evaluated. In one process the W chunks go forward one after another, each from those
+    step-start buffers, chunk 0 (rank 0) last, so its update is the one kept.
     """
+    from sharenorm import distributed as snd
+
     x, y, _, _, num_classes = data
     w, b = cfg["world"], cfg["per_process_batch"]
-    torch.manual_seed(seed)  # the same initial weights as every other variant
+    gen = seed_everything(seed)
     model = _model(variant, tuple(x.shape[1:]), num_classes, steps)
+    net = model if rank is None else snd.ddp(model)
     opt = make_optimizer(model.parameters(), "sgd", BASE_LR * w * b / BASE_BS)
     model.train()
-    it = _batches(len(x), w * b, seed)
+    it = batches(len(x), w * b, gen)
     for _ in range(steps):
         idx = next(it)
-        if variant in PER_PROCESS:
+        if rank is not None:
+            part = idx[rank * b:(rank + 1) * b]
+            loss = nn.functional.cross_entropy(net(x[part]), y[part])
+        elif variant in PER_PROCESS:
             start = {name: t.clone() for name, t in model.named_buffers()}
             losses = []
             for r in [*range(1, w), 0]:
@@ -119,24 +117,9 @@ def _train_one_process(variant: str, cfg: dict, seed: int, data: tuple, steps: i
 
 def _ddp_rank(rank: int, world: int, variant: str, cfg: dict, seed: int, data: tuple,
               steps: int):
-    """``variant`` under DDP on W real gloo processes, each with its b samples of the global
-    batch; rank 0 returns its trained parameters and buffers."""
-    from sharenorm import distributed as snd
-
-    x, y, _, _, num_classes = data
-    b = cfg["per_process_batch"]
-    torch.manual_seed(seed)
-    model = _model(variant, tuple(x.shape[1:]), num_classes, steps)
-    net = snd.ddp(model)
-    opt = make_optimizer(model.parameters(), "sgd", BASE_LR * world * b / BASE_BS)
-    model.train()
-    it = _batches(len(x), world * b, seed)
-    for _ in range(steps):
-        idx = next(it)[rank * b:(rank + 1) * b]
-        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    """:func:`_train` as rank ``rank`` of a :func:`sharenorm.distributed.launch` group
+    (``world`` = ``cfg["world"]``); rank 0 returns its trained parameters and buffers."""
+    model = _train(variant, cfg, seed, data, steps, rank=rank)
     return {k: v.clone() for k, v in model.state_dict().items()} if rank == 0 else None
 
 
@@ -150,12 +133,12 @@ def run(cfg, seed, ctx):
     t0 = time.perf_counter()
     metrics = {}
     for variant in TRAINED:
-        model = _train_one_process(variant, cfg, seed, data, cfg["steps"])
+        model = _train(variant, cfg, seed, data, cfg["steps"])
         metrics[variant] = round(evaluate(model, ds.x_test, ds.y_test)[0], 6)
     # SyncBN computes BN's statistics over all W·b samples: shown on real processes against
     # one process with the whole batch, over the same steps, seed and batches
     demo = cfg["sync_steps"]
-    ref = _train_one_process("bn_large", cfg, seed, data, demo)
+    ref = _train("bn_large", cfg, seed, data, demo)
     state = snd.launch(_ddp_rank, cfg["world"], "syncbn", cfg, seed, data, demo,
                        timeout=3600)[0]
     sync = _model("syncbn", tuple(ds.x_train.shape[1:]), ds.num_classes, demo)
@@ -178,7 +161,8 @@ def analyze(runs, figdir, lang):
     steps, sync_steps = cfg["steps"], cfg.get("sync_steps", cfg["steps"])
     g = group_runs(runs, "world")[(w,)]
     accs = {v: [m[v] for m in g] for v in VARIANTS}
-    # runs stored before the SyncBN run had its own one-process reference: the full one
+    # runs of lab v7 and earlier trained SyncBN as long as the rest: their reference is the
+    # full-length one
     sync_ref = [m.get("bn_large_sync_steps", m["bn_large"]) for m in g]
     mean = {v: 100 * mean_ci(a)[0] for v, a in accs.items()}
     diffs = [m["sync_max_param_diff"] for m in g if m.get("sync_max_param_diff") is not None]
