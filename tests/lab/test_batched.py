@@ -77,9 +77,11 @@ def test_stacked_training_equals_separate_trainings(kind, norm, opt):
     seeds = [0, 1, 2]
     lrs = [0.05, 0.1, 0.02] if opt == "sgd" else [1e-3, 3e-3, 2e-3]
     # per-member learning rate, weight decay and steps: a grid is one stacked model
+    # and its own schedule (the cosine one over its own steps)
     cfgs = [TrainConfig(steps=s, batch_size=4, lr=lr, optimizer=opt, eval_every=3,
-                        weight_decay=wd, target_acc=0.0)
-            for s, lr, wd in zip((7, 5, 7), lrs, (0.0, 1e-2, 1e-3), strict=True)]
+                        weight_decay=wd, target_acc=0.0, schedule=sch)
+            for s, lr, wd, sch in zip((7, 5, 7), lrs, (0.0, 1e-2, 1e-3),
+                                      ("cosine", "cosine", "constant"), strict=True)]
     alone = [build(kind, norm, s, ds) for s in seeds]
     ref = [train_classifier(m, ds, c, s) for m, c, s in zip(alone, cfgs, seeds, strict=True)]
     together = [build(kind, norm, s, ds) for s in seeds]
@@ -88,6 +90,23 @@ def test_stacked_training_equals_separate_trainings(kind, norm, opt):
         assert t_out["stacked"] == 3  # it really went through the stacked model
         close(m_ref, m_out)
         same_state(a, b)  # parameters and BN running statistics (num_batches_tracked too)
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_the_cosine_schedule_is_applied(stacked):
+    """The schedule changes the training, alone and stacked (a path that ignored it would
+    still make stacked == separate hold)."""
+    ds = toy((2, 12))
+    out = {}
+    for sch in ("constant", "cosine"):
+        nets = [build("conv", "group", s, ds) for s in (0, 1)][: 2 if stacked else 1]
+        cfg = TrainConfig(steps=4, batch_size=4, lr=0.1, schedule=sch)
+        train_classifiers(nets, ds, cfg, [0, 1][:len(nets)])
+        out[sch] = nets[0].state_dict()
+    assert any(not torch.equal(out["constant"][k], out["cosine"][k]) for k in out["cosine"])
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        train_classifiers([build("conv", "group", 0, ds)], ds,
+                          TrainConfig(steps=2, batch_size=4, schedule="step"), [0])
 
 
 @pytest.mark.parametrize("norm", ["batch", "group"])

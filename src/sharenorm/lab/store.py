@@ -29,7 +29,9 @@ __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 # at lr 1e-2 with a head on every step, N9's GN on one process, plateau check on windows.
 # 8: N9 trains per-process BN/BatchRenorm as the W ranks' chunks in one process (2000 steps),
 # SyncBN on real gloo ranks for 100 steps beside one process with the whole batch.
-LAB_VERSION = "8"
+# 9: a cosine learning-rate schedule for every accuracy comparison; N6 at 16 epochs on BN/GN/IN
+# and batches 2, 8, 32; N1/N4 2000 steps; plateau decided per contender (mean over seeds).
+LAB_VERSION = "9"
 
 
 class LabError(RuntimeError):

@@ -19,13 +19,16 @@ from sharenorm.lab.common import (
 )
 from sharenorm.lab.experiments._protocol import (
     CHECKPOINTS,
+    GAIN_HEADER,
+    SCHEDULE,
     SELECT_FRACTION,
     SELECT_SEED,
     VAL_FRACTION,
     checkpoint_every,
     classifier_trial,
-    runs_converged,
+    converged,
     select_lr,
+    tail_gain_cell,
     unconverged_text,
     validation_split,
 )
@@ -41,7 +44,7 @@ from sharenorm.lab.spec import (
     decide,
     group_runs,
 )
-from sharenorm.lab.stats import compare
+from sharenorm.lab.stats import PLATEAU_TAIL, compare
 from sharenorm.lab.train import TrainConfig, evaluate, train_classifier
 from sharenorm.models import ConvNet
 from sharenorm.models.resnet import ResNet
@@ -70,7 +73,7 @@ N8 = Claim(
          "than BN from the smallest to the largest depth (per seed; BN's loss − GN's loss > 0), "
          "each decided by the 95% Welch interval of the difference lying wholly beyond its "
          "margin; mixed if one holds; not supported if neither; inconclusive when an interval "
-         f"straddles its margin, or when a run it rests on has not converged ({_UNCONVERGED[0]}; "
+         f"straddles its margin, or when a contender it rests on has not converged ({_UNCONVERGED[0]}; "
          f"{CHECKPOINTS} checkpoints per run). The stable learning-rate range per depth (every seed's try reaches "
          f"≥ {STABLE_ACC:.0%} validation accuracy in half the steps) is shown beside.",
          f"Batch {BATCH} पर depth sweep, residual networks (GN paper की setting; plain साथ में), हर "
@@ -79,7 +82,7 @@ N8 = Claim(
          "points ज़्यादा हो और (b) सबसे छोटी से सबसे बड़ी depth तक GN की accuracy BN से कम गिरे (हर "
          "seed पर; BN की गिरावट − GN की गिरावट > 0), दोनों difference के 95% Welch interval के पूरा "
          "margin के पार होने से तय; एक शर्त हो तो mixed; कोई नहीं तो not supported; कोई interval "
-         "margin के दोनों ओर हो, या जिस run पर यह टिका है वह converge न हुआ हो "
+         "margin के दोनों ओर हो, या जिस contender पर यह टिका है वह converge न हुआ हो "
          f"({_UNCONVERGED[1]}; हर run के {CHECKPOINTS} checkpoints), तो inconclusive। "
          "हर depth पर stable learning-rate range (हर seed की try आधे steps में "
          f"≥ {STABLE_ACC:.0%} validation accuracy) साथ में दिखाई गई है।"))
@@ -90,7 +93,7 @@ def configs(quick: bool) -> list[dict]:
         FULL_DEPTHS, FULL_LRS, EPOCHS)
     archs = [DECIDING_ARCH] if quick else ARCHS  # quick: a smoke test of the deciding nets
     return [{"arch": a, "norm": n, "depth": d, "lr_grid": lrs, "batch_size": BATCH,
-             "epochs": epochs} for a in archs for n in NORMS for d in depths]
+             "epochs": epochs, "schedule": SCHEDULE} for a in archs for n in NORMS for d in depths]
 
 
 def _model(cfg, ds):
@@ -112,7 +115,8 @@ def run(cfg, seed, ctx):
     steps = epoch_steps(cfg["epochs"], len(ds.x_train), cfg["batch_size"])
     lr, chosen = cfg.get("lr"), {}
     if "lr_grid" in cfg:
-        trial = classifier_trial(lambda d: _model(cfg, d), steps, batch_size=cfg["batch_size"])
+        trial = classifier_trial(lambda d: _model(cfg, d), steps, batch_size=cfg["batch_size"],
+                                 schedule=cfg.get("schedule", "constant"))
         lr, scores = select_lr(trial, full, cfg["lr_grid"], seed)
         chosen = {"lr_chosen": lr, "val_acc_by_lr": scores}
     torch.manual_seed(seed)
@@ -120,7 +124,7 @@ def run(cfg, seed, ctx):
     # validation-accuracy checkpoints: whether the run converged (plateau)
     metrics, timing = train_classifier(model, ds, TrainConfig(
         steps=steps, batch_size=cfg["batch_size"], lr=lr,
-        eval_every=checkpoint_every(steps)), seed)
+        schedule=cfg.get("schedule", "constant"), eval_every=checkpoint_every(steps)), seed)
     metrics |= chosen
     metrics["val_acc"] = metrics.pop("test_acc")
     metrics["test_acc"] = None if metrics["diverged"] else round(
@@ -145,12 +149,11 @@ def min_train(cfg) -> int:
     return n
 
 
-def _converged_count(ms) -> str:
-    """", converged 4/5" (runs that reached a plateau), or "" for runs without checkpoints."""
-    known = [runs_converged([m]) for m in ms]
-    if all(k is None for k in known):
-        return ""
-    return f", converged {sum(k is True for k in known)}/{len(ms)}"
+def _gain_note(ms) -> str:
+    """", last 20% +0.4 ✓" (:func:`~sharenorm.lab.experiments._protocol.tail_gain_cell`), or ""
+    for runs without checkpoints."""
+    cell = tail_gain_cell(ms)
+    return "" if cell == "—" else f", last {PLATEAU_TAIL:.0%} {cell}"
 
 
 def stable_range(ms) -> str:
@@ -184,11 +187,11 @@ def analyze(runs, figdir, lang):
     for a in archs:
         for n in NORMS:
             rows.append([a, n] + [f"{pct(at_best(a, n, d))} (lr {_rates(g[(a, n, d)])})"
-                                  + _converged_count(g[(a, n, d)])
+                                  + _gain_note(g[(a, n, d)])
                                   if (a, n, d) in g else "—" for d in depths])
             srows.append([a, n] + [stable_range(g[(a, n, d)]) if (a, n, d) in g else "—"
                                    for d in depths])
-    tables = [Table(["test acc % at the chosen lr (per seed; converged: plateau): arch",
+    tables = [Table([f"test acc % at the chosen lr (per seed); {GAIN_HEADER}: arch",
                      "norm"] + [f"depth {d}" for d in depths], rows),
               Table(["stable lr range (tries of half the steps): arch", "norm"]
                     + [f"depth {d}" for d in depths], srows)]
@@ -230,15 +233,14 @@ def analyze(runs, figdir, lang):
     c_a, c_b = main
     v = decide(all3(c_a.holds, c_b.holds), any3(c_a.holds, c_b.holds))
     # the runs the verdict rests on: both norms at their best rates, smallest and largest depth
-    conv = runs_converged([m for n in NORMS for d in (lo_d, hi_d)
-                           for m in g.get((decide_on, n, d), [])])
+    conv = converged(*(g.get((decide_on, n, d), []) for n in NORMS for d in (lo_d, hi_d)))
     if conv is False:
         v = INCONCLUSIVE
     shown = [c for a in archs if a != decide_on for c in (comparisons(a) or ())]
     gn, bn = at_best(decide_on, "group", hi_d), at_best(decide_on, "batch", hi_d)
     return [ClaimResult("N8", v, f"{decide_on} nets, depth {hi_d}: GN {pct(gn)} % vs BN "
                         f"{pct(bn)} % at their chosen rates"
-                        + ("; some runs had not converged (plateau), so the comparison is "
+                        + ("; a contender had not converged (plateau), so the comparison is "
                            "inconclusive" if conv is False else ""), tables, [fp],
                         comparisons=[c_a, c_b] + shown, notes=Text(
                             f"The verdict comes from the {decide_on} networks (the GN paper "
@@ -266,7 +268,8 @@ EXPERIMENT = Experiment(
         "ConvNet's 3 downsampling conv layers, then residual blocks of two convs whose second "
         "norm's γ starts at 0) and plain ConvNets, " + ", ".join(map(str, FULL_DEPTHS)) +
         " conv layers (quick: " + ", ".join(map(str, QUICK_DEPTHS)) + f"); BN or GN (G={GROUPS}); "
-        f"batch {BATCH}, SGD momentum 0.9, {EPOCHS} epoch (quick: {QUICK_EPOCHS}) of 80% of the "
+        f"batch {BATCH}, SGD momentum 0.9 with the rate decayed to 0 by a {SCHEDULE} schedule, "
+        f"{EPOCHS} epoch (quick: {QUICK_EPOCHS}) of 80% of the "
         "training set (the other 20%: validation accuracy at "
         f"{CHECKPOINTS} checkpoints, the plateau check), test accuracy in eval mode; the "
         "learning rate per seed from " + ", ".join(f"{x:g}" for x in FULL_LRS)
@@ -275,7 +278,7 @@ EXPERIMENT = Experiment(
         f"mnist1d (या --data), width {WIDTH}; residual nets (ConvNet की 3 downsampling conv layers, फिर "
         "दो convs के residual blocks, दूसरे norm का γ 0 से) और plain ConvNets, "
         + ", ".join(map(str, FULL_DEPTHS)) + f" conv layers; BN या GN (G={GROUPS}); batch {BATCH}, "
-        f"SGD momentum 0.9, training set के 80% पर {EPOCHS} epoch (बाकी 20%: {CHECKPOINTS} "
+        f"SGD momentum 0.9 ({SCHEDULE} schedule से 0 तक घटती rate), training set के 80% पर {EPOCHS} epoch (बाकी 20%: {CHECKPOINTS} "
         "checkpoints पर validation accuracy, plateau check), test accuracy eval mode में; हर seed की "
         "learning rate " + ", ".join(f"{x:g}" for x in FULL_LRS) + " में से, दूसरे split पर "
         f"seed + {SELECT_SEED} वाली आधे steps की tries की validation accuracy से।"),

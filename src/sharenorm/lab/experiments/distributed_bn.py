@@ -15,6 +15,7 @@ from torch import nn
 
 from sharenorm.lab.claims import NORM_DOC, Claim
 from sharenorm.lab.common import dataset, figure, pct, save_figure
+from sharenorm.lab.experiments._protocol import SCHEDULE
 from sharenorm.lab.spec import (
     ClaimResult,
     Experiment,
@@ -26,7 +27,15 @@ from sharenorm.lab.spec import (
     group_runs,
 )
 from sharenorm.lab.stats import compare, mean_ci
-from sharenorm.lab.train import batches, count_steps, evaluate, make_optimizer, seed_everything
+from sharenorm.lab.train import (
+    TrainConfig,
+    batches,
+    count_steps,
+    evaluate,
+    lr_at,
+    make_optimizer,
+    seed_everything,
+)
 from sharenorm.models import ConvNet
 
 VARIANTS = ["bn_large", "bn", "syncbn", "renorm", "gn"]
@@ -48,8 +57,9 @@ SYNC_STEPS, QUICK_SYNC_STEPS = 100, 10
 def configs(quick: bool) -> list[dict]:
     if quick:
         return [{"world": 2, "per_process_batch": 2, "steps": QUICK_STEPS,
-                 "sync_steps": QUICK_SYNC_STEPS}]
-    return [{"world": 4, "per_process_batch": 2, "steps": STEPS, "sync_steps": SYNC_STEPS}]
+                 "sync_steps": QUICK_SYNC_STEPS, "schedule": SCHEDULE}]
+    return [{"world": 4, "per_process_batch": 2, "steps": STEPS, "sync_steps": SYNC_STEPS,
+             "schedule": SCHEDULE}]
 
 
 def _model(variant: str, ds_shape, num_classes: int, steps: int) -> nn.Module:
@@ -89,11 +99,16 @@ def _train(variant: str, cfg: dict, seed: int, data: tuple, steps: int,
     gen = seed_everything(seed)
     model = _model(variant, tuple(x.shape[1:]), num_classes, steps)
     net = model if rank is None else snd.ddp(model)
-    opt = make_optimizer(model.parameters(), "sgd", BASE_LR * w * b / BASE_BS)
+    # the rate of every step (the run's schedule over its own ``steps``)
+    rate = TrainConfig(steps=steps, lr=BASE_LR * w * b / BASE_BS,
+                       schedule=cfg.get("schedule", "constant"))
+    opt = make_optimizer(model.parameters(), "sgd", rate.lr)
     model.train()
     it = batches(len(x), w * b, gen)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         idx = next(it)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(rate, step)
         if rank is not None:
             part = idx[rank * b:(rank + 1) * b]
             loss = nn.functional.cross_entropy(net(x[part]), y[part])
@@ -252,7 +267,8 @@ EXPERIMENT = Experiment(
     protocol=Text(
         "mnist1d (or --data), the N6 ConvNet; W = 4 processes (quick: 2), each with b = 2 "
         "samples of the same global batch of W·b, under DistributedDataParallel "
-        f"(sharenorm.distributed.ddp); SGD momentum 0.9, lr = 0.05·(W·b)/32, {STEPS} steps "
+        f"(sharenorm.distributed.ddp); SGD momentum 0.9, lr = 0.05·(W·b)/32 at the first step, "
+        f"decayed to 0 by a {SCHEDULE} schedule, {STEPS} steps "
         f"(quick: {QUICK_STEPS}); the same initial weights and batches for every norm. "
         "BatchRenorm: r_max 1→3 and d_max 0→5 from 10% to 50%/30% of the steps. Reference: one "
         "process with BN on the whole global batch. Per-process BN and BatchRenorm are trained "
@@ -266,7 +282,8 @@ EXPERIMENT = Experiment(
         "accuracy in eval mode (rank 0's model).",
         "mnist1d (या --data), N6 वाला ConvNet; W = 4 processes (quick: 2), हर एक के पास W·b के उसी "
         "global batch के b = 2 samples, DistributedDataParallel (sharenorm.distributed.ddp) में; SGD "
-        f"momentum 0.9, lr = 0.05·(W·b)/32, {STEPS} steps (quick: {QUICK_STEPS}); हर norm के लिए वही "
+        f"momentum 0.9, lr = 0.05·(W·b)/32 पहले step पर, {SCHEDULE} schedule से 0 तक घटती, "
+        f"{STEPS} steps (quick: {QUICK_STEPS}); हर norm के लिए वही "
         "initial weights और batches। BatchRenorm: r_max 1→3, d_max 0→5, steps के 10% से 50%/30% तक। "
         "Reference: पूरे global batch पर BN वाला एक process। Per-process BN और BatchRenorm को वैसे "
         "train किया जाता है जैसे W ranks compute करते हैं — b का हर chunk rank 0 के step की शुरुआत "

@@ -8,7 +8,7 @@ import torch
 from sharenorm.data import MNIST1D_PUBLISHED
 from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
-from sharenorm.lab.experiments.norm_training import converged
+from sharenorm.lab.experiments._protocol import GAIN_HEADER, SCHEDULE, tail_gain_cell
 from sharenorm.lab.spec import (
     INFORMATIONAL,
     Claim,
@@ -56,7 +56,7 @@ N10 = Claim(
 def configs(quick: bool) -> list[dict]:
     steps, every = (QUICK_STEPS, QUICK_EVAL_EVERY) if quick else (STEPS, EVAL_EVERY)
     return [{"cell": c, "norm": n, "hidden": HIDDEN, "chunk": CHUNK, "steps": steps,
-             "eval_every": every}
+             "eval_every": every, "schedule": SCHEDULE}
             | ({"lr": GRU_LR, "readout": GRU_READOUT} if c == "gru" else {"lr": LR})
             for c, n in MODELS]
 
@@ -72,7 +72,7 @@ def run(cfg, seed, ctx):
                                 chunk=cfg["chunk"], norm=cfg["norm"])
     return train_classifier(model, ds, TrainConfig(
         steps=cfg["steps"], batch_size=32, lr=cfg.get("lr", LR), optimizer="adam",
-        eval_every=cfg["eval_every"]), seed)
+        schedule=cfg.get("schedule", "constant"), eval_every=cfg["eval_every"]), seed)
 
 
 def _name(cell, norm):
@@ -84,14 +84,13 @@ def analyze(runs, figdir, lang):
     if not runs:
         return []
     g = group_runs(runs, "cell", "norm")
-    budget = runs[0]["config"]["steps"]
     rows = []
     fig, ax = figure()
     for i, ((cell, norm), ms) in enumerate(g.items()):
         rows.append([_name(cell, norm), f"{sum(bool(m['diverged']) for m in ms)}/{len(ms)}",
                      pct(accuracies(ms)), pct(accuracies(ms, "train_acc")),
                      fmt_ci([m["gap"] for m in ms], 100),
-                     f"{sum(converged([m], budget) is True for m in ms)}/{len(ms)}"])
+                     tail_gain_cell(ms)])
         by: dict = {}
         for m in ms:
             for s, a in m["curve"]:
@@ -107,7 +106,7 @@ def analyze(runs, figdir, lang):
     ax.legend(fontsize=7)
     fp = save_figure(fig, figdir, "n10_rnn_bn")
     table = Table(["model", "diverged", "test acc % (diverged = 0)", "train acc % (diverged = 0)",
-                   "gap (points)", "converged (plateau)"], rows)
+                   "gap (points)", GAIN_HEADER], rows)
     bn, none = g.get(("tanh", "batch"), []), g.get(("tanh", "none"), [])
     comps = [compare("BN-RNN − RNN test accuracy", accuracies(bn), accuracies(none), 0,
                      scale=100, unit=" points")] if bn and none else []
@@ -145,13 +144,14 @@ EXPERIMENT = Experiment(
         "hidden units, with batch normalization of W_x x_t and W_h h_{t−1} with separate "
         "statistics per time step and γ shared across time, initialised to 0.1 (Cooijmans et "
         "al. 2016), or without a norm; and torch.nn.GRU with " + _GRU_HEAD[0] + ". Adam lr "
-        f"{LR} (the GRU: {GRU_LR:g}, the mnist1d paper's), batch 32, {STEPS} steps (quick: "
+        f"{LR} (the GRU: {GRU_LR:g}, the mnist1d paper's) at the first step, decayed to 0 by a "
+        f"{SCHEDULE} schedule, batch 32, {STEPS} steps (quick: "
         f"{QUICK_STEPS}); test accuracy in eval mode (BN "
         "with each step's running statistics). --data is not used (needs sequences).",
         f"mnist1d को {CHUNK} positions प्रति time step पढ़ा गया (S4 की तरह)। {HIDDEN} hidden units वाला tanh "
         "Elman RNN, W_x x_t और W_h h_{t−1} के batch normalization के साथ (हर time step की अलग "
         "statistics, γ time पर shared, 0.1 से शुरू; Cooijmans et al. 2016), या बिना norm; और "
-        "torch.nn.GRU, " + _GRU_HEAD[1] + f"। Adam lr {LR} (GRU: {GRU_LR:g}, mnist1d paper वाली), "
-        f"batch 32, {STEPS} steps (quick: {QUICK_STEPS}); test accuracy "
+        "torch.nn.GRU, " + _GRU_HEAD[1] + f"। Adam lr {LR} (GRU: {GRU_LR:g}, mnist1d paper वाली) पहले "
+        f"step पर, {SCHEDULE} schedule से 0 तक घटती, batch 32, {STEPS} steps (quick: {QUICK_STEPS}); test accuracy "
         "eval mode में। --data इस्तेमाल नहीं होता।"),
     configs=configs, run=run, analyze=analyze, compares_intervals=False)

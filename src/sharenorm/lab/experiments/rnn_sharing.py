@@ -8,11 +8,17 @@ from sharenorm.data import MNIST1D_PUBLISHED
 from sharenorm.lab.claims import SHARE_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.experiments._protocol import (
+    GAIN_HEADER,
+    SCHEDULE,
     SELECT_FRACTION,
     classifier_trial,
+    converged,
     select_lr,
+    tail_gain_cell,
+    unconverged_text,
 )
 from sharenorm.lab.spec import (
+    INCONCLUSIVE,
     Claim,
     ClaimResult,
     Experiment,
@@ -35,6 +41,7 @@ PARAM_RATIO = 5.0  # the shared RNN has at least this many times fewer parameter
 NONINF_MARGIN = 1.0  # "at least as accurate": shared − separate ≥ −this many points
 
 
+_UNCONVERGED = unconverged_text("test accuracy")
 S4 = Claim(
     "S4", SHARE_DOC, "ये तकनीकें विशेष रूप से Convolutional Neural Networks (CNNs) और Recurrent "
     "Neural Networks (RNNs) में उपयोग की जाती हैं।",
@@ -43,18 +50,20 @@ S4 = Claim(
          "parameters than the one with separate weights per step and a test accuracy at least "
          f"as high, within {NONINF_MARGIN:g} point (the 95% Welch interval of shared − separate "
          f"wholly ≥ −{NONINF_MARGIN:g}); mixed if only the parameter part holds; inconclusive when "
-         "the interval straddles the margin.",
+         "the interval straddles the margin, or when a contender has not converged "
+         f"({_UNCONVERGED[0]}).",
          f"Supported अगर time पर shared weights वाले RNN के parameters हर step के अलग weights वाले से "
          f"≥ {PARAM_RATIO:g}× कम हों और test accuracy कम से कम उतनी हो, {NONINF_MARGIN:g} point के भीतर "
          f"(shared − separate का 95% Welch interval पूरा ≥ −{NONINF_MARGIN:g}); केवल parameters वाली "
-         "शर्त हो तो mixed; interval margin के दोनों ओर हो तो inconclusive।"))
+         "शर्त हो तो mixed; interval margin के दोनों ओर हो, या कोई contender converge न हुआ हो "
+         f"({_UNCONVERGED[1]}), तो inconclusive।"))
 
 
 def configs(quick: bool) -> list[dict]:
     steps, every = (50, 25) if quick else (1500, 100)
     lr = {"lr": LR} if quick else {"lr_grid": LR_GRID}
     return [{"shared": s, "hidden": HIDDEN, "chunk": CHUNK, "steps": steps, "eval_every": every,
-             **lr} for s in (True, False)]
+             "schedule": SCHEDULE, **lr} for s in (True, False)]
 
 
 def planned_steps(cfg: dict, n_train: int) -> int:
@@ -74,14 +83,14 @@ def run(cfg, seed, ctx):
     chosen, lr = {}, cfg.get("lr", LR)
     if "lr_grid" in cfg:
         trial = classifier_trial(lambda d: _model(cfg, d), cfg["steps"], batch_size=32,
-                                 optimizer="adam")
+                                 optimizer="adam", schedule=cfg.get("schedule", "constant"))
         lr, scores = select_lr(trial, ds, cfg["lr_grid"], seed)
         chosen = {"lr_chosen": lr, "val_acc_by_lr": scores}
     torch.manual_seed(seed)
     model = _model(cfg, ds)
     metrics, timing = train_classifier(model, ds, TrainConfig(
         steps=cfg["steps"], batch_size=32, lr=lr, optimizer="adam",
-        eval_every=cfg["eval_every"]), seed)
+        schedule=cfg.get("schedule", "constant"), eval_every=cfg["eval_every"]), seed)
     metrics["params"] = sn.count_parameters(model)
     metrics["recurrent_params"] = sn.count_parameters(model.rnn)
     return metrics | chosen, timing
@@ -99,7 +108,7 @@ def analyze(runs, figdir, lang):
                      f"{sum(bool(m['diverged']) for m in ms)}/{len(ms)}",
                      pct(accuracies(ms)), pct(accuracies(ms, "train_acc")),
                      fmt_ci([m["gap"] for m in ms], 100),
-                     fmt_ci([m["_time"]["s_per_step"] for m in ms], 1e3, 2),
+                     fmt_ci([m["_time"]["s_per_step"] for m in ms], 1e3, 2), tail_gain_cell(ms),
                      ", ".join(f"{m['lr_chosen']:g}" for m in ms) if "lr_chosen" in ms[0]
                      else f"{runs[0]['config'].get('lr', LR):g}"])
         by: dict = {}
@@ -116,7 +125,7 @@ def analyze(runs, figdir, lang):
     fp = save_figure(fig, figdir, "s4_rnn")
     table = Table(["RNN", "parameters", "recurrent parameters", "diverged",
                    "test acc % (diverged = 0)", "train acc % (diverged = 0)",
-                   "gap (points, runs that trained)", "ms/step",
+                   "gap (points, runs that trained)", "ms/step", GAIN_HEADER,
                    "Adam lr (chosen on validation, per seed)"], rows)
     if (True,) not in g or (False,) not in g:
         return []
@@ -126,10 +135,15 @@ def analyze(runs, figdir, lang):
     c_acc = compare("shared − separate test accuracy", a_sh, a_un, -NONINF_MARGIN, scale=100,
                     unit=" points")
     v = decide(all3(ratio >= PARAM_RATIO, c_acc.holds), ratio >= PARAM_RATIO)
+    conv = converged(sh, un)
+    if conv is False:
+        v = INCONCLUSIVE
     pub = [["MNIST-1D paper", "GRU test accuracy (ours: plain tanh RNN)",
             f"{MNIST1D_PUBLISHED['gru']:.0%}", pct(a_sh) + " %"]]
     return [ClaimResult("S4", v, f"parameters separate/shared {ratio:.1f}×; test acc shared "
-                        f"{pct(a_sh)} % vs separate {pct(a_un)} %", [table], [fp], pub,
+                        f"{pct(a_sh)} % vs separate {pct(a_un)} %"
+                        + ("; a contender had not converged (plateau), so the comparison is "
+                           "inconclusive" if conv is False else ""), [table], [fp], pub,
                         comparisons=[c_acc])]
 
 
@@ -144,7 +158,8 @@ EXPERIMENT = Experiment(
         f"torch.nn.RNN alike) by a tanh Elman RNN "
         f"with {HIDDEN} hidden units (sharenorm.SharedRNN) or the same recurrence with separate "
         "weights per step (sharenorm.UnsharedRNN), linear head on the last hidden state. Adam, "
-        "batch 32, 1500 steps (quick: 50); the learning rate per RNN and seed from "
+        f"batch 32, 1500 steps (quick: 50), the rate decayed to 0 by a {SCHEDULE} schedule; the "
+        "first step's learning rate per RNN and seed from "
         f"{', '.join(f'{x:g}' for x in LR_GRID)} by validation accuracy after "
         f"{SELECT_FRACTION:g}× the steps on 80% of the training set (selection seeds = seed + "
         f"1000; quick: {LR}). --data is not used (needs sequences).",
@@ -152,7 +167,8 @@ EXPERIMENT = Experiment(
         f"position प्रति step (40 steps) पर plain tanh RNN pilot run में train नहीं हुआ), {HIDDEN} hidden "
         "units वाले tanh Elman RNN से (sharenorm.SharedRNN) या हर step के अलग weights वाली उसी "
         "recurrence से (sharenorm.UnsharedRNN), आख़िरी hidden state पर linear head। Adam, batch 32, "
-        "1500 steps (quick: 50); हर RNN और seed की learning rate "
+        f"1500 steps (quick: 50), rate {SCHEDULE} schedule से 0 तक घटती; हर RNN और seed की (पहले "
+        "step की) learning rate "
         f"{', '.join(f'{x:g}' for x in LR_GRID)} में से, training set के 80% पर {SELECT_FRACTION:g}× "
         f"steps के बाद validation accuracy से (selection seeds = seed + 1000; quick: {LR})। --data "
         "इस्तेमाल नहीं होता।"),
