@@ -30,7 +30,8 @@ __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 # 8: N9 trains per-process BN/BatchRenorm as the W ranks' chunks in one process (2000 steps),
 # SyncBN on real gloo ranks for 100 steps beside one process with the whole batch.
 # 9: a cosine learning-rate schedule for every accuracy comparison; N6 at 16 epochs on BN/GN/IN
-# and batches 2, 8, 32; N1/N4 2000 steps; plateau decided per contender (mean over seeds).
+# and batches 2, 8, 32; N1/N4 2000 steps; plateau decided per contender (mean over seeds);
+# N8 at depths 3, 9, 17; SyncBN's demonstration 25 steps.
 LAB_VERSION = "9"
 
 
