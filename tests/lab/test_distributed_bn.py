@@ -55,9 +55,14 @@ def test_one_process_training_is_what_the_ddp_ranks_compute(variant):
     ds = Dataset("toy", torch.randn(64, 1, 16, generator=g), torch.randint(0, 4, (64,), generator=g),
                  torch.randn(8, 1, 16, generator=g), torch.randint(0, 4, (8,), generator=g), 4)
     data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes)
-    cfg = {"world": 2, "per_process_batch": 2}
+    cfg = {"world": 2, "per_process_batch": 2, "schedule": "cosine"}  # the lab's schedule
     steps = 12  # BatchRenorm's corrections start at 10% of the steps: they are exercised
-    alone = distributed_bn._train(variant, cfg, 0, data, steps).state_dict()
+    curve: list = []
+    alone = distributed_bn._train(variant, cfg, 0, data, steps, curve=curve).state_dict()
+    # the plateau check's checkpoints: every step_budget // 10 steps, evaluation changes nothing
+    assert [s for s, _ in curve] == list(range(1, 13))
+    quiet = distributed_bn._train(variant, cfg, 0, data, steps).state_dict()
+    assert all(torch.equal(alone[k], quiet[k]) for k in alone)
     ranks = snd.launch(distributed_bn._ddp_rank, 2, variant, cfg, 0, data, steps, timeout=120)[0]
     assert alone.keys() == ranks.keys()
     for k, v in alone.items():
@@ -73,3 +78,20 @@ def test_syncbn_is_compared_seed_by_seed_with_its_one_process_run(tmp_path):
         "syncbn": 0.25 + 0.05 * s, "bn_large_sync_steps": 0.25 + 0.05 * s}} for s in range(5)]
     (result,) = distributed_bn.analyze(runs, tmp_path / "figures", "en")
     assert result.comparisons[0].holds is True and result.verdict == SUPPORTED
+
+
+def test_n9_is_inconclusive_when_a_trained_contender_had_not_converged(tmp_path):
+    from sharenorm.lab.spec import INCONCLUSIVE
+
+    acc = dict(bn_large=0.80, bn=0.70, syncbn=0.80, renorm=0.72, gn=0.79)
+    flat = [[s, 0.8] for s in range(200, 2001, 200)]
+    rising = [[s, 0.6 + s / 10000] for s in range(200, 2001, 200)]  # +4 points per 400 steps
+    for gn_curve, verdict in ((flat, SUPPORTED), (rising, INCONCLUSIVE)):
+        runs = _runs(**acc)
+        for r in runs:
+            r["metrics"] |= {"bn_large_curve": flat, "bn_curve": flat, "renorm_curve": rising,
+                             "gn_curve": gn_curve}
+        (result,) = distributed_bn.analyze(runs, tmp_path / "figures", "en")
+        # BatchRenorm is shown, not compared: its rising curve alone changes nothing
+        assert result.verdict == verdict, gn_curve
+        assert result.tables[0].rows[3][3] == ("+0.0 ✓" if gn_curve is flat else "+4.0")

@@ -15,8 +15,17 @@ from torch import nn
 
 from sharenorm.lab.claims import NORM_DOC, Claim
 from sharenorm.lab.common import dataset, figure, pct, save_figure
-from sharenorm.lab.experiments._protocol import SCHEDULE
+from sharenorm.lab.experiments._protocol import (
+    CHECKPOINTS,
+    GAIN_HEADER,
+    SCHEDULE,
+    checkpoint_every,
+    converged,
+    tail_gain_cell,
+    unconverged_text,
+)
 from sharenorm.lab.spec import (
+    INCONCLUSIVE,
     ClaimResult,
     Experiment,
     Table,
@@ -80,7 +89,7 @@ def _model(variant: str, ds_shape, num_classes: int, steps: int) -> nn.Module:
 
 
 def _train(variant: str, cfg: dict, seed: int, data: tuple, steps: int,
-           rank: int | None = None) -> nn.Module:
+           rank: int | None = None, curve: list | None = None) -> nn.Module:
     """Train ``variant`` on the global batches of W·b samples (the same weights and batches
     for every variant): as DDP rank ``rank`` of W real processes on its b samples, or, with
     ``rank=None``, in this process — BN on the whole batch and GN (per sample: what W DDP
@@ -93,10 +102,15 @@ def _train(variant: str, cfg: dict, seed: int, data: tuple, steps: int,
     correction and warm-up read them), and only rank 0's own update survives — the one
     evaluated. In one process the W chunks go forward one after another, each from those
     step-start buffers, chunk 0 (rank 0) last, so its update is the one kept.
+
+    ``curve``: a list that receives ``[step, test accuracy]`` at :data:`CHECKPOINTS`
+    checkpoints (the first 1000 test samples, eval mode: it changes nothing in the training),
+    for the plateau check.
     """
     from sharenorm import distributed as snd
 
-    x, y, _, _, num_classes = data
+    x, y, x_test, y_test, num_classes = data
+    every = checkpoint_every(steps)
     w, b = cfg["world"], cfg["per_process_batch"]
     gen = seed_everything(seed)
     model = _model(variant, tuple(x.shape[1:]), num_classes, steps)
@@ -129,6 +143,8 @@ def _train(variant: str, cfg: dict, seed: int, data: tuple, steps: int,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if curve is not None and (step % every == 0 or step == steps):
+            curve.append([step, round(evaluate(model, x_test[:1000], y_test[:1000])[0], 6)])
     return model
 
 
@@ -150,8 +166,10 @@ def run(cfg, seed, ctx):
     t0 = time.perf_counter()
     metrics = {}
     for variant in TRAINED:
-        model = _train(variant, cfg, seed, data, cfg["steps"])
+        curve: list = []
+        model = _train(variant, cfg, seed, data, cfg["steps"], curve=curve)
         metrics[variant] = round(evaluate(model, ds.x_test, ds.y_test)[0], 6)
+        metrics[f"{variant}_curve"] = curve
     # SyncBN computes BN's statistics over all W·b samples: shown on real processes against
     # one process with the whole batch, over the same steps, seed and batches
     demo = cfg["sync_steps"]
@@ -183,13 +201,17 @@ def analyze(runs, figdir, lang):
     sync_ref = [m.get("bn_large_sync_steps", m["bn_large"]) for m in g]
     mean = {v: 100 * mean_ci(a)[0] for v, a in accs.items()}
     diffs = [m["sync_max_param_diff"] for m in g if m.get("sync_max_param_diff") is not None]
-    rows = [[LABELS[v].replace("W·b", str(w * b)), str(steps), pct(accs[v])] for v in TRAINED]
-    rows += [[LABELS["syncbn"].replace("W", str(w)), str(sync_steps), pct(accs["syncbn"])],
-             [LABELS["bn_large"].replace("W·b", str(w * b)), str(sync_steps), pct(sync_ref)]]
+    runs_of = {v: [{"curve": m.get(f"{v}_curve"), "steps_done": steps} for m in g]
+               for v in TRAINED}  # each variant's runs, as the plateau check reads them
+    rows = [[LABELS[v].replace("W·b", str(w * b)), str(steps), pct(accs[v]),
+             tail_gain_cell(runs_of[v])] for v in TRAINED]
+    rows += [[LABELS["syncbn"].replace("W", str(w)), str(sync_steps), pct(accs["syncbn"]), "—"],
+             [LABELS["bn_large"].replace("W·b", str(w * b)), str(sync_steps), pct(sync_ref),
+              "—"]]
     if diffs:
         rows.append([f"max |θ_SyncBN − θ_1 process| after {sync_steps} steps", str(sync_steps),
-                     f"{max(diffs):.1e}"])
-    table = Table(["norm", "steps", f"test acc % (W={w} × b={b})"], rows)
+                     f"{max(diffs):.1e}", "—"])
+    table = Table(["norm", "steps", f"test acc % (W={w} × b={b})", GAIN_HEADER], rows)
     fig, ax = figure()
     shown = list(TRAINED)
     xs = list(range(len(shown)))
@@ -215,10 +237,16 @@ def analyze(runs, figdir, lang):
                    unit=" points")
     a, c = all3(c_sync.holds, c_gain.holds), c_gn.holds
     verdict = decide(all3(a, c), any3(a, c))
+    # the trained accuracies (a)'s gain and (b) compare: BN whole-batch, per process, GN
+    conv = converged(*(runs_of[v] for v in ("bn_large", "bn", "gn")))
+    if conv is False:
+        verdict = INCONCLUSIVE
     measured = (f"test acc % after {steps} steps: BN large-batch {mean['bn_large']:.1f}, BN "
                 f"per process {mean['bn']:.1f}, BatchRenorm {mean['renorm']:.1f}, GN "
                 f"{mean['gn']:.1f}; after {sync_steps} steps: SyncBN on {w} processes "
-                f"{mean['syncbn']:.1f} vs 1 process {100 * mean_ci(sync_ref)[0]:.1f}")
+                f"{mean['syncbn']:.1f} vs 1 process {100 * mean_ci(sync_ref)[0]:.1f}"
+                + ("; a contender had not converged (plateau), so the comparison is "
+                   "inconclusive" if conv is False else ""))
     return [ClaimResult("N9", verdict, measured, [table], [fp],
                         comparisons=[c_sync, c_gain, c_gn], notes=Text(
         "SyncBN computes exactly what one process with the whole global batch computes (its "
@@ -240,6 +268,7 @@ SYNC_MARGIN = 1.0  # (a) SyncBN within this many points of one process with the 
 GAIN_MARGIN = 2.0  # (a) ... and at least this many points above per-process BN
 GN_MARGIN = 2.0    # (b) per-process GN within this many points of the large-batch BN
 
+_UNCONVERGED = unconverged_text("test accuracy")
 N9 = Claim(
     "N9", NORM_DOC, "Group Normalization: जब Small Batch Size के साथ Training करनी हो।",
     "Group Normalization: for when training has to use small batches.",
@@ -251,14 +280,18 @@ N9 = Claim(
         f"points, and (b) per-process GN is within {GN_MARGIN:g} points of the whole-batch BN, "
         "each decided by the 95% Welch interval of the difference over seeds lying wholly beyond "
         "its margin; mixed if one of (a), (b) holds; not supported if neither; inconclusive when "
-        "an interval straddles its margin.",
+        "an interval straddles its margin, or when a trained contender it rests on (BN whole-"
+        f"batch, BN per process, GN) has not converged ({_UNCONVERGED[0]}; {CHECKPOINTS} "
+        "checkpoints per run).",
         "W processes, हर एक में b = 2 samples (DDP): supported अगर (a) W असली processes पर SyncBN "
         f"पूरे W·b batch पर BN वाले एक process से {SYNC_MARGIN:g} point के भीतर रहे (वही seed, batches "
         "और steps, seed-दर-seed तुलना: यह दिखाने के लिए कि वह पूरे batch की statistics compute करता है) और पूरे batch की "
         f"statistics per-process BN से ≥ {GAIN_MARGIN:g} points आगे हों, और (b) per-process GN पूरे-batch "
         f"BN से {GN_MARGIN:g} points के भीतर हो, हर शर्त seeds पर difference के 95% Welch interval के "
         "पूरा margin के पार होने से तय; (a), (b) में से एक हो तो mixed; कोई नहीं तो not supported; "
-        "कोई interval margin के दोनों ओर हो तो inconclusive।"),
+        "कोई interval margin के दोनों ओर हो, या जिस trained contender पर यह टिका है (पूरे-batch BN, "
+        f"per-process BN, GN) वह converge न हुआ हो ({_UNCONVERGED[1]}; हर run के {CHECKPOINTS} "
+        "checkpoints), तो inconclusive।"),
 )
 
 EXPERIMENT = Experiment(
@@ -281,7 +314,8 @@ EXPERIMENT = Experiment(
         "normalizes each sample alone, so it is trained on the global batch. SyncBN, whose "
         f"point is the communication, runs on W real gloo processes for {SYNC_STEPS} steps "
         f"(quick: {QUICK_SYNC_STEPS}) beside one process with the whole batch for as many. Test "
-        "accuracy in eval mode (rank 0's model).",
+        f"accuracy in eval mode (rank 0's model), also at {CHECKPOINTS} checkpoints (1000 test "
+        "samples) of each trained variant for the plateau check.",
         "mnist1d (या --data), N6 वाला ConvNet; W = 4 processes (quick: 2), हर एक के पास W·b के उसी "
         "global batch के b = 2 samples, DistributedDataParallel (sharenorm.distributed.ddp) में; SGD "
         f"momentum 0.9, lr = 0.05·(W·b)/32 पहले step पर, {SCHEDULE} schedule से 0 तक घटती, "
@@ -295,7 +329,8 @@ EXPERIMENT = Experiment(
         "को अलग normalize करता है, इसलिए global batch पर train होता है। SyncBN, जिसका मुद्दा "
         f"communication है, {SYNC_STEPS} steps (quick: {QUICK_SYNC_STEPS}) के लिए W असली gloo processes "
         "पर चलता है, उतने ही steps पूरे batch वाले एक process के साथ। Test accuracy eval mode में (rank "
-        "0 का model)।"),
+        f"0 का model), plateau check के लिए हर trained variant के {CHECKPOINTS} checkpoints पर भी "
+        "(1000 test samples)।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
     requires=("SyncBatchNorm", "BatchRenorm1d", "convert_sync_batchnorm"),
     min_train=lambda cfg: cfg["world"] * cfg["per_process_batch"])  # one global batch
