@@ -12,8 +12,11 @@ from sharenorm.lab.spec import Claim, Text
 
 __all__ = ["Claim", "DOC_TABLES", "QUOTES", "NOT_MEASURED", "NORM_DOC", "SHARE_DOC", "quote"]
 
-NORM_DOC = "002_55d750c0bea196b9.txt (Batch/Instance/Group Normalization)"
-SHARE_DOC = "000_78c0d9a83b2a75cc.txt (Parameter Sharing and Tying)"
+# The two documents, named by their titles
+NORM_DOC = ("“Batch Normalization, Instance Normalization और Group Normalization क्या हैं?” "
+            "(Normalization in Deep Learning)")
+SHARE_DOC = ("“Parameter Sharing और Parameter Tying क्या है?” (Parameter Sharing and Tying in "
+             "Deep Learning)")
 
 
 # The document's own words behind each claim, verbatim (sentences, or table rows as written),
@@ -61,8 +64,8 @@ NOT_MEASURED = [
 # each row is (row id, the document's row label, the document's cells, the claim backing the
 # row or one claim per column).
 DOC_TABLES = [
-    ("norm", Text("Batch vs Instance vs Group Normalization (document 002, section 5)",
-                  "Batch vs Instance vs Group Normalization की तुलना (document 002, section 5)"),
+    ("norm", Text("Batch vs Instance vs Group Normalization (the normalization document, section 5)",
+                  "Batch vs Instance vs Group Normalization की तुलना (normalization वाला document, section 5)"),
      ["batch", "instance", "group"],
      [("applies", "Normalization किस पर लागू होता है?", ["Batch", "Single Instance",
                                                           "Group of Channels"], "N5"),
@@ -71,8 +74,8 @@ DOC_TABLES = [
       ("small", "Small Batch Sizes पर कार्यक्षमता", ["कम", "उच्च", "उच्च"], "N6"),
       ("use", "Deep Learning Model में उपयोग", ["CNNs, RNNs", "Style Transfer",
                                                "Small Batch Size Training"], ["N10", "N7", "N6"])]),
-    ("share", Text("Parameter Sharing vs Parameter Tying (document 000, section 3)",
-                   "Parameter Sharing vs Parameter Tying की तुलना (document 000, section 3)"),
+    ("share", Text("Parameter Sharing vs Parameter Tying (the sharing and tying document, section 3)",
+                   "Parameter Sharing vs Parameter Tying की तुलना (sharing और tying वाला document, section 3)"),
      ["sharing", "tying"],
      [("purpose", "उद्देश्य", ["Weights को Multiple Locations पर साझा करना",
                             "Weights को समान मान रखने के लिए बाध्य करना"], ["S1", "T2"]),

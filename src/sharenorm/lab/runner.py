@@ -308,6 +308,9 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t_start = time.perf_counter()
     started = _now()
+    # provenance of the code that runs: read now, not at the end (files edited while the lab
+    # runs change nothing the session imported, but would mark it "+dirty")
+    env_at_start = environment()
     exp_t0: dict[str, float] = {}
     # when an experiment's first run really started (not when it was queued behind others'
     # runs): its finish time minus its own run time
@@ -353,7 +356,7 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
                           "lang": lang, "names": list(names), "executor": executor,
                           "address": address},
                 "load": [round(load0, 2), round(os.getloadavg()[0], 2)]
-                if load0 is not None else None, "env": environment()}
+                if load0 is not None else None, "env": env_at_start}
 
     on_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
