@@ -51,6 +51,12 @@ def cluster():
                        timeout=120)
         yield f"127.0.0.1:{port}"
     finally:
+        # A driver still connected when the cluster stops is terminated by Ray's core worker
+        # 60 s later ("Failed to connect to GCS"): that would end this pytest process in the
+        # middle of a later test, without a summary. Disconnect first, whatever a test left.
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
         subprocess.run([*_ray_cli(), "stop", "--force"], env=env, capture_output=True,
                        timeout=120)
         for k, v in saved.items():
@@ -100,18 +106,20 @@ def test_failures_come_back_as_failures(cluster):
     assert isinstance(out[dies].exception, ray.exceptions.RayError), out[dies].message
 
 
-def test_leaving_early_cancels_the_tasks(cluster):
+def test_leaving_early_cancels_the_tasks(cluster, tmp_path):
     import ray
 
+    # Each task marks that it runs, then sleeps; exec (a builtin) ships by reference.
+    def task(i):
+        return (f"import pathlib, time; pathlib.Path({str(tmp_path)!r}, 'started-{i}').touch(); "
+                "time.sleep(120)")
+
     def interrupt_when_busy():
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
+        # the marks, not a Ray call from this thread: a cluster call here can block while
+        # the main thread waits on Ray, and then no Ctrl-C would ever come
+        end = time.monotonic() + 120
+        while time.monotonic() < end and len(list(tmp_path.glob("started-*"))) < 2:
             time.sleep(0.2)
-            try:
-                if ray.available_resources().get("CPU", 0) == 0:  # both tasks are running
-                    break
-            except Exception:  # noqa: BLE001 - not connected yet
-                pass
         signal.raise_signal(signal.SIGINT)  # Ctrl-C, delivered to the main thread
 
     # A driver that disconnects ends its tasks anyway: stay connected past the block, so what
@@ -121,15 +129,16 @@ def test_leaving_early_cancels_the_tasks(cluster):
         with pytest.raises(KeyboardInterrupt):
             with RayExecutor(address=cluster) as ex:
                 threading.Thread(target=interrupt_when_busy, daemon=True).start()
-                list(ex.imap_unordered(time.sleep, [120, 120, 120]))
-    finally:
-        ray.shutdown = shutdown
-    try:
+                list(ex.imap_unordered(exec, [task(i) for i in range(3)]))
+        assert len(list(tmp_path.glob("started-*"))) == 2  # the third was never started
         end = time.monotonic() + 30
         while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < end:
             time.sleep(0.2)
         assert ray.available_resources().get("CPU", 0) == 2, "the sleeping tasks still run"
+        time.sleep(1.0)
+        assert len(list(tmp_path.glob("started-*"))) == 2, "a cancelled task started later"
     finally:
+        ray.shutdown = shutdown
         ray.shutdown()
 
 

@@ -18,8 +18,9 @@ import torch
 from sharenorm.data import Dataset
 
 __all__ = ["validation_split", "select_lr", "classifier_trial", "accuracy_score",
-           "checkpoint_every", "converged", "mean_tail_gain", "tail_gain_cell", "GAIN_HEADER", "SELECT_SEED",
-           "VAL_FRACTION", "SELECT_FRACTION", "SCHEDULE", "CHECKPOINTS", "unconverged_text"]
+           "checkpoint_every", "converged", "mean_tail_gain", "tail_gain_cell", "GAIN_HEADER",
+           "SELECT_SEED", "VAL_FRACTION", "SELECT_FRACTION", "SCHEDULE", "CHECKPOINTS",
+           "unconverged_text"]
 
 SELECT_SEED = 1000   # selection seeds are the final seeds + this: never the same weights
 VAL_FRACTION = 0.2   # share of the training set held out for choosing the learning rate
