@@ -127,12 +127,12 @@ def test_n6_rests_on_converged_runs_only(tmp_path):
 
 def test_n6_and_n8_runs_record_checkpoints(monkeypatch):
     from sharenorm.lab.experiments import batch_size, depth
-    from sharenorm.lab.stats import plateaued
+    from sharenorm.lab.stats import tail_gain
 
     cfg = {"norm": "group", "batch_size": 32, "epochs": 0.5, "lr": 0.05}
     m, _ = runner.execute("batch_size", cfg, 0, False, None)
     assert len(m["curve"]) >= 5 and m["curve"][-1][0] == m["steps_done"] == 62
-    assert plateaued(m["curve"], m["steps_done"]) is not None  # the check can answer
+    assert tail_gain(m["curve"], m["steps_done"]) is not None  # the check can answer
     cfg = {"arch": "residual", "norm": "batch", "depth": 3, "lr": 0.006, "batch_size": 32,
            "epochs": 0.5}
     m, _ = runner.execute("depth", cfg, 0, False, None)

@@ -83,13 +83,20 @@ def test_hairline_differences_are_inconclusive_not_decided():
     assert c.estimate < 5 and c.holds is None
 
 
+def plateaued(curve, budget):
+    """The lab's plateau rule (``_protocol.converged``) for one run: a contender of one seed."""
+    from sharenorm.lab.experiments._protocol import converged
+
+    return converged([{"curve": curve, "steps_done": budget}])
+
+
 def _curve(acc_at, budget=100, every=10):
     """Checkpoints ``[[step, acc_at(step)], ...]`` every ``every`` steps up to ``budget``."""
     return [[s, acc_at(s)] for s in range(every, budget + 1, every)]
 
 
 def test_plateau_ignores_an_early_peak():
-    from sharenorm.lab.stats import plateaued, tail_gain
+    from sharenorm.lab.stats import tail_gain
 
     # best at 20% of the budget, flat at 90% from 30% on: the last 20% gained nothing; the
     # peak anywhere minus the checkpoint at 80% would call it 3 points of gain
@@ -99,7 +106,7 @@ def test_plateau_ignores_an_early_peak():
 
 
 def test_plateau_ignores_one_dipped_checkpoint():
-    from sharenorm.lab.stats import plateaued, tail_gain
+    from sharenorm.lab.stats import tail_gain
 
     # flat at 90% with one checkpoint 3 points low exactly at 80%: one checkpoint in four of
     # its window, so it moves the gain by 3/4 point, under the 1-point threshold
@@ -110,7 +117,7 @@ def test_plateau_ignores_one_dipped_checkpoint():
 
 @pytest.mark.parametrize("per_step, flagged", [(0.0015, True), (0.0004, False)])
 def test_plateau_flags_a_curve_still_rising(per_step, flagged):
-    from sharenorm.lab.stats import plateaued, tail_gain
+    from sharenorm.lab.stats import tail_gain
 
     # steadily rising: the gain over the last 20 steps is 20·per_step (3 and 0.8 points)
     curve = _curve(lambda s: 0.6 + per_step * s)
@@ -119,8 +126,6 @@ def test_plateau_flags_a_curve_still_rising(per_step, flagged):
 
 
 def test_plateau_is_robust_to_checkpoint_noise():
-    from sharenorm.lab.stats import plateaued
-
     # a converged run (flat at 90%) whose checkpoints carry the noise of a 1000-sample test
     # set (s.d. ≈ 1 point): with 6 checkpoints per window (N1's 1500 steps, one every 50)
     # the rule calls it converged far more often than the noise-free threshold would miss
@@ -131,7 +136,7 @@ def test_plateau_is_robust_to_checkpoint_noise():
 
 
 def test_plateau_cannot_tell_without_two_checkpoints_per_window():
-    from sharenorm.lab.stats import plateaued, tail_gain
+    from sharenorm.lab.stats import tail_gain
 
     assert plateaued([[100, 0.5], [400, 0.9], [500, 0.905]], 500) is None
     assert plateaued([[500, 0.9]], 500) is None and plateaued([], 10) is None

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 __all__ = ["mean_ci", "fmt_ci", "overlap", "separated", "mean_or_inf", "Diff", "diff_ci",
-           "Comparison", "compare", "plateaued", "tail_gain", "PLATEAU_TAIL",
+           "Comparison", "compare", "tail_gain", "PLATEAU_TAIL",
            "PLATEAU_MIN_GAIN", "PLATEAU_MIN_CHECKPOINTS"]
 
 
@@ -251,8 +251,8 @@ def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = 
                       at_most, strict)
 
 
-PLATEAU_TAIL = 0.2          # the share of the step budget whose gain :func:`plateaued` measures
-PLATEAU_MIN_GAIN = 0.01     # a run converged if that tail gained less than this (1 point)
+PLATEAU_TAIL = 0.2          # the share of the step budget whose gain :func:`tail_gain` measures
+PLATEAU_MIN_GAIN = 0.01     # converged: that tail gained less than this (1 point) on average
 PLATEAU_MIN_CHECKPOINTS = 2  # checkpoints each window needs: one alone is as noisy as the gain
 
 
@@ -308,23 +308,3 @@ def tail_gain(curve, budget: int, tail: float = PLATEAU_TAIL) -> float | None:
         return None
     return sum(in_tail) / len(in_tail) - sum(before) / len(before)
 
-
-def plateaued(curve, budget: int, tail: float = PLATEAU_TAIL,
-              min_gain: float = PLATEAU_MIN_GAIN) -> bool | None:
-    """Whether a run converged: the last ``tail`` of its step budget improved its checkpoint
-    accuracy by less than ``min_gain`` (1 point by default), measured robustly to checkpoint
-    noise by :func:`tail_gain` (mean of the checkpoints in the tail minus the mean of those in
-    the equally long window before it).
-
-    ``curve`` is ``[[step, accuracy], ...]``. None when the curve cannot answer (fewer than
-    :data:`PLATEAU_MIN_CHECKPOINTS` checkpoints in either window).
-
-    Example:
-        >>> early_peak = [[10, 0.5], [20, 0.93]] + [[s, 0.9] for s in range(30, 101, 10)]
-        >>> dipped = [[s, 0.87 if s == 80 else 0.9] for s in range(5, 101, 5)]
-        >>> rising = [[s, 0.5 + s / 250] for s in range(10, 101, 10)]
-        >>> plateaued(early_peak, 100), plateaued(dipped, 100), plateaued(rising, 100)
-        (True, True, False)
-    """
-    gain = tail_gain(curve, budget, tail)
-    return None if gain is None else gain < min_gain

@@ -90,6 +90,11 @@ class TrainConfig:
     schedule: str = "constant"
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}, got "
+                             f"{self.schedule!r}")
+
 
 SCHEDULES = ("constant", "cosine")
 
@@ -110,11 +115,9 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
         >>> [round(lr_at(cfg, t), 4) for t in range(1, 5)]
         [1.0, 0.8536, 0.5, 0.1464]
     """
-    if cfg.schedule == "constant":
-        return cfg.lr
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / cfg.steps))
-    raise ValueError(f"TrainConfig.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    return cfg.lr
 
 
 def make_optimizer(params, kind: str, lr: float, weight_decay: float = 0.0
@@ -196,7 +199,6 @@ def _train_alone(model: nn.Module, ds, cfg: TrainConfig, seed: int, penalty=None
         # must refuse too small a training set before it gets here
         raise ValueError(f"TrainConfig.steps must be ≥ 1, got {cfg.steps}; give more steps "
                          "(or, where steps follow from epochs, more training samples)")
-    lr_at(cfg, 1)  # an unknown schedule fails before any work
     gen = seed_everything(seed)
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
     scheduled = cfg.schedule != "constant"
@@ -310,7 +312,6 @@ def _train_stacked(models, dss, cfgs, seeds):
         if c.steps < 1:
             raise ValueError(f"TrainConfig.steps must be ≥ 1, got {c.steps}; give more steps "
                              "(or, where steps follow from epochs, more training samples)")
-        lr_at(c, 1)  # an unknown schedule fails before any work
     scheduled = [j for j, c in enumerate(cfgs) if c.schedule != "constant"]
     gens = [torch.Generator().manual_seed(s + 1_000_003) for s in seeds]  # as seed_everything
     stacked = stack_models(models)

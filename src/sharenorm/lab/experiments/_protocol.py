@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 
 from sharenorm.data import Dataset
+from sharenorm.lab.spec import all3
+from sharenorm.lab.stats import PLATEAU_MIN_GAIN, PLATEAU_TAIL, tail_gain
 
 __all__ = ["validation_split", "select_lr", "classifier_trial", "accuracy_score",
            "checkpoint_every", "converged", "mean_tail_gain", "tail_gain_cell", "GAIN_HEADER",
@@ -106,7 +108,7 @@ def classifier_trial(build: Callable[[Dataset], torch.nn.Module], steps: int,
 def checkpoint_every(steps: int, checkpoints: int = CHECKPOINTS) -> int:
     """``eval_every`` that gives a run of ``steps`` steps about ``checkpoints`` accuracy
     checkpoints (and one at its last step): with the default, enough for
-    :func:`~sharenorm.lab.stats.plateaued`, which needs
+    :func:`~sharenorm.lab.stats.tail_gain`, which needs
     :data:`~sharenorm.lab.stats.PLATEAU_MIN_CHECKPOINTS` in the last 20% of the budget and in
     the 20% before it (any 20% of ≥ 10 steps holds ≥ 2 multiples of ``steps // 10``).
 
@@ -125,8 +127,6 @@ def unconverged_text(what: str = "accuracy", what_hi: str | None = None) -> tupl
         >>> unconverged_text("test accuracy")[0]
         'over its seeds, the mean of its test accuracy checkpoints in the last 20% of the budget was on average ≥ 1 point above the mean of those in the 20% before it'
     """
-    from sharenorm.lab.stats import PLATEAU_MIN_GAIN, PLATEAU_TAIL
-
     t, g = f"{PLATEAU_TAIL:.0%}", f"{100 * PLATEAU_MIN_GAIN:g}"
     return (f"over its seeds, the mean of its {what} checkpoints in the last {t} of the budget "
             f"was on average ≥ {g} point above the mean of those in the {t} before it",
@@ -134,14 +134,9 @@ def unconverged_text(what: str = "accuracy", what_hi: str | None = None) -> tupl
             f"उससे पहले के {t} वालों के mean से ≥ {g} point ऊपर था")
 
 
-def _gain_header() -> str:
-    from sharenorm.lab.stats import PLATEAU_MIN_GAIN, PLATEAU_TAIL
-
-    return (f"last {PLATEAU_TAIL:.0%} of the budget gained (points, mean over seeds; "
-            f"✓ plateau: < {100 * PLATEAU_MIN_GAIN:g})")
-
-
-GAIN_HEADER = _gain_header()  # the column of tail_gain_cell
+# the column of tail_gain_cell
+GAIN_HEADER = (f"last {PLATEAU_TAIL:.0%} of the budget gained (points, mean over seeds; "
+               f"✓ plateau: < {100 * PLATEAU_MIN_GAIN:g})")
 
 
 def mean_tail_gain(ms) -> float | None:
@@ -163,8 +158,6 @@ def mean_tail_gain(ms) -> float | None:
         >>> round(mean_tail_gain([flat, rising, {"diverged": True}]), 6)
         0.01
     """
-    from sharenorm.lab.stats import tail_gain
-
     gains = [tail_gain(m.get("curve"), m.get("steps_done") or 0)
              for m in ms if not m.get("diverged")]
     if any(g is None for g in gains):
@@ -183,9 +176,6 @@ def converged(*contenders) -> bool | None:
         >>> converged([flat, flat]), converged([flat], [rising, rising])
         (True, False)
     """
-    from sharenorm.lab.spec import all3
-    from sharenorm.lab.stats import PLATEAU_MIN_GAIN
-
     gains = [mean_tail_gain(ms) for ms in contenders]
     return all3(*(None if g is None else g < PLATEAU_MIN_GAIN for g in gains))
 
@@ -198,8 +188,6 @@ def tail_gain_cell(ms) -> str:
         >>> tail_gain_cell([{"curve": [[s, 0.9] for s in range(1, 11)], "steps_done": 10}])
         '+0.0 ✓'
     """
-    from sharenorm.lab.stats import PLATEAU_MIN_GAIN
-
     g = mean_tail_gain(ms)
     if g is None:
         return "—"

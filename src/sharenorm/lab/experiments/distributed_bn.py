@@ -60,8 +60,8 @@ BASE_LR, BASE_BS = 0.05, 32  # N6's linear scaling rule, on the global batch W·
 TRAINED = ("bn_large", "bn", "renorm", "gn")
 PER_PROCESS = ("bn", "renorm")
 STEPS, QUICK_STEPS = 2000, 20
-# 100 in lab v8: the demonstration (equal parameters, max |Δθ|) shows as well in 25 steps, and
-# the W gloo ranks spinning on 2 cores cost ~20 CPU-s per seed per 100 steps
+# a demonstration (equal parameters, max |Δθ|) needs few steps, and the W gloo ranks spinning
+# on 2 cores cost ~20 CPU-s per seed per 100 steps
 SYNC_STEPS, QUICK_SYNC_STEPS = 25, 10
 
 
@@ -104,7 +104,8 @@ def _train(variant: str, cfg: dict, seed: int, data: tuple, steps: int,
     step-start buffers, chunk 0 (rank 0) last, so its update is the one kept.
 
     ``curve``: a list that receives ``[step, test accuracy]`` at :data:`CHECKPOINTS`
-    checkpoints (the first 1000 test samples, eval mode: it changes nothing in the training),
+    checkpoints (the first ``eval_subset`` test samples, as ``train_classifier`` evaluates;
+    eval mode: it changes nothing in the training),
     for the plateau check.
     """
     from sharenorm import distributed as snd
@@ -144,7 +145,8 @@ def _train(variant: str, cfg: dict, seed: int, data: tuple, steps: int,
         loss.backward()
         opt.step()
         if curve is not None and (step % every == 0 or step == steps):
-            curve.append([step, round(evaluate(model, x_test[:1000], y_test[:1000])[0], 6)])
+            sub = rate.eval_subset
+            curve.append([step, round(evaluate(model, x_test[:sub], y_test[:sub])[0], 6)])
     return model
 
 
@@ -196,8 +198,8 @@ def analyze(runs, figdir, lang):
     steps, sync_steps = cfg["steps"], cfg.get("sync_steps", cfg["steps"])
     g = group_runs(runs, "world")[(w,)]
     accs = {v: [m[v] for m in g] for v in VARIANTS}
-    # runs of lab v7 and earlier trained SyncBN as long as the rest: their reference is the
-    # full-length one
+    # runs without a reference of SyncBN's own length (SyncBN trained as long as the rest)
+    # compare with the full-length one
     sync_ref = [m.get("bn_large_sync_steps", m["bn_large"]) for m in g]
     mean = {v: 100 * mean_ci(a)[0] for v, a in accs.items()}
     diffs = [m["sync_max_param_diff"] for m in g if m.get("sync_max_param_diff") is not None]

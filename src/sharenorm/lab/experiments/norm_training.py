@@ -38,7 +38,7 @@ from sharenorm.lab.train import TrainConfig, train_classifier
 from sharenorm.models import ConvNet
 
 NORMS = ["batch", "group", "instance", "layer", "none"]
-STEPS, QUICK_STEPS = 2000, 100  # 1500 in lab v8: IN, LN and no norm still gained 2-4 points
+STEPS, QUICK_STEPS = 2000, 100  # every norm at a plateau: benchmarks/schedule_pilot.py
 # test-accuracy checkpoints: steps to the target, and ≥ 2 in each window of the plateau check
 EVAL_EVERY, QUICK_EVAL_EVERY = 50, 10
 TARGET, QUICK_TARGET = 0.85, 0.6
