@@ -23,6 +23,7 @@ from sharenorm.lab.batched import (
 from sharenorm.lab.jobs import run_together
 from sharenorm.lab.train import TrainConfig, train_classifier, train_classifiers
 from sharenorm.models import MLP, ConvNet, LocallyConnectedNet, RNNClassifier
+from sharenorm.models.bn_rnn import BNRNNClassifier
 
 NORMS = ["batch", "group", "instance", "layer", "none"]
 
@@ -37,6 +38,10 @@ def toy(shape=(2, 12), n_train=48, n_test=20, classes=4, dtype=torch.float64, se
 
 def build(kind, norm, seed, ds):
     torch.manual_seed(seed)
+    if kind in ("rnn_shared", "rnn_unshared"):
+        # 4 time steps of 3 positions × 2 channels
+        return RNNClassifier(ds.sample_shape, ds.num_classes, hidden=5, chunk=3,
+                             shared=kind == "rnn_shared").double()
     if kind in ("conv", "lc"):
         cls = ConvNet if kind == "conv" else LocallyConnectedNet
         net = cls(ds.sample_shape, ds.num_classes, width=8, depth=3, norm=norm,
@@ -67,13 +72,14 @@ def same_state(m1, m2, tol=1e-10):
         assert torch.allclose(s1[k].double(), s2[k].double(), rtol=tol, atol=tol), k
 
 
-CASES = [("conv", n) for n in NORMS] + [("mlp", n) for n in ("batch", "layer", "none")]
+CASES = [("conv", n) for n in NORMS] + [("mlp", n) for n in ("batch", "layer", "none")] + \
+    [("rnn_shared", "none"), ("rnn_unshared", "none")]
 
 
 @pytest.mark.parametrize("kind, norm", CASES)
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 def test_stacked_training_equals_separate_trainings(kind, norm, opt):
-    ds = toy((2, 12) if kind == "conv" else (3, 5))
+    ds = toy((3, 5) if kind == "mlp" else (2, 12))
     seeds = [0, 1, 2]
     lrs = [0.05, 0.1, 0.02] if opt == "sgd" else [1e-3, 3e-3, 2e-3]
     # per-member learning rate, weight decay and steps: a grid is one stacked model
@@ -223,9 +229,10 @@ def test_stacked_locally_connected_nets_train_as_separate_ones(shape, norm, opt)
         same_state(a, b)
 
 
-@pytest.mark.parametrize("kind, norm", [("conv", "batch"), ("conv", "group"), ("lc", "batch")])
+@pytest.mark.parametrize("kind, norm", [("conv", "batch"), ("conv", "group"), ("lc", "batch"),
+                                        ("rnn_unshared", "none")])
 def test_a_diverging_member_leaves_the_others_untouched(kind, norm):
-    """Member 1 meets an inf weight: NaN everywhere in its channels from the first forward
+    """Member 1 meets an inf (RNN: NaN) weight: NaN everywhere in its channels from the first forward
     (BN's running statistics included). The others end as they would alone."""
     ds = toy()
     cfg = TrainConfig(steps=6, batch_size=4, lr=0.05, eval_every=2)
@@ -234,7 +241,10 @@ def test_a_diverging_member_leaves_the_others_untouched(kind, norm):
     def models():
         ms = [build(kind, norm, s, ds) for s in seeds]
         with torch.no_grad():
-            ms[1].features[0].weight[0, 0, 0] = float("inf")
+            if kind.startswith("rnn"):  # tanh saturates an inf: a NaN weight instead
+                ms[1].rnn.weight_ih.view(-1)[0] = float("nan")
+            else:
+                ms[1].features[0].weight[0, 0, 0] = float("inf")
         return ms
 
     alone = models()
@@ -293,7 +303,7 @@ def _cumulative_bn(net):
 
 @pytest.mark.parametrize("make", [
     lambda: LocallyConnectedNet((1, 12), 3, width=4, norm="renorm"),
-    lambda: RNNClassifier((1, 12), 3, hidden=4, chunk=4),
+    lambda: BNRNNClassifier((1, 12), 3, hidden=4, chunk=4),
     lambda: _cumulative_bn(ConvNet((1, 12), 3, width=4, norm="batch")),
 ])
 def test_what_does_not_stack_is_refused_and_trains_alone(make):

@@ -12,7 +12,8 @@ from sharenorm.lab.spec import MIXED, NOT_SUPPORTED, SUPPORTED
 
 def _runs(**acc):
     cfg = distributed_bn.configs(quick=False)[0]
-    return [{"config": cfg, "seed": s, "metrics": {k: v + 0.001 * s for k, v in acc.items()}}
+    return [{"config": cfg, "seed": s,
+             "metrics": {"steps": 2000} | {k: v + 0.001 * s for k, v in acc.items()}}
             for s in range(3)]
 
 
@@ -38,14 +39,18 @@ def test_verdict_rule(tmp_path, acc, verdict):
 def test_registered_with_its_claim():
     assert "N9" in all_claims() and [e.id for e in resolve(["N9"])] == ["distributed_bn"]
     quick = distributed_bn.configs(quick=True)[0]
-    assert quick["world"] == 2 and quick["steps"] <= 20
+    assert quick["world"] == 2 and distributed_bn.variant_steps(quick, 4000) <= 20
+    full = distributed_bn.configs(quick=False)[0]
+    assert distributed_bn.variant_steps(full, 4000) == 16 * 4000 // 8  # N6's epochs at batch 8
+    # what a run's steps_total counts: four trained variants, SyncBN's W ranks and reference
+    assert distributed_bn.planned_steps(full, 4000) == 4 * 8000 + 25 * 5
 
 
 @pytest.mark.parametrize("variant", ["bn", "renorm", "gn"])
 def test_one_process_training_is_what_the_ddp_ranks_compute(variant):
-    # per-process BN and BatchRenorm trained as W chunks in one process, GN on the whole
-    # batch, end where rank 0 of W real gloo processes under DDP ends (parameters and running
-    # statistics, BatchRenorm's warm-up counter included)
+    # per-process BN and BatchRenorm trained in one pass over W chunks (PerRankBatchNorm), GN
+    # on the whole batch, end where rank 0 of W real gloo processes under DDP ends
+    # (parameters and running statistics, BatchRenorm's warm-up counter included)
     import torch
 
     from sharenorm import distributed as snd
@@ -57,16 +62,50 @@ def test_one_process_training_is_what_the_ddp_ranks_compute(variant):
     data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes)
     cfg = {"world": 2, "per_process_batch": 2, "schedule": "cosine"}  # the lab's schedule
     steps = 12  # BatchRenorm's corrections start at 10% of the steps: they are exercised
-    curve: list = []
-    alone = distributed_bn._train(variant, cfg, 0, data, steps, curve=curve).state_dict()
-    # the plateau check's checkpoints: every step_budget // 10 steps, evaluation changes nothing
-    assert [s for s, _ in curve] == list(range(1, 13))
-    quiet = distributed_bn._train(variant, cfg, 0, data, steps).state_dict()
-    assert all(torch.equal(alone[k], quiet[k]) for k in alone)
+    model, metrics = distributed_bn.train_one_process(variant, cfg, 0, ds, steps)
+    alone = model.state_dict()
+    # the plateau check's checkpoints: every step_budget // 10 steps
+    assert [s for s, _ in metrics["curve"]] == list(range(1, 13))
     ranks = snd.launch(distributed_bn._ddp_rank, 2, variant, cfg, 0, data, steps, timeout=120)[0]
     assert alone.keys() == ranks.keys()
+    counters = [int(v) for k, v in ranks.items() if k.endswith("num_batches_tracked")]
+    assert counters == ([] if variant == "gn" else [steps] * 3)  # a step each, not W
     for k, v in alone.items():
         assert torch.allclose(v.double(), ranks[k].double(), rtol=1e-4, atol=1e-5), k
+
+
+def test_the_seeds_trained_as_one_stacked_model_end_where_each_alone_ends():
+    # the lab's jobs run a configuration's seeds together: PerRankBatchNorm stacks, and the
+    # stacked training equals each seed's own
+    import torch
+
+    from sharenorm.data import Dataset
+    from sharenorm.lab.jobs import run_together
+
+    g = torch.Generator().manual_seed(1)
+    ds = Dataset("toy", torch.randn(64, 1, 16, generator=g), torch.randint(0, 4, (64,), generator=g),
+                 torch.randn(8, 1, 16, generator=g), torch.randint(0, 4, (8,), generator=g), 4)
+    cfg = {"world": 2, "per_process_batch": 2, "schedule": "cosine"}
+
+    def train(seed):
+        model, m = distributed_bn.train_one_process("renorm", cfg, seed, ds, 12)
+        return model.state_dict(), m
+
+    from sharenorm.lab.batched import can_stack
+
+    models = [distributed_bn.train_one_process("renorm", cfg, s, ds, 1)[0] for s in (0, 1)]
+    assert can_stack(models)  # else run_together trains them one by one, and this proves nothing
+    together = run_together([lambda s=s: train(s) for s in (0, 1, 2)])
+    for seed, (state, _) in zip((0, 1, 2), together, strict=True):
+        alone, _ = train(seed)
+        for k, v in alone.items():
+            assert torch.allclose(v.double(), state[k].double(), rtol=1e-4, atol=1e-5), k
+
+
+def test_the_rank_loop_refuses_per_process_norms_in_one_process():
+    cfg = {"world": 2, "per_process_batch": 2}
+    with pytest.raises(ValueError, match="train_one_process"):
+        distributed_bn._train_rank("bn", cfg, 0, (None,) * 5, 1, rank=None)
 
 
 def test_syncbn_is_compared_seed_by_seed_with_its_one_process_run(tmp_path):
@@ -74,7 +113,7 @@ def test_syncbn_is_compared_seed_by_seed_with_its_one_process_run(tmp_path):
     # the paired interval is [0, 0] (an unpaired one would straddle the 1-point margin)
     cfg = distributed_bn.configs(quick=False)[0]
     runs = [{"config": cfg, "seed": s, "metrics": {
-        "bn_large": 0.86, "bn": 0.78, "renorm": 0.76, "gn": 0.85,
+        "steps": 2000, "bn_large": 0.86, "bn": 0.78, "renorm": 0.76, "gn": 0.85,
         "syncbn": 0.25 + 0.05 * s, "bn_large_sync_steps": 0.25 + 0.05 * s}} for s in range(5)]
     (result,) = distributed_bn.analyze(runs, tmp_path / "figures", "en")
     assert result.comparisons[0].holds is True and result.verdict == SUPPORTED

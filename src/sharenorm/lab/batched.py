@@ -5,7 +5,9 @@ architecture (the seeds of a configuration, the points of a learning-rate grid) 
 as much as one when they run as one stacked model. Convolutions become grouped convolutions,
 linear layers batched matmuls (:class:`StackedLinear`), norms per-member channel groups, and
 the loss the sum of the members' losses, so each member gets exactly its own gradient. Every
-stacked tensor is member-major: ``t.view(K, -1)[k]`` is member k's. How each layer stacks,
+stacked tensor is member-major: ``t.view(K, -1)[k]`` is member k's. A layer of the lab's own
+that knows its stacked form gives it as a classmethod ``stack_members(layers)``
+(:class:`sharenorm.lab.per_rank.PerRankBatchNorm`). How each layer stacks,
 and why not ``torch.func.vmap``: docs/design/lab-batching.md.
 """
 
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["NotStackable", "StackedLinear", "StackedBatchNorm", "StackedOptimizer", "stack_models", "unstack_into",
-           "stack_inputs", "stackable", "can_stack", "StackedLocallyConnected"]
+           "stack_inputs", "stackable", "can_stack", "StackedLocallyConnected", "StackedRNNClassifier"]
 
 
 class NotStackable(ValueError):
@@ -156,6 +158,78 @@ class StackedBatchNorm(nn.Module):
         return apply_activation(out, self.act, self.act_param, fresh=True)
 
 
+class StackedRNNClassifier(nn.Module):
+    r"""K :class:`~sharenorm.models.RNNClassifier` of one architecture (a
+    :class:`~sharenorm.SharedRNN` or :class:`~sharenorm.UnsharedRNN` inside) as one model on
+    ``(N, K·C, L)`` → ``(N, K·classes)``.
+
+    Member k reads its channels ``[k·C, (k+1)·C)`` in chunks as the classifier does; its
+    recurrence runs beside the others' as batched matmuls over the members,
+
+    .. math:: h^{(k)}_t = \tanh\big(x^{(k)}_t W^{(k)T}_{ih}[t] + b^{(k)}_{ih}[t]
+              + h^{(k)}_{t-1} W^{(k)T}_{hh}[t] + b^{(k)}_{hh}[t]\big)
+
+    (``[t]`` only for the unshared RNN), and the head reads each member's last state. The
+    parameters keep the member's names with a leading member axis (``rnn.weight_ih``:
+    ``(K, H, I)`` shared, ``(K, T, H, I)`` unshared), so :func:`unstack_into` copies them back.
+    """
+
+    def __init__(self, mods: list[nn.Module]) -> None:
+        from sharenorm.sharing.layers import _NONLINEARITIES, UnsharedRNN
+
+        super().__init__()
+        m0, k = mods[0], len(mods)
+        self.k, self.chunk, self.in_shape = k, m0.chunk, m0.in_shape
+        rnn0 = m0.rnn
+        self.unshared = isinstance(rnn0, UnsharedRNN)
+        self.act = _NONLINEARITIES[rnn0.nonlinearity]
+        self.hidden = rnn0.hidden_size
+        self.rnn = nn.Module()
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            t = getattr(rnn0, name)
+            setattr(self.rnn, name, None if t is None else
+                    _stack_param([getattr(m.rnn, name) for m in mods], (k, *t.shape)))
+        head = m0.head
+        self.head = StackedLinear(k, head.in_features, head.out_features, bias=head.bias is not None)
+        self.head.weight = _stack_param([m.head.weight for m in mods], tuple(self.head.weight.shape))
+        if head.bias is not None:
+            self.head.bias = _stack_param([m.head.bias for m in mods], tuple(self.head.bias.shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, (c, length), r = self.k, self.in_shape, self.rnn
+        n, steps = x.shape[0], length // self.chunk
+        # member k's sequence, time-major, as the classifier reads it: (K, T, N, chunk·C)
+        seq = x.view(n, k, c, length).permute(1, 0, 3, 2).reshape(k, n, steps, self.chunk * c)
+        seq = seq.transpose(1, 2)
+        i = seq.shape[-1]
+        if self.unshared:
+            # step t's own W_ih[t], every member: (K·T, N, I) × (K·T, I, H)
+            w = r.weight_ih[:, :steps].reshape(k * steps, self.hidden, i).transpose(1, 2)
+            xw = torch.bmm(seq.reshape(k * steps, n, i), w)
+            if r.bias_ih is not None:
+                xw = xw + r.bias_ih[:, :steps].reshape(k * steps, 1, self.hidden)
+        else:
+            xw = torch.bmm(seq.reshape(k, steps * n, i), r.weight_ih.transpose(1, 2))
+            if r.bias_ih is not None:
+                xw = xw + r.bias_ih.unsqueeze(1)
+        xw = xw.view(k, steps, n, self.hidden)
+        h = x.new_zeros(k, n, self.hidden)
+        for t in range(steps):
+            w_hh = r.weight_hh[:, t] if self.unshared else r.weight_hh
+            pre = xw[:, t] + torch.bmm(h, w_hh.transpose(1, 2))
+            if r.bias_hh is not None:
+                pre = pre + (r.bias_hh[:, t] if self.unshared else r.bias_hh).unsqueeze(1)
+            h = self.act(pre)
+        return self.head(h.transpose(0, 1).reshape(n, k * self.hidden))
+
+
+def _whole_model_stackers() -> dict[type, type]:
+    """Models whose forward is not channel-agnostic, stacked as a whole."""
+    from sharenorm.models import RNNClassifier
+
+    return {RNNClassifier: StackedRNNClassifier}
+
+
 def _norm_types() -> tuple[type, ...]:
     import sharenorm.norm.batchnorm as bn
     import sharenorm.norm.groupnorm as gn
@@ -203,13 +277,15 @@ def _why_not(model: nn.Module) -> str | None:
         if p._backward_hooks:  # noqa: SLF001 - the stacked copy's gradients would bypass them
             return f"{name} has a gradient hook, which would not see the stacked gradients"
     norms, elementwise, containers = _norm_types(), _elementwise_types(), _container_types()
+    if type(model) in _whole_model_stackers():
+        return _why_not_rnn(model)
     for name, m in model.named_modules():
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:  # noqa: SLF001
             return f"{name or 'the model'} has a hook, which would not see the stacked model"
         if type(m) in containers and (type(m) not in (ConvNet, LocallyConnectedNet)
                                       or name == ""):
             continue
-        if type(m) in _locally_connected_types():
+        if type(m) in _locally_connected_types() or hasattr(type(m), "stack_members"):
             continue
         if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
             if m.groups != 1:
@@ -224,6 +300,17 @@ def _why_not(model: nn.Module) -> str | None:
                 "Renorm" not in type(m).__name__:
             continue
         return f"{name or 'the model'}: {type(m).__name__} has no stacked form"
+    return None
+
+
+def _why_not_rnn(model: nn.Module) -> str | None:
+    from sharenorm.sharing.layers import SharedRNN, UnsharedRNN
+
+    if type(model.rnn) not in (SharedRNN, UnsharedRNN):
+        return f"rnn: {type(model.rnn).__name__} has no stacked form"
+    for name, m in model.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:  # noqa: SLF001
+            return f"{name or 'the model'} has a hook, which would not see the stacked model"
     return None
 
 
@@ -250,6 +337,8 @@ def _stack_param(tensors: list[Tensor], shape: tuple[int, ...]) -> nn.Parameter:
 
 def _stack_leaf(mods: list[nn.Module]) -> nn.Module:
     m0, k = mods[0], len(mods)
+    if hasattr(type(m0), "stack_members"):  # a layer that knows its own stacked form
+        return type(m0).stack_members(mods)
     if type(m0) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
         new = type(m0)(k * m0.in_channels, k * m0.out_channels, m0.kernel_size, stride=m0.stride,
                        padding=m0.padding, dilation=m0.dilation, groups=k,
@@ -319,6 +408,11 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
     if not can_stack(models):
         raise NotStackable("the models to stack differ in architecture or shapes; stack only "
                            "copies of one architecture (e.g. the seeds of one configuration)")
+    whole = _whole_model_stackers().get(type(models[0]))
+    if whole is not None:
+        stacked = whole(models)
+        stacked.train(models[0].training)
+        return stacked
     if not list(models[0].children()):  # a single layer
         return _stack_leaf(models)
     stacked = copy.deepcopy(models[0])

@@ -32,7 +32,9 @@ __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 # 9: a cosine learning-rate schedule for every accuracy comparison; N6 at 16 epochs on BN/GN/IN
 # and batches 2, 8, 32; N1/N4 2000 steps; plateau decided per contender (mean over seeds);
 # N8 at depths 3, 9, 17; SyncBN's demonstration 25 steps.
-LAB_VERSION = "9"
+# 10: N9 trains its per-process norms in one pass over the W chunks (PerRankBatchNorm) and
+# its seeds as one stacked model, for N6's 16 epochs at the global batch (8000 steps).
+LAB_VERSION = "10"
 
 
 class LabError(RuntimeError):

@@ -4,8 +4,8 @@ BatchRenorm vs GN (the field's answers to BN's small-batch problem).
 W DDP processes, each with a b-sample slice of the same global batch of W·b; only the norm
 differs. SyncBN runs on W real gloo processes (:func:`sharenorm.distributed.launch`); the
 others are trained in one process as exactly what the W ranks compute
-(:func:`_train`; :func:`_ddp_rank` trains any variant on real ranks, and the tests check
-the two agree). The reference is one process with BN on the whole W·b batch.
+(:func:`train_one_process`; :func:`_ddp_rank` trains any variant on real ranks, and the
+tests check the two agree). The reference is one process with BN on the whole W·b batch.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ import torch
 from torch import nn
 
 from sharenorm.lab.claims import NORM_DOC, Claim
-from sharenorm.lab.common import dataset, figure, pct, save_figure
+from sharenorm.lab.common import (
+    dataset,
+    epoch_steps,
+    figure,
+    pct,
+    samples_for_one_step,
+    save_figure,
+)
 from sharenorm.lab.experiments._protocol import (
     CHECKPOINTS,
     GAIN_HEADER,
@@ -24,6 +31,7 @@ from sharenorm.lab.experiments._protocol import (
     tail_gain_cell,
     unconverged_text,
 )
+from sharenorm.lab.per_rank import per_rank_norms
 from sharenorm.lab.spec import (
     INCONCLUSIVE,
     ClaimResult,
@@ -44,6 +52,7 @@ from sharenorm.lab.train import (
     lr_at,
     make_optimizer,
     seed_everything,
+    train_classifier,
 )
 from sharenorm.models import ConvNet
 
@@ -52,14 +61,17 @@ LABELS = {"bn_large": "BN, 1 process, batch W·b", "bn": "BN per process (W chun
           "syncbn": "SyncBN, W gloo processes", "renorm": "BatchRenorm per process (W chunks of b)",
           "gn": "GN (G=8; per sample)"}
 BASE_LR, BASE_BS = 0.05, 32  # N6's linear scaling rule, on the global batch W·b
-# Trained in one process: the large-batch reference and GN (per sample, so W processes under
-# DDP compute the same) on the whole global batch; per-process BN and BatchRenorm as the W
-# chunks of b that W DDP ranks would see (_train). On a few cores W gloo ranks
-# wait on each other at every collective (a SyncBN step at W = 4 costs ~0.1 s on 2 cores), so
-# only SyncBN, whose point is the communication, runs on real processes, for SYNC_STEPS.
+# Trained in one process, the seeds of the configuration as one stacked model: the
+# large-batch reference and GN (per sample, so W processes under DDP compute the same) on
+# the whole global batch; per-process BN and BatchRenorm as the W chunks of b that W DDP
+# ranks compute (sharenorm.lab.per_rank). On a few cores W gloo ranks wait on each other at
+# every collective (a SyncBN step at W = 4 costs ~0.1 s on 2 cores), so only SyncBN, whose
+# point is the communication, runs on real processes, for SYNC_STEPS.
 TRAINED = ("bn_large", "bn", "renorm", "gn")
 PER_PROCESS = ("bn", "renorm")
-STEPS, QUICK_STEPS = 2000, 20
+# N6's budget at its batch sizes: every norm reaches a plateau at batch 8 in 16 epochs under
+# the cosine schedule (2,000 steps, 4 epochs, left all of them rising in lab v9)
+EPOCHS, QUICK_EPOCHS = 16, 0.02
 # a demonstration (equal parameters, max |Δθ|) needs few steps, and the W gloo ranks spinning
 # on 2 cores cost ~20 CPU-s per seed per 100 steps
 SYNC_STEPS, QUICK_SYNC_STEPS = 25, 10
@@ -67,13 +79,32 @@ SYNC_STEPS, QUICK_SYNC_STEPS = 25, 10
 
 def configs(quick: bool) -> list[dict]:
     if quick:
-        return [{"world": 2, "per_process_batch": 2, "steps": QUICK_STEPS,
+        return [{"world": 2, "per_process_batch": 2, "epochs": QUICK_EPOCHS,
                  "sync_steps": QUICK_SYNC_STEPS, "schedule": SCHEDULE}]
-    return [{"world": 4, "per_process_batch": 2, "steps": STEPS, "sync_steps": SYNC_STEPS,
+    return [{"world": 4, "per_process_batch": 2, "epochs": EPOCHS, "sync_steps": SYNC_STEPS,
              "schedule": SCHEDULE}]
 
 
-def _model(variant: str, ds_shape, num_classes: int, steps: int) -> nn.Module:
+def variant_steps(cfg: dict, n_train: int) -> int:
+    """Optimizer steps of each trained variant: ``epochs`` over the data at batch W·b."""
+    return epoch_steps(cfg["epochs"], n_train, cfg["world"] * cfg["per_process_batch"])
+
+
+def planned_steps(cfg: dict, n_train: int) -> int:
+    """Optimizer steps of a run: the trained variants, then SyncBN's demonstration on W
+    ranks beside its one-process reference."""
+    return len(TRAINED) * variant_steps(cfg, n_train) + cfg["sync_steps"] * (1 + cfg["world"])
+
+
+def min_train(cfg: dict) -> int:
+    """One global batch, and at least one step in ``epochs``."""
+    return samples_for_one_step(cfg["epochs"], cfg["world"] * cfg["per_process_batch"])
+
+
+def _model(variant: str, ds_shape, num_classes: int, steps: int, world: int | None = None
+           ) -> nn.Module:
+    """``variant``'s ConvNet; with ``world``, per-process BN and BatchRenorm as the W ranks
+    compute them in one process (:func:`sharenorm.lab.per_rank.per_rank_norms`)."""
     import sharenorm as sn
 
     norm = "group" if variant == "gn" else "batch"
@@ -85,76 +116,75 @@ def _model(variant: str, ds_shape, num_classes: int, steps: int) -> nn.Module:
         # plain BN for the first 10% of the steps, full clips at 50% (r) and 30% (d).
         sn.convert_norm(model, "renorm", dim=model.dim, r_max=3.0, d_max=5.0,
                         r_warmup=(steps // 10, steps // 2), d_warmup=(steps // 10, 3 * steps // 10))
+    if world is not None and variant in PER_PROCESS:
+        per_rank_norms(model, world)
     return model
 
 
-def _train(variant: str, cfg: dict, seed: int, data: tuple, steps: int,
-           rank: int | None = None, curve: list | None = None) -> nn.Module:
-    """Train ``variant`` on the global batches of W·b samples (the same weights and batches
-    for every variant): as DDP rank ``rank`` of W real processes on its b samples, or, with
-    ``rank=None``, in this process — BN on the whole batch and GN (per sample: what W DDP
-    processes compute too) as one batch, per-process BN and BatchRenorm as what the W ranks
-    compute, without the ranks.
+def _train_config(cfg: dict, steps: int) -> TrainConfig:
+    """Every variant's protocol: SGD on the global batch of W·b, lr scaled linearly from
+    N6's 0.05 at 32 and decayed by the schedule, :data:`CHECKPOINTS` test checkpoints."""
+    gb = cfg["world"] * cfg["per_process_batch"]
+    return TrainConfig(steps=steps, batch_size=gb, lr=BASE_LR * gb / BASE_BS,
+                       schedule=cfg.get("schedule", "constant"),
+                       eval_every=checkpoint_every(steps))
 
-    Under DDP each rank normalizes its own b samples, the gradients are averaged (the gradient
-    of the mean of the W per-rank losses) and before every forward rank 0's buffers are
-    broadcast: every rank starts the step from rank 0's running statistics (BatchRenorm's
-    correction and warm-up read them), and only rank 0's own update survives — the one
-    evaluated. In one process the W chunks go forward one after another, each from those
-    step-start buffers, chunk 0 (rank 0) last, so its update is the one kept.
 
-    ``curve``: a list that receives ``[step, test accuracy]`` at :data:`CHECKPOINTS`
-    checkpoints (the first ``eval_subset`` test samples, as ``train_classifier`` evaluates;
-    eval mode: it changes nothing in the training),
-    for the plateau check.
+def train_one_process(variant: str, cfg: dict, seed: int, ds, steps: int
+                      ) -> tuple[nn.Module, dict]:
+    """Train ``variant`` in this process (the same weights and batches for every variant):
+    BN on the whole batch and GN as one batch, per-process BN and BatchRenorm as what the W
+    DDP ranks compute (:class:`~sharenorm.lab.per_rank.PerRankBatchNorm`). Inside the
+    runner's jobs the seeds train as one stacked model. Returns the model and the run's
+    metrics (``curve``: test accuracy at the checkpoints, for the plateau check)."""
+    torch.manual_seed(seed)
+    model = _model(variant, ds.sample_shape, ds.num_classes, steps, world=cfg["world"])
+    metrics, _ = train_classifier(model, ds, _train_config(cfg, steps), seed)
+    return model, metrics
+
+
+def _train_rank(variant: str, cfg: dict, seed: int, data: tuple, steps: int,
+                rank: int | None) -> nn.Module:
+    """Train ``variant`` as DDP rank ``rank`` of W real processes on its b samples of each
+    global batch, or (``rank=None``) on the whole batch in this process: the loop of
+    :func:`sharenorm.lab.train.train_classifier` (its weights, batches and learning rates),
+    written out because each rank takes its own slice of the batch.
+
+    Under DDP the gradients are averaged (the gradient of the mean of the W per-rank losses)
+    and before every forward rank 0's buffers are broadcast, so rank 0's model is the one
+    evaluated.
     """
     from sharenorm import distributed as snd
 
-    x, y, x_test, y_test, num_classes = data
-    every = checkpoint_every(steps)
-    w, b = cfg["world"], cfg["per_process_batch"]
+    x, y = data[0], data[1]
+    if rank is None and variant in PER_PROCESS:
+        raise ValueError("per-process norms in one process: use train_one_process")
+    b = cfg["per_process_batch"]
+    rate = _train_config(cfg, steps)
     gen = seed_everything(seed)
-    model = _model(variant, tuple(x.shape[1:]), num_classes, steps)
+    model = _model(variant, tuple(x.shape[1:]), data[4], steps)
     net = model if rank is None else snd.ddp(model)
-    # the rate of every step (the run's schedule over its own ``steps``)
-    rate = TrainConfig(steps=steps, lr=BASE_LR * w * b / BASE_BS,
-                       schedule=cfg.get("schedule", "constant"))
     opt = make_optimizer(model.parameters(), "sgd", rate.lr)
     model.train()
-    it = batches(len(x), w * b, gen)
+    it = batches(len(x), rate.batch_size, gen)
     for step in range(1, steps + 1):
         idx = next(it)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(rate, step)
         if rank is not None:
-            part = idx[rank * b:(rank + 1) * b]
-            loss = nn.functional.cross_entropy(net(x[part]), y[part])
-        elif variant in PER_PROCESS:
-            start = {name: t.clone() for name, t in model.named_buffers()}
-            losses = []
-            for r in [*range(1, w), 0]:
-                for name, t in start.items():  # a fresh tensor: the autograd graph keeps
-                    mod, _, attr = name.rpartition(".")  # the old one
-                    model.get_submodule(mod)._buffers[attr] = t.clone()
-                part = idx[r * b:(r + 1) * b]
-                losses.append(nn.functional.cross_entropy(model(x[part]), y[part]))
-            loss = torch.stack(losses).mean()
-        else:
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            idx = idx[rank * b:(rank + 1) * b]
+        loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(rate, step)
         opt.step()
-        if curve is not None and (step % every == 0 or step == steps):
-            sub = rate.eval_subset
-            curve.append([step, round(evaluate(model, x_test[:sub], y_test[:sub])[0], 6)])
     return model
 
 
 def _ddp_rank(rank: int, world: int, variant: str, cfg: dict, seed: int, data: tuple,
               steps: int):
-    """:func:`_train` as rank ``rank`` of a :func:`sharenorm.distributed.launch` group
+    """:func:`_train_rank` as rank ``rank`` of a :func:`sharenorm.distributed.launch` group
     (``world`` = ``cfg["world"]``); rank 0 returns its trained parameters and buffers."""
-    model = _train(variant, cfg, seed, data, steps, rank=rank)
+    model = _train_rank(variant, cfg, seed, data, steps, rank=rank)
     return {k: v.clone() for k, v in model.state_dict().items()} if rank == 0 else None
 
 
@@ -165,17 +195,17 @@ def run(cfg, seed, ctx):
 
     ds = dataset(ctx)
     data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes)
+    steps = variant_steps(cfg, len(ds.x_train))
     t0 = time.perf_counter()
-    metrics = {}
+    metrics = {"steps": steps}
     for variant in TRAINED:
-        curve: list = []
-        model = _train(variant, cfg, seed, data, cfg["steps"], curve=curve)
-        metrics[variant] = round(evaluate(model, ds.x_test, ds.y_test)[0], 6)
-        metrics[f"{variant}_curve"] = curve
+        _, m = train_one_process(variant, cfg, seed, ds, steps)
+        metrics[variant] = m["test_acc"]
+        metrics[f"{variant}_curve"] = m["curve"]
     # SyncBN computes BN's statistics over all W·b samples: shown on real processes against
     # one process with the whole batch, over the same steps, seed and batches
     demo = cfg["sync_steps"]
-    ref = _train("bn_large", cfg, seed, data, demo)
+    ref = _train_rank("bn_large", cfg, seed, data, demo, rank=None)
     state = snd.launch(_ddp_rank, cfg["world"], "syncbn", cfg, seed, data, demo,
                        timeout=3600)[0]
     sync = _model("syncbn", tuple(ds.x_train.shape[1:]), ds.num_classes, demo)
@@ -186,7 +216,7 @@ def run(cfg, seed, ctx):
     metrics["sync_max_param_diff"] = float(max(
         (state[k].double() - ref_state[k].double()).abs().max() for k in ref_state
         if ref_state[k].is_floating_point()))
-    count_steps(len(TRAINED) * cfg["steps"] + demo * (1 + cfg["world"]))
+    count_steps(demo * (1 + cfg["world"]))  # train_classifier counts the trained variants'
     return metrics, {"train_s": time.perf_counter() - t0}
 
 
@@ -195,8 +225,8 @@ def analyze(runs, figdir, lang):
         return []
     cfg = runs[0]["config"]
     w, b = cfg["world"], cfg["per_process_batch"]
-    steps, sync_steps = cfg["steps"], cfg.get("sync_steps", cfg["steps"])
     g = group_runs(runs, "world")[(w,)]
+    steps, sync_steps = g[0]["steps"], cfg["sync_steps"]
     accs = {v: [m[v] for m in g] for v in VARIANTS}
     # runs without a reference of SyncBN's own length (SyncBN trained as long as the rest)
     # compare with the full-length one
@@ -305,14 +335,16 @@ EXPERIMENT = Experiment(
         "mnist1d (or --data), the N6 ConvNet; W = 4 processes (quick: 2), each with b = 2 "
         "samples of the same global batch of W·b, under DistributedDataParallel "
         f"(sharenorm.distributed.ddp); SGD momentum 0.9, lr = 0.05·(W·b)/32 at the first step, "
-        f"decayed to 0 by a {SCHEDULE} schedule, {STEPS} steps "
-        f"(quick: {QUICK_STEPS}); the same initial weights and batches for every norm. "
+        f"decayed to 0 by a {SCHEDULE} schedule, {EPOCHS:g} epochs (N6's budget; quick: "
+        f"{QUICK_EPOCHS:g}); the same initial weights and batches for every norm. "
         "BatchRenorm: r_max 1→3 and d_max 0→5 from 10% to 50%/30% of the steps. Reference: one "
         "process with BN on the whole global batch. Per-process BN and BatchRenorm are trained "
         "as what the W ranks compute — each chunk of b normalized alone from rank 0's "
         "step-start buffers (DDP broadcasts them), the gradients averaged, rank 0's statistics "
-        "kept — in one process: on 2 cores W gloo ranks cost more in waiting on each other than "
-        "in training (the results are those of the W processes: checked on 200 steps). GN "
+        "kept — in one process, in one pass over the W chunks (sharenorm.lab.per_rank), the "
+        "seeds stacked as one model: on 2 cores W gloo ranks cost more in waiting on each "
+        "other than in training (the tests check that one process ends where rank 0 of W "
+        "gloo processes ends). GN "
         "normalizes each sample alone, so it is trained on the global batch. SyncBN, whose "
         f"point is the communication, runs on W real gloo processes for {SYNC_STEPS} steps "
         f"(quick: {QUICK_SYNC_STEPS}) beside one process with the whole batch for as many. Test "
@@ -321,13 +353,15 @@ EXPERIMENT = Experiment(
         "mnist1d (या --data), N6 वाला ConvNet; W = 4 processes (quick: 2), हर एक के पास W·b के उसी "
         "global batch के b = 2 samples, DistributedDataParallel (sharenorm.distributed.ddp) में; SGD "
         f"momentum 0.9, lr = 0.05·(W·b)/32 पहले step पर, {SCHEDULE} schedule से 0 तक घटती, "
-        f"{STEPS} steps (quick: {QUICK_STEPS}); हर norm के लिए वही "
+        f"{EPOCHS:g} epochs (N6 वाला budget; quick: {QUICK_EPOCHS:g}); हर norm के लिए वही "
         "initial weights और batches। BatchRenorm: r_max 1→3, d_max 0→5, steps के 10% से 50%/30% तक। "
         "Reference: पूरे global batch पर BN वाला एक process। Per-process BN और BatchRenorm को वैसे "
         "train किया जाता है जैसे W ranks compute करते हैं — b का हर chunk rank 0 के step की शुरुआत "
         "वाले buffers से अलग normalize (DDP उन्हें broadcast करता है), gradients का औसत, rank 0 की "
-        "statistics रखी जाती हैं — एक process में: 2 cores पर W gloo ranks training से ज़्यादा एक-दूसरे "
-        "के इंतज़ार में खर्च होते हैं (नतीजे W processes वाले ही हैं: 200 steps पर जाँचा)। GN हर sample "
+        "statistics रखी जाती हैं — एक process में, W chunks पर एक ही pass में (sharenorm.lab.per_rank), "
+        "seeds एक stacked model की तरह: 2 cores पर W gloo ranks training से ज़्यादा एक-दूसरे के इंतज़ार "
+        "में खर्च होते हैं (tests जाँचते हैं कि एक process वहीं पहुँचता है जहाँ W gloo processes का rank 0)। "
+        "GN हर sample "
         "को अलग normalize करता है, इसलिए global batch पर train होता है। SyncBN, जिसका मुद्दा "
         f"communication है, {SYNC_STEPS} steps (quick: {QUICK_SYNC_STEPS}) के लिए W असली gloo processes "
         "पर चलता है, उतने ही steps पूरे batch वाले एक process के साथ। Test accuracy eval mode में (rank "
@@ -335,4 +369,4 @@ EXPERIMENT = Experiment(
         "(1000 test samples)।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
     requires=("SyncBatchNorm", "BatchRenorm1d", "convert_sync_batchnorm"),
-    min_train=lambda cfg: cfg["world"] * cfg["per_process_batch"])  # one global batch
+    min_train=min_train)
