@@ -20,6 +20,11 @@ The old tree is the commit ``--old`` (default 5c2951e, before the stacked lab) e
 Run:  python benchmarks/bench_lab.py [--mode cli|train|both] [--repeats 3] [--old 5c2951e]
       python benchmarks/bench_lab.py --mode train --model resnet --seeds 5   # N8's jobs
       python benchmarks/bench_lab.py --mode train --model lc --seeds 5       # S2/S3's LC net
+      python benchmarks/bench_lab.py --mode train --model rnn --seeds 5      # S4's RNNs
+      python benchmarks/bench_lab.py --mode train --model n9 --seeds 5       # N9's per-rank norms
+
+(``rnn`` and ``n9`` compare the seeds trained alone with the same seeds stacked, both with
+this code: their stacked forms are newer than the old tree's models.)
 """
 
 from __future__ import annotations
@@ -111,10 +116,11 @@ def bench_train(args) -> None:
     import torch
 
     from sharenorm.lab.common import dataset
+    from sharenorm.lab.experiments import distributed_bn
     from sharenorm.lab.experiments.sharing_cost import build
     from sharenorm.lab.spec import RunContext
     from sharenorm.lab.train import TrainConfig, _train_alone, train_classifiers
-    from sharenorm.models import ConvNet
+    from sharenorm.models import ConvNet, RNNClassifier
     from sharenorm.models.resnet import ResNet
 
     torch.set_num_threads(1)
@@ -129,6 +135,15 @@ def bench_train(args) -> None:
         # N8's deepest residual net at batch 4, its learning-rate grid and seeds in one job
         cases = [(norm, 4, 60) for norm in ("batch", "group")]
         lrs = [0.002, 0.006, 0.02, 0.06]
+    elif args.model == "rnn":
+        # S4's tanh RNNs, shared in time or not, Adam at batch 32 as there
+        cases = [("shared", 32, 200), ("unshared", 32, 200)]
+        lrs = [None]
+    elif args.model == "n9":
+        # N9's variants: per-process BN and BatchRenorm (W = 4 ranks of b = 2), GN, at the
+        # global batch of 8
+        cases = [("bn", 8, 200), ("renorm", 8, 200), ("gn", 8, 200)]
+        lrs = [None]
     else:
         # S2/S3's locally connected net (no norm), Adam at batch 32 as there
         cases = [("none", 32, 300)]
@@ -139,6 +154,14 @@ def bench_train(args) -> None:
         for _ in lrs:
             for s in seeds:
                 torch.manual_seed(s)
+                if args.model == "rnn":
+                    out.append(RNNClassifier(ds.sample_shape, ds.num_classes, hidden=64,
+                                             shared=norm == "shared", chunk=4))
+                    continue
+                if args.model == "n9":
+                    out.append(distributed_bn._model(norm, ds.sample_shape, ds.num_classes,
+                                                     cases[0][2], world=4))
+                    continue
                 gn = 8 if args.model == "convnet" else 4
                 kw = {"norm": norm, "num_groups": gn if norm == "group" else None}
                 out.append(ConvNet(ds.sample_shape, ds.num_classes, **kw)
@@ -161,13 +184,14 @@ def bench_train(args) -> None:
         return sum(t["train_s"] for _, t in out)  # each member's share: the stacked time / K
 
     what = {"convnet": "N6 ConvNet", "resnet": f"N8 ResNet-17, {len(lrs)} rates",
-            "lc": "S2/S3 LocallyConnectedNet, Adam"}[args.model]
+            "lc": "S2/S3 LocallyConnectedNet, Adam", "rnn": "S4 RNNClassifier, Adam",
+            "n9": "N9 ConvNet, W = 4 ranks of 2"}[args.model]
     print(f"training loop, {what}, {len(seeds)} seeds; load before: {load()}")
     ratios, cpu_ratios = [], []
     for norm, bs, steps in cases:
-        cfg = (TrainConfig(steps=steps, batch_size=bs, lr=1e-3, optimizer="adam")
-               if args.model == "lc" else TrainConfig(steps=steps, batch_size=bs,
-                                                      lr=0.05 * bs / 32))
+        adam = {"lc": 1e-3, "rnn": 3e-3}.get(args.model)
+        cfg = (TrainConfig(steps=steps, batch_size=bs, lr=adam, optimizer="adam")
+               if adam else TrainConfig(steps=steps, batch_size=bs, lr=0.05 * bs / 32))
         times: dict[str, list[float]] = {"old": [], "new": []}
         cpus: dict[str, list[float]] = {"old": [], "new": []}
         steps_s: dict[str, list[float]] = {"old": [], "new": []}
@@ -183,7 +207,7 @@ def bench_train(args) -> None:
         total = steps * len(seeds) * len(lrs)
         ratios.append(o / n)
         cpu_ratios.append(oc / nc)
-        print(f"  {norm:6s} batch {bs}: old {total / o:7.1f} steps/s, new {total / n:7.1f} "
+        print(f"  {norm:8s} batch {bs}: old {total / o:7.1f} steps/s, new {total / n:7.1f} "
               f"steps/s, ratio {o / n:.2f}x wall, {oc / nc:.2f}x CPU  (load {load()}); "
               f"per member and step, the steps alone: old {1e3 * so / total:.2f} ms, new "
               f"{1e3 * sn / total:.2f} ms ({so / sn:.2f}x)", flush=True)
@@ -199,9 +223,10 @@ def main() -> None:
     ap.add_argument("--old", default="5c2951e", help="the commit to compare with")
     ap.add_argument("--lab-args", default="N6 --quick --seeds 3 --jobs 2")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per config (train mode)")
-    ap.add_argument("--model", choices=("convnet", "resnet", "lc"), default="convnet",
-                    help="train mode: N6's ConvNet, N8's ResNet-17 with its rate grid, or "
-                         "S2/S3's locally connected net")
+    ap.add_argument("--model", choices=("convnet", "resnet", "lc", "rnn", "n9"),
+                    default="convnet",
+                    help="train mode: N6's ConvNet, N8's ResNet-17 with its rate grid, "
+                         "S2/S3's locally connected net, S4's RNNs or N9's per-rank norms")
     args = ap.parse_args()
     if args.mode in ("train", "both"):
         bench_train(args)

@@ -1,14 +1,20 @@
 """Does a budget reach a plateau? N6's ConvNet on mnist1d at one batch size, constant rate vs
-the cosine schedule: test accuracy and the last 20%'s gain (mean over seeds), as the lab's
-plateau check reads it.
+the cosine schedule (or S4's RNNs at a number of Adam steps): test accuracy and the last 20%'s
+gain (mean over seeds), as the lab's plateau check reads it.
 
 The lab v9 protocol choices came from these runs (docs/design/lab-protocols.md):
 
     python benchmarks/schedule_pilot.py --batch 32 --epochs 12 --seeds 3
     python benchmarks/schedule_pilot.py --batch 32 --epochs 16 --seeds 5 --schedules cosine
 
+and lab v10's S4 budget (tanh RNNs shared in time or not, Adam at 3e-3, batch 32) from
+
+    python benchmarks/schedule_pilot.py --model rnn --steps 6000 --seeds 5 --schedules cosine
+    python benchmarks/schedule_pilot.py --model rnn --steps 12000 --seeds 5 --schedules cosine
+
 Each row: seeds stacked as one model (the lab's engine), SGD momentum 0.9, lr = 0.05·batch/32
-at the first step (N6's linear scaling rule), 10 test-accuracy checkpoints per run.
+at the first step (N6's linear scaling rule), 10 test-accuracy checkpoints per run; with
+``--model rnn`` the "norms" are S4's two RNNs and the optimizer Adam at ``--lr``.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from sharenorm.lab.experiments._protocol import checkpoint_every, mean_tail_gain
 from sharenorm.lab.experiments.batch_size import lr_for
 from sharenorm.lab.spec import RunContext
 from sharenorm.lab.train import TrainConfig, train_classifiers
-from sharenorm.models import ConvNet
+from sharenorm.models import ConvNet, RNNClassifier
 
 
 def main() -> None:
@@ -32,25 +38,37 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--epochs", type=float, default=12)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--norms", default="batch,group,instance,layer,none")
+    ap.add_argument("--norms", default=None,
+                    help="default: batch,group,instance,layer,none (rnn: shared,unshared)")
     ap.add_argument("--schedules", default="constant,cosine")
+    ap.add_argument("--model", choices=("convnet", "rnn"), default="convnet")
+    ap.add_argument("--steps", type=int, default=None, help="instead of --epochs")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="default: lr_for(batch), SGD (rnn: 3e-3, Adam)")
     a = ap.parse_args()
+    rnn = a.model == "rnn"
+    norms = a.norms or ("shared,unshared" if rnn else "batch,group,instance,layer,none")
+    lr = a.lr or (3e-3 if rnn else lr_for(a.batch))
     torch.set_num_threads(1)
     ds = dataset(RunContext(quick=False))
-    steps = epoch_steps(a.epochs, len(ds.x_train), a.batch)
-    print(f"batch {a.batch}, {a.epochs:g} epochs = {steps} steps, lr {lr_for(a.batch):g}, "
-          f"{a.seeds} seeds")
+    steps = a.steps or epoch_steps(a.epochs, len(ds.x_train), a.batch)
+    print(f"{a.model}, batch {a.batch}, {steps} steps ({steps * a.batch / len(ds.x_train):g} "
+          f"epochs), lr {lr:g}, {a.seeds} seeds")
     print("| schedule | norm | test acc % (mean, min–max) | last 20% gained (points, mean) | s |")
     print("|---|---|---|---|---|")
     for schedule in a.schedules.split(","):
-        for norm in a.norms.split(","):
+        for norm in norms.split(","):
             t0 = time.perf_counter()
             models = []
             for s in range(a.seeds):
                 torch.manual_seed(s)
-                models.append(ConvNet(ds.sample_shape, ds.num_classes, norm=norm,
-                                      num_groups=8 if norm == "group" else None))
-            cfg = TrainConfig(steps=steps, batch_size=a.batch, lr=lr_for(a.batch),
+                models.append(
+                    RNNClassifier(ds.sample_shape, ds.num_classes, hidden=64, chunk=4,
+                                  shared=norm == "shared") if rnn else
+                    ConvNet(ds.sample_shape, ds.num_classes, norm=norm,
+                            num_groups=8 if norm == "group" else None))
+            cfg = TrainConfig(steps=steps, batch_size=a.batch, lr=lr,
+                              optimizer="adam" if rnn else "sgd",
                               eval_every=checkpoint_every(steps), schedule=schedule)
             out = [m for m, _ in train_classifiers(models, ds, cfg, list(range(a.seeds)))]
             acc = [100 * m["test_acc"] for m in out]
