@@ -14,7 +14,8 @@ and lab v10's S4 budget (tanh RNNs shared in time or not, Adam at 3e-3, batch 32
 
 Each row: seeds stacked as one model (the lab's engine), SGD momentum 0.9, lr = 0.05·batch/32
 at the first step (N6's linear scaling rule), 10 test-accuracy checkpoints per run; with
-``--model rnn`` the "norms" are S4's two RNNs and the optimizer Adam at ``--lr``.
+``--model rnn`` the "norms" are S4's two RNNs, with ``--model bnrnn`` N10's tanh RNN with and
+without BN per time step, and the optimizer Adam at ``--lr``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sharenorm.lab.experiments.batch_size import lr_for
 from sharenorm.lab.spec import RunContext
 from sharenorm.lab.train import TrainConfig, train_classifiers
 from sharenorm.models import ConvNet, RNNClassifier
+from sharenorm.models.bn_rnn import BNRNNClassifier
 
 
 def main() -> None:
@@ -39,15 +41,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=12)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--norms", default=None,
-                    help="default: batch,group,instance,layer,none (rnn: shared,unshared)")
+                    help="default: batch,group,instance,layer,none (rnn: shared,unshared; "
+                         "bnrnn: batch,none)")
     ap.add_argument("--schedules", default="constant,cosine")
-    ap.add_argument("--model", choices=("convnet", "rnn"), default="convnet")
+    ap.add_argument("--model", choices=("convnet", "rnn", "bnrnn"), default="convnet")
     ap.add_argument("--steps", type=int, default=None, help="instead of --epochs")
     ap.add_argument("--lr", type=float, default=None,
                     help="default: lr_for(batch), SGD (rnn: 3e-3, Adam)")
     a = ap.parse_args()
-    rnn = a.model == "rnn"
-    norms = a.norms or ("shared,unshared" if rnn else "batch,group,instance,layer,none")
+    rnn = a.model in ("rnn", "bnrnn")
+    norms = a.norms or {"rnn": "shared,unshared", "bnrnn": "batch,none"}.get(
+        a.model, "batch,group,instance,layer,none")
     lr = a.lr or (3e-3 if rnn else lr_for(a.batch))
     torch.set_num_threads(1)
     ds = dataset(RunContext(quick=False))
@@ -63,6 +67,8 @@ def main() -> None:
             for s in range(a.seeds):
                 torch.manual_seed(s)
                 models.append(
+                    BNRNNClassifier(ds.sample_shape, ds.num_classes, hidden=64, chunk=4,
+                                    norm=norm) if a.model == "bnrnn" else
                     RNNClassifier(ds.sample_shape, ds.num_classes, hidden=64, chunk=4,
                                   shared=norm == "shared") if rnn else
                     ConvNet(ds.sample_shape, ds.num_classes, norm=norm,

@@ -81,14 +81,15 @@ def test_sharing_factors_name_the_data_they_were_measured_on(tmp_path):
 
 
 def test_experiments_without_a_batch_size_need_what_their_runs_take():
-    """N5 builds two batches that share one sample, N9 one global batch of world × per-process
-    samples, S1 one step on at most 8 samples: not the 32 of a default batch."""
+    """N5 builds two batches that share one sample, N9 one step in its epochs at the global
+    batch of world × per-process samples (quick: 0.02 epochs of 2 × 2), S1 one step on at most
+    8 samples: not the 32 of a default batch."""
     from sharenorm.lab.experiments import all_experiments
 
     by_claim = {e.claims[0]: e for e in all_experiments().values()}
     assert by_claim["N5"].train_samples_needed(True) == 31
-    assert by_claim["N9"].train_samples_needed(True) == 4
-    assert by_claim["N9"].train_samples_needed(False) == 8
+    assert by_claim["N9"].train_samples_needed(True) == 200   # 0.02 · 200 = one batch of 4
+    assert by_claim["N9"].train_samples_needed(False) == 8    # 16 epochs of 8 samples
     assert by_claim["S1"].train_samples_needed(True) == 1
 
 

@@ -23,7 +23,7 @@ from sharenorm.lab.batched import (
 from sharenorm.lab.jobs import run_together
 from sharenorm.lab.train import TrainConfig, train_classifier, train_classifiers
 from sharenorm.models import MLP, ConvNet, LocallyConnectedNet, RNNClassifier
-from sharenorm.models.bn_rnn import BNRNNClassifier
+from sharenorm.models.bn_rnn import BNRNNClassifier, GRUClassifier
 
 NORMS = ["batch", "group", "instance", "layer", "none"]
 
@@ -38,6 +38,9 @@ def toy(shape=(2, 12), n_train=48, n_test=20, classes=4, dtype=torch.float64, se
 
 def build(kind, norm, seed, ds):
     torch.manual_seed(seed)
+    if kind == "bnrnn":
+        return BNRNNClassifier(ds.sample_shape, ds.num_classes, hidden=5, chunk=3,
+                               norm=norm).double()
     if kind in ("rnn_shared", "rnn_unshared"):
         # 4 time steps of 3 positions × 2 channels
         return RNNClassifier(ds.sample_shape, ds.num_classes, hidden=5, chunk=3,
@@ -73,7 +76,7 @@ def same_state(m1, m2, tol=1e-10):
 
 
 CASES = [("conv", n) for n in NORMS] + [("mlp", n) for n in ("batch", "layer", "none")] + \
-    [("rnn_shared", "none"), ("rnn_unshared", "none")]
+    [("rnn_shared", "none"), ("rnn_unshared", "none"), ("bnrnn", "batch"), ("bnrnn", "none")]
 
 
 @pytest.mark.parametrize("kind, norm", CASES)
@@ -230,7 +233,7 @@ def test_stacked_locally_connected_nets_train_as_separate_ones(shape, norm, opt)
 
 
 @pytest.mark.parametrize("kind, norm", [("conv", "batch"), ("conv", "group"), ("lc", "batch"),
-                                        ("rnn_unshared", "none")])
+                                        ("rnn_unshared", "none"), ("bnrnn", "batch")])
 def test_a_diverging_member_leaves_the_others_untouched(kind, norm):
     """Member 1 meets an inf (RNN: NaN) weight: NaN everywhere in its channels from the first forward
     (BN's running statistics included). The others end as they would alone."""
@@ -241,8 +244,9 @@ def test_a_diverging_member_leaves_the_others_untouched(kind, norm):
     def models():
         ms = [build(kind, norm, s, ds) for s in seeds]
         with torch.no_grad():
-            if kind.startswith("rnn"):  # tanh saturates an inf: a NaN weight instead
-                ms[1].rnn.weight_ih.view(-1)[0] = float("nan")
+            if "rnn" in kind:  # tanh saturates an inf: a NaN weight instead
+                w = ms[1].wx.weight if kind == "bnrnn" else ms[1].rnn.weight_ih
+                w.view(-1)[0] = float("nan")
             else:
                 ms[1].features[0].weight[0, 0, 0] = float("inf")
         return ms
@@ -257,7 +261,7 @@ def test_a_diverging_member_leaves_the_others_untouched(kind, norm):
         close(ref[j], out[j], tol=1e-12)
         same_state(alone[j], together[j], tol=1e-12)
     if norm == "batch":  # the diverged member's running statistics were not updated by NaN
-        bn = together[1].features[1]
+        bn = together[1].bn_x[0] if kind == "bnrnn" else together[1].features[1]
         assert torch.isfinite(bn.running_var).all() and int(bn.num_batches_tracked) == 0
 
 
@@ -303,7 +307,8 @@ def _cumulative_bn(net):
 
 @pytest.mark.parametrize("make", [
     lambda: LocallyConnectedNet((1, 12), 3, width=4, norm="renorm"),
-    lambda: BNRNNClassifier((1, 12), 3, hidden=4, chunk=4),
+    lambda: GRUClassifier((1, 12), 3, hidden=4, chunk=4),
+    lambda: _cumulative_bn(BNRNNClassifier((1, 12), 3, hidden=4, chunk=4)),
     lambda: _cumulative_bn(ConvNet((1, 12), 3, width=4, norm="batch")),
 ])
 def test_what_does_not_stack_is_refused_and_trains_alone(make):

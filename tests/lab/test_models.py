@@ -239,3 +239,18 @@ def test_n10_trains_the_gru_as_the_mnist1d_paper_does():
     p = rnn_norm.EXPERIMENT.protocol
     assert f"GRU: {rnn_norm.GRU_LR:g}" in p.en and f"GRU: {rnn_norm.GRU_LR:g}" in p.hi
     assert "every time step's output" in p.en and "हर time step के output" in p.hi
+
+
+def test_n10_gives_each_contender_the_budget_it_converges_in_and_stacks_the_tanh_rnns():
+    from sharenorm.lab.batched import can_stack
+    from sharenorm.lab.experiments import rnn_norm
+    from sharenorm.models.bn_rnn import BNRNNClassifier, GRUClassifier
+
+    full = {(c["cell"], c["norm"]): c for c in rnn_norm.configs(False)}
+    assert full[("tanh", "batch")]["steps"] == full[("tanh", "none")]["steps"] == 24000
+    assert full[("gru", "none")]["steps"] == rnn_norm.GRU_STEPS
+    # 15 checkpoints: at least two in each window of the plateau check
+    assert all(c["steps"] // c["eval_every"] == 15 for c in full.values())
+    for norm in ("batch", "none"):  # the seeds of a tanh configuration train as one model
+        assert can_stack([BNRNNClassifier((1, 40), 10, hidden=8, norm=norm) for _ in range(2)])
+    assert not can_stack([GRUClassifier((1, 40), 10, hidden=8) for _ in range(2)])

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["NotStackable", "StackedLinear", "StackedBatchNorm", "StackedOptimizer", "stack_models", "unstack_into",
-           "stack_inputs", "stackable", "can_stack", "StackedLocallyConnected", "StackedRNNClassifier"]
+           "stack_inputs", "stackable", "can_stack", "StackedLocallyConnected"]
 
 
 class NotStackable(ValueError):
@@ -158,76 +158,13 @@ class StackedBatchNorm(nn.Module):
         return apply_activation(out, self.act, self.act_param, fresh=True)
 
 
-class StackedRNNClassifier(nn.Module):
-    r"""K :class:`~sharenorm.models.RNNClassifier` of one architecture (a
-    :class:`~sharenorm.SharedRNN` or :class:`~sharenorm.UnsharedRNN` inside) as one model on
-    ``(N, K·C, L)`` → ``(N, K·classes)``.
-
-    Member k reads its channels ``[k·C, (k+1)·C)`` in chunks as the classifier does; its
-    recurrence runs beside the others' as batched matmuls over the members,
-
-    .. math:: h^{(k)}_t = \tanh\big(x^{(k)}_t W^{(k)T}_{ih}[t] + b^{(k)}_{ih}[t]
-              + h^{(k)}_{t-1} W^{(k)T}_{hh}[t] + b^{(k)}_{hh}[t]\big)
-
-    (``[t]`` only for the unshared RNN), and the head reads each member's last state. The
-    parameters keep the member's names with a leading member axis (``rnn.weight_ih``:
-    ``(K, H, I)`` shared, ``(K, T, H, I)`` unshared), so :func:`unstack_into` copies them back.
-    """
-
-    def __init__(self, mods: list[nn.Module]) -> None:
-        from sharenorm.sharing.layers import _NONLINEARITIES, UnsharedRNN
-
-        super().__init__()
-        m0, k = mods[0], len(mods)
-        self.k, self.chunk, self.in_shape = k, m0.chunk, m0.in_shape
-        rnn0 = m0.rnn
-        self.unshared = isinstance(rnn0, UnsharedRNN)
-        self.act = _NONLINEARITIES[rnn0.nonlinearity]
-        self.hidden = rnn0.hidden_size
-        self.rnn = nn.Module()
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            t = getattr(rnn0, name)
-            setattr(self.rnn, name, None if t is None else
-                    _stack_param([getattr(m.rnn, name) for m in mods], (k, *t.shape)))
-        head = m0.head
-        self.head = StackedLinear(k, head.in_features, head.out_features, bias=head.bias is not None)
-        self.head.weight = _stack_param([m.head.weight for m in mods], tuple(self.head.weight.shape))
-        if head.bias is not None:
-            self.head.bias = _stack_param([m.head.bias for m in mods], tuple(self.head.bias.shape))
-
-    def forward(self, x: Tensor) -> Tensor:
-        k, (c, length), r = self.k, self.in_shape, self.rnn
-        n, steps = x.shape[0], length // self.chunk
-        # member k's sequence, time-major, as the classifier reads it: (K, T, N, chunk·C)
-        seq = x.view(n, k, c, length).permute(1, 0, 3, 2).reshape(k, n, steps, self.chunk * c)
-        seq = seq.transpose(1, 2)
-        i = seq.shape[-1]
-        if self.unshared:
-            # step t's own W_ih[t], every member: (K·T, N, I) × (K·T, I, H)
-            w = r.weight_ih[:, :steps].reshape(k * steps, self.hidden, i).transpose(1, 2)
-            xw = torch.bmm(seq.reshape(k * steps, n, i), w)
-            if r.bias_ih is not None:
-                xw = xw + r.bias_ih[:, :steps].reshape(k * steps, 1, self.hidden)
-        else:
-            xw = torch.bmm(seq.reshape(k, steps * n, i), r.weight_ih.transpose(1, 2))
-            if r.bias_ih is not None:
-                xw = xw + r.bias_ih.unsqueeze(1)
-        xw = xw.view(k, steps, n, self.hidden)
-        h = x.new_zeros(k, n, self.hidden)
-        for t in range(steps):
-            w_hh = r.weight_hh[:, t] if self.unshared else r.weight_hh
-            pre = xw[:, t] + torch.bmm(h, w_hh.transpose(1, 2))
-            if r.bias_hh is not None:
-                pre = pre + (r.bias_hh[:, t] if self.unshared else r.bias_hh).unsqueeze(1)
-            h = self.act(pre)
-        return self.head(h.transpose(0, 1).reshape(n, k * self.hidden))
-
-
 def _whole_model_stackers() -> dict[type, type]:
     """Models whose forward is not channel-agnostic, stacked as a whole."""
+    from sharenorm.lab.batched_rnn import StackedBNRNNClassifier, StackedRNNClassifier
     from sharenorm.models import RNNClassifier
+    from sharenorm.models.bn_rnn import BNRNNClassifier
 
-    return {RNNClassifier: StackedRNNClassifier}
+    return {RNNClassifier: StackedRNNClassifier, BNRNNClassifier: StackedBNRNNClassifier}
 
 
 def _norm_types() -> tuple[type, ...]:
@@ -306,9 +243,12 @@ def _why_not(model: nn.Module) -> str | None:
 def _why_not_rnn(model: nn.Module) -> str | None:
     from sharenorm.sharing.layers import SharedRNN, UnsharedRNN
 
-    if type(model.rnn) not in (SharedRNN, UnsharedRNN):
-        return f"rnn: {type(model.rnn).__name__} has no stacked form"
+    rnn = getattr(model, "rnn", None)
+    if rnn is not None and type(rnn) not in (SharedRNN, UnsharedRNN):
+        return f"rnn: {type(rnn).__name__} has no stacked form"
     for name, m in model.named_modules():
+        if isinstance(m, _batchnorm_types()) and m.momentum is None:
+            return f"{name}: BatchNorm with momentum=None (a cumulative average)"
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:  # noqa: SLF001
             return f"{name or 'the model'} has a hook, which would not see the stacked model"
     return None

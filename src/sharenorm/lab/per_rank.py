@@ -1,17 +1,11 @@
 """BatchNorm (and BatchRenorm) as W DDP processes compute it, in one process, in one pass.
 
 Under DistributedDataParallel each of W ranks normalizes its own chunk of b samples with
-that chunk's statistics; the gradients are averaged; before every forward rank 0's buffers
-are broadcast, so every rank starts the step from rank 0's running statistics and only rank
-0's update survives. :class:`PerRankBatchNorm` computes exactly that on the global batch of
-W·b samples (rank r's chunk: samples ``[r·b, (r+1)·b)``): one forward over all chunks, each
-normalized with its own statistics, and the running statistics updated from chunk 0's alone.
-With the mean of the per-sample losses, the gradient is the mean of the W ranks' gradients.
-
-Why not W forwards of b samples: on the lab's tiny models a step costs per-operation
-overhead, so W chunk forwards cost ~W times one (N9: 12.6 ms against 3 ms a step), and the
-layer stacks like BatchNorm (:meth:`PerRankBatchNorm.stack_members`), so the seeds of a
-configuration train as one model (:mod:`sharenorm.lab.batched`).
+that chunk's statistics, the gradients are averaged, and rank 0's buffers are broadcast
+before every forward, so only rank 0's running-statistics update survives.
+:class:`PerRankBatchNorm` computes exactly that on the global batch of W·b samples in one
+forward, and stacks like BatchNorm (N9's seeds train as one model). Why one pass and not W
+forwards of b samples: docs/design/lab-batching.md.
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 # N8 at depths 3, 9, 17; SyncBN's demonstration 25 steps.
 # 10: N9 trains its per-process norms in one pass over the W chunks (PerRankBatchNorm) and
 # its seeds as one stacked model, for N6's 16 epochs at the global batch (8000 steps).
-LAB_VERSION = "10"
+# 11: N10's tanh RNNs (with and without BN per time step) stacked, for 24,000 steps.
+LAB_VERSION = "11"
 
 
 class LabError(RuntimeError):
