@@ -5,7 +5,7 @@ positions), so it is stacked as a whole: member k reads its channels ``[k·C, (k
 ``(N, K·C, L)`` as the classifier reads its own, every time step's input projection is one
 batched matmul over the members (and, with separate weights per step, over the steps), the
 recurrence one batched matmul per time step, and the head a
-:class:`~sharenorm.lab.batched.StackedLinear`. The parameters keep the member's names with a
+:class:`~sharenorm.lab.stacked_layers.StackedLinear`. The parameters keep the member's names with a
 leading member axis, so :func:`~sharenorm.lab.batched.unstack_into` copies them back.
 """
 
@@ -26,7 +26,7 @@ def _member_sequences(x: Tensor, k: int, in_shape: tuple[int, int], chunk: int) 
 
 
 def _stacked_linear(mods: list[nn.Linear]) -> nn.Module:
-    from sharenorm.lab.batched import StackedLinear, _stack_param
+    from sharenorm.lab.stacked_layers import StackedLinear, _stack_param
 
     m0 = mods[0]
     new = StackedLinear(len(mods), m0.in_features, m0.out_features, bias=m0.bias is not None)
@@ -59,7 +59,7 @@ class StackedRNNClassifier(nn.Module):
     """
 
     def __init__(self, mods: list[nn.Module]) -> None:
-        from sharenorm.lab.batched import _stack_param
+        from sharenorm.lab.stacked_layers import _stack_param
         from sharenorm.sharing.layers import _NONLINEARITIES, UnsharedRNN
 
         super().__init__()
@@ -107,11 +107,11 @@ class StackedBNRNNClassifier(nn.Module):
               + \gamma_h \mathrm{BN}_t(W_h h_{t-1}))
 
     with each time step's BatchNorms stacked over the members
-    (:class:`~sharenorm.lab.batched.StackedBatchNorm`: per-member running statistics).
+    (:class:`~sharenorm.lab.stacked_layers.StackedBatchNorm`: per-member running statistics).
     """
 
     def __init__(self, mods: list[nn.Module]) -> None:
-        from sharenorm.lab.batched import StackedBatchNorm, _stack_param
+        from sharenorm.lab.stacked_layers import StackedBatchNorm, _stack_param
 
         super().__init__()
         m0, k = mods[0], len(mods)

@@ -126,7 +126,7 @@ class PerRankBatchNorm(nn.Module):
         the statistics are per (rank, channel), so K members side by side are K layers."""
         import copy
 
-        from sharenorm.lab.batched import _stack_param
+        from sharenorm.lab.stacked_layers import _stack_param
 
         k, m0 = len(mods), mods[0]
         new = copy.copy(m0)
