@@ -129,11 +129,13 @@ def _why_not(model: nn.Module) -> str | None:
         if p._backward_hooks:  # noqa: SLF001 - the stacked copy's gradients would bypass them
             return f"{name} has a gradient hook, which would not see the stacked gradients"
     norms, elementwise, containers = _norm_types(), _elementwise_types(), _container_types()
-    if type(model) in _whole_model_stackers():
-        return _why_not_rnn(model)
+    # a model stacked as a whole (batched_rnn) computes its recurrent cores itself
+    whole = type(model) in _whole_model_stackers()
     for name, m in model.named_modules():
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:  # noqa: SLF001
             return f"{name or 'the model'} has a hook, which would not see the stacked model"
+        if whole and (name == "" or type(m) in _recurrent_core_types()):
+            continue
         if type(m) in containers and (type(m) not in (ConvNet, LocallyConnectedNet)
                                       or name == ""):
             continue
@@ -155,18 +157,10 @@ def _why_not(model: nn.Module) -> str | None:
     return None
 
 
-def _why_not_rnn(model: nn.Module) -> str | None:
+def _recurrent_core_types() -> tuple[type, ...]:
     from sharenorm.sharing.layers import SharedRNN, UnsharedRNN
 
-    rnn = getattr(model, "rnn", None)
-    if rnn is not None and type(rnn) not in (SharedRNN, UnsharedRNN):
-        return f"rnn: {type(rnn).__name__} has no stacked form"
-    for name, m in model.named_modules():
-        if isinstance(m, _batchnorm_types()) and m.momentum is None:
-            return f"{name}: BatchNorm with momentum=None (a cumulative average)"
-        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:  # noqa: SLF001
-            return f"{name or 'the model'} has a hook, which would not see the stacked model"
-    return None
+    return (SharedRNN, UnsharedRNN)
 
 
 def stackable(model: nn.Module) -> bool:

@@ -31,6 +31,7 @@ from sharenorm.lab.experiments._protocol import (
     tail_gain_cell,
     unconverged_text,
 )
+from sharenorm.lab.experiments.batch_size import lr_for
 from sharenorm.lab.per_rank import per_rank_norms
 from sharenorm.lab.spec import (
     INCONCLUSIVE,
@@ -60,7 +61,6 @@ VARIANTS = ["bn_large", "bn", "syncbn", "renorm", "gn"]
 LABELS = {"bn_large": "BN, 1 process, batch W·b", "bn": "BN per process (W chunks of b)",
           "syncbn": "SyncBN, W gloo processes", "renorm": "BatchRenorm per process (W chunks of b)",
           "gn": "GN (G=8; per sample)"}
-BASE_LR, BASE_BS = 0.05, 32  # N6's linear scaling rule, on the global batch W·b
 # Trained in one process, the seeds of the configuration as one stacked model: the
 # large-batch reference and GN (per sample, so W processes under DDP compute the same) on
 # the whole global batch; per-process BN and BatchRenorm as the W chunks of b that W DDP
@@ -69,8 +69,8 @@ BASE_LR, BASE_BS = 0.05, 32  # N6's linear scaling rule, on the global batch W·
 # point is the communication, runs on real processes, for SYNC_STEPS.
 TRAINED = ("bn_large", "bn", "renorm", "gn")
 PER_PROCESS = ("bn", "renorm")
-# N6's budget at its batch sizes: every norm reaches a plateau at batch 8 in 16 epochs under
-# the cosine schedule (2,000 steps, 4 epochs, left all of them rising in lab v9)
+# N6's budget: every norm reaches a plateau at batch 8 in 16 epochs under the cosine
+# schedule; at 4 epochs every contender is still rising
 EPOCHS, QUICK_EPOCHS = 16, 0.02
 # a demonstration (equal parameters, max |Δθ|) needs few steps, and the W gloo ranks spinning
 # on 2 cores cost ~20 CPU-s per seed per 100 steps
@@ -125,7 +125,7 @@ def _train_config(cfg: dict, steps: int) -> TrainConfig:
     """Every variant's protocol: SGD on the global batch of W·b, lr scaled linearly from
     N6's 0.05 at 32 and decayed by the schedule, :data:`CHECKPOINTS` test checkpoints."""
     gb = cfg["world"] * cfg["per_process_batch"]
-    return TrainConfig(steps=steps, batch_size=gb, lr=BASE_LR * gb / BASE_BS,
+    return TrainConfig(steps=steps, batch_size=gb, lr=lr_for(gb),
                        schedule=cfg.get("schedule", "constant"),
                        eval_every=checkpoint_every(steps))
 

@@ -25,8 +25,8 @@ from sharenorm.models.bn_rnn import BNRNNClassifier, GRUClassifier
 HIDDEN, LR, CHUNK = 64, 3e-3, 4
 # Each contender's budget reaches a plateau (mean tail gain over 5 seeds, lr 3e-3, cosine:
 # benchmarks/schedule_pilot.py --model bnrnn): the tanh RNN with BN gains +1.5 points in the
-# last 20% of 12,000 steps and +0.5 of 24,000, the one without +0.1 at 12,000; lab v9's 1,500
-# left them at +3.1 and +1.5 (10 points apart the other way). The GRU is flat at 1,500.
+# last 20% of 12,000 steps and +0.5 of 24,000, the one without +0.1 at 12,000; at 1,500 both
+# are still rising (and BN-RNN trails). The GRU is flat at 1,500.
 # The tanh RNNs' seeds train as one stacked model.
 STEPS, GRU_STEPS, QUICK_STEPS = 24000, 1500, 50
 QUICK_EVAL_EVERY = 5  # full: 15 checkpoints per run, ≥ 2 in each window of the plateau check

@@ -34,9 +34,8 @@ from sharenorm.models import RNNClassifier
 
 HIDDEN, LR, CHUNK = 64, 3e-3, 4   # LR: the quick profile's
 # Both RNNs reach a plateau at 12,000 Adam steps under the cosine schedule (mean tail gain over
-# 5 seeds −0.2 shared, +0.3 separate points at lr 3e-3), not at 6,000 (+1.4 shared) or at
-# lab v9's 1,500 (+1.4, +2.8): benchmarks/schedule_pilot.py --model rnn. The seeds train as
-# one stacked model.
+# 5 seeds −0.2 shared, +0.3 separate points at lr 3e-3), not at 6,000 (+1.4 shared):
+# benchmarks/schedule_pilot.py --model rnn. The seeds train as one stacked model.
 STEPS, QUICK_STEPS = 12000, 50
 # full profile: each RNN's Adam learning rate chosen per seed on a validation split
 LR_GRID = [1e-3, 3e-3, 1e-2]
