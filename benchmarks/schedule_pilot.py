@@ -1,4 +1,4 @@
-"""Does a budget reach a plateau? N6's ConvNet on mnist1d at one batch size, constant rate vs
+r"""Does a budget reach a plateau? N6's ConvNet on mnist1d at one batch size, constant rate vs
 the cosine schedule (or S4's RNNs at a number of Adam steps): test accuracy and the last 20%'s
 gain (mean over seeds), as the lab's plateau check reads it.
 
@@ -12,10 +12,19 @@ and lab v10's S4 budget (tanh RNNs shared in time or not, Adam at 3e-3, batch 32
     python benchmarks/schedule_pilot.py --model rnn --steps 6000 --seeds 5 --schedules cosine
     python benchmarks/schedule_pilot.py --model rnn --steps 12000 --seeds 5 --schedules cosine
 
+and lab v12's N8 budget (batch 32 for 16 epochs; at batch 4 one epoch and at batch 8 four
+epochs were far from a plateau) from
+
+    python benchmarks/schedule_pilot.py --model residual --depth 17 --batch 32 --epochs 16 \
+        --seeds 5 --schedules cosine --lr 0.1          # and --norms group --lr 0.03 (or 0.3)
+    python benchmarks/schedule_pilot.py --model residual --depth 17 --batch 4 --epochs 1 \
+        --seeds 5 --schedules cosine --lr 0.02
+
 Each row: seeds stacked as one model (the lab's engine), SGD momentum 0.9, lr = 0.05·batch/32
 at the first step (N6's linear scaling rule), 10 test-accuracy checkpoints per run; with
 ``--model rnn`` the "norms" are S4's two RNNs, with ``--model bnrnn`` N10's tanh RNN with and
-without BN per time step, and the optimizer Adam at ``--lr``.
+without BN per time step, and the optimizer Adam at ``--lr``; ``--model residual|plain`` are
+N8's nets (width 16, GN with 4 groups) at ``--depth`` conv layers.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import torch
 from sharenorm.lab.common import dataset, epoch_steps
 from sharenorm.lab.experiments._protocol import checkpoint_every, mean_tail_gain
 from sharenorm.lab.experiments.batch_size import lr_for
+from sharenorm.lab.experiments.depth import _model as depth_model
 from sharenorm.lab.spec import RunContext
 from sharenorm.lab.train import TrainConfig, train_classifiers
 from sharenorm.models import ConvNet, RNNClassifier
@@ -44,19 +54,23 @@ def main() -> None:
                     help="default: batch,group,instance,layer,none (rnn: shared,unshared; "
                          "bnrnn: batch,none)")
     ap.add_argument("--schedules", default="constant,cosine")
-    ap.add_argument("--model", choices=("convnet", "rnn", "bnrnn"), default="convnet")
+    ap.add_argument("--model", choices=("convnet", "rnn", "bnrnn", "residual", "plain"),
+                    default="convnet")
+    ap.add_argument("--depth", type=int, default=17,
+                    help="conv layers of N8's residual or plain nets (width 16, GN with G=4)")
     ap.add_argument("--steps", type=int, default=None, help="instead of --epochs")
     ap.add_argument("--lr", type=float, default=None,
                     help="default: lr_for(batch), SGD (rnn: 3e-3, Adam)")
     a = ap.parse_args()
     rnn = a.model in ("rnn", "bnrnn")
-    norms = a.norms or {"rnn": "shared,unshared", "bnrnn": "batch,none"}.get(
+    norms = a.norms or {"rnn": "shared,unshared", "bnrnn": "batch,none", "residual": "batch,group",
+                           "plain": "batch,group"}.get(
         a.model, "batch,group,instance,layer,none")
     lr = a.lr or (3e-3 if rnn else lr_for(a.batch))
     torch.set_num_threads(1)
     ds = dataset(RunContext(quick=False))
     steps = a.steps or epoch_steps(a.epochs, len(ds.x_train), a.batch)
-    print(f"{a.model}, batch {a.batch}, {steps} steps ({steps * a.batch / len(ds.x_train):g} "
+    print(f"{a.model}{f' depth {a.depth}' if a.model in ('residual', 'plain') else ''}, batch {a.batch}, {steps} steps ({steps * a.batch / len(ds.x_train):g} "
           f"epochs), lr {lr:g}, {a.seeds} seeds")
     print("| schedule | norm | test acc % (mean, min–max) | last 20% gained (points, mean) | s |")
     print("|---|---|---|---|---|")
@@ -71,6 +85,8 @@ def main() -> None:
                                     norm=norm) if a.model == "bnrnn" else
                     RNNClassifier(ds.sample_shape, ds.num_classes, hidden=64, chunk=4,
                                   shared=norm == "shared") if rnn else
+                    depth_model({"arch": a.model, "norm": norm, "depth": a.depth}, ds)
+                    if a.model in ("residual", "plain") else
                     ConvNet(ds.sample_shape, ds.num_classes, norm=norm,
                             num_groups=8 if norm == "group" else None))
             cfg = TrainConfig(steps=steps, batch_size=a.batch, lr=lr,

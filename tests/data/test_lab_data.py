@@ -34,12 +34,13 @@ def test_too_few_training_samples_exits_2(tmp_path, capsys):
 
 
 def test_n8_quick_needs_one_step_of_its_epoch_fraction(tmp_path):
-    # 45 samples → 36 to train on; N8's quick runs train 0.1 epoch at batch 4 on the 80% left
-    # after the validation split: 50 samples give 40 (one step), 36 give 0 optimizer steps.
-    # Refused before any run, with the samples it needs and the other ways out.
-    data = _small_npz(tmp_path / "tiny.npz", 36)
-    with pytest.raises(DataError, match=r"tiny.npz: 36 training samples.*N8 \(depth\) needs ≥ 50 "
-                                        r"with --quick.*without --quick.*leave N8 out"):
+    # N8's quick runs train 0.25 epoch at batch 32 on the 80% left after the validation
+    # split: 160 samples leave 128 (one step), 150 leave 120 (0 optimizer steps). Refused
+    # before any run, with the samples it needs and the other ways out (the full profile's
+    # 16 epochs need only one batch of 32 after the split: 40 samples).
+    data = _small_npz(tmp_path / "tiny.npz", 150)
+    with pytest.raises(DataError, match=r"tiny.npz: 150 training samples.*N8 \(depth\) needs "
+                                        r"≥ 160 with --quick.*without --quick.*leave N8 out"):
         run_lab(["N8"], quick=True, seeds=2, data=str(data), out=tmp_path / "out",
                 progress=False, report=False, echo=lambda *a: None)
     assert not (tmp_path / "out" / "results.jsonl").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sharenorm.lab import runner
+from sharenorm.lab import runner, train
 from sharenorm.lab.experiments import _protocol, rnn_sharing, sharing_training, tying_reg
 from sharenorm.lab.experiments._protocol import SELECT_SEED
 from sharenorm.lab.spec import RunContext
@@ -175,14 +175,16 @@ def test_n8_final_runs_use_fresh_seeds_and_a_rate_chosen_on_another_split(monkey
         return real(model, ds, cfg, seed, *a, **kw)
 
     monkeypatch.setattr(depth, "train_classifier", spy)
+    monkeypatch.setattr(train, "train_classifier", spy)  # the tries' (classifier_trial)
     cfg = {"arch": "residual", "norm": "group", "depth": 3, "lr_grid": [0.006, 0.02],
            "batch_size": 32, "epochs": 0.5}
     m, _ = runner.execute("depth", cfg, 0, False, None)
     assert m["lr_chosen"] in cfg["lr_grid"] and set(m["val_acc_by_lr"]) == {"0.006", "0.02"}
-    final = trained[-1]
+    tries, final = trained[:-1], trained[-1]
     assert final == (3200, 50, m["lr_chosen"], 0)  # the seed itself, its own 80% split
-    assert m["steps_done"] == 50 and depth.planned_steps(cfg, 4000) == 50 + 2 * 25
-    # the tries: another split (seed + 1000) of the training data, half the steps
+    # the tries: another split (seed + 1000) of the training data, a quarter of the steps
+    assert [(s, lr, seed) for _, s, lr, seed in tries] == [(12, 0.006, 1000), (12, 0.02, 1000)]
+    assert m["steps_done"] == 50 and depth.planned_steps(cfg, 4000) == 50 + 2 * 12
     assert any(v.name.endswith("-val") and n == 4000 for n, _, _, v in seen)
     assert all(c.get("lr_grid") for c in depth.configs(False) + depth.configs(True))
 

@@ -482,8 +482,9 @@ def test_n8_min_train_is_exactly_one_step_after_the_validation_split():
     for cfg in depth.configs(True)[:1] + depth.configs(False)[:1]:
         n = depth.min_train(cfg)
 
-        def steps(k, cfg=cfg):
-            return epoch_steps(cfg["epochs"], k - max(1, round(VAL_FRACTION * k)),
-                               cfg["batch_size"])
+        def trains(k, cfg=cfg):  # one full batch and at least one step after the split
+            left = k - max(1, round(VAL_FRACTION * k))
+            return left >= cfg["batch_size"] and epoch_steps(cfg["epochs"], left,
+                                                             cfg["batch_size"]) >= 1
 
-        assert steps(n) >= 1 and steps(n - 1) < 1
+        assert trains(n) and not trains(n - 1)

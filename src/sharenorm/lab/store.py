@@ -35,7 +35,8 @@ __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 # 10: N9 trains its per-process norms in one pass over the W chunks (PerRankBatchNorm) and
 # its seeds as one stacked model, for N6's 16 epochs at the global batch (8000 steps).
 # 11: N10's tanh RNNs (with and without BN per time step) stacked, for 24,000 steps.
-LAB_VERSION = "11"
+# 12: N8 at batch 32 for 16 epochs (1,600 steps), rates 0.01-0.3, tries of a quarter of the steps.
+LAB_VERSION = "12"
 
 
 class LabError(RuntimeError):

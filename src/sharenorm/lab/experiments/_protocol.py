@@ -90,17 +90,17 @@ def select_lr(train: Callable[[Dataset, float, int], dict], ds: Dataset, grid: l
 
 
 def classifier_trial(build: Callable[[Dataset], torch.nn.Module], steps: int,
+                     fraction: float = SELECT_FRACTION,
                      **train_kw) -> Callable[[Dataset, float, int], dict]:
     """The ``train`` of :func:`select_lr` for a classifier: ``build(ds)`` (after seeding)
-    trained by ``train_classifier`` for ``steps`` optimizer steps (:data:`SELECT_FRACTION`
-    of the final run's, at least 1) with the other :class:`TrainConfig` fields of
-    ``train_kw``."""
+    trained by ``train_classifier`` for ``fraction`` of the final run's ``steps`` optimizer
+    steps (at least 1) with the other :class:`TrainConfig` fields of ``train_kw``."""
     from sharenorm.lab.train import TrainConfig, train_classifier
 
     def trial(d: Dataset, lr: float, seed: int) -> dict:
         torch.manual_seed(seed)
         return train_classifier(build(d), d, TrainConfig(
-            steps=max(1, int(steps * SELECT_FRACTION)), lr=lr, **train_kw), seed)[0]
+            steps=max(1, int(steps * fraction)), lr=lr, **train_kw), seed)[0]
 
     return trial
 
