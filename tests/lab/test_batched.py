@@ -468,3 +468,26 @@ def test_lab_results_do_not_depend_on_jobs_or_resuming_and_sessions_count_steps(
     assert again == runs and sessions[-1]["runs_done"] == 1
     runner.run_lab(["N3"], jobs=2, out=tmp_path / "b", **kw)
     assert _records(tmp_path / "b")[0] == runs  # bit-identical whatever --jobs
+
+
+def test_together_runs_once_per_key_and_each_member_resumes_with_its_own_rng():
+    from sharenorm.lab.jobs import run_together, together
+
+    calls = []
+
+    def many(items):
+        calls.append(list(items))
+        return [10 * x for x in items]
+
+    def member(i):
+        torch.manual_seed(100 + i)
+        torch.rand(3)
+        out = together("even" if i % 2 == 0 else "odd", many, i)
+        return out, torch.rand(2)  # the RNG as this member left it, not as another did
+
+    got = run_together([lambda i=i: member(i) for i in range(3)])
+    assert calls == [[0, 2], [1]]  # one call per key, in member order
+    for i, (out, after) in enumerate(got):
+        calls.clear()
+        alone = member(i)  # outside a group: many([item])[0]
+        assert calls == [[i]] and out == alone[0] == 10 * i and torch.equal(after, alone[1])

@@ -102,6 +102,40 @@ def test_the_seeds_trained_as_one_stacked_model_end_where_each_alone_ends():
             assert torch.allclose(v.double(), state[k].double(), rtol=1e-4, atol=1e-5), k
 
 
+def test_the_seeds_syncbn_demonstrations_share_one_launch_and_equal_a_launch_each(monkeypatch):
+    # a job's seeds meet at the demonstration: one launch of W processes trains every seed's
+    # SyncBN in turn, and each seed's state is the one its own launch gives
+    import torch
+
+    from sharenorm import distributed as snd
+    from sharenorm.lab.jobs import run_together
+
+    g = torch.Generator().manual_seed(2)
+    data = (torch.randn(32, 1, 16, generator=g), torch.randint(0, 4, (32,), generator=g),
+            None, None, 4)
+    cfg = {"world": 2, "per_process_batch": 2, "schedule": "cosine"}
+    launches = []
+    real = snd.launch
+
+    def counted(*a, **kw):
+        launches.append(a[4])  # the seeds it trains
+        return real(*a, **kw)
+
+    monkeypatch.setattr(snd, "launch", counted)
+    items = [(cfg, s, data, 3) for s in (0, 1)]
+    states = run_together([lambda it=it: distributed_bn.together(
+        "syncbn_demo", distributed_bn._syncbn_demos, it) for it in items])
+    assert launches == [[0, 1]]
+    for it, state in zip(items, states, strict=True):
+        (alone,) = distributed_bn._syncbn_demos([it])  # a launch of its own
+        assert state.keys() == alone.keys()
+        assert all(torch.equal(state[k], alone[k]) for k in alone)
+    assert launches[1:] == [[0], [1]]
+    assert not all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    with pytest.raises(ValueError, match="share config, data and steps"):
+        distributed_bn._syncbn_demos([items[0], (cfg, 1, data, 4)])
+
+
 def test_the_rank_loop_refuses_per_process_norms_in_one_process():
     cfg = {"world": 2, "per_process_batch": 2}
     with pytest.raises(ValueError, match="train_one_process"):

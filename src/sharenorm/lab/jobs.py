@@ -6,6 +6,10 @@ in turn, until it calls ``train_classifier``; the pending trainings then train a
 and the global RNG where a solo run leaves it. One call runs at a time (a baton is passed),
 so results do not depend on thread scheduling. The protocol step by step:
 docs/design/lab-batching.md.
+
+:func:`together` is the same meeting point for any other work that costs less done once for
+all members than once each (N9's SyncBN demonstration: one launch of W processes for all
+seeds instead of one per seed).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["run_together", "current_group"]
+__all__ = ["run_together", "current_group", "together"]
 
 _LOCAL = threading.local()
 
@@ -33,27 +37,61 @@ class _Member:
         self.group, self.index = group, index
         self.go = threading.Semaphore(0)
 
-    def train(self, train_many, model, ds, cfg, seed):
-        """Hand the training to the group, wait for its result (called by train_classifier,
-        which passes ``train_many``, the function that trains several such calls as one)."""
+    def meet(self, key: str, many: Callable[[list], list], item: Any,
+             resume: Callable[[], None]) -> Any:
+        """Hand ``item`` to the group and wait: the members waiting at the same ``key`` get
+        ``many(items)`` in member order; ``resume()`` then restores the global RNG as the
+        solo call would leave it."""
         g = self.group
-        g.train_many = train_many
-        g.pending[self.index] = (model, ds, cfg, seed)
+        g.pending[self.index] = (key, many, item, resume)
         g.baton.release()
         self.go.acquire()
         if g.aborted:
             raise _Aborted()
-        return g.trained.pop(self.index)
+        return g.done.pop(self.index)
+
+    def train(self, train_many, model, ds, cfg, seed):
+        """Hand the training to the group, wait for its result (called by train_classifier,
+        which passes ``train_many``, the function that trains several such calls as one).
+        A solo training leaves the global RNG seeded with ``seed`` (``seed_everything``)."""
+        import torch
+
+        return self.meet("train_classifier", lambda reqs: _train(train_many, reqs),
+                         (model, ds, cfg, seed), lambda: torch.manual_seed(seed))
 
 
 class _Group:
     def __init__(self, n: int) -> None:
         self.baton = threading.Semaphore(0)
+        # member index → (key, many, item, resume), then → its result
         self.pending: dict[int, tuple] = {}
-        self.trained: dict[int, tuple] = {}
-        self.train_many: Callable | None = None
+        self.done: dict[int, Any] = {}
         self.aborted = False
         self.members = [_Member(self, i) for i in range(n)]
+
+
+def together(key: str, many: Callable[[list], list], item: Any) -> Any:
+    """``many([item])[0]``; inside :func:`run_together`, ``many`` runs once for the items of all
+    members that reach this call with the same ``key``, and each gets its own result.
+
+    ``many`` must give each item the result it gives that item alone, and must not use the
+    calling process's global RNG (each member resumes with the RNG state it had here).
+
+    Example:
+        >>> def squares(xs):
+        ...     print("one call for", xs)
+        ...     return [x * x for x in xs]
+        >>> run_together([lambda i=i: together("sq", squares, i) for i in range(3)])
+        one call for [0, 1, 2]
+        [0, 1, 4]
+    """
+    import torch
+
+    member = current_group()
+    if member is None:
+        return many([item])[0]
+    state = torch.get_rng_state()
+    return member.meet(key, many, item, lambda: torch.set_rng_state(state))
 
 
 def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
@@ -75,7 +113,6 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
         >>> run_together([lambda s=s: run(s) for s in range(3)])
         [(5, 3), (5, 3), (5, 3)]
     """
-    import torch
 
     n = len(calls)
     group = _Group(n)
@@ -104,13 +141,12 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
     for t in threads:
         t.start()
     alive = list(range(n))
-    resume_seed: dict[int, int] = {}
+    resume: dict[int, Callable[[], None]] = {}
     try:
         while alive:
             for i in list(alive):
-                if i in resume_seed:
-                    # where a solo train_classifier leaves the global RNG (seed_everything)
-                    torch.manual_seed(resume_seed.pop(i))
+                if i in resume:
+                    resume.pop(i)()  # the global RNG where the solo call leaves it
                 group.members[i].go.release()
                 group.baton.acquire()
                 if errors[i] is not None:
@@ -118,12 +154,19 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
                 if done[i]:
                     alive.remove(i)
             if group.pending:
-                order = sorted(group.pending)
-                reqs = [group.pending[i] for i in order]
+                # one call per key, in member order (members of one job reach the same
+                # calls; a member that took another branch waits at its own key)
+                by_key: dict[str, list[int]] = {}
+                for i in sorted(group.pending):
+                    by_key.setdefault(group.pending[i][0], []).append(i)
+                pending = dict(group.pending)
                 group.pending.clear()
-                for i, res in zip(order, _train(group.train_many, reqs), strict=True):
-                    group.trained[i] = res
-                    resume_seed[i] = reqs[order.index(i)][3]
+                for idx in by_key.values():
+                    many = pending[idx[0]][1]
+                    outs = many([pending[i][2] for i in idx])
+                    for i, out in zip(idx, outs, strict=True):
+                        group.done[i] = out
+                        resume[i] = pending[i][3]
     finally:
         if any(not d for d in done):
             group.aborted = True

@@ -32,6 +32,7 @@ from sharenorm.lab.experiments._protocol import (
     unconverged_text,
 )
 from sharenorm.lab.experiments.batch_size import lr_for
+from sharenorm.lab.jobs import together
 from sharenorm.lab.per_rank import per_rank_norms
 from sharenorm.lab.spec import (
     INCONCLUSIVE,
@@ -180,18 +181,36 @@ def _train_rank(variant: str, cfg: dict, seed: int, data: tuple, steps: int,
     return model
 
 
-def _ddp_rank(rank: int, world: int, variant: str, cfg: dict, seed: int, data: tuple,
-              steps: int):
+def _ddp_rank(rank: int, world: int, variant: str, cfg: dict, seed: int | list[int],
+              data: tuple, steps: int):
     """:func:`_train_rank` as rank ``rank`` of a :func:`sharenorm.distributed.launch` group
-    (``world`` = ``cfg["world"]``); rank 0 returns its trained parameters and buffers."""
+    (``world`` = ``cfg["world"]``); rank 0 returns its trained parameters and buffers. A list
+    of seeds trains one model per seed in turn, in the same group, and rank 0 returns their
+    states in that order."""
+    if isinstance(seed, list):
+        return [_ddp_rank(rank, world, variant, cfg, s, data, steps) for s in seed]
     model = _train_rank(variant, cfg, seed, data, steps, rank=rank)
     return {k: v.clone() for k, v in model.state_dict().items()} if rank == 0 else None
 
 
+def _syncbn_demos(items: list[tuple]) -> list[dict]:
+    """SyncBN trained on ``cfg["world"]`` real gloo processes for each ``(cfg, seed, data,
+    steps)`` of ``items`` (one config): one launch for all seeds, not one each, since starting
+    W processes costs more than their 25 steps. Rank 0's state per seed, as a launch per
+    seed gives it (every seed starts from its own ``seed_everything``)."""
+    from sharenorm import distributed as snd
+
+    cfg, _, data, steps = items[0]
+    if any(c != cfg or st != steps or len(d) != len(data)
+           or not all(a is b or torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+                      for a, b in zip(d, data, strict=True)) for c, _, d, st in items):
+        raise ValueError("_syncbn_demos: the items of one call share config, data and steps")
+    return snd.launch(_ddp_rank, cfg["world"], "syncbn", cfg, [it[1] for it in items], data,
+                      steps, timeout=3600)[0]
+
+
 def run(cfg, seed, ctx):
     import time
-
-    from sharenorm import distributed as snd
 
     ds = dataset(ctx)
     data = (ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes)
@@ -206,8 +225,8 @@ def run(cfg, seed, ctx):
     # one process with the whole batch, over the same steps, seed and batches
     demo = cfg["sync_steps"]
     ref = _train_rank("bn_large", cfg, seed, data, demo, rank=None)
-    state = snd.launch(_ddp_rank, cfg["world"], "syncbn", cfg, seed, data, demo,
-                       timeout=3600)[0]
+    # the seeds of a job meet here: one launch of W processes for all of them
+    state = together("syncbn_demo", _syncbn_demos, (cfg, seed, data, demo))
     sync = _model("syncbn", tuple(ds.x_train.shape[1:]), ds.num_classes, demo)
     sync.load_state_dict(state)
     metrics["syncbn"] = round(evaluate(sync, ds.x_test, ds.y_test)[0], 6)
