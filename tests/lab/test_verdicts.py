@@ -419,6 +419,22 @@ def test_demonstrations_are_labelled_and_criteria_come_from_the_constants():
     assert "N6" in interval_claims() and "N5" not in interval_claims()
 
 
+def test_no_prose_shows_an_unformatted_placeholder():
+    # a string that lost its f prefix prints "{DEPTH_MARGIN:g}" to the reader (N8's Hindi
+    # criterion did): every claim, title and protocol, in both languages
+    import re
+
+    from sharenorm.lab.experiments import all_claims, all_experiments
+
+    texts = {f"{c} criterion": cl.criterion for c, cl in all_claims().items()}
+    for e in all_experiments().values():
+        texts |= {f"{e.id} title": e.title, f"{e.id} protocol": e.protocol}
+    placeholder = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.\[\]'\"]*(![rsa])?(:[^{}]*)?\}")
+    for where, text in texts.items():
+        for lang in ("en", "hi"):
+            assert not placeholder.search(text(lang)), (where, lang, placeholder.search(text(lang)))
+
+
 def test_lr_is_chosen_on_a_validation_split_with_other_seeds():
     import torch
 

@@ -62,9 +62,10 @@ FULL_LRS, QUICK_LRS = [0.01, 0.03, 0.1, 0.3], [0.05]
 # here depth is the one variable.
 BATCH, WIDTH, GROUPS = 32, 16, 4
 EPOCHS, QUICK_EPOCHS = 16, 0.25
-# the learning-rate tries take a quarter of the final run's steps (4 epochs), not the lab's
-# usual half: at batch 32 a stacked step costs arithmetic, and the tries were 2/3 of N8's time
-TRY_FRACTION = 0.25
+# the learning-rate tries take a fifth of the final run's steps (3.2 epochs), not the lab's
+# usual half: at batch 32 a stacked step costs arithmetic, not per-op overhead, and tries of
+# half the steps were two thirds of N8's time
+TRY_FRACTION = 0.2
 STABLE_ACC = 0.5   # a rate is stable when every seed's selection try reaches this val. accuracy
 DEPTH_MARGIN = 2.0  # (a) GN beats BN at the largest depth by at least this many points
 
@@ -75,7 +76,7 @@ N8 = Claim(
     "GN is more stable for deep neural networks.",
     Text(f"Depth sweep at batch {BATCH}, residual networks (the GN paper's setting; plain ones "
          "shown beside), each norm, depth and seed at the learning rate of a ×3 grid with the "
-         "best validation accuracy (tries of a quarter of the steps on a validation split of the "
+         f"best validation accuracy (tries of {TRY_FRACTION:g}× the steps on a validation split of the "
          "training data, other seeds), then a final run with the seed. Supported if (a) at the largest depth GN's "
          f"test accuracy beats BN's by ≥ {DEPTH_MARGIN:g} points and (b) GN loses less accuracy "
          "than BN from the smallest to the largest depth (per seed; BN's loss − GN's loss > 0), "
@@ -83,16 +84,17 @@ N8 = Claim(
          "margin; mixed if one holds; not supported if neither; inconclusive when an interval "
          f"straddles its margin, or when a contender it rests on has not converged ({_UNCONVERGED[0]}; "
          f"{CHECKPOINTS} checkpoints per run). The stable learning-rate range per depth (every seed's try reaches "
-         f"≥ {STABLE_ACC:.0%} validation accuracy in a quarter of the steps) is shown beside.",
+         f"≥ {STABLE_ACC:.0%} validation accuracy in {TRY_FRACTION:g}× the steps) is shown beside.",
          f"Batch {BATCH} पर depth sweep, residual networks (GN paper की setting; plain साथ में), हर "
          "norm, depth और seed अपनी सबसे अच्छी learning rate (×3 grid) पर, training data के validation "
-         "split पर चौथाई steps की tries से (दूसरे seeds) चुनी गई, फिर seed के साथ final run। Supported अगर (a) सबसे बड़ी depth पर GN की test accuracy BN से ≥ {DEPTH_MARGIN:g} "
+         f"split पर {TRY_FRACTION:g}× steps की tries से (दूसरे seeds) चुनी गई, फिर seed के साथ final "
+         f"run। Supported अगर (a) सबसे बड़ी depth पर GN की test accuracy BN से ≥ {DEPTH_MARGIN:g} "
          "points ज़्यादा हो और (b) सबसे छोटी से सबसे बड़ी depth तक GN की accuracy BN से कम गिरे (हर "
          "seed पर; BN की गिरावट − GN की गिरावट > 0), दोनों difference के 95% Welch interval के पूरा "
          "margin के पार होने से तय; एक शर्त हो तो mixed; कोई नहीं तो not supported; कोई interval "
          "margin के दोनों ओर हो, या जिस contender पर यह टिका है वह converge न हुआ हो "
          f"({_UNCONVERGED[1]}; हर run के {CHECKPOINTS} checkpoints), तो inconclusive। "
-         "हर depth पर stable learning-rate range (हर seed की try चौथाई steps में "
+         f"हर depth पर stable learning-rate range (हर seed की try {TRY_FRACTION:g}× steps में "
          f"≥ {STABLE_ACC:.0%} validation accuracy) साथ में दिखाई गई है।"))
 
 
@@ -114,7 +116,7 @@ def _model(cfg, ds):
 
 
 def run(cfg, seed, ctx):
-    """Choose the rate (tries of a quarter of the steps with seed + SELECT_SEED on their own
+    """Choose the rate (tries of a fifth of the steps with seed + SELECT_SEED on their own
     validation split), then train with ``seed`` on the training set minus a validation split;
     report the validation accuracy (checkpoints: the plateau check) and the test accuracy
     (which the criterion compares)."""
@@ -143,7 +145,7 @@ def run(cfg, seed, ctx):
 
 def planned_steps(cfg: dict, n_train: int) -> int:
     """Optimizer steps of a run: its epochs of the training set minus the validation split,
-    and the learning-rate tries (a quarter as many steps each)."""
+    and the learning-rate tries (a fifth as many steps each)."""
     steps = epoch_steps(cfg["epochs"], n_train - max(1, round(VAL_FRACTION * n_train)),
                         cfg["batch_size"])
     return steps + len(cfg.get("lr_grid", ())) * max(1, int(steps * TRY_FRACTION))
@@ -202,7 +204,7 @@ def analyze(runs, figdir, lang):
                                    for d in depths])
     tables = [Table([f"test acc % at the chosen lr (per seed); {GAIN_HEADER}: arch",
                      "norm"] + [f"depth {d}" for d in depths], rows),
-              Table(["stable lr range (tries of a quarter of the steps): arch", "norm"]
+              Table([f"stable lr range (tries of {TRY_FRACTION:g}× the steps): arch", "norm"]
                     + [f"depth {d}" for d in depths], srows)]
     fig, axes = figure(1, len(archs), (5.5 * len(archs), 4))
     axes = [axes] if len(archs) == 1 else list(axes)
@@ -256,14 +258,15 @@ def analyze(runs, figdir, lang):
                             "trains ResNets); the comparisons of the other architecture are "
                             "listed after the deciding two and do not enter the verdict. Each "
                             "seed's learning rate is chosen from "
-                            f"{', '.join(f'{x:g}' for x in lrs)} by tries of a quarter of the steps "
+                            f"{', '.join(f'{x:g}' for x in lrs)} by tries of {TRY_FRACTION:g}× the steps "
                             f"with seed + {SELECT_SEED} on their own validation split; the final "
                             "run uses the seed itself.",
                             f"Verdict {decide_on} networks से है (GN paper ResNets train करता है); "
                             "दूसरी architecture के comparisons पहले दो के बाद दिखाए गए हैं और verdict "
                             "में नहीं गिने जाते। हर seed की learning rate "
                             f"{', '.join(f'{x:g}' for x in lrs)} में से seed + {SELECT_SEED} वाली, "
-                            "अपने validation split पर चौथाई steps की tries से चुनी गई; final run "
+                            f"अपने validation split पर {TRY_FRACTION:g}× steps की tries से चुनी गई; "
+                            "final run "
                             "seed से ही।"))]
 
 
@@ -283,8 +286,8 @@ EXPERIMENT = Experiment(
         "training set (the other 20%: validation accuracy at "
         f"{CHECKPOINTS} checkpoints, the plateau check), test accuracy in eval mode; the "
         "learning rate per seed from " + ", ".join(f"{x:g}" for x in FULL_LRS)
-        + f" (quick: {QUICK_LRS[0]:g}) by the validation accuracy of tries of a quarter of the "
-        f"steps on another split with seed + {SELECT_SEED}.",
+        + f" (quick: {QUICK_LRS[0]:g}) by the validation accuracy of tries of {TRY_FRACTION:g}× "
+        f"the steps on another split with seed + {SELECT_SEED}.",
         f"mnist1d (या --data), width {WIDTH}; residual nets (ConvNet की 3 downsampling conv layers, फिर "
         "दो convs के residual blocks, दूसरे norm का γ 0 से) और plain ConvNets, "
         + ", ".join(map(str, FULL_DEPTHS)) + f" conv layers; BN या GN (G={GROUPS}); batch {BATCH} (छोटे "
@@ -292,6 +295,6 @@ EXPERIMENT = Experiment(
         f"SGD momentum 0.9 ({SCHEDULE} schedule से 0 तक घटती rate), training set के 80% पर {EPOCHS} epochs (बाकी 20%: {CHECKPOINTS} "
         "checkpoints पर validation accuracy, plateau check), test accuracy eval mode में; हर seed की "
         "learning rate " + ", ".join(f"{x:g}" for x in FULL_LRS) + " में से, दूसरे split पर "
-        f"seed + {SELECT_SEED} वाली चौथाई steps की tries की validation accuracy से।"),
+        f"seed + {SELECT_SEED} वाली {TRY_FRACTION:g}× steps की tries की validation accuracy से।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
     min_train=min_train)
