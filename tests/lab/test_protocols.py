@@ -161,6 +161,10 @@ def test_n8_is_inconclusive_when_a_deciding_run_had_not_converged(tmp_path):
     late = depth.analyze(runs(("batch", 17)), tmp_path, "en")[0]
     assert late.verdict == INCONCLUSIVE and ", last 20% +5.0" in late.tables[0].rows[0][3]
     assert "✓" not in late.tables[0].rows[0][3]
+    # the comparisons say so too, not "holds"/"fails" from an interval of unconverged runs
+    assert [c.holds for c in ok.comparisons] == [True, True]
+    assert all(c.holds is None and str(c).endswith("inconclusive (a contender not converged)")
+               for c in late.comparisons)
 
 
 def test_n8_final_runs_use_fresh_seeds_and_a_rate_chosen_on_another_split(monkeypatch):
@@ -182,9 +186,9 @@ def test_n8_final_runs_use_fresh_seeds_and_a_rate_chosen_on_another_split(monkey
     assert m["lr_chosen"] in cfg["lr_grid"] and set(m["val_acc_by_lr"]) == {"0.006", "0.02"}
     tries, final = trained[:-1], trained[-1]
     assert final == (3200, 50, m["lr_chosen"], 0)  # the seed itself, its own 80% split
-    # the tries: another split (seed + 1000) of the training data, TRY_FRACTION (a fifth) of the steps
-    assert [(s, lr, seed) for _, s, lr, seed in tries] == [(10, 0.006, 1000), (10, 0.02, 1000)]
-    assert m["steps_done"] == 50 and depth.planned_steps(cfg, 4000) == 50 + 2 * 10
+    # the tries: another split (seed + 1000) of the training data, TRY_FRACTION (a quarter) of the steps
+    assert [(s, lr, seed) for _, s, lr, seed in tries] == [(12, 0.006, 1000), (12, 0.02, 1000)]
+    assert m["steps_done"] == 50 and depth.planned_steps(cfg, 4000) == 50 + 2 * 12
     assert any(v.name.endswith("-val") and n == 4000 for n, _, _, v in seen)
     assert all(c.get("lr_grid") for c in depth.configs(False) + depth.configs(True))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["mean_ci", "fmt_ci", "overlap", "separated", "mean_or_inf", "Diff", "diff_ci",
            "Comparison", "compare", "tail_gain", "PLATEAU_TAIL",
@@ -186,7 +186,9 @@ class Comparison:
     four-outcome rule of the lab: a criterion is never decided by noise.
 
     The numbers are in report units: ``scale`` times the raw values (100 for accuracies in
-    points), ``margin`` in those units.
+    points), ``margin`` in those units. ``unconverged``: a contender it rests on had not
+    reached a plateau, so it is inconclusive whatever the interval says
+    (:meth:`resting_on_unconverged`).
     """
 
     label: str
@@ -197,6 +199,17 @@ class Comparison:
     digits: int = 1
     at_most: bool = False
     strict: bool = False
+    unconverged: bool = False
+
+    def resting_on_unconverged(self, yes: bool = True) -> Comparison:
+        """This comparison, marked inconclusive when ``yes`` (a contender had not converged).
+
+        Example:
+            >>> c = compare("x", [0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 5, scale=100)
+            >>> c.holds, c.resting_on_unconverged().holds, str(c.resting_on_unconverged())[-40:]
+            (True, None, 'inconclusive (a contender not converged)')
+        """
+        return replace(self, unconverged=yes)
 
     @property
     def estimate(self) -> float:
@@ -210,7 +223,7 @@ class Comparison:
     @property
     def holds(self) -> bool | None:
         lo, hi = self.interval
-        if math.isnan(self.estimate):
+        if math.isnan(self.estimate) or self.unconverged:
             return None
         m = self.margin
         if self.at_most:
@@ -227,7 +240,8 @@ class Comparison:
         iv = ("no interval (n < 2)" if not math.isfinite(lo) or not math.isfinite(hi)
               else f"95% CI [{lo:+.{k}f}, {hi:+.{k}f}]")
         rel = ("<" if self.strict else "≤") if self.at_most else (">" if self.strict else "≥")
-        out = {True: "holds", False: "fails", None: "inconclusive"}[self.holds]
+        out = ("inconclusive (a contender not converged)" if self.unconverged else
+               {True: "holds", False: "fails", None: "inconclusive"}[self.holds])
         return (f"{self.label} {self.estimate:+.{k}f}{self.unit}, {iv} vs margin {rel} "
                 f"{self.margin:g}: {out}")
 
