@@ -113,7 +113,6 @@ def run_together(calls: list[Callable[[], Any]]) -> list[Any]:
         >>> run_together([lambda s=s: run(s) for s in range(3)])
         [(5, 3), (5, 3), (5, 3)]
     """
-
     n = len(calls)
     group = _Group(n)
     results: list[Any] = [None] * n
