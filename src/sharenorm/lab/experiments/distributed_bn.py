@@ -201,9 +201,13 @@ def _syncbn_demos(items: list[tuple]) -> list[dict]:
     from sharenorm import distributed as snd
 
     cfg, _, data, steps = items[0]
-    if any(c != cfg or st != steps or len(d) != len(data)
-           or not all(a is b or torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
-                      for a, b in zip(d, data, strict=True)) for c, _, d, st in items):
+
+    def same(d: tuple) -> bool:  # each member's own tuple, of equal tensors
+        return len(d) == len(data) and all(
+            torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+            for a, b in zip(d, data, strict=True))
+
+    if any(c != cfg or st != steps or not same(d) for c, _, d, st in items):
         raise ValueError("_syncbn_demos: the items of one call share config, data and steps")
     return snd.launch(_ddp_rank, cfg["world"], "syncbn", cfg, [it[1] for it in items], data,
                       steps, timeout=3600)[0]
