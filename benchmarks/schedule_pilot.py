@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--norms", default=None,
                     help="default: batch,group,instance,layer,none (rnn: shared,unshared; "
-                         "bnrnn: batch,none)")
+                         "bnrnn: batch,none; residual, plain: batch,group)")
     ap.add_argument("--schedules", default="constant,cosine")
     ap.add_argument("--model", choices=("convnet", "rnn", "bnrnn", "residual", "plain"),
                     default="convnet")
@@ -63,15 +63,16 @@ def main() -> None:
                     help="default: lr_for(batch), SGD (rnn: 3e-3, Adam)")
     a = ap.parse_args()
     rnn = a.model in ("rnn", "bnrnn")
-    norms = a.norms or {"rnn": "shared,unshared", "bnrnn": "batch,none", "residual": "batch,group",
-                           "plain": "batch,group"}.get(
+    norms = a.norms or {"rnn": "shared,unshared", "bnrnn": "batch,none",
+                        "residual": "batch,group", "plain": "batch,group"}.get(
         a.model, "batch,group,instance,layer,none")
     lr = a.lr or (3e-3 if rnn else lr_for(a.batch))
     torch.set_num_threads(1)
     ds = dataset(RunContext(quick=False))
     steps = a.steps or epoch_steps(a.epochs, len(ds.x_train), a.batch)
-    print(f"{a.model}{f' depth {a.depth}' if a.model in ('residual', 'plain') else ''}, batch {a.batch}, {steps} steps ({steps * a.batch / len(ds.x_train):g} "
-          f"epochs), lr {lr:g}, {a.seeds} seeds")
+    depth = f" depth {a.depth}" if a.model in ("residual", "plain") else ""
+    print(f"{a.model}{depth}, batch {a.batch}, {steps} steps "
+          f"({steps * a.batch / len(ds.x_train):g} epochs), lr {lr:g}, {a.seeds} seeds")
     print("| schedule | norm | test acc % (mean, min–max) | last 20% gained (points, mean) | s |")
     print("|---|---|---|---|---|")
     for schedule in a.schedules.split(","):

@@ -116,7 +116,7 @@ def _model(cfg, ds):
 
 
 def run(cfg, seed, ctx):
-    """Choose the rate (tries of a fifth of the steps with seed + SELECT_SEED on their own
+    """Choose the rate (tries of TRY_FRACTION of the steps with seed + SELECT_SEED on their own
     validation split), then train with ``seed`` on the training set minus a validation split;
     report the validation accuracy (checkpoints: the plateau check) and the test accuracy
     (which the criterion compares)."""
@@ -145,7 +145,7 @@ def run(cfg, seed, ctx):
 
 def planned_steps(cfg: dict, n_train: int) -> int:
     """Optimizer steps of a run: its epochs of the training set minus the validation split,
-    and the learning-rate tries (a fifth as many steps each)."""
+    and the learning-rate tries (TRY_FRACTION as many steps each)."""
     steps = epoch_steps(cfg["epochs"], n_train - max(1, round(VAL_FRACTION * n_train)),
                         cfg["batch_size"])
     return steps + len(cfg.get("lr_grid", ())) * max(1, int(steps * TRY_FRACTION))
