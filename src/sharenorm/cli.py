@@ -124,7 +124,14 @@ def _list() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    command = shlex.join(["sharenorm", *(sys.argv[1:] if argv is None else argv)])
+    argv = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["sharenorm", *argv])
+    if argv[:1] == ["lab"]:
+        # before anything runs a torch op (the parser's help imports the experiments): the
+        # same numbers on every x86-64 machine, whatever its vector unit
+        from sharenorm.lab.executors import pin_vector_isa
+
+        pin_vector_isa()
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         import torch

@@ -121,6 +121,13 @@ def test_n6_rests_on_converged_runs_only(tmp_path):
     late = batch_size.analyze(_n6_runs(("group", 2)), tmp_path, "en")[0]
     assert late.verdict == INCONCLUSIVE and "not converged" in late.measured
     assert late.cells[("norm", "small", "group")][1] == INCONCLUSIVE
+    # each comparison is marked by the runs it rests on: GN at batch 2 is in "GN − BN" only
+    assert [c.unconverged for c in ok.comparisons] == [False, False]
+    assert [c.unconverged for c in late.comparisons] == [False, True]
+    assert str(late.comparisons[1]).endswith("inconclusive (a contender not converged)")
+    bn_big = batch_size.analyze(_n6_runs(("batch", 32)), tmp_path, "en")[0]
+    assert bn_big.verdict == INCONCLUSIVE
+    assert [c.unconverged for c in bn_big.comparisons] == [True, False]
     # a run the verdict does not rest on (GN at batch 32 is only in the cells) leaves it alone
     assert batch_size.analyze(_n6_runs(("group", 32)), tmp_path, "en")[0].verdict == SUPPORTED
 
@@ -234,3 +241,63 @@ def test_s4_is_inconclusive_when_an_rnn_had_not_converged(tmp_path):
     assert rnn_sharing.analyze(runs(False), tmp_path, "en")[0].verdict == SUPPORTED
     late = rnn_sharing.analyze(runs(True), tmp_path, "en")[0]
     assert late.verdict == INCONCLUSIVE and "not converged" in late.measured
+    assert [c.unconverged for c in late.comparisons] == [True]
+
+
+def test_n4_s3_n9_comparisons_are_marked_by_the_runs_they_rest_on(tmp_path):
+    """A comparison whose contenders had not reached a plateau reads "inconclusive (a
+    contender not converged)", whatever its interval says, and only that one: the others keep
+    their holds/fails."""
+    from sharenorm.lab.experiments import distributed_bn, norm_training, sharing_training
+    from sharenorm.lab.spec import INCONCLUSIVE
+
+    def n4(rising):
+        runs = []
+        for norm, acc in (("batch", 0.95), ("none", 0.80)):
+            cfg = {"norm": norm, "steps": 100, "batch_size": 32, "lr": 0.05, "eval_every": 10,
+                   "target": 0.6}
+            runs += [{"experiment": "norm_training", "config": cfg, "seed": s,
+                      "time": {"s_per_step": 1e-3, "s_to_target": None, "run_s": 1.0},
+                      "metrics": _metrics(acc + s / 100, 100, rising == norm)
+                      | {"steps_to_target": 50}} for s in range(3)]
+        return next(r for r in norm_training.analyze(runs, tmp_path, "en") if r.claim == "N4")
+
+    assert [c.unconverged for c in n4(None).comparisons] == [False, False]
+    late = n4("none")
+    assert late.verdict == INCONCLUSIVE and [c.holds for c in late.comparisons] == [None, None]
+
+    def s3(rising_key):
+        runs = []
+        for (model, shuf), acc in {("cnn", False): 0.9, ("locally_connected", False): 0.8,
+                                   ("mlp", False): 0.7, ("cnn", True): 0.6,
+                                   ("locally_connected", True): 0.6, ("mlp", True): 0.7}.items():
+            cfg = {"model": model, "shuffled": shuf, "steps": 100, "eval_every": 10,
+                   "target": 0.4, "batch_size": 32, "lr": 2e-3}
+            runs += [{"experiment": "sharing_training", "config": cfg, "seed": s, "time": {},
+                      "metrics": _metrics(acc + s / 100, 100, (model, shuf) == rising_key)
+                      | {"steps_to_target": 50, "n_train": 4000}} for s in range(3)]
+        return next(r for r in sharing_training.analyze(runs, tmp_path, "en") if r.claim == "S3")
+
+    assert [c.holds for c in s3(None).comparisons] == [True, True, True]
+    # the shuffled MLP is in the third comparison only; the locally connected net in the first
+    shuffled = s3(("mlp", True))
+    assert [c.holds for c in shuffled.comparisons] == [True, True, None]
+    assert shuffled.verdict == INCONCLUSIVE and "not converged" in shuffled.measured
+    assert [c.holds for c in s3(("locally_connected", False)).comparisons] == [None, True, True]
+
+    def n9(rising):
+        cfg = distributed_bn.configs(quick=False)[0]
+        acc = {"bn_large": 0.80, "bn": 0.70, "syncbn": 0.80, "bn_large_sync_steps": 0.80,
+               "renorm": 0.72, "gn": 0.79}
+        runs = [{"config": cfg, "seed": s, "metrics": {"steps": 100, "sync_max_param_diff": 0.0}
+                 | {k: v + s / 1000 for k, v in acc.items()}
+                 | {f"{v}_curve": _metrics(0.8, 100, v == rising)["curve"]
+                    for v in distributed_bn.TRAINED}} for s in range(3)]
+        return distributed_bn.analyze(runs, tmp_path, "en")[0]
+
+    assert [c.unconverged for c in n9(None).comparisons] == [False, False, False]
+    # SyncBN's check is a same-seed equality after a few steps, not a training: never marked
+    assert [c.unconverged for c in n9("gn").comparisons] == [False, False, True]
+    assert [c.unconverged for c in n9("bn").comparisons] == [False, True, False]
+    assert n9("renorm").verdict != INCONCLUSIVE  # BatchRenorm is shown, not compared
+    assert n9("bn").verdict == INCONCLUSIVE

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Failure", "LocalExecutor", "RayExecutor", "RemoteTraceback", "make_executor",
-           "check_executor", "EXECUTORS"]
+           "check_executor", "pin_vector_isa", "EXECUTORS", "VECTOR_ISA_ENV"]
 
 EXECUTORS = ("local", "ray")
 RAY_EXTRA = 'pip install "sharenorm[ray]" (or, in a checkout, pip install -e ".[ray]")'
@@ -80,6 +80,35 @@ def make_executor(kind: str, *, jobs: int = 1, address: str | None = None):
 # Inherited by the workers: torch.set_num_threads(1) alone leaves the OpenMP team that starts
 # with the process spinning beside the other workers (measurement: docs/design/lab-runs.md).
 _ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+# One vector instruction set for ATen's and oneDNN's kernels: their AVX-512 kernels round
+# differently from their AVX2 ones, so without this the same command gives other numbers on an
+# AVX-512 machine (measured: lab v12's full run on an AVX2 and an AVX-512 EPYC differed in every
+# trained metric, and N2's verdict flipped; pinned, the AVX-512 one gave the AVX2 one's bits).
+# The lab's models are too small for AVX-512 to gain anything (N2 + N6 on the AVX-512 machine:
+# 145.1 s native, 146.6 s pinned). MKL is left to its own dispatch: its reproducible mode
+# (MKL_CBWR) changes the bits on AMD as well, and its vendor-neutral branch is SSE2.
+VECTOR_ISA_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def pin_vector_isa() -> dict[str, str]:
+    """Set :data:`VECTOR_ISA_ENV` in this process's environment, where the user has not set
+    the variable, on x86-64 machines (the variables mean nothing elsewhere); returns what is
+    in force. Call it before the first torch operation: each library reads its variable once,
+    at its first kernel, and this process's workers inherit it.
+
+    Example:
+        >>> from sharenorm.lab.executors import pin_vector_isa
+        >>> sorted(pin_vector_isa())  # doctest: +SKIP
+        ['ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA']
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    for k, v in VECTOR_ISA_ENV.items():
+        os.environ.setdefault(k, v)
+    return {k: os.environ[k] for k in VECTOR_ISA_ENV}
 
 
 def _init_worker() -> None:
@@ -231,7 +260,9 @@ class RayExecutor:
         try:
             ray.init(address=self.address, include_dashboard=False, logging_level="WARNING",
                      runtime_env={"py_modules": [os.path.dirname(sharenorm.__file__)],
-                                  "env_vars": dict(_ONE_THREAD_ENV)})
+                                  "env_vars": dict(_ONE_THREAD_ENV, **{
+                                      k: os.environ[k] for k in VECTOR_ISA_ENV
+                                      if k in os.environ})})
         except ConnectionError as e:
             from sharenorm.lab.store import LabError
 

@@ -258,7 +258,7 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
                           str(s.get("runs_done", "?")), f"{s.get('wall_s', 0):.1f} s"])
         B.append(("table", ["#", "started (UTC)", "status", "command", "git commit", "sharenorm",
                             "torch", "python", "runs done", "wall"], srows))
-        differ = [k for k in ("sharenorm", "torch", "python", "git_commit")
+        differ = [k for k in ("sharenorm", "torch", "python", "git_commit", "cpu_capability")
                   if len({str(s.get("env", {}).get(k)) for s in store.sessions}) > 1]
         if differ:
             B.append(("p", _t("mixed_versions", lang, what=", ".join(differ))))
@@ -457,8 +457,9 @@ def summary_markdown(folder, lang: str = "en") -> str:
              f"Profile **{hdr.get('profile', '?')}**, {seeds} seed(s), {len(store.runs)} runs, "
              f"lab version {hdr.get('lab_version', '?')}, git commit "
              f"{', '.join(f'`{c}`' for c in commits)}, sharenorm {env.get('sharenorm', '?')}, torch "
-             f"{env.get('torch', '?')}; {env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores, "
-             f"{wall / 60:.1f} min wall over {len(store.sessions)} session(s)"
+             f"{env.get('torch', '?')}; {env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores"
+             + (f" ({env['cpu_capability']} kernels)" if env.get("cpu_capability") else "")
+             + f", {wall / 60:.1f} min wall over {len(store.sessions)} session(s)"
              + (f", load {'; '.join(f'{a:.1f} → {b:.1f}' for a, b in loads)}" if loads else "")
              + f"; finished {last.get('finished', '?')}.", ""]
     if hdr.get("profile") == "quick":

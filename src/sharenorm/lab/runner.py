@@ -151,7 +151,11 @@ def environment() -> dict:
     env = {
         "python": sys.version.split()[0], "platform": platform.platform(),
         "torch": torch.__version__, "numpy": numpy.__version__, "cpu": cpu,
-        "cpu_count": os.cpu_count(), "gpu": torch.cuda.get_device_name(0)
+        "cpu_count": os.cpu_count(),
+        # the vector kernels in use: the numbers are bit-identical between machines only with
+        # the same ones (the lab command pins AVX2: executors.pin_vector_isa)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpu": torch.cuda.get_device_name(0)
         if torch.cuda.is_available() else "none (CPU only)", "threads_per_run": 1,
     }
     from importlib import metadata

@@ -212,14 +212,19 @@ def analyze(runs, figdir, lang):
                        margin, scale=100, unit=" points", at_most=at_most)
 
     gn_s, bn_s = accuracies(g.get(("group", small), [])), accuracies(g.get(("batch", small), []))
-    c_a = drop_cmp("batch", DROP_MARGIN)
+    def unconverged(*keys):  # a comparison resting on these runs is inconclusive
+        return converged(*(g.get(k, []) for k in keys)) is False
+
+    c_a = drop_cmp("batch", DROP_MARGIN).resting_on_unconverged(
+        unconverged(("batch", big), ("batch", small)))
     c_b = compare(f"GN − BN at batch {small}", gn_s, bn_s, LEAD_MARGIN, scale=100,
-                  unit=" points")
+                  unit=" points").resting_on_unconverged(
+        unconverged(("group", small), ("batch", small)))
     a, b = c_a.holds, c_b.holds
     v = decide(all3(a, b), any3(a, b))
     # the runs the verdict rests on: BN at both sizes, GN at the small one
-    conv = converged(*(g.get(k, []) for k in (("batch", big), ("batch", small), ("group", small))))
-    if conv is False:
+    conv = not (c_a.unconverged or c_b.unconverged)
+    if not conv:
         v = INCONCLUSIVE
     pub = []
     for n, label in (("batch", "BN"), ("group", "GN")):
@@ -253,7 +258,7 @@ def analyze(runs, figdir, lang):
                 ", ".join(f"{n} {-drop(n):+.1f}" for n in norms) +
                 f" points; GN−BN at batch {small}: "
                 f"{100 * (mean_ci(gn_s)[0] - mean_ci(bn_s)[0]):+.1f} points")
-    if conv is False:
+    if not conv:
         measured += ("; a contender had not converged (plateau), so the comparison is "
                      "inconclusive")
     if a is True:

@@ -258,6 +258,7 @@ def analyze(runs, figdir, lang):
                         [m["gap"] for m in none], GAP_MARGIN, scale=100, unit=" points",
                         at_most=True)
         conv = converged(bn, none)
+        c_acc, c_gap = (c.resting_on_unconverged(conv is False) for c in (c_acc, c_gap))
         v4 = decide(all3(c_acc.holds, c_gap.holds), any3(c_acc.holds, c_gap.holds))
         if conv is False:
             v4 = INCONCLUSIVE

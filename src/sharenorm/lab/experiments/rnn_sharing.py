@@ -138,8 +138,9 @@ def analyze(runs, figdir, lang):
     a_sh, a_un = accuracies(sh), accuracies(un)  # a diverged run counts as 0, never dropped
     c_acc = compare("shared − separate test accuracy", a_sh, a_un, -NONINF_MARGIN, scale=100,
                     unit=" points")
-    v = decide(all3(ratio >= PARAM_RATIO, c_acc.holds), ratio >= PARAM_RATIO)
     conv = converged(sh, un)
+    c_acc = c_acc.resting_on_unconverged(conv is False)
+    v = decide(all3(ratio >= PARAM_RATIO, c_acc.holds), ratio >= PARAM_RATIO)
     if conv is False:
         v = INCONCLUSIVE
     pub = [["MNIST-1D paper", "GRU test accuracy (ours: plain tanh RNN)",
