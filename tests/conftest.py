@@ -5,6 +5,7 @@ the suite was started."""
 import os
 import signal
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -17,3 +18,19 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 # process, or to a lab they start) need the usual handler.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(autouse=True)
+def _vector_kernels_env_restored():
+    """`sharenorm lab` run in-process (tests/test_cli.py) pins the vector kernels in os.environ
+    for the workers it spawns. Kept, later tests' workers would run AVX2 kernels beside this
+    process's own, and "parallel == serial" would fail on an AVX-512 machine."""
+    from sharenorm.lab.executors import VECTOR_ISA_ENV
+
+    saved = {k: os.environ.get(k) for k in VECTOR_ISA_ENV}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -168,3 +168,106 @@ def test_a_crash_records_the_session_as_failed_and_keeps_finished_runs(tmp_path,
     assert len(sessions) == 1 and sessions[0]["runs_done"] == 2
     assert sessions[0]["status"] == "failed (ZeroDivisionError: division by zero)"
     assert sessions[0]["command"] == "sharenorm lab N5" and "env" in sessions[0]
+
+
+# ----------------------------------------------------------------------------- vector kernels
+
+def _x86_with(flag: str) -> bool:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(ln for ln in f if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return platform.machine().lower() in ("x86_64", "amd64") and flag in flags
+
+
+# a lab-sized training: 20 SGD steps of the ConvNet with BN; prints its loss and weights
+_PROBE = """
+import torch
+from sharenorm.models import ConvNet
+torch.manual_seed(0)
+x, y = torch.randn(32, 1, 40), torch.randint(0, 10, (32,))
+m = ConvNet((1, 40), 10, norm="batch")
+opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+for _ in range(20):
+    opt.zero_grad()
+    loss = torch.nn.functional.cross_entropy(m(x), y)
+    loss.backward()
+    opt.step()
+print(torch.backends.cpu.get_cpu_capability(), repr(loss.item()),
+      repr(float(sum(p.detach().double().sum() for p in m.parameters()))))
+"""
+
+
+def _probe(**env) -> list[str]:
+    import os
+    import subprocess
+    import sys
+
+    from sharenorm.lab.executors import VECTOR_ISA_ENV
+
+    base = {k: v for k, v in os.environ.items() if k not in VECTOR_ISA_ENV}
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=base | env, capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    return out.split()
+
+
+@pytest.mark.skipif(not _x86_with("avx512f"), reason="needs an x86 CPU with AVX-512")
+def test_avx512_kernels_round_differently_which_is_why_the_lab_pins_avx2():
+    # the same training, the same seed: AVX-512 kernels give other bits than AVX2 ones (on
+    # an AVX2-only machine the lab's pin changes nothing, and this test cannot run)
+    native = _probe()
+    pinned = _probe(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    assert native[0] == "AVX512" and pinned[0] == "AVX2"
+    assert native[1:] != pinned[1:]
+    assert _probe(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2") == pinned
+
+
+@pytest.mark.skipif(not _x86_with("avx2"), reason="needs an x86 CPU with AVX2")
+def test_the_lab_command_runs_on_avx2_kernels_and_its_workers_inherit_them(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from sharenorm.lab.executors import VECTOR_ISA_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in VECTOR_ISA_ENV}
+    code = ("import os, sys\nfrom sharenorm.cli import main\nrc = main(sys.argv[1:])\n"
+            "from concurrent.futures import ProcessPoolExecutor\n"
+            "import multiprocessing as mp\n"
+            "with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn')) as ex:\n"
+            "    print(ex.submit(os.getenv, 'ATEN_CPU_CAPABILITY').result(),\n"
+            "          ex.submit(os.getenv, 'ONEDNN_MAX_CPU_ISA').result())\n"
+            "sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, "lab", "N5", "--quick", "--seeds", "1",
+                          "--jobs", "1", "--no-progress", "--out", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["avx2", "AVX2"]  # what a spawned worker sees
+    session = [r for r in _lines(tmp_path) if r["kind"] == "session"][-1]
+    assert session["env"]["cpu_capability"] == "AVX2"
+    # the user's own choice stands
+    chosen = subprocess.run([sys.executable, "-c", code, "lab", "N5", "--quick", "--seeds", "1",
+                             "--jobs", "1", "--no-progress", "--out", str(tmp_path / "b")],
+                            env=env | {"ATEN_CPU_CAPABILITY": "default"}, capture_output=True,
+                            text=True, timeout=300)
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.stdout.split()[-2:] == ["default", "AVX2"]
+    session = [r for r in _lines(tmp_path / "b") if r["kind"] == "session"][-1]
+    assert session["env"]["cpu_capability"] == "DEFAULT"
+
+
+def test_pin_vector_isa_only_on_x86(monkeypatch):
+    import os
+    import platform
+
+    from sharenorm.lab.executors import VECTOR_ISA_ENV, pin_vector_isa
+
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items()
+                                        if k not in VECTOR_ISA_ENV})
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert pin_vector_isa() == {} and not set(VECTOR_ISA_ENV) & set(os.environ)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert pin_vector_isa() == VECTOR_ISA_ENV

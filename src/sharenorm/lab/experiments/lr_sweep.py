@@ -7,6 +7,7 @@ import math
 from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.spec import (
+    INCONCLUSIVE,
     MIXED,
     NOT_SUPPORTED,
     SUPPORTED,
@@ -17,7 +18,7 @@ from sharenorm.lab.spec import (
     Text,
     group_runs,
 )
-from sharenorm.lab.stats import fmt_ci
+from sharenorm.lab.stats import fmt_ci, mean_ci
 from sharenorm.lab.train import TrainConfig, train_classifier
 from sharenorm.models import ConvNet
 
@@ -37,21 +38,26 @@ LOSS_SPIKE, LOSS_WINDOW, LOSS_HISTORY = 3.0, 20, 5
 N2 = Claim(
     "N2", NORM_DOC, "Gradient Descent को Stable करता है।",
     "BN stabilises gradient descent.",
-    Text("Learning rates on a ×3 grid; a learning rate is stable when every seed trains without "
-         f"diverging and reaches ≥ {STABLE_ACC:.0%} test accuracy. The claim is about "
+    Text("Learning rates on a ×3 grid; a learning rate is stable when no seed diverges and the "
+         "95% t interval of the mean test accuracy over the seeds lies wholly at or above "
+         f"{STABLE_ACC:.0%}; unstable when a seed diverges or the interval lies wholly below; "
+         "undecided when it straddles the bar. The claim is about "
          "stability, so it is decided by the upper end of the stable range: supported if BN's "
          "largest stable learning rate is at least one grid step (×3) above no-norm's; mixed if "
          "they are equal; not supported if it is lower, or if BN has no stable learning rate at "
-         "all. Beside it, per learning rate: gradient-norm spikes (steps above "
+         "all; inconclusive when an undecided learning rate could change the verdict. Beside it, per learning rate: gradient-norm spikes (steps above "
          f"{SPIKE:g}× the run's median), the coefficient of variation of the gradient norm "
          "over the second half of training, and training-loss spikes (steps whose loss exceeds "
          f"{LOSS_SPIKE:g}× the median of the previous {LOSS_WINDOW} steps' losses; from step "
          f"{LOSS_HISTORY + 1} on, over the steps before it), summed over the seeds.",
-         f"×3 grid पर learning rates; एक learning rate stable है जब हर seed बिना diverge हुए ≥ {STABLE_ACC:.0%} "
-         "test accuracy तक पहुँचे। Claim stability का है, इसलिए फ़ैसला stable range के ऊपरी सिरे से: "
+         "×3 grid पर learning rates; एक learning rate stable है जब कोई seed diverge न हो और seeds की "
+         f"mean test accuracy का 95% t interval पूरा {STABLE_ACC:.0%} या उससे ऊपर हो; unstable जब कोई "
+         "seed diverge हो या interval पूरा नीचे हो; undecided जब interval bar के दोनों ओर हो। Claim "
+         "stability का है, इसलिए फ़ैसला stable range के ऊपरी सिरे से: "
          "supported अगर BN की सबसे बड़ी stable learning rate no-norm की से कम से कम एक grid step (×3) "
          "ऊपर हो; बराबर हो तो mixed; नीचे हो, या BN की कोई stable learning rate न हो, तो not "
-         f"supported। साथ में, हर learning rate पर: gradient-norm spikes (run के median के {SPIKE:g}× से "
+         "supported; कोई undecided learning rate verdict बदल सके तो inconclusive। साथ में, हर "
+         f"learning rate पर: gradient-norm spikes (run के median के {SPIKE:g}× से "
          "ऊपर वाले steps), training के दूसरे आधे में gradient norm का coefficient of variation, और "
          f"training-loss spikes (वे steps जिनका loss पिछले {LOSS_WINDOW} steps के losses के median के "
          f"{LOSS_SPIKE:g}× से ज़्यादा हो; step {LOSS_HISTORY + 1} से, उससे पहले के steps पर), सभी seeds "
@@ -124,8 +130,32 @@ def loss_spikes(losses: list) -> int | None:
                for i in range(LOSS_HISTORY, len(xs)))
 
 
-def _stable(ms) -> bool:
-    return all(not m["diverged"] and (m["test_acc"] or 0) >= STABLE_ACC for m in ms)
+def stability(ms) -> bool | None:
+    """Whether a learning rate is stable for one norm, from its seeds' runs: False when a
+    run diverged (or there is none); else from the 95% t interval of the mean test accuracy
+    over the seeds against :data:`STABLE_ACC`: True when it lies wholly at or above it, False
+    when wholly below, None (undecided) when it straddles it or there is one seed.
+
+    Why an interval and not "every seed above the bar": the lowest of five seeds is the
+    noisiest statistic there is. Lab v12's no-norm runs at lr 0.1 reached 47.1% in one seed on
+    an AVX2 machine and ≥ 67% in all five on an AVX-512 one (the same code: only the
+    kernels' rounding differed), which flipped N2 between supported and mixed.
+
+    Example:
+        >>> ok = lambda a: {"diverged": False, "test_acc": a}
+        >>> stability([ok(0.9), ok(0.91)]), stability([ok(0.2), ok(0.21)])
+        (True, False)
+        >>> stability([ok(0.3), ok(0.6), ok(0.45)]), stability([ok(0.9), {"diverged": True}])
+        (None, False)
+    """
+    if not ms or any(m["diverged"] for m in ms):
+        return False
+    mean, half, _ = mean_ci([m["test_acc"] or 0.0 for m in ms])
+    if not math.isfinite(half):
+        return None
+    if mean - half >= STABLE_ACC:
+        return True
+    return False if mean + half < STABLE_ACC else None
 
 
 def _total(ms, key: str) -> str:
@@ -142,7 +172,11 @@ def analyze(runs, figdir, lang):
         return []
     g = group_runs(runs, "norm", "lr")
     lrs = sorted({lr for _, lr in g})
-    stable = {n: [lr for lr in lrs if (n, lr) in g and _stable(g[(n, lr)])] for n in ("batch", "none")}
+    state = {(n, lr): stability(g.get((n, lr), [])) for n in ("batch", "none") for lr in lrs}
+    undecided = {n: [lr for lr in lrs if state[(n, lr)] is None] for n in ("batch", "none")}
+    # the decided stable rates, and what they would be if every undecided one were stable
+    stable = {n: [lr for lr in lrs if state[(n, lr)]] for n in ("batch", "none")}
+    at_most = {n: [lr for lr in lrs if state[(n, lr)] is not False] for n in ("batch", "none")}
     rows = []
     for lr in lrs:
         row = [f"{lr:g}"]
@@ -150,7 +184,8 @@ def analyze(runs, figdir, lang):
             ms = g.get((n, lr), [])
             accs = accuracies(ms)
             row += [pct(accs), f"{sum(m['diverged'] for m in ms)}/{len(ms)}",
-                    "yes" if ms and _stable(ms) else "no", _total(ms, "grad_spikes"),
+                    {True: "yes", False: "no", None: "undecided"}[state[(n, lr)]],
+                    _total(ms, "grad_spikes"),
                     fmt_ci([m.get("grad_cv") for m in ms], digits=2), _total(ms, "loss_spikes")]
         rows.append(row)
     table = Table(["lr", "BN test acc %", "BN diverged", "BN stable", "BN grad spikes",
@@ -179,20 +214,27 @@ def analyze(runs, figdir, lang):
     def width(v):  # the range [min, max] of stable lrs in grid steps (a hole inside counts)
         return lrs.index(v[-1]) - lrs.index(v[0]) + 1 if v else 0
 
+    def verdict(b, n):
+        if not b:  # BN has no stable learning rate at all: it stabilises nothing here
+            return NOT_SUPPORTED
+        if not n or lrs.index(b[-1]) >= lrs.index(n[-1]) + 1:
+            return SUPPORTED
+        return MIXED if b[-1] == n[-1] else NOT_SUPPORTED
+
+    # inconclusive when an undecided rate could change the verdict: the two extremes differ
     b, n = stable["batch"], stable["none"]
-    if not b:  # BN has no stable learning rate at all: it stabilises nothing here
-        v = NOT_SUPPORTED
-    elif not n or lrs.index(b[-1]) >= lrs.index(n[-1]) + 1:
-        v = SUPPORTED
-    elif b[-1] == n[-1]:
-        v = MIXED
-    else:
-        v = NOT_SUPPORTED
+    v = verdict(b, n)
+    if v != verdict(at_most["batch"], n) or v != verdict(b, at_most["none"]):
+        v = INCONCLUSIVE
     decades = {k: math.log10(max(x) / min(x)) if x else float("nan") for k, x in stable.items()}
+    open_ = "; ".join(f"{label} at {', '.join(f'{x:g}' for x in undecided[k])}"
+                      for k, label in (("batch", "BN"), ("none", "none")) if undecided[k])
     return [ClaimResult("N2", v, f"largest stable lr: BN {b[-1] if b else 'none'}, none "
                         f"{n[-1] if n else 'none'}; stable lr range: BN {span(stable['batch'])}, none "
                         f"{span(stable['none'])}; width BN {decades['batch']:.2f} vs none "
-                        f"{decades['none']:.2f} decades", [table], [fp])]
+                        f"{decades['none']:.2f} decades"
+                        + (f"; undecided (the interval of the mean accuracy straddles "
+                           f"{STABLE_ACC:.0%}): {open_}" if open_ else ""), [table], [fp])]
 
 
 EXPERIMENT = Experiment(
@@ -203,11 +245,11 @@ EXPERIMENT = Experiment(
         "mnist1d (or --data), the N1 ConvNet with BN or without a norm, SGD momentum 0.9, batch "
         "32, 500 steps (quick: 100), learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS) +
         " (quick: " + ", ".join(f"{x:g}" for x in QUICK_LRS) + "). A run diverges when its loss "
-        f"is non-finite or > 1e4; a learning rate is stable when all seeds reach ≥ {STABLE_ACC:.0%} "
-        "test accuracy without diverging.",
+        "is non-finite or > 1e4; a learning rate is stable when no seed diverges and the 95% "
+        f"interval of the seeds' mean test accuracy lies wholly ≥ {STABLE_ACC:.0%}.",
         "mnist1d (या --data), N1 वाला ConvNet BN के साथ या बिना norm, SGD momentum 0.9, batch 32, "
         "500 steps (quick: 100), learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS) +
-        "। Run diverge माना जाता है जब loss non-finite या > 1e4 हो; learning rate stable है जब सभी "
-        f"seeds बिना diverge हुए ≥ {STABLE_ACC:.0%} test accuracy पाएँ।"),
+        "। Run diverge माना जाता है जब loss non-finite या > 1e4 हो; learning rate stable है जब कोई "
+        f"seed diverge न हो और seeds की mean test accuracy का 95% interval पूरा ≥ {STABLE_ACC:.0%} हो।"),
     compares_intervals=False, stack_over=("lr",),  # the rate grid and seeds train as one
     configs=configs, run=run, analyze=analyze, uses_data=True)
