@@ -63,3 +63,4 @@ def test_summary_is_the_reports_verdicts(tmp_path):
     row = next(ln for ln in md.splitlines() if ln.startswith("| N5 |"))
     assert "demonstration" in row and "✅ supported" in row
     assert "Quick profile" in md
+    assert "(AVX2 kernels)" in md  # the last session's: which kernels made these bits

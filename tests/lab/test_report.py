@@ -32,8 +32,10 @@ def fake_results(folder):
                               "metrics": {"test_acc": a, "train_acc": a, "diverged": False},
                               "time": {"run_s": 1.0}})
     lines.append({"kind": "session", "wall_s": 2.5, "jobs": 2, "status": "interrupted (Ctrl-C)",
-                  "command": "sharenorm lab --quick", "env": {"torch": "w"}})
-    lines.append({"kind": "session", "wall_s": 10.0, "jobs": 2, "env": {"torch": "x"}})
+                  "command": "sharenorm lab --quick",
+                  "env": {"torch": "w", "cpu_capability": "AVX512"}})
+    lines.append({"kind": "session", "wall_s": 10.0, "jobs": 2,
+                  "env": {"torch": "x", "cpu_capability": "AVX2"}})
     (folder / "results.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
@@ -54,7 +56,8 @@ def test_report_from_results_alone(tmp_path):
     assert "⏸ not run" in md  # claims without runs say so
     assert "12.5 s" in md  # total time
     assert "`sharenorm lab --quick`" in md and "interrupted (Ctrl-C)" in md  # provenance
-    assert "different versions (torch)" in md
+    # other vector kernels give other bits: flagged like another torch
+    assert "different versions (torch, cpu_capability)" in md
     assert (tmp_path / "figures" / "n6_batch_size.png").stat().st_size > 1000
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html
