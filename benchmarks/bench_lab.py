@@ -8,7 +8,10 @@ printed before and after:
   (``--lab-args`` to change it), once with the old source tree and once with this one, each
   in a fresh output folder. steps/s = the optimizer steps of all runs in ``results.jsonl``
   (``steps_done``) / the command's wall time (start-up, data, training, report: everything
-  a user waits for).
+  a user waits for). Interleaved with them, the floor: the same command with this code for a
+  claim that trains nothing (``--floor-args``: N5's demonstration), i.e. Python, imports,
+  worker start-up, analysis and report; the new steps over the floor's time are the most any
+  training engine could reach at this workload.
 * ``train``: in this process, the training loop alone on N6's model and shapes: the old path
   (each seed trained alone, :func:`sharenorm.lab.train.train_classifier`'s loop as in the old
   code) vs the new one (the seeds as one stacked model,
@@ -96,20 +99,31 @@ def bench_cli(args) -> None:
         print(f"load before: {load()}")
         rates: dict[str, dict[str, list[float]]] = {
             m: {"old": [], "new": []} for m in ("command", "session", "cpu")}
+        floors, new_steps = [], []
         for r in range(args.repeats):
             for name in ("old", "new"):
                 wall, c, steps, session = run_cli(trees[name], lab_args, tmp / f"{name}-{r}")
                 for m, sec in (("command", wall), ("session", session), ("cpu", c)):
                     rates[m][name].append(steps / sec)
+                if name == "new":
+                    new_steps.append(steps)
                 print(f"  {name} #{r}: {steps} steps; command {wall:.1f} s wall, session "
                       f"(results.jsonl wall_s) {session:.1f} s, {c:.1f} s CPU  (load {load()})",
                       flush=True)
+            floor = run_cli(trees["new"], shlex.split(args.floor_args), tmp / f"floor-{r}")[0]
+            floors.append(floor)
+            print(f"  floor #{r}: `sharenorm lab {args.floor_args}` {floor:.1f} s wall  "
+                  f"(load {load()})", flush=True)
         print(f"load after: {load()}")
         for m, what in (("command", "steps / command wall s"),
                         ("session", "steps / session wall_s (results.jsonl)"),
                         ("cpu", "steps / CPU s of command and workers")):
             old, new = (statistics.median(rates[m][k]) for k in ("old", "new"))
             print(f"{what:42s} median: old {old:7.1f}, new {new:7.1f}, ratio {new / old:.2f}x")
+        old = statistics.median(rates["command"]["old"])
+        ceiling = statistics.median(new_steps) / statistics.median(floors)
+        print(f"{'ceiling: new steps / floor wall s':42s} median: {ceiling:.1f} steps/s = "
+              f"{ceiling / old:.2f}x old (training in no time at all)")
 
 
 def bench_train(args) -> None:
@@ -222,6 +236,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--old", default="5c2951e", help="the commit to compare with")
     ap.add_argument("--lab-args", default="N6 --quick --seeds 3 --jobs 2")
+    ap.add_argument("--floor-args", default="N5 --quick --seeds 3 --jobs 2",
+                    help="the same command for a claim that trains nothing (cli mode)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds per config (train mode)")
     ap.add_argument("--model", choices=("convnet", "resnet", "lc", "rnn", "n9"),
                     default="convnet",
