@@ -219,6 +219,9 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int 
     ``run_lab(...)`` with the arguments. ``executor`` is where the runs execute: "local"
     (``jobs`` processes here) or "ray" (Ray tasks on the cluster at ``address``; see
     :mod:`sharenorm.lab.executors`); either way this process alone writes the results.
+    The ``sharenorm lab`` command's numbers come from AVX2 kernels on every x86-64 CPU; to get
+    them here, call :func:`~sharenorm.lab.executors.pin_vector_isa` before this process's
+    first torch operation (docs/design/lab-runs.md).
 
     Raises:
         LabError: bad arguments or an output folder holding another lab's results.
