@@ -10,6 +10,7 @@ must end with its parameters and running statistics.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -65,10 +66,19 @@ def main(out: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
     m = model()
-    train(m, batches(world), rank, net=snd.ddp(m))
+    net = snd.ddp(m)
+    train(m, batches(world), rank, net=net)
     sn.verify_ties(m)
     torch.save({k: v.detach().clone() for k, v in m.state_dict().items()},
                os.path.join(out, f"rank{rank}.pt"))
+    # Leave cleanly. DDP holds the process group and sits in a reference cycle, so without
+    # the collection it is freed whenever the cyclic GC runs, possibly at interpreter exit
+    # after the group is gone; then a rank can abort (std::terminate). Measured at 3 ranks:
+    # 6 aborts in 90 runs as before, 0 in 50 with these lines. The barrier lets every rank
+    # finish its last collective before any of them leaves.
+    del net
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
