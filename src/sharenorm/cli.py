@@ -124,7 +124,7 @@ def _list() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     command = shlex.join(["sharenorm", *argv])
     if argv[:1] == ["lab"]:
         # before anything runs a torch op (the parser's help imports the experiments): the

@@ -320,15 +320,17 @@ def _entry(
         raise  # torch's wrapper records it too, and its join then stops the other ranks
     try:
         report((rank, "ok", _to_bytes(fn(rank, world, *args))))
-        # Leave cleanly: free what fn left holding the group (a DDP wrapper sits in a
-        # reference cycle; freed later by the cyclic GC, after the group is gone, it can abort
-        # the process with std::terminate: tests/distributed_scripts/syncbn_tied_ddp.py),
-        # and let every rank finish its last collective before any leaves.
-        gc.collect()
-        dist.barrier()
     except BaseException as exc:
         report((rank, "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         raise
+    else:
+        # Leave cleanly (outside the try: the report is sent and its queue closed): free what
+        # fn left holding the group (a DDP wrapper sits in a reference cycle; freed later by
+        # the cyclic GC, after the group is gone, it can abort the process with
+        # std::terminate: tests/distributed_scripts/syncbn_tied_ddp.py), and let every rank
+        # finish its last collective before any leaves.
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -212,6 +212,7 @@ def analyze(runs, figdir, lang):
                        margin, scale=100, unit=" points", at_most=at_most)
 
     gn_s, bn_s = accuracies(g.get(("group", small), [])), accuracies(g.get(("batch", small), []))
+
     def unconverged(*keys):  # a comparison resting on these runs is inconclusive
         return converged(*(g.get(k, []) for k in keys)) is False
 

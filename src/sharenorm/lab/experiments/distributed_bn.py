@@ -286,6 +286,7 @@ def analyze(runs, figdir, lang):
                      f"({sync_steps} steps)", [s - r for s, r in zip(accs["syncbn"], sync_ref,
                                                                      strict=True)],
                      [0.0] * len(sync_ref), -SYNC_MARGIN, scale=100, unit=" points")
+
     def unconverged(*variants):  # a comparison resting on these runs is inconclusive
         return converged(*(runs_of[v] for v in variants)) is False
 
