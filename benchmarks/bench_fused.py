@@ -144,8 +144,12 @@ def bench_row(norm, act_name, layout, dtype, shape, device, repeats, compile_):
     x = torch.randn(shape, device=device, dtype=dtype) * 2 + 1
     if layout == "nhwc":
         x = x.to(memory_format=torch.channels_last)
-    w = (torch.rand(c, device=device) + 0.5).requires_grad_(True)
-    b = torch.randn(c, device=device).requires_grad_(True)
+    # γ, β as a model cast to ``dtype`` holds them, except BatchNorm's: ATen's (and cuDNN's)
+    # 16-bit BatchNorm keeps float32 parameters beside float32 running statistics.
+    # (torch's CUDA GroupNorm refuses float32 γ/β with a 16-bit input.)
+    p_dtype = torch.float32 if norm == "bn" else dtype
+    w = (torch.rand(c, device=device) + 0.5).to(p_dtype).requires_grad_(True)
+    b = torch.randn(c, device=device).to(p_dtype).requires_grad_(True)
     fns = contenders(norm, act, c, dtype, device, compile_)
     if compile_:
         try:

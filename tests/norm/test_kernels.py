@@ -87,6 +87,33 @@ def _close(got, want, atol, rtol, what):
                                msg=lambda m: f"{what}: {m}")
 
 
+def _rstd_per_element(x, kind, groups, rv=None, eps=1e-5):
+    """float64 1/√(σ² + ε) of the statistic each element of ``x`` belongs to."""
+    xd = x.detach().double()
+    if kind == "bn_eval":
+        r = (rv.double() + eps).rsqrt()
+    elif kind == "bn":
+        r = (xd.transpose(0, 1).reshape(x.shape[1], -1).var(1, correction=0) + eps).rsqrt()
+    else:
+        var = xd.reshape(x.shape[0], groups, -1).var(2, correction=0)
+        r = (var + eps).rsqrt().repeat_interleave(x.shape[1] // groups, 1)
+        return r.reshape(r.shape + (1,) * (x.dim() - 2))
+    return r.reshape((1, -1) + (1,) * (x.dim() - 2)) if kind != "gn" else r
+
+
+def _close_scaled(got, want, atol, rtol, r, what):
+    """y = x·(γr) + (β − μγr) and dx = r·(γ·dz − c1 − x̂·c2): fp32 rounding comes out
+    scaled by r, so the absolute tolerance grows with r beyond the data's own scale (σ = 2,
+    r ≈ 0.5). A group of two nearly equal values (the (N, C) shapes) has r in the hundreds:
+    with a fixed atol, ~12% of random draws failed on errors of a few fp32 ulps × r."""
+    err = (got.double() - want.double()).abs()
+    allowed = atol * (2.0 * r).clamp(min=1.0) + rtol * want.double().abs()
+    worst = int((err - allowed).argmax())
+    assert (err <= allowed).all(), (
+        f"{what}: {int((err > allowed).sum())} / {err.numel()} elements off; worst error "
+        f"{float(err.flatten()[worst]):.3g} where {float(allowed.flatten()[worst]):.3g} allowed")
+
+
 def _check_launchers(shape, kind, groups, act, dtype=torch.float32, channels_last=False,
                      tile=None, split=None, p=None):
     atol, rtol = DTYPES[dtype]
@@ -101,16 +128,17 @@ def _check_launchers(shape, kind, groups, act, dtype=torch.float32, channels_las
                                              var_in, tile=tile, split=split)
     y_ref, dy, grads_ref = _reference(x, w, b, kind, groups, act, pp, rm, rv)
     assert y.dtype == dtype and y.stride() == x.stride()  # NHWC in, NHWC out, no copy
-    _close(y, y_ref, atol, rtol, "y")
+    r = _rstd_per_element(x, kind, groups, rv)
+    _close_scaled(y, y_ref, atol, rtol, r, "y")
     dx, dw, db = norm_act.norm_act_backward(
         dy.to(dtype), x, w, b, mean, var, groups, 1e-5, act, pp, batch, kind != "bn_eval",
         tile=tile, split=split,
     )
     assert dx.stride() == x.stride()
+    _close_scaled(dx, grads_ref[0], atol, rtol, r, "dx")
     # γ/β grads sum over many elements: scale the tolerance with the count
-    for name, got, want, scale in (("dx", dx, grads_ref[0], 1), ("dγ", dw, grads_ref[1], 4),
-                                   ("dβ", db, grads_ref[2], 4)):
-        _close(got, want, atol * scale, rtol * scale, name)
+    for name, got, want in (("dγ", dw, grads_ref[1]), ("dβ", db, grads_ref[2])):
+        _close(got, want, atol * 4, rtol * 4, name)
 
 
 SHAPES = [
