@@ -75,13 +75,15 @@ def check_momentum(momentum: float | None, allow_none: bool = True) -> float | N
     return float(momentum)
 
 
-class CheckedAttribute:
-    """A module attribute checked whenever it is set, in ``__init__`` or later: with
-    ``eps = CheckedAttribute(check_eps)`` in the class, ``m.eps = -1.0`` raises the
-    constructor's error instead of making every later output NaN (torch.nn checks eps
-    only when its functional call runs, momentum never). The value lives in the
-    instance's ``__dict__`` under its own name, so ``state_dict``, ``deepcopy``, pickling
-    and ``torch.compile`` see a plain attribute.
+class ChecksOnSet:
+    """Mixin (before ``nn.Module`` in the bases): the attributes named in the class's
+    ``_checks_on_set`` are checked whenever they are set, in ``__init__`` or later, so that
+    ``m.eps = -1.0`` raises the constructor's error instead of making every later output
+    NaN (torch.nn checks eps only when its functional call runs, momentum never). The values
+    are plain instance attributes: ``state_dict``, ``deepcopy``, pickling and
+    ``torch.compile`` see nothing special. (A data descriptor did this before; Dynamo of
+    torch 2.11 recursed without end on its ``__get__``, so every norm layer failed to
+    compile there.)
 
     Example:
         >>> import sharenorm as sn
@@ -94,22 +96,11 @@ class CheckedAttribute:
         eps must be positive:
     """
 
-    def __init__(self, check: Any) -> None:
-        self.check = check
+    _checks_on_set: dict[str, Any] = {}
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        obj.__dict__[self.name] = self.check(value)
+    def __setattr__(self, name: str, value: Any) -> None:
+        check = self._checks_on_set.get(name)
+        super().__setattr__(name, value if check is None else check(value))
 
 
 def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor) -> None:

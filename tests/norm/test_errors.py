@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -274,10 +275,15 @@ def test_checked_attributes_keep_state_dict_copy_and_compile():
         assert (c.eps, c.momentum) == (1e-3, 0.2)
         with pytest.raises(ValueError):
             c.eps = -1.0
-    g = sn.GroupNorm(1, 3, eps=1e-3)
     x = torch.randn(2, 3, 4, 4)
-    compiled = torch.compile(g, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(x), g(x))
+    for layer in (sn.GroupNorm(1, 3, eps=1e-3), sn.BatchNorm2d(3), sn.InstanceNorm2d(3)):
+        compiled = torch.compile(layer, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(x), layer(x))  # training: batch statistics
+        # No class-level descriptor stands in for them: Dynamo of torch 2.11 recursed without
+        # end inlining a data descriptor's __get__ (obj.__dict__[name]), so every norm layer
+        # failed to compile there (seen on an H200 machine with torch 2.11; torch 2.13 copes).
+        for name in ("eps", "momentum"):
+            assert inspect.getattr_static(type(layer), name, None) is None, name
 
 
 @pytest.mark.parametrize("act", ["leaky_relu", "elu"])

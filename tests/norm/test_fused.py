@@ -566,6 +566,30 @@ def test_compiles_to_one_graph(cls, act):
         torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("act", ["leaky_relu", "silu"])
+@pytest.mark.parametrize("cls", [sn.BatchNorm2d, lambda c, **kw: sn.GroupNorm(2, c, **kw)])
+def test_compiled_forward_runs_the_activation_out_of_place(cls, act):
+    """While torch.compile traces, the activation on the autograd.Function's output is not
+    in place: Dynamo of torch 2.11 turned that in-place op into all-zero gradients (dx, dγ)
+    for every memory_efficient layer with an activation. torch 2.13 traces it right, so this
+    checks the graph handed to the compiler rather than the gradients."""
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    m = cls(4, act=act, memory_efficient=True)
+    torch.compile(m, backend=capture, fullgraph=True)(torch.randn(3, 4, 5, 5, requires_grad=True))
+    names = [(getattr(n.target, "__name__", str(n.target)), n.kwargs)
+             for gm in graphs for sub in gm.modules() if isinstance(sub, torch.fx.GraphModule)
+             for n in sub.graph.nodes if n.op in ("call_function", "call_method")]
+    forward = [(name, kw) for name, kw in names if act in name and "backward" not in name]
+    assert forward, names
+    assert not [f for f in forward if f[1].get("inplace") is True or f[0].endswith("_")], forward
+
+
 def test_act_is_invertible_table():
     f32 = torch.float32
     assert fused.act_is_invertible(None, None, f32)

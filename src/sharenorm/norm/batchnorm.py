@@ -24,7 +24,7 @@ def check_num_features(num_features: int, name: str = "num_features") -> int:
     return SF.as_count(num_features, name, " (the channel count C)")
 
 
-class _NormBase(nn.Module):
+class _NormBase(SF.ChecksOnSet, nn.Module):
     """Parameters γ (``weight``), β (``bias``) and buffers ``running_mean``,
     ``running_var``, ``num_batches_tracked`` with torch.nn's names, so checkpoints move
     freely between ``torch.nn`` and sharenorm."""
@@ -32,8 +32,7 @@ class _NormBase(nn.Module):
     # Version 2 added num_batches_tracked (as in torch.nn).
     _version = 2
     # checked whenever set, not only here (m.eps = -1.0 raises)
-    eps = SF.CheckedAttribute(SF.check_eps)
-    momentum = SF.CheckedAttribute(SF.check_momentum)
+    _checks_on_set = {"eps": SF.check_eps, "momentum": SF.check_momentum}
 
     def __init__(
         self,

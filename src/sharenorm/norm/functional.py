@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from sharenorm._checks import (  # noqa: F401 (re-exported: norm layers use SF.check_*)
-    CheckedAttribute,
+    ChecksOnSet,
     as_count,
     check_dtypes,
     check_eps,

@@ -121,6 +121,16 @@ def _choose_inversion(
     return act_is_invertible(act, p, dtype) and _affine_invertible(weight, bias, dtype)
 
 
+def _activate_fresh(y: Tensor, act: str | None, p: float | None) -> Tensor:
+    """``act(y)`` on a norm's fresh output: in place (no second full-size tensor), except
+    while torch.compile traces. The compiler reuses buffers by itself there, and Dynamo of
+    torch 2.11 turned an in-place op on the output of an ``autograd.Function``'s forward into
+    all-zero gradients (torch 2.13 traces it right)."""
+    if torch.compiler.is_compiling():
+        return spec(act).fn(y, p, False)
+    return spec(act).fn_(y, p)
+
+
 def _representable(v: Tensor, dtype: torch.dtype) -> bool:
     """Every |v| a normal finite number of ``dtype``."""
     a = v.abs()
@@ -342,7 +352,7 @@ class _BatchNormAct(torch.autograd.Function):
             invstd = torch.rsqrt(running_var.detach().to(acc) + eps)
             ctx.running_var = running_var.detach().clone()
         invert = _choose_inversion(act, p, weight, bias, x.dtype)
-        y = spec(act).fn_(y, p)
+        y = _activate_fresh(y, act, p)
         if invert and act == "elu":
             invert = _elu_unsaturated(y, p)
         ctx.save_for_backward(y if invert else x, weight, bias, mean, invstd)
@@ -453,7 +463,7 @@ class _GroupNormAct(torch.autograd.Function):
             x = shift(x, mean, num_groups)
             y, mean, rstd = torch.native_group_norm(x, w, b, n, c, hw, num_groups, eps)
         invert = _choose_inversion(act, p, weight, bias, x.dtype)
-        y = spec(act).fn_(y, p)
+        y = _activate_fresh(y, act, p)
         if invert and act == "elu":
             invert = _elu_unsaturated(y, p)
         ctx.save_for_backward(y if invert else x, weight, bias, mean, rstd)

@@ -13,7 +13,7 @@ from sharenorm.norm.batchnorm import check_num_features
 __all__ = ["GroupNorm"]
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(SF.ChecksOnSet, nn.Module):
     r"""Group Normalization over ``(N, C, *)``, as ``torch.nn.GroupNorm``, plus extras.
 
     .. math::
@@ -49,7 +49,7 @@ class GroupNorm(nn.Module):
         2
     """
 
-    eps = SF.CheckedAttribute(SF.check_eps)  # checked whenever set (m.eps = -1.0 raises)
+    _checks_on_set = {"eps": SF.check_eps}  # checked whenever set (m.eps = -1.0 raises)
 
     def __init__(
         self,
