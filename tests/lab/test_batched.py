@@ -340,6 +340,22 @@ def test_a_model_with_hooks_trains_alone_so_its_hooks_fire(hook):
     assert [t.get("stacked") for _, t in out] == [None, None] and len(fired) >= 6
 
 
+def test_stacked_training_runs_where_torch_froze_the_backend_flags():
+    """torch's own test helpers (torch.testing._internal, imported for its module_db) call
+    torch.backends.disable_global_flags(), after which a bare `mkldnn.enabled = ...` raises:
+    stacked training, which switches oneDNN per step, must still run and restore it."""
+    ds = toy()
+    nets = [build("conv", "batch", seed, ds) for seed in (0, 1)]
+    before = torch.backends.mkldnn.enabled
+    torch.backends.disable_global_flags()
+    try:
+        out = train_classifiers(nets, ds, TrainConfig(steps=3, batch_size=4), [0, 1])
+    finally:  # unfrozen, as torch's helpers never do
+        torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+    assert [t["stacked"] for _, t in out] == [2, 2]
+    assert torch.backends.mkldnn.enabled == before
+
+
 def test_different_architectures_do_not_stack():
     ds = toy()
     with pytest.raises(NotStackable, match="differ in architecture"):

@@ -333,14 +333,17 @@ def _train_stacked(models, dss, cfgs, seeds):
     t_member = [0.0] * k
     last = max(c.steps for c in cfgs)
     # oneDNN's grouped convolution costs more than ATen's own at a few samples per batch
-    # (and less at many: docs/design/lab-batching.md)
-    mkldnn = torch.backends.mkldnn
-    onednn_before = mkldnn.enabled
+    # (and less at many: docs/design/lab-batching.md). Set through torch._C, what the
+    # torch.backends.mkldnn.enabled setter calls: the setter raises once torch's own test
+    # helpers froze the backend flags (torch.backends.disable_global_flags()), and the
+    # flags() context manager would reset the other oneDNN flags too.
+    onednn_before = torch.backends.mkldnn.enabled
     onednn = onednn_before and bs > ONEDNN_MIN_BATCH
+    set_onednn = torch._C._set_mkldnn_enabled
     try:
         for step in range(1, last + 1):
             idxs = [next(it) for it in its]
-            mkldnn.enabled = onednn
+            set_onednn(onednn)
             t0 = time.perf_counter()
             if one:
                 idx = torch.cat(idxs)
@@ -378,7 +381,7 @@ def _train_stacked(models, dss, cfgs, seeds):
                     stop.append(j)
                 elif step == cfgs[j].steps:
                     stop.append(j)
-            mkldnn.enabled = onednn_before
+            set_onednn(onednn_before)
             every = c0.eval_every
             if every:
                 due = [j for j in active if not diverged[j]
@@ -402,7 +405,7 @@ def _train_stacked(models, dss, cfgs, seeds):
             if not active:
                 break
     finally:
-        mkldnn.enabled = onednn_before
+        set_onednn(onednn_before)
     results = []
     for m in models:
         m.train()
