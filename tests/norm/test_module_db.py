@@ -140,9 +140,9 @@ def _compare(name, sample, training, dtype, memory_format=None):
     exact_q = _quantities(name, False, *_run(ref64, training, *up, 1), training)
     eps = torch.finfo(dtype).eps
     for (label, exact), (_, want), (_, got) in zip(exact_q, theirs_q, ours_q, strict=True):
-        exact = exact.double()
-        err_theirs = float((want.double() - exact).abs().max()) if exact.numel() else 0.0
-        err_ours = float((got.double() - exact).abs().max()) if exact.numel() else 0.0
+        exact, want, got = (t.detach().double() for t in (exact, want, got))
+        err_theirs = float((want - exact).abs().max()) if exact.numel() else 0.0
+        err_ours = float((got - exact).abs().max()) if exact.numel() else 0.0
         scale = float(exact.abs().max()) if exact.numel() else 0.0
         assert err_ours <= 2 * err_theirs + 2 * eps * scale, (
             f"{where} {label}: error {err_ours:.3g} against float64, torch's {err_theirs:.3g}")
