@@ -3,9 +3,12 @@
 # command (each step has its own time limit, LIMIT1..LIMIT4 seconds, so one slow step cannot
 # eat the others):
 #
-#   1. the Triton kernel tests, compiled for the GPU instead of interpreted
-#      (tests/norm/test_kernels.py with SHARENORM_TEST_DEVICE=cuda; 8 pytest workers when
-#      pytest-xdist is installed: compiling the kernel specializations dominates);
+#   1. the Triton kernel tests, compiled for the GPU instead of interpreted, and torch's
+#      module_db samples through torch's CUDA layers and sharenorm's (tests/norm/test_kernels.py
+#      and test_module_db.py with SHARENORM_TEST_DEVICE=cuda; 8 pytest workers when
+#      pytest-xdist is installed: compiling the kernel specializations dominates). The second
+#      needs expecttest, which the H200 image lacks: carry its wheel (.whl/, see the device
+#      tool's README) and this script installs what lies there into /tmp/site first;
 #   2. bench_fused in bf16 (the targets are 16-bit) without torch.compile, over the
 #      issue's shapes plus 32x256x64x64 (64 MiB: the HBM-fraction target is for tensors
 #      >= 64 MB), then the ResNet-like step peak (torch.cuda.max_memory_allocated);
@@ -27,6 +30,10 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
 BIG=32x128x56x56,2x320x64x64,1x512x64x64,32x256x64x64
 mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then  # carried wheels (expecttest), no index there
+  $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 unset TRITON_INTERPRET
 export TRITON_DEFAULT_FP_FUSION=1
 { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.memory --format=csv
@@ -37,6 +44,7 @@ cat "$OUT/gpu.txt"
 for step in $STEPS; do
   case $step in
     1) SHARENORM_TEST_DEVICE=cuda timeout $LIMIT1 $PY -m pytest tests/norm/test_kernels.py \
+         tests/norm/test_module_db.py \
          $XDIST -p no:cacheprovider -p no:logging > "$OUT/kernel_tests.txt" 2>&1
        tail -8 "$OUT/kernel_tests.txt" ;;
     2) timeout $LIMIT2 $PY benchmarks/bench_fused.py --no-compile --dtypes bfloat16 \

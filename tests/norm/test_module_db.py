@@ -13,12 +13,19 @@ here (zero-size batches, no-batch-dim inputs, ``bias=False``, ``momentum=None``,
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 import sharenorm as sn
 
 pytest.importorskip("expecttest", reason="torch's test helpers need expecttest (the test extra)")
+# Where the samples run: the CPU (CI), or a GPU with SHARENORM_TEST_DEVICE=cuda (sharenorm's
+# Triton kernels against torch's CUDA kernels; benchmarks/gpu_check.sh step 1).
+DEVICE = os.environ.get("SHARENORM_TEST_DEVICE", "cpu")
+if DEVICE != "cpu" and not torch.cuda.is_available():
+    pytest.skip(f"SHARENORM_TEST_DEVICE={DEVICE} needs a GPU", allow_module_level=True)
 
 
 def _import_common_modules():
@@ -84,7 +91,7 @@ def _run(module, training, args, kwargs, dy_seed, memory_format=None):
     grads = []
     if out.requires_grad and out.numel():
         gen = torch.Generator().manual_seed(dy_seed)
-        out.backward(torch.randn(out.shape, generator=gen).to(out.dtype))
+        out.backward(torch.randn(out.shape, generator=gen).to(out.device, out.dtype))
         grads = ([t.grad for t in args if isinstance(t, torch.Tensor) and t.requires_grad]
                  + [q.grad for q in module.parameters()])
     return out, grads, module.state_dict()
@@ -108,13 +115,13 @@ def _compare(name, sample, training, dtype, memory_format=None):
     info = INFOS[name]
     c_args, c_kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
     torch.manual_seed(0)
-    ref = info.module_cls(*c_args, **c_kwargs).to(dtype)
+    ref = info.module_cls(*c_args, **c_kwargs).to(DEVICE, dtype)
     with torch.no_grad():  # γ, β and running statistics away from their 1/0 defaults
         for t in ref.state_dict().values():
             if t.is_floating_point():
                 t.copy_(torch.rand_like(t) + 0.5)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
-    ours = OURS[name](*c_args, **c_kwargs).to(dtype)
+    ours = OURS[name](*c_args, **c_kwargs).to(DEVICE, dtype)
     ours.load_state_dict(state)
     args, kwargs = sample.forward_input.args, sample.forward_input.kwargs
     where = f"{name} {sample.desc or '(plain)'} training={training} {dtype} {memory_format}"
@@ -132,7 +139,7 @@ def _compare(name, sample, training, dtype, memory_format=None):
     # 16-bit: both against torch's module run in float64 on the same values; sharenorm's
     # error may not exceed torch's by more than a rounding of the dtype (torch's 16-bit
     # kernels and ours round differently, so they need not agree with each other).
-    ref64 = info.module_cls(*c_args, **c_kwargs).double()
+    ref64 = info.module_cls(*c_args, **c_kwargs).to(DEVICE, torch.float64)
     ref64.load_state_dict({k: v.double() if v.is_floating_point() else v
                            for k, v in state.items()})
     up = ([a.detach().double().requires_grad_(a.requires_grad)
@@ -155,7 +162,7 @@ def _compare(name, sample, training, dtype, memory_format=None):
 def test_torch_module_db_samples_match(name, training, dtype):
     info = INFOS[name]
     torch.manual_seed(0)  # the samples' tensors are drawn from torch's generator
-    samples = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True,
+    samples = info.module_inputs_func(info, device=DEVICE, dtype=dtype, requires_grad=True,
                                       training=training)
     assert samples
     for sample in samples:
@@ -170,14 +177,14 @@ def test_what_torch_refuses_sharenorm_refuses(name):
     """With torch's exception type; a bad argument torch refuses only at the first forward
     (eps ≤ 0) sharenorm may refuse at construction already."""
     info = INFOS[name]
-    errors = info.module_error_inputs_func(info, device="cpu", dtype=torch.float32,
+    errors = info.module_error_inputs_func(info, device=DEVICE, dtype=torch.float32,
                                            requires_grad=False, training=True)
     assert errors
     for err in errors:
         mi = err.module_error_input
         c_args, c_kwargs = mi.constructor_input.args, mi.constructor_input.kwargs
         with pytest.raises(err.error_type):
-            m = OURS[name](*c_args, **c_kwargs)
+            m = OURS[name](*c_args, **c_kwargs).to(DEVICE)
             assert err.error_on != common_modules.ModuleErrorEnum.CONSTRUCTION_ERROR, (
                 f"{name}{c_args}{c_kwargs} was built; torch refuses it: {err.error_regex}")
             m(*mi.forward_input.args, **mi.forward_input.kwargs)
