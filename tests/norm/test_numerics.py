@@ -113,7 +113,8 @@ def _errors(layer, groups, x, g):
     yr = reference.group_norm(xr, groups, wr, br, layer.eps)
     yr.backward(g.double())
     pairs = ((y, yr), (xi.grad, xr.grad), (layer.weight.grad, wr.grad), (layer.bias.grad, br.grad))
-    return [float((a.detach().double() - b).abs().max() / b.abs().max()) for a, b in pairs]
+    return [float((a.detach().double() - b.detach()).abs().max() / b.detach().abs().max())
+            for a, b in pairs]
 
 
 def _offset_input(shape, ratio, layout):
