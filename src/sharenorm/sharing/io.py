@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +50,16 @@ def _digest(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def _stored_and_manifest(model: nn.Module) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
-    """The tensors to store (each storage once) and the manifest of names derived from them."""
+def _stored_and_manifest(
+    model: nn.Module,
+) -> tuple[dict[str, Tensor], list[dict[str, Any]], list[str]]:
+    """The tensors to store (each storage once), the manifest of names derived from them, and
+    the ties the file cannot record (``"target ← source"``: their targets are stored as
+    values)."""
     state = model.state_dict()
     manifest: list[dict[str, Any]] = []
     derived: set[str] = set()
+    unrecorded: list[str] = []
     # 1. Declared ties: the target key is T(source), never stored.
     # Every name of a reused target module (its second name is a view of the source too).
     for target, source, transform, link in iter_links(model):
@@ -61,6 +67,8 @@ def _stored_and_manifest(model: nn.Module) -> tuple[dict[str, Tensor], list[dict
             # A source outside the model, or derived state (parametrized, pruned,
             # non-persistent): the target is stored as its value; a model built with the
             # tie ignores it on load (the source's module loads what it is computed from).
+            if target in state:
+                unrecorded.append(f"{target} ← {source or link.hint}")
             continue
         manifest.append({"target": target, "source": source, "transform": transform, "how": "tie"})
         derived.add(target)
@@ -102,7 +110,7 @@ def _stored_and_manifest(model: nn.Module) -> tuple[dict[str, Tensor], list[dict
         a, b = params.get(entry["target"]), params.get(entry["source"])
         if entry["how"] == "storage" and a is not None and a is b:
             entry["how"] = "identity"
-    return stored, manifest
+    return stored, manifest, unrecorded
 
 
 def _fsync_dir(directory: str) -> None:
@@ -139,7 +147,17 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | N
         >>> sn.ties(fresh)[0].members
         (('decoder.0.weight', 'transpose', 'tie'),)
     """
-    stored, manifest = _stored_and_manifest(model)
+    stored, manifest, unrecorded = _stored_and_manifest(model)
+    if unrecorded:
+        # Silent, a fresh model would load these as separate values and drift apart in training.
+        warnings.warn(
+            f"sharenorm.save: the file cannot record the tie(s) {', '.join(unrecorded)}: their "
+            f"source is computed (a parametrization such as weight_norm, pruning, a "
+            f"non-persistent buffer) or lies outside the model, so each target is stored as its "
+            f"value. A model built with these ties loads the file as saved; into one without "
+            f"them, call sharenorm.tie again after sharenorm.load",
+            UserWarning, stacklevel=2,
+        )
     meta = {"format": "pt"}
     if metadata:
         bad = {
