@@ -14,6 +14,7 @@ from torch import Tensor
 
 from sharenorm.norm import cpu
 from sharenorm.norm._layout import is_channels_last
+from sharenorm.norm._tracing import tracing
 
 __all__ = ["SHIFT_ABOVE", "may_run_channels_last", "needs_shift", "shift", "grad_safe_input", "group_norm"]
 
@@ -43,7 +44,7 @@ def needs_shift(mean: Tensor, rstd: Tensor, channels_last: bool, dtype: torch.dt
     generated kernels use Welford's update, which does not cancel) and where a
     statistic is NaN (a NaN input stays NaN either way)."""
     limit = SHIFT_ABOVE[(channels_last, dtype == torch.float64)]
-    if limit == math.inf or mean.numel() == 0 or torch.compiler.is_compiling():
+    if limit == math.inf or mean.numel() == 0 or tracing():
         return False
     ratio = cpu.max_ratio(mean, rstd)  # ~2 µs; the torch ops below take ~12
     if ratio is None:
@@ -70,7 +71,7 @@ def grad_safe_input(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Te
         x.is_cpu
         and any(t is not None and t.requires_grad for t in (weight, bias))
         and is_channels_last(x)
-        and not torch.compiler.is_compiling()
+        and not tracing()
     ):
         return x.detach().requires_grad_(True)
     return x
@@ -94,7 +95,7 @@ def group_norm(
         (True, True)
     """
     numel = x.numel()
-    if numel == 0 or not x.is_cpu or torch.compiler.is_compiling():
+    if numel == 0 or not x.is_cpu or tracing():
         # CUDA's kernels and torch.compile's use Welford's update (no cancellation)
         return torch.group_norm(
             grad_safe_input(x, weight, bias), groups, weight, bias, eps,

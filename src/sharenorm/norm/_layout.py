@@ -28,9 +28,13 @@ def memory_format(x: Tensor) -> torch.memory_format:
         False
     """
     fmt = _CHANNELS_LAST.get(x.dim())
-    if fmt is not None and x.is_contiguous(memory_format=fmt) and not x.is_contiguous():
-        return fmt
-    return torch.contiguous_format
+    if fmt is None:
+        return torch.contiguous_format
+    try:
+        channels_last = x.is_contiguous(memory_format=fmt) and not x.is_contiguous()
+    except RuntimeError:  # inside torch.func.vmap: the query is not implemented there
+        return torch.contiguous_format
+    return fmt if channels_last else torch.contiguous_format
 
 
 def is_channels_last(x: Tensor) -> bool:

@@ -32,6 +32,7 @@ from sharenorm._checks import (  # noqa: F401 (re-exported: norm layers use SF.c
 from sharenorm.activation import apply_activation, check_activation
 from sharenorm.norm import _group_stats
 from sharenorm.norm._layout import is_channels_last, same_memory_format
+from sharenorm.norm._tracing import tracing
 
 __all__ = ["batch_norm", "instance_norm", "group_norm"]
 
@@ -67,7 +68,12 @@ def keep_finite_running_stats(
     for its kernels), without the warning (``num_batches_tracked`` still shows a skipped
     batch), and the flag is returned as a 0-d bool tensor for
     :meth:`_NormBase._count_batch` to add."""
-    if running_var.device.type != "cpu" or torch.compiler.is_compiling():
+    if torch._C._are_functorch_transforms_active():
+        # Inside torch.func transforms (vmap, grad, …) no restore is possible: `.data` is
+        # refused there, and an in-place restore of buffers the batch norm saved for backward
+        # breaks grad's version check. The update stands, as in torch.nn.
+        return True
+    if running_var.device.type != "cpu" or tracing():
         ok = torch.isfinite(running_var).all()
         running_mean.data.copy_(torch.where(ok, running_mean, backup[0]))
         running_var.data.copy_(torch.where(ok, running_var, backup[1]))
@@ -146,6 +152,9 @@ def _route(
         memory_efficient
         and torch.is_grad_enabled()
         and any(t is not None and t.requires_grad for t in (input, weight, bias))
+        # its autograd.Functions have no torch.func rules: inside vmap/grad/jacrev the
+        # plain composition runs (same values; the memory saving does not apply there)
+        and not torch._C._are_functorch_transforms_active()
     ):
         return "memory_efficient"
     return "torch"
@@ -158,7 +167,7 @@ def _triton_path(impl, input, running_mean, running_var, updating: bool, op: str
     out, kept = impl(input, running_mean, running_var, *args)
     if kept is None or not updating:
         return out, False
-    if input.device.type != "cpu" or torch.compiler.is_compiling():
+    if input.device.type != "cpu" or tracing():
         return out, kept
     if not bool(kept):  # the CPU (Triton's interpreter): warn as the plain path does
         _warn_not_finite(op)

@@ -20,6 +20,7 @@ from torch import Tensor
 from sharenorm.activation import default_param, spec
 from sharenorm.norm._group_stats import may_run_channels_last, needs_shift, shift
 from sharenorm.norm._layout import memory_format as _memory_format
+from sharenorm.norm._tracing import tracing
 
 __all__ = [
     "batch_norm_act",
@@ -116,7 +117,7 @@ def _choose_inversion(
 ) -> bool:
     # Under torch.compile the input is kept: the checks read values on the host, which
     # would break the graph at every norm layer (and fail fullgraph=True).
-    if torch.compiler.is_compiling():
+    if tracing():
         return False
     return act_is_invertible(act, p, dtype) and _affine_invertible(weight, bias, dtype)
 
@@ -126,7 +127,7 @@ def _activate_fresh(y: Tensor, act: str | None, p: float | None) -> Tensor:
     while torch.compile traces. The compiler reuses buffers by itself there, and Dynamo of
     torch 2.11 turned an in-place op on the output of an ``autograd.Function``'s forward into
     all-zero gradients (torch 2.13 traces it right)."""
-    if torch.compiler.is_compiling():
+    if tracing():
         return spec(act).fn(y, p, False)
     return spec(act).fn_(y, p)
 

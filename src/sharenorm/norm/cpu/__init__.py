@@ -27,6 +27,7 @@ from sharenorm._cache import cache_dir as _cache_dir
 from sharenorm._cache import temporary_cache_dir as _temporary_cache_dir
 from sharenorm.activation import ACTIVATIONS
 from sharenorm.norm._layout import memory_format as _memory_format
+from sharenorm.norm._tracing import tracing
 
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("backward.c")
@@ -218,7 +219,7 @@ def supports(kind: str, s: Tensor, g: Tensor) -> bool:
         (kind in _KINDS or (kind in _FLOAT32_KINDS and s.dtype == torch.float32))
         # under torch.compile's tracing there are no data pointers: the caller traces its
         # ATen composition instead
-        and not torch.compiler.is_compiling()
+        and not tracing()
         and s.device.type == "cpu"
         and s.dtype in _SUFFIX
         and g.dtype == s.dtype
@@ -283,7 +284,7 @@ def affine_invertible(weight: Tensor | None, bias: Tensor | None, dtype: torch.d
     call; None where the loops cannot tell (no library, other dtypes or devices: the
     caller then computes it with torch)."""
     suffix = _SUFFIX.get(dtype)
-    if suffix is None or torch.compiler.is_compiling() or not available():
+    if suffix is None or tracing() or not available():
         return None
     c = 0
     for t in (weight, bias):

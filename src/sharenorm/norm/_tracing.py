@@ -1,0 +1,27 @@
+"""Whether values can be read on the host here.
+
+Under ``torch.compile``'s tracing and inside a ``torch.func`` transform (``vmap``, ``grad``,
+``jacrev``, …) a norm must not read a tensor's values on the host (``.item()``, a
+data-dependent branch, the C loops' data pointers): it takes its branch-free path instead,
+as it does on GPUs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["tracing"]
+
+
+def tracing() -> bool:
+    """True while torch.compile traces or a torch.func transform is active.
+
+    Example:
+        >>> import torch
+        >>> from sharenorm.norm._tracing import tracing
+        >>> tracing()
+        False
+        >>> bool(torch.func.vmap(lambda x: x * tracing())(torch.ones(2)).all())
+        True
+    """
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
