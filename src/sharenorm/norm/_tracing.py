@@ -1,9 +1,10 @@
 """Whether values can be read on the host here.
 
-Under ``torch.compile``'s tracing and inside a ``torch.func`` transform (``vmap``, ``grad``,
-``jacrev``, …) a norm must not read a tensor's values on the host (``.item()``, a
-data-dependent branch, the C loops' data pointers): it takes its branch-free path instead,
-as it does on GPUs.
+Under ``torch.compile``'s tracing (``torch.export`` too), inside a ``torch.func`` transform
+(``vmap``, ``grad``, ``jacrev``, …) and under ``torch.jit.trace`` a norm must not read a
+tensor's values on the host (``.item()``, a data-dependent branch, the C loops' data pointers;
+``jit.trace`` even turns shapes into tensors): it takes its branch-free path instead, as it
+does on GPUs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ __all__ = ["tracing"]
 
 
 def tracing() -> bool:
-    """True while torch.compile traces or a torch.func transform is active.
+    """True while torch.compile (or torch.export) or torch.jit.trace traces, or a torch.func
+    transform is active.
 
     Example:
         >>> import torch
@@ -24,4 +26,5 @@ def tracing() -> bool:
         >>> bool(torch.func.vmap(lambda x: x * tracing())(torch.ones(2)).all())
         True
     """
-    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or torch.jit.is_tracing())

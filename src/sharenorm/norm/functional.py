@@ -75,6 +75,13 @@ def keep_finite_running_stats(
         return True
     if running_var.device.type != "cpu" or tracing():
         ok = torch.isfinite(running_var).all()
+        if torch.compiler.is_exporting():
+            # torch.export lifts a `.data` alias as a constant (and then refuses the fake
+            # tensor it holds); a plain in-place copy is traced as the buffer mutation it is
+            with torch.no_grad():
+                running_mean.copy_(torch.where(ok, running_mean, backup[0]))
+                running_var.copy_(torch.where(ok, running_var, backup[1]))
+            return ok
         running_mean.data.copy_(torch.where(ok, running_mean, backup[0]))
         running_var.data.copy_(torch.where(ok, running_var, backup[1]))
         return ok
@@ -152,9 +159,11 @@ def _route(
         memory_efficient
         and torch.is_grad_enabled()
         and any(t is not None and t.requires_grad for t in (input, weight, bias))
-        # its autograd.Functions have no torch.func rules: inside vmap/grad/jacrev the
-        # plain composition runs (same values; the memory saving does not apply there)
+        # its autograd.Functions have no torch.func rules, and jit.trace records them as
+        # opaque nodes: inside vmap/grad/jacrev and under jit.trace the plain composition
+        # runs (same values; the memory saving does not apply there)
         and not torch._C._are_functorch_transforms_active()
+        and not torch.jit.is_tracing()
     ):
         return "memory_efficient"
     return "torch"
