@@ -63,11 +63,12 @@ def keep_finite_running_stats(
     ``backup`` and warn. torch.nn leaves them poisoned for good by one NaN batch; here
     that batch is simply not counted. Returns whether the update was kept.
 
-    While ``torch.compile`` traces, and on GPUs, the same restore runs branch-free
-    (``torch.where``: no host sync, so ``fullgraph=True`` works and a CUDA step never waits
-    for its kernels), without the warning (``num_batches_tracked`` still shows a skipped
-    batch), and the flag is returned as a 0-d bool tensor for
-    :meth:`_NormBase._count_batch` to add."""
+    While ``torch.compile``, ``torch.export`` or ``torch.jit.trace`` traces, and on GPUs, the
+    same restore runs branch-free (``torch.where``: no host sync, so ``fullgraph=True`` works
+    and a CUDA step never waits for its kernels), without the warning
+    (``num_batches_tracked`` still shows a skipped batch), and the flag is returned as a 0-d
+    bool tensor for :meth:`_NormBase._count_batch` to add. Inside a ``torch.func`` transform
+    nothing is restored (see the code), as in torch.nn."""
     if torch._C._are_functorch_transforms_active():
         # Inside torch.func transforms (vmap, grad, …) no restore is possible: `.data` is
         # refused there, and an in-place restore of buffers the batch norm saved for backward
