@@ -185,3 +185,47 @@ def test_errors():
         m(torch.randn(4, 2, 3, 3))
     with pytest.raises(ValueError, match="more than one value per channel"):
         m(torch.randn(1, 3, 1, 1))
+
+
+@pytest.mark.parametrize("warmup", [(0, 0), (3, 3), (2, 10), (0, 7)])
+def test_the_clip_schedule_as_a_tensor_equals_the_float_one(warmup):
+    from sharenorm.norm.batchrenorm import _ramp, _ramp_tensor
+
+    for step in range(0, 14):
+        want = _ramp(step, warmup, 1.0, 3.0)
+        got = _ramp_tensor(torch.tensor(step), warmup, 1.0, 3.0)
+        assert float(got) == want, (step, warmup)
+
+
+@pytest.mark.parametrize("step", [0, 4, 9, 30])
+def test_export_and_vmap_in_training_match_eager_along_the_warm_up(step):
+    """Under torch.export and torch.func.vmap the step is not read on the host: the clips are
+    computed as tensors. Before, export failed on a data-dependent step and vmap on .item()."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    def make():
+        m = sn.BatchRenorm2d(4, r_max=2.0, d_max=0.5, r_warmup=(2, 12), d_warmup=(5, 5))
+        with torch.no_grad():
+            m.num_batches_tracked.fill_(step)
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+        return m
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 3, 3) * 1.5 + 0.3
+    layer = make()
+    eager = copy.deepcopy(layer)
+    program = torch.export.export(layer, (x,)).module()
+    torch.testing.assert_close(program(x), eager(x), atol=1e-6, rtol=1e-5)
+    for (n, a), b in zip(eager.named_buffers(), program.buffers(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=n)
+    models = [make() for _ in range(2)]
+    refs = copy.deepcopy(models)
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    xs = torch.stack([x, x.flip(0)])
+    out = vmap(lambda p, b, xi: functional_call(base, (p, b), (xi,)))(params, buffers, xs)
+    torch.testing.assert_close(out, torch.stack([m(xi) for m, xi in zip(refs, xs, strict=True)]),
+                               atol=1e-6, rtol=1e-5)

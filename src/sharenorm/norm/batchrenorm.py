@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from sharenorm.norm import functional as SF
+from sharenorm.norm._tracing import tracing
 from sharenorm.norm.batchnorm import _BatchNorm
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d"]
@@ -45,6 +46,20 @@ def _ramp(step: int, warmup: tuple[int, int], start_value: float, end_value: flo
     if step >= end:
         return end_value
     return start_value + (end_value - start_value) * (step - start) / (end - start)
+
+
+def _ramp_tensor(step: Tensor, warmup: tuple[int, int], start_value: float,
+                 end_value: float) -> Tensor:
+    """:func:`_ramp` of a 0-d ``step`` tensor, without reading it on the host (float64, the
+    same operations in the same order: equal to the Python float)."""
+    start, end = warmup
+    s = step.to(torch.float64)
+    if end > start:
+        mid = start_value + (end_value - start_value) * (s - start) / (end - start)
+        value = torch.where(s <= start, start_value, torch.where(s >= end, end_value, mid))
+    else:  # a step function at `end`
+        value = torch.where(s >= end, end_value, start_value)
+    return value.to(torch.float64)
 
 
 class _BatchRenorm(_BatchNorm):
@@ -96,9 +111,16 @@ class _BatchRenorm(_BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         if not self.training or not self.renorm:
             return super().forward(input)
-        r_max, d_max = self.clips()
-        if r_max == 1.0 and d_max == 0.0:
-            return super().forward(input)  # r = 1, d = 0: BatchNorm itself
+        if tracing():
+            # the step is not read on the host (torch.export, vmap): the clips as tensors,
+            # and no shortcut (r = 1, d = 0 give BatchNorm's output all the same)
+            step = self.num_batches_tracked
+            r_max = _ramp_tensor(step, self.r_warmup, 1.0, self.r_max)
+            d_max = _ramp_tensor(step, self.d_warmup, 0.0, self.d_max)
+        else:
+            r_max, d_max = self.clips()
+            if r_max == 1.0 and d_max == 0.0:
+                return super().forward(input)  # r = 1, d = 0: BatchNorm itself
         SF.check_input(input, type(self).__name__)
         self._check_input_dim(input)
         self._check_channels(input)
@@ -109,8 +131,13 @@ class _BatchRenorm(_BatchNorm):
             x = input if input.dtype in (torch.float32, torch.float64) else input.float()
             var_b, mean_b = torch.var_mean(x, dim=dims, correction=0)
             sigma = torch.sqrt(rv.to(var_b.dtype) + self.eps)
-            r = (torch.sqrt(var_b + self.eps) / sigma).clamp_(1.0 / r_max, r_max)
-            d = ((mean_b - rm.to(mean_b.dtype)) / sigma).clamp_(-d_max, d_max)
+            if isinstance(r_max, Tensor):  # bounds in the statistics' dtype, as a float's are
+                r_lo, r_hi = (1.0 / r_max).to(var_b.dtype), r_max.to(var_b.dtype)
+                d_lo, d_hi = (-d_max).to(var_b.dtype), d_max.to(var_b.dtype)
+            else:
+                r_lo, r_hi, d_lo, d_hi = 1.0 / r_max, r_max, -d_max, d_max
+            r = (torch.sqrt(var_b + self.eps) / sigma).clamp_(r_lo, r_hi)
+            d = ((mean_b - rm.to(mean_b.dtype)) / sigma).clamp_(d_lo, d_hi)
             r, d = r.to(rm.dtype), d.to(rm.dtype)
         # BatchNorm with weight γ·r and bias γ·d + β (r, d constants) is the renormalized
         # output; its backward differentiates μ_B, σ_B and γ, β as the paper says.
