@@ -131,13 +131,15 @@ class _BatchRenorm(_BatchNorm):
             x = input if input.dtype in (torch.float32, torch.float64) else input.float()
             var_b, mean_b = torch.var_mean(x, dim=dims, correction=0)
             sigma = torch.sqrt(rv.to(var_b.dtype) + self.eps)
-            if isinstance(r_max, Tensor):  # bounds in the statistics' dtype, as a float's are
-                r_lo, r_hi = (1.0 / r_max).to(var_b.dtype), r_max.to(var_b.dtype)
-                d_lo, d_hi = (-d_max).to(var_b.dtype), d_max.to(var_b.dtype)
+            r = torch.sqrt(var_b + self.eps) / sigma
+            d = (mean_b - rm.to(mean_b.dtype)) / sigma
+            if isinstance(r_max, Tensor):
+                # bounds in the statistics' dtype, as a float bound is; maximum/minimum, which
+                # vmap batches (it has no rule for clamp_ with tensor bounds)
+                r = torch.minimum(torch.maximum(r, (1.0 / r_max).to(r.dtype)), r_max.to(r.dtype))
+                d = torch.minimum(torch.maximum(d, (-d_max).to(d.dtype)), d_max.to(d.dtype))
             else:
-                r_lo, r_hi, d_lo, d_hi = 1.0 / r_max, r_max, -d_max, d_max
-            r = (torch.sqrt(var_b + self.eps) / sigma).clamp_(r_lo, r_hi)
-            d = ((mean_b - rm.to(mean_b.dtype)) / sigma).clamp_(d_lo, d_hi)
+                r, d = r.clamp_(1.0 / r_max, r_max), d.clamp_(-d_max, d_max)
             r, d = r.to(rm.dtype), d.to(rm.dtype)
         # BatchNorm with weight γ·r and bias γ·d + β (r, d constants) is the renormalized
         # output; its backward differentiates μ_B, σ_B and γ, β as the paper says.
