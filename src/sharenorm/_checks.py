@@ -81,9 +81,8 @@ class ChecksOnSet:
     ``m.eps = -1.0`` raises the constructor's error instead of making every later output
     NaN (torch.nn checks eps only when its functional call runs, momentum never). The values
     are plain instance attributes: ``state_dict``, ``deepcopy``, pickling and
-    ``torch.compile`` see nothing special. (A data descriptor did this before; Dynamo of
-    torch 2.11 recursed without end on its ``__get__``, so every norm layer failed to
-    compile there.)
+    ``torch.compile`` see nothing special. (Not a data descriptor: Dynamo of torch 2.11
+    recurses without end inlining its ``__get__``, and no norm layer would compile there.)
 
     Example:
         >>> import sharenorm as sn

@@ -199,8 +199,8 @@ def test_the_clip_schedule_as_a_tensor_equals_the_float_one(warmup):
 
 @pytest.mark.parametrize("step", [0, 4, 9, 30])
 def test_export_and_vmap_in_training_match_eager_along_the_warm_up(step):
-    """Under torch.export and torch.func.vmap the step is not read on the host: the clips are
-    computed as tensors. Before, export failed on a data-dependent step and vmap on .item()."""
+    """Under torch.export and torch.func.vmap the step cannot be read on the host (export
+    refuses the data-dependent value, vmap the .item()): the clips are computed as tensors."""
     import copy
 
     from torch.func import functional_call, stack_module_state, vmap

@@ -279,9 +279,9 @@ def test_checked_attributes_keep_state_dict_copy_and_compile():
     for layer in (sn.GroupNorm(1, 3, eps=1e-3), sn.BatchNorm2d(3), sn.InstanceNorm2d(3)):
         compiled = torch.compile(layer, fullgraph=True, backend="eager")
         torch.testing.assert_close(compiled(x), layer(x))  # training: batch statistics
-        # No class-level descriptor stands in for them: Dynamo of torch 2.11 recursed without
-        # end inlining a data descriptor's __get__ (obj.__dict__[name]), so every norm layer
-        # failed to compile there (seen on an H200 machine with torch 2.11; torch 2.13 copes).
+        # No class-level descriptor stands in for them: Dynamo of torch 2.11 recurses without
+        # end inlining a data descriptor's __get__ (obj.__dict__[name]), and no norm layer
+        # would compile there (torch 2.13 copes, so the mechanism is what is checked here).
         for name in ("eps", "momentum"):
             assert inspect.getattr_static(type(layer), name, None) is None, name
 

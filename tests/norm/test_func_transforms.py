@@ -2,9 +2,10 @@
 ``stack_module_state`` + ``vmap(functional_call)`` (forward, and ``vmap(grad(...))`` with its
 per-model gradients and running statistics) and ``jacrev``. Inside a transform no value may
 be read on the host (no ``.item()``, no data pointers, no ``.data``, and vmap cannot even
-query a channels-last layout): the layers take their branch-free paths there. Before, GroupNorm
-and InstanceNorm failed under vmap ("querying is_contiguous inside of vmap"), BatchNorm in
-training on ``.item()``, and memory_efficient layers for want of torch.func rules."""
+query a channels-last layout: "querying is_contiguous inside of vmap"), and autograd.Functions
+need torch.func rules the memory_efficient ones lack: the layers take their branch-free,
+plain paths there. The oracle is each model run alone, eagerly (itself checked against
+torch.nn and the float64 reference in the other files)."""
 
 from __future__ import annotations
 

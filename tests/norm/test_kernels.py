@@ -105,7 +105,7 @@ def _close_scaled(got, want, atol, rtol, r, what):
     """y = x·(γr) + (β − μγr) and dx = r·(γ·dz − c1 − x̂·c2): fp32 rounding comes out
     scaled by r, so the absolute tolerance grows with r beyond the data's own scale (σ = 2,
     r ≈ 0.5). A group of two nearly equal values (the (N, C) shapes) has r in the hundreds:
-    with a fixed atol, ~12% of random draws failed on errors of a few fp32 ulps × r."""
+    a fixed atol fails ~12% of random draws on errors of a few fp32 ulps × r."""
     err = (got.double() - want.double()).abs()
     allowed = atol * (2.0 * r).clamp(min=1.0) + rtol * want.double().abs()
     worst = int((err - allowed).argmax())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["tracing"]
+__all__ = ["tracing", "in_transform"]
 
 
 def tracing() -> bool:
@@ -26,5 +26,9 @@ def tracing() -> bool:
         >>> bool(torch.func.vmap(lambda x: x * tracing())(torch.ones(2)).all())
         True
     """
-    return (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-            or torch.jit.is_tracing())
+    return torch.compiler.is_compiling() or in_transform() or torch.jit.is_tracing()
+
+
+def in_transform() -> bool:
+    """True inside a torch.func transform (vmap, grad, jacrev, …)."""
+    return torch._C._are_functorch_transforms_active()

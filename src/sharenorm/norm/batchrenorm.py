@@ -56,10 +56,8 @@ def _ramp_tensor(step: Tensor, warmup: tuple[int, int], start_value: float,
     s = step.to(torch.float64)
     if end > start:
         mid = start_value + (end_value - start_value) * (s - start) / (end - start)
-        value = torch.where(s <= start, start_value, torch.where(s >= end, end_value, mid))
-    else:  # a step function at `end`
-        value = torch.where(s >= end, end_value, start_value)
-    return value.to(torch.float64)
+        return torch.where(s <= start, start_value, torch.where(s >= end, end_value, mid))
+    return torch.where(s >= end, end_value, start_value)  # a step function at `end`
 
 
 class _BatchRenorm(_BatchNorm):

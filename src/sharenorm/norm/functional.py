@@ -32,7 +32,7 @@ from sharenorm._checks import (  # noqa: F401 (re-exported: norm layers use SF.c
 from sharenorm.activation import apply_activation, check_activation
 from sharenorm.norm import _group_stats
 from sharenorm.norm._layout import is_channels_last, same_memory_format
-from sharenorm.norm._tracing import tracing
+from sharenorm.norm._tracing import in_transform, tracing
 
 __all__ = ["batch_norm", "instance_norm", "group_norm"]
 
@@ -69,7 +69,7 @@ def keep_finite_running_stats(
     (``num_batches_tracked`` still shows a skipped batch), and the flag is returned as a 0-d
     bool tensor for :meth:`_NormBase._count_batch` to add. Inside a ``torch.func`` transform
     nothing is restored (see the code), as in torch.nn."""
-    if torch._C._are_functorch_transforms_active():
+    if in_transform():
         # Inside torch.func transforms (vmap, grad, …) no restore is possible: `.data` is
         # refused there, and an in-place restore of buffers the batch norm saved for backward
         # breaks grad's version check. The update stands, as in torch.nn.
@@ -163,7 +163,7 @@ def _route(
         # its autograd.Functions have no torch.func rules, and jit.trace records them as
         # opaque nodes: inside vmap/grad/jacrev and under jit.trace the plain composition
         # runs (same values; the memory saving does not apply there)
-        and not torch._C._are_functorch_transforms_active()
+        and not in_transform()
         and not torch.jit.is_tracing()
     ):
         return "memory_efficient"
