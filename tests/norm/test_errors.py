@@ -80,6 +80,35 @@ def test_instance_norm_one_spatial_element():
         sn.InstanceNorm2d(3)(torch.randn(2, 3, 1, 1))
 
 
+
+# (shape, num_groups, refused by torch.nn.functional.group_norm)
+GROUP_VALUES = [((1, 3), 3, True), ((1, 3, 1), 3, True), ((1, 1, 1, 1), 1, True),
+                ((1, 4), 4, True), ((1, 4), 2, False), ((2, 3), 3, False), ((1, 3, 2), 3, False),
+                ((0, 3), 3, False)]
+
+
+@pytest.mark.parametrize(("shape", "groups", "refused"), GROUP_VALUES)
+@pytest.mark.parametrize("training", [True, False])
+def test_groupnorm_single_value_groups_refused_exactly_where_torch_refuses(
+        shape, groups, refused, training):
+    """A single sample whose groups hold one value each would come out as β alone: torch
+    raises a ValueError there (in eval too) and so do the layer and the functional form, with
+    the fix; where torch computes (N > 1, an empty batch), so does sharenorm, to the same
+    values (in float64: float32 torch leaves cancellation noise of ~1e-5 where σ² = 0)."""
+    x = torch.randn(shape, dtype=torch.float64)
+    ref = torch.nn.GroupNorm(groups, shape[1]).double().train(training)
+    ours = sn.GroupNorm(groups, shape[1]).double().train(training)
+    if refused:
+        with pytest.raises(ValueError):
+            ref(x)
+        with pytest.raises(ValueError, match="more than one value per group.*fewer groups"):
+            ours(x)
+        with pytest.raises(ValueError, match="more than one value per group"):
+            SF.group_norm(x, groups)
+    else:
+        torch.testing.assert_close(ours(x), ref(x))
+        torch.testing.assert_close(SF.group_norm(x, groups), ref(x))
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.complex64])
 def test_integer_or_complex_input(dtype):
     x = torch.ones(2, 3, 4, 4).to(dtype)

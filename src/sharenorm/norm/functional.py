@@ -23,6 +23,7 @@ from sharenorm._checks import (  # noqa: F401 (re-exported: norm layers use SF.c
     as_count,
     check_dtypes,
     check_eps,
+    check_group_values,
     check_groups,
     check_input,
     check_momentum,
@@ -540,6 +541,7 @@ def group_norm(
     check_input(input, "group_norm")
     c = input.shape[1]
     num_groups = check_groups(c, num_groups)
+    check_group_values(input, num_groups, "group_norm")
     check_per_channel(weight, "weight", c, input)
     check_per_channel(bias, "bias", c, input)
     check_dtypes(input, "group_norm", weight=weight, bias=bias)

@@ -111,6 +111,7 @@ class GroupNorm(SF.ChecksOnSet, nn.Module):
                 f"GroupNorm({self.num_groups}, {self.num_channels}) expected an input "
                 f"(N, {self.num_channels}, *), got shape {tuple(input.shape)}"
             )
+        SF.check_group_values(input, self.num_groups, "GroupNorm")
         weight, bias = self.weight, self.bias  # read once: Module.__getattr__ takes ~1 µs
         SF.check_dtypes(input, "GroupNorm", weight=weight, bias=bias)
         return SF.group_norm_impl(
