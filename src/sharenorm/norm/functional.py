@@ -105,6 +105,34 @@ def _cudnn_enabled() -> bool:
     return torch.backends.cudnn.enabled
 
 
+def _contiguous(grad: Tensor) -> Tensor:
+    return grad if grad.is_contiguous() else grad.contiguous()
+
+
+def guard_gradient_layout(out: Tensor, input: Tensor) -> Tensor:
+    """``out`` (the output of ATen's batch norm on ``input``), its gradient made contiguous
+    before that backward runs where torch 2.13's CPU kernel would get it wrong.
+
+    For a batch of one contiguous 4-d/5-d input, ``batch_norm``'s CPU backward returns a wrong
+    dx and dγ, silently, when the output gradient is channels-last with a batch stride
+    other than the canonical one (a size-1 dimension's stride is free: a ``view`` of a
+    channels-last gradient of one sample gives one). Such a gradient is copied contiguous by
+    a tensor hook, registered only in that case; tracing and ``torch.func`` transforms run
+    other kernels and are left alone. tests/norm/test_grad_layouts.py shows torch's kernel
+    failing beside this."""
+    if (
+        input.shape[0] == 1
+        and input.dim() in (4, 5)
+        and out.requires_grad
+        and input.device.type == "cpu"
+        and input.is_contiguous()
+        and not tracing()
+        and not in_transform()
+    ):
+        out.register_hook(_contiguous)
+    return out
+
+
 BACKENDS = ("auto", "torch", "triton")
 
 
@@ -281,6 +309,7 @@ def batch_norm_impl(
             _cudnn_enabled(),
         )
         updated = False
+    out = guard_gradient_layout(out, input)
     return apply_activation(out, act, act_param, fresh=True), updated
 
 
@@ -428,6 +457,7 @@ def instance_norm_impl(
         out = torch.batch_norm(
             input, weight, bias, running_mean, running_var, False, 0.0, eps, _cudnn_enabled()
         )
+        out = guard_gradient_layout(out, input)
     elif not updating:
         # Instance statistics are group statistics with one channel per group. ATen's
         # GroupNorm kernel computes them several times faster on the CPU than
@@ -441,10 +471,22 @@ def instance_norm_impl(
             out = _group_stats.group_norm(input, input.shape[1], weight, bias, eps)
     else:
         backup = backup_running_stats(running_mean, running_var)
-        out = torch.instance_norm(
-            input, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn_enabled()
-        )
-        out = same_memory_format(out, input)
+        if input.shape[0] == 1:
+            # One sample's instance statistics are its batch statistics, and the running
+            # update is the same. torch.instance_norm would view the output gradient as
+            # (1, N·C, *), which for one sample gives a channels-last gradient the batch
+            # stride that ATen's CPU backward gets wrong (see guard_gradient_layout).
+            out = torch.batch_norm(
+                input, weight, bias, running_mean, running_var, True, momentum, eps,
+                _cudnn_enabled(),
+            )
+            out = guard_gradient_layout(out, input)
+        else:
+            out = torch.instance_norm(
+                input, weight, bias, running_mean, running_var, True, momentum, eps,
+                _cudnn_enabled(),
+            )
+            out = same_memory_format(out, input)
         updated = keep_finite_running_stats(running_mean, running_var, backup, "instance_norm")
     return apply_activation(out, act, act_param, fresh=True), updated
 
