@@ -193,6 +193,48 @@ def test_rnn_errors():
         sn.SharedRNN(3, 4)(torch.randn(5, 2, 3), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="one-layer"):
         sn.SharedRNN.from_torch(nn.RNN(3, 4, num_layers=2))
+    with pytest.raises(TypeError, match="Tensor or a PackedSequence.*torch.as_tensor"):
+        sn.SharedRNN(3, 4)([[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match="at least one step"):
+        sn.UnsharedRNN(3, 4, seq_len=5)(torch.randn(0, 2, 3))
+    with pytest.raises(ValueError, match=r"dtype \(torch.float64\).*input.to\(torch.float32\)"):
+        sn.SharedRNN(3, 4)(torch.randn(5, 2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"dtype \(torch.int64\)"):
+        sn.UnsharedRNN(3, 4, seq_len=5)(torch.ones(5, 2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+@pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_packed_sequences_as_nn_rnn(enforce_sorted, with_hx, nonlinearity):
+    """A PackedSequence of different lengths gives nn.RNN's packed output and h_n (each
+    sequence's state after its own last step) and its gradients; the unshared RNN built from
+    it gives the same."""
+    torch.manual_seed(0)
+    ref = nn.RNN(3, 4, nonlinearity=nonlinearity).double()
+    shared = sn.SharedRNN.from_torch(ref)
+    unshared = sn.UnsharedRNN.from_shared(shared, seq_len=6)
+    lengths = [6, 4, 4, 1] if enforce_sorted else [4, 6, 1, 4]
+    padded = torch.randn(6, 4, 3, dtype=torch.float64)
+    hx = torch.randn(1, 4, 4, dtype=torch.float64) if with_hx else None
+    results = []
+    for rnn in (ref, shared, unshared):
+        x = padded.clone().requires_grad_(True)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+        out, h_n = rnn(packed, hx)
+        assert isinstance(out, nn.utils.rnn.PackedSequence)
+        (out.data.pow(2).sum() + h_n.sum()).backward()
+        results.append((out, h_n, x.grad))
+    want_out, want_h, want_dx = results[0]
+    for out, h_n, dx in results[1:]:
+        torch.testing.assert_close(out.data, want_out.data)
+        assert torch.equal(out.batch_sizes, want_out.batch_sizes)
+        for a, b in ((out.sorted_indices, want_out.sorted_indices),
+                     (out.unsorted_indices, want_out.unsorted_indices)):
+            assert (a is None and b is None) or torch.equal(a, b)
+        torch.testing.assert_close(h_n, want_h)
+        torch.testing.assert_close(dx, want_dx)
+    torch.testing.assert_close(shared.weight_hh.grad, ref.weight_hh_l0.grad)
 
 
 @settings(max_examples=25, deadline=None)

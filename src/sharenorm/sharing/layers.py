@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from sharenorm._checks import as_count
 
@@ -429,25 +430,32 @@ class _RNNBase(nn.Module):
     def _input_projection(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
         """Run the recurrence ``h_t = act(x_t W_ih[t]ᵀ + b_ih[t] + h_{t-1} W_hh[t]ᵀ + b_hh[t])``.
 
         Args:
-            input: (L, N, H_in), or (N, L, H_in) with ``batch_first=True``, or unbatched (L, H_in).
+            input: (L, N, H_in), or (N, L, H_in) with ``batch_first=True``, or unbatched
+                (L, H_in), or a ``PackedSequence`` of sequences of different lengths.
             hx: initial hidden state (1, N, H) or (1, H) unbatched; zeros if None.
 
         Returns:
             ``(output, h_n)`` exactly like ``nn.RNN``: output (L, N, H) (batch_first: (N, L, H)),
-            h_n (1, N, H).
+            or a ``PackedSequence`` for a packed input; h_n (1, N, H), each sequence's hidden
+            state after its own last step.
         """
+        name = type(self).__name__
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        if not isinstance(input, Tensor):
+            raise TypeError(
+                f"{name} takes a Tensor or a PackedSequence, got {type(input).__name__}; "
+                "convert it with torch.as_tensor"
+            )
         if input.dim() not in (2, 3):
             raise ValueError(
-                f"{type(self).__name__} expects a 3-D (batched) or 2-D (unbatched) input, got "
-                f"shape {tuple(input.shape)}"
-            )
-        if input.shape[-1] != self.input_size:
-            raise ValueError(
-                f"{type(self).__name__} expects input feature size {self.input_size}, got "
+                f"{name} expects a 3-D (batched) or 2-D (unbatched) input, got "
                 f"shape {tuple(input.shape)}"
             )
         unbatched = input.dim() == 2
@@ -456,14 +464,35 @@ class _RNNBase(nn.Module):
             if unbatched
             else (input.transpose(0, 1) if self.batch_first else input)
         )
+        expected = (1, self.hidden_size) if unbatched else (1, x.shape[1], self.hidden_size)
+        if hx is not None and tuple(hx.shape) != expected:
+            raise ValueError(f"hx must have shape {expected}, got {tuple(hx.shape)}")
+        out = self._run(x, None if hx is None else hx.reshape(x.shape[1], self.hidden_size))
+        h_n = out[-1].unsqueeze(0)
+        if unbatched:
+            return out.squeeze(1), h_n.squeeze(1)
+        return (out.transpose(0, 1) if self.batch_first else out), h_n
+
+    def _run(self, x: Tensor, h: Tensor | None) -> Tensor:
+        """Every step's hidden state (L, N, H) of the (L, N, H_in) input ``x`` from ``h``."""
+        name = type(self).__name__
+        if x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{name} expects input feature size {self.input_size}, got input whose last "
+                f"dimension is {x.shape[-1]}"
+            )
+        weight = self.weight_hh
+        if x.dtype != weight.dtype:
+            raise ValueError(
+                f"{name} input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
+                f"Convert the input: input.to({weight.dtype}), or the model: "
+                f"model.to({x.dtype})"
+            )
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} needs a sequence of at least one step, got 0 steps")
         steps, batch = x.shape[0], x.shape[1]
-        if hx is None:
+        if h is None:
             h = x.new_zeros(batch, self.hidden_size)
-        else:
-            expected = (1, self.hidden_size) if unbatched else (1, batch, self.hidden_size)
-            if tuple(hx.shape) != expected:
-                raise ValueError(f"hx must have shape {expected}, got {tuple(hx.shape)}")
-            h = hx.reshape(batch, self.hidden_size)
         act = _NONLINEARITIES[self.nonlinearity]
         # The input projections of all steps do not depend on h: compute them in one op.
         xw = self._input_projection(x)  # (L, N, H), includes b_ih
@@ -475,11 +504,30 @@ class _RNNBase(nn.Module):
                 pre = pre + b_hh
             h = act(pre)
             outputs.append(h)
-        out = torch.stack(outputs)  # (L, N, H)
-        h_n = h.unsqueeze(0)
-        if unbatched:
-            return out.squeeze(1), h_n.squeeze(1)
-        return (out.transpose(0, 1) if self.batch_first else out), h_n
+        return torch.stack(outputs)
+
+    def _forward_packed(
+        self, input: PackedSequence, hx: Tensor | None
+    ) -> tuple[PackedSequence, Tensor]:
+        """A packed batch: run the padded batch (sequences in their original order, as
+        ``hx`` is), take each sequence's hidden state at its own last step, and pack the
+        outputs with the input's batch sizes and order. Steps past a sequence's end run on
+        padding and are dropped: nothing of them reaches h_n or the output."""
+        padded, lengths = pad_packed_sequence(input)  # (L, N, H_in), original order
+        batch = padded.shape[1]
+        if hx is not None and tuple(hx.shape) != (1, batch, self.hidden_size):
+            raise ValueError(
+                f"hx must have shape {(1, batch, self.hidden_size)}, got {tuple(hx.shape)}"
+            )
+        out = self._run(padded, None if hx is None else hx.reshape(batch, self.hidden_size))
+        last = (lengths - 1).to(out.device)
+        h_n = out[last, torch.arange(batch, device=out.device)].unsqueeze(0)
+        order = input.sorted_indices
+        by_length = out if order is None else out.index_select(1, order)
+        data = torch.cat([by_length[t, :n] for t, n in enumerate(input.batch_sizes.tolist())])
+        packed = PackedSequence(data, input.batch_sizes, input.sorted_indices,
+                                input.unsorted_indices)
+        return packed, h_n
 
 
 class SharedRNN(_RNNBase):
