@@ -63,6 +63,13 @@ def test_tied_autoencoder_errors():
     for bad in ([5, 2.0], [5, True], [5, 0]):
         with pytest.raises(ValueError, match="at least two positive ints"):
             sn.TiedAutoencoder(bad)
+    ae = sn.TiedAutoencoder([5, 3, 2])
+    with pytest.raises(ValueError, match=r"encode expects \(\*, 5\), got \(4, 6\)"):
+        ae(torch.randn(4, 6))
+    with pytest.raises(ValueError, match=r"decode expects \(\*, 2\), got \(4, 3\)"):
+        ae.decode(torch.randn(4, 3))
+    with pytest.raises(ValueError, match=r"expects \(\*, 5\), got list"):
+        ae([1.0] * 5)
 
 
 def test_tied_autoencoder_accepts_numpy_ints():

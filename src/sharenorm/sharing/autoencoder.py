@@ -87,8 +87,16 @@ class TiedAutoencoder(nn.Module):
             for j in range(k):
                 tie(self, f"decoder.{j}.weight", f"encoder.{k - 1 - j}.weight", "transpose")
 
+    def _check(self, x: Tensor, size: int, what: str) -> None:
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[-1] != size:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"TiedAutoencoder{list(self.sizes)}.{what} expects (*, {size}), got {shape}"
+            )
+
     def encode(self, x: Tensor) -> Tensor:
         """The code ``h_k`` (no activation on the last layer)."""
+        self._check(x, self.sizes[0], "encode")
         for i, layer in enumerate(self.encoder):
             x = layer(x)
             if i < len(self.encoder) - 1:
@@ -97,6 +105,7 @@ class TiedAutoencoder(nn.Module):
 
     def decode(self, h: Tensor) -> Tensor:
         """The reconstruction from a code."""
+        self._check(h, self.sizes[-1], "decode")
         for j, layer in enumerate(self.decoder):
             h = layer(h)
             act = self.activation if j < len(self.decoder) - 1 else self.out_activation
