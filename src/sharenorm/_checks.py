@@ -163,11 +163,12 @@ def check_group_values(input: Tensor, num_groups: int, op: str) -> None:
     """Refuse what ``torch.nn.functional.group_norm`` refuses: a single sample whose groups
     hold one value each (σ² = 0, so x̂ = 0 and the output is β alone, whatever the input).
     torch's condition, N · C/G · ∏spatial == 1, is kept exactly (a drop-in must not refuse
-    more): with N > 1 the same degenerate groups pass, as in torch."""
-    shape = tuple(input.shape)
-    if shape[0] * (shape[1] // num_groups) * math.prod(shape[2:]) == 1:
+    more): with N > 1 the same degenerate groups pass, as in torch. That product is
+    numel / G: one integer compare per call."""
+    if input.numel() == num_groups:
         raise ValueError(
-            f"{op} needs more than one value per group, got input of shape {shape} with "
+            f"{op} needs more than one value per group, got input of shape "
+            f"{tuple(input.shape)} with "
             f"num_groups={num_groups}: each group holds a single value, so the output would "
             "be the bias alone. Use fewer groups (num_groups=1 normalizes over all channels, "
             "as LayerNorm) or an input with spatial extent."
