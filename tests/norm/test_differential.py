@@ -8,9 +8,7 @@ Each case runs torch.nn's layer (then the activation) and sharenorm's on the sam
 and output gradient, and judges both against torch.nn in float64: sharenorm's error in the
 output, dx, dγ and dβ must be within 2× torch's own (plus a few units of the dtype), the
 running statistics equal torch's (BatchNorm; InstanceNorm's differ by design, see the
-README), and an input torch refuses must be refused too. This is how the single-value
-GroupNorm groups torch refuses and the batch-of-one gradient layouts
-(test_grad_layouts.py) were found."""
+README), and an input torch refuses must be refused too."""
 
 from __future__ import annotations
 

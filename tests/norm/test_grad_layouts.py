@@ -9,10 +9,9 @@ sample when the output gradient's layout is not the input's:
 * ``torch.instance_norm`` when the output gradient is channels-last at all: it views the
   gradient as ``(1, N·C, *)``, which for N = 1 gives the stride above.
 
-torch.nn's InstanceNorm returns a contiguous output, so the usual following ops hand it a
-contiguous gradient; sharenorm keeps a channels-last input's layout, so a following
-elementwise op hands it a channels-last one, and its tracked InstanceNorm computed wrong
-gradients with a batch of one in a channels-last model. Here every layer and path is checked
+sharenorm keeps a channels-last input's layout (torch.nn's InstanceNorm returns a contiguous
+output), so the op after a layer hands it a channels-last gradient: a channels-last model
+with a batch of one meets these kernels' failures. Here every layer and path is checked
 against the float64 formulas of :mod:`sharenorm.norm.reference` for each gradient layout,
 and torch's kernels are shown failing beside it (so that the day torch fixes them shows)."""
 
@@ -125,8 +124,8 @@ def test_synchronised_batchnorm_for_every_gradient_layout(input_layout, grad_lay
 
 
 def test_channels_last_model_with_a_batch_of_one_trains_as_a_contiguous_one():
-    """The case found: a conv → tracked InstanceNorm → relu → conv model converted to
-    channels-last gets the contiguous model's gradients with a batch of one."""
+    """A conv → tracked InstanceNorm → relu → conv model converted to channels-last gets the
+    contiguous model's gradients with a batch of one."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(3, C, 3, padding=1),

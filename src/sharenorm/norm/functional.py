@@ -105,31 +105,32 @@ def _cudnn_enabled() -> bool:
     return torch.backends.cudnn.enabled
 
 
-def _contiguous(grad: Tensor) -> Tensor:
+def contiguous_gradient(grad: Tensor) -> Tensor:
+    """``grad`` as ATen's CPU batch-norm backward reads it right (see
+    :func:`guard_gradient_layout`)."""
     return grad if grad.is_contiguous() else grad.contiguous()
 
 
-def guard_gradient_layout(out: Tensor, input: Tensor) -> Tensor:
-    """``out`` (the output of ATen's batch norm on ``input``), its gradient made contiguous
-    before that backward runs where torch 2.13's CPU kernel would get it wrong.
-
-    For a batch of one contiguous 4-d/5-d input, ``batch_norm``'s CPU backward returns a wrong
-    dx and dγ, silently, when the output gradient is channels-last with a batch stride
-    other than the canonical one (a size-1 dimension's stride is free: a ``view`` of a
-    channels-last gradient of one sample gives one). Such a gradient is copied contiguous by
-    a tensor hook, registered only in that case; tracing and ``torch.func`` transforms run
-    other kernels and are left alone. tests/norm/test_grad_layouts.py shows torch's kernel
-    failing beside this."""
-    if (
+def gradient_layout_at_risk(input: Tensor) -> bool:
+    """Whether torch 2.13's CPU ``batch_norm`` backward on ``input`` may misread its output
+    gradient: a batch of one contiguous 4-d/5-d CPU input. There it returns a wrong dx and
+    dγ, silently, for a channels-last gradient whose batch stride is not the canonical one (a
+    size-1 dimension's stride is free: a ``view`` of a channels-last gradient of one sample
+    gives one). tests/norm/test_grad_layouts.py shows the kernel failing."""
+    return (
         input.shape[0] == 1
         and input.dim() in (4, 5)
-        and out.requires_grad
         and input.device.type == "cpu"
         and input.is_contiguous()
-        and not tracing()
-        and not in_transform()
-    ):
-        out.register_hook(_contiguous)
+    )
+
+
+def guard_gradient_layout(out: Tensor, input: Tensor) -> Tensor:
+    """``out`` (the output of ATen's batch norm on ``input``), with a tensor hook that makes
+    its gradient contiguous where :func:`gradient_layout_at_risk`; registered only there.
+    Tracing and ``torch.func`` transforms run other kernels and are left alone."""
+    if out.requires_grad and gradient_layout_at_risk(input) and not tracing():
+        out.register_hook(contiguous_gradient)
     return out
 
 
@@ -475,7 +476,7 @@ def instance_norm_impl(
             # One sample's instance statistics are its batch statistics, and the running
             # update is the same. torch.instance_norm would view the output gradient as
             # (1, N·C, *), which for one sample gives a channels-last gradient the batch
-            # stride that ATen's CPU backward gets wrong (see guard_gradient_layout).
+            # stride that ATen's CPU backward gets wrong (see gradient_layout_at_risk).
             out = torch.batch_norm(
                 input, weight, bias, running_mean, running_var, True, momentum, eps,
                 _cudnn_enabled(),

@@ -113,10 +113,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         input, weight, mean, var = ctx.saved_tensors
         c = input.shape[1]
-        if input.shape[0] == 1 and input.device.type == "cpu" and input.is_contiguous():
-            # ATen's CPU kernel misreads a channels-last gradient of one sample whose batch
-            # stride is not canonical (see sharenorm.functional's guard_gradient_layout)
-            grad_out = grad_out.contiguous()
+        if SF.gradient_layout_at_risk(input):
+            grad_out = SF.contiguous_gradient(grad_out)
         if input.numel() > 0:
             # One fused pass for the two local sums: Σ dy·x̂ (γ's grad) and Σ dy (β's).
             _, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(

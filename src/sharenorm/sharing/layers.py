@@ -464,14 +464,20 @@ class _RNNBase(nn.Module):
             if unbatched
             else (input.transpose(0, 1) if self.batch_first else input)
         )
-        expected = (1, self.hidden_size) if unbatched else (1, x.shape[1], self.hidden_size)
-        if hx is not None and tuple(hx.shape) != expected:
-            raise ValueError(f"hx must have shape {expected}, got {tuple(hx.shape)}")
-        out = self._run(x, None if hx is None else hx.reshape(x.shape[1], self.hidden_size))
+        out = self._run(x, self._initial_state(hx, x.shape[1], unbatched))
         h_n = out[-1].unsqueeze(0)
         if unbatched:
             return out.squeeze(1), h_n.squeeze(1)
         return (out.transpose(0, 1) if self.batch_first else out), h_n
+
+    def _initial_state(self, hx: Tensor | None, batch: int, unbatched: bool) -> Tensor | None:
+        """``hx`` checked against nn.RNN's shape, (1, N, H) or (1, H) unbatched, as (N, H)."""
+        if hx is None:
+            return None
+        expected = (1, self.hidden_size) if unbatched else (1, batch, self.hidden_size)
+        if tuple(hx.shape) != expected:
+            raise ValueError(f"hx must have shape {expected}, got {tuple(hx.shape)}")
+        return hx.reshape(batch, self.hidden_size)
 
     def _run(self, x: Tensor, h: Tensor | None) -> Tensor:
         """Every step's hidden state (L, N, H) of the (L, N, H_in) input ``x`` from ``h``."""
@@ -515,11 +521,7 @@ class _RNNBase(nn.Module):
         padding and are dropped: nothing of them reaches h_n or the output."""
         padded, lengths = pad_packed_sequence(input)  # (L, N, H_in), original order
         batch = padded.shape[1]
-        if hx is not None and tuple(hx.shape) != (1, batch, self.hidden_size):
-            raise ValueError(
-                f"hx must have shape {(1, batch, self.hidden_size)}, got {tuple(hx.shape)}"
-            )
-        out = self._run(padded, None if hx is None else hx.reshape(batch, self.hidden_size))
+        out = self._run(padded, self._initial_state(hx, batch, unbatched=False))
         last = (lengths - 1).to(out.device)
         h_n = out[last, torch.arange(batch, device=out.device)].unsqueeze(0)
         order = input.sorted_indices
