@@ -105,10 +105,13 @@ def _cudnn_enabled() -> bool:
     return torch.backends.cudnn.enabled
 
 
-def contiguous_gradient(grad: Tensor) -> Tensor:
+def contiguous_gradient(grad: Tensor | None) -> Tensor | None:
     """``grad`` as ATen's CPU batch-norm backward reads it right (see
-    :func:`guard_gradient_layout`)."""
-    return grad if grad.is_contiguous() else grad.contiguous()
+    :func:`guard_gradient_layout`). ``None`` (an undefined gradient, which autograd hands a
+    tensor hook when nothing flows back through the output) passes through."""
+    if grad is None or grad.is_contiguous():
+        return grad
+    return grad.contiguous()
 
 
 def gradient_layout_at_risk(input: Tensor) -> bool:

@@ -9,7 +9,6 @@ backward, no in-place edit of a saved output): docs/design/memory-efficient-norm
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from sharenorm.activation import default_param, spec
+from sharenorm.norm._autograd import once_differentiable
 from sharenorm.norm._group_stats import may_run_channels_last, needs_shift, shift
 from sharenorm.norm._layout import memory_format as _memory_format
 from sharenorm.norm._tracing import tracing
@@ -38,27 +38,14 @@ _ELU_MIN_PREACT = -4.0
 
 
 _DOUBLE_BACKWARD = (
-    b"memory_efficient=True has no double backward (create_graph=True, gradient "
-    b"penalties): build this layer with memory_efficient=False"
+    "memory_efficient=True has no double backward (create_graph=True, gradient "
+    "penalties): build this layer with memory_efficient=False"
 )
-
-
-def _once_differentiable(backward):
-    """torch's ``once_differentiable`` with an error that names the fix: the backward runs
-    without grad, and where a graph is being built its outputs lead to a node that raises
-    only if that graph is differentiated in turn."""
-
-    @functools.wraps(backward)
-    def wrapper(ctx, *grads):
-        with torch.no_grad():
-            grads_in = backward(ctx, *grads)
-        if not torch.is_grad_enabled() or not any(g.requires_grad for g in grads):
-            return grads_in
-        delayed = torch._C._functions.DelayedError(_DOUBLE_BACKWARD, len(grads_in))
-        alias = [None if g is None else g.detach().requires_grad_() for g in grads_in]
-        return delayed(*alias)
-
-    return wrapper
+_BATCHED_BACKWARD = (
+    "memory_efficient=True has no batched backward (torch.autograd.grad(..., "
+    "is_grads_batched=True), torch.autograd.functional.jacobian(..., vectorize=True)): "
+    "build this layer with memory_efficient=False, or compute without vectorize"
+)
 
 
 def _saved(ctx) -> tuple[Tensor, ...]:
@@ -302,6 +289,8 @@ def _in_float32(grads: Callable, ctx, dy: Tensor):
     recomputing z, the activation's gradient and the sums add no 16-bit rounding (a
     16-bit z = a·x + b of an offset input loses the bits of x − μ, and relu's mask with
     them). dx is rounded once to the input's dtype, dγ and dβ to the parameters'."""
+    if not tracing() and torch._C._functorch.is_legacy_batchedtensor(dy):
+        raise RuntimeError(_BATCHED_BACKWARD)
     saved, weight, bias, mean, rstd = _saved(ctx)
     dtype = saved.dtype
     if dtype not in (torch.float16, torch.bfloat16):
@@ -362,7 +351,7 @@ class _BatchNormAct(torch.autograd.Function):
         return y
 
     @staticmethod
-    @_once_differentiable
+    @once_differentiable(_DOUBLE_BACKWARD)
     def backward(ctx, dy):
         return (*_in_float32(_BatchNormAct.grads, ctx, dy), *([None] * 7))
 
@@ -473,7 +462,7 @@ class _GroupNormAct(torch.autograd.Function):
         return y
 
     @staticmethod
-    @_once_differentiable
+    @once_differentiable(_DOUBLE_BACKWARD)
     def backward(ctx, dy):
         return (*_in_float32(_GroupNormAct.grads, ctx, dy), None, None, None, None)
 

@@ -19,6 +19,7 @@ from torch import Tensor
 from sharenorm import distributed as snd
 from sharenorm.activation import apply_activation
 from sharenorm.norm import functional as SF
+from sharenorm.norm._autograd import once_differentiable
 from sharenorm.norm.batchnorm import _BatchNorm
 
 __all__ = ["SyncBatchNorm", "sync_batch_norm_stats"]
@@ -110,6 +111,11 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable(
+        "SyncBatchNorm's synchronised training has no double backward (create_graph=True, "
+        "gradient penalties): its statistics enter the backward formula as constants. Use "
+        "sharenorm.BatchNorm*d (per-rank statistics) or GroupNorm for such a model"
+    )
     def backward(ctx, grad_out):
         input, weight, mean, var = ctx.saved_tensors
         c = input.shape[1]
