@@ -615,3 +615,21 @@ def test_a_view_input_keeps_only_its_own_elements_for_backward():
     _, saved = fused.saved_tensor_bytes(
         lambda: SF.group_norm(h, 2, act="silu", memory_efficient=True, backend="triton"))
     assert saved <= h.numel() * 4 + 1024  # the chunk (and small statistics), not its base
+
+
+@pytest.mark.parametrize("make", [lambda: sn.GroupNorm(2, 4, act="silu", backend="triton"),
+                                  lambda: sn.BatchNorm2d(4, act="relu", backend="triton")],
+                         ids=["gn", "bn"])
+def test_double_backward_error_names_the_fix(make):
+    """A gradient penalty through the Triton path: torch's "no autograd formula was
+    registered" for the backward op before; now the way out (backend='torch')."""
+    m = make()
+    x = _input((3, 4, 3, 2)).requires_grad_(True)
+    w = torch.randn_like(x)
+    for wrt in (None, x, m.weight):
+        out = (m(x) * w).sum()
+        (dx,) = torch.autograd.grad(out, x, create_graph=True)  # first order is fine
+        penalty = out + dx.pow(2).sum()
+        with pytest.raises(RuntimeError, match="backend='triton' has no double backward.*"
+                                               "backend='torch'"):
+            penalty.backward() if wrt is None else torch.autograd.grad(penalty, wrt)

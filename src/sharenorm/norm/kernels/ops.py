@@ -106,9 +106,24 @@ def _backward(ctx, dy, _dmean, _dvar):
     return dx, dw, db, None, None, None, None, None, None, None
 
 
+def _no_double_backward(ctx, *grads):
+    # the backward kernel's own derivative is not written: refuse, naming the way out,
+    # rather than torch's "no autograd formula was registered"
+    raise RuntimeError(
+        "backend='triton' has no double backward (create_graph=True, gradient penalties): "
+        "build this layer with backend='torch'"
+    )
+
+
+def _setup_bwd(ctx, inputs, output) -> None:
+    pass
+
+
 # Registered here, at import, not at a first call: a first call inside a torch.compile
 # trace could not register anything.
 torch.library.register_autograd("sharenorm::norm_act_fwd", _backward, setup_context=_setup)
+torch.library.register_autograd("sharenorm::norm_act_bwd", _no_double_backward,
+                                setup_context=_setup_bwd)
 
 
 @torch.library.custom_op("sharenorm::running_update", mutates_args=("running_mean", "running_var"))
