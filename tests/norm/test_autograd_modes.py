@@ -7,7 +7,8 @@ finite differences they check forward-mode AD (``jvp``), batched gradients
 ``create_graph=True``). The plain layers support all of them as torch.nn does; the
 memory-efficient layers and SyncBatchNorm's synchronised training compute their backward
 from hand-written formulas and refuse second derivatives and batched backward with an error
-that names the fix, never a silently wrong (or zero) result.
+that names the fix, never a silently wrong (or zero) result (SyncBatchNorm's refusal:
+test_syncbatchnorm.py::test_function_gradcheck_and_no_second_derivative).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import sharenorm as sn
-from sharenorm.norm.syncbatchnorm import _SyncBatchNormFunction, sync_batch_norm_stats
 
 # (id, layer, input shape): batch-of-one layers run the gradient-layout hook
 # (sharenorm.norm.functional.guard_gradient_layout)
@@ -174,19 +174,3 @@ def test_memory_efficient_batched_backward_error_names_the_fix(name, make):
     jac = torch.autograd.functional.jacobian(m, x.detach(), vectorize=False)
     assert jac.shape == (*x.shape, *x.shape)
 
-
-def test_synchronised_batchnorm_refuses_second_derivatives():
-    """SyncBatchNorm's synchronised backward takes μ and σ² as constants: its own
-    derivative would miss their dependence on x (gradgradcheck's Jacobians differed)."""
-    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
-    w = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_(True)
-    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
-
-    def f(x, w, b):
-        with torch.no_grad():
-            mean, var, n = sync_batch_norm_stats(x)
-        return _SyncBatchNormFunction.apply(x, w, b, mean, var, n, 1e-5, None, 1)
-
-    assert gradcheck(f, (x, w, b))
-    with pytest.raises(RuntimeError, match="SyncBatchNorm.*no double backward.*GroupNorm"):
-        gradgradcheck(f, (x, w, b))

@@ -128,8 +128,10 @@ def test_sync_path_low_precision(dtype, atol, rtol):
                                    rtol=rtol, msg=what)
 
 
-def test_function_gradcheck():
-    """The backward formula (global sums, γ/β grads) against finite differences."""
+def test_function_gradcheck_and_no_second_derivative():
+    """The backward formula (global sums, γ/β grads) against finite differences; its own
+    derivative would miss μ's and σ²'s dependence on x (gradgradcheck's Jacobians differed):
+    refused, naming the way out."""
     x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
     w = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_(True)
     b = torch.randn(3, dtype=torch.float64, requires_grad=True)
@@ -142,6 +144,8 @@ def test_function_gradcheck():
         return _SyncBatchNormFunction.apply(x, w, b, mean, var, n, 1e-5, None, 1)
 
     assert torch.autograd.gradcheck(f, (x, w, b))
+    with pytest.raises(RuntimeError, match="SyncBatchNorm.*no double backward.*GroupNorm"):
+        torch.autograd.gradgradcheck(f, (x, w, b))
 
 
 def test_merge_stats_unequal_empty_and_large_mean():
