@@ -41,6 +41,11 @@ LAYERS = [
 ]
 
 
+# forward AD loads torch's jvp decompositions, which call the deprecated torch.jit.script
+JIT_SCRIPT_DEPRECATED = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
 def _as_function(m):
     """``m`` as a function of (x, *parameters), for gradcheck."""
     names = [n for n, _ in m.named_parameters()]
@@ -66,8 +71,7 @@ def _layer(make, shape, training, channels_last=False):
     return m, x.requires_grad_(True)
 
 
-# forward AD loads torch's jvp decompositions, which call the deprecated torch.jit.script
-@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@JIT_SCRIPT_DEPRECATED
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name, make, shape", LAYERS, ids=[c[0] for c in LAYERS])
 def test_gradcheck_every_mode(name, make, shape, training):
@@ -174,3 +178,25 @@ def test_memory_efficient_batched_backward_error_names_the_fix(name, make):
     jac = torch.autograd.functional.jacobian(m, x.detach(), vectorize=False)
     assert jac.shape == (*x.shape, *x.shape)
 
+
+
+@JIT_SCRIPT_DEPRECATED
+@pytest.mark.parametrize("name, make", MEMORY_EFFICIENT, ids=[c[0] for c in MEMORY_EFFICIENT])
+def test_memory_efficient_forward_ad_runs_the_plain_path(name, make):
+    """Forward-mode AD (a dual level, as torch.autograd.forward_ad): the memory-efficient
+    Functions have no jvp (torch raised NotImplementedError); the plain path runs there."""
+    import torch.autograd.forward_ad as fwad
+
+    torch.manual_seed(0)
+    m = make().double()
+    plain = make()
+    plain.memory_efficient = False
+    plain = plain.double()
+    plain.load_state_dict(m.state_dict())
+    x = torch.randn(3, 4, 3, 2, dtype=torch.float64)
+    t = torch.randn_like(x)
+    with fwad.dual_level():
+        got = fwad.unpack_dual(m(fwad.make_dual(x, t)))
+        want = fwad.unpack_dual(plain(fwad.make_dual(x, t)))
+    torch.testing.assert_close(got.primal, want.primal, atol=1e-12, rtol=0)
+    torch.testing.assert_close(got.tangent, want.tangent, atol=1e-12, rtol=0)

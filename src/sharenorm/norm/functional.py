@@ -193,11 +193,13 @@ def _route(
         memory_efficient
         and torch.is_grad_enabled()
         and any(t is not None and t.requires_grad for t in (input, weight, bias))
-        # its autograd.Functions have no torch.func rules, and jit.trace records them as
-        # opaque nodes: inside vmap/grad/jacrev and under jit.trace the plain composition
-        # runs (same values; the memory saving does not apply there)
+        # its autograd.Functions have no torch.func rules nor forward-mode derivative, and
+        # jit.trace records them as opaque nodes: inside vmap/grad/jacrev, a forward-AD
+        # dual level and under jit.trace the plain composition runs (same values; the
+        # memory saving does not apply there)
         and not in_transform()
         and not torch.jit.is_tracing()
+        and getattr(torch.autograd.forward_ad, "_current_level", -1) < 0
     ):
         return "memory_efficient"
     return "torch"
