@@ -483,6 +483,69 @@ def test_convert_norm_sync_converts_every_norm_convert_sync_batchnorm_only_batch
     assert sn.SyncBatchNorm.convert_sync_batchnorm is sn.convert_sync_batchnorm
 
 
+CONVERSIONS = [
+    ("torch_sync", lambda m: nn.SyncBatchNorm.convert_sync_batchnorm(m)),  # the reference
+    ("sync", lambda m: sn.convert_sync_batchnorm(m)),
+    ("bn", lambda m: sn.convert_norm(m, "bn").model),
+    ("gn", lambda m: sn.convert_norm(m, "gn", num_groups=2).model),
+    ("renorm", lambda m: sn.convert_norm(m, "renorm").model),
+]
+
+
+@pytest.mark.parametrize("name, convert", CONVERSIONS, ids=[c[0] for c in CONVERSIONS])
+def test_an_optimizer_built_before_the_conversion_still_trains_the_layer(name, convert):
+    """torch's convert_sync_batchnorm gives the new layer the old Parameters and buffers
+    themselves; a copy would leave the optimizer stepping tensors no layer uses (γ and β
+    silently frozen)."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    old = net[1]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    net = convert(net)
+    assert net[1] is not old
+    assert net[1].weight is old.weight and net[1].bias is old.bias
+    if name != "gn":  # running statistics mean the same between BatchNorms only
+        assert net[1].running_mean is old.running_mean
+    before = net[1].weight.detach().clone()
+    net(torch.randn(4, 3, 6, 6)).pow(2).sum().backward()
+    opt.step()
+    assert not torch.equal(net[1].weight, before)
+    assert {id(p) for p in net.parameters()} <= {id(p) for g in opt.param_groups
+                                                 for p in g["params"]}
+
+
+def test_conversion_copies_what_it_cannot_share():
+    """A dtype the new layer does not take, or a tied γ (computed from its source): the
+    value is copied, as before; nothing is shared with a tensor of another dtype."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    net[1].running_mean = net[1].running_mean.half()
+    sn.convert_norm(net, "bn")
+    assert net[1].running_mean.dtype == torch.float32
+    net = nn.ModuleDict({"a": nn.BatchNorm2d(4), "b": nn.BatchNorm2d(4)})
+    sn.tie(net, "b.weight", "a.weight")
+    a_weight = net.a.weight
+    sn.convert_norm(net, "bn")
+    assert net.a.weight is a_weight and net.b.weight is a_weight  # the tie, kept
+    assert [(t.target, t.source) for t in sn.iter_links(net)] == [("b.weight", "a.weight")]
+
+
+def test_hooks_on_a_converted_layer_keep_firing_and_their_handles_remove_them():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False))
+    seen = []
+    fwd = net[1].register_forward_hook(lambda m, i, o: seen.append(("fwd", type(m).__name__)))
+    net[1].register_forward_pre_hook(lambda m, i: seen.append(("pre", type(m).__name__)))
+    net[1].register_full_backward_hook(lambda m, gi, go: seen.append(("bwd", type(m).__name__)))
+    report = sn.convert_norm(net, "gn", num_groups=2)
+    assert report.changes[0].kept == ("hooks",) and "kept hooks" in str(report)
+    net(torch.randn(2, 3, 5, 5, requires_grad=True)).sum().backward()
+    assert seen == [("pre", "GroupNorm"), ("fwd", "GroupNorm"), ("bwd", "GroupNorm")]
+    fwd.remove()
+    seen.clear()
+    net(torch.randn(2, 3, 5, 5))
+    assert seen == [("pre", "GroupNorm")]
+    plain = sn.convert_norm(nn.Sequential(nn.BatchNorm2d(4)), "gn", num_groups=2)
+    assert "hooks" not in plain.changes[0].kept
+
+
 def _imports(path: pathlib.Path, root: pathlib.Path) -> set[str]:
     """The sharenorm modules ``path`` imports anywhere in it (functions included); a
     ``from package import module`` counts as the module."""

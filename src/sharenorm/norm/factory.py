@@ -292,19 +292,56 @@ def _convert_one(
         for name in ("weight", "bias"):
             src, dst = getattr(old, name, None), getattr(new, name, None)
             if isinstance(src, Tensor) and isinstance(dst, Tensor) and src.shape == dst.shape:
-                dst.copy_(src)
-                dst.requires_grad_(src.requires_grad)
+                _carry(old, new, name, src, dst)
                 kept.append(name)
         # Running statistics mean the same thing only between layers of one kind.
         if _same_kind(old, kind):
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 src, dst = getattr(old, name, None), getattr(new, name, None)
-                if isinstance(src, Tensor) and isinstance(dst, Tensor):
-                    dst.copy_(src)
+                if isinstance(src, Tensor) and isinstance(dst, Tensor) and src.shape == dst.shape:
+                    _carry(old, new, name, src, dst)
                     kept.append(name)
     if post is not None:
         new = NormAct(new, *post)
+    if _carry_hooks(old, new):
+        kept.append("hooks")
     return new, tuple(kept), "; ".join(note)
+
+
+def _carry(old: nn.Module, new: nn.Module, name: str, src: Tensor, dst: Tensor) -> None:
+    """``new.<name>`` takes ``old.<name>``: the tensor itself where ``old`` holds it (its own
+    parameter or buffer, of the new one's dtype and device), as torch's
+    ``convert_sync_batchnorm`` does, so that an optimizer built before the conversion keeps
+    training the new layer; else (a tied attribute, computed from its source) its value."""
+    own = old._parameters if name in old._parameters else old._buffers
+    if (own.get(name) is src and src.dtype == dst.dtype and src.device == dst.device
+            and isinstance(src, nn.Parameter) == isinstance(dst, nn.Parameter)):
+        setattr(new, name, src)
+    else:
+        dst.copy_(src)
+        dst.requires_grad_(src.requires_grad)
+
+
+# A module's forward and backward hook tables (what register_forward_hook,
+# register_forward_pre_hook and register_full_backward_hook fill).
+_HOOK_TABLES = (
+    "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+    "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+    "_backward_hooks",
+)
+
+
+def _carry_hooks(old: nn.Module, new: nn.Module) -> bool:
+    """Give ``new`` ``old``'s forward and backward hooks (the same tables, so the handles the
+    user holds still remove them); whether there were any. A feature extractor's or a
+    logger's hook on a norm layer keeps firing after the conversion."""
+    if not any(getattr(old, t, None) for t in _HOOK_TABLES):
+        return False
+    for t in _HOOK_TABLES:
+        if hasattr(old, t):
+            setattr(new, t, getattr(old, t))
+    new._is_full_backward_hook = old._is_full_backward_hook
+    return True
 
 
 def _describe(m: nn.Module) -> str:
@@ -316,10 +353,13 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int | None = None, **kw) -
     InstanceNorm, GroupNorm; nested anywhere, in Sequential/ModuleList/ModuleDict) for
     ``kind``, in place.
 
-    γ/β are copied when the new layer has them with the same shape (a layer without β,
+    γ/β are kept when the new layer has them with the same shape (a layer without β,
     ``bias=False``, gives one without β); running statistics and
     ``track_running_stats`` are kept between layers of the same kind (BN→BN, IN→IN;
-    BatchRenorm always tracks them). ``eps``, ``affine``, ``momentum``, ``act``,
+    BatchRenorm always tracks them). Kept tensors are the old layer's own Parameters and
+    buffers (as torch's ``convert_sync_batchnorm``: an optimizer built before the
+    conversion keeps training them), copied only where tied or of another dtype; the old
+    layer's forward and backward hooks move to the new one. ``eps``, ``affine``, ``momentum``, ``act``,
     ``memory_efficient`` and ``backend`` carry over unless given in ``kw``, and so does a
     GroupNorm's ``num_groups`` when the new layer is one. The new layer is placed on the
     old one's device and dtype (a layer with no tensors, like InstanceNorm without
