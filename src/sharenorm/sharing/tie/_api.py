@@ -218,7 +218,9 @@ def untie(model: nn.Module, target: str) -> nn.Module:
     """Give ``target`` its own tensor again, equal to its current (tied) value.
 
     Works for ties made by :func:`tie` and for plain sharing (one ``nn.Parameter`` assigned to
-    two modules). The new tensor is a contiguous copy with the source's ``requires_grad``.
+    two modules). The new tensor is a contiguous copy with the source's ``requires_grad``: an
+    optimizer built before does not hold it (build it after untying, or
+    ``opt.add_param_group({"params": [new tensor]})``), or the target stays fixed.
 
     Raises:
         ValueError: ``target`` does not exist (close names suggested) or is not tied/shared.
