@@ -20,17 +20,28 @@ import torch
 from torch import Tensor
 
 
+class ShapeError(ValueError, RuntimeError):
+    """A tensor whose dims or shape do not fit the operation: a ValueError, as Python code
+    expects, and a RuntimeError, which is what ``torch.nn.functional`` raises for the same
+    mistakes, so that code catching torch's error catches sharenorm's too."""
+
+
+class DtypeError(TypeError, RuntimeError):
+    """A tensor of a dtype the operation cannot take: a TypeError, and a RuntimeError as
+    torch's kernels raise for it (see :class:`ShapeError`)."""
+
+
 def check_input(input: Tensor, op: str, min_dim: int = 2) -> None:
     """Raise a clear error for non-tensors, integer/complex tensors and too few dims."""
     if not isinstance(input, Tensor):
         raise TypeError(f"{op}: input must be a torch.Tensor, got {type(input).__name__}")
     if not input.is_floating_point():
-        raise TypeError(
+        raise DtypeError(
             f"{op}: input has dtype {input.dtype}; normalization needs a real floating "
             "dtype (float16, bfloat16, float32 or float64): convert it with input.float()"
         )
     if input.dim() < min_dim:
-        raise ValueError(
+        raise ShapeError(
             f"{op}: expected an input of shape (N, C, *) with at least {min_dim} dims, "
             f"got shape {tuple(input.shape)}"
         )
@@ -107,12 +118,12 @@ def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor)
     if t is None:
         return
     if t.shape != (channels,):
-        raise ValueError(
+        raise ShapeError(
             f"{name} must have shape ({channels},), one value per channel of the input of "
             f"shape {tuple(input.shape)}; got {tuple(t.shape)}"
         )
     if not t.is_floating_point():
-        raise TypeError(f"{name} has dtype {t.dtype}; it must be a floating dtype")
+        raise DtypeError(f"{name} has dtype {t.dtype}; it must be a floating dtype")
 
 
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -127,7 +138,7 @@ def check_dtypes(input: Tensor, op: str, **tensors: Tensor | None) -> None:
             continue
         if input.dtype in _HALF_DTYPES and t.dtype == torch.float32:
             continue
-        raise TypeError(
+        raise DtypeError(
             f"{op}: {name} is {t.dtype} but the input is {input.dtype}; convert the layer "
             f"(module.to({input.dtype})) or the input (x.to({t.dtype})). Only a float16 or "
             "bfloat16 input may meet float32 parameters and statistics, as in torch.nn."
@@ -151,7 +162,7 @@ def check_groups(num_channels: int, num_groups: int) -> int:
     if num_channels % num_groups:
         divisors = [g for g in range(1, num_channels + 1) if num_channels % g == 0]
         near = sorted(divisors, key=lambda g: (abs(g - num_groups), g))[:4]
-        raise ValueError(
+        raise ShapeError(
             f"num_channels={num_channels} is not divisible by num_groups={num_groups}; "
             f"valid group counts near {num_groups}: {', '.join(map(str, sorted(near)))} "
             f"(or pass group_size= with a divisor of {num_channels})"

@@ -51,3 +51,19 @@ def assert_close(actual, expected, atol, rtol, what):
     torch.testing.assert_close(
         actual.double(), expected.double(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}"
     )
+
+
+def import_torch_test_material(name: str):
+    """``torch.testing._internal.<name>`` (torch's own test material: ``common_modules``,
+    ``common_methods_invocations``), or a skip without the test extra. Importing it freezes
+    ``torch.backends`` flags for the whole process (``common_utils`` calls
+    ``torch.backends.disable_global_flags()``): every later ``torch.backends.mkldnn.enabled =
+    ...`` would raise, as the lab's stacked training does. Unfrozen again here, so the rest of
+    the suite runs as without these files."""
+    pytest.importorskip("expecttest", reason="torch's test helpers need expecttest (the test extra)")
+    frozen = torch.backends.flags_frozen()
+    module = pytest.importorskip(f"torch.testing._internal.{name}")
+    if not frozen:
+        torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+    assert torch.backends.flags_frozen() == frozen
+    return module

@@ -17,31 +17,17 @@ import os
 
 import pytest
 import torch
+from norm_testing import import_torch_test_material
 
 import sharenorm as sn
 
-pytest.importorskip("expecttest", reason="torch's test helpers need expecttest (the test extra)")
 # Where the samples run: the CPU (CI), or a GPU with SHARENORM_TEST_DEVICE=cuda (sharenorm's
 # Triton kernels against torch's CUDA kernels; benchmarks/gpu_check.sh step 1).
 DEVICE = os.environ.get("SHARENORM_TEST_DEVICE", "cpu")
 if DEVICE != "cpu" and not torch.cuda.is_available():
     pytest.skip(f"SHARENORM_TEST_DEVICE={DEVICE} needs a GPU", allow_module_level=True)
 
-
-def _import_common_modules():
-    """torch's module test material. Importing it freezes ``torch.backends`` flags for the
-    whole process (``common_utils`` calls ``torch.backends.disable_global_flags()``): every
-    later ``torch.backends.mkldnn.enabled = ...`` would raise, as the lab's stacked training
-    does. Unfrozen again here, so the rest of the suite runs as without this file."""
-    frozen = torch.backends.flags_frozen()
-    module = pytest.importorskip("torch.testing._internal.common_modules")
-    if not frozen:
-        torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
-    assert torch.backends.flags_frozen() == frozen
-    return module
-
-
-common_modules = _import_common_modules()
+common_modules = import_torch_test_material("common_modules")
 
 OURS = {
     "nn.BatchNorm1d": sn.BatchNorm1d,

@@ -110,7 +110,7 @@ class _NormBase(SF.ChecksOnSet, nn.Module):
 
     def _check_channels(self, input: Tensor, channel_dim: int = 1) -> None:
         if input.shape[channel_dim] != self.num_features:
-            raise ValueError(
+            raise SF.ShapeError(
                 f"{type(self).__name__}({self.num_features}) expected an input with "
                 f"{self.num_features} channels at dim {channel_dim}, got shape "
                 f"{tuple(input.shape)}"

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from sharenorm._checks import (  # noqa: F401 (re-exported: norm layers use SF.check_*)
     ChecksOnSet,
+    ShapeError,
     as_count,
     check_dtypes,
     check_eps,

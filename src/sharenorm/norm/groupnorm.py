@@ -107,7 +107,7 @@ class GroupNorm(SF.ChecksOnSet, nn.Module):
     def forward(self, input: Tensor) -> Tensor:
         SF.check_input(input, "GroupNorm")
         if input.shape[1] != self.num_channels:
-            raise ValueError(
+            raise SF.ShapeError(
                 f"GroupNorm({self.num_groups}, {self.num_channels}) expected an input "
                 f"(N, {self.num_channels}, *), got shape {tuple(input.shape)}"
             )
