@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sharenorm._fx import Proxy, call_module_node
 from sharenorm.activation import check_activation
 from sharenorm.norm import functional as SF
 
@@ -172,6 +173,8 @@ class _NormBase(SF.ChecksOnSet, nn.Module):
 
 class _BatchNorm(_NormBase):
     def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) and isinstance(input, Proxy):  # torch.fx tracing
+            return call_module_node(self, input)
         SF.check_input(input, type(self).__name__)
         self._check_input_dim(input)
         self._check_channels(input)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sharenorm._fx import Proxy, call_module_node
 from sharenorm.norm import functional as SF
 from sharenorm.norm._tracing import tracing
 from sharenorm.norm.batchnorm import _BatchNorm
@@ -107,6 +108,8 @@ class _BatchRenorm(_BatchNorm):
         )
 
     def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) and isinstance(input, Proxy):  # torch.fx tracing
+            return call_module_node(self, input)
         if not self.training or not self.renorm:
             return super().forward(input)
         if tracing():

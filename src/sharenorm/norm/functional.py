@@ -31,6 +31,7 @@ from sharenorm._checks import (  # noqa: F401 (re-exported: norm layers use SF.c
     check_per_channel,
     check_running_pair,
 )
+from sharenorm._fx import traceable
 from sharenorm.activation import apply_activation, check_activation
 from sharenorm.norm import _group_stats
 from sharenorm.norm._layout import is_channels_last, same_memory_format
@@ -320,6 +321,7 @@ def batch_norm_impl(
     return apply_activation(out, act, act_param, fresh=True), updated
 
 
+@traceable
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -498,6 +500,7 @@ def instance_norm_impl(
     return apply_activation(out, act, act_param, fresh=True), updated
 
 
+@traceable
 def instance_norm(
     input: Tensor,
     running_mean: Tensor | None = None,
@@ -563,6 +566,7 @@ def instance_norm(
 # ----------------------------------------------------------------------------- group norm
 
 
+@traceable
 def group_norm(
     input: Tensor,
     num_groups: int,

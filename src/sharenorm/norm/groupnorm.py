@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sharenorm._fx import Proxy, call_module_node
 from sharenorm.activation import check_activation
 from sharenorm.norm import functional as SF
 from sharenorm.norm.batchnorm import check_num_features
@@ -105,6 +106,8 @@ class GroupNorm(SF.ChecksOnSet, nn.Module):
                 nn.init.zeros_(self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) and isinstance(input, Proxy):  # torch.fx tracing
+            return call_module_node(self, input)
         SF.check_input(input, "GroupNorm")
         if input.shape[1] != self.num_channels:
             raise SF.ShapeError(

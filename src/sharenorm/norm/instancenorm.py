@@ -6,6 +6,7 @@ import warnings
 
 from torch import Tensor
 
+from sharenorm._fx import Proxy, call_module_node
 from sharenorm.norm import functional as SF
 from sharenorm.norm.batchnorm import _NormBase
 
@@ -57,6 +58,8 @@ class _InstanceNorm(_NormBase):
             )
 
     def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) and isinstance(input, Proxy):  # torch.fx tracing
+            return call_module_node(self, input)
         SF.check_input(input, type(self).__name__)
         self._check_input_dim(input)
         # each read once: a parameter or buffer read goes through Module.__getattr__ (~1 µs)

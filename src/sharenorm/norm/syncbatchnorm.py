@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from sharenorm import distributed as snd
+from sharenorm._fx import Proxy, call_module_node
 from sharenorm.activation import apply_activation
 from sharenorm.norm import functional as SF
 from sharenorm.norm._autograd import once_differentiable
@@ -279,6 +280,8 @@ class SyncBatchNorm(_BatchNorm):
         return max(1, dist.get_world_size(self.process_group))
 
     def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) and isinstance(input, Proxy):  # torch.fx tracing
+            return call_module_node(self, input)
         # As torch.nn.SyncBatchNorm: only training synchronises (eval uses running
         # statistics, or the local batch when there are none).
         world = self._sync_world() if self.training else 1

@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from sharenorm._checks import as_count
+from sharenorm._fx import Proxy, call_module_node
 from sharenorm.activation import apply_activation, check_activation
 from sharenorm.sharing.tie import tie
 
@@ -113,6 +114,8 @@ class TiedAutoencoder(nn.Module):
         return h
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) and isinstance(x, Proxy):  # torch.fx tracing
+            return call_module_node(self, x)
         return self.decode(self.encode(x))
 
     def extra_repr(self) -> str:

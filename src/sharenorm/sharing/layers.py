@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from sharenorm._checks import as_count
+from sharenorm._fx import Proxy, call_module_node
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "SharedRNN", "UnsharedRNN"]
 
@@ -291,6 +292,8 @@ class LocallyConnected2d(_LocallyConnectedNd):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) and isinstance(x, Proxy):  # torch.fx tracing
+            return call_module_node(self, x)
         self._check_input(x)
         if x.dim() == 3:
             return self._forward2d(x.unsqueeze(0)).squeeze(0)
@@ -358,6 +361,8 @@ class LocallyConnected1d(_LocallyConnectedNd):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) and isinstance(x, Proxy):  # torch.fx tracing
+            return call_module_node(self, x)
         self._check_input(x)
         batched = x if x.dim() == 3 else x.unsqueeze(0)
         out = self._forward2d(batched.unsqueeze(2)).squeeze(2)
@@ -449,6 +454,8 @@ class _RNNBase(nn.Module):
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         if not isinstance(input, Tensor):
+            if isinstance(input, Proxy):  # torch.fx tracing
+                return call_module_node(self, input, hx)
             raise TypeError(
                 f"{name} takes a Tensor or a PackedSequence, got {type(input).__name__}; "
                 "convert it with torch.as_tensor"

@@ -228,10 +228,10 @@ def _fuse_sequential(model: nn.Module, report: FuseReport, reasons: dict[str, st
 
 class NormTracer(fx.Tracer):
     """A ``torch.fx`` tracer that keeps every norm layer as a leaf, one ``call_module``
-    node each: sharenorm's (BatchNorm, InstanceNorm, GroupNorm, BatchRenorm,
-    SyncBatchNorm), whose input checks need a real tensor, not a Proxy; and subclasses of
-    torch.nn's BatchNorm, InstanceNorm and GroupNorm from other libraries (timm's
-    ``BatchNormAct2d``), which ``fx.Tracer`` would trace into and leave no layer to fold.
+    node each: torch.nn's and sharenorm's (which ``fx.Tracer`` records as one node too), and
+    subclasses of torch.nn's BatchNorm, InstanceNorm and GroupNorm from other libraries
+    (timm's ``BatchNormAct2d``), which ``fx.Tracer`` would trace into and leave no layer to
+    fold.
 
     Example:
         >>> import torch, torch.fx as fx, torch.nn as nn, sharenorm as sn
