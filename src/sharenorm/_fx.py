@@ -1,12 +1,8 @@
 """torch.fx symbolic tracing (``torch.fx.symbolic_trace``, torchvision's feature extraction,
-FX quantization) of sharenorm's layers and functionals.
-
-torch.fx records torch.nn's own layers as one ``call_module`` node each and traces into every
-other module's ``forward`` with Proxies in place of tensors. sharenorm's layers check their
-input and branch on its values and shape, which a Proxy cannot answer, so each records itself
-as one node instead: a ``call_module`` node (the GraphModule then calls the layer itself, in
-its train or eval mode, updating its running statistics, as eagerly), and a functional one
-``call_function`` node.
+FX quantization) of sharenorm's layers and functionals: torch.fx traces into every module
+but torch.nn's, and sharenorm's layers check and branch on values a Proxy cannot give, so each
+layer records itself as one ``call_module`` node (the GraphModule then calls the layer, in
+its train or eval mode) and each functional as one ``call_function`` node.
 
 Example:
     >>> import torch, torch.fx as fx, sharenorm as sn

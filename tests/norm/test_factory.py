@@ -483,6 +483,16 @@ def test_convert_norm_sync_converts_every_norm_convert_sync_batchnorm_only_batch
     assert sn.SyncBatchNorm.convert_sync_batchnorm is sn.convert_sync_batchnorm
 
 
+def test_torchs_own_converter_leaves_sharenorm_layers_alone():
+    """Not subclasses of torch.nn's classes (README "Classes"): torch's converter, which
+    rebuilds by class, would have made a torch SyncBatchNorm and dropped the fused act."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), sn.BatchNorm2d(4, act="relu"))
+    layer = net[1]
+    net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    assert net[1] is layer and layer.act == "relu"
+    assert not isinstance(layer, nn.BatchNorm2d)
+
+
 CONVERSIONS = [
     ("torch_sync", lambda m: nn.SyncBatchNorm.convert_sync_batchnorm(m)),  # the reference
     ("sync", lambda m: sn.convert_sync_batchnorm(m)),
