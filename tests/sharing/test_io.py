@@ -449,3 +449,32 @@ def test_save_then_load_of_torch_shared_tensors_holding_nan(tmp_path):
     sn.save(m, tmp_path / "m.safetensors")
     sn.load(m, tmp_path / "m.safetensors")
     assert m[1].weight is m[0].weight and m[0].weight[0, 0].isnan()
+
+
+@pytest.mark.parametrize("wrap", ["compile", "data_parallel"])
+def test_a_wrapped_model_saves_and_loads_under_the_models_own_names(wrap, tmp_path):
+    """torch's wrappers prefix every state_dict name (``_orig_mod.``, ``module.``): a
+    checkpoint of the wrapper would not load into the plain model, nor the reverse."""
+    def make():
+        m = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 4))
+        sn.tie(m, "2.weight", "0.weight", transform="transpose")
+        return m
+
+    def wrapped(m):
+        if wrap == "compile":
+            return torch.compile(m, backend="eager")
+        return nn.DataParallel(m)
+
+    torch.manual_seed(0)
+    plain = make()
+    sn.save(wrapped(plain), tmp_path / "w.safetensors")
+    with safe_open(tmp_path / "w.safetensors", "pt") as f:
+        assert set(f.keys()) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
+                                 "1.running_var", "1.num_batches_tracked", "2.bias"}
+    for target in (make(), wrapped(make())):  # into the plain model, and into a wrapped one
+        sn.load(target, tmp_path / "w.safetensors")
+        inner = sio.unwrap(target)
+        assert torch.equal(inner[0].weight, plain[0].weight)
+        assert inner[2].weight.data_ptr() == inner[0].weight.data_ptr()  # the tie
+    sn.save(plain, tmp_path / "p.safetensors")
+    sn.load(wrapped(make()), tmp_path / "p.safetensors")

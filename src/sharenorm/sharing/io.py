@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -126,11 +127,36 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside torch's wrappers: ``torch.compile``'s (``_orig_mod``),
+    ``DistributedDataParallel``'s and ``DataParallel``'s (``module``). A wrapper's
+    ``state_dict`` prefixes every name (``_orig_mod.``, ``module.``), so a checkpoint of it
+    would not load into the plain model, nor the plain model's into it.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 2)
+        >>> unwrap(torch.nn.DataParallel(net)) is net
+        True
+    """
+    # torch.compile's class, only where torch._dynamo is loaded: importing it costs ~1 s
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    while True:
+        if dynamo is not None and isinstance(model, dynamo.OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Write ``model``'s tensors (each stored tensor once) and its tie manifest to ``path``.
 
     Args:
-        model: the module to save.
+        model: the module to save; inside ``torch.compile``, DistributedDataParallel or
+            DataParallel, the model they wrap (:func:`unwrap`: the names do not depend on
+            the wrapper).
         path: the ``.safetensors`` file to write (replaced atomically if it exists).
         metadata: extra ``str → str`` entries for the file's metadata.
 
@@ -147,7 +173,7 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | N
         >>> sn.ties(fresh)[0].members
         (('decoder.0.weight', 'transpose', 'tie'),)
     """
-    stored, manifest, unrecorded = _stored_and_manifest(model)
+    stored, manifest, unrecorded = _stored_and_manifest(unwrap(model))
     if unrecorded:
         # Silent, a fresh model would load these as separate values and drift apart in training.
         warnings.warn(
@@ -262,7 +288,8 @@ def load(
     filled from it.
 
     Args:
-        model: a module of the checkpoint's architecture (tied or not).
+        model: a module of the checkpoint's architecture (tied or not); inside
+            ``torch.compile``, DistributedDataParallel or DataParallel, the model they wrap.
         path: the file.
         strict: refuse missing and unexpected names (shapes are always checked). With
             ``strict=False`` a manifest tie whose target or source the model lacks is skipped
@@ -286,6 +313,7 @@ def load(
     Example:
         See :func:`save`.
     """
+    model = unwrap(model)
     path = os.fspath(path)
     tensors, metadata = _read(path)
     digest = metadata.get(DIGEST_KEY)
