@@ -2,7 +2,8 @@
 ``torch.testing._internal.common_modules.module_db`` for BatchNorm1d/2d/3d, InstanceNorm1d/2d/3d
 and GroupNorm (constructor arguments, inputs, training and eval) runs through the torch.nn
 module and through sharenorm's, built with the same arguments and the same state: outputs,
-input and parameter gradients and buffers must agree in float64 and float32; in bfloat16 and
+input and parameter gradients and buffers must agree in float64 and float32, on the plain
+and on the memory-efficient path (one saved tensor, hand-written backward); in bfloat16 and
 float16, where the two libraries' kernels round differently, sharenorm's error against a
 float64 run may not exceed torch's by more than a rounding. Channels-last inputs too, where
 torch's own memory-format test converts them. Every input torch.nn refuses (the ModuleInfo's
@@ -97,7 +98,16 @@ def _quantities(name, ours, out, grads, state, training):
     return q
 
 
-def _compare(name, sample, training, dtype, memory_format=None):
+def _through_memory_efficient(fn, depth: int = 4) -> bool:
+    """Whether the graph below ``fn`` holds the memory-efficient path's Function."""
+    if fn is None or depth < 0:
+        return False
+    if "NormAct" in type(fn).__name__:
+        return True
+    return any(_through_memory_efficient(f, depth - 1) for f, _ in fn.next_functions)
+
+
+def _compare(name, sample, training, dtype, memory_format=None, memory_efficient=False):
     info = INFOS[name]
     c_args, c_kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
     torch.manual_seed(0)
@@ -107,11 +117,14 @@ def _compare(name, sample, training, dtype, memory_format=None):
             if t.is_floating_point():
                 t.copy_(torch.rand_like(t) + 0.5)
     state = {k: v.clone() for k, v in ref.state_dict().items()}
-    ours = OURS[name](*c_args, **c_kwargs).to(DEVICE, dtype)
+    ours = OURS[name](*c_args, **c_kwargs, memory_efficient=memory_efficient).to(DEVICE, dtype)
     ours.load_state_dict(state)
     args, kwargs = sample.forward_input.args, sample.forward_input.kwargs
-    where = f"{name} {sample.desc or '(plain)'} training={training} {dtype} {memory_format}"
+    where = (f"{name} {sample.desc or '(plain)'} training={training} {dtype} {memory_format} "
+             f"memory_efficient={memory_efficient}")
     runs = [_run(m, training, args, kwargs, 1, memory_format) for m in (ref, ours)]
+    if memory_efficient and runs[1][0].requires_grad and runs[1][0].numel():
+        assert _through_memory_efficient(runs[1][0].grad_fn), where
     if memory_format is not None:
         # channels-last in, channels-last out (torch's InstanceNorm returns NCHW here)
         assert runs[1][0].is_contiguous(memory_format=memory_format), where
@@ -141,21 +154,22 @@ def _compare(name, sample, training, dtype, memory_format=None):
             f"{where} {label}: error {err_ours:.3g} against float64, torch's {err_theirs:.3g}")
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["plain", "memory_efficient"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
                          ids=["f64", "f32", "bf16", "f16"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("name", sorted(OURS))
-def test_torch_module_db_samples_match(name, training, dtype):
+def test_torch_module_db_samples_match(name, training, dtype, memory_efficient):
     info = INFOS[name]
     torch.manual_seed(0)  # the samples' tensors are drawn from torch's generator
     samples = info.module_inputs_func(info, device=DEVICE, dtype=dtype, requires_grad=True,
                                       training=training)
     assert samples
     for sample in samples:
-        _compare(name, sample, training, dtype)
+        _compare(name, sample, training, dtype, None, memory_efficient)
         memory_format = _channels_last(name, sample.forward_input.args[0])
         if memory_format is not None:  # as torch's own memory-format test converts them
-            _compare(name, sample, training, dtype, memory_format)
+            _compare(name, sample, training, dtype, memory_format, memory_efficient)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in OURS if INFOS[n].module_error_inputs_func))
