@@ -1,7 +1,8 @@
 """torch's own test material for the functional API: every sample of
 ``torch.testing._internal.common_methods_invocations.op_db`` for
 ``torch.nn.functional.batch_norm``, ``instance_norm`` and ``group_norm`` runs through torch's
-function and through :mod:`sharenorm.functional`: the outputs, the gradients of the input, γ
+function and through :mod:`sharenorm.functional` (plain and ``memory_efficient=True``): the
+outputs, the gradients of the input, γ
 and β, and the running statistics each updates in place must agree (float64 and float32 to a
 tight tolerance; in bfloat16 and float16 sharenorm's error against a float64 run may not
 exceed torch's by more than a rounding). Every input torch refuses (the OpInfo's error inputs)
@@ -16,6 +17,7 @@ empty input torch's batch_norm passes through (every other 1-d input it refuses)
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -76,9 +78,10 @@ def _run(fn, sample, dtype=None):
     return out, grads, tensors
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["plain", "memory_efficient"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32", "bf16", "f16"])
 @pytest.mark.parametrize("op", OPS, ids=IDS)
-def test_torch_op_db_samples_match(op, dtype):
+def test_torch_op_db_samples_match(op, dtype, memory_efficient):
     if dtype not in op.supported_dtypes("cpu"):
         pytest.skip(f"torch's {op.name} has no {dtype} on the CPU")
     torch.manual_seed(0)  # the samples' tensors are drawn from torch's generator
@@ -91,7 +94,8 @@ def test_torch_op_db_samples_match(op, dtype):
             with pytest.raises(ValueError, match="momentum|eps|at least 2 dims"):
                 _run(OURS[op.name], sample)
             continue
-        theirs, ours = _run(op.op, sample), _run(OURS[op.name], sample)
+        ours_fn = functools.partial(OURS[op.name], memory_efficient=memory_efficient)
+        theirs, ours = _run(op.op, sample), _run(ours_fn, sample)
         pairs = [("output", theirs[0], ours[0])]
         pairs += [(f"grad {k}", a, b) for k, (a, b) in enumerate(zip(theirs[1], ours[1],
                                                                      strict=True))]
