@@ -2,10 +2,9 @@
 ``torch.testing._internal.common_methods_invocations.op_db`` for
 ``torch.nn.functional.batch_norm``, ``instance_norm`` and ``group_norm`` runs through torch's
 function and through :mod:`sharenorm.functional` (plain and ``memory_efficient=True``): the
-outputs, the gradients of the input, γ
-and β, and the running statistics each updates in place must agree (float64 and float32 to a
-tight tolerance; in bfloat16 and float16 sharenorm's error against a float64 run may not
-exceed torch's by more than a rounding). Every input torch refuses (the OpInfo's error inputs)
+outputs, the gradients of the input, γ and β, and the running statistics each updates in
+place must agree (float64 and float32 to a tight tolerance; in bfloat16 and float16
+sharenorm's error against a float64 run may not exceed torch's by more than a rounding). Every input torch refuses (the OpInfo's error inputs)
 sharenorm refuses with an exception of torch's type (its shape errors are ValueErrors that are
 RuntimeErrors too).
 
