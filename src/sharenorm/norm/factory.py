@@ -340,7 +340,7 @@ def _carry_hooks(old: nn.Module, new: nn.Module) -> bool:
     for t in _HOOK_TABLES:
         if hasattr(old, t):
             setattr(new, t, getattr(old, t))
-    new._is_full_backward_hook = old._is_full_backward_hook
+    new._is_full_backward_hook = getattr(old, "_is_full_backward_hook", None)
     return True
 
 
@@ -359,8 +359,9 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int | None = None, **kw) -
     BatchRenorm always tracks them). Kept tensors are the old layer's own Parameters and
     buffers (as torch's ``convert_sync_batchnorm``: an optimizer built before the
     conversion keeps training them), copied only where tied or of another dtype; the old
-    layer's forward and backward hooks move to the new one. ``eps``, ``affine``, ``momentum``, ``act``,
-    ``memory_efficient`` and ``backend`` carry over unless given in ``kw``, and so does a
+    layer's forward and backward hooks move to the new one. ``eps``, ``affine``,
+    ``momentum``, ``act``, ``memory_efficient`` and ``backend`` carry over unless given in
+    ``kw``, and so does a
     GroupNorm's ``num_groups`` when the new layer is one. The new layer is placed on the
     old one's device and dtype (a layer with no tensors, like InstanceNorm without
     ``affine``, takes the model's first floating tensor's) and in its train/eval mode.
