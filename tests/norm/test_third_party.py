@@ -105,6 +105,19 @@ def test_convert_timm_batchnorm_to_groupnorm_keeps_the_activation():
     assert model(_x()).shape == (2, 1000)
 
 
+@pytest.mark.parametrize("name", ["efficientnet_b0", "regnetx_002", "densenet121", "mixnet_s"])
+def test_timm_builders_map_a_norm_layer_to_their_own_class_convert_norm_does_not(name):
+    """README "Classes": these builders take ``norm_layer=sn.BatchNorm2d`` and build timm's
+    ``BatchNormAct2d`` from it (by the class's name); converting the built model is the way."""
+    timm = import_timm()
+    model = timm.create_model(name, pretrained=False, num_classes=3, norm_layer=sn.BatchNorm2d)
+    assert not any(isinstance(m, sn.BatchNorm2d) for m in model.modules())
+    assert any(type(m).__name__ == "BatchNormAct2d" for m in model.modules())
+    sn.convert_norm(model, "batch")
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert any(isinstance(m, sn.BatchNorm2d) for m in model.modules())
+
+
 def test_convert_sync_batchnorm_of_a_timm_model():
     model = _model("efficientnet_b0")
     x = _x()
