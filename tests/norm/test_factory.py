@@ -556,6 +556,30 @@ def test_hooks_on_a_converted_layer_keep_firing_and_their_handles_remove_them():
     assert "hooks" not in plain.changes[0].kept
 
 
+@pytest.mark.parametrize("kind, kw, frozen", [
+    ("bn", {}, True), ("sync", {}, True), ("renorm", {}, True),
+    ("gn", {"num_groups": 2}, False),  # no running statistics to freeze to
+    ("in", {"affine": True, "track_running_stats": True}, False),  # fresh ones: not frozen
+])
+def test_a_frozen_layer_stays_frozen_where_its_statistics_go(kind, kw, frozen):
+    """Before, a conversion silently unfroze the layer (a fine-tuning run then moved the
+    statistics it meant to keep)."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    net.train()(torch.randn(4, 3, 6, 6))  # statistics worth keeping
+    sn.freeze_norm_stats(net)
+    report = sn.convert_norm(net, kind, **kw)
+    assert ("frozen" in report.changes[0].kept) == frozen
+    assert "hooks" not in report.changes[0].kept  # the freeze's own hooks are not the user's
+    assert sn.is_norm_stats_frozen(net[1]) == frozen
+    if frozen:
+        before = net[1].running_mean.clone()
+        net.train()(torch.randn(4, 3, 6, 6) + 3)
+        assert torch.equal(net[1].running_mean, before) and net[1].training
+        assert sn.unfreeze_norm_stats(net) == ["1"]
+        net(torch.randn(4, 3, 6, 6) + 3)
+        assert not torch.equal(net[1].running_mean, before)
+
+
 def _imports(path: pathlib.Path, root: pathlib.Path) -> set[str]:
     """The sharenorm modules ``path`` imports anywhere in it (functions included); a
     ``from package import module`` counts as the module."""

@@ -33,6 +33,12 @@ from sharenorm.norm.instancenorm import (
 )
 from sharenorm.norm.post import Activation, NormAct, activation_name, post_modules
 from sharenorm.norm.syncbatchnorm import SyncBatchNorm
+from sharenorm.norm.tools.freeze import (
+    freeze_norm_stats,
+    has_running_stats,
+    is_freeze_hook,
+    is_norm_stats_frozen,
+)
 from sharenorm.sharing.tie import iter_links
 
 __all__ = [
@@ -301,10 +307,11 @@ def _convert_one(
                 if isinstance(src, Tensor) and isinstance(dst, Tensor) and src.shape == dst.shape:
                     _carry(old, new, name, src, dst)
                     kept.append(name)
+    norm = new
     if post is not None:
         new = NormAct(new, *post)
-    if _carry_hooks(old, new):
-        kept.append("hooks")
+    # a freeze moves with the statistics it froze (not onto fresh ones: BN -> IN)
+    kept += _carry_hooks(old, new, norm if "running_mean" in kept else None)
     return new, tuple(kept), "; ".join(note)
 
 
@@ -331,17 +338,29 @@ _HOOK_TABLES = (
 )
 
 
-def _carry_hooks(old: nn.Module, new: nn.Module) -> bool:
+def _carry_hooks(old: nn.Module, new: nn.Module, norm: nn.Module | None) -> list[str]:
     """Give ``new`` ``old``'s forward and backward hooks (the same tables, so the handles the
-    user holds still remove them); whether there were any. A feature extractor's or a
-    logger's hook on a norm layer keeps firing after the conversion."""
-    if not any(getattr(old, t, None) for t in _HOOK_TABLES):
-        return False
-    for t in _HOOK_TABLES:
-        if hasattr(old, t):
-            setattr(new, t, getattr(old, t))
-    new._is_full_backward_hook = getattr(old, "_is_full_backward_hook", None)
-    return True
+    user holds still remove them), and keep a frozen layer frozen (:func:`freeze_norm_stats`)
+    on ``norm``, the new norm layer that took the old running statistics (None: it took
+    none, and a freeze of fresh statistics would normalize with 0 and 1). Returns what
+    the report lists: "hooks" (the user's), "frozen". A feature extractor's or a logger's
+    hook on a norm layer keeps firing after the conversion."""
+    kept = []
+    tables = [getattr(old, t) for t in _HOOK_TABLES if hasattr(old, t)]
+    if any(tables):
+        for t in _HOOK_TABLES:
+            if hasattr(old, t):
+                setattr(new, t, getattr(old, t))
+        new._is_full_backward_hook = getattr(old, "_is_full_backward_hook", None)
+        if any(not is_freeze_hook(h) for table in tables for h in table.values()
+               if callable(h)):
+            kept.append("hooks")
+    # A freeze acts on the norm itself (its hooks switch its `training` for each call),
+    # not on a NormAct around it; without the flag the moved freeze hooks do nothing.
+    if norm is not None and is_norm_stats_frozen(old) and has_running_stats(norm):
+        freeze_norm_stats(norm)
+        kept.append("frozen")
+    return kept
 
 
 def _describe(m: nn.Module) -> str:
@@ -359,7 +378,8 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int | None = None, **kw) -
     BatchRenorm always tracks them). Kept tensors are the old layer's own Parameters and
     buffers (as torch's ``convert_sync_batchnorm``: an optimizer built before the
     conversion keeps training them), copied only where tied or of another dtype; the old
-    layer's forward and backward hooks move to the new one. ``eps``, ``affine``,
+    layer's forward and backward hooks move to the new one, and a layer frozen by
+    :func:`freeze_norm_stats` stays frozen where its running statistics go. ``eps``, ``affine``,
     ``momentum``, ``act``, ``memory_efficient`` and ``backend`` carry over unless given in
     ``kw``, and so does a
     GroupNorm's ``num_groups`` when the new layer is one. The new layer is placed on the

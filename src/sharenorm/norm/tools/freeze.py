@@ -45,6 +45,11 @@ def _frozen_post_hook(module: nn.Module, args: Any, output: Any = None) -> None:
         module.training = True
 
 
+def is_freeze_hook(fn: Any) -> bool:
+    """Whether ``fn`` (from a module's hook table) is one of the hooks a freeze registers."""
+    return fn is _frozen_pre_hook or fn is _frozen_post_hook
+
+
 def _remove_freeze_hooks(m: nn.Module) -> None:
     # Found by function rather than by stored handles: handles would survive deepcopy
     # pointing at the *original* module's hook table.
@@ -65,8 +70,9 @@ def freeze_norm_stats(model: nn.Module, *, affine: bool = False) -> list[str]:
     survives later ``model.train()`` calls.
 
     Done with a forward pre-hook that runs the layer in eval behaviour for each call (and
-    a post-hook that restores ``training``, also when the call raises), so it works for torch.nn layers too, keeps
-    the state_dict unchanged, and survives ``deepcopy`` and pickling. Layers without
+    a post-hook that restores ``training``, also when the call raises), so it works for
+    torch.nn layers too, keeps the state_dict unchanged, and survives ``deepcopy``, pickling
+    and :func:`~sharenorm.convert_norm` to a layer with running statistics. Layers without
     running statistics (``track_running_stats=False``, GroupNorm) have nothing to freeze
     to and are left alone. A frozen SyncBatchNorm does no communication.
 
