@@ -27,6 +27,16 @@ def test_help_lists_every_claim_and_the_exit_codes(capsys):
     assert "``" not in capsys.readouterr().out
 
 
+def test_version(capsys):
+    import sharenorm
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"sharenorm {sharenorm.__version__} (torch ") and "Python" in out
+
+
 def test_list(capsys):
     assert main(["lab", "--list"]) == 0
     out = capsys.readouterr().out

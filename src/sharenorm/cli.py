@@ -44,10 +44,25 @@ def _positive_int(name: str):
     return parse
 
 
+def _versions() -> str:
+    """``sharenorm X (torch Y, Python Z)`` from the installed metadata: importing torch
+    would cost a second for ``--version``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"sharenorm {of('sharenorm')} (torch {of('torch')}, Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="sharenorm", description=DESCRIPTION,
                                      epilog=EXIT_CODES, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=_versions())
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="a short demonstration of the norm layers")
     lab = sub.add_parser("lab", help="measure the documents' claims and write a report",
