@@ -184,6 +184,12 @@ def test_soft_tie_errors():
     for bad in (True, "0.1", float("nan"), torch.tensor(0.1)):
         with pytest.raises(ValueError, match="strength"):
             sn.SoftTie(m, [("a.weight", "b.weight")], strength=bad)
+    # inf: the penalty and every gradient after it would be inf or NaN
+    with pytest.raises(ValueError, match="finite.*sharenorm.tie"):
+        sn.SoftTie(m, [("a.weight", "b.weight")], strength=float("inf"))
+    for bad in ("a.weight", None):  # a string would be read as pairs of characters
+        with pytest.raises(ValueError, match="pairs must be a list"):
+            sn.SoftTie(m, bad)
 
 
 def test_soft_tie_strength_accepts_numpy_scalars():

@@ -10,6 +10,7 @@ decide how different the two may be.
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Iterable, Sequence
 
@@ -54,6 +55,9 @@ class SoftTie:
         self.model = model
         self.strength = strength
         checked = []
+        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
+            raise ValueError(f"pairs must be a list of (a, b) or (a, b, transform) pairs, got "
+                             f"{pairs!r}")
         for pair in pairs:
             if not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3):
                 raise ValueError(f"each pair must be (a, b) or (a, b, transform), got {pair!r}")
@@ -93,9 +97,12 @@ class SoftTie:
 
     @strength.setter
     def strength(self, value: float) -> None:
-        # Any real number type (numpy's scalars too), not a bool; NaN fails value >= 0.
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
-            raise ValueError(f"strength must be a real number >= 0, got {value!r}")
+        # Any real number type (numpy's scalars too), not a bool; NaN fails value >= 0, and
+        # an infinite strength makes the penalty (and every gradient after it) inf or NaN.
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0
+                or value == math.inf):
+            raise ValueError(f"strength must be a finite real number >= 0, got {value!r}; for "
+                             "tensors that must stay equal, tie them: sharenorm.tie")
         self._strength = float(value)
 
     def _get(self, name: str, role: str) -> Tensor:
