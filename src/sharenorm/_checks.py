@@ -31,6 +31,13 @@ class DtypeError(TypeError, RuntimeError):
     torch's kernels raise for it (see :class:`ShapeError`)."""
 
 
+def check_module(model: Any, caller: str) -> None:
+    """``model`` is an ``nn.Module`` (a str, a state_dict or a tensor would otherwise fail
+    deep inside with "has no attribute 'named_modules'")."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{caller} expects an nn.Module, got {type(model).__name__}")
+
+
 def check_input(input: Tensor, op: str, min_dim: int = 2) -> None:
     """Raise a clear error for non-tensors, integer/complex tensors and too few dims."""
     if not isinstance(input, Tensor):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sharenorm._checks import check_module
 from sharenorm.norm._replace import replace_modules
 from sharenorm.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 from sharenorm.norm.batchrenorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, _BatchRenorm
@@ -446,8 +447,7 @@ def _convert(
     kw: dict, caller: str,
 ) -> ConversionReport:
     """Every layer of ``model`` that ``select`` picks, converted to ``kind`` in place."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{caller} expects an nn.Module, got {type(model).__name__}")
+    check_module(model, caller)
     report = ConversionReport(model)
     if select(model):
         outside = next((t for t in iter_links(model) if t.source is None), None)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from sharenorm._checks import check_module
 from sharenorm.sharing.tie import iter_links
 
 __all__ = ["count_parameters", "parameter_report", "ParameterReport", "ModuleRow"]
@@ -139,6 +140,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
         >>> sn.count_parameters(sn.TiedAutoencoder([784, 64], tied=True))  # 784·64 + 64 + 784
         51024
     """
+    check_module(model, "count_parameters")
     params = [
         p
         for _, p in model.named_parameters(remove_duplicate=False)
@@ -234,6 +236,7 @@ def parameter_report(model: nn.Module) -> ParameterReport:
         >>> r.unique, r.total, r.adam_state_bytes == 2 * r.unique_bytes
         (51024, 101200, True)
     """
+    check_module(model, "parameter_report")
     rows = []
     for name, m in model.named_modules():
         unique, unique_bytes = _unique_numel_bytes(

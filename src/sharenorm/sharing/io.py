@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from sharenorm._checks import check_module
 from sharenorm.sharing.tie import TRANSFORMS, apply_transform, iter_links, resolve, tie, ties
 from sharenorm.sharing.tie._api import _links_of, _plan, _simulate
 from sharenorm.sharing.tie._inspect import _same_storage, _view_transform
@@ -173,6 +174,7 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | N
         >>> sn.ties(fresh)[0].members
         (('decoder.0.weight', 'transpose', 'tie'),)
     """
+    check_module(model, "sharenorm.save")
     stored, manifest, unrecorded = _stored_and_manifest(unwrap(model))
     if unrecorded:
         # Silent, a fresh model would load these as separate values and drift apart in training.
@@ -313,6 +315,7 @@ def load(
     Example:
         See :func:`save`.
     """
+    check_module(model, "sharenorm.load")
     model = unwrap(model)
     path = os.fspath(path)
     tensors, metadata = _read(path)

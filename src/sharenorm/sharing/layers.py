@@ -216,6 +216,8 @@ class _LocallyConnectedNd(nn.Module):
 
     def _check_input(self, x: Tensor) -> None:
         rank = self._ndim + 2
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__} takes a Tensor, got {type(x).__name__}")
         if x.dim() not in (rank - 1, rank):
             raise ValueError(
                 f"{type(self).__name__} expects a {rank - 1}-D (unbatched) or {rank}-D input "
@@ -416,7 +418,7 @@ class _RNNBase(nn.Module):
         super().__init__()
         self.input_size = as_count(input_size, "input_size", "")
         self.hidden_size = as_count(hidden_size, "hidden_size", "")
-        if nonlinearity not in _NONLINEARITIES:
+        if not isinstance(nonlinearity, str) or nonlinearity not in _NONLINEARITIES:
             raise ValueError(
                 f"nonlinearity must be one of {sorted(_NONLINEARITIES)}, got {nonlinearity!r}"
             )
@@ -481,6 +483,8 @@ class _RNNBase(nn.Module):
         """``hx`` checked against nn.RNN's shape, (1, N, H) or (1, H) unbatched, as (N, H)."""
         if hx is None:
             return None
+        if not isinstance(hx, Tensor):
+            raise TypeError(f"hx must be a Tensor or None, got {type(hx).__name__}")
         expected = (1, self.hidden_size) if unbatched else (1, batch, self.hidden_size)
         if tuple(hx.shape) != expected:
             raise ValueError(f"hx must have shape {expected}, got {tuple(hx.shape)}")

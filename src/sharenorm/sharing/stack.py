@@ -54,6 +54,9 @@ class SharedStack(nn.Module):
         depth = as_count(depth, "depth", "")
         if isinstance(unshared, str):
             unshared = (unshared,)
+        if not isinstance(unshared, Iterable) or not all(isinstance(u, str) for u in unshared):
+            raise TypeError(f"unshared must be names inside block (a str or a list of str), "
+                            f"got {unshared!r}")
         self.depth = depth
         self.unshared = tuple(unshared)
         tensors = [n for n, _ in block.named_parameters(remove_duplicate=False)]

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from sharenorm._checks import check_module
 from sharenorm.norm.batchnorm import _BatchNorm
 from sharenorm.norm.instancenorm import _InstanceNorm
 
@@ -101,8 +102,7 @@ def freeze_norm_stats(model: nn.Module, *, affine: bool = False) -> list[str]:
         >>> net[1].num_batches_tracked.item()      # the statistics did not move
         0
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"freeze_norm_stats expects an nn.Module, got {type(model).__name__}")
+    check_module(model, "freeze_norm_stats")
     names = []
     for name, m in stat_norms(model):
         if not is_norm_stats_frozen(m):
@@ -129,8 +129,7 @@ def unfreeze_norm_stats(model: nn.Module, *, affine: bool = False) -> list[str]:
         >>> sn.freeze_norm_stats(bn), sn.unfreeze_norm_stats(bn), sn.is_norm_stats_frozen(bn)
         ([''], [''], False)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"unfreeze_norm_stats expects an nn.Module, got {type(model).__name__}")
+    check_module(model, "unfreeze_norm_stats")
     names = []
     for name, m in stat_norms(model):
         if is_norm_stats_frozen(m):

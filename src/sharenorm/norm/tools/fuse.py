@@ -22,6 +22,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from sharenorm._checks import check_module
 from sharenorm.norm.batchnorm import _NormBase
 from sharenorm.norm.groupnorm import GroupNorm
 from sharenorm.norm.post import Activation, post_modules
@@ -414,8 +415,7 @@ def fuse_conv_bn(model: nn.Module, *, inplace: bool = False, method: str = "auto
         >>> torch.allclose(report.model(x), net(x), atol=1e-5)
         True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"fuse_conv_bn expects an nn.Module, got {type(model).__name__}")
+    check_module(model, "fuse_conv_bn")
     if method not in ("auto", "sequential", "fx"):
         raise ValueError(f"method must be 'auto', 'sequential' or 'fx', got {method!r}")
     if not inplace:

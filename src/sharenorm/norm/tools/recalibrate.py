@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sharenorm._checks import check_module
 from sharenorm.norm.tools.freeze import FROZEN, stat_norms
 
 __all__ = ["recalibrate_norm_stats"]
@@ -91,8 +92,14 @@ def recalibrate_norm_stats(
         >>> torch.allclose(bn.running_mean, expected)
         True
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"recalibrate_norm_stats expects an nn.Module, got {type(model).__name__}")
+    check_module(model, "recalibrate_norm_stats")
+    if isinstance(batches, (torch.Tensor, str, bytes)) or not isinstance(batches, Iterable):
+        raise TypeError(
+            "recalibrate_norm_stats: batches must be an iterable of input batches (a "
+            f"DataLoader, or a list of tensors), got {type(batches).__name__}"
+            + ("; wrap a single batch in a list: [x]" if isinstance(batches, torch.Tensor)
+               else "")
+        )
     layers = [m for _, m in stat_norms(model)]
     if not layers:
         raise ValueError(

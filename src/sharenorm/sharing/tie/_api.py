@@ -8,6 +8,7 @@ import os
 import torch
 from torch import nn
 
+from sharenorm._checks import check_module
 from sharenorm.sharing.tie._inspect import _same_storage, iter_links
 from sharenorm.sharing.tie._link import _OWNED, Link, links_of, tensor_kind
 from sharenorm.sharing.tie._names import _join, _module_paths, resolve
@@ -73,8 +74,7 @@ def _plan(
 ) -> _Plan:
     """Every check of :func:`tie`, changing nothing (also against the ties of ``overlay``)."""
     check_transform(transform)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_module(model, "tie")
     if target == source:
         raise ValueError(f"cannot tie {target!r} to itself; name two different tensors")
     tmod, tattr = resolve(model, target, "target")

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
+from sharenorm._checks import check_module
 from sharenorm.sharing.tie._link import _OWNED, Link, links_of
 from sharenorm.sharing.tie._names import _in_state_dict, _join, _module_paths
 from sharenorm.sharing.tie._transforms import transformed_shape
@@ -47,6 +48,7 @@ def iter_links(model: nn.Module) -> Iterator[TieLink]:
         >>> [(t.target, t.source, t.transform) for t in sn.iter_links(ae)]
         [('decoder.0.weight', 'encoder.0.weight', 'transpose')]
     """
+    check_module(model, "iter_links")
     paths = _module_paths(model)
     for mpath, m in model.named_modules(remove_duplicate=False):
         for name, link in links_of(m).items():
@@ -112,6 +114,7 @@ def ties(model: nn.Module) -> list[TieGroup]:
         >>> sn.ties(m)
         [TieGroup(source='a.weight', members=(('b.weight', None, 'identity'),))]
     """
+    check_module(model, "ties")
     named = [*model.named_parameters(remove_duplicate=False)]
     named += model.named_buffers(remove_duplicate=False)
     groups: list[tuple[str, Tensor, list[tuple[str, str | None, str]]]] = []
@@ -158,6 +161,7 @@ def verify_ties(model: nn.Module) -> None:
         ...
         sharenorm.sharing.tie.TieError: 1 tie(s) broken: 'b.weight' (tied to 'a.weight') is no longer tied: ...
     """
+    check_module(model, "verify_ties")
     problems, seen = [], set()
     for t in iter_links(model):
         if t.source is None and t.link.unpickled and id(t.link) not in seen:

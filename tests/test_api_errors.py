@@ -1,0 +1,66 @@
+"""Arguments of the wrong kind to the public API: a clear error that names the function and
+what it takes, not an AttributeError, KeyError or "object is not iterable" from deep inside
+(found by calling every public entry point with None, str, numbers, containers, tensors and
+modules in the wrong places)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sharenorm as sn
+
+NOT_MODULES = [None, "model.safetensors", 3, {"0.weight": torch.zeros(1)}, torch.zeros(2)]
+MODEL_TAKERS = {
+    "convert_norm": lambda m: sn.convert_norm(m, "gn"),
+    "convert_sync_batchnorm": lambda m: sn.convert_sync_batchnorm(m),
+    "fuse_conv_bn": lambda m: sn.fuse_conv_bn(m),
+    "freeze_norm_stats": lambda m: sn.freeze_norm_stats(m),
+    "unfreeze_norm_stats": lambda m: sn.unfreeze_norm_stats(m),
+    "recalibrate_norm_stats": lambda m: sn.recalibrate_norm_stats(m, [torch.zeros(2, 3)]),
+    "tie": lambda m: sn.tie(m, "b.weight", "a.weight"),
+    "iter_links": lambda m: list(sn.iter_links(m)),
+    "ties": lambda m: sn.ties(m),
+    "verify_ties": lambda m: sn.verify_ties(m),
+    "count_parameters": lambda m: sn.count_parameters(m),
+    "parameter_report": lambda m: sn.parameter_report(m),
+    "sharenorm.save": lambda m: sn.save(m, "/nonexistent/x.safetensors"),
+    "sharenorm.load": lambda m: sn.load(m, "/nonexistent/x.safetensors"),
+}
+
+
+@pytest.mark.parametrize("bad", NOT_MODULES, ids=lambda v: type(v).__name__)
+@pytest.mark.parametrize("name", sorted(MODEL_TAKERS))
+def test_every_function_taking_a_model_refuses_anything_else(name, bad):
+    with pytest.raises(TypeError, match=f"{name.split('.')[-1]}.* expects an nn.Module, got "
+                                        f"{type(bad).__name__}"):
+        MODEL_TAKERS[name](bad)
+
+
+def test_recalibrate_takes_an_iterable_of_batches():
+    net = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
+    with pytest.raises(TypeError, match=r"batches must be an iterable.*\[x\]"):
+        sn.recalibrate_norm_stats(net, torch.randn(8, 3))  # one batch, not a list of them
+    for bad in (None, 3):
+        with pytest.raises(TypeError, match="batches must be an iterable"):
+            sn.recalibrate_norm_stats(net, bad)
+
+
+@pytest.mark.parametrize("bad", [3, None, nn.Linear(2, 2), [1, 2]])
+def test_shared_stack_unshared_takes_names(bad):
+    with pytest.raises(TypeError, match="unshared must be names inside block"):
+        sn.SharedStack(nn.Linear(2, 2), 3, unshared=bad)
+
+
+@pytest.mark.parametrize("bad", [[], {}, 1])
+def test_rnn_nonlinearity_takes_a_name(bad):
+    with pytest.raises(ValueError, match="nonlinearity must be one of"):
+        sn.SharedRNN(2, 3, nonlinearity=bad)
+
+
+def test_layer_inputs_of_the_wrong_kind():
+    with pytest.raises(TypeError, match="LocallyConnected2d takes a Tensor, got list"):
+        sn.LocallyConnected2d(2, 2, 5, 3)([[1.0]])
+    with pytest.raises(TypeError, match="hx must be a Tensor or None, got float"):
+        sn.SharedRNN(2, 3)(torch.randn(4, 2), 0.0)
