@@ -64,3 +64,17 @@ def test_layer_inputs_of_the_wrong_kind():
         sn.LocallyConnected2d(2, 2, 5, 3)([[1.0]])
     with pytest.raises(TypeError, match="hx must be a Tensor or None, got float"):
         sn.SharedRNN(2, 3)(torch.randn(4, 2), 0.0)
+
+
+@pytest.mark.parametrize("bad", ["x", 1.5, [1.0, 2.0], nn.Linear(2, 2)], ids=lambda v: type(v).__name__)
+def test_functionals_take_tensors_or_none_for_their_per_channel_arguments(bad):
+    import sharenorm.functional as SF
+
+    x = torch.randn(2, 4, 3)
+    calls = [lambda: SF.batch_norm(x, bad, torch.ones(4)),
+             lambda: SF.batch_norm(x, None, None, bad, training=True),
+             lambda: SF.instance_norm(x, weight=bad),
+             lambda: SF.group_norm(x, 2, None, bad)]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"must be a Tensor of shape \(4,\) or None"):
+            call()

@@ -124,6 +124,9 @@ def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor)
     """γ, β and running statistics hold one value per channel: shape (C,)."""
     if t is None:
         return
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor of shape ({channels},) or None, got "
+                        f"{type(t).__name__}")
     if t.shape != (channels,):
         raise ShapeError(
             f"{name} must have shape ({channels},), one value per channel of the input of "
