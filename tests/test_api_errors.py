@@ -78,3 +78,11 @@ def test_functionals_take_tensors_or_none_for_their_per_channel_arguments(bad):
     for call in calls:
         with pytest.raises(TypeError, match=r"must be a Tensor of shape \(4,\) or None"):
             call()
+
+
+@pytest.mark.parametrize("bad", [None, "96", 0, 10**30])
+def test_sample_photos_size_is_a_height_in_pixels(bad):
+    from sharenorm.data import load_sample_photos
+
+    with pytest.raises(ValueError, match="size must be"):
+        load_sample_photos(bad)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sharenorm._checks import as_count
 from sharenorm.data.dataset import Dataset, to_dataset
 
 __all__ = ["load_mnist1d", "load_digits", "load_sample_photos", "MNIST1D_PUBLISHED"]
@@ -103,6 +104,9 @@ def load_sample_photos(size: int = 96) -> dict[str, Tensor]:
     Returns:
         ``{"china": (3, size, W), "flower": (3, size, W)}`` float32 tensors.
     """
+    size = as_count(size, "size", " (the photos' height in pixels)")
+    if size > 4096:
+        raise ValueError(f"size must be at most 4096 pixels (the photos are 427 high), got {size}")
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
