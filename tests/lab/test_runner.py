@@ -97,13 +97,34 @@ def test_parallel_gives_the_same_lines_as_serial(tmp_path):
     assert by_key(tmp_path / "a") == by_key(tmp_path / "b")
 
 
-@pytest.mark.parametrize("kw, match", [({"seeds": 0}, "--seeds must be ≥ 1"),
-                                       ({"jobs": 0}, "--jobs must be ≥ 1"),
-                                       ({"lang": "fr"}, "--lang must be")])
+@pytest.mark.parametrize("kw, match", [
+    ({"seeds": 0}, "--seeds must be ≥ 1"),
+    ({"jobs": 0}, "--jobs must be ≥ 1"),
+    ({"lang": "fr"}, "--lang must be"),
+    # from Python: what argparse would have refused (a bool or float count, a str)
+    ({"seeds": True}, "--seeds must be an int"),
+    ({"seeds": 2.5}, "--seeds must be an int"),
+    ({"jobs": "2"}, "--jobs must be an int"),
+    ({"quick": "yes"}, "quick must be True or False"),
+    ({"names": None}, "names must be a list"),
+    ({"names": [6]}, "names must be a list"),
+    ({"out": None}, "out must be a folder path"),
+    ({"data": 5}, "--data must be a path"),
+])
 def test_bad_arguments(tmp_path, kw, match):
+    kw = {"names": ["N5"], "out": tmp_path, **kw}
     with pytest.raises(LabError, match=match):
-        runner.run_lab(["N5"], out=tmp_path, progress=False, **kw)
+        runner.run_lab(kw.pop("names"), progress=False, **kw)
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_one_name_as_a_str_and_numpy_counts(tmp_path):
+    np = pytest.importorskip("numpy")
+    runner.run_lab("N5", quick=True, seeds=np.int64(2), jobs=np.int64(1), out=tmp_path,
+                   progress=False, report=False, echo=lambda s: None)
+    runs = _runs(tmp_path)
+    assert {r["experiment"] for r in runs} == {"batch_dependence"}
+    assert {r["seed"] for r in runs} == {0, 1}
 
 
 PLUGIN = '''

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import operator
 import os
 import platform
 import signal
@@ -228,11 +229,33 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int 
         DataError: ``data`` cannot be loaded, or its training split is smaller than the largest
             batch the chosen experiments train with.
     """
+    # From Python the arguments are not argparse's: a str would be read name by name and
+    # letter by letter, a bool or a float as a count
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise LabError(f"names must be a list of claim or experiment ids (e.g. ['N6']), got "
+                       f"{names!r}")
+    counts = []
+    for what, value in (("--seeds", seeds), ("--jobs", jobs)):
+        try:
+            counts.append(operator.index(value))  # numpy's ints too, not floats or str
+        except TypeError:
+            counts.append(None)
+        if isinstance(value, bool) or counts[-1] is None:
+            raise LabError(f"{what} must be an int, got {value!r}")
+    seeds, jobs = counts
+    if not isinstance(quick, bool):
+        raise LabError(f"quick must be True or False, got {quick!r}")
     if seeds < 1:
         raise LabError(f"--seeds must be ≥ 1 (got {seeds}); 3 gives 95% intervals over 3 seeds")
     if jobs < 1:
         raise LabError(f"--jobs must be ≥ 1 (got {jobs}); use the number of CPU cores, "
                        f"here {os.cpu_count()}")
+    if not isinstance(out, (str, os.PathLike)):
+        raise LabError(f"out must be a folder path, got {out!r}")
+    if data is not None and not isinstance(data, (str, os.PathLike)):
+        raise LabError(f"--data must be a path, got {data!r}")
     if lang not in ("en", "hi"):
         raise LabError(f"--lang must be 'en' or 'hi', got {lang!r}")
     from sharenorm.lab.executors import make_executor
