@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sharenorm.lab.report import write_report
-from sharenorm.lab.store import LAB_VERSION, run_key
+from sharenorm.lab.store import LAB_VERSION, LabError, run_key
 
 
 def fake_results(folder):
@@ -263,3 +263,15 @@ def test_the_same_runs_are_analyzed_once_per_process(tmp_path, monkeypatch):
     experiments.analyze_stored(exp, runs, tmp_path, "en", True)
     experiments.analyze_stored(exp, runs, tmp_path, "hi", True)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("args, match", [((None,), "folder must be the path"),
+                                         ((5,), "folder must be the path"),
+                                         (("x", "fr"), "lang must be 'en' or 'hi'"),
+                                         (("x", None), "lang must be 'en' or 'hi'")])
+def test_write_report_and_summary_check_their_arguments(args, match):
+    from sharenorm.lab.report import summary_markdown
+
+    for fn in (write_report, summary_markdown):
+        with pytest.raises(LabError, match=match):
+            fn(*args)

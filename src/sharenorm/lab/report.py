@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 from pathlib import Path
 
 from sharenorm.lab.claims import DOC_TABLES, NOT_MEASURED, quote
@@ -376,6 +377,16 @@ def to_html(blocks: list[tuple], folder: Path, lang: str) -> str:
     return "\n".join(out)
 
 
+def _folder(folder, lang: str) -> Path:
+    """``folder`` as a Path, after checking it is a path and ``lang`` a report language."""
+    if lang not in ("en", "hi"):
+        raise LabError(f"lang must be 'en' or 'hi' (Hindi with English terms), got {lang!r}")
+    if not isinstance(folder, (str, os.PathLike)):
+        raise LabError(f"folder must be the path of a results folder (the --out of `sharenorm "
+                       f"lab`), got {folder!r}")
+    return Path(folder)
+
+
 def write_report(folder, lang: str = "en") -> Path:
     """Rebuild ``report.md``, ``report.html`` and ``figures/`` in ``folder`` from its results.
 
@@ -388,7 +399,7 @@ def write_report(folder, lang: str = "en") -> Path:
     """
     import tempfile
 
-    folder = Path(folder)
+    folder = _folder(folder, lang)
     store = ResultsStore.read(folder)
     try:
         tempfile.TemporaryFile(dir=folder).close()  # writable? (before figures are drawn)
@@ -439,7 +450,7 @@ def summary_markdown(folder, lang: str = "en") -> str:
     """
     import tempfile
 
-    folder = Path(folder)
+    folder = _folder(folder, lang)
     store = ResultsStore.read(folder)
     hdr = store.header or {}
     with tempfile.TemporaryDirectory() as tmp:  # the figures are not part of the summary
