@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -327,6 +328,38 @@ def test_builds_into_the_cache_once(tmp_path):
     stamp = built[0].stat().st_mtime_ns
     again = _python(CHECK, SHARENORM_CACHE_DIR=str(tmp_path))
     assert again.stdout.strip() == "True" and built[0].stat().st_mtime_ns == stamp
+
+
+def _built_library() -> Path:
+    """The library this process loaded (built into its cache on first use)."""
+    if not cpu.available():
+        pytest.skip("no C compiler here: no library to damage")
+    return Path(cpu._library()._name)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "empty", "unsealed"])
+def test_the_seal_shows_a_damaged_library(tmp_path, damage):
+    data = _built_library().read_bytes()
+    assert cpu._intact(_built_library())
+    seal = len(cpu._SEAL) + 64
+    flipped = data[:500] + bytes([data[500] ^ 1]) + data[501:]
+    damaged = {"truncated": data[:1000], "flipped": flipped, "empty": b"",
+               "unsealed": data[:-seal]}[damage]
+    (tmp_path / "lib.so").write_bytes(damaged)
+    assert not cpu._intact(tmp_path / "lib.so")
+
+
+def test_a_truncated_library_in_the_cache_is_built_again(tmp_path):
+    """A library cut short (a crash before its bytes reached the disk, a full disk) made
+    dlopen map pages past the end of the file: SIGBUS, in this process and every later one
+    until the file was removed. The seal (the digest appended to each build) shows it."""
+    built = _built_library()
+    copy = tmp_path / built.name  # the name this source, compiler and CPU give
+    copy.write_bytes(built.read_bytes()[:1000])
+    run = _python(CHECK, SHARENORM_CACHE_DIR=str(tmp_path))
+    assert run.returncode == 0, run.stderr  # -7 (SIGBUS) before
+    assert run.stdout.strip() == "True"
+    assert cpu._intact(copy)
 
 
 @pytest.mark.parametrize("env", [{"CC": "/nonexistent/cc"}, {"SHARENORM_CPU_KERNELS": "0"}],

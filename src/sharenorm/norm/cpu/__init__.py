@@ -114,11 +114,39 @@ def _compile(cc: list[str], flags: list[str], target: Path) -> bool:
         if run.returncode != 0:
             _log.info("sharenorm: %s failed: %s", " ".join(cmd), run.stderr.strip())
             return False
+        _seal(Path(tmp))
         os.replace(tmp, target)
         return True
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# Every built library ends with this and the SHA-256 of the bytes before it (the dynamic
+# loader ignores bytes past the ELF image). A library cut short (a crash before the data
+# reached the disk, a full disk) would make dlopen map pages past the end of the file and
+# kill the process with SIGBUS, and so would every later process until the file is gone.
+_SEAL = b"sharenorm-sha256:"
+
+
+def _seal(path: Path) -> None:
+    """Append the seal to a freshly built library and flush it to the disk."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest().encode()
+    with open(path, "ab") as f:
+        f.write(_SEAL + digest)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _intact(path: Path) -> bool:
+    """Whether a built library is whole: its seal holds the digest of the bytes before it."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    n = len(_SEAL) + 64
+    return (len(data) > n and data[-n:-64] == _SEAL
+            and hashlib.sha256(data[:-n]).hexdigest().encode() == data[-64:])
 
 
 # -fno-trapping-math lets the selects of relu vectorize (no code here reads FP exception
@@ -161,6 +189,9 @@ def _library() -> ctypes.CDLL | None:
         try:
             if any((r / f"{name}.failed").exists() for r in roots):
                 continue
+            if target.exists() and not _intact(target):
+                _log.info("sharenorm: %s is damaged or unsealed; building it again", target)
+                target.unlink(missing_ok=True)
             if target.exists() or _compile(cc, flags, target):
                 try:
                     return _declare(ctypes.CDLL(str(target)))
