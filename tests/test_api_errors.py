@@ -86,3 +86,13 @@ def test_sample_photos_size_is_a_height_in_pixels(bad):
 
     with pytest.raises(ValueError, match="size must be"):
         load_sample_photos(bad)
+
+
+@pytest.mark.parametrize("kw", [{"num_classes": None}, {"num_classes": True}, {"width": True},
+                                {"depth": 0}, {"in_shape": (1, 0)}, {"in_shape": 40}])
+def test_lab_models_check_their_sizes(kw):
+    from sharenorm.models import ConvNet
+
+    args = {"in_shape": (1, 40), "num_classes": 10, **kw}
+    with pytest.raises(ValueError, match="must be"):
+        ConvNet(args.pop("in_shape"), args.pop("num_classes"), **args)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 import sharenorm as sn
+from sharenorm._checks import as_count
 from sharenorm.models._norms import canonical_kind, norm_removes_bias
 
 __all__ = ["ConvNet", "LocallyConnectedNet", "conv_out_len"]
@@ -56,10 +57,12 @@ class ConvNet(nn.Module):
                  depth: int = 3, norm: str = "batch", act: str = "relu", kernel: int | None = None,
                  downsample: int | None = None, num_groups: int | None = None) -> None:
         super().__init__()
-        if len(in_shape) not in (2, 3):
+        if not isinstance(in_shape, (tuple, list)) or len(in_shape) not in (2, 3):
             raise ValueError(f"in_shape must be (C, L) or (C, H, W), got {in_shape!r}")
-        if depth < 1 or width < 1:
-            raise ValueError(f"depth and width must be ≥ 1, got depth={depth}, width={width}")
+        in_shape = tuple(as_count(s, "in_shape", " (each size)") for s in in_shape)
+        num_classes = as_count(num_classes, "num_classes", "")
+        depth = as_count(depth, "depth", "")
+        width = as_count(width, "width", "")
         self.dim = len(in_shape) - 1
         kernel = kernel or (5 if self.dim == 1 else 3)
         size = list(in_shape[1:])

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 import sharenorm as sn
+from sharenorm._checks import as_count
 from sharenorm.models._norms import canonical_kind, norm_removes_bias
 
 __all__ = ["MLP"]
@@ -43,6 +44,7 @@ class MLP(nn.Module):
                  hidden: int | Sequence[int] = 100, depth: int = 2, norm: str = "none",
                  act: str = "relu") -> None:
         super().__init__()
+        num_classes = as_count(num_classes, "num_classes", "")
         widths = [hidden] * depth if isinstance(hidden, int) else list(hidden)
         if not widths or min(widths) < 1:
             raise ValueError(f"need ≥ 1 hidden layer of width ≥ 1, got hidden={hidden}, "
