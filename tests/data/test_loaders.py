@@ -421,3 +421,15 @@ def test_cifar_ignores_files_that_only_start_like_a_batch(tmp_path):
     (tmp_path / "data_batch_notes.txt").write_text("notes")
     ds = load_path(tmp_path)
     assert len(ds.x_train) == 8
+
+
+@pytest.mark.parametrize("x, y, match", [
+    # float32 would keep the real parts only, silently
+    (np.random.rand(20, 8) + 1j, np.arange(20) % 2, r"'x' must be real numbers.*two channels"),
+    # every accuracy 100%, every comparison a tie
+    (np.random.rand(20, 8), np.zeros(20, dtype=int), "every label is 0.*at least two classes"),
+], ids=["complex", "one-class"])
+def test_npz_data_no_classifier_can_use_is_refused(tmp_path, x, y, match):
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    with pytest.raises(DataError, match=match):
+        load_path(tmp_path / "d.npz")

@@ -104,9 +104,10 @@ def to_dataset(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | Non
     Labels are remapped to ``0..K-1`` in sorted order when they are not already.
 
     Raises:
-        DataError: labels that are not non-negative integers, or a given test split with
-            classes that have no training samples (a model never sees them: the test accuracy
-            would silently count them as errors), as the image-folder loader refuses.
+        DataError: labels that are not non-negative integers, one class only, or a given
+            test split with classes that have no training samples (a model never sees them:
+            the test accuracy would silently count them as errors), as the image-folder loader
+            refuses.
     """
     given_test = x_test is not None
     if not given_test:
@@ -121,6 +122,10 @@ def to_dataset(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | Non
         raise DataError(f"{source}: labels must be ≥ 0 (class indices), found {int(y_all.min())}; "
                         "map every class to 0, 1, 2, ...")
     classes = np.unique(y_all)
+    if len(classes) == 1:
+        # every accuracy would be 100% and every comparison between norms a tie
+        raise DataError(f"{source}: every label is {int(classes[0])}: a classifier needs at "
+                        "least two classes; give samples of another class")
     n = len(y)
     remap = {int(c): i for i, c in enumerate(classes)}
     lab = np.array([remap[int(v)] for v in y_all], dtype=np.int64)

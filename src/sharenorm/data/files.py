@@ -293,9 +293,9 @@ def load_npz(path: str | os.PathLike, *, limit: int | None = None) -> Dataset:
         raise DataError(f"{path}: '{key}' must be (N, L), (N, C, L), (N, H, W) or (N, C, H, W), "
                         f"got {x.shape}")
 
-    x, y = shaped(_scale(arrays["x"]), "x"), arrays["y"]
+    x, y = shaped(_scale(arrays["x"], f"{path}: 'x'"), "x"), arrays["y"]
     xt = arrays.get("x_test")
-    xt = shaped(_scale(xt), "x_test") if xt is not None else None
+    xt = shaped(_scale(xt, f"{path}: 'x_test'"), "x_test") if xt is not None else None
     for a, b, kx in ((x, y, "x"), (xt, arrays.get("y_test"), "x_test")):
         if a is not None and (b.ndim != 1 or len(a) != len(b)):
             raise DataError(f"{path}: '{kx}' has {len(a)} samples but its labels have shape {b.shape}")
@@ -501,12 +501,16 @@ def _load_folder(p: Path, limit: int) -> Dataset:
 
 
 # ------------------------------------------------------------------------------- helpers
-def _scale(x: np.ndarray) -> np.ndarray:
-    """8-bit data to [0, 1] float32; other data to float32 unchanged."""
+def _scale(x: np.ndarray, where: str = "inputs") -> np.ndarray:
+    """8-bit data to [0, 1] float32; other data to float32 unchanged. ``where`` names the
+    array in errors."""
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255.0
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise DataError(f"inputs must be numeric, got dtype {x.dtype}")
+        raise DataError(f"{where} must be numeric, got dtype {x.dtype}")
+    if np.issubdtype(x.dtype, np.complexfloating):  # float32 would drop the imaginary part
+        raise DataError(f"{where} must be real numbers, got dtype {x.dtype}; pass their real "
+                        "and imaginary parts as two channels")
     return x.astype(np.float32)
 
 
