@@ -209,6 +209,16 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
+def _count(what: str, value) -> int:
+    """``value`` as an int: numpy's ints too, not a bool, a float or a str."""
+    try:
+        if not isinstance(value, bool):
+            return operator.index(value)
+    except TypeError:
+        pass
+    raise LabError(f"{what} must be an int, got {value!r}")
+
+
 def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int = 1,
             data: str | None = None, out: str | os.PathLike = "lab-results", lang: str = "en",
             progress: bool = True, report: bool = True, echo=print,
@@ -236,15 +246,7 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int 
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise LabError(f"names must be a list of claim or experiment ids (e.g. ['N6']), got "
                        f"{names!r}")
-    counts = []
-    for what, value in (("--seeds", seeds), ("--jobs", jobs)):
-        try:
-            counts.append(operator.index(value))  # numpy's ints too, not floats or str
-        except TypeError:
-            counts.append(None)
-        if isinstance(value, bool) or counts[-1] is None:
-            raise LabError(f"{what} must be an int, got {value!r}")
-    seeds, jobs = counts
+    seeds, jobs = _count("--seeds", seeds), _count("--jobs", jobs)
     if not isinstance(quick, bool):
         raise LabError(f"quick must be True or False, got {quick!r}")
     if seeds < 1:
