@@ -104,3 +104,12 @@ def test_a_shared_stack_is_traced_into_and_keeps_its_ties():
     with torch.no_grad():
         model[0].blocks[0][0].weight.mul_(2)
     _close(gm(x), model(x))
+
+
+@pytest.mark.parametrize("name, make, shape", LAYERS[:1] + LAYERS[-3:-1], ids=["bn", "rnn", "urnn"])
+def test_tracing_a_layer_alone_names_the_way(name, make, shape):
+    """fx traces into its root, which a layer cannot be (torch.nn's BatchNorm fails there
+    too, on its control flow); wrapped in a model, it traces (the tests above)."""
+    with pytest.raises(TypeError, match=r"trace a model that holds it.*Sequential\(layer\)"):
+        fx.symbolic_trace(make())
+    fx.symbolic_trace(nn.Sequential(make()))

@@ -29,7 +29,14 @@ def call_module_node(module: nn.Module, *args: Any, **kwargs: Any) -> Proxy:
     thing where their input is a Proxy (``not isinstance(input, Tensor)`` comes first: a
     tensor pays one isinstance check)."""
     tracer = next(a for a in (*args, *kwargs.values()) if isinstance(a, Proxy)).tracer
-    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, kwargs)
+    path = tracer.path_of_module(module)
+    if not path:  # the traced root itself: fx traces into it, and nothing can call it as a node
+        raise TypeError(
+            f"torch.fx traces into the module it is given, and a {type(module).__name__} "
+            "cannot be traced into (its checks read values and shapes): trace a model that "
+            "holds it, e.g. torch.fx.symbolic_trace(torch.nn.Sequential(layer))"
+        )
+    return tracer.create_proxy("call_module", path, args, kwargs)
 
 
 def traceable(fn: Callable) -> Callable:
