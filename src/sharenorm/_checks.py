@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import stat
 from typing import Any
 
 import torch
@@ -29,6 +30,20 @@ class ShapeError(ValueError, RuntimeError):
 class DtypeError(TypeError, RuntimeError):
     """A tensor of a dtype the operation cannot take: a TypeError, and a RuntimeError as
     torch's kernels raise for it (see :class:`ShapeError`)."""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def not_a_regular_file(mode: int) -> str | None:
+    """What a file of ``st_mode`` ``mode`` is ("a folder", "a FIFO (named pipe)", …) when it
+    is not a regular file, else None. Such a file is never opened: ``/dev/zero`` never ends,
+    and opening a FIFO blocks until someone writes to it."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
 
 
 def check_module(model: Any, caller: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 
 import pytest
 import safetensors.torch
@@ -478,3 +479,34 @@ def test_a_wrapped_model_saves_and_loads_under_the_models_own_names(wrap, tmp_pa
         assert inner[2].weight.data_ptr() == inner[0].weight.data_ptr()  # the tie
     sn.save(plain, tmp_path / "p.safetensors")
     sn.load(wrapped(make()), tmp_path / "p.safetensors")
+
+
+def test_a_folder_fifo_or_device_is_refused_without_opening_it(tmp_path):
+    """A FIFO blocked sn.load until someone wrote to it; sn.save replaced it (or a device)
+    with a file, and failed on a folder naming a temporary file in its parent."""
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    net = nn.Linear(2, 2)
+
+    def unblock():  # should the FIFO be opened after all: a failure, not a hang
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader waiting (ENXIO): nothing to unblock
+            pass
+
+    timer = threading.Timer(10.0, unblock)
+    timer.start()
+    try:
+        _refuse_special_files(net, fifo, tmp_path)
+    finally:
+        timer.cancel()
+    assert fifo.is_fifo()
+
+
+def _refuse_special_files(net, fifo, tmp_path):
+    for path, kind in ((fifo, r"a FIFO \(named pipe\)"), (tmp_path, "a folder"),
+                       ("/dev/null", "a character device")):
+        with pytest.raises(ValueError, match=f"is {kind}"):
+            sn.load(net, path)
+        with pytest.raises(ValueError, match=f"is {kind}: pass the path of a file to write"):
+            sn.save(net, path)

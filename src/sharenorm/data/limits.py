@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from pathlib import Path
 
+from sharenorm._checks import not_a_regular_file
 from sharenorm.data.dataset import DataError
 
 __all__ = ["LIMIT_ENV", "DEFAULT_LIMIT", "data_limit", "parse_size", "format_size", "Budget",
@@ -94,9 +94,6 @@ class Budget:
             "process); otherwise the file is damaged or a compression bomb")
 
 
-_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
-
 
 def regular_file(path) -> Path:
     """``path`` if it is a regular file (a symlink to one counts).
@@ -112,10 +109,8 @@ def regular_file(path) -> Path:
         mode = path.stat().st_mode
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
-    if not stat.S_ISREG(mode):
-        kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
-        if stat.S_ISDIR(mode):
-            kind = "a folder"
+    kind = not_a_regular_file(mode)
+    if kind is not None:
         raise DataError(f"{path} is {kind}, not a data file: pass a regular file or a folder "
                         "of them")
     return path

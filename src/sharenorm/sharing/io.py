@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from sharenorm._checks import check_module
+from sharenorm._checks import check_module, not_a_regular_file
 from sharenorm.sharing.tie import TRANSFORMS, apply_transform, iter_links, resolve, tie, ties
 from sharenorm.sharing.tie._api import _links_of, _plan, _simulate
 from sharenorm.sharing.tie._inspect import _same_storage, _view_transform
@@ -198,6 +198,11 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | N
     meta[MANIFEST_KEY] = json.dumps(manifest)
     meta[DIGEST_KEY] = _digest(stored)
     path = os.fspath(path)
+    if os.path.exists(path) and (kind := not_a_regular_file(os.stat(path).st_mode)):
+        # os.replace would put the file in place of a FIFO or a device, or fail on a folder
+        example = os.path.join(path if kind == "a folder" else ".", "model.safetensors")
+        raise ValueError(f"{path!r} is {kind}: pass the path of a file to write, e.g. "
+                         f"{example!r}")
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     os.close(fd)
@@ -223,6 +228,10 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | N
 def _read(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
+    kind = not_a_regular_file(os.stat(path).st_mode)
+    if kind is not None:  # never opened: a FIFO would block until someone writes to it
+        raise ValueError(f"{path!r} is {kind}, not a checkpoint: pass the file sharenorm.save "
+                         "wrote")
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
