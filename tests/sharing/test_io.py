@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-import threading
+import subprocess
 
 import pytest
 import safetensors.torch
@@ -488,18 +488,14 @@ def test_a_folder_fifo_or_device_is_refused_without_opening_it(tmp_path):
     os.mkfifo(fifo)
     net = nn.Linear(2, 2)
 
-    def unblock():  # should the FIFO be opened after all: a failure, not a hang
-        try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:  # no reader waiting (ENXIO): nothing to unblock
-            pass
-
-    timer = threading.Timer(10.0, unblock)
-    timer.start()
+    # Should the FIFO be opened after all, a writer in another process unblocks it after
+    # 10 s: a failure, not a hang (a thread could not: the blocked open holds the GIL).
+    writer = subprocess.Popen(["sh", "-c", f"sleep 10; : > '{fifo}'"])
     try:
         _refuse_special_files(net, fifo, tmp_path)
     finally:
-        timer.cancel()
+        writer.kill()
+        writer.wait()
     assert fifo.is_fifo()
 
 
