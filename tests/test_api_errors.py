@@ -1,7 +1,6 @@
 """Arguments of the wrong kind to the public API: a clear error that names the function and
-what it takes, not an AttributeError, KeyError or "object is not iterable" from deep inside
-(found by calling every public entry point with None, str, numbers, containers, tensors and
-modules in the wrong places)."""
+what it takes, not an AttributeError, KeyError or "object is not iterable" from deep inside:
+None, str, numbers, containers, tensors and modules in the wrong places."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 torchvision's feature extraction and FX quantization run): every sharenorm layer is one
 ``call_module`` node, as torch.nn's layers are, and the GraphModule behaves as the model:
 same outputs in training and in eval (its train/eval switch reaches the layer), the same
-running statistics updated. The functionals are one ``call_function`` node. (Before, tracing
-any model holding a sharenorm layer failed: its input checks met a Proxy.)"""
+running statistics updated. The functionals are one ``call_function`` node. (Traced into,
+the layers' input checks would meet a Proxy.)"""
 
 from __future__ import annotations
 

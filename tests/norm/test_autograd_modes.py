@@ -76,7 +76,8 @@ def _layer(make, shape, training, channels_last=False):
 @pytest.mark.parametrize("name, make, shape", LAYERS, ids=[c[0] for c in LAYERS])
 def test_gradcheck_every_mode(name, make, shape, training):
     """Finite differences, forward AD, batched and undefined output gradients, second
-    derivatives: as torch.nn. (The batch-of-one hook once failed on an undefined gradient.)"""
+    derivatives: as torch.nn. The batch-of-one layers run the gradient-layout hook, which
+    autograd hands ``None`` for an undefined gradient."""
     m, x = _layer(make, shape, training)
     f, params = _as_function(m)
     kw = {"eps": 1e-6, "atol": 1e-5}
@@ -132,7 +133,8 @@ def test_memory_efficient_refuses_every_second_derivative(name, make):
     x = torch.randn(3, 4, 3, 2, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 4, 3, 2, dtype=torch.float64)
     loss, dx = _gradient_penalty_loss(m, x, w)
-    # the penalty's gradient through the layer was silently zero, not refused
+    # the output gradient w is a constant: the gradients must still refuse to be
+    # differentiated, not pass as constants whose penalty gradient is zero
     with pytest.raises(RuntimeError, match=NO_DOUBLE):
         loss.backward()
     for wrt in (x, m.weight):  # autograd.grad prunes the graph to `wrt`: the node is on it
@@ -146,21 +148,24 @@ def test_memory_efficient_refuses_every_second_derivative(name, make):
 
 @pytest.mark.parametrize("name, make", MEMORY_EFFICIENT, ids=[c[0] for c in MEMORY_EFFICIENT])
 def test_memory_efficient_first_order_under_create_graph_is_unchanged(name, make):
-    """Building a graph changes nothing in the gradients themselves, and the plain layer's
-    penalty is differentiable (the fix the error names)."""
+    """Building a graph changes nothing in the gradients themselves: they equal those
+    without a graph and the plain layer's (ATen's backward), and the plain layer's penalty
+    is differentiable (the fix the error names)."""
     torch.manual_seed(0)
     m = make().double()
+    ref = make()
+    ref.memory_efficient = False
+    ref = ref.double()
+    ref.load_state_dict(m.state_dict())
     x = torch.randn(3, 4, 3, 2, dtype=torch.float64, requires_grad=True)
     y = m(x)
     g = torch.randn_like(y)
     plain = torch.autograd.grad(y, (x, m.weight), g, retain_graph=True)
     graphed = torch.autograd.grad(y, (x, m.weight), g, create_graph=True)
-    for a, b in zip(plain, graphed, strict=True):
+    want = torch.autograd.grad(ref(x), (x, ref.weight), g)
+    for a, b, w in zip(plain, graphed, want, strict=True):
         assert torch.equal(a, b) and b.requires_grad
-    ref = make()
-    ref.memory_efficient = False
-    ref = ref.double()
-    ref.load_state_dict(m.state_dict())
+        torch.testing.assert_close(b, w, atol=1e-10, rtol=1e-10)
     loss, _ = _gradient_penalty_loss(ref, x, torch.randn_like(y))
     loss.backward()
     assert ref.weight.grad is not None and torch.isfinite(ref.weight.grad).all()
@@ -184,7 +189,7 @@ def test_memory_efficient_batched_backward_error_names_the_fix(name, make):
 @pytest.mark.parametrize("name, make", MEMORY_EFFICIENT, ids=[c[0] for c in MEMORY_EFFICIENT])
 def test_memory_efficient_forward_ad_runs_the_plain_path(name, make):
     """Forward-mode AD (a dual level, as torch.autograd.forward_ad): the memory-efficient
-    Functions have no jvp (torch raised NotImplementedError); the plain path runs there."""
+    Functions have no jvp, so the plain path runs there, with the plain layer's tangents."""
     import torch.autograd.forward_ad as fwad
 
     torch.manual_seed(0)

@@ -350,14 +350,14 @@ def test_the_seal_shows_a_damaged_library(tmp_path, damage):
 
 
 def test_a_truncated_library_in_the_cache_is_built_again(tmp_path):
-    """A library cut short (a crash before its bytes reached the disk, a full disk) made
-    dlopen map pages past the end of the file: SIGBUS, in this process and every later one
-    until the file was removed. The seal (the digest appended to each build) shows it."""
+    """A library cut short (a crash before its bytes reached the disk, a full disk) would
+    make dlopen map pages past the end of the file: SIGBUS, in every process that loads it.
+    The seal (the digest appended to each build) shows the damage, and it is built again."""
     built = _built_library()
     copy = tmp_path / built.name  # the name this source, compiler and CPU give
     copy.write_bytes(built.read_bytes()[:1000])
     run = _python(CHECK, SHARENORM_CACHE_DIR=str(tmp_path))
-    assert run.returncode == 0, run.stderr  # -7 (SIGBUS) before
+    assert run.returncode == 0, run.stderr  # -7 would be SIGBUS: the file was dlopen'ed
     assert run.stdout.strip() == "True"
     assert cpu._intact(copy)
 

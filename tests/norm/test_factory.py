@@ -485,7 +485,7 @@ def test_convert_norm_sync_converts_every_norm_convert_sync_batchnorm_only_batch
 
 def test_torchs_own_converter_leaves_sharenorm_layers_alone():
     """Not subclasses of torch.nn's classes (README "Classes"): torch's converter, which
-    rebuilds by class, would have made a torch SyncBatchNorm and dropped the fused act."""
+    rebuilds by class, would make a torch SyncBatchNorm of a subclass and drop its act."""
     net = nn.Sequential(nn.Conv2d(3, 4, 1), sn.BatchNorm2d(4, act="relu"))
     layer = net[1]
     net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -562,8 +562,8 @@ def test_hooks_on_a_converted_layer_keep_firing_and_their_handles_remove_them():
     ("in", {"affine": True, "track_running_stats": True}, False),  # fresh ones: not frozen
 ])
 def test_a_frozen_layer_stays_frozen_where_its_statistics_go(kind, kw, frozen):
-    """Before, a conversion silently unfroze the layer (a fine-tuning run then moved the
-    statistics it meant to keep)."""
+    """A fine-tuning run that froze its statistics keeps them through a conversion that
+    keeps them; a layer given fresh (or no) statistics is not frozen to them."""
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     net.train()(torch.randn(4, 3, 6, 6))  # statistics worth keeping
     sn.freeze_norm_stats(net)

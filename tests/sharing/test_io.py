@@ -482,8 +482,8 @@ def test_a_wrapped_model_saves_and_loads_under_the_models_own_names(wrap, tmp_pa
 
 
 def test_a_folder_fifo_or_device_is_refused_without_opening_it(tmp_path):
-    """A FIFO blocked sn.load until someone wrote to it; sn.save replaced it (or a device)
-    with a file, and failed on a folder naming a temporary file in its parent."""
+    """Opening a FIFO blocks until someone writes to it, and os.replace would put a file in
+    place of a FIFO or device: both functions refuse such paths, and a folder, by name."""
     fifo = tmp_path / "model.safetensors"
     os.mkfifo(fifo)
     net = nn.Linear(2, 2)

@@ -100,7 +100,7 @@ class SoftTie:
         # Any real number type (numpy's scalars too), not a bool; NaN fails value >= 0, and
         # an infinite strength makes the penalty (and every gradient after it) inf or NaN.
         if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0
-                or value == math.inf):
+                or not math.isfinite(value)):
             raise ValueError(f"strength must be a finite real number >= 0, got {value!r}; for "
                              "tensors that must stay equal, tie them: sharenorm.tie")
         self._strength = float(value)

@@ -115,15 +115,10 @@ def _no_double_backward(ctx, *grads):
     )
 
 
-def _setup_bwd(ctx, inputs, output) -> None:
-    pass
-
-
 # Registered here, at import, not at a first call: a first call inside a torch.compile
 # trace could not register anything.
 torch.library.register_autograd("sharenorm::norm_act_fwd", _backward, setup_context=_setup)
-torch.library.register_autograd("sharenorm::norm_act_bwd", _no_double_backward,
-                                setup_context=_setup_bwd)
+torch.library.register_autograd("sharenorm::norm_act_bwd", _no_double_backward)
 
 
 @torch.library.custom_op("sharenorm::running_update", mutates_args=("running_mean", "running_var"))
