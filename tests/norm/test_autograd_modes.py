@@ -146,17 +146,23 @@ def test_memory_efficient_refuses_every_second_derivative(name, make):
         gradgradcheck(f, (x, *params), eps=1e-6, atol=1e-5)
 
 
+def _with_plain_twin(make):
+    """A memory-efficient layer (float64) and the same layer on the plain path, same state."""
+    torch.manual_seed(0)
+    m = make().double()
+    plain = make()
+    plain.memory_efficient = False
+    plain = plain.double()
+    plain.load_state_dict(m.state_dict())
+    return m, plain
+
+
 @pytest.mark.parametrize("name, make", MEMORY_EFFICIENT, ids=[c[0] for c in MEMORY_EFFICIENT])
 def test_memory_efficient_first_order_under_create_graph_is_unchanged(name, make):
     """Building a graph changes nothing in the gradients themselves: they equal those
     without a graph and the plain layer's (ATen's backward), and the plain layer's penalty
     is differentiable (the fix the error names)."""
-    torch.manual_seed(0)
-    m = make().double()
-    ref = make()
-    ref.memory_efficient = False
-    ref = ref.double()
-    ref.load_state_dict(m.state_dict())
+    m, ref = _with_plain_twin(make)
     x = torch.randn(3, 4, 3, 2, dtype=torch.float64, requires_grad=True)
     y = m(x)
     g = torch.randn_like(y)
@@ -184,7 +190,6 @@ def test_memory_efficient_batched_backward_error_names_the_fix(name, make):
     assert jac.shape == (*x.shape, *x.shape)
 
 
-
 @JIT_SCRIPT_DEPRECATED
 @pytest.mark.parametrize("name, make", MEMORY_EFFICIENT, ids=[c[0] for c in MEMORY_EFFICIENT])
 def test_memory_efficient_forward_ad_runs_the_plain_path(name, make):
@@ -192,12 +197,7 @@ def test_memory_efficient_forward_ad_runs_the_plain_path(name, make):
     Functions have no jvp, so the plain path runs there, with the plain layer's tangents."""
     import torch.autograd.forward_ad as fwad
 
-    torch.manual_seed(0)
-    m = make().double()
-    plain = make()
-    plain.memory_efficient = False
-    plain = plain.double()
-    plain.load_state_dict(m.state_dict())
+    m, plain = _with_plain_twin(make)
     x = torch.randn(3, 4, 3, 2, dtype=torch.float64)
     t = torch.randn_like(x)
     with fwad.dual_level():
