@@ -156,7 +156,11 @@ def check_activation(act: str | None, act_param: float | None = None) -> str | N
                 f"act_param must be a number ({what} of {act}), got {act_param!r} of type "
                 f"{type(act_param).__name__}; pass e.g. act_param={ACTIVATIONS[act].default}"
             )
-        if not math.isfinite(act_param):
+        try:
+            finite = math.isfinite(act_param)
+        except OverflowError:  # an int beyond float's range
+            finite = False
+        if not finite:
             raise ValueError(
                 f"act_param must be a finite number ({what} of {act}), got {act_param!r}; "
                 f"pass e.g. act_param={ACTIVATIONS[act].default}"
@@ -171,9 +175,11 @@ def spec(act: str | None) -> Activation:
 
 def default_param(act: str | None, act_param: float | None) -> float | None:
     """The parameter an activation runs with: ``act_param`` or its default."""
-    if act is None or act_param is not None:
+    if act is None:
         return act_param
-    return ACTIVATIONS[act].default
+    if act_param is None:
+        return ACTIVATIONS[act].default
+    return float(act_param)  # torch reads a Python int as int64, which 10**30 overflows
 
 
 def apply_activation(
@@ -185,5 +191,5 @@ def apply_activation(
     if act is None or act == "identity":
         return x
     a = ACTIVATIONS[act]
-    p = a.default if act_param is None else act_param
+    p = default_param(act, act_param)
     return a.fn(x, p, fresh and _runs_in_place(act, p))

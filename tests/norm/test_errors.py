@@ -7,6 +7,7 @@ import inspect
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import sharenorm as sn
 import sharenorm.functional as SF
@@ -317,7 +318,8 @@ def test_checked_attributes_keep_state_dict_copy_and_compile():
 
 @pytest.mark.parametrize("act", ["leaky_relu", "elu"])
 @pytest.mark.parametrize("bad,error", [(float("nan"), ValueError), (float("inf"), ValueError),
-                                       (float("-inf"), ValueError), ("0.1", TypeError),
+                                       (float("-inf"), ValueError), (10**400, ValueError),
+                                       ("0.1", TypeError),
                                        (True, TypeError), (None, None)])
 def test_bad_act_param_refused_at_construction(act, bad, error):
     """NaN/±inf would make every output and gradient NaN; a string failed later with
@@ -331,3 +333,22 @@ def test_bad_act_param_refused_at_construction(act, bad, error):
                   lambda: SF.group_norm(torch.randn(2, 3, 4), 1, act=act, act_param=bad)):
         with pytest.raises(error, match="act_param must be a"):
             build()
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["plain", "memory_efficient"])
+@pytest.mark.parametrize("act", ["leaky_relu", "elu"])
+def test_int_act_param_beyond_int64_runs_as_float(act, memory_efficient):
+    """A Python int act_param reached torch as an int64 ("int too big to convert" for
+    10**30, at the first forward). It runs as the float it stands for, as torch's own
+    activation does for float(10**30)."""
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    for slope in (10**30, -(10**30)):
+        layer = sn.GroupNorm(2, 4, act=act, act_param=slope, memory_efficient=memory_efficient,
+                             dtype=torch.float64)
+        y = layer(x)
+        act_fn = F.leaky_relu if act == "leaky_relu" else F.elu
+        ref = act_fn(F.group_norm(x, 2, layer.weight, layer.bias), float(slope))
+        torch.testing.assert_close(y, ref)
+        (dx,) = torch.autograd.grad(y.sum(), x)
+        (ref_dx,) = torch.autograd.grad(ref.sum(), x)
+        torch.testing.assert_close(dx, ref_dx)
