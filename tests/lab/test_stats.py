@@ -73,6 +73,45 @@ def test_compare_four_outcomes(a, b, margin, at_most, holds):
     assert {True: "holds", False: "fails", None: "inconclusive"}[holds] in str(c)
 
 
+# mean(a) − mean(b) with steps to a target, where a run that never reached it is counted at the
+# budget (100): a lower bound of its true count, so the true difference may be higher (a
+# censored) or lower (b censored). Only an outcome such a shift could overturn is withheld.
+@pytest.mark.parametrize("a, b, lower_bounds, at_most, holds", [
+    ([100, 100], [100, 100], (True, True), True, None),   # N1 of the quick lab: nobody reached it
+    ([20, 22], [100, 100], (False, True), True, True),    # a far faster; b only more: holds
+    ([20, 22], [100, 100], (True, False), True, None),    # a's true steps may be far more
+    ([100, 100], [40, 42], (True, False), True, False),   # a already slower: fails
+    ([100, 100], [40, 42], (False, True), True, None),    # b's true steps may be far more
+    ([100, 100], [40, 42], (True, False), False, True),   # "a − b ≥ 0" holds: a only more
+    ([40, 42], [100, 100], (False, True), False, False),  # "a − b ≥ 0" fails: b only more
+    ([40, 42], [100, 100], (True, False), False, None),
+    ([40, 42], [100, 100], (False, False), False, False),  # nothing censored: as before
+])
+def test_a_count_that_is_only_a_lower_bound_decides_only_what_it_cannot_overturn(
+        a, b, lower_bounds, at_most, holds):
+    from sharenorm.lab.stats import compare
+
+    c = compare("x", a, b, 0, at_most=at_most, lower_bounds=lower_bounds)
+    assert c.holds is holds, str(c)
+    assert ("lower bound" in str(c)) == (holds is None)
+    # a negative scale turns both the reported difference and the criterion around
+    neg = compare("x", a, b, 0, scale=-1, at_most=not at_most, lower_bounds=lower_bounds)
+    assert neg.holds is holds, str(neg)
+
+
+def test_a_lower_bound_in_b_raises_a_difference_that_adds_it():
+    """mean(a) − c·mean(b) with c < 0 grows with b: a censored b may raise it."""
+    from sharenorm.lab.stats import compare
+
+    c = compare("a + b", [1, 2], [100, 100], 0, b_factor=-1, lower_bounds=(False, True))
+    assert (c.could_rise, c.could_fall) == (True, False)
+    assert c.holds is True  # a + b ≥ 0 holds, and a larger b only strengthens it
+    # "a + b ≤ 200" holds as measured (101.5), but a larger b could overturn it
+    assert compare("a + b", [1, 2], [100, 100], 200, b_factor=-1, at_most=True,
+                   lower_bounds=(False, True)).holds is None
+    assert compare("a + b", [1, 2], [100, 100], 200, b_factor=-1, at_most=True).holds is True
+
+
 def test_hairline_differences_are_inconclusive_not_decided():
     # N6(b) of the old report: GN ahead of BN in every seed, but by about 3.3 < 5 points.
     # Mean-vs-margin would say "fails"; the interval [-0.3, 6.9] says "cannot tell".

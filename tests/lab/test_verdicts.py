@@ -341,6 +341,64 @@ def test_s2_seconds_come_from_the_interleaved_timing(tmp_path):
     assert s2.verdict == SUPPORTED, [str(c) for c in s2.comparisons]
 
 
+def _n1_runs(bn_steps, none_steps):
+    """N1's records: steps to the 60% target per seed (None: never reached in 100 steps)."""
+    runs = []
+    for norm, steps in (("batch", bn_steps), ("none", none_steps)):
+        cfg = {"norm": norm, "steps": 100, "batch_size": 32, "lr": 0.05, "eval_every": 25,
+               "target": 0.6}
+        runs += [_run("norm_training", cfg, s, _train_metrics(0.7 if k else 0.5, k))
+                 for s, k in enumerate(steps)]
+    # the interleaved timing: a BN step as fast as a no-norm one
+    return runs + [_run("norm_training", {"part": "timing"}, s, {"part": "timing"},
+                        {"step_s": {"batch": 0.001, "none": 0.001}}) for s in range(3)]
+
+
+@pytest.mark.parametrize("bn, none, verdict", [
+    # nobody reached the target: each count is the budget, a lower bound; the quick lab's N1
+    # read this as BN no faster ("not supported", a zero-width interval [+33, +33])
+    ([None, None, None], [None, None, None], INCONCLUSIVE),
+    ([30, 31, 29], [None, None, None], SUPPORTED),  # no norm's true steps only larger
+    ([None, None, None], [30, 31, 29], NOT_SUPPORTED),  # BN's true steps only larger
+    ([30, 31, None], [40, 41, 39], INCONCLUSIVE),  # one BN seed may need any number
+])
+def test_n1_a_run_that_never_reached_the_target_decides_only_what_it_cannot_overturn(
+        tmp_path, bn, none, verdict):
+    n1 = _claim(norm_training.analyze(_n1_runs(bn, none), tmp_path, "en"), "N1")
+    assert n1.verdict == verdict, [str(c) for c in n1.comparisons]
+    if None in bn + none:
+        assert f"BN {3 - bn.count(None)}/3, none {3 - none.count(None)}/3" in n1.measured
+
+
+def test_s2_against_an_mlp_that_never_reached_the_target(tmp_path):
+    """The CNN slower in seconds than an MLP counted at the budget is no verdict: the MLP's true
+    time is only larger. Faster than one counted at the budget, it is."""
+    def runs(cnn_steps):
+        out = []
+        for shuf in (False, True):
+            for model in ("cnn", "locally_connected", "mlp"):
+                cfg = {"model": model, "shuffled": shuf, "steps": 100, "eval_every": 50,
+                       "target": 0.4, "batch_size": 32, "lr": 2e-3}
+                steps = None if model == "mlp" else cnn_steps if model == "cnn" else 90
+                out += [_run("sharing_training", cfg, s,
+                             _train_metrics(0.5, steps and steps + s) | {"n_train": 640})
+                        for s in range(3)]
+        out += [_run("sharing_training", {"part": "timing", "batch_size": 32, "rounds": 10}, s,
+                     {"part": "timing"}, {"step_s": {"cnn": 0.01 * (1 + s / 100),
+                                                     "locally_connected": 0.03, "mlp": 0.002}})
+                for s in range(3)]
+        return out
+
+    def vs_mlp(cnn_steps):
+        s2 = _claim(sharing_training.analyze(runs(cnn_steps), tmp_path, "en"), "S2")
+        assert "MLP 0/3" in s2.measured
+        return next(c for c in s2.comparisons if "mlp" in c.label)
+
+    assert vs_mlp(10).holds is True  # 10 × 0.01 s < (≥ 100) × 0.002 s
+    slower = vs_mlp(60)  # 60 × 0.01 s against ≥ 100 × 0.002 s: unknown
+    assert slower.holds is None and "lower bound" in str(slower)
+
+
 SEEDS = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "seeds"
 
 

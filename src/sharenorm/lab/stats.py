@@ -189,6 +189,13 @@ class Comparison:
     points), ``margin`` in those units. ``unconverged``: a contender it rests on had not
     reached a plateau, so it is inconclusive whatever the interval says
     (:meth:`resting_on_unconverged`).
+
+    ``could_rise`` / ``could_fall``: some values entered as lower bounds (a run that never
+    reached its target counts as the step budget, and its true count is larger), so the true
+    difference may be higher / lower than the one measured, by an unknown amount. An outcome
+    that such a shift could overturn is inconclusive ("≤ margin" holds only if nothing could
+    rise, fails only if nothing could fall; the reverse for "≥ margin"); the other outcome
+    stands, as the shift only strengthens it.
     """
 
     label: str
@@ -200,6 +207,8 @@ class Comparison:
     at_most: bool = False
     strict: bool = False
     unconverged: bool = False
+    could_rise: bool = False
+    could_fall: bool = False
 
     def resting_on_unconverged(self, yes: bool = True) -> Comparison:
         """This comparison, marked inconclusive when ``yes`` (a contender had not converged).
@@ -221,9 +230,24 @@ class Comparison:
         return (lo, hi) if self.scale >= 0 else (hi, lo)
 
     @property
+    def censored(self) -> bool:
+        """Whether values that are only lower bounds left the outcome open."""
+        return not self.unconverged and self._measured() is not None and self.holds is None
+
+    @property
     def holds(self) -> bool | None:
+        out = None if self.unconverged else self._measured()
+        if out is None:
+            return None
+        # "≤ margin" holding (the interval below it) or "≥ margin" failing: only a true
+        # difference higher than measured could overturn it; the other two, only a lower one
+        overturned_by_rise = out == self.at_most
+        return None if (self.could_rise if overturned_by_rise else self.could_fall) else out
+
+    def _measured(self) -> bool | None:
+        """The outcome the interval gives, before censoring and convergence are weighed."""
         lo, hi = self.interval
-        if math.isnan(self.estimate) or self.unconverged:
+        if math.isnan(self.estimate):
             return None
         m = self.margin
         if self.at_most:
@@ -241,6 +265,8 @@ class Comparison:
               else f"95% CI [{lo:+.{k}f}, {hi:+.{k}f}]")
         rel = ("<" if self.strict else "≤") if self.at_most else (">" if self.strict else "≥")
         out = ("inconclusive (a contender not converged)" if self.unconverged else
+               "inconclusive (a run never reached the target: its count is only a lower bound)"
+               if self.censored else
                {True: "holds", False: "fails", None: "inconclusive"}[self.holds])
         return (f"{self.label} {self.estimate:+.{k}f}{self.unit}, {iv} vs margin {rel} "
                 f"{self.margin:g}: {out}")
@@ -248,10 +274,12 @@ class Comparison:
 
 def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = "",
             digits: int = 1, at_most: bool = False, b_factor: float = 1.0,
-            strict: bool = False) -> Comparison:
+            strict: bool = False, lower_bounds: tuple[bool, bool] = (False, False)
+            ) -> Comparison:
     """The criterion "mean(a) − b_factor·mean(b) ≥ margin" (``≤`` with ``at_most``; ``>`` /
     ``<`` with ``strict``, for "lower", "smaller", "fewer") decided from the 95% Welch interval
-    of the difference; see :class:`Comparison`.
+    of the difference; see :class:`Comparison`. ``lower_bounds``: whether some values of ``a``,
+    of ``b`` are only lower bounds (runs that never reached a target, counted at the budget).
 
     Example:
         >>> c = compare("GN − BN", [0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 5, scale=100,
@@ -261,8 +289,14 @@ def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = 
         >>> compare("x", [0.80, 0.90], [0.70, 0.74], 5, scale=100).holds is None
         True
     """
+    # a larger a raises the difference; a larger b raises it when b enters with a negative
+    # weight (−b_factor > 0); a negative scale turns both around in report units
+    rise = lower_bounds[0] or (lower_bounds[1] and b_factor < 0)
+    fall = lower_bounds[1] and b_factor > 0
+    if scale < 0:
+        rise, fall = fall, rise
     return Comparison(label, diff_ci(a, b, b_factor=b_factor), margin, scale, unit, digits,
-                      at_most, strict)
+                      at_most, strict, could_rise=bool(rise), could_fall=bool(fall))
 
 
 PLATEAU_TAIL = 0.2          # the share of the step budget whose gain :func:`tail_gain` measures

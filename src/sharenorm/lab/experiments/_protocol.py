@@ -192,3 +192,39 @@ def tail_gain_cell(ms) -> str:
     if g is None:
         return "—"
     return f"{100 * g:+.1f}" + (" ✓" if g < PLATEAU_MIN_GAIN else "")
+
+
+def steps_to_target(ms, budget: int) -> tuple[list[int], bool]:
+    """Each run's optimizer steps to its target accuracy, a run that never reached it counted
+    at the step budget, and whether one was: its true count is only known to be larger, so a
+    comparison of these must be told (``compare(..., lower_bounds=...)``).
+
+    Example:
+        >>> steps_to_target([{"steps_to_target": 40}, {"steps_to_target": None}], 100)
+        ([40, 100], True)
+    """
+    steps = [m["steps_to_target"] for m in ms]
+    return [budget if s is None else s for s in steps], None in steps
+
+
+# How a comparison of steps to a target treats the runs that never reached it (English, Hindi).
+CENSORED_TEXT = (
+    "a run that never reaches the target counts as the step budget, a lower bound of its "
+    "steps, and a verdict that a larger count could overturn is inconclusive",
+    "जो run target तक नहीं पहुँचे वह पूरा step budget गिना जाए, जो उसके steps की निचली सीमा है; जिस "
+    "verdict को बड़ी गिनती पलट सकती हो वह inconclusive")
+
+
+def unreached_text(contenders: dict[str, list]) -> str:
+    """``"; reached the target: BN 0/2, none 1/2 (…)"`` for a claim's measured text when a run
+    of these contenders never reached it (their step counts are then lower bounds), else "".
+
+    Example:
+        >>> unreached_text({"BN": [{"steps_to_target": 40}], "none": [{"steps_to_target": None}]})
+        '; reached the target: BN 1/1, none 0/1 (a run that did not counts as the step budget)'
+    """
+    hits = {k: sum(m["steps_to_target"] is not None for m in ms) for k, ms in contenders.items()}
+    if all(hits[k] == len(ms) for k, ms in contenders.items()):
+        return ""
+    counts = ", ".join(f"{k} {hits[k]}/{len(ms)}" for k, ms in contenders.items())
+    return f"; reached the target: {counts} (a run that did not counts as the step budget)"

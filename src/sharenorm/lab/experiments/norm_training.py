@@ -10,14 +10,17 @@ from sharenorm.data import MNIST1D_PUBLISHED
 from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.experiments._protocol import (
+    CENSORED_TEXT,
     GAIN_HEADER,
     SCHEDULE,
     SELECT_FRACTION,
     classifier_trial,
     converged,
     select_lr,
+    steps_to_target,
     tail_gain_cell,
     unconverged_text,
+    unreached_text,
 )
 from sharenorm.lab.experiments._timing import interleaved_step_times, sgd_step
 from sharenorm.lab.spec import (
@@ -54,15 +57,15 @@ N1 = Claim(
     "N1", NORM_DOC, "Training को तेज़ करता है।", "BN makes training faster.",
     Text(f"Supported if BN reaches the target test accuracy in ≤ {STEP_RATIO:.2f}× the steps "
          "no-norm needs — the 95% Welch interval of mean(BN steps) − "
-         f"{STEP_RATIO:.2f}·mean(no-norm steps) lies wholly at or below 0 (a run that never "
-         "reaches the target counts as the step budget) — and in no more seconds (steps × the "
-         "median time per step from an interleaved timing of both, one thread); mixed if BN "
+         f"{STEP_RATIO:.2f}·mean(no-norm steps) lies wholly at or below 0 "
+         f"({CENSORED_TEXT[0]}) — and in no more seconds (steps × the median time per step "
+         "from an interleaved timing of both, one thread); mixed if BN "
          "needs fewer steps (the interval of the difference wholly ≤ 0) but not by that "
          "margin or not in seconds; not supported otherwise; inconclusive when an interval "
          "straddles its margin.",
          f"Supported अगर BN target test accuracy तक no-norm के ≤ {STEP_RATIO:.2f}× steps में पहुँचे — "
          f"mean(BN steps) − {STEP_RATIO:.2f}·mean(no-norm steps) का 95% Welch interval पूरा 0 या उससे "
-         "नीचे हो (जो run नहीं पहुँचे वह पूरा step budget गिना जाए) — और ज़्यादा seconds में नहीं "
+         f"नीचे हो ({CENSORED_TEXT[1]}) — और ज़्यादा seconds में नहीं "
          "(steps × दोनों की interleaved timing से median time per step, एक thread); mixed अगर BN कम "
          "steps ले (difference का interval पूरा ≤ 0) पर इतना नहीं, या seconds में नहीं; वरना not "
          "supported; कोई interval अपने margin के दोनों ओर हो तो inconclusive।"))
@@ -159,7 +162,7 @@ def analyze(runs, figdir, lang):
     t_med = {n: statistics.median(v) for n, v in timing.items()}
 
     def steps_hit(ms):
-        return [m["steps_to_target"] if m["steps_to_target"] is not None else budget for m in ms]
+        return steps_to_target(ms, budget)[0]
 
     rows = []
     for (norm,), ms in g.items():
@@ -203,18 +206,19 @@ def analyze(runs, figdir, lang):
     bn, none = g.get(("batch",), []), g.get(("none",), [])
     out = []
     if bn and none:
-        sb, sn_ = steps_hit(bn), steps_hit(none)
+        (sb, cb), (sn_, cn) = steps_to_target(bn, budget), steps_to_target(none, budget)
         mb, mn = mean_ci(sb)[0], mean_ci(sn_)[0]
         ratio = mb / mn if mn else float("nan")
         c_ratio = compare(f"BN steps − {STEP_RATIO:.2f}·no-norm steps", sb, sn_, 0,
-                          at_most=True, digits=0, b_factor=STEP_RATIO)
+                          at_most=True, digits=0, b_factor=STEP_RATIO, lower_bounds=(cb, cn))
         c_fewer = compare("BN steps − no-norm steps", sb, sn_, 0, at_most=True, digits=0,
-                          strict=True)
+                          strict=True, lower_bounds=(cb, cn))
         comps = [c_ratio, c_fewer]
         if "batch" in t_med and "none" in t_med:
             # seconds = steps × median s/step: BN no slower ⟺ steps_BN − (t_none/t_BN)·steps_none ≤ 0
             c_sec = compare("BN seconds − no-norm seconds (in BN steps)", sb, sn_, 0,
-                            at_most=True, digits=0, b_factor=t_med["none"] / t_med["batch"])
+                            at_most=True, digits=0, b_factor=t_med["none"] / t_med["batch"],
+                            lower_bounds=(cb, cn))
             comps.append(c_sec)
             secs = c_sec.holds
             sec_txt = (f"; seconds BN {mb * t_med['batch']:.2f} vs none {mn * t_med['none']:.2f} "
@@ -225,7 +229,8 @@ def analyze(runs, figdir, lang):
         v = decide(all3(c_ratio.holds, secs), c_fewer.holds)
         out.append(ClaimResult(
             "N1", v, f"steps to {cfg['target']:.0%}: BN {mb:.0f} vs none {mn:.0f} "
-            f"(ratio {ratio:.2f}){sec_txt}", [table], [fig_path], comparisons=comps,
+            f"(ratio {ratio:.2f}){sec_txt}{unreached_text({'BN': bn, 'none': none})}",
+            [table], [fig_path], comparisons=comps,
             published=[["Ioffe & Szegedy 2015 (Inception, ImageNet)",
                         "steps to the baseline's accuracy, BN vs none", "14× fewer",
                         f"{1 / ratio:.1f}× fewer" if ratio == ratio and ratio > 0 else "—"]],

@@ -13,14 +13,17 @@ from sharenorm.data import MNIST1D_PUBLISHED, Dataset
 from sharenorm.lab.claims import SHARE_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.experiments._protocol import (
+    CENSORED_TEXT,
     GAIN_HEADER,
     SCHEDULE,
     SELECT_FRACTION,
     classifier_trial,
     converged,
     select_lr,
+    steps_to_target,
     tail_gain_cell,
     unconverged_text,
+    unreached_text,
 )
 from sharenorm.lab.experiments._timing import interleaved_step_times, sgd_step
 from sharenorm.lab.experiments.norm_training import step_times
@@ -72,14 +75,13 @@ TIMING_ROUNDS, QUICK_TIMING_ROUNDS = 100, 10  # interleaved steps per model, per
 
 S2 = Claim(
     "S2", SHARE_DOC, "Training Faster होती है।", "Sharing makes training faster.",
-    Text("Seconds are steps to the target test accuracy (a run that never reaches it counts as "
-         "the step budget) times the median time per step of an interleaved timing (the three "
+    Text(f"Seconds are steps to the target test accuracy ({CENSORED_TEXT[0]}) times the median time per step of an interleaved timing (the three "
          "networks alternate step by step on one thread). Supported if the CNN reaches the "
          "target in fewer seconds than both the locally connected network and the MLP and its "
          "time per step is lower than the locally connected network's, each decided by the 95% "
          "Welch interval of the difference lying wholly below 0; mixed if it wins some of these; "
          "not supported if none; inconclusive when an interval straddles 0.",
-         "Seconds = target test accuracy तक के steps (जो run नहीं पहुँचे वह पूरा step budget) × "
+         f"Seconds = target test accuracy तक के steps ({CENSORED_TEXT[1]}) × "
          "interleaved timing का median time per step (तीनों networks एक thread पर step-by-step बारी-"
          "बारी)। Supported अगर CNN target तक locally connected network और MLP दोनों से कम seconds "
          "में पहुँचे और उसका time per step locally connected network से कम हो, हर शर्त difference "
@@ -175,7 +177,7 @@ def analyze(runs, figdir, lang):
     budget = cfg["steps"]
 
     def steps_hit(ms):
-        return [m["steps_to_target"] if m["steps_to_target"] is not None else budget for m in ms]
+        return steps_to_target(ms, budget)[0]
 
     rows = []
     for (model, shuf), ms in g.items():
@@ -226,10 +228,11 @@ def analyze(runs, figdir, lang):
     comps2 = []
     if {"cnn", "locally_connected", "mlp"} <= set(t_med):
         for other in ("locally_connected", "mlp"):
-            comps2.append(compare(f"CNN seconds − {other} seconds (in CNN steps)",
-                                  steps_hit(g[("cnn", False)]), steps_hit(g[(other, False)]),
-                                  0, at_most=True, digits=0, strict=True,
-                                  b_factor=t_med[other] / t_med["cnn"]))
+            (sc, cc), (so, co) = (steps_to_target(g[(m, False)], budget)
+                                  for m in ("cnn", other))
+            comps2.append(compare(f"CNN seconds − {other} seconds (in CNN steps)", sc, so, 0,
+                                  at_most=True, digits=0, strict=True,
+                                  b_factor=t_med[other] / t_med["cnn"], lower_bounds=(cc, co)))
         comps2.append(compare("CNN − locally connected ms/step (interleaved)",
                               timing["cnn"], timing["locally_connected"], 0, scale=1e3,
                               unit=" ms", digits=3, at_most=True, strict=True))
@@ -242,17 +245,19 @@ def analyze(runs, figdir, lang):
         s2_txt = (f"seconds to {cfg['target']:.0%}: CNN {sec('cnn'):.2f}, locally connected "
                   f"{sec('locally_connected'):.2f}, MLP {sec('mlp'):.2f}; ms/step (interleaved) "
                   f"CNN {1e3 * t_med['cnn']:.2f}, LC {1e3 * t_med['locally_connected']:.2f}, "
-                  f"MLP {1e3 * t_med['mlp']:.2f}")
+                  f"MLP {1e3 * t_med['mlp']:.2f}"
+                  + unreached_text({"CNN": g[("cnn", False)],
+                                    "locally connected": g[("locally_connected", False)],
+                                    "MLP": g[("mlp", False)]}))
     else:
         v2, s2_txt = INCONCLUSIVE, "no interleaved timing run"
     s2 = ClaimResult("S2", v2, s2_txt, [table], [fp], comparisons=comps2, notes=Text(
         "Times per step come from an interleaved timing (the three networks alternate step by "
         "step on one thread, median of many steps), not from the training runs' wall-clocks, "
-        "which depend on what else shared the CPU. A run that never reached the target counts "
-        "as the whole step budget.",
+        f"which depend on what else shared the CPU. As to the steps: {CENSORED_TEXT[0]}.",
         "Time per step interleaved timing से है (तीनों networks एक thread पर step-by-step बारी-बारी, "
         "कई steps का median), training runs के wall-clock से नहीं, जो CPU पर साथ चल रहे काम पर "
-        "निर्भर हैं। जो run target तक नहीं पहुँचा वह पूरा step budget गिना जाता है।"))
+        f"निर्भर हैं। Steps के बारे में: {CENSORED_TEXT[1]}।"))
     # S3
     c, lc, mlp = acc("cnn", False), acc("locally_connected", False), acc("mlp", False)
 
