@@ -319,21 +319,31 @@ def test_n7_a_contradicting_cell_is_not_supported(tmp_path):
     assert cells[("norm", "style", "batch")][1] == SUPPORTED
 
 
-def test_s2_seconds_come_from_the_interleaved_timing(tmp_path):
+def _s2_runs(steps_to_target, step_s, run_s_per_step=None):
+    """S2's records, 3 seeds: each model's steps to the 40% target (None: never reached in
+    100 steps; seed s adds s) in both position orders, its training runs' own seconds per step
+    (``run_s_per_step``), and the interleaved timing's seconds per step (``step_s``)."""
     runs = []
     for shuf in (False, True):
         for model in ("cnn", "locally_connected", "mlp"):
             cfg = {"model": model, "shuffled": shuf, "steps": 100, "eval_every": 50,
                    "target": 0.4, "batch_size": 32, "lr": 2e-3}
-            # the training runs' own wall-clocks say the CNN is slowest: they must not count
-            runs += [_run("sharing_training", cfg, s, _train_metrics(0.5, 50) | {"n_train": 640},
-                          {"s_per_step": 0.5 if model == "cnn" else 0.01, "s_to_target": 0.5})
-                     for s in range(3)]
-    step_s = {"cnn": 0.01, "locally_connected": 0.03, "mlp": 0.02}
-    runs += [_run("sharing_training", {"part": "timing", "batch_size": 32, "rounds": 10}, s,
-                  {"part": "timing"},
-                  {"step_s": {k: v * (1 + s / 100) for k, v in step_s.items()}})
-             for s in range(3)]
+            k = steps_to_target[model]
+            own = (run_s_per_step or {}).get(model, 0.01)
+            runs += [_run("sharing_training", cfg, s,
+                          _train_metrics(0.5, k and k + s) | {"n_train": 640},
+                          {"s_per_step": own, "s_to_target": 0.5}) for s in range(3)]
+    return runs + [_run("sharing_training", {"part": "timing", "batch_size": 32, "rounds": 10},
+                        s, {"part": "timing"},
+                        {"step_s": {k: v * (1 + s / 100) for k, v in step_s.items()}})
+                   for s in range(3)]
+
+
+def test_s2_seconds_come_from_the_interleaved_timing(tmp_path):
+    # the training runs' own wall-clocks say the CNN is slowest: they must not count
+    runs = _s2_runs({"cnn": 50, "locally_connected": 50, "mlp": 50},
+                    {"cnn": 0.01, "locally_connected": 0.03, "mlp": 0.02},
+                    run_s_per_step={"cnn": 0.5})
     s2 = _claim(sharing_training.analyze(runs, tmp_path, "en"), "S2")
     assert "640 samples" in s2.tables[0].headers[2]
     assert s2.tables[0].rows[0][2] == "0.20"  # 640 / 32 = 20 steps of 0.01 s (median)
@@ -373,24 +383,10 @@ def test_n1_a_run_that_never_reached_the_target_decides_only_what_it_cannot_over
 def test_s2_against_an_mlp_that_never_reached_the_target(tmp_path):
     """The CNN slower in seconds than an MLP counted at the budget is no verdict: the MLP's true
     time is only larger. Faster than one counted at the budget, it is."""
-    def runs(cnn_steps):
-        out = []
-        for shuf in (False, True):
-            for model in ("cnn", "locally_connected", "mlp"):
-                cfg = {"model": model, "shuffled": shuf, "steps": 100, "eval_every": 50,
-                       "target": 0.4, "batch_size": 32, "lr": 2e-3}
-                steps = None if model == "mlp" else cnn_steps if model == "cnn" else 90
-                out += [_run("sharing_training", cfg, s,
-                             _train_metrics(0.5, steps and steps + s) | {"n_train": 640})
-                        for s in range(3)]
-        out += [_run("sharing_training", {"part": "timing", "batch_size": 32, "rounds": 10}, s,
-                     {"part": "timing"}, {"step_s": {"cnn": 0.01 * (1 + s / 100),
-                                                     "locally_connected": 0.03, "mlp": 0.002}})
-                for s in range(3)]
-        return out
-
     def vs_mlp(cnn_steps):
-        s2 = _claim(sharing_training.analyze(runs(cnn_steps), tmp_path, "en"), "S2")
+        runs = _s2_runs({"cnn": cnn_steps, "locally_connected": 90, "mlp": None},
+                        {"cnn": 0.01, "locally_connected": 0.03, "mlp": 0.002})
+        s2 = _claim(sharing_training.analyze(runs, tmp_path, "en"), "S2")
         assert "MLP 0/3" in s2.measured
         return next(c for c in s2.comparisons if "mlp" in c.label)
 
