@@ -99,6 +99,29 @@ def test_a_count_that_is_only_a_lower_bound_decides_only_what_it_cannot_overturn
     assert neg.holds is holds, str(neg)
 
 
+def test_values_read_on_a_grid_widen_the_interval_by_its_spacing():
+    """Steps to a target are read every 50 steps: BN at 500 and no norm at 750 in every seed
+    give a zero-width interval exactly on N1's margin (500 − ⅔·750 = 0), "holds"; the true
+    crossings lie in (450, 500] and (700, 750], so the difference lies in (−50, +33.3]."""
+    from sharenorm.lab.stats import compare
+
+    bare = compare("BN − ⅔ none", [500] * 5, [750] * 5, 0, at_most=True, b_factor=2 / 3)
+    assert bare.holds is True
+    c = compare("BN − ⅔ none", [500] * 5, [750] * 5, 0, at_most=True, b_factor=2 / 3,
+                resolution=50)
+    assert c.holds is None and c.interval == pytest.approx((-50, 100 / 3))
+    assert "95% CI [+0.0, +0.0] widened by the checkpoint spacing to [-50.0, +33.3]" in str(c)
+    # a difference wider than the spacing is still decided
+    assert compare("BN − none", [500] * 5, [750] * 5, 0, at_most=True,
+                   resolution=50).holds is True
+    # the sides swap for a negative weight on b, and a negative scale turns them around
+    assert compare("a + b", [0] * 3, [0] * 3, 0, b_factor=-1, resolution=10).interval == (-20, 0)
+    assert compare("−(a − 2b)", [0] * 3, [0] * 3, 0, scale=-1, b_factor=2,
+                   resolution=10).interval == (-20, 10)
+    with pytest.raises(ValueError, match="resolution"):
+        compare("x", [1, 2], [1, 2], 0, resolution=-1)
+
+
 def test_a_lower_bound_in_b_raises_a_difference_that_adds_it():
     """mean(a) − c·mean(b) with c < 0 grows with b: a censored b may raise it."""
     from sharenorm.lab.stats import compare

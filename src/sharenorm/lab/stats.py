@@ -196,6 +196,11 @@ class Comparison:
     that such a shift could overturn is inconclusive ("≤ margin" holds only if nothing could
     rise, fails only if nothing could fall; the reverse for "≥ margin"); the other outcome
     stands, as the shift only strengthens it.
+
+    ``slack``: (below, above), in the values' own units: how far the true difference may lie
+    below / above the measured one because the values were read on a grid (steps to a target,
+    checked every so many steps, each rounded up to the checkpoint that saw it). The interval
+    that decides is the Welch interval widened by it; both are shown.
     """
 
     label: str
@@ -209,6 +214,7 @@ class Comparison:
     unconverged: bool = False
     could_rise: bool = False
     could_fall: bool = False
+    slack: tuple[float, float] = (0.0, 0.0)
 
     def resting_on_unconverged(self, yes: bool = True) -> Comparison:
         """This comparison, marked inconclusive when ``yes`` (a contender had not converged).
@@ -226,7 +232,17 @@ class Comparison:
 
     @property
     def interval(self) -> tuple[float, float]:
-        lo, hi = self.diff.lo * self.scale, self.diff.hi * self.scale
+        """The interval that decides: the Welch interval widened by ``slack``, in report
+        units."""
+        return self._in_report_units(self.diff.lo - self.slack[0], self.diff.hi + self.slack[1])
+
+    @property
+    def welch_interval(self) -> tuple[float, float]:
+        """The 95% Welch interval of the measured values, in report units."""
+        return self._in_report_units(self.diff.lo, self.diff.hi)
+
+    def _in_report_units(self, lo: float, hi: float) -> tuple[float, float]:
+        lo, hi = lo * self.scale, hi * self.scale
         return (lo, hi) if self.scale >= 0 else (hi, lo)
 
     @property
@@ -260,9 +276,12 @@ class Comparison:
 
     def __str__(self) -> str:
         k = self.digits
-        lo, hi = self.interval
+        lo, hi = self.welch_interval
         iv = ("no interval (n < 2)" if not math.isfinite(lo) or not math.isfinite(hi)
               else f"95% CI [{lo:+.{k}f}, {hi:+.{k}f}]")
+        if self.slack != (0.0, 0.0) and math.isfinite(lo) and math.isfinite(hi):
+            lo, hi = self.interval
+            iv += f" widened by the checkpoint spacing to [{lo:+.{k}f}, {hi:+.{k}f}]"
         rel = ("<" if self.strict else "≤") if self.at_most else (">" if self.strict else "≥")
         out = ("inconclusive (a contender not converged)" if self.unconverged else
                "inconclusive (a run never reached the target: its count is only a lower bound)"
@@ -274,12 +293,16 @@ class Comparison:
 
 def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = "",
             digits: int = 1, at_most: bool = False, b_factor: float = 1.0,
-            strict: bool = False, lower_bounds: tuple[bool, bool] = (False, False)
-            ) -> Comparison:
+            strict: bool = False, lower_bounds: tuple[bool, bool] = (False, False),
+            resolution: float = 0.0) -> Comparison:
     """The criterion "mean(a) − b_factor·mean(b) ≥ margin" (``≤`` with ``at_most``; ``>`` /
     ``<`` with ``strict``, for "lower", "smaller", "fewer") decided from the 95% Welch interval
     of the difference; see :class:`Comparison`. ``lower_bounds``: whether some values of ``a``,
     of ``b`` are only lower bounds (runs that never reached a target, counted at the budget).
+    ``resolution``: the values were read on a grid of this spacing, each rounded up (a true
+    value lies in (recorded − resolution, recorded]), so the true difference may lie up to
+    ``resolution`` below the measured one through ``a`` and ``b_factor·resolution`` above it
+    through ``b`` (for ``b_factor`` > 0; the sides swap for a negative one).
 
     Example:
         >>> c = compare("GN − BN", [0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 5, scale=100,
@@ -295,8 +318,15 @@ def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = 
     fall = lower_bounds[1] and b_factor > 0
     if scale < 0:
         rise, fall = fall, rise
+    if resolution < 0:
+        raise ValueError(f"resolution must be ≥ 0 (a grid spacing), got {resolution!r}")
+    # a true a lower by up to r lowers the difference; a true b lower by up to r raises it by
+    # up to b_factor·r (lowers it, for a negative b_factor)
+    below = resolution + max(0.0, -b_factor * resolution)
+    above = max(0.0, b_factor * resolution)
     return Comparison(label, diff_ci(a, b, b_factor=b_factor), margin, scale, unit, digits,
-                      at_most, strict, could_rise=bool(rise), could_fall=bool(fall))
+                      at_most, strict, could_rise=bool(rise), could_fall=bool(fall),
+                      slack=(below, above))
 
 
 PLATEAU_TAIL = 0.2          # the share of the step budget whose gain :func:`tail_gain` measures

@@ -207,12 +207,15 @@ def steps_to_target(ms, budget: int) -> tuple[list[int], bool]:
     return [budget if s is None else s for s in steps], None in steps
 
 
-# How a comparison of steps to a target treats the runs that never reached it (English, Hindi).
-CENSORED_TEXT = (
-    "a run that never reaches the target counts as the step budget, a lower bound of its "
-    "steps, and a verdict that a larger count could overturn is inconclusive",
-    "जो run target तक नहीं पहुँचे वह पूरा step budget गिना जाए, जो उसके steps की निचली सीमा है; जिस "
-    "verdict को बड़ी गिनती पलट सकती हो वह inconclusive")
+# How a comparison of steps to a target reads them (English, Hindi).
+STEPS_TO_TARGET_TEXT = (
+    "steps are read at the test-accuracy checkpoints, so the interval of a difference is "
+    "widened by their spacing; a run that never reaches the target counts as the step budget, "
+    "a lower bound of its steps, and a verdict that a larger count could overturn is "
+    "inconclusive",
+    "steps test-accuracy checkpoints पर पढ़े जाते हैं, इसलिए difference का interval उनकी दूरी जितना "
+    "चौड़ा किया जाता है; जो run target तक नहीं पहुँचे वह पूरा step budget गिना जाए, जो उसके steps की "
+    "निचली सीमा है; जिस verdict को बड़ी गिनती पलट सकती हो वह inconclusive")
 
 
 def unreached_text(contenders: dict[str, list]) -> str:

@@ -10,10 +10,10 @@ from sharenorm.data import MNIST1D_PUBLISHED
 from sharenorm.lab.claims import NORM_DOC
 from sharenorm.lab.common import PCT_BOUNDS, accuracies, ci_band, dataset, figure, pct, save_figure
 from sharenorm.lab.experiments._protocol import (
-    CENSORED_TEXT,
     GAIN_HEADER,
     SCHEDULE,
     SELECT_FRACTION,
+    STEPS_TO_TARGET_TEXT,
     classifier_trial,
     converged,
     select_lr,
@@ -58,14 +58,14 @@ N1 = Claim(
     Text(f"Supported if BN reaches the target test accuracy in ≤ {STEP_RATIO:.2f}× the steps "
          "no-norm needs — the 95% Welch interval of mean(BN steps) − "
          f"{STEP_RATIO:.2f}·mean(no-norm steps) lies wholly at or below 0 "
-         f"({CENSORED_TEXT[0]}) — and in no more seconds (steps × the median time per step "
+         f"({STEPS_TO_TARGET_TEXT[0]}) — and in no more seconds (steps × the median time per step "
          "from an interleaved timing of both, one thread); mixed if BN "
          "needs fewer steps (the interval of the difference wholly ≤ 0) but not by that "
          "margin or not in seconds; not supported otherwise; inconclusive when an interval "
          "straddles its margin.",
          f"Supported अगर BN target test accuracy तक no-norm के ≤ {STEP_RATIO:.2f}× steps में पहुँचे — "
          f"mean(BN steps) − {STEP_RATIO:.2f}·mean(no-norm steps) का 95% Welch interval पूरा 0 या उससे "
-         f"नीचे हो ({CENSORED_TEXT[1]}) — और ज़्यादा seconds में नहीं "
+         f"नीचे हो ({STEPS_TO_TARGET_TEXT[1]}) — और ज़्यादा seconds में नहीं "
          "(steps × दोनों की interleaved timing से median time per step, एक thread); mixed अगर BN कम "
          "steps ले (difference का interval पूरा ≤ 0) पर इतना नहीं, या seconds में नहीं; वरना not "
          "supported; कोई interval अपने margin के दोनों ओर हो तो inconclusive।"))
@@ -207,18 +207,20 @@ def analyze(runs, figdir, lang):
     out = []
     if bn and none:
         (sb, cb), (sn_, cn) = steps_to_target(bn, budget), steps_to_target(none, budget)
+        # read at the checkpoints, and only a lower bound for a run that never got there
+        grid = {"resolution": cfg["eval_every"], "lower_bounds": (cb, cn)}
         mb, mn = mean_ci(sb)[0], mean_ci(sn_)[0]
         ratio = mb / mn if mn else float("nan")
         c_ratio = compare(f"BN steps − {STEP_RATIO:.2f}·no-norm steps", sb, sn_, 0,
-                          at_most=True, digits=0, b_factor=STEP_RATIO, lower_bounds=(cb, cn))
+                          at_most=True, digits=0, b_factor=STEP_RATIO, **grid)
         c_fewer = compare("BN steps − no-norm steps", sb, sn_, 0, at_most=True, digits=0,
-                          strict=True, lower_bounds=(cb, cn))
+                          strict=True, **grid)
         comps = [c_ratio, c_fewer]
         if "batch" in t_med and "none" in t_med:
             # seconds = steps × median s/step: BN no slower ⟺ steps_BN − (t_none/t_BN)·steps_none ≤ 0
             c_sec = compare("BN seconds − no-norm seconds (in BN steps)", sb, sn_, 0,
                             at_most=True, digits=0, b_factor=t_med["none"] / t_med["batch"],
-                            lower_bounds=(cb, cn))
+                            **grid)
             comps.append(c_sec)
             secs = c_sec.holds
             sec_txt = (f"; seconds BN {mb * t_med['batch']:.2f} vs none {mn * t_med['none']:.2f} "
