@@ -209,8 +209,10 @@ def analyze(runs, figdir, lang):
     ax.legend()
     fp = save_figure(fig, figdir, "n2_lr_sweep")
 
-    def span(v):
-        return f"[{v[0]:g}, {v[-1]:g}] ({width(v)} grid point{'s' if width(v) > 1 else ''} wide)" if v else "none"
+    def span(v):  # "none" is the no-norm contender's name: an empty range is said in words
+        if not v:
+            return "no stable rate"
+        return f"[{v[0]:g}, {v[-1]:g}] ({width(v)} grid point{'s' if width(v) > 1 else ''} wide)"
 
     def width(v):  # the range [min, max] of stable lrs in grid steps (a hole inside counts)
         return lrs.index(v[-1]) - lrs.index(v[0]) + 1 if v else 0
@@ -227,13 +229,15 @@ def analyze(runs, figdir, lang):
     v = verdict(b, n)
     if v != verdict(at_most["batch"], n) or v != verdict(b, at_most["none"]):
         v = INCONCLUSIVE
-    decades = {k: math.log10(max(x) / min(x)) if x else float("nan") for k, x in stable.items()}
-    open_ = "; ".join(f"{label} at {', '.join(f'{x:g}' for x in undecided[k])}"
-                      for k, label in (("batch", "BN"), ("none", "none")) if undecided[k])
-    return [ClaimResult("N2", v, f"largest stable lr: BN {b[-1] if b else 'none'}, none "
-                        f"{n[-1] if n else 'none'}; stable lr range: BN {span(stable['batch'])}, none "
-                        f"{span(stable['none'])}; width BN {decades['batch']:.2f} vs none "
-                        f"{decades['none']:.2f} decades"
+    decades = {k: f"{math.log10(max(x) / min(x)):.2f}" if x else "—" for k, x in stable.items()}
+    names = {"batch": "BN", "none": "no norm"}
+    largest = ", ".join(f"{names[k]} {f'{x[-1]:g}' if x else 'no stable rate'}"
+                        for k, x in (("batch", b), ("none", n)))
+    open_ = "; ".join(f"{names[k]} at {', '.join(f'{x:g}' for x in undecided[k])}"
+                      for k in names if undecided[k])
+    return [ClaimResult("N2", v, f"largest stable lr: {largest}; stable lr range: BN "
+                        f"{span(stable['batch'])}, no norm {span(stable['none'])}; width BN "
+                        f"{decades['batch']} vs no norm {decades['none']} decades"
                         + (f"; undecided (the interval of the mean accuracy straddles "
                            f"{STABLE_ACC:.0%}): {open_}" if open_ else ""), [table], [fp])]
 
