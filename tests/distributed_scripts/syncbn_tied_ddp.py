@@ -40,14 +40,17 @@ def batches(world: int) -> list[list[torch.Tensor]]:
                  .split(sizes)) for _ in range(STEPS)]
 
 
-def train(m: nn.Module, parts: list[list[torch.Tensor]], rank: int, net=None) -> nn.Module:
+def train(m: nn.Module, parts: list[list[torch.Tensor]], rank: int | None = None,
+          net=None) -> nn.Module:
     """SGD on the squared error, the loss of the *global* batch: each rank's sum of squares
-    over the global count, times the world size (DDP averages the ranks' gradients)."""
+    over the global count, times the world size (DDP and FSDP average the ranks' gradients).
+    ``rank``: this rank's part of each batch (None: one process, all of them); ``net``: what
+    runs the forward (a DDP wrapper; default ``m``)."""
     net = net or m
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    world = len(parts[0]) if net is not m else 1
+    world = 1 if rank is None else len(parts[0])
     for step in parts:
-        x = step[rank] if net is not m else torch.cat(step)
+        x = torch.cat(step) if rank is None else step[rank]
         n = sum(len(p) for p in step)
         loss = (net(x) - torch.tanh(x)).pow(2).sum() / n * world
         opt.zero_grad()
@@ -58,7 +61,7 @@ def train(m: nn.Module, parts: list[list[torch.Tensor]], rank: int, net=None) ->
 
 def reference(world: int) -> dict:
     """One process, plain (the SyncBatchNorm without a group is a BatchNorm), all samples."""
-    return train(model(), batches(world), 0).state_dict()
+    return train(model(), batches(world)).state_dict()
 
 
 def main(out: str) -> None:

@@ -1,7 +1,8 @@
 """sharenorm under torch's own launcher: ``torchrun --standalone --nproc_per_node N`` (gloo,
 one machine) runs tests/distributed_scripts/syncbn_tied_ddp.py — a tied model with a
-SyncBatchNorm inside, under DDP, on unequal per-rank batches — and every rank ends with the
-parameters and running statistics of one process trained on the concatenated batches."""
+SyncBatchNorm inside, under DDP, on unequal per-rank batches — and tied_fsdp.py, the same
+under FSDP2 (``fully_shard``); every rank ends with the parameters and running statistics of
+one process trained on the concatenated batches."""
 
 from __future__ import annotations
 
@@ -26,15 +27,16 @@ def _script():
     return mod
 
 
-@pytest.mark.parametrize("nproc", [2, 3])
-def test_torchrun_syncbn_and_tied_ddp_equal_one_process(tmp_path, nproc):
+@pytest.mark.parametrize("script, nproc", [("syncbn_tied_ddp.py", 2), ("syncbn_tied_ddp.py", 3),
+                                           ("tied_fsdp.py", 3)])
+def test_torchrun_syncbn_and_tied_model_equal_one_process(tmp_path, script, nproc):
     import sharenorm
 
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(Path(sharenorm.__file__).parents[1]),
                                            os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node", str(nproc), str(SCRIPT), str(tmp_path)]
+           "--nproc_per_node", str(nproc), str(SCRIPT.parent / script), str(tmp_path)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     ref = _script().reference(nproc)

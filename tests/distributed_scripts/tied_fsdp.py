@@ -1,0 +1,53 @@
+"""Run by ``torchrun`` (tests/sharing/test_torchrun.py): the model of syncbn_tied_ddp.py (a
+transposed tie across the model, a SyncBatchNorm inside) under FSDP2 (``fully_shard``),
+trained on unequal per-rank batches. The tie's two ends share one unit, the root (torch's rule
+for any shared parameter: a unit that resharded the source would hand the target a shard);
+the SyncBatchNorm is a unit of its own. Each rank saves the full final state.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 3 \\
+        tests/distributed_scripts/tied_fsdp.py OUT_DIR
+
+The ranks must end with the parameters and running statistics of ``syncbn_tied_ddp.reference``:
+one process trained on the concatenated batches.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+import sharenorm as sn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from syncbn_tied_ddp import batches, model, train  # noqa: E402  (the same model and data)
+
+
+def main(out: str) -> None:
+    dist.init_process_group("gloo")  # torchrun set RANK, WORLD_SIZE, MASTER_ADDR/PORT
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(1)
+    m = model()
+    fully_shard(m[1])  # the SyncBatchNorm: a unit of its own
+    fully_shard(m)     # the root holds both ends of the tie
+    train(m, batches(world), rank)
+    sn.verify_ties(m)
+    state = {k: v.full_tensor() if isinstance(v, DTensor) else v
+             for k, v in m.state_dict().items()}
+    torch.save({k: v.detach().clone() for k, v in state.items()},
+               os.path.join(out, f"rank{rank}.pt"))
+    # as syncbn_tied_ddp.py: collect the hooks' cycles while the group exists, then leave
+    # together
+    del m
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
