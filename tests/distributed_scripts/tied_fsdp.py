@@ -2,7 +2,8 @@
 transposed tie across the model, a SyncBatchNorm inside) under FSDP2 (``fully_shard``),
 trained on unequal per-rank batches. The tie's two ends share one unit, the root (torch's rule
 for any shared parameter: a unit that resharded the source would hand the target a shard);
-the SyncBatchNorm is a unit of its own. Each rank saves the full final state.
+the SyncBatchNorm is a unit of its own. Each rank saves the full final state, and what
+``verify_ties`` and a forward say of the layout to avoid (the source's module a unit alone).
 
     python -m torch.distributed.run --standalone --nproc_per_node 3 \\
         tests/distributed_scripts/tied_fsdp.py OUT_DIR
@@ -28,6 +29,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from syncbn_tied_ddp import batches, model, train  # noqa: E402  (the same model and data)
 
 
+def _error_of(fn, *args) -> str:
+    """``"TypeName: message"`` of what ``fn(*args)`` raises, or "no error"."""
+    try:
+        fn(*args)
+    except (sn.TieError, RuntimeError) as e:
+        return f"{type(e).__name__}: {e}"
+    return "no error"
+
+
 def main(out: str) -> None:
     dist.init_process_group("gloo")  # torchrun set RANK, WORLD_SIZE, MASTER_ADDR/PORT
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -41,6 +51,15 @@ def main(out: str) -> None:
              for k, v in m.state_dict().items()}
     torch.save({k: v.detach().clone() for k, v in state.items()},
                os.path.join(out, f"rank{rank}.pt"))
+    # the layout to avoid: the source's Linear a unit of its own. verify_ties says so, and a
+    # forward fails inside torch (the target reads the resharded source)
+    bad = model()
+    fully_shard(bad[0])
+    fully_shard(bad)
+    said = [_error_of(sn.verify_ties, bad), _error_of(bad, batches(world)[0][rank])]
+    with open(os.path.join(out, f"rank{rank}.bad.txt"), "w") as f:
+        f.write("\n".join(said))
+    del bad
     # as syncbn_tied_ddp.py: collect the hooks' cycles while the group exists, then leave
     # together
     del m

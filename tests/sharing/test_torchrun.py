@@ -47,6 +47,11 @@ def test_torchrun_syncbn_and_tied_model_equal_one_process(tmp_path, script, npro
             torch.testing.assert_close(got[k], v, atol=1e-10, rtol=1e-10,
                                        msg=lambda e, k=k, r=rank: f"rank {r} {k}: {e}")
     assert torch.equal(got["3.weight"], got["0.weight"].T)  # the tie held
+    if script == "tied_fsdp.py":  # the ends in two units: verify_ties names the unit to drop
+        said = (tmp_path / "rank0.bad.txt").read_text().splitlines()
+        assert said[0].startswith("TieError") and "different FSDP units" in said[0], said
+        assert "not '0' on its own" in said[0], said
+        assert said[1].startswith("RuntimeError") and "DTensor" in said[1], said
     assert not torch.equal(ref["0.weight"], _script().model().state_dict()["0.weight"])  # moved
 
 

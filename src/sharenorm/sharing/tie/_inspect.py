@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -148,7 +149,8 @@ def verify_ties(model: nn.Module) -> None:
     Checks, for every tie owned in ``model`` (each tie is owned by the lowest common ancestor of
     its two ends): the target is still computed (its module was not replaced, nor given its own
     tensor), it still follows the module that sits at the source's name (that module was not
-    replaced or copied away), and the shapes still agree.
+    replaced or copied away), the shapes still agree, and under FSDP2 both ends share one
+    ``fully_shard`` unit.
 
     Example:
         >>> import torch, sharenorm as sn
@@ -213,4 +215,40 @@ def _broken(model: nn.Module, target: str, source: str, declared: Link) -> str:
         return f"{what}: {e}"
     if shape != declared.shape:
         return f"{what}: shape is now {shape}, was {declared.shape} when tied"
+    tunit, sunit = _fsdp_unit(model, tpath), _fsdp_unit(model, spath)
+    if tunit != sunit:
+        # the unit that holds one end without the other is the one to give up
+        alone = " and ".join(repr(u) for u, other in ((tunit, spath), (sunit, tpath))
+                             if u is not None and not _within(other, u))
+        return (
+            f"{what}: its ends are in different FSDP units (the target in "
+            f"{_unit_name(tunit)}, the source in {_unit_name(sunit)}); a unit reshards its "
+            f"parameters after its forward, so the target would read a shard (torch: \"mixed "
+            f"torch.Tensor and DTensor\"). Keep both in one unit: fully_shard a module that "
+            f"holds both, not {alone} on its own"
+        )
     return ""
+
+
+def _fsdp_unit(model: nn.Module, path: str) -> str | None:
+    """The FSDP2 unit (``fully_shard``) that manages the module at ``path``: the deepest such
+    module on the way to it ("" for ``model`` itself), or None."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported: nothing is sharded
+    if fsdp is None or not hasattr(fsdp, "FSDPModule"):
+        return None
+    parts = path.split(".") if path else []
+    unit = None
+    for i in range(len(parts) + 1):
+        prefix = ".".join(parts[:i])
+        if isinstance(model.get_submodule(prefix), fsdp.FSDPModule):
+            unit = prefix
+    return unit
+
+
+def _within(path: str, unit: str) -> bool:
+    """Whether the module at ``path`` lies inside the module at ``unit``."""
+    return unit == "" or path == unit or path.startswith(unit + ".")
+
+
+def _unit_name(unit: str | None) -> str:
+    return "no unit" if unit is None else "the whole model" if unit == "" else repr(unit)
