@@ -124,6 +124,10 @@ def bench_cli(args) -> None:
         ceiling = statistics.median(new_steps) / statistics.median(floors)
         print(f"{'ceiling: new steps / floor wall s':42s} median: {ceiling:.1f} steps/s = "
               f"{ceiling / old:.2f}x old (training in no time at all)")
+        # what 3x the old rate would take for this workload, beside what no training takes
+        need = statistics.median(new_steps) / (3 * old)
+        print(f"{'3x old steps/s at the new workload':42s} needs a command wall of {need:.2f} s; "
+              f"the floor alone takes {statistics.median(floors):.2f} s")
 
 
 def bench_train(args) -> None:
