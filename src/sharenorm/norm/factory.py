@@ -249,7 +249,7 @@ def _convert_one(
     if isinstance(old, nn.modules.lazy.LazyModuleMixin) and old.has_uninitialized_params():
         raise ValueError(
             f"{type(old).__name__} is a lazy layer whose channel count is not known yet: run "
-            "one forward pass (model(example_input)) first, then convert_norm"
+            "one forward pass (model(example_input)) first, then convert the model"
         )
     channels = getattr(old, "num_features", None) or old.num_channels
     params, post, notes = _post_settings(old, kw)
