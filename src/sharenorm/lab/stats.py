@@ -192,7 +192,8 @@ class Comparison:
 
     ``could_rise`` / ``could_fall``: some values entered as lower bounds (a run that never
     reached its target counts as the step budget, and its true count is larger), so the true
-    difference may be higher / lower than the one measured, by an unknown amount. An outcome
+    difference (in report units) may be higher / lower than the one measured, by an unknown
+    amount. An outcome
     that such a shift could overturn is inconclusive ("≤ margin" holds only if nothing could
     rise, fails only if nothing could fall; the reverse for "≥ margin"); the other outcome
     stands, as the shift only strengthens it.
