@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine:
-#   make lab    installs everything, then runs the main job: the whole lab (5 seeds, 452 runs: 12.8 min on 2 cores, docs/results.md)
+#   make lab    installs everything, then runs the main job: the whole lab (5 seeds, 452 runs: 12.9 min on 2 cores, docs/results.md)
 #   make test   installs everything, then lints and runs the test suite
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
