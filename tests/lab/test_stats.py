@@ -122,6 +122,24 @@ def test_values_read_on_a_grid_widen_the_interval_by_its_spacing():
         compare("x", [1, 2], [1, 2], 0, resolution=-1)
 
 
+def test_a_measured_factor_widens_the_interval_to_cover_its_own_interval():
+    """Seconds to a target compare steps_a − (t_b/t_a)·steps_b with a ratio of measured step
+    times: over a ratio interval [1.95, 2.05] around 2.0 and mean(b) = 100, the difference
+    moves by ∓5, on top of the Welch interval."""
+    from sharenorm.lab.stats import compare
+
+    bare = compare("sec", [190, 190], [100, 100], 0, at_most=True, b_factor=2.0)
+    assert bare.interval == (-10, -10) and bare.holds is True
+    c = compare("sec", [190, 190], [100, 100], 0, at_most=True, b_factor=2.0,
+                b_factor_range=(1.95, 2.05))
+    assert c.interval == pytest.approx((-15, -5)) and c.holds is True
+    assert "95% CI [-10.0, -10.0] widened by the timing's 95% interval to [-15.0, -5.0]" in str(c)
+    wide = compare("sec", [190, 190], [100, 100], 0, at_most=True, b_factor=2.0,
+                   b_factor_range=(1.8, 2.2), resolution=5)
+    assert wide.interval == pytest.approx((-35, 20)) and wide.holds is None
+    assert "the checkpoint spacing and the timing's 95% interval" in str(wide)
+
+
 def test_a_lower_bound_in_b_raises_a_difference_that_adds_it():
     """mean(a) − c·mean(b) with c < 0 grows with b: a censored b may raise it."""
     from sharenorm.lab.stats import compare

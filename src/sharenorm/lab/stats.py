@@ -199,9 +199,10 @@ class Comparison:
     stands, as the shift only strengthens it.
 
     ``slack``: (below, above), in the values' own units: how far the true difference may lie
-    below / above the measured one because the values were read on a grid (steps to a target,
-    checked every so many steps, each rounded up to the checkpoint that saw it). The interval
-    that decides is the Welch interval widened by it; both are shown.
+    below / above the measured one for reasons the Welch interval does not see (``widened_by``
+    names them): values read on a grid (steps to a target, checked every so many steps, each
+    rounded up to the checkpoint that saw it), a ``b_factor`` that is itself measured (a ratio
+    of times). The interval that decides is the Welch interval widened by it; both are shown.
     """
 
     label: str
@@ -216,6 +217,7 @@ class Comparison:
     could_rise: bool = False
     could_fall: bool = False
     slack: tuple[float, float] = (0.0, 0.0)
+    widened_by: str = ""
 
     def resting_on_unconverged(self, yes: bool = True) -> Comparison:
         """This comparison, marked inconclusive when ``yes`` (a contender had not converged).
@@ -282,7 +284,7 @@ class Comparison:
               else f"95% CI [{lo:+.{k}f}, {hi:+.{k}f}]")
         if self.slack != (0.0, 0.0) and math.isfinite(lo) and math.isfinite(hi):
             lo, hi = self.interval
-            iv += f" widened by the checkpoint spacing to [{lo:+.{k}f}, {hi:+.{k}f}]"
+            iv += f" widened by {self.widened_by} to [{lo:+.{k}f}, {hi:+.{k}f}]"
         rel = ("<" if self.strict else "≤") if self.at_most else (">" if self.strict else "≥")
         out = ("inconclusive (a contender not converged)" if self.unconverged else
                "inconclusive (a run never reached the target: its count is only a lower bound)"
@@ -295,7 +297,8 @@ class Comparison:
 def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = "",
             digits: int = 1, at_most: bool = False, b_factor: float = 1.0,
             strict: bool = False, lower_bounds: tuple[bool, bool] = (False, False),
-            resolution: float = 0.0) -> Comparison:
+            resolution: float = 0.0,
+            b_factor_range: tuple[float, float] | None = None) -> Comparison:
     """The criterion "mean(a) − b_factor·mean(b) ≥ margin" (``≤`` with ``at_most``; ``>`` /
     ``<`` with ``strict``, for "lower", "smaller", "fewer") decided from the 95% Welch interval
     of the difference; see :class:`Comparison`. ``lower_bounds``: whether some values of ``a``,
@@ -304,6 +307,9 @@ def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = 
     value lies in (recorded − resolution, recorded]), so the true difference may lie up to
     ``resolution`` below the measured one through ``a`` and ``b_factor·resolution`` above it
     through ``b`` (for ``b_factor`` > 0; the sides swap for a negative one).
+    ``b_factor_range``: an interval the measured ``b_factor`` is known to lie in (the 95%
+    interval of a ratio of step times); the deciding interval is widened to cover the
+    difference at every value in it.
 
     Example:
         >>> c = compare("GN − BN", [0.80, 0.81, 0.82], [0.70, 0.71, 0.72], 5, scale=100,
@@ -325,9 +331,18 @@ def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = 
     # up to b_factor·r (lowers it, for a negative b_factor)
     below = resolution + max(0.0, -b_factor * resolution)
     above = max(0.0, b_factor * resolution)
+    reasons = ["the checkpoint spacing"] if resolution else []
+    if b_factor_range is not None:
+        # mean(a) − c·mean(b) is linear in c: over the range it moves by (b_factor − c)·mean(b)
+        xb = [float(v) for v in b if v is not None and math.isfinite(float(v))]
+        mean_b = sum(xb) / len(xb) if xb else 0.0
+        shifts = [(b_factor - c) * mean_b for c in b_factor_range]
+        below += max(0.0, -min(shifts))
+        above += max(0.0, max(shifts))
+        reasons.append("the timing's 95% interval")
     return Comparison(label, diff_ci(a, b, b_factor=b_factor), margin, scale, unit, digits,
                       at_most, strict, could_rise=bool(rise), could_fall=bool(fall),
-                      slack=(below, above))
+                      slack=(below, above), widened_by=" and ".join(reasons))
 
 
 PLATEAU_TAIL = 0.2          # the share of the step budget whose gain :func:`tail_gain` measures

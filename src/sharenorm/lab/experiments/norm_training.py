@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import torch
@@ -151,8 +152,26 @@ def step_times(runs) -> dict[str, list[float]]:
     return out
 
 
+def time_ratio_range(runs, num: str, den: str) -> tuple[float, float] | None:
+    """The 95% interval of the mean over seeds of ``num``'s time per step over ``den``'s, each
+    seed's ratio from its own interleaved timing run (paired); None below two seeds.
+
+    Example:
+        >>> runs = [{"config": {"part": "timing"}, "time": {"step_s": {"a": 2.0 + s, "b": 1.0}}}
+        ...         for s in (-0.1, 0.0, 0.1)]
+        >>> [round(x, 3) for x in time_ratio_range(runs, "a", "b")]
+        [1.752, 2.248]
+    """
+    ratios = [r["time"]["step_s"][num] / r["time"]["step_s"][den] for r in runs
+              if r["config"].get("part") == "timing"
+              and {num, den} <= set(r.get("time", {}).get("step_s", {}))]
+    m, h, n = mean_ci(ratios)
+    return (m - h, m + h) if n >= 2 and math.isfinite(h) else None
+
+
 def analyze(runs, figdir, lang):
     timing = step_times(runs)
+    timing_runs = [r for r in runs if r["config"].get("part") == "timing"]
     runs = [r for r in runs if r["config"].get("part") != "timing"]
     if not runs:
         return []
@@ -220,7 +239,7 @@ def analyze(runs, figdir, lang):
             # seconds = steps × median s/step: BN no slower ⟺ steps_BN − (t_none/t_BN)·steps_none ≤ 0
             c_sec = compare("BN seconds − no-norm seconds (in BN steps)", sb, sn_, 0,
                             at_most=True, digits=0, b_factor=t_med["none"] / t_med["batch"],
-                            **grid)
+                            b_factor_range=time_ratio_range(timing_runs, "none", "batch"), **grid)
             comps.append(c_sec)
             secs = c_sec.holds
             sec_txt = (f"; seconds BN {mb * t_med['batch']:.2f} vs none {mn * t_med['none']:.2f} "

@@ -26,7 +26,7 @@ from sharenorm.lab.experiments._protocol import (
     unreached_text,
 )
 from sharenorm.lab.experiments._timing import interleaved_step_times, sgd_step
-from sharenorm.lab.experiments.norm_training import step_times
+from sharenorm.lab.experiments.norm_training import step_times, time_ratio_range
 from sharenorm.lab.experiments.sharing_cost import MODELS, build
 from sharenorm.lab.spec import (
     INCONCLUSIVE,
@@ -166,6 +166,7 @@ def run(cfg, seed, ctx):
 
 def analyze(runs, figdir, lang):
     timing = step_times(runs)
+    timing_runs = [r for r in runs if r["config"].get("part") == "timing"]
     runs = [r for r in runs if r["config"].get("part") != "timing"]
     if not runs:
         return []
@@ -234,7 +235,8 @@ def analyze(runs, figdir, lang):
             comps2.append(compare(f"CNN seconds − {other} seconds (in CNN steps)", sc, so, 0,
                                   at_most=True, digits=0, strict=True,
                                   b_factor=t_med[other] / t_med["cnn"], lower_bounds=(cc, co),
-                                  resolution=cfg["eval_every"]))
+                                  resolution=cfg["eval_every"],
+                                  b_factor_range=time_ratio_range(timing_runs, other, "cnn")))
         comps2.append(compare("CNN − locally connected ms/step (interleaved)",
                               timing["cnn"], timing["locally_connected"], 0, scale=1e3,
                               unit=" ms", digits=3, at_most=True, strict=True))
