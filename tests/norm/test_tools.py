@@ -398,6 +398,41 @@ def test_fuse_inplace():
     torch.testing.assert_close(net(x), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_fused_model_quantizes_with_torch_ao_like_a_torch_nn_one():
+    """torch.ao's FX quantization fuses conv + BatchNorm (+ ReLU) by torch.nn's classes only:
+    a model with sharenorm's BatchNorm quantizes, but the norm runs unfused in float.
+    fuse_conv_bn first, and torch's quantizer finds the conv + relu it fuses for a torch.nn
+    model: one quantized ConvReLU2d, no norm left."""
+    import warnings
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    def quantized(model):
+        x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation notes
+            prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (x,))
+            for i in range(4):
+                prepared(torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(i)))
+            q = convert_fx(prepared)
+        torch.testing.assert_close(q(x), model(x), atol=0.05, rtol=0)  # 8-bit rounding
+        return {type(m).__name__ for m in q.modules()}
+
+    torch.manual_seed(0)
+    ours = _randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3), sn.BatchNorm2d(8, act="relu"),
+                                       nn.Conv2d(8, 4, 3))).eval()
+    theirs = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    theirs[0].load_state_dict(ours[0].state_dict())
+    theirs[1].load_state_dict(ours[1].state_dict())
+    theirs[3].load_state_dict(ours[2].state_dict())
+    theirs.eval()
+    assert "BatchNorm2d" in quantized(ours)  # left unfused
+    fused = quantized(sn.fuse_conv_bn(ours).model)
+    assert "ConvReLU2d" in fused and "BatchNorm2d" not in fused
+    assert quantized(theirs) == fused
+
+
 def test_frozen_layer_keeps_its_mode_when_forward_raises():
     # The hook that runs a frozen layer in eval behaviour restores `training` even when
     # the call raises (a wrong input), so the layer does not stay in eval for good.
