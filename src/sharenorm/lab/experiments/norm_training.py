@@ -162,10 +162,10 @@ def time_ratio_range(runs, num: str, den: str) -> tuple[float, float] | None:
         >>> [round(x, 3) for x in time_ratio_range(runs, "a", "b")]
         [1.752, 2.248]
     """
-    ratios = [r["time"]["step_s"][num] / r["time"]["step_s"][den] for r in runs
-              if r["config"].get("part") == "timing"
-              and {num, den} <= set(r.get("time", {}).get("step_s", {}))]
-    m, h, n = mean_ci(ratios)
+    pairs = [(r["time"]["step_s"][num], r["time"]["step_s"][den]) for r in runs
+             if r["config"].get("part") == "timing"
+             and {num, den} <= set(r.get("time", {}).get("step_s", {}))]
+    m, h, n = mean_ci([a / b for a, b in pairs if b > 0])
     return (m - h, m + h) if n >= 2 and math.isfinite(h) else None
 
 
