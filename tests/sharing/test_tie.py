@@ -197,6 +197,29 @@ def test_load_state_dict_assign_keeps_tie():
         model.decoder.load_state_dict(bad)
 
 
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_pruning_a_target_is_refused_naming_the_source_and_pruning_the_source_carries_over(
+        transform):
+    """torch's prune keeps the pruned tensor as "<name>_orig"; a tied target stores none, and
+    torch failed inside (KeyError 'weight' for an identity tie, a TypeError for a transposed
+    one). The refusal leaves the model as it was; pruning the source masks the target too."""
+    from torch.nn.utils import prune
+
+    model = pair_model(transform)
+    for method in (lambda m: prune.l1_unstructured(m, "weight", 0.5),
+                   lambda m: prune.ln_structured(m, "weight", 0.5, n=2, dim=0)):
+        with pytest.raises(ValueError, match="tied to enc.weight .* prune the source"):
+            method(model.dec)
+        assert_tied(model, transform)
+        assert not model.dec._forward_pre_hooks
+    prune.l1_unstructured(model.enc, "weight", 0.5)
+    assert torch.equal(model.dec.weight, expected_weight(model, transform))
+    assert (model.dec.weight == 0).sum() == model.enc.weight.numel() // 2
+    x = torch.randn(2, model.dec.in_features)
+    torch.testing.assert_close(model.dec(x), x @ expected_weight(model, transform).T
+                               + model.dec.bias)
+
+
 def test_meta_to_empty_then_reinit():
     with torch.device("meta"):
         model = sn.SharedStack(nn.Sequential(nn.Linear(5, 5), nn.LayerNorm(5)), 3, unshared=("1",))

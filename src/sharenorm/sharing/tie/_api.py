@@ -26,9 +26,10 @@ def tie(model: nn.Module, target: str, source: str, transform: str | None = None
     the tensor once, so an optimizer steps it once. The target takes the source's values (its
     own are discarded). Create optimizers *after* tying. The tie survives ``.to()``, ``deepcopy``,
     pickling, ``state_dict`` both ways, ``to_empty()``, ``torch.compile``, DDP and FSDP2 with
-    both ends in one ``fully_shard`` unit (how: docs/design/tying.md). Prune or parametrize (``weight_norm``, ``spectral_norm``) the source:
-    the target follows. The target stores no tensor of its own, so torch's pruning and
-    parametrization utilities cannot take it (``KeyError``/``ValueError`` from torch).
+    both ends in one ``fully_shard`` unit (how: docs/design/tying.md). Prune or parametrize
+    (``weight_norm``, ``spectral_norm``) the source: the target follows. The target stores no
+    tensor of its own: pruning it raises a ValueError that names the source, and torch's
+    parametrizations fail on it inside torch (``ValueError``, ``KeyError`` for the old APIs).
 
     Args:
         model: the module both names are relative to.

@@ -118,6 +118,20 @@ class _Tied:
         self._refuse_tied(name)
         self._sharenorm_base.__delattr__(self, name)
 
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        # torch.nn.utils.prune keeps the pruned tensor as "<name>_orig": for a tied target it
+        # then failed inside torch (KeyError 'weight', or a TypeError for a transposed tie)
+        base = name[: -len("_orig")] if name.endswith("_orig") else None
+        link = links_of(self).get(base) if base else None
+        if link is not None:
+            raise ValueError(
+                f"'{base}' of this {self._sharenorm_base.__name__} is tied to {link.hint} and is "
+                f"computed from it, so it cannot be pruned itself: prune the source (the "
+                f"target follows it, mask included), or call "
+                f"sharenorm.untie(model, '...{base}') first to give it its own tensor"
+            )
+        self._sharenorm_base.register_parameter(self, name, param)
+
     def _refuse_tied(self, name: str) -> None:
         link = links_of(self).get(name)
         if link is not None:
