@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import sharenorm as sn
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "distributed_scripts" / "syncbn_tied_ddp.py"
 
@@ -52,6 +54,16 @@ def test_torchrun_syncbn_and_tied_model_equal_one_process(tmp_path, script, npro
         assert said[0].startswith("TieError") and "different FSDP units" in said[0], said
         assert "not '0' on its own" in said[0], said
         assert said[1].startswith("RuntimeError") and "DTensor" in said[1], said
+        # sharenorm.save of the shards is refused, naming the way; that way gives a checkpoint
+        # with the tie that loads into a fresh, untied model
+        assert said[2].startswith("ValueError") and "get_model_state_dict" in said[2], said
+        assert said[3].startswith("ValueError") and "before sharding it" in said[3], said
+        fresh = _script().model()
+        sn.untie(fresh, "3.weight")
+        sn.load(fresh, tmp_path / "model.safetensors")
+        assert [g.source for g in sn.ties(fresh)] == ["0.weight"]
+        for k, v in ref.items():
+            torch.testing.assert_close(fresh.state_dict()[k], v, atol=1e-10, rtol=1e-10)
     assert not torch.equal(ref["0.weight"], _script().model().state_dict()["0.weight"])  # moved
 
 

@@ -92,6 +92,15 @@ def _stored_and_manifest(
                 f"cannot save {key!r}: it is on the meta device (no values); materialise the "
                 f"model first, e.g. model.to_empty(device='cpu') and re-initialise or load it"
             )
+        if is_dtensor(t):
+            raise ValueError(
+                f"cannot save {key!r}: it is a DTensor, this rank's shard of a model sharded by "
+                f"FSDP2 (fully_shard) or tensor parallelism. Gather the whole tensors on every "
+                f"rank, torch.distributed.checkpoint.state_dict.get_model_state_dict(model, "
+                f"options=StateDictOptions(full_state_dict=True)), load them into an unsharded "
+                f"copy of the model and sharenorm.save that on one rank; or save the shards "
+                f"with torch.distributed.checkpoint"
+            )
         for skey, s in stored.items():
             if _same_storage(t, s):
                 how = _view_transform(s, t)
@@ -128,6 +137,13 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (a shard of a distributed tensor; only where
+    torch.distributed.tensor is loaded: nothing else makes one)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside torch's wrappers: ``torch.compile``'s (``_orig_mod``),
     ``DistributedDataParallel``'s and ``DataParallel``'s (``module``). A wrapper's
@@ -162,7 +178,8 @@ def save(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | N
         metadata: extra ``str → str`` entries for the file's metadata.
 
     Raises:
-        ValueError: a meta tensor (nothing to save), or non-string metadata.
+        ValueError: a meta tensor (nothing to save), a DTensor (a shard of an FSDP2 or
+            tensor-parallel model: save the gathered full tensors), or non-string metadata.
 
     Example:
         >>> import os, tempfile, sharenorm as sn
@@ -316,7 +333,8 @@ def load(
             manifest); a model of another architecture (missing/unexpected names, other shapes);
             a manifest tie that the model contradicts (tied differently, or shapes that cannot
             tie); two different values in the file for names that the model shares by torch's
-            means (one ``nn.Parameter`` under two names; e.g. a checkpoint of an untied model).
+            means (one ``nn.Parameter`` under two names; e.g. a checkpoint of an untied model);
+            a model sharded by FSDP2 or tensor parallelism (load it before sharding).
         RuntimeError: the file stores two names the model ties (or the manifest ties) with
             values that differ (e.g. a checkpoint of an untied model), naming the tie.
             All raised before anything is changed: the model's ties and values stay as they were.
@@ -326,6 +344,16 @@ def load(
     """
     check_module(model, "sharenorm.load")
     model = unwrap(model)
+    sharded = next((k for k, t in model.state_dict().items()
+                    if isinstance(t, Tensor) and is_dtensor(t)), None)
+    if sharded is not None:
+        raise ValueError(
+            f"cannot load into {sharded!r}: it is a DTensor, this rank's shard of a model "
+            f"sharded by FSDP2 (fully_shard) or tensor parallelism; sharenorm.load the model "
+            f"before sharding it (every rank reads the file), or load the file's tensors with "
+            f"torch.distributed.checkpoint.state_dict.set_model_state_dict(model, state, "
+            f"options=StateDictOptions(full_state_dict=True))"
+        )
     path = os.fspath(path)
     tensors, metadata = _read(path)
     digest = metadata.get(DIGEST_KEY)
