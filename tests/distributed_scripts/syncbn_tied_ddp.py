@@ -74,12 +74,18 @@ def main(out: str) -> None:
     sn.verify_ties(m)
     torch.save({k: v.detach().clone() for k, v in m.state_dict().items()},
                os.path.join(out, f"rank{rank}.pt"))
-    # Leave cleanly. DDP holds the process group and sits in a reference cycle, so without
-    # the collection it is freed whenever the cyclic GC runs, possibly at interpreter exit
-    # after the group is gone; then a rank can abort (std::terminate). Measured at 3 ranks:
-    # 6 aborts in 90 runs without these lines, 0 in 80 with them. The barrier lets every rank
-    # finish its last collective before any of them leaves.
     del net
+    leave()
+
+
+def leave() -> None:
+    """End the process group cleanly, once the caller dropped its DDP wrapper / sharded model.
+
+    DDP (and FSDP's hooks) hold the process group and sit in reference cycles, so without the
+    collection they are freed whenever the cyclic GC runs, possibly at interpreter exit after
+    the group is gone; then a rank can abort (std::terminate). Measured at 3 ranks: 6 aborts
+    in 90 runs without it, 0 in 80 with it. The barrier lets every rank finish its last
+    collective before any of them leaves."""
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()

@@ -15,7 +15,6 @@ one process trained on the concatenated batches.
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 
@@ -28,7 +27,7 @@ from torch.distributed.tensor import DTensor
 import sharenorm as sn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from syncbn_tied_ddp import batches, model, train  # noqa: E402  (the same model and data)
+from syncbn_tied_ddp import batches, leave, model, train  # noqa: E402  (the same model and data)
 
 
 def _error_of(fn, *args) -> str:
@@ -72,13 +71,8 @@ def main(out: str) -> None:
             refused_load]
     with open(os.path.join(out, f"rank{rank}.bad.txt"), "w") as f:
         f.write("\n".join(said))
-    del bad
-    # as syncbn_tied_ddp.py: collect the hooks' cycles while the group exists, then leave
-    # together
-    del m
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    del bad, m
+    leave()
 
 
 if __name__ == "__main__":

@@ -371,8 +371,8 @@ def _n1_runs(bn_steps, none_steps):
 
 
 @pytest.mark.parametrize("bn, none, verdict", [
-    # nobody reached the target: each count is the budget, a lower bound; the quick lab's N1
-    # read this as BN no faster ("not supported", a zero-width interval [+33, +33])
+    # nobody reached the target (the quick lab's N1): each count is the budget, a lower
+    # bound, and the zero-width interval [+33, +33] there decides nothing
     ([None, None, None], [None, None, None], INCONCLUSIVE),
     ([30, 31, 29], [None, None, None], SUPPORTED),  # no norm's true steps only larger
     ([None, None, None], [30, 31, 29], NOT_SUPPORTED),  # BN's true steps only larger

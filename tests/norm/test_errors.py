@@ -338,9 +338,8 @@ def test_bad_act_param_refused_at_construction(act, bad, error):
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["plain", "memory_efficient"])
 @pytest.mark.parametrize("act", ["leaky_relu", "elu"])
 def test_int_act_param_beyond_int64_runs_as_float(act, memory_efficient):
-    """A Python int act_param reached torch as an int64 ("int too big to convert" for
-    10**30, at the first forward). It runs as the float it stands for, as torch's own
-    activation does for float(10**30)."""
+    """A Python int act_param beyond int64 (10**30; torch would read an int as int64) runs
+    as the float it stands for, as torch's own activation does for float(10**30)."""
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     for slope in (10**30, -(10**30)):
         layer = sn.GroupNorm(2, 4, act=act, act_param=slope, memory_efficient=memory_efficient,

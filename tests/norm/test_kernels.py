@@ -621,8 +621,8 @@ def test_a_view_input_keeps_only_its_own_elements_for_backward():
                                   lambda: sn.BatchNorm2d(4, act="relu", backend="triton")],
                          ids=["gn", "bn"])
 def test_double_backward_error_names_the_fix(make):
-    """A gradient penalty through the Triton path: torch's "no autograd formula was
-    registered" for the backward op before; now the way out (backend='torch')."""
+    """A gradient penalty through the Triton path is refused with the way out
+    (backend='torch'), not torch's "no autograd formula was registered" for the backward op."""
     m = make()
     x = _input((3, 4, 3, 2)).requires_grad_(True)
     w = torch.randn_like(x)

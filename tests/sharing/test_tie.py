@@ -200,9 +200,10 @@ def test_load_state_dict_assign_keeps_tie():
 @pytest.mark.parametrize("transform", TRANSFORMS)
 def test_pruning_a_target_is_refused_naming_the_source_and_pruning_the_source_carries_over(
         transform):
-    """torch's prune keeps the pruned tensor as "<name>_orig"; a tied target stores none, and
-    torch failed inside (KeyError 'weight' for an identity tie, a TypeError for a transposed
-    one). The refusal leaves the model as it was; pruning the source masks the target too."""
+    """torch's prune keeps the pruned tensor as "<name>_orig"; a tied target stores none, so
+    pruning it is refused with an error naming the source (not torch's KeyError 'weight' or
+    TypeError from inside). The refusal leaves the model as it was; pruning the source masks
+    the target too."""
     from torch.nn.utils import prune
 
     model = pair_model(transform)

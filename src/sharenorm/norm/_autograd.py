@@ -41,7 +41,7 @@ def once_differentiable(why: str) -> Callable:
     the output gradient is constant (the layer feeds a fixed linear loss) it returns
     gradients that look constant, and ``torch.autograd.grad`` of them with respect to the
     layer's input never reaches the node. Either way a gradient penalty's gradient through
-    the layer was silently zero, not refused.
+    the layer would come out silently zero, not refused.
 
     Example:
         >>> class Cube(torch.autograd.Function):

@@ -344,8 +344,9 @@ def load(
     """
     check_module(model, "sharenorm.load")
     model = unwrap(model)
-    sharded = next((k for k, t in model.state_dict().items()
-                    if isinstance(t, Tensor) and is_dtensor(t)), None)
+    state = model.state_dict()
+    sharded = next((k for k, t in state.items() if isinstance(t, Tensor) and is_dtensor(t)),
+                   None)
     if sharded is not None:
         raise ValueError(
             f"cannot load into {sharded!r}: it is a DTensor, this rank's shard of a model "
@@ -366,7 +367,7 @@ def load(
     # 1. Check the whole manifest against the model before changing anything: each tie as
     #    tie() would check it, given the ties of the entries before it (a cycle, or a target
     #    tied twice, only shows in the sequence).
-    names = list(model.state_dict().keys())
+    names = list(state)
     errors: list[str] = []
     to_tie = []
     overlay: dict = {}

@@ -119,8 +119,8 @@ class _Tied:
         self._sharenorm_base.__delattr__(self, name)
 
     def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
-        # torch.nn.utils.prune keeps the pruned tensor as "<name>_orig": for a tied target it
-        # then failed inside torch (KeyError 'weight', or a TypeError for a transposed tie)
+        # torch.nn.utils.prune keeps the pruned tensor as "<name>_orig"; a tied target stores
+        # none to keep, and torch would fail inside (KeyError 'weight', or a TypeError)
         base = name[: -len("_orig")] if name.endswith("_orig") else None
         link = links_of(self).get(base) if base else None
         if link is not None:
