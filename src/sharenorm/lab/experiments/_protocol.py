@@ -22,7 +22,7 @@ from sharenorm.lab.stats import PLATEAU_MIN_GAIN, PLATEAU_TAIL, tail_gain
 __all__ = ["validation_split", "select_lr", "classifier_trial", "accuracy_score",
            "checkpoint_every", "converged", "mean_tail_gain", "tail_gain_cell", "GAIN_HEADER",
            "SELECT_SEED", "VAL_FRACTION", "SELECT_FRACTION", "SCHEDULE", "CHECKPOINTS",
-           "unconverged_text"]
+           "unconverged_text", "selection_text"]
 
 SELECT_SEED = 1000   # selection seeds are the final seeds + this: never the same weights
 VAL_FRACTION = 0.2   # share of the training set held out for choosing the learning rate
@@ -117,6 +117,25 @@ def checkpoint_every(steps: int, checkpoints: int = CHECKPOINTS) -> int:
         (37, 1)
     """
     return max(1, steps // checkpoints)
+
+
+def selection_text(grid, quick_lr: float, score: str = "validation accuracy",
+                   score_hi: str | None = None, data: str = "training set",
+                   data_hi: str | None = None) -> tuple[str, str]:
+    """How :func:`select_lr` chose a rate, as prose (English, Hindi) for a protocol, formatted
+    from the constants: "from <grid> by <score> after 0.5× the steps on 80% of the <data>
+    (selection seeds = seed + 1000; quick: <quick_lr>)".
+
+    Example:
+        >>> selection_text([0.01, 0.1], 0.05)[0]
+        'from 0.01, 0.1 by validation accuracy after 0.5× the steps on 80% of the training set (selection seeds = seed + 1000; quick: 0.05)'
+    """
+    rates = ", ".join(f"{x:g}" for x in grid)
+    share, seeds = f"{1 - VAL_FRACTION:.0%}", f"selection seeds = seed + {SELECT_SEED}"
+    return (f"from {rates} by {score} after {SELECT_FRACTION:g}× the steps on {share} of the "
+            f"{data} ({seeds}; quick: {quick_lr:g})",
+            f"{rates} में से, {data_hi or data} के {share} पर {SELECT_FRACTION:g}× steps के बाद "
+            f"{score_hi or score} से ({seeds}; quick: {quick_lr:g})")
 
 
 def unconverged_text(what: str = "accuracy", what_hi: str | None = None) -> tuple[str, str]:

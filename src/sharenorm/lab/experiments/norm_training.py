@@ -18,6 +18,7 @@ from sharenorm.lab.experiments._protocol import (
     classifier_trial,
     converged,
     select_lr,
+    selection_text,
     steps_to_target,
     tail_gain_cell,
     unconverged_text,
@@ -302,6 +303,7 @@ def analyze(runs, figdir, lang):
     return out
 
 
+_SELECTION = selection_text(LR_GRID, QUICK_LR)
 EXPERIMENT = Experiment(
     id="norm_training",
     claims=(N1, N4),
@@ -312,10 +314,7 @@ EXPERIMENT = Experiment(
         "→ ReLU, width 32, then linear. Norms from sharenorm.make_norm: batch, group (G=8), "
         f"instance, layer, none. SGD momentum 0.9, batch 32, {STEPS} steps (quick: {QUICK_STEPS}), "
         f"the rate decayed to 0 by a {SCHEDULE} schedule; lr (the first step's) per norm "
-        f"and seed from {', '.join(f'{x:g}' for x in LR_GRID)} by validation accuracy after "
-        f"{SELECT_FRACTION:g}× the steps on 80% of the training set (selection seeds = seed + "
-        "1000; the final run trains on all of it with the seed; quick: lr "
-        f"{QUICK_LR:g}), "
+        f"and seed {_SELECTION[0]}, the final run on the whole training set with the seed; "
         f"test accuracy every {EVAL_EVERY} steps (quick: {QUICK_EVAL_EVERY}) in eval mode; "
         f"target accuracy {TARGET:.0%} (quick {QUICK_TARGET:.0%}). "
         f"Timing: one more run per seed alternates one training step of every norm, "
@@ -325,9 +324,7 @@ EXPERIMENT = Experiment(
         "→ ReLU, width 32, फिर linear। Norms sharenorm.make_norm से: batch, group (G=8), instance, "
         f"layer, none। SGD momentum 0.9, batch 32, {STEPS} steps (quick: {QUICK_STEPS}), rate "
         f"{SCHEDULE} schedule से 0 तक घटती; हर norm और seed की (पहले step की) lr "
-        f"{', '.join(f'{x:g}' for x in LR_GRID)} में से, training set के 80% पर {SELECT_FRACTION:g}× "
-        "steps के बाद validation accuracy से (selection seeds = seed + 1000; quick: lr "
-        f"{QUICK_LR:g}), हर {EVAL_EVERY} steps (quick: {QUICK_EVAL_EVERY}) पर eval mode में test "
+        f"{_SELECTION[1]}, final run पूरे training set पर उसी seed से; हर {EVAL_EVERY} steps (quick: {QUICK_EVAL_EVERY}) पर eval mode में test "
         f"accuracy; target accuracy {TARGET:.0%} (quick {QUICK_TARGET:.0%})। Timing: हर seed "
         f"का एक और run हर norm का एक training step बारी-बारी चलाता है, {TIMING_ROUNDS} rounds (quick: "
         f"{QUICK_TIMING_ROUNDS}), एक thread पर; median step time से seconds।"),

@@ -14,6 +14,7 @@ from sharenorm.lab.experiments._protocol import (
     classifier_trial,
     converged,
     select_lr,
+    selection_text,
     tail_gain_cell,
     unconverged_text,
 )
@@ -152,6 +153,7 @@ def analyze(runs, figdir, lang):
                         comparisons=[c_acc])]
 
 
+_SELECTION = selection_text(LR_GRID, LR)
 EXPERIMENT = Experiment(
     id="rnn_sharing",
     claims=(S4,),
@@ -164,18 +166,13 @@ EXPERIMENT = Experiment(
         f"with {HIDDEN} hidden units (sharenorm.SharedRNN) or the same recurrence with separate "
         "weights per step (sharenorm.UnsharedRNN), linear head on the last hidden state. Adam, "
         f"batch 32, {STEPS} steps (quick: {QUICK_STEPS}), the rate decayed to 0 by a {SCHEDULE} schedule; the "
-        "first step's learning rate per RNN and seed from "
-        f"{', '.join(f'{x:g}' for x in LR_GRID)} by validation accuracy after "
-        f"{SELECT_FRACTION:g}× the steps on 80% of the training set (selection seeds = seed + "
-        f"1000; quick: {LR}). --data is not used (needs sequences).",
+        f"first step's learning rate per RNN and seed {_SELECTION[0]}. --data is not used (needs sequences).",
         f"mnist1d को {CHUNK} positions प्रति time step पढ़ा गया ({40 // CHUNK} steps, {CHUNK} inputs; एक "
         f"position प्रति step (40 steps) पर plain tanh RNN pilot run में train नहीं हुआ), {HIDDEN} hidden "
         "units वाले tanh Elman RNN से (sharenorm.SharedRNN) या हर step के अलग weights वाली उसी "
         "recurrence से (sharenorm.UnsharedRNN), आख़िरी hidden state पर linear head। Adam, batch 32, "
         f"{STEPS} steps (quick: {QUICK_STEPS}), rate {SCHEDULE} schedule से 0 तक घटती; हर RNN और seed की (पहले "
-        "step की) learning rate "
-        f"{', '.join(f'{x:g}' for x in LR_GRID)} में से, training set के 80% पर {SELECT_FRACTION:g}× "
-        f"steps के बाद validation accuracy से (selection seeds = seed + 1000; quick: {LR})। --data "
+        f"step की) learning rate {_SELECTION[1]}। --data "
         "इस्तेमाल नहीं होता।"),
     configs=configs, run=run, analyze=analyze,
     requires=("SharedRNN", "UnsharedRNN", "count_parameters"))

@@ -20,6 +20,7 @@ from sharenorm.lab.experiments._protocol import (
     classifier_trial,
     converged,
     select_lr,
+    selection_text,
     steps_to_target,
     tail_gain_cell,
     unconverged_text,
@@ -325,6 +326,7 @@ def analyze(runs, figdir, lang):
     return [s2, s3]
 
 
+_SELECTION = selection_text(LR_GRID, LR)
 EXPERIMENT = Experiment(
     id="sharing_training",
     claims=(S2, S3),
@@ -334,20 +336,15 @@ EXPERIMENT = Experiment(
         "The three S1 networks (no norm) on mnist1d (or --data) and on the same data with one "
         "fixed random permutation of the positions; a logistic regression (one linear layer) on "
         "the ordered positions beside the mnist1d paper's 32%. Adam, batch 32, the rate decayed "
-        f"to 0 by a {SCHEDULE} schedule, 2000 steps "
-        "(quick: 100); the learning rate per network and seed from "
-        f"{', '.join(f'{x:g}' for x in LR_GRID)} by validation accuracy after "
-        f"{SELECT_FRACTION:g}× the steps on 80% of the training set (selection seeds = seed + "
-        f"1000; quick: {LR}); test accuracy every {EVAL_EVERY} steps (quick: {QUICK_EVAL_EVERY}), "
-        "target 80% (quick: "
-        "40%). Seconds are training time only (evaluation excluded).",
+        f"to 0 by a {SCHEDULE} schedule, {STEPS} steps (quick: {QUICK_STEPS}); the learning rate "
+        f"per network and seed {_SELECTION[0]}; test accuracy every {EVAL_EVERY} steps (quick: "
+        f"{QUICK_EVAL_EVERY}), target {TARGET:.0%} (quick: {QUICK_TARGET:.0%}). Seconds are training time only (evaluation excluded).",
         "तीनों S1 networks (बिना norm) mnist1d (या --data) पर, और उसी data पर positions की एक fixed "
         "random permutation के साथ; ordered positions पर एक logistic regression (एक linear layer), "
         f"mnist1d paper के 32% के साथ। Adam, batch 32, rate {SCHEDULE} schedule से 0 तक घटती, "
-        "2000 steps (quick: 100); हर network और seed "
-        f"की learning rate {', '.join(f'{x:g}' for x in LR_GRID)} में से, training set के 80% पर "
-        f"{SELECT_FRACTION:g}× steps के बाद validation accuracy से (selection seeds = seed + 1000; "
-        f"quick: {LR}); हर {EVAL_EVERY} steps (quick: {QUICK_EVAL_EVERY}) पर test accuracy, target 80% (quick: 40%)। Seconds "
+        f"{STEPS} steps (quick: {QUICK_STEPS}); हर network और seed की learning rate "
+        f"{_SELECTION[1]}; हर {EVAL_EVERY} steps (quick: {QUICK_EVAL_EVERY}) पर test accuracy, "
+        f"target {TARGET:.0%} (quick: {QUICK_TARGET:.0%})। Seconds "
         "केवल training time हैं।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
     requires=("LocallyConnected1d", "LocallyConnected2d", "count_parameters"),

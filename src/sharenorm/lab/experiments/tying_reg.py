@@ -9,7 +9,7 @@ from torch import nn
 
 from sharenorm.lab.claims import SHARE_DOC
 from sharenorm.lab.common import ci_band, dataset, figure, save_figure
-from sharenorm.lab.experiments._protocol import SELECT_FRACTION, select_lr
+from sharenorm.lab.experiments._protocol import SELECT_FRACTION, select_lr, selection_text
 from sharenorm.lab.spec import (
     NOT_SUPPORTED,
     SUPPORTED,
@@ -31,6 +31,7 @@ AE_HIDDEN = (48, 16)
 FULL_N, QUICK_N = [50, 200, 1348], [50]
 FULL_STRENGTHS, QUICK_STRENGTHS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0], [1e-2]
 LR = 3e-3  # the quick profile's
+STEPS, QUICK_STEPS = 1000, 150
 # full profile: each model's Adam learning rate chosen per seed on a validation split of its
 # training subset (lowest validation reconstruction error)
 LR_GRID = [1e-3, 3e-3, 1e-2]
@@ -59,8 +60,8 @@ T2 = Claim(
 
 
 def configs(quick: bool) -> list[dict]:
-    ns, strengths, steps = (QUICK_N, QUICK_STRENGTHS, 150) if quick else (
-        FULL_N, FULL_STRENGTHS, 1000)
+    ns, strengths, steps = (QUICK_N, QUICK_STRENGTHS, QUICK_STEPS) if quick else (
+        FULL_N, FULL_STRENGTHS, STEPS)
     lr = {"lr": LR} if quick else {"lr_grid": LR_GRID}
     cfgs = [{"n": n, "mode": m, "strength": 0.0, "steps": steps, **lr} for n in ns
             for m in ("untied", "tied")]
@@ -208,6 +209,8 @@ def analyze(runs, figdir, lang):
                                ("share", "purpose", "tying"): sym_cell})]
 
 
+_SELECTION = selection_text(LR_GRID, LR, "the validation MSE", "validation MSE",
+                            "training subset")
 EXPERIMENT = Experiment(
     id="tying_reg",
     claims=(T2,),
@@ -216,19 +219,15 @@ EXPERIMENT = Experiment(
     protocol=Text(
         f"sharenorm.TiedAutoencoder 64 → {' → '.join(map(str, AE_HIDDEN))} (tanh) on 8×8 digits "
         "(standardized), trained on random subsets of " + ", ".join(map(str, FULL_N)) +
-        " images (quick: " + ", ".join(map(str, QUICK_N)) + "); Adam, batch 32, 1000 steps "
-        "(quick: 150), MSE reconstruction, the learning rate per model and seed from "
-        f"{', '.join(f'{x:g}' for x in LR_GRID)} by the validation MSE after "
-        f"{SELECT_FRACTION:g}× the steps on 80% of the training subset (selection seeds = seed + "
-        f"1000; quick: {LR}); test MSE on the 449 held-out images. Soft "
+        " images (quick: " + ", ".join(map(str, QUICK_N)) + f"); Adam, batch 32, {STEPS} steps "
+        f"(quick: {QUICK_STEPS}), MSE reconstruction, the learning rate per model and seed "
+        f"{_SELECTION[0]}; test MSE on the 449 held-out images. Soft "
         "tying: the untied model plus sharenorm.SoftTie(W_dec, W_encᵀ) with λ in " +
         ", ".join(f"{s:g}" for s in FULL_STRENGTHS) + " at the smallest training set.",
         f"sharenorm.TiedAutoencoder 64 → {' → '.join(map(str, AE_HIDDEN))} (tanh), 8×8 digits "
         "(standardized) पर, " + ", ".join(map(str, FULL_N)) + f" images के random subsets पर train; "
-        "Adam, batch 32, 1000 steps (quick: 150), MSE reconstruction, हर model और seed की learning "
-        f"rate {', '.join(f'{x:g}' for x in LR_GRID)} में से, training subset के 80% पर "
-        f"{SELECT_FRACTION:g}× steps के बाद validation MSE से (selection seeds = seed + 1000; quick: "
-        f"{LR}); 449 held-out images पर test MSE। Soft tying: untied model + sharenorm.SoftTie(W_dec, W_encᵀ), λ = " +
+        f"Adam, batch 32, {STEPS} steps (quick: {QUICK_STEPS}), MSE reconstruction, हर model और seed "
+        f"की learning rate {_SELECTION[1]}; 449 held-out images पर test MSE। Soft tying: untied model + sharenorm.SoftTie(W_dec, W_encᵀ), λ = " +
         ", ".join(f"{s:g}" for s in FULL_STRENGTHS) + ", सबसे छोटे training set पर।"),
     configs=configs, run=run, analyze=analyze,
     requires=("TiedAutoencoder", "SoftTie", "count_parameters"))
