@@ -506,3 +506,54 @@ def _refuse_special_files(net, fifo, tmp_path):
             sn.load(net, path)
         with pytest.raises(ValueError, match=f"is {kind}: pass the path of a file to write"):
             sn.save(net, path)
+
+
+def _lm():
+    lm = nn.ModuleDict({"embed": nn.Embedding(10, 4), "head": nn.Linear(4, 10, bias=False)})
+    lm.head.weight = lm.embed.weight  # torch's plain sharing (nanoGPT, HF's tie_weights)
+    return lm
+
+
+def test_assign_keeps_torch_plain_sharing_one_parameter(tmp_path):
+    # load_state_dict(assign=True) alone wraps each name in its own Parameter: two objects
+    # over one storage, which the optimizer counts twice and the next .double() splits
+    torch.manual_seed(0)
+    sn.save(_lm(), tmp_path / "lm.safetensors")
+    with torch.device("meta"):
+        fresh = _lm()
+    sn.load(fresh, tmp_path / "lm.safetensors", assign=True)
+    assert fresh.head.weight is fresh.embed.weight
+    assert len(list(fresh.parameters())) == 1
+    fresh.double()
+    assert fresh.head.weight is fresh.embed.weight and fresh.head.weight.dtype == torch.float64
+
+
+def test_a_float8_tie_loads(tmp_path):
+    # the tie checks compare values; float8 has no equality kernel (torch.equal raised)
+    ae = sn.TiedAutoencoder([6, 4], tied=True).to(torch.float8_e4m3fn)
+    sn.save(ae, tmp_path / "ae.safetensors")
+    for tied in (True, False):
+        fresh = sn.TiedAutoencoder([6, 4], tied=tied).to(torch.float8_e4m3fn)
+        sn.load(fresh, tmp_path / "ae.safetensors")
+        sn.verify_ties(fresh)
+        assert torch.equal(fresh.encoder[0].weight.view(torch.uint8),
+                           ae.encoder[0].weight.view(torch.uint8))
+    fresh.load_state_dict(ae.state_dict())  # the tied class's own check, through torch
+
+
+def test_a_model_that_shares_a_transposed_view_is_loaded_as_it_is(tmp_path):
+    # b.weight is a Parameter over a.weight's memory, transposed: the load keeps that sharing
+    # (as it keeps plain sharing) instead of turning b into a tied class
+    def build():
+        m = nn.ModuleDict({"a": nn.Linear(4, 6), "b": nn.Linear(6, 4)})
+        m.b.weight = nn.Parameter(m.a.weight.detach().T)
+        return m
+
+    torch.manual_seed(0)
+    model = build()
+    sn.save(model, tmp_path / "m.safetensors")
+    fresh = build()
+    sn.load(fresh, tmp_path / "m.safetensors")
+    assert type(fresh.b) is nn.Linear and len(list(fresh.parameters())) == 4
+    assert torch.equal(fresh.b.weight, model.a.weight.T)
+    assert fresh.b.weight.untyped_storage().data_ptr() == fresh.a.weight.untyped_storage().data_ptr()

@@ -135,3 +135,47 @@ def test_transpose_of_a_1d_tensor_is_a_value_error():
     with pytest.raises(ValueError, match="1 dimension"):
         transformed_shape((4,), "transpose")
     assert transformed_shape((2, 3, 5), "transpose") == (3, 2, 5)
+
+
+def test_a_manifest_nested_too_deep_for_json_is_a_value_error(tmp_path):
+    # json.loads raises RecursionError on deep nesting, not ValueError
+    model = build()
+    tensors = {k: v.detach().clone().contiguous() for k, v in build().state_dict().items()}
+    path = tmp_path / "deep.safetensors"
+    safetensors.torch.save_file(tensors, path, {"sharenorm.ties": "[" * 100_000 + "]" * 100_000})
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="corrupted tie manifest"):
+        sn.load(model, path)
+    assert_same(before, snapshot(model))
+
+
+def test_a_huge_manifest_of_unknown_names_is_refused_quickly_with_a_short_message(tmp_path):
+    # 20,000 entries naming keys the model lacks: each used to cost a difflib search and a
+    # line of the message (22 s and 2 MB for 10,000)
+    model = build()
+    manifest = [entry(f"no.such.layer{i}.weight", "a.weight") for i in range(20_000)]
+    path = write(tmp_path / "m.safetensors", build(), manifest)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="not listed") as err:
+        sn.load(model, path)
+    assert len(str(err.value)) < 5_000
+    assert "no.such.layer0.weight" in str(err.value)
+    assert_same(before, snapshot(model))
+
+
+def test_assign_refuses_integer_values_for_trainable_parameters_before_tying(tmp_path):
+    # load_state_dict(assign=True) would fail on 'a.bias' only after assigning the others and
+    # after the manifest's tie of b.weight had been made
+    model = build()
+
+    def integral(t):
+        t["b.bias"] = t["b.bias"] + 1  # a value the refused load must not have assigned
+        t["a.bias"] = t["a.bias"].round().long()
+
+    path = write(tmp_path / "m.safetensors", build(), [VALID], integral)
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"assign=True .*'a.bias' \(torch.int64\)"):
+        sn.load(model, path, assign=True)
+    assert_same(before, snapshot(model))
+    sn.load(model, path)  # without assign the values are cast, as torch does
+    assert model.b.weight is model.a.weight and model.a.bias.dtype == torch.float32

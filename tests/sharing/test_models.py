@@ -130,6 +130,31 @@ def test_shared_stack_errors():
         sn.SharedStack(nn.Linear(2, 2), 0)
 
 
+def test_shared_stack_of_a_block_that_uses_one_module_twice():
+    # torch's own way to share inside a block: the same Linear at two places
+    torch.manual_seed(2)
+    lin = nn.Linear(4, 4)
+    block = nn.Sequential(lin, nn.Tanh(), lin)
+    ref = copy.deepcopy(block)
+    stack = sn.SharedStack(block, depth=3)
+    assert stack.blocks[2][0] is stack.blocks[2][2]  # still one module in each copy
+    assert sn.count_parameters(stack) == 20
+    x = torch.randn(3, 4, requires_grad=True)
+    y_ref = ref(ref(ref(x)))
+    torch.testing.assert_close(stack(x), y_ref)
+    torch.autograd.grad(stack(x).sum(), x)
+    stack(x).sum().backward()
+    y_ref.sum().backward()
+    torch.testing.assert_close(stack.blocks[0][0].weight.grad, ref[0].weight.grad)
+    sn.verify_ties(stack)
+    # owning one of its two names per repetition cannot be: both, or neither
+    with pytest.raises(ValueError, match="covers only '0.weight': add '2.weight'"):
+        sn.SharedStack(nn.Sequential(lin, nn.Tanh(), lin), 2, unshared=("0",))
+    own = sn.SharedStack(nn.Sequential(lin, nn.Tanh(), lin), 2, unshared=("0", "2"))
+    assert own.blocks[1][0] is own.blocks[1][2] and own.blocks[1][0] is not lin
+    assert sn.count_parameters(own) == 40
+
+
 # --------------------------------------------------------------------------------- SoftTie
 
 

@@ -526,6 +526,25 @@ def nested_pair():
     return sn.tie(model, "pair.dec.weight", "pair.enc.weight", "transpose")
 
 
+def test_deepcopy_of_a_tie_whose_target_module_is_parametrized():
+    # torch deep-copies a parametrized module through its __dict__ (its class refuses
+    # __getstate__); the tied class must copy the same way
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    m = nn.ModuleDict({"a": weight_norm(nn.Linear(4, 4)), "b": weight_norm(nn.Linear(4, 4))})
+    sn.tie(m, "b.bias", "a.bias")
+    c = copy.deepcopy(m)
+    sn.verify_ties(c)
+    with torch.no_grad():
+        c.a.bias.add_(1)
+    assert torch.equal(c.b.bias, c.a.bias) and not torch.equal(c.a.bias, m.a.bias)
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(c.b(x), m.b(x) + 1)
+    stack = sn.SharedStack(nn.Sequential(weight_norm(nn.Linear(4, 4)), nn.Tanh()), 2)
+    torch.testing.assert_close(copy.deepcopy(stack)(x), stack(x))
+
+
 def test_deepcopy_keeps_a_tie_inside_the_copy_and_owns_one_that_is_not():
     model = nested_pair()
     # The whole model and the subtree holding both ends (the common ancestor): tie kept.

@@ -40,6 +40,7 @@ DIGEST_KEY = "sharenorm.sha256"
 FORMAT_KEY = "sharenorm.format"
 FORMAT_VERSION = "1"
 _HOWS = ("tie", "identity", "storage")
+_SHOWN = 8  # problems of one kind listed in an error message; the rest are counted or elided
 
 
 def _digest(tensors: dict[str, Tensor]) -> str:
@@ -277,7 +278,7 @@ def _parse_manifest(path: str, metadata: dict[str, str], tensors: dict[str, Tens
                 or e.get("how") not in _HOWS
             ):
                 raise TypeError(f"bad entry {e!r}")
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, RecursionError) as err:  # RecursionError: nested too deep
         raise ValueError(f"{path!r} has a corrupted tie manifest ({MANIFEST_KEY}): {err}") from None
     for e in manifest:
         if e["source"] not in tensors:
@@ -323,6 +324,9 @@ def load(
             ``strict=False`` a manifest tie whose target or source the model lacks is skipped
             (a present target still gets ``T(source)`` from the file), as for a partial load.
         assign: passed to ``load_state_dict`` (use it for a model built on the meta device).
+            Names that hold one parameter by torch's means (``lm_head.weight =
+            wte.weight``) still hold one afterwards (torch's ``assign=True`` alone would
+            give each name a parameter of its own).
 
     Returns:
         ``load_state_dict``'s ``(missing_keys, unexpected_keys)``.
@@ -334,7 +338,8 @@ def load(
             a manifest tie that the model contradicts (tied differently, or shapes that cannot
             tie); two different values in the file for names that the model shares by torch's
             means (one ``nn.Parameter`` under two names; e.g. a checkpoint of an untied model);
-            a model sharded by FSDP2 or tensor parallelism (load it before sharding).
+            a model sharded by FSDP2 or tensor parallelism (load it before sharding); with
+            ``assign=True``, an integer or bool value for a parameter that requires gradients.
         RuntimeError: the file stores two names the model ties (or the manifest ties) with
             values that differ (e.g. a checkpoint of an untied model), naming the tie.
             All raised before anything is changed: the model's ties and values stay as they were.
@@ -367,16 +372,19 @@ def load(
     # 1. Check the whole manifest against the model before changing anything: each tie as
     #    tie() would check it, given the ties of the entries before it (a cycle, or a target
     #    tied twice, only shows in the sequence).
-    names = list(state)
+    names, known = list(state), set(state)
     errors: list[str] = []
     to_tie = []
     overlay: dict = {}
     for e in manifest:
+        if len(errors) == _SHOWN:  # a hostile manifest of 10^5 entries: not 10^5 messages
+            errors.append("and more entries of the manifest that do not match (not listed)")
+            break
         target, source, transform = e["target"], e["source"], e["transform"]
-        if target not in names or source not in names:
+        if target not in known or source not in known:
             if not strict:  # a partial load: step 2 still derives a present target's value
                 continue
-            missing = target if target not in names else source
+            missing = target if target not in known else source
             errors.append(
                 f"the file ties {target!r} to {source!r}, but the model has no "
                 f"{missing!r}{_suggest(missing, names)}"
@@ -400,9 +408,11 @@ def load(
                     f"model the checkpoint came from, or sharenorm.untie({target!r}) first"
                 )
             continue
-        current = getattr(tmod, tattr)
-        if _same_storage(current, getattr(*resolve(model, source, "source"))) and transform is None:
-            continue  # already plain-shared in the model
+        current, src = getattr(tmod, tattr), getattr(*resolve(model, source, "source"))
+        if _same_storage(current, src) and (
+            transform is None or _view_transform(src, current) == transform
+        ):
+            continue  # already shared by torch's means (one tensor, or a view of its storage)
         want = transformed_shape(tuple(tensors[source].shape), transform)
         if tuple(current.shape) != want:
             errors.append(
@@ -459,18 +469,21 @@ def load(
     ]
     if shapes:
         errors.append(
-            "shapes differ: " + "; ".join(shapes[:8]) + (" ..." if len(shapes) > 8 else "")
+            "shapes differ: "
+            + "; ".join(shapes[:_SHOWN])
+            + (" ..." if len(shapes) > _SHOWN else "")
         )
     if strict and (missing or unexpected):
         if missing:
             errors.append(
-                f"missing from the file: {missing[:8]}" + (" ..." if len(missing) > 8 else "")
+                f"missing from the file: {missing[:_SHOWN]}"
+                + (" ..." if len(missing) > _SHOWN else "")
             )
         if unexpected:
             errors.append(
                 "not in the model: "
-                + ", ".join(repr(k) + _suggest(k, list(expected)) for k in unexpected[:8])
-                + (" ..." if len(unexpected) > 8 else "")
+                + ", ".join(repr(k) + _suggest(k, list(expected)) for k in unexpected[:_SHOWN])
+                + (" ..." if len(unexpected) > _SHOWN else "")
             )
     if errors:
         raise ValueError(
@@ -490,12 +503,54 @@ def load(
             + " | ".join(contradictions)
         )
 
+    if assign:
+        # assign=True makes each value the parameter itself; torch refuses one that cannot
+        # require gradients only after assigning the others (and after step 4's ties)
+        integral = [
+            f"{k!r} ({full[k].dtype})"
+            for k, p in model.named_parameters(remove_duplicate=False)
+            if p.requires_grad and k in full
+            and not (full[k].is_floating_point() or full[k].is_complex())
+        ]
+        if integral:
+            raise ValueError(
+                f"checkpoint {path!r} cannot load with assign=True (nothing was loaded): it "
+                f"holds {', '.join(integral[:_SHOWN])}{' ...' if len(integral) > _SHOWN else ''}"
+                f" for parameters that require gradients, which an integer or bool tensor cannot "
+                f"be; load without assign=True (the values are cast to the model's dtypes)"
+            )
+        shared = _shared_by_torch(model)
+
     # 4. Re-create the ties, then load.
     for target, source, transform in to_tie:
         tie(model, target, source, transform)
     if not strict:
         full = {k: v for k, v in full.items() if k in expected}
-    return model.load_state_dict(full, strict=strict, assign=assign)
+    result = model.load_state_dict(full, strict=strict, assign=assign)
+    if assign:
+        # torch's assign=True wraps each name's value in a new Parameter: names that held one
+        # (an lm_head and its embedding) would become two, splitting on the next .to()
+        for group in shared:
+            first = getattr(*resolve(model, group[0]))
+            for name in group[1:]:
+                module, attr = resolve(model, name)
+                if getattr(module, attr) is not first:
+                    setattr(module, attr, first)
+    return result
+
+
+def _shared_by_torch(model: nn.Module) -> list[list[str]]:
+    """Groups of names (two or more) under which ``model`` holds one parameter or buffer
+    object in different modules (torch's plain sharing, e.g. ``lm_head.weight = wte.weight``)."""
+    groups: dict[int, list[str]] = {}
+    owners: dict[int, set[int]] = {}
+    for mpath, module in model.named_modules(remove_duplicate=False):
+        for attr, t in [*module._parameters.items(), *module._buffers.items()]:
+            if t is None:
+                continue
+            groups.setdefault(id(t), []).append(_join(mpath, attr))
+            owners.setdefault(id(t), set()).add(id(module))
+    return [names for key, names in groups.items() if len(owners[key]) > 1]
 
 
 def _contradicted_ties(model: nn.Module, overlay: dict, full: dict[str, Tensor]) -> list[str]:

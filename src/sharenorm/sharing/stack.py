@@ -61,7 +61,7 @@ class SharedStack(nn.Module):
         self.unshared = tuple(unshared)
         tensors = [n for n, _ in block.named_parameters(remove_duplicate=False)]
         tensors += [n for n, _ in block.named_buffers(remove_duplicate=False)]
-        known = set(tensors) | {n for n, _ in block.named_modules() if n}
+        known = set(tensors) | {n for n, _ in block.named_modules(remove_duplicate=False) if n}
         for name in self.unshared:
             if name not in known:
                 close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
@@ -74,16 +74,36 @@ class SharedStack(nn.Module):
                     f"unshared name {name!r} is not a submodule, parameter or buffer of the "
                     f"block{hint}"
                 )
-        shared = [n for n in dict.fromkeys(tensors) if not self.is_unshared(n)]
-        # Copies reuse the shared tensors themselves (deepcopy memo), so building the stack never
-        # allocates depth × the block; tie() then turns that plain sharing into declared ties.
         lookup = dict(block.named_parameters(remove_duplicate=False))
         lookup.update(block.named_buffers(remove_duplicate=False))
+        # One tensor under several names (a module used twice in the block, or plain sharing
+        # inside it) is one tensor in every copy: shared by all names or owned by all.
+        names_of: dict[int, list[str]] = {}
+        for name in dict.fromkeys(tensors):
+            names_of.setdefault(id(lookup[name]), []).append(name)
+        for names in names_of.values():
+            owned = [n for n in names if self.is_unshared(n)]
+            if owned and len(owned) < len(names):
+                others = [n for n in names if n not in owned]
+                raise ValueError(
+                    f"the block holds one tensor as {', '.join(map(repr, names))} (one module "
+                    f"used twice, or one parameter in two modules), and unshared covers only "
+                    f"{', '.join(map(repr, owned))}: add {', '.join(map(repr, others))} (or "
+                    f"the module that holds it) to unshared, or leave both out"
+                )
+        shared = [n for n in dict.fromkeys(tensors) if not self.is_unshared(n)]
+        # Copies reuse the shared tensors themselves (deepcopy memo), so building the stack never
+        # allocates depth × the block; tie() then turns that plain sharing into declared ties,
+        # once per (module, attribute): a module used twice is one module in each copy too.
         keep = {id(lookup[n]): lookup[n] for n in shared}
         copies = [copy.deepcopy(block, memo=dict(keep)) for _ in range(depth - 1)]
         self.blocks = nn.ModuleList([block, *copies])
+        to_tie: dict[tuple[int, str], str] = {}
+        for name in shared:
+            mpath, _, attr = name.rpartition(".")
+            to_tie.setdefault((id(block.get_submodule(mpath)), attr), name)
         for i in range(1, depth):
-            for name in shared:
+            for name in to_tie.values():
                 tie(self, f"blocks.{i}.{name}", f"blocks.0.{name}")
 
     def is_unshared(self, name: str) -> bool:

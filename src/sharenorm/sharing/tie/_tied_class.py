@@ -146,7 +146,9 @@ class _Tied:
         # or after the target (then the target's copy owns a copy of T(source) meanwhile).
         base = self._sharenorm_base
         y = memo[id(self)] = base.__new__(base)
-        state = {k: v for k, v in self.__getstate__().items() if k != _LINKS}
+        # __dict__, not __getstate__: a parametrized module's class refuses __getstate__ and
+        # copies its __dict__ (torch's parametrize.default_deepcopy)
+        state = {k: v for k, v in vars(self).items() if k != _LINKS}
         y.__setstate__(copy.deepcopy(state, memo))
         for name, link in links_of(self).items():
             if id(link.module) in memo:  # the source was copied (before, or inside this module)
