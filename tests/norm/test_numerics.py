@@ -36,6 +36,12 @@ CRASH_CASES = {
     "me-layer-f64": "sn.GroupNorm(1, 8, memory_efficient=True).double(), (2, 8, 32, 32)",
     "functional-group": "lambda x: SF.group_norm(x, 2, W, B), (2, 8, 32, 32)",
     "functional-instance": "lambda x: SF.instance_norm(x, weight=W, bias=B), (2, 8, 32, 32)",
+    # strides that suit both layouts: ATen picks its channels-last loop by them (a pooled
+    # (N, C, 1, 1) feature map of a channels-last net; one channel)
+    "group-one-position": "sn.GroupNorm(2, 8), (3, 8, 1, 1)",
+    "group3d-one-position": "sn.GroupNorm(2, 8), (3, 8, 1, 1, 1)",
+    "layer-one-channel": "sn.GroupNorm(1, 1), (2, 1, 3, 3)",
+    "functional-group-one-position": "lambda x: SF.group_norm(x, 2, W, B), (3, 8, 1, 1)",
     # an offset input takes the shifted second pass (a new tensor that needs no grad)
     "group-offset": "sn.GroupNorm(2, 8), (2, 8, 32, 32), 1e3",
     "instance-offset": "sn.InstanceNorm2d(8, affine=True), (2, 8, 32, 32), 1e3",

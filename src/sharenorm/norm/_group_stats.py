@@ -64,13 +64,15 @@ def shift(x: Tensor, mean: Tensor, groups: int) -> Tensor:
 
 def grad_safe_input(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     """``x``, or a leaf sharing its data that requires grad where torch 2.13's CPU
-    channels-last GroupNorm backward would otherwise run without dx and crash."""
+    channels-last GroupNorm backward would otherwise run without dx and crash: wherever
+    ATen may pick that loop, which includes a tensor whose strides suit both layouts
+    ((3, 4, 1, 1) in channels-last, strides (4, 1, 4, 4): a pooled feature map)."""
     if x.requires_grad or not torch.is_grad_enabled():  # the common cases, first
         return x
     if (
         x.is_cpu
         and any(t is not None and t.requires_grad for t in (weight, bias))
-        and is_channels_last(x)
+        and may_run_channels_last(x)
         and not tracing()
     ):
         return x.detach().requires_grad_(True)
