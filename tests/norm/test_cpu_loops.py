@@ -262,27 +262,47 @@ def test_non_finite_coefficients_give_none():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_affine_invertible_matches_the_torch_check(dtype, monkeypatch):
     """The C check of fused._affine_invertible against its torch version, over a table:
-    γ = 0, subnormal, NaN; |β| exactly at and just over 16·|γ|; inf β; no γ or no β."""
+    γ = 0, subnormal, NaN; |β| exactly at and just over 16·|γ|·s; inf β; no γ or no β; the
+    spread s = min σ·r = √(1 − ε·r²) of a channel's statistics (r = 1/√(σ² + ε)) below 1."""
     tiny = torch.finfo(dtype).tiny
+    r1 = [[1.0, 1.0]]  # ε = 0 below unless given: s = 1
+    half = (0.75 / 0.1) ** 0.5  # ε = 0.1, σ² = 0.1/3: r² = 7.5, s² = 1 − ε·r² = 1/4
     cases = [
-        ([1.0, -2.0], [0.5, -32.0]),  # |β| = 16·|γ| exactly: kept
-        ([1.0, -2.0], [0.5, -32.01]),
-        ([1.0, 0.0], [0.0, 0.0]),
-        ([1.0, tiny / 2], None),  # subnormal γ
-        ([1.0, float("nan")], None),
-        ([1.0, 1.0], [0.0, float("inf")]),
-        (None, [0.0, 16.0]),  # γ = 1
-        (None, [0.0, 16.5]),
-        ([-3.0, tiny], None),
+        ([1.0, -2.0], [0.5, -32.0], r1, 1, 0.0),  # |β| = 16·|γ| exactly: kept
+        ([1.0, -2.0], [0.5, -32.01], r1, 1, 0.0),
+        ([1.0, 0.0], [0.0, 0.0], r1, 1, 0.0),
+        ([1.0, tiny / 2], None, r1, 1, 0.0),  # subnormal γ
+        ([1.0, float("nan")], None, r1, 1, 0.0),
+        ([1.0, 1.0], [0.0, float("inf")], r1, 1, 0.0),
+        (None, [0.0, 16.0], r1, 1, 0.0),  # γ = 1
+        (None, [0.0, 16.5], r1, 1, 0.0),
+        ([-3.0, tiny], None, r1, 1, 0.0),
+        # the spread: BN-like (one statistic per channel); r = 1 at ε = 0.1 gives s = √0.9
+        # (limit 15.18), s = 1/2 on channel 1 (limit 8)
+        ([1.0, 1.0], [15.0, 7.9], [[1.0, half]], 1, 0.1),
+        ([1.0, 1.0], [15.0, 8.1], [[1.0, half]], 1, 0.1),
+        ([1.0, 1.0], [15.0, 0.0], [[1.0, 1e6]], 1, 0.1),  # σ ≪ √ε, β = 0: kept
+        # GN-like: 2 samples × 2 groups of 2 channels; the smaller spread over the samples
+        ([1.0] * 4, [0.0, 0.0, 7.9, -7.9], [[1.0, 1.0], [1.0, half]], 2, 0.1),
+        ([1.0] * 4, [0.0, 0.0, 8.1, 0.0], [[1.0, 1.0], [1.0, half]], 2, 0.1),
+        ([1.0] * 4, [8.1, 0.0, 0.0, 0.0], [[1.0, 1.0], [1.0, half]], 2, 0.1),  # group 0: √0.9
+        ([1.0, 1.0], [1.0, 1.0], [[float("nan"), 1.0]], 1, 0.1),  # a NaN statistic: skipped
     ]
-    for gamma, beta in cases:
+    for gamma, beta, rstd, cpg, eps in cases:
         w = None if gamma is None else torch.tensor(gamma, dtype=dtype)
         b = None if beta is None else torch.tensor(beta, dtype=dtype)
-        got = cpu.affine_invertible(w, b, dtype, 16.0)
+        r = torch.tensor(rstd, dtype=dtype)
+        got = cpu.affine_invertible(w, b, dtype, 16.0, r, cpg, eps)
         with monkeypatch.context() as m:
             m.setattr(cpu, "affine_invertible", lambda *args: None)  # the torch version
-            want = fused._affine_invertible(w, b, dtype)
-        assert got is want, (gamma, beta)
+            want = fused._affine_invertible(w, b, dtype, r, cpg, eps)
+        assert got is want, (gamma, beta, rstd)
+    expected = [True, False, False, False, False, False, True, False, True, True, False, True,
+                True, False, True, True]
+    assert [cpu.affine_invertible(
+        None if g is None else torch.tensor(g, dtype=dtype),
+        None if b is None else torch.tensor(b, dtype=dtype), dtype, 16.0,
+        torch.tensor(r, dtype=dtype), c, e) for g, b, r, c, e in cases] == expected
     assert cpu.affine_invertible(torch.ones(2, dtype=dtype), None, torch.float16, 16.0) is None
     assert cpu.affine_invertible(torch.ones(4, dtype=dtype)[::2], None, dtype, 16.0) is None
 

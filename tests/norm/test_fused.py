@@ -221,6 +221,30 @@ def test_inverted_backward_accuracy_as_documented(kind, dtype, act):
             assert 100 * e[False, "dγ"] < e[True, "dγ"], (seed, e)
 
 
+@pytest.mark.parametrize("act", [None, "leaky_relu"])
+@pytest.mark.parametrize("kind", ["bn_train", "in", "gn", "gn_one_group"])
+def test_no_inversion_where_the_normalized_values_are_tiny(kind, act):
+    """σ² ≪ ε (a near-constant channel): x̂ = (x − μ)/√(σ² + ε) ≈ σ/√ε ≪ 1, so z ≈ β and
+    x̂ recovered as (y − β)/γ would carry u·|β/γ| against a value of size σ/√ε (dγ off by
+    ~1e-4 relative in float32 here, 1e-7 on the plain path). The check also bounds |β/γ| by
+    the spread σ·r of x̂: the input is kept and dγ is as accurate as the plain path's."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(4, 6, 5, 5, generator=gen, dtype=torch.float64) * 1e-5).float()
+    w, b = torch.full((6,), 0.7), torch.full((6,), 1.5)  # |β| ≤ 16·|γ|: inverted before
+    rm, rv = torch.zeros(6), torch.ones(6)
+    assert _kept(kind, x, w, b, act) == "input"
+    _, want = _reference(kind, x, w, b, rm, rv, act, None, grad_dtype=torch.float32)
+    err = {}
+    for me in (False, True):
+        _, got = _run(kind, x, w, b, rm, rv, act, None, me=me)
+        err[me] = [float((g.double() - r).abs().max() / r.abs().max())
+                   for g, r in zip(got, want, strict=True)]
+    for name, e_me, e_plain in zip(("dx", "dγ", "dβ"), err[True], err[False], strict=True):
+        assert e_me <= 2 * e_plain + 1e-6, (name, err)
+    # the same input at a normal spread is still inverted
+    assert _kept(kind, x * 1e5, w, b, act) == "output"
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("affine", ["none", "weight_only"])
 @pytest.mark.parametrize("kind", ["bn_train", "in", "gn"])

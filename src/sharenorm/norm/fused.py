@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 _ATEN = torch.ops.aten
-# |β_c| ≤ _MAX_BETA_OVER_GAMMA·|γ_c|: inverting the affine step then loses ≤ log2(17) bits.
+# |β_c| ≤ _MAX_BETA_OVER_GAMMA·|γ_c|·s_c (s = σ·r, the spread of x̂): inverting the affine
+# step then loses ≤ log2(17) bits.
 _MAX_BETA_OVER_GAMMA = 16.0
 # elu is inverted only where z ≥ −4: there log1p(y/α) has lost < 6 bits of z.
 _ELU_MIN_PREACT = -4.0
@@ -79,18 +80,27 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _affine_invertible(weight: Tensor | None, bias: Tensor | None, dtype: torch.dtype) -> bool:
-    """Every γ_c a normal number of ``dtype`` and every |β_c| ≤ 16·|γ_c| (see module doc)."""
+def _affine_invertible(
+    weight: Tensor | None, bias: Tensor | None, dtype: torch.dtype, rstd: Tensor, cpg: int,
+    eps: float,
+) -> bool:
+    """Every γ_c a normal number of ``dtype`` and every |β_c| ≤ 16·|γ_c|·s_c, where
+    s_c = min √(1 − ε·r²) = σ·r over channel c's statistics (``rstd`` of shape (n, S),
+    ``cpg`` channels per statistic): the spread of x̂ (see module doc)."""
     if weight is None and bias is None:
         return True
-    known = _cpu_kernels().affine_invertible(weight, bias, dtype, _MAX_BETA_OVER_GAMMA)
-    if known is not None:  # CPU float32/float64: one C call instead of ~9 small ops
+    known = _cpu_kernels().affine_invertible(weight, bias, dtype, _MAX_BETA_OVER_GAMMA, rstd,
+                                             cpg, eps)
+    if known is not None:  # CPU float32/float64: one C call instead of ~12 small ops
         return known
     acc = _acc_dtype(dtype)
     g = torch.ones((), dtype=acc) if weight is None else weight.detach().to(acc).abs()
     ok = g >= torch.finfo(dtype).tiny
-    if bias is not None:
-        ok = ok & (bias.detach().to(acc).abs() <= _MAX_BETA_OVER_GAMMA * g)
+    if bias is not None:  # β = 0: z = γ·x̂ rounds relative to itself, whatever x̂'s size
+        r = rstd.detach().to(acc)
+        spread = (1 - eps * r * r).clamp(min=0).nan_to_num(1.0).amin(0).sqrt()  # (S,)
+        spread = spread.repeat_interleave(cpg) if cpg > 1 else spread
+        ok = ok & (bias.detach().to(acc).abs() <= _MAX_BETA_OVER_GAMMA * g * spread)
     return bool(ok.all())
 
 
@@ -100,13 +110,15 @@ def _elu_unsaturated(y: Tensor, alpha: float) -> bool:
 
 
 def _choose_inversion(
-    act: str | None, p: float | None, weight: Tensor | None, bias: Tensor | None, dtype
+    act: str | None, p: float | None, weight: Tensor | None, bias: Tensor | None, dtype,
+    rstd: Tensor, cpg: int, eps: float,
 ) -> bool:
     # Under torch.compile the input is kept: the checks read values on the host, which
     # would break the graph at every norm layer (and fail fullgraph=True).
     if tracing():
         return False
-    return act_is_invertible(act, p, dtype) and _affine_invertible(weight, bias, dtype)
+    return act_is_invertible(act, p, dtype) and _affine_invertible(
+        weight, bias, dtype, rstd, cpg, eps)
 
 
 def _activate_fresh(y: Tensor, act: str | None, p: float | None) -> Tensor:
@@ -341,7 +353,7 @@ class _BatchNormAct(torch.autograd.Function):
             mean = running_mean.detach().to(acc, copy=True)
             invstd = torch.rsqrt(running_var.detach().to(acc) + eps)
             ctx.running_var = running_var.detach().clone()
-        invert = _choose_inversion(act, p, weight, bias, x.dtype)
+        invert = _choose_inversion(act, p, weight, bias, x.dtype, invstd.view(1, -1), 1, eps)
         y = _activate_fresh(y, act, p)
         if invert and act == "elu":
             invert = _elu_unsaturated(y, p)
@@ -452,7 +464,8 @@ class _GroupNormAct(torch.autograd.Function):
             # shifted x is the one saved, consistent with the μ kept beside it
             x = shift(x, mean, num_groups)
             y, mean, rstd = torch.native_group_norm(x, w, b, n, c, hw, num_groups, eps)
-        invert = _choose_inversion(act, p, weight, bias, x.dtype)
+        invert = _choose_inversion(act, p, weight, bias, x.dtype, rstd.view(n, -1),
+                                   c // num_groups, eps)
         y = _activate_fresh(y, act, p)
         if invert and act == "elu":
             invert = _elu_unsaturated(y, p)

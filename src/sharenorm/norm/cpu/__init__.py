@@ -211,7 +211,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     for suffix in _SUFFIX.values():
         getattr(lib, f"prepare_{suffix}").argtypes = [i64, i64, i64, i64] + [p] * 6
         fn = getattr(lib, f"affine_invertible_{suffix}")
-        fn.argtypes = [p, p, i64, f64, f64]
+        fn.argtypes = [p, p, p, i64, i64, i64, i64, f64, f64, f64]
         fn.restype = i32
         fn = getattr(lib, f"max_ratio_{suffix}")
         fn.argtypes = [p, p, i64]
@@ -310,21 +310,28 @@ def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 
 
 def affine_invertible(weight: Tensor | None, bias: Tensor | None, dtype: torch.dtype,
-                      max_ratio: float) -> bool | None:
-    """Whether every ``|γ_c| ≥ finfo(dtype).tiny`` and ``|β_c| ≤ max_ratio·|γ_c|``, in one C
-    call; None where the loops cannot tell (no library, other dtypes or devices: the
-    caller then computes it with torch)."""
+                      max_ratio: float, rstd: Tensor | None = None, cpg: int = 1,
+                      eps: float = 0.0) -> bool | None:
+    """Whether every ``|γ_c| ≥ finfo(dtype).tiny`` and ``|β_c| ≤ max_ratio·|γ_c|·s_c``, in
+    one C call, where ``s_c = min √(1 − eps·r²)`` over the ``rstd`` (an (n, S) tensor, S
+    statistics per sample, ``cpg`` channels each; None: s = 1) of channel c; None where the
+    loops cannot tell (no library, other dtypes or devices: the caller then computes it
+    with torch)."""
     suffix = _SUFFIX.get(dtype)
     if suffix is None or tracing() or not available():
         return None
     c = 0
+    for t in (weight, bias, rstd):
+        if t is not None and (t.device.type != "cpu" or t.dtype != dtype
+                              or not t.is_contiguous()):
+            return None
     for t in (weight, bias):
         if t is not None:
-            if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
-                return None
             c = t.numel()
+    n, sn = (1, 0) if rstd is None else rstd.shape
     fn = getattr(_library(), f"affine_invertible_{suffix}")
-    return bool(fn(_ptr(weight), _ptr(bias), c, _TINY[dtype], max_ratio))
+    return bool(fn(_ptr(weight), _ptr(bias), _ptr(rstd), n, c, sn, cpg, eps, _TINY[dtype],
+                   max_ratio))
 
 
 def max_ratio(mean: Tensor, rstd: Tensor) -> float | None:

@@ -357,16 +357,26 @@ int fused_nchw_##KIND##_##SUF(const T *s, const T *g, T *dx, int64_t n, int64_t 
     return finite;                                                                          \
 }
 
-/* Whether every |γ_k| ≥ tiny and |β_k| ≤ ratio·|γ_k| (NULL: γ = 1, β = 0): the affine step
- * is safe to invert (fused.py's _affine_invertible, on the CPU in one call). */
+/* Whether every |γ_k| ≥ tiny and |β_k| ≤ ratio·|γ_k|·s_k (NULL: γ = 1, β = 0): the affine
+ * step is safe to invert (fused.py's _affine_invertible, on the CPU in one call). s_k is the
+ * smallest spread σ·r = √(1 − ε·r²) of x̂ among channel k's statistics (statistic of (i, k):
+ * i·sn + k/cpg, i < n; r NULL: s_k = 1): recovering x̂ = (z − β)/γ costs u·|β/γ| absolutely,
+ * which is small against x̂ only while x̂ is not much smaller than 1 (σ² ≪ ε makes it so). */
 #define AFFINE(T, SUF)                                                                      \
-int affine_invertible_##SUF(const T *gamma, const T *beta, int64_t c, double tiny,          \
-                            double ratio) {                                                 \
+int affine_invertible_##SUF(const T *gamma, const T *beta, const T *r, int64_t n, int64_t c, \
+                            int64_t sn, int64_t cpg, double eps, double tiny, double ratio) { \
     int ok = 1;                                                                             \
     for (int64_t k = 0; k < c; k++) {                                                       \
-        const T g = gamma ? (gamma[k] < 0 ? -gamma[k] : gamma[k]) : (T)1;                   \
-        const T be = beta ? (beta[k] < 0 ? -beta[k] : beta[k]) : (T)0;                      \
-        ok &= (g >= (T)tiny) & (be <= (T)ratio * g);                                        \
+        const double g = gamma ? (gamma[k] < 0 ? -(double)gamma[k] : (double)gamma[k]) : 1; \
+        const double be = beta ? (beta[k] < 0 ? -(double)beta[k] : (double)beta[k]) : 0;  \
+        double spread2 = 1; /* min over the statistics of (σ·r)², a NaN one skipped */     \
+        for (int64_t i = 0; r && i < n; i++) {                                              \
+            const double ri = (double)r[i * sn + k / cpg];                                  \
+            const double v = 1 - eps * ri * ri;                                             \
+            if (v < spread2) spread2 = v < 0 ? 0 : v;                                       \
+        }                                                                                   \
+        const double lim = ratio * g;                                                       \
+        ok &= (g >= tiny) & (be <= lim) & (be * be <= lim * lim * spread2);                 \
     }                                                                                       \
     return ok;                                                                              \
 }
