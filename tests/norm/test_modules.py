@@ -137,6 +137,19 @@ def test_buffers_kept_but_tracking_switched_off_matches_torch():
     torch.testing.assert_close(ours(x), theirs(x))
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_running_stats_set_to_none_count_batches_as_torch(memory_efficient):
+    """Running statistics set to None on a tracking layer: training normalizes with the
+    batch's statistics and torch.nn still counts each batch in num_batches_tracked."""
+    ours, theirs = sn.BatchNorm2d(3, memory_efficient=memory_efficient), nn.BatchNorm2d(3)
+    x = make_input((4, 3, 5, 5))
+    for m in (ours, theirs):
+        m.running_mean = m.running_var = None
+        m(x), m(x)
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked) == 2
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
 def test_nonfinite_batch_does_not_poison_running_stats():
     bn, ref = sn.BatchNorm2d(3), nn.BatchNorm2d(3)
     x = make_input((4, 3, 5, 5))

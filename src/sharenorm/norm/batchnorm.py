@@ -206,6 +206,8 @@ class _BatchNorm(_NormBase):
             self.backend,
         )
         if counting:
+            if running_mean is None and running_var is None:
+                updated = True  # no running statistics to reach (set to None): as torch.nn
             self._count_batch(updated)
         return out
 
