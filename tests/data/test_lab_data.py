@@ -101,3 +101,42 @@ def test_the_refusal_names_quick_only_where_the_profiles_differ(tmp_path):
                 progress=False, report=False, echo=lambda *a: None)
     assert "N5 (batch_dependence) needs ≥ 31 (" in str(info.value)
     assert "with --quick" not in str(info.value)
+
+
+@pytest.mark.parametrize("x_shape", [(300, 1), (300, 3, 1, 1)], ids=["length-1", "1x1"])
+def test_samples_of_one_position_are_refused_for_the_instance_norm_claims(tmp_path, capsys,
+                                                                          x_shape):
+    # InstanceNorm takes statistics over one sample's positions: N1, N5 and N6 failed in
+    # every run with a traceback. Refused up front; claims without it still run on the data.
+    rng = np.random.default_rng(0)
+    path = tmp_path / "one.npz"
+    np.savez(path, x=rng.normal(size=x_shape), y=np.arange(300) % 3,
+             x_test=rng.normal(size=(10, *x_shape[1:])), y_test=np.arange(10) % 3)
+    for claim in ("N1", "N5", "N6"):
+        assert main(["lab", claim, "--quick", "--no-progress", "--jobs", "1", "--data",
+                     str(path), "--out", str(tmp_path / claim)]) == 2
+        err = capsys.readouterr().err
+        assert "1 position(s) per sample" in err and f"leave {claim}" in err, err
+        assert "Traceback" not in err
+        assert not (tmp_path / claim / "results.jsonl").exists()
+    run_lab(["S1"], quick=True, seeds=1, data=str(path), out=tmp_path / "s1", progress=False,
+            report=False, echo=lambda *a: None)
+
+
+def test_a_data_file_rewritten_in_place_does_not_resume_into_the_old_results(tmp_path):
+    # same path and shape, other values: the header's data id holds a hash of the content,
+    # so the second lab refuses the folder instead of mixing results of two datasets
+    from sharenorm.lab.store import LabError
+
+    path = _small_npz(tmp_path / "d.npz", 300)
+    kw = dict(quick=True, seeds=1, data=str(path), out=tmp_path / "out", progress=False,
+              report=False, echo=lambda *a: None)
+    run_lab(["S1"], **kw)
+    run_lab(["S1"], **kw)  # the same content resumes
+    rng = np.random.default_rng(1)
+    with np.load(path) as z:
+        arrays = dict(z)
+    arrays["x"] = rng.normal(size=arrays["x"].shape)
+    np.savez(path, **arrays)
+    with pytest.raises(LabError, match="different lab configuration .*content"):
+        run_lab(["S1"], **kw)

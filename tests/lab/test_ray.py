@@ -26,7 +26,10 @@ from sharenorm.lab.store import LabError
 
 # Ray ≥ 2.x turns --node-ip-address 127.0.0.1 into the machine's routable address and listens
 # on every interface, unless told it is a single-machine cluster: keep every port on loopback.
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# Token authentication off: with a ~/.ray/auth_token (left by any earlier `ray start` that
+# enabled it) Ray ≥ 2.5x turns it on for this loopback cluster too, and its drivers then
+# need RAY_AUTH_MODE=token to connect.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def _ray_cli() -> list[str]:

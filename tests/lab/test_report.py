@@ -275,3 +275,18 @@ def test_write_report_and_summary_check_their_arguments(args, match):
     for fn in (write_report, summary_markdown):
         with pytest.raises(LabError, match=match):
             fn(*args)
+
+
+@pytest.mark.parametrize("where, match", [
+    (lambda d: (d / "docs").mkdir() or d / "docs", "is a folder: pass a file path"),
+    (lambda d: (d / "afile").write_text("x") and d / "afile" / "s.md", "cannot write the summary"),
+], ids=["a-folder", "under-a-file"])
+def test_summary_to_a_path_it_cannot_write_is_a_lab_error(tmp_path, capsys, where, match):
+    # an IsADirectoryError / FileExistsError traceback (exit 1) before
+    from sharenorm.cli import main
+
+    fake_results(tmp_path / "lab")
+    path = where(tmp_path)
+    assert main(["report", str(tmp_path / "lab"), "--summary", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err

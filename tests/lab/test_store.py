@@ -145,6 +145,24 @@ def test_unusable_folder_is_a_lab_error(tmp_path, make, match):
         ResultsStore.open(out, HEADER)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("name", ["results.jsonl", "results.lock"])
+def test_a_fifo_in_place_of_the_results_or_the_lock_is_refused_not_opened(tmp_path, name):
+    # appending to a FIFO blocked forever (with the folder locked); ftruncate of a FIFO lock
+    # failed with a bare OSError
+    import os
+
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(LabError, match=rf"{name} is a FIFO \(named pipe\).*another --out"):
+        ResultsStore.open(tmp_path, HEADER)
+    if name == "results.jsonl":
+        with pytest.raises(LabError, match="is a FIFO .*not a results file"):
+            ResultsStore.read(tmp_path)
+    else:  # the refusal released nothing it did not hold: a plain folder opens afterwards
+        os.remove(tmp_path / name)
+        ResultsStore.open(tmp_path, HEADER).close()
+
+
 def test_unwritable_folder_is_found_before_any_run(tmp_path, monkeypatch):
     import pathlib
 
@@ -243,6 +261,9 @@ _MALFORMED = [
     ('{"kind": "run", "key": "x", "experiment": "e", "config": {}, "seed": 0, '
      '"metrics": {"v": NaN}}', "holds NaN, a number the lab never writes"),
     (json.dumps(_good(metrics={"v": 1e999})), "holds Infinity"),  # json.dumps writes Infinity
+    # a literal beyond float's range reads as infinity, past the token check
+    (json.dumps(_good(metrics={"v": 1.0})).replace("1.0", "1e400"), "holds 1e400"),
+    (json.dumps(_good(time={"run_s": 2.0})).replace("2.0", "-2e999"), "holds -2e999"),
     ("[1, 2]", "is a JSON list, not an object"),
     ('"text"', "is a JSON str, not an object"),
     ('{"kind": "runn"}', "unknown kind 'runn'"),

@@ -266,9 +266,16 @@ class RayExecutor:
         except ConnectionError as e:
             from sharenorm.lab.store import LabError
 
+            # Ray ≥ 2.5x: a cluster with token authentication (`ray start` says "Token
+            # authentication is enabled") refuses a driver that does not send the token, and
+            # ray.init then says only "Failed to connect"
+            auth = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token (the "
+                    "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+                    if os.environ.get("RAY_AUTH_MODE") != "token" else "")
             raise LabError(f"--executor ray: cannot connect to the Ray cluster at "
                            f"{self.address or 'RAY_ADDRESS or the local one'}: {e}. Start "
-                           "one with `ray start --head` or give its --address HOST:PORT") from None
+                           f"one with `ray start --head` or give its --address HOST:PORT{auth}"
+                           ) from None
         finally:
             _restore_signal_handlers(saved)
         self._window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))

@@ -498,8 +498,21 @@ def summary_markdown(folder, lang: str = "en") -> str:
 
 
 def write_summary(folder, path, lang: str = "en") -> Path:
-    """Write :func:`summary_markdown` of ``folder`` to ``path`` (e.g. ``docs/results.md``)."""
+    """Write :func:`summary_markdown` of ``folder`` to ``path`` (e.g. ``docs/results.md``).
+
+    Raises:
+        LabError: no results in ``folder``, or ``path`` cannot be written (a folder, under a
+            file, not writable).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, summary_markdown(folder, lang))
+    text = summary_markdown(folder, lang)
+    if path.is_dir():
+        raise LabError(f"--summary {path} is a folder: pass a file path, e.g. {path / 'results.md'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, text)
+    except OSError as e:
+        raise LabError(f"cannot write the summary {path}: {e.strerror or e} "
+                       f"({e.filename or path}); pass a path in a folder you can write to"
+                       ) from None
     return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import operator
 import os
 import platform
@@ -209,6 +210,9 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
+MAX_SEEDS = 10_000
+
+
 def _count(what: str, value) -> int:
     """``value`` as an int: numpy's ints too, not a bool, a float or a str."""
     try:
@@ -251,9 +255,13 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int 
         raise LabError(f"quick must be True or False, got {quick!r}")
     if seeds < 1:
         raise LabError(f"--seeds must be ≥ 1 (got {seeds}); 3 gives 95% intervals over 3 seeds")
-    if jobs < 1:
-        raise LabError(f"--jobs must be ≥ 1 (got {jobs}); use the number of CPU cores, "
-                       f"here {os.cpu_count()}")
+    if seeds > MAX_SEEDS:  # the plan alone would fill the memory before the first run
+        raise LabError(f"--seeds must be ≤ {MAX_SEEDS} (got {seeds}): each seed is one more run "
+                       "of every configuration; 5 (the default) gives the report's intervals")
+    cores = os.cpu_count() or 1
+    if jobs < 1 or jobs > 4 * cores:  # each job is a process that imports torch (~0.3 GB)
+        raise LabError(f"--jobs must be between 1 and 4 × the CPU cores ({4 * cores}; got "
+                       f"{jobs}); use the number of cores, here {cores}")
     if not isinstance(out, (str, os.PathLike)):
         raise LabError(f"out must be a folder path, got {out!r}")
     if data is not None and not isinstance(data, (str, os.PathLike)):
@@ -281,7 +289,18 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int 
                  and (k := e.train_samples_needed(quick)) > len(ds.x_train)]
         if short:
             raise DataError(_too_few_samples(data, len(ds.x_train), short, quick))
-        data_id = f"{Path(data).resolve()} ({ds.name}, {tuple(ds.x_train.shape)})"
+        positions = math.prod(ds.x_train.shape[2:])
+        small = [e for e in exps if e.uses_data and e.min_positions > positions]
+        if small:
+            claims = ", ".join(c for e in small for c in e.claims)
+            raise DataError(
+                f"{data}: {positions} position(s) per sample (shape "
+                f"{tuple(ds.x_train.shape[1:])}), too few for {claims}: their InstanceNorm "
+                f"takes statistics over each sample's positions and needs ≥ "
+                f"{max(e.min_positions for e in small)}. Give longer signals or larger "
+                f"images, or leave {claims} out.")
+        data_id = (f"{Path(data).resolve()} ({ds.name}, {tuple(ds.x_train.shape)}, "
+                   f"content {_fingerprint(ds)})")
         if not any(e.uses_data for e in exps):
             echo("note: none of the chosen experiments uses --data; they run on their defaults")
     header = {"lab_version": LAB_VERSION, "profile": "quick" if quick else "full",
@@ -297,6 +316,18 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int 
                            command=command, pool=pool, executor=executor, address=address)
     finally:
         store.close()
+
+
+def _fingerprint(ds) -> str:
+    """A short hash of a dataset's tensors: a ``--data`` file rewritten in place (same path and
+    shape, other values) is other data, whose results must not resume into these."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().numpy())
+    return h.hexdigest()
 
 
 def _too_few_samples(data, n: int, short: list, quick: bool) -> str:

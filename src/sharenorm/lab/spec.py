@@ -185,6 +185,9 @@ class Experiment:
             needs on ``--data`` (for one optimizer step); by default its ``batch_size``
             (32, :class:`~sharenorm.lab.train.TrainConfig`'s default, where it names none).
             The runner refuses a smaller ``--data`` training split before any run.
+        min_positions: the positions (spatial elements) one ``--data`` sample needs: 2 where
+            a model normalizes each sample's channels on their own (InstanceNorm); the
+            runner refuses smaller samples before any run.
         new_claims: :class:`Claim` s this experiment defines (filled from ``claims``).
         compares_intervals: True when a criterion compares 95% intervals, so that one seed
             cannot decide it (the runner warns about ``--seeds 1`` for these).
@@ -204,6 +207,7 @@ class Experiment:
     requires: tuple[str, ...] = ()
     new_claims: tuple = ()
     min_train: Callable[[dict], int] | None = None
+    min_positions: int = 1
     compares_intervals: bool = True
 
     def __post_init__(self):

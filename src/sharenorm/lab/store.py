@@ -12,10 +12,13 @@ docs/design/lab-runs.md.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import warnings
 from pathlib import Path
+
+from sharenorm._checks import not_a_regular_file
 
 __all__ = ["ResultsStore", "LabError", "run_key", "LAB_VERSION"]
 
@@ -157,6 +160,10 @@ class ResultsStore:
             raise LabError(f"{folder} is a file, not a results folder: pass the folder that "
                            f"holds {cls.FILE}, {hint}")
         if not store.path.is_file():
+            kind = _special(store.path)
+            if kind:
+                raise LabError(f"{store.path} is {kind}, not a results file: pass a folder "
+                               "written by `sharenorm lab`")
             raise LabError(f"{store.path} does not exist: run `sharenorm lab --out {folder}` first")
         try:
             store._load(repair=False)
@@ -194,6 +201,9 @@ class ResultsStore:
 
     def _open(self, header: dict) -> None:
         store = self
+        kind = _special(store.path)
+        if kind:  # never opened: appending to a FIFO would block until someone reads it
+            raise LabError(f"{store.path} is {kind}, not a results file. {_FIX}")
         if store.path.is_file() and store.path.stat().st_size > 0:
             store._load(repair=True)
             if (store.header is None and store.repaired and not store.runs
@@ -232,6 +242,10 @@ class ResultsStore:
         except OSError as e:
             raise LabError(f"cannot create {path}: {e.strerror or e}. {_FIX}") \
                 from None
+        kind = not_a_regular_file(os.fstat(fd).st_mode)
+        if kind:
+            os.close(fd)
+            raise LabError(f"{path} is {kind}, not the lab's lock file. {_FIX}")
         if not _try_lock(fd):
             try:
                 other = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
@@ -269,7 +283,7 @@ class ResultsStore:
                 continue
             self.lines += 1
             try:
-                rec = json.loads(raw, parse_constant=_refuse_constant)
+                rec = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
             except _NonFinite as e:
                 self._skip(i, f"holds {e.args[0]}, a number the lab never writes (it writes null "
                               "where a run has no number)")
@@ -355,6 +369,14 @@ class ResultsStore:
         return [r for r in self.runs.values() if r["experiment"] == experiment]
 
 
+def _special(path: Path) -> str | None:
+    """What ``path`` is when it exists and is not a regular file ("a FIFO (named pipe)", …)."""
+    try:
+        return not_a_regular_file(os.stat(path).st_mode)
+    except OSError:  # absent, or a dangling link: the caller creates or reports it
+        return None
+
+
 class _NonFinite(Exception):
     """A ``NaN``/``Infinity`` token in a line (Python's json reads them; the lab never writes
     them)."""
@@ -362,6 +384,15 @@ class _NonFinite(Exception):
 
 def _refuse_constant(token: str):
     raise _NonFinite(token)
+
+
+def _finite_float(token: str) -> float:
+    """A JSON number as a float; a literal beyond float's range (``1e400``) overflows to
+    infinity, which the lab never writes: refused like the ``Infinity`` token."""
+    v = float(token)
+    if math.isinf(v):
+        raise _NonFinite(token[:40])
+    return v
 
 
 def _number(v) -> bool:

@@ -325,5 +325,5 @@ EXPERIMENT = Experiment(
         f"scaling rule lr = {BASE_LR}·batch/{BASE_BS} (कोई floor नहीं) पहले step पर, cosine schedule से "
         "0 तक घटती; epoch का आख़िरी छोटा batch छोड़ दिया जाता है। Test "
         "accuracy eval mode में।"),
-    configs=configs, run=run, analyze=analyze, uses_data=True,
+    configs=configs, run=run, analyze=analyze, uses_data=True, min_positions=2,
     min_train=min_train)

@@ -328,5 +328,5 @@ EXPERIMENT = Experiment(
         f"accuracy; target accuracy {TARGET:.0%} (quick {QUICK_TARGET:.0%})। Timing: हर seed "
         f"का एक और run हर norm का एक training step बारी-बारी चलाता है, {TIMING_ROUNDS} rounds (quick: "
         f"{QUICK_TIMING_ROUNDS}), एक thread पर; median step time से seconds।"),
-    configs=configs, run=run, analyze=analyze, uses_data=True,
+    configs=configs, run=run, analyze=analyze, uses_data=True, min_positions=2,
 )  # seconds come from the interleaved timing runs, so the seeds may stack
