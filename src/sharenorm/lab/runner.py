@@ -259,7 +259,8 @@ def run_lab(names: list[str], *, quick: bool = False, seeds: int = 5, jobs: int 
         raise LabError(f"--seeds must be ≤ {MAX_SEEDS} (got {seeds}): each seed is one more run "
                        "of every configuration; 5 (the default) gives the report's intervals")
     cores = os.cpu_count() or 1
-    if jobs < 1 or jobs > 4 * cores:  # each job is a process that imports torch (~0.3 GB)
+    # each local job is a process that imports torch (~0.3 GB); Ray's tasks run on its nodes
+    if jobs < 1 or (executor == "local" and jobs > 4 * cores):
         raise LabError(f"--jobs must be between 1 and 4 × the CPU cores ({4 * cores}; got "
                        f"{jobs}); use the number of cores, here {cores}")
     if not isinstance(out, (str, os.PathLike)):
