@@ -27,6 +27,11 @@ class ShapeError(ValueError, RuntimeError):
     mistakes, so that code catching torch's error catches sharenorm's too."""
 
 
+class MissingStatisticsError(ValueError, RuntimeError):
+    """No running statistics where they would normalize (eval, ``use_input_stats=False``):
+    a ValueError, and the RuntimeError torch raises for it (see :class:`ShapeError`)."""
+
+
 class DtypeError(TypeError, RuntimeError):
     """A tensor of a dtype the operation cannot take: a TypeError, and a RuntimeError as
     torch's kernels raise for it (see :class:`ShapeError`)."""

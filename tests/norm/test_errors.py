@@ -351,3 +351,23 @@ def test_int_act_param_beyond_int64_runs_as_float(act, memory_efficient):
         (dx,) = torch.autograd.grad(y.sum(), x)
         (ref_dx,) = torch.autograd.grad(ref.sum(), x)
         torch.testing.assert_close(dx, ref_dx)
+
+
+@pytest.mark.parametrize("call, torch_call", [
+    (lambda x: SF.batch_norm(x, None, None, training=False),
+     lambda x: F.batch_norm(x, None, None, training=False)),
+    (lambda x: SF.instance_norm(x, use_input_stats=False),
+     lambda x: F.instance_norm(x, use_input_stats=False)),
+])
+def test_missing_running_statistics_raise_torchs_error_type_too(call, torch_call):
+    # torch raises a RuntimeError here; sharenorm's error is that and a ValueError
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(RuntimeError):
+        torch_call(x)
+    with pytest.raises(RuntimeError, match="running statistics") as err:
+        call(x)
+    assert isinstance(err.value, ValueError)
+    m = sn.BatchNorm1d(3).eval()
+    m.running_var = None
+    with pytest.raises(RuntimeError, match="running_mean/running_var is None"):
+        m(x)

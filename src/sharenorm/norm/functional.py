@@ -20,6 +20,7 @@ from torch import Tensor
 
 from sharenorm._checks import (  # noqa: F401 (re-exported: norm layers use SF.check_*)
     ChecksOnSet,
+    MissingStatisticsError,
     ShapeError,
     as_count,
     check_dtypes,
@@ -272,7 +273,7 @@ def batch_norm_impl(
             "InstanceNorm (sharenorm.convert_norm(model, 'group'))."
         )
     if not training and (running_mean is None or running_var is None):
-        raise ValueError(
+        raise MissingStatisticsError(
             "batch_norm with training=False normalizes with running statistics, but "
             "running_mean/running_var is None; pass them, or training=True to use the "
             "batch's own statistics"
@@ -427,7 +428,7 @@ def instance_norm_impl(
             "GroupNorm for inputs without spatial extent."
         )
     if not use_input_stats and (running_mean is None or running_var is None):
-        raise ValueError(
+        raise MissingStatisticsError(
             "instance_norm with use_input_stats=False normalizes with running statistics, "
             "but running_mean/running_var is None; pass them or use_input_stats=True"
         )
