@@ -54,6 +54,16 @@ def assert_same(before, after):
         assert torch.equal(w.reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)), k
 
 
+def assert_refused(model, path, error, match, **load_kw):
+    """``sn.load(model, path, **load_kw)`` raises ``error`` matching ``match`` and leaves the
+    model bit-identical; the exception, for more checks."""
+    before = snapshot(model)
+    with pytest.raises(error, match=match) as err:
+        sn.load(model, path, **load_kw)
+    assert_same(before, snapshot(model))
+    return err.value
+
+
 def write(path, model, manifest, change=None):
     """The model's state_dict with ``manifest``'s targets left out (as sn.save does), and
     ``change(tensors)`` applied; the manifest written by hand."""
@@ -98,10 +108,7 @@ def test_a_refused_manifest_leaves_the_model_unchanged(case, tmp_path):
     manifest, match = HOSTILE[case]
     model = build()
     path = write(tmp_path / "m.safetensors", build(), manifest)
-    before = snapshot(model)
-    with pytest.raises(ValueError, match=match):
-        sn.load(model, path)
-    assert_same(before, snapshot(model))
+    assert_refused(model, path, ValueError, match)
 
 
 def test_values_that_contradict_an_existing_tie_are_refused_before_loading(tmp_path):
@@ -114,10 +121,7 @@ def test_values_that_contradict_an_existing_tie_are_refused_before_loading(tmp_p
         t["a.bias"] = t["a.bias"] + 5  # a value the refused load must not have copied
 
     path = write(tmp_path / "m.safetensors", build(), [VALID], contradict)
-    before = snapshot(model)
-    with pytest.raises(RuntimeError, match="'c.weight' is tied to 'a.weight'"):
-        sn.load(model, path)
-    assert_same(before, snapshot(model))
+    assert_refused(model, path, RuntimeError, "'c.weight' is tied to 'a.weight'")
 
 
 def test_the_same_manifest_without_its_bad_entry_loads(tmp_path):
@@ -143,10 +147,7 @@ def test_a_manifest_nested_too_deep_for_json_is_a_value_error(tmp_path):
     tensors = {k: v.detach().clone().contiguous() for k, v in build().state_dict().items()}
     path = tmp_path / "deep.safetensors"
     safetensors.torch.save_file(tensors, path, {"sharenorm.ties": "[" * 100_000 + "]" * 100_000})
-    before = snapshot(model)
-    with pytest.raises(ValueError, match="corrupted tie manifest"):
-        sn.load(model, path)
-    assert_same(before, snapshot(model))
+    assert_refused(model, path, ValueError, "corrupted tie manifest")
 
 
 def test_a_huge_manifest_of_unknown_names_is_refused_quickly_with_a_short_message(tmp_path):
@@ -155,12 +156,9 @@ def test_a_huge_manifest_of_unknown_names_is_refused_quickly_with_a_short_messag
     model = build()
     manifest = [entry(f"no.such.layer{i}.weight", "a.weight") for i in range(20_000)]
     path = write(tmp_path / "m.safetensors", build(), manifest)
-    before = snapshot(model)
-    with pytest.raises(ValueError, match="not listed") as err:
-        sn.load(model, path)
-    assert len(str(err.value)) < 5_000
-    assert "no.such.layer0.weight" in str(err.value)
-    assert_same(before, snapshot(model))
+    error = assert_refused(model, path, ValueError, "not listed")
+    assert len(str(error)) < 5_000
+    assert "no.such.layer0.weight" in str(error)
 
 
 def test_assign_refuses_integer_values_for_trainable_parameters_before_tying(tmp_path):
@@ -173,9 +171,7 @@ def test_assign_refuses_integer_values_for_trainable_parameters_before_tying(tmp
         t["a.bias"] = t["a.bias"].round().long()
 
     path = write(tmp_path / "m.safetensors", build(), [VALID], integral)
-    before = snapshot(model)
-    with pytest.raises(ValueError, match=r"assign=True .*'a.bias' \(torch.int64\)"):
-        sn.load(model, path, assign=True)
-    assert_same(before, snapshot(model))
+    assert_refused(model, path, ValueError, r"assign=True .*'a.bias' \(torch.int64\)",
+                   assign=True)
     sn.load(model, path)  # without assign the values are cast, as torch does
     assert model.b.weight is model.a.weight and model.a.bias.dtype == torch.float32
