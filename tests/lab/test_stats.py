@@ -75,17 +75,24 @@ def test_compare_four_outcomes(a, b, margin, at_most, holds):
 
 # mean(a) − mean(b) with steps to a target, where a run that never reached it is counted at the
 # budget (100): a lower bound of its true count, so the true difference may be higher (a
-# censored) or lower (b censored). Only an outcome such a shift could overturn is withheld.
+# censored) or lower (b censored). Only an outcome such a shift could overturn is withheld;
+# the other is decided by the seed pairs (5 against 5: rank test p = 1/252).
+F, S = [20, 22, 21, 23, 20], [40, 42, 41, 43, 40]  # fast, slower; B: at the budget
+B = [100] * 5
+
+
 @pytest.mark.parametrize("a, b, lower_bounds, at_most, holds", [
-    ([100, 100], [100, 100], (True, True), True, None),   # N1 of the quick lab: nobody reached it
-    ([20, 22], [100, 100], (False, True), True, True),    # a far faster; b only more: holds
-    ([20, 22], [100, 100], (True, False), True, None),    # a's true steps may be far more
-    ([100, 100], [40, 42], (True, False), True, False),   # a already slower: fails
-    ([100, 100], [40, 42], (False, True), True, None),    # b's true steps may be far more
-    ([100, 100], [40, 42], (True, False), False, True),   # "a − b ≥ 0" holds: a only more
-    ([40, 42], [100, 100], (False, True), False, False),  # "a − b ≥ 0" fails: b only more
-    ([40, 42], [100, 100], (True, False), False, None),
-    ([40, 42], [100, 100], (False, False), False, False),  # nothing censored: as before
+    (B, B, (True, True), True, None),    # N1 of the old quick lab: nobody reached it
+    (F, B, (False, True), True, True),   # a far faster; b only more: holds
+    (F, B, (True, False), True, None),   # a's true steps may be far more
+    (B, S, (True, False), True, False),  # a already slower: fails
+    (B, S, (False, True), True, None),   # b's true steps may be far more
+    (B, S, (True, False), False, True),  # "a − b ≥ 0" holds: a only more
+    (S, B, (False, True), False, False),  # "a − b ≥ 0" fails: b only more
+    (S, B, (True, False), False, None),
+    (S, B, (False, False), False, False),  # nothing censored: the Welch interval, as before
+    (F[:2], B[:2], (False, True), True, None),  # 2 against 2: p = 1/6, not significant
+    (F[:3], B[:3], (False, True), True, None),  # 3 against 3: p = 1/20 > 0.025
 ])
 def test_a_count_that_is_only_a_lower_bound_decides_only_what_it_cannot_overturn(
         a, b, lower_bounds, at_most, holds):
@@ -93,10 +100,45 @@ def test_a_count_that_is_only_a_lower_bound_decides_only_what_it_cannot_overturn
 
     c = compare("x", a, b, 0, at_most=at_most, lower_bounds=lower_bounds)
     assert c.holds is holds, str(c)
-    assert ("lower bound" in str(c)) == (holds is None)
+    assert ("lower bound" in str(c)) == (holds is None and any(lower_bounds))
     # a negative scale turns both the reported difference and the criterion around
     neg = compare("x", a, b, 0, scale=-1, at_most=not at_most, lower_bounds=lower_bounds)
     assert neg.holds is holds, str(neg)
+
+
+def test_a_lower_bound_can_widen_the_spread_so_the_welch_interval_does_not_decide():
+    """Larger true values raise the censored side's mean but may also raise its spread:
+    b = [100, 100] at the budget, true [101, 120], turns a Welch interval of [−92, −66]
+    into [−205, +26]. What decides is whether every seed pair lies beyond the margin."""
+    from sharenorm.lab.stats import compare, diff_ci
+
+    assert diff_ci([20, 22], [101, 120]).hi > 0  # the true values: inconclusive
+    c = compare("x", [20, 22], [100, 100], 0, at_most=True, lower_bounds=(False, True))
+    assert c.welch_interval[1] < 0 and c.holds is None
+    # pairs that straddle the margin: inconclusive whatever the Welch interval says
+    mixed = compare("x", [20, 22, 21, 23, 105], B, 0, at_most=True, lower_bounds=(False, True))
+    assert mixed.welch_interval[1] < 0 and mixed.holds is None
+    assert "every pairwise difference in [-80.0, +5.0], rank test p = 0.004" in str(mixed)
+    # the grid's spacing and a measured factor widen the pairs as they widen the interval
+    near = compare("x", [95] * 5, B, 0, at_most=True, lower_bounds=(False, True))
+    assert near.holds is True
+    assert compare("x", [95] * 5, B, 0, at_most=True, lower_bounds=(False, True),
+                   resolution=10).holds is None  # a true b may be 91 < 95
+    assert compare("x", [95] * 5, B, 0, at_most=True, b_factor=1.0, lower_bounds=(False, True),
+                   b_factor_range=(0.9, 1.1)).holds is None  # 0.9·100 < 95
+
+
+def test_a_lower_bound_in_b_raises_a_difference_that_adds_it():
+    """mean(a) − c·mean(b) with c < 0 grows with b: a censored b may raise it."""
+    from sharenorm.lab.stats import compare
+
+    c = compare("a + b", [1, 2] * 3, B[:6], 0, b_factor=-1, lower_bounds=(False, True))
+    assert (c.could_rise, c.could_fall) == (True, False)
+    assert c.holds is True  # a + b ≥ 0 holds, and a larger b only strengthens it
+    # "a + b ≤ 200" holds as measured (101.5), but a larger b could overturn it
+    assert compare("a + b", [1, 2] * 3, B[:6], 200, b_factor=-1, at_most=True,
+                   lower_bounds=(False, True)).holds is None
+    assert compare("a + b", [1, 2] * 3, B[:6], 200, b_factor=-1, at_most=True).holds is True
 
 
 def test_values_read_on_a_grid_widen_the_interval_by_its_spacing():
@@ -138,19 +180,6 @@ def test_a_measured_factor_widens_the_interval_to_cover_its_own_interval():
                    b_factor_range=(1.8, 2.2), resolution=5)
     assert wide.interval == pytest.approx((-35, 20)) and wide.holds is None
     assert "the checkpoint spacing and the timing's 95% interval" in str(wide)
-
-
-def test_a_lower_bound_in_b_raises_a_difference_that_adds_it():
-    """mean(a) − c·mean(b) with c < 0 grows with b: a censored b may raise it."""
-    from sharenorm.lab.stats import compare
-
-    c = compare("a + b", [1, 2], [100, 100], 0, b_factor=-1, lower_bounds=(False, True))
-    assert (c.could_rise, c.could_fall) == (True, False)
-    assert c.holds is True  # a + b ≥ 0 holds, and a larger b only strengthens it
-    # "a + b ≤ 200" holds as measured (101.5), but a larger b could overturn it
-    assert compare("a + b", [1, 2], [100, 100], 200, b_factor=-1, at_most=True,
-                   lower_bounds=(False, True)).holds is None
-    assert compare("a + b", [1, 2], [100, 100], 200, b_factor=-1, at_most=True).holds is True
 
 
 def test_hairline_differences_are_inconclusive_not_decided():

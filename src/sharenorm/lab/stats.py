@@ -178,7 +178,7 @@ def _var(xs: list[float]) -> float:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One criterion's comparison: the 95% CI of a difference against a stated margin.
+    r"""One criterion's comparison: the 95% CI of a difference against a stated margin.
 
     ``holds`` is True when the whole interval is on the claimed side of the margin
     (``≥ margin``, or ``≤ margin`` with ``at_most``), False when the whole interval is on the
@@ -193,10 +193,16 @@ class Comparison:
     ``could_rise`` / ``could_fall``: some values entered as lower bounds (a run that never
     reached its target counts as the step budget, and its true count is larger), so the true
     difference (in report units) may be higher / lower than the one measured, by an unknown
-    amount. An outcome
-    that such a shift could overturn is inconclusive ("≤ margin" holds only if nothing could
-    rise, fails only if nothing could fall; the reverse for "≥ margin"); the other outcome
-    stands, as the shift only strengthens it.
+    amount. The Welch interval then decides nothing: larger true values move the mean one
+    way but may widen the spread without bound, so either outcome could be overturned. An
+    outcome that such a shift could overturn is inconclusive ("≤ margin" holds only if
+    nothing could rise, fails only if nothing could fall; the reverse for "≥ margin"). The
+    other outcome is decided by the seed pairs instead: it stands when every pairwise
+    difference :math:`a_i - c\,b_j` (``pairs``: their range, each value anywhere in its grid
+    cell and ``c`` anywhere in ``b_factor_range``) lies beyond the margin, so that larger
+    true values only keep it there, and when that complete separation is significant: the
+    exact one-sided rank-sum test of it has :math:`p = 1/\binom{n_a+n_b}{n_a} \le 0.025`
+    (``rank_p``; 5 seeds against 5 give 0.004, 3 against 3 only 0.05).
 
     ``slack``: (below, above), in the values' own units: how far the true difference may lie
     below / above the measured one for reasons the Welch interval does not see (``widened_by``
@@ -218,6 +224,8 @@ class Comparison:
     could_fall: bool = False
     slack: tuple[float, float] = (0.0, 0.0)
     widened_by: str = ""
+    pairs: tuple[float, float] | None = None
+    rank_p: float = 1.0
 
     def resting_on_unconverged(self, yes: bool = True) -> Comparison:
         """This comparison, marked inconclusive when ``yes`` (a contender had not converged).
@@ -251,7 +259,7 @@ class Comparison:
     @property
     def censored(self) -> bool:
         """Whether values that are only lower bounds left the outcome open."""
-        return not self.unconverged and self._measured() is not None and self.holds is None
+        return not self.unconverged and (self.could_rise or self.could_fall) and self.holds is None
 
     @property
     def holds(self) -> bool | None:
@@ -264,10 +272,16 @@ class Comparison:
         return None if (self.could_rise if overturned_by_rise else self.could_fall) else out
 
     def _measured(self) -> bool | None:
-        """The outcome the interval gives, before censoring and convergence are weighed."""
-        lo, hi = self.interval
+        """The outcome the interval gives (with lower bounds: the seed pairs, where their
+        rank test is significant), before censoring and convergence are weighed."""
         if math.isnan(self.estimate):
             return None
+        if self.could_rise or self.could_fall:
+            if self.pairs is None or self.rank_p > _ONE_SIDED:
+                return None
+            lo, hi = self._in_report_units(*self.pairs)
+        else:
+            lo, hi = self.interval
         m = self.margin
         if self.at_most:
             if (hi < m) if self.strict else (hi <= m):
@@ -285,6 +299,11 @@ class Comparison:
         if self.slack != (0.0, 0.0) and math.isfinite(lo) and math.isfinite(hi):
             lo, hi = self.interval
             iv += f" widened by {self.widened_by} to [{lo:+.{k}f}, {hi:+.{k}f}]"
+        if (self.could_rise or self.could_fall) and self.pairs is not None:
+            lo, hi = self._in_report_units(*self.pairs)
+            iv += (f"; a run never reached the target, so it is decided by the seed pairs: every "
+                   f"pairwise difference in [{lo:+.{k}f}, {hi:+.{k}f}], rank test p = "
+                   f"{self.rank_p:.3f}")
         rel = ("<" if self.strict else "≤") if self.at_most else (">" if self.strict else "≥")
         out = ("inconclusive (a contender not converged)" if self.unconverged else
                "inconclusive (a run never reached the target: its count is only a lower bound)"
@@ -340,9 +359,33 @@ def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = 
         below += max(0.0, -min(shifts))
         above += max(0.0, max(shifts))
         reasons.append("the timing's 95% interval")
+    pairs, rank_p = None, 1.0
+    if rise or fall:
+        factors = (b_factor, *(b_factor_range or ()))
+        pairs = _pairwise_range(a, b, factors, resolution)
+        na, nb = (sum(1 for v in x if v is not None and math.isfinite(float(v))) for x in (a, b))
+        rank_p = 1 / math.comb(na + nb, na) if na and nb else 1.0
     return Comparison(label, diff_ci(a, b, b_factor=b_factor), margin, scale, unit, digits,
                       at_most, strict, could_rise=bool(rise), could_fall=bool(fall),
-                      slack=(below, above), widened_by=" and ".join(reasons))
+                      slack=(below, above), widened_by=" and ".join(reasons), pairs=pairs,
+                      rank_p=rank_p)
+
+
+_ONE_SIDED = 0.025  # the one-sided error of a 95% two-sided interval
+
+
+def _pairwise_range(a, b, factors, resolution: float) -> tuple[float, float] | None:
+    r"""(min, max) of :math:`a_i - c\,b_j` over every pair of finite values, every ``c`` in
+    ``factors`` and every true value in a value's grid cell (v − resolution, v]: the expression
+    is bilinear, so the extremes lie at the corners. None without a value on either side."""
+    xa = [float(v) for v in a if v is not None and math.isfinite(float(v))]
+    xb = [float(v) for v in b if v is not None and math.isfinite(float(v))]
+    if not xa or not xb:
+        return None
+    corners = [x - d for x in (min(xa), max(xa)) for d in (0.0, resolution)]
+    b_corners = [x - d for x in (min(xb), max(xb)) for d in (0.0, resolution)]
+    values = [x - c * y for x in corners for y in b_corners for c in factors]
+    return min(values), max(values)
 
 
 PLATEAU_TAIL = 0.2          # the share of the step budget whose gain :func:`tail_gain` measures

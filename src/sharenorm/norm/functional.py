@@ -143,6 +143,14 @@ def guard_gradient_layout(out: Tensor, input: Tensor) -> Tensor:
 BACKENDS = ("auto", "torch", "triton")
 
 
+def dense(t: Tensor | None) -> Tensor | None:
+    """``t`` with contiguous strides (itself when it has them): ATen's group-norm kernel
+    reads γ and β as dense arrays, and ``torch.native_group_norm``, which the GroupNorm and
+    InstanceNorm paths call, does not make a strided view (``table[:, 0]``) dense as
+    ``torch.group_norm`` does; the copy is differentiable."""
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
 def check_backend(backend: str, memory_efficient: bool = False) -> None:
     """``backend`` is one of :data:`BACKENDS`; ``memory_efficient`` is a bool."""
     if not isinstance(backend, str) or backend not in BACKENDS:
@@ -421,6 +429,7 @@ def instance_norm_impl(
     backend: str = "auto",
 ) -> tuple[Tensor, bool]:
     """Instance norm (+ activation) returning ``(output, running_stats_updated)``."""
+    weight, bias = dense(weight), dense(bias)
     if use_input_stats and input.dim() > 2 and math.prod(input.shape[2:]) == 1:
         raise ValueError(
             f"instance_norm needs more than one spatial element per channel to compute "
@@ -619,6 +628,7 @@ def group_norm_impl(
     backend: str = "auto",
 ) -> Tensor:
     """Group norm (+ activation) after the checks."""
+    weight, bias = dense(weight), dense(bias)
     path = _route(input, weight, bias, memory_efficient, backend)
     if path != "torch":
         from sharenorm.norm import fused
