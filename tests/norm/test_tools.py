@@ -648,3 +648,55 @@ def test_fuse_folds_inside_the_parts_torch_fx_can_trace_of_a_model_it_cannot():
     assert reasons["tail.0"] == ("its input comes from outside tail, the largest part of the "
                                  "model that torch.fx could trace")
     torch.testing.assert_close(report.model(x), expected, atol=1e-12, rtol=1e-12)
+
+
+class _StandardizedConv(nn.Conv2d):
+    """timm's StdConv2d in short: the weight standardized per output channel in forward."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
+
+class _AppendList(nn.Sequential):
+    """timm's SequentialAppendList in short: every child's output is kept and concatenated."""
+
+    def forward(self, x):
+        outs = [x]
+        for m in self:
+            outs.append(m(outs[-1]))
+        return torch.cat(outs, 1)
+
+
+def _with_stats(bn):
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 2)
+    return bn
+
+
+@pytest.mark.parametrize("build, reason", [
+    # folding a scale into a weight that forward standardizes: wrong outputs (off by ~10)
+    (lambda: nn.Sequential(_StandardizedConv(3, 8, 3, padding=1), _with_stats(nn.BatchNorm2d(8))),
+     "computes its own forward"),
+    # hook-based weight_norm recomputes the weight from weight_g/weight_v before every call
+    (lambda: nn.Sequential(torch.nn.utils.weight_norm(nn.Conv2d(3, 8, 3, padding=1)),
+                           _with_stats(nn.BatchNorm2d(8))), "has forward hooks"),
+    (lambda: nn.Sequential(torch.nn.utils.spectral_norm(nn.Conv2d(3, 8, 3, padding=1)),
+                           _with_stats(nn.BatchNorm2d(8))), "has forward hooks"),
+    # a Sequential subclass that does not chain its children: the conv's output is used too
+    (lambda: nn.Sequential(_AppendList(nn.Conv2d(3, 3, 3, padding=1),
+                                       _with_stats(nn.BatchNorm2d(3)))), "used elsewhere"),
+], ids=["std-conv", "weight-norm-hook", "spectral-norm-hook", "append-list"])
+def test_fuse_leaves_pairs_whose_fold_would_not_be_the_norm(build, reason):
+    torch.manual_seed(0)
+    net = build().eval()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        want = net(x)
+        report = sn.fuse_conv_bn(net)
+        got = report.model(x)
+    assert report.fused == [] and reason in report.skipped[0][1], report.skipped
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -147,10 +147,23 @@ def _out_channels(m: nn.Module) -> int:
     return m.out_features if isinstance(m, nn.Linear) else m.out_channels
 
 
+def _own_forward(m: nn.Module, base: type) -> bool:
+    """Whether ``m``'s class replaces the forward of ``base`` (one of its torch.nn bases)."""
+    return type(m).forward is not next(c for c in type(m).__mro__ if c in base).forward
+
+
 def _why_not(prev: nn.Module, bn: nn.Module, refs: dict[int, int]) -> str | None:
     """None if ``bn`` can be folded into ``prev``; the reason otherwise."""
     if not isinstance(prev, _FUSABLE):
         return f"follows a {type(prev).__name__}, not a Conv/ConvTranspose/Linear"
+    if _own_forward(prev, _FUSABLE):
+        # timm's StdConv2d standardizes its weight in forward: a scale folded into the weight
+        # would be standardized away
+        return (f"the layer before it, a {type(prev).__name__}, computes its own forward (it "
+                "may transform its weight, as weight standardization does)")
+    if prev._forward_pre_hooks or prev._forward_hooks:
+        return ("the layer before it has forward hooks (torch.nn.utils.weight_norm and "
+                "spectral_norm recompute its weight in one)")
     if bn.training and not is_norm_stats_frozen(bn):
         return "it is in training mode (call model.eval() first, or freeze_norm_stats)"
     if getattr(bn, "running_mean", None) is None:
@@ -207,7 +220,9 @@ def _reference_counts(model: nn.Module) -> dict[int, int]:
 def _fuse_sequential(model: nn.Module, report: FuseReport, reasons: dict[str, str]) -> None:
     refs = _reference_counts(model)
     for seq_name, seq in list(model.named_modules()):
-        if not isinstance(seq, nn.Sequential):
+        # a subclass with its own forward (timm's SequentialAppendList keeps every
+        # intermediate output) need not chain its children: the fx pass reads what it does
+        if not isinstance(seq, nn.Sequential) or _own_forward(seq, (nn.Sequential,)):
             continue
         keys = list(seq._modules)
         for prev_key, bn_key in zip(keys, keys[1:], strict=False):
@@ -399,7 +414,8 @@ def fuse_conv_bn(model: nn.Module, *, inplace: bool = False, method: str = "auto
     Args:
         model: the model (in eval mode).
         inplace: fold into ``model`` itself; by default a deep copy is fused and
-            ``model`` is untouched.
+            ``model`` is untouched. Pairs only the torch.fx pass finds are folded in the
+            ``GraphModule`` it returns: use ``report.model`` either way.
         method: "auto" (Sequential, then torch.fx), "sequential" or "fx".
 
     Returns:
@@ -419,7 +435,12 @@ def fuse_conv_bn(model: nn.Module, *, inplace: bool = False, method: str = "auto
     if method not in ("auto", "sequential", "fx"):
         raise ValueError(f"method must be 'auto', 'sequential' or 'fx', got {method!r}")
     if not inplace:
-        model = copy.deepcopy(model)
+        try:
+            model = copy.deepcopy(model)
+        except RuntimeError as e:  # a hook-based weight_norm's computed weight, outside no_grad
+            raise RuntimeError(
+                f"fuse_conv_bn cannot copy the model ({e}); pass inplace=True, or run it "
+                "under torch.no_grad()") from None
     report = FuseReport(model)
     reasons = {name: _UNSEEN for name, m in model.named_modules() if isinstance(m, BN_TYPES)}
     if method in ("auto", "sequential"):
