@@ -690,6 +690,7 @@ def _with_stats(bn):
     (lambda: nn.Sequential(_AppendList(nn.Conv2d(3, 3, 3, padding=1),
                                        _with_stats(nn.BatchNorm2d(3)))), "used elsewhere"),
 ], ids=["std-conv", "weight-norm-hook", "spectral-norm-hook", "append-list"])
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
 def test_fuse_leaves_pairs_whose_fold_would_not_be_the_norm(build, reason):
     torch.manual_seed(0)
     net = build().eval()
