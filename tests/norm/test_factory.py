@@ -625,3 +625,66 @@ def test_conversion_and_tools_modules_import_nothing_that_imports_them_back():
         for dep in graph[mod]:
             assert not reaches(dep, mod), f"{mod} imports {dep}, which imports {mod} back"
     assert "sharenorm.norm.factory" not in graph["sharenorm.norm.syncbatchnorm"]
+
+
+class _GroupNormRelu(nn.GroupNorm):
+    """Hugging Face's BitGroupNormActivation in short: an activation module in forward."""
+
+    def __init__(self, groups, channels):
+        super().__init__(groups, channels)
+        self.activation = nn.ReLU()
+
+    def forward(self, x):
+        return self.activation(super().forward(x))
+
+
+class _SplitBatchNorm(nn.BatchNorm2d):
+    """timm's SplitBatchNorm2d in short: the batch's second half through an auxiliary BN."""
+
+    def __init__(self, channels):
+        super().__init__(channels)
+        self.aux_bn = nn.ModuleList([nn.BatchNorm2d(channels)])
+
+    def forward(self, x):
+        a, b = x.chunk(2)
+        return torch.cat([super().forward(a), self.aux_bn[0](b)])
+
+
+class _MaskedGroupNorm(nn.GroupNorm):
+    """A GroupNorm whose forward takes a mask (Hugging Face's masked audio norms)."""
+
+    def forward(self, x, padding_mask=None):
+        return super().forward(x if padding_mask is None else x * padding_mask)
+
+
+class _FastGroupNorm(nn.GroupNorm):
+    """timm's GroupNorm1 in short: the same math in a forward of its own, nothing added."""
+
+    def forward(self, x):
+        return nn.functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+def test_convert_leaves_norm_subclasses_whose_forward_uses_more_than_a_norm():
+    # converted, the activation, the split batch or the mask were dropped: outputs off by ~4
+    # silently, or a crash half-way (the split BN's children), or a TypeError at run time
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), _GroupNormRelu(2, 4), _SplitBatchNorm(4),
+                        _MaskedGroupNorm(2, 4), _FastGroupNorm(2, 4)).eval()
+    x = torch.randn(4, 3, 5, 5)
+    report = sn.convert_norm(net, "group")
+    skipped = dict(report.skipped)
+    assert set(skipped) == {"1", "2", "3"}, str(report)
+    assert "modules ['activation']" in skipped["1"] and "modules ['aux_bn']" in skipped["2"]
+    assert "forward arguments ['padding_mask']" in skipped["3"]
+    assert "left as they are" in str(report)
+    # what is converted: the auxiliary BN inside the split one, and the plain subclass
+    assert {c.name for c in report.changes} == {"2.aux_bn.0", "4"}
+    assert type(net[4]) is sn.GroupNorm and type(net[1]) is _GroupNormRelu
+    assert sn.convert_norm(_GroupNormRelu(2, 4), "group").skipped  # the model itself
+    # same-kind conversions keep the outputs
+    gns = nn.Sequential(_GroupNormRelu(2, 4), _MaskedGroupNorm(2, 4), _FastGroupNorm(2, 4))
+    bns = nn.Sequential(nn.Conv2d(3, 4, 1), _SplitBatchNorm(4), nn.BatchNorm2d(4)).eval()
+    for model, kind, inp in ((gns, "group", torch.randn(2, 4, 5, 5)), (bns, "batch", x)):
+        want = model(inp)
+        sn.convert_norm(model, kind)
+        torch.testing.assert_close(model(inp), want, rtol=0, atol=1e-6)

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,6 +171,7 @@ class ConversionReport:
 
     model: nn.Module
     changes: list[Change] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why), left as is
 
     def __len__(self) -> int:
         return len(self.changes)
@@ -178,13 +180,16 @@ class ConversionReport:
         return iter(self.changes)
 
     def __str__(self) -> str:
-        if not self.changes:
+        if not self.changes and not self.skipped:
             return "convert_norm: no norm layer found"
         lines = [f"convert_norm: {len(self.changes)} layer(s) changed"]
         for c in self.changes:
             kept = ", ".join(c.kept) if c.kept else "nothing"
             note = f"; {c.note}" if c.note else ""
             lines.append(f"  {c.name or '<model>'}: {c.old} -> {c.new} (kept {kept}{note})")
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} norm layer(s) left as they are:")
+            lines += [f"  {name or '<model>'}: {why}" for name, why in self.skipped]
         return "\n".join(lines)
 
 
@@ -192,6 +197,35 @@ def _is_norm(m: nn.Module) -> bool:
     return isinstance(m, (_BatchNorm, _InstanceNorm, GroupNorm, nn.GroupNorm)) or isinstance(
         m, _TORCH_BATCH + _TORCH_INSTANCE
     )
+
+
+_NORM_STATE = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}
+
+
+def _own_additions(m: nn.Module) -> str | None:
+    """Why a norm layer of another library's subclass cannot be replaced by a plain norm:
+    its class holds modules, tensors or forward arguments that a norm does not, which its
+    forward may use (Hugging Face's BitGroupNormActivation applies an activation module,
+    timm's SplitBatchNorm2d splits the batch over auxiliary BNs, a masked GroupNorm takes a
+    mask); None for torch.nn's and sharenorm's classes and timm's norm-act convention
+    (``drop`` and ``act`` modules, which the conversion keeps)."""
+    if type(m).__module__.startswith(("torch.nn.", "sharenorm.")):
+        return None
+    post = ("drop", "act") if post_modules(m) is not None else ()
+    modules = [n for n, _ in m.named_children() if n not in post]
+    tensors = [n for n, _ in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))
+               if n not in _NORM_STATE]
+    try:
+        args = list(inspect.signature(type(m).forward).parameters)[2:]
+    except (TypeError, ValueError):  # no signature to read: judged by its state alone
+        args = []
+    what = [f"modules {modules}" if modules else "", f"tensors {tensors}" if tensors else "",
+            f"forward arguments {args}" if args else ""]
+    what = [w for w in what if w]
+    if not what:
+        return None
+    return (f"its class {type(m).__name__} holds {' and '.join(what)} that a norm layer does "
+            "not, which its forward may use; a plain norm in its place would drop them")
 
 
 def _spatial_dims(m: nn.Module) -> int | None:
@@ -389,7 +423,12 @@ def convert_norm(model: nn.Module, kind: str, *, dim: int | None = None, **kw) -
     A BatchNorm/InstanceNorm layer made keeps the old layer's spatial rank (BatchNorm1d:
     1); for old layers that take any rank (GroupNorm, SyncBatchNorm) it is ``dim`` (1, 2
     or 3), and when ``dim`` is not given 2-d images are assumed and the report says so.
-    ``nn.LayerNorm`` (trailing-dims norm) is not touched.
+    ``nn.LayerNorm`` (trailing-dims norm) is not touched, nor is another library's norm
+    subclass whose class holds modules, tensors or forward arguments a norm does not (its
+    forward may use them: Hugging Face's BitGroupNormActivation applies an activation, timm's
+    SplitBatchNorm2d splits the batch over auxiliary BNs, which are converted): the report
+    lists those in ``skipped`` with the reason. timm's norm-act layers (``drop`` and ``act``
+    modules) are converted, keeping what they apply after the norm.
 
     A layer used at several places is converted once (one report entry, under its first name)
     and the new layer is put at every place. Ties (:func:`sharenorm.tie`, e.g. a
@@ -449,6 +488,9 @@ def _convert(
     """Every layer of ``model`` that ``select`` picks, converted to ``kind`` in place."""
     check_module(model, caller)
     report = ConversionReport(model)
+    if select(model) and (why := _own_additions(model)) is not None:
+        report.skipped.append(("", why))
+        return report
     if select(model):
         outside = next((t for t in iter_links(model) if t.source is None), None)
         if outside is not None:
@@ -467,8 +509,15 @@ def _convert(
     like = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()),
                 None)
     new_of: dict[int, nn.Module] = {}
+    left: set[int] = set()
     for name, old in model.named_modules(remove_duplicate=False):
-        if name and select(old) and id(old) not in new_of:
+        if not name or not select(old) or id(old) in new_of or id(old) in left:
+            continue
+        why = _own_additions(old)
+        if why is not None:
+            left.add(id(old))
+            report.skipped.append((name, why))
+        else:
             new, kept, note = _convert_one(old, kind, dim, dict(kw), like)
             new_of[id(old)] = new
             report.changes.append(Change(name, _describe(old), _describe(new), kept, note))
