@@ -168,3 +168,30 @@ def test_n9_is_inconclusive_when_a_trained_contender_had_not_converged(tmp_path)
         # BatchRenorm is shown, not compared: its rising curve alone changes nothing
         assert result.verdict == verdict, gn_curve
         assert result.tables[0].rows[3][3] == ("+0.0 ✓" if gn_curve is flat else "+4.0")
+
+
+def test_a_diverged_run_counts_as_0_not_dropped(tmp_path):
+    # GN's fifth seed diverged (no accuracy): dropped, GN − BN was −0.4 [−1.0, +0.2] "holds"
+    from sharenorm.lab.spec import INCONCLUSIVE
+
+    cfg = distributed_bn.configs(quick=False)[0]
+    gn = [0.895, 0.90, 0.905, 0.90, None]
+    runs = [{"config": cfg, "seed": s, "metrics": {
+        "steps": 2000, "bn_large": 0.90, "bn": 0.80 + 0.001 * s, "renorm": 0.8, "gn": gn[s],
+        "syncbn": 0.90, "bn_large_sync_steps": 0.90}} for s in range(5)]
+    (result,) = distributed_bn.analyze(runs, tmp_path / "figures", "en")
+    c_gn = next(c for c in result.comparisons if c.label.startswith("GN"))
+    assert c_gn.holds is None and result.verdict == INCONCLUSIVE, str(c_gn)
+    assert "72.0" in result.tables[0].rows[3][2]  # GN's mean over 5 seeds, one at 0
+
+
+def test_syncbn_well_above_its_reference_is_not_within_a_point(tmp_path):
+    # "within 1 point" is two-sided: 3 points above its own seed's one-process run means
+    # SyncBN computes something else
+    cfg = distributed_bn.configs(quick=False)[0]
+    runs = [{"config": cfg, "seed": s, "metrics": {
+        "steps": 2000, "bn_large": 0.86, "bn": 0.78, "renorm": 0.76, "gn": 0.85,
+        "syncbn": 0.33 + 0.001 * s, "bn_large_sync_steps": 0.30}} for s in range(5)]
+    (result,) = distributed_bn.analyze(runs, tmp_path / "figures", "en")
+    assert [c.holds for c in result.comparisons[:2]] == [True, False]
+    assert result.verdict == MIXED

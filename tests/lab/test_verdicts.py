@@ -314,6 +314,36 @@ def test_n2_runs_record_loss_spikes():
     assert m["loss_spikes"] == 0 and "step_losses" not in m and "grad_norms" not in m
 
 
+@pytest.mark.parametrize("none, verdict", [
+    ([0.5, 0.5, 0.5], SUPPORTED),
+    ([0.05, 0.05, 0.5], NOT_SUPPORTED),  # no norm sensitive in one seed only: not every seed
+    (None, INCONCLUSIVE),  # no-norm runs missing: no verdict, not "not supported"
+])
+def test_n7_decides_in_every_seed_and_not_without_a_contender(tmp_path, none, verdict):
+    runs = [_run("style", {"part": "invariance", "norm": "instance"}, s, {"rel_change": 1e-4},
+                 {}) for s in range(3)]
+    runs += [_run("style", {"part": "invariance", "norm": "none"}, s, {"rel_change": v}, {})
+             for s, v in enumerate(none or [])]
+    assert _claim(style.analyze(runs, tmp_path, "en"), "N7").verdict == verdict
+
+
+@pytest.mark.parametrize("bn, norms, verdict", [
+    ([0.1, 0.1, 0.1], ("instance", "group", "layer"), SUPPORTED),
+    ([1e-7, 1e-7, 0.1], ("instance", "group", "layer"), NOT_SUPPORTED),  # BN in one seed only
+    ([0.1, 0.1, 0.1], ("instance", "group"), INCONCLUSIVE),  # LN's runs missing
+])
+def test_n5_decides_in_every_seed_and_not_without_a_contender(tmp_path, bn, norms, verdict):
+    from sharenorm.lab.experiments import batch_dependence
+
+    def run(norm, s, d):
+        return _run("batch_dependence", {"norm": norm, "batch": 16}, s,
+                    {"delta_train": d, "delta_eval": 0.0}, {})
+
+    runs = [run("batch", s, d) for s, d in enumerate(bn)]
+    runs += [run(n, s, 0.0) for n in norms for s in range(3)]
+    assert batch_dependence.analyze(runs, tmp_path, "en")[0].verdict == verdict
+
+
 def test_n7_a_contradicting_cell_is_not_supported(tmp_path):
     # BN invariant (contradicts "Style Transfer: No"? no: BN "No" is supported when BN is NOT
     # invariant); here IN is not invariant, which contradicts the document's "Yes"

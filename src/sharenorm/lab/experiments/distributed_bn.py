@@ -250,7 +250,9 @@ def analyze(runs, figdir, lang):
     w, b = cfg["world"], cfg["per_process_batch"]
     g = group_runs(runs, "world")[(w,)]
     steps, sync_steps = g[0]["steps"], cfg["sync_steps"]
-    accs = {v: [m[v] for m in g] for v in VARIANTS}
+    # a trained variant that diverged has no accuracy (None): it counts as 0, as everywhere
+    # in the lab (common.accuracies); dropped, it would flatter its contender
+    accs = {v: [0.0 if m.get(v) is None else m[v] for m in g] for v in VARIANTS}
     # runs without a reference of SyncBN's own length (SyncBN trained as long as the rest)
     # compare with the full-length one
     sync_ref = [m.get("bn_large_sync_steps", m["bn_large"]) for m in g]
@@ -282,10 +284,15 @@ def analyze(runs, figdir, lang):
     fp = save_figure(fig, figdir, "n9_distributed_bn")
     # seed by seed: the two runs share weights, batches and steps, so their difference is
     # what SyncBN adds (the seeds' own spread would swamp an unpaired interval)
-    c_sync = compare(f"SyncBN on {w} processes − 1 process with the whole batch, same seed "
-                     f"({sync_steps} steps)", [s - r for s, r in zip(accs["syncbn"], sync_ref,
-                                                                     strict=True)],
-                     [0.0] * len(sync_ref), -SYNC_MARGIN, scale=100, unit=" points")
+    # "within 1 point": on both sides (SyncBN 3 points above its reference computes
+    # something else too)
+    paired = [s - r for s, r in zip(accs["syncbn"], sync_ref, strict=True)]
+    label = (f"SyncBN on {w} processes − 1 process with the whole batch, same seed "
+             f"({sync_steps} steps)")
+    c_sync, c_sync_above = (
+        compare(label, paired, [0.0] * len(paired), -SYNC_MARGIN, scale=100, unit=" points"),
+        compare(label, paired, [0.0] * len(paired), SYNC_MARGIN, scale=100, unit=" points",
+                at_most=True))
 
     def unconverged(*variants):  # a comparison resting on these runs is inconclusive
         return converged(*(runs_of[v] for v in variants)) is False
@@ -296,7 +303,7 @@ def analyze(runs, figdir, lang):
                      ).resting_on_unconverged(unconverged("bn_large", "bn"))
     c_gn = compare("GN − large-batch BN", accs["gn"], accs["bn_large"], -GN_MARGIN, scale=100,
                    unit=" points").resting_on_unconverged(unconverged("gn", "bn_large"))
-    a, c = all3(c_sync.holds, c_gain.holds), c_gn.holds
+    a, c = all3(c_sync.holds, c_sync_above.holds, c_gain.holds), c_gn.holds
     verdict = decide(all3(a, c), any3(a, c))
     conv = not (c_gain.unconverged or c_gn.unconverged)
     if not conv:
@@ -308,7 +315,7 @@ def analyze(runs, figdir, lang):
                 + ("; a contender had not converged (plateau), so the comparison is "
                    "inconclusive" if not conv else ""))
     return [ClaimResult("N9", verdict, measured, [table], [fp],
-                        comparisons=[c_sync, c_gain, c_gn], notes=Text(
+                        comparisons=[c_sync, c_sync_above, c_gain, c_gn], notes=Text(
         "SyncBN computes exactly what one process with the whole global batch computes (its "
         "tests check this to 1e-10), so its accuracy matches the large-batch reference up to "
         "floating-point order; per-process BN normalizes with the statistics of b samples and "
@@ -326,7 +333,7 @@ def analyze(runs, figdir, lang):
 # per-process batches (SyncBN, BatchRenorm).
 SYNC_MARGIN = 1.0  # (a) SyncBN within this many points of one process with the whole batch
 GAIN_MARGIN = 2.0  # (a) ... and at least this many points above per-process BN
-GN_MARGIN = 2.0    # (b) per-process GN within this many points of the large-batch BN
+GN_MARGIN = 2.0    # (b) per-process GN at most this many points below the large-batch BN
 
 _UNCONVERGED = unconverged_text("test accuracy")
 N9 = Claim(
@@ -337,7 +344,8 @@ N9 = Claim(
         f"ends within {SYNC_MARGIN:g} point of one process with BN on the whole W·b batch (the "
         "same seed, batches and steps, compared seed by seed: a demonstration that it computes "
         f"the whole batch's statistics) and those whole-batch statistics beat per-process BN by ≥ {GAIN_MARGIN:g} "
-        f"points, and (b) per-process GN is within {GN_MARGIN:g} points of the whole-batch BN, "
+        f"points, and (b) per-process GN is at most {GN_MARGIN:g} points below the whole-batch "
+        "BN, "
         "each decided by the 95% Welch interval of the difference over seeds lying wholly beyond "
         "its margin; mixed if one of (a), (b) holds; not supported if neither; inconclusive when "
         "an interval straddles its margin, or when a trained contender it rests on (BN whole-"
@@ -347,7 +355,7 @@ N9 = Claim(
         f"पूरे W·b batch पर BN वाले एक process से {SYNC_MARGIN:g} point के भीतर रहे (वही seed, batches "
         "और steps, seed-दर-seed तुलना: यह दिखाने के लिए कि वह पूरे batch की statistics compute करता है) और पूरे batch की "
         f"statistics per-process BN से ≥ {GAIN_MARGIN:g} points आगे हों, और (b) per-process GN पूरे-batch "
-        f"BN से {GN_MARGIN:g} points के भीतर हो, हर शर्त seeds पर difference के 95% Welch interval के "
+        f"BN से अधिक से अधिक {GN_MARGIN:g} points नीचे हो, हर शर्त seeds पर difference के 95% Welch interval के "
         "पूरा margin के पार होने से तय; (a), (b) में से एक हो तो mixed; कोई नहीं तो not supported; "
         "कोई interval margin के दोनों ओर हो, या जिस trained contender पर यह टिका है (पूरे-batch BN, "
         f"per-process BN, GN) वह converge न हुआ हो ({_UNCONVERGED[1]}; हर run के {CHECKPOINTS} "
