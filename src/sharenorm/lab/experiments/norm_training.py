@@ -200,7 +200,7 @@ def analyze(runs, figdir, lang):
                      ", ".join(f"{m['lr_chosen']:g}" for m in ms) if "lr_chosen" in ms[0]
                      else f"{cfg.get('lr', '—')}"])
     table = Table(["norm", f"steps to {cfg['target']:.0%}", "reached",
-                   "ms/step (interleaved timing, median)", "seconds to target (steps × ms/step)",
+                   "ms/step (interleaved timing, median)", "seconds to target (steps × s/step)",
                    "diverged", "test acc % (diverged = 0)", "train acc % (diverged = 0)",
                    "gap (points, runs that trained)", GAIN_HEADER,
                    "lr (chosen on validation, per seed)"], rows)

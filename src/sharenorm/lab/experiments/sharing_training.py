@@ -309,20 +309,26 @@ def analyze(runs, figdir, lang):
                      notes=Text(
                          f"The CNN's lead over the MLP is {100 * lead_o:+.1f} points on ordered "
                          f"positions and {100 * lead_s:+.1f} on shuffled ones: "
-                         + ("the advantage comes from translation structure, which shuffling "
-                            "removes. " if second else "shuffling did not remove the lead. ")
+                         + {True: "the advantage comes from translation structure, which "
+                                  "shuffling removes. ",
+                            False: "shuffling did not remove the lead. ",
+                            None: "whether shuffling removes it is not decided (see the "
+                                  "comparisons). "}[second]
                          + "The locally connected network has the CNN's locality without its "
                          "sharing, so CNN vs locally connected isolates sharing itself "
-                         f"({100 * (mean_ci(c)[0] - mean_ci(lc)[0]):+.1f} points here; with 3 "
-                         "seeds the 95% intervals must not overlap to count).",
+                         f"({100 * (mean_ci(c)[0] - mean_ci(lc)[0]):+.1f} points here, decided "
+                         "by the 95% Welch interval of the difference against the margin).",
                          f"MLP पर CNN की बढ़त ordered positions पर {100 * lead_o:+.1f} points और "
                          f"shuffled पर {100 * lead_s:+.1f} है: "
-                         + ("फ़ायदा translation structure से आता है, जिसे shuffling हटा देता है। "
-                            if second else "shuffling ने बढ़त नहीं हटाई। ")
+                         + {True: "फ़ायदा translation structure से आता है, जिसे shuffling हटा "
+                                  "देता है। ",
+                            False: "shuffling ने बढ़त नहीं हटाई। ",
+                            None: "shuffling बढ़त हटाता है या नहीं, यह तय नहीं हुआ (comparisons "
+                                  "देखें)। "}[second]
                          + "Locally connected network में CNN की locality है पर sharing नहीं, इसलिए "
                          "CNN vs locally connected केवल sharing का असर दिखाता है (यहाँ "
-                         f"{100 * (mean_ci(c)[0] - mean_ci(lc)[0]):+.1f} points; 3 seeds के साथ 95% "
-                         "intervals का overlap न होना ज़रूरी है)।"))
+                         f"{100 * (mean_ci(c)[0] - mean_ci(lc)[0]):+.1f} points, difference के 95% "
+                         "Welch interval की margin से तुलना से तय)।"))
     return [s2, s3]
 
 
