@@ -262,3 +262,17 @@ def test_strict_margins():
     assert compare("x", [0.1, 0.1], [0.1, 0.1], 0).holds is True
     assert compare("x", [0.1, 0.1], [0.2, 0.2], 0, at_most=True, strict=True).holds is True
     assert compare("x", [0.2, 0.2], [0.2, 0.2], 0, at_most=True, strict=True).holds is False
+
+
+def test_intervals_at_extreme_magnitudes_are_the_scaled_ones():
+    # squares of 1e200 overflowed (OverflowError) and spreads of 1e-90 underflowed the
+    # Welch degrees of freedom to 0/0 (ZeroDivisionError)
+    from sharenorm.lab.stats import diff_ci, mean_ci
+
+    a, b = [1.0, 2.0, 3.5], [0.0, 1.0, 0.5, 0.2]
+    m, h, _ = mean_ci(a)
+    for k in (1e200, 1e-90):
+        mk, hk, _ = mean_ci([x * k for x in a])
+        assert mk == pytest.approx(m * k) and hk == pytest.approx(h * k)
+        d, dk = diff_ci(a, b), diff_ci([x * k for x in a], [x * k for x in b])
+        assert (dk.lo, dk.hi) == pytest.approx((d.lo * k, d.hi * k))

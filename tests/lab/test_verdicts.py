@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -468,6 +470,36 @@ def test_symmetry_cells_are_judged_by_the_tie_distance(tmp_path):
     assert t2.verdict == NOT_SUPPORTED  # the regularization claim fails on test MSE ...
     assert t2.cells[("share", "reg", "tying")][1] == SUPPORTED  # ... symmetry is kept exactly
     assert t2.cells[("share", "purpose", "tying")][1] == SUPPORTED
+
+
+def test_t2_with_a_diverged_autoencoder_decides_nothing(tmp_path):
+    # the untied model's third seed diverged (no MSE): dropped, untied looked better by its
+    # two good seeds, and a NaN could not even be stored
+    runs = []
+    for mode, mses in (("untied", [0.30, 0.31, None]), ("tied", [0.5, 0.51, 0.52])):
+        for s, mse in enumerate(mses):
+            cfg = {"n": 50, "mode": mode, "strength": 0.0, "steps": 150}
+            runs.append(_run("tying_reg", cfg, s, {
+                "train_mse": None if mse is None else mse - 0.1, "test_mse": mse,
+                "gap": None if mse is None else 0.1, "tie_distance": 1.0, "params": 100},
+                {"train_s": 1.0}))
+    t2 = tying_reg.analyze(runs, tmp_path, "en")[0]
+    assert t2.verdict == INCONCLUSIVE and "(n=2 of 3)" in t2.measured
+
+
+def test_t2_runs_store_no_nan(monkeypatch):
+    # a loss that became non-finite: the metrics hold None, which the results file can hold
+    import json
+
+    import torch
+
+    from sharenorm.data import load_digits
+
+    ds = load_digits().subset_train(50, 0)
+    monkeypatch.setattr(torch.nn.functional, "mse_loss", lambda a, b: (a - b).sum() * math.nan)
+    m, _ = tying_reg.train_autoencoder({"mode": "tied", "strength": 0.0}, ds, 1e-3, 0, 2)
+    assert m["test_mse"] is None and m["train_mse"] is None
+    json.dumps(m, allow_nan=False)
 
 
 def test_n6_high_needs_accuracy_well_above_chance(tmp_path):

@@ -38,7 +38,7 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
     m = sum(xs) / n
     if n == 1:
         return m, math.nan, 1
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    s = _sd(xs)
     return m, t_quantile((1 + level) / 2, n - 1) * s / math.sqrt(n), n
 
 
@@ -147,13 +147,14 @@ def diff_ci(a, b, level: float = 0.95, b_factor: float = 1.0) -> Diff:
     d = sum(xa) / na - sum(xb) / nb
     if na < 2 or nb < 2:
         return Diff(d, -math.inf, math.inf, na, nb)
-    va = _var(xa) / na
-    vb = _var(xb) / nb
-    se2 = va + vb
-    if se2 == 0:
+    sa, sb = _sd(xa) / math.sqrt(na), _sd(xb) / math.sqrt(nb)  # the two standard errors
+    se = math.hypot(sa, sb)
+    if se == 0:
         return Diff(d, d, d, na, nb)
-    df = se2 ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
-    h = t_quantile((1 + level) / 2, df) * math.sqrt(se2)
+    # Welch–Satterthwaite as shares of se² (each in [0, 1]: no under- or overflow)
+    wa, wb = (sa / se) ** 2, (sb / se) ** 2
+    df = 1 / (wa ** 2 / (na - 1) + wb ** 2 / (nb - 1))
+    h = t_quantile((1 + level) / 2, df) * se
     return Diff(d, d - h, d + h, na, nb)
 
 
@@ -171,9 +172,14 @@ def t_quantile(p: float, df: float) -> float:
     return float(stdtrit(df, p))
 
 
-def _var(xs: list[float]) -> float:
+def _sd(xs: list[float]) -> float:
+    """The sample standard deviation, summed in units of the largest deviation: squares of
+    values near 1e200 would overflow, of spreads near 1e-170 underflow to 0."""
     m = sum(xs) / len(xs)
-    return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    big = max(abs(x - m) for x in xs)
+    if big == 0 or not math.isfinite(big):
+        return big
+    return big * math.sqrt(sum(((x - m) / big) ** 2 for x in xs) / (len(xs) - 1))
 
 
 @dataclass(frozen=True)

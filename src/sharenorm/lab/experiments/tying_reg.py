@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -77,8 +78,8 @@ def planned_steps(cfg: dict, n_train: int) -> int:
 
 def train_autoencoder(cfg: dict, ds, lr: float, seed: int, steps: int) -> tuple[dict, dict]:
     """Train ``cfg``'s autoencoder (tied, untied, or untied with a soft tie) on ``ds`` with Adam
-    at ``lr`` for ``steps`` steps; its train and test reconstruction MSE (``nan`` when the loss
-    became non-finite) and the tie distance."""
+    at ``lr`` for ``steps`` steps; its train and test reconstruction MSE (None when the loss
+    became non-finite: the results file holds no NaN) and the tie distance."""
     import sharenorm as sn
 
     gen = seed_everything(seed)
@@ -102,9 +103,10 @@ def train_autoencoder(cfg: dict, ds, lr: float, seed: int, steps: int) -> tuple[
     with torch.no_grad():
         tr = nn.functional.mse_loss(model(x), x).item()
         te = nn.functional.mse_loss(model(ds.x_test), ds.x_test).item()
-    return ({"train_mse": tr, "test_mse": te, "gap": te - tr,
-             "tie_distance": model.tie_distance(), "params": sn.count_parameters(model)},
-            {"train_s": train_s})
+    metrics = {"train_mse": tr, "test_mse": te, "gap": te - tr,
+               "tie_distance": model.tie_distance(), "params": sn.count_parameters(model)}
+    return ({k: None if isinstance(v, float) and not math.isfinite(v) else v
+             for k, v in metrics.items()}, {"train_s": train_s})
 
 
 def run(cfg, seed, ctx):
@@ -115,8 +117,9 @@ def run(cfg, seed, ctx):
             return train_autoencoder(cfg, d, lr_, seed_,
                                      max(1, int(cfg["steps"] * SELECT_FRACTION)))[0]
 
-        # the lowest validation MSE wins: the score is its negative (a NaN loses)
-        lr, scores = select_lr(trial, ds, cfg["lr_grid"], seed, score=lambda m: -m["test_mse"])
+        # the lowest validation MSE wins: the score is its negative (a diverged try loses)
+        lr, scores = select_lr(trial, ds, cfg["lr_grid"], seed, score=lambda m: (
+            -math.inf if m["test_mse"] is None else -m["test_mse"]))
         chosen = {"lr_chosen": lr, "val_mse_by_lr": {k: None if v is None else -v
                                                      for k, v in scores.items()}}
     metrics, timing = train_autoencoder(cfg, ds, lr, seed, cfg["steps"])
@@ -182,9 +185,13 @@ def analyze(runs, figdir, lang):
         return []
     tu, tt = g[("untied", n0, 0.0)], g[("tied", n0, 0.0)]
     eu, et = [m["test_mse"] for m in tu], [m["test_mse"] for m in tt]
-    c_mse = compare("untied − tied test MSE", eu, et, 0, digits=4, strict=True)
+    # a run whose loss diverged has no MSE: dropped it would flatter its model, so the
+    # comparisons resting on it decide nothing
+    diverged = any(m["test_mse"] is None for m in tu + tt)
+    c_mse = compare("untied − tied test MSE", eu, et, 0, digits=4, strict=True
+                    ).resting_on_unconverged(diverged)
     c_gap = compare("untied − tied gap", [m["gap"] for m in tu], [m["gap"] for m in tt], 0,
-                    digits=4, strict=True)
+                    digits=4, strict=True).resting_on_unconverged(diverged)
     better, gap_ok = c_mse.holds, c_gap.holds
     v = decide(all3(better, gap_ok), any3(better, gap_ok))
     measured = (f"{n0} images: test MSE tied {fmt_ci(et, digits=4)} vs untied "
