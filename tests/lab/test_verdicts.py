@@ -476,13 +476,14 @@ def test_t2_with_a_diverged_autoencoder_decides_nothing(tmp_path):
     # the untied model's third seed diverged (no MSE): dropped, untied looked better by its
     # two good seeds, and a NaN could not even be stored
     runs = []
-    for mode, mses in (("untied", [0.30, 0.31, None]), ("tied", [0.5, 0.51, 0.52])):
+    for mode, mses, gap in (("untied", [0.7, 0.7001, None], 0.2),
+                            ("tied", [0.5, 0.5001, 0.5002], 0.1)):
         for s, mse in enumerate(mses):
             cfg = {"n": 50, "mode": mode, "strength": 0.0, "steps": 150}
             runs.append(_run("tying_reg", cfg, s, {
-                "train_mse": None if mse is None else mse - 0.1, "test_mse": mse,
-                "gap": None if mse is None else 0.1, "tie_distance": 1.0, "params": 100},
-                {"train_s": 1.0}))
+                "train_mse": None if mse is None else mse - gap, "test_mse": mse,
+                "gap": None if mse is None else gap + s / 1e4, "tie_distance": 1.0,
+                "params": 100}, {"train_s": 1.0}))
     t2 = tying_reg.analyze(runs, tmp_path, "en")[0]
     assert t2.verdict == INCONCLUSIVE and "(n=2 of 3)" in t2.measured
 
