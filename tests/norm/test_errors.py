@@ -371,3 +371,22 @@ def test_missing_running_statistics_raise_torchs_error_type_too(call, torch_call
     m.running_var = None
     with pytest.raises(RuntimeError, match="running_mean/running_var is None"):
         m(x)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+@pytest.mark.parametrize("call", [
+    lambda x, rm, rv, me: SF.batch_norm(x, rm, rv, training=False, memory_efficient=me),
+    lambda x, rm, rv, me: SF.batch_norm(x, rm, rv, training=True, memory_efficient=me),
+    lambda x, rm, rv, me: SF.instance_norm(x, rm, rv, use_input_stats=False,
+                                           memory_efficient=me),
+], ids=["bn-eval", "bn-train", "in-eval"])
+def test_running_statistics_that_require_grad_are_refused_on_every_path(call, memory_efficient):
+    # torch's kernels refuse them; the memory-efficient path returned no gradient silently
+    x = torch.randn(2, 3, 4)
+    rm, rv = torch.zeros(3, requires_grad=True), torch.ones(3)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        F.batch_norm(x, rm, rv, training=False)
+    with pytest.raises(RuntimeError, match="running_mean/running_var require grad"):
+        call(x, rm, rv, memory_efficient)
+    with torch.no_grad():  # nothing to differentiate: as torch, it runs
+        call(x, rm.detach().clone(), rv, memory_efficient)

@@ -688,3 +688,10 @@ def test_convert_leaves_norm_subclasses_whose_forward_uses_more_than_a_norm():
         want = model(inp)
         sn.convert_norm(model, kind)
         torch.testing.assert_close(model(inp), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [0, -2, 8.0, None, True])
+def test_make_norm_group_names_a_bad_channel_count(channels):
+    # the default group count was computed first: "max() arg is an empty sequence"
+    with pytest.raises(ValueError, match="num_channels must be a positive int"):
+        sn.make_norm("gn", channels)

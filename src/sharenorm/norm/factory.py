@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sharenorm._checks import check_module
+from sharenorm._checks import as_count, check_module
 from sharenorm.norm._replace import replace_modules
 from sharenorm.norm.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 from sharenorm.norm.batchrenorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d, _BatchRenorm
@@ -148,6 +148,7 @@ def make_norm(kind: str, num_channels: int, *, dim: int = 2, **kw) -> nn.Module:
         kw.pop("num_groups", None)
         return GroupNorm(1, num_channels, **kw)
     if "num_groups" not in kw and "group_size" not in kw:
+        num_channels = as_count(num_channels, "num_channels", " (the channel count C)")
         kw["num_groups"] = default_num_groups(num_channels)
     return GroupNorm(num_channels=num_channels, **kw)
 

@@ -151,6 +151,18 @@ def dense(t: Tensor | None) -> Tensor | None:
     return t if t is None or t.is_contiguous() else t.contiguous()
 
 
+def check_running_stats_need_no_grad(op: str, running_mean, running_var) -> None:
+    """Running statistics that require grad: torch's kernels refuse them (they are updated
+    in place, not differentiated); the memory-efficient and Triton paths would return no
+    gradient for them silently, so every path refuses them alike."""
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (running_mean, running_var)):
+        raise RuntimeError(
+            f"{op}: running_mean/running_var require grad, but running statistics are not "
+            "differentiable (the layer updates them in place): pass them detached, or "
+            "requires_grad_(False)")
+
+
 def check_backend(backend: str, memory_efficient: bool = False) -> None:
     """``backend`` is one of :data:`BACKENDS`; ``memory_efficient`` is a bool."""
     if not isinstance(backend, str) or backend not in BACKENDS:
@@ -264,6 +276,7 @@ def batch_norm_impl(
 ) -> tuple[Tensor, bool]:
     """Batch norm (+ activation) returning ``(output, running_stats_updated)``; the
     modules use the flag to count only batches that reached the running statistics."""
+    check_running_stats_need_no_grad("batch_norm", running_mean, running_var)
     updating = training and running_mean is not None and running_var is not None
     if training and input.shape[0] * math.prod(input.shape[2:]) == 1:
         # Exactly one value per channel: σ² = 0 and x̂ = 0 for every element.
@@ -429,6 +442,7 @@ def instance_norm_impl(
     backend: str = "auto",
 ) -> tuple[Tensor, bool]:
     """Instance norm (+ activation) returning ``(output, running_stats_updated)``."""
+    check_running_stats_need_no_grad("instance_norm", running_mean, running_var)
     weight, bias = dense(weight), dense(bias)
     if use_input_stats and input.dim() > 2 and math.prod(input.shape[2:]) == 1:
         raise ValueError(
