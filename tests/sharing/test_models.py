@@ -178,6 +178,28 @@ def test_soft_tie_penalty_and_gradient_match_formula():
     assert soft.penalty().item() == 0.0  # strength 0 is untied training
 
 
+def test_soft_tie_of_complex_weights_is_the_real_squared_distance():
+    # d.pow(2) of a complex d is complex (and backward then fails); ‖d‖² = Σ |d|²
+    torch.manual_seed(0)
+    m = nn.ModuleDict({"a": nn.Linear(3, 2, dtype=torch.complex128),
+                       "b": nn.Linear(3, 2, dtype=torch.complex128)})
+    soft = sn.SoftTie(m, [("a.weight", "b.weight")], strength=0.5)
+    d = m.a.weight - m.b.weight
+    p = soft.penalty()
+    assert p.dtype == torch.float64
+    torch.testing.assert_close(p, 0.5 * (d.real ** 2 + d.imag ** 2).sum())
+    (ga,) = torch.autograd.grad(p, m.a.weight)
+    torch.testing.assert_close(ga, 2 * 0.5 * d)  # torch's convention for a real loss
+
+
+def test_soft_tie_refuses_integer_and_bool_tensors():
+    # num_batches_tracked pairs gave a penalty of tensor(0) (the float result cast back to
+    # int64), bool pairs a torch error at the first penalty()
+    bn = nn.ModuleDict({"x": nn.BatchNorm1d(3), "y": nn.BatchNorm1d(3)})
+    with pytest.raises(ValueError, match="needs floating-point .* counts, not weights"):
+        sn.SoftTie(bn, [("x.num_batches_tracked", "y.num_batches_tracked")], 1e-3)
+
+
 def test_soft_tie_large_strength_approaches_hard_tie():
     torch.manual_seed(3)
     ae = sn.TiedAutoencoder([6, 3], tied=False)

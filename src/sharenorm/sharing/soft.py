@@ -86,6 +86,12 @@ class SoftTie:
                 raise ValueError(
                     f"cannot soft-tie {a!r} ({wa.dtype}) to {b!r} ({wb.dtype}); use one dtype"
                 )
+            if not (wa.is_floating_point() or wa.is_complex()):
+                raise ValueError(
+                    f"cannot soft-tie {a!r} and {b!r} ({wa.dtype}): a penalty on their distance "
+                    "needs floating-point (or complex) tensors; integer and bool buffers such "
+                    "as num_batches_tracked are counts, not weights"
+                )
             checked.append((a, b, transform))
         if not checked:
             raise ValueError("pairs is empty; give at least one (a, b) pair")
@@ -118,6 +124,8 @@ class SoftTie:
         out = []
         for a, b, transform in self.pairs:
             diff = self._get(a, "a") - apply_transform(self._get(b, "b"), transform)
+            if diff.is_complex():  # ‖d‖² = Σ |d|², real (d² would be complex)
+                diff = diff.abs()
             out.append(diff.to(torch.promote_types(diff.dtype, torch.float32)).pow(2).sum())
         return out
 
@@ -127,7 +135,8 @@ class SoftTie:
         total = sum(self.distances()) * self._strength
         dtypes = [self._get(name, role).dtype for a, b, _ in self.pairs
                   for name, role in ((a, "a"), (b, "b"))]
-        return total.to(functools.reduce(torch.promote_types, dtypes))
+        dtype = functools.reduce(torch.promote_types, dtypes)
+        return total.to(dtype.to_real() if dtype.is_complex else dtype)
 
     __call__ = penalty
 
