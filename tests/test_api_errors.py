@@ -88,10 +88,40 @@ def test_sample_photos_size_is_a_height_in_pixels(bad):
 
 
 @pytest.mark.parametrize("kw", [{"num_classes": None}, {"num_classes": True}, {"width": True},
-                                {"depth": 0}, {"in_shape": (1, 0)}, {"in_shape": 40}])
+                                {"depth": 0}, {"in_shape": (1, 0)}, {"in_shape": 40},
+                                # kernel 0 became the default; -1 and 2.5 failed inside torch
+                                {"kernel": 0}, {"kernel": -1}, {"kernel": 2.5},
+                                {"downsample": -1}, {"downsample": 2.0}])
 def test_lab_models_check_their_sizes(kw):
     from sharenorm.models import ConvNet
 
     args = {"in_shape": (1, 40), "num_classes": 10, **kw}
     with pytest.raises(ValueError, match="must be"):
         ConvNet(args.pop("in_shape"), args.pop("num_classes"), **args)
+
+
+@pytest.mark.parametrize("cls, num_classes, kw", [
+    ("RNNClassifier", 0, {}), ("RNNClassifier", 3, {"chunk": 2.0}),
+    ("RNNClassifier", 3, {"chunk": None}), ("MLP", 3, {"hidden": True}),
+    ("MLP", 3, {"hidden": [8.5]}),
+], ids=["rnn-0-classes", "rnn-float-chunk", "rnn-none-chunk", "mlp-bool", "mlp-float"])
+def test_rnn_and_mlp_models_name_a_bad_size(cls, num_classes, kw):
+    # a Linear(64, 0) head was built silently; the others failed inside torch or named the
+    # wrong argument
+    from sharenorm import models
+
+    with pytest.raises(ValueError, match="must be a positive int"):
+        getattr(models, cls)((1, 12), num_classes, **kw)
+
+
+def test_mlp_takes_a_numpy_int_width_and_locally_connected_names_a_dtype_mismatch():
+    np = pytest.importorskip("numpy")
+    from sharenorm._checks import DtypeError
+    from sharenorm.models import MLP
+
+    assert MLP((1, 12), 3, hidden=np.int64(8)).linears[0].out_features == 8
+    lc = sn.LocallyConnected2d(2, 3, (5, 5), 3)
+    with pytest.raises(DtypeError, match=r"input.to\(torch.float32\), or the model"):
+        lc(torch.randn(1, 2, 5, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="does not match weight dtype"):  # torch's type too
+        lc(torch.ones(1, 2, 5, 5, dtype=torch.long))

@@ -203,6 +203,20 @@ def test_recalibrate_batchrenorm_runs_as_bn_and_restores():
     assert m[0].renorm and not m.training
 
 
+def test_recalibrate_keeps_batchrenorms_warm_up_step():
+    # num_batches_tracked is BatchRenorm's warm-up clock: recalibration reset it to the
+    # number of recalibration batches, so training fell back to plain BN (r_max 1, d_max 0)
+    m = sn.BatchRenorm1d(3, r_max=3.0, d_max=5.0, r_warmup=(10, 20), d_warmup=(10, 20))
+    for _ in range(50):
+        m(torch.randn(16, 3) * 2 + 1)
+    assert m.clips() == (3.0, 5.0)
+    sn.recalibrate_norm_stats(m, [torch.randn(16, 3) * 2 + 1 for _ in range(3)])
+    assert int(m.num_batches_tracked) == 50 and m.clips() == (3.0, 5.0)
+    bn = sn.BatchNorm1d(3)
+    sn.recalibrate_norm_stats(bn, [torch.randn(16, 3) for _ in range(3)])
+    assert int(bn.num_batches_tracked) == 3  # other layers count the batches averaged
+
+
 def test_recalibrate_failures_restore_statistics():
     model = _Net()
     before = _stats(model)

@@ -64,12 +64,16 @@ class ConvNet(nn.Module):
         depth = as_count(depth, "depth", "")
         width = as_count(width, "width", "")
         self.dim = len(in_shape) - 1
-        kernel = kernel or (5 if self.dim == 1 else 3)
+        kernel = (5 if self.dim == 1 else 3) if kernel is None else as_count(
+            kernel, "kernel", " (the convolution's kernel size)")
         size = list(in_shape[1:])
         if downsample is None:
             downsample = 3
             while downsample and min(size) // 2 ** downsample < 2:
                 downsample -= 1  # 8×8 digits: stop before the maps shrink below 2
+        elif isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 0:
+            raise ValueError(f"downsample must be an int >= 0 (the stride-2 blocks), got "
+                             f"{downsample!r}")
         norm = canonical_kind(norm)
         self.in_shape, self.norm_kind = tuple(in_shape), norm
         conv = nn.Conv1d if self.dim == 1 else nn.Conv2d

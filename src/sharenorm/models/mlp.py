@@ -45,8 +45,12 @@ class MLP(nn.Module):
                  act: str = "relu") -> None:
         super().__init__()
         num_classes = as_count(num_classes, "num_classes", "")
-        widths = [hidden] * depth if isinstance(hidden, int) else list(hidden)
-        if not widths or min(widths) < 1:
+        depth = as_count(depth, "depth", " (hidden layers)")
+        if isinstance(hidden, Sequence) and not isinstance(hidden, str):
+            widths = [as_count(h, "hidden", " width (each)") for h in hidden]
+        else:  # one width (numpy's ints too), depth times
+            widths = [as_count(hidden, "hidden", " width")] * depth
+        if not widths:
             raise ValueError(f"need ≥ 1 hidden layer of width ≥ 1, got hidden={hidden}, "
                              f"depth={depth}")
         norm = canonical_kind(norm)

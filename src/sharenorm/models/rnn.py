@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 import sharenorm as sn
+from sharenorm._checks import as_count
 
 __all__ = ["RNNClassifier"]
 
@@ -38,8 +39,10 @@ class RNNClassifier(nn.Module):
         super().__init__()
         if len(in_shape) != 2:
             raise ValueError(f"in_shape must be (C, L) for a sequence, got {in_shape!r}")
-        c, length = in_shape
-        if chunk < 1 or length % chunk:
+        c, length = (as_count(v, "in_shape", " (each size)") for v in in_shape)
+        num_classes = as_count(num_classes, "num_classes", "")
+        chunk = as_count(chunk, "chunk", f" that divides the length {length}")
+        if length % chunk:
             raise ValueError(f"chunk must be ≥ 1 and divide the length {length}, got {chunk}")
         self.chunk, self.in_shape = chunk, tuple(in_shape)
         c, t = c * chunk, length // chunk

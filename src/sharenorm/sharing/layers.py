@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from sharenorm._checks import as_count
+from sharenorm._checks import DtypeError, as_count
 from sharenorm._fx import Proxy, call_module_node
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "SharedRNN", "UnsharedRNN"]
@@ -231,6 +231,13 @@ class _LocallyConnectedNd(nn.Module):
                 f"{', '.join(map(str, self.input_size))}), got shape {tuple(x.shape)}; "
                 f"a locally connected layer has one filter per position, so the spatial size "
                 f"is fixed at construction (input_size=)"
+            )
+        if x.dtype != self.weight.dtype:  # else the batched matmul's "expected scalar type"
+            w = self.weight.dtype
+            model = f", or the model: model.to({x.dtype})" if x.is_floating_point() else ""
+            raise DtypeError(
+                f"{type(self).__name__} input dtype ({x.dtype}) does not match weight dtype "
+                f"({w}). Convert the input: input.to({w}){model}"
             )
 
 

@@ -69,7 +69,9 @@ def recalibrate_norm_stats(
     torch.nn's InstanceNorm, where None means no update, momentum 1/k at its k-th call), with
     the model in eval mode except the norm layers (so dropout is off and each layer sees
     the inputs the eval model produces upstream, normalized with batch statistics as in
-    training). Frozen layers are recalibrated too; BatchRenorm runs as plain BN meanwhile.
+    training). Frozen layers are recalibrated too; BatchRenorm runs as plain BN meanwhile,
+    and keeps its ``num_batches_tracked`` (the training steps its r/d warm-up counts,
+    which recalibration batches are not; other layers count the batches averaged).
     Afterwards momentum, train/eval modes and frozen states are as before; if a batch
     raises, or there is no batch, the old statistics are restored.
 
@@ -80,7 +82,8 @@ def recalibrate_norm_stats(
         forward: ``forward(model, batch)`` for other batch types.
 
     Returns:
-        The number of batches used.
+        The number of batches read (a skipped non-finite one included: a layer's
+        ``num_batches_tracked`` says how many it averaged).
 
     Example:
         >>> import torch, sharenorm as sn
@@ -144,6 +147,8 @@ def recalibrate_norm_stats(
                 m.__dict__[FROZEN] = True
             if renorm is not None:
                 m.renorm = renorm
+                if ok and "num_batches_tracked" in stats:  # its warm-up's step count
+                    m.num_batches_tracked.copy_(stats["num_batches_tracked"])
             if not ok:
                 for k, v in stats.items():
                     getattr(m, k).copy_(v)
