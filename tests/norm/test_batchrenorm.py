@@ -229,3 +229,17 @@ def test_export_and_vmap_in_training_match_eager_along_the_warm_up(step):
     out = vmap(lambda p, b, xi: functional_call(base, (p, b), (xi,)))(params, buffers, xs)
     torch.testing.assert_close(out, torch.stack([m(xi) for m, xi in zip(refs, xs, strict=True)]),
                                atol=1e-6, rtol=1e-5)
+
+
+def test_an_empty_batch_is_batchnorms_without_a_warning():
+    # torch.var_mean of no elements warned "degrees of freedom is <= 0"
+    import warnings
+
+    m = sn.BatchRenorm2d(3, r_warmup=(0, 0), d_warmup=(0, 0))
+    m(torch.randn(4, 3, 2, 2))
+    before = (m.running_mean.clone(), m.running_var.clone())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = m(torch.randn(0, 3, 2, 2))
+    assert y.shape == (0, 3, 2, 2)
+    assert torch.equal(m.running_mean, before[0]) and torch.equal(m.running_var, before[1])

@@ -120,8 +120,11 @@ class _BatchRenorm(_BatchNorm):
             d_max = _ramp_tensor(step, self.d_warmup, 0.0, self.d_max)
         else:
             r_max, d_max = self.clips()
-            if r_max == 1.0 and d_max == 0.0:
-                return super().forward(input)  # r = 1, d = 0: BatchNorm itself
+            if (r_max == 1.0 and d_max == 0.0) or (isinstance(input, Tensor)
+                                                   and input.numel() == 0):
+                # r = 1, d = 0: BatchNorm itself; an empty batch has no statistics to
+                # correct (BatchNorm leaves everything as it is, without var_mean's warning)
+                return super().forward(input)
         SF.check_input(input, type(self).__name__)
         self._check_input_dim(input)
         self._check_channels(input)
