@@ -159,10 +159,12 @@ def check_per_channel(t: Tensor | None, name: str, channels: int, input: Tensor)
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def check_dtypes(input: Tensor, op: str, **tensors: Tensor | None) -> None:
+def check_dtypes(input: Tensor, op: str, mixed_ok: bool = False, **tensors: Tensor | None
+                 ) -> None:
     """γ, β and running statistics have the input's dtype, or float32 for a 16-bit input
-    (the mixed precision ATen's norms take); anything else would fail in ATen with "mixed
-    dtype", which names neither the tensor nor the fix."""
+    (the mixed precision ATen's norms take), all alike unless ``mixed_ok`` (InstanceNorm,
+    which takes them mixed as torch.instance_norm does); anything else would fail in ATen
+    with "mixed dtype", which names neither the tensor nor the fix."""
     for name, t in tensors.items():
         if t is None or t.dtype == input.dtype:
             continue
@@ -172,6 +174,15 @@ def check_dtypes(input: Tensor, op: str, **tensors: Tensor | None) -> None:
             f"{op}: {name} is {t.dtype} but the input is {input.dtype}; convert the layer "
             f"(module.to({input.dtype})) or the input (x.to({t.dtype})). Only a float16 or "
             "bfloat16 input may meet float32 parameters and statistics, as in torch.nn."
+        )
+    given = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if input.dtype in _HALF_DTYPES and not mixed_ok and len(set(given.values())) > 1:
+        # ATen takes them all in the input's dtype or all in float32, not a mix
+        mix = ", ".join(f"{name} {dtype}" for name, dtype in given.items())
+        raise DtypeError(
+            f"{op}: with a {input.dtype} input, γ/β and the running statistics must all be "
+            f"{input.dtype} or all float32, got {mix}; convert them alike (module.float(), "
+            f"or module.to({input.dtype}))"
         )
 
 

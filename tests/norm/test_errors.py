@@ -390,3 +390,24 @@ def test_running_statistics_that_require_grad_are_refused_on_every_path(call, me
         call(x, rm, rv, memory_efficient)
     with torch.no_grad():  # nothing to differentiate: as torch, it runs
         call(x, rm.detach().clone(), rv, memory_efficient)
+
+
+@pytest.mark.parametrize("param, stats", [(torch.float16, torch.float32),
+                                          (torch.float32, torch.float16)])
+def test_16bit_input_with_parameters_and_statistics_of_two_dtypes(param, stats):
+    # ATen's batch_norm takes them all 16-bit or all float32: its raw "mixed dtype" /
+    # "expected scalar type" error named neither; torch.instance_norm takes them mixed
+    from sharenorm._checks import DtypeError
+
+    x = torch.randn(4, 3, 5, dtype=torch.float16)
+    w, b = torch.rand(3, dtype=param) + 0.5, torch.randn(3, dtype=param)
+    rm, rv = torch.randn(3, dtype=stats), torch.rand(3, dtype=stats) + 0.5
+    for training in (False, True):
+        with pytest.raises(DtypeError, match="must all be torch.float16 or all float32"):
+            SF.batch_norm(x, rm.clone(), rv.clone(), w, b, training)
+    for use_input_stats in (True, False):
+        for me in (False, True):
+            want = F.instance_norm(x, rm.clone(), rv.clone(), w, b, use_input_stats)
+            got = SF.instance_norm(x, rm.clone(), rv.clone(), w, b, use_input_stats,
+                                   memory_efficient=me)
+            torch.testing.assert_close(got, want, atol=2e-3, rtol=0)

@@ -487,6 +487,13 @@ def instance_norm_impl(
     updated = False
     if not use_input_stats:
         # Normalizing with running statistics is per-channel, exactly BatchNorm in eval.
+        # torch.instance_norm takes 16-bit and float32 γ/β/statistics mixed, ATen's
+        # batch_norm all alike: float32 for all of them then (exact, read-only here)
+        given = [t for t in (weight, bias, running_mean, running_var) if t is not None]
+        if len({t.dtype for t in given}) > 1:
+            weight, bias, running_mean, running_var = (
+                None if t is None else t.float()
+                for t in (weight, bias, running_mean, running_var))
         out = torch.batch_norm(
             input, weight, bias, running_mean, running_var, False, 0.0, eps, _cudnn_enabled()
         )
@@ -564,8 +571,8 @@ def instance_norm(
         (bias, "bias"),
     ):
         check_per_channel(t, name, c, input)
-    check_dtypes(input, "instance_norm", running_mean=running_mean, running_var=running_var,
-                 weight=weight, bias=bias)
+    check_dtypes(input, "instance_norm", mixed_ok=True, running_mean=running_mean,
+                 running_var=running_var, weight=weight, bias=bias)
     check_running_pair(running_mean, running_var, "instance_norm")
     eps = check_eps(eps)
     momentum = check_momentum(momentum, allow_none=False)

@@ -65,7 +65,7 @@ class _InstanceNorm(_NormBase):
         # each read once: a parameter or buffer read goes through Module.__getattr__ (~1 µs)
         weight, bias = self.weight, self.bias
         running_mean, running_var = self.running_mean, self.running_var
-        SF.check_dtypes(input, type(self).__name__, weight=weight, bias=bias,
+        SF.check_dtypes(input, type(self).__name__, mixed_ok=True, weight=weight, bias=bias,
                         running_mean=running_mean, running_var=running_var)
         unbatched = input.dim() == self._spatial_dims + 1
         channel_dim = 0 if unbatched else 1
