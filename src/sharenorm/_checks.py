@@ -175,8 +175,10 @@ def check_dtypes(input: Tensor, op: str, mixed_ok: bool = False, **tensors: Tens
             f"(module.to({input.dtype})) or the input (x.to({t.dtype})). Only a float16 or "
             "bfloat16 input may meet float32 parameters and statistics, as in torch.nn."
         )
+    if input.dtype not in _HALF_DTYPES or mixed_ok:  # the common case, without a dict
+        return
     given = {name: t.dtype for name, t in tensors.items() if t is not None}
-    if input.dtype in _HALF_DTYPES and not mixed_ok and len(set(given.values())) > 1:
+    if len(set(given.values())) > 1:
         # ATen takes them all in the input's dtype or all in float32, not a mix
         mix = ", ".join(f"{name} {dtype}" for name, dtype in given.items())
         raise DtypeError(

@@ -155,8 +155,9 @@ def check_running_stats_need_no_grad(op: str, running_mean, running_var) -> None
     """Running statistics that require grad: torch's kernels refuse them (they are updated
     in place, not differentiated); the memory-efficient and Triton paths would return no
     gradient for them silently, so every path refuses them alike."""
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (running_mean, running_var)):
+    if ((running_mean is not None and running_mean.requires_grad)
+            or (running_var is not None and running_var.requires_grad)) \
+            and torch.is_grad_enabled():
         raise RuntimeError(
             f"{op}: running_mean/running_var require grad, but running statistics are not "
             "differentiable (the layer updates them in place): pass them detached, or "
