@@ -57,6 +57,36 @@ def test_export_matches_torch_nn(name, training):
     _same_statistics(program, norm)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_exported_layers_differentiate_like_torch_nn(name, training):
+    # the restore of the running statistics after a batch (in-place, traced) bumped the
+    # version of the buffers ATen's batch norm saved for backward: "modified by an inplace
+    # operation" at the first backward of an exported BatchNorm in training
+    ours, theirs, _ = _pair(name, training)
+    program = torch.export.export(ours, (X,)).module()
+    grads = []
+    for model in (program, theirs):
+        x = X.clone().requires_grad_(True)
+        model(x).square().sum().backward()
+        grads.append((x.grad, *(p.grad for p in model.parameters())))
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_an_exported_batchnorm_keeps_its_statistics_through_a_nan_batch():
+    ours, _, _ = _pair("bn", True)
+    program = torch.export.export(ours, (X,)).module()
+    before = (program.running_mean.clone(), program.running_var.clone())
+    bad = X.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    program(bad)
+    torch.testing.assert_close(program.running_mean, before[0], rtol=0, atol=0)
+    torch.testing.assert_close(program.running_var, before[1], rtol=0, atol=0)
+    program(X)  # a finite batch updates them
+    assert not torch.equal(program.running_mean, before[0])
+
+
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_jit_trace_matches_torch_nn(name):
     ours, theirs, _ = _pair(name, False)

@@ -104,6 +104,27 @@ def keep_finite_running_stats(
     return False
 
 
+def guarded_update(run, running_mean: Tensor, running_var: Tensor, op: str):
+    """``(run(running_mean, running_var), updated)``: a kernel that updates the running
+    statistics in place, under :func:`keep_finite_running_stats`'s guard.
+
+    While torch.export traces, the kernel updates clones, which are written back (or not)
+    afterwards: ATen's batch norm saves the statistics it is given for backward, and the
+    restore, a traced in-place copy there (no `.data`), would make that backward refuse to
+    run ("modified by an inplace operation")."""
+    if torch.compiler.is_exporting() and not in_transform():
+        rm, rv = running_mean.clone(), running_var.clone()
+        out = run(rm, rv)
+        ok = torch.isfinite(rv).all()
+        with torch.no_grad():
+            running_mean.copy_(torch.where(ok, rm, running_mean))
+            running_var.copy_(torch.where(ok, rv, running_var))
+        return out, ok
+    backup = backup_running_stats(running_mean, running_var)
+    out = run(running_mean, running_var)
+    return out, keep_finite_running_stats(running_mean, running_var, backup, op)
+
+
 def _cudnn_enabled() -> bool:
     return torch.backends.cudnn.enabled
 
@@ -246,10 +267,10 @@ def _triton_path(impl, input, running_mean, running_var, updating: bool, op: str
 def _fused_path(impl, input, running_mean, running_var, updating: bool, op: str, *args):
     """Run a fused implementation that updates the running statistics in place, under the
     same non-finite guard as the plain path; ``(output, updated)``."""
-    backup = backup_running_stats(running_mean, running_var) if updating else None
-    out = impl(input, running_mean, running_var, *args)
-    updated = updating and keep_finite_running_stats(running_mean, running_var, backup, op)
-    return out, updated
+    if not updating:
+        return impl(input, running_mean, running_var, *args), False
+    return guarded_update(lambda rm, rv: impl(input, rm, rv, *args), running_mean,
+                          running_var, op)
 
 
 # ATen's channels-last GroupNorm kernel, with one channel per group, is several times slower
@@ -322,11 +343,9 @@ def batch_norm_impl(
             act_param,
         )
     if updating:
-        backup = backup_running_stats(running_mean, running_var)
-        out = torch.batch_norm(
-            input, weight, bias, running_mean, running_var, True, momentum, eps, _cudnn_enabled()
-        )
-        updated = keep_finite_running_stats(running_mean, running_var, backup, "batch_norm")
+        out, updated = guarded_update(lambda rm, rv: torch.batch_norm(
+            input, weight, bias, rm, rv, True, momentum, eps, _cudnn_enabled()
+        ), running_mean, running_var, "batch_norm")
     else:
         out = torch.batch_norm(
             input,
@@ -511,24 +530,20 @@ def instance_norm_impl(
         else:
             out = _group_stats.group_norm(input, input.shape[1], weight, bias, eps)
     else:
-        backup = backup_running_stats(running_mean, running_var)
-        if input.shape[0] == 1:
-            # One sample's instance statistics are its batch statistics, and the running
-            # update is the same. torch.instance_norm would view the output gradient as
-            # (1, N·C, *), which for one sample gives a channels-last gradient the batch
-            # stride that ATen's CPU backward gets wrong (see gradient_layout_at_risk).
-            out = torch.batch_norm(
-                input, weight, bias, running_mean, running_var, True, momentum, eps,
-                _cudnn_enabled(),
-            )
-            out = guard_gradient_layout(out, input)
-        else:
-            out = torch.instance_norm(
-                input, weight, bias, running_mean, running_var, True, momentum, eps,
-                _cudnn_enabled(),
-            )
-            out = same_memory_format(out, input)
-        updated = keep_finite_running_stats(running_mean, running_var, backup, "instance_norm")
+        def run(rm, rv):
+            if input.shape[0] == 1:
+                # One sample's instance statistics are its batch statistics, and the running
+                # update is the same. torch.instance_norm would view the output gradient as
+                # (1, N·C, *), which for one sample gives a channels-last gradient the batch
+                # stride that ATen's CPU backward gets wrong (see gradient_layout_at_risk).
+                out = torch.batch_norm(input, weight, bias, rm, rv, True, momentum, eps,
+                                       _cudnn_enabled())
+                return guard_gradient_layout(out, input)
+            out = torch.instance_norm(input, weight, bias, rm, rv, True, momentum, eps,
+                                      _cudnn_enabled())
+            return same_memory_format(out, input)
+
+        out, updated = guarded_update(run, running_mean, running_var, "instance_norm")
     return apply_activation(out, act, act_param, fresh=True), updated
 
 
