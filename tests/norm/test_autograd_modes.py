@@ -205,3 +205,27 @@ def test_memory_efficient_forward_ad_runs_the_plain_path(name, make):
         want = fwad.unpack_dual(plain(fwad.make_dual(x, t)))
     torch.testing.assert_close(got.primal, want.primal, atol=1e-12, rtol=0)
     torch.testing.assert_close(got.tangent, want.tangent, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("make, twin", [
+    (lambda: sn.BatchNorm1d(2, momentum=None), lambda: torch.nn.BatchNorm1d(2, momentum=None)),
+    (lambda: sn.BatchNorm1d(2, momentum=None, act="relu", memory_efficient=True),
+     lambda: torch.nn.BatchNorm1d(2, momentum=None)),
+    (lambda: sn.BatchNorm1d(2), lambda: torch.nn.BatchNorm1d(2)),
+], ids=["cumulative", "cumulative-memory-efficient", "momentum-0.1"])
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_running_statistics_under_checkpoint_match_torch(make, twin, reentrant):
+    # a non-reentrant checkpoint stops its recompute once the kernel's saved tensors are
+    # rebuilt: the count came after the kernel, so the recompute updated the statistics
+    # without counting, and momentum=None's average came out 2.0 where torch's is 1.5
+    from torch.utils.checkpoint import checkpoint
+
+    ours, theirs = make(), twin()
+    for k in range(4):
+        x = torch.randn(8, 2, dtype=torch.float64) + k
+        for m in (ours.double(), theirs.double()):
+            checkpoint(m, x.clone().requires_grad_(True), use_reentrant=reentrant
+                       ).relu().pow(3).sum().backward()
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    assert int(ours.num_batches_tracked) == int(theirs.num_batches_tracked)

@@ -128,13 +128,21 @@ class _NormBase(SF.ChecksOnSet, nn.Module):
             return self.momentum
         return 1.0 / (float(self.num_batches_tracked) + 1.0)
 
-    def _count_batch(self, updated: bool | Tensor) -> None:
-        """Count a batch that reached the running statistics; ``updated`` is a 0-d bool
-        tensor under torch.compile (see :func:`~sharenorm.norm.functional.keep_finite_running_stats`)."""
+    def _count_batch(self) -> None:
+        """Count the batch about to update the running statistics, before the kernel runs,
+        as torch.nn does: a recompute under ``torch.utils.checkpoint`` (which stops once the
+        kernel's saved tensors are rebuilt, before any code after it) then counts every
+        update it makes, and ``momentum=None``'s cumulative average stays right."""
+        self.num_batches_tracked.add_(1)
+
+    def _uncount_skipped(self, updated: bool | Tensor) -> None:
+        """Take the count back for a batch whose update was not kept (non-finite);
+        ``updated`` is a 0-d bool tensor under torch.compile (see
+        :func:`~sharenorm.norm.functional.keep_finite_running_stats`)."""
         if isinstance(updated, Tensor):
-            self.num_batches_tracked.add_(updated.to(self.num_batches_tracked.dtype))
-        elif updated:
-            self.num_batches_tracked.add_(1)
+            self.num_batches_tracked.sub_((~updated).to(self.num_batches_tracked.dtype))
+        elif not updated:
+            self.num_batches_tracked.sub_(1)
 
     def extra_repr(self) -> str:
         s = (
@@ -191,6 +199,8 @@ class _BatchNorm(_NormBase):
             self.training and self.track_running_stats and self.num_batches_tracked is not None
         )
         momentum = self._momentum_for_this_batch() if counting else (self.momentum or 0.0)
+        if counting:
+            self._count_batch()
         out, updated = SF.batch_norm_impl(
             input,
             running_mean if pass_running else None,
@@ -205,10 +215,9 @@ class _BatchNorm(_NormBase):
             self.memory_efficient,
             self.backend,
         )
-        if counting:
-            if running_mean is None and running_var is None:
-                updated = True  # no running statistics to reach (set to None): as torch.nn
-            self._count_batch(updated)
+        # a batch with no running statistics to reach (set to None) counts, as in torch.nn
+        if counting and not (running_mean is None and running_var is None):
+            self._uncount_skipped(updated)
         return out
 
 

@@ -150,11 +150,13 @@ class _BatchRenorm(_BatchNorm):
         gamma = self.weight if self.weight is not None else torch.ones_like(r)
         weight = gamma * r
         bias = gamma * d if self.bias is None else torch.addcmul(self.bias, gamma, d)
+        momentum = self._momentum_for_this_batch()
+        self._count_batch()
         out, updated = SF.batch_norm_impl(
-            input, rm, rv, weight, bias, True, self._momentum_for_this_batch(), self.eps,
+            input, rm, rv, weight, bias, True, momentum, self.eps,
             self.act, self.act_param, self.memory_efficient, self.backend,
         )
-        self._count_batch(updated)
+        self._uncount_skipped(updated)
         return out
 
     def extra_repr(self) -> str:

@@ -71,7 +71,7 @@ def keep_finite_running_stats(
     same restore runs branch-free (``torch.where``: no host sync, so ``fullgraph=True`` works
     and a CUDA step never waits for its kernels), without the warning
     (``num_batches_tracked`` still shows a skipped batch), and the flag is returned as a 0-d
-    bool tensor for :meth:`_NormBase._count_batch` to add. Inside a ``torch.func`` transform
+    bool tensor for :meth:`_NormBase._uncount_skipped`. Inside a ``torch.func`` transform
     nothing is restored (see the code), as in torch.nn."""
     if in_transform():
         # Inside torch.func transforms (vmap, grad, …) no restore is possible: `.data` is

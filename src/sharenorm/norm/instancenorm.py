@@ -86,6 +86,8 @@ class _InstanceNorm(_NormBase):
             use_input_stats and self.track_running_stats and self.num_batches_tracked is not None
         )
         momentum = self._momentum_for_this_batch() if counting else (self.momentum or 0.0)
+        if counting:
+            self._count_batch()
         out, updated = SF.instance_norm_impl(
             input,
             running_mean,
@@ -101,7 +103,7 @@ class _InstanceNorm(_NormBase):
             self.backend,
         )
         if counting:
-            self._count_batch(updated)
+            self._uncount_skipped(updated)
         return out.squeeze(0) if unbatched else out
 
 

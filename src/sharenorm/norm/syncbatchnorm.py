@@ -181,6 +181,7 @@ def sync_batch_norm_train(
         )
     if module.training and module.track_running_stats and module.running_mean is not None:
         m = module._momentum_for_this_batch()
+        module._count_batch()
         with torch.no_grad():
             rm, rv = module.running_mean, module.running_var
             backup = SF.backup_running_stats(rm, rv)
@@ -189,7 +190,7 @@ def sync_batch_norm_train(
             rv.lerp_((var64 * (n / (n - 1))).to(rv.dtype), m)
             # Global statistics are equal on every rank, so every rank keeps or skips alike.
             updated = SF.keep_finite_running_stats(rm, rv, backup, type(module).__name__)
-        module._count_batch(updated)
+        module._uncount_skipped(updated)
     # Statistics (and γ, β) in float32 for 16-bit inputs: ATen's mixed-dtype kernels
     # take float32 parameters, and a mean rounded to 16 bits would shift every output.
     pd = _stat_dtype(input)
