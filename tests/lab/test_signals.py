@@ -218,3 +218,31 @@ def test_workers_killed_during_start_up_die_with_the_main_process(tmp_path):
         for q in workers:
             if _alive(q):
                 os.kill(q, signal.SIGKILL)
+
+
+def test_a_sigterm_whose_exception_was_lost_still_stops_the_lab(tmp_path, monkeypatch):
+    # raised from the signal handler inside a weakref callback, _Terminated is printed as
+    # "Exception ignored in ..." and lost: the lab ran to the end and exited 0. The handler
+    # also sets a flag, which the lab checks after every job.
+    from sharenorm.lab import runner
+    from sharenorm.lab.store import LabError
+
+    original = runner.execute_job
+
+    def lost_sigterm(*args, **kwargs):
+        out = original(*args, **kwargs)
+        runner._TERM_PENDING.set()  # what the handler leaves behind when its raise is lost
+        return out
+
+    monkeypatch.setattr(runner, "execute_job", lost_sigterm)
+    with pytest.raises(LabError, match="terminated") as err:
+        runner.run_lab(["N5"], quick=True, seeds=1, jobs=1, out=tmp_path, progress=False,
+                       report=False, echo=lambda s: None)
+    assert err.value.exit_code == 143
+    sessions = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()
+                if '"kind": "session"' in x]
+    assert sessions[-1]["status"] == "terminated (SIGTERM)"
+    monkeypatch.setattr(runner, "execute_job", original)
+    # the flag left set is cleared by the next lab at its start
+    runner.run_lab(["N5"], quick=True, seeds=1, jobs=1, out=tmp_path / "again",
+                   progress=False, report=False, echo=lambda s: None)

@@ -206,8 +206,20 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, turned into the same clean stop as Ctrl-C."""
 
 
+_TERM_PENDING = threading.Event()
+
+
 def _raise_terminated(signum, frame):
+    # Raised from a signal handler, the exception is lost ("Exception ignored in ...") when
+    # the signal lands inside a weakref callback or a __del__: the flag makes the lab's own
+    # checks between runs (_stop_if_terminated) raise it again.
+    _TERM_PENDING.set()
     raise _Terminated()
+
+
+def _stop_if_terminated() -> None:
+    if _TERM_PENDING.is_set():
+        raise _Terminated()
 
 
 MAX_SEEDS = 10_000
@@ -398,6 +410,7 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
         for t, (metrics, timing) in zip(job, results, strict=True):
             if not store.done(t.key):
                 finished(t, metrics, timing)
+        _stop_if_terminated()  # a SIGTERM whose exception was lost in a callback
 
     data_arg = str(data) if data is not None else None
     n_before = len(store.runs)
@@ -424,6 +437,7 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
 
     on_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
+    _TERM_PENDING.clear()
     try:
         if executor == "local" and (jobs == 1 or len(work) <= 1):
             for job in work:
@@ -433,6 +447,7 @@ def _run_opened(store, names, exps, *, quick, seeds, jobs, data, out, lang, prog
                                               data_arg))
         elif work:
             _dispatch(work, pool, quick, data_arg, job_finished, exp_t0)
+        _stop_if_terminated()
     except KeyboardInterrupt as e:
         bar.close()
         term = isinstance(e, _Terminated)
