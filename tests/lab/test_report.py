@@ -290,3 +290,18 @@ def test_summary_to_a_path_it_cannot_write_is_a_lab_error(tmp_path, capsys, wher
     assert main(["report", str(tmp_path / "lab"), "--summary", str(path)]) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+
+
+def test_hints_give_a_command_that_runs_into_this_folder(tmp_path):
+    # "run `sharenorm lab N1`" wrote a full-profile lab into lab-results/; this folder holds
+    # a quick one, which refuses the full profile. The documents are named by their titles
+    # (the table showed "(“Batch)").
+    from sharenorm.lab.report import summary_markdown
+
+    fake_results(tmp_path)
+    md = write_report(tmp_path).read_text()
+    assert "(`sharenorm lab N1 --quick --out DIR`, DIR this folder, runs it here)" in md
+    assert "(“Batch Normalization, Instance Normalization और Group Normalization क्या हैं?”)" in md
+    summary = summary_markdown(tmp_path)
+    assert "**Not run**:" in summary and "--quick --out DIR` runs them" in summary
+    assert "lab-results/report.html" not in summary

@@ -10,6 +10,7 @@ import base64
 import html
 import math
 import os
+import shlex
 from pathlib import Path
 
 from sharenorm.lab.claims import DOC_TABLES, NOT_MEASURED, quote
@@ -72,8 +73,10 @@ L = {
     "not_measured": Text("Claims of the documents that are not measured",
                          "Documents के claims जो measure नहीं हुए"),
     "env": Text("Environment and time", "Environment और समय"),
-    "not_run": Text("This claim has no finished runs in this folder (run `sharenorm lab {ids}`).",
-                    "इस folder में इस claim के कोई finished runs नहीं हैं (`sharenorm lab {ids}` चलाएँ)।"),
+    "not_run": Text("This claim has no finished runs in this folder (`{cmd}`, DIR this "
+                    "folder, runs it here).",
+                    "इस folder में इस claim के कोई finished runs नहीं हैं (`{cmd}`, DIR यही folder, "
+                    "इसे यहीं चलाता है)।"),
     "undecidable": Text(
         "The 95% interval of a difference the criterion needs straddles its margin (or, with one "
         "seed, there is no interval), or a run had not converged: the measurement cannot tell "
@@ -133,6 +136,18 @@ def _analyze_all(store: ResultsStore, figdir: Path, lang: str) -> tuple[dict, di
         for r in analyze_stored(e, store.runs_of(e.id), figdir, lang, quick):
             results[r.claim] = r
     return results, exps
+
+
+def lab_command(store: ResultsStore, ids: list[str]) -> str:
+    """The ``sharenorm lab`` command that runs ``ids`` into the results folder (``DIR``: a
+    report does not depend on where its folder lies): with the profile and data of its
+    header, which a folder refuses to mix (a plain ``sharenorm lab N1`` would write a
+    full-profile lab into lab-results/)."""
+    hdr = store.header or {}
+    quick = " --quick" if hdr.get("profile") == "quick" else ""
+    data = hdr.get("data", "embedded")
+    data = "" if data == "embedded" else f" --data {shlex.quote(data.split(' (')[0])}"
+    return f"sharenorm lab {' '.join(ids)}{quick}{data} --out DIR"
 
 
 def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tuple]:
@@ -209,7 +224,8 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
                            f"{e.protocol(lang)}"))
         if r is None or (r.verdict == NOT_RUN and not r.tables):
             B.append(("p", f"**{_t('verdict', lang)}: {_verdict(NOT_RUN, lang)}.** " +
-                      (r.measured if r else _t("not_run", lang, ids=cid))))
+                      (r.measured if r else _t("not_run", lang,
+                                                cmd=lab_command(store, [cid])))))
             continue
         for f in r.figures:
             B.append(("img", f, f"{cid}: {Path(f).stem}"))
@@ -237,7 +253,8 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
     # -------- claims no experiment measures: listed, so silence is not read as support
     B.append(("h", 2, _t("not_measured", lang)))
     B.append(("table", [_t("doc_statement", lang), _t("translation", lang), _t("why", lang)],
-              [[f"{q} ({doc.split(' ')[0]})", en, why(lang)] for doc, q, en, why in NOT_MEASURED]))
+              [[f"{q} ({doc.split('”')[0]}”)", en, why(lang)]  # the document by its title
+               for doc, q, en, why in NOT_MEASURED]))
 
     # -------- environment and time
     B.append(("h", 2, _t("env", lang)))
@@ -476,15 +493,18 @@ def summary_markdown(folder, lang: str = "en") -> str:
     if hdr.get("profile") == "quick":
         lines += [_t("quick", lang), ""]
     not_run = [cid for cid in claims if cid not in results]
-    if not_run or last.get("status") not in (None, "complete"):
-        # a summary of an unfinished lab says so before any verdict is read
-        lines += [f"**Incomplete**: the last session ended {last.get('status', '?')!s}; "
-                  f"{len(not_run)} claim(s) not run ({', '.join(not_run) or 'none'}). Resume "
-                  "with the same `sharenorm lab` command for the rest.", ""]
+    # a summary of an unfinished lab says so before any verdict is read
+    if last.get("status") not in (None, "complete"):
+        lines += [f"**Incomplete**: the last session ended {last.get('status', '?')!s}; the "
+                  "same `sharenorm lab` command resumes it.", ""]
+    if not_run:
+        lines += [f"**Not run**: {len(not_run)} claim(s) ({', '.join(not_run)}); "
+                  f"`{lab_command(store, not_run)}` runs them into this results folder (DIR).",
+                  ""]
     lines += ["Verdicts are decided by the 95% Welch interval of a difference against the "
               "criterion's margin (inconclusive when it straddles it); demonstrations hold by "
-              "construction and are not counted as evidence. The full report: `sharenorm lab` "
-              "writes `lab-results/report.html`.", "",
+              "construction and are not counted as evidence. The full report is report.html in "
+              "the results folder (`sharenorm report DIR` rebuilds it).", "",
               "| claim | statement | kind | verdict | effect [95% CI] vs margin | measured |",
               "|---|---|---|---|---|---|"]
     for cid, claim in claims.items():
