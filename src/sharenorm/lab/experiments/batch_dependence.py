@@ -52,15 +52,17 @@ N5 = Claim(
     Text("In training mode, change of one sample's output when the other samples of its batch are "
        "replaced (max |Δ| relative to max |y|): supported if BN's is > "
        f"{THRESH_DEP:g} and IN's, GN's and "
-       f"LN's are ≤ {THRESH_INDEP:g} in every seed; not supported otherwise. The row \"Normalization किस पर "
+       f"LN's are ≤ {THRESH_INDEP:g}, in every seed; not supported otherwise. The row \"Normalization किस पर "
        "लागू होता है?\": one element of the norm layer's input is changed; a cell is supported if "
        "what changes with it is what the cell names, in every seed: other samples for Batch; "
        "nothing else for Single Instance; exactly the other channels of its group for Group of "
        "Channels.",
          "Training mode में, batch के बाकी samples बदलने पर एक sample के output का बदलाव (max |Δ| / "
-       f"max |y|): supported अगर BN का > {THRESH_DEP:g} और IN, GN, LN का हर seed में ≤ {THRESH_INDEP:g} हो; "
-       "वरना not "
-       "supported।"),
+       f"max |y|): supported अगर हर seed में BN का > {THRESH_DEP:g} और IN, GN, LN का ≤ "
+       f"{THRESH_INDEP:g} हो; वरना not supported। Row \"Normalization किस पर लागू होता है?\": norm "
+       "layer के input का एक element बदला जाता है; cell supported है अगर हर seed में उसके साथ वही "
+       "बदले जो cell कहता है: Batch के लिए दूसरे samples; Single Instance के लिए और कुछ नहीं; Group of "
+       "Channels के लिए ठीक उसके group के दूसरे channels।"),
     demonstration=True)
 
 
@@ -159,7 +161,7 @@ EXPERIMENT = Experiment(
         "other samples and which other channels of that sample change.",
         f"N1 वाला ConvNet (हर seed पर random initialisation), mnist1d (या --data) पर। {BATCH} के दो "
         f"batches में sample 0 समान है; बाकी {BATCH - 1} samples अलग। Measured: logits का max |y_A[0] − "
-        "y_B[0]| / max |y_A[0]|, training mode और eval mode में। Scope: केवल norm layer, "
+        "y_B[0]| / max |y_A[0]|, training mode और eval mode में (नई running statistics)। Scope: केवल norm layer, "
         f"(4, {SCOPE_C}, 16) input, training mode (GN: {SCOPE_G} groups); एक sample का channel 0 "
         "scale और shift किया; कौन से दूसरे samples और उसी sample के कौन से channels बदलते हैं।"),
     compares_intervals=False,

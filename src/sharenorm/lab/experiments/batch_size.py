@@ -320,10 +320,13 @@ EXPERIMENT = Experiment(
         "profile only: BN and GN again with equal optimizer steps at every batch size (the "
         "steps batch 32 takes in those epochs), shown beside the verdict.",
         "mnist1d (या --data), N1 वाला ConvNet (GN: 4 channels के G=8 groups), batch sizes "
-        + ", ".join(map(str, FULL_BS)) + f"; हर batch size पर उतने ही epochs: {EPOCHS} (quick: "
-        f"{QUICK_EPOCHS}), इसलिए छोटे batches ज़्यादा steps लेते हैं; SGD momentum 0.9, linear "
-        f"scaling rule lr = {BASE_LR}·batch/{BASE_BS} (कोई floor नहीं) पहले step पर, cosine schedule से "
-        "0 तक घटती; epoch का आख़िरी छोटा batch छोड़ दिया जाता है। Test "
-        "accuracy eval mode में।"),
+        + ", ".join(map(str, FULL_BS)) + " (quick: " + ", ".join(map(str, QUICK_BS)) + f"); हर "
+        f"batch size पर उतने ही epochs: {EPOCHS} (quick: {QUICK_EPOCHS}), इसलिए छोटे batches "
+        f"ज़्यादा steps लेते हैं; SGD momentum 0.9, linear scaling rule lr = {BASE_LR}·batch/"
+        f"{BASE_BS} (कोई floor नहीं) पहले step पर, cosine schedule से 0 तक घटती; epoch का आख़िरी "
+        "छोटा batch छोड़ दिया जाता है। Test accuracy eval mode में, plateau check के लिए हर run के "
+        f"{CHECKPOINTS} checkpoints पर भी। केवल full profile: BN और GN फिर से, हर batch size पर "
+        "बराबर optimizer steps के साथ (उन epochs में batch 32 जितने steps लेता है), verdict के "
+        "साथ दिखाए गए।"),
     configs=configs, run=run, analyze=analyze, uses_data=True, min_positions=2,
     min_train=min_train)

@@ -294,11 +294,13 @@ EXPERIMENT = Experiment(
         f"the steps on another split with seed + {SELECT_SEED}.",
         f"mnist1d (या --data), width {WIDTH}; residual nets (ConvNet की 3 downsampling conv layers, फिर "
         "दो convs के residual blocks, दूसरे norm का γ 0 से) और plain ConvNets, "
-        + ", ".join(map(str, FULL_DEPTHS)) + f" conv layers; BN या GN (G={GROUPS}); batch {BATCH} (छोटे "
+        + ", ".join(map(str, FULL_DEPTHS)) + " conv layers (quick: "
+        + ", ".join(map(str, QUICK_DEPTHS)) + f"); BN या GN (G={GROUPS}); batch {BATCH} (छोटे "
         "batches N6 और N9 का विषय हैं; यहाँ सिर्फ़ depth बदलती है), "
-        f"SGD momentum 0.9 ({SCHEDULE} schedule से 0 तक घटती rate), training set के 80% पर {EPOCHS} epochs (बाकी 20%: {CHECKPOINTS} "
+        f"SGD momentum 0.9 ({SCHEDULE} schedule से 0 तक घटती rate), training set के 80% पर {EPOCHS} epochs (quick: {QUICK_EPOCHS}) (बाकी 20%: {CHECKPOINTS} "
         "checkpoints पर validation accuracy, plateau check), test accuracy eval mode में; हर seed की "
-        "learning rate " + ", ".join(f"{x:g}" for x in FULL_LRS) + " में से, दूसरे split पर "
+        "learning rate " + ", ".join(f"{x:g}" for x in FULL_LRS) + f" (quick: {QUICK_LRS[0]:g}) "
+        "में से, दूसरे split पर "
         f"seed + {SELECT_SEED} वाली {TRY_FRACTION:g}× steps की tries की validation accuracy से।"),
     configs=configs, run=run, analyze=analyze, uses_data=True,
     min_train=min_train)

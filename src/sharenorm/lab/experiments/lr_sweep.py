@@ -254,7 +254,7 @@ EXPERIMENT = Experiment(
         f"interval of the seeds' mean test accuracy lies wholly ≥ {STABLE_ACC:.0%}.",
         "mnist1d (या --data), N1 वाला ConvNet BN के साथ या बिना norm, SGD momentum 0.9, batch 32, "
         "500 steps (quick: 100), learning rates " + ", ".join(f"{x:g}" for x in FULL_LRS) +
-        "। Run diverge माना जाता है जब loss non-finite या > 1e4 हो; learning rate stable है जब कोई "
+        " (quick: " + ", ".join(f"{x:g}" for x in QUICK_LRS) + ")। Run diverge माना जाता है जब loss non-finite या > 1e4 हो; learning rate stable है जब कोई "
         f"seed diverge न हो और seeds की mean test accuracy का 95% interval पूरा ≥ {STABLE_ACC:.0%} हो।"),
     compares_intervals=False, stack_over=("lr",),  # the rate grid and seeds train as one
     configs=configs, run=run, analyze=analyze, uses_data=True)

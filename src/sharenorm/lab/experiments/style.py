@@ -226,7 +226,8 @@ EXPERIMENT = Experiment(
         "distance of the output's per-channel feature mean/std to the style's and to the "
         "content's. --data is not used.",
         f"scikit-learn की दो sample photos (china.jpg, flower.jpg), {SIZE} pixels ऊँचाई पर resize। "
-        "(a) Invariance: random initialised 3×3 conv (32 channels, reflect padding) → norm → ReLU; "
+        "(a) Invariance: random initialised 3×3 conv (32 channels, reflect padding) → norm (GN: "
+        "G=8) → ReLU; "
         f"image 0 का contrast ×{CONTRAST} और brightness +{BRIGHTNESS}; हर norm के लिए ‖f(x') − f(x)‖"
         "/‖f(x)‖ measure किया (BN दो photos के batch पर training mode में)। (b) AdaIN: बिना norm का "
         "conv autoencoder, दोनों photos के random crops पर 250 Adam steps (quick: 20) train; output = "
