@@ -303,3 +303,19 @@ def test_n4_s3_n9_comparisons_are_marked_by_the_runs_they_rest_on(tmp_path):
     assert [c.unconverged for c in n9("bn").comparisons] == [False, False, True, False]
     assert n9("renorm").verdict != INCONCLUSIVE  # BatchRenorm is shown, not compared
     assert n9("bn").verdict == INCONCLUSIVE
+
+
+def test_the_hindi_texts_carry_every_number_of_the_english_ones():
+    # a Hindi reader of a quick report was told batch sizes 2, 8, 32 ran (the quick sizes and
+    # N6's checkpoints were in the English text only); N7's groups and N8's quick settings too
+    import re
+
+    from sharenorm.lab.experiments import all_claims, all_experiments
+
+    number = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:e[-+]?\d+)?%?")
+    texts = [(f"{e.id} {what}", t) for e in all_experiments().values()
+             for what, t in (("protocol", e.protocol), ("title", e.title))]
+    texts += [(f"{c.id} criterion", c.criterion) for c in all_claims().values()]
+    missing = {name: sorted(set(number.findall(t.en)) - set(number.findall(t.hi)))
+               for name, t in texts if t.hi}
+    assert not {k: v for k, v in missing.items() if v}
