@@ -28,6 +28,12 @@ EXIT_CODES = """exit codes:
   143  terminated by SIGTERM (finished runs are saved; rerun the same command to resume)"""
 
 
+REPORT_EXIT_CODES = """exit codes:
+  0    success
+  1    an unexpected error (a bug: please report the traceback)
+  2    a folder without results, or a report or summary that cannot be written"""
+
+
 # Every empirical claim of the full profile rests on at least this many seeds.
 FULL_SEEDS = 5
 
@@ -73,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--list", action="store_true", help="list claims and experiments, then exit")
     lab.add_argument("--quick", action="store_true",
                      help="a small version of everything, 2 seeds unless --seeds is given "
-                          "(about a minute on 2 cores)")
+                          "(under a minute on 2 cores)")
     lab.add_argument("--seeds", type=_positive_int("--seeds"), default=None,
                      help="seeds per configuration (default 5; 2 with --quick); 1 runs but "
                           "criteria comparing 95%% intervals are then 'inconclusive'")
@@ -93,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "a cluster started here with `ray start`, else a new local one)")
     lab.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep = sub.add_parser("report", help="rebuild the report from DIR/results.jsonl",
-                         epilog=EXIT_CODES, formatter_class=fmt)
-    rep.add_argument("dir", metavar="DIR")
-    rep.add_argument("--lang", choices=("en", "hi"), default="en")
+                         epilog=REPORT_EXIT_CODES, formatter_class=fmt)
+    rep.add_argument("dir", metavar="DIR", help="a folder `sharenorm lab --out` wrote")
+    rep.add_argument("--lang", choices=("en", "hi"), default="en",
+                     help="report language (hi: Hindi with English technical terms)")
     rep.add_argument("--summary", metavar="PATH",
                      help="also write the verdicts as a short Markdown page (docs/results.md)")
     return parser

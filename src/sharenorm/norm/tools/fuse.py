@@ -71,6 +71,7 @@ def fold_bn_weights(
 
     Example:
         >>> import torch
+        >>> from sharenorm import fold_bn_weights
         >>> w, b = fold_bn_weights(torch.ones(2, 1), None, torch.tensor([1.0, 0.0]),
         ...                        torch.tensor([4.0, 1.0]), 0.0, torch.tensor([2.0, 1.0]))
         >>> w.flatten().tolist(), b.tolist()
