@@ -1,5 +1,5 @@
-"""Output error of torch.nn's and sharenorm's GroupNorm/InstanceNorm/LayerNorm against a
-float64 reference on float32 inputs with a large mean relative to their std, both layouts
+"""Output error of torch.nn's and sharenorm's GroupNorm/InstanceNorm/LayerNorm (and
+BatchNorm, which runs ATen's kernel in both) against a float64 reference on float32 inputs with a large mean relative to their std, both layouts
 (the README's "Accuracy" figures). Run: python benchmarks/accuracy_groupnorm.py"""
 
 import torch
@@ -31,6 +31,16 @@ def main() -> None:
                     errs = [float((m(x).double() - ref).abs().max())
                             for m in (nn.GroupNorm(groups, 8), sn.GroupNorm(groups, 8))]
                 print(f"{name:8s} {layout:8s} {ratio:10.0e} {errs[0]:10.1e} {errs[1]:10.1e}")
+    # BatchNorm runs ATen's own kernel, as torch.nn does: the same error, shown for reference
+    for layout in ("NCHW", "NHWC"):
+        for ratio in (1e2, 1e3, 1e4):
+            x = (torch.randn(shape, generator=gen, dtype=torch.float64) + ratio).float()
+            if layout == "NHWC":
+                x = x.to(memory_format=torch.channels_last)
+            ref = nn.functional.batch_norm(x.double(), None, None, training=True)
+            errs = [float((m(x).double() - ref).abs().max().detach())
+                    for m in (nn.BatchNorm2d(8), sn.BatchNorm2d(8))]
+            print(f"{'batch':8s} {layout:8s} {ratio:10.0e} {errs[0]:10.1e} {errs[1]:10.1e}")
 
 
 if __name__ == "__main__":
