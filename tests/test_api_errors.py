@@ -125,3 +125,13 @@ def test_mlp_takes_a_numpy_int_width_and_locally_connected_names_a_dtype_mismatc
         lc(torch.randn(1, 2, 5, 5, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="does not match weight dtype"):  # torch's type too
         lc(torch.ones(1, 2, 5, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("hidden", [(), 8, "ab", (8.5,)])
+def test_autoencoder_names_bad_widths_and_a_sample_without_its_batch(hidden):
+    from sharenorm.models import Autoencoder
+
+    with pytest.raises(ValueError, match="hidden must be"):
+        Autoencoder((1, 8, 8), hidden)
+    with pytest.raises(ValueError, match=r"i.e. \(N, 1, 8, 8\), got shape \(1, 8, 8\)"):
+        Autoencoder((1, 8, 8), (16, 4))(torch.randn(1, 8, 8))  # an IndexError before

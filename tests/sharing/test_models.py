@@ -410,3 +410,10 @@ def test_count_parameters_does_not_list_the_runs_of_views_that_do_not_overlap(mo
     slices = nn.Module()
     slices.a, slices.b = nn.Parameter(base[:16]), nn.Parameter(base[16:48:2])
     assert sn.count_parameters(slices) == 16 * 64 + 16 * 64
+
+
+def test_soft_tie_refuses_a_pair_on_two_devices():
+    # accepted, then penalty() failed with torch's device error naming neither tensor
+    m = nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.Linear(2, 2, device="meta")})
+    with pytest.raises(ValueError, match="one device"):
+        sn.SoftTie(m, [("a.weight", "b.weight")], 1e-3)

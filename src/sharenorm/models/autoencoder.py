@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 import sharenorm as sn
+from sharenorm._checks import as_count
 
 __all__ = ["Autoencoder"]
 
@@ -32,7 +34,12 @@ class Autoencoder(nn.Module):
     def __init__(self, in_shape: tuple[int, ...], hidden: tuple[int, ...], *, tied: bool = True,
                  act: str = "tanh") -> None:
         super().__init__()
-        self.sizes = (math.prod(in_shape), *hidden)
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden:
+            raise ValueError(f"hidden must be the widths from the first hidden layer to the "
+                             f"code, e.g. (48, 16), got {hidden!r}")
+        hidden = tuple(as_count(h, "hidden", " width (each)") for h in hidden)
+        self.in_shape = tuple(as_count(v, "in_shape", " (each size)") for v in in_shape)
+        self.sizes = (math.prod(self.in_shape), *hidden)
         self.ae = sn.TiedAutoencoder(list(self.sizes), tied=tied, activation=act)
 
     def soft_tie_pairs(self) -> list[tuple[str, str, str]]:
@@ -49,4 +56,8 @@ class Autoencoder(nn.Module):
         return math.sqrt(s)
 
     def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[1:]) != self.in_shape:  # an unbatched sample, or another shape
+            raise ValueError(f"Autoencoder expects a batch of samples of shape {self.in_shape}, "
+                             f"i.e. (N, {', '.join(map(str, self.in_shape))}), got shape "
+                             f"{tuple(x.shape)}")
         return self.ae(x.flatten(1)).view_as(x)

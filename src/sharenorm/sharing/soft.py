@@ -86,6 +86,11 @@ class SoftTie:
                 raise ValueError(
                     f"cannot soft-tie {a!r} ({wa.dtype}) to {b!r} ({wb.dtype}); use one dtype"
                 )
+            if wa.device != wb.device:  # penalty() would fail with torch's device error
+                raise ValueError(
+                    f"cannot soft-tie {a!r} ({wa.device}) to {b!r} ({wb.device}); put both on "
+                    "one device (model.to(device))"
+                )
             if not (wa.is_floating_point() or wa.is_complex()):
                 raise ValueError(
                     f"cannot soft-tie {a!r} and {b!r} ({wa.dtype}): a penalty on their distance "
