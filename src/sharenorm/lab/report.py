@@ -16,7 +16,7 @@ from pathlib import Path
 from sharenorm.lab.claims import DOC_TABLES, NOT_MEASURED, quote
 from sharenorm.lab.experiments import all_claims, all_experiments, analyze_stored
 from sharenorm.lab.fonts import FONT_FAMILY, font_face_css
-from sharenorm.lab.spec import NOT_RUN, UNDECIDABLE, ClaimResult, Text
+from sharenorm.lab.spec import INFORMATIONAL, NOT_RUN, UNDECIDABLE, ClaimResult, Text
 from sharenorm.lab.store import LabError, ResultsStore
 
 __all__ = ["write_report", "write_summary", "summary_markdown", "build_blocks", "VERDICT_WORDS",
@@ -67,7 +67,8 @@ L = {
     "doc_statement": Text("What the document says", "Document क्या कहता है"),
     "criterion": Text("Criterion (fixed before the run)", "Criterion (run से पहले तय)"),
     "protocol": Text("Protocol", "Protocol"),
-    "results": Text("Results (mean ± 95% CI over seeds)", "Results (seeds पर mean ± 95% CI)"),
+    "results": Text("Results (over seeds; ± is the 95% CI where shown)",
+                    "Results (seeds पर; ± जहाँ दिखे, 95% CI है)"),
     "published": Text("Published numbers beside ours", "Published numbers हमारे numbers के साथ"),
     "why": Text("Why", "क्यों"),
     "not_measured": Text("Claims of the documents that are not measured",
@@ -94,6 +95,7 @@ L = {
         "**Demonstration:** यह claim construction या गणित से ही सही है (parameter counts, एक "
         "definition); lab इसे दिखाता है, पर इसे evidence नहीं गिना जाता।"),
     "kind": Text("kind", "प्रकार"), "evidence": Text("evidence", "evidence"),
+    "informational": Text("informational", "informational (जानकारी)"),
     "translation": Text("English translation", "English translation"),
     "experiment": Text("Experiment", "Experiment"),
     "profile": Text("Profile", "Profile"), "seeds": Text("Seeds", "Seeds"),
@@ -136,6 +138,14 @@ def _analyze_all(store: ResultsStore, figdir: Path, lang: str) -> tuple[dict, di
         for r in analyze_stored(e, store.runs_of(e.id), figdir, lang, quick):
             results[r.claim] = r
     return results, exps
+
+
+def _kind(claim, result: ClaimResult | None, lang: str) -> str:
+    """A claim's kind: a demonstration (holds by construction), informational (measured, no
+    criterion decides it: N10), or evidence."""
+    if claim.demonstration:
+        return _t("demo", lang)
+    return _t("informational" if result and result.verdict == INFORMATIONAL else "evidence", lang)
 
 
 def lab_command(store: ResultsStore, ids: list[str]) -> str:
@@ -203,7 +213,7 @@ def build_blocks(store: ResultsStore, folder: Path, lang: str = "en") -> list[tu
     for cid, claim in claims.items():
         r = results.get(cid)
         glance.append([cid, claim.statement_hi if lang == "hi" else claim.statement_en,
-                       _t("demo" if claim.demonstration else "evidence", lang),
+                       _kind(claim, r, lang),
                        _verdict(r.verdict if r else NOT_RUN, lang),
                        "; ".join(str(c) for c in r.comparisons) if r and r.comparisons else "—",
                        r.measured if r else "—"])
@@ -509,7 +519,7 @@ def summary_markdown(folder, lang: str = "en") -> str:
               "|---|---|---|---|---|---|"]
     for cid, claim in claims.items():
         r = results.get(cid)
-        cells = [cid, claim.statement_en, _t("demo" if claim.demonstration else "evidence", lang),
+        cells = [cid, claim.statement_en, _kind(claim, r, lang),
                  _verdict(r.verdict if r else NOT_RUN, lang),
                  "; ".join(str(c) for c in r.comparisons) if r and r.comparisons else "—",
                  r.measured if r else "—"]
