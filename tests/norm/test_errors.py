@@ -34,7 +34,8 @@ import sharenorm.functional as SF
             r"expected an input with 4 channels .* got shape \(2, 5, 3, 3\)",
         ),
         (sn.InstanceNorm2d(4, affine=True), (2, 5, 3, 3), "4 channels"),
-        (sn.GroupNorm(2, 4), (2, 6, 3), r"expected an input \(N, 4, \*\), got shape \(2, 6, 3\)"),
+        (sn.GroupNorm(2, 4), (2, 6, 3),
+         r"expected an input \(N, 4, \*\) \(its γ/β have 4 channels\), got shape \(2, 6, 3\)"),
         (sn.GroupNorm(2, 4), (4,), r"at least 2 dims, got shape \(4,\)"),
     ],
 )
@@ -411,3 +412,23 @@ def test_16bit_input_with_parameters_and_statistics_of_two_dtypes(param, stats):
             got = SF.instance_norm(x, rm.clone(), rv.clone(), w, b, use_input_stats,
                                    memory_efficient=me)
             torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
+
+
+def test_channels_are_checked_against_the_per_channel_tensors_as_torch_does():
+    # pruning code that slices γ/β and the statistics but leaves num_features stale: torch
+    # never reads the attribute in forward and runs; sharenorm raised "expected 4 channels"
+    import torch.nn as nn
+
+    for ours, theirs in ((sn.BatchNorm2d(4), nn.BatchNorm2d(4)), (sn.GroupNorm(1, 4),
+                                                                 nn.GroupNorm(1, 4))):
+        for m in (ours, theirs):
+            with torch.no_grad():
+                m.weight = nn.Parameter(m.weight[:3].clone())
+                m.bias = nn.Parameter(m.bias[:3].clone())
+                for name in ("running_mean", "running_var"):
+                    if getattr(m, name, None) is not None:
+                        setattr(m, name, getattr(m, name)[:3].clone())
+        x = torch.randn(4, 3, 5, 5)
+        torch.testing.assert_close(ours(x), theirs(x))
+    # without per-channel tensors any channel count runs, as in torch.nn
+    sn.BatchNorm2d(4, affine=False, track_running_stats=False)(torch.randn(4, 3, 5, 5))

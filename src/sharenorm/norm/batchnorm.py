@@ -110,10 +110,15 @@ class _NormBase(SF.ChecksOnSet, nn.Module):
         raise NotImplementedError
 
     def _check_channels(self, input: Tensor, channel_dim: int = 1) -> None:
-        if input.shape[channel_dim] != self.num_features:
+        # Against the per-channel tensors, as torch.nn's kernels check (num_features is never
+        # read in forward: a pruning that slices γ/β/statistics and leaves it stale still
+        # runs); a layer with none takes any channel count, as torch.nn's does.
+        per_channel = next((t for t in (self.running_mean, self.weight) if t is not None), None)
+        if per_channel is not None and input.shape[channel_dim] != per_channel.shape[0]:
+            c = per_channel.shape[0]
             raise SF.ShapeError(
-                f"{type(self).__name__}({self.num_features}) expected an input with "
-                f"{self.num_features} channels at dim {channel_dim}, got shape "
+                f"{type(self).__name__}({self.num_features}) expected an input with {c} "
+                f"channels at dim {channel_dim} (its per-channel tensors have {c}), got shape "
                 f"{tuple(input.shape)}"
             )
 

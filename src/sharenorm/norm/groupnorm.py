@@ -109,13 +109,16 @@ class GroupNorm(SF.ChecksOnSet, nn.Module):
         if not isinstance(input, Tensor) and isinstance(input, Proxy):  # torch.fx tracing
             return call_module_node(self, input)
         SF.check_input(input, "GroupNorm")
-        if input.shape[1] != self.num_channels:
+        weight, bias = self.weight, self.bias  # read once: Module.__getattr__ takes ~1 µs
+        # against γ/β, as torch's kernel checks (num_channels is not read in forward)
+        per_channel = weight if weight is not None else bias
+        if per_channel is not None and input.shape[1] != per_channel.shape[0]:
+            c = per_channel.shape[0]
             raise SF.ShapeError(
                 f"GroupNorm({self.num_groups}, {self.num_channels}) expected an input "
-                f"(N, {self.num_channels}, *), got shape {tuple(input.shape)}"
+                f"(N, {c}, *) (its γ/β have {c} channels), got shape {tuple(input.shape)}"
             )
         SF.check_group_values(input, self.num_groups, "GroupNorm")
-        weight, bias = self.weight, self.bias  # read once: Module.__getattr__ takes ~1 µs
         SF.check_dtypes(input, "GroupNorm", weight=weight, bias=bias)
         return SF.group_norm_impl(
             input, self.num_groups, weight, bias, self.eps, self.act, self.act_param,
