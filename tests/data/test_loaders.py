@@ -314,9 +314,31 @@ def test_npz_test_classes_without_training_samples(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "t.npz", x=rng.normal(size=(12, 5)), y=np.arange(12) % 3,
              x_test=rng.normal(size=(4, 5)), y_test=np.array([0, 3, 7, 3]))
-    with pytest.raises(DataError, match=r"t.npz: classes \[3, 7\] of y_test have no training "
-                                        r"samples in y.*add training samples of them"):
+    with pytest.raises(DataError, match=r"t.npz: classes \[3, 7\] of the test split have no "
+                                        r"training samples.*add training samples of them"):
         load_path(tmp_path / "t.npz")
+
+
+def test_the_automatic_split_leaves_every_class_a_training_sample(tmp_path):
+    # the seed-0 split of 10 samples puts indices 4 and 6 in test: a class whose one sample
+    # is at 4 was test-only (a certain error) for .npz, and refused for image folders
+    y = np.array([0, 1, 0, 1, 2, 0, 1, 0, 1, 0])
+    np.savez(tmp_path / "s.npz", x=np.random.default_rng(0).normal(size=(10, 6)), y=y)
+    ds = load_path(tmp_path / "s.npz")
+    assert set(ds.y_train.tolist()) == {0, 1, 2} and len(ds.y_test) == 1
+    # labels that were not 0..K-1 are kept in info, the i-th being class i now
+    np.savez(tmp_path / "r.npz", x=np.zeros((10, 6)) + np.arange(10)[:, None], y=y * 3 + 1)
+    assert load_path(tmp_path / "r.npz").info["labels"] == [1, 4, 7]
+
+
+def test_subset_train_refuses_a_count_it_cannot_take():
+    from sharenorm.data import load_digits
+
+    ds = load_digits()
+    for n in (-5, 1, 5000, 2.5, True):
+        with pytest.raises(DataError, match="n must be an int from 2 to the 1348"):
+            ds.subset_train(n)
+    assert ds.subset_train(np.int64(10)).x_train.shape[0] == 10
 
 
 def test_npz_negative_labels(tmp_path):

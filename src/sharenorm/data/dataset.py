@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +87,15 @@ class Dataset:
 
     def subset_train(self, n: int, seed: int = 0) -> Dataset:
         """The same dataset with a random ``n``-sample training subset (test set unchanged)."""
+        total = self.x_train.shape[0]
+        try:
+            k = None if isinstance(n, bool) else operator.index(n)  # numpy's ints too
+        except TypeError:
+            k = None
+        if k is None or not MIN_TRAIN <= k <= total:
+            raise DataError(f"subset_train: n must be an int from {MIN_TRAIN} to the "
+                            f"{total} training samples, got {n!r}")
+        n = k
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(self.x_train.shape[0], generator=g)[:n]
         return Dataset(self.name, self.x_train[idx], self.y_train[idx], self.x_test, self.y_test,
@@ -137,19 +147,25 @@ def to_dataset(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | Non
         y_test=torch.as_tensor(lab[n:]),
         num_classes=len(classes),
         source=source,
+        # the labels as given, where they were not already 0..K-1 (the i-th is class i now)
+        info={} if np.array_equal(classes, np.arange(len(classes))) else {
+            "labels": [int(c) for c in classes]},
     )
     unseen = np.setdiff1d(y_all[n:], y_all[:n]) if given_test else []
     if len(unseen):
-        raise DataError(f"{source}: classes {unseen.tolist()} of y_test have no training "
-                        "samples in y, so no model can learn them; add training samples of them, "
-                        "or remove them from x_test/y_test")
+        raise DataError(f"{source}: classes {unseen.tolist()} of the test split have no "
+                        "training samples, so no model can learn them; add training samples of "
+                        "them, or remove them from the test split (x_test/y_test, or the test/ "
+                        "folder)")
     return ds
 
 
 def split_train_test(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.2, seed: int = 0,
                      where: str = ""):
     """A seeded random split; the test part holds ``round(test_fraction·N)`` samples, at least
-    :data:`MIN_TEST`, leaving at least :data:`MIN_TRAIN` to train on.
+    :data:`MIN_TEST`, leaving at least :data:`MIN_TRAIN` to train on. A class the random split
+    left without a training sample gets one of its test samples back (no model could learn
+    it, and the test accuracy would count it as a certain error).
 
     ``where`` (the file or folder) starts the error message.
 
@@ -166,4 +182,10 @@ def split_train_test(x: np.ndarray, y: np.ndarray, test_fraction: float = 0.2, s
     perm = np.random.default_rng(seed).permutation(n)
     k = min(n - MIN_TRAIN, max(MIN_TEST, round(test_fraction * n)))
     te, tr = perm[:k], perm[k:]
+    unseen = ~np.isin(y[te], y[tr])
+    if unseen.any():  # one test sample of each such class goes back to training
+        _, first = np.unique(y[te][unseen], return_index=True)
+        back = np.flatnonzero(unseen)[first]
+        if len(te) - len(back) >= MIN_TEST:  # (else every test sample is a lone class's)
+            tr, te = np.concatenate([tr, te[back]]), np.delete(te, back)
     return x[tr], y[tr], x[te], y[te]
