@@ -32,6 +32,12 @@ class MissingStatisticsError(ValueError, RuntimeError):
     a ValueError, and the RuntimeError torch raises for it (see :class:`ShapeError`)."""
 
 
+class ArgumentTypeError(ValueError, TypeError):
+    """An argument of the wrong type (a float where a count goes, None where a momentum
+    does): a ValueError, as sharenorm's other argument errors, and the TypeError torch
+    raises for it."""
+
+
 class DtypeError(TypeError, RuntimeError):
     """A tensor of a dtype the operation cannot take: a TypeError, and a RuntimeError as
     torch's kernels raise for it (see :class:`ShapeError`)."""
@@ -82,7 +88,9 @@ def as_count(value: Any, name: str, what: str) -> int:
         n = operator.index(value)
     except TypeError:
         n = None
-    if n is None or isinstance(value, bool) or n < 1:
+    if n is None or isinstance(value, bool):
+        raise ArgumentTypeError(f"{name} must be a positive int{what}, got {value!r}")
+    if n < 1:
         raise ValueError(f"{name} must be a positive int{what}, got {value!r}")
     return n
 
@@ -106,9 +114,10 @@ def check_momentum(momentum: float | None, allow_none: bool = True) -> float | N
     """``momentum`` as a float in [0, 1] (any real number type), or None where allowed."""
     if momentum is None and allow_none:
         return None
-    if not (isinstance(momentum, numbers.Real) and not isinstance(momentum, bool)
-            and 0.0 <= momentum <= 1.0):
-        hint = " or None for a cumulative average" if allow_none else ""
+    hint = " or None for a cumulative average" if allow_none else ""
+    if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
+        raise ArgumentTypeError(f"momentum must be a number in [0, 1]{hint}, got {momentum!r}")
+    if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be a number in [0, 1]{hint}, got {momentum!r}")
     return float(momentum)
 

@@ -439,3 +439,40 @@ def test_sync_path_leaky_relu_negative_slope():
     y_ref.sum().backward()
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(xs.grad, xr.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_instance_norm_refuses_unversioned_running_stats_as_torch_does():
+    # a plain dict (no _metadata: pre-0.4 checkpoints, or a prefix strip) with running
+    # statistics for a layer that tracks none: torch refuses even with strict=False; it
+    # loaded silently here, only listing them as unexpected
+    sd = {"running_mean": torch.zeros(4), "running_var": torch.ones(4)}
+    for m in (sn.InstanceNorm2d(4), nn.InstanceNorm2d(4)):
+        for strict in (True, False):
+            with pytest.raises(RuntimeError, match="Unexpected running stats buffer"):
+                m.load_state_dict(dict(sd), strict=strict)
+
+
+def test_sync_batchnorm_signature_and_converter_spell_torchs():
+    import inspect
+
+    assert "bias" in inspect.signature(sn.SyncBatchNorm).parameters  # was **kwargs
+    assert sn.SyncBatchNorm(4, bias=False).bias is None
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    net[1].qconfig = "per-layer setting"  # torch.ao's, which torch's converter keeps
+    out = sn.SyncBatchNorm.convert_sync_batchnorm(module=net)  # torch's argument name
+    assert isinstance(out[1], sn.SyncBatchNorm) and out[1].qconfig == "per-layer setting"
+
+
+def test_wrong_argument_types_raise_torchs_type_error_too():
+    import torch.nn.functional as F
+
+    import sharenorm.functional as SF
+
+    x = torch.randn(2, 4, 3)
+    for lib in (F, SF):
+        with pytest.raises(TypeError):
+            lib.group_norm(x, 2.0)
+        with pytest.raises(TypeError):
+            lib.batch_norm(x, torch.zeros(4), torch.ones(4), momentum=None)
+    with pytest.raises(ValueError):  # and sharenorm's ValueError still
+        SF.group_norm(x, 2.0)

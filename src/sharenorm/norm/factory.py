@@ -348,6 +348,8 @@ def _convert_one(
         new = NormAct(new, *post)
     # a freeze moves with the statistics it froze (not onto fresh ones: BN -> IN)
     kept += _carry_hooks(old, new, norm if "running_mean" in kept else None)
+    if hasattr(old, "qconfig"):  # torch.ao's per-layer setting, as torch's converter keeps it
+        new.qconfig = old.qconfig
     return new, tuple(kept), "; ".join(note)
 
 
@@ -460,12 +462,13 @@ def _is_plain_batchnorm(m: nn.Module) -> bool:
     )
 
 
-def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> nn.Module:
-    """``convert_norm(model, "sync", process_group=...)`` for BatchNorm layers only, in
-    torch.nn.SyncBatchNorm.convert_sync_batchnorm's spelling: every torch.nn or sharenorm
-    BatchNorm1d/2d/3d (and torch's SyncBatchNorm) becomes a :class:`SyncBatchNorm` keeping
-    everything :func:`convert_norm` keeps; BatchRenorm, InstanceNorm and GroupNorm are left
-    alone. Returns the model (a new module only when ``model`` itself is a BatchNorm).
+def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
+    """``convert_norm(module, "sync", process_group=...)`` for BatchNorm layers only, in
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm's spelling (its argument names too): every
+    torch.nn or sharenorm BatchNorm1d/2d/3d (and torch's SyncBatchNorm) becomes a
+    :class:`SyncBatchNorm` keeping everything :func:`convert_norm` keeps (and a ``qconfig``);
+    BatchRenorm, InstanceNorm and GroupNorm are left alone. Returns the model (a new module
+    only when ``module`` itself is a BatchNorm).
 
     Example:
         >>> import torch.nn as nn, sharenorm as sn
@@ -474,7 +477,7 @@ def convert_sync_batchnorm(model: nn.Module, process_group: Any = None) -> nn.Mo
         'SyncBatchNorm'
     """
     kw = {"process_group": process_group}
-    return _convert(model, "sync", _is_plain_batchnorm, None, kw, "convert_sync_batchnorm").model
+    return _convert(module, "sync", _is_plain_batchnorm, None, kw, "convert_sync_batchnorm").model
 
 
 # torch.nn.SyncBatchNorm's spelling of the same; set here, where conversion lives, so that

@@ -47,6 +47,28 @@ class _InstanceNorm(_NormBase):
             backend=backend,
         )
 
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        # As torch.nn's InstanceNorm: a checkpoint without a version (saved before torch 0.4,
+        # or a plain dict) may hold running statistics that a layer without tracking would
+        # drop silently under strict=False; refuse them, naming both ways out
+        if local_metadata.get("version", None) is None and not self.track_running_stats:
+            keys = [prefix + n for n in ("running_mean", "running_var") if prefix + n in state_dict]
+            if keys:
+                error_msgs.append(
+                    f"Unexpected running stats buffer(s) {keys} for {type(self).__name__} with "
+                    "track_running_stats=False (a checkpoint without a version: saved before "
+                    "torch 0.4, when InstanceNorm tracked them by default, or a plain dict). "
+                    "Remove these keys from the state_dict, or build the layer with "
+                    "track_running_stats=True if the statistics are needed."
+                )
+                for key in keys:
+                    state_dict.pop(key)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def _check_input_dim(self, input: Tensor) -> None:
         n = self._spatial_dims
         if input.dim() not in (n + 1, n + 2):

@@ -254,10 +254,18 @@ class SyncBatchNorm(_BatchNorm):
         process_group: Any = None,
         device: Any = None,
         dtype: Any = None,
-        **kwargs: Any,
+        *,
+        bias: bool = True,
+        act: str | None = None,
+        act_param: float | None = None,
+        memory_efficient: bool = False,
+        backend: str = "auto",
     ) -> None:
+        # the keyword extras spelled out: code that reads the signature (torch's
+        # SyncBatchNorm lists bias=) sees them
         super().__init__(
-            num_features, eps, momentum, affine, track_running_stats, device, dtype, **kwargs
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
+            act=act, act_param=act_param, memory_efficient=memory_efficient, backend=backend,
         )
         self.process_group = process_group
 
