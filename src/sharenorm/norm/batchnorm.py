@@ -25,6 +25,9 @@ def check_num_features(num_features: int, name: str = "num_features") -> int:
     return SF.as_count(num_features, name, " (the channel count C)")
 
 
+_READ = object()  # _check_channels: read the per-channel tensors from the module
+
+
 class _NormBase(SF.ChecksOnSet, nn.Module):
     """Parameters γ (``weight``), β (``bias``) and buffers ``running_mean``,
     ``running_var``, ``num_batches_tracked`` with torch.nn's names, so checkpoints move
@@ -109,11 +112,14 @@ class _NormBase(SF.ChecksOnSet, nn.Module):
     def _check_input_dim(self, input: Tensor) -> None:
         raise NotImplementedError
 
-    def _check_channels(self, input: Tensor, channel_dim: int = 1) -> None:
+    def _check_channels(self, input: Tensor, channel_dim: int = 1,
+                        per_channel: Tensor | None | object = _READ) -> None:
         # Against the per-channel tensors, as torch.nn's kernels check (num_features is never
         # read in forward: a pruning that slices γ/β/statistics and leaves it stale still
         # runs); a layer with none takes any channel count, as torch.nn's does.
-        per_channel = next((t for t in (self.running_mean, self.weight) if t is not None), None)
+        # ``per_channel``: the running mean, else γ, where the caller has read them already
+        if per_channel is _READ:
+            per_channel = self.running_mean if self.running_mean is not None else self.weight
         if per_channel is not None and input.shape[channel_dim] != per_channel.shape[0]:
             c = per_channel.shape[0]
             raise SF.ShapeError(
@@ -190,10 +196,11 @@ class _BatchNorm(_NormBase):
             return call_module_node(self, input)
         SF.check_input(input, type(self).__name__)
         self._check_input_dim(input)
-        self._check_channels(input)
         # each read once: a parameter or buffer read goes through Module.__getattr__ (~1 µs)
         weight, bias = self.weight, self.bias
         running_mean, running_var = self.running_mean, self.running_var
+        self._check_channels(input, per_channel=running_mean if running_mean is not None
+                             else weight)
         SF.check_dtypes(input, type(self).__name__, weight=weight, bias=bias,
                         running_mean=running_mean, running_var=running_var)
         # As torch.nn: batch statistics in training, and in eval too when no running
