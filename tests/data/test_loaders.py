@@ -455,3 +455,20 @@ def test_npz_data_no_classifier_can_use_is_refused(tmp_path, x, y, match):
     np.savez(tmp_path / "d.npz", x=x, y=y)
     with pytest.raises(DataError, match=match):
         load_path(tmp_path / "d.npz")
+
+
+def test_npz_splits_of_two_dtypes_get_a_warning_about_their_scales(tmp_path):
+    # a float32 x of 0..255 beside a uint8 x_test: only the uint8 one is divided by 255
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "m.npz", x=rng.integers(0, 256, (20, 6)).astype(np.float32),
+             y=np.arange(20) % 2, x_test=rng.integers(0, 256, (6, 6)).astype(np.uint8),
+             y_test=np.arange(6) % 2)
+    with pytest.warns(UserWarning, match="'x' is float32 but 'x_test' is uint8"):
+        load_path(tmp_path / "m.npz")
+    np.savez(tmp_path / "same.npz", x=np.zeros((20, 6), np.uint8) + np.arange(6, dtype=np.uint8),
+             y=np.arange(20) % 2, x_test=np.ones((6, 6), np.uint8), y_test=np.arange(6) % 2)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_path(tmp_path / "same.npz")

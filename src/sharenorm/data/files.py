@@ -293,8 +293,15 @@ def load_npz(path: str | os.PathLike, *, limit: int | None = None) -> Dataset:
         raise DataError(f"{path}: '{key}' must be (N, L), (N, C, L), (N, H, W) or (N, C, H, W), "
                         f"got {x.shape}")
 
-    x, y = shaped(_scale(arrays["x"], f"{path}: 'x'"), "x"), arrays["y"]
     xt = arrays.get("x_test")
+    if xt is not None and (arrays["x"].dtype == np.uint8) != (xt.dtype == np.uint8):
+        # only 8-bit arrays are scaled by 1/255: a float32 x of 0..255 beside a uint8 x_test
+        # would leave the splits on scales 255 apart, silently (after standardization the
+        # test set sits far off the training set's 0)
+        warnings.warn(f"{path}: 'x' is {arrays['x'].dtype} but 'x_test' is {xt.dtype}; only 8-bit "
+                      "(uint8) arrays are scaled to [0, 1] (by 1/255), the other as it is: make "
+                      "sure both end on one scale, or save them in one dtype", stacklevel=3)
+    x, y = shaped(_scale(arrays["x"], f"{path}: 'x'"), "x"), arrays["y"]
     xt = shaped(_scale(xt, f"{path}: 'x_test'"), "x_test") if xt is not None else None
     for a, b, kx in ((x, y, "x"), (xt, arrays.get("y_test"), "x_test")):
         if a is not None and (b.ndim != 1 or len(a) != len(b)):
