@@ -89,7 +89,7 @@ def test_sample_photos_size_is_a_height_in_pixels(bad):
 
 @pytest.mark.parametrize("kw", [{"num_classes": None}, {"num_classes": True}, {"width": True},
                                 {"depth": 0}, {"in_shape": (1, 0)}, {"in_shape": 40},
-                                # kernel 0 became the default; -1 and 2.5 failed inside torch
+                                # kernel 0 must not become the default, -1 and 2.5 not reach torch
                                 {"kernel": 0}, {"kernel": -1}, {"kernel": 2.5},
                                 {"downsample": -1}, {"downsample": 2.0}])
 def test_lab_models_check_their_sizes(kw):
@@ -106,8 +106,8 @@ def test_lab_models_check_their_sizes(kw):
     ("MLP", 3, {"hidden": [8.5]}),
 ], ids=["rnn-0-classes", "rnn-float-chunk", "rnn-none-chunk", "mlp-bool", "mlp-float"])
 def test_rnn_and_mlp_models_name_a_bad_size(cls, num_classes, kw):
-    # a Linear(64, 0) head was built silently; the others failed inside torch or named the
-    # wrong argument
+    # num_classes 0 would build a Linear(64, 0) head silently; the others would fail inside
+    # torch or name the wrong argument
     from sharenorm import models
 
     with pytest.raises(ValueError, match="must be a positive int"):
@@ -134,4 +134,4 @@ def test_autoencoder_names_bad_widths_and_a_sample_without_its_batch(hidden):
     with pytest.raises(ValueError, match="hidden must be"):
         Autoencoder((1, 8, 8), hidden)
     with pytest.raises(ValueError, match=r"i.e. \(N, 1, 8, 8\), got shape \(1, 8, 8\)"):
-        Autoencoder((1, 8, 8), (16, 4))(torch.randn(1, 8, 8))  # an IndexError before
+        Autoencoder((1, 8, 8), (16, 4))(torch.randn(1, 8, 8))  # not an IndexError

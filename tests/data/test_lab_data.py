@@ -106,8 +106,8 @@ def test_the_refusal_names_quick_only_where_the_profiles_differ(tmp_path):
 @pytest.mark.parametrize("x_shape", [(300, 1), (300, 3, 1, 1)], ids=["length-1", "1x1"])
 def test_samples_of_one_position_are_refused_for_the_instance_norm_claims(tmp_path, capsys,
                                                                           x_shape):
-    # InstanceNorm takes statistics over one sample's positions: N1, N5 and N6 failed in
-    # every run with a traceback. Refused up front; claims without it still run on the data.
+    # InstanceNorm takes statistics over one sample's positions: N1, N5 and N6 would fail
+    # in every run with a traceback. Refused up front; claims without it still run on it.
     rng = np.random.default_rng(0)
     path = tmp_path / "one.npz"
     np.savez(path, x=rng.normal(size=x_shape), y=np.arange(300) % 3,

@@ -321,12 +321,12 @@ def test_npz_test_classes_without_training_samples(tmp_path):
 
 def test_the_automatic_split_leaves_every_class_a_training_sample(tmp_path):
     # the seed-0 split of 10 samples puts indices 4 and 6 in test: a class whose one sample
-    # is at 4 was test-only (a certain error) for .npz, and refused for image folders
+    # is at 4 would be test-only (a certain error), so it gets that sample back
     y = np.array([0, 1, 0, 1, 2, 0, 1, 0, 1, 0])
     np.savez(tmp_path / "s.npz", x=np.random.default_rng(0).normal(size=(10, 6)), y=y)
     ds = load_path(tmp_path / "s.npz")
     assert set(ds.y_train.tolist()) == {0, 1, 2} and len(ds.y_test) == 1
-    # labels that were not 0..K-1 are kept in info, the i-th being class i now
+    # labels that are not 0..K-1 are kept in info, the i-th being class i
     np.savez(tmp_path / "r.npz", x=np.zeros((10, 6)) + np.arange(10)[:, None], y=y * 3 + 1)
     assert load_path(tmp_path / "r.npz").info["labels"] == [1, 4, 7]
 

@@ -171,7 +171,8 @@ def test_n9_is_inconclusive_when_a_trained_contender_had_not_converged(tmp_path)
 
 
 def test_a_diverged_run_counts_as_0_not_dropped(tmp_path):
-    # GN's fifth seed diverged (no accuracy): dropped, GN − BN was −0.4 [−1.0, +0.2] "holds"
+    # GN's fifth seed diverged (no accuracy): dropped, it would flatter GN into "holds"
+    # (GN − BN −0.4 [−1.0, +0.2]); counted as 0 the comparison cannot tell
     from sharenorm.lab.spec import INCONCLUSIVE
 
     cfg = distributed_bn.configs(quick=False)[0]

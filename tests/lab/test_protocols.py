@@ -306,8 +306,8 @@ def test_n4_s3_n9_comparisons_are_marked_by_the_runs_they_rest_on(tmp_path):
 
 
 def test_the_hindi_texts_carry_every_number_of_the_english_ones():
-    # a Hindi reader of a quick report was told batch sizes 2, 8, 32 ran (the quick sizes and
-    # N6's checkpoints were in the English text only); N7's groups and N8's quick settings too
+    # a Hindi reader must be told what an English one is: the quick batch sizes and N6's
+    # checkpoints, N7's groups, N8's quick settings
     import re
 
     from sharenorm.lab.experiments import all_claims, all_experiments

@@ -282,7 +282,7 @@ def test_write_report_and_summary_check_their_arguments(args, match):
     (lambda d: (d / "afile").write_text("x") and d / "afile" / "s.md", "cannot write the summary"),
 ], ids=["a-folder", "under-a-file"])
 def test_summary_to_a_path_it_cannot_write_is_a_lab_error(tmp_path, capsys, where, match):
-    # an IsADirectoryError / FileExistsError traceback (exit 1) before
+    # torch-free OSErrors (IsADirectoryError, FileExistsError) become exit 2 with the fix
     from sharenorm.cli import main
 
     fake_results(tmp_path / "lab")
@@ -293,9 +293,9 @@ def test_summary_to_a_path_it_cannot_write_is_a_lab_error(tmp_path, capsys, wher
 
 
 def test_hints_give_a_command_that_runs_into_this_folder(tmp_path):
-    # "run `sharenorm lab N1`" wrote a full-profile lab into lab-results/; this folder holds
-    # a quick one, which refuses the full profile. The documents are named by their titles
-    # (the table showed "(“Batch)").
+    # a plain `sharenorm lab N1` would write a full-profile lab into lab-results/, and this
+    # folder, a quick one, refuses the full profile: the hint names the profile and --out.
+    # The documents are named by their titles, not their first word ("(“Batch)").
     from sharenorm.lab.report import summary_markdown
 
     fake_results(tmp_path)

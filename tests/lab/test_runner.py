@@ -100,7 +100,7 @@ def test_parallel_gives_the_same_lines_as_serial(tmp_path):
 @pytest.mark.parametrize("kw, match", [
     ({"seeds": 0}, "--seeds must be ≥ 1"),
     ({"jobs": 0}, "--jobs must be between 1 and 4 × the CPU cores"),
-    # a huge count: the plan filled the memory (150 MB/s) before any message; one process a job
+    # a huge count would fill the memory with the plan before any message; one process a job
     ({"seeds": 10**20}, "--seeds must be ≤ 10000"),
     ({"jobs": 4 * (__import__("os").cpu_count() or 1) + 1}, "--jobs must be between 1 and 4"),
     ({"lang": "fr"}, "--lang must be"),

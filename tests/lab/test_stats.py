@@ -90,7 +90,7 @@ B = [100] * 5
     (B, S, (True, False), False, True),  # "a − b ≥ 0" holds: a only more
     (S, B, (False, True), False, False),  # "a − b ≥ 0" fails: b only more
     (S, B, (True, False), False, None),
-    (S, B, (False, False), False, False),  # nothing censored: the Welch interval, as before
+    (S, B, (False, False), False, False),  # nothing censored: the Welch interval decides
     (F[:2], B[:2], (False, True), True, None),  # 2 against 2: p = 1/6, not significant
     (F[:3], B[:3], (False, True), True, None),  # 3 against 3: p = 1/20 > 0.025
 ])

@@ -148,8 +148,8 @@ def test_unusable_folder_is_a_lab_error(tmp_path, make, match):
 @pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no FIFOs here")
 @pytest.mark.parametrize("name", ["results.jsonl", "results.lock"])
 def test_a_fifo_in_place_of_the_results_or_the_lock_is_refused_not_opened(tmp_path, name):
-    # appending to a FIFO blocked forever (with the folder locked); ftruncate of a FIFO lock
-    # failed with a bare OSError
+    # appending to a FIFO would block forever (with the folder locked), and ftruncate of a
+    # FIFO lock fails with a bare OSError: both are refused, never opened for writing
     import os
 
     os.mkfifo(tmp_path / name)

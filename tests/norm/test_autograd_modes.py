@@ -216,8 +216,8 @@ def test_memory_efficient_forward_ad_runs_the_plain_path(name, make):
 @pytest.mark.parametrize("reentrant", [False, True])
 def test_running_statistics_under_checkpoint_match_torch(make, twin, reentrant):
     # a non-reentrant checkpoint stops its recompute once the kernel's saved tensors are
-    # rebuilt: the count came after the kernel, so the recompute updated the statistics
-    # without counting, and momentum=None's average came out 2.0 where torch's is 1.5
+    # rebuilt: a count taken after the kernel would miss the recompute's update, and
+    # momentum=None's average would come out 2.0 where torch's is 1.5
     from torch.utils.checkpoint import checkpoint
 
     ours, theirs = make(), twin()

@@ -382,7 +382,7 @@ def test_missing_running_statistics_raise_torchs_error_type_too(call, torch_call
                                            memory_efficient=me),
 ], ids=["bn-eval", "bn-train", "in-eval"])
 def test_running_statistics_that_require_grad_are_refused_on_every_path(call, memory_efficient):
-    # torch's kernels refuse them; the memory-efficient path returned no gradient silently
+    # torch's kernels refuse them; a path that ran would return no gradient for them silently
     x = torch.randn(2, 3, 4)
     rm, rv = torch.zeros(3, requires_grad=True), torch.ones(3)
     with pytest.raises(RuntimeError, match="not differentiable"):
@@ -416,7 +416,7 @@ def test_16bit_input_with_parameters_and_statistics_of_two_dtypes(param, stats):
 
 def test_channels_are_checked_against_the_per_channel_tensors_as_torch_does():
     # pruning code that slices γ/β and the statistics but leaves num_features stale: torch
-    # never reads the attribute in forward and runs; sharenorm raised "expected 4 channels"
+    # never reads the attribute in forward and runs, and so must sharenorm
     import torch.nn as nn
 
     for ours, theirs in ((sn.BatchNorm2d(4), nn.BatchNorm2d(4)), (sn.GroupNorm(1, 4),

@@ -665,8 +665,8 @@ class _FastGroupNorm(nn.GroupNorm):
 
 
 def test_convert_leaves_norm_subclasses_whose_forward_uses_more_than_a_norm():
-    # converted, the activation, the split batch or the mask were dropped: outputs off by ~4
-    # silently, or a crash half-way (the split BN's children), or a TypeError at run time
+    # converted, the activation, the split batch or the mask would be dropped: outputs off
+    # by ~4 silently, a crash half-way (the split BN's children), or a TypeError at run time
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 1), _GroupNormRelu(2, 4), _SplitBatchNorm(4),
                         _MaskedGroupNorm(2, 4), _FastGroupNorm(2, 4)).eval()
@@ -692,6 +692,7 @@ def test_convert_leaves_norm_subclasses_whose_forward_uses_more_than_a_norm():
 
 @pytest.mark.parametrize("channels", [0, -2, 8.0, None, True])
 def test_make_norm_group_names_a_bad_channel_count(channels):
-    # the default group count was computed first: "max() arg is an empty sequence"
+    # checked before the default group count, which would fail on it with "max() arg is an
+    # empty sequence"
     with pytest.raises(ValueError, match="num_channels must be a positive int"):
         sn.make_norm("gn", channels)

@@ -230,7 +230,7 @@ def test_no_inversion_where_the_normalized_values_are_tiny(kind, act):
     the spread σ·r of x̂: the input is kept and dγ is as accurate as the plain path's."""
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(4, 6, 5, 5, generator=gen, dtype=torch.float64) * 1e-5).float()
-    w, b = torch.full((6,), 0.7), torch.full((6,), 1.5)  # |β| ≤ 16·|γ|: inverted before
+    w, b = torch.full((6,), 0.7), torch.full((6,), 1.5)  # |β| ≤ 16·|γ|, but not ·s
     rm, rv = torch.zeros(6), torch.ones(6)
     assert _kept(kind, x, w, b, act) == "input"
     _, want = _reference(kind, x, w, b, rm, rv, act, None, grad_dtype=torch.float32)

@@ -455,7 +455,7 @@ def test_instance_norm_refuses_unversioned_running_stats_as_torch_does():
 def test_sync_batchnorm_signature_and_converter_spell_torchs():
     import inspect
 
-    assert "bias" in inspect.signature(sn.SyncBatchNorm).parameters  # was **kwargs
+    assert "bias" in inspect.signature(sn.SyncBatchNorm).parameters  # not hidden in **kwargs
     assert sn.SyncBatchNorm(4, bias=False).bias is None
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
     net[1].qconfig = "per-layer setting"  # torch.ao's, which torch's converter keeps

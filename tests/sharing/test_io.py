@@ -529,7 +529,7 @@ def test_assign_keeps_torch_plain_sharing_one_parameter(tmp_path):
 
 
 def test_a_float8_tie_loads(tmp_path):
-    # the tie checks compare values; float8 has no equality kernel (torch.equal raised)
+    # the tie checks compare values; float8 has no equality kernel (torch.equal raises)
     ae = sn.TiedAutoencoder([6, 4], tied=True).to(torch.float8_e4m3fn)
     sn.save(ae, tmp_path / "ae.safetensors")
     for tied in (True, False):

@@ -151,8 +151,8 @@ def test_a_manifest_nested_too_deep_for_json_is_a_value_error(tmp_path):
 
 
 def test_a_huge_manifest_of_unknown_names_is_refused_quickly_with_a_short_message(tmp_path):
-    # 20,000 entries naming keys the model lacks: each used to cost a difflib search and a
-    # line of the message (22 s and 2 MB for 10,000)
+    # 20,000 entries naming keys the model lacks: a difflib search and a message line for
+    # each would take 22 s and 2 MB per 10,000
     model = build()
     manifest = [entry(f"no.such.layer{i}.weight", "a.weight") for i in range(20_000)]
     path = write(tmp_path / "m.safetensors", build(), manifest)

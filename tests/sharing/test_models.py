@@ -193,8 +193,8 @@ def test_soft_tie_of_complex_weights_is_the_real_squared_distance():
 
 
 def test_soft_tie_refuses_integer_and_bool_tensors():
-    # num_batches_tracked pairs gave a penalty of tensor(0) (the float result cast back to
-    # int64), bool pairs a torch error at the first penalty()
+    # a num_batches_tracked pair would give a penalty of tensor(0) (the float result cast
+    # back to int64), a bool pair a torch error at the first penalty()
     bn = nn.ModuleDict({"x": nn.BatchNorm1d(3), "y": nn.BatchNorm1d(3)})
     with pytest.raises(ValueError, match="needs floating-point .* counts, not weights"):
         sn.SoftTie(bn, [("x.num_batches_tracked", "y.num_batches_tracked")], 1e-3)
@@ -413,7 +413,7 @@ def test_count_parameters_does_not_list_the_runs_of_views_that_do_not_overlap(mo
 
 
 def test_soft_tie_refuses_a_pair_on_two_devices():
-    # accepted, then penalty() failed with torch's device error naming neither tensor
+    # accepted, the pair would fail at penalty() with torch's device error naming neither
     m = nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.Linear(2, 2, device="meta")})
     with pytest.raises(ValueError, match="one device"):
         sn.SoftTie(m, [("a.weight", "b.weight")], 1e-3)

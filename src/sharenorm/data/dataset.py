@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from sharenorm._checks import as_count
 
 __all__ = ["Dataset", "DataError", "split_train_test", "MIN_TRAIN", "MIN_TEST"]
 
@@ -89,8 +90,8 @@ class Dataset:
         """The same dataset with a random ``n``-sample training subset (test set unchanged)."""
         total = self.x_train.shape[0]
         try:
-            k = None if isinstance(n, bool) else operator.index(n)  # numpy's ints too
-        except TypeError:
+            k = as_count(n, "n", "")  # numpy's ints too; not a bool or a float
+        except ValueError:
             k = None
         if k is None or not MIN_TRAIN <= k <= total:
             raise DataError(f"subset_train: n must be an int from {MIN_TRAIN} to the "
@@ -147,7 +148,7 @@ def to_dataset(name: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray | Non
         y_test=torch.as_tensor(lab[n:]),
         num_classes=len(classes),
         source=source,
-        # the labels as given, where they were not already 0..K-1 (the i-th is class i now)
+        # the labels as given, where they are not 0..K-1 (the i-th is class i)
         info={} if np.array_equal(classes, np.arange(len(classes))) else {
             "labels": [int(c) for c in classes]},
     )

@@ -17,6 +17,11 @@ __all__ = ["mean_ci", "fmt_ci", "overlap", "separated", "mean_or_inf", "Diff", "
            "PLATEAU_MIN_GAIN", "PLATEAU_MIN_CHECKPOINTS"]
 
 
+def _finite(values) -> list[float]:
+    """The values as floats, None/NaN/inf dropped (a run without that number)."""
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
     r"""Mean and half-width of the two-sided t confidence interval.
 
@@ -31,7 +36,7 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
         >>> round(m, 3), round(h, 3), n
         (2.0, 2.484, 3)
     """
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    xs = _finite(values)
     n = len(xs)
     if n == 0:
         return math.nan, math.nan, 0
@@ -139,8 +144,7 @@ def diff_ci(a, b, level: float = 0.95, b_factor: float = 1.0) -> Diff:
         >>> diff_ci([1.0], [0.0, 0.1]).hi
         inf
     """
-    xa = [float(v) for v in a if v is not None and math.isfinite(float(v))]
-    xb = [float(v) * b_factor for v in b if v is not None and math.isfinite(float(v))]
+    xa, xb = _finite(a), [v * b_factor for v in _finite(b)]
     na, nb = len(xa), len(xb)
     if na == 0 or nb == 0:
         return Diff(math.nan, -math.inf, math.inf, na, nb)
@@ -359,7 +363,7 @@ def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = 
     reasons = ["the checkpoint spacing"] if resolution else []
     if b_factor_range is not None:
         # mean(a) − c·mean(b) is linear in c: over the range it moves by (b_factor − c)·mean(b)
-        xb = [float(v) for v in b if v is not None and math.isfinite(float(v))]
+        xb = _finite(b)
         mean_b = sum(xb) / len(xb) if xb else 0.0
         shifts = [(b_factor - c) * mean_b for c in b_factor_range]
         below += max(0.0, -min(shifts))
@@ -369,7 +373,7 @@ def compare(label: str, a, b, margin: float, *, scale: float = 1.0, unit: str = 
     if rise or fall:
         factors = (b_factor, *(b_factor_range or ()))
         pairs = _pairwise_range(a, b, factors, resolution)
-        na, nb = (sum(1 for v in x if v is not None and math.isfinite(float(v))) for x in (a, b))
+        na, nb = len(_finite(a)), len(_finite(b))
         rank_p = 1 / math.comb(na + nb, na) if na and nb else 1.0
     return Comparison(label, diff_ci(a, b, b_factor=b_factor), margin, scale, unit, digits,
                       at_most, strict, could_rise=bool(rise), could_fall=bool(fall),
@@ -384,8 +388,7 @@ def _pairwise_range(a, b, factors, resolution: float) -> tuple[float, float] | N
     r"""(min, max) of :math:`a_i - c\,b_j` over every pair of finite values, every ``c`` in
     ``factors`` and every true value in a value's grid cell (v − resolution, v]: the expression
     is bilinear, so the extremes lie at the corners. None without a value on either side."""
-    xa = [float(v) for v in a if v is not None and math.isfinite(float(v))]
-    xb = [float(v) for v in b if v is not None and math.isfinite(float(v))]
+    xa, xb = _finite(a), _finite(b)
     if not xa or not xb:
         return None
     corners = [x - d for x in (min(xa), max(xa)) for d in (0.0, resolution)]

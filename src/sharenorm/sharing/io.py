@@ -432,7 +432,8 @@ def load(
     conflicts: list[str] = []
     for e in manifest:
         full.setdefault(e["target"], apply_transform(full[e["source"]], e["transform"]))
-    for group in ties(model):  # e.g. a save_model file: one name of each shared group kept
+    groups = ties(model)
+    for group in groups:  # e.g. a save_model file: one name of each shared group kept
         present = [n for n in group.names if n in full]
         if present:
             # Names that share one tensor by torch's means (not sharenorm.tie, whose targets
@@ -519,7 +520,9 @@ def load(
                 f" for parameters that require gradients, which an integer or bool tensor cannot "
                 f"be; load without assign=True (the values are cast to the model's dtypes)"
             )
-        shared = _shared_by_torch(model)
+        # names holding one parameter or buffer object (torch's plain sharing)
+        shared = [[g.source, *(n for n, _, how in g.members if how == "identity")]
+                  for g in groups]
 
     # 4. Re-create the ties, then load.
     for target, source, transform in to_tie:
@@ -532,25 +535,11 @@ def load(
         # (an lm_head and its embedding) would become two, splitting on the next .to()
         for group in shared:
             first = getattr(*resolve(model, group[0]))
-            for name in group[1:]:
+            for name in group[1:]:  # (a module used twice: already the one object)
                 module, attr = resolve(model, name)
                 if getattr(module, attr) is not first:
                     setattr(module, attr, first)
     return result
-
-
-def _shared_by_torch(model: nn.Module) -> list[list[str]]:
-    """Groups of names (two or more) under which ``model`` holds one parameter or buffer
-    object in different modules (torch's plain sharing, e.g. ``lm_head.weight = wte.weight``)."""
-    groups: dict[int, list[str]] = {}
-    owners: dict[int, set[int]] = {}
-    for mpath, module in model.named_modules(remove_duplicate=False):
-        for attr, t in [*module._parameters.items(), *module._buffers.items()]:
-            if t is None:
-                continue
-            groups.setdefault(id(t), []).append(_join(mpath, attr))
-            owners.setdefault(id(t), set()).add(id(module))
-    return [names for key, names in groups.items() if len(owners[key]) > 1]
 
 
 def _contradicted_ties(model: nn.Module, overlay: dict, full: dict[str, Tensor]) -> list[str]:
